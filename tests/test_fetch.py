@@ -174,8 +174,9 @@ def test_stalled_server_times_out_and_leaves_no_file(
 ) -> None:
     """A server that stops sending mid-file fails after timeout_s instead of hanging the daemon."""
     model, data = fsrcnn
-    server.routes["/FSRCNN_x2.pb"] = Route(data, send=len(data) // 2, stall=True)
-    with pytest.raises(ModelError, match="cut off .*timed out"):
+    half = len(data) // 2
+    server.routes["/FSRCNN_x2.pb"] = Route(data, send=half, stall=True)
+    with pytest.raises(ModelError, match=rf"cut off after {half} of {model.size_bytes} bytes: timed out"):
         fetch_model(model, tmp_path, url=f"{server.base_url}/FSRCNN_x2.pb", timeout_s=0.5)
     assert _leftovers(tmp_path) == []
 
@@ -213,6 +214,17 @@ def test_present_file_with_wrong_checksum_is_replaced(
     assert server.requests == ["/FSRCNN_x2.pb"]
     assert existing.read_bytes() == data
     assert _leftovers(tmp_path) == [model.file]
+
+
+@pytest.mark.parametrize("url", ["nonsense", "gopher://127.0.0.1/x", "http://127.0.0.1:1/FSRCNN_x2.pb"])
+def test_bad_url_or_unreachable_server_is_a_model_error(
+    tmp_path: Path, fsrcnn: tuple[ZooModel, bytes], url: str
+) -> None:
+    """A malformed URL or a refused connection is reported as ModelError, not a bare ValueError/OSError."""
+    model, _ = fsrcnn
+    with pytest.raises(ModelError, match=re.escape(url)):
+        fetch_model(model, tmp_path, url=url, timeout_s=2)
+    assert _leftovers(tmp_path) == []
 
 
 def test_catalogue_hashes_are_well_formed() -> None:

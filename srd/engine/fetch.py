@@ -104,8 +104,8 @@ def _download(
 ) -> None:
     """Stream `source` into `out`, raising ModelError unless the bytes are exactly the catalogue's file."""
     what = f"download of {model.file} from {source}"
-    request = urllib.request.Request(source, headers={"User-Agent": f"srd/{__version__}"})
     try:
+        request = urllib.request.Request(source, headers={"User-Agent": f"srd/{__version__}"})
         response = urllib.request.urlopen(request, timeout=timeout_s)
     except urllib.error.HTTPError as exc:
         raise ModelError(f"{what} failed: HTTP {exc.code} {exc.reason}") from exc
@@ -123,7 +123,9 @@ def _download(
             raise ModelError(f"{what} failed: server sends {declared} bytes, expected {expected}")
         while True:
             try:
-                chunk = response.read(min(_CHUNK, expected + 1 - received))
+                # read1 returns what has arrived instead of waiting for a full chunk, so progress and the
+                # byte count in a timeout message are accurate.
+                chunk = response.read1(min(_CHUNK, expected + 1 - received))
             except (OSError, http.client.HTTPException) as exc:
                 raise ModelError(f"{what} was cut off after {received} of {expected} bytes: {_reason(exc)}") from exc
             if not chunk:
