@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from email.message import Message
 from pathlib import Path
 
 import structlog
@@ -118,7 +119,7 @@ def _download(
     digest = hashlib.sha256()
     received = 0
     with response:
-        declared = _content_length(response)
+        declared = _content_length(response.headers)
         if declared is not None and declared != expected:
             raise ModelError(f"{what} failed: server sends {declared} bytes, expected {expected}")
         while True:
@@ -144,8 +145,8 @@ def _download(
         raise ModelError(f"{what} is corrupt: sha256 {got}, expected {model.sha256}")
 
 
-def _content_length(response: http.client.HTTPResponse) -> int | None:
-    value = response.headers.get("Content-Length")
+def _content_length(headers: Message) -> int | None:
+    value = headers.get("Content-Length")
     try:
         return int(value) if value is not None else None
     except ValueError:
