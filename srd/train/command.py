@@ -1,0 +1,88 @@
+"""``srd train`` / ``python -m srd.train``: the command-line face of training, evaluation and export."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from srd.train.model import TAILS, Arch
+
+# The two shipped tiers (see TRAINING.md for the speed measurements behind them).
+PRESETS: dict[str, dict[str, object]] = {
+    "lite": {"blocks": 8, "channels": 32, "tail": "espcn", "res_scale": 1.0},
+    "base": {"blocks": 16, "channels": 64, "tail": "espcn", "res_scale": 1.0},
+}
+
+
+def _fit_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fit", help="train or resume a run (rerun the same command to resume)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="lite")
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), required=True)
+    p.add_argument("--name", help="run name (default edsr-<preset>-x<scale>)")
+    p.add_argument("--blocks", type=int)
+    p.add_argument("--channels", type=int)
+    p.add_argument("--tail", choices=TAILS)
+    p.add_argument("--res-scale", type=float)
+    p.add_argument("--iters", type=int, required=True, help="total iterations; the cosine schedule spans them")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--patch", type=int, default=48, help="LR patch size")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr-min", type=float, default=1e-6)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--init", help="checkpoint whose weights (all but the tail) start a new run")
+    p.add_argument("--eval-every", type=int, default=1000)
+    p.add_argument("--save-every-s", type=float, default=180.0)
+    p.add_argument("--train-dir", default="../shared/datasets/train")
+    p.add_argument("--bench-dir", default="../shared/datasets/bench")
+    p.add_argument("--runs-dir", default="runs")
+
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a run's checkpoint to models/, verify and evaluate it via cv2.dnn")
+    p.add_argument("--run", type=Path, required=True, help="run folder, e.g. runs/edsr-lite-x2")
+    p.add_argument("--checkpoint", choices=("last", "best"), default="last")
+    p.add_argument("--name", required=True, help="model name in the manifest, e.g. edsr-lite")
+    p.add_argument("--models-dir", type=Path, default=Path("models"))
+    p.add_argument("--bench-dir", type=Path, default=Path("../shared/datasets/bench"))
+    p.add_argument("--threads", type=int, default=1)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from srd.train.loop import TrainConfig, train
+
+    preset = dict(PRESETS[args.preset])
+    for key in ("blocks", "channels", "tail", "res_scale"):
+        if getattr(args, key) is not None:
+            preset[key] = getattr(args, key)
+    arch = Arch(scale=args.scale, **preset)  # type: ignore[arg-type]
+    cfg = TrainConfig(
+        name=args.name or f"edsr-{args.preset}-x{args.scale}", arch=arch, iters=args.iters, batch=args.batch,
+        patch=args.patch, lr=args.lr, lr_min=args.lr_min, seed=args.seed, bf16=not args.no_bf16,
+        threads=args.threads, init=args.init, eval_every=args.eval_every, save_every_s=args.save_every_s,
+        train_dir=args.train_dir, bench_dir=args.bench_dir, runs_dir=args.runs_dir,
+    )
+    train(cfg)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from srd.train.export import export_run
+
+    export_run(args.run / f"{args.checkpoint}.pt", args.name, args.models_dir, args.bench_dir, args.threads,
+               command=" ".join(["python -m srd.train", *sys.argv[1:]]))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``main(["fit", ...])`` or ``main(["export", ...])``; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="srd train", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _fit_parser(sub)
+    _export_parser(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    return _fit(args) if args.command == "fit" else _export(args)

@@ -1,0 +1,131 @@
+"""Training data: HR images with cached MATLAB-bicubic LR copies, sampled as random aligned patches.
+
+LR images are made once per scale from the whole (modcropped) HR image and rounded to uint8, exactly like
+the benchmark inputs, then cached on disk; a training patch is then only two crops. Whole-image
+downscaling (rather than per patch) keeps the antialiasing kernel's border handling identical to test time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from srd.bicubic import imresize
+from srd.metrics import crop_to_multiple
+from srd.train.model import DIV2K_MEAN_BGR
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One HR image (BGR uint8, modcropped) and its ×s LR version."""
+
+    name: str
+    hr: np.ndarray
+    lr: np.ndarray
+
+
+def list_images(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
+    """The protocol's LR image: MATLAB bicubic of the modcropped HR, rounded to uint8."""
+    return np.clip(np.round(imresize(hr, 1.0 / scale)), 0, 255).astype(np.uint8)
+
+
+def load_pairs(root: Path, scale: int, cache: Path) -> list[Pair]:
+    """Load every image under ``root`` with its LR copy, computing and caching the LR copies on first use."""
+    pairs = []
+    for path in list_images(root):
+        hr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if hr is None:
+            raise OSError(f"cannot decode training image {path}")
+        hr = crop_to_multiple(hr, scale)
+        rel = path.relative_to(root).with_suffix(".png")
+        lr_path = cache / f"x{scale}" / rel
+        lr = cv2.imread(str(lr_path), cv2.IMREAD_COLOR) if lr_path.exists() else None
+        if lr is None or lr.shape[0] * scale != hr.shape[0] or lr.shape[1] * scale != hr.shape[1]:
+            lr = make_lr(hr, scale)
+            lr_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = lr_path.with_name(f".{lr_path.name}.tmp.png")
+            cv2.imwrite(str(tmp), lr)
+            tmp.replace(lr_path)
+        pairs.append(Pair(str(rel), hr, lr))
+    log.info("loaded %d training images for x%d from %s", len(pairs), scale, root)
+    return pairs
+
+
+class PatchSampler:
+    """Random aligned LR/HR patch batches with the 8 flips/rotations, from a seeded numpy Generator.
+
+    The generator's state is part of a training checkpoint, so a resumed run draws the same batches it
+    would have drawn without the interruption.
+    """
+
+    def __init__(self, pairs: list[Pair], scale: int, patch: int, seed: int) -> None:
+        self.pairs = [p for p in pairs if min(p.lr.shape[:2]) >= patch]
+        if not self.pairs:
+            raise ValueError(f"no training image is at least {patch} LR pixels on each side")
+        self.scale = scale
+        self.patch = patch
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return (lr, hr) float32 NCHW batches, BGR 0–255 minus the DIV2K mean (the "edsr" convention)."""
+        s, p = self.scale, self.patch
+        lrs, hrs = [], []
+        for idx in self.rng.integers(0, len(self.pairs), size):
+            pair = self.pairs[idx]
+            y = int(self.rng.integers(0, pair.lr.shape[0] - p + 1))
+            x = int(self.rng.integers(0, pair.lr.shape[1] - p + 1))
+            lr = pair.lr[y : y + p, x : x + p]
+            hr = pair.hr[y * s : (y + p) * s, x * s : (x + p) * s]
+            flip_h, flip_v, transpose = self.rng.integers(0, 2, 3)
+            if flip_h:
+                lr, hr = lr[:, ::-1], hr[:, ::-1]
+            if flip_v:
+                lr, hr = lr[::-1], hr[::-1]
+            if transpose:
+                lr, hr = lr.transpose(1, 0, 2), hr.transpose(1, 0, 2)
+            lrs.append(lr)
+            hrs.append(hr)
+        return to_model_space(np.stack(lrs)), to_model_space(np.stack(hrs))
+
+    def state(self) -> dict[str, object]:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict[str, object]) -> None:
+        self.rng.bit_generator.state = state
+
+
+def to_model_space(bgr: np.ndarray) -> np.ndarray:
+    """NHWC or HWC uint8 BGR → NCHW float32 minus the DIV2K mean."""
+    batch = bgr if bgr.ndim == 4 else bgr[None]
+    f = batch.astype(np.float32) - np.asarray(DIV2K_MEAN_BGR, dtype=np.float32)
+    return np.ascontiguousarray(f.transpose(0, 3, 1, 2))
+
+
+def from_model_space(out: np.ndarray) -> np.ndarray:
+    """First image of an NCHW model output → HWC uint8 BGR (add the mean back, clip, round)."""
+    img = out[0].transpose(1, 2, 0) + np.asarray(DIV2K_MEAN_BGR, dtype=np.float32)
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def load_bench(root: Path, scale: int) -> list[Pair]:
+    """A benchmark set (e.g. ../shared/datasets/bench/Set5) with its MATLAB-made LR files."""
+    pairs = []
+    for path in sorted(root.glob("*.png")):
+        hr = crop_to_multiple(cv2.imread(str(path), cv2.IMREAD_COLOR), scale)
+        lr = cv2.imread(str(root / "LR_bicubic_matlab" / f"x{scale}" / path.name), cv2.IMREAD_COLOR)
+        if lr is None:
+            raise OSError(f"missing LR file for {path} at x{scale}")
+        pairs.append(Pair(path.stem, hr, lr))
+    return pairs

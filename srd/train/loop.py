@@ -1,0 +1,189 @@
+"""The training loop: resumable, logged, periodically evaluated on Set5.
+
+Runs take many CPU hours spread over several sessions, so everything needed to continue exactly where a
+run stopped (weights, Adam state, iteration, numpy and torch RNG states) is saved atomically every few
+minutes to ``<runs>/<name>/last.pt``; rerunning the same command resumes from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import FrameType
+
+import numpy as np
+import torch
+
+from srd.metrics import psnr_y
+from srd.train import checkpoint
+from srd.train.data import PatchSampler, Pair, from_model_space, load_bench, load_pairs, to_model_space
+from srd.train.model import EDSR, Arch, count_parameters, load_body
+
+log = logging.getLogger("srd.train")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run; saved in the run folder and in each checkpoint.
+
+    The learning rate is a pure function of the iteration (cosine from ``lr`` to ``lr_min`` over
+    ``iters``), so the iteration number is the whole scheduler state.
+    """
+
+    name: str
+    arch: Arch
+    iters: int
+    batch: int = 16
+    patch: int = 48
+    lr: float = 2e-4
+    lr_min: float = 1e-6
+    seed: int = 0
+    bf16: bool = True
+    threads: int = 1
+    init: str | None = None
+    eval_every: int = 1000
+    log_every: int = 100
+    save_every_s: float = 180.0
+    train_dir: str = "../shared/datasets/train"
+    bench_dir: str = "../shared/datasets/bench"
+    cache_dir: str = ".cache/train_lr"
+    runs_dir: str = "runs"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def learning_rate(cfg: TrainConfig, iteration: int) -> float:
+    t = min(iteration, cfg.iters) / max(cfg.iters, 1)
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * t))
+
+
+def evaluate_torch(model: EDSR, pairs: list[Pair], scale: int) -> float:
+    """Mean PSNR-Y (shave = scale) of the model in fp32 on whole images: the quick progress signal."""
+    model.eval()
+    scores = []
+    with torch.no_grad():
+        for pair in pairs:
+            out = model(torch.from_numpy(to_model_space(pair.lr))).numpy()
+            scores.append(psnr_y(from_model_space(out), pair.hr, scale))
+    model.train()
+    return float(np.mean(scores))
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT so the loop can save a checkpoint before exiting."""
+
+    def __init__(self) -> None:
+        self.raised = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.raised = True
+
+
+def _setup_file_log(run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+
+
+def train(cfg: TrainConfig) -> dict[str, object]:
+    """Train (or resume) the run described by ``cfg`` until ``cfg.iters``; returns the final checkpoint."""
+    torch.set_num_threads(cfg.threads)
+    run_dir = cfg.run_dir
+    _setup_file_log(run_dir)
+    last = run_dir / "last.pt"
+
+    model = EDSR(cfg.arch)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    sampler = PatchSampler(load_pairs(Path(cfg.train_dir), cfg.arch.scale, Path(cfg.cache_dir)),
+                           cfg.arch.scale, cfg.patch, cfg.seed)
+    set5 = load_bench(Path(cfg.bench_dir) / "Set5", cfg.arch.scale)
+    torch.manual_seed(cfg.seed)
+
+    state: dict[str, object] = {"iteration": 0, "elapsed_s": 0.0, "history": [], "best_psnr": -1.0}
+    if last.exists():
+        ckpt = checkpoint.load(last)
+        if ckpt["arch"] != cfg.arch.to_dict():
+            raise ValueError(f"{last} holds architecture {ckpt['arch']}, not {cfg.arch.to_dict()}")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sampler.set_state(ckpt["numpy_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        state = {k: ckpt[k] for k in state}
+        log.info("resumed %s at iteration %d", cfg.name, state["iteration"])
+    else:
+        if cfg.init:
+            copied = load_body(model, checkpoint.load(Path(cfg.init))["model"])
+            log.info("initialised %d tensors (all but the tail) from %s", len(copied), cfg.init)
+        log.info("new run %s: %s, %d parameters", cfg.name, cfg.arch, count_parameters(model))
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str) + "\n")
+
+    model = model.to(memory_format=torch.channels_last)
+    model.train()
+    stop = _StopFlag()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    def snapshot() -> dict[str, object]:
+        return {
+            "arch": cfg.arch.to_dict(), "config": cfg.to_dict(), "model": model.state_dict(),
+            "optimizer": opt.state_dict(), "numpy_rng": sampler.state(), "torch_rng": torch.get_rng_state(),
+            **state,
+        }
+
+    it = int(state["iteration"])
+    t_start = time.monotonic()
+    elapsed0 = float(state["elapsed_s"])
+    t_saved = t_log = t_start
+    loss_sum, loss_n, it_log = 0.0, 0, it
+    while it < cfg.iters and not stop.raised:
+        lr_np, hr_np = sampler.batch(cfg.batch)
+        lr_t = torch.from_numpy(lr_np).contiguous(memory_format=torch.channels_last)
+        hr_t = torch.from_numpy(hr_np)
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(cfg, it)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            out = model(lr_t)
+        loss = torch.nn.functional.l1_loss(out.float(), hr_t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        it += 1
+        loss_sum += loss.item()
+        loss_n += 1
+        now = time.monotonic()
+        state["iteration"] = it
+        state["elapsed_s"] = elapsed0 + now - t_start
+        if it % cfg.log_every == 0:
+            log.info("it %d loss %.4f lr %.2e %.2f it/s", it, loss_sum / loss_n, learning_rate(cfg, it),
+                     (it - it_log) / (now - t_log))
+            loss_sum, loss_n, it_log, t_log = 0.0, 0, it, now
+        if it % cfg.eval_every == 0 or it == cfg.iters:
+            psnr = evaluate_torch(model, set5, cfg.arch.scale)
+            state["history"] = [*state["history"], (it, psnr)]
+            log.info("eval it %d Set5 x%d PSNR-Y %.3f dB (torch fp32)", it, cfg.arch.scale, psnr)
+            if psnr > float(state["best_psnr"]):
+                state["best_psnr"] = psnr
+                checkpoint.save_atomic(snapshot(), run_dir / "best.pt")
+            checkpoint.save_atomic(snapshot(), last)
+            t_saved = time.monotonic()
+            t_log = t_saved
+            it_log = it
+        elif now - t_saved >= cfg.save_every_s:
+            checkpoint.save_atomic(snapshot(), last)
+            t_saved = time.monotonic()
+    final = snapshot()
+    checkpoint.save_atomic(final, last)
+    log.info("%s %s at iteration %d (%.2f h of training)", "stopped" if stop.raised else "finished",
+             cfg.name, it, float(state["elapsed_s"]) / 3600)
+    return final
