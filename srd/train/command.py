@@ -65,8 +65,8 @@ def _fit(args: argparse.Namespace) -> int:
         threads=args.threads, init=args.init, eval_every=args.eval_every, save_every_s=args.save_every_s,
         train_dir=args.train_dir, bench_dir=args.bench_dir, runs_dir=args.runs_dir,
     )
-    train(cfg)
-    return 0
+    # 143 (as if killed by SIGTERM) when interrupted, so `set -e` queue scripts stop there.
+    return 0 if train(cfg) else 143
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -96,8 +96,13 @@ def _setup_file_log(run_dir: Path) -> None:
     log.addHandler(handler)
 
 
-def train(cfg: TrainConfig) -> dict[str, object]:
-    """Train (or resume) the run described by ``cfg`` until ``cfg.iters``; returns the final checkpoint."""
+def train(cfg: TrainConfig) -> bool:
+    """Train (or resume) the run described by ``cfg`` until ``cfg.iters``.
+
+    Returns:
+        True when the run reached ``cfg.iters``; False when SIGTERM/SIGINT stopped it (state saved), so a
+        queue driver can stop instead of moving on to the next run.
+    """
     torch.set_num_threads(cfg.threads)
     run_dir = cfg.run_dir
     _setup_file_log(run_dir)
@@ -182,8 +187,7 @@ def train(cfg: TrainConfig) -> dict[str, object]:
         elif now - t_saved >= cfg.save_every_s:
             checkpoint.save_atomic(snapshot(), last)
             t_saved = time.monotonic()
-    final = snapshot()
-    checkpoint.save_atomic(final, last)
+    checkpoint.save_atomic(snapshot(), last)
     log.info("%s %s at iteration %d (%.2f h of training)", "stopped" if stop.raised else "finished",
              cfg.name, it, float(state["elapsed_s"]) / 3600)
-    return final
+    return not stop.raised

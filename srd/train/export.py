@@ -1,0 +1,170 @@
+"""Export a training checkpoint to ``models/``: ONNX file, cv2.dnn check, benchmark, manifest entry.
+
+The quality recorded in the manifest is measured on the exported file through cv2.dnn (not torch), with the
+DESIGN §8 protocol, so it is what daemon users get.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from srd.metrics import psnr_y, ssim_y
+from srd.train import checkpoint
+from srd.train.data import load_bench
+from srd.train.model import EDSR, Arch, count_parameters
+from srd.train.onnx_io import export_onnx, load_net, run_net
+
+log = logging.getLogger("srd.train")
+
+CONVENTION = "edsr"
+BENCH_SETS = ("Set5", "Set14")
+# Non-square sizes catch exporters that froze a dummy input's shape into the graph.
+CHECK_SIZES = ((37, 53), (64, 96))
+MAX_ABS_DIFF = 1e-2
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> EDSR:
+    model = EDSR(Arch(**ckpt["arch"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def check_against_torch(model: EDSR, path: Path, classic: bool = True) -> float:
+    """Largest |cv2.dnn − torch| over random inputs of several non-square sizes (0–255 scale)."""
+    net = load_net(path, classic)
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for h, w in CHECK_SIZES:
+        blob = rng.uniform(-110, 140, (1, 3, h, w)).astype(np.float32)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(blob)).numpy()
+        net.setInput(blob)
+        out = net.forward()
+        if out.shape != ref.shape:
+            raise RuntimeError(f"cv2.dnn output {out.shape} != torch {ref.shape} for input {h}x{w}")
+        worst = max(worst, float(np.abs(out - ref).max()))
+    return worst
+
+
+def evaluate_onnx(path: Path, bench_dir: Path, scale: int) -> dict[str, dict[str, float]]:
+    """Mean PSNR-Y / SSIM-Y per benchmark set, running whole images through cv2.dnn (classic engine)."""
+    net = load_net(path, classic=True)
+    quality = {}
+    for name in BENCH_SETS:
+        psnrs, ssims = [], []
+        for pair in load_bench(bench_dir / name, scale):
+            sr = np.clip(np.round(run_net(net, pair.lr)), 0, 255).astype(np.uint8)
+            psnrs.append(psnr_y(sr, pair.hr, scale))
+            ssims.append(ssim_y(sr, pair.hr, scale))
+        quality[name] = {"psnr_y": round(float(np.mean(psnrs)), 3), "ssim": round(float(np.mean(ssims)), 4)}
+    return quality
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def training_command(cfg: dict[str, Any], arch: dict[str, Any]) -> str:
+    """The ``fit`` command (explicit flags, no preset) that reproduces and resumes the run."""
+    parts = [
+        "python -m srd.train fit", f"--name {cfg['name']}", f"--scale {arch['scale']}",
+        f"--blocks {arch['blocks']}", f"--channels {arch['channels']}", f"--tail {arch['tail']}",
+        f"--res-scale {arch['res_scale']}", f"--iters {cfg['iters']}", f"--batch {cfg['batch']}",
+        f"--patch {cfg['patch']}", f"--lr {cfg['lr']}", f"--lr-min {cfg['lr_min']}", f"--seed {cfg['seed']}",
+    ]
+    if cfg.get("init"):
+        parts.append(f"--init {cfg['init']}")
+    if not cfg["bf16"]:
+        parts.append("--no-bf16")
+    return " ".join(parts)
+
+
+def provenance(ckpt: dict[str, Any]) -> dict[str, Any]:
+    cfg = ckpt["config"]
+    train_dir = Path(cfg["train_dir"])
+    folders = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    count = sum(1 for p in train_dir.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
+    init = cfg.get("init")
+    return {
+        "trainer": "srd.train",
+        "data": f"{cfg['train_dir']} ({count} images: {', '.join(folders)})",
+        "degradation": "MATLAB bicubic",
+        "iterations": int(ckpt["iteration"]),
+        "batch": cfg["batch"],
+        "patch_lr": cfg["patch"],
+        "hours": round(float(ckpt["elapsed_s"]) / 3600, 2),
+        "hardware": f"{os.cpu_count()}-core CPU ({cfg['threads']} training thread(s), "
+                    f"{'bf16 autocast' if cfg['bf16'] else 'fp32'}), torch {torch.__version__.split('+')[0]} CPU",
+        "init": f"from {Path(init).parent.name} ({Path(init).name})" if init else "scratch",
+        "command": training_command(cfg, ckpt["arch"]),
+    }
+
+
+def update_manifest(manifest_path: Path, entry: dict[str, Any]) -> None:
+    """Replace or add the (name, scale) entry, keep the others, sort, and write atomically."""
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+    else:
+        manifest = {"version": 1, "models": []}
+    models = [m for m in manifest["models"] if (m["name"], m["scale"]) != (entry["name"], entry["scale"])]
+    models.append(entry)
+    manifest["models"] = sorted(models, key=lambda m: (m["name"], m["scale"]))
+    tmp = manifest_path.with_name(f".{manifest_path.name}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, manifest_path)
+
+
+def export_run(ckpt_path: Path, name: str, models_dir: Path, bench_dir: Path, threads: int = 1,
+               command: str | None = None) -> dict[str, Any]:
+    """Export ``ckpt_path`` as ``models_dir/<name>_x<s>.onnx`` and record it in ``models_dir/manifest.json``.
+
+    Reads the checkpoint only, so it is safe while the run is still training.
+
+    Returns:
+        The manifest entry written.
+    """
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    ckpt = checkpoint.load(ckpt_path)
+    model = model_from_checkpoint(ckpt)
+    arch = model.arch
+    models_dir.mkdir(parents=True, exist_ok=True)
+    final = models_dir / f"{name}_x{arch.scale}.onnx"
+    tmp = models_dir / f".{final.name}.tmp.onnx"
+    export_onnx(model, tmp)
+    diffs = {engine: check_against_torch(model, tmp, classic) for engine, classic in
+             (("classic", True), ("new", False))}
+    log.info("cv2.dnn vs torch max abs diff (0-255 scale): %s", diffs)
+    if max(diffs.values()) > MAX_ABS_DIFF:
+        tmp.unlink()
+        raise RuntimeError(f"exported model disagrees with torch: {diffs}")
+    quality = evaluate_onnx(tmp, bench_dir, arch.scale)
+    log.info("quality via cv2.dnn: %s", quality)
+    os.replace(tmp, final)
+    entry = {
+        "name": name, "scale": arch.scale, "file": final.name, "format": "onnx", "convention": CONVENTION,
+        "sha256": sha256_of(final), "size_bytes": final.stat().st_size,
+        "architecture": {"family": "edsr", "blocks": arch.blocks, "channels": arch.channels, "tail": arch.tail,
+                         "res_scale": arch.res_scale},
+        "parameters": count_parameters(model),
+        "provenance": provenance(ckpt),
+        "quality": quality,
+    }
+    if command:
+        entry["provenance"]["export_command"] = command
+    update_manifest(models_dir / "manifest.json", entry)
+    log.info("wrote %s and its manifest entry", final)
+    return entry
