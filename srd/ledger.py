@@ -156,6 +156,7 @@ class Ledger:
         self._seq = 0
         self._journal_size = 0
         self._journal_records = 0
+        self._next_compaction = compact_after
 
     @classmethod
     def open(
@@ -169,15 +170,19 @@ class Ledger:
 
         Args:
             state_dir: Local folder for the ledger (created if missing). Not on NFS: flock is unreliable there.
-            compact_after: Compact on open when the journal holds more records than this, so that startup
-                time stays bounded however long the daemon ran.
+            compact_after: Compact (on open, and after a write) once the journal holds this many records, so
+                that startup time stays bounded however long the daemon runs. Each compaction rewrites the whole
+                snapshot (about 0.8 s for 100,000 entries here), which is what this trades against replay time.
             clock: Wall clock for the entries' timestamps (injectable for tests).
 
         Raises:
+            ValueError: `compact_after` is below 1.
             LockedError: Another process (or another `Ledger` in this one) owns `state_dir`.
             LedgerError: The snapshot or a journal line other than the last is corrupt, or the journal does
                 not continue the snapshot; nothing is guessed, so that no history is silently lost.
         """
+        if compact_after < 1:
+            raise ValueError(f"compact_after must be at least 1, got {compact_after}")
         state_dir = Path(state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         lock_fd = _acquire_lock(state_dir / LOCK_NAME)
@@ -207,7 +212,7 @@ class Ledger:
 
     @property
     def journal_records(self) -> int:
-        """Records in the journal since the last compaction; the daemon may `compact` when it grows."""
+        """Records in the journal since the last compaction."""
         return self._journal_records
 
     def close(self) -> None:
@@ -417,6 +422,7 @@ class Ledger:
             raise LedgerError(f"cannot truncate ledger journal {self._dir / JOURNAL_NAME}: {exc}") from exc
         self._journal_size = 0
         self._journal_records = 0
+        self._next_compaction = self._compact_after
         log.info(
             "ledger_compacted",
             entries=len(self._entries),
@@ -475,6 +481,18 @@ class Ledger:
         self._pending_hashes.clear()
         for rec in records:
             self._apply(rec)
+        self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        if self._journal_records < self._next_compaction:
+            return
+        try:
+            self.compact()
+        except SrdError as exc:
+            # The ledger stays consistent without compaction, and the record that triggered it is committed;
+            # try again after another `compact_after` records rather than on every write of a full disk.
+            self._next_compaction = self._journal_records + self._compact_after
+            log.warning("ledger_compaction_failed", state_dir=str(self._dir), error=str(exc))
 
     def _undo_partial_write(self, fd: int) -> None:
         # A half-written line followed by later appends would be a corrupt line in the middle, which makes the
@@ -531,12 +549,7 @@ class Ledger:
             seq=self._seq,
             ms=round((time.perf_counter() - started) * 1000),
         )
-        if self._journal_records > self._compact_after:
-            try:
-                self.compact()
-            except SrdError as exc:
-                # The ledger is consistent without it; a full disk should not also stop the daemon starting.
-                log.warning("ledger_compaction_failed", state_dir=str(self._dir), error=str(exc))
+        self._maybe_compact()
 
     def _read_snapshot(self) -> int:
         path = self._dir / SNAPSHOT_NAME
