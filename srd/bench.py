@@ -1,0 +1,147 @@
+"""Benchmarks that print figures: quality (PSNR/SSIM-Y, DESIGN §8 protocol) and speed (µs per LR pixel, RSS).
+
+Every quality run includes bicubic in the same run, so a reader compares like with like; every
+speed measurement runs in a fresh process so its peak RSS is its own.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from srd.bicubic import imresize
+from srd.engine.conventions import LUMA_CONVENTIONS
+from srd.engine.registry import ModelSpec
+from srd.engine.upscaler import EngineSettings, Upscaler
+from srd.metrics import crop_to_multiple, psnr_y, ssim_y
+
+IMAGE_SUFFIXES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"}
+
+
+@dataclass(frozen=True)
+class QualityRow:
+    method: str
+    psnr: float
+    ssim: float
+    images: int
+
+
+def bench_images(folder: Path) -> list[Path]:
+    """HR images directly in `folder` (sub-folders such as LR_bicubic_matlab are not read)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
+    """The protocol's LR input: MATLAB-style antialiased bicubic, rounded to uint8."""
+    return np.clip(np.rint(imresize(hr, 1.0 / scale)), 0, 255).astype(np.uint8)
+
+
+def _bicubic_up(lr: np.ndarray, scale: int) -> np.ndarray:
+    return np.clip(np.rint(imresize(lr, scale)), 0, 255).astype(np.uint8)
+
+
+def _upsample_reference(spec: ModelSpec) -> object:
+    """OpenCV's own `DnnSuperResImpl`, for checking that srd reproduces it."""
+    impl = cv2.dnn_superres.DnnSuperResImpl_create()
+    impl.readModel(str(spec.path))
+    impl.setModel(spec.convention, spec.scale)
+    return impl
+
+
+def bench_quality(
+    folder: Path,
+    scale: int,
+    specs: Sequence[ModelSpec],
+    engine: EngineSettings,
+    *,
+    with_upsample: bool = False,
+) -> list[QualityRow]:
+    """Mean PSNR-Y and SSIM-Y over the HR images in `folder`, bicubic first, then each model."""
+    methods: dict[str, list[tuple[float, float]]] = {"bicubic (MATLAB)": []}
+    upscalers = [(f"{spec.name} x{spec.scale}", Upscaler(spec, engine)) for spec in specs]
+    references = []
+    if with_upsample:
+        references = [
+            (f"{spec.name} x{spec.scale} via upsample()", _upsample_reference(spec))
+            for spec in specs
+            if spec.format == "tensorflow"
+        ]
+    for path in bench_images(folder):
+        hr = crop_to_multiple(cv2.imread(str(path), cv2.IMREAD_COLOR), scale)
+        lr = make_lr(hr, scale)
+        outputs = {"bicubic (MATLAB)": _bicubic_up(lr, scale)}
+        outputs.update({label: up.upscale(lr) for label, up in upscalers})
+        outputs.update({label: impl.upsample(lr) for label, impl in references})
+        for label, sr in outputs.items():
+            methods.setdefault(label, []).append((psnr_y(sr, hr, scale), ssim_y(sr, hr, scale)))
+    return [
+        QualityRow(label, float(np.mean([p for p, _ in scores])), float(np.mean([s for _, s in scores])), len(scores))
+        for label, scores in methods.items()
+    ]
+
+
+@dataclass(frozen=True)
+class SpeedRow:
+    method: str
+    tile: int
+    us_per_lr_pixel: float
+    peak_rss_mb: float
+
+
+def _measure(spec: ModelSpec, engine: EngineSettings, size: tuple[int, int], repeats: int, reference: bool,
+             queue: multiprocessing.Queue) -> None:
+    """Child process: time `repeats` runs on a synthetic textured image; report µs/pixel and peak RSS."""
+    rng = np.random.default_rng(0)
+    height, width = size
+    base = rng.integers(0, 256, (height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8)
+    image = cv2.resize(base, (width, height), interpolation=cv2.INTER_CUBIC)
+    if reference:
+        cv2.setNumThreads(engine.threads or cv2.getNumThreads())
+        impl = _upsample_reference(spec)
+        run = impl.upsample
+    else:
+        run = Upscaler(spec, engine).upscale
+    run(image)  # warm-up: first inference allocates and tunes
+    started = time.perf_counter()
+    for _ in range(repeats):
+        run(image)
+    elapsed = (time.perf_counter() - started) / repeats
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put((elapsed * 1e6 / (height * width), peak_mb))
+
+
+def bench_speed(
+    spec: ModelSpec,
+    engine: EngineSettings,
+    tiles: Sequence[int],
+    size: tuple[int, int],
+    *,
+    repeats: int = 2,
+    with_upsample: bool = True,
+) -> list[SpeedRow]:
+    """µs per LR pixel and whole-process peak RSS for each tile size (0 = untiled), plus upsample()."""
+    context = multiprocessing.get_context("spawn")
+    plans = [(f"srd tile {tile}" if tile else "srd untiled", tile, False) for tile in tiles]
+    if with_upsample and spec.format == "tensorflow" and spec.convention in LUMA_CONVENTIONS | {"edsr"}:
+        plans.append(("upsample()", 0, True))
+    rows = []
+    for label, tile, reference in plans:
+        settings = EngineSettings(tile=tile, tile_pad=engine.tile_pad, onnx_engine=engine.onnx_engine,
+                                  chroma=engine.chroma, threads=engine.threads)
+        queue: multiprocessing.Queue = context.Queue()
+        child = context.Process(target=_measure, args=(spec, settings, size, repeats, reference, queue))
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            rows.append(SpeedRow(f"{label} (failed, exit {child.exitcode})", tile, float("nan"), float("nan")))
+            continue
+        us, rss = queue.get()
+        rows.append(SpeedRow(label, tile, us, rss))
+    return rows

@@ -1,0 +1,361 @@
+"""The `srd` command line; the only place that maps errors to exit codes and calls `sys.exit`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import as_completed
+from dataclasses import replace
+from pathlib import Path
+
+from srd import __version__
+from srd.config import Config, Profile, load_config
+from srd.engine.registry import available_models, resolve_model, user_models_dir
+from srd.engine.upscaler import EngineSettings
+from srd.errors import ConfigError, ModelError, SrdError
+from srd.imageio import normalise_format
+from srd.job import Job, JobResult, run_job
+from srd.logs import configure_logging
+from srd.pipeline import Pipeline, StageContext, Upscale
+from srd.worker import make_pool, process
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".avif", ".pnm", ".ppm", ".pgm"}
+
+
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tile", type=int, help="tile side in LR pixels (0: whole image at once)")
+    parser.add_argument("--tile-pad", type=int, help="LR pixels of context around each tile")
+    parser.add_argument("--threads", type=int, help="OpenCV threads per worker process")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="srd", description="Super-resolution daemon: watch folders and upscale images with EDSR-family models."
+    )
+    parser.add_argument("--version", action="version", version=f"srd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    process = sub.add_parser("process", help="upscale files or folders once and exit",
+                             description="Upscale images once. Each output is OUT/<input name>.")
+    process.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
+    process.add_argument("--out", "-o", type=Path, required=True, help="output folder (created if missing)")
+    process.add_argument("--config", "-c", type=Path, help="YAML config (for profiles, model folders, engine)")
+    process.add_argument("--profile", "-p", help="profile name from the config (default: 'default')")
+    process.add_argument("--model", "-m", help="model name (e.g. edsr-lite) or model file path")
+    process.add_argument("--scale", "-s", type=float, help="upscaling factor (with --model)")
+    process.add_argument("--convention", help="model convention for a file whose name doesn't tell it")
+    process.add_argument("--format", "-f", help="output format: same, jpg, png, webp, tiff, bmp")
+    process.add_argument("--quality", type=int, help="JPEG/WebP quality 1-100")
+    process.add_argument("--jobs", "-j", type=int, help="parallel worker processes (default: from config)")
+    process.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders, mirroring them")
+    process.add_argument("--verbose", "-v", action="store_true", help="log every job")
+    _add_engine_options(process)
+
+    models = sub.add_parser("models", help="list, verify or download models")
+    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    for name, text in (("list", "list the models srd can use"), ("verify", "check model files' sha256")):
+        action = models_sub.add_parser(name, help=text, description=text)
+        action.add_argument("--config", "-c", type=Path, help="YAML config (adds its model_dirs)")
+    fetch = models_sub.add_parser("fetch", help="download an OpenCV-zoo model (verified, atomic)",
+                                  description="Download OpenCV-zoo models: edsr, espcn, fsrcnn, fsrcnn-small, lapsrn.")
+    fetch.add_argument("name", help="zoo model family (e.g. edsr, fsrcnn) or file name (EDSR_x3.pb)")
+    fetch.add_argument("--scale", "-s", type=int, help="only this scale (default: every scale)")
+    fetch.add_argument("--dest", type=Path, help=f"folder (default: first config model_dir, else {user_models_dir()})")
+    fetch.add_argument("--config", "-c", type=Path, help="YAML config (its first model_dir is the default --dest)")
+    fetch.add_argument("--base-url", help="mirror holding the zoo files side by side")
+
+    config = sub.add_parser("config", help="validate a config file")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    check = config_sub.add_parser("check", help="report every problem in a config, with its location",
+                                  description="Validate a config; with no FILE, the built-in defaults.")
+    check.add_argument("file", nargs="?", type=Path, help="YAML config file")
+
+    bench = sub.add_parser("bench", help="quality and speed benchmarks (print figures)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="KIND")
+    quality = bench_sub.add_parser("quality", help="PSNR-Y/SSIM-Y on a benchmark set, bicubic beside",
+                                   description="DESIGN §8 protocol: MATLAB bicubic LR, PSNR on Y, scale-pixel shave.")
+    quality.add_argument("--set", type=Path, required=True, help="folder of HR images (e.g. Set5)")
+    quality.add_argument("--scale", "-s", type=int, required=True)
+    quality.add_argument("--model", "-m", action="append", default=[], help="model name or file; repeatable")
+    quality.add_argument("--upsample", action="store_true", help="also run zoo .pb files through upsample()")
+    quality.add_argument("--config", "-c", type=Path, help="YAML config (model_dirs, engine)")
+    _add_engine_options(quality)
+    speed = bench_sub.add_parser("speed", help="µs per LR pixel and peak RSS for several tile sizes",
+                                 description="Each measurement runs in a fresh process so peak RSS is its own.")
+    speed.add_argument("--model", "-m", required=True)
+    speed.add_argument("--scale", "-s", type=int)
+    speed.add_argument("--tiles", default="0,64,128,192,256", help="comma-separated tile sizes (0: untiled)")
+    speed.add_argument("--size", default="512x512", help="LR image size HxW")
+    speed.add_argument("--repeats", type=int, default=2)
+    speed.add_argument("--config", "-c", type=Path, help="YAML config (model_dirs, engine)")
+    _add_engine_options(speed)
+
+    train = sub.add_parser("train", help="train and export srd's own models (needs the 'train' extra)",
+                           add_help=False)
+    train.add_argument("train_args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _engine_from(config: Config, args: argparse.Namespace, default_threads: int | None) -> EngineSettings:
+    def pick(option: str, configured: object) -> object:
+        value = getattr(args, option, None)
+        return configured if value is None else value
+
+    return EngineSettings(
+        tile=pick("tile", config.engine.tile),
+        tile_pad=pick("tile_pad", config.engine.tile_pad),
+        onnx_engine=config.engine.onnx_engine,
+        chroma=config.engine.chroma,
+        threads=pick("threads", default_threads),
+    )
+
+
+def _profile_for(config: Config, args: argparse.Namespace) -> Profile:
+    if args.model and args.profile:
+        raise ConfigError(["give either --profile or --model/--scale, not both"], "command line")
+    if args.model:
+        if args.scale is None:
+            raise ConfigError(["--model needs --scale"], "command line")
+        stage = Upscale(model=args.model, scale=args.scale, convention=args.convention)
+        problems = stage.problems()
+        if problems:
+            raise ConfigError(problems, "command line")
+        profile = Profile("command-line", Pipeline((stage,)))
+    else:
+        name = args.profile or "default"
+        if name not in config.profiles:
+            raise ConfigError([f"unknown profile {name!r} (known: {', '.join(config.profiles)})"], config.source)
+        profile = config.profiles[name]
+    if args.quality is not None:
+        if not 1 <= args.quality <= 100:
+            raise ConfigError(["--quality must be between 1 and 100"], "command line")
+        profile = replace(profile, output=replace(profile.output, quality=args.quality))
+    return profile
+
+
+def _collect_inputs(inputs: Sequence[Path], out: Path, recursive: bool) -> Iterator[tuple[Path, Path]]:
+    """(source file, output folder) pairs; folders contribute their image files, sub-folders mirrored."""
+    for item in inputs:
+        if item.is_dir():
+            pattern = "**/*" if recursive else "*"
+            for path in sorted(item.glob(pattern)):
+                if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES:
+                    yield path, out / path.parent.relative_to(item)
+        else:
+            yield item, out
+
+
+class _Progress:
+    """A one-line progress bar on a terminal; silent otherwise (logs carry the detail)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self.enabled = sys.stderr.isatty() and total > 0
+
+    def advance(self, name: str) -> None:
+        self.done += 1
+        if self.enabled:
+            filled = 30 * self.done // self.total
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {name[:40]:<40}")
+            sys.stderr.flush()
+
+    def interrupt(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 80 + "\r")
+
+    def finish(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def _run_process(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    configure_logging("info" if args.verbose else "error", config.log_format)
+    profile = _profile_for(config, args)
+    if args.format and args.format != "same":
+        try:
+            normalise_format(args.format)
+        except ValueError as exc:
+            raise ConfigError([str(exc)], "command line") from exc
+    jobs_count = args.jobs or config.workers
+    cores = os.cpu_count() or 1
+    threads = args.threads or max(1, cores // jobs_count)
+    engine = _engine_from(config, args, threads)
+    context = StageContext(engine, config.model_dirs)
+    for spec in profile.pipeline.models(context):  # fail fast, before any file is touched
+        context.verify(spec)
+
+    pairs = list(_collect_inputs(args.inputs, args.out, args.recursive))
+    failures: list[JobResult] = []
+    seen: dict[Path, Path] = {}
+    jobs = []
+    for source, out_dir in pairs:
+        planned = out_dir / source.name
+        if planned in seen:
+            failures.append(JobResult(source, False, error=f"same output name as {seen[planned]}"))
+            continue
+        seen[planned] = source
+        if not source.exists():
+            failures.append(JobResult(source, False, error="no such file"))
+            continue
+        out_dir.mkdir(parents=True, exist_ok=True)
+        jobs.append(Job(source, out_dir, profile, config.max_input_pixels, args.format))
+    for failure in failures:
+        print(f"srd: failed: {failure.source}: {failure.error}", file=sys.stderr)
+
+    progress = _Progress(len(jobs))
+    processed = 0
+
+    def report(result: JobResult) -> None:
+        nonlocal processed
+        processed += result.ok
+        if not result.ok:
+            progress.interrupt()
+            print(f"srd: failed: {result.source}: {result.error}", file=sys.stderr)
+            failures.append(result)
+        progress.advance(result.source.name)
+
+    if jobs_count <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            report(run_job(job, context))
+    else:
+        with make_pool(min(jobs_count, len(jobs)), engine, config.model_dirs,
+                       "info" if args.verbose else "error", config.log_format) as pool:
+            for future in as_completed([pool.submit(process, job) for job in jobs]):
+                report(future.result())
+    progress.finish()
+    print(f"srd: {processed} processed, {len(failures)} failed", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _model_status(spec, context: StageContext) -> str:
+    if not spec.path.is_file():
+        return "missing"
+    if not spec.expected_sha256:
+        return "unverified"
+    return "verified" if context.sha256(spec) == spec.expected_sha256 else "MISMATCH"
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from srd.engine.fetch import fetch_model
+    from srd.engine.zoo import ZOO, find_zoo
+
+    config = load_config(getattr(args, "config", None))
+    configure_logging("warning", config.log_format)
+    context = StageContext(config.engine, config.model_dirs)
+    if args.models_command == "fetch":
+        wanted = find_zoo(args.name, args.scale)
+        if not wanted:
+            names = sorted({m.name for m in ZOO})
+            raise ModelError(f"no OpenCV-zoo model {args.name!r}" + (f" at scale {args.scale}" if args.scale else "")
+                             + f" (known: {', '.join(names)})")
+        dest = args.dest or (config.model_dirs[0] if config.model_dirs else user_models_dir())
+        for model in wanted:
+            path = fetch_model(model, dest, base_url=args.base_url)
+            print(f"{model.name} x{model.scale}: {path} (sha256 verified)")
+        return 0
+    specs = list(available_models(config.model_dirs))
+    if args.models_command == "verify":
+        bad = 0
+        for spec in specs:
+            status = _model_status(spec, context)
+            bad += status in ("MISMATCH", "missing")
+            print(f"{status:<10} {spec.name} x{spec.scale}  {spec.path}")
+        if not specs:
+            print("no models found")
+        return ModelError.exit_code if bad else 0
+    print(f"{'name':<14} {'scale':>5} {'format':<10} {'convention':<10} {'size':>9}  {'status':<10} path")
+    shown = set()
+    for spec in specs:
+        key = (spec.name.lower(), spec.scale)
+        if key in shown:
+            continue  # shadowed by an earlier folder
+        shown.add(key)
+        size = f"{spec.path.stat().st_size / 1e6:.2f} MB" if spec.path.is_file() else "-"
+        print(f"{spec.name:<14} {spec.scale:>5} {spec.format:<10} {spec.convention:<10} {size:>9}  "
+              f"{_model_status(spec, context):<10} {spec.path}")
+    missing = sorted({f"{m.name} x{m.scale}" for m in ZOO if (m.name, m.scale) not in shown})
+    if missing:
+        print(f"\ndownloadable with 'srd models fetch NAME --scale S': {', '.join(missing)}")
+    return 0
+
+
+def _run_config_check(args: argparse.Namespace) -> int:
+    config = load_config(args.file)
+    context = StageContext(config.engine, config.model_dirs)
+    problems = []
+    for profile in config.profiles.values():
+        for i, stage in enumerate(profile.pipeline.stages):
+            if isinstance(stage, Upscale):
+                try:
+                    stage.spec(context)
+                except ModelError as exc:
+                    problems.append(f"at 'profiles.{profile.name}.stages[{i}].upscale.model': {exc}")
+    if problems:
+        raise ConfigError(problems, config.source)
+    print(f"{config.source}: ok ({len(config.inboxes)} inbox(es), profiles: {', '.join(config.profiles)}, "
+          f"{config.workers} worker(s) x {config.threads_per_worker} thread(s))")
+    return 0
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from srd import bench
+
+    config = load_config(args.config)
+    configure_logging("warning", config.log_format)
+    engine = _engine_from(config, args, args.threads)
+    if args.bench_command == "quality":
+        specs = [resolve_model(m, args.scale, extra_dirs=config.model_dirs) for m in args.model]
+        rows = bench.bench_quality(args.set, args.scale, specs, engine, with_upsample=args.upsample)
+        print(f"{args.set.name} x{args.scale}  (DESIGN §8 protocol, tile {engine.tile}, pad {engine.tile_pad})")
+        print(f"| {'method':<42} | PSNR-Y (dB) | SSIM-Y |")
+        print(f"|{'-' * 44}|-------------|--------|")
+        for row in rows:
+            print(f"| {row.method:<42} | {row.psnr:11.2f} | {row.ssim:.4f} |")
+        return 0
+    spec = resolve_model(args.model, args.scale, extra_dirs=config.model_dirs)
+    height, width = (int(v) for v in args.size.lower().split("x"))
+    tiles = [int(t) for t in args.tiles.split(",")]
+    rows = bench.bench_speed(spec, engine, tiles, (height, width), repeats=args.repeats)
+    print(f"{spec.name} x{spec.scale} on {height}x{width} LR, pad {engine.tile_pad}, threads {engine.threads or 'default'}")
+    print("| method | µs per LR pixel | peak RSS (MB) |")
+    print("|---|---|---|")
+    for row in rows:
+        print(f"| {row.method} | {row.us_per_lr_pixel:.2f} | {row.peak_rss_mb:.0f} |")
+    return 0
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    try:
+        from srd.train.command import main as train_main
+    except ImportError as exc:
+        raise SrdError(f"training needs the 'train' extra: pip install -e '.[train]' ({exc})") from exc
+    return train_main(args.train_args)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _build_parser().parse_args(argv)
+    handlers = {
+        "process": _run_process,
+        "models": _run_models,
+        "config": _run_config_check,
+        "bench": _run_bench,
+        "train": _run_train,
+    }
+    try:
+        code = handlers[args.command](args)
+    except ConfigError as exc:
+        print(f"srd: invalid configuration ({exc.source}):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        code = exc.exit_code
+    except SrdError as exc:
+        print(f"srd: error: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        print("srd: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)

@@ -1,0 +1,422 @@
+"""YAML configuration → frozen dataclasses, with every problem reported at once.
+
+Each problem names its location (`at 'profiles.photo.stages[2].upscale.scale': …`) so an admin
+can fix a config in one pass. Unknown keys are errors: a typo must never silently fall back to a
+default. Relative paths are taken relative to the config file's folder.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from srd.engine.conventions import CONVENTIONS
+from srd.engine.upscaler import CHROMA_INTERPOLATIONS, ONNX_ENGINES, EngineSettings
+from srd.errors import ConfigError
+from srd.imageio import OUTPUT_FORMATS, normalise_format
+from srd.pipeline import STAGES, Pipeline, Upscale
+
+DEFAULT_PROFILE = "default"
+DEFAULT_MODEL = "edsr-lite"
+DEFAULT_SCALE = 2
+WATCH_MODES = ("auto", "native", "poll")
+ON_SUCCESS = ("keep", "archive", "delete")
+COLLISIONS = ("suffix", "overwrite", "skip")
+DUPLICATES = ("skip", "link")
+LOG_FORMATS = ("auto", "json", "console")
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """How results are encoded: `format` 'same' keeps the input's format."""
+
+    format: str = "same"
+    quality: int = 95
+    metadata: bool = True
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    pipeline: Pipeline
+    output: OutputSettings = OutputSettings()
+
+
+@dataclass(frozen=True)
+class Inbox:
+    """One watched folder and where its results and failures go."""
+
+    path: Path
+    outbox: Path
+    failed: Path
+    profile: str = DEFAULT_PROFILE
+    mode: str = "auto"
+    poll_interval: float = 2.0
+    settle_seconds: float = 2.0
+    recursive: bool = True
+    ignore: tuple[str, ...] = ()
+    on_success: str = "keep"
+    archive: Path | None = None
+    collision: str = "suffix"
+    duplicates: str = "skip"
+
+
+@dataclass(frozen=True)
+class Config:
+    state_dir: Path
+    workers: int
+    threads_per_worker: int
+    max_input_pixels: int
+    max_attempts: int
+    job_timeout: float | None
+    reconcile_interval: float
+    model_dirs: tuple[Path, ...]
+    engine: EngineSettings
+    profiles: Mapping[str, Profile]
+    inboxes: tuple[Inbox, ...]
+    log_level: str = "info"
+    log_format: str = "auto"
+    source: str = "defaults"
+
+    def worker_engine(self) -> EngineSettings:
+        """Engine settings as each worker process applies them."""
+        return EngineSettings(
+            tile=self.engine.tile,
+            tile_pad=self.engine.tile_pad,
+            onnx_engine=self.engine.onnx_engine,
+            chroma=self.engine.chroma,
+            threads=self.threads_per_worker,
+        )
+
+
+def default_profile() -> Profile:
+    return Profile(DEFAULT_PROFILE, Pipeline((Upscale(model=DEFAULT_MODEL, scale=DEFAULT_SCALE),)))
+
+
+def default_workers(threads_per_worker: int) -> int:
+    """As many workers as fit the cores without oversubscribing them."""
+    return max(1, (os.cpu_count() or 1) // max(1, threads_per_worker))
+
+
+class _Problems:
+    """Collects problems with their locations instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.items.append(f"at '{where}': {message}" if where else message)
+
+
+def _type_name(kind: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(kind, str(kind))
+
+
+def _check_value(value: Any, annotation: Any) -> tuple[bool, Any, str]:
+    """Validate one scalar against a dataclass field annotation; returns (ok, value, expected)."""
+    hint = annotation
+    optional = False
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
+        hint = args[0]
+    if value is None:
+        return optional, None, "a value"
+    if hint is bool:
+        return isinstance(value, bool), value, _type_name(bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value, _type_name(int)
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value, _type_name(float)
+    if hint is str:
+        return isinstance(value, str), value, _type_name(str)
+    return False, value, str(hint)
+
+
+def _parse_fields(
+    cls: type, data: Any, where: str, problems: _Problems, skip: tuple[str, ...] = ()
+) -> dict[str, Any] | None:
+    """Keyword arguments for dataclass `cls` from mapping `data` (scalars only), or None on error."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        problems.add(where, "expected a mapping")
+        return None
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls) if f.name not in skip}
+    ok = True
+    for key in data:
+        if key not in known:
+            problems.add(f"{where}.{key}" if where else str(key), f"unknown key (known: {', '.join(sorted(known))})")
+            ok = False
+    values: dict[str, Any] = {}
+    for name in known:
+        if name not in data:
+            continue
+        good, value, expected = _check_value(data[name], hints[name])
+        if not good:
+            problems.add(f"{where}.{name}" if where else name, f"expected {expected}, got {data[name]!r}")
+            ok = False
+        values[name] = value
+    return values if ok else None
+
+
+def _parse_stage(item: Any, where: str, problems: _Problems) -> Any:
+    if isinstance(item, str):
+        item = {item: None}
+    if not isinstance(item, Mapping) or len(item) != 1:
+        problems.add(where, f"a stage is a mapping with one key, one of: {', '.join(STAGES)}")
+        return None
+    (kind, settings), = item.items()
+    if kind not in STAGES:
+        problems.add(where, f"unknown stage {kind!r} (known: {', '.join(STAGES)})")
+        return None
+    values = _parse_fields(STAGES[kind], settings, f"{where}.{kind}", problems)
+    if values is None:
+        return None
+    stage = STAGES[kind](**values)
+    names = {f.name for f in fields(stage)}
+    for message in stage.problems():
+        first, _, rest = message.partition(" ")
+        if first in names:  # locate a problem with one field at that field
+            problems.add(f"{where}.{kind}.{first}", rest)
+        else:
+            problems.add(f"{where}.{kind}", message)
+    if isinstance(stage, Upscale) and stage.convention is not None and stage.convention not in CONVENTIONS:
+        problems.add(f"{where}.upscale.convention", f"must be one of {', '.join(CONVENTIONS)}")
+    return stage
+
+
+def _parse_profile(name: str, data: Any, where: str, problems: _Problems) -> Profile | None:
+    if not isinstance(data, Mapping):
+        problems.add(where, "expected a mapping with 'stages' (and optionally 'output')")
+        return None
+    for key in data:
+        if key not in ("stages", "output"):
+            problems.add(f"{where}.{key}", "unknown key (known: output, stages)")
+    stages_data = data.get("stages")
+    if not isinstance(stages_data, list) or not stages_data:
+        problems.add(f"{where}.stages", "expected a non-empty list of stages")
+        stages_data = []
+    stages = [_parse_stage(item, f"{where}.stages[{i}]", problems) for i, item in enumerate(stages_data)]
+    output_values = _parse_fields(OutputSettings, data.get("output"), f"{where}.output", problems)
+    output = OutputSettings(**(output_values or {}))
+    if output.format != "same":
+        try:
+            output = OutputSettings(normalise_format(output.format), output.quality, output.metadata)
+        except ValueError:
+            problems.add(f"{where}.output.format", f"must be same or one of {', '.join(OUTPUT_FORMATS)}")
+    if not 1 <= output.quality <= 100:
+        problems.add(f"{where}.output.quality", "must be between 1 and 100")
+    if any(stage is None for stage in stages):
+        return None
+    return Profile(name, Pipeline(tuple(stages)), output)
+
+
+def _resolve_path(value: str, base: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+_INBOX_PATHS = ("path", "outbox", "failed", "archive")
+
+
+def _parse_inbox(data: Any, where: str, base: Path, problems: _Problems) -> Inbox | None:
+    if not isinstance(data, Mapping):
+        problems.add(where, "expected a mapping")
+        return None
+    scalars = {k: v for k, v in data.items() if k != "ignore"}
+    for key in _INBOX_PATHS:
+        if key in scalars and not isinstance(scalars[key], str):
+            problems.add(f"{where}.{key}", f"expected a path string, got {scalars[key]!r}")
+            return None
+    values = _parse_fields(Inbox, {k: v for k, v in scalars.items() if k not in _INBOX_PATHS}, where, problems,
+                           skip=_INBOX_PATHS + ("ignore",))
+    for key in ("path", "outbox", "failed"):
+        if key not in data:
+            problems.add(f"{where}.{key}", "required")
+    ignore = data.get("ignore", [])
+    if not isinstance(ignore, list) or not all(isinstance(p, str) for p in ignore):
+        problems.add(f"{where}.ignore", "expected a list of glob patterns")
+        ignore = []
+    if values is None or any(key not in data for key in ("path", "outbox", "failed")):
+        return None
+    inbox = Inbox(
+        path=_resolve_path(data["path"], base),
+        outbox=_resolve_path(data["outbox"], base),
+        failed=_resolve_path(data["failed"], base),
+        archive=_resolve_path(data["archive"], base) if data.get("archive") else None,
+        ignore=tuple(ignore),
+        **values,
+    )
+    for name, allowed in (("mode", WATCH_MODES), ("on_success", ON_SUCCESS), ("collision", COLLISIONS),
+                          ("duplicates", DUPLICATES)):
+        if getattr(inbox, name) not in allowed:
+            problems.add(f"{where}.{name}", f"must be one of {', '.join(allowed)}")
+    if inbox.settle_seconds < 0 or inbox.poll_interval <= 0:
+        problems.add(where, "settle_seconds must be >= 0 and poll_interval > 0")
+    if inbox.on_success == "archive" and inbox.archive is None:
+        problems.add(f"{where}.archive", "required when on_success is archive")
+    return inbox
+
+
+def _check_folders(inboxes: list[Inbox], problems: _Problems) -> None:
+    """Refuse layouts where output would be fed back as input forever."""
+
+    def inside(child: Path, parent: Path) -> bool:
+        child, parent = Path(os.path.abspath(child)), Path(os.path.abspath(parent))
+        return child == parent or parent in child.parents
+
+    for i, inbox in enumerate(inboxes):
+        where = f"inboxes[{i}]"
+        for name in ("outbox", "failed", "archive"):
+            folder = getattr(inbox, name)
+            for other in inboxes:
+                if folder is not None and inside(folder, other.path):
+                    problems.add(f"{where}.{name}", f"{folder} is inside inbox {other.path}: results would be reprocessed")
+                if folder is not None and inside(other.path, folder):
+                    problems.add(f"{where}.{name}", f"inbox {other.path} is inside {folder}")
+        for j, other in enumerate(inboxes):
+            if j != i and inside(inbox.path, other.path):
+                problems.add(f"{where}.path", f"{inbox.path} overlaps inbox {other.path} (inboxes[{j}])")
+
+
+_TOP_LEVEL = {
+    "state_dir", "workers", "threads_per_worker", "max_input_pixels", "max_attempts", "job_timeout",
+    "reconcile_interval", "model_dirs", "engine", "profiles", "inboxes", "log",
+}
+
+
+def parse_config(data: Any, *, base: Path, source: str) -> Config:
+    """Build a `Config` from parsed YAML; raises ConfigError listing every problem."""
+    problems = _Problems()
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(["the top level must be a mapping"], source)
+    for key in data:
+        if key not in _TOP_LEVEL:
+            problems.add(str(key), f"unknown key (known: {', '.join(sorted(_TOP_LEVEL))})")
+
+    def number(key: str, kind: type, default: Any, minimum: float) -> Any:
+        value = data.get(key, default)
+        good, value, expected = _check_value(value, kind | None if default is None else kind)
+        if not good:
+            problems.add(key, f"expected {expected}, got {data.get(key)!r}")
+            return default
+        if value is not None and value < minimum:
+            problems.add(key, f"must be at least {minimum}")
+            return default
+        return value
+
+    threads = number("threads_per_worker", int, 1, 1)
+    workers = number("workers", int, default_workers(threads), 1)
+    max_pixels = number("max_input_pixels", int, 100_000_000, 1)
+    max_attempts = number("max_attempts", int, 3, 1)
+    job_timeout = number("job_timeout", float, None, 1)
+    reconcile = number("reconcile_interval", float, 300.0, 1)
+    state_dir = data.get("state_dir", ".srd")
+    if not isinstance(state_dir, str):
+        problems.add("state_dir", "expected a path string")
+        state_dir = ".srd"
+    model_dirs_data = data.get("model_dirs", [])
+    if not isinstance(model_dirs_data, list) or not all(isinstance(p, str) for p in model_dirs_data):
+        problems.add("model_dirs", "expected a list of folder paths")
+        model_dirs_data = []
+
+    engine_values = _parse_fields(EngineSettings, data.get("engine"), "engine", problems, skip=("threads",)) or {}
+    engine = EngineSettings(**engine_values)
+    if engine.onnx_engine not in ONNX_ENGINES:
+        problems.add("engine.onnx_engine", f"must be one of {', '.join(ONNX_ENGINES)}")
+    if engine.chroma not in CHROMA_INTERPOLATIONS:
+        problems.add("engine.chroma", f"must be one of {', '.join(CHROMA_INTERPOLATIONS)}")
+    if engine.tile < 0 or engine.tile_pad < 0:
+        problems.add("engine", "tile and tile_pad must not be negative")
+
+    log = data.get("log") or {}
+    log_level, log_format = "info", "auto"
+    if not isinstance(log, Mapping) or set(log) - {"level", "format"}:
+        problems.add("log", "expected a mapping with 'level' and/or 'format'")
+    else:
+        log_level = str(log.get("level", "info")).lower()
+        log_format = str(log.get("format", "auto")).lower()
+        if log_level not in ("debug", "info", "warning", "error"):
+            problems.add("log.level", "must be debug, info, warning or error")
+        if log_format not in LOG_FORMATS:
+            problems.add("log.format", f"must be one of {', '.join(LOG_FORMATS)}")
+
+    profiles: dict[str, Profile] = {DEFAULT_PROFILE: default_profile()}
+    profiles_data = data.get("profiles", {})
+    if not isinstance(profiles_data, Mapping):
+        problems.add("profiles", "expected a mapping of profile names to profiles")
+        profiles_data = {}
+    for name, body in profiles_data.items():
+        profile = _parse_profile(str(name), body, f"profiles.{name}", problems)
+        if profile is not None:
+            profiles[str(name)] = profile
+
+    inboxes_data = data.get("inboxes")
+    if inboxes_data is None:
+        inboxes_data = [{"path": "inbox", "outbox": "outbox", "failed": "failed"}]
+    if not isinstance(inboxes_data, list):
+        problems.add("inboxes", "expected a list of inboxes")
+        inboxes_data = []
+    inboxes = []
+    for i, item in enumerate(inboxes_data):
+        inbox = _parse_inbox(item, f"inboxes[{i}]", base, problems)
+        if inbox is None:
+            continue
+        if inbox.profile not in profiles and inbox.profile in profiles_data:
+            pass  # the profile itself had errors, already reported
+        elif inbox.profile not in profiles:
+            problems.add(f"inboxes[{i}].profile", f"unknown profile {inbox.profile!r} (known: {', '.join(profiles)})")
+        inboxes.append(inbox)
+    _check_folders(inboxes, problems)
+
+    if problems.items:
+        raise ConfigError(problems.items, source)
+    return Config(
+        state_dir=_resolve_path(state_dir, base),
+        workers=workers,
+        threads_per_worker=threads,
+        max_input_pixels=max_pixels,
+        max_attempts=max_attempts,
+        job_timeout=job_timeout,
+        reconcile_interval=reconcile,
+        model_dirs=tuple(_resolve_path(p, base) for p in model_dirs_data),
+        engine=engine,
+        profiles=profiles,
+        inboxes=tuple(inboxes),
+        log_level=log_level,
+        log_format=log_format,
+        source=source,
+    )
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate `path`; with None, the working default (./inbox → ./outbox, state in ./.srd).
+
+    Raises:
+        ConfigError: unreadable file, YAML syntax error, or any invalid setting (all listed).
+    """
+    if path is None:
+        return parse_config({}, base=Path.cwd(), source="defaults")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read: {exc.strerror}"], str(path)) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError([f"{where}invalid YAML ({getattr(exc, 'problem', exc)})"], str(path)) from exc
+    return parse_config(data, base=path.resolve().parent, source=str(path))

@@ -1,0 +1,137 @@
+"""Run a super-resolution model on any picture srd accepts, tile by tile.
+
+`DnnSuperResImpl.upsample()` is not used: it has no tiling (memory grows with the image), rejects
+alpha and 16-bit, and always resizes chroma bilinearly. Its conventions are kept (see
+`conventions.py`), so the same `.pb` gives the same luma.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from srd.engine.conventions import LUMA_CONVENTIONS, convention_for
+from srd.engine.registry import ModelSpec
+from srd.engine.tiling import upscale_tiled
+from srd.errors import ModelError
+
+ONNX_ENGINES = {"classic": cv2.dnn.ENGINE_CLASSIC, "new": cv2.dnn.ENGINE_NEW, "auto": cv2.dnn.ENGINE_AUTO}
+CHROMA_INTERPOLATIONS = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR}
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How inference runs; plain data so it can cross process boundaries.
+
+    Attributes:
+        tile: core tile side in LR pixels; 0 runs the whole image at once (memory grows with it).
+        tile_pad: LR pixels of context around each tile.
+        onnx_engine: OpenCV DNN engine for ONNX models ('classic' measured fastest here).
+        chroma: how luma-only models' Cr/Cb are enlarged; 'bilinear' reproduces upsample().
+        threads: OpenCV threads in this process (None leaves OpenCV's default).
+    """
+
+    tile: int = 192
+    tile_pad: int = 16
+    onnx_engine: str = "classic"
+    chroma: str = "bicubic"
+    threads: int | None = None
+
+
+def _register_zoo_layers() -> None:
+    """Make the zoo graphs' DepthToSpace loadable.
+
+    Their DepthToSpace nodes carry no `blocksize`, which OpenCV's built-in layer requires; creating
+    a `DnnSuperResImpl` registers dnn_superres's own DepthToSpace (it infers the block size from
+    the channel count) for the whole process.
+    """
+    cv2.dnn_superres.DnnSuperResImpl_create()
+
+
+def load_net(spec: ModelSpec, onnx_engine: str = "classic") -> cv2.dnn.Net:
+    """Read the network of `spec` with OpenCV DNN.
+
+    Raises:
+        ModelError: the file is missing or OpenCV can't parse it.
+    """
+    if not spec.path.is_file():
+        raise ModelError(f"model file not found: {spec.path}")
+    try:
+        if spec.format == "onnx":
+            net = cv2.dnn.readNetFromONNX(str(spec.path), engine=ONNX_ENGINES[onnx_engine])
+        elif spec.format == "tensorflow":
+            _register_zoo_layers()
+            # dnn_superres loads these with the classic engine; the new one mishandled them (opencv_contrib#3833).
+            net = cv2.dnn.readNetFromTensorflow(str(spec.path), engine=cv2.dnn.ENGINE_CLASSIC)
+        else:
+            raise ModelError(f"{spec.path}: unknown model format {spec.format!r}")
+    except cv2.error as exc:
+        raise ModelError(f"{spec.path}: OpenCV cannot load this model ({exc.err})") from exc
+    if net.empty():
+        raise ModelError(f"{spec.path}: OpenCV loaded an empty network")
+    return net
+
+
+class Upscaler:
+    """A loaded model plus the settings to apply it to whole pictures."""
+
+    def __init__(self, spec: ModelSpec, settings: EngineSettings = EngineSettings()) -> None:
+        if settings.threads is not None:
+            cv2.setNumThreads(settings.threads)
+        self.spec = spec
+        self.settings = settings
+        self._net = load_net(spec, settings.onnx_engine)
+
+    @property
+    def scale(self) -> int:
+        return self.spec.scale
+
+    def upscale(self, pixels: np.ndarray) -> np.ndarray:
+        """Upscale grey, BGR or BGRA pixels (uint8 or uint16), keeping channels and depth.
+
+        Alpha is not seen by the model: it is enlarged with bicubic interpolation, which keeps
+        soft edges soft and never invents colour.
+        """
+        if pixels.ndim == 3 and pixels.shape[2] == 4:
+            colour = self.upscale(pixels[:, :, :3])
+            alpha = cv2.resize(pixels[:, :, 3], colour.shape[1::-1], interpolation=cv2.INTER_CUBIC)
+            return np.dstack([colour, alpha])
+        if self.spec.convention in LUMA_CONVENTIONS:
+            return self._upscale_luma_model(pixels)
+        return self._upscale_colour_model(pixels)
+
+    def _upscale_luma_model(self, pixels: np.ndarray) -> np.ndarray:
+        if pixels.ndim == 2:
+            return self._run(pixels)
+        ycrcb = cv2.cvtColor(pixels, cv2.COLOR_BGR2YCrCb)
+        luma = self._run(np.ascontiguousarray(ycrcb[:, :, 0]))
+        size = luma.shape[1::-1]
+        interpolation = CHROMA_INTERPOLATIONS[self.settings.chroma]
+        chroma = cv2.resize(np.ascontiguousarray(ycrcb[:, :, 1:]), size, interpolation=interpolation)
+        return cv2.cvtColor(np.dstack([luma, chroma]), cv2.COLOR_YCrCb2BGR)
+
+    def _upscale_colour_model(self, pixels: np.ndarray) -> np.ndarray:
+        if pixels.ndim == 2:
+            return cv2.cvtColor(self._run(cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)), cv2.COLOR_BGR2GRAY)
+        return self._run(pixels)
+
+    def _run(self, source: np.ndarray) -> np.ndarray:
+        convention = convention_for(self.spec.convention, source.dtype)
+        scale = self.spec.scale
+        target = np.empty((source.shape[0] * scale, source.shape[1] * scale, *source.shape[2:]), source.dtype)
+
+        def run_tile(tile: np.ndarray) -> np.ndarray:
+            self._net.setInput(convention.to_blob(tile))
+            out = self._net.forward()
+            expected = (tile.shape[0] * scale, tile.shape[1] * scale)
+            if out.shape[2:] != expected:
+                raise ModelError(
+                    f"{self.spec.path.name}: output {out.shape[2]}x{out.shape[3]} for a "
+                    f"{tile.shape[0]}x{tile.shape[1]} input is not x{scale}"
+                )
+            return convention.from_blob(out)
+
+        upscale_tiled(source, target, scale, run_tile, tile=self.settings.tile, pad=self.settings.tile_pad)
+        return target

@@ -1,0 +1,113 @@
+"""One file through the whole path: read once, hash, decode, run the pipeline, encode, write atomically.
+
+This is the code a worker runs, shared by the one-shot CLI and the daemon. Jobs and results are
+plain frozen dataclasses so they cross process boundaries; a bad file becomes a failed
+`JobResult`, never an exception that could take a worker down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from srd.atomic import write_bytes_atomic
+from srd.config import Profile
+from srd.errors import ImageError, SrdError
+from srd.imageio import decode, encode, extension_for, output_format_for
+from srd.pipeline import StageContext
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    """Process `source` with `profile`, writing into folder `out_dir` under the source's name.
+
+    `format` overrides the profile's output format ('same' keeps the input's).
+    """
+
+    source: Path
+    out_dir: Path
+    profile: Profile
+    max_input_pixels: int
+    format: str | None = None
+
+
+@dataclass(frozen=True)
+class JobResult:
+    source: Path
+    ok: bool
+    output: Path | None = None
+    error: str | None = None
+    sha256: str | None = None
+    input_size: tuple[int, int] | None = None
+    output_size: tuple[int, int] | None = None
+    milliseconds: int = 0
+
+
+def output_name(source_name: str, source_format: str, written_format: str, requested: str | None) -> str:
+    """The output's file name: the input's, with the extension changed only for a format change."""
+    if (requested in (None, "same")) and written_format == source_format:
+        return source_name
+    return Path(source_name).stem + extension_for(written_format)
+
+
+def read_source(path: Path) -> tuple[bytes, str]:
+    """Read a file once and hash those same bytes, so the hash always matches what was processed."""
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError as exc:
+        raise ImageError("is a directory, not an image file") from exc
+    except OSError as exc:
+        raise ImageError(f"cannot read: {exc.strerror}") from exc
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def run_job(job: Job, context: StageContext) -> JobResult:
+    """Process one job; failures come back as a result with the reason, never as an exception."""
+    started = time.monotonic()
+    sha256 = None
+    try:
+        data, sha256 = read_source(job.source)
+        picture = decode(data, max_pixels=job.max_input_pixels)
+        del data
+        pixels = job.profile.pipeline.run(picture.pixels, context)
+        settings = job.profile.output
+        requested = job.format or settings.format
+        fmt = output_format_for(picture.format, requested)
+        encoded = encode(picture.with_pixels(pixels), fmt, quality=settings.quality, keep_metadata=settings.metadata)
+        target = job.out_dir / output_name(job.source.name, picture.format, fmt, requested)
+        write_bytes_atomic(target, encoded)
+    except SrdError as exc:
+        return _failure(job, str(exc), sha256, started)
+    # Per-job boundary: any unexpected error (an OpenCV assertion on an odd image, a bug) must fail
+    # this file with its reason, not the batch or the daemon.
+    except Exception as exc:  # noqa: BLE001
+        log.exception("job_crashed", src=str(job.source))
+        return _failure(job, f"internal error: {type(exc).__name__}: {exc}", sha256, started)
+    ms = int((time.monotonic() - started) * 1000)
+    result = JobResult(
+        source=job.source,
+        ok=True,
+        output=target,
+        sha256=sha256,
+        input_size=(picture.pixels.shape[1], picture.pixels.shape[0]),
+        output_size=(pixels.shape[1], pixels.shape[0]),
+        milliseconds=ms,
+    )
+    log.info(
+        "job_done", src=str(job.source), out=str(target), profile=job.profile.name,
+        in_size=result.input_size, out_size=result.output_size, ms=ms,
+    )
+    return result
+
+
+def _failure(job: Job, reason: str, sha256: str | None, started: float) -> JobResult:
+    reason = " ".join(reason.split())  # one line per failure, whatever the library said
+    ms = int((time.monotonic() - started) * 1000)
+    log.warning("job_failed", src=str(job.source), reason=reason, ms=ms)
+    return JobResult(source=job.source, ok=False, error=reason, sha256=sha256, milliseconds=ms)
