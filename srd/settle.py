@@ -1,0 +1,229 @@
+"""Decide when a file in an inbox has finished arriving (DESIGN §4).
+
+File-system events are only hints: what arrives depends on how the file was written (in place, renamed in,
+copied over SMB, seen by a poller), and none of them reliably says "complete". A file is ready when no hint
+touched it for ``settle_s`` and two stats ``settle_s`` apart agree on ``(size, mtime_ns)``.
+
+The tracker has no threads and never sleeps: the owner feeds `SettleTracker.hint`, calls
+`SettleTracker.poll` and sleeps until `SettleTracker.next_deadline`. Clock and stat are injected so that
+tests drive time. Every tracked path ends in exactly one outcome — ready, vanished or rejected — so no file
+is ever dropped silently.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_KINDS = (
+    (stat.S_ISDIR, "directory"),
+    (stat.S_ISFIFO, "fifo"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISLNK, "symlink"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyFile:
+    """A file that has stopped changing; `size` and `mtime_ns` are what the confirming stat saw.
+
+    The daemon can compare them with the stat cache and with a stat after reading, to catch a late write.
+    A `size` of 0 means the file stayed empty for the whole empty-file wait; the daemon fails it.
+    """
+
+    path: Path
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A path that can never become a ready regular file, with the reason to log."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PollResult:
+    """Everything `SettleTracker.poll` resolved; each path appears at most once and is no longer tracked."""
+
+    ready: list[ReadyFile] = field(default_factory=list)
+    vanished: list[Path] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.ready or self.vanished or self.rejected)
+
+
+class _Pending:
+    """Mutable per-path state; `token` identifies its one live heap item (older items are stale)."""
+
+    __slots__ = ("path", "quiet_since", "signature", "check_at", "token", "scheduled_for")
+
+    def __init__(self, path: Path, now: float) -> None:
+        self.path = path
+        self.quiet_since = now
+        self.signature: tuple[int, int] | None = None
+        self.check_at = now
+        self.token = -1
+        self.scheduled_for = float("inf")
+
+
+class SettleTracker:
+    """Tracks paths from their first hint until they are ready, vanished or rejected.
+
+    Args:
+        settle_s: Quiet period after the last hint, and minimum gap between the two stats that must agree.
+        clock: Monotonic clock in seconds (wall-clock jumps must not settle or stall files).
+        stat: Stat function; ``os.stat`` follows symlinks, pass ``os.lstat`` to reject them instead.
+        empty_file_settle_s: How long a zero-byte file must stay empty, counted from the last hint or change,
+            before it is reported ready anyway; defaults to five times `settle_s`. Some writers create the
+            file first and fill it much later, so emptiness alone is weak evidence of completeness.
+
+    Raises:
+        ValueError: `settle_s` is not positive, or `empty_file_settle_s` is shorter than `settle_s`.
+    """
+
+    def __init__(
+        self,
+        settle_s: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        stat: Callable[[Path], os.stat_result] = os.stat,
+        empty_file_settle_s: float | None = None,
+    ) -> None:
+        if settle_s <= 0:
+            raise ValueError(f"settle_s must be positive, got {settle_s}")
+        empty_s = 5 * settle_s if empty_file_settle_s is None else empty_file_settle_s
+        if empty_s < settle_s:
+            raise ValueError(f"empty_file_settle_s ({empty_s}) must be at least settle_s ({settle_s})")
+        self._settle_s = settle_s
+        self._empty_s = empty_s
+        self._clock = clock
+        self._stat = stat
+        self._pending: dict[Path, _Pending] = {}
+        # Heap of (deadline, token, entry). An item is live only if its token is the entry's current one and
+        # the entry is still tracked; stale items are skipped when they surface. When an entry's deadline
+        # moves later its item is left in place and re-pushed when it surfaces; when it moves earlier, a new
+        # item replaces it. So a live item's deadline never exceeds the entry's real one.
+        self._heap: list[tuple[float, int, _Pending]] = []
+        self._tokens = itertools.count()
+
+    def hint(self, path: Path) -> None:
+        """Note that an event touched `path`: (re)start its quiet period and forget earlier stats."""
+        now = self._clock()
+        entry = self._pending.get(path)
+        if entry is None:
+            entry = self._pending[path] = _Pending(path, now)
+        entry.quiet_since = now
+        entry.signature = None
+        due = self._due(entry)
+        if due < entry.scheduled_for:
+            self._schedule(entry, due)
+
+    def forget(self, path: Path) -> None:
+        """Stop tracking `path` (it was deleted or moved away and the owner already knows)."""
+        self._pending.pop(path, None)
+
+    def pending(self) -> int:
+        """Return how many paths are being tracked."""
+        return len(self._pending)
+
+    def next_deadline(self) -> float | None:
+        """Return the clock time at which `poll` next has work, or None if nothing is tracked.
+
+        The owner sleeps until then (or until the next event); calling `poll` earlier is harmless.
+        """
+        while self._heap:
+            deadline, token, entry = self._heap[0]
+            if not self._is_live(token, entry):
+                heapq.heappop(self._heap)
+                continue
+            due = self._due(entry)
+            if due > deadline:
+                heapq.heappop(self._heap)
+                self._schedule(entry, due)
+                continue
+            return deadline
+        return None
+
+    def poll(self) -> PollResult:
+        """Stat the paths whose wait is over and resolve those that are ready, vanished or rejected.
+
+        A path whose first stat is taken now, or whose size or mtime changed since the first one, stays
+        tracked and is confirmed `settle_s` later (zero-byte files: see `empty_file_settle_s`).
+        """
+        now = self._clock()
+        result = PollResult()
+        while self._heap and self._heap[0][0] <= now:
+            _, token, entry = heapq.heappop(self._heap)
+            if not self._is_live(token, entry):
+                continue
+            entry.scheduled_for = float("inf")
+            due = self._due(entry)
+            if due > now:
+                self._schedule(entry, due)
+                continue
+            self._check(entry, now, result)
+        return result
+
+    def _check(self, entry: _Pending, now: float, result: PollResult) -> None:
+        path = entry.path
+        try:
+            st = self._stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            del self._pending[path]
+            result.vanished.append(path)
+            return
+        except OSError as exc:
+            del self._pending[path]
+            result.rejected.append(Rejected(path, f"cannot stat: {exc.strerror or exc}"))
+            return
+        if not stat.S_ISREG(st.st_mode):
+            del self._pending[path]
+            result.rejected.append(Rejected(path, f"not a regular file: {_kind(st.st_mode)}"))
+            return
+        signature = (st.st_size, st.st_mtime_ns)
+        if signature == entry.signature:
+            empty_until = entry.quiet_since + self._empty_s
+            if st.st_size == 0 and now < empty_until:
+                # Keep checking at the normal pace, so that content arriving without an event is noticed.
+                entry.check_at = min(now + self._settle_s, empty_until)
+                self._schedule(entry, entry.check_at)
+                return
+            del self._pending[path]
+            result.ready.append(ReadyFile(path, st.st_size, st.st_mtime_ns))
+            return
+        if entry.signature is not None:
+            # It changed between the two stats: still being written, so the change counts as a new hint.
+            entry.quiet_since = now
+        entry.signature = signature
+        entry.check_at = now + self._settle_s
+        self._schedule(entry, entry.check_at)
+
+    def _due(self, entry: _Pending) -> float:
+        return entry.quiet_since + self._settle_s if entry.signature is None else entry.check_at
+
+    def _schedule(self, entry: _Pending, due: float) -> None:
+        entry.token = next(self._tokens)
+        entry.scheduled_for = due
+        heapq.heappush(self._heap, (due, entry.token, entry))
+
+    def _is_live(self, token: int, entry: _Pending) -> bool:
+        return token == entry.token and self._pending.get(entry.path) is entry
+
+
+def _kind(mode: int) -> str:
+    for test, name in _KINDS:
+        if test(mode):
+            return name
+    return "unknown file type"
