@@ -89,13 +89,6 @@ class _StopFlag:
         self.raised = True
 
 
-def _setup_file_log(run_dir: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-
-
 def train(cfg: TrainConfig) -> bool:
     """Train (or resume) the run described by ``cfg`` until ``cfg.iters``.
 
@@ -103,17 +96,29 @@ def train(cfg: TrainConfig) -> bool:
         True when the run reached ``cfg.iters``; False when SIGTERM/SIGINT stopped it (state saved), so a
         queue driver can stop instead of moving on to the next run.
     """
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(cfg.run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        return _train(cfg)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _train(cfg: TrainConfig) -> bool:
     torch.set_num_threads(cfg.threads)
     run_dir = cfg.run_dir
-    _setup_file_log(run_dir)
     last = run_dir / "last.pt"
 
+    torch.manual_seed(cfg.seed)  # before building the model: it fixes the initial weights
     model = EDSR(cfg.arch)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
     sampler = PatchSampler(load_pairs(Path(cfg.train_dir), cfg.arch.scale, Path(cfg.cache_dir)),
                            cfg.arch.scale, cfg.patch, cfg.seed)
     set5 = load_bench(Path(cfg.bench_dir) / "Set5", cfg.arch.scale)
-    torch.manual_seed(cfg.seed)
 
     state: dict[str, object] = {"iteration": 0, "elapsed_s": 0.0, "history": [], "best_psnr": -1.0}
     if last.exists():

@@ -1,0 +1,111 @@
+"""Training, resuming and ONNX export produce models the daemon can load through cv2.dnn."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from srd.train import checkpoint  # noqa: E402
+from srd.train.export import export_run, update_manifest  # noqa: E402
+from srd.train.loop import TrainConfig, train  # noqa: E402
+from srd.train.model import DIV2K_MEAN_BGR, EDSR, Arch, load_body  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
+TRAIN_IMAGES = ["T91/t1.png", "T91/t2.png", "BSDS200/35091.jpg"]
+
+
+@pytest.fixture(scope="module")
+def train_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    for rel in TRAIN_IMAGES:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SHARED / "train" / rel, root / rel)
+    return root
+
+
+def tiny_config(tmp_path: Path, train_dir: Path, iters: int, **kw: object) -> TrainConfig:
+    return TrainConfig(
+        name="tiny", arch=Arch(scale=2, blocks=2, channels=8), iters=iters, batch=4, patch=24,
+        lr=1e-3, lr_min=1e-3, eval_every=3, train_dir=str(train_dir), bench_dir=str(SHARED / "bench"),
+        cache_dir=str(tmp_path / "cache"), runs_dir=str(tmp_path / "runs"), **kw,
+    )
+
+
+def test_resume_continues_exactly(tmp_path: Path, train_dir: Path) -> None:
+    """Stopping after 3 iterations and resuming to 6 gives the same weights as 6 iterations straight."""
+    straight = tiny_config(tmp_path / "a", train_dir, 6)
+    assert train(straight)
+    resumed = tiny_config(tmp_path / "b", train_dir, 3)
+    assert train(resumed)
+    assert train(dataclasses.replace(resumed, iters=6))
+    a = checkpoint.load(straight.run_dir / "last.pt")
+    b = checkpoint.load(resumed.run_dir / "last.pt")
+    assert a["iteration"] == b["iteration"] == 6
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert [it for it, _ in b["history"]] == [3, 6]
+    assert "Set5 x2 PSNR-Y" in (resumed.run_dir / "train.log").read_text()
+
+
+def test_export_loads_in_cv2_dnn_at_any_size(tmp_path: Path, train_dir: Path) -> None:
+    """The exported ONNX runs in cv2.dnn on a non-square image, ×scale, matching torch; manifest is right."""
+    cfg = tiny_config(tmp_path, train_dir, 4)
+    train(cfg)
+    models = tmp_path / "models"
+    entry = export_run(cfg.run_dir / "last.pt", "tiny", models, SHARED / "bench")
+
+    path = models / "tiny_x2.onnx"
+    assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest = json.loads((models / "manifest.json").read_text())
+    assert manifest["models"] == [entry]
+    assert entry["convention"] == "edsr" and entry["provenance"]["iterations"] == 4
+    assert set(entry["quality"]) == {"Set5", "Set14"}
+
+    model = EDSR(cfg.arch)
+    model.load_state_dict(checkpoint.load(cfg.run_dir / "last.pt")["model"])
+    model.eval()
+    blob = np.random.default_rng(0).uniform(0, 255, (1, 3, 37, 53)).astype(np.float32)
+    blob -= np.asarray(DIV2K_MEAN_BGR, np.float32)[None, :, None, None]
+    net = cv2.dnn.readNetFromONNX(str(path))
+    net.setInput(blob)
+    out = net.forward()
+    assert out.shape == (1, 3, 74, 106)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(blob)).numpy()
+    assert np.abs(out - ref).max() < 2e-3
+
+
+def test_manifest_update_keeps_other_entries_sorted(tmp_path: Path) -> None:
+    """Re-exporting one (name, scale) replaces only that entry and keeps the list sorted."""
+    manifest = tmp_path / "manifest.json"
+    for name, scale, size in [("edsr-lite", 4, 1), ("edsr-base", 2, 2), ("edsr-lite", 2, 3), ("edsr-lite", 4, 9)]:
+        update_manifest(manifest, {"name": name, "scale": scale, "size_bytes": size})
+    models = json.loads(manifest.read_text())["models"]
+    assert [(m["name"], m["scale"], m["size_bytes"]) for m in models] == [
+        ("edsr-base", 2, 2), ("edsr-lite", 2, 3), ("edsr-lite", 4, 9)]
+
+
+def test_other_scale_starts_from_x2_body() -> None:
+    """Loading a ×2 checkpoint into a ×4 model copies everything but the upsampler."""
+    x2, x4 = EDSR(Arch(2, 2, 8)), EDSR(Arch(4, 2, 8))
+    copied = load_body(x4, x2.state_dict())
+    assert copied and not any(k.startswith("tail.") for k in copied)
+    assert torch.equal(x4.head.weight, x2.head.weight)
+    assert not torch.equal(x4.tail[0].weight[:12], x2.tail[0].weight)
+
+
+@pytest.mark.parametrize("tail", ["shuffle", "espcn"])
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_model_upscales_by_scale(tail: str, scale: int) -> None:
+    model = EDSR(Arch(scale, 1, 8, tail))
+    assert model(torch.zeros(1, 3, 5, 7)).shape == (1, 3, 5 * scale, 7 * scale)
