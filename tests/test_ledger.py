@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from srd.errors import LockedError
-from srd.ledger import JOURNAL_NAME, SNAPSHOT_NAME, Entry, Ledger, LedgerError, State, make_key
+from srd.ledger import HASH_BATCH, JOURNAL_NAME, SNAPSHOT_NAME, Entry, Ledger, LedgerError, State, make_key
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FP = "edsr-x4:cafe"
@@ -321,6 +321,18 @@ def test_stat_cache_records_ride_along_with_the_next_durable_record(tmp_path: Pa
         assert ledger.cached_hash("nas", "1.jpg", size=1, mtime_ns=1) == "1" * 64
         assert ledger.cached_hash("nas", "3.jpg", size=3, mtime_ns=3) is None
         assert ledger.lookup("2" * 64, "fp") is not None
+
+
+def test_stat_cache_changes_are_journalled_in_batches_of_one_line(tmp_path: Path) -> None:
+    """A scan of many files costs one journal line (and fsync) per HASH_BATCH changes, not one per file."""
+    with Ledger.open(tmp_path) as ledger:
+        for n in range(HASH_BATCH + 1):
+            ledger.remember_hash("nas", f"{n}.jpg", size=n, mtime_ns=n, sha256=_sha(n))
+        assert (tmp_path / JOURNAL_NAME).read_bytes().count(b"\n") == 1
+        ledger.sync()
+        assert (tmp_path / JOURNAL_NAME).read_bytes().count(b"\n") == 2
+    with Ledger.open(tmp_path) as ledger:
+        assert ledger.cached_hash("nas", f"{HASH_BATCH}.jpg", size=HASH_BATCH, mtime_ns=HASH_BATCH) == _sha(HASH_BATCH)
 
 
 def test_failed_journal_write_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
