@@ -163,11 +163,14 @@ def _normalise_pixels(pixels: np.ndarray) -> np.ndarray:
 
 def _collect_metadata(types: object, blocks: object) -> Metadata:
     found: dict[int, bytes] = {}
-    for kind, block in zip(list(types or []), list(blocks or [])):
+    kinds = [] if types is None else list(np.asarray(types).ravel())
+    for kind, block in zip(kinds, [] if blocks is None else list(blocks)):
         found[int(kind)] = np.asarray(block, dtype=np.uint8).tobytes()
     xmp = found.get(cv2.IMAGE_METADATA_XMP)
     if xmp is not None and xmp.startswith(_XMP_JPEG_NAMESPACE):
         xmp = xmp[len(_XMP_JPEG_NAMESPACE) :]
+    if xmp is not None:
+        xmp = xmp.rstrip(b"\x00")  # OpenCV's PNG reader keeps the iTXt terminator
     return Metadata(
         exif=found.get(cv2.IMAGE_METADATA_EXIF) or None,
         icc=found.get(cv2.IMAGE_METADATA_ICCP) or None,

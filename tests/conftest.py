@@ -1,0 +1,89 @@
+"""Shared fixtures: paths to the real models and benchmark images in ../shared, and image builders."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+ZOO = SHARED / "models" / "opencv-zoo"
+BENCH = SHARED / "datasets" / "bench"
+
+
+@pytest.fixture(scope="session")
+def zoo() -> Path:
+    if not ZOO.is_dir():
+        pytest.fail(f"the real OpenCV-zoo models are required at {ZOO}")
+    return ZOO
+
+
+@pytest.fixture(scope="session")
+def bench() -> Path:
+    if not BENCH.is_dir():
+        pytest.fail(f"the benchmark images are required at {BENCH}")
+    return BENCH
+
+
+@pytest.fixture(scope="session")
+def photo(bench: Path) -> np.ndarray:
+    """A real natural image (Set14 'baboon'-class texture matters for seams), BGR uint8."""
+    return cv2.imread(str(bench / "Set5" / "butterfly.png"), cv2.IMREAD_COLOR)
+
+
+def exif_with_orientation(orientation: int, *, big_endian: bool = False) -> bytes:
+    """A minimal TIFF-structured EXIF block holding IFD0 Orientation and a Make tag."""
+    endian = ">" if big_endian else "<"
+    make = b"srd-test\x00"
+    entries = [
+        struct.pack(endian + "HHI", 0x010F, 2, len(make)) + struct.pack(endian + "I", 8 + 2 + 2 * 12 + 4),
+        struct.pack(endian + "HHIHH", 0x0112, 3, 1, orientation, 0),
+    ]
+    ifd = struct.pack(endian + "H", len(entries)) + b"".join(entries) + struct.pack(endian + "I", 0)
+    header = (b"MM" if big_endian else b"II") + struct.pack(endian + "HI", 42, 8)
+    return header + ifd + make
+
+
+def icc_profile(description: str = "srd test RGB") -> bytes:
+    """A small but valid ICC v2 RGB display profile (matrix/TRC), so PNG and JPEG encoders accept it."""
+
+    def s15(value: float) -> bytes:
+        return struct.pack(">i", round(value * 65536))
+
+    def xyz(x: float, y: float, z: float) -> bytes:
+        return b"XYZ \x00\x00\x00\x00" + s15(x) + s15(y) + s15(z)
+
+    text = description.encode("ascii") + b"\x00"
+    desc = b"desc\x00\x00\x00\x00" + struct.pack(">I", len(text)) + text + b"\x00" * (4 + 4 + 2 + 1 + 67)
+    curve = b"curv\x00\x00\x00\x00" + struct.pack(">IH", 1, 0x0233) + b"\x00\x00"  # gamma 2.2
+    tags = [
+        (b"desc", desc),
+        (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
+        (b"rXYZ", xyz(0.4361, 0.2225, 0.0139)),
+        (b"gXYZ", xyz(0.3851, 0.7169, 0.0971)),
+        (b"bXYZ", xyz(0.1431, 0.0606, 0.7141)),
+        (b"rTRC", curve),
+        (b"gTRC", curve),
+        (b"bTRC", curve),
+        (b"cprt", b"text\x00\x00\x00\x00" + b"public domain\x00"),
+    ]
+    offset = 128 + 4 + 12 * len(tags)
+    table, data = b"", b""
+    for signature, body in tags:
+        while (offset + len(data)) % 4:
+            data += b"\x00"
+        table += signature + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    body = struct.pack(">I", len(tags)) + table + data
+    size = 128 + len(body)
+    header = (
+        struct.pack(">I", size) + b"none" + struct.pack(">I", 0x02100000) + b"mntrRGB XYZ "
+        + struct.pack(">6H", 2026, 1, 1, 0, 0, 0) + b"acspAPPL" + struct.pack(">I", 0) + b"none" + b"none"
+        + b"\x00" * 8 + struct.pack(">I", 0) + s15(0.9642) + s15(1.0) + s15(0.8249) + b"srd " + b"\x00" * 44
+    )
+    assert len(header) == 128
+    return header + body

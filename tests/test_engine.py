@@ -1,0 +1,123 @@
+"""The tiled engine reproduces OpenCV's dnn_superres on real zoo models and keeps channels and depth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import SHARED
+
+from srd.engine.registry import resolve_model
+from srd.engine.tiling import plan_tiles
+from srd.engine.upscaler import EngineSettings, Upscaler
+from srd.errors import ModelError
+
+UNTILED_BILINEAR = EngineSettings(tile=0, chroma="bilinear")
+
+
+def _upsample(path: Path, convention: str, scale: int, image: np.ndarray) -> np.ndarray:
+    impl = cv2.dnn_superres.DnnSuperResImpl_create()
+    impl.readModel(str(path))
+    impl.setModel(convention, scale)
+    return impl.upsample(image)
+
+
+def _luma(bgr: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2YCrCb)[:, :, 0].astype(np.int16)
+
+
+@pytest.mark.parametrize("file", ["FSRCNN_x3.pb", "FSRCNN-small_x2.pb", "ESPCN_x4.pb", "LapSRN_x2.pb"])
+def test_untiled_output_matches_dnn_superres_upsample(zoo: Path, photo: np.ndarray, file: str) -> None:
+    """Same luma; colour within 3 grey levels (mean < 0.2).
+
+    srd enlarges Cr/Cb in 8 bits where upsample() does it in float then rounds, which moves a few
+    chroma values by one level; after YCrCb→BGR that is at most a few levels on some pixels.
+    """
+    spec = resolve_model(str(zoo / file), None)
+    image = photo[:160, :200]
+    ours = Upscaler(spec, UNTILED_BILINEAR).upscale(image)
+    theirs = _upsample(spec.path, spec.convention, spec.scale, image)
+    assert ours.shape == theirs.shape
+    assert np.abs(_luma(ours) - _luma(theirs)).max() <= 1
+    diff = np.abs(ours.astype(np.int16) - theirs)
+    assert diff.max() <= 3
+    assert diff.mean() < 0.2
+
+
+def test_bicubic_chroma_keeps_luma_identical_to_upsample(zoo: Path, photo: np.ndarray) -> None:
+    spec = resolve_model(str(zoo / "ESPCN_x2.pb"), None)
+    ours = Upscaler(spec, EngineSettings(tile=0, chroma="bicubic")).upscale(photo)
+    theirs = _upsample(spec.path, spec.convention, spec.scale, photo)
+    assert np.abs(_luma(ours) - _luma(theirs)).max() <= 1
+
+
+def test_tiled_output_equals_untiled_on_a_large_real_photo(zoo: Path) -> None:
+    path = SHARED / "datasets" / "train" / "SunHays80" / "abbey_sun_asztnlqhlrvirneh.jpg"
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert image.shape[0] >= 800 and image.shape[1] >= 1000
+    for file in ("FSRCNN_x2.pb", "ESPCN_x2.pb"):
+        spec = resolve_model(str(zoo / file), None)
+        whole = Upscaler(spec, EngineSettings(tile=0)).upscale(image)
+        tiled = Upscaler(spec, EngineSettings(tile=96, tile_pad=16)).upscale(image)
+        assert np.abs(whole.astype(np.int16) - tiled).max() <= 1, file
+
+
+def test_tiles_cover_every_pixel_exactly_once() -> None:
+    coverage = np.zeros((101, 257), np.int32)
+    for tile in plan_tiles(101, 257, tile=32, pad=7):
+        coverage[tile.core] += 1
+        rows, cols = tile.outer
+        assert rows.start >= 0 and cols.start >= 0 and rows.stop <= 101 and cols.stop <= 257
+    assert (coverage == 1).all()
+
+
+def test_sixteen_bit_stays_sixteen_bit_and_agrees_with_eight_bit(zoo: Path, photo: np.ndarray) -> None:
+    spec = resolve_model(str(zoo / "ESPCN_x2.pb"), None)
+    upscaler = Upscaler(spec, EngineSettings(tile=64))
+    deep = photo.astype(np.uint16) * 257
+    out16 = upscaler.upscale(deep)
+    out8 = upscaler.upscale(photo)
+    assert out16.dtype == np.uint16 and out16.shape == out8.shape
+    # The 8-bit path rounds YCrCb to 8 bits on the way in and out; 16-bit keeps that precision.
+    assert np.abs(out16.astype(np.float64) / 257 - out8).mean() < 1.0
+    assert len(np.unique(out16 % 257)) > 1  # real 16-bit values, not 8-bit ones scaled up
+
+
+def test_grey_stays_single_channel_and_alpha_is_kept(zoo: Path, photo: np.ndarray) -> None:
+    spec = resolve_model(str(zoo / "FSRCNN_x2.pb"), None)
+    upscaler = Upscaler(spec, EngineSettings(tile=64))
+    grey = cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY)
+    assert upscaler.upscale(grey).shape == (grey.shape[0] * 2, grey.shape[1] * 2)
+
+    alpha = np.zeros(photo.shape[:2], np.uint8)
+    alpha[:, photo.shape[1] // 2 :] = 255  # left half transparent
+    out = upscaler.upscale(np.dstack([photo, alpha]))
+    assert out.shape == (photo.shape[0] * 2, photo.shape[1] * 2, 4)
+    half = out.shape[1] // 2
+    assert out[:, : half - 4, 3].max() == 0 and out[:, half + 4 :, 3].min() == 255
+
+
+def test_model_scale_and_convention_come_from_zoo_file_names(zoo: Path, tmp_path: Path) -> None:
+    spec = resolve_model(str(zoo / "LapSRN_x8.pb"), None)
+    assert (spec.convention, spec.scale, spec.format) == ("lapsrn", 8, "tensorflow")
+    with pytest.raises(ModelError, match="x8 model, but scale 2"):
+        resolve_model(str(zoo / "LapSRN_x8.pb"), 2)
+    odd = tmp_path / "mine.pb"
+    odd.write_bytes((zoo / "ESPCN_x3.pb").read_bytes())
+    with pytest.raises(ModelError, match="cannot infer the scale"):
+        resolve_model(str(odd), None)
+    assert resolve_model(str(odd), 3, convention="espcn").convention == "espcn"
+
+
+def test_unknown_model_name_says_what_exists_and_how_to_fetch(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="srd models fetch edsr --scale 4"):
+        resolve_model("edsr", 4, extra_dirs=[tmp_path])
+
+
+def test_a_file_that_is_not_a_model_gives_a_model_error(tmp_path: Path) -> None:
+    bogus = tmp_path / "FSRCNN_x2.pb"
+    bogus.write_bytes(b"this is not a protobuf")
+    with pytest.raises(ModelError, match="cannot load"):
+        Upscaler(resolve_model(str(bogus), None))

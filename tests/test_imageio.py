@@ -1,0 +1,143 @@
+"""Image decoding and encoding keep what users care about: orientation, EXIF, ICC, XMP, alpha, depth."""
+
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from conftest import exif_with_orientation, icc_profile
+
+from srd.errors import ImageError
+from srd.exif import read_orientation
+from srd.imageheader import read_header
+from srd.imageio import Metadata, Picture, decode, encode, output_format_for
+
+LIMIT = 50_000_000
+XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"/></x:xmpmeta>'
+
+
+def _asymmetric(height: int = 30, width: int = 50) -> np.ndarray:
+    """An image whose every rotation and flip looks different."""
+    image = np.zeros((height, width, 3), np.uint8)
+    image[:5, :, 2] = 255  # red top band
+    image[:, :4, 1] = 255  # green left band
+    image[-3:, -3:, 0] = 255  # blue bottom-right corner
+    return image
+
+
+def _encode_with(ext: str, pixels: np.ndarray, **blocks: bytes) -> bytes:
+    kinds = {"exif": cv2.IMAGE_METADATA_EXIF, "icc": cv2.IMAGE_METADATA_ICCP, "xmp": cv2.IMAGE_METADATA_XMP}
+    ok, buf = cv2.imencodeWithMetadata(
+        ext, pixels, [kinds[k] for k in blocks], [np.frombuffer(v, np.uint8) for v in blocks.values()]
+    )
+    assert ok
+    return buf.tobytes()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_applied_like_opencvs_own_autorotation(orientation: int) -> None:
+    data = _encode_with(".png", _asymmetric(), exif=exif_with_orientation(orientation))
+    picture = decode(data, max_pixels=LIMIT)
+    expected = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert picture.pixels.shape == expected.shape
+    assert np.array_equal(picture.pixels, expected)
+    assert read_orientation(picture.metadata.exif) == 1
+
+
+def test_big_endian_exif_orientation_is_read_and_reset() -> None:
+    exif = exif_with_orientation(8, big_endian=True)
+    assert read_orientation(exif) == 8
+    picture = decode(_encode_with(".jpg", _asymmetric(), exif=exif), max_pixels=LIMIT)
+    assert picture.pixels.shape[:2] == (50, 30)
+    assert read_orientation(picture.metadata.exif) == 1
+    assert b"srd-test" in picture.metadata.exif  # the rest of EXIF is carried
+
+
+@pytest.mark.parametrize("fmt, ext", [("jpeg", ".jpg"), ("png", ".png"), ("webp", ".webp")])
+def test_exif_icc_and_xmp_survive_a_round_trip(fmt: str, ext: str) -> None:
+    icc = icc_profile()
+    data = _encode_with(ext, _asymmetric(), exif=exif_with_orientation(1), icc=icc)
+    picture = decode(data, max_pixels=LIMIT)
+    picture = Picture(picture.pixels, Metadata(picture.metadata.exif, picture.metadata.icc, XMP), picture.format)
+    again = decode(encode(picture, fmt), max_pixels=LIMIT)
+    assert again.metadata.icc == icc
+    assert again.metadata.exif == picture.metadata.exif
+    assert again.metadata.xmp == XMP
+
+
+def test_metadata_can_be_dropped_on_request() -> None:
+    picture = decode(_encode_with(".png", _asymmetric(), icc=icc_profile()), max_pixels=LIMIT)
+    again = decode(encode(picture, "png", keep_metadata=False), max_pixels=LIMIT)
+    assert again.metadata == Metadata()
+
+
+def test_sixteen_bit_grey_and_alpha_pngs_decode_as_they_are() -> None:
+    deep = (np.arange(12 * 10, dtype=np.uint16).reshape(12, 10) * 500)
+    grey = np.full((7, 9), 77, np.uint8)
+    rgba = np.dstack([_asymmetric(), np.full((30, 50), 128, np.uint8)])
+    for pixels in (deep, grey, rgba):
+        picture = decode(cv2.imencode(".png", pixels)[1].tobytes(), max_pixels=LIMIT)
+        assert picture.pixels.dtype == pixels.dtype
+        assert np.array_equal(picture.pixels, pixels)
+        assert np.array_equal(decode(encode(picture, "png"), max_pixels=LIMIT).pixels, pixels)
+
+
+def test_jpeg_output_flattens_alpha_on_white_and_rounds_sixteen_bit_to_eight() -> None:
+    rgba = np.zeros((8, 8, 4), np.uint16)
+    rgba[:, :, 3] = 0  # fully transparent: must come out white, not black
+    out = decode(encode(Picture(rgba, Metadata(), "png"), "jpeg", quality=100), max_pixels=LIMIT).pixels
+    assert out.dtype == np.uint8 and out.shape == (8, 8, 3)
+    assert out.min() >= 250
+
+
+def test_unwritable_source_formats_fall_back_to_png() -> None:
+    assert output_format_for("gif", "same") == "png"
+    assert output_format_for("jpeg", None) == "jpeg"
+    assert output_format_for("png", "JPG") == "jpeg"
+
+
+def test_empty_file_is_refused() -> None:
+    with pytest.raises(ImageError, match="empty"):
+        decode(b"", max_pixels=LIMIT)
+
+
+def test_text_file_is_refused_as_not_an_image() -> None:
+    with pytest.raises(ImageError, match="not an image"):
+        decode(b"hello, this is a text file renamed to .jpg\n", max_pixels=LIMIT)
+
+
+def test_truncated_jpeg_and_png_are_refused() -> None:
+    jpeg = cv2.imencode(".jpg", _asymmetric(200, 300))[1].tobytes()
+    png = cv2.imencode(".png", _asymmetric(200, 300))[1].tobytes()
+    with pytest.raises(ImageError, match="truncated"):
+        decode(jpeg[: len(jpeg) // 2], max_pixels=LIMIT)
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        decode(png[: len(png) // 2], max_pixels=LIMIT)
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_refused_from_the_header_before_decoding() -> None:
+    started = time.monotonic()
+    with pytest.raises(ImageError, match="100000x100000 = 10000000000 pixels, over the limit"):
+        decode(_png_claiming(100_000, 100_000), max_pixels=LIMIT)
+    assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize("ext, fmt", [(".jpg", "jpeg"), (".png", "png"), (".webp", "webp"), (".bmp", "bmp"),
+                                      (".tif", "tiff"), (".gif", "gif")])
+def test_header_reader_knows_the_size_of_each_format(ext: str, fmt: str) -> None:
+    data = cv2.imencode(ext, _asymmetric(23, 41))[1].tobytes()
+    header = read_header(data)
+    assert header is not None
+    assert (header.format, header.width, header.height) == (fmt, 41, 23)
