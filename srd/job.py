@@ -27,7 +27,8 @@ log = structlog.get_logger(__name__)
 class Job:
     """Process `source` with `profile`, writing into folder `out_dir` under the source's name.
 
-    `format` overrides the profile's output format ('same' keeps the input's).
+    `format` overrides the profile's output format ('same' keeps the input's). `target`, when set, is
+    the exact output path: the daemon decides names itself (collision policy, retries after a crash).
     """
 
     source: Path
@@ -35,6 +36,7 @@ class Job:
     profile: Profile
     max_input_pixels: int
     format: str | None = None
+    target: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ def run_job(job: Job, context: StageContext) -> JobResult:
         requested = job.format or settings.format
         fmt = output_format_for(picture.format, requested)
         encoded = encode(picture.with_pixels(pixels), fmt, quality=settings.quality, keep_metadata=settings.metadata)
-        target = job.out_dir / output_name(job.source.name, picture.format, fmt, requested)
+        target = job.target or job.out_dir / output_name(job.source.name, picture.format, fmt, requested)
         write_bytes_atomic(target, encoded)
     except SrdError as exc:
         return _failure(job, str(exc), sha256, started)
