@@ -284,18 +284,7 @@ def _run_models(args: argparse.Namespace) -> int:
 
 
 def _run_config_check(args: argparse.Namespace) -> int:
-    config = load_config(args.file)
-    context = StageContext(config.engine, config.model_dirs)
-    problems = []
-    for profile in config.profiles.values():
-        for i, stage in enumerate(profile.pipeline.stages):
-            if isinstance(stage, Upscale):
-                try:
-                    stage.spec(context)
-                except ModelError as exc:
-                    problems.append(f"at 'profiles.{profile.name}.stages[{i}].upscale.model': {exc}")
-    if problems:
-        raise ConfigError(problems, config.source)
+    config = load_config(args.file, check_models=True)
     print(f"{config.source}: ok ({len(config.inboxes)} inbox(es), profiles: {', '.join(config.profiles)}, "
           f"{config.workers} worker(s) x {config.threads_per_worker} thread(s))")
     return 0

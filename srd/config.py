@@ -19,9 +19,9 @@ import yaml
 
 from srd.engine.conventions import CONVENTIONS
 from srd.engine.upscaler import CHROMA_INTERPOLATIONS, ONNX_ENGINES, EngineSettings
-from srd.errors import ConfigError
+from srd.errors import ConfigError, ModelError
 from srd.imageio import OUTPUT_FORMATS, normalise_format
-from srd.pipeline import STAGES, Pipeline, Upscale
+from srd.pipeline import STAGES, Pipeline, StageContext, Upscale
 
 DEFAULT_PROFILE = "default"
 DEFAULT_MODEL = "edsr-lite"
@@ -295,8 +295,23 @@ _TOP_LEVEL = {
 }
 
 
-def parse_config(data: Any, *, base: Path, source: str) -> Config:
-    """Build a `Config` from parsed YAML; raises ConfigError listing every problem."""
+def _check_models(profiles: Mapping[str, Profile], model_dirs: tuple[Path, ...], problems: _Problems) -> None:
+    context = StageContext(model_dirs=model_dirs)
+    for profile in profiles.values():
+        for i, stage in enumerate(profile.pipeline.stages):
+            if isinstance(stage, Upscale):
+                try:
+                    stage.spec(context)
+                except ModelError as exc:
+                    problems.add(f"profiles.{profile.name}.stages[{i}].upscale.model", str(exc))
+
+
+def parse_config(data: Any, *, base: Path, source: str, check_models: bool = False) -> Config:
+    """Build a `Config` from parsed YAML; raises ConfigError listing every problem.
+
+    With `check_models`, every profile's models must also be found (the daemon and `config check`
+    want that; a one-shot run that overrides the model does not).
+    """
     problems = _Problems()
     if data is None:
         data = {}
@@ -380,6 +395,9 @@ def parse_config(data: Any, *, base: Path, source: str) -> Config:
             problems.add(f"inboxes[{i}].profile", f"unknown profile {inbox.profile!r} (known: {', '.join(profiles)})")
         inboxes.append(inbox)
     _check_folders(inboxes, problems)
+    model_dirs = tuple(_resolve_path(p, base) for p in model_dirs_data)
+    if check_models:
+        _check_models(profiles, model_dirs, problems)
 
     if problems.items:
         raise ConfigError(problems.items, source)
@@ -391,7 +409,7 @@ def parse_config(data: Any, *, base: Path, source: str) -> Config:
         max_attempts=max_attempts,
         job_timeout=job_timeout,
         reconcile_interval=reconcile,
-        model_dirs=tuple(_resolve_path(p, base) for p in model_dirs_data),
+        model_dirs=model_dirs,
         engine=engine,
         profiles=profiles,
         inboxes=tuple(inboxes),
@@ -401,14 +419,14 @@ def parse_config(data: Any, *, base: Path, source: str) -> Config:
     )
 
 
-def load_config(path: Path | None) -> Config:
+def load_config(path: Path | None, *, check_models: bool = False) -> Config:
     """Read and validate `path`; with None, the working default (./inbox → ./outbox, state in ./.srd).
 
     Raises:
         ConfigError: unreadable file, YAML syntax error, or any invalid setting (all listed).
     """
     if path is None:
-        return parse_config({}, base=Path.cwd(), source="defaults")
+        return parse_config({}, base=Path.cwd(), source="defaults", check_models=check_models)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -419,4 +437,4 @@ def load_config(path: Path | None) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError([f"{where}invalid YAML ({getattr(exc, 'problem', exc)})"], str(path)) from exc
-    return parse_config(data, base=path.resolve().parent, source=str(path))
+    return parse_config(data, base=path.resolve().parent, source=str(path), check_models=check_models)

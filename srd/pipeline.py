@@ -134,7 +134,11 @@ class Denoise:
             norm = cv2.NORM_L1 if colour.dtype == np.uint16 else cv2.NORM_L2
             planes = [colour] if colour.ndim == 2 else cv2.split(colour)
             done = [
-                cv2.fastNlMeansDenoising(p, None, [h], self.template_window, self.search_window, norm) for p in planes
+                cv2.fastNlMeansDenoising(
+                    p, h=[h], templateWindowSize=self.template_window, searchWindowSize=self.search_window,
+                    normType=norm,
+                )
+                for p in planes
             ]
             out = done[0] if colour.ndim == 2 else cv2.merge(done)
         return _with_alpha(out, alpha)

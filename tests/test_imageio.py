@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import struct
 import time
-import zlib
 
 import cv2
 import numpy as np
 import pytest
-from conftest import exif_with_orientation, icc_profile
+from conftest import exif_with_orientation, icc_profile, png_claiming
 
 from srd.errors import ImageError
 from srd.exif import read_orientation
@@ -119,18 +117,10 @@ def test_truncated_jpeg_and_png_are_refused() -> None:
         decode(png[: len(png) // 2], max_pixels=LIMIT)
 
 
-def _png_claiming(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
-
-
 def test_decompression_bomb_is_refused_from_the_header_before_decoding() -> None:
     started = time.monotonic()
     with pytest.raises(ImageError, match="100000x100000 = 10000000000 pixels, over the limit"):
-        decode(_png_claiming(100_000, 100_000), max_pixels=LIMIT)
+        decode(png_claiming(100_000, 100_000), max_pixels=LIMIT)
     assert time.monotonic() - started < 1.0
 
 

@@ -1,0 +1,5 @@
+"""`python -m srd` is the `srd` command."""
+
+from srd.cli import main
+
+main()

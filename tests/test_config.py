@@ -1,0 +1,116 @@
+"""Config loading: the documented shape works, and every problem is reported at once with its location."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from srd.config import load_config
+from srd.errors import ConfigError
+from srd.pipeline import LimitSize, Upscale
+
+ISSUE_SHAPE = """
+state_dir: /var/lib/srd
+workers: 2
+threads_per_worker: 1
+profiles:
+  photo:
+    stages:
+      - limit_size: {max_side: 2000}
+      - upscale: {model: edsr-lite, scale: 2}   # or a path to a model file
+inboxes:
+  - path: /srv/inbox
+    outbox: /srv/outbox
+    failed: /srv/failed
+    profile: photo
+    recursive: true
+    settle_seconds: 2
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "srd.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_documented_shape_loads(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, ISSUE_SHAPE))
+    assert config.state_dir == Path("/var/lib/srd")
+    assert (config.workers, config.threads_per_worker) == (2, 1)
+    photo = config.profiles["photo"]
+    assert photo.pipeline.stages == (LimitSize(max_side=2000), Upscale(model="edsr-lite", scale=2.0))
+    inbox = config.inboxes[0]
+    assert (inbox.path, inbox.outbox, inbox.profile, inbox.settle_seconds) == (
+        Path("/srv/inbox"), Path("/srv/outbox"), "photo", 2.0
+    )
+
+
+def test_no_config_means_the_working_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None)
+    assert config.inboxes[0].path == tmp_path / "inbox"
+    assert config.inboxes[0].outbox == tmp_path / "outbox"
+    assert config.state_dir == tmp_path / ".srd"
+    assert config.profiles["default"].pipeline.stages == (Upscale(model="edsr-lite", scale=2),)
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, "inboxes: [{path: in, outbox: out, failed: bad}]\nstate_dir: st\n"))
+    assert config.inboxes[0].path == tmp_path / "in"
+    assert config.state_dir == tmp_path / "st"
+
+
+def test_every_problem_is_reported_with_its_location(tmp_path: Path) -> None:
+    text = """
+workers: many
+colour: blue
+profiles:
+  photo:
+    stages:
+      - limit_size: {max_side: 2000}
+      - upscale: {model: edsr-lite, scale: 12}
+      - blur: {}
+      - denoise: {strength: high}
+    output: {format: gif, quality: 101}
+inboxes:
+  - path: /srv/in
+    outbox: /srv/in/out
+    failed: /srv/failed
+    profile: fast
+    mode: sometimes
+"""
+    with pytest.raises(ConfigError) as caught:
+        load_config(_write(tmp_path, text))
+    problems = caught.value.problems
+    expected = [
+        "at 'workers': expected an integer, got 'many'",
+        "at 'colour': unknown key",
+        "at 'profiles.photo.stages[1].upscale.scale': must be between 1 and 8",
+        "at 'profiles.photo.stages[2]': unknown stage 'blur'",
+        "at 'profiles.photo.stages[3].denoise.strength': expected a number, got 'high'",
+        "at 'profiles.photo.output.format': must be same or one of",
+        "at 'profiles.photo.output.quality': must be between 1 and 100",
+        "at 'inboxes[0].mode': must be one of auto, native, poll",
+        "at 'inboxes[0].profile': unknown profile 'fast'",
+        "at 'inboxes[0].outbox': /srv/in/out is inside inbox /srv/in",
+    ]
+    for text in expected:
+        assert any(problem.startswith(text) for problem in problems), (text, problems)
+    assert len(problems) == len(expected)
+
+
+def test_an_inbox_inside_the_outbox_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="inbox /srv/out/in is inside /srv/out"):
+        load_config(_write(tmp_path, "inboxes: [{path: /srv/out/in, outbox: /srv/out, failed: /srv/f}]"))
+
+
+def test_yaml_syntax_errors_name_the_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="line 2"):
+        load_config(_write(tmp_path, "workers: 2\nstate_dir: a: b\n"))
+
+
+def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml")
