@@ -6,7 +6,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 import torch
+from onnx import numpy_helper
 
 from srd.train.model import DIV2K_MEAN_BGR, EDSR
 
@@ -35,6 +37,38 @@ def export_onnx(model: EDSR, path: Path) -> None:
             opset_version=OPSET,
             dynamo=False,
         )
+    _rewrite_depth_to_space_as_dcr(path)
+
+
+def _rewrite_depth_to_space_as_dcr(path: Path) -> None:
+    """Turn each Conv → DepthToSpace(CRD) into an equivalent Conv with permuted outputs → DepthToSpace(DCR).
+
+    Loading any OpenCV-zoo `.pb` registers dnn_superres's own DepthToSpace layer process-wide, and that
+    layer always orders channels the DCR (TensorFlow) way, ignoring the ONNX `mode`. A DCR graph gives
+    the same result with either layer, so srd's models stay correct in a worker that also ran a zoo model.
+    """
+    graph_model = onnx.load(str(path))
+    graph = graph_model.graph
+    weights = {init.name: init for init in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    for node in graph.node:
+        if node.op_type != "DepthToSpace":
+            continue
+        mode = next((a for a in node.attribute if a.name == "mode"), None)
+        if mode is None or mode.s != b"CRD":
+            continue
+        conv = producers.get(node.input[0])
+        if conv is None or conv.op_type != "Conv" or conv.input[1] not in weights:
+            raise ValueError(f"{path}: DepthToSpace {node.name} is not fed by a Conv with constant weights")
+        block = next(a.i for a in node.attribute if a.name == "blocksize")
+        for name in conv.input[1:]:
+            tensor = numpy_helper.to_array(weights[name])
+            channels = tensor.shape[0] // (block * block)
+            # CRD index c·s² + k  →  DCR index k·C + c, for k = row·s + column inside the block.
+            order = np.arange(tensor.shape[0]).reshape(channels, block * block).T.reshape(-1)
+            weights[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(tensor[order]), name))
+        mode.s = b"DCR"
+    onnx.save(graph_model, str(path))
 
 
 def load_net(path: Path, classic: bool = True) -> cv2.dnn.Net:
