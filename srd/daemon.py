@@ -1,0 +1,838 @@
+"""The daemon: one loop that turns inbox hints into jobs, and job outcomes into ledger records (DESIGN §1, §5, §6).
+
+Threads only produce hints (watchers) and wake-ups (the pool); everything that decides or records —
+settling, hashing, ledger, claims, moving files, status — happens in this loop, so none of it needs
+locks. Signal handlers only set flags, which the loop reads at least every `MAX_SLEEP_S`.
+
+Per file: settle → stat-cache or sha256 → ledger lookup under the profile's fingerprint → either
+nothing (already done: a duplicate, or the same file again) or: claim an output name → journal
+``start`` when a worker takes it → the worker writes the output atomically → journal ``done`` → keep,
+archive or delete the source → journal the disposition. A failed file is moved to the failed folder
+with a ``.error.json`` beside it. After a crash the ledger's ``start``-without-``done`` entries are
+retried when their files are found again, at most ``max_attempts`` times in all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from types import FrameType
+from typing import Any
+
+import structlog
+
+from srd.atomic import clean_stale_temps
+from srd.claims import Claims
+from srd.config import Config, Inbox, Profile, load_config
+from srd.errors import ConfigError, ImageError, OutputError, SrdError
+from srd.imageheader import sniff_format
+from srd.imageio import output_format_for
+from srd.job import Job, output_name
+from srd.ledger import Entry, Ledger, State, make_key
+from srd.logs import configure_logging
+from srd.notify import Notifier
+from srd.pipeline import StageContext, Upscale
+from srd.pool import Finished, JobPool, Lost, Outcome, process_executor_factory
+from srd.scan import candidate_stat
+from srd.settle import ReadyFile, SettleTracker
+from srd.sources import archive_source, fail_source, link_or_copy
+from srd.status import write_status
+from srd.watch import Hint, InboxWatcher
+
+log = structlog.get_logger(__name__)
+
+MAX_SLEEP_S = 0.25
+SUPERVISE_EVERY_S = 1.0
+STATUS_EVERY_S = 1.0
+# Hashing happens in the loop; this bounds how long one pass may spend on it before serving events.
+CONSIDER_BUDGET_S = 0.2
+HEAD_BYTES = 64
+_READ_CHUNK = 1 << 20
+
+PoolBuilder = Callable[[Config, Callable[[Any], None], Callable[[], None]], JobPool]
+WatcherBuilder = Callable[[int, Inbox, Callable[[Hint], None]], InboxWatcher]
+
+
+@dataclass(frozen=True)
+class _Work:
+    """One file handed to the pool, with everything its outcome needs even after a reload."""
+
+    inbox_id: str
+    inbox: Inbox
+    profile: Profile
+    fingerprint: str
+    source: Path
+    rel: PurePosixPath
+    signature: tuple[int, int]
+    sha256: str
+    key: str
+    target: Path
+
+
+@dataclass
+class _Counters:
+    done: int = 0
+    failed: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    last_error: dict[str, str] | None = None
+
+
+@dataclass
+class _InboxRuntime:
+    index: int
+    inbox: Inbox
+    profile: Profile
+    fingerprint: str
+    tracker: SettleTracker
+    watcher: InboxWatcher
+    handled: dict[Path, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def inbox_id(self) -> str:
+        return str(self.inbox.path)
+
+
+def inbox_id(inbox: Inbox) -> str:
+    """The ledger's id for an inbox: its path, so entries survive reordering the config."""
+    return str(inbox.path)
+
+
+def hash_file(path: Path) -> tuple[str, bytes, tuple[int, int]]:
+    """Hash a file and return its sha256, first bytes, and (size, mtime_ns) as of the end of the read.
+
+    The caller compares that signature with the settled one: if they differ, the file changed while
+    it was being read and the hash means nothing.
+    """
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        head = fh.read(HEAD_BYTES)
+        digest.update(head)
+        while chunk := fh.read(_READ_CHUNK):
+            digest.update(chunk)
+        st = os.fstat(fh.fileno())
+    return digest.hexdigest(), head, (st.st_size, st.st_mtime_ns)
+
+
+def read_head(path: Path) -> bytes:
+    with path.open("rb") as fh:
+        return fh.read(HEAD_BYTES)
+
+
+def fingerprints(config: Config) -> dict[str, str]:
+    """The pipeline fingerprint of every profile an inbox uses (resolves and hashes their models).
+
+    Raises:
+        ModelError: A profile's model is missing or fails verification.
+    """
+    context = StageContext(config.engine, config.model_dirs)
+    used = {inbox.profile for inbox in config.inboxes}
+    return {name: config.profiles[name].pipeline.fingerprint(context) for name in sorted(used)}
+
+
+def default_pool(config: Config, on_start: Callable[[Any], None], wake: Callable[[], None]) -> JobPool:
+    # Workers log only warnings and errors: the daemon writes the one canonical line per job.
+    worker_level = "debug" if config.log_level == "debug" else "warning"
+    factory = process_executor_factory(config.workers, config.worker_engine(), config.model_dirs, worker_level,
+                                       config.log_format)
+    return JobPool(config.workers, factory, on_start=on_start, wake=wake, job_timeout=config.job_timeout)
+
+
+def _pool_settings(config: Config) -> tuple[Any, ...]:
+    return (config.workers, config.worker_engine(), config.model_dirs, config.job_timeout, config.log_level,
+            config.log_format)
+
+
+def _upscale_summary(profile: Profile) -> tuple[str | None, float | None]:
+    ups = [s for s in profile.pipeline.stages if isinstance(s, Upscale)]
+    if not ups:
+        return None, None
+    scale = 1.0
+    for stage in ups:
+        scale *= stage.scale
+    return ",".join(s.model for s in ups), scale
+
+
+class Daemon:
+    """Watches the configured inboxes until SIGTERM/SIGINT; SIGHUP reloads the config.
+
+    Args:
+        config: The validated configuration.
+        config_path: Where SIGHUP re-reads it from (None: the built-in defaults).
+        notifier: sd_notify channel (default: from the environment; a no-op outside systemd).
+        clock: Monotonic clock for settling, timers and the drain deadline.
+        sleep: Used only while draining.
+        pool_builder: Builds the job pool (tests inject one with a fake executor).
+        watcher_builder: Builds an inbox watcher.
+        drain_timeout: Seconds SIGTERM waits for running jobs before abandoning them.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: Path | None = None,
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        pool_builder: PoolBuilder = default_pool,
+        watcher_builder: WatcherBuilder | None = None,
+        drain_timeout: float = 30.0,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.notifier = notifier or Notifier.from_env()
+        self._clock = clock
+        self._sleep = sleep
+        self._pool_builder = pool_builder
+        self._watcher_builder = watcher_builder or (lambda i, inbox, sink: InboxWatcher(i, inbox, sink))
+        self._drain_timeout = drain_timeout
+        self._hints: queue.SimpleQueue[Hint | None] = queue.SimpleQueue()
+        self._runtimes: dict[str, _InboxRuntime] = {}
+        self._counters: dict[str, _Counters] = {}
+        self._backlog: deque[tuple[str, ReadyFile]] = deque()
+        self._active: dict[str, _Work] = {}
+        self._active_paths: set[Path] = set()
+        self._reserved: set[Path] = set()
+        self._deferred: dict[Path, str] = {}
+        self._outputs: dict[Path, tuple[str, PurePosixPath]] = {}
+        self._stop_signal: int | None = None
+        self._reload_requested = False
+        self._pool_stale = False
+        self._state = "starting"
+        self._started_wall = time.time()
+        self._started = clock()
+        self._last_status: dict[str, Any] | None = None
+        self._last_reload_error: str | None = None
+        self.ledger: Ledger | None = None
+        self.claims: Claims | None = None
+        self.pool: JobPool | None = None
+
+    # -- signals -------------------------------------------------------------------------------------------
+
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stop_signal = signum
+
+    def _on_reload_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._reload_requested = True
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: drain and exit; SIGHUP: reload. Handlers only set flags."""
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_reload_signal)
+
+    def request_stop(self) -> None:
+        """Ask the loop to drain and return (what SIGTERM does; for embedding and tests)."""
+        self._stop_signal = signal.SIGTERM
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until asked to stop; returns the exit status (0 after a clean drain).
+
+        Raises:
+            LockedError: Another instance owns the state directory.
+            ModelError: A profile's model is missing or corrupt.
+        """
+        self.ledger = Ledger.open(self.config.state_dir)
+        try:
+            self.claims = Claims(self.config.state_dir)
+            self._startup()
+            self._state = "running"
+            self.notifier.ready(status=self._status_line())
+            log.info("daemon_ready", pid=os.getpid(), inboxes=len(self._runtimes), workers=self.config.workers)
+            self._loop()
+            self._shutdown()
+        finally:
+            self._close()
+        return 0
+
+    def _startup(self) -> None:
+        assert self.ledger is not None
+        prints = fingerprints(self.config)
+        for entry in self.ledger.entries():
+            if entry.state == State.DONE and entry.output is not None:
+                self._outputs[entry.output] = (entry.inbox, entry.source)
+        self._prepare_folders(self.config)
+        self._build_runtimes(self.config, prints)
+        self._recover_unfinished()
+        self.pool = self._pool_builder(self.config, self._journal_start, lambda: self._hints.put(None))
+        for runtime in self._runtimes.values():
+            runtime.watcher.start()
+
+    def _prepare_folders(self, config: Config) -> None:
+        """Create output folders and purge temp files a crash left in them (we hold the lock: all are stale)."""
+        for inbox in config.inboxes:
+            for folder in (inbox.outbox, inbox.failed, inbox.archive):
+                if folder is not None:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    removed = clean_stale_temps(folder, recursive=True)
+                    if removed:
+                        log.info("stale_temps_cleaned", folder=str(folder), count=len(removed))
+
+    def _build_runtimes(self, config: Config, prints: dict[str, str]) -> None:
+        old = self._runtimes
+        self._runtimes = {}
+        for index, inbox in enumerate(config.inboxes):
+            key = inbox_id(inbox)
+            watcher = self._watcher_builder(index, inbox, self._hints.put)
+            tracker = SettleTracker(max(inbox.settle_seconds, 0.01))
+            runtime = _InboxRuntime(index, inbox, config.profiles[inbox.profile], prints[inbox.profile], tracker, watcher)
+            if key in old and old[key].fingerprint == runtime.fingerprint:
+                runtime.handled = old[key].handled
+            self._runtimes[key] = runtime
+            self._counters.setdefault(key, _Counters())
+
+    def _recover_unfinished(self) -> None:
+        """Close entries a crash left started whose source is gone; the rest are retried when scanned."""
+        assert self.ledger is not None and self.claims is not None
+        for entry in self.ledger.unfinished():
+            runtime = self._runtimes.get(entry.inbox)
+            if runtime is None:
+                continue  # that inbox is no longer configured; keep the entry for when it returns
+            source = runtime.inbox.path / entry.source
+            if not os.path.lexists(source) and runtime.watcher.root.is_dir():
+                self.ledger.record_failed(entry.key, error="source vanished before processing finished")
+                self.claims.release(entry.key)
+                log.warning("unfinished_source_gone", src=str(source), attempts=entry.attempts)
+            else:
+                log.info("unfinished_will_retry", src=str(source), attempts=entry.attempts)
+
+    def _shutdown(self) -> None:
+        assert self.pool is not None
+        self._state = "stopping"
+        self.notifier.stopping()
+        log.info("daemon_stopping", signal=self._stop_signal, running=self.pool.running)
+        self._write_status(force=True)
+        for runtime in self._runtimes.values():
+            runtime.watcher.stop()
+        deadline = self._clock() + self._drain_timeout
+        for outcome in self.pool.drain(deadline, self._sleep):
+            self._finish(outcome)
+
+    def _close(self) -> None:
+        for runtime in self._runtimes.values():
+            runtime.watcher.stop()
+        if self.pool is not None:
+            self.pool.close()
+        if self.ledger is not None:
+            self._state = "stopped"
+            try:
+                self._write_status(force=True)
+            except OSError:
+                pass
+            self.ledger.close()
+        if self.claims is not None:
+            self.claims.close()
+        self.notifier.close()
+        log.info("daemon_stopped")
+
+    # -- the loop ------------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        assert self.pool is not None
+        now = self._clock()
+        next_supervise = now
+        next_status = now
+        next_reconcile = now + self.config.reconcile_interval
+        while self._stop_signal is None:
+            if self._reload_requested:
+                self._reload_requested = False
+                self._reload()
+            self._take_hints()
+            self._poll_trackers()
+            for outcome in self.pool.collect():
+                self._finish(outcome)
+            self._replace_stale_pool()
+            self._dispatch()
+            now = self._clock()
+            if now >= next_supervise:
+                next_supervise = now + SUPERVISE_EVERY_S
+                self._supervise()
+            if now >= next_status:
+                next_status = now + STATUS_EVERY_S
+                self._write_status()
+            if now >= next_reconcile:
+                next_reconcile = now + self.config.reconcile_interval
+                log.info("reconcile_scan_requested")
+                for runtime in self._runtimes.values():
+                    runtime.watcher.request_scan()
+            self._wait()
+
+    def _wait(self) -> None:
+        """Sleep until a hint or a wake-up arrives, the next settle deadline, or `MAX_SLEEP_S`."""
+        assert self.pool is not None
+        if self._backlog and self.pool.has_room() and not self._pool_stale:
+            return
+        timeout = MAX_SLEEP_S
+        now = self._clock()
+        for runtime in self._runtimes.values():
+            deadline = runtime.tracker.next_deadline()
+            if deadline is not None:
+                timeout = min(timeout, max(0.0, deadline - now))
+        try:
+            hint = self._hints.get(timeout=timeout)
+        except queue.Empty:
+            return
+        if hint is not None:
+            self._on_hint(hint)
+
+    def _take_hints(self) -> None:
+        while True:
+            try:
+                hint = self._hints.get_nowait()
+            except queue.Empty:
+                return
+            if hint is not None:
+                self._on_hint(hint)
+
+    def _on_hint(self, hint: Hint) -> None:
+        runtime = self._runtime_by_index(hint.inbox)
+        if runtime is None or runtime.inbox.path not in hint.path.parents:
+            return  # from a watcher stopped by a reload
+        if hint.signature is not None and runtime.handled.get(hint.path) == hint.signature:
+            return
+        runtime.tracker.hint(hint.path)
+
+    def _runtime_by_index(self, index: int) -> _InboxRuntime | None:
+        for runtime in self._runtimes.values():
+            if runtime.index == index:
+                return runtime
+        return None
+
+    def _poll_trackers(self) -> None:
+        for key, runtime in self._runtimes.items():
+            result = runtime.tracker.poll()
+            for ready in result.ready:
+                self._backlog.append((key, ready))
+            for path in result.vanished:
+                runtime.handled.pop(path, None)
+            for rejected in result.rejected:
+                log.info("path_not_processed", src=str(rejected.path), reason=rejected.reason)
+
+    def _dispatch(self) -> None:
+        assert self.pool is not None
+        budget_end = self._clock() + CONSIDER_BUDGET_S
+        while self._backlog and self.pool.has_room() and not self._pool_stale and self._clock() < budget_end:
+            key, ready = self._backlog.popleft()
+            runtime = self._runtimes.get(key)
+            if runtime is None:
+                continue
+            try:
+                self._consider(runtime, ready)
+            except (OSError, ImageError, OutputError) as exc:
+                # The file (or its output folder) can't be read or written now; remember this version of
+                # it so the loop doesn't spin, and let its next change or a restart bring it back.
+                log.error("file_skipped", src=str(ready.path), error=str(exc))
+                runtime.handled[ready.path] = (ready.size, ready.mtime_ns)
+                self._note_error(key, ready.path, str(exc))
+
+    def _supervise(self) -> None:
+        healthy = self.pool is not None and self.pool.healthy
+        for runtime in self._runtimes.values():
+            try:
+                runtime.watcher.supervise()
+            # A watcher that can't be restarted must not stop the others; withholding WATCHDOG=1 lets
+            # systemd restart the whole daemon if it stays broken.
+            except Exception:  # noqa: BLE001
+                log.exception("watcher_supervision_failed", inbox=str(runtime.inbox.path))
+                healthy = False
+        if self.pool is not None:
+            self.pool.ensure_executor()
+        if healthy and self.notifier.watchdog_interval_s() is not None:
+            self.notifier.watchdog()
+
+    # -- one file ------------------------------------------------------------------------------------------
+
+    def _consider(self, runtime: _InboxRuntime, ready: ReadyFile) -> None:
+        """Decide what to do with a settled file: nothing, a duplicate, a retry, a new job, or give up."""
+        assert self.ledger is not None and self.pool is not None
+        path = ready.path
+        st = candidate_stat(path, runtime.inbox.path)
+        if st is None:
+            return
+        signature = (st.st_size, st.st_mtime_ns)
+        if signature != (ready.size, ready.mtime_ns):
+            runtime.tracker.hint(path)  # changed since it settled: let it settle again
+            return
+        if runtime.handled.get(path) == signature:
+            return
+        if path in self._active_paths:
+            self._deferred[path] = runtime.inbox_id
+            return
+        rel = PurePosixPath(path.relative_to(runtime.inbox.path).as_posix())
+        sha256 = self.ledger.cached_hash(runtime.inbox_id, rel, size=signature[0], mtime_ns=signature[1])
+        head = b""
+        if sha256 is None:
+            sha256, head, after = hash_file(path)
+            if after != signature:
+                runtime.tracker.hint(path)
+                return
+            self.ledger.remember_hash(runtime.inbox_id, rel, size=signature[0], mtime_ns=signature[1], sha256=sha256)
+        key = make_key(sha256, runtime.fingerprint)
+        if key in self._active:
+            self._deferred[path] = runtime.inbox_id  # same content in flight from another path
+            return
+        entry = self.ledger.get(key)
+        if entry is not None and entry.state == State.DONE:
+            self._already_done(runtime, path, rel, signature, entry)
+            return
+        if entry is not None and entry.state == State.STARTED and entry.attempts >= self.config.max_attempts:
+            reason = (f"gave up after {entry.attempts} attempts: processing never finished "
+                      "(a worker or the daemon died each time)")
+            self._fail(runtime.inbox_id, runtime.inbox, runtime.profile, path, rel, signature, key, reason,
+                       record=True)
+            return
+        target = self._choose_target(runtime, rel, key, head or read_head(path))
+        if target is None:
+            log.warning("output_exists_skipped", src=str(path), collision=runtime.inbox.collision)
+            runtime.handled[path] = signature
+            self._counters[runtime.inbox_id].skipped += 1
+            return
+        work = _Work(runtime.inbox_id, runtime.inbox, runtime.profile, runtime.fingerprint, path, rel, signature,
+                     sha256, key, target)
+        self._submit(work)
+
+    def _submit(self, work: _Work, *, suspect: bool = False) -> None:
+        assert self.pool is not None
+        self._active[work.key] = work
+        self._active_paths.add(work.source)
+        self._reserved.add(work.target)
+        job = Job(work.source, work.target.parent, work.profile, self.config.max_input_pixels, target=work.target)
+        self.pool.submit(work.key, job, suspect=suspect)
+
+    def _journal_start(self, key: Any) -> None:
+        """Pool hook: a worker is about to take this job, so its start (and attempt) becomes durable now."""
+        assert self.ledger is not None and self.claims is not None
+        work = self._active[key]
+        self.claims.claim(key, work.target)
+        self.ledger.record_start(work.sha256, work.fingerprint, inbox=work.inbox_id, source=work.rel)
+
+    def _choose_target(self, runtime: _InboxRuntime, rel: PurePosixPath, key: str | None, head: bytes,
+                       suffix: str | None = None) -> Path | None:
+        """The output path for `rel` under the collision policy, or None to skip the file.
+
+        A name srd wrote for this same source (or reserved for this job before a crash) is reused; a
+        name srd wrote for another source is never overwritten; a name it didn't write follows the
+        inbox's ``collision`` setting.
+        """
+        assert self.claims is not None
+        out_dir = runtime.inbox.outbox / rel.parent
+        out_dir.mkdir(parents=True, exist_ok=True)
+        requested = runtime.profile.output.format
+        source_format = sniff_format(head)
+        if suffix is not None:
+            name = Path(rel.name).stem + suffix
+        elif source_format is None:
+            name = rel.name  # not an image: the job will fail; the name is never used
+        else:
+            name = output_name(rel.name, source_format, output_format_for(source_format, requested), requested)
+        claimed = self.claims.get(key) if key else None
+        if claimed is not None and claimed.parent == out_dir and claimed not in self._reserved:
+            return claimed
+        claimed_elsewhere = {target for k, target in self.claims.items() if k != key}
+        stem, ext = Path(name).stem, Path(name).suffix
+        n = 0
+        while True:
+            candidate = out_dir / (name if n == 0 else f"{stem}-{n}{ext}")
+            n += 1
+            if candidate in self._reserved or candidate in claimed_elsewhere:
+                continue
+            owner = self._outputs.get(candidate)
+            if owner == (runtime.inbox_id, rel):
+                return candidate
+            if owner is not None:
+                continue
+            if not os.path.lexists(candidate) or runtime.inbox.collision == "overwrite":
+                return candidate
+            if runtime.inbox.collision == "skip":
+                return None
+
+    def _already_done(self, runtime: _InboxRuntime, path: Path, rel: PurePosixPath, signature: tuple[int, int],
+                      entry: Entry) -> None:
+        if entry.inbox == runtime.inbox_id and entry.source == rel:
+            if entry.disposition is None:  # a crash came between done and the source step
+                self._dispose(runtime.inbox, runtime.inbox_id, path, rel, signature, entry.key)
+            else:
+                runtime.handled[path] = signature
+            return
+        self._counters[runtime.inbox_id].duplicates += 1
+        how = "skipped"
+        if runtime.inbox.duplicates == "link" and entry.output is not None and entry.output.exists():
+            target = self._choose_target(runtime, rel, None, b"", suffix=entry.output.suffix)
+            if target is not None and not _same_file(entry.output, target):
+                how = link_or_copy(entry.output, target)
+                self._outputs[target] = (runtime.inbox_id, rel)
+        log.info("duplicate", src=str(path), same_as=str(entry.source), output=str(entry.output), action=how)
+        self._dispose(runtime.inbox, runtime.inbox_id, path, rel, signature, None)
+
+    # -- outcomes ------------------------------------------------------------------------------------------
+
+    def _finish(self, outcome: Outcome) -> None:
+        assert self.ledger is not None and self.pool is not None
+        work = self._active.pop(outcome.token)
+        self._active_paths.discard(work.source)
+        self._reserved.discard(work.target)
+        if isinstance(outcome, Finished) and outcome.result.ok:
+            self._succeeded(work, outcome)
+        elif isinstance(outcome, Finished):
+            self._failed_result(work, outcome.result.error or "unknown error", outcome.result.sha256)
+        else:
+            self._lost(work, outcome)
+        for path, key in list(self._deferred.items()):
+            runtime = self._runtimes.get(key)
+            if runtime is not None:
+                runtime.tracker.hint(path)
+        self._deferred.clear()
+
+    def _succeeded(self, work: _Work, outcome: Finished) -> None:
+        assert self.ledger is not None and self.claims is not None
+        result = outcome.result
+        assert result.output is not None and result.sha256 is not None
+        key = work.key
+        if result.sha256 != work.sha256:
+            # The file changed between our hash and the worker's read: record what was really processed.
+            # The file's newer versions, if any, come back through events or the next scan.
+            self.ledger.forget(key)
+            key = make_key(result.sha256, work.fingerprint)
+            existing = self.ledger.get(key)
+            if existing is not None and existing.state == State.DONE:
+                self.ledger.forget(key)
+            self.ledger.record_start(result.sha256, work.fingerprint, inbox=work.inbox_id, source=work.rel)
+        output_size = result.output.stat().st_size
+        self.ledger.record_done(key, output=result.output, output_size=output_size)
+        self.claims.release(work.key)
+        self._outputs[result.output] = (work.inbox_id, work.rel)
+        self._counters[work.inbox_id].done += 1
+        model, scale = _upscale_summary(work.profile)
+        log.info("file_processed", src=str(work.source), out=str(result.output), profile=work.profile.name,
+                 model=model, scale=scale, in_size=result.input_size, out_size=result.output_size,
+                 bytes=output_size, ms=result.milliseconds)
+        if result.sha256 == work.sha256:
+            self._dispose(work.inbox, work.inbox_id, work.source, work.rel, work.signature, key)
+        else:
+            self.ledger.record_disposed(key, "kept-changed")
+
+    def _failed_result(self, work: _Work, reason: str, processed_sha: str | None) -> None:
+        if processed_sha is not None and processed_sha != work.sha256:
+            # It was rewritten under us; judge the new content on its own when it settles.
+            assert self.ledger is not None and self.claims is not None
+            self.ledger.forget(work.key)
+            self.claims.release(work.key)
+            self._rehint(work)
+            return
+        self._fail(work.inbox_id, work.inbox, work.profile, work.source, work.rel, work.signature, work.key, reason,
+                   record=True)
+
+    def _lost(self, work: _Work, outcome: Lost) -> None:
+        assert self.ledger is not None
+        entry = self.ledger.get(work.key)
+        attempts = entry.attempts if entry is not None else 1
+        if self._stop_signal is not None:
+            log.warning("job_interrupted", src=str(work.source), reason=outcome.reason)
+            return  # stays started; the next start retries it
+        if attempts >= self.config.max_attempts:
+            self._fail(work.inbox_id, work.inbox, work.profile, work.source, work.rel, work.signature, work.key,
+                       f"{outcome.reason}; gave up after {attempts} attempts", record=True)
+            return
+        log.warning("job_lost_retrying", src=str(work.source), reason=outcome.reason, attempts=attempts,
+                    max_attempts=self.config.max_attempts)
+        self._submit(work, suspect=True)
+
+    def _fail(self, inbox_key: str, inbox: Inbox, profile: Profile, path: Path, rel: PurePosixPath,
+              signature: tuple[int, int], key: str, reason: str, *, record: bool) -> None:
+        """Record a failure and move the original into the failed folder with its reason."""
+        assert self.ledger is not None and self.claims is not None
+        entry = self.ledger.get(key)
+        if record and entry is not None and entry.state == State.STARTED:
+            entry = self.ledger.record_failed(key, error=reason)
+        self.claims.release(key)
+        details = {
+            "reason": reason,
+            "inbox": inbox_key,
+            "profile": profile.name,
+            "sha256": key.split(":", 1)[0],
+            "attempts": entry.attempts if entry is not None else 0,
+            "first_attempt": entry.created_at if entry is not None else None,
+            "last_attempt": entry.updated_at if entry is not None else None,
+        }
+        current = candidate_stat(path, inbox.path)
+        if current is not None and (current.st_size, current.st_mtime_ns) != signature:
+            log.warning("file_failed_but_changed", src=str(path), reason=reason)
+            self._rehint_path(inbox_key, path)
+            return
+        moved = fail_source(path, inbox.failed, rel, details)
+        if entry is not None and entry.state == State.FAILED:
+            self.ledger.record_disposed(key, "failed-folder")
+        self._counters[inbox_key].failed += 1
+        self._note_error(inbox_key, path, reason)
+        log.warning("file_failed", src=str(path), moved_to=str(moved), reason=reason, attempts=details["attempts"])
+
+    def _dispose(self, inbox: Inbox, inbox_key: str, path: Path, rel: PurePosixPath, signature: tuple[int, int],
+                 key: str | None) -> None:
+        """Apply ``on_success`` to a source whose content has an output; journal it for ledger entries."""
+        assert self.ledger is not None
+        runtime = self._runtimes.get(inbox_key)
+        current = candidate_stat(path, inbox.path)
+        if current is None:
+            disposition = "gone"
+        elif (current.st_size, current.st_mtime_ns) != signature:
+            disposition = "kept-changed"
+            self._rehint_path(inbox_key, path)
+        else:
+            disposition = {"keep": "kept", "archive": "archived", "delete": "deleted"}[inbox.on_success]
+            try:
+                if inbox.on_success == "delete":
+                    path.unlink()
+                elif inbox.on_success == "archive":
+                    assert inbox.archive is not None
+                    archive_source(path, inbox.archive, rel)
+            except OSError as exc:
+                log.error("source_step_failed", src=str(path), action=inbox.on_success, error=str(exc))
+                disposition = f"kept ({inbox.on_success} failed: {exc.strerror or exc})"
+            if runtime is not None and disposition.startswith("kept"):
+                runtime.handled[path] = signature
+        if key is not None:
+            self.ledger.record_disposed(key, disposition)
+
+    def _rehint(self, work: _Work) -> None:
+        self._rehint_path(work.inbox_id, work.source)
+
+    def _rehint_path(self, inbox_key: str, path: Path) -> None:
+        runtime = self._runtimes.get(inbox_key)
+        if runtime is not None:
+            runtime.handled.pop(path, None)
+            runtime.tracker.hint(path)
+
+    def _note_error(self, inbox_key: str, path: Path, reason: str) -> None:
+        self._counters[inbox_key].last_error = {
+            "time": datetime.now(UTC).isoformat(timespec="seconds"), "source": str(path), "reason": reason,
+        }
+
+    # -- reload --------------------------------------------------------------------------------------------
+
+    def _reload(self) -> None:
+        """Re-read the config; keep the running one if the new one is invalid (all its problems are logged)."""
+        self.notifier.reloading()
+        self._state = "reloading"
+        log.info("config_reloading", config=str(self.config_path) if self.config_path else "defaults")
+        try:
+            new = load_config(self.config_path)
+            prints = fingerprints(new)
+            if new.state_dir != self.config.state_dir:
+                raise ConfigError(["state_dir can't change while running; restart srd"], new.source)
+        except SrdError as exc:
+            problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+            self._last_reload_error = "; ".join(problems)
+            log.error("config_reload_rejected", problems=problems, keeping=self.config.source)
+            self._state = "running"
+            self.notifier.ready(status="reload rejected, running the previous config: " + self._last_reload_error)
+            return
+        old = self.config
+        self.config = new
+        self._last_reload_error = None
+        configure_logging(new.log_level, new.log_format)
+        for runtime in self._runtimes.values():
+            runtime.watcher.stop()
+        self._prepare_folders(new)
+        self._build_runtimes(new, prints)
+        self._backlog = deque(item for item in self._backlog if item[0] in self._runtimes)
+        if _pool_settings(old) != _pool_settings(new):
+            self._pool_stale = True  # replaced once the running jobs are done
+        for runtime in self._runtimes.values():
+            runtime.watcher.start()
+        self._state = "running"
+        log.info("config_reloaded", config=new.source, inboxes=len(new.inboxes), pool_restart=self._pool_stale)
+        self.notifier.ready(status=self._status_line())
+
+    def _replace_stale_pool(self) -> None:
+        if self._pool_stale and self.pool is not None and len(self.pool) == 0:
+            self.pool.close()
+            self.pool = self._pool_builder(self.config, self._journal_start, lambda: self._hints.put(None))
+            self._pool_stale = False
+            log.info("pool_replaced", workers=self.config.workers)
+
+    # -- status --------------------------------------------------------------------------------------------
+
+    def _status_line(self) -> str:
+        done = sum(c.done for c in self._counters.values())
+        failed = sum(c.failed for c in self._counters.values())
+        running = self.pool.running if self.pool is not None else 0
+        queued = len(self._backlog) + sum(r.tracker.pending() for r in self._runtimes.values())
+        unhealthy = [r.inbox.path.name for r in self._runtimes.values() if not r.watcher.healthy]
+        text = f"{running} running, {queued} waiting, {done} done, {failed} failed"
+        return text + (f"; inbox unavailable: {', '.join(unhealthy)}" if unhealthy else "")
+
+    def status(self) -> dict[str, Any]:
+        """The document written to ``status.json``."""
+        inboxes = []
+        backlog_by_inbox: dict[str, int] = {}
+        for key, _ in self._backlog:
+            backlog_by_inbox[key] = backlog_by_inbox.get(key, 0) + 1
+        in_flight: dict[str, int] = {}
+        for work in self._active.values():
+            in_flight[work.inbox_id] = in_flight.get(work.inbox_id, 0) + 1
+        for key, runtime in self._runtimes.items():
+            counters = self._counters[key]
+            watcher = runtime.watcher
+            inboxes.append({
+                "path": key,
+                "outbox": str(runtime.inbox.outbox),
+                "profile": runtime.inbox.profile,
+                "health": self._state if self._state in ("stopping", "stopped") else
+                          ("ok" if watcher.healthy else "unhealthy"),
+                "watch": watcher.state,
+                "mode": watcher.mode,
+                "degraded": watcher.degraded,
+                "settling": runtime.tracker.pending(),
+                "queued": backlog_by_inbox.get(key, 0),
+                "in_flight": in_flight.get(key, 0),
+                "done": counters.done,
+                "failed": counters.failed,
+                "duplicates": counters.duplicates,
+                "skipped": counters.skipped,
+                "last_error": counters.last_error,
+            })
+        assert self.ledger is not None
+        return {
+            "pid": os.getpid(),
+            "state": self._state,
+            "started_at": datetime.fromtimestamp(self._started_wall, UTC).isoformat(timespec="seconds"),
+            "config": self.config.source,
+            "last_reload_error": self._last_reload_error,
+            "workers": self.config.workers,
+            "pool": {
+                "running": self.pool.running if self.pool is not None else 0,
+                "accepted": len(self.pool) if self.pool is not None else 0,
+                "rebuilds": self.pool.rebuilds if self.pool is not None else 0,
+            },
+            "ledger": self.ledger.counts(),
+            "inboxes": inboxes,
+        }
+
+    def _write_status(self, *, force: bool = False) -> None:
+        status = self.status()
+        if not force and status == self._last_status:
+            return
+        self._last_status = status
+        stamped = {**status, "uptime_s": round(self._clock() - self._started, 1),
+                   "updated_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        write_status(self.config.state_dir, stamped)
+        if self._state == "running":
+            self.notifier.status(self._status_line())
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

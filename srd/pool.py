@@ -1,0 +1,307 @@
+"""The worker pool as the daemon needs it: bounded, self-healing, and honest about lost jobs (DESIGN §6).
+
+`ProcessPoolExecutor` alone has three problems for a daemon. It queues without bound, so a big inbox
+would be pickled into memory at once; a worker killed by the OOM killer or a segfault breaks the whole
+executor for good (`BrokenProcessPool`); and a stuck job can't be cancelled. `JobPool` keeps its own
+queue (at most ``2 × workers`` jobs accepted), hands the executor only as many jobs as there are
+workers, so a job's clock starts when a worker really takes it, and replaces a broken executor.
+
+Every job ends in exactly one outcome from `JobPool.collect`: `Finished` with the worker's result, or
+`Lost` when its worker died or it ran past the timeout. A lost job counts as an attempt; the daemon
+decides whether to try it again. After a crash the suspects are retried one at a time, so a file that
+kills workers is caught alone and innocent jobs that shared the crash don't use up their attempts.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+import structlog
+
+from srd.engine.upscaler import EngineSettings
+from srd.job import Job, JobResult
+from srd.worker import init_worker, process
+
+log = structlog.get_logger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The worker returned a result (which may itself be a failure, e.g. a corrupt image)."""
+
+    token: Hashable
+    result: JobResult
+
+
+@dataclass(frozen=True)
+class Lost:
+    """The job produced no result: its worker died, or it was stopped after `job_timeout` seconds."""
+
+    token: Hashable
+    reason: str
+
+
+Outcome = Finished | Lost
+
+
+def _init_daemon_worker(engine: EngineSettings, model_dirs: Sequence[Path], log_level: str, log_format: str) -> None:
+    """Worker initializer: die with the daemon, leave Ctrl-C and SIGTERM to it, then load as usual.
+
+    Workers are children of the forkserver, which exits when the daemon dies; PDEATHSIG then kills them,
+    so no orphan keeps writing outputs while a restarted daemon already retries the same files. The
+    daemon drains on SIGINT/SIGTERM; workers ignoring them lets the job in hand finish.
+    """
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: orphans exit on their own once their queue closes
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    init_worker(engine, model_dirs, log_level, log_format)
+
+
+def process_executor_factory(
+    workers: int, engine: EngineSettings, model_dirs: Sequence[Path], log_level: str, log_format: str
+) -> Callable[[], Executor]:
+    """A factory of forkserver process pools whose workers load models once (watcher threads make fork unsafe)."""
+
+    def make() -> Executor:
+        return ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("forkserver"),
+            initializer=_init_daemon_worker,
+            initargs=(engine, tuple(model_dirs), log_level, log_format),
+        )
+
+    return make
+
+
+def kill_workers(executor: Executor) -> None:
+    """Kill an executor's worker processes so that it breaks and can be replaced.
+
+    Python 3.14 has ``ProcessPoolExecutor.kill_workers``; before it, the process table is private.
+    """
+    killer = getattr(executor, "kill_workers", None)
+    if killer is not None:
+        killer()
+        return
+    for proc in list(getattr(executor, "_processes", {}).values()):
+        try:
+            proc.kill()
+        except (OSError, ValueError):
+            pass
+
+
+@dataclass
+class _Running:
+    token: Hashable
+    job: Job
+    started: float
+
+
+class JobPool:
+    """Runs jobs in a replaceable executor with bounded intake, crash recovery and a per-job timeout.
+
+    Args:
+        workers: Jobs run at once (the executor's size).
+        factory: Builds a fresh executor (initially and after each crash).
+        run: The function executed in a worker (picklable; tests pass their own).
+        on_start: Called with a job's token just before a worker takes it, so the daemon journals
+            ``start`` for jobs that really start (a job waiting in the queue costs no attempt).
+        wake: Called from the executor's thread when a job ends, to cut the owner's sleep short.
+        job_timeout: Seconds a job may run before its worker is killed; None for no limit.
+        clock: Monotonic clock (tests drive it).
+    """
+
+    def __init__(
+        self,
+        workers: int,
+        factory: Callable[[], Executor],
+        *,
+        run: Callable[[Job], JobResult] = process,
+        on_start: Callable[[Hashable], None] = lambda token: None,
+        wake: Callable[[], None] = lambda: None,
+        job_timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.workers = workers
+        self.capacity = 2 * workers
+        self._factory = factory
+        self._run = run
+        self._on_start = on_start
+        self._wake = wake
+        self._timeout = job_timeout
+        self._clock = clock
+        self._executor: Executor | None = factory()
+        self._waiting: deque[tuple[Hashable, Job, bool]] = deque()
+        self._running: dict[Future[JobResult], _Running] = {}
+        self._suspects: set[Hashable] = set()
+        # Jobs interrupted through no fault of their own (another job's timeout): already journaled.
+        self._restart_without_charge: set[Hashable] = set()
+        self.rebuilds = 0
+
+    # -- intake --------------------------------------------------------------------------------------------
+
+    def has_room(self) -> bool:
+        """Whether `submit` may be called: intake is bounded so a big inbox isn't loaded at once."""
+        return len(self._waiting) + len(self._running) < self.capacity
+
+    def submit(self, token: Hashable, job: Job, *, suspect: bool = False) -> None:
+        """Queue a job; `suspect` marks a retry after a crash, run alone and before other work."""
+        if suspect:
+            self._suspects.add(token)
+            self._waiting.appendleft((token, job, suspect))
+        else:
+            self._waiting.append((token, job, suspect))
+        self._fill()
+
+    def __len__(self) -> int:
+        """Jobs accepted and not yet collected."""
+        return len(self._waiting) + len(self._running)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def healthy(self) -> bool:
+        """False only when no executor could be built."""
+        return self._executor is not None
+
+    # -- outcomes ------------------------------------------------------------------------------------------
+
+    def collect(self) -> list[Outcome]:
+        """Return the outcomes available now, replace a broken executor, and start waiting jobs."""
+        outcomes: list[Outcome] = []
+        broken = False
+        for future in [f for f in self._running if f.done()]:
+            running = self._running.pop(future)
+            self._suspects.discard(running.token)
+            error = future.exception()
+            if error is None:
+                outcomes.append(Finished(running.token, future.result()))
+            elif isinstance(error, BrokenProcessPool):
+                broken = True
+                outcomes.append(Lost(running.token, "worker process died (killed, out of memory, or crashed)"))
+            else:  # the job could not be sent or its result not returned (e.g. unpicklable)
+                outcomes.append(Lost(running.token, f"{type(error).__name__}: {error}"))
+        outcomes.extend(self._enforce_timeout())
+        if broken:
+            self._rebuild()
+        self._fill()
+        return outcomes
+
+    def _enforce_timeout(self) -> list[Outcome]:
+        if self._timeout is None:
+            return []
+        now = self._clock()
+        late = [f for f, r in self._running.items() if now - r.started > self._timeout]
+        if not late:
+            return []
+        # Kill the whole executor: it doesn't say which worker holds which job. The late jobs are lost;
+        # the others are innocent and run again without being charged an attempt.
+        outcomes: list[Outcome] = []
+        for future in late:
+            running = self._running.pop(future)
+            self._suspects.discard(running.token)
+            log.error("job_timed_out", src=str(running.job.source), limit_s=self._timeout)
+            outcomes.append(Lost(running.token, f"timed out after {self._timeout:g} s"))
+        innocent = list(self._running.values())
+        self._running.clear()
+        for running in reversed(innocent):
+            self._waiting.appendleft((running.token, running.job, False))
+            self._restart_without_charge.add(running.token)
+        self._replace_executor(kill=True)
+        return outcomes
+
+    def _fill(self) -> None:
+        while self._waiting and self._executor is not None:
+            limit = 1 if self._suspects else self.workers
+            if len(self._running) >= limit:
+                return
+            token, job, _ = self._waiting[0]
+            if self._suspects and token not in self._suspects:
+                return  # suspects run alone until they are cleared
+            self._waiting.popleft()
+            if token in self._restart_without_charge:
+                self._restart_without_charge.discard(token)
+            else:
+                self._on_start(token)
+            try:
+                future = self._executor.submit(self._run, job)
+            except (BrokenProcessPool, RuntimeError):
+                self._waiting.appendleft((token, job, False))
+                self._restart_without_charge.add(token)
+                self._rebuild()
+                continue
+            self._running[future] = _Running(token, job, self._clock())
+            future.add_done_callback(lambda _f: self._wake())
+
+    def _rebuild(self) -> None:
+        log.warning("pool_rebuilt", reason="broken process pool", rebuilds=self.rebuilds + 1)
+        self._replace_executor(kill=False)
+
+    def _replace_executor(self, *, kill: bool) -> None:
+        old, self._executor = self._executor, None
+        if old is not None:
+            if kill:
+                kill_workers(old)
+            old.shutdown(wait=False, cancel_futures=True)
+        self.rebuilds += 1
+        try:
+            self._executor = self._factory()
+        except OSError as exc:  # e.g. out of processes; retried on the next `collect`
+            log.error("pool_start_failed", error=str(exc))
+
+    def ensure_executor(self) -> None:
+        """Retry building an executor after a failed rebuild."""
+        if self._executor is None:
+            try:
+                self._executor = self._factory()
+            except OSError as exc:
+                log.error("pool_start_failed", error=str(exc))
+                return
+            self._fill()
+
+    # -- shutdown ------------------------------------------------------------------------------------------
+
+    def drain(self, deadline: float, wait: Callable[[float], None]) -> list[Outcome]:
+        """Stop starting jobs and collect the running ones until they finish or `deadline` passes.
+
+        Jobs still waiting are dropped: their sources stay in the inbox and the next start finds them.
+        Returns the outcomes collected; any job still running at the deadline is abandoned with its
+        worker (the ledger keeps it as started, so the next start retries it).
+        """
+        self._waiting.clear()
+        outcomes: list[Outcome] = []
+        while self._running and self._clock() < deadline:
+            outcomes.extend(self.collect())
+            if self._running:
+                wait(min(0.05, max(0.0, deadline - self._clock())))
+        if self._running:
+            log.warning("drain_timeout_abandoning", jobs=len(self._running))
+        return outcomes
+
+    def close(self) -> None:
+        """Shut the executor down, killing workers still busy (used after `drain`)."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            if self._running:
+                kill_workers(executor)
+            executor.shutdown(wait=True, cancel_futures=True)
+        self._running.clear()
+        self._waiting.clear()
+
+    def worker_pids(self) -> list[int]:
+        """Pids of the current worker processes (for the status file and diagnostics)."""
+        return sorted(getattr(self._executor, "_processes", {}) or {})

@@ -1,0 +1,152 @@
+"""What counts as a candidate file in an inbox, and a full walk of one (DESIGN §4).
+
+Both the native watcher and the poller hand their findings through the same `IgnoreRules`, and the
+reconcile scan that backs up events uses `scan_inbox`, so every path into the daemon agrees on which
+names are junk, which folders are never entered, and which special files are never opened.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import structlog
+
+from srd.atomic import is_temp_name
+
+log = structlog.get_logger(__name__)
+
+# Names that operating systems, NAS boxes, sync tools and browsers leave behind while (or instead of)
+# delivering a real file. Dot-files also cover rsync's `.name.XXXXXX` and srd's own temp files.
+DEFAULT_IGNORE = (
+    ".*",
+    "._*",
+    ".DS_Store",
+    "Thumbs.db",
+    "desktop.ini",
+    "@eaDir",
+    "#recycle",
+    ".stfolder",
+    ".syncthing.*",
+    "*.part",
+    "*.crdownload",
+    "*.tmp",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FileSeen:
+    """A regular file found in an inbox: its path relative to the inbox root and its stat signature."""
+
+    rel: PurePosixPath
+    size: int
+    mtime_ns: int
+
+
+class IgnoreRules:
+    """Decides which names an inbox never processes.
+
+    The built-in OS-junk names match any path component case-insensitively (`Thumbs.db`, `THUMBS.DB`).
+    A user pattern without a slash matches any single component (so `raw` prunes every folder called
+    raw); one with a slash matches the whole path relative to the inbox (`scans/*.tif`). Patterns are
+    matched on relative names only: matching absolute paths would depend on where the inbox lives.
+    """
+
+    def __init__(self, user_globs: Iterable[str] = ()) -> None:
+        self._junk = tuple(p.lower() for p in DEFAULT_IGNORE)
+        globs = tuple(user_globs)
+        self._names = tuple(g for g in globs if "/" not in g)
+        self._paths = tuple(g.strip("/") for g in globs if "/" in g)
+
+    def ignores_name(self, name: str) -> bool:
+        """Whether a single path component (a file or folder name) is ignored wherever it appears."""
+        if is_temp_name(name):
+            return True
+        lowered = name.lower()
+        if any(fnmatch.fnmatchcase(lowered, p) for p in self._junk):
+            return True
+        return any(fnmatch.fnmatchcase(name, p) for p in self._names)
+
+    def ignores(self, rel: PurePosixPath) -> bool:
+        """Whether the file or folder at `rel` (relative to the inbox) is ignored, by any component."""
+        if any(self.ignores_name(part) for part in rel.parts):
+            return True
+        text = rel.as_posix()
+        return any(fnmatch.fnmatchcase(text, p) for p in self._paths)
+
+
+def is_inside(path: Path, root: Path) -> bool:
+    """Whether `path` resolves to somewhere under `root` (both resolved; symlinks followed)."""
+    try:
+        resolved = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return False
+    root = root.resolve()
+    return resolved == root or root in resolved.parents
+
+
+def candidate_stat(path: Path, root: Path) -> os.stat_result | None:
+    """Stat `path` if it is a file the daemon may open, else None (and say why in the debug log).
+
+    Symlinks are followed only when they stay inside the inbox; FIFOs, sockets and devices are never
+    candidates, since opening a FIFO blocks and a device is not an image.
+    """
+    try:
+        st = path.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            if not is_inside(path, root):
+                log.debug("symlink_outside_inbox_skipped", path=str(path))
+                return None
+            st = path.stat()
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISDIR(st.st_mode):
+            log.debug("special_file_skipped", path=str(path), mode=oct(st.st_mode))
+        return None
+    return st
+
+
+def scan_inbox(root: Path, rules: IgnoreRules, *, recursive: bool = True, start: Path | None = None) -> Iterator[FileSeen]:
+    """Walk an inbox (or its subtree `start`) and yield every candidate file.
+
+    Ignored folders are pruned before descending, symlinked folders are never entered (loops, and
+    trees outside the inbox), and a subfolder that vanishes or can't be read mid-walk is skipped.
+
+    Raises:
+        FileNotFoundError: The inbox root itself is missing; the caller must not infer deletions.
+        OSError: The root can't be listed (e.g. a NAS outage).
+    """
+    base = start or root
+    if not root.is_dir():
+        raise FileNotFoundError(f"inbox {root} is missing")
+    stack = [base]
+    first = True
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            if first:
+                raise
+            continue
+        first = False
+        for entry in entries:
+            path = Path(entry.path)
+            rel = PurePosixPath(path.relative_to(root).as_posix())
+            if rules.ignores(rel):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if recursive:
+                        stack.append(path)
+                    continue
+            except OSError:
+                continue
+            st = candidate_stat(path, root)
+            if st is not None:
+                yield FileSeen(rel, st.st_size, st.st_mtime_ns)

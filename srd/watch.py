@@ -1,0 +1,364 @@
+"""Event sources for inboxes: a native (inotify) observer or a scandir poller, supervised (DESIGN §4).
+
+Whatever a source reports is only a *hint* that a path may have changed; the settle tracker and the
+daemon decide what it means. Sources run in their own threads and only ever put `Hint`s into a
+thread-safe sink, so nothing here touches the ledger or the pool.
+
+Known ways watching fails, and what `InboxWatcher` does about them:
+
+- an exception in a watchdog handler kills the observer thread silently → handlers never raise;
+- an emitter or observer thread dies anyway (inotify watch limit hit on a new subfolder, a bug) →
+  `supervise` notices, logs and restarts it, then rescans the inbox;
+- the inbox root vanishes (NAS outage, unmounted disk) → the inbox is paused and reported unhealthy;
+  nothing is concluded about its files, and when it returns it is rescanned;
+- inotify sees no changes made on other machines (NFS, SMB, FUSE, 9p) → `auto` mode polls there;
+- the inotify watch or instance limit is reached → that inbox is degraded to polling.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import structlog
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from srd.config import Inbox
+from srd.scan import IgnoreRules, candidate_stat, scan_inbox
+
+log = structlog.get_logger(__name__)
+
+# Filesystems where inotify misses changes made by other hosts (or by the host of a VM/container).
+REMOTE_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "virtiofs", "afs", "ceph", "glusterfs", "lustre", "gpfs",
+    "davfs", "fuse", "fuseblk", "vboxsf", "vmhgfs", "prl_fs",
+})
+_WATCH_LIMIT_ERRNOS = frozenset({errno.ENOSPC, errno.EMFILE})
+_EVENT_TYPES = frozenset({"created", "modified", "moved", "closed"})
+
+
+@dataclass(frozen=True, slots=True)
+class Hint:
+    """A path in inbox number `inbox` may have changed; `signature` is (size, mtime_ns) if a scan saw it."""
+
+    inbox: int
+    path: Path
+    signature: tuple[int, int] | None = None
+
+
+Sink = Callable[[Hint], None]
+
+
+def _unescape_mountinfo(field: str) -> str:
+    # mountinfo writes space, tab, newline and backslash as octal escapes (\040 …).
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_fstype(path: Path, mountinfo: str | None = None) -> str | None:
+    """Return the filesystem type of the mount holding `path`, from ``/proc/self/mountinfo``.
+
+    Args:
+        path: Any path; it is resolved as far as it exists.
+        mountinfo: The file's text (tests pass their own); read from /proc when None.
+
+    Returns:
+        The type (``ext4``, ``nfs4``, ``fuse.sshfs`` …), or None where mountinfo can't be read.
+    """
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return None
+    target = path.resolve()
+    best: tuple[int, str] | None = None
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        parts, tail = left.split(), right.split()
+        if not sep or len(parts) < 5 or not tail:
+            continue
+        mount_point = Path(_unescape_mountinfo(parts[4]))
+        if target == mount_point or mount_point in target.parents:
+            depth = len(mount_point.parts)
+            if best is None or depth >= best[0]:  # later lines over-mount earlier ones
+                best = (depth, tail[0])
+    return None if best is None else best[1]
+
+
+def needs_polling(fstype: str | None) -> bool:
+    """Whether inotify can't be trusted on a filesystem of this type."""
+    if fstype is None:
+        return False
+    return fstype in REMOTE_FILESYSTEMS or fstype.startswith("fuse.") or fstype.split(".")[0] in REMOTE_FILESYSTEMS
+
+
+def choose_mode(inbox: Inbox, mountinfo: str | None = None) -> str:
+    """Resolve an inbox's configured mode to ``native`` or ``poll`` (``auto`` looks at the filesystem)."""
+    if inbox.mode != "auto":
+        return inbox.mode
+    return "poll" if needs_polling(mount_fstype(inbox.path, mountinfo)) else "native"
+
+
+class _Handler(FileSystemEventHandler):
+    """Passes watchdog events on; it must never raise, or the observer thread dies without a word."""
+
+    def __init__(self, watcher: InboxWatcher) -> None:
+        self._watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        try:
+            self._watcher.on_event(event)
+        # A handler that raises kills watchdog's observer thread; log it and keep watching.
+        except Exception:  # noqa: BLE001
+            log.exception("watch_handler_failed", inbox=str(self._watcher.root), event=event.event_type)
+
+
+class InboxWatcher:
+    """Feeds hints for one inbox, and keeps doing so across observer deaths, outages and watch limits.
+
+    A scanner thread serves both modes: in ``poll`` mode it rescans every ``poll_interval`` and hints
+    new or changed files; in either mode it runs the full reconcile scans asked for by `request_scan`.
+    `supervise` is called periodically from the daemon's loop; it is the only place observers are
+    (re)started, so no locking is needed around them.
+
+    Args:
+        index: The inbox's position in the config; hints carry it.
+        inbox: The inbox's settings.
+        sink: Receives hints from any thread (e.g. ``queue.SimpleQueue.put``).
+        observer_factory: Builds a watchdog observer (tests inject one that fails).
+        mountinfo: Text of ``/proc/self/mountinfo`` for ``auto`` mode (tests inject their own).
+    """
+
+    def __init__(
+        self,
+        index: int,
+        inbox: Inbox,
+        sink: Sink,
+        *,
+        observer_factory: Callable[[], Any] = Observer,
+        mountinfo: str | None = None,
+    ) -> None:
+        self.index = index
+        self.inbox = inbox
+        self.root = inbox.path
+        self.rules = IgnoreRules(inbox.ignore)
+        self._sink = sink
+        self._observer_factory = observer_factory
+        self._observer: Any = None
+        self.mode = choose_mode(inbox, mountinfo)
+        self.degraded: str | None = None
+        self._present = True
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._full_scan = threading.Event()
+        self._scanner: threading.Thread | None = None
+        self._snapshot: dict[PurePosixPath, tuple[int, int]] | None = None
+
+    # -- lifecycle, called from the daemon's thread ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Start watching; the first scan hints every file already in the inbox."""
+        self._present = self.root.is_dir()
+        if not self._present:
+            log.warning("inbox_missing", inbox=str(self.root))
+        elif self.mode == "native":
+            self._start_observer()
+        self._start_scanner()
+        self.request_scan()
+        log.info("inbox_watching", inbox=str(self.root), mode=self.mode, recursive=self.inbox.recursive)
+
+    def stop(self) -> None:
+        """Stop the observer and the scanner thread."""
+        self._stop.set()
+        self._wake.set()
+        self._stop_observer()
+        if self._scanner is not None:
+            self._scanner.join(timeout=5)
+
+    def request_scan(self) -> None:
+        """Ask for a full scan soon: every candidate file is hinted again (reconcile)."""
+        self._full_scan.set()
+        self._wake.set()
+
+    @property
+    def healthy(self) -> bool:
+        """False while the inbox root is missing or a source thread is dead and not yet restarted."""
+        return self._present and self._scanner_alive() and (self.mode != "native" or self._observer_alive())
+
+    @property
+    def state(self) -> str:
+        """One word for the status file: watching, polling or missing."""
+        if not self._present:
+            return "missing"
+        return "watching" if self.mode == "native" else "polling"
+
+    def supervise(self) -> None:
+        """Check the root and the threads; restart what died, pause on a missing root, resume on its return."""
+        if self.mode == "native":
+            present = self.root.is_dir()
+            if present != self._present:
+                self._set_present(present)
+                if not present:
+                    self._stop_observer()
+                else:
+                    self._start_observer()
+                    self.request_scan()
+            elif present and not self._observer_alive():
+                log.error("watcher_died_restarting", inbox=str(self.root))
+                self._stop_observer()
+                self._start_observer()
+                self.request_scan()
+        if not self._scanner_alive() and not self._stop.is_set():
+            log.error("scanner_died_restarting", inbox=str(self.root))
+            self._start_scanner()
+            self.request_scan()
+
+    # -- native observer -----------------------------------------------------------------------------------
+
+    def _start_observer(self) -> None:
+        observer = self._observer_factory()
+        try:
+            observer.schedule(_Handler(self), str(self.root), recursive=self.inbox.recursive)
+            observer.start()
+        except OSError as exc:
+            _stop_quietly(observer)
+            if exc.errno in _WATCH_LIMIT_ERRNOS:
+                self._degrade(f"inotify limit reached: {exc.strerror or exc}")
+                return
+            raise
+        self._observer = observer
+
+    def _stop_observer(self) -> None:
+        if self._observer is not None:
+            _stop_quietly(self._observer)
+            self._observer = None
+
+    def _observer_alive(self) -> bool:
+        observer = self._observer
+        if observer is None or not observer.is_alive():
+            return False
+        emitters = list(observer.emitters)
+        return bool(emitters) and all(e.is_alive() for e in emitters)
+
+    def _degrade(self, reason: str) -> None:
+        """Switch this inbox to polling for the rest of the run; nothing else is lost."""
+        log.warning("inbox_degraded_to_polling", inbox=str(self.root), reason=reason)
+        self.mode = "poll"
+        self.degraded = reason
+        self._snapshot = None
+        self._wake.set()
+
+    def on_event(self, event: FileSystemEvent) -> None:
+        """Turn one watchdog event into hints (runs in the observer thread)."""
+        if event.event_type not in _EVENT_TYPES:
+            return
+        paths = [event.src_path] + ([event.dest_path] if event.event_type == "moved" else [])
+        for raw in paths:
+            path = Path(raw.decode() if isinstance(raw, bytes) else raw)
+            rel = self._relative(path)
+            if rel is None or self.rules.ignores(rel):
+                continue
+            if event.is_directory:
+                # A folder moved in arrives as one event; its files need hints of their own.
+                if event.event_type in ("created", "moved") and self.inbox.recursive:
+                    self._emit_tree(path)
+            elif candidate_stat(path, self.root) is not None:
+                self._sink(Hint(self.index, path))
+
+    # -- scanner thread ------------------------------------------------------------------------------------
+
+    def _start_scanner(self) -> None:
+        self._scanner = threading.Thread(target=self._scan_loop, name=f"srd-scan-{self.index}", daemon=True)
+        self._scanner.start()
+
+    def _scanner_alive(self) -> bool:
+        return self._scanner is not None and self._scanner.is_alive()
+
+    def _scan_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._scan_cycle()
+            # The scanner is this inbox's safety net; an unexpected error must not end it for good.
+            except Exception:  # noqa: BLE001
+                log.exception("inbox_scan_failed", inbox=str(self.root))
+            timeout = self.inbox.poll_interval if self.mode == "poll" else None
+            self._wake.wait(timeout)
+            self._wake.clear()
+
+    def _scan_cycle(self) -> None:
+        full = self._full_scan.is_set()
+        if self.mode != "poll" and not full:
+            return
+        self._full_scan.clear()
+        try:
+            seen = {f.rel: (f.size, f.mtime_ns) for f in scan_inbox(self.root, self.rules,
+                                                                     recursive=self.inbox.recursive)}
+        except OSError as exc:
+            if self.mode == "poll":
+                self._set_present(False, str(exc))
+            else:
+                log.warning("inbox_scan_failed", inbox=str(self.root), error=str(exc))
+            if full:
+                self._full_scan.set()  # still owed once the root is back
+            return
+        if self.mode == "poll" and not self._present:
+            self._set_present(True)
+            full = True
+        previous = self._snapshot if self.mode == "poll" and not full else None
+        for rel, signature in seen.items():
+            if previous is None or previous.get(rel) != signature:
+                self._sink(Hint(self.index, self.root / rel, signature))
+        if self.mode == "poll":
+            self._snapshot = seen
+
+    def _emit_tree(self, folder: Path) -> None:
+        try:
+            for found in scan_inbox(self.root, self.rules, recursive=True, start=folder):
+                self._sink(Hint(self.index, self.root / found.rel, (found.size, found.mtime_ns)))
+        except OSError:
+            pass  # moved away again already; events or the next scan will tell
+
+    # -- helpers -------------------------------------------------------------------------------------------
+
+    def _relative(self, path: Path) -> PurePosixPath | None:
+        try:
+            rel = path.relative_to(self.root)
+        except ValueError:
+            return None
+        if rel == Path("."):
+            return None
+        if not self.inbox.recursive and len(rel.parts) > 1:
+            return None
+        return PurePosixPath(rel.as_posix())
+
+    def _set_present(self, present: bool, reason: str = "") -> None:
+        if present == self._present:
+            return
+        self._present = present
+        if present:
+            log.info("inbox_returned", inbox=str(self.root))
+        else:
+            log.error("inbox_missing_paused", inbox=str(self.root), error=reason or "root folder is gone")
+
+
+def _stop_quietly(observer: Any) -> None:
+    try:
+        observer.stop()
+        if observer.is_alive():
+            observer.join(timeout=5)
+    # Stopping a broken observer can raise from its emitters; the daemon must carry on regardless.
+    except Exception:  # noqa: BLE001
+        log.exception("observer_stop_failed")
+
+
+def start_watchers(inboxes: Iterable[Inbox], sink: Sink, **kwargs: Any) -> list[InboxWatcher]:
+    """Build and start one watcher per inbox, in config order."""
+    watchers = [InboxWatcher(i, inbox, sink, **kwargs) for i, inbox in enumerate(inboxes)]
+    for watcher in watchers:
+        watcher.start()
+    return watchers
