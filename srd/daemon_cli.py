@@ -128,6 +128,7 @@ def _describe(entry: Entry) -> dict[str, Any]:
 
 def edit_ledger(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    configure_logging("warning", config.log_format)
     with _open_ledger(config.state_dir) as ledger:
         if args.ledger_command == "list":
             entries = sorted(ledger.entries(), key=lambda e: e.updated_ts)

@@ -14,9 +14,11 @@ kills workers is caught alone and innocent jobs that shared the crash don't use 
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
+import os
+import select
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
@@ -31,9 +33,6 @@ from srd.job import Job, JobResult
 from srd.worker import init_worker, process
 
 log = structlog.get_logger(__name__)
-
-_PR_SET_PDEATHSIG = 1
-
 
 @dataclass(frozen=True)
 class Finished:
@@ -54,20 +53,39 @@ class Lost:
 Outcome = Finished | Lost
 
 
-def _init_daemon_worker(engine: EngineSettings, model_dirs: Sequence[Path], log_level: str, log_format: str) -> None:
+def _init_daemon_worker(
+    daemon_pid: int, engine: EngineSettings, model_dirs: Sequence[Path], log_level: str, log_format: str
+) -> None:
     """Worker initializer: die with the daemon, leave Ctrl-C and SIGTERM to it, then load as usual.
 
-    Workers are children of the forkserver, which exits when the daemon dies; PDEATHSIG then kills them,
-    so no orphan keeps writing outputs while a restarted daemon already retries the same files. The
-    daemon drains on SIGINT/SIGTERM; workers ignoring them lets the job in hand finish.
+    If the daemon is SIGKILLed, its workers would otherwise live on: they hold both ends of their
+    call queue (so they never see EOF) and keep the forkserver alive. Worse, one busy with a job
+    would still write its output while a restarted daemon retries the same file. A thread blocked
+    on the daemon's pidfd kills this worker the moment the daemon is gone.
     """
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass  # not Linux: orphans exit on their own once their queue closes
+    threading.Thread(target=_die_with, args=(daemon_pid,), name="srd-die-with-daemon", daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     init_worker(engine, model_dirs, log_level, log_format)
+
+
+def _die_with(pid: int) -> None:
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os.kill(os.getpid(), signal.SIGKILL)
+    except (OSError, AttributeError):  # no pidfd (old kernel, not Linux): poll instead
+        while True:
+            time.sleep(1)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os.kill(os.getpid(), signal.SIGKILL)
+            except PermissionError:
+                pass
+    else:
+        select.select([fd], [], [])
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def process_executor_factory(
@@ -80,7 +98,7 @@ def process_executor_factory(
             max_workers=workers,
             mp_context=multiprocessing.get_context("forkserver"),
             initializer=_init_daemon_worker,
-            initargs=(engine, tuple(model_dirs), log_level, log_format),
+            initargs=(os.getpid(), engine, tuple(model_dirs), log_level, log_format),
         )
 
     return make

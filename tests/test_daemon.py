@@ -1,0 +1,348 @@
+"""The daemon end to end: a real `srd run` subprocess, real files, the real zoo ESPCN ×2 model."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from daemon_helpers import (
+    ESPCN_X2,
+    DaemonProcess,
+    OutboxWatcher,
+    decoded_size,
+    descendants_of,
+    files_under,
+    inbox_config,
+    make_image,
+    srd,
+    wait_for,
+    write_config,
+)
+from srd.atomic import is_temp_name
+
+pytestmark = pytest.mark.skipif(not ESPCN_X2.is_file(), reason=f"needs the zoo model {ESPCN_X2}")
+
+SIZE = (24, 32)
+DOUBLED = (48, 64)
+
+
+def ledger_entries(config: Path) -> list[dict]:
+    result = srd("ledger", "list", "--json", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def assert_outputs(outbox: Path, expected: set[str]) -> None:
+    """Exactly the expected names (no suffixed copies, no temps), each a decodable 2× image."""
+    found = files_under(outbox)
+    assert set(found) == expected
+    for rel, path in found.items():
+        assert decoded_size(path) == DOUBLED, rel
+
+
+def test_files_arriving_every_way_come_out_exactly_once_and_never_partial(tmp_path: Path) -> None:
+    """Files written slowly in place, rsync-style temp+rename, moved in, in a folder moved in, and in a
+    polled inbox each produce exactly one complete 2× output; an outbox reader never sees a partial file."""
+    native = inbox_config(tmp_path, "in", mode="native")
+    polled = inbox_config(tmp_path, "nas", mode="poll")
+    config = write_config(tmp_path, [native, polled])
+    inbox, nas = Path(native["path"]), Path(polled["path"])
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    expected_in = {f"slow{i}.png" for i in range(4)} | {f"rsync{i}.jpg" for i in range(4)} \
+        | {f"moved{i}.png" for i in range(4)} | {f"album/sub/pic{i}.png" for i in range(4)}
+    expected_nas = {f"nas{i}.png" for i in range(3)} | {f"nasmv{i}.jpg" for i in range(3)}
+    watchers = [OutboxWatcher(Path(native["outbox"]), expected_in), OutboxWatcher(Path(polled["outbox"]), expected_nas)]
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_ready()
+        # Written in place in three chunks, each gap shorter than settle_seconds.
+        slow = [(inbox / f"slow{i}.png", make_image(Path("x.png"), SIZE, i)) for i in range(4)]
+        handles = [(path.open("wb"), data) for path, data in slow]
+        for part in range(3):
+            for fh, data in handles:
+                third = len(data) // 3
+                fh.write(data[part * third: None if part == 2 else (part + 1) * third])
+                fh.flush()
+            time.sleep(0.1)
+        for fh, _ in handles:
+            fh.close()
+        # rsync style: a dot-temp file renamed into place.
+        for i in range(4):
+            tmp = inbox / f".rsync{i}.jpg.Xy12ab"
+            tmp.write_bytes(make_image(Path("x.jpg"), SIZE, 10 + i))
+            tmp.rename(inbox / f"rsync{i}.jpg")
+        # Moved in from elsewhere on the same filesystem, and a whole folder moved in.
+        for i in range(4):
+            (staging / f"moved{i}.png").write_bytes(make_image(Path("x.png"), SIZE, 20 + i))
+            (staging / f"moved{i}.png").rename(inbox / f"moved{i}.png")
+        (staging / "album" / "sub").mkdir(parents=True)
+        for i in range(4):
+            (staging / "album" / "sub" / f"pic{i}.png").write_bytes(make_image(Path("x.png"), SIZE, 30 + i))
+        (staging / "album").rename(inbox / "album")
+        # The polled inbox: written in place, and moved in.
+        for i in range(3):
+            (nas / f"nas{i}.png").write_bytes(make_image(Path("x.png"), SIZE, 40 + i))
+            (staging / f"nasmv{i}.jpg").write_bytes(make_image(Path("x.jpg"), SIZE, 50 + i))
+            (staging / f"nasmv{i}.jpg").rename(nas / f"nasmv{i}.jpg")
+
+        total = len(expected_in) + len(expected_nas)
+        daemon.wait_event("file_processed", timeout=60, count=total)
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+        problems = [p for w in watchers for p in w.stop()]
+    assert problems == []
+    assert_outputs(Path(native["outbox"]), expected_in)
+    assert_outputs(Path(polled["outbox"]), expected_nas)
+    processed = [e["src"] for e in daemon.events("file_processed")]
+    assert len(processed) == len(set(processed)) == total
+    entries = ledger_entries(config)
+    assert sorted(e["state"] for e in entries) == ["done"] * total
+
+
+def test_restart_and_rename_process_nothing_again_but_a_profile_change_does(tmp_path: Path) -> None:
+    """The ledger keys on content + pipeline: a restart or a renamed input does no new work; a changed
+    profile (an added sharpen stage) reprocesses every input, rewriting srd's own outputs in place."""
+    config = write_config(tmp_path)
+    inbox, outbox = tmp_path / "in", tmp_path / "in-out"
+    for i in range(3):
+        (inbox / f"img{i}.png").write_bytes(make_image(Path("x.png"), SIZE, i))
+    daemon = DaemonProcess(config)
+    daemon.wait_event("file_processed", count=3)
+    assert daemon.stop() == 0
+    first = {name: path.read_bytes() for name, path in files_under(outbox).items()}
+    assert set(first) == {"img0.png", "img1.png", "img2.png"}
+
+    daemon = DaemonProcess(config)
+    daemon.wait_ready()
+    (inbox / "img0.png").rename(inbox / "renamed.png")
+    duplicate = daemon.wait_event("duplicate")[0]
+    assert duplicate["src"].endswith("renamed.png")
+    assert daemon.stop() == 0
+    assert daemon.events("file_processed") == []
+    assert {n: p.read_bytes() for n, p in files_under(outbox).items()} == first
+
+    sharper = [{"upscale": {"model": str(ESPCN_X2), "scale": 2}}, {"sharpen": {"amount": 1.0}}]
+    write_config(tmp_path, stages=sharper)
+    daemon = DaemonProcess(config)
+    daemon.wait_event("file_processed", count=3)
+    assert daemon.stop() == 0
+    after = files_under(outbox)
+    assert set(after) == {"img0.png", "img1.png", "img2.png", "renamed.png"}
+    for name in ("img1.png", "img2.png"):
+        assert after[name].read_bytes() != first[name]  # same name, rewritten with the new profile
+    assert len(daemon.events("file_processed")) == 3
+
+
+def test_sigkill_at_random_moments_leaves_exactly_one_output_per_file(tmp_path: Path) -> None:
+    """Killing the daemon (and with it its workers) mid-batch, repeatedly, loses nothing and duplicates
+    nothing: after restarts every input has one complete output, the ledger agrees, no temp file remains.
+
+    max_attempts is raised because each kill may count an attempt for the jobs then running.
+    """
+    config = write_config(tmp_path, workers=2, max_attempts=10)
+    inbox, outbox = tmp_path / "in", tmp_path / "in-out"
+    names = {f"photo{i:02d}.jpg" for i in range(30)}
+    for i, name in enumerate(sorted(names)):
+        (inbox / name).write_bytes(make_image(Path(name), (300, 400), i))
+    rng = random.Random(1234)
+    for _ in range(3):
+        daemon = DaemonProcess(config)
+        daemon.wait_ready()
+        time.sleep(rng.uniform(0.3, 1.5))  # the random moment of the crash
+        daemon.kill()
+    daemon = DaemonProcess(config)
+    wait_for(lambda: set(files_under(outbox)) >= names, 60, "all outputs\n" + daemon.log_tail())
+    wait_for(lambda: json.loads((tmp_path / "state" / "status.json").read_text())["ledger"]["done"] == 30,
+             20, "the ledger to record all 30")
+    assert daemon.stop() == 0
+    found = files_under(outbox)
+    assert set(found) == names
+    for path in found.values():
+        assert decoded_size(path) == (600, 800)
+    entries = ledger_entries(config)
+    assert len(entries) == 30 and {e["state"] for e in entries} == {"done"}
+    assert {Path(e["output"]).name for e in entries} == names
+    leftovers = [p for p in tmp_path.rglob("*") if is_temp_name(p.name)]
+    assert leftovers == []
+
+
+def test_a_killed_worker_costs_one_attempt_and_the_job_completes(tmp_path: Path) -> None:
+    """SIGKILL of a worker process mid-job (as the OOM killer would): the pool is rebuilt and the file is
+    retried and processed; the daemon keeps running."""
+    config = write_config(tmp_path)
+    inbox, outbox = tmp_path / "in", tmp_path / "in-out"
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_ready()
+        (inbox / "big.jpg").write_bytes(make_image(Path("big.jpg"), (1500, 2000), 7))  # ~2.5 s of work
+        status = tmp_path / "state" / "status.json"
+        wait_for(lambda: json.loads(status.read_text())["inboxes"][0]["in_flight"] == 1, 20, "the job to start")
+        # Workers are the daemon's grandchildren (daemon → forkserver → workers).
+        forkserver_children = wait_for(
+            lambda: [p for p in descendants_of(daemon.pid) if p not in _children(daemon.pid)], 10, "a worker")
+        for pid in forkserver_children:
+            os.kill(pid, signal.SIGKILL)
+        lost = daemon.wait_event("job_lost_retrying")[0]
+        assert lost["src"].endswith("big.jpg") and lost["attempts"] == 1
+        daemon.wait_event("file_processed", timeout=60)
+        assert daemon.proc.poll() is None
+        assert decoded_size(outbox / "big.jpg") == (3000, 4000)
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    entry, = ledger_entries(config)
+    assert entry["state"] == "done" and entry["attempts"] == 2
+
+
+def _children(pid: int) -> set[int]:
+    return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def test_corrupt_image_goes_to_failed_folder_with_reason_and_the_rest_proceed(tmp_path: Path) -> None:
+    """A corrupt file is moved out of the inbox into failed/ with <name>.error.json; good files around it
+    are processed and the daemon stays up."""
+    config = write_config(tmp_path)
+    inbox, failed = tmp_path / "in", tmp_path / "in-failed"
+    (inbox / "good0.png").write_bytes(make_image(Path("x.png"), SIZE, 0))
+    (inbox / "broken.jpg").write_bytes(make_image(Path("x.jpg"), SIZE, 1)[:200])
+    (inbox / "good1.png").write_bytes(make_image(Path("x.png"), SIZE, 2))
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_event("file_processed", count=2)
+        failure = daemon.wait_event("file_failed")[0]
+        assert failure["src"].endswith("broken.jpg")
+        assert not (inbox / "broken.jpg").exists()
+        assert (failed / "broken.jpg").read_bytes() == make_image(Path("x.jpg"), SIZE, 1)[:200]
+        report = json.loads((failed / "broken.jpg.error.json").read_text())
+        assert "truncated" in report["reason"] and report["attempts"] == 1
+        assert daemon.proc.poll() is None
+        (inbox / "good2.png").write_bytes(make_image(Path("x.png"), SIZE, 3))
+        daemon.wait_event("file_processed", count=3)
+        status = srd("status", "--config", str(config))
+        assert status.returncode == 0 and "failed 1" in status.stdout, status.stdout
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    stopped = srd("status", "--config", str(config))
+    assert stopped.returncode == 3 and "not running" in stopped.stdout
+
+
+def _receive(sock: socket.socket, wanted: str, timeout: float = 20) -> list[dict[str, str]]:
+    """Collect sd_notify datagrams until one contains `wanted` (e.g. 'READY=1'); return them all."""
+    got: list[dict[str, str]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            data = sock.recv(4096).decode()
+        except TimeoutError:
+            break
+        fields = dict(line.split("=", 1) for line in data.splitlines() if "=" in line)
+        got.append(fields)
+        key, _, value = wanted.partition("=")
+        if fields.get(key) == value:
+            return got
+    raise AssertionError(f"no {wanted} among {got}")
+
+
+def test_sd_notify_lifecycle_and_a_broken_reload_keeps_the_running_config(tmp_path: Path) -> None:
+    """On a real notify socket: READY=1 with STATUS, WATCHDOG=1, RELOADING=1 + MONOTONIC_USEC then READY=1
+    on SIGHUP, STOPPING=1 on SIGTERM. A SIGHUP with an invalid config is rejected and processing goes on."""
+    config = write_config(tmp_path)
+    inbox = tmp_path / "in"
+    name = f"srd-test-{os.getpid()}-{random.randrange(1 << 30)}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("\0" + name)
+    daemon = DaemonProcess(config, env={"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "2000000"})
+    try:
+        ready = _receive(sock, "READY=1")[-1]
+        assert "STATUS" in ready
+        _receive(sock, "WATCHDOG=1", timeout=5)
+
+        daemon.proc.send_signal(signal.SIGHUP)
+        reload = _receive(sock, "RELOADING=1")[-1]
+        assert int(reload["MONOTONIC_USEC"]) > 0
+        _receive(sock, "READY=1")
+        daemon.wait_event("config_reloaded")
+
+        good = config.read_text()
+        broken = yaml.safe_load(good)
+        broken["inboxes"][0]["profile"] = "no-such-profile"
+        broken["workers"] = 0
+        config.write_text(yaml.safe_dump(broken))
+        daemon.proc.send_signal(signal.SIGHUP)
+        _receive(sock, "RELOADING=1")
+        after = _receive(sock, "READY=1")[-1]
+        assert "reload rejected" in after.get("STATUS", "")
+        rejected = daemon.wait_event("config_reload_rejected")[0]
+        assert len(rejected["problems"]) == 2
+        (inbox / "after.png").write_bytes(make_image(Path("x.png"), SIZE, 5))
+        daemon.wait_event("file_processed")
+        assert decoded_size(tmp_path / "in-out" / "after.png") == DOUBLED
+
+        daemon.proc.send_signal(signal.SIGTERM)
+        _receive(sock, "STOPPING=1")
+        assert daemon.proc.wait(timeout=30) == 0
+    finally:
+        sock.close()
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+
+
+def test_second_instance_on_the_same_state_dir_is_refused(tmp_path: Path) -> None:
+    """Only one daemon may own a state directory: a second `srd run` exits non-zero and names the first."""
+    config = write_config(tmp_path)
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_ready()
+        second = srd("run", "--config", str(config))
+        assert second.returncode == 6
+        assert f"in use by another srd instance (pid {daemon.pid})" in second.stderr
+        assert daemon.proc.poll() is None
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+
+
+def test_sources_are_archived_or_deleted_and_name_collisions_get_a_suffix(tmp_path: Path) -> None:
+    """on_success archive moves the source (subfolders mirrored); an outbox name srd didn't write is
+    kept and the output gets `name-1`; delete removes the source after its output is durable."""
+    archive_inbox = inbox_config(tmp_path, "arch", on_success="archive", archive=str(tmp_path / "archived"))
+    delete_inbox = inbox_config(tmp_path, "del", on_success="delete")
+    config = write_config(tmp_path, [archive_inbox, delete_inbox])
+    (tmp_path / "arch-out").mkdir()
+    (tmp_path / "arch-out" / "a.png").write_bytes(b"the user's own file")
+    (tmp_path / "arch" / "sub").mkdir()
+    (tmp_path / "arch" / "a.png").write_bytes(make_image(Path("x.png"), SIZE, 1))
+    (tmp_path / "arch" / "sub" / "b.png").write_bytes(make_image(Path("x.png"), SIZE, 2))
+    (tmp_path / "del" / "c.png").write_bytes(make_image(Path("x.png"), SIZE, 3))
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_event("file_processed", count=3)
+        wait_for(lambda: not (tmp_path / "del" / "c.png").exists(), 10, "the deleted source")
+        wait_for(lambda: (tmp_path / "archived" / "sub" / "b.png").exists(), 10, "the archived source")
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    assert (tmp_path / "arch-out" / "a.png").read_bytes() == b"the user's own file"
+    assert decoded_size(tmp_path / "arch-out" / "a-1.png") == DOUBLED
+    assert decoded_size(tmp_path / "arch-out" / "sub" / "b.png") == DOUBLED
+    assert (tmp_path / "archived" / "a.png").exists() and not (tmp_path / "arch" / "a.png").exists()
+    assert decoded_size(tmp_path / "del-out" / "c.png") == DOUBLED
+    dispositions = sorted(e["disposition"] for e in ledger_entries(config))
+    assert dispositions == ["archived", "archived", "deleted"]
