@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -156,11 +157,14 @@ def test_sigkill_at_random_moments_leaves_exactly_one_output_per_file(tmp_path: 
     for i, name in enumerate(sorted(names)):
         (inbox / name).write_bytes(make_image(Path(name), (300, 400), i))
     rng = random.Random(1234)
+    done_before_kill = []
     for _ in range(3):
         daemon = DaemonProcess(config)
-        daemon.wait_ready()
-        time.sleep(rng.uniform(0.3, 1.5))  # the random moment of the crash
+        daemon.wait_event("file_processed")  # mid-batch: jobs are running and outputs being written
+        time.sleep(rng.uniform(0.0, 0.3))  # the random moment of the crash
         daemon.kill()
+        done_before_kill.append(len(files_under(outbox)))
+    assert 0 < done_before_kill[0] < len(names), done_before_kill
     daemon = DaemonProcess(config)
     wait_for(lambda: set(files_under(outbox)) >= names, 60, "all outputs\n" + daemon.log_tail())
     wait_for(lambda: json.loads((tmp_path / "state" / "status.json").read_text())["ledger"]["done"] == 30,
@@ -175,6 +179,36 @@ def test_sigkill_at_random_moments_leaves_exactly_one_output_per_file(tmp_path: 
     assert {Path(e["output"]).name for e in entries} == names
     leftovers = [p for p in tmp_path.rglob("*") if is_temp_name(p.name)]
     assert leftovers == []
+
+
+def test_a_retry_after_a_crash_reuses_the_output_name_the_crashed_attempt_wrote(tmp_path: Path) -> None:
+    """The worker wrote the output but the daemon died before journaling `done`: the retry writes the
+    same name again (claimed before the job started) instead of a suffixed second copy."""
+    from srd.claims import Claims
+    from srd.config import load_config
+    from srd.daemon import fingerprints
+    from srd.ledger import Ledger
+
+    config = write_config(tmp_path)
+    inbox, outbox = tmp_path / "in", tmp_path / "in-out"
+    data = make_image(Path("x.png"), SIZE, 9)
+    (inbox / "crash.png").write_bytes(data)
+    outbox.mkdir()
+    (outbox / "crash.png").write_bytes(make_image(Path("x.png"), DOUBLED, 9))  # the crashed attempt's output
+    loaded = load_config(config)
+    fingerprint = fingerprints(loaded)["test"]
+    sha = hashlib.sha256(data).hexdigest()
+    with Ledger.open(loaded.state_dir) as ledger:
+        entry = ledger.record_start(sha, fingerprint, inbox=str(inbox), source="crash.png")
+    claims = Claims(loaded.state_dir)
+    claims.claim(entry.key, outbox / "crash.png")
+    claims.close()
+    daemon = DaemonProcess(config)
+    daemon.wait_event("file_processed")
+    assert daemon.stop() == 0
+    assert set(files_under(outbox)) == {"crash.png"}
+    entry, = ledger_entries(config)
+    assert entry["state"] == "done" and entry["attempts"] == 2 and entry["output"] == str(outbox / "crash.png")
 
 
 def test_a_killed_worker_costs_one_attempt_and_the_job_completes(tmp_path: Path) -> None:
