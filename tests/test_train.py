@@ -6,6 +6,10 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +59,28 @@ def test_resume_continues_exactly(tmp_path: Path, train_dir: Path) -> None:
         assert torch.equal(value, b["model"][key]), key
     assert [it for it, _ in b["history"]] == [3, 6]
     assert "Set5 x2 PSNR-Y" in (resumed.run_dir / "train.log").read_text()
+
+
+def test_sigterm_saves_and_exits_143(tmp_path: Path, train_dir: Path) -> None:
+    """The CLI saves a resumable checkpoint on SIGTERM and exits 143, so the queue script stops there."""
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "srd.train", "fit", "--scale", "2", "--blocks", "1", "--channels", "4",
+           "--iters", "1000000", "--batch", "2", "--patch", "16", "--eval-every", "20", "--name", "sig",
+           "--train-dir", str(train_dir), "--bench-dir", str(SHARED / "bench"),
+           "--cache-dir", str(tmp_path / "cache"), "--runs-dir", str(runs)]
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (runs / "sig" / "last.pt").exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143
+    finally:
+        proc.kill()
+    ckpt = checkpoint.load(runs / "sig" / "last.pt")
+    assert 20 <= ckpt["iteration"] < 1000000
+    assert "stopped sig" in (runs / "sig" / "train.log").read_text()
 
 
 def test_export_loads_in_cv2_dnn_at_any_size(tmp_path: Path, train_dir: Path) -> None:

@@ -38,6 +38,7 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-every-s", type=float, default=180.0)
     p.add_argument("--train-dir", default="../shared/datasets/train")
     p.add_argument("--bench-dir", default="../shared/datasets/bench")
+    p.add_argument("--cache-dir", default=".cache/train_lr", help="where the LR training images are cached")
     p.add_argument("--runs-dir", default="runs")
 
 
@@ -63,7 +64,7 @@ def _fit(args: argparse.Namespace) -> int:
         name=args.name or f"edsr-{args.preset}-x{args.scale}", arch=arch, iters=args.iters, batch=args.batch,
         patch=args.patch, lr=args.lr, lr_min=args.lr_min, seed=args.seed, bf16=not args.no_bf16,
         threads=args.threads, init=args.init, eval_every=args.eval_every, save_every_s=args.save_every_s,
-        train_dir=args.train_dir, bench_dir=args.bench_dir, runs_dir=args.runs_dir,
+        train_dir=args.train_dir, bench_dir=args.bench_dir, cache_dir=args.cache_dir, runs_dir=args.runs_dir,
     )
     # 143 (as if killed by SIGTERM) when interrupted, so `set -e` queue scripts stop there.
     return 0 if train(cfg) else 143

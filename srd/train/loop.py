@@ -101,14 +101,18 @@ def train(cfg: TrainConfig) -> bool:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    stop = _StopFlag()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return _train(cfg)
+        return _train(cfg, stop)
     finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
         log.removeHandler(handler)
         handler.close()
 
 
-def _train(cfg: TrainConfig) -> bool:
+def _train(cfg: TrainConfig, stop: _StopFlag) -> bool:
     torch.set_num_threads(cfg.threads)
     run_dir = cfg.run_dir
     last = run_dir / "last.pt"
@@ -140,9 +144,6 @@ def _train(cfg: TrainConfig) -> bool:
 
     model = model.to(memory_format=torch.channels_last)
     model.train()
-    stop = _StopFlag()
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
 
     def snapshot() -> dict[str, object]:
         return {

@@ -12,16 +12,16 @@ from onnx import numpy_helper
 
 from srd.train.model import DIV2K_MEAN_BGR, EDSR
 
-# Opset 13 is the oldest with the DepthToSpace "CRD" mode PixelShuffle needs (opset 11 also has it);
-# cv2.dnn 5.0 loads it with both engines.
+# PixelShuffle exports as DepthToSpace mode "CRD", which needs opset >= 11; 13 is what was verified to load in
+# both cv2.dnn 5.0 engines.
 OPSET = 13
 
 
 def export_onnx(model: EDSR, path: Path) -> None:
     """Export with dynamic height/width, input "input" and output "output" (the engine's contract).
 
-    Uses the legacy TorchScript exporter: it gives a plain Conv/Relu/Add/DepthToSpace graph without
-    needing onnxscript at load time, and cv2.dnn 5.0 loads it with both engines.
+    Uses the legacy TorchScript exporter: it gives a plain Conv/Relu/Add/DepthToSpace graph that both
+    cv2.dnn 5.0 engines load (the dynamo exporter's opset-20 graph loads too; this one needs no onnxscript).
     """
     model = model.eval().float()
     dummy = torch.zeros(1, 3, 24, 32)
