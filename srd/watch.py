@@ -115,7 +115,7 @@ class _Handler(FileSystemEventHandler):
             self._watcher.on_event(event)
         # A handler that raises kills watchdog's observer thread; log it and keep watching.
         except Exception:  # noqa: BLE001
-            log.exception("watch_handler_failed", inbox=str(self._watcher.root), event=event.event_type)
+            log.exception("watch_handler_failed", inbox=str(self._watcher.root), kind=event.event_type)
 
 
 class InboxWatcher:
