@@ -178,7 +178,9 @@ class JobPool:
         """Queue a job; `suspect` marks a retry after a crash, run alone and before other work."""
         if suspect:
             self._suspects.add(token)
-            self._waiting.appendleft((token, job, suspect))
+            behind = next((i for i, item in enumerate(self._waiting) if item[0] not in self._suspects),
+                          len(self._waiting))
+            self._waiting.insert(behind, (token, job, suspect))
         else:
             self._waiting.append((token, job, suspect))
         self._fill()

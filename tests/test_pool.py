@@ -1,0 +1,165 @@
+"""The job pool: bounded intake, crash recovery with real worker processes, isolation of suspects, timeouts."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from pathlib import Path
+
+from daemon_helpers import wait_for
+from srd.config import default_profile
+from srd.job import Job, JobResult
+from srd.pool import Finished, JobPool, Lost
+
+
+def job(name: str) -> Job:
+    return Job(Path(name), Path("out"), default_profile(), 1)
+
+
+def scripted(job: Job) -> JobResult:
+    """Runs in a real worker: the file name says what to do (ok, die, sleep-SECONDS)."""
+    name = job.source.name
+    if name.startswith("die"):
+        os._exit(1)
+    if name.startswith("sleep-"):
+        time.sleep(float(name.split("-", 1)[1]))
+    return JobResult(job.source, ok=True, output=Path("out") / name, sha256="0" * 64)
+
+
+def real_factory(workers: int):
+    return lambda: ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver"))
+
+
+class FakeExecutor(Executor):
+    """Holds submitted jobs until the test completes them, so concurrency is observable without timing."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Future[JobResult], Job]] = []
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
+        future: Future[JobResult] = Future()
+        future.set_running_or_notify_cancel()
+        self.jobs.append((future, args[0]))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        pass
+
+    def complete(self, name: str) -> None:
+        for future, submitted in self.jobs:
+            if submitted.source.name == name and not future.done():
+                future.set_result(JobResult(submitted.source, ok=True))
+                return
+        raise AssertionError(f"{name} is not running")
+
+    def running(self) -> list[str]:
+        return [j.source.name for f, j in self.jobs if not f.done()]
+
+
+def collect_until(pool: JobPool, count: int, timeout: float = 30) -> list:
+    outcomes: list = []
+
+    def enough() -> bool:
+        outcomes.extend(pool.collect())
+        return len(outcomes) >= count
+
+    wait_for(enough, timeout, f"{count} outcomes", interval=0.02)
+    return outcomes
+
+
+def test_intake_is_bounded_and_a_job_is_started_only_when_a_worker_takes_it() -> None:
+    """At most 2 × workers jobs are accepted; the executor gets one per worker, and `on_start` (the
+    ledger's start record, which costs an attempt) runs only then."""
+    fake = FakeExecutor()
+    started: list[str] = []
+    pool = JobPool(2, lambda: fake, on_start=started.append)
+    for name in "abcd":
+        assert pool.has_room()
+        pool.submit(name, job(name))
+    assert not pool.has_room() and len(pool) == 4
+    assert fake.running() == ["a", "b"] and started == ["a", "b"]
+    fake.complete("a")
+    outcomes = pool.collect()
+    assert [(type(o), o.token) for o in outcomes] == [(Finished, "a")]
+    assert fake.running() == ["b", "c"] and started == ["a", "b", "c"]
+    assert pool.has_room()
+
+
+def test_suspects_after_a_crash_run_alone_and_first() -> None:
+    """Retries after a crash run one at a time ahead of other work, so a file that kills workers is caught
+    alone rather than costing innocent neighbours their attempts."""
+    fake = FakeExecutor()
+    pool = JobPool(2, lambda: fake)
+    pool.submit("x", job("x"))
+    pool.submit("s1", job("s1"), suspect=True)
+    pool.submit("s2", job("s2"), suspect=True)
+    assert fake.running() == ["x"]  # the suspects wait for the running job and then go alone
+    fake.complete("x")
+    pool.collect()
+    assert fake.running() == ["s1"]
+    fake.complete("s1")
+    pool.collect()
+    assert fake.running() == ["s2"]
+    pool.submit("y", job("y"))
+    assert fake.running() == ["s2"]
+    fake.complete("s2")
+    pool.collect()
+    assert fake.running() == ["y"]
+
+
+def test_a_dying_worker_loses_the_running_jobs_and_the_pool_is_rebuilt() -> None:
+    """A worker killed mid-job (os._exit, like the OOM killer) breaks the executor: every running job is
+    reported lost, a new executor is built, and later jobs run normally."""
+    pool = JobPool(2, real_factory(2), run=scripted)
+    try:
+        pool.submit("die", job("die"))
+        pool.submit("sleep-1", job("sleep-1"))
+        outcomes = collect_until(pool, 2)
+        assert {o.token for o in outcomes} == {"die", "sleep-1"}
+        assert all(isinstance(o, Lost) and "died" in o.reason for o in outcomes)
+        assert pool.rebuilds == 1 and pool.healthy
+        pool.submit("ok", job("ok"))
+        outcome, = collect_until(pool, 1)
+        assert isinstance(outcome, Finished) and outcome.result.ok
+    finally:
+        pool.close()
+
+
+def test_a_stuck_job_is_killed_at_the_timeout_and_innocent_jobs_rerun_without_a_new_attempt() -> None:
+    """Past `job_timeout` the stuck job's worker is killed (the executor can't cancel a running call); the
+    job is lost, while a job that shared the executor is re-run without `on_start` charging it again."""
+    now = [0.0]
+    started: list[str] = []
+    pool = JobPool(2, real_factory(2), run=scripted, job_timeout=1.0, clock=lambda: now[0], on_start=started.append)
+    try:
+        pool.submit("stuck", job("sleep-60"))
+        now[0] = 0.5
+        pool.submit("innocent", job("sleep-0.2"))
+        now[0] = 1.2
+        outcomes = pool.collect()
+        assert [(type(o), o.token) for o in outcomes] == [(Lost, "stuck")]
+        assert "timed out" in outcomes[0].reason
+        outcome, = collect_until(pool, 1)
+        assert isinstance(outcome, Finished) and outcome.token == "innocent"
+        assert started == ["stuck", "innocent"]
+    finally:
+        pool.close()
+
+
+def test_drain_finishes_running_jobs_and_drops_waiting_ones() -> None:
+    """On shutdown, jobs in workers finish within the deadline; queued ones are left for the next start."""
+    fake = FakeExecutor()
+    now = [0.0]
+    pool = JobPool(1, lambda: fake, clock=lambda: now[0])
+    pool.submit("a", job("a"))
+    pool.submit("b", job("b"))
+
+    def wait(seconds: float) -> None:
+        fake.complete("a")
+        now[0] += seconds
+
+    outcomes = pool.drain(deadline=5.0, wait=wait)
+    assert [o.token for o in outcomes] == ["a"]
+    assert len(pool) == 0 and fake.running() == []
