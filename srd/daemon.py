@@ -243,18 +243,26 @@ class Daemon:
             LockedError: Another instance owns the state directory.
             ModelError: A profile's model is missing or corrupt.
         """
-        self.ledger = Ledger.open(self.config.state_dir)
+        self.start()
         try:
-            self.claims = Claims(self.config.state_dir)
-            self._startup()
-            self._state = "running"
             self.notifier.ready(status=self._status_line())
             log.info("daemon_ready", pid=os.getpid(), inboxes=len(self._runtimes), workers=self.config.workers)
             self._loop()
             self._shutdown()
         finally:
-            self._close()
+            self.close()
         return 0
+
+    def start(self) -> None:
+        """Take the ledger lock, recover from a crash, build the pool and start watching (no loop yet)."""
+        self.ledger = Ledger.open(self.config.state_dir)
+        try:
+            self.claims = Claims(self.config.state_dir)
+            self._startup()
+        except BaseException:
+            self.close()
+            raise
+        self._state = "running"
 
     def _startup(self) -> None:
         assert self.ledger is not None
@@ -285,7 +293,7 @@ class Daemon:
         for index, inbox in enumerate(config.inboxes):
             key = inbox_id(inbox)
             watcher = self._watcher_builder(index, inbox, self._hints.put)
-            tracker = SettleTracker(max(inbox.settle_seconds, 0.01))
+            tracker = SettleTracker(max(inbox.settle_seconds, 0.01), clock=self._clock)
             runtime = _InboxRuntime(index, inbox, config.profiles[inbox.profile], prints[inbox.profile], tracker, watcher)
             if key in old and old[key].fingerprint == runtime.fingerprint:
                 runtime.handled = old[key].handled
@@ -306,6 +314,10 @@ class Daemon:
                 log.warning("unfinished_source_gone", src=str(source), attempts=entry.attempts)
             else:
                 log.info("unfinished_will_retry", src=str(source), attempts=entry.attempts)
+        for key, _ in self.claims.items():
+            entry = self.ledger.get(key)
+            if entry is None or entry.state != State.STARTED:
+                self.claims.release(key)  # its job never started, or it finished before the crash
 
     def _shutdown(self) -> None:
         assert self.pool is not None
@@ -319,20 +331,24 @@ class Daemon:
         for outcome in self.pool.drain(deadline, self._sleep):
             self._finish(outcome)
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        """Stop watchers and workers, write the final status, release the ledger lock."""
         for runtime in self._runtimes.values():
             runtime.watcher.stop()
         if self.pool is not None:
             self.pool.close()
+            self.pool = None
         if self.ledger is not None:
             self._state = "stopped"
             try:
                 self._write_status(force=True)
-            except OSError:
-                pass
+            except (OSError, OutputError) as exc:
+                log.warning("status_write_failed", error=str(exc))
             self.ledger.close()
+            self.ledger = None
         if self.claims is not None:
             self.claims.close()
+            self.claims = None
         self.notifier.close()
         log.info("daemon_stopped")
 
@@ -345,15 +361,7 @@ class Daemon:
         next_status = now
         next_reconcile = now + self.config.reconcile_interval
         while self._stop_signal is None:
-            if self._reload_requested:
-                self._reload_requested = False
-                self._reload()
-            self._take_hints()
-            self._poll_trackers()
-            for outcome in self.pool.collect():
-                self._finish(outcome)
-            self._replace_stale_pool()
-            self._dispatch()
+            self.step()
             now = self._clock()
             if now >= next_supervise:
                 next_supervise = now + SUPERVISE_EVERY_S
@@ -367,6 +375,19 @@ class Daemon:
                 for runtime in self._runtimes.values():
                     runtime.watcher.request_scan()
             self._wait()
+
+    def step(self) -> None:
+        """One pass of the loop without waiting: reload if asked, take hints, settle, collect, dispatch."""
+        assert self.pool is not None
+        if self._reload_requested:
+            self._reload_requested = False
+            self._reload()
+        self._take_hints()
+        self._poll_trackers()
+        for outcome in self.pool.collect():
+            self._finish(outcome)
+        self._replace_stale_pool()
+        self._dispatch()
 
     def _wait(self) -> None:
         """Sleep until a hint or a wake-up arrives, the next settle deadline, or `MAX_SLEEP_S`."""
@@ -384,7 +405,7 @@ class Daemon:
         except queue.Empty:
             return
         if hint is not None:
-            self._on_hint(hint)
+            self.hint(hint)
 
     def _take_hints(self) -> None:
         while True:
@@ -393,9 +414,10 @@ class Daemon:
             except queue.Empty:
                 return
             if hint is not None:
-                self._on_hint(hint)
+                self.hint(hint)
 
-    def _on_hint(self, hint: Hint) -> None:
+    def hint(self, hint: Hint) -> None:
+        """Take one hint from a watcher (tests call this directly)."""
         runtime = self._runtime_by_index(hint.inbox)
         if runtime is None or runtime.inbox.path not in hint.path.parents:
             return  # from a watcher stopped by a reload
@@ -560,7 +582,7 @@ class Daemon:
     def _already_done(self, runtime: _InboxRuntime, path: Path, rel: PurePosixPath, signature: tuple[int, int],
                       entry: Entry) -> None:
         if entry.inbox == runtime.inbox_id and entry.source == rel:
-            if entry.disposition is None:  # a crash came between done and the source step
+            if entry.disposition in (None, "kept-changed"):  # a crash (or a late write) postponed the source step
                 self._dispose(runtime.inbox, runtime.inbox_id, path, rel, signature, entry.key)
             else:
                 runtime.handled[path] = signature
@@ -621,6 +643,7 @@ class Daemon:
             self._dispose(work.inbox, work.inbox_id, work.source, work.rel, work.signature, key)
         else:
             self.ledger.record_disposed(key, "kept-changed")
+            self._rehint(work)
 
     def _failed_result(self, work: _Work, reason: str, processed_sha: str | None) -> None:
         if processed_sha is not None and processed_sha != work.sha256:

@@ -34,7 +34,7 @@ def read_status(state_dir: Path) -> dict[str, Any] | None:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (it may belong to another user)."""
+    """Whether this pid is a live srd process (a dead daemon's pid may have been reused by another program)."""
     if pid <= 0:
         return False
     try:
@@ -42,5 +42,8 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass  # exists, but runs as another user
+    try:
+        return b"srd" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc to check: trust the pid

@@ -9,6 +9,7 @@ import random
 import signal
 import socket
 import time
+from concurrent.futures import Executor, Future
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,13 @@ from daemon_helpers import (
     write_config,
 )
 from srd.atomic import is_temp_name
+from srd.config import load_config
+from srd.daemon import Daemon
+from srd.job import Job, JobResult, run_job
+from srd.notify import Notifier
+from srd.pipeline import StageContext
+from srd.pool import JobPool
+from srd.watch import Hint
 
 pytestmark = pytest.mark.skipif(not ESPCN_X2.is_file(), reason=f"needs the zoo model {ESPCN_X2}")
 
@@ -380,3 +388,106 @@ def test_sources_are_archived_or_deleted_and_name_collisions_get_a_suffix(tmp_pa
     assert decoded_size(tmp_path / "del-out" / "c.png") == DOUBLED
     dispositions = sorted(e["disposition"] for e in ledger_entries(config))
     assert dispositions == ["archived", "archived", "deleted"]
+
+
+# -- the loop driven in-process: fake clock, inline executor, no watcher threads, no sleeping -------------
+
+
+class QuietWatcher:
+    """Stands in for InboxWatcher: the test delivers hints itself."""
+
+    def __init__(self, index: int, inbox, sink) -> None:
+        self.index, self.inbox, self.root = index, inbox, inbox.path
+        self.mode, self.degraded, self.healthy, self.state = "native", None, True, "watching"
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def supervise(self) -> None: ...
+    def request_scan(self) -> None: ...
+
+
+class InlineExecutor(Executor):
+    """Runs each job at submit time in this process, so a test sees outcomes on the next step."""
+
+    def __init__(self, run) -> None:
+        self._run = run
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
+        future: Future = Future()
+        future.set_running_or_notify_cancel()
+        future.set_result(self._run(args[0]))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        pass
+
+
+def inline_daemon(tmp_path: Path, before_job=lambda job: None, **inbox_settings) -> tuple:
+    """A Daemon whose time is a list the test advances and whose jobs run inline with the real model."""
+    config = load_config(write_config(tmp_path, [inbox_config(tmp_path, **inbox_settings)]))
+    context = StageContext(config.worker_engine(), config.model_dirs)
+
+    def run(job: Job) -> JobResult:
+        before_job(job)
+        return run_job(job, context)
+
+    now = [100.0]
+    daemon = Daemon(config, notifier=Notifier(None), clock=lambda: now[0],
+                    pool_builder=lambda cfg, on_start, wake: JobPool(1, lambda: InlineExecutor(run), on_start=on_start),
+                    watcher_builder=QuietWatcher)
+    daemon.start()
+    return daemon, now
+
+
+def settle(daemon: Daemon, now: list[float], paths: list[Path], steps: int = 12) -> None:
+    """Hint `paths`, then step the loop through enough settle periods for them to be ready and processed."""
+    for path in paths:
+        daemon.hint(Hint(0, path))
+    for _ in range(steps):
+        daemon.step()
+        now[0] += 0.2
+
+
+def test_a_file_rewritten_between_hashing_and_processing_is_recorded_as_what_was_processed(tmp_path: Path) -> None:
+    """If the content changes after the daemon hashed it, the ledger records the bytes the worker really
+    read, the source is not deleted on the strength of the old hash, and once the new version settles it
+    is recognised as done and only then deleted (on_success: delete)."""
+    inbox = tmp_path / "in"
+    first, second = make_image(Path("x.png"), SIZE, 1), make_image(Path("x.png"), SIZE, 2)
+
+    def rewrite(job: Job) -> None:
+        if job.source.read_bytes() == first:
+            job.source.write_bytes(second)
+            os.utime(job.source, ns=(0, 10**9))  # a distinct mtime, as a real later write would have
+
+    daemon, now = inline_daemon(tmp_path, before_job=rewrite, on_success="delete")
+    try:
+        (inbox / "x.png").write_bytes(first)
+        settle(daemon, now, [inbox / "x.png"])
+        assert (inbox / "x.png").exists() is False
+        assert daemon.ledger is not None
+        entries = list(daemon.ledger.entries())
+        assert [(e.sha256, e.state.value, e.disposition) for e in entries] == \
+            [(hashlib.sha256(second).hexdigest(), "done", "deleted")]
+    finally:
+        daemon.close()
+    assert decoded_size(tmp_path / "in-out" / "x.png") == DOUBLED
+
+
+def test_duplicate_content_under_another_name_is_linked_not_processed_again(tmp_path: Path) -> None:
+    """duplicates: link gives the second name the first output (a hard link) without running a job."""
+    inbox = tmp_path / "in"
+    jobs: list[Path] = []
+    daemon, now = inline_daemon(tmp_path, before_job=lambda job: jobs.append(job.source), duplicates="link")
+    try:
+        data = make_image(Path("x.png"), SIZE, 3)
+        (inbox / "a.png").write_bytes(data)
+        settle(daemon, now, [inbox / "a.png"])
+        (inbox / "b.png").write_bytes(data)
+        settle(daemon, now, [inbox / "b.png"])
+        assert jobs == [inbox / "a.png"]
+        out = tmp_path / "in-out"
+        assert os.path.samefile(out / "a.png", out / "b.png")
+        assert daemon.status()["inboxes"][0]["duplicates"] == 1
+    finally:
+        daemon.close()
