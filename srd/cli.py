@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import as_completed
 from dataclasses import replace
 from pathlib import Path
 
 from srd import __version__
 from srd.config import Config, Profile, load_config
+from srd.daemon_cli import add_commands as add_daemon_commands
 from srd.engine.registry import available_models, resolve_model, user_models_dir
 from srd.engine.upscaler import EngineSettings
 from srd.errors import ConfigError, ModelError, SrdError
@@ -30,7 +31,7 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="OpenCV threads per worker process")
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
     parser = argparse.ArgumentParser(
         prog="srd", description="Super-resolution daemon: watch folders and upscale images with EDSR-family models."
     )
@@ -95,7 +96,7 @@ def _build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train and export srd's own models (needs the 'train' extra)",
                            add_help=False)
     train.add_argument("train_args", nargs=argparse.REMAINDER)
-    return parser
+    return parser, add_daemon_commands(sub)
 
 
 def _engine_from(config: Config, args: argparse.Namespace, default_threads: int | None) -> EngineSettings:
@@ -326,8 +327,10 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = _build_parser().parse_args(argv)
+    parser, daemon_handlers = _build_parser()
+    args = parser.parse_args(argv)
     handlers = {
+        **daemon_handlers,
         "process": _run_process,
         "models": _run_models,
         "config": _run_config_check,
