@@ -270,19 +270,25 @@ class Daemon:
         for entry in self.ledger.entries():
             if entry.state == State.DONE and entry.output is not None:
                 self._outputs[entry.output] = (entry.inbox, entry.source)
-        self._prepare_folders(self.config)
+        self._prepare_folders(self.config, clean=True)
         self._build_runtimes(self.config, prints)
         self._recover_unfinished()
         self.pool = self._pool_builder(self.config, self._journal_start, lambda: self._hints.put(None))
         for runtime in self._runtimes.values():
             runtime.watcher.start()
 
-    def _prepare_folders(self, config: Config) -> None:
-        """Create output folders and purge temp files a crash left in them (we hold the lock: all are stale)."""
+    def _prepare_folders(self, config: Config, *, clean: bool) -> None:
+        """Create output folders; at startup also purge temp files a crash left there.
+
+        Only at startup are all temp files stale (we hold the lock and no worker runs yet); on a reload,
+        running jobs are writing theirs.
+        """
         for inbox in config.inboxes:
             for folder in (inbox.outbox, inbox.failed, inbox.archive):
                 if folder is not None:
                     folder.mkdir(parents=True, exist_ok=True)
+                    if not clean:
+                        continue
                     removed = clean_stale_temps(folder, recursive=True)
                     if removed:
                         log.info("stale_temps_cleaned", folder=str(folder), count=len(removed))
@@ -766,7 +772,7 @@ class Daemon:
         configure_logging(new.log_level, new.log_format)
         for runtime in self._runtimes.values():
             runtime.watcher.stop()
-        self._prepare_folders(new)
+        self._prepare_folders(new, clean=False)
         self._build_runtimes(new, prints)
         self._backlog = deque(item for item in self._backlog if item[0] in self._runtimes)
         if _pool_settings(old) != _pool_settings(new):

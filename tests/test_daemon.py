@@ -280,6 +280,14 @@ def test_corrupt_image_goes_to_failed_folder_with_reason_and_the_rest_proceed(tm
             daemon.proc.kill()
     stopped = srd("status", "--config", str(config))
     assert stopped.returncode == 3 and "not running" in stopped.stdout
+    # With the daemon stopped, the ledger can be edited: retry the failure, then forget it.
+    prefix = report["sha256"][:12]
+    assert "broken.jpg" in srd("ledger", "list", "--state", "failed", "--config", str(config)).stdout
+    assert srd("ledger", "retry", prefix, "--config", str(config)).returncode == 0
+    shown = srd("ledger", "show", prefix, "--config", str(config))
+    assert json.loads(shown.stdout)["state"] == "retry"
+    assert srd("ledger", "forget", prefix, "--config", str(config)).returncode == 0
+    assert [e["state"] for e in ledger_entries(config)] == ["done"] * 3
 
 
 def _receive(sock: socket.socket, wanted: str, timeout: float = 20) -> list[dict[str, str]]:
