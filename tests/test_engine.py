@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -121,3 +123,33 @@ def test_a_file_that_is_not_a_model_gives_a_model_error(tmp_path: Path) -> None:
     bogus.write_bytes(b"this is not a protobuf")
     with pytest.raises(ModelError, match="cannot load"):
         Upscaler(resolve_model(str(bogus), None))
+
+
+def test_bundled_model_tiles_seamlessly_and_keeps_grey(photo: np.ndarray) -> None:
+    """srd's own ONNX model (the 'edsr' convention): default tiling equals whole-image inference."""
+    spec = resolve_model("edsr-lite", 2)
+    assert (spec.format, spec.convention, spec.origin) == ("onnx", "edsr", "bundled")
+    image = photo[:200, :230]
+    whole = Upscaler(spec, EngineSettings(tile=0)).upscale(image)
+    tiled = Upscaler(spec, EngineSettings(tile=64, tile_pad=16)).upscale(image)
+    assert np.abs(whole.astype(np.int16) - tiled).max() <= 1
+    grey = Upscaler(spec).upscale(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
+    assert grey.shape == (image.shape[0] * 2, image.shape[1] * 2)
+
+
+def test_bundled_model_gives_the_same_result_after_a_zoo_model_was_loaded(
+    zoo: Path, photo: np.ndarray, tmp_path: Path
+) -> None:
+    """Loading a zoo .pb swaps in dnn_superres's DepthToSpace process-wide; srd's models must not care."""
+    image = photo[:64, :96]
+    np.save(tmp_path / "in.npy", image)
+    script = (
+        "import sys, numpy as np\n"
+        "from srd.engine.registry import resolve_model\nfrom srd.engine.upscaler import Upscaler\n"
+        "np.save(sys.argv[2], Upscaler(resolve_model('edsr-lite', 2)).upscale(np.load(sys.argv[1])))\n"
+    )
+    subprocess.run([sys.executable, "-c", script, tmp_path / "in.npy", tmp_path / "out.npy"], check=True)
+    clean_process = np.load(tmp_path / "out.npy")
+    Upscaler(resolve_model(str(zoo / "ESPCN_x2.pb"), None)).upscale(image)
+    after_zoo = Upscaler(resolve_model("edsr-lite", 2)).upscale(image)
+    assert np.abs(after_zoo.astype(np.int16) - clean_process).max() <= 1
