@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from daemon_helpers import wait_for
@@ -109,22 +110,40 @@ def test_suspects_after_a_crash_run_alone_and_first() -> None:
     assert fake.running() == ["y"]
 
 
-def test_a_dying_worker_loses_the_running_jobs_and_the_pool_is_rebuilt() -> None:
-    """A worker killed mid-job (os._exit, like the OOM killer) breaks the executor: every running job is
+def test_a_dying_worker_is_reported_lost_and_the_pool_is_rebuilt() -> None:
+    """A real worker killed mid-job (os._exit, as the OOM killer would) breaks the executor: the job is
     reported lost, a new executor is built, and later jobs run normally."""
-    pool = JobPool(2, real_factory(2), run=scripted)
+    pool = JobPool(1, real_factory(1), run=scripted)
     try:
         pool.submit("die", job("die"))
-        pool.submit("sleep-1", job("sleep-1"))
-        outcomes = collect_until(pool, 2)
-        assert {o.token for o in outcomes} == {"die", "sleep-1"}
-        assert all(isinstance(o, Lost) and "died" in o.reason for o in outcomes)
+        outcome, = collect_until(pool, 1)
+        assert isinstance(outcome, Lost) and "died" in outcome.reason
         assert pool.rebuilds == 1 and pool.healthy
         pool.submit("ok", job("ok"))
         outcome, = collect_until(pool, 1)
         assert isinstance(outcome, Finished) and outcome.result.ok
     finally:
         pool.close()
+
+
+def test_a_broken_executor_loses_every_running_job_with_one_rebuild() -> None:
+    """Every job running in a broken executor is lost (each costs an attempt), and one rebuild serves all."""
+    executors: list[FakeExecutor] = []
+
+    def factory() -> FakeExecutor:
+        executors.append(FakeExecutor())
+        return executors[-1]
+
+    pool = JobPool(2, factory)
+    pool.submit("a", job("a"))
+    pool.submit("b", job("b"))
+    pool.submit("c", job("c"))
+    for future, _ in executors[0].jobs:
+        future.set_exception(BrokenProcessPool("a child process terminated abruptly"))
+    outcomes = pool.collect()
+    assert sorted((type(o).__name__, o.token) for o in outcomes) == [("Lost", "a"), ("Lost", "b")]
+    assert pool.rebuilds == 1 and len(executors) == 2
+    assert executors[1].running() == ["c"]
 
 
 def test_a_stuck_job_is_killed_at_the_timeout_and_innocent_jobs_rerun_without_a_new_attempt() -> None:
