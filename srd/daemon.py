@@ -98,7 +98,7 @@ class _InboxRuntime:
 
     @property
     def inbox_id(self) -> str:
-        return str(self.inbox.path)
+        return inbox_id(self.inbox)
 
 
 def inbox_id(inbox: Inbox) -> str:
@@ -128,14 +128,20 @@ def read_head(path: Path) -> bytes:
 
 
 def fingerprints(config: Config) -> dict[str, str]:
-    """The pipeline fingerprint of every profile an inbox uses (resolves and hashes their models).
+    """The pipeline fingerprint of every profile an inbox uses, after verifying their models.
+
+    A missing or corrupt model must stop the daemon (or reject a reload) here: found only inside the
+    workers, it would fail every file and move them all to the failed folder.
 
     Raises:
-        ModelError: A profile's model is missing or fails verification.
+        ModelError: A profile's model is missing or its sha256 differs from its manifest's.
     """
     context = StageContext(config.engine, config.model_dirs)
-    used = {inbox.profile for inbox in config.inboxes}
-    return {name: config.profiles[name].pipeline.fingerprint(context) for name in sorted(used)}
+    used = sorted({inbox.profile for inbox in config.inboxes})
+    for name in used:
+        for spec in config.profiles[name].pipeline.models(context):
+            context.verify(spec)
+    return {name: config.profiles[name].pipeline.fingerprint(context) for name in used}
 
 
 def default_pool(config: Config, on_start: Callable[[Any], None], wake: Callable[[], None]) -> JobPool:
@@ -457,6 +463,8 @@ class Daemon:
                 continue
             try:
                 self._consider(runtime, ready)
+            except FileNotFoundError:
+                continue  # gone again before we got to it; nothing to do
             except (OSError, ImageError, OutputError) as exc:
                 # The file (or its output folder) can't be read or written now; remember this version of
                 # it so the loop doesn't spin, and let its next change or a restart bring it back.
