@@ -499,3 +499,40 @@ def test_duplicate_content_under_another_name_is_linked_not_processed_again(tmp_
         assert daemon.status()["inboxes"][0]["duplicates"] == 1
     finally:
         daemon.close()
+
+
+def test_sigterm_drains_the_running_job_and_a_drain_timeout_leaves_it_for_the_next_start(tmp_path: Path) -> None:
+    """SIGTERM stops intake but lets a running job finish and be recorded; if it can't finish within
+    --drain-timeout, the daemon still exits 0 promptly and the next start processes the file."""
+    config = write_config(tmp_path)
+    inbox, outbox = tmp_path / "in", tmp_path / "in-out"
+    status = tmp_path / "state" / "status.json"
+
+    def running() -> bool:
+        return json.loads(status.read_text())["inboxes"][0]["in_flight"] == 1
+
+    daemon = DaemonProcess(config, drain_timeout=30)
+    daemon.wait_ready()
+    (inbox / "big.jpg").write_bytes(make_image(Path("big.jpg"), (1500, 2000), 1))  # ~2.5 s of work
+    wait_for(running, 20, "the job to start")
+    assert daemon.stop() == 0
+    assert decoded_size(outbox / "big.jpg") == (3000, 4000)
+    assert [e["state"] for e in ledger_entries(config)] == ["done"]
+
+    daemon = DaemonProcess(config, drain_timeout=0.2)
+    daemon.wait_ready()
+    (inbox / "big2.jpg").write_bytes(make_image(Path("big2.jpg"), (1500, 2000), 2))
+    wait_for(running, 20, "the job to start")
+    started = time.monotonic()
+    assert daemon.stop() == 0
+    assert time.monotonic() - started < 2.0
+    assert daemon.events("drain_timeout_abandoning")
+    assert not (outbox / "big2.jpg").exists()
+    assert sorted(e["state"] for e in ledger_entries(config)) == ["done", "started"]
+
+    daemon = DaemonProcess(config)
+    daemon.wait_event("file_processed", timeout=30)
+    assert daemon.stop() == 0
+    assert decoded_size(outbox / "big2.jpg") == (3000, 4000)
+    assert sorted((e["state"], e["attempts"]) for e in ledger_entries(config)) == [("done", 1), ("done", 2)]
+    assert [p for p in tmp_path.rglob("*") if is_temp_name(p.name)] == []
