@@ -310,7 +310,8 @@ def _receive(sock: socket.socket, wanted: str, timeout: float = 20) -> list[dict
 
 def test_sd_notify_lifecycle_and_a_broken_reload_keeps_the_running_config(tmp_path: Path) -> None:
     """On a real notify socket: READY=1 with STATUS, WATCHDOG=1, RELOADING=1 + MONOTONIC_USEC then READY=1
-    on SIGHUP, STOPPING=1 on SIGTERM. A SIGHUP with an invalid config is rejected and processing goes on."""
+    on SIGHUP, STOPPING=1 on SIGTERM. A valid reload applies at once (a changed profile reprocesses a kept
+    input); a SIGHUP with an invalid config is rejected and processing goes on with the old one."""
     config = write_config(tmp_path)
     inbox = tmp_path / "in"
     name = f"srd-test-{os.getpid()}-{random.randrange(1 << 30)}"
@@ -321,12 +322,19 @@ def test_sd_notify_lifecycle_and_a_broken_reload_keeps_the_running_config(tmp_pa
         ready = _receive(sock, "READY=1")[-1]
         assert "STATUS" in ready
         _receive(sock, "WATCHDOG=1", timeout=5)
+        (inbox / "before.png").write_bytes(make_image(Path("x.png"), SIZE, 4))
+        daemon.wait_event("file_processed")
+        first_output = (tmp_path / "in-out" / "before.png").read_bytes()
 
+        # A valid reload with a changed profile applies at once: the kept input is processed again.
+        write_config(tmp_path, stages=[{"upscale": {"model": str(ESPCN_X2), "scale": 2}}, {"sharpen": {}}])
         daemon.proc.send_signal(signal.SIGHUP)
         reload = _receive(sock, "RELOADING=1")[-1]
         assert int(reload["MONOTONIC_USEC"]) > 0
         _receive(sock, "READY=1")
         daemon.wait_event("config_reloaded")
+        daemon.wait_event("file_processed", count=2)
+        assert (tmp_path / "in-out" / "before.png").read_bytes() != first_output
 
         good = config.read_text()
         broken = yaml.safe_load(good)
@@ -340,7 +348,7 @@ def test_sd_notify_lifecycle_and_a_broken_reload_keeps_the_running_config(tmp_pa
         rejected = daemon.wait_event("config_reload_rejected")[0]
         assert len(rejected["problems"]) == 2
         (inbox / "after.png").write_bytes(make_image(Path("x.png"), SIZE, 5))
-        daemon.wait_event("file_processed")
+        daemon.wait_event("file_processed", count=3)
         assert decoded_size(tmp_path / "in-out" / "after.png") == DOUBLED
 
         daemon.proc.send_signal(signal.SIGTERM)
