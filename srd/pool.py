@@ -14,15 +14,10 @@ kills workers is caught alone and innocent jobs that shared the crash don't use 
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import select
-import signal
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +25,7 @@ import structlog
 
 from srd.engine.upscaler import EngineSettings
 from srd.job import Job, JobResult
-from srd.worker import init_worker, process
+from srd.worker import make_pool, process
 
 log = structlog.get_logger(__name__)
 
@@ -53,55 +48,11 @@ class Lost:
 Outcome = Finished | Lost
 
 
-def _init_daemon_worker(
-    daemon_pid: int, engine: EngineSettings, model_dirs: Sequence[Path], log_level: str, log_format: str
-) -> None:
-    """Worker initializer: die with the daemon, leave Ctrl-C and SIGTERM to it, then load as usual.
-
-    If the daemon is SIGKILLed, its workers would otherwise live on: they hold both ends of their
-    call queue (so they never see EOF) and keep the forkserver alive. Worse, one busy with a job
-    would still write its output while a restarted daemon retries the same file. A thread blocked
-    on the daemon's pidfd kills this worker the moment the daemon is gone.
-    """
-    threading.Thread(target=_die_with, args=(daemon_pid,), name="srd-die-with-daemon", daemon=True).start()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    init_worker(engine, model_dirs, log_level, log_format)
-
-
-def _die_with(pid: int) -> None:
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        os.kill(os.getpid(), signal.SIGKILL)
-    except (OSError, AttributeError):  # no pidfd (old kernel, not Linux): poll instead
-        while True:
-            time.sleep(1)
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                os.kill(os.getpid(), signal.SIGKILL)
-            except PermissionError:
-                pass
-    else:
-        select.select([fd], [], [])
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def process_executor_factory(
     workers: int, engine: EngineSettings, model_dirs: Sequence[Path], log_level: str, log_format: str
 ) -> Callable[[], Executor]:
-    """A factory of forkserver process pools whose workers load models once (watcher threads make fork unsafe)."""
-
-    def make() -> Executor:
-        return ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=multiprocessing.get_context("forkserver"),
-            initializer=_init_daemon_worker,
-            initargs=(os.getpid(), engine, tuple(model_dirs), log_level, log_format),
-        )
-
-    return make
+    """A factory of worker pools (see `srd.worker.make_pool`), so a broken pool can be replaced."""
+    return lambda: make_pool(workers, engine, model_dirs, log_level, log_format)
 
 
 def kill_workers(executor: Executor) -> None:

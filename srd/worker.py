@@ -7,6 +7,11 @@ threads can copy held locks into the child.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import select
+import signal
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -19,11 +24,41 @@ from srd.pipeline import StageContext
 _context: StageContext | None = None
 
 
-def init_worker(engine: EngineSettings, model_dirs: Sequence[Path], log_level: str, log_format: str) -> None:
-    """Pool initializer: set up logging and this process's stage context."""
+def init_worker(
+    parent_pid: int, engine: EngineSettings, model_dirs: Sequence[Path], log_level: str, log_format: str
+) -> None:
+    """Pool initializer: die with the parent, leave Ctrl-C and SIGTERM to it, set up logging and models.
+
+    If the parent is SIGKILLed, its workers would otherwise live on: they hold both ends of their
+    call queue (so they never see EOF) and keep the forkserver alive. Worse, one busy with a job
+    would still write its output while a restarted daemon retries the same file. A thread blocked
+    on the parent's pidfd kills this worker the moment the parent is gone.
+    """
     global _context
+    threading.Thread(target=_die_with, args=(parent_pid,), name="srd-die-with-parent", daemon=True).start()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(log_level, log_format)
     _context = StageContext(engine, model_dirs)
+
+
+def _die_with(pid: int) -> None:
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os.kill(os.getpid(), signal.SIGKILL)
+    except (OSError, AttributeError):  # no pidfd (old kernel, not Linux): poll instead
+        while True:
+            time.sleep(1)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os.kill(os.getpid(), signal.SIGKILL)
+            except PermissionError:
+                pass
+    else:
+        select.select([fd], [], [])
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def process(job: Job) -> JobResult:
@@ -40,5 +75,5 @@ def make_pool(
         max_workers=workers,
         mp_context=multiprocessing.get_context("forkserver"),
         initializer=init_worker,
-        initargs=(engine, tuple(model_dirs), log_level, log_format),
+        initargs=(os.getpid(), engine, tuple(model_dirs), log_level, log_format),
     )
