@@ -40,9 +40,14 @@ class StageContext:
         self.model_dirs = tuple(model_dirs)
         self._upscalers: dict[ModelSpec, Upscaler] = {}
         self._hashes: dict[tuple[Path, int, int], str] = {}
+        self._specs: dict[tuple[str, int | None, str | None], ModelSpec] = {}
 
     def resolve(self, model: str, scale: int | None, convention: str | None) -> ModelSpec:
-        return resolve_model(model, scale, extra_dirs=self.model_dirs, convention=convention)
+        """The model a stage names, looked up once per context (manifests are read from disk)."""
+        key = (model, scale, convention)
+        if key not in self._specs:
+            self._specs[key] = resolve_model(model, scale, extra_dirs=self.model_dirs, convention=convention)
+        return self._specs[key]
 
     def upscaler(self, spec: ModelSpec) -> Upscaler:
         """The loaded model for `spec`, loaded once per process."""
