@@ -38,6 +38,20 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
+def read_status(state_dir: Path) -> dict[str, Any]:
+    """The daemon's status document, or an empty one before its first write."""
+    try:
+        return json.loads((state_dir / "status.json").read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def in_flight(state_dir: Path, inbox: int = 0) -> int:
+    """Jobs in flight for one inbox according to the status file (0 before the first write)."""
+    inboxes = read_status(state_dir).get("inboxes") or [{}]
+    return inboxes[inbox].get("in_flight", 0)
+
+
 def inbox_config(root: Path, name: str = "in", **settings: Any) -> dict[str, Any]:
     """One inbox under `root`: root/name → root/name-out, failures in root/name-failed."""
     return {"path": str(root / name), "outbox": str(root / f"{name}-out"), "failed": str(root / f"{name}-failed"),

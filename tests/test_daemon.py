@@ -19,6 +19,8 @@ from daemon_helpers import (
     ESPCN_X2,
     DaemonProcess,
     OutboxWatcher,
+    in_flight,
+    read_status,
     decoded_size,
     descendants_of,
     files_under,
@@ -175,7 +177,7 @@ def test_sigkill_at_random_moments_leaves_exactly_one_output_per_file(tmp_path: 
     assert 0 < done_before_kill[0] < len(names), done_before_kill
     daemon = DaemonProcess(config)
     wait_for(lambda: set(files_under(outbox)) >= names, 60, "all outputs\n" + daemon.log_tail())
-    wait_for(lambda: json.loads((tmp_path / "state" / "status.json").read_text())["ledger"]["done"] == 30,
+    wait_for(lambda: read_status(tmp_path / "state").get("ledger", {}).get("done") == 30,
              20, "the ledger to record all 30")
     assert daemon.stop() == 0
     found = files_under(outbox)
@@ -228,8 +230,7 @@ def test_a_killed_worker_costs_one_attempt_and_the_job_completes(tmp_path: Path)
     try:
         daemon.wait_ready()
         (inbox / "big.jpg").write_bytes(make_image(Path("big.jpg"), (1500, 2000), 7))  # ~2.5 s of work
-        status = tmp_path / "state" / "status.json"
-        wait_for(lambda: json.loads(status.read_text())["inboxes"][0]["in_flight"] == 1, 20, "the job to start")
+        wait_for(lambda: in_flight(tmp_path / "state") == 1, 20, "the job to start")
         # Workers are the daemon's grandchildren (daemon → forkserver → workers).
         forkserver_children = wait_for(
             lambda: [p for p in descendants_of(daemon.pid) if p not in _children(daemon.pid)], 10, "a worker")
@@ -514,10 +515,9 @@ def test_sigterm_drains_the_running_job_and_a_drain_timeout_leaves_it_for_the_ne
     --drain-timeout, the daemon still exits 0 promptly and the next start processes the file."""
     config = write_config(tmp_path)
     inbox, outbox = tmp_path / "in", tmp_path / "in-out"
-    status = tmp_path / "state" / "status.json"
 
     def running() -> bool:
-        return json.loads(status.read_text())["inboxes"][0]["in_flight"] == 1
+        return in_flight(tmp_path / "state") == 1
 
     daemon = DaemonProcess(config, drain_timeout=30)
     daemon.wait_ready()
