@@ -17,7 +17,6 @@ from typing import Any
 
 import yaml
 
-from srd.engine.conventions import CONVENTIONS
 from srd.engine.upscaler import CHROMA_INTERPOLATIONS, ONNX_ENGINES, EngineSettings
 from srd.errors import ConfigError, ModelError
 from srd.imageio import OUTPUT_FORMATS, normalise_format
@@ -190,8 +189,6 @@ def _parse_stage(item: Any, where: str, problems: _Problems) -> Any:
             problems.add(f"{where}.{kind}.{first}", rest)
         else:
             problems.add(f"{where}.{kind}", message)
-    if isinstance(stage, Upscale) and stage.convention is not None and stage.convention not in CONVENTIONS:
-        problems.add(f"{where}.upscale.convention", f"must be one of {', '.join(CONVENTIONS)}")
     return stage
 
 
@@ -389,9 +386,8 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
         inbox = _parse_inbox(item, f"inboxes[{i}]", base, problems)
         if inbox is None:
             continue
-        if inbox.profile not in profiles and inbox.profile in profiles_data:
-            pass  # the profile itself had errors, already reported
-        elif inbox.profile not in profiles:
+        # A profile that exists but had errors is already reported; only an unknown name is new.
+        if inbox.profile not in profiles and inbox.profile not in profiles_data:
             problems.add(f"inboxes[{i}].profile", f"unknown profile {inbox.profile!r} (known: {', '.join(profiles)})")
         inboxes.append(inbox)
     _check_folders(inboxes, problems)

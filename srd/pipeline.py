@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from srd.engine.conventions import CONVENTIONS
 from srd.engine.registry import ModelSpec, file_sha256, resolve_model
 from srd.engine.upscaler import EngineSettings, Upscaler
 from srd.errors import ModelError
@@ -184,7 +185,10 @@ class Upscale:
     convention: str | None = None
 
     def problems(self) -> list[str]:
-        return [] if 1 <= self.scale <= 8 else ["scale must be between 1 and 8"]
+        found = [] if 1 <= self.scale <= 8 else ["scale must be between 1 and 8"]
+        if self.convention is not None and self.convention not in CONVENTIONS:
+            found.append(f"convention must be one of {', '.join(CONVENTIONS)}")
+        return found
 
     def model_scale(self) -> int:
         return max(2, math.ceil(self.scale))
