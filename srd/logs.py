@@ -24,6 +24,8 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
         # Look stderr up per logger, not once: it may be replaced (tests, daemonisers) after set-up.
-        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
+        # WriteLogger writes line and newline in one call: stderr is write-through, and PrintLogger's two
+        # writes let the workers' lines land inside the daemon's on the shared stream (broken JSON lines).
+        logger_factory=lambda *_: structlog.WriteLogger(sys.stderr),
         cache_logger_on_first_use=False,
     )
