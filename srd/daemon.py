@@ -707,7 +707,18 @@ class Daemon:
             log.warning("file_failed_but_changed", src=str(path), reason=reason)
             self._rehint_path(inbox_key, path)
             return
-        moved = fail_source(path, inbox.failed, rel, details)
+        try:
+            moved = fail_source(path, inbox.failed, rel, details)
+        except (OSError, OutputError) as exc:
+            # The failed folder can't take it (full, read-only, a name it refuses): keep the file where it
+            # is, say so, and don't retry this version of it; the daemon itself must carry on.
+            log.error("failed_folder_write_failed", src=str(path), reason=reason, error=str(exc))
+            runtime = self._runtimes.get(inbox_key)
+            if runtime is not None and current is not None:
+                runtime.handled[path] = signature
+            self._counters[inbox_key].failed += 1
+            self._note_error(inbox_key, path, f"{reason}; and it could not be moved to the failed folder: {exc}")
+            return
         if entry is not None and entry.state == State.FAILED:
             self.ledger.record_disposed(key, "failed-folder")
         self._counters[inbox_key].failed += 1

@@ -8,6 +8,7 @@ file, fsync, rename) followed by deleting the source, so the destination is comp
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -22,6 +23,8 @@ from srd.atomic import open_atomic, write_bytes_atomic
 log = structlog.get_logger(__name__)
 
 _COPY_CHUNK = 1 << 20
+_NAME_MAX = 255
+_REPORT_SUFFIX = ".error.json"
 
 
 def free_name(folder: Path, name: str) -> Path:
@@ -96,8 +99,24 @@ def fail_source(source: Path, failed: Path, rel: PurePosixPath, details: dict[st
     except FileNotFoundError:
         log.warning("failed_source_vanished", src=str(source))
     report = {"source": str(source), "moved_to": str(target), "failed_at": _now(), **details}
-    write_bytes_atomic(target.with_name(target.name + ".error.json"), (json.dumps(report, indent=2) + "\n").encode())
+    write_bytes_atomic(report_path(target), (json.dumps(report, indent=2) + "\n").encode())
     return target
+
+
+def report_path(failed_file: Path) -> Path:
+    """Where the reason file for `failed_file` goes: ``<name>.error.json`` beside it.
+
+    A name already near the 255-byte limit can't take the suffix (the write would fail with
+    ENAMETOOLONG), so its tail is cut and replaced by a short hash of the full name; the report's
+    ``moved_to`` still names the file exactly.
+    """
+    name = failed_file.name
+    if len(os.fsencode(name + _REPORT_SUFFIX)) <= _NAME_MAX:
+        return failed_file.with_name(name + _REPORT_SUFFIX)
+    tag = "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:8]
+    keep = _NAME_MAX - len(_REPORT_SUFFIX) - len(tag)
+    head = os.fsencode(name)[:keep].decode("utf-8", errors="ignore")
+    return failed_file.with_name(head + tag + _REPORT_SUFFIX)
 
 
 def _now() -> str:
