@@ -10,15 +10,11 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import structlog
-
 from srd.atomic import is_temp_name
-
-log = structlog.get_logger(__name__)
 
 # Names that operating systems, NAS boxes, sync tools and browsers leave behind while (or instead of)
 # delivering a real file. Dot-files also cover rsync's `.name.XXXXXX` and srd's own temp files.
@@ -89,33 +85,56 @@ def is_inside(path: Path, root: Path) -> bool:
     return resolved == root or root in resolved.parents
 
 
-def candidate_stat(path: Path, root: Path) -> os.stat_result | None:
-    """Stat `path` if it is a file the daemon may open, else None (and say why in the debug log).
+SkipSink = Callable[[Path, str], None]
+
+_SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "fifo"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+)
+
+
+def classify(path: Path, root: Path) -> tuple[os.stat_result | None, str | None]:
+    """Stat `path` if it is a file the daemon may open; otherwise say why not.
 
     Symlinks are followed only when they stay inside the inbox; FIFOs, sockets and devices are never
     candidates, since opening a FIFO blocks and a device is not an image.
+
+    Returns:
+        ``(stat, None)`` for a candidate; ``(None, reason)`` for a path that is never processed and
+        deserves a log line; ``(None, None)`` for a folder or a path that is gone (nothing to say).
     """
     try:
         st = path.lstat()
         if stat.S_ISLNK(st.st_mode):
+            try:
+                path.resolve(strict=True)
+            except (OSError, RuntimeError):
+                return None, "symlink that can't be resolved (a loop, or its target is missing): not followed"
             if not is_inside(path, root):
-                log.debug("symlink_outside_inbox_skipped", path=str(path))
-                return None
+                return None, "symlink to a file outside the inbox: not followed"
             st = path.stat()
     except OSError:
-        return None
-    if not stat.S_ISREG(st.st_mode):
-        if not stat.S_ISDIR(st.st_mode):
-            log.debug("special_file_skipped", path=str(path), mode=oct(st.st_mode))
-        return None
-    return st
+        return None, None
+    if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+        return (st if stat.S_ISREG(st.st_mode) else None), None
+    kind = next((name for test, name in _SPECIAL_KINDS if test(st.st_mode)), "unknown file type")
+    return None, f"not a regular file: {kind}"
 
 
-def scan_inbox(root: Path, rules: IgnoreRules, *, recursive: bool = True, start: Path | None = None) -> Iterator[FileSeen]:
+def candidate_stat(path: Path, root: Path) -> os.stat_result | None:
+    """Stat `path` if it is a file the daemon may open, else None (`classify` says why)."""
+    return classify(path, root)[0]
+
+
+def scan_inbox(root: Path, rules: IgnoreRules, *, recursive: bool = True, start: Path | None = None,
+               on_skip: SkipSink | None = None) -> Iterator[FileSeen]:
     """Walk an inbox (or its subtree `start`) and yield every candidate file.
 
     Ignored folders are pruned before descending, symlinked folders are never entered (loops, and
     trees outside the inbox), and a subfolder that vanishes or can't be read mid-walk is skipped.
+    `on_skip` hears of each path that is never processed (special files, links leading out) and why.
 
     Raises:
         FileNotFoundError: The inbox root itself is missing; the caller must not infer deletions.
@@ -147,6 +166,8 @@ def scan_inbox(root: Path, rules: IgnoreRules, *, recursive: bool = True, start:
                     continue
             except OSError:
                 continue
-            st = candidate_stat(path, root)
+            st, reason = classify(path, root)
             if st is not None:
                 yield FileSeen(rel, st.st_size, st.st_mtime_ns)
+            elif reason is not None and on_skip is not None:
+                on_skip(path, reason)

@@ -30,7 +30,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from srd.config import Inbox
-from srd.scan import IgnoreRules, candidate_stat, scan_inbox
+from srd.scan import IgnoreRules, classify, scan_inbox
 
 log = structlog.get_logger(__name__)
 
@@ -158,6 +158,7 @@ class InboxWatcher:
         self._full_scan = threading.Event()
         self._scanner: threading.Thread | None = None
         self._snapshot: dict[PurePosixPath, tuple[int, int]] | None = None
+        self._skipped: dict[Path, str] = {}
 
     # -- lifecycle, called from the daemon's thread ---------------------------------------------------------
 
@@ -267,8 +268,12 @@ class InboxWatcher:
                 # A folder moved in arrives as one event; its files need hints of their own.
                 if event.event_type in ("created", "moved") and self.inbox.recursive:
                     self._emit_tree(path)
-            elif candidate_stat(path, self.root) is not None:
-                self._sink(Hint(self.index, path))
+            else:
+                st, reason = classify(path, self.root)
+                if st is not None:
+                    self._sink(Hint(self.index, path))
+                elif reason is not None:
+                    self._report_skip(path, reason)
 
     # -- scanner thread ------------------------------------------------------------------------------------
 
@@ -296,8 +301,8 @@ class InboxWatcher:
             return
         self._full_scan.clear()
         try:
-            seen = {f.rel: (f.size, f.mtime_ns) for f in scan_inbox(self.root, self.rules,
-                                                                     recursive=self.inbox.recursive)}
+            seen = {f.rel: (f.size, f.mtime_ns) for f in scan_inbox(self.root, self.rules, recursive=self.inbox.recursive,
+                                                                     on_skip=self._report_skip)}
         except OSError as exc:
             if self.mode == "poll":
                 self._set_present(False, str(exc))
@@ -318,7 +323,7 @@ class InboxWatcher:
 
     def _emit_tree(self, folder: Path) -> None:
         try:
-            for found in scan_inbox(self.root, self.rules, recursive=True, start=folder):
+            for found in scan_inbox(self.root, self.rules, recursive=True, start=folder, on_skip=self._report_skip):
                 self._sink(Hint(self.index, self.root / found.rel, (found.size, found.mtime_ns)))
         except OSError:
             pass  # moved away again already; events or the next scan will tell
@@ -335,6 +340,17 @@ class InboxWatcher:
         if not self.inbox.recursive and len(rel.parts) > 1:
             return None
         return PurePosixPath(rel.as_posix())
+
+    def _report_skip(self, path: Path, reason: str) -> None:
+        """Log once (per path and reason, while this watcher lives) that a path is never processed.
+
+        Polling rescans every few seconds; a line per scan would bury the log, none would leave the
+        user guessing why a symlink or a pipe in the inbox never came out.
+        """
+        if self._skipped.get(path) == reason:
+            return
+        self._skipped[path] = reason
+        log.warning("path_not_processed", src=str(path), reason=reason, inbox=str(self.root))
 
     def _set_present(self, present: bool, reason: str = "") -> None:
         if present == self._present:
