@@ -52,7 +52,7 @@ def is_temp_name(name: str) -> bool:
 
 def _output_error(target: Path, action: str, exc: OSError) -> OutputError:
     reason = exc.strerror or str(exc)
-    return OutputError(f"cannot write {target}: {action} failed: {reason}")
+    return OutputError(f"cannot write {target}: {action} failed: {reason}", errno=exc.errno)
 
 
 def _create_temp(target: Path, mode: int | None) -> tuple[Path, int]:

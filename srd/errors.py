@@ -36,9 +36,17 @@ class ImageError(SrdError):
 
 
 class OutputError(SrdError):
-    """An output can't be written (permissions, disk full, bad format)."""
+    """An output can't be written (permissions, disk full, bad format).
+
+    `errno` is the operating system's error number when the storage refused the write (ENOSPC,
+    EROFS …), so the daemon can tell "the outbox is full" from "this image can't be encoded".
+    """
 
     exit_code = 5
+
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 class LockedError(SrdError):

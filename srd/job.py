@@ -16,7 +16,7 @@ import structlog
 
 from srd.atomic import write_bytes_atomic
 from srd.config import Profile
-from srd.errors import ImageError, SrdError
+from srd.errors import ImageError, OutputError, SrdError
 from srd.imageio import decode, encode, extension_for, output_format_for
 from srd.pipeline import StageContext
 
@@ -49,6 +49,8 @@ class JobResult:
     input_size: tuple[int, int] | None = None
     output_size: tuple[int, int] | None = None
     milliseconds: int = 0
+    # Set when the output's storage refused the write (ENOSPC, EROFS …): the file itself may be fine.
+    output_errno: int | None = None
 
 
 def output_name(source_name: str, source_format: str, written_format: str, requested: str | None) -> str:
@@ -84,6 +86,8 @@ def run_job(job: Job, context: StageContext) -> JobResult:
         encoded = encode(picture.with_pixels(pixels), fmt, quality=settings.quality, keep_metadata=settings.metadata)
         target = job.target or job.out_dir / output_name(job.source.name, picture.format, fmt, requested)
         write_bytes_atomic(target, encoded)
+    except OutputError as exc:
+        return _failure(job, str(exc), sha256, started, output_errno=exc.errno)
     except SrdError as exc:
         return _failure(job, str(exc), sha256, started)
     # Per-job boundary: any unexpected error (an OpenCV assertion on an odd image, a bug) must fail
@@ -108,8 +112,10 @@ def run_job(job: Job, context: StageContext) -> JobResult:
     return result
 
 
-def _failure(job: Job, reason: str, sha256: str | None, started: float) -> JobResult:
+def _failure(job: Job, reason: str, sha256: str | None, started: float, *,
+             output_errno: int | None = None) -> JobResult:
     reason = " ".join(reason.split())  # one line per failure, whatever the library said
     ms = int((time.monotonic() - started) * 1000)
     log.warning("job_failed", src=str(job.source), reason=reason, ms=ms)
-    return JobResult(source=job.source, ok=False, error=reason, sha256=sha256, milliseconds=ms)
+    return JobResult(source=job.source, ok=False, error=reason, sha256=sha256, milliseconds=ms,
+                     output_errno=output_errno)
