@@ -39,6 +39,7 @@ from srd.job import Job, output_name
 from srd.ledger import Entry, Ledger, State, make_key
 from srd.logs import configure_logging
 from srd.notify import Notifier
+from srd.outbox import BLOCKING_ERRNOS, OutboxBlock
 from srd.pipeline import StageContext, Upscale
 from srd.pool import Finished, JobPool, Lost, Outcome, process_executor_factory
 from srd.scan import candidate_stat
@@ -210,6 +211,7 @@ class Daemon:
         self._reserved: set[Path] = set()
         self._deferred: dict[Path, str] = {}
         self._outputs: dict[Path, tuple[str, PurePosixPath]] = {}
+        self._blocks: dict[str, OutboxBlock] = {}
         self._stop_signal: int | None = None
         self._reload_requested = False
         self._pool_stale = False
@@ -461,16 +463,27 @@ class Daemon:
             runtime = self._runtimes.get(key)
             if runtime is None:
                 continue
+            if key in self._blocks:
+                self._blocks[key].waiting.add(ready.path)  # its outbox refuses writes: wait for it
+                continue
             try:
                 self._consider(runtime, ready)
             except FileNotFoundError:
                 continue  # gone again before we got to it; nothing to do
-            except (OSError, ImageError, OutputError) as exc:
-                # The file (or its output folder) can't be read or written now; remember this version of
-                # it so the loop doesn't spin, and let its next change or a restart bring it back.
-                log.error("file_skipped", src=str(ready.path), error=str(exc))
-                runtime.handled[ready.path] = (ready.size, ready.mtime_ns)
-                self._note_error(key, ready.path, str(exc))
+            except OSError as exc:
+                if exc.errno in BLOCKING_ERRNOS and _under(exc.filename, runtime.inbox.outbox):
+                    self._block_outbox(key, runtime.inbox.outbox, ready.path, str(exc), exc.errno)
+                    continue
+                self._skip(runtime, key, ready, exc)
+            except (ImageError, OutputError) as exc:
+                self._skip(runtime, key, ready, exc)
+
+    def _skip(self, runtime: _InboxRuntime, key: str, ready: ReadyFile, exc: Exception) -> None:
+        # The file can't be read now; remember this version of it so the loop doesn't spin, and let its
+        # next change or a restart bring it back.
+        log.error("file_skipped", src=str(ready.path), error=str(exc))
+        runtime.handled[ready.path] = (ready.size, ready.mtime_ns)
+        self._note_error(key, ready.path, str(exc))
 
     def _supervise(self) -> None:
         healthy = self.pool is not None and self.pool.healthy
@@ -484,6 +497,7 @@ class Daemon:
                 healthy = False
         if self.pool is not None:
             self.pool.ensure_executor()
+        self._retry_blocked_outboxes()
         if healthy and self.notifier.watchdog_interval_s() is not None:
             self.notifier.watchdog()
 
@@ -620,6 +634,8 @@ class Daemon:
         self._reserved.discard(work.target)
         if isinstance(outcome, Finished) and outcome.result.ok:
             self._succeeded(work, outcome)
+        elif isinstance(outcome, Finished) and outcome.result.output_errno in BLOCKING_ERRNOS:
+            self._output_refused(work, outcome.result.error or "output refused", outcome.result.output_errno)
         elif isinstance(outcome, Finished):
             self._failed_result(work, outcome.result.error or "unknown error", outcome.result.sha256)
         else:
@@ -669,6 +685,38 @@ class Daemon:
             return
         self._fail(work.inbox_id, work.inbox, work.profile, work.source, work.rel, work.signature, work.key, reason,
                    record=True)
+
+    def _output_refused(self, work: _Work, reason: str, code: int) -> None:
+        """The outbox refused the output (full, read-only …): not the file's fault, so it costs no attempt
+        and stays in the inbox; the inbox pauses until the outbox takes writes again."""
+        assert self.ledger is not None and self.claims is not None
+        self.ledger.forget(work.key)
+        self.claims.release(work.key)
+        self._block_outbox(work.inbox_id, work.inbox.outbox, work.source, reason, code)
+
+    def _block_outbox(self, inbox_key: str, outbox: Path, path: Path, reason: str, code: int) -> None:
+        block = self._blocks.get(inbox_key)
+        if block is None:
+            block = self._blocks[inbox_key] = OutboxBlock.start(outbox, reason, code, self._clock())
+            log.error("outbox_unwritable_paused", inbox=inbox_key, outbox=str(outbox), error=reason)
+        block.waiting.add(path)
+        runtime = self._runtimes.get(inbox_key)
+        if runtime is not None:
+            runtime.handled.pop(path, None)
+        self._note_error(inbox_key, path, reason)
+
+    def _retry_blocked_outboxes(self) -> None:
+        now = self._clock()
+        for key, block in list(self._blocks.items()):
+            if not block.recovered(now):
+                continue
+            del self._blocks[key]
+            log.info("outbox_writable_resumed", inbox=key, outbox=str(block.outbox), waiting=len(block.waiting),
+                     paused_s=round(now - block.since, 1))
+            runtime = self._runtimes.get(key)
+            if runtime is not None:
+                for path in block.waiting:
+                    runtime.tracker.hint(path)
 
     def _lost(self, work: _Work, outcome: Lost) -> None:
         assert self.ledger is not None
@@ -817,8 +865,10 @@ class Daemon:
         running = self.pool.running if self.pool is not None else 0
         queued = len(self._backlog) + sum(r.tracker.pending() for r in self._runtimes.values())
         unhealthy = [r.inbox.path.name for r in self._runtimes.values() if not r.watcher.healthy]
+        blocked = [b.outbox.name for b in self._blocks.values()]
         text = f"{running} running, {queued} waiting, {done} done, {failed} failed"
-        return text + (f"; inbox unavailable: {', '.join(unhealthy)}" if unhealthy else "")
+        text += f"; inbox unavailable: {', '.join(unhealthy)}" if unhealthy else ""
+        return text + (f"; outbox unwritable: {', '.join(blocked)}" if blocked else "")
 
     def status(self) -> dict[str, Any]:
         """The document written to ``status.json``."""
@@ -832,12 +882,14 @@ class Daemon:
         for key, runtime in self._runtimes.items():
             counters = self._counters[key]
             watcher = runtime.watcher
+            block = self._blocks.get(key)
             inboxes.append({
                 "path": key,
                 "outbox": str(runtime.inbox.outbox),
                 "profile": runtime.inbox.profile,
                 "health": self._state if self._state in ("stopping", "stopped") else
-                          ("ok" if watcher.healthy else "unhealthy"),
+                          ("ok" if watcher.healthy and block is None else "unhealthy"),
+                "outbox_state": block.describe() if block is not None else {"state": "ok"},
                 "watch": watcher.state,
                 "mode": watcher.mode,
                 "degraded": watcher.degraded,
@@ -877,6 +929,14 @@ class Daemon:
         write_status(self.config.state_dir, stamped)
         if self._state == "running":
             self.notifier.status(self._status_line())
+
+
+def _under(filename: Any, folder: Path) -> bool:
+    """Whether an OSError's filename lies in `folder` (the error concerns the outbox, not the input)."""
+    if not filename:
+        return False
+    path = Path(os.fsdecode(filename))
+    return path == folder or folder in path.parents
 
 
 def _same_file(a: Path, b: Path) -> bool:
