@@ -1,0 +1,96 @@
+"""Disk full: the outbox lives on a small tmpfs that fills up (mounted by the test; CI runs as root)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from daemon_helpers import ESPCN_X2, DaemonProcess, OutboxWatcher, files_under, wait_for
+from reliability_harness import audit, image_bytes, make_layout, reference_outputs, status_of
+
+pytestmark = pytest.mark.skipif(not ESPCN_X2.is_file(), reason=f"needs the zoo model {ESPCN_X2}")
+
+
+@contextmanager
+def tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """Mount a size-limited tmpfs on `folder` for the duration; always unmounted afterwards.
+
+    Skips (with the reason) only where mounting is impossible: not root, or no mount permission.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"mount -t tmpfs is not permitted here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_outbox_keeps_inputs_never_shows_partial_output_and_resumes_by_itself(tmp_path: Path) -> None:
+    """The outbox filesystem fills up mid-batch: no truncated output ever appears (a reader polling the
+    outbox sees only complete images), every input stays in the inbox (none is sent to the failed
+    folder), status reports the outbox as unwritable with the reason, and when space returns the daemon
+    finishes the batch by itself with outputs identical to a clean run's."""
+    with tmpfs(tmp_path / "small", "4m") as small:
+        layout = make_layout(tmp_path, inbox={"outbox": str(small / "out"), "settle_seconds": 0.2})
+        inputs = {f"photo{i:02d}.png": image_bytes(".png", (120, 160), i) for i in range(12)}
+        expected = reference_outputs(layout, inputs)
+        per_output = max(len(b) for b in expected.values())
+        filler = small / "filler"
+        with filler.open("wb") as fh:  # leave room for about three outputs
+            fh.truncate(0)
+            free = os.statvfs(small).f_bavail * os.statvfs(small).f_frsize
+            fh.write(b"\0" * (free - 3 * per_output - per_output // 2))
+        outbox = small / "out"
+        reader = OutboxWatcher(outbox, set(inputs))
+        daemon = DaemonProcess(layout.config)
+        try:
+            daemon.wait_ready()
+            for name, data in inputs.items():
+                (layout.inbox / name).write_bytes(data)
+            daemon.wait_event("outbox_unwritable_paused", timeout=30)
+            status = wait_for(lambda: (s := status_of(layout)) and s["inboxes"][0]["outbox_state"]["state"]
+                              == "unwritable" and s, 10, "status to report the full outbox")
+            inbox_status = status["inboxes"][0]
+            assert inbox_status["health"] == "unhealthy"
+            assert "No space left on device" in inbox_status["outbox_state"]["error"]
+            written = set(files_under(outbox)) - {"filler"}
+            assert 0 < len(written) < len(inputs)
+            assert all((layout.inbox / name).exists() for name in inputs)
+            assert files_under(layout.failed) == {}
+            filler.unlink()  # space returns
+            daemon.wait_event("outbox_writable_resumed", timeout=15)
+            wait_for(lambda: set(files_under(outbox)) == set(inputs), 30, "the rest of the batch\n" + daemon.log_tail())
+            wait_for(lambda: (s := status_of(layout)) and s["inboxes"][0]["outbox_state"]["state"] == "ok", 10,
+                     "status to report the outbox as ok again")
+            assert daemon.stop() == 0
+        finally:
+            problems = reader.stop()
+            if daemon.proc.poll() is None:
+                daemon.proc.kill()
+        assert problems == []
+        assert all((layout.inbox / name).read_bytes() == data for name, data in inputs.items())
+        result = _audit_outbox(layout, outbox, expected)
+        assert result.problems == {}, result.problems
+        assert daemon.events("file_failed") == []
+
+
+def _audit_outbox(layout, outbox: Path, expected: dict[str, bytes]):  # type: ignore[no-untyped-def]
+    """The harness audit, pointed at an outbox outside the default layout."""
+    from reliability_harness import Layout
+
+    class Moved(Layout):
+        @property
+        def outbox(self) -> Path:
+            return outbox
+
+    return audit(Moved(layout.root, layout.config), expected)
