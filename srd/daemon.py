@@ -676,6 +676,17 @@ class Daemon:
             self._rehint(work)
 
     def _failed_result(self, work: _Work, reason: str, processed_sha: str | None) -> None:
+        if processed_sha is None and candidate_stat(work.source, work.inbox.path) is None:
+            # The worker couldn't even read it because it is gone: deleted, or its share unmounted. Neither
+            # is the file's fault; if it comes back (the share returns), the rescan brings it in again.
+            assert self.ledger is not None and self.claims is not None
+            self.ledger.forget(work.key)
+            self.claims.release(work.key)
+            runtime = self._runtimes.get(work.inbox_id)
+            if runtime is not None:
+                runtime.handled.pop(work.source, None)
+            log.info("source_vanished_before_read", src=str(work.source), inbox_present=work.inbox.path.is_dir())
+            return
         if processed_sha is not None and processed_sha != work.sha256:
             # It was rewritten under us; judge the new content on its own when it settles.
             assert self.ledger is not None and self.claims is not None
@@ -779,6 +790,11 @@ class Daemon:
         assert self.ledger is not None
         runtime = self._runtimes.get(inbox_key)
         current = candidate_stat(path, inbox.path)
+        if current is None and not inbox.path.is_dir():
+            # The inbox itself is missing (a share outage): the file's fate is unknown, so nothing is
+            # journaled; when the inbox returns, the rescan finds it done and applies on_success then.
+            log.info("source_step_postponed", src=str(path), reason="inbox missing")
+            return
         if current is None:
             disposition = "gone"
         elif (current.st_size, current.st_mtime_ns) != signature:
