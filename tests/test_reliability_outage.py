@@ -1,0 +1,114 @@
+"""Share outage: the inbox root disappears (as an unmounted NAS share does) and comes back."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from daemon_helpers import ESPCN_X2, DaemonProcess, files_under, srd, wait_for
+from reliability_harness import image_bytes, make_layout, scaled, status_of
+
+pytestmark = pytest.mark.skipif(not ESPCN_X2.is_file(), reason=f"needs the zoo model {ESPCN_X2}")
+
+
+def _inbox_health(config: Path) -> tuple[str, str]:
+    result = srd("status", "--json", "--config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    inbox = json.loads(result.stdout)["inboxes"][0]
+    return inbox["health"], inbox["watch"]
+
+
+class NotifySocket:
+    """An sd_notify socket collecting the daemon's datagrams in the background."""
+
+    def __init__(self) -> None:
+        self.name = f"srd-outage-{os.getpid()}-{random.randrange(1 << 30)}"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + self.name)
+        self.sock.settimeout(0.05)
+        self.messages: list[dict[str, str]] = []
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"NOTIFY_SOCKET": "@" + self.name, "WATCHDOG_USEC": "1000000"}
+
+    def drain(self) -> list[dict[str, str]]:
+        while True:
+            try:
+                data = self.sock.recv(4096).decode()
+            except (TimeoutError, BlockingIOError):
+                return self.messages
+            self.messages.append(dict(line.split("=", 1) for line in data.splitlines() if "=" in line))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("mode", ["native", "poll"])
+def test_an_inbox_that_vanishes_and_returns_pauses_then_catches_up(tmp_path: Path, mode: str) -> None:
+    """The inbox root is renamed away (an unmounted share) and back, repeatedly: the daemon doesn't crash,
+    `srd status` reports the inbox unhealthy/missing and sd_notify's STATUS names it while WATCHDOG=1 keeps
+    coming (a restart wouldn't bring a share back); nothing is judged deleted or failed, nothing is
+    processed twice, and files that arrived during each outage are processed once it returns."""
+    layout = make_layout(tmp_path, inbox={"mode": mode, "poll_interval": 0.2, "settle_seconds": 0.2})
+    inbox, away = layout.inbox, tmp_path / "in.unmounted"
+    notify = NotifySocket()
+    daemon = DaemonProcess(layout.config, env=notify.env)
+    expected: set[str] = set()
+    try:
+        daemon.wait_ready()
+        for i in range(3):
+            (inbox / f"before{i}.png").write_bytes(image_bytes(".png", (24, 32), i))
+            expected.add(f"before{i}.png")
+        daemon.wait_event("file_processed", count=3)
+        for outage in range(scaled(2, 10)):
+            # Files still settling or queued when the share goes away must wait, not fail.
+            for i in range(3):
+                name = f"edge{outage}-{i}.png"
+                (inbox / name).write_bytes(image_bytes(".png", (500, 700), 100 * outage + i))
+                expected.add(name)
+            wait_for(lambda: (s := status_of(layout)) is not None and s["pool"]["running"] > 0, 10, "a job to run")
+            inbox.rename(away)
+            wait_for(lambda: _inbox_health(layout.config) == ("unhealthy", "missing"), 15,
+                     "srd status to report the inbox missing\n" + daemon.log_tail())
+            notify.drain()
+            seen_before = len(notify.messages)
+            for i in range(2):  # arriving on the share while it is unmounted here
+                name = f"during{outage}-{i}.png"
+                (away / name).write_bytes(image_bytes(".png", (24, 32), 1000 + 100 * outage + i))
+                expected.add(name)
+            time.sleep(1.5)
+            during = notify.drain()[seen_before:]
+            assert any("inbox unavailable: in" in m.get("STATUS", "") for m in notify.messages), notify.messages
+            assert any(m.get("WATCHDOG") == "1" for m in during), during
+            assert daemon.proc.poll() is None
+            away.rename(inbox)
+            wait_for(lambda: _inbox_health(layout.config) == ("ok", "watching" if mode == "native" else "polling"),
+                     15, "srd status to report the inbox back\n" + daemon.log_tail())
+            wait_for(lambda: set(files_under(layout.outbox)) == expected, 30,
+                     f"outputs for {sorted(expected - set(files_under(layout.outbox)))}\n" + daemon.log_tail())
+        time.sleep(0.5)
+        assert daemon.stop() == 0
+    finally:
+        notify.close()
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    processed = [Path(e["src"]).name for e in daemon.events("file_processed")]
+    assert sorted(processed) == sorted(expected), "a file was processed twice or not at all"
+    assert daemon.events("file_failed") == [] and files_under(layout.failed) == {}
+    assert daemon.events("duplicate") == []
+    assert all((inbox / name).exists() for name in expected), "an input went missing"
+    from srd.ledger import Ledger
+
+    with Ledger.open(layout.state) as ledger:
+        entries = list(ledger.entries())
+    assert sorted(e.state.value for e in entries) == ["done"] * len(expected)
+    assert [e.source for e in entries if e.disposition != "kept"] == [], "a source was judged gone"
+    status = status_of(layout)
+    assert status is not None and status["inboxes"][0]["failed"] == 0
