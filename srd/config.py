@@ -296,7 +296,7 @@ def _check_models(profiles: Mapping[str, Profile], model_dirs: tuple[Path, ...],
     context = StageContext(model_dirs=model_dirs)
     for profile in profiles.values():
         for i, stage in enumerate(profile.pipeline.stages):
-            if isinstance(stage, Upscale):
+            if isinstance(stage, Upscale) and not stage.problems():  # a bad scale is reported already
                 try:
                     stage.spec(context)
                 except ModelError as exc:
