@@ -265,11 +265,15 @@ def _parse_inbox(data: Any, where: str, base: Path, problems: _Problems) -> Inbo
     return inbox
 
 
-def _check_folders(inboxes: list[Inbox], problems: _Problems) -> None:
-    """Refuse layouts where output would be fed back as input forever."""
+def _check_folders(inboxes: list[Inbox], state_dir: Path, problems: _Problems) -> None:
+    """Refuse layouts where output (or srd's own state) would be fed back as input forever.
+
+    Paths are compared with symlinks resolved: an outbox reached through a link into an inbox is
+    inside it all the same.
+    """
 
     def inside(child: Path, parent: Path) -> bool:
-        child, parent = Path(os.path.abspath(child)), Path(os.path.abspath(parent))
+        child, parent = Path(os.path.realpath(child)), Path(os.path.realpath(parent))
         return child == parent or parent in child.parents
 
     for i, inbox in enumerate(inboxes):
@@ -281,6 +285,8 @@ def _check_folders(inboxes: list[Inbox], problems: _Problems) -> None:
                     problems.add(f"{where}.{name}", f"{folder} is inside inbox {other.path}: results would be reprocessed")
                 if folder is not None and inside(other.path, folder):
                     problems.add(f"{where}.{name}", f"inbox {other.path} is inside {folder}")
+        if inside(state_dir, inbox.path):
+            problems.add("state_dir", f"{state_dir} is inside inbox {inbox.path}: its files would be taken as input")
         for j, other in enumerate(inboxes):
             if j != i and inside(inbox.path, other.path):
                 problems.add(f"{where}.path", f"{inbox.path} overlaps inbox {other.path} (inboxes[{j}])")
@@ -390,7 +396,7 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
         if inbox.profile not in profiles and inbox.profile not in profiles_data:
             problems.add(f"inboxes[{i}].profile", f"unknown profile {inbox.profile!r} (known: {', '.join(profiles)})")
         inboxes.append(inbox)
-    _check_folders(inboxes, problems)
+    _check_folders(inboxes, _resolve_path(state_dir, base), problems)
     model_dirs = tuple(_resolve_path(p, base) for p in model_dirs_data)
     if check_models:
         _check_models(profiles, model_dirs, problems)
