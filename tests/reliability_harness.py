@@ -13,15 +13,19 @@ import os
 import random
 import signal
 import struct
+import subprocess
 import threading
 import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+import pytest
 
 from daemon_helpers import DaemonProcess, descendants_of, files_under, inbox_config, wait_for, write_config
 from srd.atomic import is_temp_name
@@ -504,3 +508,25 @@ def cmyk_jpeg(blocks_w: int, blocks_h: int, seed: int) -> bytes:
     data = bytes(int(stream[i:i + 8], 2) for i in range(0, len(stream), 8)).replace(b"\xff", b"\xff\x00")
     return (b"\xff\xd8" + segment(0xEE, adobe) + segment(0xDB, dqt) + segment(0xC0, sof)
             + segment(0xC4, dc_table) + segment(0xC4, ac_table) + segment(0xDA, sos) + data + b"\xff\xd9")
+
+
+# -- mounts ---------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """Mount a size-limited tmpfs on `folder` for the duration; always unmounted afterwards.
+
+    Skips (with the reason) only where mounting is impossible: not root, or no mount permission.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"mount -t tmpfs is not permitted here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

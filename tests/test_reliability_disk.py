@@ -3,36 +3,14 @@
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from daemon_helpers import ESPCN_X2, DaemonProcess, OutboxWatcher, files_under, wait_for
-from reliability_harness import audit, image_bytes, make_layout, reference_outputs, status_of
+from reliability_harness import audit, image_bytes, make_layout, reference_outputs, status_of, tmpfs
 
 pytestmark = pytest.mark.skipif(not ESPCN_X2.is_file(), reason=f"needs the zoo model {ESPCN_X2}")
-
-
-@contextmanager
-def tmpfs(folder: Path, size: str) -> Iterator[Path]:
-    """Mount a size-limited tmpfs on `folder` for the duration; always unmounted afterwards.
-
-    Skips (with the reason) only where mounting is impossible: not root, or no mount permission.
-    """
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    folder.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"mount -t tmpfs is not permitted here: {mounted.stderr.strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def test_a_full_outbox_keeps_inputs_never_shows_partial_output_and_resumes_by_itself(tmp_path: Path) -> None:
