@@ -26,6 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 
 from daemon_helpers import DaemonProcess, descendants_of, files_under, inbox_config, wait_for, write_config
 from srd.atomic import is_temp_name
@@ -102,13 +103,14 @@ def reference_outputs(layout: Layout, inputs: dict[str, bytes]) -> dict[str, byt
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:
-        expected = {}
-        for name, data in inputs.items():
-            source = work / "in" / name
-            source.write_bytes(data)
-            result = run_job(Job(source, work / "out", profile, config.max_input_pixels), context)
-            assert result.ok and result.output is not None, result.error
-            expected[name] = result.output.read_bytes()
+        with capture_logs():  # these jobs' log lines would only drown the daemon's
+            expected = {}
+            for name, data in inputs.items():
+                source = work / "in" / name
+                source.write_bytes(data)
+                result = run_job(Job(source, work / "out", profile, config.max_input_pixels), context)
+                assert result.ok and result.output is not None, result.error
+                expected[name] = result.output.read_bytes()
         return expected
     finally:
         cv2.setNumThreads(threads)
