@@ -50,6 +50,20 @@ def is_temp_name(name: str) -> bool:
     return _TEMP_RE.fullmatch(name) is not None
 
 
+def temp_files_of(target: Path) -> list[Path]:
+    """The temp files an interrupted `open_atomic(target)` may have left beside `target`.
+
+    Names keep only the first 48 characters of the target's, so two long names sharing that head
+    share their temps' pattern too; callers that care check for such a neighbour.
+    """
+    pattern = re.compile(re.escape(f"{TEMP_PREFIX}{target.name[:_NAME_PART_MAX_CHARS]}.") + r"[0-9a-f]{%d}" % _SUFFIX_HEX)
+    try:
+        names = os.listdir(target.parent)
+    except OSError:
+        return []
+    return [target.parent / name for name in names if pattern.fullmatch(name)]
+
+
 def _output_error(target: Path, action: str, exc: OSError) -> OutputError:
     reason = exc.strerror or str(exc)
     return OutputError(f"cannot write {target}: {action} failed: {reason}", errno=exc.errno)

@@ -29,7 +29,7 @@ from typing import Any
 
 import structlog
 
-from srd.atomic import clean_stale_temps
+from srd.atomic import clean_stale_temps, temp_files_of
 from srd.claims import Claims
 from srd.config import Config, Inbox, Profile, load_config
 from srd.errors import ConfigError, ImageError, OutputError, SrdError
@@ -697,6 +697,25 @@ class Daemon:
         self._fail(work.inbox_id, work.inbox, work.profile, work.source, work.rel, work.signature, work.key, reason,
                    record=True)
 
+    def _remove_orphan_temps(self, work: _Work) -> None:
+        """Delete the temp output a killed (or timed-out) worker left half-written.
+
+        Startup cleans temps after a daemon crash, but a worker dying under a running daemon would
+        otherwise leave its temp file in the outbox until the next restart, which may be months away.
+        A temp shared by name with another running job's target is left for startup to clean.
+        """
+        orphans = set(temp_files_of(work.target))
+        for other in self._active.values():
+            if orphans and other.key != work.key and other.target.parent == work.target.parent:
+                orphans -= set(temp_files_of(other.target))
+        for temp in sorted(orphans):
+            try:
+                temp.unlink()
+            except OSError as exc:
+                log.warning("orphan_temp_remove_failed", path=str(temp), error=str(exc))
+                continue
+            log.info("orphan_temp_removed", path=str(temp), src=str(work.source))
+
     def _output_refused(self, work: _Work, reason: str, code: int) -> None:
         """The outbox refused the output (full, read-only …): not the file's fault, so it costs no attempt
         and stays in the inbox; the inbox pauses until the outbox takes writes again."""
@@ -731,6 +750,7 @@ class Daemon:
 
     def _lost(self, work: _Work, outcome: Lost) -> None:
         assert self.ledger is not None
+        self._remove_orphan_temps(work)
         entry = self.ledger.get(work.key)
         attempts = entry.attempts if entry is not None else 1
         if self._stop_signal is not None:
