@@ -5,12 +5,16 @@ The short version runs in CI; ``SRD_LONG=1`` (or ``scripts/reliability.py``) run
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
-from daemon_helpers import ESPCN_X2
-from reliability_harness import crash_loop, scaled
+from daemon_helpers import ESPCN_X2, DaemonProcess
+from reliability_harness import crash_loop, image_bytes, make_layout, scaled, worker_pids
+from srd.atomic import is_temp_name
 
 pytestmark = pytest.mark.skipif(not ESPCN_X2.is_file(), reason=f"needs the zoo model {ESPCN_X2}")
 
@@ -33,3 +37,42 @@ def test_workers_killed_at_random_moments_lose_duplicate_and_half_write_nothing(
     assert figures.problems == {}
     assert figures.audit["outputs"] == figures.files and figures.audit["failed"] == 0
     assert figures.kills_mid_job >= 1, "no kill landed while a job ran: the test proved nothing"
+
+
+def test_a_worker_killed_while_writing_leaves_no_temp_file_in_the_running_daemons_outbox(tmp_path: Path) -> None:
+    """SIGKILL a worker at the moment its temp output appears (mid-write): the daemon deletes that orphan
+    temp itself, without waiting for a restart that may be months away, retries the job, and the outbox
+    ends with just the complete outputs."""
+    layout = make_layout(tmp_path)
+    daemon = DaemonProcess(layout.config)
+    orphans: list[str] = []
+    try:
+        daemon.wait_ready()
+        for attempt in range(3):  # the kill may land just after the rename: then try with another file
+            (layout.inbox / f"big{attempt}.png").write_bytes(image_bytes(".png", (1200, 1600), attempt))
+            orphan = _kill_workers_mid_write(layout.outbox, daemon.pid)
+            daemon.wait_event("file_processed", count=attempt + 1, timeout=90)
+            if orphan is not None:
+                orphans.append(orphan)
+                break
+        assert orphans, "no kill landed mid-write in three tries\n" + daemon.log_tail()
+        outputs = sorted(e.name for e in os.scandir(layout.outbox))
+        assert outputs == [f"big{i}.png" for i in range(len(outputs))]  # while the daemon still runs
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    assert [Path(e["path"]).name for e in daemon.events("orphan_temp_removed")] == orphans
+
+
+def _kill_workers_mid_write(outbox: Path, daemon_pid: int) -> str | None:
+    """Kill the workers as soon as a temp file shows in `outbox`; return its name if it outlived them."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        temps = [e.name for e in os.scandir(outbox) if is_temp_name(e.name)] if outbox.is_dir() else []
+        if temps:
+            for pid in worker_pids(daemon_pid):
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.01)
+            return temps[0] if (outbox / temps[0]).exists() else None
+    raise AssertionError("never saw a temp file in the outbox")
