@@ -189,7 +189,7 @@ def ledger_disagreements(layout: Layout, outputs: dict[str, Path]) -> list[str]:
     """Every done entry names an existing output of the recorded size, every output has an entry, none
     is left started."""
     problems = []
-    with Ledger.open(layout.state) as ledger:
+    with capture_logs(), Ledger.open(layout.state) as ledger:
         entries = list(ledger.entries())
     recorded = set()
     for entry in entries:
@@ -274,15 +274,20 @@ def finish(layout: Layout, names: set[str], timeout: float) -> DaemonProcess:
     """Start a daemon and wait until every input has a result and the ledger has caught up; return it running."""
     daemon = DaemonProcess(layout.config)
     try:
-        wait_for(lambda: settled_count(layout, names) == len(names), timeout,
-                 f"all {len(names)} inputs to have a result\n" + daemon.log_tail())
-        wait_for(lambda: (s := status_of(layout)) is not None and s["pid"] == daemon.pid
-                 and s["ledger"].get("started", 0) == 0 and s["inboxes"][0]["in_flight"] == 0
-                 and s["inboxes"][0]["queued"] == 0, 30, "the ledger to settle\n" + daemon.log_tail())
+        settle_all(daemon, layout, names, timeout)
     except BaseException:
         daemon.proc.kill()
         raise
     return daemon
+
+
+def settle_all(daemon: DaemonProcess, layout: Layout, names: set[str], timeout: float) -> None:
+    """Wait until every input has a result and the running daemon's ledger and queues are idle."""
+    wait_for(lambda: settled_count(layout, names) == len(names), timeout,
+             f"all {len(names)} inputs to have a result\n" + daemon.log_tail())
+    wait_for(lambda: (s := status_of(layout)) is not None and s["pid"] == daemon.pid
+             and s["ledger"].get("started", 0) == 0 and s["inboxes"][0]["in_flight"] == 0
+             and s["inboxes"][0]["queued"] == 0, 30, "the ledger to settle\n" + daemon.log_tail())
 
 
 # -- the crash loop ------------------------------------------------------------------------------------------
@@ -353,12 +358,14 @@ def crash_loop(root: Path, *, files: int, kills: int, target: str, seed: int = 1
     feeder = _Feeder(layout.inbox, inputs, spread_s=kills * (0.9 if target == "daemon" else 0.35), seed=seed)
     if target == "daemon":
         for _ in range(kills):
+            spawned = time.time()
             daemon = DaemonProcess(layout.config)
             restarts += 1
             time.sleep(rng.uniform(0.2, 1.6))
             daemon.kill()
-            with Ledger.open(layout.state) as ledger:  # jobs journaled as started and not done: cut short
-                cut = len(ledger.unfinished())
+            # Jobs this daemon journaled as started and never finished: the kill cut them short.
+            with capture_logs(), Ledger.open(layout.state) as ledger:
+                cut = sum(1 for e in ledger.unfinished() if e.updated_ts >= spawned)
             interrupted += cut
             mid_job += cut > 0
     else:
@@ -381,12 +388,19 @@ def crash_loop(root: Path, *, files: int, kills: int, target: str, seed: int = 1
                 interrupted += cut
                 mid_job += cut > 0
                 assert daemon.proc.poll() is None, "the daemon died with its worker\n" + daemon.log_tail()
+            # The same daemon finishes the batch: a restart would clean up after the killed workers and
+            # hide any temp file they left behind.
+            feeder.join()
+            settle_all(daemon, layout, set(inputs), timeout=60 + files * 0.5)
+            assert daemon.stop() == 0
         finally:
-            daemon.kill()
-    feeder.join()
-    daemon = finish(layout, set(inputs), timeout=60 + files * 0.5)
-    restarts += 1
-    assert daemon.stop() == 0
+            if daemon.proc.poll() is None:
+                daemon.kill()
+    if target == "daemon":
+        feeder.join()
+        daemon = finish(layout, set(inputs), timeout=60 + files * 0.5)
+        restarts += 1
+        assert daemon.stop() == 0
     result = audit(layout, expected)
     return CrashFigures(target, files, kills, mid_job, interrupted, restarts, round(time.monotonic() - started, 1),
                         result.figures(), result.problems)
