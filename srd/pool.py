@@ -210,7 +210,9 @@ class JobPool:
                 self._on_start(token)
             try:
                 future = self._executor.submit(self._run, job)
-            except (BrokenProcessPool, RuntimeError):
+            # A submit racing the executor's own breakdown (a worker just died) can also fail with
+            # OSError('handle is closed') while it spawns a replacement worker: the executor is broken.
+            except (BrokenProcessPool, RuntimeError, OSError):
                 self._waiting.appendleft((token, job, False))
                 self._restart_without_charge.add(token)
                 self._rebuild()
