@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from concurrent.futures import Executor, Future
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ import pytest
 from daemon_helpers import ESPCN_X2, DaemonProcess
 from reliability_harness import crash_loop, image_bytes, make_layout, scaled, worker_pids
 from srd.atomic import is_temp_name
+from srd.config import default_profile
+from srd.job import Job, JobResult
+from srd.pool import JobPool
 
 pytestmark = pytest.mark.skipif(not ESPCN_X2.is_file(), reason=f"needs the zoo model {ESPCN_X2}")
 
@@ -76,3 +80,37 @@ def _kill_workers_mid_write(outbox: Path, daemon_pid: int) -> str | None:
             time.sleep(0.01)
             return temps[0] if (outbox / temps[0]).exists() else None
     raise AssertionError("never saw a temp file in the outbox")
+
+
+class _ClosedHandleExecutor(Executor):
+    """An executor caught mid-breakdown: submit fails as CPython's does when a worker has just died."""
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
+        raise OSError("handle is closed")
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        pass
+
+
+class _InlineExecutor(Executor):
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
+        future: Future[JobResult] = Future()
+        future.set_result(JobResult(args[0].source, ok=True))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        pass
+
+
+def test_a_submit_racing_a_dying_worker_rebuilds_the_pool_instead_of_killing_the_daemon() -> None:
+    """Found by the long worker-kill loop: ProcessPoolExecutor.submit, spawning a replacement for a
+    worker that had just been killed, raised OSError('handle is closed') out of the daemon's loop. The
+    pool must treat it as a broken executor: rebuild, and run the job on the new one without charging an
+    attempt."""
+    executors: list[Executor] = [_ClosedHandleExecutor(), _InlineExecutor()]
+    started: list[str] = []
+    pool = JobPool(1, lambda: executors.pop(0), on_start=started.append)
+    pool.submit("a", Job(Path("a.png"), Path("out"), default_profile(), 1))
+    outcomes = pool.collect()
+    assert [(type(o).__name__, o.token) for o in outcomes] == [("Finished", "a")]
+    assert pool.rebuilds == 1 and started == ["a"]
