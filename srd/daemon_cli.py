@@ -90,6 +90,10 @@ def show_status(args: argparse.Namespace) -> int:
     for inbox in status.get("inboxes", []):
         print(f"  {inbox['path']} [{inbox['health']}, {inbox['watch']}"
               + (f", degraded: {inbox['degraded']}" if inbox.get("degraded") else "") + "]")
+        outbox_state = inbox.get("outbox_state") or {"state": "ok"}
+        if outbox_state["state"] != "ok":
+            print(f"    outbox unwritable since {outbox_state['since']}, {outbox_state['waiting']} input(s) waiting: "
+                  f"{outbox_state['error']}")
         print(f"    settling {inbox['settling']}, queued {inbox['queued']}, in flight {inbox['in_flight']}, "
               f"done {inbox['done']}, failed {inbox['failed']}, duplicates {inbox['duplicates']}")
         if inbox.get("last_error"):
