@@ -6,7 +6,6 @@ DESIGN §8 protocol, so it is what daemon users get.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 
+from srd.engine.registry import file_sha256
 from srd.metrics import psnr_y, ssim_y
 from srd.train import checkpoint
 from srd.train.data import load_bench
@@ -67,14 +67,6 @@ def evaluate_onnx(path: Path, bench_dir: Path, scale: int) -> dict[str, dict[str
             ssims.append(ssim_y(sr, pair.hr, scale))
         quality[name] = {"psnr_y": round(float(np.mean(psnrs)), 3), "ssim": round(float(np.mean(ssims)), 4)}
     return quality
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def training_command(cfg: dict[str, Any], arch: dict[str, Any]) -> str:
@@ -156,7 +148,7 @@ def export_run(ckpt_path: Path, name: str, models_dir: Path, bench_dir: Path, th
     os.replace(tmp, final)
     entry = {
         "name": name, "scale": arch.scale, "file": final.name, "format": "onnx", "convention": CONVENTION,
-        "sha256": sha256_of(final), "size_bytes": final.stat().st_size,
+        "sha256": file_sha256(final), "size_bytes": final.stat().st_size,
         "architecture": {"family": "edsr", "blocks": arch.blocks, "channels": arch.channels, "tail": arch.tail,
                          "res_scale": arch.res_scale},
         "parameters": count_parameters(model),
