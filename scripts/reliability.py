@@ -55,11 +55,14 @@ def run_pytest_long() -> dict[str, Any]:
                "tests/test_reliability_outage.py", "tests/test_reliability_disk.py",
                "tests/test_reliability_config.py"]
     started = time.monotonic()
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env={**os.environ, "SRD_LONG": "1"})
+    with tempfile.NamedTemporaryFile("r", suffix=".jsonl") as figures:
+        env = {**os.environ, "SRD_LONG": "1", "SRD_FIGURES": figures.name}
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
+        recorded = [json.loads(line) for line in figures.read().splitlines() if line.strip()]
     lines = [line for line in result.stdout.splitlines() if line.strip()]
-    return {"command": "SRD_LONG=1 " + " ".join(command[1:]), "returncode": result.returncode,
+    return {"command": "SRD_LONG=1 python " + " ".join(command[1:]), "returncode": result.returncode,
             "summary": lines[-1] if lines else "", "seconds": round(time.monotonic() - started, 1),
-            "failures": [line for line in lines if line.startswith("FAILED")]}
+            "failures": [line for line in lines if line.startswith("FAILED")], "figures": recorded}
 
 
 def main() -> int:

@@ -43,6 +43,16 @@ def scaled(short: int, long: int) -> int:
     return long if LONG else short
 
 
+def record_figures(name: str, **figures: Any) -> None:
+    """Append one test's figures to the JSON-lines file named by ``SRD_FIGURES`` (scripts/reliability.py sets it)."""
+    target = os.environ.get("SRD_FIGURES")
+    if target:
+        import json
+
+        with open(target, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"test": name, **figures}) + "\n")
+
+
 @dataclass(frozen=True)
 class Layout:
     """One daemon's folders under a test root: a single inbox `in` and its outbox, failed folder and state."""

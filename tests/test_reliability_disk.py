@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from daemon_helpers import ESPCN_X2, DaemonProcess, OutboxWatcher, files_under, wait_for
-from reliability_harness import audit, image_bytes, make_layout, reference_outputs, status_of, tmpfs
+from reliability_harness import audit, image_bytes, make_layout, record_figures, reference_outputs, status_of, tmpfs
 
 pytestmark = pytest.mark.skipif(not ESPCN_X2.is_file(), reason=f"needs the zoo model {ESPCN_X2}")
 
@@ -60,6 +60,8 @@ def test_a_full_outbox_keeps_inputs_never_shows_partial_output_and_resumes_by_it
         result = _audit_outbox(layout, outbox, expected)
         assert result.problems == {}, result.problems
         assert daemon.events("file_failed") == []
+        record_figures("disk_full", written_before_full=len(written), waited_for_space=len(inputs) - len(written),
+                       partial_outputs_seen=len(problems), **result.figures())
 
 
 def _audit_outbox(layout, outbox: Path, expected: dict[str, bytes]):  # type: ignore[no-untyped-def]

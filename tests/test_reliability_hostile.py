@@ -22,6 +22,7 @@ from reliability_harness import (
     image_bytes,
     make_layout,
     palette_png,
+    record_figures,
     reference_outputs,
     scaled,
     status_of,
@@ -280,7 +281,7 @@ def test_a_huge_but_legal_image_is_processed_in_tiles_within_bounded_memory(tmp_
     try:
         daemon.wait_ready()
         (layout.inbox / "huge.jpg").write_bytes(data)
-        daemon.wait_event("file_processed", timeout=scaled(120, 600))
+        processed = daemon.wait_event("file_processed", timeout=scaled(120, 600))[0]
         assert daemon.stop() == 0
     finally:
         sampler.stop()
@@ -290,3 +291,6 @@ def test_a_huge_but_legal_image_is_processed_in_tiles_within_bounded_memory(tmp_
     # The decoded input and output alone take 3 + 12 bytes per input pixel; allow 40 on top for the rest.
     bound_kib = (height * width * 55) // 1024 + 400 * 1024
     assert sampler.peak_process_kib < bound_kib, (sampler.peak_process_kib, bound_kib)
+    record_figures("huge_image", width=width, height=height, seconds=round(processed["ms"] / 1000, 1),
+                   peak_process_rss_mib=round(sampler.peak_process_kib / 1024, 1),
+                   bound_mib=round(bound_kib / 1024, 1))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from daemon_helpers import ESPCN_X2, DaemonProcess, files_under, srd, wait_for
-from reliability_harness import image_bytes, make_layout, scaled, status_of
+from reliability_harness import image_bytes, make_layout, record_figures, scaled, status_of
 
 pytestmark = pytest.mark.skipif(not ESPCN_X2.is_file(), reason=f"needs the zoo model {ESPCN_X2}")
 
@@ -112,3 +112,6 @@ def test_an_inbox_that_vanishes_and_returns_pauses_then_catches_up(tmp_path: Pat
     assert [e.source for e in entries if e.disposition != "kept"] == [], "a source was judged gone"
     status = status_of(layout)
     assert status is not None and status["inboxes"][0]["failed"] == 0
+    record_figures("outage", mode=mode, outages=outage + 1, files=len(expected),
+                   arrived_during_outages=sum(1 for n in expected if n.startswith("during")),
+                   in_flight_at_outage=sum(1 for n in expected if n.startswith("edge")), processed_twice=0, failed=0)
