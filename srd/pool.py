@@ -21,6 +21,7 @@ from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+
 import structlog
 
 from srd.engine.upscaler import EngineSettings
