@@ -9,6 +9,7 @@ real `srd run` subprocess (through `daemon_helpers.DaemonProcess`) with the real
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -26,9 +27,16 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from daemon_helpers import (
+    DaemonProcess,
+    descendants_of,
+    files_under,
+    inbox_config,
+    wait_for,
+    write_config,
+)
 from structlog.testing import capture_logs
 
-from daemon_helpers import DaemonProcess, descendants_of, files_under, inbox_config, wait_for, write_config
 from srd.atomic import is_temp_name
 from srd.config import load_config
 from srd.job import Job, run_job
@@ -47,41 +55,29 @@ def record_figures(name: str, **figures: Any) -> None:
     """Append one test's figures to the JSON-lines file named by ``SRD_FIGURES`` (scripts/reliability.py sets it)."""
     target = os.environ.get("SRD_FIGURES")
     if target:
-        import json
-
         with open(target, "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"test": name, **figures}) + "\n")
 
 
 @dataclass(frozen=True)
 class Layout:
-    """One daemon's folders under a test root: a single inbox `in` and its outbox, failed folder and state."""
+    """One daemon under a test root: its config and the folders of its single inbox."""
 
     root: Path
     config: Path
-
-    @property
-    def inbox(self) -> Path:
-        return self.root / "in"
-
-    @property
-    def outbox(self) -> Path:
-        return self.root / "in-out"
-
-    @property
-    def failed(self) -> Path:
-        return self.root / "in-failed"
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state"
+    inbox: Path
+    outbox: Path
+    failed: Path
+    state: Path
 
 
 def make_layout(root: Path, *, inbox: dict[str, Any] | None = None, **top: Any) -> Layout:
     """Write a config for one inbox under `root` (zoo ESPCN ×2; `inbox` and `top` override settings)."""
     root.mkdir(parents=True, exist_ok=True)
-    config = write_config(root, [inbox_config(root, **(inbox or {}))], **top)
-    return Layout(root, config)
+    settings = inbox_config(root, **(inbox or {}))
+    config = write_config(root, [settings], **top)
+    return Layout(root, config, Path(settings["path"]), Path(settings["outbox"]), Path(settings["failed"]),
+                  root / "state")
 
 
 def image_bytes(suffix: str, size: tuple[int, int], seed: int) -> bytes:
@@ -265,19 +261,18 @@ def worker_pids(daemon_pid: int) -> list[int]:
 
 
 def status_of(layout: Layout) -> dict[str, Any] | None:
-    import json
-
+    """The daemon's status.json, or None before the first one (or mid-replace on an odd filesystem)."""
     try:
         return json.loads((layout.state / "status.json").read_text())
     except (OSError, ValueError):
         return None
 
 
-def settled_count(layout: Layout, names: set[str]) -> int:
-    """How many of `names` have an output or a place in the failed folder."""
-    outputs = set(files_under(layout.outbox))
-    failed = set(files_under(layout.failed))
-    return sum(1 for n in names if n in outputs or n in failed)
+def settled_count(outbox: Path, failed: Path, names: set[str]) -> int:
+    """How many of `names` have an output in `outbox` or a place in the `failed` folder."""
+    outputs = set(files_under(outbox))
+    failures = set(files_under(failed))
+    return sum(1 for n in names if n in outputs or n in failures)
 
 
 def finish(layout: Layout, names: set[str], timeout: float) -> DaemonProcess:
@@ -293,7 +288,7 @@ def finish(layout: Layout, names: set[str], timeout: float) -> DaemonProcess:
 
 def settle_all(daemon: DaemonProcess, layout: Layout, names: set[str], timeout: float) -> None:
     """Wait until every input has a result and the running daemon's ledger and queues are idle."""
-    wait_for(lambda: settled_count(layout, names) == len(names), timeout,
+    wait_for(lambda: settled_count(layout.outbox, layout.failed, names) == len(names), timeout,
              f"all {len(names)} inputs to have a result\n" + daemon.log_tail())
     wait_for(lambda: (s := status_of(layout)) is not None and s["pid"] == daemon.pid
              and s["ledger"].get("started", 0) == 0 and s["inboxes"][0]["in_flight"] == 0
@@ -449,7 +444,8 @@ def load_run(root: Path, *, files: int, workers: int = 2) -> LoadFigures:
         daemon.wait_ready(30)
         started = time.monotonic()
         staging.rename(layout.inbox / "batch")  # all at once: one rename brings the whole batch in
-        wait_for(lambda: settled_count(_batch(layout), names) == files, 60 + files * 0.5,
+        wait_for(lambda: settled_count(layout.outbox / "batch", layout.failed / "batch", names) == files,
+                 60 + files * 0.5,
                  f"{files} outputs\n" + daemon.log_tail(), interval=0.2)
         seconds = time.monotonic() - started
         assert daemon.stop() == 0
@@ -463,22 +459,6 @@ def load_run(root: Path, *, files: int, workers: int = 2) -> LoadFigures:
     return LoadFigures(files, round(seconds, 1), round(files / seconds, 1), round(sampler.peak_daemon_kib / 1024, 1),
                        round(sampler.peak_total_kib / 1024, 1), round(sampler.peak_process_kib / 1024, 1),
                        result.figures(), result.problems)
-
-
-def _batch(layout: Layout) -> Layout:
-    """A view of `layout` whose outbox/failed are the batch subfolders (for counting results)."""
-    return _SubLayout(layout.root, layout.config)
-
-
-@dataclass(frozen=True)
-class _SubLayout(Layout):
-    @property
-    def outbox(self) -> Path:
-        return self.root / "in-out" / "batch"
-
-    @property
-    def failed(self) -> Path:
-        return self.root / "in-failed" / "batch"
 
 
 # -- hand-made images OpenCV can't write ------------------------------------------------------------------------
@@ -549,7 +529,7 @@ def tmpfs(folder: Path, size: str) -> Iterator[Path]:
         pytest.skip("mounting a tmpfs needs root (CI runs as root)")
     folder.mkdir(parents=True, exist_ok=True)
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, check=False)
     if mounted.returncode != 0:
         pytest.skip(f"mount -t tmpfs is not permitted here: {mounted.stderr.strip()}")
     try:

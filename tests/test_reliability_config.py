@@ -11,10 +11,9 @@ import subprocess
 import time
 from pathlib import Path
 
+import daemon_helpers
 import pytest
 import yaml
-
-import daemon_helpers
 from daemon_helpers import ESPCN_X2, DaemonProcess, files_under, srd, wait_for
 from reliability_harness import image_bytes, make_layout, status_of, tmpfs
 

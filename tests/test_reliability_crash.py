@@ -12,9 +12,15 @@ from concurrent.futures import Executor, Future
 from pathlib import Path
 
 import pytest
-
 from daemon_helpers import ESPCN_X2, DaemonProcess
-from reliability_harness import crash_loop, image_bytes, make_layout, scaled, worker_pids
+from reliability_harness import (
+    crash_loop,
+    image_bytes,
+    make_layout,
+    scaled,
+    worker_pids,
+)
+
 from srd.atomic import is_temp_name
 from srd.config import default_profile
 from srd.job import Job, JobResult

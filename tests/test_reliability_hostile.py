@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import time
+import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-
 from daemon_helpers import ESPCN_X2, DaemonProcess, files_under, wait_for
 from reliability_harness import (
     RssSampler,
@@ -22,11 +23,13 @@ from reliability_harness import (
     image_bytes,
     make_layout,
     palette_png,
+    png_chunk,
     record_figures,
     reference_outputs,
     scaled,
     status_of,
 )
+
 from srd.atomic import is_temp_name
 
 pytestmark = pytest.mark.skipif(not ESPCN_X2.is_file(), reason=f"needs the zoo model {ESPCN_X2}")
@@ -160,10 +163,7 @@ def test_broken_inputs_go_to_the_failed_folder_with_their_reason(tmp_path: Path)
 
 
 def _png_claiming(width: int, height: int) -> bytes:
-    from reliability_harness import png_chunk
-    import struct
-    import zlib
-
+    """A tiny PNG whose header claims `width`×`height` (a decompression bomb's calling card)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
             + png_chunk(b"IEND", b""))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from daemon_helpers import ESPCN_X2
 from reliability_harness import load_run, scaled
 

@@ -10,9 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
-
 from daemon_helpers import ESPCN_X2, DaemonProcess, files_under, srd, wait_for
-from reliability_harness import image_bytes, make_layout, record_figures, scaled, status_of
+from reliability_harness import (
+    image_bytes,
+    make_layout,
+    record_figures,
+    scaled,
+    status_of,
+)
 
 pytestmark = pytest.mark.skipif(not ESPCN_X2.is_file(), reason=f"needs the zoo model {ESPCN_X2}")
 
@@ -114,4 +119,4 @@ def test_an_inbox_that_vanishes_and_returns_pauses_then_catches_up(tmp_path: Pat
     assert status is not None and status["inboxes"][0]["failed"] == 0
     record_figures("outage", mode=mode, outages=outage + 1, files=len(expected),
                    arrived_during_outages=sum(1 for n in expected if n.startswith("during")),
-                   in_flight_at_outage=sum(1 for n in expected if n.startswith("edge")), processed_twice=0, failed=0)
+                   written_just_before_outages=sum(1 for n in expected if n.startswith("edge")), processed_twice=0, failed=0)
