@@ -810,7 +810,7 @@ class Daemon:
         assert self.ledger is not None
         runtime = self._runtimes.get(inbox_key)
         current = candidate_stat(path, inbox.path)
-        if current is None and not inbox.path.is_dir():
+        if current is None and (not inbox.path.is_dir() or (runtime is not None and runtime.watcher.state == "missing")):
             # The inbox itself is missing (a share outage): the file's fate is unknown, so nothing is
             # journaled; when the inbox returns, the rescan finds it done and applies on_success then.
             log.info("source_step_postponed", src=str(path), reason="inbox missing")

@@ -18,7 +18,9 @@ Known ways watching fails, and what `InboxWatcher` does about them:
 from __future__ import annotations
 
 import errno
+import os
 import re
+import stat
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -90,6 +92,24 @@ def mount_fstype(path: Path, mountinfo: str | None = None) -> str | None:
     return None if best is None else best[1]
 
 
+def is_mount_point(path: Path, mountinfo: str | None = None) -> bool:
+    """Whether `path` is itself a mount point, per ``/proc/self/mountinfo`` (bind mounts included).
+
+    ``os.path.ismount`` compares device numbers, so it misses a bind mount from the same filesystem.
+    """
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return os.path.ismount(path)
+    target = str(path.resolve())
+    for line in mountinfo.splitlines():
+        parts = line.split(" - ", 1)[0].split()
+        if len(parts) >= 5 and _unescape_mountinfo(parts[4]) == target:
+            return True
+    return False
+
+
 def needs_polling(fstype: str | None) -> bool:
     """Whether inotify can't be trusted on a filesystem of this type."""
     if fstype is None:
@@ -159,12 +179,18 @@ class InboxWatcher:
         self._scanner: threading.Thread | None = None
         self._snapshot: dict[PurePosixPath, tuple[int, int]] | None = None
         self._skipped: dict[Path, str] = {}
+        # A root that was a mount point at start and no longer is has lost its share: what remains is the
+        # empty mount-point folder, which must read as an outage, not as an inbox whose files all left.
+        self._mounted = False
+        self._identity: tuple[int, int] | None = None
 
     # -- lifecycle, called from the daemon's thread ---------------------------------------------------------
 
     def start(self) -> None:
         """Start watching; the first scan hints every file already in the inbox."""
-        self._present = self.root.is_dir()
+        self._mounted = self.root.is_dir() and is_mount_point(self.root)
+        self._identity = self._root_identity()
+        self._present = self._identity is not None
         if not self._present:
             log.warning("inbox_missing", inbox=str(self.root))
         elif self.mode == "native":
@@ -201,14 +227,23 @@ class InboxWatcher:
     def supervise(self) -> None:
         """Check the root and the threads; restart what died, pause on a missing root, resume on its return."""
         if self.mode == "native":
-            present = self.root.is_dir()
+            identity = self._root_identity()
+            present = identity is not None
             if present != self._present:
                 self._set_present(present)
+                self._identity = identity
                 if not present:
                     self._stop_observer()
                 else:
                     self._start_observer()
                     self.request_scan()
+            elif present and identity != self._identity:
+                # Another folder (or filesystem) now sits at the root: the observer watches the old one.
+                log.warning("inbox_root_replaced_rewatching", inbox=str(self.root))
+                self._identity = identity
+                self._stop_observer()
+                self._start_observer()
+                self.request_scan()
             elif present and not self._observer_alive():
                 log.error("watcher_died_restarting", inbox=str(self.root))
                 self._stop_observer()
@@ -301,6 +336,8 @@ class InboxWatcher:
             return
         self._full_scan.clear()
         try:
+            if self._root_identity() is None:
+                raise FileNotFoundError(errno.ENOENT, "inbox root is missing or its share is unmounted", str(self.root))
             seen = {f.rel: (f.size, f.mtime_ns) for f in scan_inbox(self.root, self.rules, recursive=self.inbox.recursive,
                                                                      on_skip=self._report_skip)}
         except OSError as exc:
@@ -340,6 +377,16 @@ class InboxWatcher:
         if not self.inbox.recursive and len(rel.parts) > 1:
             return None
         return PurePosixPath(rel.as_posix())
+
+    def _root_identity(self) -> tuple[int, int] | None:
+        """(st_dev, st_ino) of the root while it is available: a folder, still mounted if it was a mount."""
+        try:
+            st = os.stat(self.root)
+        except OSError:
+            return None
+        if not stat.S_ISDIR(st.st_mode) or (self._mounted and not is_mount_point(self.root)):
+            return None
+        return st.st_dev, st.st_ino
 
     def _report_skip(self, path: Path, reason: str) -> None:
         """Log once (per path and reason, while this watcher lives) that a path is never processed.
