@@ -6,6 +6,7 @@ import json
 import os
 import random
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -120,3 +121,40 @@ def test_an_inbox_that_vanishes_and_returns_pauses_then_catches_up(tmp_path: Pat
     record_figures("outage", mode=mode, outages=outage + 1, files=len(expected),
                    arrived_during_outages=sum(1 for n in expected if n.startswith("during")),
                    written_just_before_outages=sum(1 for n in expected if n.startswith("edge")), processed_twice=0, failed=0)
+
+
+@pytest.mark.parametrize("mode", ["native", "poll"])
+def test_an_unmounted_share_reads_as_an_outage_and_is_watched_again_when_remounted(tmp_path: Path, mode: str) -> None:
+    """The inbox is a mount point (a share bind-mounted there) that is unmounted, leaving the empty
+    mount-point folder, and mounted again: the empty folder is reported as the inbox missing (not as an
+    inbox whose files all left), and once the share is back both the files that arrived on it meanwhile
+    and new ones are processed promptly, without waiting for the periodic reconcile scan."""
+    if os.geteuid() != 0:
+        pytest.skip("bind-mounting a share needs root (CI runs as root)")
+    layout = make_layout(tmp_path, inbox={"mode": mode, "poll_interval": 0.2, "settle_seconds": 0.2})
+    share = tmp_path / "share"
+    share.mkdir()
+    subprocess.run(["mount", "--bind", str(share), str(layout.inbox)], check=True)
+    daemon = DaemonProcess(layout.config)
+    try:
+        daemon.wait_ready()
+        (layout.inbox / "before.png").write_bytes(image_bytes(".png", (24, 32), 1))
+        daemon.wait_event("file_processed")
+        subprocess.run(["umount", str(layout.inbox)], check=True)
+        wait_for(lambda: _inbox_health(layout.config) == ("unhealthy", "missing"), 15,
+                 "srd status to report the unmounted share\n" + daemon.log_tail())
+        (share / "during.png").write_bytes(image_bytes(".png", (24, 32), 2))
+        subprocess.run(["mount", "--bind", str(share), str(layout.inbox)], check=True)
+        wait_for(lambda: (layout.outbox / "during.png").exists(), 10,
+                 "the file that arrived during the outage\n" + daemon.log_tail())
+        (layout.inbox / "after.png").write_bytes(image_bytes(".png", (24, 32), 3))
+        wait_for(lambda: (layout.outbox / "after.png").exists(), 10, "a file arriving after the return\n"
+                 + daemon.log_tail())
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+        subprocess.run(["umount", str(layout.inbox)], check=False, capture_output=True)
+    assert sorted(Path(e["src"]).name for e in daemon.events("file_processed")) == ["after.png", "before.png",
+                                                                                    "during.png"]
+    assert daemon.events("file_failed") == [] and files_under(layout.failed) == {}
