@@ -12,7 +12,7 @@ fit() { python -m srd.train fit --threads "$threads" "$@"; }
 # edsr-lite (8x32, ESPCN-style tail): the daemon default. x3/x4 start from the x2 body.
 fit --preset lite --scale 2 --iters 20000
 fit --preset lite --scale 3 --iters 4000 --init runs/edsr-lite-x2/last.pt
-fit --preset lite --scale 4 --iters 4000 --init runs/edsr-lite-x2/last.pt
+fit --preset lite --scale 4 --iters 7000 --init runs/edsr-lite-x2/last.pt
 # edsr-base (16x64): about 1.35 s/it on one core, so these span several sessions.
 fit --preset base --scale 2 --iters 40000
 fit --preset base --scale 3 --iters 15000 --init runs/edsr-base-x2/last.pt
