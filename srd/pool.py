@@ -222,8 +222,11 @@ class JobPool:
             future.add_done_callback(lambda _f: self._wake())
 
     def _rebuild(self) -> None:
+        # Kill the broken executor's surviving workers: CPython only SIGTERMs them, which workers ignore,
+        # so a busy one would finish (and write) a job already reported lost, and the executor's manager
+        # thread would wait for it, which at exit hangs the daemon's shutdown.
         log.warning("pool_rebuilt", reason="broken process pool", rebuilds=self.rebuilds + 1)
-        self._replace_executor(kill=False)
+        self._replace_executor(kill=True)
 
     def _replace_executor(self, *, kill: bool) -> None:
         old, self._executor = self._executor, None
