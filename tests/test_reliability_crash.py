@@ -12,12 +12,13 @@ from concurrent.futures import Executor, Future
 from pathlib import Path
 
 import pytest
-from daemon_helpers import ESPCN_X2, DaemonProcess
+from daemon_helpers import ESPCN_X2, DaemonProcess, wait_for
 from reliability_harness import (
     crash_loop,
     image_bytes,
     make_layout,
     scaled,
+    status_of,
     worker_pids,
 )
 
@@ -120,3 +121,36 @@ def test_a_submit_racing_a_dying_worker_rebuilds_the_pool_instead_of_killing_the
     outcomes = pool.collect()
     assert [(type(o).__name__, o.token) for o in outcomes] == [("Finished", "a")]
     assert pool.rebuilds == 1 and started == ["a"]
+
+
+def test_killing_one_worker_also_stops_its_busy_siblings_so_shutdown_never_hangs(tmp_path: Path) -> None:
+    """With two jobs running, SIGKILL one worker: the other worker (whose job is lost with the broken
+    pool) must die too, at once, rather than finish a job already reported lost while the executor waits
+    for it (workers ignore the SIGTERM CPython sends); both files are then processed and SIGTERM stops
+    the daemon promptly. Found by a worker-kill loop whose daemon hung on stop."""
+    layout = make_layout(tmp_path, workers=2, max_attempts=10)
+    daemon = DaemonProcess(layout.config)
+    try:
+        daemon.wait_ready()
+        for i in range(2):
+            (layout.inbox / f"slow{i}.jpg").write_bytes(image_bytes(".jpg", (1500, 2000), i))  # ~2.5 s each
+        wait_for(lambda: (s := status_of(layout)) is not None and s["pool"]["running"] == 2, 20, "two jobs")
+        workers = worker_pids(daemon.pid)
+        assert len(workers) == 2
+        time.sleep(0.3)
+        os.kill(workers[0], signal.SIGKILL)
+        wait_for(lambda: not _alive(workers[1]), 1.5, "the busy sibling to be killed with the broken pool")
+        daemon.wait_event("file_processed", count=2, timeout=90)
+        started = time.monotonic()
+        assert daemon.stop(timeout=20) == 0
+        assert time.monotonic() - started < 10
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
