@@ -170,12 +170,28 @@ def _collect_metadata(types: object, blocks: object) -> Metadata:
     if xmp is not None and xmp.startswith(_XMP_JPEG_NAMESPACE):
         xmp = xmp[len(_XMP_JPEG_NAMESPACE) :]
     if xmp is not None:
-        xmp = xmp.rstrip(b"\x00")  # OpenCV's PNG reader keeps the iTXt terminator
+        xmp = _trim_xmp(xmp)
     return Metadata(
         exif=found.get(cv2.IMAGE_METADATA_EXIF) or None,
         icc=found.get(cv2.IMAGE_METADATA_ICCP) or None,
         xmp=xmp or None,
     )
+
+
+def _trim_xmp(xmp: bytes) -> bytes:
+    """Cut an XMP packet after its closing tag.
+
+    OpenCV's PNG reader returns the text chunk as a C string: a trailing NUL, and now and then bytes
+    read past the chunk's end. The packet itself ends at its `xpacket end` or `</x:xmpmeta>` marker.
+    """
+    trailer = xmp.find(b"<?xpacket end=")
+    close = xmp.find(b"?>", trailer) if trailer >= 0 else -1
+    if close >= 0:
+        return xmp[: close + 2]
+    meta_end = xmp.find(b"</x:xmpmeta>")
+    if meta_end >= 0:
+        return xmp[: meta_end + len(b"</x:xmpmeta>")]
+    return xmp.rstrip(b"\x00")
 
 
 def _metadata_blocks(meta: Metadata, fmt: str) -> tuple[list[int], list[np.ndarray]]:

@@ -131,3 +131,12 @@ def test_header_reader_knows_the_size_of_each_format(ext: str, fmt: str) -> None
     header = read_header(data)
     assert header is not None
     assert (header.format, header.width, header.height) == (fmt, 41, 23)
+
+
+def test_xmp_read_back_is_cut_at_its_closing_marker() -> None:
+    """OpenCV's PNG reader may hand back bytes past the XMP chunk; only the packet itself is kept."""
+    from srd.imageio import _trim_xmp
+
+    assert _trim_xmp(XMP + b"\x00\x17garbage") == XMP
+    wrapped = b'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?>' + XMP + b'<?xpacket end="w"?>'
+    assert _trim_xmp(wrapped + b"\x00junk") == wrapped
