@@ -12,7 +12,7 @@ from conftest import exif_with_orientation, icc_profile, png_claiming
 from srd.errors import ImageError
 from srd.exif import read_orientation
 from srd.imageheader import read_header
-from srd.imageio import Metadata, Picture, decode, encode, output_format_for
+from srd.imageio import Metadata, Picture, _trim_xmp, decode, encode, output_format_for
 
 LIMIT = 50_000_000
 XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"/></x:xmpmeta>'
@@ -135,8 +135,6 @@ def test_header_reader_knows_the_size_of_each_format(ext: str, fmt: str) -> None
 
 def test_xmp_read_back_is_cut_at_its_closing_marker() -> None:
     """OpenCV's PNG reader may hand back bytes past the XMP chunk; only the packet itself is kept."""
-    from srd.imageio import _trim_xmp
-
     assert _trim_xmp(XMP + b"\x00\x17garbage") == XMP
     wrapped = b'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?>' + XMP + b'<?xpacket end="w"?>'
     assert _trim_xmp(wrapped + b"\x00junk") == wrapped
