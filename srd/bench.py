@@ -20,9 +20,8 @@ from srd.bicubic import imresize
 from srd.engine.conventions import LUMA_CONVENTIONS
 from srd.engine.registry import ModelSpec
 from srd.engine.upscaler import EngineSettings, Upscaler
+from srd.imageheader import IMAGE_SUFFIXES
 from srd.metrics import crop_to_multiple, psnr_y, ssim_y
-
-IMAGE_SUFFIXES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"}
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,12 @@ from srd.daemon_cli import add_commands as add_daemon_commands
 from srd.engine.registry import available_models, resolve_model, user_models_dir
 from srd.engine.upscaler import EngineSettings
 from srd.errors import ConfigError, ModelError, SrdError
+from srd.imageheader import IMAGE_SUFFIXES
 from srd.imageio import normalise_format
 from srd.job import Job, JobResult, run_job
 from srd.logs import configure_logging
 from srd.pipeline import Pipeline, StageContext, Upscale
 from srd.worker import make_pool, process
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".avif", ".pnm", ".ppm", ".pgm"}
 
 
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:

@@ -21,6 +21,9 @@ EXTENSIONS = {
     "pnm": ".pnm",
 }
 
+# File-name endings of the formats above, for picking images out of a folder by name.
+IMAGE_SUFFIXES = frozenset(EXTENSIONS.values()) | {".jpeg", ".tiff", ".ppm", ".pgm"}
+
 _JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
