@@ -13,7 +13,7 @@ from pathlib import Path
 from srd import __version__
 from srd.config import Config, Profile, load_config
 from srd.daemon_cli import add_commands as add_daemon_commands
-from srd.engine.registry import available_models, resolve_model, user_models_dir
+from srd.engine.registry import ModelSpec, available_models, resolve_model, user_models_dir
 from srd.engine.upscaler import EngineSettings
 from srd.errors import ConfigError, ModelError, SrdError
 from srd.imageheader import IMAGE_SUFFIXES
@@ -231,7 +231,7 @@ def _run_process(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _model_status(spec, context: StageContext) -> str:
+def _model_status(spec: ModelSpec, context: StageContext) -> str:
     if not spec.path.is_file():
         return "missing"
     if not spec.expected_sha256:
