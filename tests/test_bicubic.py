@@ -18,7 +18,9 @@ BENCH = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "be
 @pytest.mark.parametrize("bench_set", ["Set5", "Set14"])
 def test_matches_matlab_lr_files(bench_set: str, scale: int) -> None:
     """Every rounded LR image is within 0.25 grey level mean absolute difference of MATLAB's file."""
-    for hr_path in sorted((BENCH / bench_set).glob("*.png")):
+    hr_paths = sorted((BENCH / bench_set).glob("*.png"))
+    assert hr_paths, f"no benchmark images in {BENCH / bench_set}"
+    for hr_path in hr_paths:
         hr = crop_to_multiple(cv2.imread(str(hr_path), cv2.IMREAD_COLOR), scale)
         ref = cv2.imread(str(BENCH / bench_set / "LR_bicubic_matlab" / f"x{scale}" / hr_path.name))
         lr = np.clip(np.round(imresize(hr, 1 / scale)), 0, 255).astype(np.uint8)

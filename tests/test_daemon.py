@@ -12,24 +12,23 @@ import time
 from concurrent.futures import Executor, Future
 from pathlib import Path
 
-import pytest
 import yaml
-
 from daemon_helpers import (
     ESPCN_X2,
     DaemonProcess,
     OutboxWatcher,
-    in_flight,
-    read_status,
     decoded_size,
     descendants_of,
     files_under,
+    in_flight,
     inbox_config,
     make_image,
+    read_status,
     srd,
     wait_for,
     write_config,
 )
+
 from srd.atomic import is_temp_name
 from srd.config import load_config
 from srd.daemon import Daemon
@@ -38,8 +37,6 @@ from srd.notify import Notifier
 from srd.pipeline import StageContext
 from srd.pool import JobPool
 from srd.watch import Hint
-
-pytestmark = pytest.mark.skipif(not ESPCN_X2.is_file(), reason=f"needs the zoo model {ESPCN_X2}")
 
 SIZE = (24, 32)
 DOUBLED = (48, 64)

@@ -24,8 +24,6 @@ from srd.errors import ModelError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ZOO_DIR = Path(os.environ.get("SRD_TEST_ZOO_DIR", REPO_ROOT.parent / "shared" / "models" / "opencv-zoo"))
 
-needs_zoo = pytest.mark.skipif(not ZOO_DIR.is_dir(), reason=f"real zoo files not found in {ZOO_DIR}")
-
 
 @dataclass
 class Route:
@@ -89,8 +87,6 @@ def server() -> Iterator[ZooServer]:
 
 @pytest.fixture
 def fsrcnn() -> tuple[ZooModel, bytes]:
-    if not ZOO_DIR.is_dir():
-        pytest.skip(f"real zoo files not found in {ZOO_DIR}")
     model = find_zoo("FSRCNN", 2)[0]
     return model, (ZOO_DIR / model.file).read_bytes()
 
@@ -234,7 +230,6 @@ def test_catalogue_hashes_are_well_formed() -> None:
         assert model.size_bytes > 0, model.file
 
 
-@needs_zoo
 @pytest.mark.parametrize("model", [m for m in ZOO if m.convention != "edsr"], ids=lambda m: m.file)
 def test_catalogue_matches_real_zoo_files(model: ZooModel) -> None:
     """Size and sha256 of each non-EDSR entry equal those of the real file (EDSR is not available here)."""

@@ -13,7 +13,16 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from srd.errors import LockedError
-from srd.ledger import HASH_BATCH, JOURNAL_NAME, SNAPSHOT_NAME, Entry, Ledger, LedgerError, State, make_key
+from srd.ledger import (
+    HASH_BATCH,
+    JOURNAL_NAME,
+    SNAPSHOT_NAME,
+    Entry,
+    Ledger,
+    LedgerError,
+    State,
+    make_key,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FP = "edsr-x4:cafe"

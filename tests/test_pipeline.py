@@ -10,7 +10,16 @@ import pytest
 
 from srd.engine.upscaler import EngineSettings
 from srd.errors import ModelError
-from srd.pipeline import Contrast, Denoise, LimitSize, Pipeline, Resize, Sharpen, StageContext, Upscale
+from srd.pipeline import (
+    Contrast,
+    Denoise,
+    LimitSize,
+    Pipeline,
+    Resize,
+    Sharpen,
+    StageContext,
+    Upscale,
+)
 
 
 @pytest.fixture

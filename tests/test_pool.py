@@ -10,6 +10,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from daemon_helpers import wait_for
+
 from srd.config import default_profile
 from srd.job import Job, JobResult
 from srd.pool import Finished, JobPool, Lost

@@ -17,8 +17,6 @@ import yaml
 from daemon_helpers import ESPCN_X2, DaemonProcess, files_under, srd, wait_for
 from reliability_harness import image_bytes, make_layout, status_of, tmpfs
 
-pytestmark = pytest.mark.skipif(not ESPCN_X2.is_file(), reason=f"needs the zoo model {ESPCN_X2}")
-
 SIZE = (24, 32)
 
 

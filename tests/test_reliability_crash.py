@@ -11,8 +11,7 @@ import time
 from concurrent.futures import Executor, Future
 from pathlib import Path
 
-import pytest
-from daemon_helpers import ESPCN_X2, DaemonProcess, wait_for
+from daemon_helpers import DaemonProcess, wait_for
 from reliability_harness import (
     crash_loop,
     image_bytes,
@@ -26,8 +25,6 @@ from srd.atomic import is_temp_name
 from srd.config import default_profile
 from srd.job import Job, JobResult
 from srd.pool import JobPool
-
-pytestmark = pytest.mark.skipif(not ESPCN_X2.is_file(), reason=f"needs the zoo model {ESPCN_X2}")
 
 
 def test_daemon_killed_at_random_moments_loses_duplicates_and_half_writes_nothing(tmp_path: Path) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-from daemon_helpers import ESPCN_X2, DaemonProcess, OutboxWatcher, files_under, wait_for
+from daemon_helpers import DaemonProcess, OutboxWatcher, files_under, wait_for
 from reliability_harness import (
     audit,
     image_bytes,
@@ -16,8 +15,6 @@ from reliability_harness import (
     status_of,
     tmpfs,
 )
-
-pytestmark = pytest.mark.skipif(not ESPCN_X2.is_file(), reason=f"needs the zoo model {ESPCN_X2}")
 
 
 def test_a_full_outbox_keeps_inputs_never_shows_partial_output_and_resumes_by_itself(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from daemon_helpers import ESPCN_X2, DaemonProcess, files_under, wait_for
+from daemon_helpers import DaemonProcess, files_under, wait_for
 from reliability_harness import (
     RssSampler,
     cmyk_jpeg,
@@ -31,8 +31,6 @@ from reliability_harness import (
 )
 
 from srd.atomic import is_temp_name
-
-pytestmark = pytest.mark.skipif(not ESPCN_X2.is_file(), reason=f"needs the zoo model {ESPCN_X2}")
 
 SIZE = (24, 32)
 DOUBLED = (48, 64)

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-from daemon_helpers import ESPCN_X2
 from reliability_harness import load_run, scaled
-
-pytestmark = pytest.mark.skipif(not ESPCN_X2.is_file(), reason=f"needs the zoo model {ESPCN_X2}")
 
 # The daemon holds per-file state (settle entries, ledger records, stat cache) but never the images:
 # a few hundred bytes per file on top of the interpreter and OpenCV (~150 MiB measured).
@@ -23,6 +19,5 @@ def test_a_batch_dropped_at_once_is_processed_completely_in_bounded_memory(tmp_p
     figures = load_run(tmp_path, files=scaled(300, 2000))
     assert figures.problems == {}
     assert figures.audit["outputs"] == figures.files
-    assert figures.peak_daemon_rss_mib < DAEMON_RSS_BOUND_MIB, figures
-    assert figures.peak_process_rss_mib < WORKER_RSS_BOUND_MIB, figures
-    assert figures.files_per_s > 0
+    assert 0 < figures.peak_daemon_rss_mib < DAEMON_RSS_BOUND_MIB, figures  # 0 would mean /proc wasn't read
+    assert 0 < figures.peak_process_rss_mib < WORKER_RSS_BOUND_MIB, figures

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_helpers import ESPCN_X2, DaemonProcess, files_under, srd, wait_for
+from daemon_helpers import DaemonProcess, files_under, srd, wait_for
 from reliability_harness import (
     image_bytes,
     make_layout,
@@ -19,8 +19,6 @@ from reliability_harness import (
     scaled,
     status_of,
 )
-
-pytestmark = pytest.mark.skipif(not ESPCN_X2.is_file(), reason=f"needs the zoo model {ESPCN_X2}")
 
 
 def _inbox_health(config: Path) -> tuple[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -64,33 +65,29 @@ def test_file_written_in_chunks_is_ready_only_when_quiet_and_stable(tmp_path: Pa
     assert tracker.next_deadline() is None
 
 
-def test_growing_file_without_events_restarts_the_wait(tmp_path: Path, clock: FakeClock) -> None:
-    """A size change between the two stats (e.g. a remote writer that produces no events) starts over."""
+def _grow_same_mtime(path: Path) -> None:
+    _write(path, b"b" * 20, mtime_ns=10**9)
+
+
+def _touch_same_size(path: Path) -> None:
+    os.utime(path, ns=(5 * 10**9, 5 * 10**9))
+
+
+@pytest.mark.parametrize("change", [_grow_same_mtime, _touch_same_size], ids=["size", "mtime"])
+def test_a_change_between_the_two_stats_restarts_the_wait(
+    tmp_path: Path, clock: FakeClock, change: Callable[[Path], None]
+) -> None:
+    """A size change alone (a remote writer that produces no events) or an mtime change alone (a same-size
+    rewrite) between the two stats starts the wait over."""
     tracker = SettleTracker(SETTLE, clock=clock)
     path = tmp_path / "big.tif"
     _write(path, b"a" * 10, mtime_ns=10**9)
     tracker.hint(path)
     clock.advance(SETTLE)
     assert not tracker.poll()
-
-    _write(path, b"b" * 10, mtime_ns=2 * 10**9)
+    change(path)
     clock.advance(SETTLE)
     assert not tracker.poll(), "changed since the first stat: not ready"
-    clock.advance(SETTLE)
-    assert _ready_paths(tracker.poll()) == [path]
-
-
-def test_mtime_change_alone_restarts_the_wait(tmp_path: Path, clock: FakeClock) -> None:
-    """A same-size rewrite (different mtime) is a change too."""
-    tracker = SettleTracker(SETTLE, clock=clock)
-    path = tmp_path / "same-size.png"
-    _write(path, b"1234", mtime_ns=10**9)
-    tracker.hint(path)
-    clock.advance(SETTLE)
-    tracker.poll()
-    os.utime(path, ns=(5 * 10**9, 5 * 10**9))
-    clock.advance(SETTLE)
-    assert not tracker.poll()
     clock.advance(SETTLE)
     assert _ready_paths(tracker.poll()) == [path]
 

@@ -10,9 +10,9 @@ import socket
 from pathlib import Path, PurePosixPath
 
 import pytest
+from daemon_helpers import wait_for
 from watchdog.observers import Observer
 
-from daemon_helpers import wait_for
 from srd.config import Inbox
 from srd.scan import IgnoreRules, scan_inbox
 from srd.watch import Hint, InboxWatcher, choose_mode, mount_fstype, needs_polling
