@@ -278,7 +278,3 @@ class JobPool:
             executor.shutdown(wait=True, cancel_futures=True)
         self._running.clear()
         self._waiting.clear()
-
-    def worker_pids(self) -> list[int]:
-        """Pids of the current worker processes (for the status file and diagnostics)."""
-        return sorted(getattr(self._executor, "_processes", {}) or {})

@@ -22,7 +22,7 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -417,11 +417,3 @@ def _stop_quietly(observer: Any) -> None:
     # Stopping a broken observer can raise from its emitters; the daemon must carry on regardless.
     except Exception:  # noqa: BLE001
         log.exception("observer_stop_failed")
-
-
-def start_watchers(inboxes: Iterable[Inbox], sink: Sink, **kwargs: Any) -> list[InboxWatcher]:
-    """Build and start one watcher per inbox, in config order."""
-    watchers = [InboxWatcher(i, inbox, sink, **kwargs) for i, inbox in enumerate(inboxes)]
-    for watcher in watchers:
-        watcher.start()
-    return watchers

@@ -15,12 +15,12 @@ import cv2
 import numpy as np
 
 from srd.bicubic import imresize
+from srd.imageheader import IMAGE_SUFFIXES
 from srd.metrics import crop_to_multiple
 from srd.train.model import DIV2K_MEAN_BGR
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 @dataclass(frozen=True)
