@@ -238,10 +238,6 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_reload_signal)
 
-    def request_stop(self) -> None:
-        """Ask the loop to drain and return (what SIGTERM does; for embedding and tests)."""
-        self._stop_signal = signal.SIGTERM
-
     # -- lifecycle -----------------------------------------------------------------------------------------
 
     def run(self) -> int:
@@ -452,6 +448,7 @@ class Daemon:
                 self._backlog.append((key, ready))
             for path in result.vanished:
                 runtime.handled.pop(path, None)
+                self._forget_source(runtime.inbox_id, runtime.inbox.path, path)
             for rejected in result.rejected:
                 log.info("path_not_processed", src=str(rejected.path), reason=rejected.reason)
 
@@ -673,7 +670,7 @@ class Daemon:
             self._dispose(work.inbox, work.inbox_id, work.source, work.rel, work.signature, key)
         else:
             self.ledger.record_disposed(key, "kept-changed")
-            self._rehint(work)
+            self._rehint_path(work.inbox_id, work.source)
 
     def _failed_result(self, work: _Work, reason: str, processed_sha: str | None) -> None:
         if processed_sha is None and candidate_stat(work.source, work.inbox.path) is None:
@@ -692,7 +689,7 @@ class Daemon:
             assert self.ledger is not None and self.claims is not None
             self.ledger.forget(work.key)
             self.claims.release(work.key)
-            self._rehint(work)
+            self._rehint_path(work.inbox_id, work.source)
             return
         self._fail(work.inbox_id, work.inbox, work.profile, work.source, work.rel, work.signature, work.key, reason,
                    record=True)
@@ -798,6 +795,7 @@ class Daemon:
             self._counters[inbox_key].failed += 1
             self._note_error(inbox_key, path, f"{reason}; and it could not be moved to the failed folder: {exc}")
             return
+        self._forget_source(inbox_key, inbox.path, path)
         if entry is not None and entry.state == State.FAILED:
             self.ledger.record_disposed(key, "failed-folder")
         self._counters[inbox_key].failed += 1
@@ -833,11 +831,15 @@ class Daemon:
                 disposition = f"kept ({inbox.on_success} failed: {exc.strerror or exc})"
             if runtime is not None and disposition.startswith("kept"):
                 runtime.handled[path] = signature
+        if not disposition.startswith("kept"):
+            self._forget_source(inbox_key, inbox.path, path)
         if key is not None:
             self.ledger.record_disposed(key, disposition)
 
-    def _rehint(self, work: _Work) -> None:
-        self._rehint_path(work.inbox_id, work.source)
+    def _forget_source(self, inbox_key: str, root: Path, path: Path) -> None:
+        """Drop a file that left the inbox from the ledger's stat cache, which would otherwise only grow."""
+        assert self.ledger is not None
+        self.ledger.forget_hash(inbox_key, PurePosixPath(path.relative_to(root).as_posix()))
 
     def _rehint_path(self, inbox_key: str, path: Path) -> None:
         runtime = self._runtimes.get(inbox_key)

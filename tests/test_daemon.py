@@ -12,6 +12,7 @@ import time
 from concurrent.futures import Executor, Future
 from pathlib import Path
 
+import pytest
 import yaml
 from daemon_helpers import (
     ESPCN_X2,
@@ -541,3 +542,30 @@ def test_sigterm_drains_the_running_job_and_a_drain_timeout_leaves_it_for_the_ne
     assert decoded_size(outbox / "big2.jpg") == (3000, 4000)
     assert sorted((e["state"], e["attempts"]) for e in ledger_entries(config)) == [("done", 1), ("done", 2)]
     assert [p for p in tmp_path.rglob("*") if is_temp_name(p.name)] == []
+
+
+@pytest.mark.parametrize("leaves_by", ["user_deletes_it", "on_success_delete"])
+def test_the_stat_cache_forgets_a_file_that_left_the_inbox(tmp_path: Path, leaves_by: str) -> None:
+    """The (path, size, mtime) → sha256 cache only spares re-hashing files still in the inbox; a file that
+    left it (deleted by a user, or by on_success) must leave the cache too, or it grows with every file ever
+    seen and every compaction rewrites it."""
+    inbox = tmp_path / "in"
+    daemon, now = inline_daemon(tmp_path, on_success="keep" if leaves_by == "user_deletes_it" else "delete")
+    try:
+        path = inbox / "a.png"
+        path.write_bytes(make_image(Path("a.png"), SIZE, 4))
+        st = path.stat()
+        assert daemon.ledger is not None
+
+        def cached() -> str | None:
+            return daemon.ledger.cached_hash(str(inbox), "a.png", size=st.st_size, mtime_ns=st.st_mtime_ns)
+
+        if leaves_by == "user_deletes_it":
+            settle(daemon, now, [path])
+            assert cached() is not None
+            path.unlink()
+        settle(daemon, now, [path])
+        assert not path.exists()
+        assert cached() is None
+    finally:
+        daemon.close()
