@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from srd.atomic import is_temp_name
+from srd.settle import file_kind
 
 # Names that operating systems, NAS boxes, sync tools and browsers leave behind while (or instead of)
 # delivering a real file. Dot-files also cover rsync's `.name.XXXXXX` and srd's own temp files.
@@ -87,14 +88,6 @@ def is_inside(path: Path, root: Path) -> bool:
 
 SkipSink = Callable[[Path, str], None]
 
-_SPECIAL_KINDS = (
-    (stat.S_ISFIFO, "fifo"),
-    (stat.S_ISSOCK, "socket"),
-    (stat.S_ISCHR, "character device"),
-    (stat.S_ISBLK, "block device"),
-)
-
-
 def classify(path: Path, root: Path) -> tuple[os.stat_result | None, str | None]:
     """Stat `path` if it is a file the daemon may open; otherwise say why not.
 
@@ -119,8 +112,7 @@ def classify(path: Path, root: Path) -> tuple[os.stat_result | None, str | None]
         return None, None
     if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
         return (st if stat.S_ISREG(st.st_mode) else None), None
-    kind = next((name for test, name in _SPECIAL_KINDS if test(st.st_mode)), "unknown file type")
-    return None, f"not a regular file: {kind}"
+    return None, f"not a regular file: {file_kind(st.st_mode)}"
 
 
 def candidate_stat(path: Path, root: Path) -> os.stat_result | None:

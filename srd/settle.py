@@ -190,7 +190,7 @@ class SettleTracker:
             return
         if not stat.S_ISREG(st.st_mode):
             del self._pending[path]
-            result.rejected.append(Rejected(path, f"not a regular file: {_kind(st.st_mode)}"))
+            result.rejected.append(Rejected(path, f"not a regular file: {file_kind(st.st_mode)}"))
             return
         signature = (st.st_size, st.st_mtime_ns)
         if signature == entry.signature:
@@ -222,7 +222,8 @@ class SettleTracker:
         return token == entry.token and self._pending.get(entry.path) is entry
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """A readable name for the type of file a stat mode describes ('fifo', 'socket', …)."""
     for test, name in _KINDS:
         if test(mode):
             return name
