@@ -53,36 +53,39 @@ def test_a_worker_killed_while_writing_leaves_no_temp_file_in_the_running_daemon
     ends with just the complete outputs."""
     layout = make_layout(tmp_path)
     daemon = DaemonProcess(layout.config)
-    orphans: list[str] = []
+    killed_mid_write: list[str] = []  # temp names present when the workers were killed
     try:
         daemon.wait_ready()
         for attempt in range(3):  # the kill may land just after the rename: then try with another file
             (layout.inbox / f"big{attempt}.png").write_bytes(image_bytes(".png", (1200, 1600), attempt))
-            orphan = _kill_workers_mid_write(layout.outbox, daemon.pid)
+            killed_mid_write.append(_kill_workers_mid_write(layout.outbox, daemon.pid))
             daemon.wait_event("file_processed", count=attempt + 1, timeout=90)
-            if orphan is not None:
-                orphans.append(orphan)
+            if daemon.events("orphan_temp_removed"):
                 break
-        assert orphans, "no kill landed mid-write in three tries\n" + daemon.log_tail()
+        assert daemon.events("orphan_temp_removed"), "no kill landed mid-write in three tries\n" + daemon.log_tail()
         outputs = sorted(e.name for e in os.scandir(layout.outbox))
         assert outputs == [f"big{i}.png" for i in range(len(outputs))]  # while the daemon still runs
         assert daemon.stop() == 0
     finally:
         if daemon.proc.poll() is None:
             daemon.proc.kill()
-    assert [Path(e["path"]).name for e in daemon.events("orphan_temp_removed")] == orphans
+    removed = [Path(e["path"]).name for e in daemon.events("orphan_temp_removed")]
+    assert removed and set(removed) <= set(killed_mid_write)
 
 
-def _kill_workers_mid_write(outbox: Path, daemon_pid: int) -> str | None:
-    """Kill the workers as soon as a temp file shows in `outbox`; return its name if it outlived them."""
+def _kill_workers_mid_write(outbox: Path, daemon_pid: int) -> str:
+    """Kill the workers as soon as a temp file shows in `outbox`; return its name.
+
+    Whether the write had finished by then is for the daemon's log to say: it removes a temp it finds
+    orphaned at once, sometimes before this process could look again.
+    """
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         temps = [e.name for e in os.scandir(outbox) if is_temp_name(e.name)] if outbox.is_dir() else []
         if temps:
             for pid in worker_pids(daemon_pid):
                 os.kill(pid, signal.SIGKILL)
-            time.sleep(0.01)
-            return temps[0] if (outbox / temps[0]).exists() else None
+            return temps[0]
     raise AssertionError("never saw a temp file in the outbox")
 
 
