@@ -270,11 +270,14 @@ class JobPool:
         return outcomes
 
     def close(self) -> None:
-        """Shut the executor down, killing workers still busy (used after `drain`)."""
+        """Shut the executor down, killing its workers (used after `drain`, so none has work worth waiting for).
+
+        Asking idle workers to exit is not enough: one whose sibling was killed while holding the call
+        queue's lock waits for that lock forever, and CPython's remedy, SIGTERM, is one workers ignore.
+        """
         executor, self._executor = self._executor, None
         if executor is not None:
-            if self._running:
-                kill_workers(executor)
+            kill_workers(executor)
             executor.shutdown(wait=True, cancel_futures=True)
         self._running.clear()
         self._waiting.clear()

@@ -19,7 +19,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -311,6 +311,14 @@ class CrashFigures:
     problems: dict[str, list[str]]
 
 
+def arrive(path: Path, data: bytes, *, in_place: bool) -> None:
+    """An input arrives either written in place (seen half-written) or renamed in whole."""
+    if in_place:
+        path.write_bytes(data)
+    else:
+        drop(path, data)
+
+
 class _Feeder:
     """Drops `inputs` into the inbox one by one over `spread_s` seconds, in a thread."""
 
@@ -324,10 +332,7 @@ class _Feeder:
 
     def _run(self) -> None:
         for i, (name, data) in enumerate(self._items):
-            if i % 3 == 0:
-                (self._inbox / name).write_bytes(data)  # written in place
-            else:
-                drop(self._inbox / name, data)
+            arrive(self._inbox / name, data, in_place=i % 3 == 0)
             time.sleep(self._rng.uniform(0, 2 * self._gap))
 
     def join(self) -> None:
@@ -360,8 +365,8 @@ def crash_loop(root: Path, *, files: int, kills: int, target: str, seed: int = 1
     mid_job = 0
     interrupted = 0
     restarts = 0
-    feeder = _Feeder(layout.inbox, inputs, spread_s=kills * (0.9 if target == "daemon" else 0.35), seed=seed)
     if target == "daemon":
+        feeder = _Feeder(layout.inbox, inputs, spread_s=kills * 0.9, seed=seed)
         for _ in range(kills):
             spawned = time.time()
             daemon = DaemonProcess(layout.config)
@@ -373,21 +378,28 @@ def crash_loop(root: Path, *, files: int, kills: int, target: str, seed: int = 1
                 cut = sum(1 for e in ledger.unfinished() if e.updated_ts >= spawned)
             interrupted += cut
             mid_job += cut > 0
+        feeder.join()
+        daemon = finish(layout, set(inputs), timeout=60 + files * 0.5)
+        restarts += 1
+        assert daemon.stop() == 0
     else:
         daemon = DaemonProcess(layout.config)
         restarts += 1
         try:
             daemon.wait_ready(30)
-            done = 0
-            while done < kills:
+            # Inputs arrive in one batch per kill, so there is work, and so a worker, to kill each time:
+            # the pool starts workers only for work, and a machine fast enough could otherwise finish
+            # the whole batch before the last kill.
+            items = list(inputs.items())
+            for k in range(kills):
+                for i, (name, data) in enumerate(items[k * files // kills:(k + 1) * files // kills]):
+                    arrive(layout.inbox / name, data, in_place=i % 3 == 0)
+                    time.sleep(rng.uniform(0, 0.1))
                 pids = wait_for(lambda: worker_pids(daemon.pid), 20, "a worker\n" + daemon.log_tail())
-                time.sleep(rng.uniform(0.05, 0.5))
+                time.sleep(rng.uniform(0.05, 0.4))
                 lost_before = len(daemon.events("job_lost_retrying"))
-                try:
+                with suppress(ProcessLookupError):  # it ended on its own: the kill is a no-op
                     os.kill(rng.choice(pids), signal.SIGKILL)
-                except ProcessLookupError:
-                    continue
-                done += 1
                 time.sleep(0.3)  # time for the daemon to notice
                 cut = len(daemon.events("job_lost_retrying")) - lost_before
                 interrupted += cut
@@ -395,17 +407,11 @@ def crash_loop(root: Path, *, files: int, kills: int, target: str, seed: int = 1
                 assert daemon.proc.poll() is None, "the daemon died with its worker\n" + daemon.log_tail()
             # The same daemon finishes the batch: a restart would clean up after the killed workers and
             # hide any temp file they left behind.
-            feeder.join()
             settle_all(daemon, layout, set(inputs), timeout=60 + files * 0.5)
             assert daemon.stop() == 0
         finally:
             if daemon.proc.poll() is None:
                 daemon.kill()
-    if target == "daemon":
-        feeder.join()
-        daemon = finish(layout, set(inputs), timeout=60 + files * 0.5)
-        restarts += 1
-        assert daemon.stop() == 0
     result = audit(layout, expected)
     return CrashFigures(target, files, kills, mid_job, interrupted, restarts, round(time.monotonic() - started, 1),
                         result.figures(), result.problems)

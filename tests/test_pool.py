@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from daemon_helpers import wait_for
+from reliability_harness import worker_pids
 
 from srd.config import default_profile
+from srd.engine.upscaler import EngineSettings
 from srd.job import Job, JobResult
 from srd.pool import Finished, JobPool, Lost
+from srd.worker import make_pool
 
 
 def job(name: str) -> Job:
@@ -183,3 +189,32 @@ def test_drain_finishes_running_jobs_and_drops_waiting_ones() -> None:
     outcomes = pool.drain(deadline=5.0, wait=wait)
     assert [o.token for o in outcomes] == ["a"]
     assert len(pool) == 0 and fake.running() == []
+
+
+def test_closing_a_pool_whose_idle_worker_died_holding_the_queue_lock_returns_promptly() -> None:
+    """Found by the worker-kill loop, whose daemon then never exited: idle workers wait for work one at a
+    time, the one reading the call queue holding its lock. SIGKILL that one and its sibling never gets the
+    lock to read the stop sentinel; CPython's remedy, SIGTERM, is one srd workers ignore, and with no job
+    running the daemon never sees the pool break. Closing must still end at once."""
+    before = set(worker_pids(os.getpid()))
+    pool = JobPool(2, lambda: make_pool(2, EngineSettings(), ()), run=scripted)
+    workers: list[int] = []
+    try:
+        pool.submit("a", job("sleep-0.3"))
+        pool.submit("b", job("sleep-0.3"))
+        collect_until(pool, 2)
+        workers = sorted(set(worker_pids(os.getpid())) - before)
+        # The reader blocks in the pipe read, its sibling on the lock (a futex).
+        readers = wait_for(lambda: [p for p in workers if "pipe" in Path(f"/proc/{p}/wchan").read_text()], 5,
+                           f"a worker of {workers} blocked reading the call queue")
+        assert len(workers) == 2 and len(readers) == 1
+        os.kill(readers[0], signal.SIGKILL)
+        time.sleep(0.5)
+        closer = threading.Thread(target=pool.close, daemon=True)
+        closer.start()
+        closer.join(15)
+        assert not closer.is_alive(), "close() hung"
+    finally:
+        for pid in workers:  # let a failed run end instead of hanging pytest's exit
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
