@@ -130,6 +130,20 @@ def test_other_scale_starts_from_x2_body() -> None:
     assert not torch.equal(x4.tail[0].weight[:12], x2.tail[0].weight)
 
 
+def test_init_from_the_same_model_and_scale_is_a_warm_restart_of_every_tensor(tmp_path: Path, train_dir: Path) -> None:
+    """A new run started (`init`) from a finished run of the same architecture and scale begins with all its
+    weights, the tail included: a fine-tune with a fresh learning-rate schedule."""
+    first = tiny_config(tmp_path / "a", train_dir, 2)
+    assert train(first)
+    second = dataclasses.replace(tiny_config(tmp_path / "b", train_dir, 0), init=str(first.run_dir / "last.pt"))
+    assert train(second)
+    before, after = (checkpoint.load(c.run_dir / "last.pt")["model"] for c in (first, second))
+    assert any(k.startswith("tail.") for k in after)
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), key
+    assert "initialised every tensor" in (second.run_dir / "train.log").read_text()
+
+
 @pytest.mark.parametrize("tail", ["shuffle", "espcn"])
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_model_upscales_by_scale(tail: str, scale: int) -> None:

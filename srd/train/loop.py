@@ -137,8 +137,13 @@ def _train(cfg: TrainConfig, stop: _StopFlag) -> bool:
         log.info("resumed %s at iteration %d", cfg.name, state["iteration"])
     else:
         if cfg.init:
-            copied = load_body(model, checkpoint.load(Path(cfg.init))["model"])
-            log.info("initialised %d tensors (all but the tail) from %s", len(copied), cfg.init)
+            init = checkpoint.load(Path(cfg.init))
+            if init["arch"] == cfg.arch.to_dict():  # same model and scale: a warm restart of all of it
+                model.load_state_dict(init["model"])
+                log.info("initialised every tensor from %s", cfg.init)
+            else:
+                copied = load_body(model, init["model"])
+                log.info("initialised %d tensors (all but the tail) from %s", len(copied), cfg.init)
         log.info("new run %s: %s, %d parameters", cfg.name, cfg.arch, count_parameters(model))
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str) + "\n")
 
