@@ -210,7 +210,8 @@ class Daemon:
         self._active_paths: set[Path] = set()
         self._reserved: set[Path] = set()
         self._deferred: dict[Path, str] = {}
-        self._outputs: dict[Path, tuple[str, PurePosixPath]] = {}
+        # Every output the ledger says is done → (inbox id, source path), as strings shared with the ledger.
+        self._outputs: dict[str, tuple[str, str]] = {}
         self._blocks: dict[str, OutboxBlock] = {}
         self._stop_signal: int | None = None
         self._reload_requested = False
@@ -271,9 +272,8 @@ class Daemon:
     def _startup(self) -> None:
         assert self.ledger is not None
         prints = fingerprints(self.config)
-        for entry in self.ledger.entries():
-            if entry.state == State.DONE and entry.output is not None:
-                self._outputs[entry.output] = (entry.inbox, entry.source)
+        for output, inbox, source in self.ledger.done_outputs():
+            self._outputs[output] = (inbox, source)
         self._prepare_folders(self.config, clean=True)
         self._build_runtimes(self.config, prints)
         self._recover_unfinished()
@@ -594,8 +594,8 @@ class Daemon:
             n += 1
             if candidate in self._reserved or candidate in claimed_elsewhere:
                 continue
-            owner = self._outputs.get(candidate)
-            if owner == (runtime.inbox_id, rel):
+            owner = self._outputs.get(str(candidate))
+            if owner == (runtime.inbox_id, rel.as_posix()):
                 return candidate
             if owner is not None:
                 continue
@@ -618,7 +618,7 @@ class Daemon:
             target = self._choose_target(runtime, rel, None, b"", suffix=entry.output.suffix)
             if target is not None and not _same_file(entry.output, target):
                 how = link_or_copy(entry.output, target)
-                self._outputs[target] = (runtime.inbox_id, rel)
+                self._outputs[str(target)] = (runtime.inbox_id, rel.as_posix())
         log.info("duplicate", src=str(path), same_as=str(entry.source), output=str(entry.output), action=how)
         self._dispose(runtime.inbox, runtime.inbox_id, path, rel, signature, None)
 
@@ -660,7 +660,7 @@ class Daemon:
         output_size = result.output.stat().st_size
         self.ledger.record_done(key, output=result.output, output_size=output_size)
         self.claims.release(work.key)
-        self._outputs[result.output] = (work.inbox_id, work.rel)
+        self._outputs[str(result.output)] = (work.inbox_id, work.rel.as_posix())
         self._counters[work.inbox_id].done += 1
         model, scale = _upscale_summary(work.profile)
         log.info("file_processed", src=str(work.source), out=str(result.output), profile=work.profile.name,

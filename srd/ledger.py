@@ -13,17 +13,22 @@ records the snapshot already holds, so a crash between writing a snapshot and tr
 loses nor double-applies anything. Records hold an entry's whole state rather than a delta, so replay is
 idempotent as well.
 
-JSON rather than SQLite keeps the state readable and repairable with a text editor and adds no dependency;
-the ledger is held in memory as plain dicts (an `Entry` is built only when asked for), so a 100,000-entry
-snapshot loads in about half a second.
+JSON rather than SQLite keeps the state readable and repairable with a text editor and adds no dependency.
+In memory each entry is a compact `_Row` (an `Entry` is built only when asked for): the fields its key and
+timestamps already say are derived rather than held, and repeated strings are shared, because a NAS daemon
+keeps every entry it ever recorded (about 0.9 KB each with its stat-cache line, against 2.3 KB as dicts).
+The snapshot is decoded straight into rows and written in chunks, so neither a load nor a compaction needs
+the whole ledger as dicts or as one string.
 """
 
 from __future__ import annotations
 
 import enum
 import fcntl
+import itertools
 import json
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -31,11 +36,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePath, PurePosixPath
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
-from srd.atomic import clean_stale_temps, write_bytes_atomic
+from srd.atomic import clean_stale_temps, open_atomic
 from srd.errors import LockedError, SrdError
 
 log = structlog.get_logger(__name__)
@@ -48,6 +53,8 @@ DEFAULT_COMPACT_AFTER = 10_000
 # Stat-cache changes are only an optimisation, so they are batched: a startup scan of a large inbox must not
 # cost one fsync per file. Losing a batch in a crash only means hashing those files again.
 HASH_BATCH = 1024
+# Entries per write while streaming a snapshot: big enough to keep writes few, small enough to stay light.
+_SNAPSHOT_CHUNK = 2048
 
 
 class LedgerError(SrdError):
@@ -67,7 +74,8 @@ class State(enum.StrEnum):
     RETRY = "retry"
 
 
-_STATES = frozenset(State)
+# One shared string per state value: rows decoded from JSON would otherwise each hold a copy.
+_STATE_VALUES = {state.value: state.value for state in State}
 
 
 def make_key(sha256: str, fingerprint: str) -> str:
@@ -119,16 +127,67 @@ class Entry:
     disposition: str | None
 
     @classmethod
-    def _from_record(cls, record: dict[str, Any]) -> Entry:
-        output = record["output"]
+    def _from_row(cls, key: str, row: _Row) -> Entry:
+        sha256, fingerprint = key.split(":", 1)
         return cls(
-            **{
-                **record,
-                "source": PurePosixPath(record["source"]),
-                "state": State(record["state"]),
-                "output": None if output is None else Path(output),
-            }
+            key=key, sha256=sha256, fingerprint=fingerprint, inbox=row.inbox, source=PurePosixPath(row.source),
+            state=State(row.state), attempts=row.attempts,
+            created_at=_iso(row.created_ts), created_ts=row.created_ts,
+            updated_at=_iso(row.updated_ts), updated_ts=row.updated_ts,
+            output=None if row.output is None else Path(row.output), output_size=row.output_size,
+            error=row.error, disposition=row.disposition,
         )
+
+
+class _Row(NamedTuple):
+    """An entry as held in memory: the stored record less its key, the sha256 and fingerprint the key holds,
+    and the ISO dates its timestamps give."""
+
+    inbox: str
+    source: str
+    state: str
+    attempts: int
+    created_ts: float
+    updated_ts: float
+    output: str | None
+    output_size: int | None
+    error: str | None
+    disposition: str | None
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+def _row(record: dict[str, Any]) -> _Row:
+    """The `_Row` of a stored record, its repeated strings shared."""
+    state = _STATE_VALUES.get(record["state"])
+    if state is None:
+        raise ValueError(f"unknown state {record['state']!r}")
+    disposition = record["disposition"]
+    return _Row(
+        sys.intern(record["inbox"]), sys.intern(record["source"]), state, record["attempts"],
+        record["created_ts"], record["updated_ts"], record["output"], record["output_size"], record["error"],
+        None if disposition is None else sys.intern(disposition),
+    )
+
+
+def _record(key: str, row: _Row) -> dict[str, Any]:
+    """The stored form of a row: every field spelled out, so the files read well on their own."""
+    sha256, fingerprint = key.split(":", 1)
+    return {
+        "key": key, "sha256": sha256, "fingerprint": fingerprint, "inbox": row.inbox, "source": row.source,
+        "state": row.state, "attempts": row.attempts,
+        "created_at": _iso(row.created_ts), "created_ts": row.created_ts,
+        "updated_at": _iso(row.updated_ts), "updated_ts": row.updated_ts,
+        "output": row.output, "output_size": row.output_size, "error": row.error, "disposition": row.disposition,
+    }
+
+
+def _decode_snapshot_object(obj: dict[str, Any]) -> Any:
+    # json object_hook: turns each entry into a row as soon as it is parsed (the snapshot's other objects
+    # have no "state").
+    return _row(obj) if "state" in obj and "key" in obj else obj
 
 
 class Ledger:
@@ -151,11 +210,12 @@ class Ledger:
         self._journal_fd: int | None = None
         self._compact_after = compact_after
         self._clock = clock
-        self._entries: dict[str, dict[str, Any]] = {}
+        self._entries: dict[str, _Row] = {}
         self._counts: Counter[str] = Counter()
-        self._hashes: dict[tuple[str, str], tuple[int, int, str]] = {}
+        # (inbox, path) → (size, mtime_ns, sha256 as 32 bytes: half the memory of its hex string).
+        self._hashes: dict[tuple[str, str], tuple[int, int, bytes]] = {}
         # Stat-cache changes not yet in the journal: the latest value per file, None for a removal.
-        self._pending_hashes: dict[tuple[str, str], tuple[int, int, str] | None] = {}
+        self._pending_hashes: dict[tuple[str, str], tuple[int, int, bytes] | None] = {}
         self._seq = 0
         self._journal_size = 0
         self._journal_records = 0
@@ -233,8 +293,8 @@ class Ledger:
 
     def get(self, key: str) -> Entry | None:
         """Return the entry stored under `key`, if any."""
-        record = self._entries.get(key)
-        return None if record is None else Entry._from_record(record)
+        row = self._entries.get(key)
+        return None if row is None else Entry._from_row(key, row)
 
     def lookup(self, sha256: str, fingerprint: str) -> Entry | None:
         """Return the entry for this content under this pipeline, if any."""
@@ -242,12 +302,19 @@ class Ledger:
 
     def entries(self) -> Iterator[Entry]:
         """Iterate over all entries (a snapshot: recording while iterating is safe)."""
-        for record in list(self._entries.values()):
-            yield Entry._from_record(record)
+        for key, row in list(self._entries.items()):
+            yield Entry._from_row(key, row)
+
+    def done_outputs(self) -> Iterator[tuple[str, str, str]]:
+        """Iterate over ``(output, inbox, source)`` of the ``done`` entries, as the ledger's own strings (no
+        `Entry` or `Path` built: the daemon maps every output it ever wrote, so this must stay light)."""
+        for row in list(self._entries.values()):
+            if row.state == State.DONE and row.output is not None:
+                yield row.output, row.inbox, row.source
 
     def unfinished(self) -> list[Entry]:
         """Return entries started but neither done nor failed: a crash interrupted them, retry them."""
-        return [Entry._from_record(r) for r in self._entries.values() if r["state"] == State.STARTED]
+        return [Entry._from_row(key, row) for key, row in self._entries.items() if row.state == State.STARTED]
 
     def counts(self) -> dict[str, int]:
         """Return the number of entries in each `State` (all states present, zeros included)."""
@@ -276,27 +343,12 @@ class Ledger:
             raise ValueError(f"source must be relative to its inbox, got {source}")
         key = make_key(sha256, fingerprint)
         old = self._entries.get(key)
-        if old is not None and old["state"] == State.DONE:
+        if old is not None and old.state == State.DONE:
             raise ValueError(f"ledger entry {key} is already done; forget() it to process it again")
-        stamp, ts = self._now()
-        record = {
-            "key": key,
-            "sha256": sha256,
-            "fingerprint": fingerprint,
-            "inbox": inbox,
-            "source": source.as_posix(),
-            "state": State.STARTED.value,
-            "attempts": 1 if old is None else old["attempts"] + 1,
-            "created_at": stamp if old is None else old["created_at"],
-            "created_ts": ts if old is None else old["created_ts"],
-            "updated_at": stamp,
-            "updated_ts": ts,
-            "output": None,
-            "output_size": None,
-            "error": None,
-            "disposition": None,
-        }
-        return self._put(record)
+        ts = self._clock()
+        row = _Row(inbox, source.as_posix(), State.STARTED.value, 1 if old is None else old.attempts + 1,
+                   ts if old is None else old.created_ts, ts, None, None, None, None)
+        return self._put(key, row)
 
     def record_done(self, key: str, *, output: Path, output_size: int) -> Entry:
         """Record that the output of a started entry is durably in place.
@@ -305,9 +357,8 @@ class Ledger:
             KeyError: No such entry.
             ValueError: The entry is not ``started``.
         """
-        record = self._transition(key, {State.STARTED}, State.DONE)
-        record.update(output=str(output), output_size=output_size)
-        return self._put(record)
+        row = self._transition(key, {State.STARTED}, State.DONE)
+        return self._put(key, row._replace(output=str(output), output_size=output_size))
 
     def record_failed(self, key: str, *, error: str) -> Entry:
         """Record that a started entry failed, with the reason shown to the user.
@@ -316,9 +367,8 @@ class Ledger:
             KeyError: No such entry.
             ValueError: The entry is not ``started``.
         """
-        record = self._transition(key, {State.STARTED}, State.FAILED)
-        record["error"] = error
-        return self._put(record)
+        row = self._transition(key, {State.STARTED}, State.FAILED)
+        return self._put(key, row._replace(error=error))
 
     def record_disposed(self, key: str, disposition: str) -> Entry:
         """Record what was done with the source file of a finished entry (kept, archived, deleted …).
@@ -331,10 +381,9 @@ class Ledger:
             ValueError: The entry is neither ``done`` nor ``failed``.
         """
         old = self._entries[key]
-        if old["state"] not in (State.DONE, State.FAILED):
-            raise ValueError(f"ledger entry {key} is {old['state']}, not done or failed")
-        stamp, ts = self._now()
-        return self._put({**old, "disposition": disposition, "updated_at": stamp, "updated_ts": ts})
+        if old.state not in (State.DONE, State.FAILED):
+            raise ValueError(f"ledger entry {key} is {old.state}, not done or failed")
+        return self._put(key, old._replace(disposition=disposition, updated_ts=self._clock()))
 
     def retry(self, key: str) -> Entry:
         """Make a failed entry eligible again, with a fresh attempt budget and its history kept.
@@ -343,9 +392,8 @@ class Ledger:
             KeyError: No such entry.
             ValueError: The entry is not ``failed``.
         """
-        record = self._transition(key, {State.FAILED}, State.RETRY)
-        record.update(attempts=0, error=None, disposition=None)
-        return self._put(record)
+        row = self._transition(key, {State.FAILED}, State.RETRY)
+        return self._put(key, row._replace(attempts=0, error=None, disposition=None))
 
     def forget(self, key: str) -> bool:
         """Remove an entry entirely, so that its content is processed again as new.
@@ -368,7 +416,7 @@ class Ledger:
         cached = self._hashes.get((inbox, PurePosixPath(source).as_posix()))
         if cached is None or cached[0] != size or cached[1] != mtime_ns:
             return None
-        return cached[2]
+        return cached[2].hex()
 
     def remember_hash(self, inbox: str, source: PurePath | str, *, size: int, mtime_ns: int, sha256: str) -> None:
         """Remember a file's hash for `cached_hash`.
@@ -376,8 +424,8 @@ class Ledger:
         Effective at once in memory; journalled with the next state change, or on `sync`, or once
         `HASH_BATCH` changes are buffered, since losing some in a crash only costs hashing the files again.
         """
-        slot = (inbox, PurePosixPath(source).as_posix())
-        value = (size, mtime_ns, sha256)
+        slot = (sys.intern(inbox), sys.intern(PurePosixPath(source).as_posix()))  # shared with the entry's
+        value = (size, mtime_ns, bytes.fromhex(sha256))
         if self._hashes.get(slot) != value:
             self._hashes[slot] = value
             self._buffer_hash(slot, value)
@@ -407,13 +455,9 @@ class Ledger:
         """
         fd = self._require_open()
         started = time.perf_counter()
-        snapshot = {
-            "format": SNAPSHOT_FORMAT,
-            "seq": self._seq,
-            "entries": self._entries,
-            "hashes": [[inbox, path, *value] for (inbox, path), value in self._hashes.items()],
-        }
-        write_bytes_atomic(self._dir / SNAPSHOT_NAME, json.dumps(snapshot, separators=(",", ":")).encode())
+        with open_atomic(self._dir / SNAPSHOT_NAME) as out:
+            for chunk in self._snapshot_chunks():
+                out.write(chunk)
         # Buffered stat-cache changes are in the snapshot now; the journal no longer needs them.
         self._pending_hashes.clear()
         try:
@@ -434,22 +478,27 @@ class Ledger:
 
     # -- internals ----------------------------------------------------------------------------------------
 
-    def _now(self) -> tuple[str, float]:
-        ts = self._clock()
-        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds"), ts
+    def _snapshot_chunks(self) -> Iterator[bytes]:
+        """The snapshot ``{"format", "seq", "entries", "hashes"}`` as JSON, a few thousand items at a time."""
+        yield b'{"format":%d,"seq":%d,"entries":{' % (SNAPSHOT_FORMAT, self._seq)
+        yield from _chunked_json(iter(self._entries.items()),
+                                 lambda chunk: _dumps({key: _record(key, row) for key, row in chunk}))
+        yield b'},"hashes":['
+        yield from _chunked_json(iter(self._hashes.items()), lambda chunk: _dumps(
+            [[inbox, path, size, mtime_ns, sha.hex()] for (inbox, path), (size, mtime_ns, sha) in chunk]))
+        yield b"]}"
 
-    def _transition(self, key: str, allowed: set[State], new: State) -> dict[str, Any]:
+    def _transition(self, key: str, allowed: set[State], new: State) -> _Row:
         old = self._entries[key]
-        if old["state"] not in allowed:
-            raise ValueError(f"ledger entry {key} is {old['state']}, cannot become {new.value}")
-        stamp, ts = self._now()
-        return {**old, "state": new.value, "updated_at": stamp, "updated_ts": ts}
+        if old.state not in allowed:
+            raise ValueError(f"ledger entry {key} is {old.state}, cannot become {new.value}")
+        return old._replace(state=new.value, updated_ts=self._clock())
 
-    def _put(self, record: dict[str, Any]) -> Entry:
-        self._append({"op": "put", "entry": record})
-        return Entry._from_record(record)
+    def _put(self, key: str, row: _Row) -> Entry:
+        self._append({"op": "put", "entry": _record(key, row)})
+        return Entry._from_row(key, self._entries[key])
 
-    def _buffer_hash(self, slot: tuple[str, str], value: tuple[int, int, str] | None) -> None:
+    def _buffer_hash(self, slot: tuple[str, str], value: tuple[int, int, bytes] | None) -> None:
         self._pending_hashes[slot] = value
         if len(self._pending_hashes) >= HASH_BATCH:
             self.sync()
@@ -469,7 +518,8 @@ class Ledger:
         line = {"seq": seq, **record}
         if self._pending_hashes:
             line["cache"] = {
-                "set": [[*slot, *value] for slot, value in self._pending_hashes.items() if value is not None],
+                "set": [[*slot, value[0], value[1], value[2].hex()]
+                        for slot, value in self._pending_hashes.items() if value is not None],
                 "unset": [list(slot) for slot, value in self._pending_hashes.items() if value is None],
             }
         payload = json.dumps(line, separators=(",", ":")).encode() + b"\n"
@@ -512,24 +562,23 @@ class Ledger:
     def _apply(self, rec: dict[str, Any]) -> None:
         op = rec["op"]
         if op == "put":
-            entry = rec["entry"]
-            if entry["state"] not in _STATES:
-                raise ValueError(f"unknown state {entry['state']!r}")
-            old = self._entries.get(entry["key"])
+            key = rec["entry"]["key"]
+            row = _row(rec["entry"])
+            old = self._entries.get(key)
             if old is not None:
-                self._counts[old["state"]] -= 1
-            self._entries[entry["key"]] = entry
-            self._counts[entry["state"]] += 1
+                self._counts[old.state] -= 1
+            self._entries[key] = row
+            self._counts[row.state] += 1
         elif op == "forget":
             old = self._entries.pop(rec["key"], None)
             if old is not None:
-                self._counts[old["state"]] -= 1
+                self._counts[old.state] -= 1
         elif op != "cache":
             raise ValueError(f"unknown op {op!r}")
         cache = rec.get("cache")
         if cache is not None:
             for inbox, path, size, mtime_ns, sha256 in cache["set"]:
-                self._hashes[(inbox, path)] = (size, mtime_ns, sha256)
+                self._hashes[(sys.intern(inbox), sys.intern(path))] = (size, mtime_ns, bytes.fromhex(sha256))
             for inbox, path in cache["unset"]:
                 self._hashes.pop((inbox, path), None)
 
@@ -561,17 +610,23 @@ class Ledger:
     def _read_snapshot(self) -> int:
         path = self._dir / SNAPSHOT_NAME
         try:
-            raw = path.read_bytes()
+            raw = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return 0
+        except UnicodeDecodeError as exc:
+            raise LedgerError(f"ledger snapshot {path} is unreadable: {exc}") from exc
         try:
-            snapshot = json.loads(raw)
+            snapshot = json.loads(raw, object_hook=_decode_snapshot_object)
+            del raw
             if snapshot["format"] != SNAPSHOT_FORMAT:
                 raise ValueError(f"unsupported format {snapshot['format']!r}")
             entries = snapshot["entries"]
-            hashes = {(inbox, rel): (size, mtime_ns, sha) for inbox, rel, size, mtime_ns, sha in snapshot["hashes"]}
+            if not all(isinstance(row, _Row) for row in entries.values()):
+                raise ValueError("an entry is not a ledger record")
+            hashes = {(sys.intern(inbox), sys.intern(rel)): (size, mtime_ns, bytes.fromhex(sha))
+                      for inbox, rel, size, mtime_ns, sha in snapshot["hashes"]}
             seq = int(snapshot["seq"])
-            counts = Counter(record["state"] for record in entries.values())
+            counts = Counter(row.state for row in entries.values())
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise LedgerError(f"ledger snapshot {path} is unreadable: {exc}") from exc
         self._entries, self._hashes, self._counts, self._seq = entries, hashes, counts, seq
@@ -639,3 +694,15 @@ def _acquire_lock(path: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+_dumps = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps(…, separators=) builds one per call
+
+
+def _chunked_json(items: Iterator[Any], encode: Callable[[list[Any]], str]) -> Iterator[bytes]:
+    """The JSON `encode` gives for `items` (a list or an object), without its brackets, in comma-joined chunks
+    of `_SNAPSHOT_CHUNK` items: one encode call per chunk is far cheaper than one per item."""
+    separator = b""
+    while chunk := list(itertools.islice(items, _SNAPSHOT_CHUNK)):
+        yield separator + encode(chunk)[1:-1].encode()
+        separator = b","

@@ -405,3 +405,17 @@ def test_load_time_for_100k_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     print(f"\n100k entries: open from snapshot {snapshot_s:.2f} s, from a 200k-record journal {replay_s:.2f} s")
     assert snapshot_s < 10
     assert replay_s < 10
+
+
+def test_done_outputs_lists_only_done_entries_and_survives_a_reopen(tmp_path: Path) -> None:
+    """`done_outputs` gives (output, inbox, source) of the done entries, which the daemon maps at start."""
+    with Ledger.open(tmp_path) as ledger:
+        done = ledger.record_start(_sha(1), FP, inbox="nas", source="a/b.jpg")
+        ledger.record_done(done.key, output=tmp_path / "out" / "b.png", output_size=1)
+        ledger.record_start(_sha(2), FP, inbox="nas", source="c.jpg")
+        failed = ledger.record_start(_sha(3), FP, inbox="nas", source="d.jpg")
+        ledger.record_failed(failed.key, error="broken")
+        assert list(ledger.done_outputs()) == [(str(tmp_path / "out" / "b.png"), "nas", "a/b.jpg")]
+        ledger.compact()
+    with Ledger.open(tmp_path) as ledger:
+        assert list(ledger.done_outputs()) == [(str(tmp_path / "out" / "b.png"), "nas", "a/b.jpg")]
