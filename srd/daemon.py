@@ -1,12 +1,12 @@
 """The daemon: one loop that turns inbox hints into jobs, and job outcomes into ledger records (DESIGN §1, §5, §6).
 
 Threads only produce hints (watchers) and wake-ups (the pool); everything that decides or records —
-settling, hashing, ledger, claims, moving files, status — happens in this loop, so none of it needs
+settling, hashing, ledger, moving files, status — happens in this loop, so none of it needs
 locks. Signal handlers only set flags, which the loop reads at least every `MAX_SLEEP_S`.
 
 Per file: settle → stat-cache or sha256 → ledger lookup under the profile's fingerprint → either
-nothing (already done: a duplicate, or the same file again) or: claim an output name → journal
-``start`` when a worker takes it → the worker writes the output atomically → journal ``done`` → keep,
+nothing (already done: a duplicate, or the same file again) or: choose an output name → journal
+``start`` with that name reserved when a worker takes it → the worker writes the output atomically → journal ``done`` → keep,
 archive or delete the source → journal the disposition. A failed file is moved to the failed folder
 with a ``.error.json`` beside it. After a crash the ledger's ``start``-without-``done`` entries are
 retried when their files are found again, at most ``max_attempts`` times in all.
@@ -30,7 +30,6 @@ from typing import Any
 import structlog
 
 from srd.atomic import clean_stale_temps, temp_files_of
-from srd.claims import Claims
 from srd.config import Config, Inbox, Profile, load_config
 from srd.errors import ConfigError, ImageError, OutputError, SrdError
 from srd.imageheader import sniff_format
@@ -222,7 +221,6 @@ class Daemon:
         self._last_status: dict[str, Any] | None = None
         self._last_reload_error: str | None = None
         self.ledger: Ledger | None = None
-        self.claims: Claims | None = None
         self.pool: JobPool | None = None
 
     # -- signals -------------------------------------------------------------------------------------------
@@ -262,7 +260,6 @@ class Daemon:
         """Take the ledger lock, recover from a crash, build the pool and start watching (no loop yet)."""
         self.ledger = Ledger.open(self.config.state_dir)
         try:
-            self.claims = Claims(self.config.state_dir)
             self._startup()
         except BaseException:
             self.close()
@@ -312,7 +309,7 @@ class Daemon:
 
     def _recover_unfinished(self) -> None:
         """Close entries a crash left started whose source is gone; the rest are retried when scanned."""
-        assert self.ledger is not None and self.claims is not None
+        assert self.ledger is not None
         for entry in self.ledger.unfinished():
             runtime = self._runtimes.get(entry.inbox)
             if runtime is None:
@@ -320,14 +317,9 @@ class Daemon:
             source = runtime.inbox.path / entry.source
             if not os.path.lexists(source) and runtime.watcher.root.is_dir():
                 self.ledger.record_failed(entry.key, error="source vanished before processing finished")
-                self.claims.release(entry.key)
                 log.warning("unfinished_source_gone", src=str(source), attempts=entry.attempts)
             else:
                 log.info("unfinished_will_retry", src=str(source), attempts=entry.attempts)
-        for key, _ in self.claims.items():
-            entry = self.ledger.get(key)
-            if entry is None or entry.state != State.STARTED:
-                self.claims.release(key)  # its job never started, or it finished before the crash
 
     def _shutdown(self) -> None:
         assert self.pool is not None
@@ -356,9 +348,6 @@ class Daemon:
                 log.warning("status_write_failed", error=str(exc))
             self.ledger.close()
             self.ledger = None
-        if self.claims is not None:
-            self.claims.close()
-            self.claims = None
         self.notifier.close()
         log.info("daemon_stopped")
 
@@ -559,10 +548,10 @@ class Daemon:
 
     def _journal_start(self, key: Any) -> None:
         """Pool hook: a worker is about to take this job, so its start (and attempt) becomes durable now."""
-        assert self.ledger is not None and self.claims is not None
+        assert self.ledger is not None
         work = self._active[key]
-        self.claims.claim(key, work.target)
-        self.ledger.record_start(work.sha256, work.fingerprint, inbox=work.inbox_id, source=work.rel)
+        self.ledger.record_start(work.sha256, work.fingerprint, inbox=work.inbox_id, source=work.rel,
+                                 target=work.target)
 
     def _choose_target(self, runtime: _InboxRuntime, rel: PurePosixPath, key: str | None, head: bytes,
                        suffix: str | None = None) -> Path | None:
@@ -572,7 +561,7 @@ class Daemon:
         name srd wrote for another source is never overwritten; a name it didn't write follows the
         inbox's ``collision`` setting.
         """
-        assert self.claims is not None
+        assert self.ledger is not None
         out_dir = runtime.inbox.outbox / rel.parent
         out_dir.mkdir(parents=True, exist_ok=True)
         requested = runtime.profile.output.format
@@ -583,10 +572,11 @@ class Daemon:
             name = rel.name  # not an image: the job will fail; the name is never used
         else:
             name = output_name(rel.name, source_format, output_format_for(source_format, requested), requested)
-        claimed = self.claims.get(key) if key else None
+        reserved_by_starts = self.ledger.reserved_targets()
+        claimed = reserved_by_starts.pop(key, None) if key else None
         if claimed is not None and claimed.parent == out_dir and claimed not in self._reserved:
             return claimed
-        claimed_elsewhere = {target for k, target in self.claims.items() if k != key}
+        claimed_elsewhere = set(reserved_by_starts.values())
         stem, ext = Path(name).stem, Path(name).suffix
         n = 0
         while True:
@@ -644,7 +634,7 @@ class Daemon:
         self._deferred.clear()
 
     def _succeeded(self, work: _Work, outcome: Finished) -> None:
-        assert self.ledger is not None and self.claims is not None
+        assert self.ledger is not None
         result = outcome.result
         assert result.output is not None and result.sha256 is not None
         key = work.key
@@ -659,7 +649,6 @@ class Daemon:
             self.ledger.record_start(result.sha256, work.fingerprint, inbox=work.inbox_id, source=work.rel)
         output_size = result.output.stat().st_size
         self.ledger.record_done(key, output=result.output, output_size=output_size)
-        self.claims.release(work.key)
         self._outputs[str(result.output)] = (work.inbox_id, work.rel.as_posix())
         self._counters[work.inbox_id].done += 1
         model, scale = _upscale_summary(work.profile)
@@ -676,9 +665,8 @@ class Daemon:
         if processed_sha is None and candidate_stat(work.source, work.inbox.path) is None:
             # The worker couldn't even read it because it is gone: deleted, or its share unmounted. Neither
             # is the file's fault; if it comes back (the share returns), the rescan brings it in again.
-            assert self.ledger is not None and self.claims is not None
+            assert self.ledger is not None
             self.ledger.forget(work.key)
-            self.claims.release(work.key)
             runtime = self._runtimes.get(work.inbox_id)
             if runtime is not None:
                 runtime.handled.pop(work.source, None)
@@ -686,9 +674,8 @@ class Daemon:
             return
         if processed_sha is not None and processed_sha != work.sha256:
             # It was rewritten under us; judge the new content on its own when it settles.
-            assert self.ledger is not None and self.claims is not None
+            assert self.ledger is not None
             self.ledger.forget(work.key)
-            self.claims.release(work.key)
             self._rehint_path(work.inbox_id, work.source)
             return
         self._fail(work.inbox_id, work.inbox, work.profile, work.source, work.rel, work.signature, work.key, reason,
@@ -716,9 +703,8 @@ class Daemon:
     def _output_refused(self, work: _Work, reason: str, code: int) -> None:
         """The outbox refused the output (full, read-only …): not the file's fault, so it costs no attempt
         and stays in the inbox; the inbox pauses until the outbox takes writes again."""
-        assert self.ledger is not None and self.claims is not None
+        assert self.ledger is not None
         self.ledger.forget(work.key)
-        self.claims.release(work.key)
         self._block_outbox(work.inbox_id, work.inbox.outbox, work.source, reason, code)
 
     def _block_outbox(self, inbox_key: str, outbox: Path, path: Path, reason: str, code: int) -> None:
@@ -764,11 +750,10 @@ class Daemon:
     def _fail(self, inbox_key: str, inbox: Inbox, profile: Profile, path: Path, rel: PurePosixPath,
               signature: tuple[int, int], key: str, reason: str, *, record: bool) -> None:
         """Record a failure and move the original into the failed folder with its reason."""
-        assert self.ledger is not None and self.claims is not None
+        assert self.ledger is not None
         entry = self.ledger.get(key)
         if record and entry is not None and entry.state == State.STARTED:
             entry = self.ledger.record_failed(key, error=reason)
-        self.claims.release(key)
         details = {
             "reason": reason,
             "inbox": inbox_key,

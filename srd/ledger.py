@@ -108,6 +108,9 @@ class Entry:
         error: Reason of the last failure (``failed`` only).
         disposition: What was done with the source afterwards (e.g. ``kept``, ``archived``, ``deleted``), or
             None while that step is still to do: after a crash the daemon can finish it.
+        target: The output path reserved when the job started (``started`` only). Workers keep writing
+            after the daemon dies mid-job, so a retry may find its own finished output in place; knowing the
+            name was reserved for it, the retry reuses it instead of writing ``name-1.jpg`` beside it.
     """
 
     key: str
@@ -125,6 +128,7 @@ class Entry:
     output_size: int | None
     error: str | None
     disposition: str | None
+    target: Path | None
 
     @classmethod
     def _from_row(cls, key: str, row: _Row) -> Entry:
@@ -135,7 +139,7 @@ class Entry:
             created_at=_iso(row.created_ts), created_ts=row.created_ts,
             updated_at=_iso(row.updated_ts), updated_ts=row.updated_ts,
             output=None if row.output is None else Path(row.output), output_size=row.output_size,
-            error=row.error, disposition=row.disposition,
+            error=row.error, disposition=row.disposition, target=None if row.target is None else Path(row.target),
         )
 
 
@@ -153,6 +157,7 @@ class _Row(NamedTuple):
     output_size: int | None
     error: str | None
     disposition: str | None
+    target: str | None
 
 
 def _iso(ts: float) -> str:
@@ -169,6 +174,7 @@ def _row(record: dict[str, Any]) -> _Row:
         sys.intern(record["inbox"]), sys.intern(record["source"]), state, record["attempts"],
         record["created_ts"], record["updated_ts"], record["output"], record["output_size"], record["error"],
         None if disposition is None else sys.intern(disposition),
+        record.get("target"),  # absent from records written before srd kept reservations in the ledger
     )
 
 
@@ -181,6 +187,7 @@ def _record(key: str, row: _Row) -> dict[str, Any]:
         "created_at": _iso(row.created_ts), "created_ts": row.created_ts,
         "updated_at": _iso(row.updated_ts), "updated_ts": row.updated_ts,
         "output": row.output, "output_size": row.output_size, "error": row.error, "disposition": row.disposition,
+        "target": row.target,
     }
 
 
@@ -212,6 +219,8 @@ class Ledger:
         self._clock = clock
         self._entries: dict[str, _Row] = {}
         self._counts: Counter[str] = Counter()
+        # key → reserved output path of each started entry (few: the running jobs and those a crash cut short).
+        self._targets: dict[str, str] = {}
         # (inbox, path) → (size, mtime_ns, sha256 as 32 bytes: half the memory of its hex string).
         self._hashes: dict[tuple[str, str], tuple[int, int, bytes]] = {}
         # Stat-cache changes not yet in the journal: the latest value per file, None for a removal.
@@ -305,6 +314,10 @@ class Ledger:
         for key, row in list(self._entries.items()):
             yield Entry._from_row(key, row)
 
+    def reserved_targets(self) -> dict[str, Path]:
+        """The output path reserved by each ``started`` entry that has one, by key."""
+        return {key: Path(target) for key, target in self._targets.items()}
+
     def done_outputs(self) -> Iterator[tuple[str, str, str]]:
         """Iterate over ``(output, inbox, source)`` of the ``done`` entries, as the ledger's own strings (no
         `Entry` or `Path` built: the daemon maps every output it ever wrote, so this must stay light)."""
@@ -322,7 +335,8 @@ class Ledger:
 
     # -- state changes ------------------------------------------------------------------------------------
 
-    def record_start(self, sha256: str, fingerprint: str, *, inbox: str, source: PurePath | str) -> Entry:
+    def record_start(self, sha256: str, fingerprint: str, *, inbox: str, source: PurePath | str,
+                     target: Path | None = None) -> Entry:
         """Record that processing of this content begins, counting one more attempt.
 
         A ``started`` entry that is started again is the retry after a crash; a ``failed`` one may be started
@@ -333,6 +347,7 @@ class Ledger:
             fingerprint: The pipeline fingerprint.
             inbox: Id of the inbox the file was found in.
             source: The file's path relative to that inbox.
+            target: The output path the job will write, reserved until the entry leaves ``started``.
 
         Raises:
             ValueError: The entry is already ``done`` (`forget` it first to process it again), or `source`
@@ -347,7 +362,8 @@ class Ledger:
             raise ValueError(f"ledger entry {key} is already done; forget() it to process it again")
         ts = self._clock()
         row = _Row(inbox, source.as_posix(), State.STARTED.value, 1 if old is None else old.attempts + 1,
-                   ts if old is None else old.created_ts, ts, None, None, None, None)
+                   ts if old is None else old.created_ts, ts, None, None, None, None,
+                   None if target is None else str(target))
         return self._put(key, row)
 
     def record_done(self, key: str, *, output: Path, output_size: int) -> Entry:
@@ -492,7 +508,7 @@ class Ledger:
         old = self._entries[key]
         if old.state not in allowed:
             raise ValueError(f"ledger entry {key} is {old.state}, cannot become {new.value}")
-        return old._replace(state=new.value, updated_ts=self._clock())
+        return old._replace(state=new.value, updated_ts=self._clock(), target=None)
 
     def _put(self, key: str, row: _Row) -> Entry:
         self._append({"op": "put", "entry": _record(key, row)})
@@ -569,8 +585,13 @@ class Ledger:
                 self._counts[old.state] -= 1
             self._entries[key] = row
             self._counts[row.state] += 1
+            if row.state == State.STARTED and row.target is not None:
+                self._targets[key] = row.target
+            else:
+                self._targets.pop(key, None)
         elif op == "forget":
             old = self._entries.pop(rec["key"], None)
+            self._targets.pop(rec["key"], None)
             if old is not None:
                 self._counts[old.state] -= 1
         elif op != "cache":
@@ -627,9 +648,11 @@ class Ledger:
                       for inbox, rel, size, mtime_ns, sha in snapshot["hashes"]}
             seq = int(snapshot["seq"])
             counts = Counter(row.state for row in entries.values())
+            targets = {key: row.target for key, row in entries.items()
+                       if row.state == State.STARTED and row.target is not None}
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise LedgerError(f"ledger snapshot {path} is unreadable: {exc}") from exc
-        self._entries, self._hashes, self._counts, self._seq = entries, hashes, counts, seq
+        self._entries, self._hashes, self._counts, self._targets, self._seq = entries, hashes, counts, targets, seq
         return seq
 
     def _replay(self, snapshot_seq: int) -> tuple[int, int, int]:

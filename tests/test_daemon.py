@@ -191,8 +191,7 @@ def test_sigkill_at_random_moments_leaves_exactly_one_output_per_file(tmp_path: 
 
 def test_a_retry_after_a_crash_reuses_the_output_name_the_crashed_attempt_wrote(tmp_path: Path) -> None:
     """The worker wrote the output but the daemon died before journaling `done`: the retry writes the
-    same name again (claimed before the job started) instead of a suffixed second copy."""
-    from srd.claims import Claims
+    same name again (reserved in the ledger's start record) instead of a suffixed second copy."""
     from srd.config import load_config
     from srd.daemon import fingerprints
     from srd.ledger import Ledger
@@ -207,10 +206,7 @@ def test_a_retry_after_a_crash_reuses_the_output_name_the_crashed_attempt_wrote(
     fingerprint = fingerprints(loaded)["test"]
     sha = hashlib.sha256(data).hexdigest()
     with Ledger.open(loaded.state_dir) as ledger:
-        entry = ledger.record_start(sha, fingerprint, inbox=str(inbox), source="crash.png")
-    claims = Claims(loaded.state_dir)
-    claims.claim(entry.key, outbox / "crash.png")
-    claims.close()
+        ledger.record_start(sha, fingerprint, inbox=str(inbox), source="crash.png", target=outbox / "crash.png")
     daemon = DaemonProcess(config)
     daemon.wait_event("file_processed")
     assert daemon.stop() == 0

@@ -419,3 +419,35 @@ def test_done_outputs_lists_only_done_entries_and_survives_a_reopen(tmp_path: Pa
         ledger.compact()
     with Ledger.open(tmp_path) as ledger:
         assert list(ledger.done_outputs()) == [(str(tmp_path / "out" / "b.png"), "nas", "a/b.jpg")]
+
+
+def test_a_started_entry_reserves_its_target_until_it_leaves_started_even_across_a_crash(tmp_path: Path) -> None:
+    """The output name reserved at `record_start` survives a reopen (a crash) and a compaction while the entry
+    is started, and is released by done, failed and forget."""
+    with Ledger.open(tmp_path) as ledger:
+        keys = [ledger.record_start(_sha(i), FP, inbox="nas", source=f"{i}.jpg", target=tmp_path / f"{i}.png").key
+                for i in range(4)]
+        ledger.record_start(_sha(9), FP, inbox="nas", source="9.jpg")  # no target: nothing reserved
+    with Ledger.open(tmp_path) as ledger:
+        assert ledger.reserved_targets() == {k: tmp_path / f"{i}.png" for i, k in enumerate(keys)}
+        assert ledger.get(keys[0]).target == tmp_path / "0.png"
+        ledger.record_done(keys[0], output=tmp_path / "0.png", output_size=1)
+        ledger.record_failed(keys[1], error="broken")
+        ledger.forget(keys[2])
+        ledger.compact()
+    with Ledger.open(tmp_path) as ledger:
+        assert ledger.reserved_targets() == {keys[3]: tmp_path / "3.png"}
+        assert ledger.get(keys[0]).target is None
+
+
+def test_records_written_before_targets_existed_still_load(tmp_path: Path) -> None:
+    """Journal and snapshot records without a ``target`` field (srd before it kept reservations in the ledger)
+    load as entries with no reservation."""
+    with Ledger.open(tmp_path, compact_after=2) as ledger:  # two records in the snapshot, one in the journal
+        keys = [ledger.record_start(_sha(i), FP, inbox="nas", source=f"{i}.jpg").key for i in range(3)]
+    for name in (SNAPSHOT_NAME, JOURNAL_NAME):
+        path = tmp_path / name
+        path.write_text(path.read_text().replace(',"target":null', ""))
+        assert '"target"' not in path.read_text() and keys[2 if name == JOURNAL_NAME else 0] in path.read_text()
+    with Ledger.open(tmp_path) as ledger:
+        assert [ledger.get(k).target for k in keys] == [None] * 3 and ledger.reserved_targets() == {}
