@@ -37,9 +37,10 @@ def add_commands(subparsers: Any) -> dict[str, Callable[[argparse.Namespace], in
     status.add_argument("--config", "-c", type=Path, help="YAML config (for state_dir)")
     status.add_argument("--json", action="store_true", help="print the status document as JSON")
 
-    ledger = subparsers.add_parser("ledger", help="inspect or edit the processing ledger (daemon stopped)",
-                                   description="The ledger records every input processed. It has one writer: stop "
-                                               "the daemon first.")
+    ledger = subparsers.add_parser("ledger", help="inspect or edit the processing ledger",
+                                   description="The ledger records every input processed. 'list' and 'show' work "
+                                               "while the daemon runs; it is the one writer, so stop it before "
+                                               "'retry' or 'forget'.")
     ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
     listing = ledger_sub.add_parser("list", help="list entries")
     listing.add_argument("--state", choices=[s.value for s in State], help="only entries in this state")
@@ -102,11 +103,12 @@ def show_status(args: argparse.Namespace) -> int:
     return 0 if alive else NOT_RUNNING
 
 
-def _open_ledger(state_dir: Path) -> Ledger:
+def _open_ledger(state_dir: Path, *, read_only: bool) -> Ledger:
     try:
-        return Ledger.open(state_dir)
+        return Ledger.open(state_dir, read_only=read_only)
     except LockedError as exc:
-        raise LockedError(f"{exc}; stop it first ('srd status' works while it runs)") from None
+        raise LockedError(f"{exc}; stop it first to change the ledger ('srd ledger list' and 'show' work while "
+                          "it runs)") from None
 
 
 def _find(ledger: Ledger, wanted: str) -> Entry:
@@ -133,7 +135,8 @@ def _describe(entry: Entry) -> dict[str, Any]:
 def edit_ledger(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     configure_logging("warning", config.log_format)
-    with _open_ledger(config.state_dir) as ledger:
+    read_only = args.ledger_command in ("list", "show")  # these work beside a running daemon
+    with _open_ledger(config.state_dir, read_only=read_only) as ledger:
         if args.ledger_command == "list":
             entries = sorted(ledger.entries(), key=lambda e: e.updated_ts)
             for entry in entries:

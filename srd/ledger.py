@@ -210,10 +210,12 @@ class Ledger:
             entry = ledger.lookup(sha256, fingerprint)
     """
 
-    def __init__(self, state_dir: Path, lock_fd: int, *, compact_after: int, clock: Callable[[], float]) -> None:
-        """Use `Ledger.open`; this only sets up an empty, unloaded instance around an acquired lock."""
+    def __init__(self, state_dir: Path, lock_fd: int | None, *, compact_after: int, clock: Callable[[], float]) -> None:
+        """Use `Ledger.open`; this only sets up an empty, unloaded instance around an acquired lock (or none,
+        read-only)."""
         self._dir = state_dir
-        self._lock_fd: int | None = lock_fd
+        self._lock_fd = lock_fd
+        self._read_only = lock_fd is None
         self._journal_fd: int | None = None
         self._compact_after = compact_after
         self._clock = clock
@@ -237,8 +239,12 @@ class Ledger:
         *,
         compact_after: int = DEFAULT_COMPACT_AFTER,
         clock: Callable[[], float] = time.time,
+        read_only: bool = False,
     ) -> Ledger:
         """Lock `state_dir`, load the snapshot, replay the journal, and compact if the journal is long.
+
+        With `read_only`, nothing is locked or written, so it works beside a running daemon (``srd ledger
+        list``): the view is the ledger as of that moment, and every change raises `LedgerError`.
 
         Args:
             state_dir: Local folder for the ledger (created if missing). Not on NFS: flock is unreliable there.
@@ -256,6 +262,8 @@ class Ledger:
         if compact_after < 1:
             raise ValueError(f"compact_after must be at least 1, got {compact_after}")
         state_dir = Path(state_dir)
+        if read_only:
+            return cls._open_read_only(state_dir, compact_after, clock)
         state_dir.mkdir(parents=True, exist_ok=True)
         lock_fd = _acquire_lock(state_dir / LOCK_NAME)
         ledger = cls(state_dir, lock_fd, compact_after=compact_after, clock=clock)
@@ -265,6 +273,20 @@ class Ledger:
             ledger.close()
             raise
         return ledger
+
+    @classmethod
+    def _open_read_only(cls, state_dir: Path, compact_after: int, clock: Callable[[], float]) -> Ledger:
+        # The owner may compact between our reads of the snapshot and the journal; the journal then no longer
+        # continues the snapshot we hold, and reading both again gives a consistent pair.
+        for attempt in range(3):
+            ledger = cls(state_dir, None, compact_after=compact_after, clock=clock)
+            try:
+                ledger._load()
+                return ledger
+            except LedgerError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def __enter__(self) -> Ledger:
         return self
@@ -520,6 +542,8 @@ class Ledger:
             self.sync()
 
     def _require_open(self) -> int:
+        if self._read_only:
+            raise LedgerError(f"ledger {self._dir} was opened read-only")
         if self._journal_fd is None:
             raise LedgerError(f"ledger {self._dir} is closed")
         return self._journal_fd
@@ -605,10 +629,14 @@ class Ledger:
 
     def _load(self) -> None:
         started = time.perf_counter()
-        # With the lock held, any temp file here is a leftover of a compaction that crashed.
-        clean_stale_temps(self._dir)
+        if not self._read_only:
+            # With the lock held, any temp file here is a leftover of a compaction that crashed.
+            clean_stale_temps(self._dir)
         snapshot_seq = self._read_snapshot()
         journal_path = self._dir / JOURNAL_NAME
+        if self._read_only:
+            self._replay(snapshot_seq)
+            return
         self._journal_fd = os.open(journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         replayed, good_size, file_size = self._replay(snapshot_seq)
         if good_size < file_size:
@@ -662,12 +690,18 @@ class Ledger:
             Records applied, the byte length of the journal's intact part, and the file's length.
         """
         path = self._dir / JOURNAL_NAME
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            if not self._read_only:
+                raise
+            data = b""
         lines = data.split(b"\n")
-        # What follows the last newline is empty, or a record whose write never completed.
+        # What follows the last newline is empty, or a record whose write never completed (or, read-only
+        # beside a running owner, is being written).
         tail = lines.pop()
         good_size = len(data) - len(tail)
-        if tail:
+        if tail and not self._read_only:
             log.warning("ledger_torn_record_dropped", path=str(path), line=len(lines) + 1, size=len(tail))
         applied = 0
         offset = 0

@@ -215,6 +215,27 @@ def test_a_retry_after_a_crash_reuses_the_output_name_the_crashed_attempt_wrote(
     assert entry["state"] == "done" and entry["attempts"] == 2 and entry["output"] == str(outbox / "crash.png")
 
 
+def test_ledger_list_and_show_work_while_the_daemon_runs_and_changes_are_refused(tmp_path: Path) -> None:
+    """Admins inspect a running daemon's ledger; `forget` (a change) needs the daemon stopped and says so."""
+    config = write_config(tmp_path)
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_ready()
+        (tmp_path / "in" / "a.png").write_bytes(make_image(Path("a.png"), SIZE, 1))
+        daemon.wait_event("file_processed")
+        entry, = ledger_entries(config)
+        assert entry["state"] == "done" and entry["source"] == "a.png"
+        shown = srd("ledger", "show", entry["key"][:12], "--config", str(config))
+        assert shown.returncode == 0 and json.loads(shown.stdout)["key"] == entry["key"]
+        forget = srd("ledger", "forget", entry["key"], "--config", str(config))
+        assert forget.returncode != 0 and "stop it first" in forget.stderr
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    assert ledger_entries(config)[0]["state"] == "done"
+
+
 def test_a_killed_worker_costs_one_attempt_and_the_job_completes(tmp_path: Path) -> None:
     """SIGKILL of a worker process mid-job (as the OOM killer would): the pool is rebuilt and the file is
     retried and processed; the daemon keeps running."""

@@ -451,3 +451,23 @@ def test_records_written_before_targets_existed_still_load(tmp_path: Path) -> No
         assert '"target"' not in path.read_text() and keys[2 if name == JOURNAL_NAME else 0] in path.read_text()
     with Ledger.open(tmp_path) as ledger:
         assert [ledger.get(k).target for k in keys] == [None] * 3 and ledger.reserved_targets() == {}
+
+
+def test_a_read_only_view_works_beside_the_owner_and_changes_nothing(tmp_path: Path) -> None:
+    """`read_only` needs no lock, so it opens while the owner holds the ledger; it sees the snapshot and the
+    journal (a half-written last record, as while the owner appends, is skipped, not cut off), and refuses
+    every change."""
+    with Ledger.open(tmp_path, compact_after=2) as owner:
+        keys = [owner.record_start(_sha(i), FP, inbox="nas", source=f"{i}.jpg").key for i in range(3)]
+        owner.record_failed(keys[2], error="broken")
+        with (tmp_path / JOURNAL_NAME).open("ab") as journal:
+            journal.write(b'{"seq":99,"op":"put","ent')  # an append in progress
+        files = {name: (tmp_path / name).read_bytes() for name in (SNAPSHOT_NAME, JOURNAL_NAME)}
+        with Ledger.open(tmp_path, read_only=True) as view:
+            assert sorted(e.key for e in view.entries()) == sorted(keys)
+            assert view.get(keys[2]).state is State.FAILED
+            for change in (lambda: view.retry(keys[2]), lambda: view.forget(keys[0]),
+                           lambda: view.record_start(_sha(7), FP, inbox="nas", source="7.jpg")):
+                with pytest.raises(LedgerError, match="read-only"):
+                    change()
+        assert {name: (tmp_path / name).read_bytes() for name in files} == files
