@@ -2,7 +2,8 @@
 
 File-system events are only hints: what arrives depends on how the file was written (in place, renamed in,
 copied over SMB, seen by a poller), and none of them reliably says "complete". A file is ready when no hint
-touched it for ``settle_s`` and two stats ``settle_s`` apart agree on ``(size, mtime_ns)``.
+touched it for ``settle_s`` and two stats ``settle_s`` apart agree on ``(size, mtime_ns)``. The first stat
+is taken `FIRST_LOOK_S` after the last hint, so a file is ready about ``settle_s`` after it stops changing.
 
 The tracker has no threads and never sleeps: the owner feeds `SettleTracker.hint`, calls
 `SettleTracker.poll` and sleeps until `SettleTracker.next_deadline`. Clock and stat are injected so that
@@ -20,6 +21,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# Delay from the last hint to the first stat: long enough that a burst of write events costs one stat,
+# short against any settle_s, so that the quiet period and the two stats' interval overlap.
+FIRST_LOOK_S = 0.1
 
 _KINDS = (
     (stat.S_ISDIR, "directory"),
@@ -107,6 +112,7 @@ class SettleTracker:
         if empty_s < settle_s:
             raise ValueError(f"empty_file_settle_s ({empty_s}) must be at least settle_s ({settle_s})")
         self._settle_s = settle_s
+        self._first_look_s = min(FIRST_LOOK_S, settle_s)
         self._empty_s = empty_s
         self._clock = clock
         self._stat = stat
@@ -211,7 +217,7 @@ class SettleTracker:
         self._schedule(entry, entry.check_at)
 
     def _due(self, entry: _Pending) -> float:
-        return entry.quiet_since + self._settle_s if entry.signature is None else entry.check_at
+        return entry.quiet_since + self._first_look_s if entry.signature is None else entry.check_at
 
     def _schedule(self, entry: _Pending, due: float) -> None:
         entry.token = next(self._tokens)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from srd.settle import PollResult, ReadyFile, SettleTracker
+from srd.settle import FIRST_LOOK_S, PollResult, ReadyFile, SettleTracker
 
 SETTLE = 2.0
 
@@ -44,17 +44,16 @@ def _ready_paths(result: PollResult) -> list[Path]:
 
 
 def test_file_written_in_chunks_is_ready_only_when_quiet_and_stable(tmp_path: Path, clock: FakeClock) -> None:
-    """Each write's hint restarts the quiet period; afterwards a first stat records and a second confirms."""
+    """Each write's hint restarts the quiet period; afterwards a first stat records and a second, settle_s
+    later, confirms."""
     tracker = SettleTracker(SETTLE, clock=clock)
     path = tmp_path / "photo.jpg"
     for n in range(4):
         _write(path, b"x" * 1000, mtime_ns=n * 10**9)
         tracker.hint(path)
         clock.advance(SETTLE * 0.9)
-        assert not tracker.poll(), "a hint inside the quiet period must keep the file pending"
+        assert not tracker.poll(), "a stat after a write only records; the next write's hint discards it"
 
-    clock.advance(SETTLE * 0.1)
-    assert not tracker.poll(), "the first stat after the quiet period only records"
     assert tracker.pending() == 1
     clock.advance(SETTLE - 0.01)
     assert not tracker.poll(), "the confirming stat comes a full settle_s after the first"
@@ -63,6 +62,22 @@ def test_file_written_in_chunks_is_ready_only_when_quiet_and_stable(tmp_path: Pa
     assert result.ready == [ReadyFile(path, 4000, 3 * 10**9)]
     assert tracker.pending() == 0
     assert tracker.next_deadline() is None
+
+
+def test_a_file_that_stopped_changing_is_ready_settle_s_after_its_last_hint_not_twice_that(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The first stat follows the last hint closely, so the quiet period and the two stats' interval
+    overlap: ready FIRST_LOOK_S + settle_s after the hint, not 2 × settle_s."""
+    tracker = SettleTracker(SETTLE, clock=clock)
+    path = tmp_path / "dropped.jpg"
+    _write(path, b"x" * 10, mtime_ns=10**9)
+    tracker.hint(path)
+    clock.advance(FIRST_LOOK_S)
+    assert not tracker.poll()
+    assert tracker.next_deadline() == pytest.approx(clock.now + SETTLE)
+    clock.advance(SETTLE)
+    assert _ready_paths(tracker.poll()) == [path]
 
 
 def _grow_same_mtime(path: Path) -> None:
@@ -203,20 +218,20 @@ def test_next_deadline_tracks_the_earliest_pending_work(tmp_path: Path, clock: F
     start = clock.now
 
     tracker.hint(a)
-    clock.advance(0.5)
+    clock.advance(0.05)
     tracker.hint(b)
-    assert tracker.next_deadline() == start + SETTLE
+    assert tracker.next_deadline() == start + FIRST_LOOK_S
 
-    clock.advance(1.0)
-    tracker.hint(a)  # a's quiet period restarts at start + 1.5, so b is now first
-    assert tracker.next_deadline() == start + 0.5 + SETTLE
+    clock.advance(0.05)
+    tracker.hint(a)  # a's quiet period restarts at start + 0.1, so b is now first
+    assert tracker.next_deadline() == start + 0.05 + FIRST_LOOK_S
 
-    clock.now = start + 0.5 + SETTLE
+    clock.now = start + 0.05 + FIRST_LOOK_S
     assert not tracker.poll()  # b's first stat
-    assert tracker.next_deadline() == start + 1.5 + SETTLE  # a's first stat
+    assert tracker.next_deadline() == start + 0.1 + FIRST_LOOK_S  # a's first stat
 
     tracker.forget(a)
-    assert tracker.next_deadline() == start + 0.5 + 2 * SETTLE  # b's confirming stat
+    assert tracker.next_deadline() == start + 0.05 + FIRST_LOOK_S + SETTLE  # b's confirming stat
     clock.now = tracker.next_deadline()  # type: ignore[assignment]
     assert _ready_paths(tracker.poll()) == [b]
     assert tracker.next_deadline() is None
