@@ -33,7 +33,8 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--init", help="checkpoint whose weights start a new run: all of them for the same architecture and scale (a warm restart), all but the tail otherwise")
+    p.add_argument("--init", help="checkpoint whose weights start a new run: all of them for the same "
+                                  "architecture and scale (a warm restart), all but the tail otherwise")
     p.add_argument("--eval-every", type=int, default=1000)
     p.add_argument("--save-every-s", type=float, default=180.0)
     p.add_argument("--train-dir", default="../shared/datasets/train")
