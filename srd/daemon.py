@@ -7,8 +7,8 @@ locks. Signal handlers only set flags, which the loop reads at least every `MAX_
 Per file: settle → stat-cache or sha256 → ledger lookup under the profile's fingerprint → either
 nothing (already done: a duplicate, or the same file again) or: choose an output name → journal
 ``start``, reserving that name, when a worker takes it → the worker writes the output atomically →
-journal ``done`` → keep, archive or delete the source → journal the disposition. A failed file is moved to the failed folder
-with a ``.error.json`` beside it. After a crash the ledger's ``start``-without-``done`` entries are
+journal ``done`` → keep, archive or delete the source → journal the disposition. A failed file is
+moved to the failed folder with a ``.error.json`` beside it. After a crash the ledger's ``start``-without-``done`` entries are
 retried when their files are found again, at most ``max_attempts`` times in all.
 """
 
