@@ -648,18 +648,27 @@ class Daemon:
                 self.ledger.forget(key)
             self.ledger.record_start(result.sha256, work.fingerprint, inbox=work.inbox_id, source=work.rel)
         output_size = result.output.stat().st_size
-        self.ledger.record_done(key, output=result.output, output_size=output_size)
+        changed = result.sha256 != work.sha256
+        # Keeping the source touches nothing, so what was done with it can share the `done` record (one
+        # fsync fewer); archiving or deleting it must wait until `done` is durable.
+        step_after_done = not changed and work.inbox.on_success != "keep"
+        if changed:
+            disposition: str | None = "kept-changed"
+        elif step_after_done:
+            disposition = None
+        else:
+            disposition = self._source_step(work.inbox, work.inbox_id, work.source, work.rel, work.signature)
+        self.ledger.record_done(key, output=result.output, output_size=output_size, disposition=disposition)
         self._outputs[str(result.output)] = (work.inbox_id, work.rel.as_posix())
         self._counters[work.inbox_id].done += 1
         model, scale = _upscale_summary(work.profile)
         log.info("file_processed", src=str(work.source), out=str(result.output), profile=work.profile.name,
                  model=model, scale=scale, in_size=result.input_size, out_size=result.output_size,
                  bytes=output_size, ms=result.milliseconds)
-        if result.sha256 == work.sha256:
+        if changed:
+            self._rehint_path(work.inbox_id, work.source)  # its newer content is judged when it settles
+        elif step_after_done:
             self._dispose(work.inbox, work.inbox_id, work.source, work.rel, work.signature, key)
-        else:
-            self.ledger.record_disposed(key, "kept-changed")
-            self._rehint_path(work.inbox_id, work.source)
 
     def _failed_result(self, work: _Work, reason: str, processed_sha: str | None) -> None:
         if processed_sha is None and candidate_stat(work.source, work.inbox.path) is None:
@@ -791,13 +800,20 @@ class Daemon:
                  key: str | None) -> None:
         """Apply ``on_success`` to a source whose content has an output; journal it for ledger entries."""
         assert self.ledger is not None
+        disposition = self._source_step(inbox, inbox_key, path, rel, signature)
+        if key is not None and disposition is not None:
+            self.ledger.record_disposed(key, disposition)
+
+    def _source_step(self, inbox: Inbox, inbox_key: str, path: Path, rel: PurePosixPath,
+                     signature: tuple[int, int]) -> str | None:
+        """Apply ``on_success`` to a processed source; return the disposition to journal, None to postpone."""
         runtime = self._runtimes.get(inbox_key)
         current = candidate_stat(path, inbox.path)
         if current is None and (not inbox.path.is_dir() or (runtime is not None and runtime.watcher.state == "missing")):
             # The inbox itself is missing (a share outage): the file's fate is unknown, so nothing is
             # journaled; when the inbox returns, the rescan finds it done and applies on_success then.
             log.info("source_step_postponed", src=str(path), reason="inbox missing")
-            return
+            return None
         if current is None:
             disposition = "gone"
         elif (current.st_size, current.st_mtime_ns) != signature:
@@ -818,8 +834,7 @@ class Daemon:
                 runtime.handled[path] = signature
         if not disposition.startswith("kept"):
             self._forget_source(inbox_key, inbox.path, path)
-        if key is not None:
-            self.ledger.record_disposed(key, disposition)
+        return disposition
 
     def _forget_source(self, inbox_key: str, root: Path, path: Path) -> None:
         """Drop a file that left the inbox from the ledger's stat cache, which would otherwise only grow."""

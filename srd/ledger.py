@@ -390,15 +390,16 @@ class Ledger:
                    None if target is None else str(target))
         return self._put(key, row)
 
-    def record_done(self, key: str, *, output: Path, output_size: int) -> Entry:
-        """Record that the output of a started entry is durably in place.
+    def record_done(self, key: str, *, output: Path, output_size: int, disposition: str | None = None) -> Entry:
+        """Record that the output of a started entry is durably in place, and, when it is already known, what
+        was done with the source (as `record_disposed` would, in the same record).
 
         Raises:
             KeyError: No such entry.
             ValueError: The entry is not ``started``.
         """
         row = self._transition(key, {State.STARTED}, State.DONE)
-        return self._put(key, row._replace(output=str(output), output_size=output_size))
+        return self._put(key, row._replace(output=str(output), output_size=output_size, disposition=disposition))
 
     def record_failed(self, key: str, *, error: str) -> Entry:
         """Record that a started entry failed, with the reason shown to the user.

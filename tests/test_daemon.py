@@ -392,6 +392,23 @@ def test_second_instance_on_the_same_state_dir_is_refused(tmp_path: Path) -> Non
             daemon.proc.kill()
 
 
+def test_a_kept_source_costs_two_journal_records_with_its_disposition_in_the_done_record(tmp_path: Path) -> None:
+    """With on_success keep (the default) nothing is done to the source, so its disposition rides in the
+    `done` record: a job is journaled (and fsynced) as `start` + `done`, not `start` + `done` + `disposed`."""
+    config = write_config(tmp_path)
+    (tmp_path / "in" / "kept.png").write_bytes(make_image(Path("x.png"), SIZE, 1))
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_event("file_processed")
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    puts = [json.loads(line)["entry"] for line in (tmp_path / "state" / "journal.jsonl").read_text().splitlines()
+            if json.loads(line)["op"] == "put"]
+    assert [(p["state"], p["disposition"]) for p in puts] == [("started", None), ("done", "kept")]
+
+
 def test_sources_are_archived_or_deleted_and_name_collisions_get_a_suffix(tmp_path: Path) -> None:
     """on_success archive moves the source (subfolders mirrored); an outbox name srd didn't write is
     kept and the output gets `name-1`; delete removes the source after its output is durable."""
