@@ -144,6 +144,21 @@ def test_init_from_the_same_model_and_scale_is_a_warm_restart_of_every_tensor(tm
     assert "initialised every tensor" in (second.run_dir / "train.log").read_text()
 
 
+def test_the_manifest_records_both_runs_of_a_model_started_from_another(tmp_path: Path, train_dir: Path) -> None:
+    """Exporting a run that started from another (`init`) records the earlier run's provenance too, so the
+    manifest alone says how to make the model; the --init path is given relative to the runs folder."""
+    runs = tmp_path / "runs"
+    first = dataclasses.replace(tiny_config(tmp_path, train_dir, 2), runs_dir=str(runs.resolve()))
+    assert train(first)
+    second = dataclasses.replace(first, name="tuned", iters=1, init=str((first.run_dir / "last.pt").resolve()))
+    assert train(second)
+    entry = export_run(second.run_dir / "last.pt", "tiny", tmp_path / "models", SHARED / "bench")
+    made = entry["provenance"]
+    assert made["command"].endswith("--init runs/tiny/last.pt") and made["iterations"] == 1
+    assert made["init_provenance"]["command"].startswith("python -m srd.train fit --name tiny ")
+    assert made["init_provenance"]["iterations"] == 2 and "init_provenance" not in made["init_provenance"]
+
+
 @pytest.mark.parametrize("tail", ["shuffle", "espcn"])
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_model_upscales_by_scale(tail: str, scale: int) -> None:

@@ -78,10 +78,19 @@ def training_command(cfg: dict[str, Any], arch: dict[str, Any]) -> str:
         f"--patch {cfg['patch']}", f"--lr {cfg['lr']}", f"--lr-min {cfg['lr_min']}", f"--seed {cfg['seed']}",
     ]
     if cfg.get("init"):
-        parts.append(f"--init {cfg['init']}")
+        parts.append(f"--init {_init_as_given(cfg)}")
     if not cfg["bf16"]:
         parts.append("--no-bf16")
     return " ".join(parts)
+
+
+def _init_as_given(cfg: dict[str, Any]) -> str:
+    """The run's ``--init`` path, relative to ``runs/`` (the default runs dir) when it lies in the run's own
+    runs dir, so the recorded command carries no machine's home folder."""
+    init, runs_dir = Path(cfg["init"]), Path(cfg["runs_dir"])
+    if init.is_absolute() and init.is_relative_to(runs_dir.resolve()):
+        return str(Path("runs") / init.relative_to(runs_dir.resolve()))
+    return str(init)
 
 
 def provenance(ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -90,6 +99,8 @@ def provenance(ckpt: dict[str, Any]) -> dict[str, Any]:
     folders = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
     count = sum(1 for p in train_dir.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
     init = cfg.get("init")
+    # A run started from another (another scale's body, or a warm restart) is reproduced by both commands.
+    init_ckpt = checkpoint.load(Path(init)) if init and Path(init).exists() else None
     return {
         "trainer": "srd.train",
         "data": f"{cfg['train_dir']} ({count} images: {', '.join(folders)})",
@@ -102,6 +113,7 @@ def provenance(ckpt: dict[str, Any]) -> dict[str, Any]:
                     f"{'bf16 autocast' if cfg['bf16'] else 'fp32'}), torch {torch.__version__.split('+')[0]} CPU",
         "init": f"from {Path(init).parent.name} ({Path(init).name})" if init else "scratch",
         "command": training_command(cfg, ckpt["arch"]),
+        **({"init_provenance": provenance(init_ckpt)} if init_ckpt is not None else {}),
     }
 
 
