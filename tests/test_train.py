@@ -146,7 +146,7 @@ def test_init_from_the_same_model_and_scale_is_a_warm_restart_of_every_tensor(tm
 
 def test_the_manifest_records_both_runs_of_a_model_started_from_another(tmp_path: Path, train_dir: Path) -> None:
     """Exporting a run that started from another (`init`) records the earlier run's provenance too, so the
-    manifest alone says how to make the model; the --init path is given relative to the runs folder."""
+    manifest alone says how to make the model; the --init and --run paths are given relative to the runs folder."""
     runs = tmp_path / "runs"
     first = dataclasses.replace(tiny_config(tmp_path, train_dir, 2), runs_dir=str(runs.resolve()))
     assert train(first)
@@ -155,6 +155,7 @@ def test_the_manifest_records_both_runs_of_a_model_started_from_another(tmp_path
     entry = export_run(second.run_dir / "last.pt", "tiny", tmp_path / "models", SHARED / "bench")
     made = entry["provenance"]
     assert made["command"].endswith("--init runs/tiny/last.pt") and made["iterations"] == 1
+    assert made["export_command"] == "python -m srd.train export --run runs/tuned --name tiny"
     assert made["init_provenance"]["command"].startswith("python -m srd.train fit --name tiny ")
     assert made["init_provenance"]["iterations"] == 2 and "init_provenance" not in made["init_provenance"]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 from srd.train.model import TAILS, Arch
@@ -74,8 +73,7 @@ def _fit(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from srd.train.export import export_run
 
-    export_run(args.run / f"{args.checkpoint}.pt", args.name, args.models_dir, args.bench_dir, args.threads,
-               command=" ".join(["python -m srd.train", *sys.argv[1:]]))
+    export_run(args.run / f"{args.checkpoint}.pt", args.name, args.models_dir, args.bench_dir, args.threads)
     return 0
 
 

@@ -78,19 +78,25 @@ def training_command(cfg: dict[str, Any], arch: dict[str, Any]) -> str:
         f"--patch {cfg['patch']}", f"--lr {cfg['lr']}", f"--lr-min {cfg['lr_min']}", f"--seed {cfg['seed']}",
     ]
     if cfg.get("init"):
-        parts.append(f"--init {_init_as_given(cfg)}")
+        parts.append(f"--init {_in_runs_dir(Path(cfg['init']), cfg)}")
     if not cfg["bf16"]:
         parts.append("--no-bf16")
     return " ".join(parts)
 
 
-def _init_as_given(cfg: dict[str, Any]) -> str:
-    """The run's ``--init`` path, relative to ``runs/`` (the default runs dir) when it lies in the run's own
-    runs dir, so the recorded command carries no machine's home folder."""
-    init, runs_dir = Path(cfg["init"]), Path(cfg["runs_dir"])
-    if init.is_absolute() and init.is_relative_to(runs_dir.resolve()):
-        return str(Path("runs") / init.relative_to(runs_dir.resolve()))
-    return str(init)
+def export_command(ckpt_path: Path, name: str, cfg: dict[str, Any]) -> str:
+    """The ``export`` command that reproduces this export from the run's checkpoint."""
+    which = "" if ckpt_path.stem == "last" else f" --checkpoint {ckpt_path.stem}"
+    return f"python -m srd.train export --run {_in_runs_dir(ckpt_path.parent, cfg)}{which} --name {name}"
+
+
+def _in_runs_dir(path: Path, cfg: dict[str, Any]) -> str:
+    """``path`` relative to ``runs/`` (the default runs dir) when it lies in the run's own runs dir, so a
+    recorded command carries no machine's home folder."""
+    runs_dir = Path(cfg["runs_dir"]).resolve()
+    if path.resolve().is_relative_to(runs_dir):
+        return str(Path("runs") / path.resolve().relative_to(runs_dir))
+    return str(path)
 
 
 def provenance(ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -131,8 +137,7 @@ def update_manifest(manifest_path: Path, entry: dict[str, Any]) -> None:
     os.replace(tmp, manifest_path)
 
 
-def export_run(ckpt_path: Path, name: str, models_dir: Path, bench_dir: Path, threads: int = 1,
-               command: str | None = None) -> dict[str, Any]:
+def export_run(ckpt_path: Path, name: str, models_dir: Path, bench_dir: Path, threads: int = 1) -> dict[str, Any]:
     """Export ``ckpt_path`` as ``models_dir/<name>_x<s>.onnx`` and record it in ``models_dir/manifest.json``.
 
     Reads the checkpoint only, so it is safe while the run is still training.
@@ -164,11 +169,9 @@ def export_run(ckpt_path: Path, name: str, models_dir: Path, bench_dir: Path, th
         "architecture": {"family": "edsr", "blocks": arch.blocks, "channels": arch.channels, "tail": arch.tail,
                          "res_scale": arch.res_scale},
         "parameters": count_parameters(model),
-        "provenance": provenance(ckpt),
+        "provenance": {**provenance(ckpt), "export_command": export_command(ckpt_path, name, ckpt["config"])},
         "quality": quality,
     }
-    if command:
-        entry["provenance"]["export_command"] = command
     update_manifest(models_dir / "manifest.json", entry)
     log.info("wrote %s and its manifest entry", final)
     return entry
