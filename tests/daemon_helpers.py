@@ -80,19 +80,8 @@ def write_config(root: Path, inboxes: Iterable[dict[str, Any]] | None = None, *,
 
 
 def srd_command() -> list[str]:
-    """How to invoke the `srd` CLI (its `run`, `status`, `ledger` commands come from srd.daemon_cli)."""
-    if "daemon_cli" in (REPO / "srd" / "cli.py").read_text():
-        return [sys.executable, "-c", "from srd.cli import main; main()"]
-    # Until srd.cli mounts the daemon commands: the same handlers behind a minimal parser.
-    return [sys.executable, "-c", (
-        "import argparse, sys\n"
-        "from srd.daemon_cli import add_commands\n"
-        "from srd.errors import SrdError\n"
-        "p = argparse.ArgumentParser(prog='srd'); h = add_commands(p.add_subparsers(dest='command'))\n"
-        "a = p.parse_args()\n"
-        "try:\n    sys.exit(h[a.command](a))\n"
-        "except SrdError as e:\n    print(f'srd: error: {e}', file=sys.stderr); sys.exit(e.exit_code)\n"
-    )]
+    """How to invoke the `srd` CLI from this checkout's interpreter."""
+    return [sys.executable, "-c", "from srd.cli import main; main()"]
 
 
 def srd(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
