@@ -20,6 +20,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from srd.train import checkpoint  # noqa: E402
+from srd.train.data import Pair, PatchSampler, make_lr  # noqa: E402
 from srd.train.export import export_run, update_manifest  # noqa: E402
 from srd.train.loop import TrainConfig, train  # noqa: E402
 from srd.train.model import DIV2K_MEAN_BGR, EDSR, Arch, load_body  # noqa: E402
@@ -59,6 +60,23 @@ def test_resume_continues_exactly(tmp_path: Path, train_dir: Path) -> None:
         assert torch.equal(value, b["model"][key]), key
     assert [it for it, _ in b["history"]] == [3, 6]
     assert "Set5 x2 PSNR-Y" in (resumed.run_dir / "train.log").read_text()
+
+
+def test_hard_patches_come_only_from_where_bicubic_fails() -> None:
+    """On an image whose left half is flat grey and right half noise, the hardest quarter of the patches
+    all lie in the noise, so no drawn patch is flat; uniform sampling draws flat ones."""
+    hr = np.full((96, 192, 3), 128, np.uint8)
+    hr[:, 96:] = np.random.default_rng(0).integers(0, 256, (96, 96, 3))
+    pair = Pair("half", hr, make_lr(hr, 2))
+
+    def flat_patches(sampler: PatchSampler) -> int:
+        _, hr_batch = sampler.batch(64)
+        return int((hr_batch.std(axis=(2, 3)).max(axis=1) < 1).sum())
+
+    hard = PatchSampler([pair], 2, 16, seed=0, hard_fraction=0.25)
+    assert hard.hard is not None and len(hard.hard) == 14 and (hard.hard[:, 2] >= 48).all()
+    assert flat_patches(hard) == 0
+    assert flat_patches(PatchSampler([pair], 2, 16, seed=0)) > 0
 
 
 def test_sigterm_saves_and_exits_143(tmp_path: Path, train_dir: Path) -> None:

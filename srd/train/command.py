@@ -30,6 +30,9 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--lr-min", type=float, default=1e-6)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hard-fraction", type=float, default=1.0,
+                   help="draw patches only from this fraction of them that bicubic reconstructs worst "
+                        "(1: from anywhere)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--init", help="checkpoint whose weights start a new run: all of them for the same "
@@ -62,9 +65,9 @@ def _fit(args: argparse.Namespace) -> int:
     arch = Arch(scale=args.scale, **preset)  # type: ignore[arg-type]
     cfg = TrainConfig(
         name=args.name or f"edsr-{args.preset}-x{args.scale}", arch=arch, iters=args.iters, batch=args.batch,
-        patch=args.patch, lr=args.lr, lr_min=args.lr_min, seed=args.seed, bf16=not args.no_bf16,
-        threads=args.threads, init=args.init, eval_every=args.eval_every, save_every_s=args.save_every_s,
-        train_dir=args.train_dir, bench_dir=args.bench_dir, cache_dir=args.cache_dir, runs_dir=args.runs_dir,
+        patch=args.patch, lr=args.lr, lr_min=args.lr_min, seed=args.seed, hard_fraction=args.hard_fraction,
+        bf16=not args.no_bf16, threads=args.threads, init=args.init, eval_every=args.eval_every,
+        save_every_s=args.save_every_s, train_dir=args.train_dir, bench_dir=args.bench_dir, cache_dir=args.cache_dir, runs_dir=args.runs_dir,
     )
     # 143 (as if killed by SIGTERM) when interrupted, so `set -e` queue scripts stop there.
     return 0 if train(cfg) else 143

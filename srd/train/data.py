@@ -21,6 +21,8 @@ from srd.train.model import DIV2K_MEAN_BGR
 
 log = logging.getLogger(__name__)
 
+# Hard-patch candidates lie on a grid of this pitch (LR pixels): fine enough to centre on any texture.
+HARD_PATCH_STRIDE = 8
 
 
 @dataclass(frozen=True)
@@ -63,29 +65,59 @@ def load_pairs(root: Path, scale: int, cache: Path) -> list[Pair]:
     return pairs
 
 
+def hard_patches(pairs: list[Pair], scale: int, patch: int, fraction: float) -> np.ndarray:
+    """The LR corners ``(pair index, y, x)`` of the ``fraction`` of grid patches that bicubic upscaling
+    reconstructs worst (largest squared error in grey), ranked across all images.
+
+    Flat sky and walls teach a model little; sampling where bicubic fails puts the training on edges and
+    texture (the idea of SamplingAug, Wang et al., BMVC 2021).
+    """
+    corners, errors = [], []
+    for index, pair in enumerate(pairs):
+        hr = cv2.cvtColor(pair.hr, cv2.COLOR_BGR2GRAY).astype(np.float32)
+        up = cv2.resize(cv2.cvtColor(pair.lr, cv2.COLOR_BGR2GRAY), (hr.shape[1], hr.shape[0]),
+                        interpolation=cv2.INTER_CUBIC).astype(np.float32)
+        sums = cv2.integral((hr - up) ** 2, sdepth=cv2.CV_64F)
+        ys = np.arange(0, pair.lr.shape[0] - patch + 1, HARD_PATCH_STRIDE)
+        xs = np.arange(0, pair.lr.shape[1] - patch + 1, HARD_PATCH_STRIDE)
+        y, x = (a.ravel() for a in np.meshgrid(ys, xs, indexing="ij"))
+        y0, x0, y1, x1 = y * scale, x * scale, (y + patch) * scale, (x + patch) * scale
+        errors.append(sums[y1, x1] - sums[y0, x1] - sums[y1, x0] + sums[y0, x0])
+        corners.append(np.stack([np.full_like(y, index), y, x], axis=1))
+    ranked = np.argsort(-np.concatenate(errors), kind="stable")
+    keep = ranked[: max(1, round(fraction * len(ranked)))]
+    return np.concatenate(corners)[keep].astype(np.int32)
+
+
 class PatchSampler:
     """Random aligned LR/HR patch batches with the 8 flips/rotations, from a seeded numpy Generator.
 
-    The generator's state is part of a training checkpoint, so a resumed run draws the same batches it
-    would have drawn without the interruption.
+    With ``hard_fraction`` below 1 the patches come only from the hardest grid patches (`hard_patches`);
+    otherwise from anywhere, uniformly. The generator's state is part of a training checkpoint, so a
+    resumed run draws the same batches it would have drawn without the interruption.
     """
 
-    def __init__(self, pairs: list[Pair], scale: int, patch: int, seed: int) -> None:
+    def __init__(self, pairs: list[Pair], scale: int, patch: int, seed: int, hard_fraction: float = 1.0) -> None:
         self.pairs = [p for p in pairs if min(p.lr.shape[:2]) >= patch]
         if not self.pairs:
             raise ValueError(f"no training image is at least {patch} LR pixels on each side")
         self.scale = scale
         self.patch = patch
         self.rng = np.random.default_rng(seed)
+        self.hard = hard_patches(self.pairs, scale, patch, hard_fraction) if hard_fraction < 1 else None
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Return (lr, hr) float32 NCHW batches, BGR 0–255 minus the DIV2K mean (the "edsr" convention)."""
         s, p = self.scale, self.patch
         lrs, hrs = [], []
-        for idx in self.rng.integers(0, len(self.pairs), size):
-            pair = self.pairs[idx]
-            y = int(self.rng.integers(0, pair.lr.shape[0] - p + 1))
-            x = int(self.rng.integers(0, pair.lr.shape[1] - p + 1))
+        for pick in self.rng.integers(0, len(self.pairs if self.hard is None else self.hard), size):
+            if self.hard is None:
+                pair = self.pairs[pick]
+                y = int(self.rng.integers(0, pair.lr.shape[0] - p + 1))
+                x = int(self.rng.integers(0, pair.lr.shape[1] - p + 1))
+            else:
+                index, y, x = (int(v) for v in self.hard[pick])
+                pair = self.pairs[index]
             lr = pair.lr[y : y + p, x : x + p]
             hr = pair.hr[y * s : (y + p) * s, x * s : (x + p) * s]
             flip_h, flip_v, transpose = self.rng.integers(0, 2, 3)

@@ -77,6 +77,8 @@ def training_command(cfg: dict[str, Any], arch: dict[str, Any]) -> str:
         f"--res-scale {arch['res_scale']}", f"--iters {cfg['iters']}", f"--batch {cfg['batch']}",
         f"--patch {cfg['patch']}", f"--lr {cfg['lr']}", f"--lr-min {cfg['lr_min']}", f"--seed {cfg['seed']}",
     ]
+    if cfg.get("hard_fraction", 1.0) < 1:
+        parts.append(f"--hard-fraction {cfg['hard_fraction']}")
     if cfg.get("init"):
         parts.append(f"--init {_in_runs_dir(Path(cfg['init']), cfg)}")
     if not cfg["bf16"]:

@@ -43,6 +43,7 @@ class TrainConfig:
     lr: float = 2e-4
     lr_min: float = 1e-6
     seed: int = 0
+    hard_fraction: float = 1.0
     bf16: bool = True
     threads: int = 1
     init: str | None = None
@@ -121,7 +122,7 @@ def _train(cfg: TrainConfig, stop: _StopFlag) -> bool:
     model = EDSR(cfg.arch)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
     sampler = PatchSampler(load_pairs(Path(cfg.train_dir), cfg.arch.scale, Path(cfg.cache_dir)),
-                           cfg.arch.scale, cfg.patch, cfg.seed)
+                           cfg.arch.scale, cfg.patch, cfg.seed, cfg.hard_fraction)
     set5 = load_bench(Path(cfg.bench_dir) / "Set5", cfg.arch.scale)
 
     state: dict[str, object] = {"iteration": 0, "elapsed_s": 0.0, "history": [], "best_psnr": -1.0}
