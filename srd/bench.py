@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import resource
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -94,6 +95,20 @@ class SpeedRow:
     peak_rss_mb: float
 
 
+@dataclass(frozen=True)
+class SpeedSummary:
+    """One model and method over several rounds: the time of each round, and the largest peak RSS."""
+
+    model: str
+    method: str
+    us_per_lr_pixel: list[float]
+    peak_rss_mb: float
+
+    @property
+    def median_us(self) -> float:
+        return statistics.median(self.us_per_lr_pixel)
+
+
 def _measure(spec: ModelSpec, engine: EngineSettings, size: tuple[int, int], repeats: int, reference: bool,
              queue: multiprocessing.Queue) -> None:
     """Child process: time `repeats` runs on a synthetic textured image; report µs/pixel and peak RSS."""
@@ -144,3 +159,23 @@ def bench_speed(
         us, rss = queue.get()
         rows.append(SpeedRow(label, tile, us, rss))
     return rows
+
+
+def compare_speed(
+    specs: Sequence[ModelSpec],
+    engine: EngineSettings,
+    tiles: Sequence[int],
+    size: tuple[int, int],
+    *,
+    repeats: int = 2,
+    rounds: int = 1,
+) -> list[SpeedSummary]:
+    """`bench_speed` for every model, in alternating rounds (each model once per round), so that load
+    from elsewhere on a noisy machine falls on all the models alike."""
+    samples: dict[tuple[str, str], list[SpeedRow]] = {}
+    for _ in range(rounds):
+        for spec in specs:
+            for row in bench_speed(spec, engine, tiles, size, repeats=repeats):
+                samples.setdefault((f"{spec.name} x{spec.scale}", row.method), []).append(row)
+    return [SpeedSummary(model, method, [r.us_per_lr_pixel for r in rows], max(r.peak_rss_mb for r in rows))
+            for (model, method), rows in samples.items()]

@@ -83,12 +83,14 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpar
     quality.add_argument("--config", "-c", type=Path, help="YAML config (model_dirs, engine)")
     _add_engine_options(quality)
     speed = bench_sub.add_parser("speed", help="µs per LR pixel and peak RSS for several tile sizes",
-                                 description="Each measurement runs in a fresh process so peak RSS is its own.")
-    speed.add_argument("--model", "-m", required=True)
+                                 description="Each measurement runs in a fresh process so peak RSS is its own; "
+                                             "several models are measured in alternating rounds.")
+    speed.add_argument("--model", "-m", action="append", required=True, help="model name or file; repeatable")
     speed.add_argument("--scale", "-s", type=int)
     speed.add_argument("--tiles", default="0,64,128,192,256", help="comma-separated tile sizes (0: untiled)")
     speed.add_argument("--size", default="512x512", help="LR image size HxW")
-    speed.add_argument("--repeats", type=int, default=2)
+    speed.add_argument("--repeats", type=int, default=2, help="timed runs per measurement, after a warm-up")
+    speed.add_argument("--rounds", type=int, default=1, help="measure every model this many times, alternating")
     speed.add_argument("--config", "-c", type=Path, help="YAML config (model_dirs, engine)")
     _add_engine_options(speed)
 
@@ -305,15 +307,19 @@ def _run_bench(args: argparse.Namespace) -> int:
         for row in rows:
             print(f"| {row.method:<42} | {row.psnr:11.2f} | {row.ssim:.4f} |")
         return 0
-    spec = resolve_model(args.model, args.scale, extra_dirs=config.model_dirs)
+    specs = [resolve_model(m, args.scale, extra_dirs=config.model_dirs) for m in args.model]
     height, width = (int(v) for v in args.size.lower().split("x"))
     tiles = [int(t) for t in args.tiles.split(",")]
-    rows = bench.bench_speed(spec, engine, tiles, (height, width), repeats=args.repeats)
-    print(f"{spec.name} x{spec.scale} on {height}x{width} LR, pad {engine.tile_pad}, threads {engine.threads or 'default'}")
-    print("| method | µs per LR pixel | peak RSS (MB) |")
-    print("|---|---|---|")
+    rows = bench.compare_speed(specs, engine, tiles, (height, width), repeats=args.repeats, rounds=args.rounds)
+    print(f"{height}x{width} LR, pad {engine.tile_pad}, threads {engine.threads or 'default'}, "
+          f"{args.rounds} round(s) of {args.repeats} timed run(s)")
+    print("| model | method | µs per LR pixel: median (range) | peak RSS (MB) | time ÷ first model's |")
+    print("|---|---|---|---|---|")
+    first = {row.method: row.median_us for row in rows if row.model == rows[0].model}
     for row in rows:
-        print(f"| {row.method} | {row.us_per_lr_pixel:.2f} | {row.peak_rss_mb:.0f} |")
+        spread = f"{min(row.us_per_lr_pixel):.2f}–{max(row.us_per_lr_pixel):.2f}"
+        ratio = f"{row.median_us / first[row.method]:.2f}" if row.method in first else "–"
+        print(f"| {row.model} | {row.method} | {row.median_us:.2f} ({spread}) | {row.peak_rss_mb:.0f} | {ratio} |")
     return 0
 
 

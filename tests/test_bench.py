@@ -1,0 +1,54 @@
+"""`srd bench quality` and `srd bench speed`, run as a reader of BENCHMARKS.md would run them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from srd.cli import main
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> str:
+    with pytest.raises(SystemExit) as exited:
+        main([str(a) for a in args])
+    assert exited.value.code == 0
+    return capsys.readouterr().out
+
+
+def table(out: str) -> list[list[str]]:
+    """The data rows of the markdown table in ``out``, as lists of cell texts."""
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("|")]
+    return [row for row in rows[1:] if not set(row[0]) <= {"-"}]
+
+
+def test_quality_reproduces_the_published_bicubic_and_zoo_figures(
+    bench: Path, zoo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Set5 ×2: bicubic 33.68 dB and the zoo ESPCN 34.76 dB (BENCHMARKS.md), and edsr-lite above both."""
+    out = run_cli(capsys, "bench", "quality", "--set", bench / "Set5", "--scale", 2,
+                  "-m", zoo / "ESPCN_x2.pb", "-m", "edsr-lite")
+    psnr = {row[0]: float(row[1]) for row in table(out)}
+    assert psnr["bicubic (MATLAB)"] == pytest.approx(33.68, abs=0.01)
+    assert psnr["ESPCN_x2 x2"] == pytest.approx(34.76, abs=0.01)
+    assert psnr["edsr-lite x2"] > psnr["ESPCN_x2 x2"] + 2
+
+
+def test_speed_compares_models_over_alternating_rounds(zoo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every model gets every tile size in every round; times are relative to the first model's."""
+    out = run_cli(capsys, "bench", "speed", "-m", "edsr-lite", "-m", zoo / "ESPCN_x2.pb", "--scale", 2,
+                  "--tiles", "0,32", "--size", "48x64", "--repeats", 1, "--rounds", 2)
+    rows = {(row[0], row[1]): row[2:] for row in table(out)}
+    assert set(rows) == {(model, method) for model in ("edsr-lite x2", "ESPCN_x2 x2")
+                         for method in ("srd untiled", "srd tile 32")} | {("ESPCN_x2 x2", "upsample()")}
+    for (model, method), (time_us, rss_mb, ratio) in rows.items():
+        median, low, high = (float(v) for v in re.fullmatch(r"(\S+) \((\S+)–(\S+)\)", time_us).groups())
+        assert 0 < low <= median <= high and float(rss_mb) > 20
+        if model == "edsr-lite x2":
+            assert ratio == "1.00"
+        elif method != "upsample()":
+            first = float(rows[("edsr-lite x2", method)][0].split()[0])
+            assert float(ratio) == pytest.approx(median / first, rel=0.02)
+        else:
+            assert ratio == "–"
