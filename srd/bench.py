@@ -43,7 +43,8 @@ def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
     return np.clip(np.rint(imresize(hr, 1.0 / scale)), 0, 255).astype(np.uint8)
 
 
-def _bicubic_up(lr: np.ndarray, scale: int) -> np.ndarray:
+def bicubic_up(lr: np.ndarray, scale: int) -> np.ndarray:
+    """The protocol's bicubic baseline: MATLAB-style bicubic enlargement, rounded to uint8."""
     return np.clip(np.rint(imresize(lr, scale)), 0, 255).astype(np.uint8)
 
 
@@ -76,7 +77,7 @@ def bench_quality(
     for path in bench_images(folder):
         hr = crop_to_multiple(cv2.imread(str(path), cv2.IMREAD_COLOR), scale)
         lr = make_lr(hr, scale)
-        outputs = {"bicubic (MATLAB)": _bicubic_up(lr, scale)}
+        outputs = {"bicubic (MATLAB)": bicubic_up(lr, scale)}
         outputs.update({label: up.upscale(lr) for label, up in upscalers})
         outputs.update({label: impl.upsample(lr) for label, impl in references})
         for label, sr in outputs.items():
