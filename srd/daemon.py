@@ -205,9 +205,7 @@ class Daemon:
         self._runtimes: dict[str, _InboxRuntime] = {}
         self._counters: dict[str, _Counters] = {}
         self._backlog: deque[tuple[str, ReadyFile]] = deque()
-        self._active: dict[str, _Work] = {}
-        self._active_paths: set[Path] = set()
-        self._reserved: set[Path] = set()
+        self._active: dict[str, _Work] = {}  # submitted jobs by key: no more than the pool has room for
         self._deferred: dict[Path, str] = {}
         # Every output the ledger says is done → (inbox id, source path), as strings shared with the ledger.
         self._outputs: dict[str, tuple[str, str]] = {}
@@ -502,7 +500,7 @@ class Daemon:
             return
         if runtime.handled.get(path) == signature:
             return
-        if path in self._active_paths:
+        if any(work.source == path for work in self._active.values()):
             self._deferred[path] = runtime.inbox_id
             return
         rel = PurePosixPath(path.relative_to(runtime.inbox.path).as_posix())
@@ -541,8 +539,6 @@ class Daemon:
     def _submit(self, work: _Work, *, suspect: bool = False) -> None:
         assert self.pool is not None
         self._active[work.key] = work
-        self._active_paths.add(work.source)
-        self._reserved.add(work.target)
         job = Job(work.source, work.target.parent, work.profile, self.config.max_input_pixels, target=work.target)
         self.pool.submit(work.key, job, suspect=suspect)
 
@@ -572,9 +568,10 @@ class Daemon:
             name = rel.name  # not an image: the job will fail; the name is never used
         else:
             name = output_name(rel.name, source_format, output_format_for(source_format, requested), requested)
+        in_flight = {work.target for work in self._active.values()}
         reserved_by_starts = self.ledger.reserved_targets()
         claimed = reserved_by_starts.pop(key, None) if key else None
-        if claimed is not None and claimed.parent == out_dir and claimed not in self._reserved:
+        if claimed is not None and claimed.parent == out_dir and claimed not in in_flight:
             return claimed
         claimed_elsewhere = set(reserved_by_starts.values())
         stem, ext = Path(name).stem, Path(name).suffix
@@ -582,7 +579,7 @@ class Daemon:
         while True:
             candidate = out_dir / (name if n == 0 else f"{stem}-{n}{ext}")
             n += 1
-            if candidate in self._reserved or candidate in claimed_elsewhere:
+            if candidate in in_flight or candidate in claimed_elsewhere:
                 continue
             owner = self._outputs.get(str(candidate))
             if owner == (runtime.inbox_id, rel.as_posix()):
@@ -617,8 +614,6 @@ class Daemon:
     def _finish(self, outcome: Outcome) -> None:
         assert self.ledger is not None and self.pool is not None
         work = self._active.pop(outcome.token)
-        self._active_paths.discard(work.source)
-        self._reserved.discard(work.target)
         if isinstance(outcome, Finished) and outcome.result.ok:
             self._succeeded(work, outcome)
         elif isinstance(outcome, Finished) and outcome.result.output_errno in BLOCKING_ERRNOS:
