@@ -83,6 +83,23 @@ def test_scan_skips_special_files_outside_symlinks_and_ignored_folders(tmp_path:
     assert flat == {"a.jpg", "in-link.jpg"}
 
 
+def test_scan_applies_name_and_path_globs_at_every_depth_and_from_a_subtree(tmp_path: Path) -> None:
+    """A walk yields what `IgnoreRules.ignores` keeps, whether it starts at the root or in a subfolder."""
+    root = tmp_path / "in"
+    files = ["a.jpg", "a.xmp", "raw/b.jpg", "deep/raw/c.jpg", "deep/d.jpg", "scans/e.tif", "scans/e.png",
+             "deep/scans/f.tif", "@eaDir/g.jpg", "deep/.hidden/h.jpg", "deep/i.JPG.part"]
+    for rel in files:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    rules = IgnoreRules(["*.xmp", "raw", "scans/*.tif"])
+    expected = {rel for rel in files if not rules.ignores(PurePosixPath(rel))}
+    assert expected == {"a.jpg", "deep/d.jpg", "scans/e.png", "deep/scans/f.tif"}
+    assert {f.rel.as_posix() for f in scan_inbox(root, rules)} == expected
+    assert {f.rel.as_posix() for f in scan_inbox(root, rules, start=root / "deep")} == {"deep/d.jpg",
+                                                                                        "deep/scans/f.tif"}
+    assert list(scan_inbox(root, rules, start=root / "deep" / "raw")) == []
+
+
 def test_scan_of_a_missing_root_raises_rather_than_reporting_an_empty_inbox(tmp_path: Path) -> None:
     """A vanished inbox must never look like an inbox whose files were all deleted."""
     with pytest.raises(FileNotFoundError):
