@@ -14,7 +14,9 @@ threads="${THREADS:-1}"
 runs="${SRD_RUNS_DIR:-$HOME/.cache/srd/runs}"
 fit() { python -m srd.train fit --threads "$threads" --runs-dir "$runs" --cache-dir "$HOME/.cache/srd/train_lr" "$@"; }
 
-# edsr-base (16x64, ESPCN-style tail): about 1.35 s/it on one core, so these span several sessions.
+# edsr-base (16x64, ESPCN-style tail): about 1.4 s/it on one core, so these span several sessions.
+# Session 3 shipped x2 from this run's best.pt at 6,000 iterations (lr still high), and started x3 and x4
+# from a copy of its last.pt at 7,800 iterations (it7800.pt) with short schedules of their own.
+fit --preset base --scale 3 --iters 4500 --init "$runs/edsr-base-x2/it7800.pt"
+fit --preset base --scale 4 --iters 4500 --init "$runs/edsr-base-x2/it7800.pt"
 fit --preset base --scale 2 --iters 40000
-fit --preset base --scale 3 --iters 15000 --init "$runs/edsr-base-x2/last.pt"
-fit --preset base --scale 4 --iters 15000 --init "$runs/edsr-base-x2/last.pt"

@@ -67,7 +67,8 @@ def _fit(args: argparse.Namespace) -> int:
         name=args.name or f"edsr-{args.preset}-x{args.scale}", arch=arch, iters=args.iters, batch=args.batch,
         patch=args.patch, lr=args.lr, lr_min=args.lr_min, seed=args.seed, hard_fraction=args.hard_fraction,
         bf16=not args.no_bf16, threads=args.threads, init=args.init, eval_every=args.eval_every,
-        save_every_s=args.save_every_s, train_dir=args.train_dir, bench_dir=args.bench_dir, cache_dir=args.cache_dir, runs_dir=args.runs_dir,
+        save_every_s=args.save_every_s, train_dir=args.train_dir, bench_dir=args.bench_dir,
+        cache_dir=args.cache_dir, runs_dir=args.runs_dir,
     )
     # 143 (as if killed by SIGTERM) when interrupted, so `set -e` queue scripts stop there.
     return 0 if train(cfg) else 143
