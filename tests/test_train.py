@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 
 from srd.train import checkpoint  # noqa: E402
 from srd.train.data import Pair, PatchSampler, make_lr  # noqa: E402
-from srd.train.export import export_run, update_manifest  # noqa: E402
+from srd.train.export import export_run, training_command, update_manifest  # noqa: E402
 from srd.train.loop import TrainConfig, train  # noqa: E402
 from srd.train.model import DIV2K_MEAN_BGR, EDSR, Arch, load_body  # noqa: E402
 
@@ -60,6 +60,25 @@ def test_resume_continues_exactly(tmp_path: Path, train_dir: Path) -> None:
         assert torch.equal(value, b["model"][key]), key
     assert [it for it, _ in b["history"]] == [3, 6]
     assert "Set5 x2 PSNR-Y" in (resumed.run_dir / "train.log").read_text()
+
+
+def test_stop_at_pauses_inside_the_schedule_and_keeps_a_snapshot(tmp_path: Path, train_dir: Path) -> None:
+    """Pausing at 3 of 6 iterations keeps the cosine of all 6 (resuming ends where a straight run does),
+    leaves it3.pt for other runs to start from, and the command recorded for it3.pt says --stop-at 3."""
+    straight = dataclasses.replace(tiny_config(tmp_path / "a", train_dir, 6), lr_min=1e-5)
+    assert train(straight)
+    paused = dataclasses.replace(tiny_config(tmp_path / "b", train_dir, 6), lr_min=1e-5)
+    assert train(paused, stop_at=3)
+    snapshot = checkpoint.load(paused.run_dir / "it3.pt")
+    assert snapshot["iteration"] == checkpoint.load(paused.run_dir / "last.pt")["iteration"] == 3
+    assert "paused tiny at iteration 3 of 6" in (paused.run_dir / "train.log").read_text()
+    assert " --iters 6 " in training_command(snapshot) and training_command(snapshot).endswith("--stop-at 3")
+    assert train(paused)
+    a = checkpoint.load(straight.run_dir / "last.pt")["model"]
+    b = checkpoint.load(paused.run_dir / "last.pt")["model"]
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
+    assert "--stop-at" not in training_command(checkpoint.load(paused.run_dir / "last.pt"))
 
 
 def test_hard_patches_come_only_from_where_bicubic_fails() -> None:

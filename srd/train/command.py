@@ -25,6 +25,8 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tail", choices=TAILS)
     p.add_argument("--res-scale", type=float)
     p.add_argument("--iters", type=int, required=True, help="total iterations; the cosine schedule spans them")
+    p.add_argument("--stop-at", type=int, help="pause at this iteration and keep a copy runs/<name>/it<N>.pt "
+                                                "for other runs to start from; rerun without it to go on")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--patch", type=int, default=48, help="LR patch size")
     p.add_argument("--lr", type=float, default=2e-4)
@@ -48,7 +50,7 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
 def _export_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a run's checkpoint to models/, verify and evaluate it via cv2.dnn")
     p.add_argument("--run", type=Path, required=True, help="run folder, e.g. runs/edsr-lite-x2")
-    p.add_argument("--checkpoint", choices=("last", "best"), default="last")
+    p.add_argument("--checkpoint", default="last", help="last, best, or it<N> (a --stop-at snapshot)")
     p.add_argument("--name", required=True, help="model name in the manifest, e.g. edsr-lite")
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.add_argument("--bench-dir", type=Path, default=Path("../shared/datasets/bench"))
@@ -71,7 +73,7 @@ def _fit(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir, runs_dir=args.runs_dir,
     )
     # 143 (as if killed by SIGTERM) when interrupted, so `set -e` queue scripts stop there.
-    return 0 if train(cfg) else 143
+    return 0 if train(cfg, args.stop_at) else 143
 
 
 def _export(args: argparse.Namespace) -> int:

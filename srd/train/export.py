@@ -69,14 +69,18 @@ def evaluate_onnx(path: Path, bench_dir: Path, scale: int) -> dict[str, dict[str
     return quality
 
 
-def training_command(cfg: dict[str, Any], arch: dict[str, Any]) -> str:
-    """The ``fit`` command (explicit flags, no preset) that reproduces and resumes the run."""
+def training_command(ckpt: dict[str, Any]) -> str:
+    """The ``fit`` command (explicit flags, no preset) that reproduces the checkpoint: with ``--stop-at``
+    when it was taken part-way through the schedule."""
+    cfg, arch = ckpt["config"], ckpt["arch"]
     parts = [
         "python -m srd.train fit", f"--name {cfg['name']}", f"--scale {arch['scale']}",
         f"--blocks {arch['blocks']}", f"--channels {arch['channels']}", f"--tail {arch['tail']}",
         f"--res-scale {arch['res_scale']}", f"--iters {cfg['iters']}", f"--batch {cfg['batch']}",
         f"--patch {cfg['patch']}", f"--lr {cfg['lr']}", f"--lr-min {cfg['lr_min']}", f"--seed {cfg['seed']}",
     ]
+    if ckpt["iteration"] < cfg["iters"]:
+        parts.append(f"--stop-at {ckpt['iteration']}")
     if cfg.get("hard_fraction", 1.0) < 1:
         parts.append(f"--hard-fraction {cfg['hard_fraction']}")
     if cfg.get("init"):
@@ -120,7 +124,7 @@ def provenance(ckpt: dict[str, Any]) -> dict[str, Any]:
         "hardware": f"{os.cpu_count()}-core CPU ({cfg['threads']} training thread(s), "
                     f"{'bf16 autocast' if cfg['bf16'] else 'fp32'}), torch {torch.__version__.split('+')[0]} CPU",
         "init": f"from {Path(init).parent.name} ({Path(init).name})" if init else "scratch",
-        "command": training_command(cfg, ckpt["arch"]),
+        "command": training_command(ckpt),
         **({"init_provenance": provenance(init_ckpt)} if init_ckpt is not None else {}),
     }
 

@@ -90,11 +90,13 @@ class _StopFlag:
         self.raised = True
 
 
-def train(cfg: TrainConfig) -> bool:
-    """Train (or resume) the run described by ``cfg`` until ``cfg.iters``.
+def train(cfg: TrainConfig, stop_at: int | None = None) -> bool:
+    """Train (or resume) the run described by ``cfg`` until ``cfg.iters``, or until ``stop_at`` if that
+    comes first: a pause part-way through the schedule, which also keeps a snapshot ``it<stop_at>.pt``
+    that later runs can start from (``last.pt`` moves on when the run is resumed).
 
     Returns:
-        True when the run reached ``cfg.iters``; False when SIGTERM/SIGINT stopped it (state saved), so a
+        True when the run reached its target; False when SIGTERM/SIGINT stopped it (state saved), so a
         queue driver can stop instead of moving on to the next run.
     """
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +107,7 @@ def train(cfg: TrainConfig) -> bool:
     stop = _StopFlag()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return _train(cfg, stop)
+        return _train(cfg, stop, min(cfg.iters, stop_at or cfg.iters))
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
@@ -113,7 +115,7 @@ def train(cfg: TrainConfig) -> bool:
         handler.close()
 
 
-def _train(cfg: TrainConfig, stop: _StopFlag) -> bool:
+def _train(cfg: TrainConfig, stop: _StopFlag, target: int) -> bool:
     torch.set_num_threads(cfg.threads)
     run_dir = cfg.run_dir
     last = run_dir / "last.pt"
@@ -163,7 +165,7 @@ def _train(cfg: TrainConfig, stop: _StopFlag) -> bool:
     elapsed0 = float(state["elapsed_s"])
     t_saved = t_log = t_start
     loss_sum, loss_n, it_log = 0.0, 0, it
-    while it < cfg.iters and not stop.raised:
+    while it < target and not stop.raised:
         lr_np, hr_np = sampler.batch(cfg.batch)
         lr_t = torch.from_numpy(lr_np).contiguous(memory_format=torch.channels_last)
         hr_t = torch.from_numpy(hr_np)
@@ -200,6 +202,9 @@ def _train(cfg: TrainConfig, stop: _StopFlag) -> bool:
             checkpoint.save_atomic(snapshot(), last)
             t_saved = time.monotonic()
     checkpoint.save_atomic(snapshot(), last)
-    log.info("%s %s at iteration %d (%.2f h of training)", "stopped" if stop.raised else "finished",
-             cfg.name, it, float(state["elapsed_s"]) / 3600)
+    if it == target < cfg.iters:
+        checkpoint.save_atomic(snapshot(), run_dir / f"it{it}.pt")
+    outcome = "stopped" if stop.raised else "paused" if it < cfg.iters else "finished"
+    log.info("%s %s at iteration %d of %d (%.2f h of training)", outcome, cfg.name, it, cfg.iters,
+             float(state["elapsed_s"]) / 3600)
     return not stop.raised
