@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import SHARED, exif_with_orientation, icc_profile, png_claiming
 
-from srd.bench import make_lr
+from srd.bench import bicubic_up, make_lr
 from srd.cli import main
 from srd.exif import read_orientation
 from srd.imageio import decode
@@ -62,6 +62,18 @@ def test_process_gives_the_psnr_of_opencv_upsample(
     ours = [psnr_y(cv2.imread(str(out / name), cv2.IMREAD_COLOR), hr, 3) for name, hr in truths.items()]
     assert len(ours) == len(reference) >= 5
     assert abs(np.mean(ours) - np.mean(reference)) <= 0.05
+
+
+def test_process_runs_the_base_tier_by_name(bench: Path, tmp_path: Path) -> None:
+    """`--model edsr-base --scale 3` finds the bundled base model and beats bicubic by a wide margin."""
+    hr = crop_to_multiple(cv2.imread(str(bench / "Set5" / "butterfly.png"), cv2.IMREAD_COLOR), 3)
+    lr = make_lr(hr, 3)
+    source = tmp_path / "butterfly.png"
+    cv2.imwrite(str(source), lr)
+    assert run_cli("process", source, "--out", tmp_path / "out", "--model", "edsr-base", "--scale", 3) == 0
+    sr = cv2.imread(str(tmp_path / "out" / "butterfly.png"), cv2.IMREAD_COLOR)
+    assert sr.shape == hr.shape
+    assert psnr_y(sr, hr, 3) > psnr_y(bicubic_up(lr, 3), hr, 3) + 2
 
 
 def test_rotated_jpeg_comes_out_upright_with_its_icc_profile(zoo: Path, tmp_path: Path) -> None:

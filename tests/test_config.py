@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from srd.config import load_config
 from srd.errors import ConfigError
@@ -45,6 +46,13 @@ def test_the_documented_shape_loads(tmp_path: Path) -> None:
     assert (inbox.path, inbox.outbox, inbox.profile, inbox.settle_seconds) == (
         Path("/srv/inbox"), Path("/srv/outbox"), "photo", 2.0
     )
+
+
+def test_the_example_config_loads_with_every_model_it_names() -> None:
+    """config/srd.example.yaml is what admins copy: it must pass the same check as `srd config check`."""
+    config = load_config(REPO / "config" / "srd.example.yaml", check_models=True)
+    assert set(config.profiles) == {"default", "photo", "scans"} and len(config.inboxes) == 2
+    assert Upscale(model="edsr-base", scale=2.0) in config.profiles["scans"].pipeline.stages
 
 
 def test_no_config_means_the_working_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
