@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -19,8 +20,10 @@ torch = pytest.importorskip("torch")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from srd.bicubic import imresize  # noqa: E402
+from srd.metrics import crop_to_multiple  # noqa: E402
 from srd.train import checkpoint  # noqa: E402
-from srd.train.data import Pair, PatchSampler, make_lr  # noqa: E402
+from srd.train.data import Pair, PatchSampler, load_pairs, make_lr  # noqa: E402
 from srd.train.export import export_run, training_command, update_manifest  # noqa: E402
 from srd.train.loop import TrainConfig, train  # noqa: E402
 from srd.train.model import DIV2K_MEAN_BGR, EDSR, Arch, load_body  # noqa: E402
@@ -59,7 +62,8 @@ def test_resume_continues_exactly(tmp_path: Path, train_dir: Path) -> None:
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     assert [it for it, _ in b["history"]] == [3, 6]
-    assert "Set5 x2 PSNR-Y" in (resumed.run_dir / "train.log").read_text()
+    evals = re.findall(r"Set5 x2 PSNR-Y [\d.]+ dB, Set14 [\d.]+ dB", (resumed.run_dir / "train.log").read_text())
+    assert len(evals) == 2
 
 
 def test_stop_at_pauses_inside_the_schedule_and_keeps_a_snapshot(tmp_path: Path, train_dir: Path) -> None:
@@ -79,6 +83,28 @@ def test_stop_at_pauses_inside_the_schedule_and_keeps_a_snapshot(tmp_path: Path,
     for key, value in a.items():
         assert torch.equal(value, b[key]), key
     assert "--stop-at" not in training_command(checkpoint.load(paused.run_dir / "last.pt"))
+
+
+def test_downscales_add_a_cached_shrunk_copy_of_every_image(tmp_path: Path, train_dir: Path) -> None:
+    """Scale augmentation: each factor adds, per image, a pair whose HR is the image shrunk by MATLAB bicubic
+    and whose LR is that HR's own protocol LR; a second load reads both from the cache."""
+    cache = tmp_path / "cache"
+    pairs = load_pairs(train_dir, 2, cache, downscales=(0.5,))
+    assert [p.name for p in pairs] == [n for rel in sorted(TRAIN_IMAGES)
+                                       for n in (str(Path(rel).with_suffix(".png")),
+                                                 f"{Path(rel).with_suffix('.png')}@0.5")]
+    original = cv2.imread(str(train_dir / "T91/t1.png"), cv2.IMREAD_COLOR)
+    shrunk = next(p for p in pairs if p.name == "T91/t1.png@0.5")
+    expected = crop_to_multiple(np.clip(np.round(imresize(original, 0.5)), 0, 255).astype(np.uint8), 2)
+    assert np.array_equal(shrunk.hr, expected) and np.array_equal(shrunk.lr, make_lr(expected, 2))
+    cached = [cache / "down0.5" / "T91/t1.png", cache / "down0.5" / "x2" / "T91/t1.png"]
+    stamps = [path.stat().st_mtime_ns for path in cached]
+    again = load_pairs(train_dir, 2, cache, downscales=(0.5,))
+    assert all(np.array_equal(a.lr, b.lr) and np.array_equal(a.hr, b.hr) for a, b in zip(pairs, again))
+    assert [path.stat().st_mtime_ns for path in cached] == stamps
+    cfg = dataclasses.replace(tiny_config(tmp_path, train_dir, 2), downscales=(0.8, 0.6))
+    command = training_command({"config": cfg.to_dict(), "arch": cfg.arch.to_dict(), "iteration": 2})
+    assert command.endswith("--downscales 0.8,0.6")
 
 
 def test_hard_patches_come_only_from_where_bicubic_fails() -> None:

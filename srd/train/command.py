@@ -15,6 +15,13 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 
 
+def _factors(text: str) -> tuple[float, ...]:
+    factors = tuple(float(part) for part in text.split(","))
+    if not all(0 < f < 1 for f in factors):
+        raise argparse.ArgumentTypeError(f"downscale factors must lie between 0 and 1, not {text}")
+    return factors
+
+
 def _fit_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit", help="train or resume a run (rerun the same command to resume)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="lite")
@@ -35,6 +42,8 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hard-fraction", type=float, default=1.0,
                    help="draw patches only from this fraction of them that bicubic reconstructs worst "
                         "(1: from anywhere)")
+    p.add_argument("--downscales", type=_factors, default=(),
+                   help="also train on each image shrunk by these factors first, e.g. 0.8,0.6 (scale augmentation)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--init", help="checkpoint whose weights start a new run: all of them for the same "
@@ -68,9 +77,9 @@ def _fit(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         name=args.name or f"edsr-{args.preset}-x{args.scale}", arch=arch, iters=args.iters, batch=args.batch,
         patch=args.patch, lr=args.lr, lr_min=args.lr_min, seed=args.seed, hard_fraction=args.hard_fraction,
-        bf16=not args.no_bf16, threads=args.threads, init=args.init, eval_every=args.eval_every,
-        save_every_s=args.save_every_s, train_dir=args.train_dir, bench_dir=args.bench_dir,
-        cache_dir=args.cache_dir, runs_dir=args.runs_dir,
+        downscales=args.downscales, bf16=not args.no_bf16, threads=args.threads, init=args.init,
+        eval_every=args.eval_every, save_every_s=args.save_every_s, train_dir=args.train_dir,
+        bench_dir=args.bench_dir, cache_dir=args.cache_dir, runs_dir=args.runs_dir,
     )
     # 143 (as if killed by SIGTERM) when interrupted, so `set -e` queue scripts stop there.
     return 0 if train(cfg, args.stop_at) else 143

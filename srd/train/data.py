@@ -8,13 +8,14 @@ downscaling (rather than per patch) keeps the antialiasing kernel's border handl
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from srd.bicubic import imresize
+from srd.bicubic import imresize, output_size
 from srd.imageheader import IMAGE_SUFFIXES
 from srd.metrics import crop_to_multiple
 from srd.train.model import DIV2K_MEAN_BGR
@@ -40,29 +41,52 @@ def list_images(root: Path) -> list[Path]:
 
 def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
     """The protocol's LR image: MATLAB bicubic of the modcropped HR, rounded to uint8."""
-    return np.clip(np.round(imresize(hr, 1.0 / scale)), 0, 255).astype(np.uint8)
+    return _to_uint8(imresize(hr, 1.0 / scale))
 
 
-def load_pairs(root: Path, scale: int, cache: Path) -> list[Pair]:
-    """Load every image under ``root`` with its LR copy, computing and caching the LR copies on first use."""
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(image), 0, 255).astype(np.uint8)
+
+
+def load_pairs(root: Path, scale: int, cache: Path, downscales: Sequence[float] = ()) -> list[Pair]:
+    """Every image under ``root`` with its LR copy, plus one pair per factor in ``downscales`` made from the
+    image first shrunk by that factor (MATLAB bicubic): scale augmentation, as in VDSR. Shrinking packs
+    texture closer to the Nyquist limit, which photos of cloth and stripes (Set14's barbara) have and these
+    training sets have little of. Derived images are computed on first use and cached under ``cache``.
+    """
     pairs = []
     for path in list_images(root):
-        hr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if hr is None:
+        original = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if original is None:
             raise OSError(f"cannot decode training image {path}")
-        hr = crop_to_multiple(hr, scale)
         rel = path.relative_to(root).with_suffix(".png")
-        lr_path = cache / f"x{scale}" / rel
-        lr = cv2.imread(str(lr_path), cv2.IMREAD_COLOR) if lr_path.exists() else None
-        if lr is None or lr.shape[0] * scale != hr.shape[0] or lr.shape[1] * scale != hr.shape[1]:
-            lr = make_lr(hr, scale)
-            lr_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = lr_path.with_name(f".{lr_path.name}.tmp.png")
-            cv2.imwrite(str(tmp), lr)
-            tmp.replace(lr_path)
-        pairs.append(Pair(str(rel), hr, lr))
-    log.info("loaded %d training images for x%d from %s", len(pairs), scale, root)
+        pairs.append(_pair(str(rel), original, cache / f"x{scale}" / rel, scale))
+        for factor in downscales:
+            folder = cache / f"down{factor:g}"
+            size = (output_size(original.shape[0], factor), output_size(original.shape[1], factor))
+            shrunk = _cached(folder / rel, size, lambda f=factor: _to_uint8(imresize(original, f)))
+            pairs.append(_pair(f"{rel}@{factor:g}", shrunk, folder / f"x{scale}" / rel, scale))
+    log.info("loaded %d training images (%d with downscales %s) for x%d from %s",
+             len(pairs) // (1 + len(downscales)), len(pairs), list(downscales), scale, root)
     return pairs
+
+
+def _pair(name: str, image: np.ndarray, lr_path: Path, scale: int) -> Pair:
+    hr = crop_to_multiple(image, scale)
+    size = (hr.shape[0] // scale, hr.shape[1] // scale)
+    return Pair(name, hr, _cached(lr_path, size, lambda: make_lr(hr, scale)))
+
+
+def _cached(path: Path, size: tuple[int, int], make: Callable[[], np.ndarray]) -> np.ndarray:
+    """The image cached at ``path`` if it has ``size`` (height, width); else ``make()``, cached atomically."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.exists() else None
+    if image is None or image.shape[:2] != size:
+        image = make()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        cv2.imwrite(str(tmp), image)
+        tmp.replace(path)
+    return image
 
 
 def hard_patches(pairs: list[Pair], scale: int, patch: int, fraction: float) -> np.ndarray:

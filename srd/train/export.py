@@ -83,6 +83,8 @@ def training_command(ckpt: dict[str, Any]) -> str:
         parts.append(f"--stop-at {ckpt['iteration']}")
     if cfg.get("hard_fraction", 1.0) < 1:
         parts.append(f"--hard-fraction {cfg['hard_fraction']}")
+    if cfg.get("downscales"):
+        parts.append(f"--downscales {','.join(f'{f:g}' for f in cfg['downscales'])}")
     if cfg.get("init"):
         parts.append(f"--init {_in_runs_dir(Path(cfg['init']), cfg)}")
     if not cfg["bf16"]:
