@@ -50,9 +50,9 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
 
 def load_pairs(root: Path, scale: int, cache: Path, downscales: Sequence[float] = ()) -> list[Pair]:
     """Every image under ``root`` with its LR copy, plus one pair per factor in ``downscales`` made from the
-    image first shrunk by that factor (MATLAB bicubic): scale augmentation, as in VDSR. Shrinking packs
-    texture closer to the Nyquist limit, which photos of cloth and stripes (Set14's barbara) have and these
-    training sets have little of. Derived images are computed on first use and cached under ``cache``.
+    image first shrunk by that factor (MATLAB bicubic): scale augmentation, as in VDSR. Shrinking packs more
+    texture into each patch, closer to the sampling limit. Derived images are computed on first use and
+    cached under ``cache``.
     """
     pairs = []
     for path in list_images(root):
