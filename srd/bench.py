@@ -30,7 +30,7 @@ class QualityRow:
     method: str
     psnr: float
     ssim: float
-    images: int
+    psnr_by_image: dict[str, float]
 
 
 def bench_images(folder: Path) -> list[Path]:
@@ -64,8 +64,9 @@ def bench_quality(
     *,
     with_upsample: bool = False,
 ) -> list[QualityRow]:
-    """Mean PSNR-Y and SSIM-Y over the HR images in `folder`, bicubic first, then each model."""
-    methods: dict[str, list[tuple[float, float]]] = {"bicubic (MATLAB)": []}
+    """Mean PSNR-Y and SSIM-Y over the HR images in `folder` (and PSNR-Y per image), bicubic first, then each
+    model."""
+    methods: dict[str, dict[str, tuple[float, float]]] = {"bicubic (MATLAB)": {}}
     upscalers = [(f"{spec.name} x{spec.scale}", Upscaler(spec, engine)) for spec in specs]
     references = []
     if with_upsample:
@@ -81,9 +82,10 @@ def bench_quality(
         outputs.update({label: up.upscale(lr) for label, up in upscalers})
         outputs.update({label: impl.upsample(lr) for label, impl in references})
         for label, sr in outputs.items():
-            methods.setdefault(label, []).append((psnr_y(sr, hr, scale), ssim_y(sr, hr, scale)))
+            methods.setdefault(label, {})[path.stem] = (psnr_y(sr, hr, scale), ssim_y(sr, hr, scale))
     return [
-        QualityRow(label, float(np.mean([p for p, _ in scores])), float(np.mean([s for _, s in scores])), len(scores))
+        QualityRow(label, float(np.mean([p for p, _ in scores.values()])),
+                   float(np.mean([s for _, s in scores.values()])), {name: p for name, (p, _) in scores.items()})
         for label, scores in methods.items()
     ]
 

@@ -80,6 +80,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpar
     quality.add_argument("--scale", "-s", type=int, required=True)
     quality.add_argument("--model", "-m", action="append", default=[], help="model name or file; repeatable")
     quality.add_argument("--upsample", action="store_true", help="also run zoo .pb files through upsample()")
+    quality.add_argument("--per-image", action="store_true", help="also print each image's PSNR-Y")
     quality.add_argument("--config", "-c", type=Path, help="YAML config (model_dirs, engine)")
     _add_engine_options(quality)
     speed = bench_sub.add_parser("speed", help="µs per LR pixel and peak RSS for several tile sizes",
@@ -306,6 +307,11 @@ def _run_bench(args: argparse.Namespace) -> int:
         print(f"|{'-' * 44}|-------------|--------|")
         for row in rows:
             print(f"| {row.method:<42} | {row.psnr:11.2f} | {row.ssim:.4f} |")
+        if args.per_image:
+            print(f"\nPSNR-Y (dB) per image\n| image | {' | '.join(row.method for row in rows)} |")
+            print("|---" * (len(rows) + 1) + "|")
+            for name in rows[0].psnr_by_image:
+                print(f"| {name} | {' | '.join(f'{row.psnr_by_image[name]:.2f}' for row in rows)} |")
         return 0
     specs = [resolve_model(m, args.scale, extra_dirs=config.model_dirs) for m in args.model]
     height, width = (int(v) for v in args.size.lower().split("x"))

@@ -35,6 +35,22 @@ def test_quality_reproduces_the_published_bicubic_and_zoo_figures(
     assert psnr["edsr-lite x2"] > psnr["ESPCN_x2 x2"] + 2
 
 
+def test_quality_per_image_lists_every_image_and_averages_to_the_mean(
+    bench: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--per-image adds one row per image (bicubic and each model); their mean is the summary's figure."""
+    out = run_cli(capsys, "bench", "quality", "--set", bench / "Set5", "--scale", 4, "-m", "edsr-lite", "--per-image")
+    summary, per_image = out.split("PSNR-Y (dB) per image")
+    means = {row[0]: float(row[1]) for row in table(summary)}
+    rows = table(per_image)
+    assert [row[0] for row in rows] == ["baby", "bird", "butterfly", "head", "woman"]
+    header = [c.strip() for c in per_image.strip().splitlines()[0].strip("|").split("|")]
+    assert header == ["image", "bicubic (MATLAB)", "edsr-lite x4"]
+    for column, method in enumerate(header[1:], start=1):
+        assert sum(float(row[column]) for row in rows) / len(rows) == pytest.approx(means[method], abs=0.01)
+    assert all(float(row[2]) > float(row[1]) for row in rows)
+
+
 def test_speed_compares_models_over_alternating_rounds(zoo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Every model gets every tile size in every round; times are relative to the first model's."""
     out = run_cli(capsys, "bench", "speed", "-m", "edsr-lite", "-m", zoo / "ESPCN_x2.pb", "--scale", 2,
