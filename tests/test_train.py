@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import re
 import shutil
 import signal
@@ -182,6 +183,25 @@ def test_manifest_update_keeps_other_entries_sorted(tmp_path: Path) -> None:
     models = json.loads(manifest.read_text())["models"]
     assert [(m["name"], m["scale"], m["size_bytes"]) for m in models] == [
         ("edsr-base", 2, 2), ("edsr-lite", 2, 3), ("edsr-lite", 4, 9)]
+
+
+def _add_entries(manifest: Path, name: str) -> None:
+    for scale in range(200):
+        update_manifest(manifest, {"name": name, "scale": scale})
+
+
+def test_manifest_updates_from_processes_side_by_side_lose_nothing(tmp_path: Path) -> None:
+    """Two exporters updating one manifest at once (a read-modify-write each) keep every entry of both."""
+    manifest = tmp_path / "manifest.json"
+    ctx = multiprocessing.get_context("spawn")
+    writers = [ctx.Process(target=_add_entries, args=(manifest, name)) for name in ("a", "b")]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(120)
+        assert writer.exitcode == 0
+    entries = {(m["name"], m["scale"]) for m in json.loads(manifest.read_text())["models"]}
+    assert entries == {(name, scale) for name in ("a", "b") for scale in range(200)}
 
 
 def test_other_scale_starts_from_x2_body() -> None:

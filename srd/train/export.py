@@ -6,6 +6,7 @@ DESIGN §8 protocol, so it is what daemon users get.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -132,17 +133,26 @@ def provenance(ckpt: dict[str, Any]) -> dict[str, Any]:
 
 
 def update_manifest(manifest_path: Path, entry: dict[str, Any]) -> None:
-    """Replace or add the (name, scale) entry, keep the others, sort, and write atomically."""
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-    else:
-        manifest = {"version": 1, "models": []}
-    models = [m for m in manifest["models"] if (m["name"], m["scale"]) != (entry["name"], entry["scale"])]
-    models.append(entry)
-    manifest["models"] = sorted(models, key=lambda m: (m["name"], m["scale"]))
-    tmp = manifest_path.with_name(f".{manifest_path.name}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, manifest_path)
+    """Replace or add the (name, scale) entry, keep the others, sort, and write atomically.
+
+    The read-modify-write holds an exclusive ``flock`` on the manifest's folder, so exports run side by side
+    (one per scale) cannot drop each other's entries.
+    """
+    folder = os.open(manifest_path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        if manifest_path.exists():
+            manifest = json.loads(manifest_path.read_text())
+        else:
+            manifest = {"version": 1, "models": []}
+        models = [m for m in manifest["models"] if (m["name"], m["scale"]) != (entry["name"], entry["scale"])]
+        models.append(entry)
+        manifest["models"] = sorted(models, key=lambda m: (m["name"], m["scale"]))
+        tmp = manifest_path.with_name(f".{manifest_path.name}.tmp")
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(tmp, manifest_path)
+    finally:
+        os.close(folder)  # releases the lock
 
 
 def export_run(ckpt_path: Path, name: str, models_dir: Path, bench_dir: Path, threads: int = 1) -> dict[str, Any]:
