@@ -88,7 +88,8 @@ def test_stop_at_pauses_inside_the_schedule_and_keeps_a_snapshot(tmp_path: Path,
 
 def test_downscales_add_a_cached_shrunk_copy_of_every_image(tmp_path: Path, train_dir: Path) -> None:
     """Scale augmentation: each factor adds, per image, a pair whose HR is the image shrunk by MATLAB bicubic
-    and whose LR is that HR's own protocol LR; a second load reads both from the cache."""
+    and whose LR is that HR's own protocol LR; a second load reads both from the cache; the recorded training
+    command carries the factors."""
     cache = tmp_path / "cache"
     pairs = load_pairs(train_dir, 2, cache, downscales=(0.5,))
     assert [p.name for p in pairs] == [n for rel in sorted(TRAIN_IMAGES)
