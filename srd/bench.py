@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from srd.bicubic import imresize
+from srd.bicubic import imresize_uint8
 from srd.engine.conventions import LUMA_CONVENTIONS
 from srd.engine.registry import ModelSpec
 from srd.engine.upscaler import EngineSettings, Upscaler
@@ -40,12 +40,12 @@ def bench_images(folder: Path) -> list[Path]:
 
 def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
     """The protocol's LR input: MATLAB-style antialiased bicubic, rounded to uint8."""
-    return np.clip(np.rint(imresize(hr, 1.0 / scale)), 0, 255).astype(np.uint8)
+    return imresize_uint8(hr, 1.0 / scale)
 
 
 def bicubic_up(lr: np.ndarray, scale: int) -> np.ndarray:
     """The protocol's bicubic baseline: MATLAB-style bicubic enlargement, rounded to uint8."""
-    return np.clip(np.rint(imresize(lr, scale)), 0, 255).astype(np.uint8)
+    return imresize_uint8(lr, scale)
 
 
 def _upsample_reference(spec: ModelSpec) -> object:

@@ -21,10 +21,11 @@ torch = pytest.importorskip("torch")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from srd.bench import make_lr  # noqa: E402
 from srd.bicubic import imresize  # noqa: E402
 from srd.metrics import crop_to_multiple  # noqa: E402
 from srd.train import checkpoint  # noqa: E402
-from srd.train.data import Pair, PatchSampler, load_pairs, make_lr  # noqa: E402
+from srd.train.data import Pair, PatchSampler, load_pairs  # noqa: E402
 from srd.train.export import export_run, training_command, update_manifest  # noqa: E402
 from srd.train.loop import TrainConfig, train  # noqa: E402
 from srd.train.model import DIV2K_MEAN_BGR, EDSR, Arch, load_body  # noqa: E402

@@ -15,7 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from srd.bicubic import imresize, output_size
+from srd.bench import make_lr
+from srd.bicubic import imresize_uint8, output_size
 from srd.imageheader import IMAGE_SUFFIXES
 from srd.metrics import crop_to_multiple
 from srd.train.model import DIV2K_MEAN_BGR
@@ -39,15 +40,6 @@ def list_images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
-    """The protocol's LR image: MATLAB bicubic of the modcropped HR, rounded to uint8."""
-    return _to_uint8(imresize(hr, 1.0 / scale))
-
-
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(image), 0, 255).astype(np.uint8)
-
-
 def load_pairs(root: Path, scale: int, cache: Path, downscales: Sequence[float] = ()) -> list[Pair]:
     """Every image under ``root`` with its LR copy, plus one pair per factor in ``downscales`` made from the
     image first shrunk by that factor (MATLAB bicubic): scale augmentation, as in VDSR. Shrinking packs more
@@ -64,7 +56,7 @@ def load_pairs(root: Path, scale: int, cache: Path, downscales: Sequence[float] 
         for factor in downscales:
             folder = cache / f"down{factor:g}"
             size = (output_size(original.shape[0], factor), output_size(original.shape[1], factor))
-            shrunk = _cached(folder / rel, size, lambda f=factor: _to_uint8(imresize(original, f)))
+            shrunk = _cached(folder / rel, size, lambda f=factor: imresize_uint8(original, f))
             pairs.append(_pair(f"{rel}@{factor:g}", shrunk, folder / f"x{scale}" / rel, scale))
     log.info("loaded %d training images (%d with downscales %s) for x%d from %s",
              len(pairs) // (1 + len(downscales)), len(pairs), list(downscales), scale, root)
