@@ -70,7 +70,8 @@ def test_resume_continues_exactly(tmp_path: Path, train_dir: Path) -> None:
 
 def test_stop_at_pauses_inside_the_schedule_and_keeps_a_snapshot(tmp_path: Path, train_dir: Path) -> None:
     """Pausing at 3 of 6 iterations keeps the cosine of all 6 (resuming ends where a straight run does),
-    leaves it3.pt for other runs to start from, and the command recorded for it3.pt says --stop-at 3."""
+    leaves it3.pt for other runs to start from, and the command recorded for it3.pt says --stop-at 3;
+    rerunning the paused command touches nothing."""
     straight = dataclasses.replace(tiny_config(tmp_path / "a", train_dir, 6), lr_min=1e-5)
     assert train(straight)
     paused = dataclasses.replace(tiny_config(tmp_path / "b", train_dir, 6), lr_min=1e-5)
@@ -79,6 +80,12 @@ def test_stop_at_pauses_inside_the_schedule_and_keeps_a_snapshot(tmp_path: Path,
     assert snapshot["iteration"] == checkpoint.load(paused.run_dir / "last.pt")["iteration"] == 3
     assert "paused tiny at iteration 3 of 6" in (paused.run_dir / "train.log").read_text()
     assert " --iters 6 " in training_command(snapshot) and training_command(snapshot).endswith("--stop-at 3")
+    # Rerunning the paused command (a queue pass) returns at once: no data read (there is none), nothing rewritten.
+    kept = sorted(p for p in paused.run_dir.iterdir() if p.name != "train.log")
+    stamps = [path.stat().st_mtime_ns for path in kept]
+    assert train(dataclasses.replace(paused, train_dir=str(tmp_path / "absent")), stop_at=3)
+    assert [path.stat().st_mtime_ns for path in kept] == stamps
+    assert "tiny is already at iteration 3 of 6" in (paused.run_dir / "train.log").read_text()
     assert train(paused)
     a = checkpoint.load(straight.run_dir / "last.pt")["model"]
     b = checkpoint.load(paused.run_dir / "last.pt")["model"]

@@ -120,6 +120,13 @@ def _train(cfg: TrainConfig, stop: _StopFlag, target: int) -> bool:
     torch.set_num_threads(cfg.threads)
     run_dir = cfg.run_dir
     last = run_dir / "last.pt"
+    ckpt = checkpoint.load(last) if last.exists() else None
+    if ckpt is not None and ckpt["arch"] != cfg.arch.to_dict():
+        raise ValueError(f"{last} holds architecture {ckpt['arch']}, not {cfg.arch.to_dict()}")
+    if ckpt is not None and ckpt["iteration"] >= target:
+        # A queue rerun passes every finished run: return before loading its data, and rewrite nothing.
+        log.info("%s is already at iteration %d of %d", cfg.name, ckpt["iteration"], cfg.iters)
+        return True
 
     torch.manual_seed(cfg.seed)  # before building the model: it fixes the initial weights
     model = EDSR(cfg.arch)
@@ -129,10 +136,7 @@ def _train(cfg: TrainConfig, stop: _StopFlag, target: int) -> bool:
     set5, set14 = (load_bench(Path(cfg.bench_dir) / name, cfg.arch.scale) for name in ("Set5", "Set14"))
 
     state: dict[str, object] = {"iteration": 0, "elapsed_s": 0.0, "history": [], "best_psnr": -1.0}
-    if last.exists():
-        ckpt = checkpoint.load(last)
-        if ckpt["arch"] != cfg.arch.to_dict():
-            raise ValueError(f"{last} holds architecture {ckpt['arch']}, not {cfg.arch.to_dict()}")
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sampler.set_state(ckpt["numpy_rng"])
