@@ -28,9 +28,15 @@ from srd.metrics import crop_to_multiple, psnr_y, ssim_y
 @dataclass(frozen=True)
 class QualityRow:
     method: str
-    psnr: float
-    ssim: float
-    psnr_by_image: dict[str, float]
+    scores: dict[str, tuple[float, float]]  # image name -> (PSNR-Y, SSIM-Y)
+
+    @property
+    def psnr(self) -> float:
+        return float(np.mean([p for p, _ in self.scores.values()]))
+
+    @property
+    def ssim(self) -> float:
+        return float(np.mean([s for _, s in self.scores.values()]))
 
 
 def bench_images(folder: Path) -> list[Path]:
@@ -83,11 +89,7 @@ def bench_quality(
         outputs.update({label: impl.upsample(lr) for label, impl in references})
         for label, sr in outputs.items():
             methods.setdefault(label, {})[path.stem] = (psnr_y(sr, hr, scale), ssim_y(sr, hr, scale))
-    return [
-        QualityRow(label, float(np.mean([p for p, _ in scores.values()])),
-                   float(np.mean([s for _, s in scores.values()])), {name: p for name, (p, _) in scores.items()})
-        for label, scores in methods.items()
-    ]
+    return [QualityRow(label, scores) for label, scores in methods.items()]
 
 
 @dataclass(frozen=True)

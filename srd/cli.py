@@ -310,8 +310,8 @@ def _run_bench(args: argparse.Namespace) -> int:
         if args.per_image:
             print(f"\nPSNR-Y (dB) per image\n| image | {' | '.join(row.method for row in rows)} |")
             print("|---" * (len(rows) + 1) + "|")
-            for name in rows[0].psnr_by_image:
-                print(f"| {name} | {' | '.join(f'{row.psnr_by_image[name]:.2f}' for row in rows)} |")
+            for name in rows[0].scores:
+                print(f"| {name} | {' | '.join(f'{row.scores[name][0]:.2f}' for row in rows)} |")
         return 0
     specs = [resolve_model(m, args.scale, extra_dirs=config.model_dirs) for m in args.model]
     height, width = (int(v) for v in args.size.lower().split("x"))
