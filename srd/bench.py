@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from srd.bicubic import imresize_uint8
+from srd.bicubic import bicubic_up, make_lr
 from srd.engine.conventions import LUMA_CONVENTIONS
 from srd.engine.registry import ModelSpec
 from srd.engine.upscaler import EngineSettings, Upscaler
@@ -42,16 +42,6 @@ class QualityRow:
 def bench_images(folder: Path) -> list[Path]:
     """HR images directly in `folder` (sub-folders such as LR_bicubic_matlab are not read)."""
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
-    """The protocol's LR input: MATLAB-style antialiased bicubic, rounded to uint8."""
-    return imresize_uint8(hr, 1.0 / scale)
-
-
-def bicubic_up(lr: np.ndarray, scale: int) -> np.ndarray:
-    """The protocol's bicubic baseline: MATLAB-style bicubic enlargement, rounded to uint8."""
-    return imresize_uint8(lr, scale)
 
 
 def _upsample_reference(spec: ModelSpec) -> object:

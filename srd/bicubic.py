@@ -84,3 +84,13 @@ def imresize(img: np.ndarray, scale: float) -> np.ndarray:
 def imresize_uint8(img: np.ndarray, scale: float) -> np.ndarray:
     """``imresize`` rounded and clipped to uint8, as the benchmark protocol stores its images."""
     return np.clip(np.rint(imresize(img, scale)), 0, 255).astype(np.uint8)
+
+
+def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
+    """The protocol's LR input: MATLAB-style antialiased bicubic, rounded to uint8."""
+    return imresize_uint8(hr, 1.0 / scale)
+
+
+def bicubic_up(lr: np.ndarray, scale: int) -> np.ndarray:
+    """The protocol's bicubic baseline: MATLAB-style bicubic enlargement, rounded to uint8."""
+    return imresize_uint8(lr, scale)

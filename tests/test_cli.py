@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import SHARED, exif_with_orientation, icc_profile, png_claiming
 
-from srd.bench import bicubic_up, make_lr
+from srd.bicubic import bicubic_up, make_lr
 from srd.cli import main
 from srd.exif import read_orientation
 from srd.imageio import decode

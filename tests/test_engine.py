@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import REPO, SHARED
 
-from srd.bench import bicubic_up, make_lr
+from srd.bicubic import bicubic_up, make_lr
 from srd.engine.registry import resolve_model
 from srd.engine.tiling import plan_tiles
 from srd.engine.upscaler import EngineSettings, Upscaler

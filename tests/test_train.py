@@ -21,8 +21,7 @@ torch = pytest.importorskip("torch")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from srd.bench import make_lr  # noqa: E402
-from srd.bicubic import imresize  # noqa: E402
+from srd.bicubic import imresize, make_lr  # noqa: E402
 from srd.metrics import crop_to_multiple  # noqa: E402
 from srd.train import checkpoint  # noqa: E402
 from srd.train.data import Pair, PatchSampler, load_pairs  # noqa: E402

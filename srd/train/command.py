@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 from pathlib import Path
 
 from srd.train.model import TAILS, Arch
@@ -45,15 +47,28 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--downscales", type=_factors, default=(),
                    help="also train on each image shrunk by these factors first, e.g. 0.8,0.6 (scale augmentation)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: the CUDA GPU when torch sees one, else the CPU")
     p.add_argument("--init", help="checkpoint whose weights start a new run: all of them for the same "
                                   "architecture and scale (a warm restart), all but the tail otherwise")
     p.add_argument("--eval-every", type=int, default=1000)
+    p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--save-every-s", type=float, default=180.0)
     p.add_argument("--train-dir", default="../shared/datasets/train")
     p.add_argument("--bench-dir", default="../shared/datasets/bench")
     p.add_argument("--cache-dir", default=".cache/train_lr", help="where the LR training images are cached")
     p.add_argument("--runs-dir", default="runs")
+
+
+def _cache_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cache", help="make the LR (and downscaled) copies of the training images ahead of "
+                                     "runs, with several processes; fit makes any that are missing itself")
+    p.add_argument("--scales", type=lambda text: [int(s) for s in text.split(",")], default=[2, 3, 4])
+    p.add_argument("--downscales", type=_factors, default=())
+    p.add_argument("--workers", type=int, default=os.cpu_count())
+    p.add_argument("--train-dir", type=Path, default=Path("../shared/datasets/train"))
+    p.add_argument("--cache-dir", type=Path, default=Path(".cache/train_lr"))
 
 
 def _export_parser(sub: argparse._SubParsersAction) -> None:
@@ -77,12 +92,25 @@ def _fit(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         name=args.name or f"edsr-{args.preset}-x{args.scale}", arch=arch, iters=args.iters, batch=args.batch,
         patch=args.patch, lr=args.lr, lr_min=args.lr_min, seed=args.seed, hard_fraction=args.hard_fraction,
-        downscales=args.downscales, bf16=not args.no_bf16, threads=args.threads, init=args.init,
-        eval_every=args.eval_every, save_every_s=args.save_every_s, train_dir=args.train_dir,
+        downscales=args.downscales, bf16=not args.no_bf16, threads=args.threads, device=args.device, init=args.init,
+        eval_every=args.eval_every, log_every=args.log_every, save_every_s=args.save_every_s, train_dir=args.train_dir,
         bench_dir=args.bench_dir, cache_dir=args.cache_dir, runs_dir=args.runs_dir,
     )
+    try:
+        finished = train(cfg, args.stop_at)
+    except ValueError as error:  # a run that cannot start: no GPU, or a checkpoint of another architecture
+        print(f"srd train fit: {error}", file=sys.stderr)
+        return 2
     # 143 (as if killed by SIGTERM) when interrupted, so `set -e` queue scripts stop there.
-    return 0 if train(cfg, args.stop_at) else 143
+    return 0 if finished else 143
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from srd.train.data import load_pairs
+
+    for scale in args.scales:
+        load_pairs(args.train_dir, scale, args.cache_dir, args.downscales, args.workers)
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -93,11 +121,13 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: ``main(["fit", ...])`` or ``main(["export", ...])``; returns the exit status."""
+    """Entry point: ``main(["fit", ...])``, ``main(["cache", ...])`` or ``main(["export", ...])``; returns
+    the exit status."""
     parser = argparse.ArgumentParser(prog="srd train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _fit_parser(sub)
+    _cache_parser(sub)
     _export_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    return _fit(args) if args.command == "fit" else _export(args)
+    return {"fit": _fit, "cache": _cache, "export": _export}[args.command](args)

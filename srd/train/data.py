@@ -8,15 +8,16 @@ downscaling (rather than per patch) keeps the antialiasing kernel's border handl
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from srd.bench import make_lr
-from srd.bicubic import imresize_uint8, output_size
+from srd.bicubic import imresize_uint8, make_lr, output_size
 from srd.imageheader import IMAGE_SUFFIXES
 from srd.metrics import crop_to_multiple
 from srd.train.model import DIV2K_MEAN_BGR
@@ -40,26 +41,37 @@ def list_images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def load_pairs(root: Path, scale: int, cache: Path, downscales: Sequence[float] = ()) -> list[Pair]:
+def load_pairs(root: Path, scale: int, cache: Path, downscales: Sequence[float] = (), workers: int = 1) -> list[Pair]:
     """Every image under ``root`` with its LR copy, plus one pair per factor in ``downscales`` made from the
     image first shrunk by that factor (MATLAB bicubic): scale augmentation, as in VDSR. Shrinking packs more
     texture into each patch, closer to the sampling limit. Derived images are computed on first use and
-    cached under ``cache``.
+    cached under ``cache``, by ``workers`` processes side by side.
     """
-    pairs = []
-    for path in list_images(root):
-        original = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if original is None:
-            raise OSError(f"cannot decode training image {path}")
-        rel = path.relative_to(root).with_suffix(".png")
-        pairs.append(_pair(str(rel), original, cache / f"x{scale}" / rel, scale))
-        for factor in downscales:
-            folder = cache / f"down{factor:g}"
-            size = (output_size(original.shape[0], factor), output_size(original.shape[1], factor))
-            shrunk = _cached(folder / rel, size, lambda f=factor: imresize_uint8(original, f))
-            pairs.append(_pair(f"{rel}@{factor:g}", shrunk, folder / f"x{scale}" / rel, scale))
+    load = partial(_image_pairs, root=root, scale=scale, cache=cache, downscales=tuple(downscales))
+    paths = list_images(root)
+    if workers > 1:
+        with multiprocessing.Pool(workers) as pool:
+            per_image = pool.map(load, paths, chunksize=4)
+    else:
+        per_image = [load(path) for path in paths]
+    pairs = [pair for group in per_image for pair in group]
     log.info("loaded %d training images (%d with downscales %s) for x%d from %s",
              len(pairs) // (1 + len(downscales)), len(pairs), list(downscales), scale, root)
+    return pairs
+
+
+def _image_pairs(path: Path, root: Path, scale: int, cache: Path, downscales: tuple[float, ...]) -> list[Pair]:
+    """The pairs `load_pairs` makes of one image: itself, then one per downscale factor."""
+    original = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if original is None:
+        raise OSError(f"cannot decode training image {path}")
+    rel = path.relative_to(root).with_suffix(".png")
+    pairs = [_pair(str(rel), original, cache / f"x{scale}" / rel, scale)]
+    for factor in downscales:
+        folder = cache / f"down{factor:g}"
+        size = (output_size(original.shape[0], factor), output_size(original.shape[1], factor))
+        shrunk = _cached(folder / rel, size, lambda f=factor: imresize_uint8(original, f))
+        pairs.append(_pair(f"{rel}@{factor:g}", shrunk, folder / f"x{scale}" / rel, scale))
     return pairs
 
 

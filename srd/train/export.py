@@ -21,6 +21,7 @@ from srd.engine.registry import file_sha256
 from srd.metrics import psnr_y, ssim_y
 from srd.train import checkpoint
 from srd.train.data import load_bench
+from srd.train.loop import describe_hardware
 from srd.train.model import EDSR, Arch, count_parameters
 from srd.train.onnx_io import export_onnx, load_net, run_net
 
@@ -124,8 +125,9 @@ def provenance(ckpt: dict[str, Any]) -> dict[str, Any]:
         "batch": cfg["batch"],
         "patch_lr": cfg["patch"],
         "hours": round(float(ckpt["elapsed_s"]) / 3600, 2),
-        "hardware": f"{os.cpu_count()}-core CPU ({cfg['threads']} training thread(s), "
-                    f"{'bf16 autocast' if cfg['bf16'] else 'fp32'}), torch {torch.__version__.split('+')[0]} CPU",
+        # Checkpoints from before training recorded its hardware were all trained on this CPU.
+        "hardware": " + ".join(ckpt.get("hardware") or
+                               [describe_hardware(torch.device("cpu"), cfg["threads"], cfg["bf16"])]),
         "init": f"from {Path(init).parent.name} ({Path(init).name})" if init else "scratch",
         "command": training_command(ckpt),
         **({"init_provenance": provenance(init_ckpt)} if init_ckpt is not None else {}),

@@ -2,7 +2,8 @@
 
 Runs take many CPU hours spread over several sessions, so everything needed to continue exactly where a
 run stopped (weights, Adam state, iteration, numpy and torch RNG states) is saved atomically every few
-minutes to ``<runs>/<name>/last.pt``; rerunning the same command resumes from it.
+minutes to ``<runs>/<name>/last.pt``; rerunning the same command resumes from it, on a CPU or a CUDA GPU
+(cuDNN's convolutions are not bit-reproducible, so a GPU run repeats only up to that).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import time
 from dataclasses import asdict, dataclass
@@ -21,7 +23,14 @@ import torch
 
 from srd.metrics import psnr_y
 from srd.train import checkpoint
-from srd.train.data import PatchSampler, Pair, from_model_space, load_bench, load_pairs, to_model_space
+from srd.train.data import (
+    Pair,
+    PatchSampler,
+    from_model_space,
+    load_bench,
+    load_pairs,
+    to_model_space,
+)
 from srd.train.model import EDSR, Arch, count_parameters, load_body
 
 log = logging.getLogger("srd.train")
@@ -47,6 +56,7 @@ class TrainConfig:
     downscales: tuple[float, ...] = ()
     bf16: bool = True
     threads: int = 1
+    device: str = "auto"
     init: str | None = None
     eval_every: int = 1000
     log_every: int = 100
@@ -69,13 +79,32 @@ def learning_rate(cfg: TrainConfig, iteration: int) -> float:
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * t))
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is the CUDA GPU when torch sees one, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda was asked for, but torch sees no CUDA GPU")
+    return torch.device(name)
+
+
+def describe_hardware(device: torch.device, threads: int, bf16: bool) -> str:
+    """What trains a run, as the manifest's provenance reports it."""
+    precision = "bf16 autocast" if bf16 else "fp32"
+    version = torch.__version__.split("+")[0]
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} GPU ({precision}), torch {version} CUDA {torch.version.cuda}"
+    return f"{os.cpu_count()}-core CPU ({threads} training thread(s), {precision}), torch {version} CPU"
+
+
 def evaluate_torch(model: EDSR, pairs: list[Pair], scale: int) -> float:
     """Mean PSNR-Y (shave = scale) of the model in fp32 on whole images: the quick progress signal."""
     model.eval()
+    device = next(model.parameters()).device
     scores = []
     with torch.no_grad():
         for pair in pairs:
-            out = model(torch.from_numpy(to_model_space(pair.lr))).numpy()
+            out = model(torch.from_numpy(to_model_space(pair.lr)).to(device)).cpu().numpy()
             scores.append(psnr_y(from_model_space(out), pair.hr, scale))
     model.train()
     return float(np.mean(scores))
@@ -128,20 +157,19 @@ def _train(cfg: TrainConfig, stop: _StopFlag, target: int) -> bool:
         log.info("%s is already at iteration %d of %d", cfg.name, ckpt["iteration"], cfg.iters)
         return True
 
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # before building the model: it fixes the initial weights
     model = EDSR(cfg.arch)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
     sampler = PatchSampler(load_pairs(Path(cfg.train_dir), cfg.arch.scale, Path(cfg.cache_dir), cfg.downscales),
                            cfg.arch.scale, cfg.patch, cfg.seed, cfg.hard_fraction)
     set5, set14 = (load_bench(Path(cfg.bench_dir) / name, cfg.arch.scale) for name in ("Set5", "Set14"))
 
-    state: dict[str, object] = {"iteration": 0, "elapsed_s": 0.0, "history": [], "best_psnr": -1.0}
+    state: dict[str, object] = {"iteration": 0, "elapsed_s": 0.0, "history": [], "best_psnr": -1.0, "hardware": []}
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
         sampler.set_state(ckpt["numpy_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
-        state = {k: ckpt[k] for k in state}
+        state = {k: ckpt.get(k, state[k]) for k in state}  # runs from before "hardware" was recorded lack it
         log.info("resumed %s at iteration %d", cfg.name, state["iteration"])
     else:
         if cfg.init:
@@ -155,8 +183,18 @@ def _train(cfg: TrainConfig, stop: _StopFlag, target: int) -> bool:
         log.info("new run %s: %s, %d parameters", cfg.name, cfg.arch, count_parameters(model))
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str) + "\n")
 
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(device, memory_format=torch.channels_last)
     model.train()
+    on_gpu = device.type == "cuda"
+    torch.backends.cudnn.benchmark = on_gpu  # patches have one shape: let cuDNN pick its fastest kernels
+    # Made after the move to the device, so a resumed Adam state is loaded onto it too.
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=on_gpu)
+    if ckpt is not None:
+        opt.load_state_dict(ckpt["optimizer"])
+    hardware = describe_hardware(device, cfg.threads, cfg.bf16)
+    if hardware not in state["hardware"]:
+        state["hardware"] = [*state["hardware"], hardware]
+    log.info("training on %s", hardware)
 
     def snapshot() -> dict[str, object]:
         return {
@@ -169,29 +207,29 @@ def _train(cfg: TrainConfig, stop: _StopFlag, target: int) -> bool:
     t_start = time.monotonic()
     elapsed0 = float(state["elapsed_s"])
     t_saved = t_log = t_start
-    loss_sum, loss_n, it_log = 0.0, 0, it
+    # The loss is summed on the device and read only when logged: reading it each step would make the CPU
+    # wait for the GPU instead of preparing the next batch meanwhile.
+    loss_sum, loss_n, it_log = torch.zeros((), device=device), 0, it
     while it < target and not stop.raised:
-        lr_np, hr_np = sampler.batch(cfg.batch)
-        lr_t = torch.from_numpy(lr_np).contiguous(memory_format=torch.channels_last)
-        hr_t = torch.from_numpy(hr_np)
+        lr_t, hr_t = (_to_device(torch.from_numpy(a), device) for a in sampler.batch(cfg.batch))
         for group in opt.param_groups:
             group["lr"] = learning_rate(cfg, it)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            out = model(lr_t)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            out = model(lr_t.contiguous(memory_format=torch.channels_last))
         loss = torch.nn.functional.l1_loss(out.float(), hr_t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         it += 1
-        loss_sum += loss.item()
+        loss_sum += loss.detach()
         loss_n += 1
         now = time.monotonic()
         state["iteration"] = it
         state["elapsed_s"] = elapsed0 + now - t_start
         if it % cfg.log_every == 0:
-            log.info("it %d loss %.4f lr %.2e %.2f it/s", it, loss_sum / loss_n, learning_rate(cfg, it),
+            log.info("it %d loss %.4f lr %.2e %.2f it/s", it, loss_sum.item() / loss_n, learning_rate(cfg, it),
                      (it - it_log) / (now - t_log))
-            loss_sum, loss_n, it_log, t_log = 0.0, 0, it, now
+            loss_sum, loss_n, it_log, t_log = torch.zeros((), device=device), 0, it, now
         if it % cfg.eval_every == 0 or it == cfg.iters:
             psnr = evaluate_torch(model, set5, cfg.arch.scale)
             state["history"] = [*state["history"], (it, psnr)]
@@ -215,3 +253,10 @@ def _train(cfg: TrainConfig, stop: _StopFlag, target: int) -> bool:
     log.info("%s %s at iteration %d of %d (%.2f h of training)", outcome, cfg.name, it, cfg.iters,
              float(state["elapsed_s"]) / 3600)
     return not stop.raised
+
+
+def _to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU batch on ``device``; through pinned memory to a GPU, so the copy does not stall the host."""
+    if device.type == "cpu":
+        return batch
+    return batch.pin_memory().to(device, non_blocking=True)

@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Warm restarts of all six shipped models side by side on one CUDA GPU, sized to a fixed wall time.
+
+A GPU lease here is minutes long, so the runs are sized by measurement rather than by guess:
+
+  probe   starts every run for a few seconds, all at once, and records each one's iterations per second
+          (they share the GPU, so only a joint measurement is right);
+  train   gives each run as many iterations as its measured rate fits into --train-s, so all six cosine
+          schedules end together, and waits for them (SIGTERM at a deadline: a stopped run keeps last.pt).
+
+Each run is an ordinary ``srd train fit`` whose command the manifest records at export; it reproduces the
+model on any machine (on a CPU, in days). ``--weights-to DIR`` copies each finished run's ``last.pt`` there
+without its Adam state, which a finished run no longer needs, to bring it back from the leased machine.
+Run from the repository root; runs and caches default to the same places as scripts/train_all.sh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+HOME_CACHE = Path.home() / ".cache/srd"
+# (run, preset, scale, run it starts from): each shipped model's last run.
+RUNS = (
+    ("edsr-lite-x2-gpu", "lite", 2, "edsr-lite-x2-down"),
+    ("edsr-lite-x3-gpu", "lite", 3, "edsr-lite-x3-ft"),
+    ("edsr-lite-x4-gpu", "lite", 4, "edsr-lite-x4-ft"),
+    ("edsr-base-x2-gpu", "base", 2, "edsr-base-x2-ft"),
+    ("edsr-base-x3-gpu", "base", 3, "edsr-base-x3-down"),
+    ("edsr-base-x4-gpu", "base", 4, "edsr-base-x4"),
+)
+DOWNSCALES = "0.8,0.6"
+TRAINING = ["--batch", "32", "--lr", "1e-4", "--hard-fraction", "0.5", "--downscales", DOWNSCALES,
+            "--threads", "2", "--eval-every", "2000"]
+LOG_LINE = re.compile(r"^(\S+ \S+) INFO it (\d+) loss")
+
+
+def fit(args: argparse.Namespace, run: tuple[str, str, int, str], iters: int, probe: bool) -> subprocess.Popen:
+    name, preset, scale, start = run
+    command = [sys.executable, "-m", "srd.train", "fit", "--preset", preset, "--scale", str(scale),
+               "--iters", str(iters), *TRAINING, "--device", args.device, "--runs-dir", str(args.runs_dir), "--cache-dir", str(args.cache_dir)]
+    if probe:  # from scratch (speed does not depend on the weights), logged often, never evaluated
+        command += ["--name", f"{name}-probe", "--log-every", "20", "--eval-every", str(iters)]
+    else:
+        command += ["--name", name, "--init", str(args.runs_dir / start / "last.pt")]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
+def measured_rate(log: Path) -> float:
+    """Iterations per second between the second and the last progress line (the first includes warm-up)."""
+    points = [(datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp(), int(m[2]))
+              for m in map(LOG_LINE.match, log.read_text().splitlines()) if m]
+    if len(points) < 3:
+        raise RuntimeError(f"{log}: too few progress lines to measure a rate ({len(points)})")
+    (t0, i0), (t1, i1) = points[1], points[-1]
+    return (i1 - i0) / (t1 - t0)
+
+
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        proc.wait()
+
+
+def probe(args: argparse.Namespace) -> None:
+    procs = [fit(args, run, 10**6, probe=True) for run in RUNS]
+    time.sleep(args.probe_s)
+    stop_all(procs)
+    rates = {run[0]: measured_rate(args.runs_dir / f"{run[0]}-probe" / "train.log") for run in RUNS}
+    args.rates.write_text(json.dumps(rates, indent=2) + "\n")
+    print(json.dumps(rates, indent=2))
+
+
+def train(args: argparse.Namespace) -> None:
+    rates = json.loads(args.rates.read_text())
+    plan = {run: max(100, int(rates[run[0]] * args.train_s) // 100 * 100) for run in RUNS}
+    print({run[0]: iters for run, iters in plan.items()}, flush=True)
+    procs = [fit(args, run, iters, probe=False) for run, iters in plan.items()]
+    deadline = time.monotonic() + args.train_s * 1.25 + 60
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(2)
+    stop_all(procs)
+    for (name, *_), proc in zip(RUNS, procs):
+        print(name, "exit", proc.returncode, flush=True)
+        if args.weights_to:
+            ckpt = torch.load(args.runs_dir / name / "last.pt", map_location="cpu", weights_only=False)
+            ckpt.pop("optimizer")
+            torch.save(ckpt, args.weights_to / f"{name}.pt")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=("probe", "train"))
+    parser.add_argument("--rates", type=Path, default=HOME_CACHE / "gpu_rates.json")
+    parser.add_argument("--probe-s", type=float, default=40)
+    parser.add_argument("--train-s", type=float, default=360, help="seconds of training for every run")
+    parser.add_argument("--runs-dir", type=Path, default=HOME_CACHE / "runs")
+    parser.add_argument("--cache-dir", type=Path, default=HOME_CACHE / "train_lr")
+    parser.add_argument("--weights-to", type=Path)
+    parser.add_argument("--device", default="cuda", help="cpu only to try this script out")
+    args = parser.parse_args()
+    subprocess.run([sys.executable, "-m", "srd.train", "cache", "--downscales", DOWNSCALES,
+                    "--cache-dir", str(args.cache_dir), "--workers", str(os.cpu_count())], check=True)
+    if args.step == "probe":
+        probe(args)
+    else:
+        train(args)
+
+
+if __name__ == "__main__":
+    main()
