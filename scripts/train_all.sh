@@ -33,7 +33,9 @@ fit --preset lite --scale 4 --name edsr-lite-x4-ft --iters 8000 --lr 1e-4 --init
 # edsr-base (16x64, ESPCN-style tail): about 1.4 s/it on one core. The x2 run paused at 7,749 of its
 # 40,000-iteration cosine (lr still 1.8e-4) and became the start of three short runs: a warm restart that
 # finishes x2, and the x3/x4 runs from its body; x3 then had a warm restart with downscaled copies added.
-# The last line resumes the long x2 run, for sessions that have hours to spare.
+#
+# Each shipped model then had one more warm restart on a GPU, from the last run of its scale here:
+# scripts/train_gpu.py (TRAINING.md, "One GPU lease").
 fit --preset base --scale 2 --iters 40000 --stop-at 7749
 fit --preset base --scale 2 --name edsr-base-x2-ft --iters 4500 --lr 1e-4 --hard-fraction 0.5 \
     --init "$runs/edsr-base-x2/it7749.pt"
@@ -41,4 +43,3 @@ fit --preset base --scale 3 --iters 4500 --init "$runs/edsr-base-x2/it7749.pt"
 fit --preset base --scale 4 --iters 4500 --init "$runs/edsr-base-x2/it7749.pt"
 fit --preset base --scale 3 --name edsr-base-x3-down --iters 3000 --lr 1e-4 --hard-fraction 0.5 \
     --downscales 0.8,0.6 --init "$runs/edsr-base-x3/last.pt"
-fit --preset base --scale 2 --iters 40000

@@ -25,8 +25,9 @@ from srd.bicubic import imresize, make_lr  # noqa: E402
 from srd.metrics import crop_to_multiple  # noqa: E402
 from srd.train import checkpoint  # noqa: E402
 from srd.train.data import Pair, PatchSampler, load_pairs  # noqa: E402
-from srd.train.export import export_run, training_command, update_manifest  # noqa: E402
-from srd.train.loop import TrainConfig, train  # noqa: E402
+from srd.train.command import main as train_main  # noqa: E402
+from srd.train.export import export_run, provenance, training_command, update_manifest  # noqa: E402
+from srd.train.loop import TrainConfig, describe_hardware, resolve_device, train  # noqa: E402
 from srd.train.model import DIV2K_MEAN_BGR, EDSR, Arch, load_body  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
@@ -114,6 +115,47 @@ def test_downscales_add_a_cached_shrunk_copy_of_every_image(tmp_path: Path, trai
     cfg = dataclasses.replace(tiny_config(tmp_path, train_dir, 2), downscales=(0.8, 0.6))
     command = training_command({"config": cfg.to_dict(), "arch": cfg.arch.to_dict(), "iteration": 2})
     assert command.endswith("--downscales 0.8,0.6")
+
+
+def test_cache_made_by_worker_processes_equals_one_made_in_process(tmp_path: Path, train_dir: Path) -> None:
+    """``srd train cache`` fills the cache with several processes; fit then reads exactly what it would have
+    made itself."""
+    assert train_main(["cache", "--scales", "2,4", "--downscales", "0.5", "--workers", "2",
+                       "--train-dir", str(train_dir), "--cache-dir", str(tmp_path / "pool")]) == 0
+    for scale in (2, 4):
+        assert (tmp_path / "pool" / f"x{scale}" / "T91/t2.png").exists()
+        assert (tmp_path / "pool" / "down0.5" / f"x{scale}" / "BSDS200/35091.png").exists()
+        pooled = load_pairs(train_dir, scale, tmp_path / "pool", (0.5,))
+        single = load_pairs(train_dir, scale, tmp_path / f"single{scale}", (0.5,))
+        assert [p.name for p in pooled] == [p.name for p in single]
+        assert all(np.array_equal(a.lr, b.lr) and np.array_equal(a.hr, b.hr) for a, b in zip(pooled, single))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer on a machine without a GPU")
+def test_without_a_gpu_auto_trains_on_the_cpu_and_cuda_is_a_one_line_error(
+        tmp_path: Path, train_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert resolve_device("auto") == torch.device("cpu")
+    status = train_main(["fit", "--scale", "2", "--iters", "2", "--device", "cuda", "--train-dir", str(train_dir),
+                         "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")])
+    assert status == 2
+    assert capsys.readouterr().err.strip() == "srd train fit: device cuda was asked for, but torch sees no CUDA GPU"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_each_checkpoint_records_the_hardware_that_trained_it(tmp_path: Path, train_dir: Path) -> None:
+    """A run resumed on the same machine lists it once; one continued elsewhere lists both, and the manifest's
+    provenance joins them. Checkpoints from before the field existed were all trained on this CPU."""
+    cfg = tiny_config(tmp_path, train_dir, 2)
+    assert train(cfg)
+    assert train(dataclasses.replace(cfg, iters=4))
+    ckpt = checkpoint.load(cfg.run_dir / "last.pt")
+    here = describe_hardware(torch.device("cpu"), cfg.threads, cfg.bf16)
+    assert ckpt["hardware"] == [here] and here.endswith("CPU") and "bf16 autocast" in here
+    assert provenance(ckpt)["hardware"] == here
+    assert provenance({**ckpt, "hardware": ["NVIDIA H200 GPU (bf16 autocast)", here]})["hardware"] == \
+        f"NVIDIA H200 GPU (bf16 autocast) + {here}"
+    del ckpt["hardware"]
+    assert provenance(ckpt)["hardware"] == here
 
 
 def test_hard_patches_come_only_from_where_bicubic_fails() -> None:

@@ -129,6 +129,7 @@ def train(cfg: TrainConfig, stop_at: int | None = None) -> bool:
         True when the run reached its target; False when SIGTERM/SIGINT stopped it (state saved), so a
         queue driver can stop instead of moving on to the next run.
     """
+    device = resolve_device(cfg.device)  # before anything is written: a run that cannot start leaves no trace
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(cfg.run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -137,7 +138,7 @@ def train(cfg: TrainConfig, stop_at: int | None = None) -> bool:
     stop = _StopFlag()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return _train(cfg, stop, min(cfg.iters, stop_at or cfg.iters))
+        return _train(cfg, device, stop, min(cfg.iters, stop_at or cfg.iters))
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
@@ -145,7 +146,7 @@ def train(cfg: TrainConfig, stop_at: int | None = None) -> bool:
         handler.close()
 
 
-def _train(cfg: TrainConfig, stop: _StopFlag, target: int) -> bool:
+def _train(cfg: TrainConfig, device: torch.device, stop: _StopFlag, target: int) -> bool:
     torch.set_num_threads(cfg.threads)
     run_dir = cfg.run_dir
     last = run_dir / "last.pt"
@@ -157,7 +158,6 @@ def _train(cfg: TrainConfig, stop: _StopFlag, target: int) -> bool:
         log.info("%s is already at iteration %d of %d", cfg.name, ckpt["iteration"], cfg.iters)
         return True
 
-    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # before building the model: it fixes the initial weights
     model = EDSR(cfg.arch)
     sampler = PatchSampler(load_pairs(Path(cfg.train_dir), cfg.arch.scale, Path(cfg.cache_dir), cfg.downscales),
