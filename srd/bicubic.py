@@ -2,8 +2,9 @@
 
 SR papers make their low-resolution inputs with MATLAB's ``imresize(img, 1/s, 'bicubic')``, which
 antialiases when downscaling (the kernel is stretched by 1/s). OpenCV's ``INTER_CUBIC`` does not, so models
-trained or benchmarked with it are not comparable with published numbers (DESIGN §8). This port builds one
-weight matrix per axis, the way MATLAB does, and applies it with a matrix product.
+trained or benchmarked with it are not comparable with published numbers (DESIGN §8). This port computes
+MATLAB's weights for each output pixel along each axis and applies them as a weighted sum of a few shifted
+copies of the image, height first, as MATLAB does.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ def _cubic(x: np.ndarray) -> np.ndarray:
     return near + far
 
 
-def _weights(in_len: int, out_len: int, scale: float) -> np.ndarray:
-    """Dense (out_len, in_len) resampling matrix for one axis.
+def _taps(in_len: int, out_len: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """For one axis, the input index and weight of each of the few taps of each output pixel: two
+    (out_len, taps) arrays.
 
     Out-of-range taps are folded back by symmetric mirroring, as MATLAB's ``contributions`` does.
     """
@@ -44,11 +46,23 @@ def _weights(in_len: int, out_len: int, scale: float) -> np.ndarray:
     # Mirror indices into [0, in_len): MATLAB pads with [1..n, n..1].
     period = 2 * in_len
     m = np.mod(idx.astype(np.int64) - 1, period)
-    m = np.where(m < in_len, m, period - 1 - m)
-    mat = np.zeros((out_len, in_len), dtype=np.float64)
-    rows = np.broadcast_to(np.arange(out_len)[:, None], m.shape)
-    np.add.at(mat, (rows, m), w)
-    return mat
+    return np.where(m < in_len, m, period - 1 - m), w
+
+
+def _resample(src: np.ndarray, axis: int, scale: float) -> np.ndarray:
+    """Resize ``src`` along ``axis`` as a weighted sum of a few shifted copies, one per tap.
+
+    Each output pixel reads only its taps (6 at ×2, 18 when shrinking ×4): a dense resampling matrix
+    costs the whole input length per output pixel, and its BLAS product starts threads that swamp the
+    cores when several processes make training data side by side.
+    """
+    src = np.ascontiguousarray(np.moveaxis(src, axis, 0))
+    index, weight = _taps(src.shape[0], output_size(src.shape[0], scale), scale)
+    weight = weight.reshape(weight.shape + (1,) * (src.ndim - 1))
+    out = weight[:, 0] * src[index[:, 0]]
+    for t in range(1, index.shape[1]):
+        out += weight[:, t] * src[index[:, t]]
+    return np.moveaxis(out, 0, axis)
 
 
 def output_size(in_len: int, scale: float) -> int:
@@ -71,14 +85,8 @@ def imresize(img: np.ndarray, scale: float) -> np.ndarray:
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
     src = np.asarray(img, dtype=np.float64)
-    h, w = src.shape[:2]
-    oh, ow = output_size(h, scale), output_size(w, scale)
     # MATLAB resizes along height first when both axes have the same scale.
-    wh = _weights(h, oh, scale)
-    ww = _weights(w, ow, scale)
-    out = np.tensordot(wh, src, axes=(1, 0))
-    out = np.tensordot(ww, out, axes=(1, 1))
-    return np.moveaxis(out, 0, 1)
+    return _resample(_resample(src, 0, scale), 1, scale)
 
 
 def imresize_uint8(img: np.ndarray, scale: float) -> np.ndarray:
