@@ -142,6 +142,18 @@ def test_without_a_gpu_auto_trains_on_the_cpu_and_cuda_is_a_one_line_error(
     assert not (tmp_path / "runs").exists()
 
 
+def test_export_of_a_missing_checkpoint_is_a_one_line_error_naming_those_there(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    for name in ("last", "it300"):
+        (run / f"{name}.pt").write_bytes(b"")
+    assert train_main(["export", "--run", str(run), "--checkpoint", "it30", "--name", "x"]) == 2
+    assert capsys.readouterr().err.strip() == f"srd train export: no checkpoint {run / 'it30.pt'} (the run has: it300, last)"
+    assert train_main(["export", "--run", str(tmp_path / "absent"), "--name", "x"]) == 2
+    assert capsys.readouterr().err.strip() == f"srd train export: no checkpoint {tmp_path / 'absent' / 'last.pt'}"
+
+
 def test_each_checkpoint_records_the_hardware_that_trained_it(tmp_path: Path, train_dir: Path) -> None:
     """A run resumed on the same machine lists it once; one continued elsewhere lists both, and the manifest's
     provenance joins them. Checkpoints from before the field existed were all trained on this CPU."""

@@ -116,7 +116,13 @@ def _cache(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from srd.train.export import export_run
 
-    export_run(args.run / f"{args.checkpoint}.pt", args.name, args.models_dir, args.bench_dir, args.threads)
+    ckpt = args.run / f"{args.checkpoint}.pt"
+    if not ckpt.is_file():
+        kept = sorted(p.stem for p in args.run.glob("*.pt")) if args.run.is_dir() else []
+        print(f"srd train export: no checkpoint {ckpt}" + (f" (the run has: {', '.join(kept)})" if kept else ""),
+              file=sys.stderr)
+        return 2
+    export_run(ckpt, args.name, args.models_dir, args.bench_dir, args.threads)
     return 0
 
 
