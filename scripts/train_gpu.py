@@ -48,7 +48,8 @@ LOG_LINE = re.compile(r"^(\S+ \S+) INFO it (\d+) loss")
 def fit(args: argparse.Namespace, run: tuple[str, str, int, str], iters: int, probe: bool) -> subprocess.Popen:
     name, preset, scale, start = run
     command = [sys.executable, "-m", "srd.train", "fit", "--preset", preset, "--scale", str(scale),
-               "--iters", str(iters), *TRAINING, "--device", args.device, "--runs-dir", str(args.runs_dir), "--cache-dir", str(args.cache_dir)]
+               "--iters", str(iters), *TRAINING, "--device", args.device,
+               "--runs-dir", str(args.runs_dir), "--cache-dir", str(args.cache_dir)]
     if probe:  # from scratch (speed does not depend on the weights), logged often, never evaluated
         command += ["--name", f"{name}-probe", "--log-every", "20", "--eval-every", str(iters)]
     else:

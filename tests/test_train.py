@@ -24,8 +24,8 @@ import numpy as np  # noqa: E402
 from srd.bicubic import imresize, make_lr  # noqa: E402
 from srd.metrics import crop_to_multiple  # noqa: E402
 from srd.train import checkpoint  # noqa: E402
-from srd.train.data import Pair, PatchSampler, load_pairs  # noqa: E402
 from srd.train.command import main as train_main  # noqa: E402
+from srd.train.data import Pair, PatchSampler, load_pairs  # noqa: E402
 from srd.train.export import export_run, provenance, training_command, update_manifest  # noqa: E402
 from srd.train.loop import TrainConfig, describe_hardware, resolve_device, train  # noqa: E402
 from srd.train.model import DIV2K_MEAN_BGR, EDSR, Arch, load_body  # noqa: E402
@@ -149,7 +149,8 @@ def test_export_of_a_missing_checkpoint_is_a_one_line_error_naming_those_there(
     for name in ("last", "it300"):
         (run / f"{name}.pt").write_bytes(b"")
     assert train_main(["export", "--run", str(run), "--checkpoint", "it30", "--name", "x"]) == 2
-    assert capsys.readouterr().err.strip() == f"srd train export: no checkpoint {run / 'it30.pt'} (the run has: it300, last)"
+    expected = f"srd train export: no checkpoint {run / 'it30.pt'} (the run has: it300, last)"
+    assert capsys.readouterr().err.strip() == expected
     assert train_main(["export", "--run", str(tmp_path / "absent"), "--name", "x"]) == 2
     assert capsys.readouterr().err.strip() == f"srd train export: no checkpoint {tmp_path / 'absent' / 'last.pt'}"
 
