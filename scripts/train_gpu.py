@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,12 +59,13 @@ def fit(args: argparse.Namespace, run: tuple[str, str, int, str], iters: int, pr
 
 
 def measured_rate(log: Path) -> float:
-    """Iterations per second between the second and the last progress line (the first includes warm-up)."""
+    """Iterations per second between the first and the last progress line (start-up and cuDNN's tuning in
+    the first iteration come before the first line)."""
     points = [(datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp(), int(m[2]))
               for m in map(LOG_LINE.match, log.read_text().splitlines()) if m]
-    if len(points) < 3:
+    if len(points) < 2:
         raise RuntimeError(f"{log}: too few progress lines to measure a rate ({len(points)})")
-    (t0, i0), (t1, i1) = points[1], points[-1]
+    (t0, i0), (t1, i1) = points[0], points[-1]
     return (i1 - i0) / (t1 - t0)
 
 
@@ -79,7 +81,10 @@ def probe(args: argparse.Namespace) -> None:
     procs = [fit(args, run, 10**6, probe=True) for run in RUNS]
     time.sleep(args.probe_s)
     stop_all(procs)
-    rates = {run[0]: measured_rate(args.runs_dir / f"{run[0]}-probe" / "train.log") for run in RUNS}
+    probes = {run[0]: args.runs_dir / f"{run[0]}-probe" for run in RUNS}
+    rates = {name: measured_rate(folder / "train.log") for name, folder in probes.items()}
+    for folder in probes.values():
+        shutil.rmtree(folder)
     args.rates.write_text(json.dumps(rates, indent=2) + "\n")
     print(json.dumps(rates, indent=2))
 
