@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Warm restarts of all six shipped models side by side on one CUDA GPU, sized to a fixed wall time.
 
+Each lease is one round: round 1 made the ``-gpu`` runs from the last CPU runs, round 2 makes ``-gpu2`` runs
+from those, and so on (``--round``).
+
 A GPU lease here is minutes long, so the runs are sized by measurement rather than by guess:
 
   probe   starts every run for a few seconds, all at once, and records each one's iterations per second
@@ -31,19 +34,27 @@ from pathlib import Path
 import torch
 
 HOME_CACHE = Path.home() / ".cache/srd"
-# (run, preset, scale, run it starts from): each shipped model's last run.
-RUNS = (
-    ("edsr-lite-x2-gpu", "lite", 2, "edsr-lite-x2-down"),
-    ("edsr-lite-x3-gpu", "lite", 3, "edsr-lite-x3-ft"),
-    ("edsr-lite-x4-gpu", "lite", 4, "edsr-lite-x4-ft"),
-    ("edsr-base-x2-gpu", "base", 2, "edsr-base-x2-ft"),
-    ("edsr-base-x3-gpu", "base", 3, "edsr-base-x3-down"),
-    ("edsr-base-x4-gpu", "base", 4, "edsr-base-x4"),
-)
+# (preset, scale) → the CPU run (scripts/train_all.sh) that the first GPU round starts from.
+CPU_STARTS = {
+    ("lite", 2): "edsr-lite-x2-down", ("lite", 3): "edsr-lite-x3-ft", ("lite", 4): "edsr-lite-x4-ft",
+    ("base", 2): "edsr-base-x2-ft", ("base", 3): "edsr-base-x3-down", ("base", 4): "edsr-base-x4",
+}
 DOWNSCALES = "0.8,0.6"
 TRAINING = ["--batch", "32", "--lr", "1e-4", "--hard-fraction", "0.5", "--downscales", DOWNSCALES,
             "--threads", "2", "--eval-every", "2000"]
 LOG_LINE = re.compile(r"^(\S+ \S+) INFO it (\d+) loss")
+
+
+def gpu_run(preset: str, scale: int, round_: int) -> str:
+    return f"edsr-{preset}-x{scale}-gpu" + ("" if round_ == 1 else str(round_))
+
+
+def runs_of_round(round_: int) -> list[tuple[str, str, int, str]]:
+    """(run, preset, scale, run it starts from) for each shipped model: round 1 starts from the CPU runs,
+    each later round from the round before (one round per lease)."""
+    return [(gpu_run(preset, scale, round_), preset, scale,
+             start if round_ == 1 else gpu_run(preset, scale, round_ - 1))
+            for (preset, scale), start in CPU_STARTS.items()]
 
 
 def fit(args: argparse.Namespace, run: tuple[str, str, int, str], iters: int, probe: bool) -> subprocess.Popen:
@@ -78,10 +89,11 @@ def stop_all(procs: list[subprocess.Popen]) -> None:
 
 
 def probe(args: argparse.Namespace) -> None:
-    procs = [fit(args, run, 10**6, probe=True) for run in RUNS]
+    runs = runs_of_round(args.round)
+    procs = [fit(args, run, 10**6, probe=True) for run in runs]
     time.sleep(args.probe_s)
     stop_all(procs)
-    probes = {run[0]: args.runs_dir / f"{run[0]}-probe" for run in RUNS}
+    probes = {run[0]: args.runs_dir / f"{run[0]}-probe" for run in runs}
     rates = {name: measured_rate(folder / "train.log") for name, folder in probes.items()}
     for folder in probes.values():
         shutil.rmtree(folder)
@@ -91,14 +103,14 @@ def probe(args: argparse.Namespace) -> None:
 
 def train(args: argparse.Namespace) -> None:
     rates = json.loads(args.rates.read_text())
-    plan = {run: max(100, int(rates[run[0]] * args.train_s) // 100 * 100) for run in RUNS}
+    plan = {run: max(100, int(rates[run[0]] * args.train_s) // 100 * 100) for run in runs_of_round(args.round)}
     print({run[0]: iters for run, iters in plan.items()}, flush=True)
     procs = [fit(args, run, iters, probe=False) for run, iters in plan.items()]
     deadline = time.monotonic() + args.train_s * 1.25 + 60
     while time.monotonic() < deadline and any(p.poll() is None for p in procs):
         time.sleep(2)
     stop_all(procs)
-    for (name, *_), proc in zip(RUNS, procs):
+    for (name, *_), proc in zip(plan, procs):
         print(name, "exit", proc.returncode, flush=True)
         if args.weights_to:
             ckpt = torch.load(args.runs_dir / name / "last.pt", map_location="cpu", weights_only=False)
@@ -109,6 +121,7 @@ def train(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=("probe", "train"))
+    parser.add_argument("--round", type=int, default=1, help="1: the -gpu runs (session 5); 2: -gpu2 from them…")
     parser.add_argument("--rates", type=Path, default=HOME_CACHE / "gpu_rates.json")
     parser.add_argument("--probe-s", type=float, default=40)
     parser.add_argument("--train-s", type=float, default=360, help="seconds of training for every run")
