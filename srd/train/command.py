@@ -106,10 +106,10 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    from srd.train.data import load_pairs
+    from srd.train.data import build_cache
 
     for scale in args.scales:
-        load_pairs(args.train_dir, scale, args.cache_dir, args.downscales, args.workers)
+        build_cache(args.train_dir, scale, args.cache_dir, args.downscales, args.workers)
     return 0
 
 

@@ -41,23 +41,32 @@ def list_images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def load_pairs(root: Path, scale: int, cache: Path, downscales: Sequence[float] = (), workers: int = 1) -> list[Pair]:
+def load_pairs(root: Path, scale: int, cache: Path, downscales: Sequence[float] = ()) -> list[Pair]:
     """Every image under ``root`` with its LR copy, plus one pair per factor in ``downscales`` made from the
     image first shrunk by that factor (MATLAB bicubic): scale augmentation, as in VDSR. Shrinking packs more
     texture into each patch, closer to the sampling limit. Derived images are computed on first use and
-    cached under ``cache``, by ``workers`` processes side by side.
+    cached under ``cache`` (`build_cache` makes them ahead, in parallel).
     """
-    load = partial(_image_pairs, root=root, scale=scale, cache=cache, downscales=tuple(downscales))
-    paths = list_images(root)
-    if workers > 1:
-        with multiprocessing.Pool(workers) as pool:
-            per_image = pool.map(load, paths, chunksize=4)
-    else:
-        per_image = [load(path) for path in paths]
-    pairs = [pair for group in per_image for pair in group]
+    pairs = [pair for path in list_images(root) for pair in _image_pairs(path, root, scale, cache, tuple(downscales))]
     log.info("loaded %d training images (%d with downscales %s) for x%d from %s",
              len(pairs) // (1 + len(downscales)), len(pairs), list(downscales), scale, root)
     return pairs
+
+
+def build_cache(root: Path, scale: int, cache: Path, downscales: Sequence[float] = (), workers: int = 1) -> int:
+    """Make every derived image `load_pairs` would read, with ``workers`` processes; returns the number of
+    training images."""
+    paths = list_images(root)
+    job = partial(_cache_image, root=root, scale=scale, cache=cache, downscales=tuple(downscales))
+    with multiprocessing.Pool(workers) as pool:
+        pool.map(job, paths, chunksize=4)
+    log.info("cached x%d copies (downscales %s) of %d training images from %s", scale, list(downscales),
+             len(paths), root)
+    return len(paths)
+
+
+def _cache_image(path: Path, root: Path, scale: int, cache: Path, downscales: tuple[float, ...]) -> None:
+    _image_pairs(path, root, scale, cache, downscales)  # the arrays stay in the worker: only the files matter
 
 
 def _image_pairs(path: Path, root: Path, scale: int, cache: Path, downscales: tuple[float, ...]) -> list[Pair]:
