@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import multiprocessing
 import re
@@ -153,6 +154,30 @@ def test_export_of_a_missing_checkpoint_is_a_one_line_error_naming_those_there(
     assert capsys.readouterr().err.strip() == expected
     assert train_main(["export", "--run", str(tmp_path / "absent"), "--name", "x"]) == 2
     assert capsys.readouterr().err.strip() == f"srd train export: no checkpoint {tmp_path / 'absent' / 'last.pt'}"
+
+
+def _gpu_script() -> object:
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_gpu.py"
+    spec = importlib.util.spec_from_file_location("train_gpu", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_script_measures_rates_from_the_log_and_chains_rounds(tmp_path: Path) -> None:
+    """The GPU plan rests on the probe's rate: iterations between the first and last progress lines over the
+    time between them (start-up comes before the first). Round 2's runs start from round 1's."""
+    gpu = _gpu_script()
+    log = tmp_path / "train.log"
+    log.write_text("2026-11-27 07:13:00,000 INFO new run x\n"
+                   "2026-11-27 07:13:10,000 INFO it 20 loss 9.1 lr 1.00e-04 0.50 it/s\n"
+                   "2026-11-27 07:13:11,000 INFO it 40 loss 9.0 lr 1.00e-04 20.00 it/s\n"
+                   "2026-11-27 07:13:16,000 INFO it 100 loss 8.9 lr 1.00e-04 12.00 it/s\n")
+    assert gpu.measured_rate(log) == pytest.approx(80 / 6)
+    first, second = gpu.runs_of_round(1), gpu.runs_of_round(2)
+    assert ("edsr-base-x2-gpu", "base", 2, "edsr-base-x2-ft") in first
+    assert ("edsr-base-x2-gpu2", "base", 2, "edsr-base-x2-gpu") in second
+    assert len(first) == len(second) == 6
 
 
 def test_each_checkpoint_records_the_hardware_that_trained_it(tmp_path: Path, train_dir: Path) -> None:
