@@ -339,7 +339,13 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser, daemon_handlers = _build_parser()
-    args = parser.parse_args(argv)
+    # `srd train --help`: argparse leaves an option in front of a REMAINDER positional unparsed, so such
+    # leading options reach the train command here.
+    args, unparsed = parser.parse_known_args(argv)
+    if args.command == "train":
+        args.train_args = [*unparsed, *args.train_args]
+    elif unparsed:
+        parser.error(f"unrecognized arguments: {' '.join(unparsed)}")
     handlers = {
         **daemon_handlers,
         "process": _run_process,

@@ -35,6 +35,18 @@ def test_every_subcommand_has_help(args: list[str], capsys: pytest.CaptureFixtur
     assert "usage: srd" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("args", [["train"], ["train", "fit"], ["train", "cache"], ["train", "export"]])
+def test_every_train_subcommand_has_help(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")  # the 'train' extra
+    assert run_cli(*args, "--help") == 0
+    assert f"usage: srd {' '.join(args)}" in capsys.readouterr().out
+
+
+def test_unknown_options_are_still_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("models", "list", "--bogus") == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli("--version") == 0
     assert capsys.readouterr().out.startswith("srd 0.")
