@@ -64,11 +64,12 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
 def _cache_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cache", help="make the LR (and downscaled) copies of the training images ahead of "
                                      "runs, with several processes; fit makes any that are missing itself")
-    p.add_argument("--scales", type=lambda text: [int(s) for s in text.split(",")], default=[2, 3, 4])
-    p.add_argument("--downscales", type=_factors, default=())
-    p.add_argument("--workers", type=int, default=os.cpu_count())
+    p.add_argument("--scales", type=lambda text: [int(s) for s in text.split(",")], default=[2, 3, 4],
+                   help="comma-separated, default 2,3,4")
+    p.add_argument("--downscales", type=_factors, default=(), help="as for fit, e.g. 0.8,0.6")
+    p.add_argument("--workers", type=int, default=os.cpu_count(), help="processes (default: one per CPU)")
     p.add_argument("--train-dir", type=Path, default=Path("../shared/datasets/train"))
-    p.add_argument("--cache-dir", type=Path, default=Path(".cache/train_lr"))
+    p.add_argument("--cache-dir", type=Path, default=Path(".cache/train_lr"), help="as for fit")
 
 
 def _export_parser(sub: argparse._SubParsersAction) -> None:
