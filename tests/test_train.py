@@ -248,10 +248,12 @@ def test_export_loads_in_cv2_dnn_at_any_size(tmp_path: Path, train_dir: Path) ->
     assert manifest["models"] == [entry]
     assert entry["convention"] == "edsr" and entry["provenance"]["iterations"] == 4
     assert set(entry["quality"]) == {"Set5", "Set14"}
+    # Stored as float16 because that cost (almost) nothing; cv2.dnn then runs the fp16-rounded weights.
+    assert entry["weights"] == "float16" and max(entry["fp16_psnr_loss"].values()) <= 0.02
 
     model = EDSR(cfg.arch)
     model.load_state_dict(checkpoint.load(cfg.run_dir / "last.pt")["model"])
-    model.eval()
+    model = model.half().float().eval()
     blob = np.random.default_rng(0).uniform(0, 255, (1, 3, 37, 53)).astype(np.float32)
     blob -= np.asarray(DIV2K_MEAN_BGR, np.float32)[None, :, None, None]
     net = cv2.dnn.readNetFromONNX(str(path))
@@ -261,6 +263,20 @@ def test_export_loads_in_cv2_dnn_at_any_size(tmp_path: Path, train_dir: Path) ->
     with torch.no_grad():
         ref = model(torch.from_numpy(blob)).numpy()
     assert np.abs(out - ref).max() < 2e-3
+
+
+def test_float16_weights_halve_the_file_and_are_kept_only_within_the_loss_bound(
+        tmp_path: Path, train_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tiny_config(tmp_path, train_dir, 2)
+    train(cfg)
+    half = export_run(cfg.run_dir / "last.pt", "half", tmp_path / "half", SHARED / "bench")
+    monkeypatch.setattr("srd.train.export.MAX_FP16_LOSS_DB", -1.0)  # no loss is small enough now
+    full = export_run(cfg.run_dir / "last.pt", "full", tmp_path / "full", SHARED / "bench")
+    assert (half["weights"], full["weights"]) == ("float16", "float32")
+    assert full["fp16_psnr_loss"] == half["fp16_psnr_loss"]
+    # The weights are most of the file: float16 takes a little over half of float32's bytes.
+    assert 0.5 < half["size_bytes"] / full["size_bytes"] < 0.75
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["full_x2.onnx", "manifest.json"]
 
 
 def test_manifest_update_keeps_other_entries_sorted(tmp_path: Path) -> None:

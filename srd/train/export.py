@@ -6,6 +6,7 @@ DESIGN §8 protocol, so it is what daemon users get.
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import json
 import logging
@@ -23,7 +24,7 @@ from srd.train import checkpoint
 from srd.train.data import load_bench
 from srd.train.loop import describe_hardware
 from srd.train.model import EDSR, Arch, count_parameters
-from srd.train.onnx_io import export_onnx, load_net, run_net
+from srd.train.onnx_io import export_onnx, load_net, run_net, store_weights_fp16
 
 log = logging.getLogger("srd.train")
 
@@ -32,6 +33,8 @@ BENCH_SETS = ("Set5", "Set14")
 # Non-square sizes catch exporters that froze a dummy input's shape into the graph.
 CHECK_SIZES = ((37, 53), (64, 96))
 MAX_ABS_DIFF = 1e-2
+# The issue's bound for storing weights as float16 (half the file size) rather than float32.
+MAX_FP16_LOSS_DB = 0.02
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> EDSR:
@@ -134,6 +137,35 @@ def provenance(ckpt: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _check_file(model: EDSR, path: Path) -> None:
+    """Raise (deleting ``path``) unless both cv2.dnn engines give what torch gives, on several sizes."""
+    diffs = {engine: check_against_torch(model, path, classic) for engine, classic in
+             (("classic", True), ("new", False))}
+    log.info("%s: cv2.dnn vs torch max abs diff (0-255 scale): %s", path.name, diffs)
+    if max(diffs.values()) > MAX_ABS_DIFF:
+        path.unlink()
+        raise RuntimeError(f"exported model disagrees with torch: {diffs}")
+
+
+def _store_fp16_if_lossless(model: EDSR, path: Path, quality: dict[str, dict[str, float]],
+                            bench_dir: Path) -> dict[str, Any]:
+    """Rewrite ``path`` with float16 weights if that costs at most MAX_FP16_LOSS_DB of PSNR on every benchmark
+    set (measured through cv2.dnn, like ``quality``); returns the weights' dtype, the quality of what is kept,
+    and the fp16 loss per set when it was measured."""
+    half = path.with_name(f"{path.stem}.fp16.onnx")
+    store_weights_fp16(path, half)
+    # The file must match torch running the same float16-rounded weights: the conversion itself is exact.
+    _check_file(copy.deepcopy(model).half().float(), half)
+    half_quality = evaluate_onnx(half, bench_dir, model.arch.scale)
+    loss = {name: round(quality[name]["psnr_y"] - half_quality[name]["psnr_y"], 3) for name in quality}
+    log.info("fp16 weights: quality %s, PSNR loss %s dB", half_quality, loss)
+    if max(loss.values()) > MAX_FP16_LOSS_DB:
+        half.unlink()
+        return {"dtype": "float32", "quality": quality, "loss": loss}
+    os.replace(half, path)
+    return {"dtype": "float16", "quality": half_quality, "loss": loss}
+
+
 def update_manifest(manifest_path: Path, entry: dict[str, Any]) -> None:
     """Replace or add the (name, scale) entry, keep the others, sort, and write atomically.
 
@@ -174,23 +206,20 @@ def export_run(ckpt_path: Path, name: str, models_dir: Path, bench_dir: Path, th
     final = models_dir / f"{name}_x{arch.scale}.onnx"
     tmp = models_dir / f".{final.name}.tmp.onnx"
     export_onnx(model, tmp)
-    diffs = {engine: check_against_torch(model, tmp, classic) for engine, classic in
-             (("classic", True), ("new", False))}
-    log.info("cv2.dnn vs torch max abs diff (0-255 scale): %s", diffs)
-    if max(diffs.values()) > MAX_ABS_DIFF:
-        tmp.unlink()
-        raise RuntimeError(f"exported model disagrees with torch: {diffs}")
+    _check_file(model, tmp)
     quality = evaluate_onnx(tmp, bench_dir, arch.scale)
     log.info("quality via cv2.dnn: %s", quality)
+    weights = _store_fp16_if_lossless(model, tmp, quality, bench_dir)
     os.replace(tmp, final)
     entry = {
         "name": name, "scale": arch.scale, "file": final.name, "format": "onnx", "convention": CONVENTION,
         "sha256": file_sha256(final), "size_bytes": final.stat().st_size,
         "architecture": {"family": "edsr", "blocks": arch.blocks, "channels": arch.channels, "tail": arch.tail,
                          "res_scale": arch.res_scale},
-        "parameters": count_parameters(model),
+        "parameters": count_parameters(model), "weights": weights["dtype"],
         "provenance": {**provenance(ckpt), "export_command": export_command(ckpt_path, name, ckpt["config"])},
-        "quality": quality,
+        "quality": weights["quality"],
+        **({"fp16_psnr_loss": weights["loss"]} if "loss" in weights else {}),
     }
     update_manifest(models_dir / "manifest.json", entry)
     log.info("wrote %s and its manifest entry", final)

@@ -71,6 +71,31 @@ def _rewrite_depth_to_space_as_dcr(path: Path) -> None:
     onnx.save(graph_model, str(path))
 
 
+def store_weights_fp16(src: Path, dst: Path) -> None:
+    """Write ``src`` to ``dst`` with every float32 weight stored as float16, each feeding a Cast to float32.
+
+    Half the file size; cv2.dnn folds the casts when it loads the model, so the net it runs has the same layers
+    and speed, with the weights rounded to float16.
+    """
+    graph_model = onnx.load(str(src))
+    graph = graph_model.graph
+    kept, casts = [], []
+    for init in graph.initializer:
+        tensor = numpy_helper.to_array(init)
+        if tensor.dtype != np.float32:
+            kept.append(init)
+            continue
+        kept.append(numpy_helper.from_array(tensor.astype(np.float16), f"{init.name}_fp16"))
+        casts.append(onnx.helper.make_node("Cast", [f"{init.name}_fp16"], [init.name], to=onnx.TensorProto.FLOAT))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(casts + nodes)
+    onnx.checker.check_model(graph_model)
+    onnx.save(graph_model, str(dst))
+
+
 def load_net(path: Path, classic: bool = True) -> cv2.dnn.Net:
     """Load an ONNX model with the chosen cv2.dnn engine (classic measured faster for these graphs)."""
     engine = cv2.dnn.ENGINE_CLASSIC if classic else cv2.dnn.ENGINE_NEW
