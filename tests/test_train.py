@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 from srd.bicubic import imresize, make_lr  # noqa: E402
 from srd.metrics import crop_to_multiple  # noqa: E402
 from srd.train import checkpoint  # noqa: E402
+from srd.train import export as srd_export  # noqa: E402
 from srd.train.command import main as train_main  # noqa: E402
 from srd.train.data import Pair, PatchSampler, load_pairs  # noqa: E402
 from srd.train.export import export_run, provenance, training_command, update_manifest  # noqa: E402
@@ -277,6 +278,25 @@ def test_float16_weights_halve_the_file_and_are_kept_only_within_the_loss_bound(
     # The weights are most of the file: float16 takes a little over half of float32's bytes.
     assert 0.5 < half["size_bytes"] / full["size_bytes"] < 0.75
     assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["full_x2.onnx", "manifest.json"]
+
+
+@pytest.mark.parametrize("failing_check", ["float32", "float16"])
+def test_an_export_that_fails_a_check_leaves_no_file_behind(
+        failing_check: str, tmp_path: Path, train_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each file is checked with both engines: calls 1-2 check the float32 file, 3-4 the float16 one."""
+    cfg = tiny_config(tmp_path, train_dir, 1)
+    train(cfg)
+    real_check, calls = srd_export.check_against_torch, []
+
+    def check(model: EDSR, path: Path, classic: bool = True) -> float:
+        calls.append(path.name)
+        failing = len(calls) <= 2 if failing_check == "float32" else len(calls) > 2
+        return 1.0 if failing else real_check(model, path, classic)
+
+    monkeypatch.setattr(srd_export, "check_against_torch", check)
+    with pytest.raises(RuntimeError, match="disagrees with torch"):
+        export_run(cfg.run_dir / "last.pt", "bad", tmp_path / "models", SHARED / "bench")
+    assert list((tmp_path / "models").iterdir()) == []
 
 
 def test_manifest_update_keeps_other_entries_sorted(tmp_path: Path) -> None:

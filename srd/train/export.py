@@ -11,6 +11,7 @@ import fcntl
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -138,21 +139,27 @@ def provenance(ckpt: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_file(model: EDSR, path: Path) -> None:
-    """Raise (deleting ``path``) unless both cv2.dnn engines give what torch gives, on several sizes."""
+    """Raise unless both cv2.dnn engines give what torch gives, on several sizes."""
     diffs = {engine: check_against_torch(model, path, classic) for engine, classic in
              (("classic", True), ("new", False))}
     log.info("%s: cv2.dnn vs torch max abs diff (0-255 scale): %s", path.name, diffs)
     if max(diffs.values()) > MAX_ABS_DIFF:
-        path.unlink()
         raise RuntimeError(f"exported model disagrees with torch: {diffs}")
 
 
-def _store_fp16_if_lossless(model: EDSR, path: Path, quality: dict[str, dict[str, float]],
-                            bench_dir: Path) -> dict[str, Any]:
-    """Rewrite ``path`` with float16 weights if that costs at most MAX_FP16_LOSS_DB of PSNR on every benchmark
-    set (measured through cv2.dnn, like ``quality``); returns the weights' dtype, the quality of what is kept,
-    and the fp16 loss per set when it was measured."""
-    half = path.with_name(f"{path.stem}.fp16.onnx")
+@dataclass(frozen=True)
+class StoredWeights:
+    """How the exported file stores its weights, the quality of that file, and what float16 cost per set."""
+
+    dtype: str
+    quality: dict[str, dict[str, float]]
+    fp16_loss: dict[str, float]
+
+
+def _store_fp16_if_lossless(model: EDSR, path: Path, half: Path, quality: dict[str, dict[str, float]],
+                            bench_dir: Path) -> StoredWeights:
+    """Rewrite ``path`` with float16 weights (written first to ``half``) if that costs at most MAX_FP16_LOSS_DB
+    of PSNR on every benchmark set, measured through cv2.dnn like ``quality``, the float32 file's."""
     store_weights_fp16(path, half)
     # The file must match torch running the same float16-rounded weights: the conversion itself is exact.
     _check_file(copy.deepcopy(model).half().float(), half)
@@ -160,10 +167,9 @@ def _store_fp16_if_lossless(model: EDSR, path: Path, quality: dict[str, dict[str
     loss = {name: round(quality[name]["psnr_y"] - half_quality[name]["psnr_y"], 3) for name in quality}
     log.info("fp16 weights: quality %s, PSNR loss %s dB", half_quality, loss)
     if max(loss.values()) > MAX_FP16_LOSS_DB:
-        half.unlink()
-        return {"dtype": "float32", "quality": quality, "loss": loss}
+        return StoredWeights("float32", quality, loss)
     os.replace(half, path)
-    return {"dtype": "float16", "quality": half_quality, "loss": loss}
+    return StoredWeights("float16", half_quality, loss)
 
 
 def update_manifest(manifest_path: Path, entry: dict[str, Any]) -> None:
@@ -205,21 +211,25 @@ def export_run(ckpt_path: Path, name: str, models_dir: Path, bench_dir: Path, th
     models_dir.mkdir(parents=True, exist_ok=True)
     final = models_dir / f"{name}_x{arch.scale}.onnx"
     tmp = models_dir / f".{final.name}.tmp.onnx"
-    export_onnx(model, tmp)
-    _check_file(model, tmp)
-    quality = evaluate_onnx(tmp, bench_dir, arch.scale)
-    log.info("quality via cv2.dnn: %s", quality)
-    weights = _store_fp16_if_lossless(model, tmp, quality, bench_dir)
-    os.replace(tmp, final)
+    half = models_dir / f".{final.name}.fp16.tmp.onnx"
+    try:
+        export_onnx(model, tmp)
+        _check_file(model, tmp)
+        quality = evaluate_onnx(tmp, bench_dir, arch.scale)
+        log.info("quality via cv2.dnn: %s", quality)
+        weights = _store_fp16_if_lossless(model, tmp, half, quality, bench_dir)
+        os.replace(tmp, final)
+    finally:  # whatever failed, no temporary file is left beside the models
+        tmp.unlink(missing_ok=True)
+        half.unlink(missing_ok=True)
     entry = {
         "name": name, "scale": arch.scale, "file": final.name, "format": "onnx", "convention": CONVENTION,
         "sha256": file_sha256(final), "size_bytes": final.stat().st_size,
         "architecture": {"family": "edsr", "blocks": arch.blocks, "channels": arch.channels, "tail": arch.tail,
                          "res_scale": arch.res_scale},
-        "parameters": count_parameters(model), "weights": weights["dtype"],
+        "parameters": count_parameters(model), "weights": weights.dtype,
         "provenance": {**provenance(ckpt), "export_command": export_command(ckpt_path, name, ckpt["config"])},
-        "quality": weights["quality"],
-        **({"fp16_psnr_loss": weights["loss"]} if "loss" in weights else {}),
+        "quality": weights.quality, "fp16_psnr_loss": weights.fp16_loss,
     }
     update_manifest(models_dir / "manifest.json", entry)
     log.info("wrote %s and its manifest entry", final)
