@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import signal
@@ -131,7 +130,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="cpu only to try this script out")
     args = parser.parse_args()
     subprocess.run([sys.executable, "-m", "srd.train", "cache", "--downscales", DOWNSCALES,
-                    "--cache-dir", str(args.cache_dir), "--workers", str(os.cpu_count())], check=True)
+                    "--cache-dir", str(args.cache_dir)], check=True)
     if args.step == "probe":
         probe(args)
     else:

@@ -53,16 +53,14 @@ def load_pairs(root: Path, scale: int, cache: Path, downscales: Sequence[float] 
     return pairs
 
 
-def build_cache(root: Path, scale: int, cache: Path, downscales: Sequence[float] = (), workers: int = 1) -> int:
-    """Make every derived image `load_pairs` would read, with ``workers`` processes; returns the number of
-    training images."""
+def build_cache(root: Path, scale: int, cache: Path, downscales: Sequence[float] = (), workers: int = 1) -> None:
+    """Make every derived image `load_pairs` would read, with ``workers`` processes."""
     paths = list_images(root)
     job = partial(_cache_image, root=root, scale=scale, cache=cache, downscales=tuple(downscales))
     with multiprocessing.Pool(workers) as pool:
         pool.map(job, paths, chunksize=4)
     log.info("cached x%d copies (downscales %s) of %d training images from %s", scale, list(downscales),
              len(paths), root)
-    return len(paths)
 
 
 def _cache_image(path: Path, root: Path, scale: int, cache: Path, downscales: tuple[float, ...]) -> None:
