@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Warm restarts of all six shipped models side by side on one CUDA GPU, sized to a fixed wall time.
 
-Each lease is one round: round 1 made the ``-gpu`` runs from the last CPU runs, round 2 makes ``-gpu2`` runs
-from those, and so on (``--round``).
+Each run starts from the model it will replace, the shipped ``models/edsr-<tier>_x<scale>.onnx`` (``fit --init``
+reads its weights back), so a lease needs no checkpoint from an earlier machine. Runs are named
+``edsr-<tier>-x<scale>-gpu-<tag>``, the tag by default the day (UTC).
 
 A GPU lease here is minutes long, so the runs are sized by measurement rather than by guess:
 
@@ -27,36 +28,27 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 HOME_CACHE = Path.home() / ".cache/srd"
-# (preset, scale) → the CPU run (scripts/train_all.sh) that the first GPU round starts from.
-CPU_STARTS = {
-    ("lite", 2): "edsr-lite-x2-down", ("lite", 3): "edsr-lite-x3-ft", ("lite", 4): "edsr-lite-x4-ft",
-    ("base", 2): "edsr-base-x2-ft", ("base", 3): "edsr-base-x3-down", ("base", 4): "edsr-base-x4",
-}
+MODELS = Path("models")  # relative, as the manifest will record each run's --init (run from the repository root)
+SHIPPED = [(preset, scale) for preset in ("lite", "base") for scale in (2, 3, 4)]
 DOWNSCALES = "0.8,0.6"
 TRAINING = ["--batch", "32", "--lr", "1e-4", "--hard-fraction", "0.5", "--downscales", DOWNSCALES,
             "--threads", "2", "--eval-every", "2000"]
 LOG_LINE = re.compile(r"^(\S+ \S+) INFO it (\d+) loss")
 
 
-def gpu_run(preset: str, scale: int, round_: int) -> str:
-    return f"edsr-{preset}-x{scale}-gpu" + ("" if round_ == 1 else str(round_))
+def planned_runs(tag: str) -> list[tuple[str, str, int, Path]]:
+    """(run, preset, scale, model it starts from) for each shipped model."""
+    return [(f"edsr-{preset}-x{scale}-gpu-{tag}", preset, scale, MODELS / f"edsr-{preset}_x{scale}.onnx")
+            for preset, scale in SHIPPED]
 
 
-def runs_of_round(round_: int) -> list[tuple[str, str, int, str]]:
-    """(run, preset, scale, run it starts from) for each shipped model: round 1 starts from the CPU runs,
-    each later round from the round before (one round per lease)."""
-    return [(gpu_run(preset, scale, round_), preset, scale,
-             start if round_ == 1 else gpu_run(preset, scale, round_ - 1))
-            for (preset, scale), start in CPU_STARTS.items()]
-
-
-def fit(args: argparse.Namespace, run: tuple[str, str, int, str], iters: int, probe: bool) -> subprocess.Popen:
+def fit(args: argparse.Namespace, run: tuple[str, str, int, Path], iters: int, probe: bool) -> subprocess.Popen:
     name, preset, scale, start = run
     command = [sys.executable, "-m", "srd.train", "fit", "--preset", preset, "--scale", str(scale),
                "--iters", str(iters), *TRAINING, "--device", args.device,
@@ -64,7 +56,7 @@ def fit(args: argparse.Namespace, run: tuple[str, str, int, str], iters: int, pr
     if probe:  # from scratch (speed does not depend on the weights), logged often, never evaluated
         command += ["--name", f"{name}-probe", "--log-every", "20", "--eval-every", str(iters)]
     else:
-        command += ["--name", name, "--init", str(args.runs_dir / start / "last.pt")]
+        command += ["--name", name, "--init", str(start)]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
@@ -88,12 +80,13 @@ def stop_all(procs: list[subprocess.Popen]) -> None:
 
 
 def probe(args: argparse.Namespace) -> None:
-    runs = runs_of_round(args.round)
+    runs = planned_runs(args.tag)
     procs = [fit(args, run, 10**6, probe=True) for run in runs]
     time.sleep(args.probe_s)
     stop_all(procs)
-    probes = {run[0]: args.runs_dir / f"{run[0]}-probe" for run in runs}
-    rates = {name: measured_rate(folder / "train.log") for name, folder in probes.items()}
+    # Keyed by the model each run starts from, so a train step on another day (another tag) finds them.
+    probes = {start.stem: args.runs_dir / f"{name}-probe" for name, _, _, start in runs}
+    rates = {model: measured_rate(folder / "train.log") for model, folder in probes.items()}
     for folder in probes.values():
         shutil.rmtree(folder)
     args.rates.write_text(json.dumps(rates, indent=2) + "\n")
@@ -102,7 +95,7 @@ def probe(args: argparse.Namespace) -> None:
 
 def train(args: argparse.Namespace) -> None:
     rates = json.loads(args.rates.read_text())
-    plan = {run: max(100, int(rates[run[0]] * args.train_s) // 100 * 100) for run in runs_of_round(args.round)}
+    plan = {run: max(100, int(rates[run[3].stem] * args.train_s) // 100 * 100) for run in planned_runs(args.tag)}
     print({run[0]: iters for run, iters in plan.items()}, flush=True)
     procs = [fit(args, run, iters, probe=False) for run, iters in plan.items()]
     deadline = time.monotonic() + args.train_s * 1.25 + 60
@@ -120,7 +113,8 @@ def train(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=("probe", "train"))
-    parser.add_argument("--round", type=int, default=1, help="1: the -gpu runs (session 5); 2: -gpu2 from them…")
+    parser.add_argument("--tag", default=datetime.now(timezone.utc).strftime("%Y%m%d"),
+                        help="ends each run's name (default: the day, UTC)")
     parser.add_argument("--rates", type=Path, default=HOME_CACHE / "gpu_rates.json")
     parser.add_argument("--probe-s", type=float, default=40)
     parser.add_argument("--train-s", type=float, default=360, help="seconds of training for every run")

@@ -31,6 +31,7 @@ from srd.train.data import Pair, PatchSampler, load_pairs  # noqa: E402
 from srd.train.export import export_run, provenance, training_command, update_manifest  # noqa: E402
 from srd.train.loop import TrainConfig, describe_hardware, resolve_device, train  # noqa: E402
 from srd.train.model import DIV2K_MEAN_BGR, EDSR, Arch, load_body  # noqa: E402
+from srd.train.onnx_io import export_onnx, read_state_dict, store_weights_fp16  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
 TRAIN_IMAGES = ["T91/t1.png", "T91/t2.png", "BSDS200/35091.jpg"]
@@ -165,9 +166,9 @@ def _gpu_script() -> object:
     return module
 
 
-def test_gpu_script_measures_rates_from_the_log_and_chains_rounds(tmp_path: Path) -> None:
+def test_gpu_script_measures_rates_from_the_log_and_starts_from_the_shipped_models(tmp_path: Path) -> None:
     """The GPU plan rests on the probe's rate: iterations between the first and last progress lines over the
-    time between them (start-up comes before the first). Round 2's runs start from round 1's."""
+    time between them (start-up comes before the first). Each run starts from the model it will replace."""
     gpu = _gpu_script()
     log = tmp_path / "train.log"
     log.write_text("2026-11-27 07:13:00,000 INFO new run x\n"
@@ -175,10 +176,10 @@ def test_gpu_script_measures_rates_from_the_log_and_chains_rounds(tmp_path: Path
                    "2026-11-27 07:13:11,000 INFO it 40 loss 9.0 lr 1.00e-04 20.00 it/s\n"
                    "2026-11-27 07:13:16,000 INFO it 100 loss 8.9 lr 1.00e-04 12.00 it/s\n")
     assert gpu.measured_rate(log) == pytest.approx(80 / 6)
-    first, second = gpu.runs_of_round(1), gpu.runs_of_round(2)
-    assert ("edsr-base-x2-gpu", "base", 2, "edsr-base-x2-ft") in first
-    assert ("edsr-base-x2-gpu2", "base", 2, "edsr-base-x2-gpu") in second
-    assert len(first) == len(second) == 6
+    runs = gpu.planned_runs("20261127")
+    assert len(runs) == 6 and len({start for *_, start in runs}) == 6
+    assert ("edsr-base-x3-gpu-20261127", "base", 3, gpu.MODELS / "edsr-base_x3.onnx") in runs
+    assert all((Path(__file__).resolve().parents[1] / start).is_file() for *_, start in runs)
 
 
 def test_each_checkpoint_records_the_hardware_that_trained_it(tmp_path: Path, train_dir: Path) -> None:
@@ -365,6 +366,49 @@ def test_the_manifest_records_both_runs_of_a_model_started_from_another(tmp_path
     assert made["export_command"] == "python -m srd.train export --run runs/tuned --name tiny"
     assert made["init_provenance"]["command"].startswith("python -m srd.train fit --name tiny ")
     assert made["init_provenance"]["iterations"] == 2 and "init_provenance" not in made["init_provenance"]
+
+
+@pytest.mark.parametrize("tail", ["shuffle", "espcn"])
+@pytest.mark.parametrize("half", [False, True])
+def test_an_exported_file_gives_back_the_weights_it_was_made_from(tail: str, half: bool, tmp_path: Path) -> None:
+    """Reading an export undoes it: the fp16 casts, and the channel order each DepthToSpace was rewritten to
+    (×4 with the paper's tail has two of them)."""
+    torch.manual_seed(0)
+    model = EDSR(Arch(4, 1, 8, tail)).eval()
+    path = tmp_path / "m.onnx"
+    export_onnx(model, path)
+    if half:
+        store_weights_fp16(path, path)
+        model = model.half().float()
+    read = read_state_dict(path)
+    assert read.keys() == model.state_dict().keys()
+    for key, value in model.state_dict().items():
+        assert torch.equal(read[key], value), key
+
+
+def test_a_run_can_start_from_an_exported_model_and_the_manifest_says_how_that_was_made(
+        tmp_path: Path, train_dir: Path) -> None:
+    """A checkout has the shipped models but not the checkpoints they came from: a warm restart from the
+    .onnx starts from its weights, and exporting over it records its sha256 and its manifest entry's
+    provenance. An .onnx of another scale gives its body."""
+    first = tiny_config(tmp_path / "a", train_dir, 2)
+    assert train(first)
+    models = tmp_path / "models"
+    shipped = export_run(first.run_dir / "last.pt", "tiny", models, SHARED / "bench")
+    second = dataclasses.replace(tiny_config(tmp_path / "b", train_dir, 1), init=str(models / "tiny_x2.onnx"))
+    assert train(second)
+    assert "initialised every tensor" in (second.run_dir / "train.log").read_text()
+    entry = export_run(second.run_dir / "last.pt", "tiny", models, SHARED / "bench")
+    made = entry["provenance"]
+    assert made["init"] == f"from tiny_x2.onnx (sha256 {shipped['sha256'][:16]})"
+    assert made["init_provenance"] == shipped["provenance"]
+    assert made["command"].endswith(f"--init {models / 'tiny_x2.onnx'}")
+    assert entry["sha256"] != shipped["sha256"]
+
+    x3 = dataclasses.replace(tiny_config(tmp_path / "c", train_dir, 0), arch=Arch(3, 2, 8),
+                             init=str(models / "tiny_x2.onnx"))
+    assert train(x3)
+    assert re.search(r"initialised \d+ tensors \(all but the tail\)", (x3.run_dir / "train.log").read_text())
 
 
 @pytest.mark.parametrize("tail", ["shuffle", "espcn"])

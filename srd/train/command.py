@@ -50,8 +50,9 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: the CUDA GPU when torch sees one, else the CPU")
-    p.add_argument("--init", help="checkpoint whose weights start a new run: all of them for the same "
-                                  "architecture and scale (a warm restart), all but the tail otherwise")
+    p.add_argument("--init", help="checkpoint or exported model (models/*.onnx) whose weights start a new run: "
+                                  "all of them for the same architecture and scale (a warm restart), all but "
+                                  "the tail otherwise")
     p.add_argument("--eval-every", type=int, default=1000)
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--save-every-s", type=float, default=180.0)

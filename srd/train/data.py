@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -94,7 +95,8 @@ def _cached(path: Path, size: tuple[int, int], make: Callable[[], np.ndarray]) -
     if image is None or image.shape[:2] != size:
         image = make()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.png")
+        # Per process: runs started side by side on an empty cache write the same files at once.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
         cv2.imwrite(str(tmp), image)
         tmp.replace(path)
     return image

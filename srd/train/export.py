@@ -119,8 +119,7 @@ def provenance(ckpt: dict[str, Any]) -> dict[str, Any]:
     folders = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
     count = sum(1 for p in train_dir.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
     init = cfg.get("init")
-    # A run started from another (another scale's body, or a warm restart) is reproduced by both commands.
-    init_ckpt = checkpoint.load(Path(init)) if init and Path(init).exists() else None
+    init_label, init_provenance = _init_source(Path(init)) if init else ("scratch", None)
     return {
         "trainer": "srd.train",
         "data": f"{cfg['train_dir']} ({count} images: {', '.join(folders)})",
@@ -132,10 +131,29 @@ def provenance(ckpt: dict[str, Any]) -> dict[str, Any]:
         # Checkpoints from before training recorded its hardware were all trained on this CPU.
         "hardware": " + ".join(ckpt.get("hardware") or
                                [describe_hardware(torch.device("cpu"), cfg["threads"], cfg["bf16"])]),
-        "init": f"from {Path(init).parent.name} ({Path(init).name})" if init else "scratch",
+        "init": init_label,
         "command": training_command(ckpt),
-        **({"init_provenance": provenance(init_ckpt)} if init_ckpt is not None else {}),
+        **({"init_provenance": init_provenance} if init_provenance is not None else {}),
     }
+
+
+def _init_source(path: Path) -> tuple[str, dict[str, Any] | None]:
+    """What a run started from, and how that was made where it can still be told, so the manifest alone says
+    how to make a model: a run started from another (another scale's body, or a warm restart) is reproduced by
+    both commands.
+
+    An exported model is told by its sha256 and its manifest entry's provenance, while the file is still the
+    one that entry describes (export replaces it).
+    """
+    if path.suffix != ".onnx":
+        return f"from {path.parent.name} ({path.name})", provenance(checkpoint.load(path)) if path.exists() else None
+    if not path.exists():
+        return f"from {path.name}", None
+    sha = file_sha256(path)
+    manifest = path.parent / "manifest.json"
+    entries = json.loads(manifest.read_text())["models"] if manifest.exists() else []
+    made = next((e["provenance"] for e in entries if e["file"] == path.name and e["sha256"] == sha), None)
+    return f"from {path.name} (sha256 {sha[:16]})", made
 
 
 def _check_file(model: EDSR, path: Path) -> None:
@@ -208,6 +226,8 @@ def export_run(ckpt_path: Path, name: str, models_dir: Path, bench_dir: Path, th
     ckpt = checkpoint.load(ckpt_path)
     model = model_from_checkpoint(ckpt)
     arch = model.arch
+    # Before the export replaces a model this run may have started from (see _init_source).
+    made = {**provenance(ckpt), "export_command": export_command(ckpt_path, name, ckpt["config"])}
     models_dir.mkdir(parents=True, exist_ok=True)
     final = models_dir / f"{name}_x{arch.scale}.onnx"
     tmp = models_dir / f".{final.name}.tmp.onnx"
@@ -228,7 +248,7 @@ def export_run(ckpt_path: Path, name: str, models_dir: Path, bench_dir: Path, th
         "architecture": {"family": "edsr", "blocks": arch.blocks, "channels": arch.channels, "tail": arch.tail,
                          "res_scale": arch.res_scale},
         "parameters": count_parameters(model), "weights": weights.dtype,
-        "provenance": {**provenance(ckpt), "export_command": export_command(ckpt_path, name, ckpt["config"])},
+        "provenance": made,
         "quality": weights.quality, "fp16_psnr_loss": weights.fp16_loss,
     }
     update_manifest(models_dir / "manifest.json", entry)

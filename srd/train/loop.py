@@ -32,6 +32,7 @@ from srd.train.data import (
     to_model_space,
 )
 from srd.train.model import EDSR, Arch, count_parameters, load_body
+from srd.train.onnx_io import read_state_dict
 
 log = logging.getLogger("srd.train")
 
@@ -110,6 +111,14 @@ def evaluate_torch(model: EDSR, pairs: list[Pair], scale: int) -> float:
     return float(np.mean(scores))
 
 
+def initial_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The weights a new run starts from: a run's checkpoint, or a model that export wrote (``models/*.onnx``),
+    which every checkout has, while checkpoints stay on the machine that trained them."""
+    if path.suffix == ".onnx":
+        return read_state_dict(path)
+    return checkpoint.load(path)["model"]
+
+
 class _StopFlag:
     """Set by SIGTERM/SIGINT so the loop can save a checkpoint before exiting."""
 
@@ -173,12 +182,13 @@ def _train(cfg: TrainConfig, device: torch.device, stop: _StopFlag, target: int)
         log.info("resumed %s at iteration %d", cfg.name, state["iteration"])
     else:
         if cfg.init:
-            init = checkpoint.load(Path(cfg.init))
-            if init["arch"] == cfg.arch.to_dict():  # same model and scale: a warm restart of all of it
-                model.load_state_dict(init["model"])
+            init = initial_weights(Path(cfg.init))
+            own = model.state_dict()
+            if own.keys() == init.keys() and all(own[k].shape == v.shape for k, v in init.items()):
+                model.load_state_dict(init)  # same model and scale: a warm restart of all of it
                 log.info("initialised every tensor from %s", cfg.init)
             else:
-                copied = load_body(model, init["model"])
+                copied = load_body(model, init)
                 log.info("initialised %d tensors (all but the tail) from %s", len(copied), cfg.init)
         log.info("new run %s: %s, %d parameters", cfg.name, cfg.arch, count_parameters(model))
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str) + "\n")

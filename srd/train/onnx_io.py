@@ -63,12 +63,40 @@ def _rewrite_depth_to_space_as_dcr(path: Path) -> None:
         block = next(a.i for a in node.attribute if a.name == "blocksize")
         for name in conv.input[1:]:
             tensor = numpy_helper.to_array(weights[name])
-            channels = tensor.shape[0] // (block * block)
-            # CRD index c·s² + k  →  DCR index k·C + c, for k = row·s + column inside the block.
-            order = np.arange(tensor.shape[0]).reshape(channels, block * block).T.reshape(-1)
+            order = _crd_to_dcr_order(tensor.shape[0], block)
             weights[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(tensor[order]), name))
         mode.s = b"DCR"
     onnx.save(graph_model, str(path))
+
+
+def _crd_to_dcr_order(outputs: int, block: int) -> np.ndarray:
+    """The output-channel order that turns a conv feeding DepthToSpace(CRD) into one feeding DCR:
+    CRD index c·s² + k  →  DCR index k·C + c, for k = row·s + column inside the block."""
+    return np.arange(outputs).reshape(outputs // (block * block), block * block).T.reshape(-1)
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The torch weights of a file :func:`export_onnx` wrote (float32 or float16): export undone.
+
+    Why: a shipped model can then start a new run on a machine that lacks the checkpoint it came from.
+    """
+    graph = onnx.load(str(path)).graph
+    # store_weights_fp16 renamed each weight <name>_fp16 and cast it back to <name>.
+    weights = {init.name.removesuffix("_fp16"): numpy_helper.to_array(init).astype(np.float32)
+               for init in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    for node in graph.node:
+        if node.op_type != "DepthToSpace" or _mode(node) != b"DCR":
+            continue
+        conv = producers[node.input[0]]
+        block = next(a.i for a in node.attribute if a.name == "blocksize")
+        for name in conv.input[1:]:
+            weights[name] = weights[name][np.argsort(_crd_to_dcr_order(weights[name].shape[0], block))]
+    return {name: torch.from_numpy(np.ascontiguousarray(array)) for name, array in weights.items()}
+
+
+def _mode(depth_to_space: onnx.NodeProto) -> bytes:
+    return next((a.s for a in depth_to_space.attribute if a.name == "mode"), b"DCR")  # ONNX's default
 
 
 def store_weights_fp16(src: Path, dst: Path) -> None:
