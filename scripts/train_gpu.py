@@ -30,6 +30,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -42,13 +43,20 @@ TRAINING = ["--batch", "32", "--lr", "1e-4", "--hard-fraction", "0.5", "--downsc
 LOG_LINE = re.compile(r"^(\S+ \S+) INFO it (\d+) loss")
 
 
-def planned_runs(tag: str) -> list[tuple[str, str, int, Path]]:
-    """(run, preset, scale, model it starts from) for each shipped model."""
-    return [(f"edsr-{preset}-x{scale}-gpu-{tag}", preset, scale, MODELS / f"edsr-{preset}_x{scale}.onnx")
+class Run(NamedTuple):
+    name: str
+    preset: str
+    scale: int
+    start: Path  # the shipped model it starts from
+
+
+def planned_runs(tag: str) -> list[Run]:
+    """One run for each shipped model."""
+    return [Run(f"edsr-{preset}-x{scale}-gpu-{tag}", preset, scale, MODELS / f"edsr-{preset}_x{scale}.onnx")
             for preset, scale in SHIPPED]
 
 
-def fit(args: argparse.Namespace, run: tuple[str, str, int, Path], iters: int, probe: bool) -> subprocess.Popen:
+def fit(args: argparse.Namespace, run: Run, iters: int, probe: bool) -> subprocess.Popen:
     name, preset, scale, start = run
     command = [sys.executable, "-m", "srd.train", "fit", "--preset", preset, "--scale", str(scale),
                "--iters", str(iters), *TRAINING, "--device", args.device,
@@ -85,7 +93,7 @@ def probe(args: argparse.Namespace) -> None:
     time.sleep(args.probe_s)
     stop_all(procs)
     # Keyed by the model each run starts from, so a train step on another day (another tag) finds them.
-    probes = {start.stem: args.runs_dir / f"{name}-probe" for name, _, _, start in runs}
+    probes = {run.start.stem: args.runs_dir / f"{run.name}-probe" for run in runs}
     rates = {model: measured_rate(folder / "train.log") for model, folder in probes.items()}
     for folder in probes.values():
         shutil.rmtree(folder)
@@ -95,19 +103,19 @@ def probe(args: argparse.Namespace) -> None:
 
 def train(args: argparse.Namespace) -> None:
     rates = json.loads(args.rates.read_text())
-    plan = {run: max(100, int(rates[run[3].stem] * args.train_s) // 100 * 100) for run in planned_runs(args.tag)}
-    print({run[0]: iters for run, iters in plan.items()}, flush=True)
+    plan = {run: max(100, int(rates[run.start.stem] * args.train_s) // 100 * 100) for run in planned_runs(args.tag)}
+    print({run.name: iters for run, iters in plan.items()}, flush=True)
     procs = [fit(args, run, iters, probe=False) for run, iters in plan.items()]
     deadline = time.monotonic() + args.train_s * 1.25 + 60
     while time.monotonic() < deadline and any(p.poll() is None for p in procs):
         time.sleep(2)
     stop_all(procs)
-    for (name, *_), proc in zip(plan, procs):
-        print(name, "exit", proc.returncode, flush=True)
+    for run, proc in zip(plan, procs):
+        print(run.name, "exit", proc.returncode, flush=True)
         if args.weights_to:
-            ckpt = torch.load(args.runs_dir / name / "last.pt", map_location="cpu", weights_only=False)
+            ckpt = torch.load(args.runs_dir / run.name / "last.pt", map_location="cpu", weights_only=False)
             ckpt.pop("optimizer")
-            torch.save(ckpt, args.weights_to / f"{name}.pt")
+            torch.save(ckpt, args.weights_to / f"{run.name}.pt")
 
 
 def main() -> None:

@@ -178,7 +178,7 @@ def test_gpu_script_measures_rates_from_the_log_and_starts_from_the_shipped_mode
     assert gpu.measured_rate(log) == pytest.approx(80 / 6)
     runs = gpu.planned_runs("20261127")
     assert len(runs) == 6 and len({start for *_, start in runs}) == 6
-    assert ("edsr-base-x3-gpu-20261127", "base", 3, gpu.MODELS / "edsr-base_x3.onnx") in runs
+    assert gpu.Run("edsr-base-x3-gpu-20261127", "base", 3, gpu.MODELS / "edsr-base_x3.onnx") in runs
     assert all((Path(__file__).resolve().parents[1] / start).is_file() for *_, start in runs)
 
 

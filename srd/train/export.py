@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import torch
 
-from srd.engine.registry import file_sha256
+from srd.engine.registry import file_sha256, read_manifest
 from srd.metrics import psnr_y, ssim_y
 from srd.train import checkpoint
 from srd.train.data import load_bench
@@ -150,9 +150,8 @@ def _init_source(path: Path) -> tuple[str, dict[str, Any] | None]:
     if not path.exists():
         return f"from {path.name}", None
     sha = file_sha256(path)
-    manifest = path.parent / "manifest.json"
-    entries = json.loads(manifest.read_text())["models"] if manifest.exists() else []
-    made = next((e["provenance"] for e in entries if e["file"] == path.name and e["sha256"] == sha), None)
+    made = next((spec.info.get("provenance") for spec in read_manifest(path.parent)
+                 if spec.path.name == path.name and spec.expected_sha256 == sha), None)
     return f"from {path.name} (sha256 {sha[:16]})", made
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -50,29 +51,15 @@ def _rewrite_depth_to_space_as_dcr(path: Path) -> None:
     graph_model = onnx.load(str(path))
     graph = graph_model.graph
     weights = {init.name: init for init in graph.initializer}
-    producers = {out: node for node in graph.node for out in node.output}
-    for node in graph.node:
-        if node.op_type != "DepthToSpace":
-            continue
-        mode = next((a for a in node.attribute if a.name == "mode"), None)
-        if mode is None or mode.s != b"CRD":
-            continue
-        conv = producers.get(node.input[0])
-        if conv is None or conv.op_type != "Conv" or conv.input[1] not in weights:
+    for node, conv, block in _depth_to_space_convs(graph, b"CRD"):
+        if conv.input[1] not in weights:
             raise ValueError(f"{path}: DepthToSpace {node.name} is not fed by a Conv with constant weights")
-        block = next(a.i for a in node.attribute if a.name == "blocksize")
         for name in conv.input[1:]:
             tensor = numpy_helper.to_array(weights[name])
             order = _crd_to_dcr_order(tensor.shape[0], block)
             weights[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(tensor[order]), name))
-        mode.s = b"DCR"
+        next(a for a in node.attribute if a.name == "mode").s = b"DCR"
     onnx.save(graph_model, str(path))
-
-
-def _crd_to_dcr_order(outputs: int, block: int) -> np.ndarray:
-    """The output-channel order that turns a conv feeding DepthToSpace(CRD) into one feeding DCR:
-    CRD index c·s² + k  →  DCR index k·C + c, for k = row·s + column inside the block."""
-    return np.arange(outputs).reshape(outputs // (block * block), block * block).T.reshape(-1)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -84,19 +71,29 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     # store_weights_fp16 renamed each weight <name>_fp16 and cast it back to <name>.
     weights = {init.name.removesuffix("_fp16"): numpy_helper.to_array(init).astype(np.float32)
                for init in graph.initializer}
-    producers = {out: node for node in graph.node for out in node.output}
-    for node in graph.node:
-        if node.op_type != "DepthToSpace" or _mode(node) != b"DCR":
-            continue
-        conv = producers[node.input[0]]
-        block = next(a.i for a in node.attribute if a.name == "blocksize")
+    for _, conv, block in _depth_to_space_convs(graph, b"DCR"):
         for name in conv.input[1:]:
             weights[name] = weights[name][np.argsort(_crd_to_dcr_order(weights[name].shape[0], block))]
     return {name: torch.from_numpy(np.ascontiguousarray(array)) for name, array in weights.items()}
 
 
-def _mode(depth_to_space: onnx.NodeProto) -> bytes:
-    return next((a.s for a in depth_to_space.attribute if a.name == "mode"), b"DCR")  # ONNX's default
+def _depth_to_space_convs(graph: onnx.GraphProto, mode: bytes) -> Iterator[tuple[onnx.NodeProto, onnx.NodeProto, int]]:
+    """Each DepthToSpace node of ``mode`` (ONNX's default is DCR), the Conv that feeds it, and its block size."""
+    producers = {out: node for node in graph.node for out in node.output}
+    for node in graph.node:
+        attributes = {a.name: a for a in node.attribute}
+        if node.op_type != "DepthToSpace" or (attributes["mode"].s if "mode" in attributes else b"DCR") != mode:
+            continue
+        conv = producers.get(node.input[0])
+        if conv is None or conv.op_type != "Conv":
+            raise ValueError(f"DepthToSpace {node.name} is not fed by a Conv")
+        yield node, conv, attributes["blocksize"].i
+
+
+def _crd_to_dcr_order(outputs: int, block: int) -> np.ndarray:
+    """The output-channel order that turns a conv feeding DepthToSpace(CRD) into one feeding DCR:
+    CRD index c·s² + k  →  DCR index k·C + c, for k = row·s + column inside the block."""
+    return np.arange(outputs).reshape(outputs // (block * block), block * block).T.reshape(-1)
 
 
 def store_weights_fp16(src: Path, dst: Path) -> None:
