@@ -23,6 +23,7 @@ from typing import BinaryIO
 
 import structlog
 
+from srd import safefs
 from srd.errors import OutputError
 
 log = structlog.get_logger(__name__)
@@ -69,19 +70,19 @@ def _output_error(target: Path, action: str, exc: OSError) -> OutputError:
     return OutputError(f"cannot write {target}: {action} failed: {reason}", errno=exc.errno)
 
 
-def _create_temp(target: Path, mode: int | None) -> tuple[Path, int]:
-    """Create an exclusive temp file next to `target` and return its path and descriptor.
+def _create_temp(folder: int, target: Path, mode: int | None) -> tuple[str, int]:
+    """Create an exclusive temp file next to `target` (in the open folder `folder`); return its name and fd.
 
-    O_EXCL guarantees the file is ours even if another writer (or a stale leftover) uses the same folder.
-    Creating with 0o666 lets the kernel apply the umask exactly as a plain ``open()`` would, without the
-    process-wide (and thread-unsafe) ``os.umask`` read-and-restore dance.
+    O_EXCL guarantees the file is ours even if another writer (or a stale leftover) uses the same folder, and
+    never follows a symlink planted under the temp's name. Creating with 0o666 lets the kernel apply the umask
+    exactly as a plain ``open()`` would, without the process-wide (and thread-unsafe) ``os.umask`` dance.
     """
     stem = target.name[:_NAME_PART_MAX_CHARS]
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     for _ in range(_CREATE_ATTEMPTS):
-        tmp = target.parent / f"{TEMP_PREFIX}{stem}.{secrets.token_hex(_SUFFIX_HEX // 2)}"
+        tmp = f"{TEMP_PREFIX}{stem}.{secrets.token_hex(_SUFFIX_HEX // 2)}"
         try:
-            fd = os.open(tmp, flags, 0o666)
+            fd = os.open(tmp, flags, 0o666, dir_fd=folder)
         except FileExistsError:
             continue
         except OSError as exc:
@@ -91,17 +92,19 @@ def _create_temp(target: Path, mode: int | None) -> tuple[Path, int]:
                 os.fchmod(fd, mode)
             except OSError as exc:
                 os.close(fd)
-                _remove_quietly(tmp)
+                _remove_quietly(folder, tmp, target)
                 raise _output_error(target, "setting permissions", exc) from exc
         return tmp, fd
     raise OutputError(f"cannot write {target}: no free temp file name after {_CREATE_ATTEMPTS} attempts")
 
 
-def _remove_quietly(path: Path) -> None:
+def _remove_quietly(folder: int, name: str, target: Path) -> None:
     try:
-        path.unlink(missing_ok=True)
+        os.unlink(name, dir_fd=folder)
+    except FileNotFoundError:
+        pass
     except OSError as exc:
-        log.warning("temp_remove_failed", path=str(path), error=str(exc))
+        log.warning("temp_remove_failed", path=str(target.parent / name), error=str(exc))
 
 
 def _close_quietly(raw: BinaryIO) -> None:
@@ -113,19 +116,31 @@ def _close_quietly(raw: BinaryIO) -> None:
         pass
 
 
-def _fsync_dir(folder: Path, target: Path) -> None:
+def open_folder(target: Path, root: Path | None) -> int:
+    """A descriptor of `target`'s folder: below `root` through `srd.safefs` (created if missing, never
+    through a symlink), or, without a root, the folder as named (srd's own state and model folders).
+
+    Raises:
+        OutputError: The folder can't be opened (or created), naming `target` and the reason.
+    """
     try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        if root is not None:
+            return safefs.open_dir(root, target.parent, create=True)
+        return os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except ValueError as exc:
+        raise OutputError(f"cannot write {target}: {exc}") from exc
     except OSError as exc:
-        raise _output_error(target, "opening the folder to fsync it", exc) from exc
+        raise _output_error(target, "opening its folder", exc) from exc
+
+
+def fsync_folder(folder: int, target: Path) -> None:
+    """Make a rename in the open folder `folder` durable (where the filesystem can)."""
     try:
-        os.fsync(fd)
+        os.fsync(folder)
     except OSError as exc:
         if exc.errno not in _DIR_FSYNC_UNSUPPORTED:
             raise _output_error(target, "fsync of the folder", exc) from exc
-        log.debug("dir_fsync_unsupported", folder=str(folder), error=str(exc))
-    finally:
-        os.close(fd)
+        log.debug("dir_fsync_unsupported", folder=str(target.parent), error=str(exc))
 
 
 class AtomicFile:
@@ -154,59 +169,72 @@ class AtomicFile:
 
 
 @contextmanager
-def open_atomic(target: Path, *, mode: int | None = None) -> Iterator[AtomicFile]:
+def open_atomic(target: Path, *, mode: int | None = None, root: Path | None = None,
+                folder: int | None = None) -> Iterator[AtomicFile]:
     """Stream bytes into `target` so that it appears complete or not at all.
 
     On a normal exit of the ``with`` block the data is flushed and fsynced, renamed over `target`, and the
-    folder is fsynced. On any exception the temp file is removed and `target` is left as it was.
+    folder is fsynced. On any exception the temp file is removed and `target` is left as it was. The temp
+    file, the rename and the fsync all act on one open descriptor of the folder, so a folder swapped for a
+    symlink meanwhile is never written through.
 
     Args:
-        target: Final path; its folder must exist (the temp file is created there).
+        target: Final path. Without `root` its folder must exist.
         mode: Exact permission bits for the new file. By default the file gets ``0o666 & ~umask``, like a
             plain ``open()``, not the 0600 that ``mkstemp`` would leave.
+        root: The configured folder `target` lies below (an outbox, a failed folder): its folder is then
+            opened (and created) component by component with `srd.safefs`, refusing any symlink.
+        folder: An already open descriptor of `target`'s folder to write in (the caller keeps it).
 
     Yields:
         An `AtomicFile` to ``write()`` to.
 
     Raises:
-        OutputError: The temp file can't be created, written, synced or renamed, naming `target` and the
-            reason. Exceptions raised by the caller's own code propagate unchanged.
+        OutputError: The folder can't be opened, or the temp file can't be created, written, synced or
+            renamed, naming `target` and the reason. Exceptions raised by the caller's own code propagate
+            unchanged.
     """
     target = Path(target)
-    tmp, fd = _create_temp(target, mode)
-    raw = os.fdopen(fd, "wb")
+    dir_fd = folder if folder is not None else open_folder(target, root)
     try:
-        yield AtomicFile(raw, target, tmp)
+        tmp, fd = _create_temp(dir_fd, target, mode)
+        raw = os.fdopen(fd, "wb")
         try:
-            raw.flush()
-            os.fsync(raw.fileno())
-            # Network filesystems may report a failed write-back only at close.
-            raw.close()
-        except OSError as exc:
-            raise _output_error(target, "flush to disk", exc) from exc
-        try:
-            os.replace(tmp, target)
-        except OSError as exc:
-            raise _output_error(target, "rename into place", exc) from exc
-    except BaseException:
-        _close_quietly(raw)
-        _remove_quietly(tmp)
-        raise
-    _fsync_dir(target.parent, target)
+            yield AtomicFile(raw, target, target.parent / tmp)
+            try:
+                raw.flush()
+                os.fsync(raw.fileno())
+                # Network filesystems may report a failed write-back only at close.
+                raw.close()
+            except OSError as exc:
+                raise _output_error(target, "flush to disk", exc) from exc
+            try:
+                os.replace(tmp, target.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except OSError as exc:
+                raise _output_error(target, "rename into place", exc) from exc
+        except BaseException:
+            _close_quietly(raw)
+            _remove_quietly(dir_fd, tmp, target)
+            raise
+        fsync_folder(dir_fd, target)
+    finally:
+        if folder is None:
+            os.close(dir_fd)
 
 
-def write_bytes_atomic(target: Path, data: bytes, *, mode: int | None = None) -> None:
+def write_bytes_atomic(target: Path, data: bytes, *, mode: int | None = None, root: Path | None = None) -> None:
     """Write `data` to `target` atomically and durably.
 
     Args:
-        target: Final path; its folder must exist.
+        target: Final path; without `root`, its folder must exist.
         data: The complete new content.
         mode: Exact permission bits; by default ``0o666 & ~umask``.
+        root: The configured folder `target` lies below; see `open_atomic`.
 
     Raises:
         OutputError: The write failed; `target` is unchanged and no temp file is left behind.
     """
-    with open_atomic(target, mode=mode) as fh:
+    with open_atomic(target, mode=mode, root=root) as fh:
         fh.write(data)
 
 
@@ -220,37 +248,55 @@ def clean_stale_temps(folder: Path, *, older_than_s: float = 0, recursive: bool 
     Args:
         folder: Folder to scan; a missing folder has nothing to clean.
         older_than_s: Only remove temps whose mtime is at least this many seconds old.
-        recursive: Also scan subfolders (symlinks to folders are not followed).
+        recursive: Also scan subfolders, each opened relative to its parent's descriptor without following
+            a symlink, so a subfolder swapped for one mid-walk is never entered.
 
     Returns:
         The paths removed. Files that can't be removed are logged and skipped: a leftover temp must not stop
         the daemon.
     """
-    removed: list[Path] = []
-    cutoff = time.time() - older_than_s
     try:
-        entries = list(os.scandir(folder))
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return removed
+        return []
     except OSError as exc:
         log.warning("temp_scan_failed", folder=str(folder), error=str(exc))
-        return removed
+        return []
+    removed: list[Path] = []
+    try:
+        _clean_temps_in(fd, folder, time.time() - older_than_s, recursive, removed)
+    finally:
+        os.close(fd)
+    return removed
+
+
+def _clean_temps_in(fd: int, folder: Path, cutoff: float, recursive: bool, removed: list[Path]) -> None:
+    try:
+        with os.scandir(fd) as listing:
+            entries = list(listing)
+    except OSError as exc:
+        log.warning("temp_scan_failed", folder=str(folder), error=str(exc))
+        return
     for entry in entries:
+        path = folder / entry.name
         try:
             if entry.is_dir(follow_symlinks=False):
                 if recursive:
-                    removed.extend(clean_stale_temps(Path(entry.path), older_than_s=older_than_s, recursive=True))
+                    child = os.open(entry.name, safefs.DIR_FLAGS, dir_fd=fd)
+                    try:
+                        _clean_temps_in(child, path, cutoff, recursive, removed)
+                    finally:
+                        os.close(child)
                 continue
             if not is_temp_name(entry.name) or not entry.is_file(follow_symlinks=False):
                 continue
             if entry.stat(follow_symlinks=False).st_mtime > cutoff:
                 continue
-            os.unlink(entry.path)
+            os.unlink(entry.name, dir_fd=fd)
         except FileNotFoundError:
             continue
         except OSError as exc:
-            log.warning("temp_remove_failed", path=entry.path, error=str(exc))
+            log.warning("temp_remove_failed", path=str(path), error=str(exc))
             continue
-        removed.append(Path(entry.path))
-        log.info("stale_temp_removed", path=entry.path)
-    return removed
+        removed.append(path)
+        log.info("stale_temp_removed", path=str(path))

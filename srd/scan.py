@@ -7,14 +7,16 @@ names are junk, which folders are never entered, and which special files are nev
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from srd import safefs
 from srd.atomic import is_temp_name
 from srd.settle import file_kind
 
@@ -82,40 +84,28 @@ def _any_glob(globs: Iterable[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(patterns)) if patterns else None
 
 
-def is_inside(path: Path, root: Path) -> bool:
-    """Whether `path` resolves to somewhere under `root` (both resolved; symlinks followed)."""
-    try:
-        resolved = path.resolve(strict=True)
-    except (OSError, RuntimeError):
-        return False
-    root = root.resolve()
-    return resolved == root or root in resolved.parents
-
-
 SkipSink = Callable[[Path, str], None]
 
-def classify(path: Path, root: Path) -> tuple[os.stat_result | None, str | None]:
-    """Stat `path` if it is a file the daemon may open; otherwise say why not.
 
-    Symlinks are followed only when they stay inside the inbox; FIFOs, sockets and devices are never
-    candidates, since opening a FIFO blocks and a device is not an image.
+def classify(path: Path, root: Path) -> tuple[os.stat_result | None, str | None]:
+    """Stat `path` (below inbox `root`) if it is a file the daemon may open; otherwise say why not.
+
+    No symlink is ever followed, wherever it points: not the file itself, not a folder on its way, not
+    the root (`srd.safefs`). FIFOs, sockets and devices are never candidates either, since opening a
+    FIFO blocks and a device is not an image.
 
     Returns:
         ``(stat, None)`` for a candidate; ``(None, reason)`` for a path that is never processed and
         deserves a log line; ``(None, None)`` for a folder or a path that is gone (nothing to say).
     """
     try:
-        st = path.lstat()
-        if stat.S_ISLNK(st.st_mode):
-            try:
-                path.resolve(strict=True)
-            except (OSError, RuntimeError):
-                return None, "symlink that can't be resolved (a loop, or its target is missing): not followed"
-            if not is_inside(path, root):
-                return None, "symlink to a file outside the inbox: not followed"
-            st = path.stat()
-    except OSError:
+        st = safefs.lstat(root, path)
+    except safefs.SymlinkRefused:
+        return None, safefs.NOT_FOLLOWED
+    except (OSError, ValueError):
         return None, None
+    if stat.S_ISLNK(st.st_mode):
+        return None, safefs.NOT_FOLLOWED
     if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
         return (st if stat.S_ISREG(st.st_mode) else None), None
     return None, f"not a regular file: {file_kind(st.st_mode)}"
@@ -127,53 +117,104 @@ def candidate_stat(path: Path, root: Path) -> os.stat_result | None:
 
 
 def scan_inbox(root: Path, rules: IgnoreRules, *, recursive: bool = True, start: Path | None = None,
-               on_skip: SkipSink | None = None) -> Iterator[FileSeen]:
+               on_skip: SkipSink | None = None, on_unreadable: SkipSink | None = None) -> Iterator[FileSeen]:
     """Walk an inbox (or its subtree `start`) and yield every candidate file.
 
-    Ignored folders are pruned before descending, symlinked folders are never entered (loops, and
-    trees outside the inbox), and a subfolder that vanishes or can't be read mid-walk is skipped.
-    `on_skip` hears of each path that is never processed (special files, links leading out) and why.
+    The walk holds a descriptor per level and opens each subfolder relative to its parent's without
+    following symlinks (`srd.safefs`), so a folder swapped for a symlink mid-walk is never entered.
+    Ignored folders are pruned before descending; a subfolder that vanishes mid-walk is skipped.
+    `on_skip` hears of each path that is never processed (symlinks, special files) and why;
+    `on_unreadable` of each subfolder that can't be opened or listed (no permission, I/O error).
 
     Raises:
         FileNotFoundError: The inbox root itself is missing; the caller must not infer deletions.
-        OSError: The root can't be listed (e.g. a NAS outage).
+        OSError: The root (or `start`) can't be opened or listed (e.g. a NAS outage, a symlink).
     """
     base = start or root
-    if not root.is_dir():
-        raise FileNotFoundError(f"inbox {root} is missing")
-    base_rel = "" if base == root else base.relative_to(root).as_posix()
+    base_rel = safefs.relative(root, base).as_posix() if base != root else ""
     if base_rel and rules.ignores(PurePosixPath(base_rel)):
         return
-    # (folder, its path relative to the root with a trailing slash): a folder is pushed only after its
-    # own name passed the rules, so each entry needs only its own name and the whole-path patterns checked.
-    stack = [(base, base_rel + "/" if base_rel else "")]
-    first = True
-    while stack:
-        folder, prefix = stack.pop()
-        try:
-            entries = list(os.scandir(folder))
-        except OSError:
-            if first:
-                raise
+    fd = safefs.open_dir(root, PurePosixPath(base_rel))
+    try:
+        entries = _listing(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    # One frame per open level: (its descriptor, its relative path with a trailing slash, subfolders still
+    # to enter). Only the current chain of folders is open, so the walk needs as many descriptors as the
+    # tree is deep. A folder is entered only after its own name passed the rules.
+    stack: list[tuple[int, str, list[str]]] = []
+    prefix = base_rel + "/" if base_rel else ""
+    try:
+        while True:
+            subfolders = yield from _files_in(root, fd, prefix, entries, rules, on_skip)
+            stack.append((fd, prefix, subfolders if recursive else []))
+            fd = -1
+            while stack and fd < 0:
+                parent, parent_prefix, pending = stack[-1]
+                if not pending:
+                    os.close(parent)
+                    stack.pop()
+                    continue
+                name = pending.pop()
+                prefix = parent_prefix + name + "/"
+                try:
+                    fd = os.open(name, safefs.DIR_FLAGS, dir_fd=parent)
+                    entries = _listing(fd)
+                except FileNotFoundError:
+                    _close_quietly(fd)
+                    fd = -1
+                except OSError as exc:
+                    _close_quietly(fd)
+                    fd = -1
+                    _report(on_skip if exc.errno in _LINK_ERRNOS else on_unreadable, root / prefix.rstrip("/"),
+                            safefs.NOT_FOLLOWED if exc.errno in _LINK_ERRNOS else
+                            f"folder can't be read: {exc.strerror or exc}")
+            if fd < 0:
+                return
+    finally:
+        for parent, _, _ in stack:
+            os.close(parent)
+
+
+# A folder that turned into a symlink (ELOOP) or into a file (ENOTDIR) between the listing and the open.
+_LINK_ERRNOS = frozenset({errno.ELOOP, errno.ENOTDIR})
+
+
+def _listing(fd: int) -> list[os.DirEntry[str]]:
+    with os.scandir(fd) as listing:
+        return list(listing)
+
+
+def _close_quietly(fd: int) -> None:
+    if fd >= 0:
+        os.close(fd)
+
+
+def _report(sink: SkipSink | None, path: Path, reason: str) -> None:
+    if sink is not None:
+        sink(path, reason)
+
+
+def _files_in(root: Path, fd: int, prefix: str, entries: list[os.DirEntry[str]], rules: IgnoreRules,
+              on_skip: SkipSink | None) -> Generator[FileSeen, None, list[str]]:
+    """Yield the candidate files among one folder's `entries`; return the names of its subfolders to enter."""
+    subfolders: list[str] = []
+    for entry in entries:
+        rel = prefix + entry.name
+        if rules.ignores_name(entry.name) or rules.ignores_path(rel):
             continue
-        first = False
-        for entry in entries:
-            rel = prefix + entry.name
-            if rules.ignores_name(entry.name) or rules.ignores_path(rel):
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                subfolders.append(entry.name)
                 continue
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    if recursive:
-                        stack.append((Path(entry.path), rel + "/"))
-                    continue
-                # A plain file costs one lstat; symlinks and special files take the careful path.
-                st = entry.stat(follow_symlinks=False) if entry.is_file(follow_symlinks=False) else None
-            except OSError:
-                continue  # gone since the listing
-            if st is None:
-                st, reason = classify(Path(entry.path), root)
-                if st is None:
-                    if reason is not None and on_skip is not None:
-                        on_skip(Path(entry.path), reason)
-                    continue
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue  # gone since the listing
+        if stat.S_ISREG(st.st_mode):
             yield FileSeen(PurePosixPath(rel), st.st_size, st.st_mtime_ns)
+        elif stat.S_ISLNK(st.st_mode):
+            _report(on_skip, root / rel, safefs.NOT_FOLLOWED)
+        else:
+            _report(on_skip, root / rel, f"not a regular file: {file_kind(st.st_mode)}")
+    return subfolders

@@ -62,7 +62,8 @@ def test_ignore_rules_cover_os_junk_partial_downloads_dotfiles_srd_temps_and_use
 
 
 def test_scan_skips_special_files_outside_symlinks_and_ignored_folders(tmp_path: Path) -> None:
-    """The walk yields regular files and in-inbox symlinks; never FIFOs, sockets, links out, or pruned folders."""
+    """The walk yields regular files only: never FIFOs, sockets, pruned folders or symlinks (even ones that
+    stay inside the inbox), and it names each path it leaves out with the reason."""
     root = tmp_path / "in"
     (root / "sub").mkdir(parents=True)
     (root / "@eaDir").mkdir()
@@ -77,10 +78,15 @@ def test_scan_skips_special_files_outside_symlinks_and_ignored_folders(tmp_path:
         (root / "out-link.jpg").symlink_to(outside)
         (root / "in-link.jpg").symlink_to(root / "a.jpg")
         (root / "dir-link").symlink_to(tmp_path)
-        found = {f.rel.as_posix(): f.size for f in scan_inbox(root, IgnoreRules())}
+        skipped: dict[str, str] = {}
+        found = {f.rel.as_posix(): f.size for f in scan_inbox(
+            root, IgnoreRules(), on_skip=lambda path, reason: skipped.__setitem__(path.name, reason))}
         flat = {f.rel.as_posix() for f in scan_inbox(root, IgnoreRules(), recursive=False)}
-    assert found == {"a.jpg": 1, "sub/b.jpg": 2, "in-link.jpg": 1}
-    assert flat == {"a.jpg", "in-link.jpg"}
+    assert found == {"a.jpg": 1, "sub/b.jpg": 2}
+    assert flat == {"a.jpg"}
+    assert skipped == {"pipe.jpg": "not a regular file: fifo", "sock.jpg": "not a regular file: socket",
+                       "out-link.jpg": "symlink: not followed", "in-link.jpg": "symlink: not followed",
+                       "dir-link": "symlink: not followed"}
 
 
 def test_scan_applies_name_and_path_globs_at_every_depth_and_from_a_subtree(tmp_path: Path) -> None:
