@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 
+from srd import safefs
 from srd.atomic import clean_stale_temps, temp_files_of
 from srd.config import Config, Inbox, Profile, load_config
 from srd.errors import ConfigError, ImageError, OutputError, SrdError
@@ -106,14 +107,15 @@ def inbox_id(inbox: Inbox) -> str:
     return str(inbox.path)
 
 
-def hash_file(path: Path) -> tuple[str, bytes, tuple[int, int]]:
-    """Hash a file and return its sha256, first bytes, and (size, mtime_ns) as of the end of the read.
+def hash_file(root: Path, path: Path) -> tuple[str, bytes, tuple[int, int]]:
+    """Hash a file below inbox `root` and return its sha256, first bytes, and (size, mtime_ns) as of the end
+    of the read; it is opened through `srd.safefs`, never through a symlink.
 
     The caller compares that signature with the settled one: if they differ, the file changed while
     it was being read and the hash means nothing.
     """
     digest = hashlib.sha256()
-    with path.open("rb") as fh:
+    with os.fdopen(safefs.open_regular(root, path)[0], "rb") as fh:
         head = fh.read(HEAD_BYTES)
         digest.update(head)
         while chunk := fh.read(_READ_CHUNK):
@@ -122,8 +124,8 @@ def hash_file(path: Path) -> tuple[str, bytes, tuple[int, int]]:
     return digest.hexdigest(), head, (st.st_size, st.st_mtime_ns)
 
 
-def read_head(path: Path) -> bytes:
-    with path.open("rb") as fh:
+def read_head(root: Path, path: Path) -> bytes:
+    with os.fdopen(safefs.open_regular(root, path)[0], "rb") as fh:
         return fh.read(HEAD_BYTES)
 
 
@@ -298,7 +300,8 @@ class Daemon:
         for index, inbox in enumerate(config.inboxes):
             key = inbox_id(inbox)
             watcher = self._watcher_builder(index, inbox, self._hints.put)
-            tracker = SettleTracker(max(inbox.settle_seconds, 0.01), clock=self._clock)
+            tracker = SettleTracker(max(inbox.settle_seconds, 0.01), clock=self._clock,
+                                    stat=lambda path, root=inbox.path: safefs.lstat(root, path))
             runtime = _InboxRuntime(index, inbox, config.profiles[inbox.profile], prints[inbox.profile], tracker, watcher)
             if key in old and old[key].fingerprint == runtime.fingerprint:
                 runtime.handled = old[key].handled
@@ -507,7 +510,7 @@ class Daemon:
         sha256 = self.ledger.cached_hash(runtime.inbox_id, rel, size=signature[0], mtime_ns=signature[1])
         head = b""
         if sha256 is None:
-            sha256, head, after = hash_file(path)
+            sha256, head, after = hash_file(runtime.inbox.path, path)
             if after != signature:
                 runtime.tracker.hint(path)
                 return
@@ -526,7 +529,7 @@ class Daemon:
             self._fail(runtime.inbox_id, runtime.inbox, runtime.profile, path, rel, signature, key, reason,
                        record=True)
             return
-        target = self._choose_target(runtime, rel, key, head or read_head(path))
+        target = self._choose_target(runtime, rel, key, head or read_head(runtime.inbox.path, path))
         if target is None:
             log.warning("output_exists_skipped", src=str(path), collision=runtime.inbox.collision)
             runtime.handled[path] = signature
@@ -539,7 +542,8 @@ class Daemon:
     def _submit(self, work: _Work, *, suspect: bool = False) -> None:
         assert self.pool is not None
         self._active[work.key] = work
-        job = Job(work.source, work.target.parent, work.profile, self.config.max_input_pixels, target=work.target)
+        job = Job(work.source, work.target.parent, work.profile, self.config.max_input_pixels, target=work.target,
+                  source_root=work.inbox.path, output_root=work.inbox.outbox)
         self.pool.submit(work.key, job, suspect=suspect)
 
     def _journal_start(self, key: Any) -> None:
@@ -559,7 +563,7 @@ class Daemon:
         """
         assert self.ledger is not None
         out_dir = runtime.inbox.outbox / rel.parent
-        out_dir.mkdir(parents=True, exist_ok=True)
+        safefs.make_dirs(runtime.inbox.outbox, out_dir)
         requested = runtime.profile.output.format
         source_format = sniff_format(head)
         if suffix is not None:
@@ -577,7 +581,7 @@ class Daemon:
         stem, ext = Path(name).stem, Path(name).suffix
         n = 0
         while True:
-            candidate = out_dir / (name if n == 0 else f"{stem}-{n}{ext}")
+            candidate = out_dir / safefs.fit_name(stem if n == 0 else f"{stem}-{n}", ext)
             n += 1
             if candidate in in_flight or candidate in claimed_elsewhere:
                 continue
@@ -586,7 +590,7 @@ class Daemon:
                 return candidate
             if owner is not None:
                 continue
-            if not os.path.lexists(candidate) or runtime.inbox.collision == "overwrite":
+            if not safefs.lexists(runtime.inbox.outbox, candidate) or runtime.inbox.collision == "overwrite":
                 return candidate
             if runtime.inbox.collision == "skip":
                 return None
@@ -601,10 +605,12 @@ class Daemon:
             return
         self._counters[runtime.inbox_id].duplicates += 1
         how = "skipped"
-        if runtime.inbox.duplicates == "link" and entry.output is not None and entry.output.exists():
+        output_root = next((i.outbox for i in self.config.inboxes if entry.output is not None
+                            and entry.output.is_relative_to(i.outbox)), None)
+        if runtime.inbox.duplicates == "link" and output_root is not None and safefs.lexists(output_root, entry.output):
             target = self._choose_target(runtime, rel, None, b"", suffix=entry.output.suffix)
             if target is not None and not _same_file(entry.output, target):
-                how = link_or_copy(entry.output, target)
+                how = link_or_copy(output_root, entry.output, runtime.inbox.outbox, target)
                 self._outputs[str(target)] = (runtime.inbox_id, rel.as_posix())
         log.info("duplicate", src=str(path), same_as=str(entry.source), output=str(entry.output), action=how)
         self._dispose(runtime.inbox, runtime.inbox_id, path, rel, signature, None)
@@ -698,8 +704,8 @@ class Daemon:
                 orphans -= set(temp_files_of(other.target))
         for temp in sorted(orphans):
             try:
-                temp.unlink()
-            except OSError as exc:
+                safefs.unlink(work.inbox.outbox, temp)
+            except (OSError, ValueError) as exc:
                 log.warning("orphan_temp_remove_failed", path=str(temp), error=str(exc))
                 continue
             log.info("orphan_temp_removed", path=str(temp), src=str(work.source))
@@ -773,7 +779,7 @@ class Daemon:
             self._rehint_path(inbox_key, path)
             return
         try:
-            moved = fail_source(path, inbox.failed, rel, details)
+            moved = fail_source(inbox.path, rel, inbox.failed, details)
         except (OSError, OutputError) as exc:
             # The failed folder can't take it (full, read-only, a name it refuses): keep the file where it
             # is, say so, and don't retry this version of it; the daemon itself must carry on.
@@ -804,7 +810,7 @@ class Daemon:
         """Apply ``on_success`` to a processed source; return the disposition to journal, None to postpone."""
         runtime = self._runtimes.get(inbox_key)
         current = candidate_stat(path, inbox.path)
-        if current is None and (not inbox.path.is_dir() or (runtime is not None and runtime.watcher.state == "missing")):
+        if current is None and (not _usable_root(inbox.path) or (runtime is not None and runtime.watcher.state == "missing")):
             # The inbox itself is missing (a share outage): the file's fate is unknown, so nothing is
             # journaled; when the inbox returns, the rescan finds it done and applies on_success then.
             log.info("source_step_postponed", src=str(path), reason="inbox missing")
@@ -818,13 +824,16 @@ class Daemon:
             disposition = {"keep": "kept", "archive": "archived", "delete": "deleted"}[inbox.on_success]
             try:
                 if inbox.on_success == "delete":
-                    path.unlink()
+                    safefs.unlink(inbox.path, rel)
                 elif inbox.on_success == "archive":
                     assert inbox.archive is not None
-                    archive_source(path, inbox.archive, rel)
+                    archive_source(inbox.path, rel, inbox.archive)
             except OSError as exc:
-                log.error("source_step_failed", src=str(path), action=inbox.on_success, error=str(exc))
-                disposition = f"kept ({inbox.on_success} failed: {exc.strerror or exc})"
+                # Nothing moved (moves are all-or-nothing) and nothing is journaled: the next reconcile
+                # scan or restart finds the file done and tries again.
+                log.error("source_step_failed", src=str(path), action=inbox.on_success, error=str(exc),
+                          retry="at the next reconcile scan or restart")
+                return None
             if runtime is not None and disposition.startswith("kept"):
                 runtime.handled[path] = signature
         if not disposition.startswith("kept"):
@@ -934,6 +943,8 @@ class Daemon:
                 "duplicates": counters.duplicates,
                 "skipped": counters.skipped,
                 "last_error": counters.last_error,
+                "root_error": watcher.root_error,
+                "unreadable": watcher.unreadable,
             })
         assert self.ledger is not None
         return {
@@ -970,6 +981,14 @@ def _under(filename: Any, folder: Path) -> bool:
         return False
     path = Path(os.fsdecode(filename))
     return path == folder or folder in path.parents
+
+
+def _usable_root(root: Path) -> bool:
+    try:
+        os.close(safefs.open_root(root))
+    except OSError:
+        return False
+    return True
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import structlog
 
+from srd import safefs
 from srd.atomic import write_bytes_atomic
 from srd.config import Profile
 from srd.errors import ImageError, OutputError, SrdError
@@ -29,6 +30,8 @@ class Job:
 
     `format` overrides the profile's output format ('same' keeps the input's). `target`, when set, is
     the exact output path: the daemon decides names itself (collision policy, retries after a crash).
+    `source_root` and `output_root`, when set, are the configured inbox and outbox the source and the
+    output lie below: both are then reached through `srd.safefs`, never through a symlink.
     """
 
     source: Path
@@ -37,6 +40,8 @@ class Job:
     max_input_pixels: int
     format: str | None = None
     target: Path | None = None
+    source_root: Path | None = None
+    output_root: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -60,10 +65,13 @@ def output_name(source_name: str, source_format: str, written_format: str, reque
     return Path(source_name).stem + extension_for(written_format)
 
 
-def read_source(path: Path) -> tuple[bytes, str]:
-    """Read a file once and hash those same bytes, so the hash always matches what was processed."""
+def read_source(path: Path, root: Path | None = None) -> tuple[bytes, str]:
+    """Read a file once and hash those same bytes, so the hash always matches what was processed.
+
+    With `root` (the inbox), the file is opened below it without following any symlink (`srd.safefs`).
+    """
     try:
-        data = path.read_bytes()
+        data = safefs.read_bytes(root, path) if root is not None else path.read_bytes()
     except IsADirectoryError as exc:
         raise ImageError("is a directory, not an image file") from exc
     except OSError as exc:
@@ -76,7 +84,7 @@ def run_job(job: Job, context: StageContext) -> JobResult:
     started = time.monotonic()
     sha256 = None
     try:
-        data, sha256 = read_source(job.source)
+        data, sha256 = read_source(job.source, job.source_root)
         picture = decode(data, max_pixels=job.max_input_pixels)
         del data
         pixels = job.profile.pipeline.run(picture.pixels, context)
@@ -85,7 +93,7 @@ def run_job(job: Job, context: StageContext) -> JobResult:
         fmt = output_format_for(picture.format, requested)
         encoded = encode(picture.with_pixels(pixels), fmt, quality=settings.quality, keep_metadata=settings.metadata)
         target = job.target or job.out_dir / output_name(job.source.name, picture.format, fmt, requested)
-        write_bytes_atomic(target, encoded)
+        write_bytes_atomic(target, encoded, root=job.output_root)
     except OutputError as exc:
         return _failure(job, str(exc), sha256, started, output_errno=exc.errno)
     except SrdError as exc:

@@ -15,6 +15,7 @@ Every function takes the root and a path below it, absolute (``root / rel``) or 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO swapped in between the stat and the open must not block the reader.
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 NOT_FOLLOWED = "symlink: not followed"
+NAME_MAX = 255
 
 
 class SymlinkRefused(OSError):
@@ -51,6 +53,33 @@ def relative(root: Path, path: PurePath) -> PurePosixPath:
     if ".." in rel.parts:
         raise ValueError(f"{path} climbs out of {root}")
     return rel
+
+
+@contextmanager
+def _naming(where: PurePath) -> Iterator[None]:
+    """Make errors of calls relative to a descriptor name the whole path, as path-based calls would
+    (callers tell "the outbox refused" from "the input is bad" by the path in the error)."""
+    try:
+        yield
+    except (SymlinkRefused, ChangedWhileOpening):
+        raise
+    except OSError as exc:
+        if exc.filename is not None and os.fsdecode(exc.filename) == str(where):
+            raise
+        raise OSError(exc.errno, exc.strerror, str(where)) from exc
+
+
+def fit_name(stem: str, suffix: str = "") -> str:
+    """``stem + suffix``, or, where that exceeds the 255-byte NAME_MAX, `stem` cut short and tagged with a
+    short hash of the full name, so that the suffix (an extension, ``-1``, ``.error.json``) always fits and
+    two long names that share a head stay distinct."""
+    full = stem + suffix
+    if len(os.fsencode(full)) <= NAME_MAX:
+        return full
+    tag = "~" + hashlib.sha256(os.fsencode(full)).hexdigest()[:8]
+    keep = NAME_MAX - len(os.fsencode(suffix)) - len(tag)
+    head = os.fsencode(stem)[:keep].decode("utf-8", errors="ignore")
+    return head + tag + suffix
 
 
 def open_root(root: Path) -> int:
@@ -113,7 +142,8 @@ def open_dir(root: Path, path: PurePath = PurePosixPath(), *, create: bool = Fal
         where = PurePath(root)
         for name in rel.parts:
             where = where / name
-            child = _open_child_dir(fd, name, where, create=create)
+            with _naming(where):
+                child = _open_child_dir(fd, name, where, create=create)
             os.close(fd)
             fd = child
     except BaseException:
@@ -157,7 +187,7 @@ def lstat(root: Path, path: PurePath) -> os.stat_result:
             return os.fstat(fd)
         finally:
             os.close(fd)
-    with parent_of(root, rel) as (fd, name):
+    with parent_of(root, rel) as (fd, name), _naming(PurePath(root) / rel):
         return os.stat(name, dir_fd=fd, follow_symlinks=False)
 
 
@@ -179,7 +209,8 @@ def open_regular_at(parent: int, name: str, where: PurePath) -> tuple[int, os.st
         ChangedWhileOpening: Another file took its place between the stat and the open.
         OSError: It is not a regular file (EINVAL naming its kind), is missing, or can't be opened.
     """
-    before = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    with _naming(where):
+        before = os.stat(name, dir_fd=parent, follow_symlinks=False)
     if stat.S_ISLNK(before.st_mode):
         raise SymlinkRefused(where)
     if stat.S_ISDIR(before.st_mode):
@@ -187,7 +218,8 @@ def open_regular_at(parent: int, name: str, where: PurePath) -> tuple[int, os.st
     if not stat.S_ISREG(before.st_mode):
         raise OSError(errno.EINVAL, "not a regular file", str(where))
     try:
-        fd = os.open(name, FILE_FLAGS, dir_fd=parent)
+        with _naming(where):
+            fd = os.open(name, FILE_FLAGS, dir_fd=parent)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise SymlinkRefused(where) from exc
@@ -219,5 +251,5 @@ def read_bytes(root: Path, path: PurePath) -> bytes:
 
 def unlink(root: Path, path: PurePath) -> None:
     """Remove the name `path` below `root`; a symlink there is removed itself, never its target."""
-    with parent_of(root, path) as (fd, name):
+    with parent_of(root, path) as (fd, name), _naming(PurePath(root) / relative(root, path)):
         os.unlink(name, dir_fd=fd)

@@ -2,121 +2,181 @@
 
 Moves never use ``shutil.move``: across filesystems it copies then deletes non-atomically, so a crash
 could leave a half-copied file under its final name. Here a cross-device move is an atomic copy (temp
-file, fsync, rename) followed by deleting the source, so the destination is complete or absent.
+file, fsync, rename) followed by deleting the source, so the destination is complete or absent, and a
+source that can't be deleted takes its copy back. Every access goes through `srd.safefs`.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
-import shutil
+import stat
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
 import structlog
 
+from srd import safefs
 from srd.atomic import open_atomic, write_bytes_atomic
+from srd.errors import OutputError
 
 log = structlog.get_logger(__name__)
 
 _COPY_CHUNK = 1 << 20
-_NAME_MAX = 255
 _REPORT_SUFFIX = ".error.json"
 
 
-def free_name(folder: Path, name: str) -> Path:
-    """`folder/name`, or `name-1`, `name-2` … before the suffix, whichever doesn't exist yet."""
-    candidate = folder / name
+def _exists_at(folder: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def free_name(folder: int, name: str) -> str:
+    """`name`, or ``name-1``, ``name-2`` … before the suffix (cut to fit NAME_MAX), whichever is free in
+    the open folder `folder` together with its reason-file name: so a reason file never lands on a moved
+    input (one named ``a.png.error.json``), nor a moved input on a reason file."""
     stem, suffix = Path(name).stem, Path(name).suffix
     n = 0
-    while os.path.lexists(candidate):
+    while True:
+        candidate = safefs.fit_name(stem if n == 0 else f"{stem}-{n}", suffix)
+        if not _exists_at(folder, candidate) and not _exists_at(folder, report_name(candidate)):
+            return candidate
         n += 1
-        candidate = folder / f"{stem}-{n}{suffix}"
-    return candidate
 
 
-def copy_atomic(source: Path, target: Path) -> None:
-    """Copy `source` to `target` so that `target` appears complete or not at all."""
-    with source.open("rb") as src, open_atomic(target) as dst:
-        while chunk := src.read(_COPY_CHUNK):
-            dst.write(chunk)
-    shutil.copystat(source, target)
+def _copy_into(src: int, src_stat: os.stat_result, folder: int, name: str, target: Path) -> None:
+    """Copy the open file `src` to `name` in the open folder `folder`, complete or not at all."""
+    with open_atomic(target, folder=folder, mode=stat.S_IMODE(src_stat.st_mode)) as out:
+        while chunk := os.read(src, _COPY_CHUNK):
+            out.write(chunk)
+    os.utime(name, ns=(src_stat.st_atime_ns, src_stat.st_mtime_ns), dir_fd=folder, follow_symlinks=False)
 
 
-def move_file(source: Path, target: Path) -> None:
-    """Move `source` to `target` (which must not exist), atomically even across filesystems."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+def move_file(src_root: Path, source: PurePath, dst_root: Path, folder: PurePosixPath) -> Path:
+    """Move the regular file `source` (below `src_root`) into `folder` (below `dst_root`, created if
+    missing) under a free name; returns where it went.
+
+    Both sides are reached through `srd.safefs`, so no symlink is followed on either. The move is
+    all-or-nothing even across filesystems: a rename where it can, else an atomic copy, then the source
+    is unlinked, and if that fails (a read-only inbox) the copy is removed again, so that a retry never
+    leaves a second copy behind.
+
+    Raises:
+        OSError: The move did not happen (the source is where it was, nothing was left in `folder`).
+    """
+    where = src_root / safefs.relative(src_root, source)
+    with safefs.parent_of(src_root, source) as (src_dir, name):
+        src, src_stat = safefs.open_regular_at(src_dir, name, where)
+        try:
+            with safefs.opened_dir(dst_root, folder, create=True) as dst_dir:
+                target_name = free_name(dst_dir, name)
+                target = dst_root / folder / target_name
+                try:
+                    os.rename(name, target_name, src_dir_fd=src_dir, dst_dir_fd=dst_dir)
+                    return target
+                except OSError as exc:
+                    if exc.errno != errno.EXDEV:
+                        raise OSError(exc.errno, exc.strerror, str(where)) from exc
+                try:
+                    _copy_into(src, src_stat, dst_dir, target_name, target)
+                except OutputError as exc:
+                    raise OSError(exc.errno or errno.EIO, str(exc), str(target)) from exc
+                _unlink_source_or_undo(src_dir, name, src_stat, where, dst_dir, target_name)
+                return target
+        finally:
+            os.close(src)
+
+
+def _unlink_source_or_undo(src_dir: int, name: str, copied: os.stat_result, where: Path, dst_dir: int,
+                           target_name: str) -> None:
+    """Finish a cross-filesystem move: unlink the source, or remove the copy if the source can't go (or
+    is no longer the file that was copied)."""
     try:
-        os.rename(source, target)
+        now = os.stat(name, dir_fd=src_dir, follow_symlinks=False)
+        if (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) != (
+                copied.st_dev, copied.st_ino, copied.st_size, copied.st_mtime_ns):
+            raise safefs.ChangedWhileOpening(where)
+        os.unlink(name, dir_fd=src_dir)
     except OSError as exc:
-        if exc.errno != errno.EXDEV:
+        try:
+            os.unlink(target_name, dir_fd=dst_dir)
+        except OSError as undo:
+            log.error("move_undo_failed", src=str(where), copy=target_name, error=str(undo))
+        if isinstance(exc, safefs.ChangedWhileOpening):
             raise
-        copy_atomic(source, target)
-        source.unlink()
+        raise OSError(exc.errno, f"cannot remove the source after copying it: {exc.strerror}", str(where)) from exc
 
 
-def link_or_copy(source: Path, target: Path) -> str:
-    """Give `target` the content of `source`: a hard link where possible, else an atomic copy.
+def link_or_copy(src_root: Path, source: Path, dst_root: Path, target: Path) -> str:
+    """Give `target` (below `dst_root`) the content of `source` (below `src_root`): a hard link where
+    possible, else an atomic copy; neither side follows a symlink.
 
     Returns:
         ``linked`` or ``copied``.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-        return "linked"
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-            raise
-    copy_atomic(source, target)
-    return "copied"
+    with safefs.parent_of(src_root, source) as (src_dir, name):
+        src, src_stat = safefs.open_regular_at(src_dir, name, source)
+        try:
+            with safefs.parent_of(dst_root, target, create=True) as (dst_dir, target_name):
+                try:
+                    os.link(name, target_name, src_dir_fd=src_dir, dst_dir_fd=dst_dir, follow_symlinks=False)
+                    return "linked"
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                        raise
+                _copy_into(src, src_stat, dst_dir, target_name, target)
+                return "copied"
+        finally:
+            os.close(src)
 
 
-def archive_source(source: Path, archive: Path, rel: PurePosixPath) -> Path:
-    """Move a processed source into the archive folder, mirroring its subfolder; returns where it went."""
-    target = free_name(archive / rel.parent, rel.name)
-    move_file(source, target)
-    return target
+def archive_source(inbox: Path, rel: PurePosixPath, archive: Path) -> Path:
+    """Move a processed source (`rel` in `inbox`) into the archive folder, mirroring its subfolder."""
+    return move_file(inbox, rel, archive, rel.parent)
 
 
-def fail_source(source: Path, failed: Path, rel: PurePosixPath, details: dict[str, Any]) -> Path:
-    """Move a failed input into the failed folder with ``<name>.error.json`` beside it.
+def fail_source(inbox: Path, rel: PurePosixPath, failed: Path, details: dict[str, Any]) -> Path:
+    """Move a failed input (`rel` in `inbox`) into the failed folder with ``<name>.error.json`` beside it.
 
     The original file is *moved*, not copied: left in the inbox, a failed file would look pending
     forever and be retried at every restart. The reason file is written even if the source is gone.
 
     Returns:
         The path of the moved file (or where it would have gone).
+
+    Raises:
+        OSError, OutputError: The file could not be moved (it is still in the inbox) or the reason file
+            not written.
     """
-    folder = failed / rel.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    target = free_name(folder, rel.name)
+    source = inbox / rel
     try:
-        move_file(source, target)
+        target = move_file(inbox, rel, failed, rel.parent)
     except FileNotFoundError:
         log.warning("failed_source_vanished", src=str(source))
+        with safefs.opened_dir(failed, rel.parent, create=True) as folder:
+            target = failed / rel.parent / free_name(folder, rel.name)
     report = {"source": str(source), "moved_to": str(target), "failed_at": _now(), **details}
-    write_bytes_atomic(report_path(target), (json.dumps(report, indent=2) + "\n").encode())
+    write_bytes_atomic(report_path(target), (json.dumps(report, indent=2) + "\n").encode(), root=failed)
     return target
+
+
+def report_name(name: str) -> str:
+    """The reason file's name for a failed file called `name`: ``<name>.error.json``, cut to fit NAME_MAX."""
+    return safefs.fit_name(name, _REPORT_SUFFIX)
 
 
 def report_path(failed_file: Path) -> Path:
     """Where the reason file for `failed_file` goes: ``<name>.error.json`` beside it.
 
-    A name already near the 255-byte limit can't take the suffix (the write would fail with
-    ENAMETOOLONG), so its tail is cut and replaced by a short hash of the full name; the report's
-    ``moved_to`` still names the file exactly.
+    A name already near the 255-byte limit can't take the suffix, so its tail is cut and replaced by a
+    short hash of the full name; the report's ``moved_to`` still names the file exactly.
     """
-    name = failed_file.name
-    if len(os.fsencode(name + _REPORT_SUFFIX)) <= _NAME_MAX:
-        return failed_file.with_name(name + _REPORT_SUFFIX)
-    tag = "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:8]
-    keep = _NAME_MAX - len(_REPORT_SUFFIX) - len(tag)
-    head = os.fsencode(name)[:keep].decode("utf-8", errors="ignore")
-    return failed_file.with_name(head + tag + _REPORT_SUFFIX)
+    return failed_file.with_name(report_name(failed_file.name))
 
 
 def _now() -> str:

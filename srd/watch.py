@@ -11,6 +11,10 @@ Known ways watching fails, and what `InboxWatcher` does about them:
   `supervise` notices, logs and restarts it, then rescans the inbox;
 - the inbox root vanishes (NAS outage, unmounted disk) → the inbox is paused and reported unhealthy;
   nothing is concluded about its files, and when it returns it is rescanned;
+- the inbox root turns into a symlink, or another folder is put in its place → the inbox is unhealthy
+  (never followed, never adopted: a reload or restart watches the new folder); a root that is a mount
+  point may come back from an outage as a new filesystem, and that one is adopted;
+- a subfolder can't be read (no permission) → it is logged once and listed in the status file;
 - inotify sees no changes made on other machines (NFS, SMB, FUSE, 9p) → `auto` mode polls there;
 - the inotify watch or instance limit is reached → that inbox is degraded to polling.
 """
@@ -20,7 +24,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +34,7 @@ import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from srd import safefs
 from srd.config import Inbox
 from srd.scan import IgnoreRules, classify, scan_inbox
 
@@ -179,10 +183,15 @@ class InboxWatcher:
         self._scanner: threading.Thread | None = None
         self._snapshot: dict[PurePosixPath, tuple[int, int]] | None = None
         self._skipped: dict[Path, str] = {}
+        # Subfolders the last full walk could not read, with why: reported in the status file.
+        self.unreadable: dict[str, str] = {}
+        self.root_error: str | None = None
         # A root that was a mount point at start and no longer is has lost its share: what remains is the
         # empty mount-point folder, which must read as an outage, not as an inbox whose files all left.
         self._mounted = False
         self._identity: tuple[int, int] | None = None
+        # The root folder this watcher adopted: another one at the same path is not the configured inbox.
+        self._pinned: tuple[int, int] | None = None
 
     # -- lifecycle, called from the daemon's thread ---------------------------------------------------------
 
@@ -230,7 +239,7 @@ class InboxWatcher:
             identity = self._root_identity()
             present = identity is not None
             if present != self._present:
-                self._set_present(present)
+                self._set_present(present, self.root_error or "")
                 self._identity = identity
                 if not present:
                     self._stop_observer()
@@ -238,7 +247,7 @@ class InboxWatcher:
                     self._start_observer()
                     self.request_scan()
             elif present and identity != self._identity:
-                # Another folder (or filesystem) now sits at the root: the observer watches the old one.
+                # A share remounted at the root: the observer watches the old filesystem.
                 log.warning("inbox_root_replaced_rewatching", inbox=str(self.root))
                 self._identity = identity
                 self._stop_observer()
@@ -337,9 +346,11 @@ class InboxWatcher:
         self._full_scan.clear()
         try:
             if self._root_identity() is None:
-                raise FileNotFoundError(errno.ENOENT, "inbox root is missing or its share is unmounted", str(self.root))
-            seen = {f.rel: (f.size, f.mtime_ns) for f in scan_inbox(self.root, self.rules, recursive=self.inbox.recursive,
-                                                                     on_skip=self._report_skip)}
+                raise FileNotFoundError(errno.ENOENT, self.root_error or "inbox root is missing", str(self.root))
+            unreadable: dict[str, str] = {}
+            seen = {f.rel: (f.size, f.mtime_ns) for f in scan_inbox(
+                self.root, self.rules, recursive=self.inbox.recursive, on_skip=self._report_skip,
+                on_unreadable=lambda path, reason: self._report_unreadable(path, reason, unreadable))}
         except OSError as exc:
             if self.mode == "poll":
                 self._set_present(False, str(exc))
@@ -351,6 +362,7 @@ class InboxWatcher:
         if self.mode == "poll" and not self._present:
             self._set_present(True)
             full = True
+        self.unreadable = unreadable
         previous = self._snapshot if self.mode == "poll" and not full else None
         for rel, signature in seen.items():
             if previous is None or previous.get(rel) != signature:
@@ -360,7 +372,8 @@ class InboxWatcher:
 
     def _emit_tree(self, folder: Path) -> None:
         try:
-            for found in scan_inbox(self.root, self.rules, recursive=True, start=folder, on_skip=self._report_skip):
+            for found in scan_inbox(self.root, self.rules, recursive=True, start=folder, on_skip=self._report_skip,
+                                    on_unreadable=lambda path, reason: self._report_unreadable(path, reason, {})):
                 self._sink(Hint(self.index, self.root / found.rel, (found.size, found.mtime_ns)))
         except OSError:
             pass  # moved away again already; events or the next scan will tell
@@ -379,14 +392,39 @@ class InboxWatcher:
         return PurePosixPath(rel.as_posix())
 
     def _root_identity(self) -> tuple[int, int] | None:
-        """(st_dev, st_ino) of the root while it is available: a folder, still mounted if it was a mount."""
+        """(st_dev, st_ino) of the root while it is usable, else None with `root_error` saying why.
+
+        Usable: a real folder (not a symlink), still mounted if it was a mount, and the folder this watcher
+        adopted (the first one it saw; a remounted share is adopted anew).
+        """
         try:
-            st = os.stat(self.root)
-        except OSError:
-            return None
-        if not stat.S_ISDIR(st.st_mode) or (self._mounted and not is_mount_point(self.root)):
-            return None
-        return st.st_dev, st.st_ino
+            fd = safefs.open_root(self.root)
+        except safefs.SymlinkRefused:
+            return self._root_unusable("inbox root is a symlink: not followed")
+        except OSError as exc:
+            return self._root_unusable(f"root folder is gone or unreadable: {exc.strerror or exc}")
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if self._mounted and not is_mount_point(self.root):
+            return self._root_unusable("its share is unmounted")
+        identity = (st.st_dev, st.st_ino)
+        if self._pinned is not None and identity != self._pinned and not self._mounted:
+            return self._root_unusable("inbox root was replaced by another folder: not adopted "
+                                       "(reload or restart srd to watch the new one)")
+        self._pinned = identity
+        self.root_error = None
+        return identity
+
+    def _root_unusable(self, reason: str) -> None:
+        self.root_error = reason
+        return None
+
+    def _report_unreadable(self, path: Path, reason: str, found: dict[str, str]) -> None:
+        """A subfolder the walk could not enter: logged (once) and, for a full walk, kept for the status file."""
+        found[str(path)] = reason
+        self._report_skip(path, reason)
 
     def _report_skip(self, path: Path, reason: str) -> None:
         """Log once (per path and reason, while this watcher lives) that a path is never processed.

@@ -448,6 +448,7 @@ class QuietWatcher:
     def __init__(self, index: int, inbox, sink) -> None:
         self.index, self.inbox, self.root = index, inbox, inbox.path
         self.mode, self.degraded, self.healthy, self.state = "native", None, True, "watching"
+        self.root_error, self.unreadable = None, {}
 
     def start(self) -> None: ...
     def stop(self) -> None: ...
