@@ -265,8 +265,13 @@ def _parse_inbox(data: Any, where: str, base: Path, problems: _Problems) -> Inbo
     return inbox
 
 
+_OUTPUT_FOLDERS = ("outbox", "failed", "archive")
+
+
 def _check_folders(inboxes: list[Inbox], state_dir: Path, problems: _Problems) -> None:
-    """Refuse layouts where output (or srd's own state) would be fed back as input forever.
+    """Refuse layouts where output (or srd's own state) would be fed back as input forever, where one of
+    srd's folders would write into another (an output named like the journal, a failed input landing
+    among outputs), and configured folders that are symlinks (srd never follows one in its folders).
 
     Paths are compared with symlinks resolved: an outbox reached through a link into an inbox is
     inside it all the same.
@@ -276,9 +281,16 @@ def _check_folders(inboxes: list[Inbox], state_dir: Path, problems: _Problems) -
         child, parent = Path(os.path.realpath(child)), Path(os.path.realpath(parent))
         return child == parent or parent in child.parents
 
+    outputs = [(f"inboxes[{i}].{name}", name, getattr(inbox, name)) for i, inbox in enumerate(inboxes)
+               for name in _OUTPUT_FOLDERS if getattr(inbox, name) is not None]
     for i, inbox in enumerate(inboxes):
         where = f"inboxes[{i}]"
-        for name in ("outbox", "failed", "archive"):
+        for name in ("path", *_OUTPUT_FOLDERS):
+            folder = getattr(inbox, name)
+            if folder is not None and folder.is_symlink():
+                problems.add(f"{where}.{name}", f"{folder} is a symlink (to {os.path.realpath(folder)}): srd never "
+                                                "follows symlinks in its folders; configure the real folder")
+        for name in _OUTPUT_FOLDERS:
             folder = getattr(inbox, name)
             for other in inboxes:
                 if folder is not None and inside(folder, other.path):
@@ -290,6 +302,13 @@ def _check_folders(inboxes: list[Inbox], state_dir: Path, problems: _Problems) -
         for j, other in enumerate(inboxes):
             if j != i and inside(inbox.path, other.path):
                 problems.add(f"{where}.path", f"{inbox.path} overlaps inbox {other.path} (inboxes[{j}])")
+    for k, (where, role, folder) in enumerate(outputs):
+        if inside(state_dir, folder) or inside(folder, state_dir):
+            problems.add("state_dir", f"{state_dir} overlaps {where} {folder}: an output could replace srd's ledger")
+        for other_where, other_role, other in outputs[k + 1:]:
+            shared = role == other_role and os.path.realpath(folder) == os.path.realpath(other)
+            if not shared and (inside(folder, other) or inside(other, folder)):
+                problems.add(other_where, f"{other} overlaps {where} {folder}: one would write into the other")
 
 
 _TOP_LEVEL = {
