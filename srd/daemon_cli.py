@@ -97,6 +97,10 @@ def show_status(args: argparse.Namespace) -> int:
                   f"{outbox_state['error']}")
         print(f"    settling {inbox['settling']}, queued {inbox['queued']}, in flight {inbox['in_flight']}, "
               f"done {inbox['done']}, failed {inbox['failed']}, duplicates {inbox['duplicates']}")
+        if inbox.get("root_error"):
+            print(f"    inbox root unusable: {inbox['root_error']}")
+        for folder, reason in (inbox.get("unreadable") or {}).items():
+            print(f"    not scanned: {folder}: {reason}")
         if inbox.get("last_error"):
             err = inbox["last_error"]
             print(f"    last error {err['time']}: {err['source']}: {err['reason']}")

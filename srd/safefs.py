@@ -92,7 +92,8 @@ def open_root(root: Path) -> int:
     try:
         return os.open(root, DIR_FLAGS)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
+        # Linux says ENOTDIR, not ELOOP, for a symlink opened with O_DIRECTORY | O_NOFOLLOW.
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(root):
             raise SymlinkRefused(root) from exc
         raise
 

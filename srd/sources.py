@@ -157,6 +157,8 @@ def fail_source(inbox: Path, rel: PurePosixPath, failed: Path, details: dict[str
     try:
         target = move_file(inbox, rel, failed, rel.parent)
     except FileNotFoundError:
+        if safefs.lexists(inbox, rel):
+            raise  # it is the failed folder that is missing
         log.warning("failed_source_vanished", src=str(source))
         with safefs.opened_dir(failed, rel.parent, create=True) as folder:
             target = failed / rel.parent / free_name(folder, rel.name)
