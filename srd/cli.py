@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from srd import __version__
-from srd.config import Config, Profile, load_config
+from srd.config import Config, Profile, check_real_folders, load_config
 from srd.daemon_cli import add_commands as add_daemon_commands
 from srd.engine.registry import ModelSpec, available_models, resolve_model, user_models_dir
 from srd.engine.upscaler import EngineSettings
@@ -288,6 +288,7 @@ def _run_models(args: argparse.Namespace) -> int:
 
 def _run_config_check(args: argparse.Namespace) -> int:
     config = load_config(args.file, check_models=True)
+    check_real_folders(config)
     print(f"{config.source}: ok ({len(config.inboxes)} inbox(es), profiles: {', '.join(config.profiles)}, "
           f"{config.workers} worker(s) x {config.threads_per_worker} thread(s))")
     return 0

@@ -269,9 +269,9 @@ _OUTPUT_FOLDERS = ("outbox", "failed", "archive")
 
 
 def _check_folders(inboxes: list[Inbox], state_dir: Path, problems: _Problems) -> None:
-    """Refuse layouts where output (or srd's own state) would be fed back as input forever, where one of
+    """Refuse layouts where output (or srd's own state) would be fed back as input forever, or where one of
     srd's folders would write into another (an output named like the journal, a failed input landing
-    among outputs), and configured folders that are symlinks (srd never follows one in its folders).
+    among outputs).
 
     Paths are compared with symlinks resolved: an outbox reached through a link into an inbox is
     inside it all the same.
@@ -285,11 +285,6 @@ def _check_folders(inboxes: list[Inbox], state_dir: Path, problems: _Problems) -
                for name in _OUTPUT_FOLDERS if getattr(inbox, name) is not None]
     for i, inbox in enumerate(inboxes):
         where = f"inboxes[{i}]"
-        for name in ("path", *_OUTPUT_FOLDERS):
-            folder = getattr(inbox, name)
-            if folder is not None and folder.is_symlink():
-                problems.add(f"{where}.{name}", f"{folder} is a symlink (to {os.path.realpath(folder)}): srd never "
-                                                "follows symlinks in its folders; configure the real folder")
         for name in _OUTPUT_FOLDERS:
             folder = getattr(inbox, name)
             for other in inboxes:
@@ -309,6 +304,27 @@ def _check_folders(inboxes: list[Inbox], state_dir: Path, problems: _Problems) -
             shared = role == other_role and os.path.realpath(folder) == os.path.realpath(other)
             if not shared and (inside(folder, other) or inside(other, folder)):
                 problems.add(other_where, f"{other} overlaps {where} {folder}: one would write into the other")
+
+
+def check_real_folders(config: Config) -> None:
+    """Refuse configured inbox, outbox, failed and archive folders that are symlinks.
+
+    srd never follows a symlink at or below its folders (`srd.safefs`), so such a folder could not be
+    used. This is checked by ``srd config check`` and when the daemon starts, not by every config load:
+    `srd status` must still work (and report the inbox unhealthy) when someone swaps a folder while srd runs.
+
+    Raises:
+        ConfigError: One line per symlinked folder.
+    """
+    problems = _Problems()
+    for i, inbox in enumerate(config.inboxes):
+        for name in ("path", *_OUTPUT_FOLDERS):
+            folder = getattr(inbox, name)
+            if folder is not None and folder.is_symlink():
+                problems.add(f"inboxes[{i}].{name}", f"{folder} is a symlink (to {os.path.realpath(folder)}): srd "
+                                                     "never follows symlinks in its folders; configure the real folder")
+    if problems.items:
+        raise ConfigError(problems.items, config.source)
 
 
 _TOP_LEVEL = {

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from srd.config import load_config
+from srd.config import check_real_folders, load_config
 from srd.errors import LockedError, SrdError
 from srd.ledger import Entry, Ledger, State
 from srd.logs import configure_logging
@@ -59,6 +59,7 @@ def run_daemon(args: argparse.Namespace) -> int:
     from srd.daemon import Daemon
 
     config = load_config(args.config)
+    check_real_folders(config)
     configure_logging(config.log_level, config.log_format)
     daemon = Daemon(config, config_path=args.config, drain_timeout=args.drain_timeout)
     daemon.install_signal_handlers()
