@@ -181,7 +181,8 @@ def _tree(root: Path, skip: set[Path]) -> dict[str, tuple[int, int, int]]:
 @pytest.mark.parametrize("mode", ["native", "poll"])
 def test_links_and_special_files_are_never_followed_or_opened(tmp_path: Path, mode: str) -> None:
     """A symlink to a file outside the inbox is not followed (no output, one clear log line, not one per
-    poll); a symlink loop and a FIFO are skipped with a log line and don't block the daemon (good files
+    poll; no symlink in an inbox is ever followed); a symlink loop and a FIFO are skipped with a log line
+    and don't block the daemon (good files
     after them are processed). Nothing outside the configured folders is read (its atime stays put) or
     written."""
     layout = make_layout(tmp_path / "srd", inbox={"mode": mode, "poll_interval": 0.1})
@@ -213,9 +214,8 @@ def test_links_and_special_files_are_never_followed_or_opened(tmp_path: Path, mo
             daemon.proc.kill()
     reasons = {Path(r["src"]).name: r["reason"] for r in daemon.events("path_not_processed")}
     assert len(daemon.events("path_not_processed")) == 4, daemon.events("path_not_processed")
-    assert "outside the inbox" in reasons["escape.png"]
+    assert reasons["escape.png"] == reasons["loop-a.png"] == reasons["loop-b.png"] == "symlink: not followed"
     assert "fifo" in reasons["pipe.png"]
-    assert "a loop" in reasons["loop-a.png"] and "a loop" in reasons["loop-b.png"]
     assert set(files_under(layout.outbox)) == good
     assert files_under(layout.failed) == {}
     assert os.stat(secret).st_atime_ns == old, "the file outside the inbox was read"
