@@ -11,9 +11,9 @@ Known ways watching fails, and what `InboxWatcher` does about them:
   `supervise` notices, logs and restarts it, then rescans the inbox;
 - the inbox root vanishes (NAS outage, unmounted disk) → the inbox is paused and reported unhealthy;
   nothing is concluded about its files, and when it returns it is rescanned;
-- the inbox root turns into a symlink, or another folder is put in its place → the inbox is unhealthy
-  (never followed, never adopted: a reload or restart watches the new folder); a root that is a mount
-  point may come back from an outage as a new filesystem, and that one is adopted;
+- the inbox root turns into a symlink, or another folder is swapped in while it is watched → the inbox
+  is unhealthy (never followed, never adopted: a reload or restart watches the new folder); a root that
+  was gone (an outage) and comes back, or a remounted share, is adopted;
 - a subfolder can't be read (no permission) → it is logged once and listed in the status file;
 - inotify sees no changes made on other machines (NFS, SMB, FUSE, 9p) → `auto` mode polls there;
 - the inotify watch or instance limit is reached → that inbox is degraded to polling.
@@ -190,8 +190,9 @@ class InboxWatcher:
         # empty mount-point folder, which must read as an outage, not as an inbox whose files all left.
         self._mounted = False
         self._identity: tuple[int, int] | None = None
-        # The root folder this watcher adopted: another one at the same path is not the configured inbox.
+        # The root folder this watcher adopted; another one swapped in while it was watched is not adopted.
         self._pinned: tuple[int, int] | None = None
+        self._replaced = False
 
     # -- lifecycle, called from the daemon's thread ---------------------------------------------------------
 
@@ -345,12 +346,16 @@ class InboxWatcher:
             return
         self._full_scan.clear()
         try:
-            if self._root_identity() is None:
+            identity = self._root_identity()
+            if identity is None:
                 raise FileNotFoundError(errno.ENOENT, self.root_error or "inbox root is missing", str(self.root))
             unreadable: dict[str, str] = {}
             seen = {f.rel: (f.size, f.mtime_ns) for f in scan_inbox(
                 self.root, self.rules, recursive=self.inbox.recursive, on_skip=self._report_skip,
                 on_unreadable=lambda path, reason: self._report_unreadable(path, reason, unreadable))}
+            if self._root_identity() != identity:  # swapped during the walk: what it saw is not the inbox
+                raise FileNotFoundError(errno.ENOENT, self.root_error or "inbox root changed during a scan",
+                                        str(self.root))
         except OSError as exc:
             if self.mode == "poll":
                 self._set_present(False, str(exc))
@@ -395,13 +400,15 @@ class InboxWatcher:
         """(st_dev, st_ino) of the root while it is usable, else None with `root_error` saying why.
 
         Usable: a real folder (not a symlink), still mounted if it was a mount, and the folder this watcher
-        adopted (the first one it saw; a remounted share is adopted anew).
+        adopted. A folder that comes back after the root was gone (an outage), or a remounted share, is
+        adopted anew; one swapped in while the root was being watched is not.
         """
         try:
             fd = safefs.open_root(self.root)
         except safefs.SymlinkRefused:
             return self._root_unusable("inbox root is a symlink: not followed")
         except OSError as exc:
+            self._replaced = False  # gone (an outage): whatever folder comes back is the inbox again
             return self._root_unusable(f"root folder is gone or unreadable: {exc.strerror or exc}")
         try:
             st = os.fstat(fd)
@@ -410,9 +417,12 @@ class InboxWatcher:
         if self._mounted and not is_mount_point(self.root):
             return self._root_unusable("its share is unmounted")
         identity = (st.st_dev, st.st_ino)
-        if self._pinned is not None and identity != self._pinned and not self._mounted:
-            return self._root_unusable("inbox root was replaced by another folder: not adopted "
+        if self._pinned is not None and identity != self._pinned and not self._mounted and (
+                self._present or self._replaced):
+            self._replaced = True
+            return self._root_unusable("inbox root was replaced by another folder while watched: not adopted "
                                        "(reload or restart srd to watch the new one)")
+        self._replaced = False
         self._pinned = identity
         self.root_error = None
         return identity

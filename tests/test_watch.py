@@ -7,6 +7,7 @@ import os
 import queue
 import shutil
 import socket
+import time
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -283,5 +284,38 @@ def test_poller_hints_changes_only_once_each(tmp_path: Path) -> None:
         assert inbox.path / "a.jpg" not in seen
         (inbox.path / "a.jpg").write_bytes(b"changed")
         wait_hinted(hints, inbox.path / "a.jpg", set())
+    finally:
+        watcher.stop()
+
+
+@pytest.mark.parametrize("mode", ["native", "poll"])
+def test_an_inbox_root_swapped_while_watched_is_unhealthy_not_adopted(tmp_path: Path, mode: str) -> None:
+    """The root is renamed away and another folder (then a symlink) put in its place between two looks:
+    the inbox is unhealthy with the reason, nothing in the new folder is hinted; when the original folder
+    is back, watching resumes."""
+    inbox = make_inbox(tmp_path / "in", mode=mode, poll_interval=0.05)
+    hints: queue.SimpleQueue[Hint] = queue.SimpleQueue()
+    watcher = InboxWatcher(0, inbox, hints.put)
+    watcher.start()
+
+    def looked(healthy: bool) -> bool:
+        watcher.supervise()
+        return watcher.healthy is healthy
+
+    try:
+        wait_for(lambda: looked(True), 10, "the watcher to start")
+        inbox.path.rename(tmp_path / "away")
+        inbox.path.mkdir()
+        (inbox.path / "planted.jpg").write_bytes(b"x")
+        wait_for(lambda: looked(False), 10, "the swapped root to be reported")
+        assert "replaced" in (watcher.root_error or "")
+        shutil.rmtree(inbox.path)
+        inbox.path.symlink_to(tmp_path / "away", target_is_directory=True)
+        wait_for(lambda: looked(False) and "symlink" in (watcher.root_error or ""), 10, "the symlinked root")
+        time.sleep(0.3)
+        assert all(path.name != "planted.jpg" for path in drain(hints))
+        inbox.path.unlink()
+        (tmp_path / "away").rename(inbox.path)
+        wait_for(lambda: looked(True), 10, "the original root to be watched again")
     finally:
         watcher.stop()
