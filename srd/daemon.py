@@ -810,7 +810,7 @@ class Daemon:
         """Apply ``on_success`` to a processed source; return the disposition to journal, None to postpone."""
         runtime = self._runtimes.get(inbox_key)
         current = candidate_stat(path, inbox.path)
-        if current is None and (not _usable_root(inbox.path) or (runtime is not None and runtime.watcher.state == "missing")):
+        if current is None and (not safefs.root_usable(inbox.path) or (runtime is not None and runtime.watcher.state == "missing")):
             # The inbox itself is missing (a share outage): the file's fate is unknown, so nothing is
             # journaled; when the inbox returns, the rescan finds it done and applies on_success then.
             log.info("source_step_postponed", src=str(path), reason="inbox missing")
@@ -981,14 +981,6 @@ def _under(filename: Any, folder: Path) -> bool:
         return False
     path = Path(os.fsdecode(filename))
     return path == folder or folder in path.parents
-
-
-def _usable_root(root: Path) -> bool:
-    try:
-        os.close(safefs.open_root(root))
-    except OSError:
-        return False
-    return True
 
 
 def _same_file(a: Path, b: Path) -> bool:

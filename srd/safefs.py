@@ -98,6 +98,15 @@ def open_root(root: Path) -> int:
         raise
 
 
+def root_usable(root: Path) -> bool:
+    """Whether a configured root folder can be opened (it exists, is a folder, and is not a symlink)."""
+    try:
+        os.close(open_root(root))
+    except OSError:
+        return False
+    return True
+
+
 def _open_child_dir(parent: int, name: str, where: PurePath, *, create: bool) -> int:
     try:
         return os.open(name, DIR_FLAGS, dir_fd=parent)

@@ -172,7 +172,8 @@ def scan_inbox(root: Path, rules: IgnoreRules, *, recursive: bool = True, start:
                             f"folder can't be read: {exc.strerror or exc}")
             if fd < 0:
                 return
-    finally:
+    finally:  # also when the caller stops early: every descriptor still open is closed
+        _close_quietly(fd)
         for parent, _, _ in stack:
             os.close(parent)
 

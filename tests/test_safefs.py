@@ -267,3 +267,17 @@ def test_fit_name_keeps_suffixes_within_name_max() -> None:
         assert len(os.fsencode(name)) <= safefs.NAME_MAX and name.endswith(suffix)
     assert safefs.fit_name(long, "-1.png") != safefs.fit_name(long, "-2.png")
     assert safefs.fit_name("short", ".png") == "short.png"
+
+
+def test_a_walk_stopped_early_leaves_no_descriptor_open(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    for i in range(5):
+        (root / f"d{i}" / "e").mkdir(parents=True)
+        (root / f"d{i}" / "e" / "x.png").write_bytes(b"x")
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        walk = scan_inbox(root, IgnoreRules())
+        next(walk)
+        walk.close()
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert not safefs.root_usable(tmp_path / "missing") and safefs.root_usable(root)
