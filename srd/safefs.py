@@ -32,14 +32,14 @@ NAME_MAX = 255
 class SymlinkRefused(OSError):
     """A path component below a configured root is a symlink (or the root itself is one)."""
 
-    def __init__(self, path: PurePath) -> None:
+    def __init__(self, path: str | PurePath) -> None:
         super().__init__(errno.ELOOP, NOT_FOLLOWED, str(path))
 
 
 class ChangedWhileOpening(OSError):
     """The file opened is not the one just stat'ed: it was swapped in between."""
 
-    def __init__(self, path: PurePath) -> None:
+    def __init__(self, path: str | PurePath) -> None:
         super().__init__(errno.ESTALE, "replaced while being opened", str(path))
 
 
@@ -49,14 +49,32 @@ def relative(root: Path, path: PurePath) -> PurePosixPath:
     Raises:
         ValueError: `path` is not below `root`, or climbs out with ``..``.
     """
-    rel = PurePosixPath(Path(path).relative_to(root).as_posix() if Path(path).is_absolute() else PurePosixPath(path))
-    if ".." in rel.parts:
+    return PurePosixPath(*_parts(root, path))
+
+
+def _parts(root: Path, path: PurePath | str) -> tuple[str, ...]:
+    """The components of `path` below `root` (string work only: pathlib's parsing would cost more than
+    the system calls of an access)."""
+    text = os.fspath(path)
+    if text.startswith("/"):
+        base = os.fspath(root).rstrip("/")
+        if text.rstrip("/") == base:
+            return ()
+        if not text.startswith(base + "/"):
+            raise ValueError(f"{text} is not below {root}")
+        text = text[len(base) + 1:]
+    parts = tuple(part for part in text.split("/") if part not in ("", "."))
+    if ".." in parts:
         raise ValueError(f"{path} climbs out of {root}")
-    return rel
+    return parts
+
+
+def _join(root: Path, parts: tuple[str, ...]) -> str:
+    return "/".join((os.fspath(root).rstrip("/"), *parts))
 
 
 @contextmanager
-def _naming(where: PurePath) -> Iterator[None]:
+def _naming(where: str) -> Iterator[None]:
     """Make errors of calls relative to a descriptor name the whole path, as path-based calls would
     (callers tell "the outbox refused" from "the input is bad" by the path in the error)."""
     try:
@@ -64,9 +82,9 @@ def _naming(where: PurePath) -> Iterator[None]:
     except (SymlinkRefused, ChangedWhileOpening):
         raise
     except OSError as exc:
-        if exc.filename is not None and os.fsdecode(exc.filename) == str(where):
+        if exc.filename is not None and os.fsdecode(exc.filename) == where:
             raise
-        raise OSError(exc.errno, exc.strerror, str(where)) from exc
+        raise OSError(exc.errno, exc.strerror, where) from exc
 
 
 def fit_name(stem: str, suffix: str = "") -> str:
@@ -107,7 +125,7 @@ def root_usable(root: Path) -> bool:
     return True
 
 
-def _open_child_dir(parent: int, name: str, where: PurePath, *, create: bool) -> int:
+def _open_child_dir(parent: int, name: str, where: str, *, create: bool) -> int:
     try:
         return os.open(name, DIR_FLAGS, dir_fd=parent)
     except FileNotFoundError:
@@ -146,12 +164,15 @@ def open_dir(root: Path, path: PurePath = PurePosixPath(), *, create: bool = Fal
         SymlinkRefused: The root or a component is a symlink.
         OSError: A component is missing (without `create`), not a folder, or can't be opened.
     """
-    rel = relative(root, path)
+    return _open_parts(root, _parts(root, path), create=create)
+
+
+def _open_parts(root: Path, parts: tuple[str, ...], *, create: bool) -> int:
     fd = open_root(root)
     try:
-        where = PurePath(root)
-        for name in rel.parts:
-            where = where / name
+        where = os.fspath(root).rstrip("/")
+        for name in parts:
+            where = f"{where}/{name}"
             with _naming(where):
                 child = _open_child_dir(fd, name, where, create=create)
             os.close(fd)
@@ -175,11 +196,14 @@ def opened_dir(root: Path, path: PurePath = PurePosixPath(), *, create: bool = F
 @contextmanager
 def parent_of(root: Path, path: PurePath, *, create: bool = False) -> Iterator[tuple[int, str]]:
     """The descriptor of the folder holding `path` (below `root`) and the final name in it."""
-    rel = relative(root, path)
-    if not rel.parts:
-        raise IsADirectoryError(errno.EISDIR, "is the root folder itself", str(path))
-    with opened_dir(root, rel.parent, create=create) as fd:
-        yield fd, rel.name
+    parts = _parts(root, path)
+    if not parts:
+        raise IsADirectoryError(errno.EISDIR, "is the root folder itself", os.fspath(path))
+    fd = _open_parts(root, parts[:-1], create=create)
+    try:
+        yield fd, parts[-1]
+    finally:
+        os.close(fd)
 
 
 def make_dirs(root: Path, path: PurePath) -> None:
@@ -190,14 +214,14 @@ def make_dirs(root: Path, path: PurePath) -> None:
 
 def lstat(root: Path, path: PurePath) -> os.stat_result:
     """Stat `path` below `root` without following a symlink in any component (the last one included)."""
-    rel = relative(root, path)
-    if not rel.parts:
+    parts = _parts(root, path)
+    if not parts:
         fd = open_root(root)
         try:
             return os.fstat(fd)
         finally:
             os.close(fd)
-    with parent_of(root, rel) as (fd, name), _naming(PurePath(root) / rel):
+    with parent_of(root, path) as (fd, name), _naming(_join(root, parts)):
         return os.stat(name, dir_fd=fd, follow_symlinks=False)
 
 
@@ -210,23 +234,24 @@ def lexists(root: Path, path: PurePath) -> bool:
     return True
 
 
-def open_regular_at(parent: int, name: str, where: PurePath) -> tuple[int, os.stat_result]:
+def open_regular_at(parent: int, name: str, where: str | PurePath) -> tuple[int, os.stat_result]:
     """Open the regular file `name` in folder `parent` for reading, verified to be what was stat'ed.
 
     Raises:
         SymlinkRefused: `name` is a symlink.
         IsADirectoryError: It is a folder.
         ChangedWhileOpening: Another file took its place between the stat and the open.
-        OSError: It is not a regular file (EINVAL naming its kind), is missing, or can't be opened.
+        OSError: It is not a regular file (EINVAL), is missing, or can't be opened.
     """
+    where = os.fspath(where)
     with _naming(where):
         before = os.stat(name, dir_fd=parent, follow_symlinks=False)
     if stat.S_ISLNK(before.st_mode):
         raise SymlinkRefused(where)
     if stat.S_ISDIR(before.st_mode):
-        raise IsADirectoryError(errno.EISDIR, "is a directory", str(where))
+        raise IsADirectoryError(errno.EISDIR, "is a directory", where)
     if not stat.S_ISREG(before.st_mode):
-        raise OSError(errno.EINVAL, "not a regular file", str(where))
+        raise OSError(errno.EINVAL, "not a regular file", where)
     try:
         with _naming(where):
             fd = os.open(name, FILE_FLAGS, dir_fd=parent)
@@ -249,7 +274,7 @@ def open_regular(root: Path, path: PurePath) -> tuple[int, os.stat_result]:
         The descriptor (the caller closes it) and its fstat.
     """
     with parent_of(root, path) as (fd, name):
-        return open_regular_at(fd, name, PurePath(root) / relative(root, path))
+        return open_regular_at(fd, name, _join(root, _parts(root, path)))
 
 
 def read_bytes(root: Path, path: PurePath) -> bytes:
@@ -261,5 +286,5 @@ def read_bytes(root: Path, path: PurePath) -> bytes:
 
 def unlink(root: Path, path: PurePath) -> None:
     """Remove the name `path` below `root`; a symlink there is removed itself, never its target."""
-    with parent_of(root, path) as (fd, name), _naming(PurePath(root) / relative(root, path)):
+    with parent_of(root, path) as (fd, name), _naming(_join(root, _parts(root, path))):
         os.unlink(name, dir_fd=fd)
