@@ -207,11 +207,34 @@ def read_only_bind(folder: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
-def test_moves_from_a_read_only_inbox_to_another_filesystem_leave_no_copies_and_are_retried(tmp_path: Path) -> None:
-    """The inbox is read-only and the failed and archive folders are on another filesystem: a bad file
-    can't be moved to failed/ and a good one can't be archived. Across three restarts the daemon stays
-    up, the failed and archive folders get no orphan copies, the inputs stay put; once the inbox is
-    writable again, the archive move is retried by the next reconcile scan and succeeds."""
+@contextmanager
+def unwritable(folder: Path, how: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """`folder` refuses changes: a read-only bind mount (EROFS), or mode 555 with the daemon run without
+    root's DAC override (EACCES, as a service user would meet it)."""
+    if how == "erofs":
+        with read_only_bind(folder):
+            yield
+        return
+    if shutil.which("setpriv") is None or os.geteuid() != 0:
+        pytest.skip("needs root and setpriv to run the daemon without CAP_DAC_OVERRIDE")
+    plain = daemon_helpers.srd_command
+    monkeypatch.setattr(daemon_helpers, "srd_command",
+                        lambda: ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *plain()])
+    folder.chmod(0o555)
+    try:
+        yield
+    finally:
+        folder.chmod(0o755)
+        monkeypatch.setattr(daemon_helpers, "srd_command", plain)
+
+
+@pytest.mark.parametrize("how", ["erofs", "eacces"])
+def test_moves_from_an_unwritable_inbox_to_another_filesystem_leave_no_copies_and_are_retried(
+        tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inbox refuses changes (read-only, or no write permission) and the failed and archive folders are
+    on another filesystem: a bad file can't be moved to failed/ and a good one can't be archived. Across
+    three restarts the daemon stays up, the failed and archive folders get no orphan copies, the inputs
+    stay put; once the inbox takes changes again, both moves are retried and succeed."""
     with tmpfs(tmp_path / "other-fs", "4m") as other:
         layout = make_layout(tmp_path / "srd", reconcile_interval=2,
                              inbox={"on_success": "archive", "archive": str(other / "archive"),
@@ -219,7 +242,7 @@ def test_moves_from_a_read_only_inbox_to_another_filesystem_leave_no_copies_and_
         failed, archive = other / "failed", other / "archive"
         (layout.inbox / "bad.png").write_bytes(b"not an image at all")
         (layout.inbox / "good.png").write_bytes(image_bytes(".png", SIZE, 1))
-        with read_only_bind(layout.inbox):
+        with unwritable(layout.inbox, how, monkeypatch):
             for _ in range(3):
                 with running(layout.config) as daemon:
                     daemon.wait_event("failed_folder_write_failed", timeout=30)
