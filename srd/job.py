@@ -59,10 +59,11 @@ class JobResult:
 
 
 def output_name(source_name: str, source_format: str, written_format: str, requested: str | None) -> str:
-    """The output's file name: the input's, with the extension changed only for a format change."""
+    """The output's file name: the input's, with the extension changed only for a format change (and the
+    name shortened where a longer extension would not fit in 255 bytes)."""
     if (requested in (None, "same")) and written_format == source_format:
         return source_name
-    return Path(source_name).stem + extension_for(written_format)
+    return safefs.fit_name(Path(source_name).stem, extension_for(written_format))
 
 
 def read_source(path: Path, root: Path | None = None) -> tuple[bytes, str]:

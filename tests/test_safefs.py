@@ -281,3 +281,12 @@ def test_a_walk_stopped_early_leaves_no_descriptor_open(tmp_path: Path) -> None:
         walk.close()
     assert len(os.listdir("/proc/self/fd")) == before
     assert not safefs.root_usable(tmp_path / "missing") and safefs.root_usable(root)
+
+
+def test_an_output_whose_new_extension_would_not_fit_gets_a_shortened_name() -> None:
+    from srd.job import output_name
+
+    name = "x" * 251 + ".jpg"
+    out = output_name(name, "jpeg", "webp", "webp")
+    assert out.endswith(".webp") and len(os.fsencode(out)) <= 255 and out.startswith("x" * 200)
+    assert output_name("a.jpg", "jpeg", "webp", "webp") == "a.webp"
