@@ -16,6 +16,7 @@ import pytest
 from srd import safefs
 from srd.atomic import clean_stale_temps, open_atomic, write_bytes_atomic
 from srd.errors import OutputError
+from srd.job import output_name
 from srd.scan import IgnoreRules, classify, scan_inbox
 from srd.sources import archive_source, fail_source, link_or_copy, move_file, report_path
 
@@ -284,8 +285,6 @@ def test_a_walk_stopped_early_leaves_no_descriptor_open(tmp_path: Path) -> None:
 
 
 def test_an_output_whose_new_extension_would_not_fit_gets_a_shortened_name() -> None:
-    from srd.job import output_name
-
     name = "x" * 251 + ".jpg"
     out = output_name(name, "jpeg", "webp", "webp")
     assert out.endswith(".webp") and len(os.fsencode(out)) <= 255 and out.startswith("x" * 200)
