@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from srd.atomic import is_temp_name
+from srd.fileversion import FileVersion
 from srd.settle import file_kind
 
 # Names that operating systems, NAS boxes, sync tools and browsers leave behind while (or instead of)
@@ -38,11 +39,18 @@ DEFAULT_IGNORE = (
 
 @dataclass(frozen=True, slots=True)
 class FileSeen:
-    """A regular file found in an inbox: its path relative to the inbox root and its stat signature."""
+    """A regular file found in an inbox: its path relative to the inbox root and the version stat saw."""
 
     rel: PurePosixPath
-    size: int
-    mtime_ns: int
+    version: FileVersion
+
+    @property
+    def size(self) -> int:
+        return self.version.size
+
+    @property
+    def mtime_ns(self) -> int:
+        return self.version.mtime_ns
 
 
 class IgnoreRules:
@@ -176,4 +184,4 @@ def scan_inbox(root: Path, rules: IgnoreRules, *, recursive: bool = True, start:
                     if reason is not None and on_skip is not None:
                         on_skip(Path(entry.path), reason)
                     continue
-            yield FileSeen(PurePosixPath(rel), st.st_size, st.st_mtime_ns)
+            yield FileSeen(PurePosixPath(rel), FileVersion.of(st))

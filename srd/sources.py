@@ -7,10 +7,12 @@ file, fsync, rename) followed by deleting the source, so the destination is comp
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
+import secrets
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -18,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from srd.atomic import open_atomic, write_bytes_atomic
+from srd.atomic import TEMP_PREFIX, open_atomic, write_bytes_atomic
 
 log = structlog.get_logger(__name__)
 
@@ -58,17 +60,27 @@ def move_file(source: Path, target: Path) -> None:
         source.unlink()
 
 
-def link_or_copy(source: Path, target: Path) -> str:
+def link_or_copy(source: Path, target: Path, *, replace: bool = False) -> str:
     """Give `target` the content of `source`: a hard link where possible, else an atomic copy.
+
+    Args:
+        replace: `target` may exist and is replaced atomically (linked under a temp name, then renamed
+            over it), so a reader sees the old file or the new one, never none.
 
     Returns:
         ``linked`` or ``copied``.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
+    link = target.with_name(f"{TEMP_PREFIX}{target.name[:48]}.{secrets.token_hex(6)}") if replace else target
     try:
-        os.link(source, target)
+        os.link(source, link)
+        if replace:
+            os.replace(link, target)
         return "linked"
     except OSError as exc:
+        if replace:
+            with contextlib.suppress(OSError):
+                link.unlink()
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
             raise
     copy_atomic(source, target)

@@ -32,6 +32,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from srd.config import Inbox
+from srd.fileversion import FileVersion
 from srd.scan import IgnoreRules, classify, scan_inbox
 
 log = structlog.get_logger(__name__)
@@ -47,11 +48,11 @@ _EVENT_TYPES = frozenset({"created", "modified", "moved", "closed"})
 
 @dataclass(frozen=True, slots=True)
 class Hint:
-    """A path in inbox number `inbox` may have changed; `signature` is (size, mtime_ns) if a scan saw it."""
+    """A path in inbox number `inbox` may have changed; `signature` is its version if a scan saw it."""
 
     inbox: int
     path: Path
-    signature: tuple[int, int] | None = None
+    signature: FileVersion | None = None
 
 
 Sink = Callable[[Hint], None]
@@ -338,8 +339,8 @@ class InboxWatcher:
         try:
             if self._root_identity() is None:
                 raise FileNotFoundError(errno.ENOENT, "inbox root is missing or its share is unmounted", str(self.root))
-            seen = {f.rel: (f.size, f.mtime_ns) for f in scan_inbox(self.root, self.rules, recursive=self.inbox.recursive,
-                                                                     on_skip=self._report_skip)}
+            seen = {f.rel: f.version for f in scan_inbox(self.root, self.rules, recursive=self.inbox.recursive,
+                                                         on_skip=self._report_skip)}
         except OSError as exc:
             if self.mode == "poll":
                 self._set_present(False, str(exc))
@@ -361,7 +362,7 @@ class InboxWatcher:
     def _emit_tree(self, folder: Path) -> None:
         try:
             for found in scan_inbox(self.root, self.rules, recursive=True, start=folder, on_skip=self._report_skip):
-                self._sink(Hint(self.index, self.root / found.rel, (found.size, found.mtime_ns)))
+                self._sink(Hint(self.index, self.root / found.rel, found.version))
         except OSError:
             pass  # moved away again already; events or the next scan will tell
 

@@ -33,6 +33,7 @@ from daemon_helpers import (
 from srd.atomic import is_temp_name
 from srd.config import load_config
 from srd.daemon import Daemon
+from srd.fileversion import FileVersion
 from srd.job import Job, JobResult, run_job
 from srd.notify import Notifier
 from srd.pipeline import StageContext
