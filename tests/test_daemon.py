@@ -593,7 +593,7 @@ def test_the_stat_cache_forgets_a_file_that_left_the_inbox(tmp_path: Path, leave
         assert daemon.ledger is not None
 
         def cached() -> str | None:
-            return daemon.ledger.cached_hash(str(inbox), "a.png", size=st.st_size, mtime_ns=st.st_mtime_ns)
+            return daemon.ledger.cached_hash(str(inbox), "a.png", FileVersion.of(st))
 
         if leaves_by == "user_deletes_it":
             settle(daemon, now, [path])
