@@ -1,0 +1,318 @@
+"""The ledger keeps its promises under real faults: daemon kills are not the file's fault, no output goes stale,
+a file's identity is more than its size and mtime, srd replaces its own outputs after `forget`.
+
+Each test drives a real `srd run` (or the real `srd` command) on real files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+from daemon_helpers import (
+    ESPCN_X2,
+    DaemonProcess,
+    decoded_size,
+    descendants_of,
+    files_under,
+    in_flight,
+    make_image,
+    srd,
+    srd_command,
+    wait_for,
+    write_config,
+)
+
+from srd.ledger import Ledger
+
+
+def _entries(config: Path) -> list[dict]:
+    result = srd("ledger", "list", "--json", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def _started_attempts(state: Path, name: str) -> int:
+    """How many starts the ledger holds for the source called `name` (0 before its first)."""
+    try:
+        with Ledger.open(state, read_only=True) as ledger:
+            return max((e.attempts for e in ledger.entries() if e.source.name == name and e.state == "started"),
+                       default=0)
+    except Exception:  # noqa: BLE001 - the files may be between a snapshot and a journal; ask again
+        return 0
+
+
+class GroupDaemon(DaemonProcess):
+    """`srd run` in a session of its own, so that a test can SIGKILL its whole process group at once, as
+    systemd's KillMode=control-group, a cgroup OOM kill or a power cut would."""
+
+    def __init__(self, config: Path) -> None:  # noqa: D107 - same as DaemonProcess, in a new session
+        self.config = config
+        self.proc = subprocess.Popen(
+            [*srd_command(), "run", "--config", str(config), "--drain-timeout", "10"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )
+        self.lines = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def kill_group(self) -> None:
+        members = [self.pid, *descendants_of(self.pid)]
+        os.killpg(self.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self._reader.join(timeout=5)
+        wait_for(lambda: not any(Path(f"/proc/{pid}/stat").exists() and _alive(pid) for pid in members), 10,
+                 "the whole group to die")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+# -- 1. a restart of the daemon is not the file's fault ----------------------------------------------------
+
+
+def test_whole_group_kills_while_a_good_file_is_in_flight_do_not_make_it_poison(tmp_path: Path) -> None:
+    """Three SIGKILLs of the daemon's whole process group, each while the same good file is being processed
+    (old srd: three starts = three attempts = failed/ as poison). The first death can be pinned on nobody;
+    the retries run alone, so the next two are charged to the file as strikes, under the limit of 3. The file
+    is then processed once, and never lands in failed/."""
+    config = write_config(tmp_path)  # max_attempts: the default 3
+    state, inbox, outbox = tmp_path / "state", tmp_path / "in", tmp_path / "in-out"
+    (inbox / "big.jpg").write_bytes(make_image(Path("big.jpg"), (1500, 2000), 7))  # seconds of work
+    for kill in range(1, 4):
+        daemon = GroupDaemon(config)
+        wait_for(lambda n=kill: _started_attempts(state, "big.jpg") == n, 60,
+                 f"start number {kill} of big.jpg\n" + daemon.log_tail())
+        daemon.kill_group()
+        assert not files_under(outbox), "the kill must land while the job runs"
+    daemon = GroupDaemon(config)
+    try:
+        daemon.wait_event("file_processed", timeout=120)
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    assert decoded_size(outbox / "big.jpg") == (3000, 4000)
+    assert not files_under(tmp_path / "in-failed")
+    entry, = _entries(config)
+    assert (entry["state"], entry["attempts"], entry["strikes"]) == ("done", 4, 2)
+    assert len(daemon.events("death_pinned_on_file")) == 1  # only the last death was during a solo retry
+
+
+def test_a_file_whose_worker_dies_every_time_still_goes_to_failed_after_max_attempts(tmp_path: Path) -> None:
+    """Its worker is SIGKILLed each time it takes the file (as an OOM kill of a huge decode would), while
+    the daemon lives: each death is pinned on the file, and after max_attempts it goes to failed/ with a
+    reason; the daemon keeps running and processes the next file."""
+    config = write_config(tmp_path, max_attempts=3)
+    state, inbox = tmp_path / "state", tmp_path / "in"
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_ready()
+        (inbox / "poison.jpg").write_bytes(make_image(Path("poison.jpg"), (1500, 2000), 3))
+        for death in range(1, 4):
+            wait_for(lambda: in_flight(state) == 1, 60, f"attempt {death}\n" + daemon.log_tail())
+            direct = {int(p) for p in Path(f"/proc/{daemon.pid}/task/{daemon.pid}/children").read_text().split()}
+            workers = wait_for(lambda: [p for p in descendants_of(daemon.pid) if p not in direct], 10, "a worker")
+            for pid in workers:
+                os.kill(pid, signal.SIGKILL)
+            if death < 3:
+                lost = daemon.wait_event("job_lost_retrying", count=death)[-1]
+                assert (lost["pinned"], lost["strikes"]) == (True, death)
+                wait_for(lambda: in_flight(state) == 0 or _started_attempts(state, "poison.jpg") > death, 30,
+                         "the retry")
+        failed = daemon.wait_event("file_failed", timeout=60)[0]
+        assert failed["src"].endswith("poison.jpg") and "3 deaths pinned on this file" in failed["reason"]
+        (inbox / "good.png").write_bytes(make_image(Path("good.png"), (24, 32), 1))
+        daemon.wait_event("file_processed", timeout=60)
+        assert daemon.proc.poll() is None
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    report = json.loads((tmp_path / "in-failed" / "poison.jpg.error.json").read_text())
+    assert report["strikes"] == 3
+
+
+# -- 2. an output path has one owner at a time --------------------------------------------------------------
+
+
+def _run_until(daemon: DaemonProcess, event: str, count: int) -> None:
+    daemon.wait_event(event, count=count, timeout=60)
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Replace a file's content as an editor would: a new file renamed over it."""
+    temp = path.with_name("." + path.name + ".new")
+    temp.write_bytes(data)
+    temp.rename(path)
+
+
+def test_a_file_replaced_by_a_copy_of_another_processed_picture_gets_that_pictures_output(tmp_path: Path) -> None:
+    """x.png and y.png are processed; then x.png is overwritten with a copy of y.png. It is a duplicate of
+    y's content, but x's old output (x's earlier picture) must not stay: srd replaces it with y's picture."""
+    config = write_config(tmp_path)
+    inbox, outbox = tmp_path / "in", tmp_path / "in-out"
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_ready()
+        (inbox / "x.png").write_bytes(make_image(Path("x.png"), (24, 32), 1))
+        (inbox / "y.png").write_bytes(make_image(Path("y.png"), (24, 32), 2))
+        _run_until(daemon, "file_processed", 2)
+        assert (outbox / "x.png").read_bytes() != (outbox / "y.png").read_bytes()
+        shutil.copyfile(inbox / "y.png", inbox / ".x.tmp")
+        (inbox / ".x.tmp").rename(inbox / "x.png")
+        wait_for(lambda: (outbox / "x.png").read_bytes() == (outbox / "y.png").read_bytes(), 30,
+                 "x's output to become y's picture\n" + daemon.log_tail())
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    assert set(files_under(outbox)) == {"x.png", "y.png"}
+
+
+def test_an_edit_that_is_undone_brings_back_the_output_of_the_original(tmp_path: Path) -> None:
+    """a.png is processed, edited (processed again: its output now shows the edit), and the edit is undone.
+    The original content's old ledger entry pointed at the output the edit overwrote, so it must not count
+    as done: the output must show the original again, also after a restart."""
+    config = write_config(tmp_path)
+    inbox, outbox = tmp_path / "in", tmp_path / "in-out"
+    original = make_image(Path("a.png"), (24, 32), 1)
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_ready()
+        (inbox / "a.png").write_bytes(original)
+        _run_until(daemon, "file_processed", 1)
+        first = (outbox / "a.png").read_bytes()
+        _replace(inbox / "a.png", make_image(Path("a.png"), (24, 32), 2))
+        _run_until(daemon, "file_processed", 2)
+        assert (outbox / "a.png").read_bytes() != first
+        _replace(inbox / "a.png", original)
+        _run_until(daemon, "file_processed", 3)
+        wait_for(lambda: (outbox / "a.png").read_bytes() == first, 10, "the original's output")
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    assert set(files_under(outbox)) == {"a.png"}
+    daemon = DaemonProcess(config)  # and a restart sees it as done: nothing to do
+    daemon.wait_ready()
+    assert daemon.stop() == 0 and daemon.events("file_processed") == []
+    assert (outbox / "a.png").read_bytes() == first
+
+
+def test_a_profile_changed_and_changed_back_by_sighup_reprocesses_both_times(tmp_path: Path) -> None:
+    """Profile A, then B (SIGHUP): outputs rewritten with B. Back to A (SIGHUP): A's old entries pointed at
+    outputs that B overwrote, so they are reprocessed, and the outbox shows profile A's pictures again."""
+    plain = [{"upscale": {"model": str(ESPCN_X2), "scale": 2}}]
+    sharp = [*plain, {"sharpen": {"amount": 1.0}}]
+    config = write_config(tmp_path, stages=plain)
+    inbox, outbox = tmp_path / "in", tmp_path / "in-out"
+    for i in range(2):
+        (inbox / f"p{i}.png").write_bytes(make_image(Path("p.png"), (24, 32), i))
+    daemon = DaemonProcess(config)
+    try:
+        _run_until(daemon, "file_processed", 2)
+        first = {name: path.read_bytes() for name, path in files_under(outbox).items()}
+        for stages, total in ((sharp, 4), (plain, 6)):
+            write_config(tmp_path, stages=stages)
+            daemon.proc.send_signal(signal.SIGHUP)
+            _run_until(daemon, "file_processed", total)
+        wait_for(lambda: {n: p.read_bytes() for n, p in files_under(outbox).items()} == first, 10,
+                 "profile A's pictures back in the outbox")
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    assert len(daemon.events("file_processed")) == 6
+
+
+# -- 3. a file version is more than its size and mtime -------------------------------------------------------
+
+
+def _same_size_and_mtime(path: Path, data: bytes, *, in_place: bool) -> None:
+    """Give `path` new content of the same size with its old mtime, as `cp -p`, rsync or unzip do."""
+    st = path.stat()
+    assert len(data) == st.st_size
+    if in_place:
+        with path.open("r+b") as fh:
+            fh.write(data)
+    else:
+        _replace(path, data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
+def test_new_content_with_the_same_size_and_mtime_is_processed_running_and_after_a_restart(tmp_path: Path) -> None:
+    """Fixed-size BMPs replaced with same-size content and the old mtime (in place, and by rename): each new
+    version is processed, while the daemon runs and when it finds the change at its next start."""
+    config = write_config(tmp_path)
+    inbox, outbox = tmp_path / "in", tmp_path / "in-out"
+    versions = [make_image(Path("scan.bmp"), (24, 32), seed) for seed in range(4)]
+    assert len({len(v) for v in versions}) == 1 and len(set(versions)) == 4
+
+    def output_is(seed: int) -> bool:
+        return decoded_size(outbox / "scan.bmp") is not None and (outbox / "scan.bmp").read_bytes() == expected[seed]
+
+    expected: dict[int, bytes] = {}
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_ready()
+        (inbox / "scan.bmp").write_bytes(versions[0])
+        _run_until(daemon, "file_processed", 1)
+        expected[0] = (outbox / "scan.bmp").read_bytes()
+        _same_size_and_mtime(inbox / "scan.bmp", versions[1], in_place=True)
+        _run_until(daemon, "file_processed", 2)
+        _same_size_and_mtime(inbox / "scan.bmp", versions[2], in_place=False)
+        _run_until(daemon, "file_processed", 3)
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    third = (outbox / "scan.bmp").read_bytes()
+    assert len({expected[0], third}) == 2
+    _same_size_and_mtime(inbox / "scan.bmp", versions[3], in_place=True)
+    daemon = DaemonProcess(config)
+    try:
+        _run_until(daemon, "file_processed", 1)
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    assert (outbox / "scan.bmp").read_bytes() not in (expected[0], third)
+    assert set(files_under(outbox)) == {"scan.bmp"}
+
+
+# -- 4. srd replaces its own outputs, even after `srd ledger forget` ----------------------------------------
+
+
+def test_after_ledger_forget_the_reprocessed_file_replaces_its_own_output_instead_of_a_suffixed_copy(
+        tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    inbox, outbox = tmp_path / "in", tmp_path / "in-out"
+    (inbox / "a.png").write_bytes(make_image(Path("a.png"), (24, 32), 1))
+    daemon = DaemonProcess(config)
+    _run_until(daemon, "file_processed", 1)
+    assert daemon.stop() == 0
+    entry, = _entries(config)
+    forget = srd("ledger", "forget", entry["key"], "--config", str(config))
+    assert forget.returncode == 0, forget.stderr
+    assert _entries(config) == []
+    daemon = DaemonProcess(config)
+    try:
+        _run_until(daemon, "file_processed", 1)
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    assert set(files_under(outbox)) == {"a.png"}
+    assert [e["state"] for e in _entries(config)] == ["done"]
+
