@@ -43,7 +43,7 @@ from srd.fileversion import FileVersion
 from srd.imageheader import sniff_format
 from srd.imageio import output_format_for
 from srd.job import Job, output_name
-from srd.ledger import Entry, Ledger, State, make_key
+from srd.ledger import Entry, Ledger, LedgerError, LedgerUnwritableError, State, make_key
 from srd.logs import configure_logging
 from srd.notify import Notifier
 from srd.outbox import BLOCKING_ERRNOS, OutboxBlock
@@ -217,6 +217,13 @@ class Daemon:
         self._deferred: dict[Path, str] = {}
         self._solo: set[str] = set()  # keys of submitted jobs that the pool runs alone (suspects)
         self._blocks: dict[str, OutboxBlock] = {}
+        # The state dir refuses writes (full, read-only): nothing new starts, and the outcomes that could not
+        # be recorded wait in `_parked` (their work stays active) until a probe says it takes writes again.
+        self._state_block: OutboxBlock | None = None
+        self._parked: list[Outcome] = []
+        self._unstarted: set[str] = set()  # running jobs whose start record could not be written
+        self._recovery_pending = False
+        self._status_failing = False
         self._stop_signal: int | None = None
         self._reload_requested = False
         self._pool_stale = False
@@ -276,7 +283,11 @@ class Daemon:
         prints = fingerprints(self.config)
         self._prepare_folders(self.config, clean=True)
         self._build_runtimes(self.config, prints)
-        self._recover_unfinished()
+        try:
+            self._recover_unfinished()
+        except LedgerUnwritableError as exc:
+            self._recovery_pending = True
+            self._state_unwritable(exc)
         self.pool = self._pool_builder(self.config, self._journal_start, lambda: self._hints.put(None))
         for runtime in self._runtimes.values():
             runtime.watcher.start()
@@ -344,7 +355,10 @@ class Daemon:
         for work in self._active.values():  # abandoned by the drain: our doing, not the file's
             entry = self.ledger.get(work.key)
             if entry is not None and entry.state == State.STARTED:
-                self.ledger.record_interrupted(work.key)
+                try:
+                    self.ledger.record_interrupted(work.key)
+                except LedgerError as exc:  # the next start may then charge it one strike too many
+                    log.warning("interruption_not_recorded", src=str(work.source), error=str(exc))
 
     def close(self) -> None:
         """Stop watchers and workers, write the final status, release the ledger lock."""
@@ -355,11 +369,11 @@ class Daemon:
             self.pool = None
         if self.ledger is not None:
             self._state = "stopped"
+            self._write_status(force=True)
             try:
-                self._write_status(force=True)
-            except (OSError, OutputError) as exc:
-                log.warning("status_write_failed", error=str(exc))
-            self.ledger.close()
+                self.ledger.close()
+            except LedgerError as exc:  # the last stat-cache batch is lost: those files are hashed again
+                log.warning("ledger_close_failed", error=str(exc))
             self.ledger = None
         self.notifier.close()
         log.info("daemon_stopped")
@@ -394,12 +408,16 @@ class Daemon:
         if self._reload_requested:
             self._reload_requested = False
             self._reload()
-        self._take_hints()
-        self._poll_trackers()
-        for outcome in self.pool.collect():
-            self._finish(outcome)
-        self._replace_stale_pool()
-        self._dispatch()
+        try:
+            self._take_hints()
+            self._poll_trackers()
+            for outcome in self.pool.collect():
+                self._finish(outcome)
+            self._replace_stale_pool()
+            self._dispatch()
+        except LedgerUnwritableError as exc:
+            # Any other ledger write (a stat-cache batch): it changed nothing, so pausing is all there is to do.
+            self._state_unwritable(exc)
 
     def _wait(self) -> None:
         """Sleep until a hint or a wake-up arrives, the next settle deadline, or `MAX_SLEEP_S`."""
@@ -457,7 +475,8 @@ class Daemon:
     def _dispatch(self) -> None:
         assert self.pool is not None
         budget_end = self._clock() + CONSIDER_BUDGET_S
-        while self._backlog and self.pool.has_room() and not self._pool_stale and self._clock() < budget_end:
+        while (self._backlog and self.pool.has_room() and not self._pool_stale and self._state_block is None
+               and self._clock() < budget_end):
             key, ready = self._backlog.popleft()
             runtime = self._runtimes.get(key)
             if runtime is None:
@@ -467,6 +486,9 @@ class Daemon:
                 continue
             try:
                 self._consider(runtime, ready)
+            except LedgerUnwritableError as exc:
+                self._backlog.appendleft((key, ready))
+                self._state_unwritable(exc)
             except FileNotFoundError:
                 continue  # gone again before we got to it; nothing to do
             except OSError as exc:
@@ -497,6 +519,7 @@ class Daemon:
         if self.pool is not None:
             self.pool.ensure_executor()
         self._retry_blocked_outboxes()
+        self._retry_state_dir()
         if healthy and self.notifier.watchdog_interval_s() is not None:
             self.notifier.watchdog()
 
@@ -566,11 +589,19 @@ class Daemon:
         self.pool.submit(work.key, job, suspect=suspect)
 
     def _journal_start(self, key: Any) -> None:
-        """Pool hook: a worker is about to take this job, so its start (and attempt) becomes durable now."""
+        """Pool hook: a worker is about to take this job, so its start (and attempt) becomes durable now.
+
+        If the state dir refuses the record, the job runs anyway (the pool can't take it back) and its start
+        is recorded with its outcome, once the state dir takes writes again.
+        """
         assert self.ledger is not None
         work = self._active[key]
-        self.ledger.record_start(work.sha256, work.fingerprint, inbox=work.inbox_id, source=work.rel,
-                                 target=work.target, solo=key in self._solo)
+        try:
+            self.ledger.record_start(work.sha256, work.fingerprint, inbox=work.inbox_id, source=work.rel,
+                                     target=work.target, solo=key in self._solo)
+        except LedgerUnwritableError as exc:
+            self._unstarted.add(key)
+            self._state_unwritable(exc)
 
     def _choose_target(self, runtime: _InboxRuntime, rel: PurePosixPath, key: str | None, head: bytes,
                        suffix: str | None = None) -> Path | None:
@@ -653,7 +684,31 @@ class Daemon:
     def _finish(self, outcome: Outcome) -> None:
         assert self.ledger is not None and self.pool is not None
         work = self._active.pop(outcome.token)
+        solo = work.key in self._solo
         self._solo.discard(work.key)
+        try:
+            if work.key in self._unstarted:
+                self.ledger.record_start(work.sha256, work.fingerprint, inbox=work.inbox_id, source=work.rel,
+                                         target=work.target, solo=solo)
+                self._unstarted.discard(work.key)
+            self._record_outcome(work, outcome)
+        except LedgerUnwritableError as exc:
+            # Each record is all or nothing and comes before the step it allows, so the outcome can be
+            # handled again from the start once the state dir takes writes; until then its work stays active.
+            self._active[work.key] = work
+            if solo:
+                self._solo.add(work.key)
+            self._parked.append(outcome)
+            self._state_unwritable(exc)
+            self._state_block.waiting.add(work.source)  # type: ignore[union-attr]
+            return
+        for path, key in list(self._deferred.items()):
+            runtime = self._runtimes.get(key)
+            if runtime is not None:
+                runtime.tracker.hint(path)
+        self._deferred.clear()
+
+    def _record_outcome(self, work: _Work, outcome: Outcome) -> None:
         if isinstance(outcome, Finished) and outcome.result.ok:
             self._succeeded(work, outcome)
         elif isinstance(outcome, Finished) and outcome.result.output_errno in BLOCKING_ERRNOS:
@@ -662,11 +717,30 @@ class Daemon:
             self._failed_result(work, outcome.result.error or "unknown error", outcome.result.sha256)
         else:
             self._lost(work, outcome)
-        for path, key in list(self._deferred.items()):
-            runtime = self._runtimes.get(key)
-            if runtime is not None:
-                runtime.tracker.hint(path)
-        self._deferred.clear()
+
+    def _state_unwritable(self, exc: LedgerUnwritableError) -> None:
+        """Pause: the state dir refused a ledger write. Like a full outbox, it is nobody's file's fault."""
+        if self._state_block is None:
+            self._state_block = OutboxBlock.start(self.config.state_dir, str(exc), exc.errno or 0, self._clock())
+            log.error("state_dir_unwritable_paused", state_dir=str(self.config.state_dir), error=str(exc))
+
+    def _retry_state_dir(self) -> None:
+        block = self._state_block
+        if block is None or not block.recovered(self._clock()):
+            return
+        self._state_block = None
+        log.info("state_dir_writable_resumed", state_dir=str(block.outbox), parked=len(self._parked),
+                 paused_s=round(self._clock() - block.since, 1))
+        try:
+            if self._recovery_pending:
+                self._recover_unfinished()
+                self._recovery_pending = False
+        except LedgerUnwritableError as exc:
+            self._state_unwritable(exc)
+            return
+        parked, self._parked = self._parked, []
+        for outcome in parked:
+            self._finish(outcome)
 
     def _succeeded(self, work: _Work, outcome: Finished) -> None:
         assert self.ledger is not None
@@ -947,6 +1021,7 @@ class Daemon:
         blocked = [b.outbox.name for b in self._blocks.values()]
         text = f"{running} running, {queued} waiting, {done} done, {failed} failed"
         text += f"; inbox unavailable: {', '.join(unhealthy)}" if unhealthy else ""
+        text += "; state_dir unwritable, paused" if self._state_block is not None else ""
         return text + (f"; outbox unwritable: {', '.join(blocked)}" if blocked else "")
 
     def status(self) -> dict[str, Any]:
@@ -995,6 +1070,7 @@ class Daemon:
                 "rebuilds": self.pool.rebuilds if self.pool is not None else 0,
             },
             "ledger": self.ledger.counts(),
+            "state_dir": self._state_block.describe() if self._state_block is not None else {"state": "ok"},
             "inboxes": inboxes,
         }
 
@@ -1005,7 +1081,18 @@ class Daemon:
         self._last_status = status
         stamped = {**status, "uptime_s": round(self._clock() - self._started, 1),
                    "updated_at": datetime.now(UTC).isoformat(timespec="seconds")}
-        write_status(self.config.state_dir, stamped)
+        try:
+            write_status(self.config.state_dir, stamped)
+        except (OSError, OutputError) as exc:
+            # Only monitoring reads it; a state dir that takes no writes is handled where the ledger is.
+            if not self._status_failing:
+                log.warning("status_write_failed", path=str(self.config.state_dir), error=str(exc))
+            self._status_failing = True
+            self._last_status = None  # write it as soon as it can be
+        else:
+            if self._status_failing:
+                log.info("status_write_recovered", path=str(self.config.state_dir))
+            self._status_failing = False
         if self._state == "running":
             self.notifier.status(self._status_line())
 

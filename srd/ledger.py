@@ -323,6 +323,7 @@ class Ledger:
         Raises:
             ValueError: `compact_after` is below 1.
             LockedError: Another process (or another `Ledger` in this one) owns `state_dir`.
+            LedgerUnwritableError: `state_dir` can't be created, locked or opened (permissions, read-only).
             LedgerError: The snapshot or a journal line other than the last is corrupt, or the journal does
                 not continue the snapshot; nothing is guessed, so that no history is silently lost.
         """
@@ -331,11 +332,19 @@ class Ledger:
         state_dir = Path(state_dir)
         if read_only:
             return cls._open_read_only(state_dir, compact_after, clock)
-        state_dir.mkdir(parents=True, exist_ok=True)
-        lock_fd = _acquire_lock(state_dir / LOCK_NAME)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            lock_fd = _acquire_lock(state_dir / LOCK_NAME)
+        except OSError as exc:
+            raise LedgerUnwritableError(f"cannot use state directory {state_dir}: {exc.strerror or exc}",
+                                        errno=exc.errno) from exc
         ledger = cls(state_dir, lock_fd, compact_after=compact_after, clock=clock)
         try:
             ledger._load()
+        except OSError as exc:
+            ledger.close()
+            raise LedgerUnwritableError(f"cannot open the ledger in {state_dir}: {exc.strerror or exc}",
+                                        errno=exc.errno) from exc
         except BaseException:
             ledger.close()
             raise
