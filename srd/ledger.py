@@ -960,8 +960,13 @@ class Ledger:
                 if seq <= snapshot_seq:
                     self._journal_records += 1
                     continue
-                if seq != self._seq + 1 and problems is None:
-                    raise _Gap(f"seq {seq} follows {self._seq}: it does not continue the snapshot")
+                if seq != self._seq + 1:
+                    if problems is None or seq <= self._seq:
+                        # A repeated or older record (a journal appended to itself, a restored copy) would
+                        # undo later changes: never applied, not even by `repair`.
+                        raise _Gap(f"seq {seq} follows {self._seq}: it does not continue what came before")
+                    problems.append(f"{path}: line {number}: seq {seq} follows {self._seq}: records are missing "
+                                    "before it (it is kept)")
                 self._apply(rec)
             except (ValueError, KeyError, TypeError, AttributeError, _Gap) as exc:
                 what = str(exc) if isinstance(exc, _Gap) else f"not a ledger record ({exc})"

@@ -6,6 +6,7 @@ Each test drives a real `srd run` (or the real `srd` command) on real files.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -316,3 +317,67 @@ def test_after_ledger_forget_the_reprocessed_file_replaces_its_own_output_instea
     assert set(files_under(outbox)) == {"a.png"}
     assert [e["state"] for e in _entries(config)] == ["done"]
 
+
+
+# -- 5. a damaged ledger is refused clearly and has a way out ------------------------------------------------
+
+
+def _done(ledger: Ledger, n: int, out: Path) -> str:
+    sha = f"{n:064x}"
+    entry = ledger.record_start(sha, "fp", inbox="nas", source=f"{n}.png")
+    ledger.record_done(entry.key, output=out / f"{n}.png", output_size=n)
+    return entry.key
+
+
+def test_a_lost_snapshot_after_a_compaction_is_refused_and_repair_restores_the_previous_one(tmp_path: Path) -> None:
+    """Old srd: a compaction empties the journal, so losing ledger.json afterwards silently reset the whole
+    history (every file processed again, every output suffixed). Now the journal's first line says which
+    snapshot it continues, a start refuses and names the way out, and `srd ledger repair` rebuilds from the
+    previous snapshot kept beside it plus the journal."""
+    config = write_config(tmp_path)
+    state = tmp_path / "state"
+    with Ledger.open(state) as ledger:
+        first = _done(ledger, 1, tmp_path)
+        ledger.compact()
+        second = _done(ledger, 2, tmp_path)
+        ledger.compact()  # ledger.json.prev now holds entry 1
+    (state / "ledger.json").unlink()
+    refused = srd("run", "--config", str(config))
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "is missing" in refused.stderr and "srd ledger repair" in refused.stderr, refused.stderr
+    check = srd("ledger", "check", "--config", str(config))
+    assert check.returncode == 1 and "damaged" in check.stdout, check.stdout + check.stderr
+    repair = srd("ledger", "repair", "--config", str(config))
+    assert repair.returncode == 0 and "previous snapshot" in repair.stdout, repair.stdout + repair.stderr
+    assert srd("ledger", "check", "--config", str(config)).returncode == 0
+    keys = {e["key"] for e in _entries(config)}
+    assert first in keys and second not in keys  # what only the lost snapshot held is gone, and reported
+
+
+def test_garbage_in_the_journal_is_detected_and_repair_keeps_every_intact_record(tmp_path: Path) -> None:
+    """Lines from another writer (text, a repeated record) in the middle of the journal: a start refuses;
+    `srd ledger check` names them; `srd ledger repair` refuses while the ledger is in use, then keeps every
+    intact record (also the done ones after the garbage), saves what it dropped, and leaves a healthy ledger."""
+    config = write_config(tmp_path)
+    state = tmp_path / "state"
+    with Ledger.open(state) as ledger:
+        keys = [_done(ledger, n, tmp_path) for n in range(1, 3)]
+    journal = (state / "journal.jsonl").read_bytes().splitlines(keepends=True)
+    repeated = journal[0]  # an older record again: applying it would undo the later `done`
+    (state / "journal.jsonl").write_bytes(b"".join([*journal[:2], b"some text from another program\n", repeated,
+                                                    *journal[2:]]))
+    refused = srd("run", "--config", str(config))
+    assert refused.returncode != 0 and "line 3" in refused.stderr and "Traceback" not in refused.stderr
+    check = srd("ledger", "check", "--config", str(config))
+    assert check.returncode == 1 and "line 3" in check.stdout and "line 4" in check.stdout, check.stdout
+    with (state / "lock").open("a") as lock:  # as a running daemon (or another command) holds it
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        busy = srd("ledger", "repair", "--config", str(config))
+        assert busy.returncode != 0 and "stop it first" in busy.stderr
+    repair = srd("ledger", "repair", "--config", str(config))
+    assert repair.returncode == 0, repair.stdout + repair.stderr
+    assert "line 3" in repair.stdout and "line 4" in repair.stdout
+    dropped, = state.glob("journal.jsonl.dropped-*")
+    assert dropped.read_bytes() == b"some text from another program\n" + repeated
+    assert srd("ledger", "check", "--config", str(config)).returncode == 0
+    assert sorted((e["key"], e["state"]) for e in _entries(config)) == sorted((k, "done") for k in keys)
