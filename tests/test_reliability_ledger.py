@@ -6,6 +6,7 @@ Each test drives a real `srd run` (or the real `srd` command) on real files.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -13,8 +14,10 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
+import pytest
 from daemon_helpers import (
     ESPCN_X2,
     DaemonProcess,
@@ -23,6 +26,7 @@ from daemon_helpers import (
     files_under,
     in_flight,
     make_image,
+    read_status,
     srd,
     srd_command,
     wait_for,
@@ -381,3 +385,198 @@ def test_garbage_in_the_journal_is_detected_and_repair_keeps_every_intact_record
     assert dropped.read_bytes() == b"some text from another program\n" + repeated
     assert srd("ledger", "check", "--config", str(config)).returncode == 0
     assert sorted((e["key"], e["state"]) for e in _entries(config)) == sorted((k, "done") for k in keys)
+
+
+# -- 6. a state dir that takes no writes pauses processing ---------------------------------------------------
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):
+    """A real 1 MiB tmpfs to put a state dir on (mounting needs root, as the systemd service has it)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_a_full_state_dir_pauses_processing_and_resumes_without_losing_or_failing_anything(
+        tmp_path: Path, small_tmpfs: Path) -> None:
+    """The state dir (a real 1 MiB tmpfs) fills up while files arrive: old srd crashed on the journal write
+    (a systemd restart loop). Now the daemon pauses, says so, stays up, fails no file and writes no second
+    copy; once space is back it records what it had to park and processes what waited."""
+    config = write_config(tmp_path, state_dir=str(small_tmpfs / "state"))
+    inbox, outbox = tmp_path / "in", tmp_path / "in-out"
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_ready()
+        (inbox / "a.png").write_bytes(make_image(Path("a.png"), (24, 32), 1))
+        _run_until(daemon, "file_processed", 1)
+        filler = _fill(small_tmpfs)
+        names = ["a.png"]
+        for n in range(1, 20):  # the journal's last page has room for a few records; then the disk is full
+            names.append(f"f{n}.png")
+            (inbox / names[-1]).write_bytes(make_image(Path("f.png"), (24, 32), 100 + n))
+            paused = lambda: daemon.events("state_dir_unwritable_paused")  # noqa: E731
+            wait_for(lambda: paused() or len(daemon.events("file_processed")) == len(names), 30,
+                     f"{names[-1]} to be processed or the daemon to pause")
+            if paused():
+                break
+        else:
+            raise AssertionError("the state dir never filled up")
+        processed = len(daemon.events("file_processed"))
+        names.append("late.png")
+        (inbox / "late.png").write_bytes(make_image(Path("late.png"), (24, 32), 99))
+        time.sleep(3)  # settle time for it, and several status and supervision rounds on a full disk
+        assert daemon.proc.poll() is None, daemon.log_tail()
+        assert len(daemon.events("file_processed")) == processed and not daemon.events("file_failed")
+        daemon.wait_event("status_write_failed")
+        filler.unlink()
+        daemon.wait_event("state_dir_writable_resumed", timeout=30)
+        _run_until(daemon, "file_processed", len(names))
+        wait_for(lambda: read_status(small_tmpfs / "state").get("state_dir") == {"state": "ok"}, 10,
+                 "status.json to be written again")
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    assert set(files_under(outbox)) == set(names)
+    assert not files_under(tmp_path / "in-failed")
+    assert sorted(e["state"] for e in _entries(config)) == ["done"] * len(names)
+
+
+def test_the_status_document_says_when_the_state_dir_refuses_writes(tmp_path: Path) -> None:
+    """`srd status --json` reads status.json; its ``state_dir`` field says unwritable while the daemon
+    pauses for it (written whenever the state dir takes the status file but not the journal, e.g. a journal
+    on a full quota), and ok otherwise."""
+    from srd.config import load_config
+    from srd.daemon import Daemon
+    from srd.ledger import LedgerUnwritableError
+    from srd.notify import Notifier
+
+    daemon = Daemon(load_config(write_config(tmp_path)), notifier=Notifier(None))
+    daemon.start()
+    try:
+        assert daemon.status()["state_dir"] == {"state": "ok"}
+        daemon._state_unwritable(LedgerUnwritableError("cannot write ledger journal: No space left on device",
+                                                       errno=errno.ENOSPC))
+        state = daemon.status()["state_dir"]
+        assert state["state"] == "unwritable" and "No space left" in state["error"]
+        daemon._write_status(force=True)
+        shown = srd("status", "--json", "--config", str(tmp_path / "srd.yaml"))
+        assert json.loads(shown.stdout)["state_dir"]["state"] == "unwritable"
+    finally:
+        daemon.close()
+
+
+def test_a_state_dir_that_cannot_be_created_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "blocker").write_text("a file where the state dir's parent should be")
+    config = write_config(tmp_path, state_dir=str(tmp_path / "blocker" / "state"))
+    result = srd("run", "--config", str(config))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and "cannot use state directory" in result.stderr, result.stderr
+
+
+# -- 7. srd ledger list / retry, and names that are not UTF-8 ------------------------------------------------
+
+
+def test_ledger_list_has_a_header_and_filters_by_state_age_and_inbox(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    state = tmp_path / "state"
+    long_ago = time.time() - 3 * 86400
+    with Ledger.open(state, clock=lambda: long_ago) as ledger:
+        old = ledger.record_start("1" * 64, "fp", inbox="/srv/a", source="old.png")
+    with Ledger.open(state) as ledger:
+        new = ledger.record_start("2" * 64, "fp", inbox="/srv/b", source="new.png")
+        ledger.record_failed(new.key, error="broken")
+    listed = srd("ledger", "list", "--config", str(config))
+    assert listed.returncode == 0
+    header, *rows, total = listed.stdout.splitlines()
+    assert header.split()[:4] == ["KEY", "STATE", "TRIES", "UPDATED"] and len(rows) == 2
+    assert "shown: 2 of 2" in total
+
+    def keys(*options: str) -> list[str]:
+        result = srd("ledger", "list", "--json", "--config", str(config), *options)
+        assert result.returncode == 0, result.stderr
+        return [json.loads(line)["key"] for line in result.stdout.splitlines()]
+
+    assert keys("--state", "failed") == [new.key]
+    assert keys("--since", "1d") == [new.key]
+    assert keys("--since", "2000-01-01") == [old.key, new.key]
+    assert keys("--inbox", "/srv/a") == [old.key]
+    bad = srd("ledger", "list", "--since", "yesterday-ish", "--config", str(config))
+    assert bad.returncode == 2 and "neither an age" in bad.stderr
+
+
+def test_ledger_retry_moves_the_failed_file_back_and_it_is_processed(tmp_path: Path) -> None:
+    """A big file times out three times (job_timeout 1 s) and lands in failed/. With a longer timeout,
+    `srd ledger retry` does what its help says: the file goes back into its inbox, its reason file is gone,
+    and the next run processes it."""
+    config = write_config(tmp_path, job_timeout=1)
+    inbox, failed = tmp_path / "in", tmp_path / "in-failed"
+    (inbox / "big.jpg").write_bytes(make_image(Path("big.jpg"), (1500, 2000), 7))
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_event("file_failed", timeout=120)
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    assert set(files_under(failed)) == {"big.jpg", "big.jpg.error.json"}
+    entry, = _entries(config)
+    write_config(tmp_path)  # no job_timeout
+    retry = srd("ledger", "retry", entry["key"][:10], "--config", str(config))
+    assert retry.returncode == 0, retry.stderr
+    assert (inbox / "big.jpg").is_file() and files_under(failed) == {}
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_event("file_processed", timeout=120)
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    assert decoded_size(tmp_path / "in-out" / "big.jpg") == (3000, 4000)
+    assert [e["state"] for e in _entries(config)] == ["done"]
+
+
+def test_names_that_are_not_utf8_print_escaped_in_ledger_list_and_status(tmp_path: Path) -> None:
+    """Under an ordinary UTF-8 locale, a processed file and a failed file whose names hold byte 0xff:
+    `srd ledger list` and `srd status` print them as \\xff instead of dying with UnicodeEncodeError."""
+    config = write_config(tmp_path)
+    inbox = os.fsencode(tmp_path / "in")
+    with open(os.path.join(inbox, b"caf\xff.png"), "wb") as fh:
+        fh.write(make_image(Path("a.png"), (24, 32), 1))
+    with open(os.path.join(inbox, b"bad\xff.png"), "wb") as fh:
+        fh.write(b"not an image at all")
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_event("file_processed", timeout=60)
+        daemon.wait_event("file_failed", timeout=60)
+        wait_for(lambda: "bad" in str(read_status(tmp_path / "state")), 10, "the failure in status.json")
+        for locale in ("C.UTF-8", "en_US.UTF-8"):
+            env = {"LC_ALL": locale, "LANG": locale, "PYTHONIOENCODING": "", "PYTHONUTF8": "0"}
+            for command in (["ledger", "list"], ["status"]):
+                result = srd(*command, "--config", str(config), env=env)
+                assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+                assert "\\xff" in result.stdout, result.stdout
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
