@@ -56,7 +56,7 @@ class GroupDaemon(DaemonProcess):
     """`srd run` in a session of its own, so that a test can SIGKILL its whole process group at once, as
     systemd's KillMode=control-group, a cgroup OOM kill or a power cut would."""
 
-    def __init__(self, config: Path) -> None:  # noqa: D107 - same as DaemonProcess, in a new session
+    def __init__(self, config: Path) -> None:  # same as DaemonProcess's, in a session of its own
         self.config = config
         self.proc = subprocess.Popen(
             [*srd_command(), "run", "--config", str(config), "--drain-timeout", "10"],
@@ -126,13 +126,13 @@ def test_a_file_whose_worker_dies_every_time_still_goes_to_failed_after_max_atte
         for death in range(1, 4):
             wait_for(lambda: in_flight(state) == 1, 60, f"attempt {death}\n" + daemon.log_tail())
             direct = {int(p) for p in Path(f"/proc/{daemon.pid}/task/{daemon.pid}/children").read_text().split()}
-            workers = wait_for(lambda: [p for p in descendants_of(daemon.pid) if p not in direct], 10, "a worker")
+            workers = wait_for(lambda d=direct: [p for p in descendants_of(daemon.pid) if p not in d], 10, "a worker")
             for pid in workers:
                 os.kill(pid, signal.SIGKILL)
             if death < 3:
                 lost = daemon.wait_event("job_lost_retrying", count=death)[-1]
                 assert (lost["pinned"], lost["strikes"]) == (True, death)
-                wait_for(lambda: in_flight(state) == 0 or _started_attempts(state, "poison.jpg") > death, 30,
+                wait_for(lambda n=death: in_flight(state) == 0 or _started_attempts(state, "poison.jpg") > n, 30,
                          "the retry")
         failed = daemon.wait_event("file_failed", timeout=60)[0]
         assert failed["src"].endswith("poison.jpg") and "3 deaths pinned on this file" in failed["reason"]
@@ -417,6 +417,10 @@ def _fill(folder: Path) -> Path:
     return filler
 
 
+def _paused(daemon: DaemonProcess) -> bool:
+    return bool(daemon.events("state_dir_unwritable_paused"))
+
+
 def test_a_full_state_dir_pauses_processing_and_resumes_without_losing_or_failing_anything(
         tmp_path: Path, small_tmpfs: Path) -> None:
     """The state dir (a real 1 MiB tmpfs) fills up while files arrive: old srd crashed on the journal write
@@ -434,10 +438,9 @@ def test_a_full_state_dir_pauses_processing_and_resumes_without_losing_or_failin
         for n in range(1, 20):  # the journal's last page has room for a few records; then the disk is full
             names.append(f"f{n}.png")
             (inbox / names[-1]).write_bytes(make_image(Path("f.png"), (24, 32), 100 + n))
-            paused = lambda: daemon.events("state_dir_unwritable_paused")  # noqa: E731
-            wait_for(lambda: paused() or len(daemon.events("file_processed")) == len(names), 30,
+            wait_for(lambda: _paused(daemon) or len(daemon.events("file_processed")) == len(names), 30,
                      f"{names[-1]} to be processed or the daemon to pause")
-            if paused():
+            if _paused(daemon):
                 break
         else:
             raise AssertionError("the state dir never filled up")
