@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -487,3 +488,72 @@ def test_a_read_only_view_works_beside_the_owner_and_changes_nothing(tmp_path: P
                 with pytest.raises(LedgerError, match="read-only"):
                     change()
         assert {name: (tmp_path / name).read_bytes() for name in files} == files
+
+
+def test_an_output_path_has_one_owner_and_writing_it_again_drops_the_entry_that_held_it(tmp_path: Path) -> None:
+    """A done record (or a duplicate's link) on a path another done entry claims drops that entry, also on
+    replay; `forget` keeps the path srd's but proves nothing done any more."""
+    out = tmp_path / "x.png"
+    with Ledger.open(tmp_path) as ledger:
+        old = ledger.record_start(_sha(1), FP, inbox="nas", source="x.png")
+        ledger.record_done(old.key, output=out, output_size=1)
+        new = ledger.record_start(_sha(2), FP, inbox="nas", source="x.png")
+        ledger.record_done(new.key, output=out, output_size=2)  # the edit overwrote x.png's output
+        assert ledger.get(old.key) is None and ledger.counts()["done"] == 1
+        assert ledger.outputs_of("nas", "x.png") == {str(out): new.key}
+        other = ledger.record_start(_sha(3), FP, inbox="nas", source="y.png")
+        ledger.record_done(other.key, output=tmp_path / "y.png", output_size=3)
+        ledger.record_output(out, inbox="nas", source="x.png", key=other.key)  # x.png became a copy of y.png
+        assert ledger.get(new.key) is None and ledger.owner(out) == Owner("nas", "x.png", other.key)
+    with Ledger.open(tmp_path) as ledger:  # the same from the journal
+        assert sorted(_all(ledger)) == [other.key] and ledger.owner(out) == Owner("nas", "x.png", other.key)
+        ledger.forget(other.key)
+        assert ledger.outputs_of("nas", "x.png") == {str(out): None}
+        assert ledger.owner(tmp_path / "y.png") == Owner("nas", "y.png", None)
+        ledger.compact()
+    with Ledger.open(tmp_path) as ledger:  # and from a snapshot
+        assert len(ledger) == 0 and ledger.owner(out) == Owner("nas", "x.png", None)
+
+
+def test_strikes_count_only_pinned_deaths_and_a_solo_start_is_pinned_when_the_daemon_dies(tmp_path: Path) -> None:
+    with Ledger.open(tmp_path) as ledger:
+        entry = ledger.record_start(_sha(1), FP, inbox="nas", source="a.jpg", target=tmp_path / "a.png")
+        entry = ledger.record_start(_sha(1), FP, inbox="nas", source="a.jpg", target=tmp_path / "a.png")
+        assert (entry.attempts, entry.strikes) == (2, 0)  # two starts, no death pinned
+        entry = ledger.record_strike(entry.key)
+        assert (entry.state, entry.strikes, entry.target) == (State.STARTED, 1, tmp_path / "a.png")
+        ledger.record_start(_sha(1), FP, inbox="nas", source="a.jpg", solo=True)
+        quiet = ledger.record_start(_sha(2), FP, inbox="nas", source="b.jpg", solo=True)
+        ledger.record_interrupted(quiet.key)  # a drain ran out of time: not b's fault
+    with Ledger.open(tmp_path) as ledger:  # the daemon died with a.jpg running alone
+        pinned = ledger.pin_solo_deaths()
+        assert [(e.key, e.strikes, e.solo) for e in pinned] == [(entry.key, 2, False)]
+        assert ledger.get(quiet.key).strikes == 0
+        ledger.record_failed(entry.key, error="poison")
+        assert ledger.retry(entry.key).strikes == 0
+
+
+def test_ledgers_written_by_older_srd_versions_still_load(tmp_path: Path) -> None:
+    """A format 1 snapshot (no owner table, five-field stat-cache lines) and journal records without
+    strikes/solo load: each done entry owns its output (an older claim on the same path is dropped as the
+    stale kind), the old stat-cache lines are not trusted (inode and ctime unknown), nothing is pinned."""
+    def record(n: int, source: str, output: str | None, ts: float) -> dict:
+        return {"key": make_key(_sha(n), FP), "sha256": _sha(n), "fingerprint": FP, "inbox": "nas",
+                "source": source, "state": "done" if output else "started", "attempts": 3, "created_at": "x",
+                "created_ts": ts, "updated_at": "x", "updated_ts": ts, "output": output, "output_size": 1,
+                "error": None, "disposition": "kept" if output else None}
+    snapshot = {"format": 1, "seq": 3, "entries": {r["key"]: r for r in (
+        record(1, "a.png", "/out/a.png", 1.0), record(2, "a.png", "/out/a.png", 2.0))},
+        "hashes": [["nas", "a.png", 10, 20, _sha(2)]]}
+    (tmp_path / SNAPSHOT_NAME).write_text(json.dumps(snapshot))
+    (tmp_path / JOURNAL_NAME).write_text(json.dumps({"seq": 4, "op": "put", "entry": record(3, "b.png", None, 3.0)})
+                                         + "\n")
+    with Ledger.open(tmp_path) as ledger:
+        assert sorted(_all(ledger)) == sorted([make_key(_sha(2), FP), make_key(_sha(3), FP)])
+        assert ledger.owner("/out/a.png") == Owner("nas", "a.png", make_key(_sha(2), FP))
+        assert ledger.cached_hash("nas", "a.png", _v(10, 20)) is None
+        unfinished = ledger.get(make_key(_sha(3), FP))
+        assert (unfinished.attempts, unfinished.strikes, unfinished.solo) == (3, 0, False)
+        assert ledger.pin_solo_deaths() == []
+        ledger.compact()
+    assert json.loads((tmp_path / SNAPSHOT_NAME).read_text())["format"] == 2
