@@ -47,6 +47,7 @@ from srd.ledger import Entry, Ledger, LedgerError, LedgerUnwritableError, State,
 from srd.logs import configure_logging
 from srd.notify import Notifier
 from srd.outbox import BLOCKING_ERRNOS, OutboxBlock
+from srd.outputmark import mark_output, marked_for
 from srd.pipeline import StageContext, Upscale
 from srd.pool import Finished, JobPool, Lost, Outcome, process_executor_factory
 from srd.scan import candidate_stat
@@ -636,10 +637,13 @@ class Daemon:
             if candidate in in_flight or candidate in claimed_elsewhere:
                 continue
             owner = self.ledger.owner(candidate)
-            if owner is not None and (owner.inbox, owner.source) == (runtime.inbox_id, rel.as_posix()):
+            ours = (runtime.inbox_id, rel.as_posix())
+            if owner is not None and (owner.inbox, owner.source) == ours:
                 return candidate
             if owner is not None:
                 continue
+            if marked_for(candidate) == ours:  # srd wrote it for this source; its ledger forgot
+                return candidate
             if not os.path.lexists(candidate) or runtime.inbox.collision == "overwrite":
                 return candidate
             if runtime.inbox.collision == "skip":
@@ -767,6 +771,7 @@ class Daemon:
             disposition = None
         else:
             disposition = self._source_step(work.inbox, work.inbox_id, work.source, work.rel, work.signature)
+        mark_output(result.output, work.inbox_id, work.rel)
         self.ledger.record_done(key, output=result.output, output_size=output_size, disposition=disposition)
         self._counters[work.inbox_id].done += 1
         model, scale = _upscale_summary(work.profile)

@@ -583,3 +583,27 @@ def test_names_that_are_not_utf8_print_escaped_in_ledger_list_and_status(tmp_pat
     finally:
         if daemon.proc.poll() is None:
             daemon.proc.kill()
+
+
+def test_with_its_ledger_lost_srd_still_replaces_its_own_output_instead_of_a_suffixed_copy(tmp_path: Path) -> None:
+    """The whole ledger is gone (a state dir started afresh): srd processes the file again, and the mark it
+    left on its output tells it the output is its own for this source, so no `a-1.png` appears. A file it
+    did not write under that name still gets the suffix."""
+    config = write_config(tmp_path)
+    inbox, outbox, state = tmp_path / "in", tmp_path / "in-out", tmp_path / "state"
+    (inbox / "a.png").write_bytes(make_image(Path("a.png"), (24, 32), 1))
+    daemon = DaemonProcess(config)
+    _run_until(daemon, "file_processed", 1)
+    assert daemon.stop() == 0
+    shutil.rmtree(state)
+    (outbox / "b.png").write_bytes(b"a user's own file")
+    (inbox / "b.png").write_bytes(make_image(Path("b.png"), (24, 32), 2))
+    daemon = DaemonProcess(config)
+    try:
+        _run_until(daemon, "file_processed", 2)
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    assert set(files_under(outbox)) == {"a.png", "b.png", "b-1.png"}
+    assert (outbox / "b.png").read_bytes() == b"a user's own file"
