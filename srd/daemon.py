@@ -8,8 +8,15 @@ Per file: settle → stat-cache or sha256 → ledger lookup under the profile's 
 nothing (already done: a duplicate, or the same file again) or: choose an output name → journal
 ``start``, reserving that name, when a worker takes it → the worker writes the output atomically →
 journal ``done`` → keep, archive or delete the source → journal the disposition. A failed file is
-moved to the failed folder with a ``.error.json`` beside it. After a crash the ledger's ``start``-without-``done`` entries are
-retried when their files are found again, at most ``max_attempts`` times in all.
+moved to the failed folder with a ``.error.json`` beside it. After a crash the ledger's ``start``-without-``done``
+entries are retried, alone, when their files are found again. A file becomes poison (failed) only after
+``max_attempts`` deaths that can be pinned on it: its worker died while the daemon lived and ran nothing
+else, or the daemon died while that file ran alone. A restart of the daemon is not the file's fault.
+
+"Done" is a property of an output path: a file is done when an output srd wrote for its path holds the
+picture of its current content under the current profile (the ledger's owner table). Content done under
+another name is a duplicate; an output path written again loses its old owner, so no edit, profile switch
+or replaced file can leave a stale output standing for a source.
 """
 
 from __future__ import annotations
@@ -33,13 +40,15 @@ from srd import safefs
 from srd.atomic import clean_stale_temps, temp_files_of
 from srd.config import Config, Inbox, Profile, load_config
 from srd.errors import ConfigError, ImageError, OutputError, SrdError
+from srd.fileversion import FileVersion
 from srd.imageheader import sniff_format
 from srd.imageio import output_format_for
 from srd.job import Job, output_name
-from srd.ledger import Entry, Ledger, State, make_key
+from srd.ledger import Entry, Ledger, LedgerError, LedgerUnwritableError, State, make_key
 from srd.logs import configure_logging
 from srd.notify import Notifier
 from srd.outbox import BLOCKING_ERRNOS, OutboxBlock
+from srd.outputmark import mark_output, marked_for
 from srd.pipeline import StageContext, Upscale
 from srd.pool import Finished, JobPool, Lost, Outcome, process_executor_factory
 from srd.scan import candidate_stat
@@ -72,7 +81,7 @@ class _Work:
     fingerprint: str
     source: Path
     rel: PurePosixPath
-    signature: tuple[int, int]
+    signature: FileVersion
     sha256: str
     key: str
     target: Path
@@ -95,7 +104,7 @@ class _InboxRuntime:
     fingerprint: str
     tracker: SettleTracker
     watcher: InboxWatcher
-    handled: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    handled: dict[Path, FileVersion] = field(default_factory=dict)
 
     @property
     def inbox_id(self) -> str:
@@ -107,11 +116,11 @@ def inbox_id(inbox: Inbox) -> str:
     return str(inbox.path)
 
 
-def hash_file(root: Path, path: Path) -> tuple[str, bytes, tuple[int, int]]:
-    """Hash a file below inbox `root` and return its sha256, first bytes, and (size, mtime_ns) as of the end
-    of the read; it is opened through `srd.safefs`, never through a symlink.
+def hash_file(root: Path, path: Path) -> tuple[str, bytes, FileVersion]:
+    """Hash a file below inbox `root` and return its sha256, first bytes, and version as of the end of the
+    read; it is opened through `srd.safefs`, never through a symlink.
 
-    The caller compares that signature with the settled one: if they differ, the file changed while
+    The caller compares that version with the settled one: if they differ, the file changed while
     it was being read and the hash means nothing.
     """
     digest = hashlib.sha256()
@@ -121,7 +130,7 @@ def hash_file(root: Path, path: Path) -> tuple[str, bytes, tuple[int, int]]:
         while chunk := fh.read(_READ_CHUNK):
             digest.update(chunk)
         st = os.fstat(fh.fileno())
-    return digest.hexdigest(), head, (st.st_size, st.st_mtime_ns)
+    return digest.hexdigest(), head, FileVersion.of(st)
 
 
 def read_head(root: Path, path: Path) -> bytes:
@@ -209,9 +218,15 @@ class Daemon:
         self._backlog: deque[tuple[str, ReadyFile]] = deque()
         self._active: dict[str, _Work] = {}  # submitted jobs by key: no more than the pool has room for
         self._deferred: dict[Path, str] = {}
-        # Every output the ledger says is done → (inbox id, source path), as strings shared with the ledger.
-        self._outputs: dict[str, tuple[str, str]] = {}
+        self._solo: set[str] = set()  # keys of submitted jobs that the pool runs alone (suspects)
         self._blocks: dict[str, OutboxBlock] = {}
+        # The state dir refuses writes (full, read-only): nothing new starts, and the outcomes that could not
+        # be recorded wait in `_parked` (their work stays active) until a probe says it takes writes again.
+        self._state_block: OutboxBlock | None = None
+        self._parked: list[Outcome] = []
+        self._unstarted: set[str] = set()  # running jobs whose start record could not be written
+        self._recovery_pending = False
+        self._status_failing = False
         self._stop_signal: int | None = None
         self._reload_requested = False
         self._pool_stale = False
@@ -269,11 +284,13 @@ class Daemon:
     def _startup(self) -> None:
         assert self.ledger is not None
         prints = fingerprints(self.config)
-        for output, inbox, source in self.ledger.done_outputs():
-            self._outputs[output] = (inbox, source)
         self._prepare_folders(self.config, clean=True)
         self._build_runtimes(self.config, prints)
-        self._recover_unfinished()
+        try:
+            self._recover_unfinished()
+        except LedgerUnwritableError as exc:
+            self._recovery_pending = True
+            self._state_unwritable(exc)
         self.pool = self._pool_builder(self.config, self._journal_start, lambda: self._hints.put(None))
         for runtime in self._runtimes.values():
             runtime.watcher.start()
@@ -309,8 +326,13 @@ class Daemon:
             self._counters.setdefault(key, _Counters())
 
     def _recover_unfinished(self) -> None:
-        """Close entries a crash left started whose source is gone; the rest are retried when scanned."""
+        """Pin the last daemon's death on the file it ran alone, if it did; close entries a crash left started
+        whose source is gone; the rest are retried (alone) when scanned."""
         assert self.ledger is not None
+        for entry in self.ledger.pin_solo_deaths():
+            log.warning("death_pinned_on_file", inbox=entry.inbox, src=str(entry.source), strikes=entry.strikes,
+                        max_attempts=self.config.max_attempts,
+                        reason="the daemon died while this file was being retried alone")
         for entry in self.ledger.unfinished():
             runtime = self._runtimes.get(entry.inbox)
             if runtime is None:
@@ -333,6 +355,14 @@ class Daemon:
         deadline = self._clock() + self._drain_timeout
         for outcome in self.pool.drain(deadline, self._sleep):
             self._finish(outcome)
+        assert self.ledger is not None
+        for work in self._active.values():  # abandoned by the drain: our doing, not the file's
+            entry = self.ledger.get(work.key)
+            if entry is not None and entry.state == State.STARTED:
+                try:
+                    self.ledger.record_interrupted(work.key)
+                except LedgerError as exc:  # the next start may then charge it one strike too many
+                    log.warning("interruption_not_recorded", src=str(work.source), error=str(exc))
 
     def close(self) -> None:
         """Stop watchers and workers, write the final status, release the ledger lock."""
@@ -343,11 +373,11 @@ class Daemon:
             self.pool = None
         if self.ledger is not None:
             self._state = "stopped"
+            self._write_status(force=True)
             try:
-                self._write_status(force=True)
-            except (OSError, OutputError) as exc:
-                log.warning("status_write_failed", error=str(exc))
-            self.ledger.close()
+                self.ledger.close()
+            except LedgerError as exc:  # the last stat-cache batch is lost: those files are hashed again
+                log.warning("ledger_close_failed", error=str(exc))
             self.ledger = None
         self.notifier.close()
         log.info("daemon_stopped")
@@ -382,12 +412,16 @@ class Daemon:
         if self._reload_requested:
             self._reload_requested = False
             self._reload()
-        self._take_hints()
-        self._poll_trackers()
-        for outcome in self.pool.collect():
-            self._finish(outcome)
-        self._replace_stale_pool()
-        self._dispatch()
+        try:
+            self._take_hints()
+            self._poll_trackers()
+            for outcome in self.pool.collect():
+                self._finish(outcome)
+            self._replace_stale_pool()
+            self._dispatch()
+        except LedgerUnwritableError as exc:
+            # Any other ledger write (a stat-cache batch): it changed nothing, so pausing is all there is to do.
+            self._state_unwritable(exc)
 
     def _wait(self) -> None:
         """Sleep until a hint or a wake-up arrives, the next settle deadline, or `MAX_SLEEP_S`."""
@@ -445,7 +479,8 @@ class Daemon:
     def _dispatch(self) -> None:
         assert self.pool is not None
         budget_end = self._clock() + CONSIDER_BUDGET_S
-        while self._backlog and self.pool.has_room() and not self._pool_stale and self._clock() < budget_end:
+        while (self._backlog and self.pool.has_room() and not self._pool_stale and self._state_block is None
+               and self._clock() < budget_end):
             key, ready = self._backlog.popleft()
             runtime = self._runtimes.get(key)
             if runtime is None:
@@ -455,6 +490,9 @@ class Daemon:
                 continue
             try:
                 self._consider(runtime, ready)
+            except LedgerUnwritableError as exc:
+                self._backlog.appendleft((key, ready))
+                self._state_unwritable(exc)
             except FileNotFoundError:
                 continue  # gone again before we got to it; nothing to do
             except OSError as exc:
@@ -469,7 +507,7 @@ class Daemon:
         # The file can't be read now; remember this version of it so the loop doesn't spin, and let its
         # next change or a restart bring it back.
         log.error("file_skipped", src=str(ready.path), error=str(exc))
-        runtime.handled[ready.path] = (ready.size, ready.mtime_ns)
+        runtime.handled[ready.path] = ready.version
         self._note_error(key, ready.path, str(exc))
 
     def _supervise(self) -> None:
@@ -485,6 +523,7 @@ class Daemon:
         if self.pool is not None:
             self.pool.ensure_executor()
         self._retry_blocked_outboxes()
+        self._retry_state_dir()
         if healthy and self.notifier.watchdog_interval_s() is not None:
             self.notifier.watchdog()
 
@@ -497,8 +536,8 @@ class Daemon:
         st = candidate_stat(path, runtime.inbox.path)
         if st is None:
             return
-        signature = (st.st_size, st.st_mtime_ns)
-        if signature != (ready.size, ready.mtime_ns):
+        signature = FileVersion.of(st)
+        if signature != ready.version:
             runtime.tracker.hint(path)  # changed since it settled: let it settle again
             return
         if runtime.handled.get(path) == signature:
@@ -507,25 +546,30 @@ class Daemon:
             self._deferred[path] = runtime.inbox_id
             return
         rel = PurePosixPath(path.relative_to(runtime.inbox.path).as_posix())
-        sha256 = self.ledger.cached_hash(runtime.inbox_id, rel, size=signature[0], mtime_ns=signature[1])
+        sha256 = self.ledger.cached_hash(runtime.inbox_id, rel, signature)
         head = b""
         if sha256 is None:
             sha256, head, after = hash_file(runtime.inbox.path, path)
             if after != signature:
                 runtime.tracker.hint(path)
                 return
-            self.ledger.remember_hash(runtime.inbox_id, rel, size=signature[0], mtime_ns=signature[1], sha256=sha256)
+            self.ledger.remember_hash(runtime.inbox_id, rel, signature, sha256)
         key = make_key(sha256, runtime.fingerprint)
         if key in self._active:
             self._deferred[path] = runtime.inbox_id  # same content in flight from another path
             return
         entry = self.ledger.get(key)
-        if entry is not None and entry.state == State.DONE:
+        own_outputs = self.ledger.outputs_of(runtime.inbox_id, rel)
+        if key in own_outputs.values():
             self._already_done(runtime, path, rel, signature, entry)
             return
-        if entry is not None and entry.state == State.STARTED and entry.attempts >= self.config.max_attempts:
-            reason = (f"gave up after {entry.attempts} attempts: processing never finished "
-                      "(a worker or the daemon died each time)")
+        if entry is not None and entry.state == State.DONE:
+            self._duplicate(runtime, path, rel, signature, entry, refresh=bool(own_outputs))
+            return
+        unfinished = entry is not None and entry.state == State.STARTED  # a crash cut its last start short
+        if unfinished and entry.strikes >= self.config.max_attempts:
+            reason = (f"gave up after {entry.strikes} deaths pinned on this file: its worker died, or the daemon "
+                      "died while it was being retried alone")
             self._fail(runtime.inbox_id, runtime.inbox, runtime.profile, path, rel, signature, key, reason,
                        record=True)
             return
@@ -537,21 +581,32 @@ class Daemon:
             return
         work = _Work(runtime.inbox_id, runtime.inbox, runtime.profile, runtime.fingerprint, path, rel, signature,
                      sha256, key, target)
-        self._submit(work)
+        # Nobody knows whether the daemon's death was this file's doing: run it alone to find out.
+        self._submit(work, suspect=unfinished)
 
     def _submit(self, work: _Work, *, suspect: bool = False) -> None:
         assert self.pool is not None
         self._active[work.key] = work
+        if suspect:
+            self._solo.add(work.key)
         job = Job(work.source, work.target.parent, work.profile, self.config.max_input_pixels, target=work.target,
                   source_root=work.inbox.path, output_root=work.inbox.outbox)
         self.pool.submit(work.key, job, suspect=suspect)
 
     def _journal_start(self, key: Any) -> None:
-        """Pool hook: a worker is about to take this job, so its start (and attempt) becomes durable now."""
+        """Pool hook: a worker is about to take this job, so its start (and attempt) becomes durable now.
+
+        If the state dir refuses the record, the job runs anyway (the pool can't take it back) and its start
+        is recorded with its outcome, once the state dir takes writes again.
+        """
         assert self.ledger is not None
         work = self._active[key]
-        self.ledger.record_start(work.sha256, work.fingerprint, inbox=work.inbox_id, source=work.rel,
-                                 target=work.target)
+        try:
+            self.ledger.record_start(work.sha256, work.fingerprint, inbox=work.inbox_id, source=work.rel,
+                                     target=work.target, solo=key in self._solo)
+        except LedgerUnwritableError as exc:
+            self._unstarted.add(key)
+            self._state_unwritable(exc)
 
     def _choose_target(self, runtime: _InboxRuntime, rel: PurePosixPath, key: str | None, head: bytes,
                        suffix: str | None = None) -> Path | None:
@@ -585,33 +640,53 @@ class Daemon:
             n += 1
             if candidate in in_flight or candidate in claimed_elsewhere:
                 continue
-            owner = self._outputs.get(str(candidate))
-            if owner == (runtime.inbox_id, rel.as_posix()):
+            owner = self.ledger.owner(candidate)
+            ours = (runtime.inbox_id, rel.as_posix())
+            if owner is not None and (owner.inbox, owner.source) == ours:
                 return candidate
             if owner is not None:
                 continue
+            if marked_for(runtime.inbox.outbox, candidate) == ours:  # srd wrote it for this source; its ledger forgot
+                return candidate
             if not safefs.lexists(runtime.inbox.outbox, candidate) or runtime.inbox.collision == "overwrite":
                 return candidate
             if runtime.inbox.collision == "skip":
                 return None
 
-    def _already_done(self, runtime: _InboxRuntime, path: Path, rel: PurePosixPath, signature: tuple[int, int],
-                      entry: Entry) -> None:
-        if entry.inbox == runtime.inbox_id and entry.source == rel:
-            if entry.disposition in (None, "kept-changed"):  # a crash (or a late write) postponed the source step
-                self._dispose(runtime.inbox, runtime.inbox_id, path, rel, signature, entry.key)
-            else:
-                runtime.handled[path] = signature
-            return
+    def _already_done(self, runtime: _InboxRuntime, path: Path, rel: PurePosixPath, signature: FileVersion,
+                      entry: Entry | None) -> None:
+        """An output srd wrote for this path holds this content's picture: at most the source step is left."""
+        own_job = (entry is not None and entry.state == State.DONE and entry.inbox == runtime.inbox_id
+                   and entry.source == rel)
+        if own_job and entry is not None and entry.disposition in (None, "kept-changed"):
+            # A crash (or a late write) postponed the source step.
+            self._dispose(runtime.inbox, runtime.inbox_id, path, rel, signature, entry.key)
+        elif not own_job and runtime.inbox.on_success != "keep":
+            # A duplicate's output: its source step isn't journaled, and the file still being here says
+            # it did not happen (or failed); do it now.
+            self._dispose(runtime.inbox, runtime.inbox_id, path, rel, signature, None)
+        else:
+            runtime.handled[path] = signature
+
+    def _duplicate(self, runtime: _InboxRuntime, path: Path, rel: PurePosixPath, signature: FileVersion,
+                   entry: Entry, *, refresh: bool) -> None:
+        """This content is done under another name: link its output here (``duplicates: link``, or always
+        when this path has an output of its own from earlier content, which would otherwise stay stale)."""
+        assert self.ledger is not None
         self._counters[runtime.inbox_id].duplicates += 1
         how = "skipped"
         output_root = next((i.outbox for i in self.config.inboxes if entry.output is not None
                             and entry.output.is_relative_to(i.outbox)), None)
-        if runtime.inbox.duplicates == "link" and output_root is not None and safefs.lexists(output_root, entry.output):
+        if ((runtime.inbox.duplicates == "link" or refresh) and output_root is not None and entry.output is not None
+                and safefs.lexists(output_root, entry.output)):
             target = self._choose_target(runtime, rel, None, b"", suffix=entry.output.suffix)
-            if target is not None and not _same_file(entry.output, target):
-                how = link_or_copy(output_root, entry.output, runtime.inbox.outbox, target)
-                self._outputs[str(target)] = (runtime.inbox_id, rel.as_posix())
+            if target is not None:
+                if not _same_file(entry.output, target):
+                    how = link_or_copy(output_root, entry.output, runtime.inbox.outbox, target, replace=True)
+                self.ledger.record_output(target, inbox=runtime.inbox_id, source=rel, key=entry.key)
+        elif refresh:
+            log.warning("stale_output_left", src=str(path), outputs=sorted(self.ledger.outputs_of(runtime.inbox_id, rel)),
+                        reason="the earlier output of this content is gone, so there is nothing to link")
         log.info("duplicate", src=str(path), same_as=str(entry.source), output=str(entry.output), action=how)
         self._dispose(runtime.inbox, runtime.inbox_id, path, rel, signature, None)
 
@@ -620,6 +695,31 @@ class Daemon:
     def _finish(self, outcome: Outcome) -> None:
         assert self.ledger is not None and self.pool is not None
         work = self._active.pop(outcome.token)
+        solo = work.key in self._solo
+        self._solo.discard(work.key)
+        try:
+            if work.key in self._unstarted:
+                self.ledger.record_start(work.sha256, work.fingerprint, inbox=work.inbox_id, source=work.rel,
+                                         target=work.target, solo=solo)
+                self._unstarted.discard(work.key)
+            self._record_outcome(work, outcome)
+        except LedgerUnwritableError as exc:
+            # Each record is all or nothing and comes before the step it allows, so the outcome can be
+            # handled again from the start once the state dir takes writes; until then its work stays active.
+            self._active[work.key] = work
+            if solo:
+                self._solo.add(work.key)
+            self._parked.append(outcome)
+            self._state_unwritable(exc)
+            self._state_block.waiting.add(work.source)  # type: ignore[union-attr]
+            return
+        for path, key in list(self._deferred.items()):
+            runtime = self._runtimes.get(key)
+            if runtime is not None:
+                runtime.tracker.hint(path)
+        self._deferred.clear()
+
+    def _record_outcome(self, work: _Work, outcome: Outcome) -> None:
         if isinstance(outcome, Finished) and outcome.result.ok:
             self._succeeded(work, outcome)
         elif isinstance(outcome, Finished) and outcome.result.output_errno in BLOCKING_ERRNOS:
@@ -628,11 +728,30 @@ class Daemon:
             self._failed_result(work, outcome.result.error or "unknown error", outcome.result.sha256)
         else:
             self._lost(work, outcome)
-        for path, key in list(self._deferred.items()):
-            runtime = self._runtimes.get(key)
-            if runtime is not None:
-                runtime.tracker.hint(path)
-        self._deferred.clear()
+
+    def _state_unwritable(self, exc: LedgerUnwritableError) -> None:
+        """Pause: the state dir refused a ledger write. Like a full outbox, it is nobody's file's fault."""
+        if self._state_block is None:
+            self._state_block = OutboxBlock.start(self.config.state_dir, str(exc), exc.errno or 0, self._clock())
+            log.error("state_dir_unwritable_paused", state_dir=str(self.config.state_dir), error=str(exc))
+
+    def _retry_state_dir(self) -> None:
+        block = self._state_block
+        if block is None or not block.recovered(self._clock()):
+            return
+        self._state_block = None
+        log.info("state_dir_writable_resumed", state_dir=str(block.outbox), parked=len(self._parked),
+                 paused_s=round(self._clock() - block.since, 1))
+        try:
+            if self._recovery_pending:
+                self._recover_unfinished()
+                self._recovery_pending = False
+        except LedgerUnwritableError as exc:
+            self._state_unwritable(exc)
+            return
+        parked, self._parked = self._parked, []
+        for outcome in parked:
+            self._finish(outcome)
 
     def _succeeded(self, work: _Work, outcome: Finished) -> None:
         assert self.ledger is not None
@@ -659,8 +778,8 @@ class Daemon:
             disposition = None
         else:
             disposition = self._source_step(work.inbox, work.inbox_id, work.source, work.rel, work.signature)
+        mark_output(work.inbox.outbox, result.output, work.inbox_id, work.rel)
         self.ledger.record_done(key, output=result.output, output_size=output_size, disposition=disposition)
-        self._outputs[str(result.output)] = (work.inbox_id, work.rel.as_posix())
         self._counters[work.inbox_id].done += 1
         model, scale = _upscale_summary(work.profile)
         log.info("file_processed", src=str(work.source), out=str(result.output), profile=work.profile.name,
@@ -745,20 +864,26 @@ class Daemon:
         assert self.ledger is not None
         self._remove_orphan_temps(work)
         entry = self.ledger.get(work.key)
-        attempts = entry.attempts if entry is not None else 1
+        started = entry is not None and entry.state == State.STARTED
         if self._stop_signal is not None:
             log.warning("job_interrupted", src=str(work.source), reason=outcome.reason)
+            if started:
+                self.ledger.record_interrupted(work.key)
             return  # stays started; the next start retries it
-        if attempts >= self.config.max_attempts:
+        if started and outcome.pinned:
+            entry = self.ledger.record_strike(work.key)
+        strikes = entry.strikes if entry is not None else 0
+        if strikes >= self.config.max_attempts:
             self._fail(work.inbox_id, work.inbox, work.profile, work.source, work.rel, work.signature, work.key,
-                       f"{outcome.reason}; gave up after {attempts} attempts", record=True)
+                       f"{outcome.reason}; gave up after {strikes} deaths pinned on this file", record=True)
             return
-        log.warning("job_lost_retrying", src=str(work.source), reason=outcome.reason, attempts=attempts,
+        log.warning("job_lost_retrying", src=str(work.source), reason=outcome.reason, pinned=outcome.pinned,
+                    attempts=entry.attempts if entry is not None else 1, strikes=strikes,
                     max_attempts=self.config.max_attempts)
         self._submit(work, suspect=True)
 
     def _fail(self, inbox_key: str, inbox: Inbox, profile: Profile, path: Path, rel: PurePosixPath,
-              signature: tuple[int, int], key: str, reason: str, *, record: bool) -> None:
+              signature: FileVersion, key: str, reason: str, *, record: bool) -> None:
         """Record a failure and move the original into the failed folder with its reason."""
         assert self.ledger is not None
         entry = self.ledger.get(key)
@@ -770,11 +895,12 @@ class Daemon:
             "profile": profile.name,
             "sha256": key.split(":", 1)[0],
             "attempts": entry.attempts if entry is not None else 0,
+            "strikes": entry.strikes if entry is not None else 0,
             "first_attempt": entry.created_at if entry is not None else None,
             "last_attempt": entry.updated_at if entry is not None else None,
         }
         current = candidate_stat(path, inbox.path)
-        if current is not None and (current.st_size, current.st_mtime_ns) != signature:
+        if current is not None and FileVersion.of(current) != signature:
             log.warning("file_failed_but_changed", src=str(path), reason=reason)
             self._rehint_path(inbox_key, path)
             return
@@ -797,7 +923,7 @@ class Daemon:
         self._note_error(inbox_key, path, reason)
         log.warning("file_failed", src=str(path), moved_to=str(moved), reason=reason, attempts=details["attempts"])
 
-    def _dispose(self, inbox: Inbox, inbox_key: str, path: Path, rel: PurePosixPath, signature: tuple[int, int],
+    def _dispose(self, inbox: Inbox, inbox_key: str, path: Path, rel: PurePosixPath, signature: FileVersion,
                  key: str | None) -> None:
         """Apply ``on_success`` to a source whose content has an output; journal it for ledger entries."""
         assert self.ledger is not None
@@ -806,7 +932,7 @@ class Daemon:
             self.ledger.record_disposed(key, disposition)
 
     def _source_step(self, inbox: Inbox, inbox_key: str, path: Path, rel: PurePosixPath,
-                     signature: tuple[int, int]) -> str | None:
+                     signature: FileVersion) -> str | None:
         """Apply ``on_success`` to a processed source; return the disposition to journal, None to postpone."""
         runtime = self._runtimes.get(inbox_key)
         current = candidate_stat(path, inbox.path)
@@ -817,7 +943,7 @@ class Daemon:
             return None
         if current is None:
             disposition = "gone"
-        elif (current.st_size, current.st_mtime_ns) != signature:
+        elif FileVersion.of(current) != signature:
             disposition = "kept-changed"
             self._rehint_path(inbox_key, path)
         else:
@@ -910,6 +1036,7 @@ class Daemon:
         blocked = [b.outbox.name for b in self._blocks.values()]
         text = f"{running} running, {queued} waiting, {done} done, {failed} failed"
         text += f"; inbox unavailable: {', '.join(unhealthy)}" if unhealthy else ""
+        text += "; state_dir unwritable, paused" if self._state_block is not None else ""
         return text + (f"; outbox unwritable: {', '.join(blocked)}" if blocked else "")
 
     def status(self) -> dict[str, Any]:
@@ -960,6 +1087,7 @@ class Daemon:
                 "rebuilds": self.pool.rebuilds if self.pool is not None else 0,
             },
             "ledger": self.ledger.counts(),
+            "state_dir": self._state_block.describe() if self._state_block is not None else {"state": "ok"},
             "inboxes": inboxes,
         }
 
@@ -970,7 +1098,18 @@ class Daemon:
         self._last_status = status
         stamped = {**status, "uptime_s": round(self._clock() - self._started, 1),
                    "updated_at": datetime.now(UTC).isoformat(timespec="seconds")}
-        write_status(self.config.state_dir, stamped)
+        try:
+            write_status(self.config.state_dir, stamped)
+        except (OSError, OutputError) as exc:
+            # Only monitoring reads it; a state dir that takes no writes is handled where the ledger is.
+            if not self._status_failing:
+                log.warning("status_write_failed", path=str(self.config.state_dir), error=str(exc))
+            self._status_failing = True
+            self._last_status = None  # write it as soon as it can be
+        else:
+            if self._status_failing:
+                log.info("status_write_recovered", path=str(self.config.state_dir))
+            self._status_failing = False
         if self._state == "running":
             self.notifier.status(self._status_line())
 

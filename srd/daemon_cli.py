@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 from collections.abc import Callable
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from srd.config import check_real_folders, load_config
+from srd.config import Config, check_real_folders, load_config
 from srd.errors import LockedError, SrdError
-from srd.ledger import Entry, Ledger, State
+from srd.ledger import Entry, Ledger, LedgerError, State, check_ledger, repair_ledger
 from srd.logs import configure_logging
+from srd.sources import move_file, report_path
 from srd.status import pid_alive, read_status
 
 # LSB convention for "status": 3 means the program is not running.
@@ -37,19 +40,36 @@ def add_commands(subparsers: Any) -> dict[str, Callable[[argparse.Namespace], in
     status.add_argument("--config", "-c", type=Path, help="YAML config (for state_dir)")
     status.add_argument("--json", action="store_true", help="print the status document as JSON")
 
-    ledger = subparsers.add_parser("ledger", help="inspect or edit the processing ledger",
-                                   description="The ledger records every input processed. 'list' and 'show' work "
-                                               "while the daemon runs; it is the one writer, so stop it before "
-                                               "'retry' or 'forget'.")
+    ledger = subparsers.add_parser("ledger", help="inspect, edit or repair the processing ledger",
+                                   description="The ledger records every input processed. 'list', 'show' and "
+                                               "'check' work while the daemon runs; it is the one writer, so stop "
+                                               "it before 'retry', 'forget' or 'repair'.")
     ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
-    listing = ledger_sub.add_parser("list", help="list entries")
+    listing = ledger_sub.add_parser("list", help="list entries, oldest change first",
+                                    description="List ledger entries, oldest change first, with a header line. "
+                                                "Names that are not valid UTF-8 are shown with \\xNN escapes.")
     listing.add_argument("--state", choices=[s.value for s in State], help="only entries in this state")
-    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    listing.add_argument("--since", type=_since, metavar="WHEN",
+                         help="only entries changed since WHEN: an ISO date or time (2026-12-01, "
+                              "2026-12-01T08:00), or an age such as 30m, 12h, 7d")
+    listing.add_argument("--inbox", metavar="PATH", help="only entries from this inbox (its path as configured)")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line, no header")
     for name, text in (("show", "show one entry in full"),
-                       ("retry", "make a failed entry eligible again (move its file back into the inbox)"),
-                       ("forget", "remove an entry: its content will be processed again as new")):
+                       ("retry", ("give a failed file another try: move it from the failed folder back into its "
+                                  "inbox (its reason file is removed) with a fresh attempt budget")),
+                       ("forget", ("remove an entry: its content will be processed again as new (into the same "
+                                   "output name)"))):
         action = ledger_sub.add_parser(name, help=text, description=text)
         action.add_argument("key", help="entry key, or a unique prefix of it or of its sha256")
+    ledger_sub.add_parser("check", help="read the ledger and report damage (exit 0: healthy)",
+                          description="Read the snapshot and journal without changing them and list every "
+                                      "problem a start would refuse. Exit status 0: healthy; 1: damaged (see "
+                                      "'srd ledger repair').")
+    ledger_sub.add_parser("repair", help="rebuild a damaged ledger from every intact record (daemon stopped)",
+                          description="Keep every intact record (snapshot, or the previous snapshot if it is "
+                                      "lost, plus each valid journal line) and write them as a new snapshot. "
+                                      "Unusable lines are listed and saved as journal.jsonl.dropped-<time> in the "
+                                      "state directory. Takes the lock: stop the daemon first.")
     for parser in ledger_sub.choices.values():
         parser.add_argument("--config", "-c", type=Path, help="YAML config (for state_dir)")
     return {"run": run_daemon, "status": show_status, "ledger": edit_ledger}
@@ -131,40 +151,141 @@ def _find(ledger: Ledger, wanted: str) -> Entry:
 def _describe(entry: Entry) -> dict[str, Any]:
     return {
         "key": entry.key, "state": entry.state.value, "inbox": entry.inbox, "source": str(entry.source),
-        "attempts": entry.attempts, "created_at": entry.created_at, "updated_at": entry.updated_at,
-        "output": None if entry.output is None else str(entry.output), "output_size": entry.output_size,
-        "error": entry.error, "disposition": entry.disposition,
+        "attempts": entry.attempts, "strikes": entry.strikes, "created_at": entry.created_at,
+        "updated_at": entry.updated_at, "output": None if entry.output is None else str(entry.output),
+        "output_size": entry.output_size, "error": entry.error, "disposition": entry.disposition,
     }
+
+
+def printable(text: str) -> str:
+    """`text` as a UTF-8 terminal can show it: bytes of a non-UTF-8 file name (held as surrogate escapes)
+    become ``\\xNN``, which printing would otherwise refuse with UnicodeEncodeError."""
+    return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
+_AGE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def _since(text: str) -> float:
+    """``--since``: an age (``12h``) or an ISO date/time (local time unless it says otherwise), as a Unix time."""
+    age = _AGE.fullmatch(text.strip())
+    if age is not None:
+        return (datetime.now(UTC) - timedelta(**{_AGE_UNITS[age[2]]: float(age[1])})).timestamp()
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither an age (30m, 12h, 7d) nor an ISO date/time") from None
+
+
+def _list(ledger: Ledger, args: argparse.Namespace) -> int:
+    entries = sorted(ledger.entries(), key=lambda e: e.updated_ts)
+    inbox = None if args.inbox is None else str(Path(args.inbox).expanduser().absolute())
+    shown = [e for e in entries
+             if (args.state is None or e.state.value == args.state)
+             and (args.since is None or e.updated_ts >= args.since)
+             and (inbox is None or e.inbox in (inbox, args.inbox))]
+    if args.json:
+        for entry in shown:
+            print(json.dumps(_describe(entry)))
+        return 0
+    print(f"{'KEY':<12}  {'STATE':<8} {'TRIES':>5}  {'UPDATED':<29}  {'SOURCE':<40}  OUTPUT / ERROR")
+    for entry in shown:
+        where = entry.output if entry.state == State.DONE else (entry.error or "")
+        print(f"{entry.key[:12]}  {entry.state.value:<8} {entry.attempts:>5}  {entry.updated_at:<29}  "
+              f"{printable(f'{entry.inbox}/{entry.source}'):<40}  {printable(str(where or ''))}")
+    counts = ", ".join(f"{n} {state}" for state, n in ledger.counts().items())
+    print(f"shown: {len(shown)} of {len(entries)}; total: {counts}")
+    return 0
+
+
+def _retry(ledger: Ledger, entry: Entry, config: Config) -> None:
+    """Make a failed entry eligible again and move its file back from the failed folder into the inbox."""
+    if entry.state != State.FAILED:
+        raise SrdError(f"entry {entry.key} is {entry.state.value}; only failed entries can be retried")
+    moved = _failed_file(entry, config)
+    if moved is not None:
+        back = Path(entry.inbox) / entry.source
+        if os.path.lexists(back):
+            raise SrdError(f"cannot put {printable(str(moved))} back: {printable(str(back))} exists; move one of "
+                           "them aside and try again")
+        inbox_root = Path(entry.inbox)
+        failed_root = next(i.failed for i in config.inboxes if str(i.path) == entry.inbox)
+        source = PurePosixPath(entry.source)
+        move_file(failed_root, moved, inbox_root, source.parent, name=source.name)
+        report_path(moved).unlink(missing_ok=True)
+    ledger.retry(entry.key)
+    if moved is not None:
+        print(f"{entry.key}: moved {printable(str(moved))} back to {printable(str(Path(entry.inbox) / entry.source))};"
+              " it is processed when the daemon runs")
+    else:
+        print(f"{entry.key}: eligible again, but its file is not in the failed folder: put it back into "
+              f"{printable(entry.inbox)} yourself")
+
+
+def _failed_file(entry: Entry, config: Config) -> Path | None:
+    """Where the failed folder holds this entry's file: the reason file beside it names it and its sha256."""
+    inbox = next((i for i in config.inboxes if str(i.path) == entry.inbox), None)
+    if inbox is None:
+        return None
+    folder = inbox.failed / PurePosixPath(entry.source).parent
+    for report in sorted(folder.glob("*.error.json")) if folder.is_dir() else ():
+        try:
+            details = json.loads(report.read_text(encoding="utf-8", errors="surrogateescape"))
+        except (OSError, ValueError):
+            continue
+        moved = Path(details.get("moved_to", ""))
+        if details.get("sha256") == entry.sha256 and moved.parent == folder and moved.is_file():
+            return moved
+    return None
+
+
+def _check(config: Config) -> int:
+    report = check_ledger(config.state_dir)
+    counts = ", ".join(f"{n} {state}" for state, n in report.counts.items())
+    if not report.problems:
+        print(f"ledger {printable(str(config.state_dir))} is healthy: {counts}")
+        return 0
+    print(f"ledger {printable(str(config.state_dir))} is damaged ({len(report.problems)} problem(s)):")
+    for problem in report.problems:
+        print(f"  {printable(problem)}")
+    print(f"after 'srd ledger repair' it would hold: {counts}")
+    return LedgerError.exit_code
+
+
+def _repair(config: Config) -> int:
+    try:
+        report = repair_ledger(config.state_dir)
+    except LockedError as exc:
+        raise LockedError(f"{exc}; stop it first to repair the ledger") from None
+    counts = ", ".join(f"{n} {state}" for state, n in report.counts.items())
+    if not report.problems:
+        print(f"ledger {printable(str(config.state_dir))} is healthy, nothing to repair: {counts}")
+        return 0
+    print(f"ledger {printable(str(config.state_dir))} repaired; it holds {counts}. What was wrong:")
+    for problem in report.problems:
+        print(f"  {printable(problem)}")
+    if report.dropped_to is not None:
+        print(f"the dropped lines are kept in {printable(str(report.dropped_to))}")
+    return 0
 
 
 def edit_ledger(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     configure_logging("warning", config.log_format)
+    if args.ledger_command == "check":
+        return _check(config)
+    if args.ledger_command == "repair":
+        return _repair(config)
     read_only = args.ledger_command in ("list", "show")  # these work beside a running daemon
     with _open_ledger(config.state_dir, read_only=read_only) as ledger:
         if args.ledger_command == "list":
-            entries = sorted(ledger.entries(), key=lambda e: e.updated_ts)
-            for entry in entries:
-                if args.state and entry.state.value != args.state:
-                    continue
-                if args.json:
-                    print(json.dumps(_describe(entry)))
-                else:
-                    where = entry.output if entry.state == State.DONE else (entry.error or "")
-                    print(f"{entry.key[:12]}  {entry.state.value:<8} {entry.attempts}  {entry.updated_at}  "
-                          f"{entry.inbox}/{entry.source}  {where}")
-            counts = ledger.counts()
-            if not args.json:
-                print("total: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
-            return 0
+            return _list(ledger, args)
         entry = _find(ledger, args.key)
         if args.ledger_command == "show":
             print(json.dumps(_describe(entry), indent=2))
         elif args.ledger_command == "retry":
-            if entry.state != State.FAILED:
-                raise SrdError(f"entry {entry.key} is {entry.state.value}; only failed entries can be retried")
-            ledger.retry(entry.key)
-            print(f"{entry.key}: eligible again; move the file from the failed folder back into {entry.inbox}")
+            _retry(ledger, entry, config)
         else:
             ledger.forget(entry.key)
             print(f"{entry.key}: forgotten; its content will be processed again when seen")

@@ -4,9 +4,19 @@ The state lives in a local ``state_dir``:
 
 - ``lock``: ``flock``-ed by the one process that owns the ledger; it holds that process's pid so that a
   second instance can say who is in the way.
-- ``ledger.json``: a snapshot ``{"format", "seq", "entries", "hashes"}``, replaced atomically by `compact`.
+- ``ledger.json``: a snapshot ``{"format", "seq", "entries", "hashes", "outputs"}``, replaced atomically by
+  `compact`. The snapshot it replaces is kept as ``ledger.json.prev`` (see `LedgerError` on a missing one).
 - ``journal.jsonl``: one JSON record per line, appended and fsynced before the change counts. Each write is
   exactly one line, so an interrupted write can only damage the last line, which loading drops.
+
+Three tables live in these files:
+
+- entries, by content key (`make_key`): what became of this content under this pipeline.
+- outputs, by output path: which (inbox, source) srd wrote that file for, and the key of the content it
+  holds. An output path has one owner at a time: when srd writes a path again, the entry that held it
+  before is dropped, because its output is gone (that content is processed again if it comes back).
+  The (inbox, source) part outlives `Ledger.forget`, so srd still knows the file is its own to replace.
+- the stat cache, by (inbox, source): the sha256 of the version of the file last hashed.
 
 Every journal record carries a ``seq``; the snapshot stores the last ``seq`` it includes. Loading skips the
 records the snapshot already holds, so a crash between writing a snapshot and truncating the journal neither
@@ -24,7 +34,9 @@ the whole ledger as dicts or as one string.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import errno
 import fcntl
 import itertools
 import json
@@ -43,23 +55,50 @@ import structlog
 
 from srd.atomic import clean_stale_temps, open_atomic
 from srd.errors import LockedError, SrdError
+from srd.fileversion import FileVersion
 
 log = structlog.get_logger(__name__)
 
 SNAPSHOT_NAME = "ledger.json"
+PREVIOUS_SNAPSHOT_NAME = "ledger.json.prev"
 JOURNAL_NAME = "journal.jsonl"
 LOCK_NAME = "lock"
-SNAPSHOT_FORMAT = 1
+# 2 added "outputs" and the stat cache's inode and ctime; format 1 snapshots still load.
+SNAPSHOT_FORMAT = 2
+_READABLE_FORMATS = (1, 2)
 DEFAULT_COMPACT_AFTER = 10_000
 # Stat-cache changes are only an optimisation, so they are batched: a startup scan of a large inbox must not
 # cost one fsync per file. Losing a batch in a crash only means hashing those files again.
 HASH_BATCH = 1024
 # Entries per write while streaming a snapshot: big enough to keep writes few, small enough to stay light.
 _SNAPSHOT_CHUNK = 2048
+# Write errors that say "this storage takes no writes now" rather than "this record is bad".
+_UNWRITABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+# A stat-cache line: size, mtime_ns, inode, ctime_ns (see `FileVersion`) and the sha256 as 32 bytes.
+_Cached = tuple[int, int, int, int, bytes]
+# Inode and ctime of stat-cache lines written before srd recorded them: equal to no real stat, so each such
+# file is hashed once more rather than trusted on size and mtime alone.
+_UNKNOWN = -1
 
 
 class LedgerError(SrdError):
-    """The ledger's files are corrupt or inconsistent, or the journal can't be written durably."""
+    """The ledger's files are corrupt or inconsistent, or the journal can't be written durably.
+
+    Loading never guesses: a damaged ledger is refused with a message naming the way out (``srd ledger
+    check`` to see what is wrong, ``srd ledger repair`` to keep every intact record and drop the rest).
+    """
+
+
+class LedgerUnwritableError(LedgerError):
+    """The state directory refused a write (full, read-only, no permission): nothing changed, and the same
+    write can succeed once the storage takes writes again. `errno` says why."""
+
+    def __init__(self, message: str, *, errno: int | None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+REPAIR_HINT = "run 'srd ledger check' to see what is wrong and 'srd ledger repair' to keep every intact record"
 
 
 class State(enum.StrEnum):
@@ -98,8 +137,8 @@ class Entry:
         inbox: Id of the inbox the (most recent) source file was found in.
         source: Path of that file relative to its inbox.
         state: See `State`.
-        attempts: Starts since creation or since the last `Ledger.retry`; a file that keeps killing workers
-            is recognisable by this count.
+        attempts: Starts since creation or since the last `Ledger.retry` (history: a start the daemon's own
+            death cut short counts here too).
         created_at: Wall-clock time of the first start, ISO 8601 UTC.
         created_ts: The same as a Unix epoch.
         updated_at: Wall-clock time of the last change, ISO 8601 UTC.
@@ -112,6 +151,11 @@ class Entry:
         target: The output path reserved when the job started (``started`` only). Workers keep writing
             after the daemon dies mid-job, so a retry may find its own finished output in place; knowing the
             name was reserved for it, the retry reuses it instead of writing ``name-1.jpg`` beside it.
+        strikes: Deaths pinned on this content: its worker died while the daemon lived and no other job ran
+            (`Ledger.record_strike`), or the daemon died while it ran alone. A poison file is one whose
+            strikes reach ``max_attempts``; a daemon killed with several jobs in flight charges none of them.
+        solo: The current start runs alone (a retry after a death that could not be pinned on one file): if
+            the daemon dies now, the next start charges the strike to this content.
     """
 
     key: str
@@ -130,6 +174,8 @@ class Entry:
     error: str | None
     disposition: str | None
     target: Path | None
+    strikes: int
+    solo: bool
 
     @classmethod
     def _from_row(cls, key: str, row: _Row) -> Entry:
@@ -141,6 +187,7 @@ class Entry:
             updated_at=_iso(row.updated_ts), updated_ts=row.updated_ts,
             output=None if row.output is None else Path(row.output), output_size=row.output_size,
             error=row.error, disposition=row.disposition, target=None if row.target is None else Path(row.target),
+            strikes=row.strikes, solo=row.solo,
         )
 
 
@@ -159,6 +206,17 @@ class _Row(NamedTuple):
     error: str | None
     disposition: str | None
     target: str | None
+    strikes: int
+    solo: bool
+
+
+class Owner(NamedTuple):
+    """Who an output file belongs to: the source srd wrote it for, and the content key whose picture it holds
+    (None once that key was forgotten: the file is still srd's to replace, but no longer proof of anything)."""
+
+    inbox: str
+    source: str
+    key: str | None
 
 
 def _iso(ts: float) -> str:
@@ -175,7 +233,8 @@ def _row(record: dict[str, Any]) -> _Row:
         sys.intern(record["inbox"]), sys.intern(record["source"]), state, record["attempts"],
         record["created_ts"], record["updated_ts"], record["output"], record["output_size"], record["error"],
         None if disposition is None else sys.intern(disposition),
-        record.get("target"),  # absent from records written before srd kept reservations in the ledger
+        # Absent from records of older srd versions: no reservation, no deaths pinned, not alone.
+        record.get("target"), record.get("strikes", 0), record.get("solo", False),
     )
 
 
@@ -188,7 +247,7 @@ def _record(key: str, row: _Row) -> dict[str, Any]:
         "created_at": _iso(row.created_ts), "created_ts": row.created_ts,
         "updated_at": _iso(row.updated_ts), "updated_ts": row.updated_ts,
         "output": row.output, "output_size": row.output_size, "error": row.error, "disposition": row.disposition,
-        "target": row.target,
+        "target": row.target, "strikes": row.strikes, "solo": row.solo,
     }
 
 
@@ -224,11 +283,18 @@ class Ledger:
         self._counts: Counter[str] = Counter()
         # key → reserved output path of each started entry (few: the running jobs and those a crash cut short).
         self._targets: dict[str, str] = {}
-        # (inbox, path) → (size, mtime_ns, sha256 as 32 bytes: half the memory of its hex string).
-        self._hashes: dict[tuple[str, str], tuple[int, int, bytes]] = {}
+        # output path → its owner, and (inbox, source) → the outputs it owns (usually one; more after a
+        # profile changed the output format).
+        self._owners: dict[str, Owner] = {}
+        self._owned: dict[tuple[str, str], tuple[str, ...]] = {}
+        # (inbox, path) → (size, mtime_ns, ino, ctime_ns, sha256 as 32 bytes: half the memory of its hex).
+        self._hashes: dict[tuple[str, str], _Cached] = {}
         # Stat-cache changes not yet in the journal: the latest value per file, None for a removal.
-        self._pending_hashes: dict[tuple[str, str], tuple[int, int, bytes] | None] = {}
+        self._pending_hashes: dict[tuple[str, str], _Cached | None] = {}
         self._seq = 0
+        # Journal lines a tolerant load (`repair`) could not use, kept for the record.
+        self._dropped: list[bytes] = []
+        self._snapshot_damaged = False
         self._journal_size = 0
         self._journal_records = 0
         self._next_compaction = compact_after
@@ -257,6 +323,7 @@ class Ledger:
         Raises:
             ValueError: `compact_after` is below 1.
             LockedError: Another process (or another `Ledger` in this one) owns `state_dir`.
+            LedgerUnwritableError: `state_dir` can't be created, locked or opened (permissions, read-only).
             LedgerError: The snapshot or a journal line other than the last is corrupt, or the journal does
                 not continue the snapshot; nothing is guessed, so that no history is silently lost.
         """
@@ -265,11 +332,19 @@ class Ledger:
         state_dir = Path(state_dir)
         if read_only:
             return cls._open_read_only(state_dir, compact_after, clock)
-        state_dir.mkdir(parents=True, exist_ok=True)
-        lock_fd = _acquire_lock(state_dir / LOCK_NAME)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            lock_fd = _acquire_lock(state_dir / LOCK_NAME)
+        except OSError as exc:
+            raise LedgerUnwritableError(f"cannot use state directory {state_dir}: {exc.strerror or exc}",
+                                        errno=exc.errno) from exc
         ledger = cls(state_dir, lock_fd, compact_after=compact_after, clock=clock)
         try:
             ledger._load()
+        except OSError as exc:
+            ledger.close()
+            raise LedgerUnwritableError(f"cannot open the ledger in {state_dir}: {exc.strerror or exc}",
+                                        errno=exc.errno) from exc
         except BaseException:
             ledger.close()
             raise
@@ -342,12 +417,14 @@ class Ledger:
         """The output path reserved by each ``started`` entry that has one, by key."""
         return {key: Path(target) for key, target in self._targets.items()}
 
-    def done_outputs(self) -> Iterator[tuple[str, str, str]]:
-        """Iterate over ``(output, inbox, source)`` of the ``done`` entries, as the ledger's own strings (no
-        `Entry` or `Path` built: the daemon maps every output it ever wrote, so this must stay light)."""
-        for row in list(self._entries.values()):
-            if row.state == State.DONE and row.output is not None:
-                yield row.output, row.inbox, row.source
+    def owner(self, output: Path | str) -> Owner | None:
+        """Who srd wrote this output file for, if it did (as far as the ledger knows)."""
+        return self._owners.get(str(output))
+
+    def outputs_of(self, inbox: str, source: PurePath | str) -> dict[str, str | None]:
+        """The outputs srd wrote for this source, each with the key of the content it holds (None: forgotten)."""
+        outputs = self._owned.get((inbox, PurePosixPath(source).as_posix()), ())
+        return {output: self._owners[output].key for output in outputs}
 
     def unfinished(self) -> list[Entry]:
         """Return entries started but neither done nor failed: a crash interrupted them, retry them."""
@@ -360,7 +437,7 @@ class Ledger:
     # -- state changes ------------------------------------------------------------------------------------
 
     def record_start(self, sha256: str, fingerprint: str, *, inbox: str, source: PurePath | str,
-                     target: Path | None = None) -> Entry:
+                     target: Path | None = None, solo: bool = False) -> Entry:
         """Record that processing of this content begins, counting one more attempt.
 
         A ``started`` entry that is started again is the retry after a crash; a ``failed`` one may be started
@@ -372,6 +449,8 @@ class Ledger:
             inbox: Id of the inbox the file was found in.
             source: The file's path relative to that inbox.
             target: The output path the job will write, reserved until the entry leaves ``started``.
+            solo: The job runs alone, so a death of the whole daemon during it is pinned on this content
+                (see `pin_solo_deaths`).
 
         Raises:
             ValueError: The entry is already ``done`` (`forget` it first to process it again), or `source`
@@ -387,8 +466,46 @@ class Ledger:
         ts = self._clock()
         row = _Row(inbox, source.as_posix(), State.STARTED.value, 1 if old is None else old.attempts + 1,
                    ts if old is None else old.created_ts, ts, None, None, None, None,
-                   None if target is None else str(target))
+                   None if target is None else str(target), 0 if old is None else old.strikes, solo)
         return self._put(key, row)
+
+    def record_strike(self, key: str) -> Entry:
+        """Pin one death on a started entry: its own worker died while the daemon lived and no other job ran.
+
+        The entry stays ``started`` (with its reservation); the caller compares `Entry.strikes` with its limit.
+
+        Raises:
+            KeyError: No such entry.
+            ValueError: The entry is not ``started``.
+        """
+        old = self._started(key)
+        return self._put(key, old._replace(strikes=old.strikes + 1, solo=False, updated_ts=self._clock()))
+
+    def record_interrupted(self, key: str) -> Entry:
+        """A started entry's job was stopped by the daemon itself (a drain that ran out of time): not its
+        fault, so a solo mark is cleared and the next start does not pin the interruption on it.
+
+        Raises:
+            KeyError: No such entry.
+            ValueError: The entry is not ``started``.
+        """
+        old = self._started(key)
+        if not old.solo:
+            return Entry._from_row(key, old)
+        return self._put(key, old._replace(solo=False, updated_ts=self._clock()))
+
+    def pin_solo_deaths(self) -> list[Entry]:
+        """At startup: charge a strike to every entry the last daemon was running alone when it died.
+
+        A job runs alone only as a retry after a death nobody could be blamed for; the daemon dying again
+        while that one job ran is the second kind of death that can be pinned on a file (a file whose
+        decoding gets the whole service killed, e.g. by a cgroup OOM). Call once, before any new start.
+
+        Returns:
+            The entries charged, as they are now.
+        """
+        return [self.record_strike(key) for key, row in list(self._entries.items())
+                if row.state == State.STARTED and row.solo]
 
     def record_done(self, key: str, *, output: Path, output_size: int, disposition: str | None = None) -> Entry:
         """Record that the output of a started entry is durably in place, and, when it is already known, what
@@ -426,6 +543,13 @@ class Ledger:
             raise ValueError(f"ledger entry {key} is {old.state}, not done or failed")
         return self._put(key, old._replace(disposition=disposition, updated_ts=self._clock()))
 
+    def record_output(self, output: Path, *, inbox: str, source: PurePath | str, key: str) -> None:
+        """Record that srd gave `output` the picture of content `key` for this source without a job of its own
+        (a duplicate's hard link or copy). Like a ``done`` record, it takes the path over from its last owner.
+        """
+        self._append({"op": "own", "output": str(output), "inbox": inbox,
+                      "source": PurePosixPath(source).as_posix(), "key": key})
+
     def retry(self, key: str) -> Entry:
         """Make a failed entry eligible again, with a fresh attempt budget and its history kept.
 
@@ -434,10 +558,13 @@ class Ledger:
             ValueError: The entry is not ``failed``.
         """
         row = self._transition(key, {State.FAILED}, State.RETRY)
-        return self._put(key, row._replace(attempts=0, error=None, disposition=None))
+        return self._put(key, row._replace(attempts=0, strikes=0, error=None, disposition=None))
 
     def forget(self, key: str) -> bool:
         """Remove an entry entirely, so that its content is processed again as new.
+
+        The outputs written for it stay srd's own (a new run for the same source replaces them rather
+        than writing ``name-1`` beside them), but no longer prove that anything is done.
 
         Returns:
             Whether there was such an entry.
@@ -449,24 +576,24 @@ class Ledger:
 
     # -- stat cache ---------------------------------------------------------------------------------------
 
-    def cached_hash(self, inbox: str, source: PurePath | str, *, size: int, mtime_ns: int) -> str | None:
-        """Return the remembered sha256 of a file if its size and mtime are unchanged, else None.
+    def cached_hash(self, inbox: str, source: PurePath | str, version: FileVersion) -> str | None:
+        """Return the remembered sha256 of a file if it is the same version (see `FileVersion`), else None.
 
         This only saves re-reading unchanged files after a restart; the content hash stays the key.
         """
         cached = self._hashes.get((inbox, PurePosixPath(source).as_posix()))
-        if cached is None or cached[0] != size or cached[1] != mtime_ns:
+        if cached is None or cached[:4] != version:
             return None
-        return cached[2].hex()
+        return cached[4].hex()
 
-    def remember_hash(self, inbox: str, source: PurePath | str, *, size: int, mtime_ns: int, sha256: str) -> None:
+    def remember_hash(self, inbox: str, source: PurePath | str, version: FileVersion, sha256: str) -> None:
         """Remember a file's hash for `cached_hash`.
 
         Effective at once in memory; journalled with the next state change, or on `sync`, or once
         `HASH_BATCH` changes are buffered, since losing some in a crash only costs hashing the files again.
         """
         slot = (sys.intern(inbox), sys.intern(PurePosixPath(source).as_posix()))  # shared with the entry's
-        value = (size, mtime_ns, bytes.fromhex(sha256))
+        value = (*version, bytes.fromhex(sha256))
         if self._hashes.get(slot) != value:
             self._hashes[slot] = value
             self._buffer_hash(slot, value)
@@ -487,8 +614,10 @@ class Ledger:
     def compact(self) -> None:
         """Fold the journal into a new snapshot and empty the journal.
 
-        The snapshot is replaced atomically and records the last ``seq`` it includes; only then is the
-        journal truncated. A crash in between leaves a journal whose records the next load skips.
+        The snapshot is replaced atomically and records the last ``seq`` it includes; the one it replaces is
+        kept as ``ledger.json.prev``. Only then is the journal truncated, down to one marker line saying which
+        snapshot it continues, so that a lost snapshot is noticed instead of silently starting a new history.
+        A crash in between leaves a journal whose records the next load skips.
 
         Raises:
             OutputError: The snapshot could not be written; the old snapshot and the journal are intact.
@@ -496,17 +625,20 @@ class Ledger:
         """
         fd = self._require_open()
         started = time.perf_counter()
+        self._keep_previous_snapshot()
         with open_atomic(self._dir / SNAPSHOT_NAME) as out:
             for chunk in self._snapshot_chunks():
                 out.write(chunk)
         # Buffered stat-cache changes are in the snapshot now; the journal no longer needs them.
         self._pending_hashes.clear()
+        marker = _line({"seq": self._seq, "op": "snapshot"})
         try:
             os.ftruncate(fd, 0)
+            _write_all(fd, marker)
             os.fsync(fd)
         except OSError as exc:
             raise LedgerError(f"cannot truncate ledger journal {self._dir / JOURNAL_NAME}: {exc}") from exc
-        self._journal_size = 0
+        self._journal_size = len(marker)
         self._journal_records = 0
         self._next_compaction = self._compact_after
         log.info(
@@ -517,29 +649,54 @@ class Ledger:
             ms=round((time.perf_counter() - started) * 1000),
         )
 
+    def _keep_previous_snapshot(self) -> None:
+        """Hard-link the current snapshot as ``ledger.json.prev`` (atomically replacing the older one): a way
+        back, by hand or by `repair`, if the new snapshot is ever lost."""
+        current = self._dir / SNAPSHOT_NAME
+        link = self._dir / f".{PREVIOUS_SNAPSHOT_NAME}.{os.getpid()}"
+        try:
+            os.link(current, link)
+            os.replace(link, self._dir / PREVIOUS_SNAPSHOT_NAME)
+        except FileNotFoundError:
+            return  # the first compaction: nothing to keep
+        except OSError as exc:
+            log.warning("ledger_previous_snapshot_not_kept", state_dir=str(self._dir), error=str(exc))
+            with contextlib.suppress(OSError):
+                link.unlink()
+
     # -- internals ----------------------------------------------------------------------------------------
 
     def _snapshot_chunks(self) -> Iterator[bytes]:
-        """The snapshot ``{"format", "seq", "entries", "hashes"}`` as JSON, a few thousand items at a time."""
+        """The snapshot ``{"format", "seq", "entries", "hashes", "outputs"}`` as JSON, a few thousand items at
+        a time."""
         yield b'{"format":%d,"seq":%d,"entries":{' % (SNAPSHOT_FORMAT, self._seq)
         yield from _chunked_json(iter(self._entries.items()),
                                  lambda chunk: _dumps({key: _record(key, row) for key, row in chunk}))
         yield b'},"hashes":['
         yield from _chunked_json(iter(self._hashes.items()), lambda chunk: _dumps(
-            [[inbox, path, size, mtime_ns, sha.hex()] for (inbox, path), (size, mtime_ns, sha) in chunk]))
+            [_cache_record(slot, value) for slot, value in chunk]))
+        yield b'],"outputs":['
+        yield from _chunked_json(iter(self._owners.items()), lambda chunk: _dumps(
+            [[output, *owner] for output, owner in chunk]))
         yield b"]}"
+
+    def _started(self, key: str) -> _Row:
+        row = self._entries[key]
+        if row.state != State.STARTED:
+            raise ValueError(f"ledger entry {key} is {row.state}, not started")
+        return row
 
     def _transition(self, key: str, allowed: set[State], new: State) -> _Row:
         old = self._entries[key]
         if old.state not in allowed:
             raise ValueError(f"ledger entry {key} is {old.state}, cannot become {new.value}")
-        return old._replace(state=new.value, updated_ts=self._clock(), target=None)
+        return old._replace(state=new.value, updated_ts=self._clock(), target=None, solo=False)
 
     def _put(self, key: str, row: _Row) -> Entry:
         self._append({"op": "put", "entry": _record(key, row)})
         return Entry._from_row(key, self._entries[key])
 
-    def _buffer_hash(self, slot: tuple[str, str], value: tuple[int, int, bytes] | None) -> None:
+    def _buffer_hash(self, slot: tuple[str, str], value: _Cached | None) -> None:
         self._pending_hashes[slot] = value
         if len(self._pending_hashes) >= HASH_BATCH:
             self.sync()
@@ -555,25 +712,29 @@ class Ledger:
         """Write `record`, carrying the buffered stat-cache changes, as one line with one fsync; then apply it.
 
         One line per write is what makes "only the last line can be torn" true.
+
+        Raises:
+            LedgerUnwritableError: The state directory refused the write (full, read-only …); nothing changed.
+            LedgerError: Another write error; nothing changed.
         """
         fd = self._require_open()
         seq = self._seq + 1
         line = {"seq": seq, **record}
         if self._pending_hashes:
             line["cache"] = {
-                "set": [[*slot, value[0], value[1], value[2].hex()]
-                        for slot, value in self._pending_hashes.items() if value is not None],
+                "set": [_cache_record(slot, value) for slot, value in self._pending_hashes.items() if value is not None],
                 "unset": [list(slot) for slot, value in self._pending_hashes.items() if value is None],
             }
-        payload = json.dumps(line, separators=(",", ":")).encode() + b"\n"
+        payload = _line(line)
         try:
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, payload)
             os.fsync(fd)
         except OSError as exc:
             self._undo_partial_write(fd)
-            raise LedgerError(f"cannot write ledger journal {self._dir / JOURNAL_NAME}: {exc}") from exc
+            message = f"cannot write ledger journal {self._dir / JOURNAL_NAME}: {exc}"
+            if exc.errno in _UNWRITABLE_ERRNOS:
+                raise LedgerUnwritableError(message, errno=exc.errno) from exc
+            raise LedgerError(message) from exc
         self._seq = seq
         self._journal_size += len(payload)
         self._journal_records += 1
@@ -606,6 +767,8 @@ class Ledger:
         op = rec["op"]
         if op == "put":
             key = rec["entry"]["key"]
+            if not isinstance(key, str) or ":" not in key:
+                raise ValueError(f"bad key {key!r}")
             row = _row(rec["entry"])
             old = self._entries.get(key)
             if old is not None:
@@ -616,33 +779,70 @@ class Ledger:
                 self._targets[key] = row.target
             else:
                 self._targets.pop(key, None)
+            if row.state == State.DONE and row.output is not None:
+                self._set_owner(row.output, Owner(row.inbox, row.source, key))
+        elif op == "own":
+            self._set_owner(rec["output"], Owner(sys.intern(rec["inbox"]), sys.intern(rec["source"]), rec["key"]))
         elif op == "forget":
-            old = self._entries.pop(rec["key"], None)
-            self._targets.pop(rec["key"], None)
-            if old is not None:
-                self._counts[old.state] -= 1
-        elif op != "cache":
+            old = self._drop(rec["key"])
+            if old is not None and old.state == State.DONE:
+                # Its outputs stay srd's to replace, but no longer say that this content is done.
+                for output, owner in list(self._owners.items()):
+                    if owner.key == rec["key"]:
+                        self._owners[output] = owner._replace(key=None)
+        elif op not in ("cache", "snapshot"):
             raise ValueError(f"unknown op {op!r}")
         cache = rec.get("cache")
         if cache is not None:
-            for inbox, path, size, mtime_ns, sha256 in cache["set"]:
-                self._hashes[(sys.intern(inbox), sys.intern(path))] = (size, mtime_ns, bytes.fromhex(sha256))
+            for item in cache["set"]:
+                slot, value = _cache_value(item)
+                self._hashes[slot] = value
             for inbox, path in cache["unset"]:
                 self._hashes.pop((inbox, path), None)
 
-    def _load(self) -> None:
+    def _drop(self, key: str) -> _Row | None:
+        old = self._entries.pop(key, None)
+        self._targets.pop(key, None)
+        if old is not None:
+            self._counts[old.state] -= 1
+        return old
+
+    def _set_owner(self, output: str, owner: Owner) -> None:
+        """Make `owner` the one owner of `output`; a ``done`` entry whose output that was is dropped, since
+        the file no longer holds its picture (its content is processed again if it comes back)."""
+        previous = self._owners.get(output)
+        if previous == owner:
+            return
+        if previous is not None:
+            slot = (previous.inbox, previous.source)
+            rest = tuple(o for o in self._owned.get(slot, ()) if o != output)
+            if rest:
+                self._owned[slot] = rest
+            else:
+                self._owned.pop(slot, None)
+            if previous.key is not None and previous.key != owner.key:
+                superseded = self._entries.get(previous.key)
+                if superseded is not None and superseded.state == State.DONE and superseded.output == output:
+                    self._drop(previous.key)
+        self._owners[output] = owner
+        slot = (owner.inbox, owner.source)
+        self._owned[slot] = (*self._owned.get(slot, ()), output)
+
+    def _load(self, problems: list[str] | None = None) -> None:
+        """Read the snapshot and replay the journal; with `problems`, damage is listed there and skipped
+        (what `repair` and `check` use) instead of refused."""
         started = time.perf_counter()
         if not self._read_only:
             # With the lock held, any temp file here is a leftover of a compaction that crashed.
             clean_stale_temps(self._dir)
-        snapshot_seq = self._read_snapshot()
+        snapshot_seq = self._read_snapshot(problems)
         journal_path = self._dir / JOURNAL_NAME
         if self._read_only:
-            self._replay(snapshot_seq)
+            self._replay(snapshot_seq, problems)
             return
         self._journal_fd = os.open(journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        replayed, good_size, file_size = self._replay(snapshot_seq)
-        if good_size < file_size:
+        replayed, good_size, file_size = self._replay(snapshot_seq, problems)
+        if good_size < file_size and problems is None:
             try:
                 os.ftruncate(self._journal_fd, good_size)
                 os.fsync(self._journal_fd)
@@ -657,37 +857,78 @@ class Ledger:
             seq=self._seq,
             ms=round((time.perf_counter() - started) * 1000),
         )
-        self._maybe_compact()
+        if problems is None:
+            self._maybe_compact()
 
-    def _read_snapshot(self) -> int:
+    def _read_snapshot(self, problems: list[str] | None) -> int:
         path = self._dir / SNAPSHOT_NAME
+        previous = self._dir / PREVIOUS_SNAPSHOT_NAME
+        try:
+            return self._load_snapshot_file(path)
+        except FileNotFoundError:
+            if not previous.exists():
+                return 0  # a ledger that was never compacted
+            reason = f"ledger snapshot {path} is missing, but {previous.name} exists: a snapshot was lost"
+        except LedgerError as exc:
+            reason = str(exc)
+            self._snapshot_damaged = True
+        if problems is None:
+            raise LedgerError(f"{reason}; {REPAIR_HINT}")
+        problems.append(reason)
+        try:
+            seq = self._load_snapshot_file(previous)
+        except (FileNotFoundError, LedgerError) as exc:
+            problems.append(f"no usable previous snapshot either ({exc}): starting from the journal alone")
+            self._reset()
+            return 0
+        problems.append(f"using the previous snapshot {previous} (seq {seq}) instead")
+        return seq
+
+    def _reset(self) -> None:
+        self._entries, self._hashes, self._counts, self._targets = {}, {}, Counter(), {}
+        self._owners, self._owned, self._seq = {}, {}, 0
+
+    def _load_snapshot_file(self, path: Path) -> int:
         try:
             raw = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return 0
         except UnicodeDecodeError as exc:
             raise LedgerError(f"ledger snapshot {path} is unreadable: {exc}") from exc
         try:
             snapshot = json.loads(raw, object_hook=_decode_snapshot_object)
             del raw
-            if snapshot["format"] != SNAPSHOT_FORMAT:
+            if snapshot["format"] not in _READABLE_FORMATS:
                 raise ValueError(f"unsupported format {snapshot['format']!r}")
             entries = snapshot["entries"]
             if not all(isinstance(row, _Row) for row in entries.values()):
                 raise ValueError("an entry is not a ledger record")
-            hashes = {(sys.intern(inbox), sys.intern(rel)): (size, mtime_ns, bytes.fromhex(sha))
-                      for inbox, rel, size, mtime_ns, sha in snapshot["hashes"]}
+            hashes = dict(_cache_value(item) for item in snapshot["hashes"])
             seq = int(snapshot["seq"])
-            counts = Counter(row.state for row in entries.values())
-            targets = {key: row.target for key, row in entries.items()
-                       if row.state == State.STARTED and row.target is not None}
+            owners = [(output, Owner(sys.intern(inbox), sys.intern(source), key))
+                      for output, inbox, source, key in snapshot.get("outputs", ())]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise LedgerError(f"ledger snapshot {path} is unreadable: {exc}") from exc
-        self._entries, self._hashes, self._counts, self._targets, self._seq = entries, hashes, counts, targets, seq
+        self._reset()
+        self._entries, self._hashes, self._seq = entries, hashes, seq
+        self._counts = Counter(row.state for row in entries.values())
+        self._targets = {key: row.target for key, row in entries.items()
+                         if row.state == State.STARTED and row.target is not None}
+        if snapshot["format"] == 1:
+            # Format 1 kept no owners: each done entry owned its output, the latest claim winning (an older
+            # claim on the same path is the stale kind this table exists to prevent, and is dropped).
+            done = sorted((row.updated_ts, key) for key, row in entries.items() if row.state == State.DONE)
+            for _, key in done:
+                row = entries.get(key)
+                if row is not None and row.output is not None:
+                    self._set_owner(row.output, Owner(row.inbox, row.source, key))
+        for output, owner in owners:
+            self._set_owner(output, owner)
         return seq
 
-    def _replay(self, snapshot_seq: int) -> tuple[int, int, int]:
+    def _replay(self, snapshot_seq: int, problems: list[str] | None = None) -> tuple[int, int, int]:
         """Apply the journal records newer than the snapshot.
+
+        A line that is not a whole record is damage, not a torn write, unless it is the unterminated last
+        one: a write of srd's is one line ending in its newline, so only a write cut short lacks it.
 
         Returns:
             Records applied, the byte length of the journal's intact part, and the file's length.
@@ -707,35 +948,70 @@ class Ledger:
         if tail and not self._read_only:
             log.warning("ledger_torn_record_dropped", path=str(path), line=len(lines) + 1, size=len(tail))
         applied = 0
-        offset = 0
         for number, line in enumerate(lines, 1):
             try:
                 rec = json.loads(line)
                 seq = rec["seq"]
-                if not isinstance(seq, int):
+                if not isinstance(seq, int) or isinstance(seq, bool):
                     raise TypeError("seq is not an integer")
-            except (ValueError, KeyError, TypeError) as exc:
-                if number == len(lines) and not tail:
-                    log.warning("ledger_torn_record_dropped", path=str(path), line=number, size=len(line) + 1)
-                    good_size = offset
-                    break
-                raise LedgerError(
-                    f"{path}: line {number} is corrupt ({exc}); refusing to load a ledger with a hole in its history"
-                ) from exc
-            offset += len(line) + 1
-            self._journal_records += 1
-            if seq <= snapshot_seq:
-                continue
-            if seq != self._seq + 1:
-                raise LedgerError(f"{path}: line {number} has seq {seq} after {self._seq}; it does not continue "
-                                  "the snapshot")
-            try:
+                if rec.get("op") == "snapshot" and seq > snapshot_seq:
+                    held = f"holds seq {snapshot_seq}" if snapshot_seq else "is missing"
+                    raise _Gap(f"it continues a snapshot with seq {seq}, but {self._dir / SNAPSHOT_NAME} {held}")
+                if seq <= snapshot_seq:
+                    self._journal_records += 1
+                    continue
+                if seq != self._seq + 1:
+                    if problems is None or seq <= self._seq:
+                        # A repeated or older record (a journal appended to itself, a restored copy) would
+                        # undo later changes: never applied, not even by `repair`.
+                        raise _Gap(f"seq {seq} follows {self._seq}: it does not continue what came before")
+                    problems.append(f"{path}: line {number}: seq {seq} follows {self._seq}: records are missing "
+                                    "before it (it is kept)")
                 self._apply(rec)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise LedgerError(f"{path}: line {number} is not a valid record ({exc})") from exc
-            self._seq = seq
+            except (ValueError, KeyError, TypeError, AttributeError, _Gap) as exc:
+                what = str(exc) if isinstance(exc, _Gap) else f"not a ledger record ({exc})"
+                message = f"{path}: line {number}: {what}"
+                if problems is None:
+                    raise LedgerError(f"{message}; {REPAIR_HINT}") from exc
+                problems.append(message)
+                self._dropped.append(line)
+                continue
+            self._seq = max(self._seq, seq)
+            self._journal_records += 1
             applied += 1
+        if tail and problems is not None and not self._read_only:
+            problems.append(f"{path}: line {len(lines) + 1}: unterminated (a write cut short), dropped")
+            self._dropped.append(tail)
         return applied, good_size, len(data)
+
+class _Gap(Exception):
+    """A journal record that does not follow from what was loaded before it."""
+
+
+def _line(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+
+
+def _write_all(fd: int, payload: bytes) -> None:
+    view = memoryview(payload)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _cache_record(slot: tuple[str, str], value: _Cached) -> list[Any]:
+    """A stat-cache line as stored: ``[inbox, path, size, mtime_ns, sha256, ino, ctime_ns]``."""
+    size, mtime_ns, ino, ctime_ns, sha = value
+    return [*slot, size, mtime_ns, sha.hex(), ino, ctime_ns]
+
+
+def _cache_value(item: list[Any]) -> tuple[tuple[str, str], _Cached]:
+    """The slot and value of a stored stat-cache line (five fields when written before inodes were kept)."""
+    inbox, path, size, mtime_ns, sha256, *identity = item
+    ino, ctime_ns = identity if identity else (_UNKNOWN, _UNKNOWN)
+    for number in (size, mtime_ns, ino, ctime_ns):
+        if not isinstance(number, int):
+            raise TypeError(f"stat-cache field {number!r} is not an integer")
+    return (sys.intern(inbox), sys.intern(path)), (size, mtime_ns, ino, ctime_ns, bytes.fromhex(sha256))
 
 
 def _acquire_lock(path: Path) -> int:
@@ -766,3 +1042,69 @@ def _chunked_json(items: Iterator[Any], encode: Callable[[list[Any]], str]) -> I
     while chunk := list(itertools.islice(items, _SNAPSHOT_CHUNK)):
         yield separator + encode(chunk)[1:-1].encode()
         separator = b","
+
+
+@dataclass(frozen=True)
+class RepairReport:
+    """What `repair_ledger` found and did.
+
+    Attributes:
+        problems: Each piece of damage found, with its file and line.
+        counts: Entries per state after the repair.
+        dropped_to: Where the unusable journal lines were saved (None if there were none).
+    """
+
+    problems: tuple[str, ...]
+    counts: dict[str, int]
+    dropped_to: Path | None
+
+
+def check_ledger(state_dir: Path) -> RepairReport:
+    """Read the ledger without locking or changing anything and list every problem a load would refuse.
+
+    Safe beside a running daemon. A write cut short at the very end of the journal is not listed: the
+    next start drops it by design (and beside a running daemon it may be a write in progress).
+    """
+    problems: list[str] = []
+    for _ in range(3):  # the owner may compact between our reads, as in `Ledger.open(read_only=True)`
+        problems = []
+        ledger = Ledger(Path(state_dir), None, compact_after=DEFAULT_COMPACT_AFTER, clock=time.time)
+        ledger._load(problems)
+        if not problems:
+            break
+    return RepairReport(tuple(problems), ledger.counts(), None)
+
+
+def repair_ledger(state_dir: Path) -> RepairReport:
+    """Rebuild a damaged ledger from every intact record; the daemon must be stopped (the lock is taken).
+
+    The snapshot (or, if it is lost or unreadable, the previous one) is loaded and every journal line that
+    is a whole, valid record is applied in order, whatever its neighbours; the result is written as a new
+    snapshot. Lines that cannot be used are saved beside the journal as ``journal.jsonl.dropped-<time>`` and
+    listed in the report. A healthy ledger is left as it is.
+
+    Raises:
+        LockedError: A daemon (or another command) holds the state directory.
+    """
+    state_dir = Path(state_dir)
+    lock_fd = _acquire_lock(state_dir / LOCK_NAME)
+    ledger = Ledger(state_dir, lock_fd, compact_after=DEFAULT_COMPACT_AFTER, clock=time.time)
+    try:
+        problems: list[str] = []
+        ledger._load(problems)
+        dropped_to = None
+        if problems:
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            if ledger._snapshot_damaged:
+                # Set aside rather than kept as the previous snapshot, which may be the good one.
+                os.replace(state_dir / SNAPSHOT_NAME, state_dir / f"{SNAPSHOT_NAME}.damaged-{stamp}")
+            if ledger._dropped:
+                dropped_to = state_dir / f"{JOURNAL_NAME}.dropped-{stamp}"
+                with open_atomic(dropped_to) as out:
+                    out.write(b"".join(line + b"\n" for line in ledger._dropped))
+            ledger.compact()
+            log.warning("ledger_repaired", state_dir=str(state_dir), problems=len(problems),
+                        dropped_lines=len(ledger._dropped), entries=len(ledger))
+        return RepairReport(tuple(problems), ledger.counts(), dropped_to)
+    finally:
+        ledger.close()

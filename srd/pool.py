@@ -7,9 +7,10 @@ queue (at most ``2 × workers`` jobs accepted), hands the executor only as many 
 workers, so a job's clock starts when a worker really takes it, and replaces a broken executor.
 
 Every job ends in exactly one outcome from `JobPool.collect`: `Finished` with the worker's result, or
-`Lost` when its worker died or it ran past the timeout. A lost job counts as an attempt; the daemon
-decides whether to try it again. After a crash the suspects are retried one at a time, so a file that
-kills workers is caught alone and innocent jobs that shared the crash don't use up their attempts.
+`Lost` when its worker died or it ran past the timeout. A lost job is charged to its file only when the loss
+can be pinned on it (`Lost.pinned`); the daemon decides whether to try it again. After a crash the suspects
+are retried one at a time, so a file that kills workers is caught alone and innocent jobs that shared the
+crash are not charged.
 """
 
 from __future__ import annotations
@@ -40,10 +41,16 @@ class Finished:
 
 @dataclass(frozen=True)
 class Lost:
-    """The job produced no result: its worker died, or it was stopped after `job_timeout` seconds."""
+    """The job produced no result: its worker died, or it was stopped after `job_timeout` seconds.
+
+    `pinned` says the loss is this job's own doing: it ran past the timeout, could not be sent, or its worker
+    died while no other job was running. A dead worker takes the whole executor down with every running
+    job, so with several running none of them can be blamed; they are retried alone to find out.
+    """
 
     token: Hashable
     reason: str
+    pinned: bool = True
 
 
 Outcome = Finished | Lost
@@ -156,6 +163,7 @@ class JobPool:
         """Return the outcomes available now, replace a broken executor, and start waiting jobs."""
         outcomes: list[Outcome] = []
         broken = False
+        alone = len(self._running) == 1
         for future in [f for f in self._running if f.done()]:
             running = self._running.pop(future)
             self._suspects.discard(running.token)
@@ -164,7 +172,8 @@ class JobPool:
                 outcomes.append(Finished(running.token, future.result()))
             elif isinstance(error, BrokenProcessPool):
                 broken = True
-                outcomes.append(Lost(running.token, "worker process died (killed, out of memory, or crashed)"))
+                outcomes.append(Lost(running.token, "worker process died (killed, out of memory, or crashed)",
+                                     pinned=alone))
             else:  # the job could not be sent or its result not returned (e.g. unpicklable)
                 outcomes.append(Lost(running.token, f"{type(error).__name__}: {error}"))
         outcomes.extend(self._enforce_timeout())

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from srd import safefs
 from srd.atomic import is_temp_name
+from srd.fileversion import FileVersion
 from srd.settle import file_kind
 
 # Names that operating systems, NAS boxes, sync tools and browsers leave behind while (or instead of)
@@ -40,11 +41,18 @@ DEFAULT_IGNORE = (
 
 @dataclass(frozen=True, slots=True)
 class FileSeen:
-    """A regular file found in an inbox: its path relative to the inbox root and its stat signature."""
+    """A regular file found in an inbox: its path relative to the inbox root and the version stat saw."""
 
     rel: PurePosixPath
-    size: int
-    mtime_ns: int
+    version: FileVersion
+
+    @property
+    def size(self) -> int:
+        return self.version.size
+
+    @property
+    def mtime_ns(self) -> int:
+        return self.version.mtime_ns
 
 
 class IgnoreRules:
@@ -213,7 +221,7 @@ def _files_in(root: Path, fd: int, prefix: str, entries: list[os.DirEntry[str]],
         except OSError:
             continue  # gone since the listing
         if stat.S_ISREG(st.st_mode):
-            yield FileSeen(PurePosixPath(rel), st.st_size, st.st_mtime_ns)
+            yield FileSeen(PurePosixPath(rel), FileVersion.of(st))
         elif stat.S_ISLNK(st.st_mode):
             _report(on_skip, root / rel, safefs.NOT_FOLLOWED)
         else:

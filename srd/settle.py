@@ -2,7 +2,7 @@
 
 File-system events are only hints: what arrives depends on how the file was written (in place, renamed in,
 copied over SMB, seen by a poller), and none of them reliably says "complete". A file is ready when no hint
-touched it for ``settle_s`` and two stats ``settle_s`` apart agree on ``(size, mtime_ns)``. The first stat
+touched it for ``settle_s`` and two stats ``settle_s`` apart agree on its `FileVersion`. The first stat
 is taken `FIRST_LOOK_S` after the last hint, so a file is ready about ``settle_s`` after it stops changing.
 
 The tracker has no threads and never sleeps: the owner feeds `SettleTracker.hint`, calls
@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from srd.fileversion import FileVersion
+
 # Delay from the last hint to the first stat: long enough that a burst of write events costs one stat,
 # short against any settle_s, so that the quiet period and the two stats' interval overlap.
 FIRST_LOOK_S = 0.1
@@ -38,15 +40,22 @@ _KINDS = (
 
 @dataclass(frozen=True, slots=True)
 class ReadyFile:
-    """A file that has stopped changing; `size` and `mtime_ns` are what the confirming stat saw.
+    """A file that has stopped changing; `version` is what the confirming stat saw.
 
-    The daemon can compare them with the stat cache and with a stat after reading, to catch a late write.
+    The daemon can compare it with the stat cache and with a stat after reading, to catch a late write.
     A `size` of 0 means the file stayed empty for the whole empty-file wait; the daemon fails it.
     """
 
     path: Path
-    size: int
-    mtime_ns: int
+    version: FileVersion
+
+    @property
+    def size(self) -> int:
+        return self.version.size
+
+    @property
+    def mtime_ns(self) -> int:
+        return self.version.mtime_ns
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +86,7 @@ class _Pending:
     def __init__(self, path: Path, now: float) -> None:
         self.path = path
         self.quiet_since = now
-        self.signature: tuple[int, int] | None = None
+        self.signature: FileVersion | None = None
         self.check_at = now
         self.token = -1
         self.scheduled_for = float("inf")
@@ -198,7 +207,7 @@ class SettleTracker:
             del self._pending[path]
             result.rejected.append(Rejected(path, f"not a regular file: {file_kind(st.st_mode)}"))
             return
-        signature = (st.st_size, st.st_mtime_ns)
+        signature = FileVersion.of(st)
         if signature == entry.signature:
             empty_until = entry.quiet_since + self._empty_s
             if st.st_size == 0 and now < empty_until:
@@ -207,7 +216,7 @@ class SettleTracker:
                 self._schedule(entry, entry.check_at)
                 return
             del self._pending[path]
-            result.ready.append(ReadyFile(path, st.st_size, st.st_mtime_ns))
+            result.ready.append(ReadyFile(path, signature))
             return
         if entry.signature is not None:
             # It changed between the two stats: still being written, so the change counts as a new hint.

@@ -8,9 +8,11 @@ source that can't be deleted takes its copy back. Every access goes through `srd
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import secrets
 import stat
 from datetime import UTC, datetime
 from pathlib import Path, PurePath, PurePosixPath
@@ -19,7 +21,7 @@ from typing import Any
 import structlog
 
 from srd import safefs
-from srd.atomic import open_atomic, write_bytes_atomic
+from srd.atomic import TEMP_PREFIX, open_atomic, write_bytes_atomic
 from srd.errors import OutputError
 
 log = structlog.get_logger(__name__)
@@ -57,9 +59,10 @@ def _copy_into(src: int, src_stat: os.stat_result, folder: int, name: str, targe
     os.utime(name, ns=(src_stat.st_atime_ns, src_stat.st_mtime_ns), dir_fd=folder, follow_symlinks=False)
 
 
-def move_file(src_root: Path, source: PurePath, dst_root: Path, folder: PurePosixPath) -> Path:
+def move_file(src_root: Path, source: PurePath, dst_root: Path, folder: PurePosixPath, *,
+              name: str | None = None) -> Path:
     """Move the regular file `source` (below `src_root`) into `folder` (below `dst_root`, created if
-    missing) under a free name; returns where it went.
+    missing) under a free name (its own, or `name`, numbered if taken); returns where it went.
 
     Both sides are reached through `srd.safefs`, so no symlink is followed on either. The move is
     all-or-nothing even across filesystems: a rename where it can, else an atomic copy, then the source
@@ -70,11 +73,12 @@ def move_file(src_root: Path, source: PurePath, dst_root: Path, folder: PurePosi
         OSError: The move did not happen (the source is where it was, nothing was left in `folder`).
     """
     where = src_root / safefs.relative(src_root, source)
+    wanted = name
     with safefs.parent_of(src_root, source) as (src_dir, name):
         src, src_stat = safefs.open_regular_at(src_dir, name, where)
         try:
             with safefs.opened_dir(dst_root, folder, create=True) as dst_dir:
-                target_name = free_name(dst_dir, name)
+                target_name = free_name(dst_dir, wanted or name)
                 target = dst_root / folder / target_name
                 try:
                     os.rename(name, target_name, src_dir_fd=src_dir, dst_dir_fd=dst_dir)
@@ -112,9 +116,13 @@ def _unlink_source_or_undo(src_dir: int, name: str, copied: os.stat_result, wher
         raise OSError(exc.errno, f"cannot remove the source after copying it: {exc.strerror}", str(where)) from exc
 
 
-def link_or_copy(src_root: Path, source: Path, dst_root: Path, target: Path) -> str:
+def link_or_copy(src_root: Path, source: Path, dst_root: Path, target: Path, *, replace: bool = False) -> str:
     """Give `target` (below `dst_root`) the content of `source` (below `src_root`): a hard link where
     possible, else an atomic copy; neither side follows a symlink.
+
+    Args:
+        replace: `target` may exist and is replaced atomically (linked under a temp name, then renamed
+            over it), so a reader sees the old file or the new one, never none.
 
     Returns:
         ``linked`` or ``copied``.
@@ -123,10 +131,16 @@ def link_or_copy(src_root: Path, source: Path, dst_root: Path, target: Path) -> 
         src, src_stat = safefs.open_regular_at(src_dir, name, source)
         try:
             with safefs.parent_of(dst_root, target, create=True) as (dst_dir, target_name):
+                link = f"{TEMP_PREFIX}{target_name[:48]}.{secrets.token_hex(6)}" if replace else target_name
                 try:
-                    os.link(name, target_name, src_dir_fd=src_dir, dst_dir_fd=dst_dir, follow_symlinks=False)
+                    os.link(name, link, src_dir_fd=src_dir, dst_dir_fd=dst_dir, follow_symlinks=False)
+                    if replace:
+                        os.replace(link, target_name, src_dir_fd=dst_dir, dst_dir_fd=dst_dir)
                     return "linked"
                 except OSError as exc:
+                    if replace:
+                        with contextlib.suppress(OSError):
+                            os.unlink(link, dir_fd=dst_dir)
                     if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                         raise
                 _copy_into(src, src_stat, dst_dir, target_name, target)

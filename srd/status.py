@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,29 @@ def status_path(state_dir: Path) -> Path:
 
 
 def write_status(state_dir: Path, status: dict[str, Any]) -> None:
-    """Replace the status file with `status` (JSON)."""
-    write_bytes_atomic(status_path(state_dir), (json.dumps(status, indent=2, sort_keys=True) + "\n").encode())
+    """Replace the status file with `status` (JSON).
+
+    File names that are not valid UTF-8 are written with ``\\xNN`` escapes: JSON can only carry them as lone
+    surrogates, which most JSON tools reject and which a UTF-8 terminal refuses to print.
+
+    Raises:
+        OutputError: The file could not be written (the caller decides how much that matters).
+    """
+    text = json.dumps(_printable(status), indent=2, sort_keys=True) + "\n"
+    write_bytes_atomic(status_path(state_dir), text.encode())
+
+
+def _printable(value: Any) -> Any:
+    if isinstance(value, str):
+        return os.fsencode(value).decode("utf-8", "backslashreplace") if _SURROGATES.search(value) else value
+    if isinstance(value, dict):
+        return {key: _printable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable(item) for item in value]
+    return value
+
+
+_SURROGATES = re.compile("[\udc80-\udcff]")
 
 
 def read_status(state_dir: Path) -> dict[str, Any] | None:

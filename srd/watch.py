@@ -36,6 +36,7 @@ from watchdog.observers import Observer
 
 from srd import safefs
 from srd.config import Inbox
+from srd.fileversion import FileVersion
 from srd.scan import IgnoreRules, classify, scan_inbox
 
 log = structlog.get_logger(__name__)
@@ -51,11 +52,11 @@ _EVENT_TYPES = frozenset({"created", "modified", "moved", "closed"})
 
 @dataclass(frozen=True, slots=True)
 class Hint:
-    """A path in inbox number `inbox` may have changed; `signature` is (size, mtime_ns) if a scan saw it."""
+    """A path in inbox number `inbox` may have changed; `signature` is its version if a scan saw it."""
 
     inbox: int
     path: Path
-    signature: tuple[int, int] | None = None
+    signature: FileVersion | None = None
 
 
 Sink = Callable[[Hint], None]
@@ -350,7 +351,7 @@ class InboxWatcher:
             if identity is None:
                 raise FileNotFoundError(errno.ENOENT, self.root_error or "inbox root is missing", str(self.root))
             unreadable: dict[str, str] = {}
-            seen = {f.rel: (f.size, f.mtime_ns) for f in scan_inbox(
+            seen = {f.rel: f.version for f in scan_inbox(
                 self.root, self.rules, recursive=self.inbox.recursive, on_skip=self._report_skip,
                 on_unreadable=lambda path, reason: self._report_unreadable(path, reason, unreadable))}
             if self._root_identity() != identity:  # swapped during the walk: what it saw is not the inbox
@@ -379,7 +380,7 @@ class InboxWatcher:
         try:
             for found in scan_inbox(self.root, self.rules, recursive=True, start=folder, on_skip=self._report_skip,
                                     on_unreadable=lambda path, reason: self._report_unreadable(path, reason, {})):
-                self._sink(Hint(self.index, self.root / found.rel, (found.size, found.mtime_ns)))
+                self._sink(Hint(self.index, self.root / found.rel, found.version))
         except OSError:
             pass  # moved away again already; events or the next scan will tell
 

@@ -33,6 +33,7 @@ from daemon_helpers import (
 from srd.atomic import is_temp_name
 from srd.config import load_config
 from srd.daemon import Daemon
+from srd.fileversion import FileVersion
 from srd.job import Job, JobResult, run_job
 from srd.notify import Notifier
 from srd.pipeline import StageContext
@@ -593,7 +594,7 @@ def test_the_stat_cache_forgets_a_file_that_left_the_inbox(tmp_path: Path, leave
         assert daemon.ledger is not None
 
         def cached() -> str | None:
-            return daemon.ledger.cached_hash(str(inbox), "a.png", size=st.st_size, mtime_ns=st.st_mtime_ns)
+            return daemon.ledger.cached_hash(str(inbox), "a.png", FileVersion.of(st))
 
         if leaves_by == "user_deletes_it":
             settle(daemon, now, [path])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from srd.errors import LockedError
+from srd.fileversion import FileVersion
 from srd.ledger import (
     HASH_BATCH,
     JOURNAL_NAME,
@@ -20,12 +22,17 @@ from srd.ledger import (
     Entry,
     Ledger,
     LedgerError,
+    Owner,
     State,
     make_key,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FP = "edsr-x4:cafe"
+
+
+def _v(size: int, mtime_ns: int, ino: int = 7, ctime_ns: int = 9) -> FileVersion:
+    return FileVersion(size, mtime_ns, ino, ctime_ns)
 
 
 def _sha(n: int) -> str:
@@ -91,10 +98,10 @@ def test_non_utf8_file_name_round_trips(tmp_path: Path) -> None:
     name = os.fsdecode(b"caf\xe9.jpg")
     with Ledger.open(tmp_path) as ledger:
         ledger.record_start(_sha(1), FP, inbox="nas", source=name)
-        ledger.remember_hash("nas", name, size=1, mtime_ns=2, sha256=_sha(1))
+        ledger.remember_hash("nas", name, _v(1, 2), sha256=_sha(1))
     with Ledger.open(tmp_path) as ledger:
         assert ledger.lookup(_sha(1), FP).source == PurePosixPath(name)  # type: ignore[union-attr]
-        assert ledger.cached_hash("nas", name, size=1, mtime_ns=2) == _sha(1)
+        assert ledger.cached_hash("nas", name, _v(1, 2)) == _sha(1)
 
 
 def test_torn_last_line_is_dropped_and_cut_off(tmp_path: Path) -> None:
@@ -113,14 +120,17 @@ def test_torn_last_line_is_dropped_and_cut_off(tmp_path: Path) -> None:
         assert sorted(_all(ledger)) == sorted([first.key, make_key(_sha(3), FP)])
 
 
-def test_corrupt_complete_last_line_is_dropped(tmp_path: Path) -> None:
-    """A last line that ends in a newline but isn't a valid record is treated as torn, not as an error."""
+def test_a_complete_but_corrupt_last_line_is_garbage_from_another_writer_not_a_torn_write(tmp_path: Path) -> None:
+    """srd writes each record as one line ending in its newline, so a cut-short write lacks the newline; a
+    complete line that is not a record was put there by something else and is refused, naming the way out."""
     with Ledger.open(tmp_path) as ledger:
-        first = ledger.record_start(_sha(1), FP, inbox="nas", source="1.jpg")
-    with (tmp_path / JOURNAL_NAME).open("ab") as fh:
-        fh.write(b'{"seq": 2, "op"\n')
-    with Ledger.open(tmp_path) as ledger:
-        assert list(_all(ledger)) == [first.key]
+        ledger.record_start(_sha(1), FP, inbox="nas", source="1.jpg")
+    for garbage in (b'{"seq": 2, "op"\n', b'hello from another program\n', b'{"note": "no seq"}\n'):
+        journal = (tmp_path / JOURNAL_NAME).read_bytes()
+        (tmp_path / JOURNAL_NAME).write_bytes(journal + garbage)
+        with pytest.raises(LedgerError, match="line 2.*srd ledger repair"):
+            Ledger.open(tmp_path)
+        (tmp_path / JOURNAL_NAME).write_bytes(journal)
 
 
 def test_corrupt_line_in_the_middle_is_an_error_naming_it(tmp_path: Path) -> None:
@@ -147,7 +157,7 @@ def test_journal_that_does_not_continue_the_snapshot_is_an_error(tmp_path: Path)
         ledger.compact()
         ledger.record_start(_sha(2), FP, inbox="nas", source="2.jpg")
     (tmp_path / SNAPSHOT_NAME).unlink()
-    with pytest.raises(LedgerError, match="does not continue"):
+    with pytest.raises(LedgerError, match="continues a snapshot with seq 1, but .* is missing"):
         Ledger.open(tmp_path)
 
 
@@ -158,12 +168,12 @@ def test_compaction_preserves_entries_and_hashes_and_empties_journal(tmp_path: P
             entry = ledger.record_start(_sha(n), FP, inbox="nas", source=f"{n}.jpg")
             if n % 2:
                 ledger.record_done(entry.key, output=tmp_path / f"{n}.png", output_size=n)
-            ledger.remember_hash("nas", f"{n}.jpg", size=n, mtime_ns=n * 10, sha256=_sha(n))
+            ledger.remember_hash("nas", f"{n}.jpg", _v(n, n * 10), sha256=_sha(n))
         ledger.forget(make_key(_sha(0), FP))
         ledger.forget_hash("nas", "0.jpg")
         before = _all(ledger)
         ledger.compact()
-        assert (tmp_path / JOURNAL_NAME).stat().st_size == 0
+        assert (tmp_path / JOURNAL_NAME).read_text() == '{"seq":8,"op":"snapshot"}\n'  # only the marker
         assert ledger.journal_records == 0
         ledger.record_start(_sha(9), FP, inbox="nas", source="9.jpg")
 
@@ -171,8 +181,8 @@ def test_compaction_preserves_entries_and_hashes_and_empties_journal(tmp_path: P
         after = _all(ledger)
         assert after.pop(make_key(_sha(9), FP)).attempts == 1
         assert after == before
-        assert ledger.cached_hash("nas", "3.jpg", size=3, mtime_ns=30) == _sha(3)
-        assert ledger.cached_hash("nas", "0.jpg", size=0, mtime_ns=0) is None
+        assert ledger.cached_hash("nas", "3.jpg", _v(3, 30)) == _sha(3)
+        assert ledger.cached_hash("nas", "0.jpg", _v(0, 0)) is None
 
 
 def test_crash_between_snapshot_and_journal_truncation_loses_and_repeats_nothing(tmp_path: Path) -> None:
@@ -186,6 +196,7 @@ def test_crash_between_snapshot_and_journal_truncation_loses_and_repeats_nothing
         import os, sys
         from pathlib import Path
         import srd.ledger as L
+        from srd.fileversion import FileVersion
         ledger = L.Ledger.open(Path({str(tmp_path)!r}))
         a = ledger.record_start("a" * 64, "fp", inbox="nas", source="a.jpg")
         ledger.record_failed(a.key, error="boom")
@@ -194,7 +205,7 @@ def test_crash_between_snapshot_and_journal_truncation_loses_and_repeats_nothing
         ledger.record_done(b.key, output=Path("/out/b.png"), output_size=7)
         c = ledger.record_start("c" * 64, "fp", inbox="nas", source="c.jpg")
         ledger.forget(c.key)
-        ledger.remember_hash("nas", "a.jpg", size=1, mtime_ns=2, sha256="a" * 64)
+        ledger.remember_hash("nas", "a.jpg", FileVersion(1, 2, 7, 9), sha256="a" * 64)
         def die(fd, length):
             os._exit(9)
         L.os.ftruncate = die
@@ -210,7 +221,7 @@ def test_crash_between_snapshot_and_journal_truncation_loses_and_repeats_nothing
         assert sorted(entries) == [make_key("a" * 64, "fp"), make_key("b" * 64, "fp")]
         assert entries[make_key("a" * 64, "fp")].attempts == 2
         assert entries[make_key("b" * 64, "fp")].state is State.DONE
-        assert ledger.cached_hash("nas", "a.jpg", size=1, mtime_ns=2) == "a" * 64
+        assert ledger.cached_hash("nas", "a.jpg", _v(1, 2)) == "a" * 64
         ledger.record_start("d" * 64, "fp", inbox="nas", source="d.jpg")
     with Ledger.open(tmp_path) as ledger:
         assert len(ledger) == 3
@@ -299,15 +310,15 @@ def test_retry_and_forget_persist(tmp_path: Path) -> None:
 def test_stat_cache_round_trip(tmp_path: Path) -> None:
     """A remembered hash is returned after reopen only while size and mtime match, and forget_hash sticks."""
     with Ledger.open(tmp_path) as ledger:
-        ledger.remember_hash("nas", "a/1.jpg", size=10, mtime_ns=111, sha256=_sha(1))
-        ledger.remember_hash("nas", "a/2.jpg", size=20, mtime_ns=222, sha256=_sha(2))
+        ledger.remember_hash("nas", "a/1.jpg", _v(10, 111), sha256=_sha(1))
+        ledger.remember_hash("nas", "a/2.jpg", _v(20, 222), sha256=_sha(2))
         ledger.forget_hash("nas", "a/2.jpg")
     with Ledger.open(tmp_path) as ledger:
-        assert ledger.cached_hash("nas", PurePosixPath("a/1.jpg"), size=10, mtime_ns=111) == _sha(1)
-        assert ledger.cached_hash("nas", "a/1.jpg", size=10, mtime_ns=112) is None
-        assert ledger.cached_hash("nas", "a/1.jpg", size=11, mtime_ns=111) is None
-        assert ledger.cached_hash("other", "a/1.jpg", size=10, mtime_ns=111) is None
-        assert ledger.cached_hash("nas", "a/2.jpg", size=20, mtime_ns=222) is None
+        assert ledger.cached_hash("nas", PurePosixPath("a/1.jpg"), _v(10, 111)) == _sha(1)
+        assert ledger.cached_hash("nas", "a/1.jpg", _v(10, 112)) is None
+        assert ledger.cached_hash("nas", "a/1.jpg", _v(11, 111)) is None
+        assert ledger.cached_hash("other", "a/1.jpg", _v(10, 111)) is None
+        assert ledger.cached_hash("nas", "a/2.jpg", _v(20, 222)) is None
 
 
 def test_stat_cache_records_ride_along_with_the_next_durable_record(tmp_path: Path) -> None:
@@ -316,19 +327,20 @@ def test_stat_cache_records_ride_along_with_the_next_durable_record(tmp_path: Pa
         f"""
         import os
         from pathlib import Path
+        from srd.fileversion import FileVersion
         from srd.ledger import Ledger
         ledger = Ledger.open(Path({str(tmp_path)!r}))
-        ledger.remember_hash("nas", "1.jpg", size=1, mtime_ns=1, sha256="1" * 64)
+        ledger.remember_hash("nas", "1.jpg", FileVersion(1, 1, 7, 9), sha256="1" * 64)
         ledger.record_start("2" * 64, "fp", inbox="nas", source="2.jpg")
-        ledger.remember_hash("nas", "3.jpg", size=3, mtime_ns=3, sha256="3" * 64)
+        ledger.remember_hash("nas", "3.jpg", FileVersion(3, 3, 7, 9), sha256="3" * 64)
         os._exit(9)
         """
     )
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 9, stderr
     with Ledger.open(tmp_path) as ledger:
-        assert ledger.cached_hash("nas", "1.jpg", size=1, mtime_ns=1) == "1" * 64
-        assert ledger.cached_hash("nas", "3.jpg", size=3, mtime_ns=3) is None
+        assert ledger.cached_hash("nas", "1.jpg", _v(1, 1)) == "1" * 64
+        assert ledger.cached_hash("nas", "3.jpg", _v(3, 3)) is None
         assert ledger.lookup("2" * 64, "fp") is not None
 
 
@@ -336,12 +348,12 @@ def test_stat_cache_changes_are_journalled_in_batches_of_one_line(tmp_path: Path
     """A scan of many files costs one journal line (and fsync) per HASH_BATCH changes, not one per file."""
     with Ledger.open(tmp_path) as ledger:
         for n in range(HASH_BATCH + 1):
-            ledger.remember_hash("nas", f"{n}.jpg", size=n, mtime_ns=n, sha256=_sha(n))
+            ledger.remember_hash("nas", f"{n}.jpg", _v(n, n), sha256=_sha(n))
         assert (tmp_path / JOURNAL_NAME).read_bytes().count(b"\n") == 1
         ledger.sync()
         assert (tmp_path / JOURNAL_NAME).read_bytes().count(b"\n") == 2
     with Ledger.open(tmp_path) as ledger:
-        assert ledger.cached_hash("nas", f"{HASH_BATCH}.jpg", size=HASH_BATCH, mtime_ns=HASH_BATCH) == _sha(HASH_BATCH)
+        assert ledger.cached_hash("nas", f"{HASH_BATCH}.jpg", _v(HASH_BATCH, HASH_BATCH)) == _sha(HASH_BATCH)
 
 
 def test_failed_journal_write_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -407,18 +419,23 @@ def test_load_time_for_100k_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert replay_s < 10
 
 
-def test_done_outputs_lists_only_done_entries_and_survives_a_reopen(tmp_path: Path) -> None:
-    """`done_outputs` gives (output, inbox, source) of the done entries, which the daemon maps at start."""
+def test_done_entries_own_their_outputs_and_the_table_survives_a_reopen(tmp_path: Path) -> None:
+    """Only ``done`` entries own outputs; `owner` and `outputs_of` answer from either side, after a reopen
+    from the journal and after one from a snapshot alike."""
+    out = str(tmp_path / "out" / "b.png")
     with Ledger.open(tmp_path) as ledger:
         done = ledger.record_start(_sha(1), FP, inbox="nas", source="a/b.jpg")
-        ledger.record_done(done.key, output=tmp_path / "out" / "b.png", output_size=1)
-        ledger.record_start(_sha(2), FP, inbox="nas", source="c.jpg")
+        ledger.record_done(done.key, output=Path(out), output_size=1)
+        ledger.record_start(_sha(2), FP, inbox="nas", source="c.jpg", target=tmp_path / "out" / "c.png")
         failed = ledger.record_start(_sha(3), FP, inbox="nas", source="d.jpg")
         ledger.record_failed(failed.key, error="broken")
-        assert list(ledger.done_outputs()) == [(str(tmp_path / "out" / "b.png"), "nas", "a/b.jpg")]
-        ledger.compact()
-    with Ledger.open(tmp_path) as ledger:
-        assert list(ledger.done_outputs()) == [(str(tmp_path / "out" / "b.png"), "nas", "a/b.jpg")]
+        expected = ({out: done.key}, Owner("nas", "a/b.jpg", done.key))
+        assert (ledger.outputs_of("nas", "a/b.jpg"), ledger.owner(out)) == expected
+        assert ledger.owner(tmp_path / "out" / "c.png") is None and ledger.outputs_of("nas", "c.jpg") == {}
+    for _ in range(2):
+        with Ledger.open(tmp_path) as ledger:
+            assert (ledger.outputs_of("nas", "a/b.jpg"), ledger.owner(out)) == expected
+            ledger.compact()
 
 
 def test_a_started_entry_reserves_its_target_until_it_leaves_started_even_across_a_crash(tmp_path: Path) -> None:
@@ -471,3 +488,72 @@ def test_a_read_only_view_works_beside_the_owner_and_changes_nothing(tmp_path: P
                 with pytest.raises(LedgerError, match="read-only"):
                     change()
         assert {name: (tmp_path / name).read_bytes() for name in files} == files
+
+
+def test_an_output_path_has_one_owner_and_writing_it_again_drops_the_entry_that_held_it(tmp_path: Path) -> None:
+    """A done record (or a duplicate's link) on a path another done entry claims drops that entry, also on
+    replay; `forget` keeps the path srd's but proves nothing done any more."""
+    out = tmp_path / "x.png"
+    with Ledger.open(tmp_path) as ledger:
+        old = ledger.record_start(_sha(1), FP, inbox="nas", source="x.png")
+        ledger.record_done(old.key, output=out, output_size=1)
+        new = ledger.record_start(_sha(2), FP, inbox="nas", source="x.png")
+        ledger.record_done(new.key, output=out, output_size=2)  # the edit overwrote x.png's output
+        assert ledger.get(old.key) is None and ledger.counts()["done"] == 1
+        assert ledger.outputs_of("nas", "x.png") == {str(out): new.key}
+        other = ledger.record_start(_sha(3), FP, inbox="nas", source="y.png")
+        ledger.record_done(other.key, output=tmp_path / "y.png", output_size=3)
+        ledger.record_output(out, inbox="nas", source="x.png", key=other.key)  # x.png became a copy of y.png
+        assert ledger.get(new.key) is None and ledger.owner(out) == Owner("nas", "x.png", other.key)
+    with Ledger.open(tmp_path) as ledger:  # the same from the journal
+        assert sorted(_all(ledger)) == [other.key] and ledger.owner(out) == Owner("nas", "x.png", other.key)
+        ledger.forget(other.key)
+        assert ledger.outputs_of("nas", "x.png") == {str(out): None}
+        assert ledger.owner(tmp_path / "y.png") == Owner("nas", "y.png", None)
+        ledger.compact()
+    with Ledger.open(tmp_path) as ledger:  # and from a snapshot
+        assert len(ledger) == 0 and ledger.owner(out) == Owner("nas", "x.png", None)
+
+
+def test_strikes_count_only_pinned_deaths_and_a_solo_start_is_pinned_when_the_daemon_dies(tmp_path: Path) -> None:
+    with Ledger.open(tmp_path) as ledger:
+        entry = ledger.record_start(_sha(1), FP, inbox="nas", source="a.jpg", target=tmp_path / "a.png")
+        entry = ledger.record_start(_sha(1), FP, inbox="nas", source="a.jpg", target=tmp_path / "a.png")
+        assert (entry.attempts, entry.strikes) == (2, 0)  # two starts, no death pinned
+        entry = ledger.record_strike(entry.key)
+        assert (entry.state, entry.strikes, entry.target) == (State.STARTED, 1, tmp_path / "a.png")
+        ledger.record_start(_sha(1), FP, inbox="nas", source="a.jpg", solo=True)
+        quiet = ledger.record_start(_sha(2), FP, inbox="nas", source="b.jpg", solo=True)
+        ledger.record_interrupted(quiet.key)  # a drain ran out of time: not b's fault
+    with Ledger.open(tmp_path) as ledger:  # the daemon died with a.jpg running alone
+        pinned = ledger.pin_solo_deaths()
+        assert [(e.key, e.strikes, e.solo) for e in pinned] == [(entry.key, 2, False)]
+        assert ledger.get(quiet.key).strikes == 0
+        ledger.record_failed(entry.key, error="poison")
+        assert ledger.retry(entry.key).strikes == 0
+
+
+def test_ledgers_written_by_older_srd_versions_still_load(tmp_path: Path) -> None:
+    """A format 1 snapshot (no owner table, five-field stat-cache lines) and journal records without
+    strikes/solo load: each done entry owns its output (an older claim on the same path is dropped as the
+    stale kind), the old stat-cache lines are not trusted (inode and ctime unknown), nothing is pinned."""
+    def record(n: int, source: str, output: str | None, ts: float) -> dict:
+        return {"key": make_key(_sha(n), FP), "sha256": _sha(n), "fingerprint": FP, "inbox": "nas",
+                "source": source, "state": "done" if output else "started", "attempts": 3, "created_at": "x",
+                "created_ts": ts, "updated_at": "x", "updated_ts": ts, "output": output, "output_size": 1,
+                "error": None, "disposition": "kept" if output else None}
+    snapshot = {"format": 1, "seq": 3, "entries": {r["key"]: r for r in (
+        record(1, "a.png", "/out/a.png", 1.0), record(2, "a.png", "/out/a.png", 2.0))},
+        "hashes": [["nas", "a.png", 10, 20, _sha(2)]]}
+    (tmp_path / SNAPSHOT_NAME).write_text(json.dumps(snapshot))
+    (tmp_path / JOURNAL_NAME).write_text(json.dumps({"seq": 4, "op": "put", "entry": record(3, "b.png", None, 3.0)})
+                                         + "\n")
+    with Ledger.open(tmp_path) as ledger:
+        assert sorted(_all(ledger)) == sorted([make_key(_sha(2), FP), make_key(_sha(3), FP)])
+        assert ledger.owner("/out/a.png") == Owner("nas", "a.png", make_key(_sha(2), FP))
+        assert ledger.cached_hash("nas", "a.png", _v(10, 20)) is None
+        unfinished = ledger.get(make_key(_sha(3), FP))
+        assert (unfinished.attempts, unfinished.strikes, unfinished.solo) == (3, 0, False)
+        assert ledger.pin_solo_deaths() == []
+        ledger.compact()
+    assert json.loads((tmp_path / SNAPSHOT_NAME).read_text())["format"] == 2

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from srd.fileversion import FileVersion
 from srd.settle import FIRST_LOOK_S, PollResult, ReadyFile, SettleTracker
 
 SETTLE = 2.0
@@ -59,7 +60,7 @@ def test_file_written_in_chunks_is_ready_only_when_quiet_and_stable(tmp_path: Pa
     assert not tracker.poll(), "the confirming stat comes a full settle_s after the first"
     clock.advance(0.01)
     result = tracker.poll()
-    assert result.ready == [ReadyFile(path, 4000, 3 * 10**9)]
+    assert result.ready == [ReadyFile(path, FileVersion.of(path.stat()))] and result.ready[0].size == 4000
     assert tracker.pending() == 0
     assert tracker.next_deadline() is None
 
