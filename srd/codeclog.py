@@ -1,0 +1,40 @@
+"""Keep the codecs' own messages off the user's terminal and the journal.
+
+libpng, libjpeg and libtiff print warnings and errors straight to file descriptor 2
+("libpng error: PNG input buffer is incomplete", "Corrupt JPEG data: …"), whatever OpenCV's
+log level says. Around each codec call, fd 2 is pointed at a temporary file and the lines
+captured there come back to the caller, which puts them into srd's own structured lines.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+# Enough for any real codec chatter; a hostile file cannot make the capture grow without bound.
+_MAX_CAPTURED_BYTES = 16_384
+
+
+@contextmanager
+def captured_codec_messages() -> Iterator[list[str]]:
+    """Capture what native code writes to fd 2 inside the block; the list is filled on exit.
+
+    Only the calling thread should write to stderr meanwhile: workers run one job at a time,
+    and the one-shot command decodes on its main thread.
+    """
+    messages: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield messages
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read(_MAX_CAPTURED_BYTES).decode("utf-8", "replace")
+            messages.extend(line.strip() for line in text.splitlines() if line.strip())
