@@ -123,6 +123,52 @@ def bmp_with_resolution(bmp: bytes, res: Resolution | None) -> bytes:
     return bmp[:38] + struct.pack("<ii", round(res.x * per_metre), round(res.y * per_metre)) + bmp[46:]
 
 
+def _bmp_resolution(bmp: bytes) -> Resolution | None:
+    if struct.unpack("<I", bmp[14:18])[0] < 40:
+        return None
+    x, y = struct.unpack("<ii", bmp[38:46])
+    if x <= 0 or y <= 0:
+        return None
+    return Resolution("inch", x / _INCHES_PER_METRE, y / _INCHES_PER_METRE)
+
+
+# --- EXIF ------------------------------------------------------------------------------------
+
+
+def exif_with_resolution(exif: bytes | None, res: Resolution | None) -> bytes | None:
+    """`exif` (or a new block) whose IFD0 states `res`, for formats whose only density field is EXIF's."""
+    if res is None:
+        return exif
+    try:
+        src = _Tiff(exif) if exif else None
+    except (struct.error, ValueError):
+        return exif
+    endian = src.endian if src else "<"
+    try:
+        entries = src.entries(src.first_ifd) if src else {}
+    except (struct.error, IndexError, ValueError):
+        return exif
+    if 282 in entries:
+        return exif
+    unit = {"none": 1, "inch": 2, "cm": 3}[res.unit]
+    items = [(src, entry) for entry in entries.values()] + [
+        (None, (282, 5, 1, _rational(res.x, endian))),
+        (None, (283, 5, 1, _rational(res.y, endian))),
+        (None, (296, 3, 1, struct.pack(endian + "H", unit))),
+    ]
+    items.sort(key=lambda item: item[1][0])
+    out = bytearray((b"II" if endian == "<" else b"MM") + struct.pack(endian + "HI", 42, 8))
+    try:
+        _write_ifd_mixed(items, out, endian)
+    except (struct.error, IndexError, ValueError, KeyError):
+        return exif
+    return bytes(out)
+
+
+def _rational(value: float, endian: str) -> bytes:
+    return struct.pack(endian + "II", round(value * 1000), 1000)
+
+
 # --- resolution from any input ---------------------------------------------------------------
 
 
@@ -136,6 +182,8 @@ def read_resolution(data: bytes, fmt: str, exif: bytes | None) -> Resolution | N
             found = _png_resolution(data)
         elif fmt == "tiff":
             found = _Tiff(data).resolution()
+        elif fmt == "bmp":
+            found = _bmp_resolution(data)
         if found is None and exif:
             found = _Tiff(exif).resolution()
     except (struct.error, IndexError, ValueError, KeyError):

@@ -198,6 +198,8 @@ def encode(picture: Picture, fmt: str, *, quality: int = 95, keep_metadata: bool
         pixels = _flatten_alpha(pixels)
     size = (pixels.shape[1], pixels.shape[0])
     meta, dropped = for_output(picture.metadata, fmt, size) if keep_metadata else (Metadata(), [])
+    if fmt == "webp":  # WebP's only density field is EXIF's
+        meta = replace(meta, exif=containers.exif_with_resolution(meta.exif, meta.resolution))
     params = _encode_params(fmt, quality) + _resolution_params(meta, fmt)
     kinds, blocks = _metadata_blocks(meta, fmt)
     with captured_codec_messages() as notes:

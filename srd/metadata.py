@@ -90,7 +90,7 @@ def exif_for_output(exif: bytes, size: tuple[int, int]) -> bytes:
         for tag, value in ((_PIXEL_X_TAG, size[0]), (_PIXEL_Y_TAG, size[1])):
             entry = ifds.entry(ifds.exif_ifd, tag)
             if entry is not None:
-                struct.pack_into(ifds.endian + "HHI", data, entry + 2, _LONG, 1, value)
+                struct.pack_into(ifds.endian + "HII", data, entry + 2, _LONG, 1, value)
         if ifds.next_ifd:
             struct.pack_into(ifds.endian + "I", data, ifds.next_ifd_field, 0)
             if ifds.thumbnail_start >= ifds.used_end:
