@@ -133,6 +133,8 @@ def decode(data: bytes, *, max_pixels: int) -> Picture:
     refusal = UNSUPPORTED_INPUTS.get(header.format)
     if refusal is not None:
         raise ImageError(refusal)
+    if header.format == "heic" and not heif.available():
+        raise ImageError(heif.MISSING_EXTRA)
     if header.pixels is None:
         raise ImageError(
             f"cannot read the image size from the {header.format.upper()} header with certainty "
