@@ -9,6 +9,7 @@ captured there come back to the caller, which puts them into srd's own structure
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ from contextlib import contextmanager
 
 # Enough for any real codec chatter; a hostile file cannot make the capture grow without bound.
 _MAX_CAPTURED_BYTES = 16_384
+# OpenCV's log prefix ("[ WARN:0@0.348] global grfmt_tiff.cpp:123 "): where, not what.
+_OPENCV_PREFIX = re.compile(r"^\[\s*[A-Z]+:\d+@[\d.]+\]\s+(?:global\s+)?\S+:\d+\s+")
 
 
 @contextmanager
@@ -37,4 +40,7 @@ def captured_codec_messages() -> Iterator[list[str]]:
             os.close(saved)
             sink.seek(0)
             text = sink.read(_MAX_CAPTURED_BYTES).decode("utf-8", "replace")
-            messages.extend(line.strip() for line in text.splitlines() if line.strip())
+            for line in text.splitlines():
+                line = _OPENCV_PREFIX.sub("", line.strip())
+                if line and line not in messages:
+                    messages.append(line)
