@@ -199,7 +199,9 @@ def encode(picture: Picture, fmt: str, *, quality: int = 95, keep_metadata: bool
     if fmt in ("jpeg", "bmp") and pixels.ndim == 3 and pixels.shape[2] == 4:
         pixels = _flatten_alpha(pixels)
     size = (pixels.shape[1], pixels.shape[0])
-    meta, dropped = for_output(picture.metadata, fmt, size) if keep_metadata else (Metadata(), [])
+    # The density is kept even without metadata: it is part of what the picture is, not about it.
+    kept = picture.metadata if keep_metadata else Metadata(resolution=picture.metadata.resolution)
+    meta, dropped = for_output(kept, fmt, size)
     if fmt == "webp":  # WebP's only density field is EXIF's
         meta = replace(meta, exif=containers.exif_with_resolution(meta.exif, meta.resolution))
     params = _encode_params(fmt, quality) + _resolution_params(meta, fmt)

@@ -187,3 +187,11 @@ def test_a_png_with_70_kb_of_exif_written_as_jpeg_drops_only_what_a_segment_cann
     encoded = encode(decode(buf.tobytes(), max_pixels=LIMIT), "jpeg")
     assert encoded.dropped == ()
     assert pillow_open(encoded.data).getexif()[0x010F] == "srd-cam"
+
+
+def test_without_metadata_the_density_is_still_kept_and_nothing_else() -> None:
+    source = pillow_save(photo(), "TIFF", dpi=(300, 300), icc_profile=icc_profile(), exif=camera_exif(60, 40))
+    data = encode(decode(source, max_pixels=LIMIT), "jpeg", keep_metadata=False).data
+    out = pillow_open(data)
+    assert out.info["dpi"] == (300, 300)
+    assert "icc_profile" not in out.info and not out.getexif()
