@@ -101,6 +101,16 @@ def png_claiming(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
 
 
+def tiff_from_entries(entries: list[tuple[int, int, int]], pixels: bytes) -> bytes:
+    """A little-endian TIFF with one IFD of (tag, SHORT 3 / LONG 4, value) entries, written as given
+    (duplicates and lies included), followed by `pixels`."""
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, value in entries:
+        ifd += struct.pack("<HHI", tag, kind, 1) + struct.pack("<HH" if kind == 3 else "<I", *(
+            (value, 0) if kind == 3 else (value,)))
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + b"\x00" * 4 + pixels
+
+
 @pytest.fixture(autouse=True)
 def _fresh_logging() -> None:
     """Each test starts with structlog's defaults: CLI tests configure it process-wide."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import tiff_from_entries
 from daemon_helpers import ESPCN_X2, srd, write_config
 
 from srd.errors import ImageError
@@ -43,10 +44,7 @@ def tiff_with_two_widths(first: int, second: int, height: int) -> bytes:
     pixels_at = 8 + 2 + 12 * 9 + 4
     entries = [(256, 3, first), (256, 3, second), (257, 3, height), (258, 3, 8), (259, 3, 1), (262, 3, 1),
                (273, 4, pixels_at), (278, 3, height), (279, 4, first * height)]
-    ifd = struct.pack("<H", len(entries))
-    for tag, kind, value in entries:
-        ifd += struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
-    return b"II*\x00" + struct.pack("<I", 8) + ifd + b"\x00" * 4 + b"\x80" * (first * height)
+    return tiff_from_entries(entries, b"\x80" * (first * height))
 
 
 def test_a_stray_byte_before_the_jpeg_frame_header_makes_the_size_unsure_and_refused() -> None:

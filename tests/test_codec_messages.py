@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from conftest import tiff_from_entries
 from daemon_helpers import ESPCN_X2, srd, write_config
 
 RAW_CODEC_LINE = re.compile(r"libpng|libtiff|libjpeg|Corrupt JPEG|\[ ?(ERROR|WARN|INFO)[^\]]*\]|loadsave\.cpp|OpenJPEG")
@@ -20,10 +20,7 @@ def short_tiff(width: int, height: int) -> bytes:
     """A grey TIFF whose one strip holds a tenth of the bytes its header promises (libtiff complains)."""
     entries = [(256, 3, width), (257, 3, height), (258, 3, 8), (259, 3, 1), (262, 3, 1),
                (273, 4, 8 + 2 + 12 * 8 + 4), (278, 3, height), (279, 4, width * height)]
-    ifd = struct.pack("<H", len(entries))
-    for tag, kind, value in entries:
-        ifd += struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
-    return b"II*\x00" + struct.pack("<I", 8) + ifd + b"\x00" * 4 + b"\x80" * (width * height // 10)
+    return tiff_from_entries(entries, b"\x80" * (width * height // 10))
 
 
 def noisy_inputs(folder: Path) -> None:
