@@ -119,7 +119,7 @@ def decode(data: bytes, *, max_pixels: int) -> Picture:
 
     The pixel count is checked from the header before anything is decoded, so a file that
     claims 100000×100000 costs nothing; a header whose size cannot be read with certainty is
-    refused. OpenCV's own limit (see `srd.worker.set_decoder_limits`) checks the size the decoder
+    refused. OpenCV's own limit (see `srd.decoderlimits`) checks the size the decoder
     itself reads, in case the two parsers ever disagree.
 
     Raises:
@@ -177,7 +177,8 @@ def _decode_with_opencv(data: bytes, fmt: str) -> tuple[np.ndarray, Metadata, li
             "(set from max_input_pixels when the worker pool started); refused"
         )
     if pixels is None or pixels.size == 0:
-        said = f": {'; '.join(notes)}" if notes else ""
+        reasons = notes or ([failure.err] if failure is not None else [])
+        said = f": {'; '.join(reasons)}" if reasons else ""
         raise ImageError(f"corrupt or truncated {fmt.upper()} data (decoder failed{said})")
     return pixels, _collect_metadata(types, blocks, data, fmt), notes
 

@@ -101,6 +101,17 @@ def png_claiming(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
 
 
+def jpeg_claiming(width: int, height: int, *, stray_byte: bool = False) -> bytes:
+    """A real 16×16 JPEG whose frame header claims `width`×`height`; optionally one junk byte before it.
+
+    libjpeg skips the junk byte with a warning and decodes whatever the frame header says.
+    """
+    data = cv2.imencode(".jpg", np.full((16, 16, 3), 128, np.uint8))[1].tobytes()
+    sof = data.find(b"\xff\xc0")
+    data = data[: sof + 5] + struct.pack(">HH", height, width) + data[sof + 9 :]
+    return data[:sof] + b"\x00" + data[sof:] if stray_byte else data
+
+
 def tiff_from_entries(entries: list[tuple[int, int, int]], pixels: bytes) -> bytes:
     """A little-endian TIFF with one IFD of (tag, SHORT 3 / LONG 4, value) entries, written as given
     (duplicates and lies included), followed by `pixels`."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import tiff_from_entries
+from conftest import jpeg_claiming, tiff_from_entries
 from daemon_helpers import ESPCN_X2, srd, write_config
 
 from srd.errors import ImageError
@@ -21,17 +21,6 @@ from srd.imageheader import read_header
 from srd.imageio import decode, read_bounded
 
 LIMIT = 50_000_000
-
-
-def jpeg_claiming(width: int, height: int, *, stray_byte: bool = False) -> bytes:
-    """A real 16×16 JPEG whose frame header claims `width`×`height`; optionally one junk byte before it.
-
-    libjpeg skips the junk byte with a warning and decodes whatever the frame header says.
-    """
-    data = cv2.imencode(".jpg", np.full((16, 16, 3), 128, np.uint8))[1].tobytes()
-    sof = data.find(b"\xff\xc0")
-    data = data[: sof + 5] + struct.pack(">HH", height, width) + data[sof + 9 :]
-    return data[:sof] + b"\x00" + data[sof:] if stray_byte else data
 
 
 def pnm_after_comment(width: int, height: int, comment_bytes: int = 4000) -> bytes:

@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from conftest import exif_with_orientation, icc_profile
-from daemon_helpers import srd, write_config
+from conftest import exif_with_orientation, icc_profile, jpeg_claiming
+from daemon_helpers import DaemonProcess, inbox_config, srd, wait_for, write_config
 
 from srd import heif
 from srd.errors import ImageError
@@ -157,3 +157,23 @@ def test_the_formats_table_in_the_readme_names_every_format() -> None:
     for name in ("JPEG", "PNG", "WebP", "TIFF", "BMP", "GIF", "AVIF", "HEIC", "JPEG 2000", "PNM", "PAM",
                  "Sun raster", "OpenEXR", "Radiance HDR", "PFM"):
         assert f"| {name} " in table, name
+
+
+@needs_heif
+def test_the_daemon_turns_a_heic_into_a_jpeg_and_fails_a_bomb_with_its_reason(tmp_path: Path) -> None:
+    """A real `srd run`: the output name follows the written format, a bomb goes to failed/ with why."""
+    inbox = inbox_config(tmp_path)
+    config = write_config(tmp_path, [inbox])
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_ready()
+        (Path(inbox["path"]) / "phone.heic").write_bytes(make_heic(asymmetric(), icc_profile=icc_profile()))
+        (Path(inbox["path"]) / "bomb.jpg").write_bytes(jpeg_claiming(20_000, 20_000, stray_byte=True))
+        output = Path(inbox["outbox"]) / "phone.jpg"
+        reason_file = Path(inbox["failed"]) / "bomb.jpg.error.json"
+        wait_for(lambda: output.is_file() and reason_file.is_file(), 60, "the HEIC output and the bomb's reason")
+    finally:
+        daemon.stop()
+    assert decode(output.read_bytes(), max_pixels=LIMIT).pixels.shape[:2] == (60, 100)
+    reason = reason_file.read_text()
+    assert "cannot read the image size from the JPEG header with certainty" in reason
