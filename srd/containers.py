@@ -232,7 +232,7 @@ def tiff_with(tiff: bytes, *, exif: bytes | None, icc: bytes | None, xmp: bytes 
             src = _Tiff(exif)
         except (struct.error, ValueError):
             src = None
-        if src is not None and src.endian == out_tiff.endian:  # one byte order per file
+        if src is not None:
             for tag, entry in src.entries(src.first_ifd).items():
                 if tag in (*_SHARED_IFD0_TAGS, _EXIF_IFD, _GPS_IFD) and tag not in entries:
                     extra[tag] = entry
@@ -310,6 +310,20 @@ class _Tiff:
         return numerator / denominator if denominator else 0.0
 
 
+# struct codes of the TIFF types whose bytes depend on the byte order (rationals are two LONGs).
+_ORDERED_TYPES = {3: "H", 4: "I", 5: "I", 8: "h", 9: "i", 10: "i", 11: "f", 12: "d", 13: "I"}
+
+
+def _in_byte_order(value: bytes, kind: int, source: str, target: str) -> bytes:
+    """`value` of TIFF type `kind` rewritten from byte order `source` to `target` (EXIF blocks of
+    big-endian cameras go into the little-endian TIFFs OpenCV writes)."""
+    code = _ORDERED_TYPES.get(kind)
+    if source == target or code is None:
+        return value
+    count = len(value) // struct.calcsize(code)
+    return struct.pack(f"{target}{count}{code}", *struct.unpack(f"{source}{count}{code}", value))
+
+
 def _write_ifd(src: _Tiff, entries: list[tuple[int, int, int, bytes]], out: bytearray) -> int:
     return _write_ifd_mixed([(src, entry) for entry in entries], out, src.endian)
 
@@ -334,7 +348,7 @@ def _write_ifd_mixed(items: list, out: bytearray, endian: str) -> int:
             field = struct.pack(endian + "I", _write_ifd(src, nested, out))
             value = None
         else:
-            value = src.value((tag, kind, number, field))
+            value = _in_byte_order(src.value((tag, kind, number, field)), kind, src.endian, endian)
         if value is not None:
             if len(value) <= 4:
                 field = value.ljust(4, b"\x00")

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import icc_profile
+from conftest import exif_with_orientation, icc_profile
 from daemon_helpers import ESPCN_X2, srd, write_config
 from PIL import Image
 
@@ -195,3 +195,12 @@ def test_without_metadata_the_density_is_still_kept_and_nothing_else() -> None:
     out = pillow_open(data)
     assert out.info["dpi"] == (300, 300)
     assert "icc_profile" not in out.info and not out.getexif()
+
+
+def test_a_big_endian_camera_exif_is_carried_into_a_little_endian_tiff() -> None:
+    exif = exif_with_orientation(1, big_endian=True)
+    ok, buf = cv2.imencodeWithMetadata(".jpg", photo(), [cv2.IMAGE_METADATA_EXIF], [np.frombuffer(exif, np.uint8)])
+    picture = decode(buf.tobytes(), max_pixels=LIMIT)
+    out = pillow_open(encode(picture, "tiff").data)
+    assert out.getexif()[0x010F] == "srd-test"
+    assert out.getexif().get(0x0112, 1) == 1  # upright: TIFF default
