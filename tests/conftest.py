@@ -112,6 +112,22 @@ def jpeg_claiming(width: int, height: int, *, stray_byte: bool = False) -> bytes
     return data[:sof] + b"\x00" + data[sof:] if stray_byte else data
 
 
+def jpeg_with_split_icc(pixels: np.ndarray, icc: bytes) -> bytes:
+    """A JPEG carrying `icc` in numbered APP2 chunks, as ICC.1 annex B says (written by hand)."""
+    base = cv2.imencode(".jpg", pixels)[1].tobytes()
+    size = 65519
+    chunks = [icc[i : i + size] for i in range(0, len(icc), size)]
+    segments = b"".join(b"\xff\xe2" + struct.pack(">H", 16 + len(chunk)) + b"ICC_PROFILE\x00" + bytes([n, len(chunks)])
+                        + chunk for n, chunk in enumerate(chunks, 1))
+    return base[:20] + segments + base[20:]
+
+
+def big_icc_profile(size: int) -> bytes:
+    icc = icc_profile("srd big profile")
+    padded = icc + b"\x00" * (size - len(icc))
+    return struct.pack(">I", size) + padded[4:]
+
+
 def tiff_from_entries(entries: list[tuple[int, int, int]], pixels: bytes) -> bytes:
     """A little-endian TIFF with one IFD of (tag, SHORT 3 / LONG 4, value) entries, written as given
     (duplicates and lies included), followed by `pixels`."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import exif_with_orientation, icc_profile
+from conftest import big_icc_profile, exif_with_orientation, icc_profile, jpeg_with_split_icc
 from daemon_helpers import ESPCN_X2, srd, write_config
 from PIL import Image
 
@@ -145,25 +145,9 @@ def test_a_7_mb_xmp_packet_in_a_small_png_is_dropped_with_a_log_line_naming_the_
     assert len(dropped) == 1 and dropped[0]["src"] == str(source) and dropped[0]["block"].startswith("xmp (7000048")
 
 
-def jpeg_with_split_icc(icc: bytes) -> bytes:
-    """A JPEG carrying `icc` in numbered APP2 chunks, as ICC.1 annex B says (written by hand)."""
-    base = cv2.imencode(".jpg", photo())[1].tobytes()
-    size = 65519
-    chunks = [icc[i : i + size] for i in range(0, len(icc), size)]
-    segments = b"".join(b"\xff\xe2" + struct.pack(">H", 16 + len(chunk)) + b"ICC_PROFILE\x00" + bytes([n, len(chunks)])
-                        + chunk for n, chunk in enumerate(chunks, 1))
-    return base[:20] + segments + base[20:]
-
-
-def big_icc_profile(size: int) -> bytes:
-    icc = icc_profile("srd big profile")
-    padded = icc + b"\x00" * (size - len(icc))
-    return struct.pack(">I", size) + padded[4:]
-
-
 def test_an_icc_profile_over_64_kb_is_read_from_split_app2_chunks_and_written_split() -> None:
     icc = big_icc_profile(150_000)
-    picture = decode(jpeg_with_split_icc(icc), max_pixels=LIMIT)
+    picture = decode(jpeg_with_split_icc(photo(), icc), max_pixels=LIMIT)
     assert picture.metadata.icc == icc
     data = encode(picture.with_pixels(cv2.resize(picture.pixels, None, fx=2, fy=2)), "jpeg").data
     assert data.count(b"ICC_PROFILE\x00") == 3
