@@ -89,7 +89,7 @@ def _jfif_resolution(jpeg: bytes) -> Resolution | None:
 
 def png_with_resolution(png: bytes, res: Resolution | None) -> bytes:
     """Insert a pHYs chunk after IHDR (PNG states density per metre, or an aspect ratio only)."""
-    if res is None or b"pHYs" in png[:4096]:
+    if res is None or _png_chunk(png, b"pHYs") is not None:
         return png
     per_metre = {"inch": _INCHES_PER_METRE, "cm": 100.0, "none": 1.0}[res.unit]
     body = struct.pack(">IIB", round(res.x * per_metre), round(res.y * per_metre), 0 if res.unit == "none" else 1)
@@ -98,21 +98,29 @@ def png_with_resolution(png: bytes, res: Resolution | None) -> bytes:
     return png[:end_of_ihdr] + chunk + png[end_of_ihdr:]
 
 
-def _png_resolution(png: bytes) -> Resolution | None:
+def _png_chunk(png: bytes, wanted: bytes) -> bytes | None:
+    """Body of the first `wanted` chunk before the image data (where pHYs must stand), or None."""
     pos = 8
     while pos + 8 <= len(png):
         length, kind = struct.unpack(">I4s", png[pos : pos + 8])
-        if kind == b"pHYs" and length == 9:
-            x, y, unit = struct.unpack(">IIB", png[pos + 8 : pos + 17])
-            if not x or not y:
-                return None
-            if unit == 1:
-                return Resolution("inch", x / _INCHES_PER_METRE, y / _INCHES_PER_METRE)
-            return Resolution("none", float(x), float(y))
+        if kind == wanted:
+            return png[pos + 8 : pos + 8 + length]
         if kind in (b"IDAT", b"IEND"):
             return None
         pos += 12 + length
     return None
+
+
+def _png_resolution(png: bytes) -> Resolution | None:
+    body = _png_chunk(png, b"pHYs")
+    if body is None or len(body) != 9:
+        return None
+    x, y, unit = struct.unpack(">IIB", body)
+    if not x or not y:
+        return None
+    if unit == 1:
+        return Resolution("inch", x / _INCHES_PER_METRE, y / _INCHES_PER_METRE)
+    return Resolution("none", float(x), float(y))
 
 
 def bmp_with_resolution(bmp: bytes, res: Resolution | None) -> bytes:
@@ -223,8 +231,11 @@ def tiff_with(tiff: bytes, *, exif: bytes | None, icc: bytes | None, xmp: bytes 
     """`tiff` (one page, as OpenCV writes it) with ICC, XMP and EXIF in a new first IFD."""
     if not (exif or icc or xmp):
         return tiff
-    out_tiff = _Tiff(tiff)
-    entries = dict(out_tiff.entries(out_tiff.first_ifd))
+    try:
+        out_tiff = _Tiff(tiff)
+        entries = dict(out_tiff.entries(out_tiff.first_ifd))
+    except (struct.error, IndexError, ValueError):  # e.g. a BigTIFF: written without the metadata
+        return tiff
     out = bytearray(tiff)
     extra: dict[int, tuple[int, int, int, bytes]] = {}
     if exif:
