@@ -27,7 +27,8 @@ _INCHES_PER_METRE = 39.37007874015748
 _TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
 _SUB_IFD_TAGS = (0x8769, 0x8825, 0xA005)  # EXIF, GPS, interoperability
 _EXIF_IFD, _GPS_IFD, _ICC_TAG, _XMP_TAG = 0x8769, 0x8825, 34675, 700
-# IFD0 tags an EXIF block shares with a TIFF's own first IFD (camera, author, dates).
+# IFD0 tags an EXIF block shares with a TIFF's own first IFD (camera, author, dates). Orientation is
+# not among them: OpenCV's TIFF reader applies it to the pixels itself.
 _SHARED_IFD0_TAGS = (270, 271, 272, 305, 306, 315, 33432)
 _RESOLUTION_UNITS = {1: "none", 2: "inch", 3: "cm"}
 
@@ -218,7 +219,7 @@ def tiff_metadata(tiff: bytes) -> TiffMetadata:
         xmp = src.value(entries[_XMP_TAG]) if _XMP_TAG in entries else None
         wanted = [entries[tag] for tag in (*_SHARED_IFD0_TAGS, _EXIF_IFD, _GPS_IFD) if tag in entries]
         exif = None
-        if any(entry[0] in (_EXIF_IFD, _GPS_IFD) for entry in wanted):
+        if wanted:
             out = bytearray(tiff[:2] + struct.pack(src.endian + "HI", 42, 8))
             _write_ifd(src, wanted, out)
             exif = bytes(out)

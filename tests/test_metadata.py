@@ -188,3 +188,19 @@ def test_a_big_endian_camera_exif_is_carried_into_a_little_endian_tiff() -> None
     out = pillow_open(encode(picture, "tiff").data)
     assert out.getexif()[0x010F] == "srd-test"
     assert out.getexif().get(0x0112, 1) == 1  # upright: TIFF default
+
+
+def test_a_tiffs_camera_tags_and_orientation_are_handled_once() -> None:
+    """A scanner TIFF's Make goes into the EXIF of a JPEG output; its Orientation, which OpenCV's TIFF
+    reader applies itself, is not applied a second time."""
+    from PIL import TiffImagePlugin
+
+    tags = TiffImagePlugin.ImageFileDirectory_v2()
+    tags[0x010F] = "srd-scanner"
+    tags[0x0112] = 6
+    picture = decode(pillow_save(photo(30, 50), "TIFF", tiffinfo=tags), max_pixels=LIMIT)
+    assert picture.pixels.shape[:2] == (50, 30)
+    out = pillow_open(encode(picture, "jpeg").data)
+    assert out.size == (30, 50)
+    assert out.getexif()[0x010F] == "srd-scanner"
+    assert out.getexif().get(0x0112, 1) == 1
