@@ -304,8 +304,8 @@ def _check_folders(inboxes: list[Inbox], state_dir: Path, problems: _Problems) -
 
 
 _TOP_LEVEL = {
-    "state_dir", "workers", "threads_per_worker", "max_input_pixels", "max_input_bytes", "max_attempts", "job_timeout",
-    "reconcile_interval", "model_dirs", "engine", "profiles", "inboxes", "log",
+    "state_dir", "workers", "threads_per_worker", "max_input_pixels", "max_input_bytes", "max_attempts",
+    "job_timeout", "reconcile_interval", "model_dirs", "engine", "profiles", "inboxes", "log",
 }
 
 

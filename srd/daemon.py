@@ -568,8 +568,8 @@ class Daemon:
         elif source_format is None:
             name = rel.name  # not an image: the job will fail; the name is never used
         else:
-            name = output_name(rel.name, source_format, output_format_for(source_format, requested, runtime.profile.output.fallback_format),
-                               requested)
+            written = output_format_for(source_format, requested, runtime.profile.output.fallback_format)
+            name = output_name(rel.name, source_format, written, requested)
         in_flight = {work.target for work in self._active.values()}
         reserved_by_starts = self.ledger.reserved_targets()
         claimed = reserved_by_starts.pop(key, None) if key else None
