@@ -30,17 +30,26 @@ def captured_codec_messages() -> Iterator[list[str]]:
     """
     messages: list[str] = []
     sys.stderr.flush()
+    sink = _anonymous_file()
     saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield messages
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            text = sink.read(_MAX_CAPTURED_BYTES).decode("utf-8", "replace")
-            for line in text.splitlines():
-                line = _OPENCV_PREFIX.sub("", line.strip())
-                if line and line not in messages:
-                    messages.append(line)
+    os.dup2(sink, 2)
+    try:
+        yield messages
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        text = os.pread(sink, _MAX_CAPTURED_BYTES, 0).decode("utf-8", "replace")
+        os.close(sink)
+        for line in text.splitlines():
+            line = _OPENCV_PREFIX.sub("", line.strip())
+            if line and line not in messages:
+                messages.append(line)
+
+
+def _anonymous_file() -> int:
+    """A file descriptor of a file with no name: in memory where the kernel allows (no disk, no /tmp)."""
+    try:
+        return os.memfd_create("srd-codec-messages", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):
+        with tempfile.TemporaryFile() as sink:
+            return os.dup(sink.fileno())
