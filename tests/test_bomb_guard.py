@@ -171,6 +171,7 @@ def test_srd_process_refuses_every_bomb_with_its_reason_and_processes_the_rest(t
 
 
 def test_max_input_bytes_is_validated(tmp_path: Path) -> None:
+    assert srd("config", "check", str(write_config(tmp_path, [], max_input_bytes=1000))).returncode == 0
     for bad in (0, "lots"):
         config = write_config(tmp_path, [], max_input_bytes=bad)
         result = srd("config", "check", str(config))
