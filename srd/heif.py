@@ -25,11 +25,14 @@ def available() -> bool:
     return True
 
 
-def decode(data: bytes) -> tuple[np.ndarray, Metadata, list[str]]:
+def decode(data: bytes, max_pixels: int) -> tuple[np.ndarray, Metadata, list[str]]:
     """Upright BGR(A) pixels (8 or 16 bits), metadata and decoder notes of a HEIC/HEIF file.
 
+    libheif reads the primary image's size before decoding anything: that size, the one the
+    decoder will use, is checked against `max_pixels` too.
+
     Raises:
-        ImageError: the extra is missing, or the file is corrupt.
+        ImageError: the extra is missing, the image is over the limit, or the file is corrupt.
     """
     try:
         import pillow_heif
@@ -37,6 +40,10 @@ def decode(data: bytes) -> tuple[np.ndarray, Metadata, list[str]]:
         raise ImageError(MISSING_EXTRA) from exc
     try:
         image = pillow_heif.open_heif(data, convert_hdr_to_8bit=False, bgr_mode=True)
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageError(f"the HEIC decoder reads {width}x{height} = {width * height} pixels, over the limit "
+                             f"of {max_pixels} (max_input_pixels)")
         pixels = np.asarray(image)
     except (ValueError, RuntimeError, OSError) as exc:  # libheif's errors come as these
         raise ImageError(f"corrupt or truncated HEIC data ({exc})") from exc

@@ -146,7 +146,7 @@ def decode(data: bytes, *, max_pixels: int) -> Picture:
             f"{max_pixels} (max_input_pixels)"
         )
     if header.format == "heic":
-        pixels, metadata, notes = heif.decode(data)
+        pixels, metadata, notes = heif.decode(data, max_pixels)
     else:
         pixels, metadata, notes = _decode_with_opencv(data, header.format)
     if pixels.shape[0] * pixels.shape[1] > max_pixels:  # the decoder disagreed with the header

@@ -114,6 +114,8 @@ def test_a_heic_from_a_phone_is_decoded_upright_with_its_metadata() -> None:
     assert picture.metadata.xmp == xmp
     with pytest.raises(ImageError, match="over the limit"):
         decode(data, max_pixels=100)
+    with pytest.raises(ImageError, match="the HEIC decoder reads 30x50 = 1500 pixels, over the limit of 1499"):
+        heif.decode(data, max_pixels=1499)  # libheif's own reading of the size, checked before decoding
 
 
 @needs_heif
