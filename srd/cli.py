@@ -205,7 +205,8 @@ def _run_process(args: argparse.Namespace) -> int:
             failures.append(JobResult(source, False, error="no such file"))
             continue
         out_dir.mkdir(parents=True, exist_ok=True)
-        jobs.append(Job(source, out_dir, profile, config.max_input_pixels, args.format))
+        jobs.append(Job(source, out_dir, profile, config.max_input_pixels, args.format,
+                        max_input_bytes=config.max_input_bytes))
     for failure in failures:
         print(f"srd: failed: {failure.source}: {failure.error}", file=sys.stderr)
 
@@ -226,7 +227,8 @@ def _run_process(args: argparse.Namespace) -> int:
             report(run_job(job, context))
     else:
         with make_pool(min(jobs_count, len(jobs)), engine, config.model_dirs,
-                       "info" if args.verbose else "error", config.log_format) as pool:
+                       "info" if args.verbose else "error", config.log_format,
+                       max_input_pixels=config.max_input_pixels) as pool:
             for future in as_completed([pool.submit(process, job) for job in jobs]):
                 report(future.result())
     progress.finish()

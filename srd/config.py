@@ -11,7 +11,7 @@ import os
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import yaml
 
 from srd.engine.upscaler import CHROMA_INTERPOLATIONS, ONNX_ENGINES, EngineSettings
 from srd.errors import ConfigError, ModelError
-from srd.imageio import OUTPUT_FORMATS, normalise_format
+from srd.imageio import DEFAULT_MAX_INPUT_BYTES, OUTPUT_FORMATS, normalise_format
 from srd.pipeline import STAGES, Pipeline, StageContext, Upscale
 
 DEFAULT_PROFILE = "default"
@@ -34,11 +34,16 @@ LOG_FORMATS = ("auto", "json", "console")
 
 @dataclass(frozen=True)
 class OutputSettings:
-    """How results are encoded: `format` 'same' keeps the input's format."""
+    """How results are encoded: `format` 'same' keeps the input's format.
+
+    `fallback_format` is written for inputs srd reads but cannot write (HEIC, AVIF, GIF …) when
+    `format` is 'same'; None keeps the built-in choice (HEIC → JPEG, the others → PNG).
+    """
 
     format: str = "same"
     quality: int = 95
     metadata: bool = True
+    fallback_format: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,7 @@ class Config:
     log_level: str = "info"
     log_format: str = "auto"
     source: str = "defaults"
+    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
 
     def worker_engine(self) -> EngineSettings:
         """Engine settings as each worker process applies them."""
@@ -208,9 +214,14 @@ def _parse_profile(name: str, data: Any, where: str, problems: _Problems) -> Pro
     output = OutputSettings(**(output_values or {}))
     if output.format != "same":
         try:
-            output = OutputSettings(normalise_format(output.format), output.quality, output.metadata)
+            output = replace(output, format=normalise_format(output.format))
         except ValueError:
             problems.add(f"{where}.output.format", f"must be same or one of {', '.join(OUTPUT_FORMATS)}")
+    if output.fallback_format is not None:
+        try:
+            output = replace(output, fallback_format=normalise_format(output.fallback_format))
+        except ValueError:
+            problems.add(f"{where}.output.fallback_format", f"must be one of {', '.join(OUTPUT_FORMATS)}")
     if not 1 <= output.quality <= 100:
         problems.add(f"{where}.output.quality", "must be between 1 and 100")
     if any(stage is None for stage in stages):
@@ -328,8 +339,8 @@ def check_real_folders(config: Config) -> None:
 
 
 _TOP_LEVEL = {
-    "state_dir", "workers", "threads_per_worker", "max_input_pixels", "max_attempts", "job_timeout",
-    "reconcile_interval", "model_dirs", "engine", "profiles", "inboxes", "log",
+    "state_dir", "workers", "threads_per_worker", "max_input_pixels", "max_input_bytes", "max_attempts",
+    "job_timeout", "reconcile_interval", "model_dirs", "engine", "profiles", "inboxes", "log",
 }
 
 
@@ -373,6 +384,7 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
     threads = number("threads_per_worker", int, 1, 1)
     workers = number("workers", int, default_workers(threads), 1)
     max_pixels = number("max_input_pixels", int, 100_000_000, 1)
+    max_bytes = number("max_input_bytes", int, DEFAULT_MAX_INPUT_BYTES, 1)
     max_attempts = number("max_attempts", int, 3, 1)
     job_timeout = number("job_timeout", float, None, 1)
     reconcile = number("reconcile_interval", float, 300.0, 1)
@@ -443,6 +455,7 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
         workers=workers,
         threads_per_worker=threads,
         max_input_pixels=max_pixels,
+        max_input_bytes=max_bytes,
         max_attempts=max_attempts,
         job_timeout=job_timeout,
         reconcile_interval=reconcile,

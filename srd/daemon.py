@@ -159,7 +159,7 @@ def default_pool(config: Config, on_start: Callable[[Any], None], wake: Callable
     # Workers log only warnings and errors: the daemon writes the one canonical line per job.
     worker_level = "debug" if config.log_level == "debug" else "warning"
     factory = process_executor_factory(config.workers, config.worker_engine(), config.model_dirs, worker_level,
-                                       config.log_format)
+                                       config.log_format, max_input_pixels=config.max_input_pixels)
     return JobPool(config.workers, factory, on_start=on_start, wake=wake, job_timeout=config.job_timeout)
 
 
@@ -590,7 +590,8 @@ class Daemon:
         if suspect:
             self._solo.add(work.key)
         job = Job(work.source, work.target.parent, work.profile, self.config.max_input_pixels, target=work.target,
-                  source_root=work.inbox.path, output_root=work.inbox.outbox)
+                  source_root=work.inbox.path, output_root=work.inbox.outbox,
+                  max_input_bytes=self.config.max_input_bytes)
         self.pool.submit(work.key, job, suspect=suspect)
 
     def _journal_start(self, key: Any) -> None:
@@ -626,7 +627,8 @@ class Daemon:
         elif source_format is None:
             name = rel.name  # not an image: the job will fail; the name is never used
         else:
-            name = output_name(rel.name, source_format, output_format_for(source_format, requested), requested)
+            written = output_format_for(source_format, requested, runtime.profile.output.fallback_format)
+            name = output_name(rel.name, source_format, written, requested)
         in_flight = {work.target for work in self._active.values()}
         reserved_by_starts = self.ledger.reserved_targets()
         claimed = reserved_by_starts.pop(key, None) if key else None

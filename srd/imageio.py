@@ -1,47 +1,71 @@
 """Decode image bytes into upright pixels plus metadata, and encode them back faithfully.
 
 Users judge an upscaler first by what it loses: EXIF rotation, ICC profiles (colour shifts),
-XMP, alpha, 16-bit depth. Everything here exists to carry those through unchanged.
+XMP, resolution, alpha, 16-bit depth. Everything here exists to carry those through unchanged,
+and to refuse, with a reason, what cannot be decoded safely.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
+from typing import BinaryIO
 
 import cv2
 import numpy as np
 
+from srd import containers, heif
+from srd.codeclog import captured_codec_messages
+from srd.decoderlimits import decoder_max_pixels
 from srd.errors import ImageError, OutputError
 from srd.exif import read_orientation, with_orientation_reset
 from srd.imageheader import EXTENSIONS, read_header
+from srd.metadata import Metadata, for_output, strip_exif_prefix
 
+__all__ = ["Metadata", "Picture", "Encoded", "decode", "encode", "read_bounded", "output_format_for"]
+
+# What OpenCV took from the environment when this process loaded it (see srd.decoderlimits).
+DECODER_MAX_PIXELS = decoder_max_pixels()
+# Default of `max_input_bytes`: far above any camera file, far below what a worker can hold.
+DEFAULT_MAX_INPUT_BYTES = 200_000_000
 # The JPEG APP1 namespace that marks an XMP packet (XMP spec part 3).
 _XMP_JPEG_NAMESPACE = b"http://ns.adobe.com/xap/1.0/\x00"
 OUTPUT_FORMATS = ("jpeg", "png", "webp", "tiff", "bmp")
 _FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff"}
-# Formats OpenCV decodes but should not be written back (palette or container formats).
-_WRITE_FALLBACK = {"gif": "png", "avif": "png", "pnm": "png"}
-
-
-@dataclass(frozen=True)
-class Metadata:
-    """Metadata blocks carried from input to output verbatim (EXIF orientation excepted)."""
-
-    exif: bytes | None = None
-    icc: bytes | None = None
-    xmp: bytes | None = None
+# Formats srd reads but does not write: palette, container or rarely supported formats. PNG keeps
+# alpha and 16 bits losslessly; a phone's HEIC becomes a JPEG, as photo libraries expect.
+WRITE_FALLBACK = {"gif": "png", "avif": "png", "pnm": "png", "pam": "png", "jp2": "png", "sunras": "png",
+                  "heic": "jpeg"}
+# Formats OpenCV could decode (or that users meet) that srd refuses, with the reason it gives.
+UNSUPPORTED_INPUTS = {
+    "hdr": "Radiance HDR is a floating-point format; srd processes 8- and 16-bit images only",
+    "pfm": "PFM (portable float map) is a floating-point format; srd processes 8- and 16-bit images only",
+    "exr": "OpenEXR is not supported (floating-point, and not built into this OpenCV)",
+}
 
 
 @dataclass(frozen=True)
 class Picture:
-    """Upright pixels (H×W grey, H×W×3 BGR or H×W×4 BGRA; uint8 or uint16) and their metadata."""
+    """Upright pixels (H×W grey, H×W×3 BGR or H×W×4 BGRA; uint8 or uint16) and their metadata.
+
+    `notes` are the decoder's own warnings ("Corrupt JPEG data: …"), for the caller to log.
+    """
 
     pixels: np.ndarray
     metadata: Metadata
     format: str
+    notes: tuple[str, ...] = ()
 
     def with_pixels(self, pixels: np.ndarray) -> Picture:
         return replace(self, pixels=pixels)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """An encoded image and the metadata blocks left out of it, each with the reason."""
+
+    data: bytes
+    dropped: tuple[str, ...] = ()
 
 
 def normalise_format(name: str) -> str:
@@ -53,54 +77,119 @@ def normalise_format(name: str) -> str:
     return key
 
 
-def output_format_for(source_format: str, requested: str | None) -> str:
-    """The format to write: the requested one, else the source's own (GIF/AVIF/PNM become PNG)."""
+def output_format_for(source_format: str, requested: str | None, fallback: str | None = None) -> str:
+    """The format to write: the requested one, else the source's own when srd can write it.
+
+    A source format srd cannot write becomes `fallback` when given, else its built-in default
+    (HEIC becomes JPEG; GIF, AVIF, PNM, JPEG 2000 and Sun raster become PNG).
+    """
     if requested and requested != "same":
         return normalise_format(requested)
-    return _WRITE_FALLBACK.get(source_format, source_format)
+    if source_format in OUTPUT_FORMATS:
+        return source_format
+    if fallback:
+        return normalise_format(fallback)
+    return WRITE_FALLBACK.get(source_format, "png")
 
 
 def extension_for(fmt: str) -> str:
     return EXTENSIONS[fmt]
 
 
+def read_bounded(stream: BinaryIO, max_bytes: int) -> bytes:
+    """Read an open file whole, refusing it from its size before anything is read into memory.
+
+    The size is checked twice: from fstat, and by reading at most one byte more than the limit,
+    so a file that grows after the stat cannot slip past.
+
+    Raises:
+        ImageError: the file is larger than `max_bytes`.
+    """
+    size = os.fstat(stream.fileno()).st_size
+    if size > max_bytes:
+        raise ImageError(f"file is {size} bytes, over the limit of {max_bytes} (max_input_bytes)")
+    data = stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ImageError(f"file grew past the limit of {max_bytes} bytes while being read (max_input_bytes)")
+    return data
+
+
 def decode(data: bytes, *, max_pixels: int) -> Picture:
     """Decode `data` into an upright `Picture`.
 
     The pixel count is checked from the header before anything is decoded, so a file that
-    claims 100000×100000 costs nothing.
+    claims 100000×100000 costs nothing; a header whose size cannot be read with certainty is
+    refused. OpenCV's own limit (see `srd.decoderlimits`) checks the size the decoder
+    itself reads, in case the two parsers ever disagree.
 
     Raises:
-        ImageError: empty, unrecognised, over the size limit, truncated or corrupt data.
+        ImageError: empty, unrecognised, unsupported, over the size limit, truncated or corrupt data.
     """
     if not data:
         raise ImageError("empty file (0 bytes)")
     header = read_header(data)
     if header is None:
         raise ImageError("not an image (unrecognised file signature)")
-    if header.pixels is not None and header.pixels > max_pixels:
+    refusal = UNSUPPORTED_INPUTS.get(header.format)
+    if refusal is not None:
+        raise ImageError(refusal)
+    if header.format == "heic" and not heif.available():
+        raise ImageError(heif.MISSING_EXTRA)
+    if header.pixels is None:
+        raise ImageError(
+            f"cannot read the image size from the {header.format.upper()} header with certainty "
+            "(malformed or ambiguous header); refused by the decompression-bomb guard"
+        )
+    if header.pixels > max_pixels:
         raise ImageError(
             f"image is {header.width}x{header.height} = {header.pixels} pixels, over the limit of "
-            f"{max_pixels} (max_pixels)"
+            f"{max_pixels} (max_input_pixels)"
         )
-    if header.format == "jpeg" and not _jpeg_is_complete(data):
-        raise ImageError("truncated JPEG (no end-of-image marker)")
-    pixels, types, blocks = cv2.imdecodeWithMetadata(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if pixels is None or pixels.size == 0:
-        raise ImageError(f"corrupt or truncated {header.format.upper()} data (decoder failed)")
+    if header.format == "heic":
+        pixels, metadata, notes = heif.decode(data, max_pixels)
+    else:
+        pixels, metadata, notes = _decode_with_opencv(data, header.format)
+    if pixels.shape[0] * pixels.shape[1] > max_pixels:  # the decoder disagreed with the header
+        raise ImageError(
+            f"decoded image is {pixels.shape[1]}x{pixels.shape[0]}, over the limit of {max_pixels} pixels "
+            "(max_input_pixels), although its header said less"
+        )
     pixels = _normalise_pixels(pixels)
-    metadata = _collect_metadata(types, blocks)
     pixels = apply_orientation(pixels, read_orientation(metadata.exif))
     if metadata.exif is not None:
         metadata = replace(metadata, exif=with_orientation_reset(metadata.exif))
-    return Picture(pixels=pixels, metadata=metadata, format=header.format)
+    return Picture(pixels=pixels, metadata=metadata, format=header.format, notes=tuple(notes))
 
 
-def encode(picture: Picture, fmt: str, *, quality: int = 95, keep_metadata: bool = True) -> bytes:
+def _decode_with_opencv(data: bytes, fmt: str) -> tuple[np.ndarray, Metadata, list[str]]:
+    if fmt == "jpeg" and not _jpeg_is_complete(data):
+        raise ImageError("truncated JPEG (no end-of-image marker)")
+    with captured_codec_messages() as notes:
+        try:
+            pixels, types, blocks = cv2.imdecodeWithMetadata(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error as exc:
+            pixels, failure = None, exc
+        else:
+            failure = None
+    if failure is not None and "CV_IO_MAX_IMAGE" in failure.err:
+        raise ImageError(
+            f"the {fmt.upper()} decoder reads a size over its own limit of {DECODER_MAX_PIXELS} pixels "
+            "(set from max_input_pixels when the worker pool started); refused"
+        )
+    if pixels is None or pixels.size == 0:
+        reasons = notes or ([failure.err] if failure is not None else [])
+        said = f": {'; '.join(reasons)}" if reasons else ""
+        raise ImageError(f"corrupt or truncated {fmt.upper()} data (decoder failed{said})")
+    return pixels, _collect_metadata(types, blocks, data, fmt), notes
+
+
+def encode(picture: Picture, fmt: str, *, quality: int = 95, keep_metadata: bool = True) -> Encoded:
     """Encode `picture` as `fmt`, converting only what the format can't hold.
 
     JPEG, WebP and BMP hold 8 bits (16-bit is rounded down to 8); JPEG and BMP hold no alpha
-    (flattened onto white, as an image viewer would show it).
+    (flattened onto white, as an image viewer would show it). Metadata is fitted to the output
+    (`srd.metadata.for_output`); OpenCV writes EXIF, ICC and XMP where it can, and the few byte
+    edits in `srd.containers` do the rest (split ICC in JPEG, TIFF tags, resolution).
 
     Raises:
         OutputError: the encoder refused the image.
@@ -110,19 +199,32 @@ def encode(picture: Picture, fmt: str, *, quality: int = 95, keep_metadata: bool
         pixels = _to_uint8(pixels)
     if fmt in ("jpeg", "bmp") and pixels.ndim == 3 and pixels.shape[2] == 4:
         pixels = _flatten_alpha(pixels)
-    params = _encode_params(fmt, quality)
-    meta = picture.metadata if keep_metadata else Metadata()
+    size = (pixels.shape[1], pixels.shape[0])
+    # The density is kept even without metadata: it is part of what the picture is, not about it.
+    kept = picture.metadata if keep_metadata else Metadata(resolution=picture.metadata.resolution)
+    meta, dropped = for_output(kept, fmt, size)
+    if fmt == "webp":  # WebP's only density field is EXIF's
+        meta = replace(meta, exif=containers.exif_with_resolution(meta.exif, meta.resolution))
+    params = _encode_params(fmt, quality) + _resolution_params(meta, fmt)
     kinds, blocks = _metadata_blocks(meta, fmt)
-    try:
-        ok, buf = cv2.imencodeWithMetadata(extension_for(fmt), pixels, kinds, blocks, params)
-    except cv2.error as exc:
-        raise OutputError(f"cannot encode as {fmt}: {exc.err}") from exc
+    with captured_codec_messages() as notes:
+        try:
+            ok, buf = cv2.imencodeWithMetadata(extension_for(fmt), pixels, kinds, blocks, params)
+        except cv2.error as exc:
+            ok, buf = False, exc.err
     if not ok:
-        raise OutputError(f"cannot encode as {fmt}")
+        said = "; ".join(notes) or (buf if isinstance(buf, str) else "")
+        raise OutputError(f"cannot encode as {fmt}" + (f": {said}" if said else ""))
     data = buf.tobytes()
-    if fmt == "jpeg" and meta.xmp:
-        data = _insert_jpeg_xmp(data, meta.xmp)
-    return data
+    if fmt == "jpeg":
+        data = containers.jpeg_with(data, icc=meta.icc, xmp=meta.xmp, resolution=meta.resolution)
+    elif fmt == "png":
+        data = containers.png_with_resolution(data, meta.resolution)
+    elif fmt == "bmp":
+        data = containers.bmp_with_resolution(data, meta.resolution)
+    elif fmt == "tiff":
+        data = containers.tiff_with(data, exif=meta.exif, icc=meta.icc, xmp=meta.xmp)
+    return Encoded(data, tuple(dropped))
 
 
 def apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -161,7 +263,7 @@ def _normalise_pixels(pixels: np.ndarray) -> np.ndarray:
     return pixels
 
 
-def _collect_metadata(types: object, blocks: object) -> Metadata:
+def _collect_metadata(types: object, blocks: object, data: bytes, fmt: str) -> Metadata:
     found: dict[int, bytes] = {}
     kinds = [] if types is None else list(np.asarray(types).ravel())
     for kind, block in zip(kinds, [] if blocks is None else list(blocks)):
@@ -171,11 +273,12 @@ def _collect_metadata(types: object, blocks: object) -> Metadata:
         xmp = xmp[len(_XMP_JPEG_NAMESPACE) :]
     if xmp is not None:
         xmp = _trim_xmp(xmp)
-    return Metadata(
-        exif=found.get(cv2.IMAGE_METADATA_EXIF) or None,
-        icc=found.get(cv2.IMAGE_METADATA_ICCP) or None,
-        xmp=xmp or None,
-    )
+    exif = strip_exif_prefix(found.get(cv2.IMAGE_METADATA_EXIF)) or None
+    icc = found.get(cv2.IMAGE_METADATA_ICCP) or None
+    if fmt == "tiff":  # OpenCV reads no TIFF metadata
+        tags = containers.tiff_metadata(data)
+        exif, icc, xmp = exif or tags.exif, icc or tags.icc, xmp or tags.xmp
+    return Metadata(exif=exif, icc=icc, xmp=xmp or None, resolution=containers.read_resolution(data, fmt, exif))
 
 
 def _trim_xmp(xmp: bytes) -> bytes:
@@ -195,27 +298,30 @@ def _trim_xmp(xmp: bytes) -> bytes:
 
 
 def _metadata_blocks(meta: Metadata, fmt: str) -> tuple[list[int], list[np.ndarray]]:
-    """Blocks for OpenCV's encoder; JPEG XMP is left out because OpenCV writes it without its namespace."""
-    if fmt in ("tiff", "bmp"):  # OpenCV writes no metadata for these
+    """Blocks for OpenCV's encoder: the ones it writes correctly for `fmt`.
+
+    Its JPEG writer fails on an ICC profile over one segment and writes XMP without its
+    namespace; its TIFF and BMP writers write no metadata. Those are added by `srd.containers`.
+    """
+    if fmt in ("tiff", "bmp"):
         return [], []
-    pairs = [(cv2.IMAGE_METADATA_EXIF, meta.exif), (cv2.IMAGE_METADATA_ICCP, meta.icc)]
+    pairs = [(cv2.IMAGE_METADATA_EXIF, meta.exif)]
     if fmt != "jpeg":
-        pairs.append((cv2.IMAGE_METADATA_XMP, meta.xmp))
+        pairs += [(cv2.IMAGE_METADATA_ICCP, meta.icc), (cv2.IMAGE_METADATA_XMP, meta.xmp)]
     kinds = [kind for kind, block in pairs if block]
     blocks = [np.frombuffer(block, np.uint8) for _, block in pairs if block]
     return kinds, blocks
 
 
-def _insert_jpeg_xmp(jpeg: bytes, xmp: bytes) -> bytes:
-    """Insert an XMP APP1 segment after the leading APPn segments (JFIF, EXIF, ICC)."""
-    payload = _XMP_JPEG_NAMESPACE + xmp
-    if len(payload) + 2 > 0xFFFF:  # extended XMP needs splitting; rare enough to drop with the rest intact
-        return jpeg
-    segment = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
-    pos = 2
-    while pos + 4 <= len(jpeg) and jpeg[pos] == 0xFF and 0xE0 <= jpeg[pos + 1] <= 0xEF:
-        pos += 2 + int.from_bytes(jpeg[pos + 2 : pos + 4], "big")
-    return jpeg[:pos] + segment + jpeg[pos:]
+def _resolution_params(meta: Metadata, fmt: str) -> list[int]:
+    """OpenCV's own TIFF resolution tags (it has no such parameter for the other formats)."""
+    res = meta.resolution
+    if fmt != "tiff" or res is None:
+        return []
+    unit = {"none": cv2.IMWRITE_TIFF_RESOLUTION_UNIT_NONE, "inch": cv2.IMWRITE_TIFF_RESOLUTION_UNIT_INCH,
+            "cm": cv2.IMWRITE_TIFF_RESOLUTION_UNIT_CENTIMETER}[res.unit]
+    return [cv2.IMWRITE_TIFF_RESUNIT, unit, cv2.IMWRITE_TIFF_XDPI, max(1, round(res.x)),
+            cv2.IMWRITE_TIFF_YDPI, max(1, round(res.y))]
 
 
 def _encode_params(fmt: str, quality: int) -> list[int]:

@@ -8,6 +8,7 @@ plain frozen dataclasses so they cross process boundaries; a bad file becomes a 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from srd import safefs
 from srd.atomic import write_bytes_atomic
 from srd.config import Profile
 from srd.errors import ImageError, OutputError, SrdError
-from srd.imageio import decode, encode, extension_for, output_format_for
+from srd.imageio import DEFAULT_MAX_INPUT_BYTES, decode, encode, extension_for, output_format_for, read_bounded
 from srd.pipeline import StageContext
 
 log = structlog.get_logger(__name__)
@@ -42,6 +43,7 @@ class Job:
     target: Path | None = None
     source_root: Path | None = None
     output_root: Path | None = None
+    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
 
 
 @dataclass(frozen=True)
@@ -66,13 +68,16 @@ def output_name(source_name: str, source_format: str, written_format: str, reque
     return safefs.fit_name(Path(source_name).stem, extension_for(written_format))
 
 
-def read_source(path: Path, root: Path | None = None) -> tuple[bytes, str]:
+def read_source(path: Path, root: Path | None = None, max_bytes: int = DEFAULT_MAX_INPUT_BYTES) -> tuple[bytes, str]:
     """Read a file once and hash those same bytes, so the hash always matches what was processed.
 
     With `root` (the inbox), the file is opened below it without following any symlink (`srd.safefs`).
+    A file over `max_bytes` is refused from its size, before it is read into memory.
     """
     try:
-        data = safefs.read_bytes(root, path) if root is not None else path.read_bytes()
+        fd = safefs.open_regular(root, path)[0] if root is not None else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as stream:
+            data = read_bounded(stream, max_bytes)
     except IsADirectoryError as exc:
         raise ImageError("is a directory, not an image file") from exc
     except OSError as exc:
@@ -85,16 +90,20 @@ def run_job(job: Job, context: StageContext) -> JobResult:
     started = time.monotonic()
     sha256 = None
     try:
-        data, sha256 = read_source(job.source, job.source_root)
+        data, sha256 = read_source(job.source, job.source_root, job.max_input_bytes)
         picture = decode(data, max_pixels=job.max_input_pixels)
         del data
+        for note in picture.notes:
+            log.info("decoder_warning", src=str(job.source), text=note)
         pixels = job.profile.pipeline.run(picture.pixels, context)
         settings = job.profile.output
         requested = job.format or settings.format
-        fmt = output_format_for(picture.format, requested)
+        fmt = output_format_for(picture.format, requested, settings.fallback_format)
         encoded = encode(picture.with_pixels(pixels), fmt, quality=settings.quality, keep_metadata=settings.metadata)
+        for reason in encoded.dropped:
+            log.warning("metadata_dropped", src=str(job.source), block=reason)
         target = job.target or job.out_dir / output_name(job.source.name, picture.format, fmt, requested)
-        write_bytes_atomic(target, encoded, root=job.output_root)
+        write_bytes_atomic(target, encoded.data, root=job.output_root)
     except OutputError as exc:
         return _failure(job, str(exc), sha256, started, output_errno=exc.errno)
     except SrdError as exc:

@@ -57,10 +57,11 @@ Outcome = Finished | Lost
 
 
 def process_executor_factory(
-    workers: int, engine: EngineSettings, model_dirs: Sequence[Path], log_level: str, log_format: str
+    workers: int, engine: EngineSettings, model_dirs: Sequence[Path], log_level: str, log_format: str, *,
+    max_input_pixels: int | None = None,
 ) -> Callable[[], Executor]:
     """A factory of worker pools (see `srd.worker.make_pool`), so a broken pool can be replaced."""
-    return lambda: make_pool(workers, engine, model_dirs, log_level, log_format)
+    return lambda: make_pool(workers, engine, model_dirs, log_level, log_format, max_input_pixels=max_input_pixels)
 
 
 def kill_workers(executor: Executor) -> None:

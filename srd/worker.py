@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from srd.decoderlimits import set_decoder_limits
 from srd.engine.upscaler import EngineSettings
 from srd.job import Job, JobResult, run_job
 from srd.logs import configure_logging
@@ -68,9 +69,17 @@ def process(job: Job) -> JobResult:
 
 
 def make_pool(
-    workers: int, engine: EngineSettings, model_dirs: Sequence[Path], log_level: str = "info", log_format: str = "auto"
+    workers: int, engine: EngineSettings, model_dirs: Sequence[Path], log_level: str = "info", log_format: str = "auto",
+    *, max_input_pixels: int | None = None,
 ) -> ProcessPoolExecutor:
-    """A process pool whose workers are ready to `process` jobs."""
+    """A process pool whose workers are ready to `process` jobs.
+
+    With `max_input_pixels`, OpenCV's own decoders in the workers refuse larger images too (the
+    second line behind the header check). The forkserver hands workers the environment it was
+    started with, so the limit in force is the one set before the first pool of this process.
+    """
+    if max_input_pixels is not None:
+        set_decoder_limits(max_input_pixels)
     return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("forkserver"),

@@ -101,6 +101,43 @@ def png_claiming(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
 
 
+def jpeg_claiming(width: int, height: int, *, stray_byte: bool = False) -> bytes:
+    """A real 16×16 JPEG whose frame header claims `width`×`height`; optionally one junk byte before it.
+
+    libjpeg skips the junk byte with a warning and decodes whatever the frame header says.
+    """
+    data = cv2.imencode(".jpg", np.full((16, 16, 3), 128, np.uint8))[1].tobytes()
+    sof = data.find(b"\xff\xc0")
+    data = data[: sof + 5] + struct.pack(">HH", height, width) + data[sof + 9 :]
+    return data[:sof] + b"\x00" + data[sof:] if stray_byte else data
+
+
+def jpeg_with_split_icc(pixels: np.ndarray, icc: bytes) -> bytes:
+    """A JPEG carrying `icc` in numbered APP2 chunks, as ICC.1 annex B says (written by hand)."""
+    base = cv2.imencode(".jpg", pixels)[1].tobytes()
+    size = 65519
+    chunks = [icc[i : i + size] for i in range(0, len(icc), size)]
+    segments = b"".join(b"\xff\xe2" + struct.pack(">H", 16 + len(chunk)) + b"ICC_PROFILE\x00" + bytes([n, len(chunks)])
+                        + chunk for n, chunk in enumerate(chunks, 1))
+    return base[:20] + segments + base[20:]
+
+
+def big_icc_profile(size: int) -> bytes:
+    icc = icc_profile("srd big profile")
+    padded = icc + b"\x00" * (size - len(icc))
+    return struct.pack(">I", size) + padded[4:]
+
+
+def tiff_from_entries(entries: list[tuple[int, int, int]], pixels: bytes) -> bytes:
+    """A little-endian TIFF with one IFD of (tag, SHORT 3 / LONG 4, value) entries, written as given
+    (duplicates and lies included), followed by `pixels`."""
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, value in entries:
+        ifd += struct.pack("<HHI", tag, kind, 1) + struct.pack("<HH" if kind == 3 else "<I", *(
+            (value, 0) if kind == 3 else (value,)))
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + b"\x00" * 4 + pixels
+
+
 @pytest.fixture(autouse=True)
 def _fresh_logging() -> None:
     """Each test starts with structlog's defaults: CLI tests configure it process-wide."""

@@ -61,7 +61,7 @@ def test_exif_icc_and_xmp_survive_a_round_trip(fmt: str, ext: str) -> None:
     data = _encode_with(ext, _asymmetric(), exif=exif_with_orientation(1), icc=icc)
     picture = decode(data, max_pixels=LIMIT)
     picture = Picture(picture.pixels, Metadata(picture.metadata.exif, picture.metadata.icc, XMP), picture.format)
-    again = decode(encode(picture, fmt), max_pixels=LIMIT)
+    again = decode(encode(picture, fmt).data, max_pixels=LIMIT)
     assert again.metadata.icc == icc
     assert again.metadata.exif == picture.metadata.exif
     assert again.metadata.xmp == XMP
@@ -69,7 +69,7 @@ def test_exif_icc_and_xmp_survive_a_round_trip(fmt: str, ext: str) -> None:
 
 def test_metadata_can_be_dropped_on_request() -> None:
     picture = decode(_encode_with(".png", _asymmetric(), icc=icc_profile()), max_pixels=LIMIT)
-    again = decode(encode(picture, "png", keep_metadata=False), max_pixels=LIMIT)
+    again = decode(encode(picture, "png", keep_metadata=False).data, max_pixels=LIMIT)
     assert again.metadata == Metadata()
 
 
@@ -81,13 +81,13 @@ def test_sixteen_bit_grey_and_alpha_pngs_decode_as_they_are() -> None:
         picture = decode(cv2.imencode(".png", pixels)[1].tobytes(), max_pixels=LIMIT)
         assert picture.pixels.dtype == pixels.dtype
         assert np.array_equal(picture.pixels, pixels)
-        assert np.array_equal(decode(encode(picture, "png"), max_pixels=LIMIT).pixels, pixels)
+        assert np.array_equal(decode(encode(picture, "png").data, max_pixels=LIMIT).pixels, pixels)
 
 
 def test_jpeg_output_flattens_alpha_on_white_and_rounds_sixteen_bit_to_eight() -> None:
     rgba = np.zeros((8, 8, 4), np.uint16)
     rgba[:, :, 3] = 0  # fully transparent: must come out white, not black
-    out = decode(encode(Picture(rgba, Metadata(), "png"), "jpeg", quality=100), max_pixels=LIMIT).pixels
+    out = decode(encode(Picture(rgba, Metadata(), "png"), "jpeg", quality=100).data, max_pixels=LIMIT).pixels
     assert out.dtype == np.uint8 and out.shape == (8, 8, 3)
     assert out.min() >= 250
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import big_icc_profile, jpeg_claiming, jpeg_with_split_icc, tiff_from_entries
 from daemon_helpers import DaemonProcess, files_under, wait_for
 from reliability_harness import (
     RssSampler,
@@ -96,6 +97,8 @@ def test_odd_but_valid_images_and_names_are_processed_faithfully(tmp_path: Path)
         "-leading-dash.png": (image_bytes(".png", SIZE, 14), (*DOUBLED, 3), np.uint8, "-leading-dash.png"),
         long_name: (image_bytes(".png", SIZE, 15), (*DOUBLED, 3), np.uint8, long_name),
         "folder.jpg/inside.png": (image_bytes(".png", SIZE, 16), (*DOUBLED, 3), np.uint8, "folder.jpg/inside.png"),
+        "big-icc.jpg": (jpeg_with_split_icc(noise((*SIZE, 3), seed=17), big_icc_profile(150_000)), (*DOUBLED, 3),
+                        np.uint8, "big-icc.jpg"),  # an ICC profile over 64 KB, split across APP2 segments
     }
     (inbox / "folder.jpg").mkdir()
     daemon = DaemonProcess(layout.config)
@@ -134,6 +137,10 @@ def test_broken_inputs_go_to_the_failed_folder_with_their_reason(tmp_path: Path)
         "empty.png": (b"", "empty file"),
         "text.jpg": (b"this is not an image, it is a shopping list\n" * 20, "not an image"),
         "bomb.png": (_png_claiming(100_000, 100_000), "100000x100000 = 10000000000 pixels, over the limit"),
+        "stray.jpg": (jpeg_claiming(20_000, 20_000, stray_byte=True), "cannot read the image size from the JPEG"),
+        "comment.pgm": (b"P5\n#" + b"x" * 4000 + b"\n30000 30000\n255\n", "30000x30000 = 900000000 pixels, over"),
+        "twowidths.tif": (tiff_from_entries([(256, 3, 16), (256, 3, 20_000), (257, 3, 16)], b""),
+                          "cannot read the image size from the TIFF"),
         long_broken: (jpeg[:300], "truncated JPEG"),
     }
     daemon = DaemonProcess(layout.config)

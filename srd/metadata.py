@@ -1,0 +1,164 @@
+"""Photo metadata carried from input to output, and what each output format can hold of it.
+
+Blocks are carried verbatim except where the output changes what they describe: EXIF
+Orientation becomes 1 (pixels are turned upright), PixelXDimension/PixelYDimension give the
+output's size, and the IFD1 thumbnail (the input's picture, at the input's orientation) is
+dropped. Oversized blocks are dropped, never written: a tiny image must not carry a 7 MB XMP
+packet into every output, and a JPEG segment holds at most 65,533 bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, replace
+
+EXIF_PREFIX = b"Exif\x00\x00"
+# Largest block srd carries over. Camera EXIF (with maker notes) and ICC profiles are well under
+# it; larger blocks are almost always edit histories or hostile padding.
+MAX_BLOCK_BYTES = 1 << 20
+# JPEG: one APP1 segment (length field 2 bytes, counting itself) holds "Exif\0\0" + the TIFF block.
+JPEG_MAX_EXIF = 0xFFFF - 2 - len(EXIF_PREFIX)
+_XMP_JPEG_NAMESPACE = b"http://ns.adobe.com/xap/1.0/\x00"
+JPEG_MAX_XMP = 0xFFFF - 2 - len(_XMP_JPEG_NAMESPACE)
+
+_EXIF_IFD_TAG = 0x8769
+_PIXEL_X_TAG = 0xA002
+_PIXEL_Y_TAG = 0xA003
+_SHORT, _LONG = 3, 4
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Pixel density: `unit` is 'inch', 'cm' or 'none' (only the aspect ratio is known)."""
+
+    unit: str
+    x: float
+    y: float
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """Metadata blocks carried from input to output."""
+
+    exif: bytes | None = None
+    icc: bytes | None = None
+    xmp: bytes | None = None
+    resolution: Resolution | None = None
+
+
+def strip_exif_prefix(exif: bytes | None) -> bytes | None:
+    """The TIFF-structured EXIF block without the "Exif\\0\\0" that JPEG and HEIF put before it."""
+    if exif and exif.startswith(EXIF_PREFIX):
+        return exif[len(EXIF_PREFIX) :]
+    return exif
+
+
+def for_output(meta: Metadata, fmt: str, size: tuple[int, int]) -> tuple[Metadata, list[str]]:
+    """The metadata to write for an output of `fmt` and `size` (width, height), and what was dropped.
+
+    Each dropped block comes back as a short reason, for the caller's log line naming the file.
+    """
+    dropped: list[str] = []
+
+    def capped(name: str, block: bytes | None, limit: int, why: str) -> bytes | None:
+        if block is not None and len(block) > limit:
+            dropped.append(f"{name} ({len(block)} bytes, over {limit}: {why})")
+            return None
+        return block
+
+    exif = strip_exif_prefix(meta.exif)
+    if exif is not None:
+        exif = exif_for_output(exif, size)
+    exif = capped("exif", exif, MAX_BLOCK_BYTES, "max carried block")
+    icc = capped("icc", meta.icc, MAX_BLOCK_BYTES * 4, "max carried ICC profile")
+    xmp = capped("xmp", meta.xmp, MAX_BLOCK_BYTES, "max carried block")
+    if fmt == "jpeg":
+        exif = capped("exif", exif, JPEG_MAX_EXIF, "one JPEG APP1 segment")
+        xmp = capped("xmp", xmp, JPEG_MAX_XMP, "one JPEG APP1 segment")
+    return replace(meta, exif=exif, icc=icc, xmp=xmp), dropped
+
+
+def exif_for_output(exif: bytes, size: tuple[int, int]) -> bytes:
+    """`exif` with PixelX/YDimension set to `size` and the IFD1 thumbnail dropped.
+
+    The thumbnail is cut off when it lies after everything else (as cameras write it);
+    otherwise only the link to it is removed. A malformed block is returned unchanged.
+    """
+    try:
+        ifds = _Ifds(exif)
+        data = bytearray(exif)
+        for tag, value in ((_PIXEL_X_TAG, size[0]), (_PIXEL_Y_TAG, size[1])):
+            entry = ifds.entry(ifds.exif_ifd, tag)
+            if entry is not None:
+                struct.pack_into(ifds.endian + "HII", data, entry + 2, _LONG, 1, value)
+        if ifds.next_ifd:
+            struct.pack_into(ifds.endian + "I", data, ifds.next_ifd_field, 0)
+            if ifds.thumbnail_start >= ifds.used_end:
+                del data[ifds.thumbnail_start :]
+        return bytes(data)
+    except (struct.error, IndexError, ValueError):
+        return exif
+
+
+class _Ifds:
+    """Where IFD0, the EXIF IFD and IFD1 lie in a TIFF-structured EXIF block."""
+
+    def __init__(self, exif: bytes) -> None:
+        if exif[:2] not in (b"II", b"MM"):
+            raise ValueError("no TIFF header")
+        self.exif = exif
+        self.endian = "<" if exif[:2] == b"II" else ">"
+        (ifd0,) = struct.unpack(self.endian + "I", exif[4:8])
+        self.used_end = 8
+        ifd0_end = self._walk(ifd0)
+        self.next_ifd_field = ifd0_end
+        (self.next_ifd,) = struct.unpack(self.endian + "I", exif[ifd0_end : ifd0_end + 4])
+        pointer = self.entry(ifd0, _EXIF_IFD_TAG)
+        self.exif_ifd = struct.unpack(self.endian + "I", exif[pointer + 8 : pointer + 12])[0] if pointer else None
+        for tag in (_EXIF_IFD_TAG, 0x8825, 0xA005):  # EXIF, GPS and interoperability IFDs
+            for ifd in (ifd0, self.exif_ifd):
+                found = self.entry(ifd, tag) if ifd else None
+                if found is not None:
+                    self._walk(struct.unpack(self.endian + "I", exif[found + 8 : found + 12])[0])
+        self.thumbnail_start = len(exif)
+        if self.next_ifd:
+            self.thumbnail_start = min(self.next_ifd, *self._value_offsets(self.next_ifd))
+
+    def entry(self, ifd: int | None, wanted: int) -> int | None:
+        if ifd is None:
+            return None
+        (count,) = struct.unpack(self.endian + "H", self.exif[ifd : ifd + 2])
+        for i in range(count):
+            pos = ifd + 2 + 12 * i
+            if struct.unpack(self.endian + "H", self.exif[pos : pos + 2])[0] == wanted:
+                return pos
+        return None
+
+    def _walk(self, ifd: int) -> int:
+        """Note the bytes an IFD and its values use; return the offset of its next-IFD field."""
+        (count,) = struct.unpack(self.endian + "H", self.exif[ifd : ifd + 2])
+        end = ifd + 2 + 12 * count
+        self.used_end = max(self.used_end, end + 4)
+        for start, length in self._values(ifd):
+            self.used_end = max(self.used_end, start + length)
+        return end
+
+    def _values(self, ifd: int) -> list[tuple[int, int]]:
+        sizes = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8}
+        (count,) = struct.unpack(self.endian + "H", self.exif[ifd : ifd + 2])
+        found = []
+        for i in range(count):
+            pos = ifd + 2 + 12 * i
+            _, kind, number, offset = struct.unpack(self.endian + "HHII", self.exif[pos : pos + 12])
+            length = sizes.get(kind, 1) * number
+            if length > 4:
+                found.append((offset, length))
+        return found
+
+    def _value_offsets(self, ifd: int) -> list[int]:
+        offsets = [offset for offset, _ in self._values(ifd)]
+        for tag in (0x0201,):  # JPEGInterchangeFormat: the thumbnail's own bytes
+            pos = self.entry(ifd, tag)
+            if pos is not None:
+                offsets.append(struct.unpack(self.endian + "I", self.exif[pos + 8 : pos + 12])[0])
+        return offsets

@@ -1,0 +1,181 @@
+"""Every format a user could meet is either processed (made here with a real encoder) or refused with
+its reason; HEIC/HEIF goes through the optional `heif` extra and says so when the extra is missing."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from conftest import exif_with_orientation, icc_profile, jpeg_claiming
+from daemon_helpers import DaemonProcess, inbox_config, srd, wait_for, write_config
+
+from srd import heif
+from srd.errors import ImageError
+from srd.exif import read_orientation
+from srd.imageio import decode, output_format_for
+
+LIMIT = 10**8
+needs_heif = pytest.mark.skipif(not heif.available(), reason="the heif extra (pillow-heif) is not installed")
+
+
+def asymmetric(height: int = 30, width: int = 50) -> np.ndarray:
+    image = np.zeros((height, width, 3), np.uint8)
+    image[:5, :, 2] = 255  # red top band
+    image[:, :4, 1] = 255  # green left band
+    return image
+
+
+# Every format this OpenCV wheel decodes (its build information lists them), written by OpenCV itself.
+OPENCV_FORMATS = [
+    (".jpg", "jpeg", "jpeg"), (".png", "png", "png"), (".webp", "webp", "webp"), (".tif", "tiff", "tiff"),
+    (".bmp", "bmp", "bmp"), (".gif", "gif", "png"), (".avif", "avif", "png"), (".jp2", "jp2", "png"),
+    (".ppm", "pnm", "png"), (".pgm", "pnm", "png"), (".pbm", "pnm", "png"), (".pam", "pam", "png"),
+    (".ras", "sunras", "png"),
+]
+
+
+@pytest.mark.parametrize("ext, fmt, written", OPENCV_FORMATS)
+def test_every_decodable_format_is_read_with_its_size_checked_and_has_an_output_format(
+    ext: str, fmt: str, written: str
+) -> None:
+    pixels = asymmetric(64, 80)  # OpenJPEG needs 64 px for its default resolution levels
+    if ext in (".pgm", ".pbm"):
+        pixels = pixels[:, :, 2].copy()
+    ok, buffer = cv2.imencode(ext, pixels)
+    assert ok
+    picture = decode(buffer.tobytes(), max_pixels=LIMIT)
+    assert picture.format == fmt
+    assert picture.pixels.shape[:2] == (64, 80)
+    assert output_format_for(fmt, "same") == written
+    with pytest.raises(ImageError, match="over the limit"):
+        decode(buffer.tobytes(), max_pixels=64 * 80 - 1)
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"\x76\x2f\x31\x01" + b"\x00" * 64, "OpenEXR is not supported"),
+    (b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 4 +X 4\n" + b"\x00" * 64, "Radiance HDR is a floating-point"),
+    (b"Pf\n4 4\n-1.0\n" + b"\x00" * 64, "PFM (portable float map) is a floating-point"),
+])
+def test_floating_point_formats_are_refused_with_their_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(ImageError, match=re.escape(reason)):
+        decode(data, max_pixels=LIMIT)
+
+
+def make_heic(pixels: np.ndarray, **options: object) -> bytes:
+    import pillow_heif
+
+    rgb = np.ascontiguousarray(pixels[:, :, ::-1])
+    image = pillow_heif.from_bytes("RGB", (rgb.shape[1], rgb.shape[0]), rgb.tobytes())
+    buffer = io.BytesIO()
+    image.save(buffer, quality=95, **options)
+    return buffer.getvalue()
+
+
+def test_without_the_extra_heic_says_which_extra_it_needs(tmp_path: Path) -> None:
+    """A HEIC file, decoded where pillow_heif cannot be imported: the reason names the extra exactly."""
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64
+    code = """
+        import sys
+        sys.modules["pillow_heif"] = None  # as if the extra were not installed
+        from srd.imageio import decode
+        from srd.errors import ImageError
+        try:
+            decode(open(sys.argv[1], "rb").read(), max_pixels=10**8)
+        except ImageError as exc:
+            print(exc)
+    """
+    source = tmp_path / "phone.heic"
+    source.write_bytes(heic)
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), str(source)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.stdout.strip() == "HEIC needs `pip install srd[heif]`", result.stderr
+
+
+@needs_heif
+def test_a_heic_from_a_phone_is_decoded_upright_with_its_metadata() -> None:
+    icc = icc_profile("srd phone")
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"/>'
+    data = make_heic(asymmetric(), exif=b"Exif\x00\x00" + exif_with_orientation(6), icc_profile=icc, xmp=xmp)
+    picture = decode(data, max_pixels=LIMIT)
+    assert picture.format == "heic"
+    assert picture.pixels.shape == (50, 30, 3)  # turned once, by libheif, not twice
+    assert picture.pixels[:, -5:, 2].mean() > 200  # the red top band is now on the right
+    assert read_orientation(picture.metadata.exif) == 1
+    assert b"srd-test" in picture.metadata.exif
+    assert picture.metadata.icc == icc
+    assert picture.metadata.xmp == xmp
+    with pytest.raises(ImageError, match="over the limit"):
+        decode(data, max_pixels=100)
+    with pytest.raises(ImageError, match="the HEIC decoder reads 30x50 = 1500 pixels, over the limit of 1499"):
+        heif.decode(data, max_pixels=1499)  # libheif's own reading of the size, checked before decoding
+
+
+@needs_heif
+@pytest.mark.parametrize("fallback, written", [(None, "phone.jpg"), ("png", "phone.png")])
+def test_srd_process_turns_a_heic_into_the_configured_format_keeping_its_metadata(
+    tmp_path: Path, fallback: str | None, written: str
+) -> None:
+    icc = icc_profile("srd phone")
+    source = tmp_path / "in" / "phone.heic"
+    source.parent.mkdir()
+    source.write_bytes(make_heic(asymmetric(), exif=b"Exif\x00\x00" + exif_with_orientation(6), icc_profile=icc))
+    config = _config_with_output(tmp_path, {"format": "same", **({"fallback_format": fallback} if fallback else {})})
+    result = srd("process", str(source), "--out", str(tmp_path / "out"), "--config", str(config),
+                 "--profile", "test", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [written]
+    out = decode((tmp_path / "out" / written).read_bytes(), max_pixels=LIMIT)
+    assert out.pixels.shape[:2] == (100, 60)
+    assert out.metadata.icc == icc
+    assert read_orientation(out.metadata.exif) == 1
+
+
+def _config_with_output(root: Path, output: dict[str, str]) -> Path:
+    config = write_config(root, [])
+    data = yaml.safe_load(config.read_text())
+    data["profiles"]["test"]["output"] = output
+    config.write_text(yaml.safe_dump(data))
+    return config
+
+
+def test_fallback_format_is_validated(tmp_path: Path) -> None:
+    config = _config_with_output(tmp_path, {"format": "same", "fallback_format": "heic"})
+    result = srd("config", "check", str(config))
+    assert result.returncode == 2
+    assert "fallback_format" in result.stderr + result.stdout
+
+
+def test_the_formats_table_in_the_readme_names_every_format() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("### Image formats", 1)[1].split("\n\n", 2)[1]
+    for name in ("JPEG", "PNG", "WebP", "TIFF", "BMP", "GIF", "AVIF", "HEIC", "JPEG 2000", "PNM", "PAM",
+                 "Sun raster", "OpenEXR", "Radiance HDR", "PFM"):
+        assert f"| {name} " in table, name
+
+
+@needs_heif
+def test_the_daemon_turns_a_heic_into_a_jpeg_and_fails_a_bomb_with_its_reason(tmp_path: Path) -> None:
+    """A real `srd run`: the output name follows the written format, a bomb goes to failed/ with why."""
+    inbox = inbox_config(tmp_path)
+    config = write_config(tmp_path, [inbox])
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_ready()
+        (Path(inbox["path"]) / "phone.heic").write_bytes(make_heic(asymmetric(), icc_profile=icc_profile()))
+        (Path(inbox["path"]) / "bomb.jpg").write_bytes(jpeg_claiming(20_000, 20_000, stray_byte=True))
+        output = Path(inbox["outbox"]) / "phone.jpg"
+        reason_file = Path(inbox["failed"]) / "bomb.jpg.error.json"
+        wait_for(lambda: output.is_file() and reason_file.is_file(), 60, "the HEIC output and the bomb's reason")
+    finally:
+        daemon.stop()
+    assert decode(output.read_bytes(), max_pixels=LIMIT).pixels.shape[:2] == (60, 100)
+    reason = reason_file.read_text()
+    assert "cannot read the image size from the JPEG header with certainty" in reason
