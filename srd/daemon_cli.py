@@ -13,13 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from srd.config import load_config
-from srd.errors import LockedError, SrdError
+from srd.errors import ExitCode, LockedError, SrdError
 from srd.ledger import Entry, Ledger, State
 from srd.logs import configure_logging
 from srd.status import pid_alive, read_status
-
-# LSB convention for "status": 3 means the program is not running.
-NOT_RUNNING = 3
 
 
 def add_commands(subparsers: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
@@ -33,7 +30,7 @@ def add_commands(subparsers: Any) -> dict[str, Callable[[argparse.Namespace], in
 
     status = subparsers.add_parser("status", help="show the daemon's status (running or not)",
                                    description="Read state_dir/status.json and say whether that daemon is alive. "
-                                               "Exit status 0: running; 3: not running.")
+                                               "Exit status 0: running; 3: not running (see srd --help).")
     status.add_argument("--config", "-c", type=Path, help="YAML config (for state_dir)")
     status.add_argument("--json", action="store_true", help="print the status document as JSON")
 
@@ -70,11 +67,11 @@ def show_status(args: argparse.Namespace) -> int:
     status = read_status(config.state_dir)
     if status is None:
         print(f"srd is not running: no status in {config.state_dir} (it has not run with this state_dir)")
-        return NOT_RUNNING
+        return ExitCode.NOT_RUNNING
     alive = pid_alive(int(status.get("pid", 0))) and status.get("state") != "stopped"
     if args.json:
         print(json.dumps({**status, "alive": alive}, indent=2, sort_keys=True))
-        return 0 if alive else NOT_RUNNING
+        return ExitCode.OK if alive else ExitCode.NOT_RUNNING
     if alive:
         started = datetime.fromisoformat(status["started_at"])
         uptime = int((datetime.now(UTC) - started).total_seconds())
@@ -100,7 +97,7 @@ def show_status(args: argparse.Namespace) -> int:
         if inbox.get("last_error"):
             err = inbox["last_error"]
             print(f"    last error {err['time']}: {err['source']}: {err['reason']}")
-    return 0 if alive else NOT_RUNNING
+    return ExitCode.OK if alive else ExitCode.NOT_RUNNING
 
 
 def _open_ledger(state_dir: Path, *, read_only: bool) -> Ledger:
@@ -151,7 +148,7 @@ def edit_ledger(args: argparse.Namespace) -> int:
             counts = ledger.counts()
             if not args.json:
                 print("total: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
-            return 0
+            return ExitCode.OK
         entry = _find(ledger, args.key)
         if args.ledger_command == "show":
             print(json.dumps(_describe(entry), indent=2))
@@ -163,4 +160,4 @@ def edit_ledger(args: argparse.Namespace) -> int:
         else:
             ledger.forget(entry.key)
             print(f"{entry.key}: forgotten; its content will be processed again when seen")
-        return 0
+        return ExitCode.OK

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import os
 import shutil
 from datetime import UTC, datetime
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -27,15 +29,17 @@ _NAME_MAX = 255
 _REPORT_SUFFIX = ".error.json"
 
 
+def numbered_names(folder: Path, name: str) -> Iterator[Path]:
+    """`folder/name`, then `name-1`, `name-2` … before the suffix: srd's one naming policy for collisions."""
+    yield folder / name
+    stem, suffix = Path(name).stem, Path(name).suffix
+    for n in itertools.count(1):
+        yield folder / f"{stem}-{n}{suffix}"
+
+
 def free_name(folder: Path, name: str) -> Path:
     """`folder/name`, or `name-1`, `name-2` … before the suffix, whichever doesn't exist yet."""
-    candidate = folder / name
-    stem, suffix = Path(name).stem, Path(name).suffix
-    n = 0
-    while os.path.lexists(candidate):
-        n += 1
-        candidate = folder / f"{stem}-{n}{suffix}"
-    return candidate
+    return next(path for path in numbered_names(folder, name) if not os.path.lexists(path))
 
 
 def copy_atomic(source: Path, target: Path) -> None:
