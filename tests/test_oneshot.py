@@ -17,6 +17,9 @@ from reliability_harness import worker_pids
 
 from srd.atomic import is_temp_name
 
+# --scale is given although the zoo name tells it, so that these tests show the same faults on older code.
+ESPCN = ["-m", str(ESPCN_X2), "-s", "2"]
+
 
 def snapshot(root: Path) -> dict[str, bytes]:
     """Every file under `root` (relative name → bytes), links resolved as a reader sees them."""
@@ -69,7 +72,7 @@ def test_outputs_over_inputs_are_refused_before_anything_is_written(layout: str,
     if layout == "another input's name after a format change":
         write_image(tmp_path / "hard" / "a.png", seed=5)
     before = snapshot(tmp_path)
-    done = srd("process", *args, "-m", str(ESPCN_X2))
+    done = srd("process", *args, *ESPCN)
     assert done.returncode == 2, done.stderr
     assert "--in-place" in done.stderr or "outside it" in done.stderr
     assert snapshot(tmp_path) == before  # not one byte written, no folder made
@@ -78,7 +81,7 @@ def test_outputs_over_inputs_are_refused_before_anything_is_written(layout: str,
 def test_in_place_replaces_each_input_only_with_its_complete_output(photos: Path, tmp_path: Path) -> None:
     sizes = {name: decoded_size(photos / name) for name in ("a.jpg", "b.png", "c.jpg")}
     (photos / "broken.jpg").write_bytes((photos / "a.jpg").read_bytes()[:100])
-    done = srd("process", str(photos), "--out", str(photos), "--in-place", "-m", str(ESPCN_X2))
+    done = srd("process", str(photos), "--out", str(photos), "--in-place", *ESPCN)
     assert done.returncode == 1, done.stderr
     assert "broken.jpg" in done.stderr and "3 processed, 1 failed" in done.stderr
     for name, (height, width) in sizes.items():
@@ -93,7 +96,7 @@ def test_in_place_never_writes_over_another_input(tmp_path: Path) -> None:
     folder = tmp_path / "p"
     jpg = write_image(folder / "a.jpg", (20, 30), seed=1)
     png = write_image(folder / "a.png", (10, 12), seed=2)
-    done = srd("process", str(jpg), str(png), "--out", str(folder), "--in-place", "-f", "png", "-m", str(ESPCN_X2))
+    done = srd("process", str(jpg), str(png), "--out", str(folder), "--in-place", "-f", "png", *ESPCN)
     assert done.returncode == 0, done.stderr
     assert decoded_size(folder / "a-1.png") == (40, 60)
     assert decoded_size(folder / "a.png") == (20, 24)
@@ -115,7 +118,7 @@ def test_two_inputs_that_map_to_one_name_are_both_written(
     second = write_image(tmp_path / names[1], (10, 12), seed=2)
     inputs = [str(first), str(second)] if names[0].startswith("in/") else [str(first.parent), str(second.parent)]
     extra = ["-f", fmt] if fmt else []
-    done = srd("process", *inputs, "--out", str(tmp_path / "out"), *extra, "-m", str(ESPCN_X2), "-j", "2")
+    done = srd("process", *inputs, "--out", str(tmp_path / "out"), *extra, *ESPCN, "-j", "2")
     assert done.returncode == 0, done.stderr
     assert "2 processed, 0 failed" in done.stderr
     assert {p.name: decoded_size(p) for p in (tmp_path / "out").iterdir()} == expected
@@ -123,7 +126,7 @@ def test_two_inputs_that_map_to_one_name_are_both_written(
 
 def test_rerunning_the_same_command_replaces_its_outputs_instead_of_numbering_them(photos: Path, tmp_path: Path) -> None:
     for _ in range(2):
-        done = srd("process", str(photos), "--out", str(tmp_path / "out"), "-m", str(ESPCN_X2))
+        done = srd("process", str(photos), "--out", str(tmp_path / "out"), *ESPCN)
         assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.jpg", "b.png", "c.jpg"]
 
@@ -230,8 +233,8 @@ def test_progress_line_shows_rate_and_eta_on_a_terminal(tmp_path: Path) -> None:
 def test_quiet_shows_only_failures_and_the_summary(tmp_path: Path) -> None:
     folder = _batch(tmp_path, 3)
     (folder / "bad.png").write_bytes(b"not an image")  # fails before OpenCV, whose own log lines are not ours
-    status, text = _run_on_a_terminal(["process", str(folder), "--out", str(tmp_path / "out"), "-m",
-                                       str(ESPCN_X2), "--quiet"])
+    status, text = _run_on_a_terminal(["process", str(folder), "--out", str(tmp_path / "out"), *ESPCN,
+                                       "--quiet"])
     assert status == 1, text
     lines = [line for line in text.replace("\r", "\n").splitlines() if line.strip()]
     assert len(lines) == 2, lines
@@ -243,8 +246,8 @@ def test_json_gives_one_result_per_file_on_stdout(tmp_path: Path) -> None:
     folder = tmp_path / "in"
     write_image(folder / "a.png", (20, 30))
     (folder / "bad.jpg").write_bytes(b"junk")
-    done = srd("process", str(folder), str(tmp_path / "missing.png"), "--out", str(tmp_path / "out"), "-m",
-               str(ESPCN_X2), "--json")
+    done = srd("process", str(folder), str(tmp_path / "missing.png"), "--out", str(tmp_path / "out"), *ESPCN,
+               "--json")
     assert done.returncode == 1, done.stderr
     records = {Path(r["source"]).name: r for r in map(json.loads, done.stdout.splitlines())}
     assert set(records) == {"a.png", "bad.jpg", "missing.png"}
@@ -297,9 +300,9 @@ def test_upscaled_pixels_match_the_model_whatever_the_path(zoo: Path, tmp_path: 
     folder = tmp_path / "in"
     for i in range(4):
         write_image(folder / f"{i}.png", (12 + i, 14), seed=i)
-    srd("process", str(folder), "--out", str(tmp_path / "par"), "-m", str(ESPCN_X2), "-j", "2")
+    srd("process", str(folder), "--out", str(tmp_path / "par"), *ESPCN, "-j", "2")
     for i in range(4):
-        done = srd("process", str(folder / f"{i}.png"), "--out", str(tmp_path / "one"), "-m", str(ESPCN_X2))
+        done = srd("process", str(folder / f"{i}.png"), "--out", str(tmp_path / "one"), *ESPCN)
         assert done.returncode == 0
         par = cv2.imread(str(tmp_path / "par" / f"{i}.png"))
         one = cv2.imread(str(tmp_path / "one" / f"{i}.png"))
