@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 
 
+@enum.unique  # one meaning per number
 class ExitCode(enum.IntEnum):
     """What an `srd` command's exit status means; README.md and ``srd --help`` show `exit_code_table`."""
 

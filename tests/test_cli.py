@@ -14,6 +14,7 @@ from conftest import SHARED, exif_with_orientation, icc_profile, png_claiming
 
 from srd.bicubic import bicubic_up, make_lr
 from srd.cli import main
+from srd.errors import ExitCode
 from srd.exif import read_orientation
 from srd.imageio import decode
 from srd.metrics import crop_to_multiple, psnr_y
@@ -199,7 +200,7 @@ def test_config_check_reports_errors_with_exit_code_2(tmp_path: Path, capsys: py
     assert run_cli("config", "check", bad) == 2
     err = capsys.readouterr().err
     assert "at 'workers': must be at least 1" in err
-    assert "at 'profiles.p.stages[0].upscale.model': no model 'nothing-like-this'" in err
+    assert "at 'profiles.p.stages[0].upscale.model': model not found: nothing-like-this (looked in" in err
 
 
 def test_models_list_and_verify_see_zoo_files_in_a_model_dir(
@@ -214,7 +215,7 @@ def test_models_list_and_verify_see_zoo_files_in_a_model_dir(
     assert run_cli("models", "list", "-c", config) == 0
     listing = capsys.readouterr().out
     assert any("ESPCN" in line and "verified" in line for line in listing.splitlines())
-    assert run_cli("models", "verify", "-c", config) == 3
+    assert run_cli("models", "verify", "-c", config) == ExitCode.MODEL
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("MISMATCH") and "FSRCNN_x2.pb" in line for line in lines)
     assert any(line.startswith("verified") and "ESPCN_x3.pb" in line for line in lines)
