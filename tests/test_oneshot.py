@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
@@ -16,6 +17,8 @@ from daemon_helpers import ESPCN_X2, decoded_size, make_image, srd, srd_command,
 from reliability_harness import worker_pids
 
 from srd.atomic import is_temp_name
+from srd.job import JobResult
+from srd.oneshot.report import NON_TTY_EVERY_S, Reporter, ReportOptions
 
 # --scale is given although the zoo name tells it, so that these tests show the same faults on older code.
 ESPCN = ["-m", str(ESPCN_X2), "-s", "2"]
@@ -307,3 +310,18 @@ def test_upscaled_pixels_match_the_model_whatever_the_path(zoo: Path, tmp_path: 
         par = cv2.imread(str(tmp_path / "par" / f"{i}.png"))
         one = cv2.imread(str(tmp_path / "one" / f"{i}.png"))
         assert par.shape == (2 * (12 + i), 28, 3) and np.array_equal(par, one)
+
+
+def test_without_a_terminal_progress_is_a_line_every_half_minute() -> None:
+    """Logs and CI see a run move: one plain progress line per `NON_TTY_EVERY_S`, none before."""
+    err, now = io.StringIO(), [0.0]
+    reporter = Reporter(4, ReportOptions(), err=err, out=io.StringIO(), clock=lambda: now[0])
+    reporter.starting(Path("0.png"))
+    now[0] = 10.0
+    reporter.result(JobResult(Path("0.png"), True, milliseconds=10_000))
+    assert err.getvalue() == ""
+    now[0] = NON_TTY_EVERY_S + 1
+    reporter.tick()
+    assert err.getvalue() == "srd: 1/4  31 s/file  ETA 1:33\n"
+    reporter.tick()
+    assert err.getvalue().count("\n") == 1
