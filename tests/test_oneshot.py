@@ -198,6 +198,7 @@ def test_ctrl_c_stops_the_batch_and_leaves_no_half_written_file(tmp_path: Path) 
         proc.kill()
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
+    assert f"srd: {len(list(out.iterdir()))} processed, 0 failed" in stderr and "srd: interrupted" in stderr
     assert not any(is_temp_name(p.name) for p in out.iterdir())
     assert all(decoded_size(p) == (320, 400) for p in out.iterdir())
 
@@ -325,3 +326,17 @@ def test_without_a_terminal_progress_is_a_line_every_half_minute() -> None:
     assert err.getvalue() == "srd: 1/4  31 s/file  ETA 1:33\n"
     reporter.tick()
     assert err.getvalue().count("\n") == 1
+
+
+def test_hard_links_under_two_names_each_get_their_output(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    write_image(folder / "a.png", (10, 12))
+    os.link(folder / "a.png", folder / "b.png")
+    done = srd("process", str(folder), str(folder / "a.png"), "--out", str(tmp_path / "out"), *ESPCN)
+    assert done.returncode == 0, done.stderr
+    assert "2 processed, 0 failed" in done.stderr
+    assert _sizes(tmp_path / "out") == {"a.png": (20, 24), "b.png": (20, 24)}
+
+
+def _sizes(folder: Path) -> dict[str, tuple[int, int] | None]:
+    return {p.name: decoded_size(p) for p in folder.iterdir()}

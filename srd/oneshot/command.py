@@ -51,13 +51,15 @@ def run_process(args: argparse.Namespace) -> ExitCode:
     jobs = [_job_for(file, profile, config, requested_format) for file in plan.files]
     settings = PoolSettings(workers, engine, tuple(config.model_dirs), log_level, config.log_format,
                             config.job_timeout, config.max_attempts)
-    run_batch(
-        jobs, settings,
-        on_start=lambda job: reporter.starting(job.source),
-        on_result=lambda job, result: reporter.result(result, planned[job.source].size),
-        on_idle=reporter.tick,
-    )
-    reporter.summary()
+    try:
+        run_batch(
+            jobs, settings,
+            on_start=lambda job: reporter.starting(job.source),
+            on_result=lambda job, result: reporter.result(result, planned[job.source].size),
+            on_idle=reporter.tick,
+        )
+    finally:  # after Ctrl-C too: what was done so far
+        reporter.summary()
     return ExitCode.FILES_FAILED if reporter.failed else ExitCode.OK
 
 

@@ -72,9 +72,9 @@ def make_plan(layout: Layout) -> Plan:
             `layout.in_place` is not set. Nothing has been written.
     """
     _check_folders(layout)
-    files: list[PlannedFile] = []
     skipped: list[Skipped] = []
-    inputs: dict[tuple[int, int], Path] = {}
+    named: set[Path] = set()
+    inputs: set[tuple[int, int]] = set()
     pairs: list[tuple[Path, Path, int]] = []
     for source, out_dir in _collect(layout):
         try:
@@ -85,11 +85,12 @@ def make_plan(layout: Layout) -> Plan:
         if not stat.S_ISREG(info.st_mode):
             skipped.append(Skipped(source, "not a regular file"))
             continue
-        identity = (info.st_dev, info.st_ino)
-        if identity in inputs:
-            continue  # the same file named twice (e.g. a folder and a file in it) is processed once
-        inputs[identity] = source
+        if Path(os.path.abspath(source)) in named:
+            continue  # the same path named twice (e.g. a folder and a file in it) is processed once
+        named.add(Path(os.path.abspath(source)))
+        inputs.add((info.st_dev, info.st_ino))
         pairs.append((source, out_dir, info.st_size))
+    files: list[PlannedFile] = []
     taken: set[Path] = set()
     overwritten: list[Path] = []
     for source, out_dir, size in pairs:
@@ -98,10 +99,12 @@ def make_plan(layout: Layout) -> Plan:
             key = Path(os.path.abspath(candidate))
             if key in taken:
                 continue
-            owner = _input_at(candidate, inputs)
-            if owner is not None and not (layout.in_place and owner == source):
+            if _is_an_input(candidate, inputs):
+                # In place, a file may replace its own directory entry, never another input's.
+                if layout.in_place and candidate.resolve() == source.resolve():
+                    break
                 if layout.in_place:
-                    continue  # another input's path: never written over, in place or not
+                    continue
                 overwritten.append(candidate)
             break
         taken.add(key)
@@ -143,13 +146,13 @@ def _inside(path: Path, folder: Path) -> bool:
     return any(_same_place(parent, folder) for parent in path.resolve().parents)
 
 
-def _input_at(path: Path, inputs: dict[tuple[int, int], Path]) -> Path | None:
-    """The input that `path` is (the same file, by device and inode), or None."""
+def _is_an_input(path: Path, inputs: set[tuple[int, int]]) -> bool:
+    """Whether `path` is an input file (the same file by device and inode: hard links and symlinks too)."""
     try:
         info = path.stat()
     except OSError:
-        return None
-    return inputs.get((info.st_dev, info.st_ino))
+        return False
+    return (info.st_dev, info.st_ino) in inputs
 
 
 def _collect(layout: Layout) -> Iterator[tuple[Path, Path]]:
