@@ -138,20 +138,22 @@ def test_rerunning_the_same_command_replaces_its_outputs_instead_of_numbering_th
 # -- a dying worker costs one file, not the batch -----------------------------------------------------------
 
 
-def _batch(tmp_path: Path, count: int = 6) -> Path:
+def _batch(tmp_path: Path, count: int = 10) -> Path:
     folder = tmp_path / "batch"
     for i in range(count):
         write_image(folder / f"{i}.png", (160, 200), seed=i)
     return folder
 
 
-def _kill_one_worker_mid_batch(cmd: list[str], out: Path) -> subprocess.CompletedProcess[str]:
+def _kill_one_worker_mid_batch(cmd: list[str], out: Path, total: int) -> subprocess.CompletedProcess[str]:
+    """Run `cmd`, SIGKILL one of its pool workers once the first output is written, and wait for the end."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: out.is_dir() and any(p.suffix == ".png" for p in out.iterdir()), 120,
                  "the first output")
         workers = wait_for(lambda: worker_pids(proc.pid), 30, "a worker")
         os.kill(workers[0], signal.SIGKILL)
+        assert len(list(out.iterdir())) < total, "the batch ended before the kill: make it longer"
         stdout, stderr = proc.communicate(timeout=300)
     finally:
         proc.kill()
@@ -160,11 +162,12 @@ def _kill_one_worker_mid_batch(cmd: list[str], out: Path) -> subprocess.Complete
 
 def test_a_killed_worker_is_replaced_and_the_whole_batch_is_processed(tmp_path: Path) -> None:
     folder, out = _batch(tmp_path), tmp_path / "out"
-    cmd = [*srd_command(), "process", str(folder), "--out", str(out), "-m", "edsr-base", "-s", "2", "-j", "2"]
-    done = _kill_one_worker_mid_batch(cmd, out)
+    cmd = [*srd_command(), "process", str(folder), "--out", str(out), "-m", "edsr-base", "-s", "2", "-j", "2", "-v"]
+    done = _kill_one_worker_mid_batch(cmd, out, 10)
     assert done.returncode == 0, done.stderr
-    assert "Traceback" not in done.stderr and "6 processed, 0 failed" in done.stderr
-    assert {p.name: decoded_size(p) for p in out.iterdir()} == {f"{i}.png": (320, 400) for i in range(6)}
+    assert "Traceback" not in done.stderr and "10 processed, 0 failed" in done.stderr
+    assert '"event": "pool_rebuilt"' in done.stderr and '"event": "job_lost_retrying"' in done.stderr
+    assert {p.name: decoded_size(p) for p in out.iterdir()} == {f"{i}.png": (320, 400) for i in range(10)}
 
 
 def test_a_killed_worker_fails_only_its_files_with_the_reason(tmp_path: Path) -> None:
@@ -174,17 +177,32 @@ def test_a_killed_worker_fails_only_its_files_with_the_reason(tmp_path: Path) ->
     config.write_text("max_attempts: 1\n")
     cmd = [*srd_command(), "process", str(folder), "--out", str(out), "-c", str(config), "-m", "edsr-base", "-s",
            "2", "-j", "2"]
-    done = _kill_one_worker_mid_batch(cmd, out)
+    done = _kill_one_worker_mid_batch(cmd, out, 10)
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     failures = [line for line in done.stderr.splitlines() if line.startswith("srd: failed:")]
     assert 1 <= len(failures) <= 2
-    assert all("worker process died" in line for line in failures)
+    assert all("worker process died" in line and "gave up after 1 attempt" in line for line in failures)
     written = {p.name for p in out.iterdir()}
     assert not any(is_temp_name(name) for name in written)
-    assert len(written) + len(failures) == 6
+    assert len(written) + len(failures) == 10
     assert f"{len(written)} processed, {len(failures)} failed" in done.stderr
     assert all(decoded_size(out / name) == (320, 400) for name in written)
+
+
+def test_a_job_over_job_timeout_fails_with_the_reason_and_the_rest_is_processed(tmp_path: Path) -> None:
+    folder, out = tmp_path / "in", tmp_path / "out"
+    write_image(folder / "huge.png", (700, 700), seed=1)  # edsr-base: ~10 s of one core
+    write_image(folder / "small.png", (16, 16), seed=2)
+    config = tmp_path / "timeout.yaml"
+    config.write_text("max_attempts: 1\njob_timeout: 3\n")
+    done = srd("process", str(folder), "--out", str(out), "-c", str(config), "-m", "edsr-base", "-s", "2",
+               "-j", "2", timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert any(line.startswith("srd: failed:") and "huge.png" in line and "timed out after 3 s" in line
+               for line in done.stderr.splitlines()), done.stderr
+    assert "1 processed, 1 failed" in done.stderr
+    assert [p.name for p in out.iterdir()] == ["small.png"]
 
 
 def test_ctrl_c_stops_the_batch_and_leaves_no_half_written_file(tmp_path: Path) -> None:
