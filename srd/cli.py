@@ -15,7 +15,6 @@ from srd.engine.upscaler import EngineSettings
 from srd.errors import (
     ConfigError,
     ExitCode,
-    ImageError,
     LockedError,
     ModelError,
     OutputError,
@@ -34,7 +33,6 @@ _EXIT_CODES: tuple[tuple[type[SrdError], ExitCode], ...] = (
     (ModelError, ExitCode.MODEL),
     (OutputError, ExitCode.OUTPUT),
     (LockedError, ExitCode.LOCKED),
-    (ImageError, ExitCode.ERROR),
     (SrdError, ExitCode.ERROR),
 )
 
