@@ -9,6 +9,7 @@ import pty
 import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import cv2
@@ -203,6 +204,28 @@ def test_a_job_over_job_timeout_fails_with_the_reason_and_the_rest_is_processed(
                for line in done.stderr.splitlines()), done.stderr
     assert "1 processed, 1 failed" in done.stderr
     assert [p.name for p in out.iterdir()] == ["small.png"]
+
+
+def test_workers_killed_mid_write_in_place_leave_each_input_whole_and_no_temp_file(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    originals = {f"{i}.png": write_image(folder / f"{i}.png", (300, 400), seed=i).read_bytes() for i in range(12)}
+    proc = subprocess.Popen([*srd_command(), "process", str(folder), "--out", str(folder), "--in-place", "-m",
+                             "edsr-lite", "-s", "2", "-j", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        workers = wait_for(lambda: pids if len(pids := worker_pids(proc.pid)) == 2 else None, 60, "two workers")
+        deadline = time.monotonic() + 120
+        while not any(is_temp_name(entry.name) for entry in os.scandir(folder)):  # kill at once when seen
+            assert time.monotonic() < deadline and proc.poll() is None, "never saw a temp file"
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert sorted(p.name for p in folder.iterdir()) == sorted(originals)  # no temp file left
+    for name, original in originals.items():
+        assert (folder / name).read_bytes() != original and decoded_size(folder / name) == (600, 800), name
 
 
 def test_ctrl_c_stops_the_batch_and_leaves_no_half_written_file(tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
 """Run a one-shot batch through the daemon's `JobPool`: the one execution path for both.
 
-The pool replaces a broken executor, so a worker killed by the OOM killer or a signal costs only its
-own file: the lost job is retried alone (``suspect`` mode) up to ``max_attempts`` times, then fails with
-the reason, and the rest of the batch goes on. `job_timeout` is honoured the same way.
+The pool replaces a broken executor, so a worker killed by the OOM killer or a signal costs only the
+jobs it held: they are retried alone (``suspect`` mode) up to ``max_attempts`` times, then fail with the
+reason, and the rest of the batch goes on. `job_timeout` is honoured the same way.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import structlog
 from srd.atomic import temp_files_of
 from srd.engine.upscaler import EngineSettings
 from srd.job import Job, JobResult
-from srd.pool import Finished, JobPool, Lost, process_executor_factory
+from srd.pool import Finished, JobPool, process_executor_factory
 
 log = structlog.get_logger(__name__)
 
@@ -46,25 +46,23 @@ def run_batch(
 ) -> None:
     """Run every job; each ends in exactly one `on_result` call (a lost worker becomes a failed result).
 
-    On Ctrl-C the workers are killed and the temp files of the jobs they were writing removed, so no
-    half-written file is left; the `KeyboardInterrupt` then propagates.
+    However the batch ends (done, Ctrl-C, an error), the workers are stopped first and then the temp
+    files that killed or timed-out workers left beside the targets are removed: no half-written file stays.
     """
     if not jobs:
         return
     woken = threading.Event()
     attempts: Counter[int] = Counter()
-    running: set[int] = set()
 
     def started(token: object) -> None:
         assert isinstance(token, int)
         attempts[token] += 1
-        running.add(token)
         on_start(jobs[token])
 
-    factory = process_executor_factory(min(settings.workers, len(jobs)), settings.engine, settings.model_dirs,
-                                       settings.log_level, settings.log_format)
-    pool = JobPool(min(settings.workers, len(jobs)), factory, on_start=started, wake=woken.set,
-                   job_timeout=settings.job_timeout)
+    workers = min(settings.workers, len(jobs))
+    factory = process_executor_factory(workers, settings.engine, settings.model_dirs, settings.log_level,
+                                       settings.log_format)
+    pool = JobPool(workers, factory, on_start=started, wake=woken.set, job_timeout=settings.job_timeout)
     waiting = deque(range(len(jobs)))
     try:
         while waiting or len(pool):
@@ -76,41 +74,33 @@ def run_batch(
             for outcome in pool.collect():
                 token = outcome.token
                 assert isinstance(token, int)
-                running.discard(token)
                 job = jobs[token]
                 if isinstance(outcome, Finished):
                     on_result(job, outcome.result)
-                    continue
-                _remove_temps(job, jobs, running)
-                if attempts[token] < settings.max_attempts:
+                elif attempts[token] < settings.max_attempts:
                     log.warning("job_lost_retrying", src=str(job.source), reason=outcome.reason,
                                 attempts=attempts[token], max_attempts=settings.max_attempts)
                     pool.submit(token, job, suspect=True)
-                    continue
-                reason = f"{outcome.reason}; gave up after {attempts[token]} attempt(s)"
-                on_result(job, JobResult(job.source, False, error=reason))
+                else:
+                    reason = f"{outcome.reason}; gave up after {attempts[token]} attempt(s)"
+                    on_result(job, JobResult(job.source, False, error=reason))
             pool.ensure_executor()
             on_idle()
-    except BaseException:
+    finally:
         pool.close()
-        for token in sorted(running):
-            _remove_temps(jobs[token], jobs, set())
-        raise
-    pool.close()
+        _remove_leftover_temps(jobs)
 
 
-def _remove_temps(job: Job, jobs: Sequence[Job], running: set[int]) -> None:
-    """Delete the temp file a killed worker left beside `job`'s target (not one a running job still writes)."""
-    assert job.target is not None
-    orphans = set(temp_files_of(job.target))
-    for token in running:
-        other = jobs[token].target
-        if orphans and other is not None and other.parent == job.target.parent:
-            orphans -= set(temp_files_of(other))
-    for temp in sorted(orphans):
-        try:
-            temp.unlink()
-        except OSError as exc:
-            log.warning("orphan_temp_remove_failed", path=str(temp), error=str(exc))
-            continue
-        log.info("orphan_temp_removed", path=str(temp), src=str(job.source))
+def _remove_leftover_temps(jobs: Sequence[Job]) -> None:
+    """Delete the temp files killed workers left beside the targets (nothing writes them any more)."""
+    for job in jobs:
+        assert job.target is not None
+        for temp in temp_files_of(job.target):
+            try:
+                temp.unlink()
+            except FileNotFoundError:
+                continue  # two targets sharing a long name prefix list the same temp
+            except OSError as exc:
+                log.warning("orphan_temp_remove_failed", path=str(temp), error=str(exc))
+                continue
+            log.info("orphan_temp_removed", path=str(temp), src=str(job.source))
