@@ -48,7 +48,8 @@ class Reporter:
         self._clock = clock
         self._tty = self._err.isatty()
         self._started = clock()
-        self._last_drawn = float("-inf")
+        # Off a terminal the first line comes after a while, not at the start.
+        self._last_drawn = float("-inf") if self._tty else self._started
         self._line_shown = False
         self._current = ""
         self.processed = 0
@@ -73,7 +74,6 @@ class Reporter:
             print(f"srd: failed: {result.source}: {result.error}", file=self._err, flush=True)
         if self.options.json:
             print(json.dumps(_as_record(result, input_bytes)), file=self._out, flush=True)
-        self._last_drawn = float("-inf") if self._tty else self._last_drawn
         self.tick()
 
     def tick(self) -> None:
@@ -82,9 +82,6 @@ class Reporter:
             return
         now = self._clock()
         if now - self._last_drawn < (_REDRAW_EVERY_S if self._tty else NON_TTY_EVERY_S):
-            return
-        if not self._tty and self._last_drawn == float("-inf"):
-            self._last_drawn = now  # the first line comes after a while, not at the start
             return
         self._last_drawn = now
         if self._tty:
