@@ -3,25 +3,45 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import as_completed
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from srd import __version__
-from srd.config import Config, Profile, check_real_folders, load_config
+from srd.config import Config, check_real_folders, load_config
 from srd.daemon_cli import add_commands as add_daemon_commands
 from srd.engine.registry import ModelSpec, available_models, resolve_model, user_models_dir
 from srd.engine.upscaler import EngineSettings
-from srd.errors import ConfigError, ModelError, SrdError
-from srd.imageheader import IMAGE_SUFFIXES
-from srd.imageio import normalise_format
-from srd.job import Job, JobResult, run_job
+from srd.errors import (
+    ConfigError,
+    ExitCode,
+    LockedError,
+    ModelError,
+    OutputError,
+    SrdError,
+    UsageError,
+    exit_code_table,
+)
+from srd.ledger import LedgerError
 from srd.logs import configure_logging
-from srd.pipeline import Pipeline, StageContext, Upscale
-from srd.worker import make_pool, process
+from srd.oneshot import run_process
+from srd.pipeline import StageContext
+
+# Most specific first: the first class an error is an instance of gives its exit code.
+_EXIT_CODES: tuple[tuple[type[SrdError], ExitCode], ...] = (
+    (ConfigError, ExitCode.USAGE),
+    (UsageError, ExitCode.USAGE),
+    (ModelError, ExitCode.MODEL),
+    (OutputError, ExitCode.OUTPUT),
+    (LockedError, ExitCode.LOCKED),
+    (LedgerError, ExitCode.LEDGER),
+    (SrdError, ExitCode.ERROR),
+)
+
+
+def exit_code_for(error: SrdError) -> ExitCode:
+    """The exit code of an expected error: one place, one table."""
+    return next(code for cls, code in _EXIT_CODES if isinstance(error, cls))
 
 
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -32,25 +52,34 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
 
 def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
     parser = argparse.ArgumentParser(
-        prog="srd", description="Super-resolution daemon: watch folders and upscale images with EDSR-family models."
+        prog="srd", description="Super-resolution daemon: watch folders and upscale images with EDSR-family models.",
+        epilog=f"exit codes:\n{exit_code_table()}", formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"srd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     process = sub.add_parser("process", help="upscale files or folders once and exit",
-                             description="Upscale images once. Each output is OUT/<input name>.")
+                             description="Upscale images once. Each output is OUT/<input name>; two inputs that "
+                                         "map to one name get -1, -2 …. Outputs never land on inputs unless "
+                                         "--in-place is given.")
     process.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
     process.add_argument("--out", "-o", type=Path, required=True, help="output folder (created if missing)")
     process.add_argument("--config", "-c", type=Path, help="YAML config (for profiles, model folders, engine)")
     process.add_argument("--profile", "-p", help="profile name from the config (default: 'default')")
     process.add_argument("--model", "-m", help="model name (e.g. edsr-lite) or model file path")
-    process.add_argument("--scale", "-s", type=float, help="upscaling factor (with --model)")
+    process.add_argument("--scale", "-s", type=float,
+                         help="upscaling factor (with --model; default: from a zoo file name like FSRCNN_x3.pb)")
     process.add_argument("--convention", help="model convention for a file whose name doesn't tell it")
     process.add_argument("--format", "-f", help="output format: same, jpg, png, webp, tiff, bmp")
     process.add_argument("--quality", type=int, help="JPEG/WebP quality 1-100")
     process.add_argument("--jobs", "-j", type=int, help="parallel worker processes (default: from config)")
     process.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders, mirroring them")
+    process.add_argument("--in-place", action="store_true",
+                         help="allow outputs to replace their own inputs (each atomically, once complete)")
     process.add_argument("--verbose", "-v", action="store_true", help="log every job")
+    process.add_argument("--quiet", "-q", action="store_true", help="print only failures and the summary")
+    process.add_argument("--json", action="store_true",
+                         help="one JSON object per file on stdout: source, output, status, reason, ms, sizes")
     _add_engine_options(process)
 
     models = sub.add_parser("models", help="list, verify or download models")
@@ -115,127 +144,6 @@ def _engine_from(config: Config, args: argparse.Namespace, default_threads: int 
     )
 
 
-def _profile_for(config: Config, args: argparse.Namespace) -> Profile:
-    if args.model and args.profile:
-        raise ConfigError(["give either --profile or --model/--scale, not both"], "command line")
-    if args.model:
-        if args.scale is None:
-            raise ConfigError(["--model needs --scale"], "command line")
-        stage = Upscale(model=args.model, scale=args.scale, convention=args.convention)
-        problems = stage.problems()
-        if problems:
-            raise ConfigError(problems, "command line")
-        profile = Profile("command-line", Pipeline((stage,)))
-    else:
-        name = args.profile or "default"
-        if name not in config.profiles:
-            raise ConfigError([f"unknown profile {name!r} (known: {', '.join(config.profiles)})"], config.source)
-        profile = config.profiles[name]
-    if args.quality is not None:
-        if not 1 <= args.quality <= 100:
-            raise ConfigError(["--quality must be between 1 and 100"], "command line")
-        profile = replace(profile, output=replace(profile.output, quality=args.quality))
-    return profile
-
-
-def _collect_inputs(inputs: Sequence[Path], out: Path, recursive: bool) -> Iterator[tuple[Path, Path]]:
-    """(source file, output folder) pairs; folders contribute their image files, sub-folders mirrored."""
-    for item in inputs:
-        if item.is_dir():
-            pattern = "**/*" if recursive else "*"
-            for path in sorted(item.glob(pattern)):
-                if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES:
-                    yield path, out / path.parent.relative_to(item)
-        else:
-            yield item, out
-
-
-class _Progress:
-    """A one-line progress bar on a terminal; silent otherwise (logs carry the detail)."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.done = 0
-        self.enabled = sys.stderr.isatty() and total > 0
-
-    def advance(self, name: str) -> None:
-        self.done += 1
-        if self.enabled:
-            filled = 30 * self.done // self.total
-            sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {name[:40]:<40}")
-            sys.stderr.flush()
-
-    def interrupt(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r" + " " * 80 + "\r")
-
-    def finish(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-
-
-def _run_process(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    configure_logging("info" if args.verbose else "error", config.log_format)
-    profile = _profile_for(config, args)
-    if args.format and args.format != "same":
-        try:
-            normalise_format(args.format)
-        except ValueError as exc:
-            raise ConfigError([str(exc)], "command line") from exc
-    jobs_count = args.jobs or config.workers
-    cores = os.cpu_count() or 1
-    threads = args.threads or max(1, cores // jobs_count)
-    engine = _engine_from(config, args, threads)
-    context = StageContext(engine, config.model_dirs)
-    for spec in profile.pipeline.models(context):  # fail fast, before any file is touched
-        context.verify(spec)
-
-    pairs = list(_collect_inputs(args.inputs, args.out, args.recursive))
-    failures: list[JobResult] = []
-    seen: dict[Path, Path] = {}
-    jobs = []
-    for source, out_dir in pairs:
-        planned = out_dir / source.name
-        if planned in seen:
-            failures.append(JobResult(source, False, error=f"same output name as {seen[planned]}"))
-            continue
-        seen[planned] = source
-        if not source.exists():
-            failures.append(JobResult(source, False, error="no such file"))
-            continue
-        out_dir.mkdir(parents=True, exist_ok=True)
-        jobs.append(Job(source, out_dir, profile, config.max_input_pixels, args.format,
-                        max_input_bytes=config.max_input_bytes))
-    for failure in failures:
-        print(f"srd: failed: {failure.source}: {failure.error}", file=sys.stderr)
-
-    progress = _Progress(len(jobs))
-    processed = 0
-
-    def report(result: JobResult) -> None:
-        nonlocal processed
-        processed += result.ok
-        if not result.ok:
-            progress.interrupt()
-            print(f"srd: failed: {result.source}: {result.error}", file=sys.stderr)
-            failures.append(result)
-        progress.advance(result.source.name)
-
-    if jobs_count <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            report(run_job(job, context))
-    else:
-        with make_pool(min(jobs_count, len(jobs)), engine, config.model_dirs,
-                       "info" if args.verbose else "error", config.log_format,
-                       max_input_pixels=config.max_input_pixels) as pool:
-            for future in as_completed([pool.submit(process, job) for job in jobs]):
-                report(future.result())
-    progress.finish()
-    print(f"srd: {processed} processed, {len(failures)} failed", file=sys.stderr)
-    return 1 if failures else 0
-
-
 def _model_status(spec: ModelSpec, context: StageContext) -> str:
     if not spec.path.is_file():
         return "missing"
@@ -244,7 +152,7 @@ def _model_status(spec: ModelSpec, context: StageContext) -> str:
     return "verified" if context.sha256(spec) == spec.expected_sha256 else "MISMATCH"
 
 
-def _run_models(args: argparse.Namespace) -> int:
+def _run_models(args: argparse.Namespace) -> ExitCode:
     from srd.engine.fetch import fetch_model
     from srd.engine.zoo import ZOO, find_zoo
 
@@ -261,7 +169,7 @@ def _run_models(args: argparse.Namespace) -> int:
         for model in wanted:
             path = fetch_model(model, dest, base_url=args.base_url)
             print(f"{model.name} x{model.scale}: {path} (sha256 verified)")
-        return 0
+        return ExitCode.OK
     specs = list(available_models(config.model_dirs))
     if args.models_command == "verify":
         bad = 0
@@ -271,7 +179,7 @@ def _run_models(args: argparse.Namespace) -> int:
             print(f"{status:<10} {spec.name} x{spec.scale}  {spec.path}")
         if not specs:
             print("no models found")
-        return ModelError.exit_code if bad else 0
+        return ExitCode.MODEL if bad else ExitCode.OK
     print(f"{'name':<14} {'scale':>5} {'format':<10} {'convention':<10} {'size':>9}  {'status':<10} path")
     shown = set()
     for spec in specs:
@@ -285,18 +193,18 @@ def _run_models(args: argparse.Namespace) -> int:
     missing = sorted({f"{m.name} x{m.scale}" for m in ZOO if (m.name, m.scale) not in shown})
     if missing:
         print(f"\ndownloadable with 'srd models fetch NAME --scale S': {', '.join(missing)}")
-    return 0
+    return ExitCode.OK
 
 
-def _run_config_check(args: argparse.Namespace) -> int:
+def _run_config_check(args: argparse.Namespace) -> ExitCode:
     config = load_config(args.file, check_models=True)
     check_real_folders(config)
     print(f"{config.source}: ok ({len(config.inboxes)} inbox(es), profiles: {', '.join(config.profiles)}, "
           f"{config.workers} worker(s) x {config.threads_per_worker} thread(s))")
-    return 0
+    return ExitCode.OK
 
 
-def _run_bench(args: argparse.Namespace) -> int:
+def _run_bench(args: argparse.Namespace) -> ExitCode:
     from srd import bench
 
     config = load_config(args.config)
@@ -315,7 +223,7 @@ def _run_bench(args: argparse.Namespace) -> int:
             print("|---" * (len(rows) + 1) + "|")
             for name in rows[0].scores:
                 print(f"| {name} | {' | '.join(f'{row.scores[name][0]:.2f}' for row in rows)} |")
-        return 0
+        return ExitCode.OK
     specs = [resolve_model(m, args.scale, extra_dirs=config.model_dirs) for m in args.model]
     height, width = (int(v) for v in args.size.lower().split("x"))
     tiles = [int(t) for t in args.tiles.split(",")]
@@ -329,10 +237,10 @@ def _run_bench(args: argparse.Namespace) -> int:
         spread = f"{min(row.us_per_lr_pixel):.2f}–{max(row.us_per_lr_pixel):.2f}"
         ratio = f"{row.median_us / first[row.method]:.2f}" if row.method in first else "–"
         print(f"| {row.model} | {row.method} | {row.median_us:.2f} ({spread}) | {row.peak_rss_mb:.0f} | {ratio} |")
-    return 0
+    return ExitCode.OK
 
 
-def _run_train(args: argparse.Namespace) -> int:
+def _run_train(args: argparse.Namespace) -> ExitCode:
     try:
         from srd.train.command import main as train_main
     except ImportError as exc:
@@ -351,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(unparsed)}")
     handlers = {
         **daemon_handlers,
-        "process": _run_process,
+        "process": run_process,
         "models": _run_models,
         "config": _run_config_check,
         "bench": _run_bench,
@@ -363,11 +271,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"srd: invalid configuration ({exc.source}):", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
-        code = exc.exit_code
+        code = exit_code_for(exc)
     except SrdError as exc:
         print(f"srd: error: {exc}", file=sys.stderr)
-        code = exc.exit_code
+        code = exit_code_for(exc)
     except KeyboardInterrupt:
         print("srd: interrupted", file=sys.stderr)
-        code = 130
-    sys.exit(code)
+        code = ExitCode.INTERRUPTED
+    sys.exit(int(code))

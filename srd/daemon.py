@@ -39,7 +39,7 @@ import structlog
 from srd import safefs
 from srd.atomic import clean_stale_temps, temp_files_of
 from srd.config import Config, Inbox, Profile, load_config
-from srd.errors import ConfigError, ImageError, OutputError, SrdError
+from srd.errors import ConfigError, ExitCode, ImageError, OutputError, SrdError
 from srd.fileversion import FileVersion
 from srd.imageheader import sniff_format
 from srd.imageio import output_format_for
@@ -53,7 +53,7 @@ from srd.pipeline import StageContext, Upscale
 from srd.pool import Finished, JobPool, Lost, Outcome, process_executor_factory
 from srd.scan import candidate_stat
 from srd.settle import ReadyFile, SettleTracker
-from srd.sources import archive_source, fail_source, link_or_copy
+from srd.sources import archive_source, fail_source, link_or_copy, numbered_names
 from srd.status import write_status
 from srd.watch import Hint, InboxWatcher
 
@@ -254,8 +254,8 @@ class Daemon:
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
-    def run(self) -> int:
-        """Run until asked to stop; returns the exit status (0 after a clean drain).
+    def run(self) -> ExitCode:
+        """Run until asked to stop; returns the exit status (OK after a clean drain).
 
         Raises:
             LockedError: Another instance owns the state directory.
@@ -269,7 +269,7 @@ class Daemon:
             self._shutdown()
         finally:
             self.close()
-        return 0
+        return ExitCode.OK
 
     def start(self) -> None:
         """Take the ledger lock, recover from a crash, build the pool and start watching (no loop yet)."""
@@ -635,11 +635,7 @@ class Daemon:
         if claimed is not None and claimed.parent == out_dir and claimed not in in_flight:
             return claimed
         claimed_elsewhere = set(reserved_by_starts.values())
-        stem, ext = Path(name).stem, Path(name).suffix
-        n = 0
-        while True:
-            candidate = out_dir / safefs.fit_name(stem if n == 0 else f"{stem}-{n}", ext)
-            n += 1
+        for candidate in numbered_names(out_dir, name):
             if candidate in in_flight or candidate in claimed_elsewhere:
                 continue
             owner = self.ledger.owner(candidate)

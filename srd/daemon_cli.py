@@ -15,14 +15,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from srd.config import Config, check_real_folders, load_config
-from srd.errors import LockedError, SrdError
-from srd.ledger import Entry, Ledger, LedgerError, State, check_ledger, repair_ledger
+from srd.errors import ExitCode, LockedError, SrdError
+from srd.ledger import Entry, Ledger, State, check_ledger, repair_ledger
 from srd.logs import configure_logging
 from srd.sources import move_file, report_path
 from srd.status import pid_alive, read_status
-
-# LSB convention for "status": 3 means the program is not running.
-NOT_RUNNING = 3
 
 
 def add_commands(subparsers: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
@@ -36,7 +33,7 @@ def add_commands(subparsers: Any) -> dict[str, Callable[[argparse.Namespace], in
 
     status = subparsers.add_parser("status", help="show the daemon's status (running or not)",
                                    description="Read state_dir/status.json and say whether that daemon is alive. "
-                                               "Exit status 0: running; 3: not running.")
+                                               "Exit status 0: running; 3: not running (see srd --help).")
     status.add_argument("--config", "-c", type=Path, help="YAML config (for state_dir)")
     status.add_argument("--json", action="store_true", help="print the status document as JSON")
 
@@ -91,11 +88,11 @@ def show_status(args: argparse.Namespace) -> int:
     status = read_status(config.state_dir)
     if status is None:
         print(f"srd is not running: no status in {config.state_dir} (it has not run with this state_dir)")
-        return NOT_RUNNING
+        return ExitCode.NOT_RUNNING
     alive = pid_alive(int(status.get("pid", 0))) and status.get("state") != "stopped"
     if args.json:
         print(json.dumps({**status, "alive": alive}, indent=2, sort_keys=True))
-        return 0 if alive else NOT_RUNNING
+        return ExitCode.OK if alive else ExitCode.NOT_RUNNING
     if alive:
         started = datetime.fromisoformat(status["started_at"])
         uptime = int((datetime.now(UTC) - started).total_seconds())
@@ -125,7 +122,7 @@ def show_status(args: argparse.Namespace) -> int:
         if inbox.get("last_error"):
             err = inbox["last_error"]
             print(f"    last error {err['time']}: {err['source']}: {err['reason']}")
-    return 0 if alive else NOT_RUNNING
+    return ExitCode.OK if alive else ExitCode.NOT_RUNNING
 
 
 def _open_ledger(state_dir: Path, *, read_only: bool) -> Ledger:
@@ -178,7 +175,7 @@ def _since(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is neither an age (30m, 12h, 7d) nor an ISO date/time") from None
 
 
-def _list(ledger: Ledger, args: argparse.Namespace) -> int:
+def _list(ledger: Ledger, args: argparse.Namespace) -> ExitCode:
     entries = sorted(ledger.entries(), key=lambda e: e.updated_ts)
     inbox = None if args.inbox is None else str(Path(args.inbox).expanduser().absolute())
     shown = [e for e in entries
@@ -188,7 +185,7 @@ def _list(ledger: Ledger, args: argparse.Namespace) -> int:
     if args.json:
         for entry in shown:
             print(json.dumps(_describe(entry)))
-        return 0
+        return ExitCode.OK
     print(f"{'KEY':<12}  {'STATE':<8} {'TRIES':>5}  {'UPDATED':<29}  {'SOURCE':<40}  OUTPUT / ERROR")
     for entry in shown:
         where = entry.output if entry.state == State.DONE else (entry.error or "")
@@ -196,7 +193,7 @@ def _list(ledger: Ledger, args: argparse.Namespace) -> int:
               f"{printable(f'{entry.inbox}/{entry.source}'):<40}  {printable(str(where or ''))}")
     counts = ", ".join(f"{n} {state}" for state, n in ledger.counts().items())
     print(f"shown: {len(shown)} of {len(entries)}; total: {counts}")
-    return 0
+    return ExitCode.OK
 
 
 def _retry(ledger: Ledger, entry: Entry, config: Config) -> None:
@@ -240,20 +237,20 @@ def _failed_file(entry: Entry, config: Config) -> Path | None:
     return None
 
 
-def _check(config: Config) -> int:
+def _check(config: Config) -> ExitCode:
     report = check_ledger(config.state_dir)
     counts = ", ".join(f"{n} {state}" for state, n in report.counts.items())
     if not report.problems:
         print(f"ledger {printable(str(config.state_dir))} is healthy: {counts}")
-        return 0
+        return ExitCode.OK
     print(f"ledger {printable(str(config.state_dir))} is damaged ({len(report.problems)} problem(s)):")
     for problem in report.problems:
         print(f"  {printable(problem)}")
     print(f"after 'srd ledger repair' it would hold: {counts}")
-    return LedgerError.exit_code
+    return ExitCode.LEDGER
 
 
-def _repair(config: Config) -> int:
+def _repair(config: Config) -> ExitCode:
     try:
         report = repair_ledger(config.state_dir)
     except LockedError as exc:
@@ -261,13 +258,13 @@ def _repair(config: Config) -> int:
     counts = ", ".join(f"{n} {state}" for state, n in report.counts.items())
     if not report.problems:
         print(f"ledger {printable(str(config.state_dir))} is healthy, nothing to repair: {counts}")
-        return 0
+        return ExitCode.OK
     print(f"ledger {printable(str(config.state_dir))} repaired; it holds {counts}. What was wrong:")
     for problem in report.problems:
         print(f"  {printable(problem)}")
     if report.dropped_to is not None:
         print(f"the dropped lines are kept in {printable(str(report.dropped_to))}")
-    return 0
+    return ExitCode.OK
 
 
 def edit_ledger(args: argparse.Namespace) -> int:
@@ -289,4 +286,4 @@ def edit_ledger(args: argparse.Namespace) -> int:
         else:
             ledger.forget(entry.key)
             print(f"{entry.key}: forgotten; its content will be processed again when seen")
-        return 0
+        return ExitCode.OK

@@ -1,21 +1,61 @@
-"""Exception hierarchy: every expected failure is an `SrdError` carrying its CLI exit code.
+"""Exception hierarchy and exit codes.
 
-Only `srd.cli` maps these to exit codes; everything else raises.
+Every expected failure is an `SrdError`; only `srd.cli` maps them to an `ExitCode`, everything else
+raises. The exit codes are one table, each number with one meaning across every command.
 """
 
 from __future__ import annotations
+
+import enum
+
+
+@enum.unique  # one meaning per number
+class ExitCode(enum.IntEnum):
+    """What an `srd` command's exit status means; README.md and ``srd --help`` show `exit_code_table`."""
+
+    OK = 0
+    FILES_FAILED = 1
+    USAGE = 2
+    NOT_RUNNING = 3
+    MODEL = 4
+    OUTPUT = 5
+    LOCKED = 6
+    ERROR = 7
+    LEDGER = 8
+    INTERRUPTED = 130
+    TERMINATED = 143
+
+    @property
+    def meaning(self) -> str:
+        return _MEANINGS[self]
+
+
+_MEANINGS = {
+    ExitCode.OK: "success",
+    ExitCode.FILES_FAILED: "srd process: some inputs failed (each named on stderr); the others were written",
+    ExitCode.USAGE: "invalid command line or configuration, or an unsafe request refused; nothing was done",
+    ExitCode.NOT_RUNNING: "srd status: the daemon is not running (the LSB status convention)",
+    ExitCode.MODEL: "a model is missing, corrupt, or can't be downloaded or loaded",
+    ExitCode.OUTPUT: "an output or model file can't be written (permissions, disk full)",
+    ExitCode.LOCKED: "another srd instance holds the state directory",
+    ExitCode.ERROR: "any other failure; the message says what went wrong",
+    ExitCode.LEDGER: "the ledger is damaged: 'srd ledger check' says how, 'srd ledger repair' keeps what is intact",
+    ExitCode.INTERRUPTED: "stopped by Ctrl-C (SIGINT)",
+    ExitCode.TERMINATED: "stopped by SIGTERM (srd train fit)",
+}
+
+
+def exit_code_table() -> str:
+    """The exit codes as lines of ``code  meaning``, for ``srd --help``."""
+    return "\n".join(f"  {code.value:>3}  {code.meaning}" for code in ExitCode)
 
 
 class SrdError(Exception):
     """Root of srd's expected errors; the message is shown to the user as is."""
 
-    exit_code = 1
-
 
 class ConfigError(SrdError):
     """The configuration is invalid; `problems` lists every issue with its location."""
-
-    exit_code = 2
 
     def __init__(self, problems: list[str], source: str = "config") -> None:
         self.problems = list(problems)
@@ -23,16 +63,16 @@ class ConfigError(SrdError):
         super().__init__(f"{source}: " + "; ".join(self.problems))
 
 
+class UsageError(SrdError):
+    """The command line asks for something srd refuses to do (e.g. write outputs over their inputs)."""
+
+
 class ModelError(SrdError):
     """A model can't be found, verified, downloaded or loaded."""
-
-    exit_code = 3
 
 
 class ImageError(SrdError):
     """An input file can't be read as an image (corrupt, unsupported, too large)."""
-
-    exit_code = 4
 
 
 class OutputError(SrdError):
@@ -42,8 +82,6 @@ class OutputError(SrdError):
     EROFS …), so the daemon can tell "the outbox is full" from "this image can't be encoded".
     """
 
-    exit_code = 5
-
     def __init__(self, message: str, *, errno: int | None = None) -> None:
         super().__init__(message)
         self.errno = errno
@@ -51,5 +89,3 @@ class OutputError(SrdError):
 
 class LockedError(SrdError):
     """Another srd instance already owns the state directory."""
-
-    exit_code = 6

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import os
 import secrets
 import stat
 from datetime import UTC, datetime
+from collections.abc import Iterator
 from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
@@ -38,17 +40,25 @@ def _exists_at(folder: int, name: str) -> bool:
     return True
 
 
-def free_name(folder: int, name: str) -> str:
-    """`name`, or ``name-1``, ``name-2`` … before the suffix (cut to fit NAME_MAX), whichever is free in
-    the open folder `folder` together with its reason-file name: so a reason file never lands on a moved
-    input (one named ``a.png.error.json``), nor a moved input on a reason file."""
+def _numbered(name: str) -> Iterator[str]:
     stem, suffix = Path(name).stem, Path(name).suffix
-    n = 0
-    while True:
-        candidate = safefs.fit_name(stem if n == 0 else f"{stem}-{n}", suffix)
-        if not _exists_at(folder, candidate) and not _exists_at(folder, report_name(candidate)):
-            return candidate
-        n += 1
+    yield safefs.fit_name(stem, suffix)
+    for n in itertools.count(1):
+        yield safefs.fit_name(f"{stem}-{n}", suffix)
+
+
+def numbered_names(folder: Path, name: str) -> Iterator[Path]:
+    """`folder/name`, then `name-1`, `name-2` … before the suffix, each cut to fit NAME_MAX: srd's one
+    naming policy for collisions."""
+    return (folder / candidate for candidate in _numbered(name))
+
+
+def free_name(folder: int, name: str) -> str:
+    """The first of `numbered_names` free in the open folder `folder` together with its reason-file name:
+    so a reason file never lands on a moved input (one named ``a.png.error.json``), nor a moved input on
+    a reason file."""
+    return next(candidate for candidate in _numbered(name)
+                if not _exists_at(folder, candidate) and not _exists_at(folder, report_name(candidate)))
 
 
 def _copy_into(src: int, src_stat: os.stat_result, folder: int, name: str, target: Path) -> None:

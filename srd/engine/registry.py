@@ -139,6 +139,9 @@ def resolve_model(
 ) -> ModelSpec:
     """The model that `ref` (a name like `edsr-lite` or a file path) and `scale` designate.
 
+    Without a scale, a zoo file's name gives it (``FSRCNN_x3.pb``), and a name that comes in one scale only
+    has that one.
+
     Raises:
         ModelError: no such model, scale mismatch, or an unknown convention.
     """
@@ -146,11 +149,18 @@ def resolve_model(
         raise ModelError(f"unknown model convention {convention!r} (choose from {', '.join(CONVENTIONS)})")
     if looks_like_path(ref):
         return _spec_from_path(Path(ref).expanduser(), scale, convention)
-    if scale is None:
-        raise ModelError(f"model {ref!r}: a scale is required (e.g. --scale 2)")
     name = ref.lower()
-    for spec in available_models(extra_dirs):
-        if spec.name.lower() == name and spec.scale == scale:
+    named = [spec for spec in available_models(extra_dirs) if spec.name.lower() == name]
+    if not named:
+        raise ModelError(_not_found_message(name, scale, extra_dirs))
+    scales = sorted({spec.scale for spec in named})
+    if scale is None:
+        if len(scales) > 1:
+            raise ModelError(f"model {ref!r} comes in scales {', '.join(map(str, scales))}: pass one (e.g. --scale "
+                             f"{scales[0]})")
+        scale = scales[0]
+    for spec in named:
+        if spec.scale == scale:
             return spec if convention is None else _with_convention(spec, convention)
     raise ModelError(_not_found_message(name, scale, extra_dirs))
 
@@ -193,11 +203,16 @@ def _with_convention(spec: ModelSpec, convention: str) -> ModelSpec:
     )
 
 
-def _not_found_message(name: str, scale: int, extra_dirs: Iterable[Path]) -> str:
+def _not_found_message(name: str, scale: int | None, extra_dirs: Iterable[Path]) -> str:
     have = sorted({f"{spec.name} x{spec.scale}" for spec in available_models(extra_dirs)})
-    message = f"no model {name!r} at scale {scale}"
+    if any(spec.name.lower() == name for spec in available_models(extra_dirs)):
+        message = f"no model {name!r} at scale {scale}"
+    else:
+        folders = ", ".join(str(folder) for folder in search_dirs(extra_dirs))
+        message = f"model not found: {name} (looked in {folders})"
     if find_zoo(name, scale):
-        message += f"; it is an OpenCV-zoo model: download it with 'srd models fetch {name} --scale {scale}'"
+        fetch = f"srd models fetch {name}" + (f" --scale {scale}" if scale else "")
+        message += f"; it is an OpenCV-zoo model: download it with '{fetch}'"
     if have:
-        message += f" (available: {', '.join(have)})"
+        message += f"; available: {', '.join(have)}"
     return message

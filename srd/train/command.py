@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from srd.errors import ExitCode
 from srd.train.model import TAILS, Arch
 
 # The two shipped tiers (see TRAINING.md for the speed measurements behind them).
@@ -83,7 +84,7 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1)
 
 
-def _fit(args: argparse.Namespace) -> int:
+def _fit(args: argparse.Namespace) -> ExitCode:
     from srd.train.loop import TrainConfig, train
 
     preset = dict(PRESETS[args.preset])
@@ -102,20 +103,20 @@ def _fit(args: argparse.Namespace) -> int:
         finished = train(cfg, args.stop_at)
     except ValueError as error:  # a run that cannot start: no GPU, or a checkpoint of another architecture
         print(f"srd train fit: {error}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     # 143 (as if killed by SIGTERM) when interrupted, so `set -e` queue scripts stop there.
-    return 0 if finished else 143
+    return ExitCode.OK if finished else ExitCode.TERMINATED
 
 
-def _cache(args: argparse.Namespace) -> int:
+def _cache(args: argparse.Namespace) -> ExitCode:
     from srd.train.data import build_cache
 
     for scale in args.scales:
         build_cache(args.train_dir, scale, args.cache_dir, args.downscales, args.workers)
-    return 0
+    return ExitCode.OK
 
 
-def _export(args: argparse.Namespace) -> int:
+def _export(args: argparse.Namespace) -> ExitCode:
     from srd.train.export import export_run
 
     ckpt = args.run / f"{args.checkpoint}.pt"
@@ -123,12 +124,12 @@ def _export(args: argparse.Namespace) -> int:
         kept = sorted(p.stem for p in args.run.glob("*.pt")) if args.run.is_dir() else []
         print(f"srd train export: no checkpoint {ckpt}" + (f" (the run has: {', '.join(kept)})" if kept else ""),
               file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     export_run(ckpt, args.name, args.models_dir, args.bench_dir, args.threads)
-    return 0
+    return ExitCode.OK
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> ExitCode:
     """Entry point: ``main(["fit", ...])``, ``main(["cache", ...])`` or ``main(["export", ...])``; returns
     the exit status."""
     parser = argparse.ArgumentParser(prog="srd train", description=__doc__)

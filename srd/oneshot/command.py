@@ -1,0 +1,128 @@
+"""``srd process``: upscale files or folders once and exit.
+
+Order matters for safety: options, models and every output path are checked and decided before the
+first byte is written, so a refused run (exit 2) or a missing model leaves the disk as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from srd.config import Config, Profile, load_config
+from srd.engine.registry import looks_like_path, resolve_model
+from srd.errors import ConfigError, ExitCode, OutputError
+from srd.imageio import normalise_format
+from srd.job import Job, JobResult
+from srd.logs import configure_logging
+from srd.oneshot.execute import PoolSettings, run_batch
+from srd.oneshot.plan import Layout, PlannedFile, make_plan, output_folders
+from srd.oneshot.report import Reporter, ReportOptions
+from srd.pipeline import Pipeline, StageContext, Upscale
+
+
+def run_process(args: argparse.Namespace) -> ExitCode:
+    """Run ``srd process`` as parsed by `srd.cli`; errors are raised for the CLI to map to exit codes."""
+    config = load_config(args.config)
+    log_level = "info" if args.verbose else "error"
+    configure_logging(log_level, config.log_format)
+    profile = profile_for(config, args)
+    requested_format = _checked_format(args.format)
+    workers = _checked_jobs(args.jobs, config)
+    engine = replace(
+        config.engine,
+        tile=config.engine.tile if args.tile is None else args.tile,
+        tile_pad=config.engine.tile_pad if args.tile_pad is None else args.tile_pad,
+        threads=args.threads or max(1, (os.cpu_count() or 1) // workers),
+    )
+    context = StageContext(engine, config.model_dirs)
+    for spec in profile.pipeline.models(context):  # fail fast, before any file is touched
+        context.verify(spec)
+
+    plan = make_plan(Layout(tuple(args.inputs), args.out, args.recursive, args.in_place,
+                            requested_format or profile.output.format, profile.output.fallback_format))
+    _make_folders(output_folders(plan.files))
+    reporter = Reporter(len(plan.files) + len(plan.skipped), ReportOptions(quiet=args.quiet, json=args.json))
+    for skipped in plan.skipped:
+        reporter.result(JobResult(skipped.source, False, error=skipped.reason))
+    planned = {file.source: file for file in plan.files}
+    jobs = [_job_for(file, profile, config, requested_format) for file in plan.files]
+    settings = PoolSettings(workers, engine, tuple(config.model_dirs), log_level, config.log_format,
+                            config.job_timeout, config.max_attempts, config.max_input_pixels)
+    try:
+        run_batch(
+            jobs, settings,
+            on_start=lambda job: reporter.starting(job.source),
+            on_result=lambda job, result: reporter.result(result, planned[job.source].size),
+            on_idle=reporter.tick,
+        )
+    finally:  # after Ctrl-C too: what was done so far
+        reporter.summary()
+    return ExitCode.FILES_FAILED if reporter.failed else ExitCode.OK
+
+
+def profile_for(config: Config, args: argparse.Namespace) -> Profile:
+    """The profile the command line asks for: ``--model`` (with ``--scale``, or the scale its name gives) or
+    ``--profile`` from the config.
+
+    Raises:
+        ConfigError: contradictory or invalid options.
+        ModelError: the model can't be found (the message says where srd looked).
+    """
+    if args.model and args.profile:
+        raise ConfigError(["give either --profile or --model/--scale, not both"], "command line")
+    if not args.model:
+        if args.scale is not None or args.convention is not None:
+            raise ConfigError(["--scale and --convention go with --model"], "command line")
+        name = args.profile or "default"
+        if name not in config.profiles:
+            raise ConfigError([f"unknown profile {name!r} (known: {', '.join(config.profiles)})"], config.source)
+        profile = config.profiles[name]
+    else:
+        # A path is made absolute: workers must find the same file whatever their working folder.
+        model = str(Path(args.model).expanduser().absolute()) if looks_like_path(args.model) else args.model
+        scale = args.scale
+        if scale is None:  # from the zoo file name (FSRCNN_x3.pb), or the one scale a named model comes in
+            scale = resolve_model(model, None, extra_dirs=config.model_dirs, convention=args.convention).scale
+        stage = Upscale(model=model, scale=scale, convention=args.convention)
+        problems = stage.problems()
+        if problems:
+            raise ConfigError(problems, "command line")
+        profile = Profile("command-line", Pipeline((stage,)))
+    if args.quality is not None:
+        if not 1 <= args.quality <= 100:
+            raise ConfigError(["--quality must be between 1 and 100"], "command line")
+        profile = replace(profile, output=replace(profile.output, quality=args.quality))
+    return profile
+
+
+def _checked_format(requested: str | None) -> str | None:
+    if requested is None or requested == "same":
+        return requested
+    try:
+        return normalise_format(requested)
+    except ValueError as exc:
+        raise ConfigError([str(exc)], "command line") from exc
+
+
+def _checked_jobs(jobs: int | None, config: Config) -> int:
+    if jobs is None:
+        return config.workers
+    if jobs < 1:
+        raise ConfigError(["--jobs must be at least 1"], "command line")
+    return jobs
+
+
+def _make_folders(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create output folder {folder}: {exc.strerror or exc}", errno=exc.errno) from exc
+
+
+def _job_for(file: PlannedFile, profile: Profile, config: Config, requested_format: str | None) -> Job:
+    return Job(file.source, file.target.parent, profile, config.max_input_pixels, requested_format, target=file.target,
+               max_input_bytes=config.max_input_bytes)

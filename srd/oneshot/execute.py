@@ -1,0 +1,107 @@
+"""Run a one-shot batch through the daemon's `JobPool`: the one execution path for both.
+
+The pool replaces a broken executor, so a worker killed by the OOM killer or a signal costs only the
+jobs it held: they are retried alone (``suspect`` mode) up to ``max_attempts`` times, then fail with the
+reason, and the rest of the batch goes on. `job_timeout` is honoured the same way.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from srd.atomic import temp_files_of
+from srd.engine.upscaler import EngineSettings
+from srd.job import Job, JobResult
+from srd.pool import Finished, JobPool, process_executor_factory
+
+log = structlog.get_logger(__name__)
+
+_POLL_S = 0.5  # how often the loop looks at the pool without a wake-up (timeouts, progress)
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    workers: int
+    engine: EngineSettings
+    model_dirs: tuple[Path, ...]
+    log_level: str
+    log_format: str
+    job_timeout: float | None
+    max_attempts: int
+    max_input_pixels: int
+
+
+def run_batch(
+    jobs: Sequence[Job],
+    settings: PoolSettings,
+    *,
+    on_start: Callable[[Job], None],
+    on_result: Callable[[Job, JobResult], None],
+    on_idle: Callable[[], None],
+) -> None:
+    """Run every job; each ends in exactly one `on_result` call (a lost worker becomes a failed result).
+
+    However the batch ends (done, Ctrl-C, an error), the workers are stopped first and then the temp
+    files that killed or timed-out workers left beside the targets are removed: no half-written file stays.
+    """
+    if not jobs:
+        return
+    woken = threading.Event()
+    attempts: Counter[int] = Counter()
+
+    def started(token: object) -> None:
+        assert isinstance(token, int)
+        attempts[token] += 1
+        on_start(jobs[token])
+
+    workers = min(settings.workers, len(jobs))
+    factory = process_executor_factory(workers, settings.engine, settings.model_dirs, settings.log_level,
+                                       settings.log_format, max_input_pixels=settings.max_input_pixels)
+    pool = JobPool(workers, factory, on_start=started, wake=woken.set, job_timeout=settings.job_timeout)
+    waiting = deque(range(len(jobs)))
+    try:
+        while waiting or len(pool):
+            while waiting and pool.has_room():
+                token = waiting.popleft()
+                pool.submit(token, jobs[token])
+            woken.wait(_POLL_S)
+            woken.clear()
+            for outcome in pool.collect():
+                token = outcome.token
+                assert isinstance(token, int)
+                job = jobs[token]
+                if isinstance(outcome, Finished):
+                    on_result(job, outcome.result)
+                elif attempts[token] < settings.max_attempts:
+                    log.warning("job_lost_retrying", src=str(job.source), reason=outcome.reason,
+                                attempts=attempts[token], max_attempts=settings.max_attempts)
+                    pool.submit(token, job, suspect=True)
+                else:
+                    reason = f"{outcome.reason}; gave up after {attempts[token]} attempt(s)"
+                    on_result(job, JobResult(job.source, False, error=reason))
+            pool.ensure_executor()
+            on_idle()
+    finally:
+        pool.close()
+        _remove_leftover_temps(jobs)
+
+
+def _remove_leftover_temps(jobs: Sequence[Job]) -> None:
+    """Delete the temp files killed workers left beside the targets (nothing writes them any more)."""
+    for job in jobs:
+        assert job.target is not None
+        for temp in temp_files_of(job.target):
+            try:
+                temp.unlink()
+            except FileNotFoundError:
+                continue  # two targets sharing a long name prefix list the same temp
+            except OSError as exc:
+                log.warning("orphan_temp_remove_failed", path=str(temp), error=str(exc))
+                continue
+            log.info("orphan_temp_removed", path=str(temp), src=str(job.source))

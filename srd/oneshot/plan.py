@@ -1,0 +1,186 @@
+"""Decide every output path of a one-shot run before any job starts, and refuse layouts that would destroy inputs.
+
+All names are fixed up front so that no two inputs share an output (the second gets ``-1``, as the
+daemon names collisions) and no output lands on an input, whatever order the workers finish in.
+Paths are compared as the filesystem sees them: resolved, and by device and inode for files that exist,
+so hard links and symlinked folders are caught too.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from srd.errors import UsageError
+from srd.imageheader import IMAGE_SUFFIXES, sniff_format
+from srd.imageio import output_format_for
+from srd.job import output_name
+from srd.sources import numbered_names
+
+_HEAD_BYTES = 64
+_SHOWN = 5  # refused outputs named in the error; the rest are counted
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a run reads and writes, as the user asked.
+
+    Attributes:
+        inputs: Files and folders named on the command line.
+        out: The output folder.
+        recursive: Whether folders are descended into (sub-folders mirrored under `out`).
+        in_place: The user allows outputs to replace their own inputs.
+        requested_format: Output format asked for ('same' or None keeps each input's).
+        fallback_format: Written for inputs srd reads but can't write (HEIC …); None: the built-in choice.
+    """
+
+    inputs: tuple[Path, ...]
+    out: Path
+    recursive: bool
+    in_place: bool
+    requested_format: str | None
+    fallback_format: str | None = None
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    source: Path
+    target: Path
+    size: int  # bytes, as planned (an in-place run replaces the file)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An input that gets no job, with the reason shown to the user."""
+
+    source: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    files: tuple[PlannedFile, ...]
+    skipped: tuple[Skipped, ...]
+
+
+def make_plan(layout: Layout) -> Plan:
+    """Every input with its output path; inputs that can't be processed are listed with the reason.
+
+    Raises:
+        UsageError: outputs would land on inputs (or among the inputs of a folder being read) and
+            `layout.in_place` is not set. Nothing has been written.
+    """
+    _check_folders(layout)
+    skipped: list[Skipped] = []
+    named: set[Path] = set()
+    inputs: set[tuple[int, int]] = set()
+    pairs: list[tuple[Path, Path, int]] = []
+    for source, out_dir in _collect(layout):
+        try:
+            info = source.stat()
+        except OSError as exc:
+            skipped.append(Skipped(source, f"cannot read: {exc.strerror}"))
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            skipped.append(Skipped(source, "not a regular file"))
+            continue
+        if Path(os.path.abspath(source)) in named:
+            continue  # the same path named twice (e.g. a folder and a file in it) is processed once
+        named.add(Path(os.path.abspath(source)))
+        inputs.add((info.st_dev, info.st_ino))
+        pairs.append((source, out_dir, info.st_size))
+    files: list[PlannedFile] = []
+    taken: set[Path] = set()
+    overwritten: list[Path] = []
+    for source, out_dir, size in pairs:
+        name = _output_name(source, layout.requested_format, layout.fallback_format)
+        for candidate in numbered_names(out_dir, name):
+            key = Path(os.path.abspath(candidate))
+            if key in taken:
+                continue
+            if _is_an_input(candidate, inputs):
+                # In place, a file may replace its own directory entry, never another input's.
+                if layout.in_place and candidate.resolve() == source.resolve():
+                    break
+                if layout.in_place:
+                    continue
+                overwritten.append(candidate)
+            break
+        taken.add(key)
+        files.append(PlannedFile(source, candidate, size))
+    if overwritten:
+        shown = ", ".join(str(path) for path in overwritten[:_SHOWN])
+        more = f" and {len(overwritten) - _SHOWN} more" if len(overwritten) > _SHOWN else ""
+        raise UsageError(f"refusing to write outputs over their inputs: {shown}{more}; choose another --out, "
+                         "or pass --in-place to replace each input with its output (atomically)")
+    return Plan(tuple(files), tuple(skipped))
+
+
+def _check_folders(layout: Layout) -> None:
+    """Refuse an output folder that is an input folder (or inside one, when sub-folders are read)."""
+    if layout.in_place:
+        return
+    for folder in layout.inputs:
+        if not folder.is_dir():
+            continue
+        if _same_place(layout.out, folder):
+            raise UsageError(f"--out {layout.out} is the input folder {folder}: outputs would land among the "
+                             "inputs; choose another --out, or pass --in-place to replace each input with its "
+                             "output (atomically)")
+        if layout.recursive and _inside(layout.out, folder):
+            raise UsageError(f"--out {layout.out} is inside the input folder {folder}, which -r reads: outputs "
+                             "would become inputs; choose an --out outside it")
+
+
+def _same_place(path: Path, folder: Path) -> bool:
+    if path.resolve() == folder.resolve():
+        return True
+    try:
+        return os.path.samefile(path, folder)
+    except OSError:  # `path` doesn't exist yet
+        return False
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return any(_same_place(parent, folder) for parent in path.resolve().parents)
+
+
+def _is_an_input(path: Path, inputs: set[tuple[int, int]]) -> bool:
+    """Whether `path` is an input file (the same file by device and inode: hard links and symlinks too)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return False
+    return (info.st_dev, info.st_ino) in inputs
+
+
+def _collect(layout: Layout) -> Iterator[tuple[Path, Path]]:
+    """(source, output folder) pairs; folders give their image files, sub-folders mirrored under `out`."""
+    for item in layout.inputs:
+        if item.is_dir():
+            pattern = "**/*" if layout.recursive else "*"
+            for path in sorted(item.glob(pattern)):
+                if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES:
+                    yield path, layout.out / path.parent.relative_to(item)
+        else:
+            yield item, layout.out
+
+
+def _output_name(source: Path, requested: str | None, fallback: str | None) -> str:
+    """The name the job will write, decided from the file's first bytes as the job decides it from its format."""
+    try:
+        with source.open("rb") as handle:
+            source_format = sniff_format(handle.read(_HEAD_BYTES))
+    except OSError:
+        source_format = None
+    if source_format is None:
+        return source.name  # not an image we know: the job fails and writes nothing
+    return output_name(source.name, source_format, output_format_for(source_format, requested, fallback), requested)
+
+
+def output_folders(files: Sequence[PlannedFile]) -> list[Path]:
+    """The distinct folders the planned outputs go to, in order."""
+    return list(dict.fromkeys(planned.target.parent for planned in files))

@@ -1,0 +1,385 @@
+"""`srd process` never destroys or silently loses a file: real `srd` runs on real files, real kills."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pty
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from daemon_helpers import ESPCN_X2, decoded_size, make_image, srd, srd_command, wait_for
+from reliability_harness import worker_pids
+
+from srd.atomic import is_temp_name
+from srd.job import JobResult
+from srd.oneshot.report import NON_TTY_EVERY_S, Reporter, ReportOptions
+
+# --scale is given although the zoo name tells it, so that these tests show the same faults on older code.
+ESPCN = ["-m", str(ESPCN_X2), "-s", "2"]
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under `root` (relative name → bytes), links resolved as a reader sees them."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def write_image(path: Path, size: tuple[int, int] = (24, 32), seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(make_image(path, size, seed))
+    return path
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    for i, name in enumerate(["a.jpg", "b.png", "c.jpg"]):
+        write_image(folder / name, (20 + i, 30), seed=i)
+    write_image(folder / "sub" / "d.png", (16, 16), seed=9)
+    return folder
+
+
+# -- outputs never land on inputs ---------------------------------------------------------------------------
+
+
+def _layouts(tmp: Path, photos: Path) -> dict[str, list[str]]:
+    (tmp / "linked").symlink_to(photos, target_is_directory=True)
+    (tmp / "hard").mkdir()
+    os.link(photos / "a.jpg", tmp / "hard" / "a.jpg")
+    return {
+        "out is the input folder": [str(photos), "--out", str(photos)],
+        "out is the input folder, trailing dot": [str(photos), "--out", str(photos / "sub" / "..")],
+        "out is a symlink to the input folder": [str(photos), "--out", str(tmp / "linked")],
+        "input files into their own folder": [str(photos / "a.jpg"), str(photos / "b.png"), "--out", str(photos)],
+        "recursive, out inside the input folder": [str(photos), "-r", "--out", str(photos / "sub")],
+        "recursive, out deeper inside the input folder": [str(photos), "-r", "--out", str(photos / "new" / "big")],
+        "output is a hard link of the input": [str(photos / "a.jpg"), "--out", str(tmp / "hard")],
+        "another input's name after a format change": [str(photos / "a.jpg"), str(tmp / "hard" / "a.png"), "-f",
+                                                        "png", "--out", str(tmp / "hard")],
+    }
+
+
+@pytest.mark.parametrize("layout", [
+    "out is the input folder", "out is the input folder, trailing dot", "out is a symlink to the input folder",
+    "input files into their own folder", "recursive, out inside the input folder",
+    "recursive, out deeper inside the input folder", "output is a hard link of the input",
+    "another input's name after a format change",
+])
+def test_outputs_over_inputs_are_refused_before_anything_is_written(layout: str, photos: Path, tmp_path: Path) -> None:
+    args = _layouts(tmp_path, photos)[layout]
+    if layout == "another input's name after a format change":
+        write_image(tmp_path / "hard" / "a.png", seed=5)
+    before = snapshot(tmp_path)
+    done = srd("process", *args, *ESPCN)
+    assert done.returncode == 2, done.stderr
+    assert "--in-place" in done.stderr or "outside it" in done.stderr
+    assert snapshot(tmp_path) == before  # not one byte written, no folder made
+
+
+def test_in_place_replaces_each_input_only_with_its_complete_output(photos: Path, tmp_path: Path) -> None:
+    sizes = {name: decoded_size(photos / name) for name in ("a.jpg", "b.png", "c.jpg")}
+    (photos / "broken.jpg").write_bytes((photos / "a.jpg").read_bytes()[:100])
+    done = srd("process", str(photos), "--out", str(photos), "--in-place", *ESPCN)
+    assert done.returncode == 1, done.stderr
+    assert "broken.jpg" in done.stderr and "3 processed, 1 failed" in done.stderr
+    for name, (height, width) in sizes.items():
+        assert decoded_size(photos / name) == (2 * height, 2 * width)
+    assert len((photos / "broken.jpg").read_bytes()) == 100  # the failed input is untouched
+    assert sorted(p.name for p in photos.iterdir()) == ["a.jpg", "b.png", "broken.jpg", "c.jpg", "sub"]
+    assert decoded_size(photos / "sub" / "d.png") == (16, 16)  # not recursive: not touched
+
+
+def test_in_place_never_writes_over_another_input(tmp_path: Path) -> None:
+    """`a.jpg` → `a.png` would replace the input `a.png`: it gets `a-1.png`; `a.png` replaces itself."""
+    folder = tmp_path / "p"
+    jpg = write_image(folder / "a.jpg", (20, 30), seed=1)
+    png = write_image(folder / "a.png", (10, 12), seed=2)
+    done = srd("process", str(jpg), str(png), "--out", str(folder), "--in-place", "-f", "png", *ESPCN)
+    assert done.returncode == 0, done.stderr
+    assert decoded_size(folder / "a-1.png") == (40, 60)
+    assert decoded_size(folder / "a.png") == (20, 24)
+    assert decoded_size(folder / "a.jpg") == (20, 30)
+
+
+# -- two inputs, one name -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("names, fmt, expected", [
+    (["in/a.jpg", "in/a.png"], "webp", {"a.webp": (40, 60), "a-1.webp": (20, 24)}),
+    (["in/a.png", "in/a.jpg"], "png", {"a.png": (40, 60), "a-1.png": (20, 24)}),
+    (["one/x.png", "two/x.png"], None, {"x.png": (40, 60), "x-1.png": (20, 24)}),
+])
+def test_two_inputs_that_map_to_one_name_are_both_written(
+    names: list[str], fmt: str | None, expected: dict[str, tuple[int, int]], tmp_path: Path
+) -> None:
+    first = write_image(tmp_path / names[0], (20, 30), seed=1)
+    second = write_image(tmp_path / names[1], (10, 12), seed=2)
+    inputs = [str(first), str(second)] if names[0].startswith("in/") else [str(first.parent), str(second.parent)]
+    extra = ["-f", fmt] if fmt else []
+    done = srd("process", *inputs, "--out", str(tmp_path / "out"), *extra, *ESPCN, "-j", "2")
+    assert done.returncode == 0, done.stderr
+    assert "2 processed, 0 failed" in done.stderr
+    assert {p.name: decoded_size(p) for p in (tmp_path / "out").iterdir()} == expected
+
+
+def test_rerunning_the_same_command_replaces_its_outputs_instead_of_numbering_them(photos: Path, tmp_path: Path) -> None:
+    for _ in range(2):
+        done = srd("process", str(photos), "--out", str(tmp_path / "out"), *ESPCN)
+        assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.jpg", "b.png", "c.jpg"]
+
+
+# -- a dying worker costs one file, not the batch -----------------------------------------------------------
+
+
+def _batch(tmp_path: Path, count: int = 10) -> Path:
+    folder = tmp_path / "batch"
+    for i in range(count):
+        write_image(folder / f"{i}.png", (160, 200), seed=i)
+    return folder
+
+
+def _kill_one_worker_mid_batch(cmd: list[str], out: Path, total: int) -> subprocess.CompletedProcess[str]:
+    """Run `cmd`, SIGKILL one of its pool workers once the first output is written, and wait for the end."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: out.is_dir() and any(p.suffix == ".png" for p in out.iterdir()), 120,
+                 "the first output")
+        workers = wait_for(lambda: worker_pids(proc.pid), 30, "a worker")
+        os.kill(workers[0], signal.SIGKILL)
+        assert len(list(out.iterdir())) < total, "the batch ended before the kill: make it longer"
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def test_a_killed_worker_is_replaced_and_the_whole_batch_is_processed(tmp_path: Path) -> None:
+    folder, out = _batch(tmp_path), tmp_path / "out"
+    cmd = [*srd_command(), "process", str(folder), "--out", str(out), "-m", "edsr-base", "-s", "2", "-j", "2", "-v"]
+    done = _kill_one_worker_mid_batch(cmd, out, 10)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "10 processed, 0 failed" in done.stderr
+    assert '"event": "pool_rebuilt"' in done.stderr and '"event": "job_lost_retrying"' in done.stderr
+    assert {p.name: decoded_size(p) for p in out.iterdir()} == {f"{i}.png": (320, 400) for i in range(10)}
+
+
+def test_a_killed_worker_fails_only_its_files_with_the_reason(tmp_path: Path) -> None:
+    """With ``max_attempts: 1`` the jobs the dead worker's pool held fail; every other file is written."""
+    folder, out = _batch(tmp_path), tmp_path / "out"
+    config = tmp_path / "once.yaml"
+    config.write_text("max_attempts: 1\n")
+    cmd = [*srd_command(), "process", str(folder), "--out", str(out), "-c", str(config), "-m", "edsr-base", "-s",
+           "2", "-j", "2"]
+    done = _kill_one_worker_mid_batch(cmd, out, 10)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    failures = [line for line in done.stderr.splitlines() if line.startswith("srd: failed:")]
+    assert 1 <= len(failures) <= 2
+    assert all("worker process died" in line and "gave up after 1 attempt" in line for line in failures)
+    written = {p.name for p in out.iterdir()}
+    assert not any(is_temp_name(name) for name in written)
+    assert len(written) + len(failures) == 10
+    assert f"{len(written)} processed, {len(failures)} failed" in done.stderr
+    assert all(decoded_size(out / name) == (320, 400) for name in written)
+
+
+def test_a_job_over_job_timeout_fails_with_the_reason_and_the_rest_is_processed(tmp_path: Path) -> None:
+    folder, out = tmp_path / "in", tmp_path / "out"
+    write_image(folder / "huge.png", (700, 700), seed=1)  # edsr-base: ~10 s of one core
+    write_image(folder / "small.png", (16, 16), seed=2)
+    config = tmp_path / "timeout.yaml"
+    config.write_text("max_attempts: 1\njob_timeout: 3\n")
+    done = srd("process", str(folder), "--out", str(out), "-c", str(config), "-m", "edsr-base", "-s", "2",
+               "-j", "2", timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert any(line.startswith("srd: failed:") and "huge.png" in line and "timed out after 3 s" in line
+               for line in done.stderr.splitlines()), done.stderr
+    assert "1 processed, 1 failed" in done.stderr
+    assert [p.name for p in out.iterdir()] == ["small.png"]
+
+
+def test_workers_killed_mid_write_in_place_leave_each_input_whole_and_no_temp_file(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    originals = {f"{i}.png": write_image(folder / f"{i}.png", (300, 400), seed=i).read_bytes() for i in range(12)}
+    proc = subprocess.Popen([*srd_command(), "process", str(folder), "--out", str(folder), "--in-place", "-m",
+                             "edsr-lite", "-s", "2", "-j", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        workers = wait_for(lambda: pids if len(pids := worker_pids(proc.pid)) == 2 else None, 60, "two workers")
+        deadline = time.monotonic() + 120
+        while not any(is_temp_name(entry.name) for entry in os.scandir(folder)):  # kill at once when seen
+            assert time.monotonic() < deadline and proc.poll() is None, "never saw a temp file"
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert sorted(p.name for p in folder.iterdir()) == sorted(originals)  # no temp file left
+    for name, original in originals.items():
+        assert (folder / name).read_bytes() != original and decoded_size(folder / name) == (600, 800), name
+
+
+def test_ctrl_c_stops_the_batch_and_leaves_no_half_written_file(tmp_path: Path) -> None:
+    folder, out = _batch(tmp_path), tmp_path / "out"
+    proc = subprocess.Popen([*srd_command(), "process", str(folder), "--out", str(out), "-m", "edsr-base", "-s",
+                             "2", "-j", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: worker_pids(proc.pid) and out.is_dir(), 60, "workers at work")
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    summary = re.search(r"^srd: (\d+) processed, 0 failed", stderr, re.MULTILINE)
+    assert summary and int(summary.group(1)) <= len(list(out.iterdir())) and "srd: interrupted" in stderr
+    assert not any(is_temp_name(p.name) for p in out.iterdir())
+    assert all(decoded_size(p) == (320, 400) for p in out.iterdir())
+
+
+# -- what a long run shows ----------------------------------------------------------------------------------
+
+
+def _run_on_a_terminal(args: list[str]) -> tuple[int, str]:
+    """Run srd with stderr (and stdout) on a pseudo-terminal, as a person sees it; return (status, text)."""
+    main, child = pty.openpty()
+    proc = subprocess.Popen([*srd_command(), *args], stdout=child, stderr=child, stdin=subprocess.DEVNULL)
+    os.close(child)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(main)
+    return proc.wait(timeout=120), b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_line_shows_rate_and_eta_on_a_terminal(tmp_path: Path) -> None:
+    folder = _batch(tmp_path, 4)
+    status, text = _run_on_a_terminal(["process", str(folder), "--out", str(tmp_path / "out"), "-m", "edsr-lite",
+                                       "-s", "2"])
+    assert status == 0, text
+    assert "files/s" in text or "s/file" in text
+    assert "ETA" in text and "/4" in text
+    assert "4 processed, 0 failed" in text
+
+
+def test_quiet_shows_only_failures_and_the_summary(tmp_path: Path) -> None:
+    folder = _batch(tmp_path, 3)
+    (folder / "bad.png").write_bytes(b"not an image")  # fails before OpenCV, whose own log lines are not ours
+    status, text = _run_on_a_terminal(["process", str(folder), "--out", str(tmp_path / "out"), *ESPCN,
+                                       "--quiet"])
+    assert status == 1, text
+    lines = [line for line in text.replace("\r", "\n").splitlines() if line.strip()]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("srd: failed:") and "bad.png" in lines[0]
+    assert "3 processed, 1 failed" in lines[1]
+
+
+def test_json_gives_one_result_per_file_on_stdout(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    write_image(folder / "a.png", (20, 30))
+    (folder / "bad.jpg").write_bytes(b"junk")
+    done = srd("process", str(folder), str(tmp_path / "missing.png"), "--out", str(tmp_path / "out"), *ESPCN,
+               "--json")
+    assert done.returncode == 1, done.stderr
+    records = {Path(r["source"]).name: r for r in map(json.loads, done.stdout.splitlines())}
+    assert set(records) == {"a.png", "bad.jpg", "missing.png"}
+    good = records["a.png"]
+    assert good["status"] == "ok" and good["reason"] is None and good["output"] == str(tmp_path / "out" / "a.png")
+    assert good["input_size"] == [30, 20] and good["output_size"] == [60, 40]
+    assert good["input_bytes"] == (folder / "a.png").stat().st_size
+    assert good["output_bytes"] == (tmp_path / "out" / "a.png").stat().st_size and good["ms"] >= 0
+    assert records["bad.jpg"]["status"] == "failed" and "not an image" in records["bad.jpg"]["reason"]
+    assert records["missing.png"]["status"] == "failed" and "No such file" in records["missing.png"]["reason"]
+
+
+# -- --model as the README writes it ------------------------------------------------------------------------
+
+
+def test_model_file_gives_its_scale_and_convention_by_its_zoo_name(zoo: Path, tmp_path: Path) -> None:
+    source = write_image(tmp_path / "scan.tif", (20, 30))
+    done = srd("process", str(source), "--out", str(tmp_path / "big"), "--model", str(zoo / "FSRCNN_x3.pb"))
+    assert done.returncode == 0, done.stderr
+    assert decoded_size(tmp_path / "big" / "scan.tif") == (60, 90)
+
+
+def test_unknown_model_says_not_found_and_where_it_looked(tmp_path: Path) -> None:
+    source = write_image(tmp_path / "a.png")
+    done = srd("process", str(source), "--out", str(tmp_path / "big"), "--model", "nosuch")
+    assert done.returncode == 4
+    assert "model not found: nosuch (looked in " in done.stderr and "--scale" not in done.stderr
+    assert not (tmp_path / "big").exists()
+
+
+def test_a_model_name_in_several_scales_asks_for_one(tmp_path: Path) -> None:
+    source = write_image(tmp_path / "a.png")
+    done = srd("process", str(source), "--out", str(tmp_path / "big"), "--model", "edsr-lite")
+    assert done.returncode == 4
+    assert "comes in scales 2, 3, 4" in done.stderr
+
+
+def test_a_relative_model_path_works_from_any_folder(zoo: Path, tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "ESPCN_x2.pb").write_bytes((zoo / "ESPCN_x2.pb").read_bytes())
+    write_image(tmp_path / "a.png", (10, 10))
+    done = subprocess.run([*srd_command(), "process", "a.png", "--out", "big", "-m", "models/ESPCN_x2.pb", "-j", "2"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert decoded_size(tmp_path / "big" / "a.png") == (20, 20)
+
+
+def test_upscaled_pixels_match_the_model_whatever_the_path(zoo: Path, tmp_path: Path) -> None:
+    """The pool path gives the same pixels as one job run alone (no mix-up of outputs between workers)."""
+    folder = tmp_path / "in"
+    for i in range(4):
+        write_image(folder / f"{i}.png", (12 + i, 14), seed=i)
+    srd("process", str(folder), "--out", str(tmp_path / "par"), *ESPCN, "-j", "2")
+    for i in range(4):
+        done = srd("process", str(folder / f"{i}.png"), "--out", str(tmp_path / "one"), *ESPCN)
+        assert done.returncode == 0
+        par = cv2.imread(str(tmp_path / "par" / f"{i}.png"))
+        one = cv2.imread(str(tmp_path / "one" / f"{i}.png"))
+        assert par.shape == (2 * (12 + i), 28, 3) and np.array_equal(par, one)
+
+
+def test_without_a_terminal_progress_is_a_line_every_half_minute() -> None:
+    """Logs and CI see a run move: one plain progress line per `NON_TTY_EVERY_S`, none before."""
+    err, now = io.StringIO(), [0.0]
+    reporter = Reporter(4, ReportOptions(), err=err, out=io.StringIO(), clock=lambda: now[0])
+    reporter.starting(Path("0.png"))
+    now[0] = 10.0
+    reporter.result(JobResult(Path("0.png"), True, milliseconds=10_000))
+    assert err.getvalue() == ""
+    now[0] = NON_TTY_EVERY_S + 1
+    reporter.tick()
+    assert err.getvalue() == "srd: 1/4  31 s/file  ETA 1:33\n"
+    reporter.tick()
+    assert err.getvalue().count("\n") == 1
+
+
+def test_hard_links_under_two_names_each_get_their_output(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    write_image(folder / "a.png", (10, 12))
+    os.link(folder / "a.png", folder / "b.png")
+    done = srd("process", str(folder), str(folder / "a.png"), "--out", str(tmp_path / "out"), *ESPCN)
+    assert done.returncode == 0, done.stderr
+    assert "2 processed, 0 failed" in done.stderr
+    assert _sizes(tmp_path / "out") == {"a.png": (20, 24), "b.png": (20, 24)}
+
+
+def _sizes(folder: Path) -> dict[str, tuple[int, int] | None]:
+    return {p.name: decoded_size(p) for p in folder.iterdir()}
