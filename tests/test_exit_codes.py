@@ -10,7 +10,7 @@ import pytest
 from daemon_helpers import ESPCN_X2, REPO, make_image, srd
 
 from srd.errors import ExitCode
-from srd.ledger import Ledger
+from srd.ledger import JOURNAL_NAME, Ledger
 
 # Produced by a real command in another test file (a signal to a running process).
 ELSEWHERE = {
@@ -63,6 +63,15 @@ def _locked(tmp: Path) -> list[str]:
     return ["ledger", "forget", "abc", "-c", str(config)]
 
 
+def _ledger(tmp: Path) -> list[str]:
+    config = _config(tmp)
+    with Ledger.open(tmp / "state") as ledger:
+        ledger.record_start("ab" * 32, "fp", inbox=str(tmp / "inbox"), source="a.png")
+    with (tmp / "state" / JOURNAL_NAME).open("ab") as journal:  # another writer's lines, whole but not records
+        journal.write(b"another writer's line\n{\"also\": \"not a record\"}\n")
+    return ["ledger", "check", "-c", str(config)]
+
+
 def _error(tmp: Path) -> list[str]:
     return ["ledger", "show", "nosuch", "-c", str(_config(tmp))]
 
@@ -76,6 +85,7 @@ SITUATIONS: dict[ExitCode, Callable[[Path], list[str]]] = {
     ExitCode.OUTPUT: _output,
     ExitCode.LOCKED: _locked,
     ExitCode.ERROR: _error,
+    ExitCode.LEDGER: _ledger,
 }
 
 
