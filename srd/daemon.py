@@ -86,6 +86,27 @@ class _Counters:
     last_error: dict[str, str] | None = None
 
 
+def ledger_counters(ledger: Ledger) -> dict[str, _Counters]:
+    """Per inbox id, the done and failed counts and the latest failure as the ledger holds them.
+
+    The daemon starts its counters here, so `srd status` after a restart agrees with the ledger
+    instead of counting from zero.
+    """
+    counters: dict[str, _Counters] = {}
+    latest_failure: dict[str, float] = {}
+    for entry in ledger.entries():
+        counter = counters.setdefault(entry.inbox, _Counters())
+        if entry.state == State.DONE:
+            counter.done += 1
+        elif entry.state == State.FAILED:
+            counter.failed += 1
+            if entry.updated_ts >= latest_failure.get(entry.inbox, float("-inf")):
+                latest_failure[entry.inbox] = entry.updated_ts
+                counter.last_error = {"time": entry.updated_at, "source": str(Path(entry.inbox) / entry.source),
+                                      "reason": entry.error or ""}
+    return counters
+
+
 @dataclass
 class _InboxRuntime:
     index: int
@@ -206,6 +227,7 @@ class Daemon:
         self._counters: dict[str, _Counters] = {}
         self._backlog: deque[tuple[str, ReadyFile]] = deque()
         self._active: dict[str, _Work] = {}  # submitted jobs by key: no more than the pool has room for
+        self._running_since: dict[str, str] = {}  # key → when a worker took the job (ISO 8601 UTC), for status
         self._deferred: dict[Path, str] = {}
         # Every output the ledger says is done → (inbox id, source path), as strings shared with the ledger.
         self._outputs: dict[str, tuple[str, str]] = {}
@@ -295,6 +317,8 @@ class Daemon:
     def _build_runtimes(self, config: Config, prints: dict[str, str]) -> None:
         old = self._runtimes
         self._runtimes = {}
+        assert self.ledger is not None
+        seeds = ledger_counters(self.ledger) if any(inbox_id(i) not in self._counters for i in config.inboxes) else {}
         for index, inbox in enumerate(config.inboxes):
             key = inbox_id(inbox)
             watcher = self._watcher_builder(index, inbox, self._hints.put)
@@ -303,7 +327,7 @@ class Daemon:
             if key in old and old[key].fingerprint == runtime.fingerprint:
                 runtime.handled = old[key].handled
             self._runtimes[key] = runtime
-            self._counters.setdefault(key, _Counters())
+            self._counters.setdefault(key, seeds.get(key) or _Counters())
 
     def _recover_unfinished(self) -> None:
         """Close entries a crash left started whose source is gone; the rest are retried when scanned."""
@@ -546,6 +570,7 @@ class Daemon:
         """Pool hook: a worker is about to take this job, so its start (and attempt) becomes durable now."""
         assert self.ledger is not None
         work = self._active[key]
+        self._running_since[key] = datetime.now(UTC).isoformat(timespec="seconds")
         self.ledger.record_start(work.sha256, work.fingerprint, inbox=work.inbox_id, source=work.rel,
                                  target=work.target)
 
@@ -614,6 +639,7 @@ class Daemon:
     def _finish(self, outcome: Outcome) -> None:
         assert self.ledger is not None and self.pool is not None
         work = self._active.pop(outcome.token)
+        self._running_since.pop(outcome.token, None)
         if isinstance(outcome, Finished) and outcome.result.ok:
             self._succeeded(work, outcome)
         elif isinstance(outcome, Finished) and outcome.result.output_errno in BLOCKING_ERRNOS:
@@ -910,8 +936,12 @@ class Daemon:
         for key, _ in self._backlog:
             backlog_by_inbox[key] = backlog_by_inbox.get(key, 0) + 1
         in_flight: dict[str, int] = {}
-        for work in self._active.values():
+        running: dict[str, list[dict[str, str]]] = {}
+        for key, work in self._active.items():
             in_flight[work.inbox_id] = in_flight.get(work.inbox_id, 0) + 1
+            if key in self._running_since:
+                running.setdefault(work.inbox_id, []).append({"source": work.rel.as_posix(),
+                                                              "since": self._running_since[key]})
         for key, runtime in self._runtimes.items():
             counters = self._counters[key]
             watcher = runtime.watcher
@@ -929,6 +959,7 @@ class Daemon:
                 "settling": runtime.tracker.pending(),
                 "queued": backlog_by_inbox.get(key, 0),
                 "in_flight": in_flight.get(key, 0),
+                "running": sorted(running.get(key, []), key=lambda job: (job["since"], job["source"])),
                 "done": counters.done,
                 "failed": counters.failed,
                 "duplicates": counters.duplicates,
