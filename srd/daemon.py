@@ -1,4 +1,4 @@
-"""The daemon: one loop that turns inbox hints into jobs, and job outcomes into ledger records (DESIGN §1, §5, §6).
+"""The daemon: one loop that turns inbox hints into jobs, and job outcomes into ledger records (docs/design.md §2, §4, §5).
 
 Threads only produce hints (watchers) and wake-ups (the pool); everything that decides or records —
 settling, hashing, ledger, moving files, status — happens in this loop, so none of it needs

@@ -1,4 +1,4 @@
-"""Crash-safe record of which inputs were processed, so that no image is processed twice (DESIGN §5).
+"""Crash-safe record of which inputs were processed, so that no image is processed twice (docs/design.md §4).
 
 The state lives in a local ``state_dir``:
 
