@@ -4,7 +4,7 @@
 #   docker run -d --init --stop-timeout 60 --name srd \
 #     -v /srv/photos/inbox:/data/inbox -v /srv/photos/outbox:/data/outbox \
 #     -v /srv/photos/failed:/data/failed -v srd-state:/var/lib/srd srd
-#   docker exec srd srd status          # the per-inbox table; `docker inspect` shows the health check
+#   docker exec srd srd status --config /etc/srd/srd.yaml    # the per-inbox table
 #
 # The mounted folders must be writable by uid 10001 (or pass --user with your uid; the state volume
 # must then be writable by it too). Configure by mounting your own /etc/srd/srd.yaml (read-only).
@@ -17,7 +17,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/srd/venv/bin:$PATH
 
 # The same user and paths as the systemd unit.
-RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/srd --shell /usr/sbin/nologin srd
+RUN groupadd --system --gid 10001 srd \
+    && useradd --system --uid 10001 --gid srd --home-dir /var/lib/srd --shell /usr/sbin/nologin srd
 
 # A non-editable install: the package, its dependencies, and the bundled models in
 # /opt/srd/venv/share/srd/models (and the docs in /opt/srd/venv/share/doc/srd).

@@ -150,7 +150,9 @@ def test_the_image_runs_srd_unprivileged_with_its_folders_as_volumes_and_a_statu
     user = args["USER"].split(":")
     assert user[0].isdigit() and int(user[0]) != 0
     useradd = next(rest for word, rest in instructions if word == "RUN" and "useradd" in rest)
-    assert f"--uid {user[0]} " in useradd
+    assert f"--uid {user[0]} " in useradd and f"--gid {user[1]} " in useradd  # both exist by those numbers
+    # `docker exec … srd status` needs the config too: without it srd reads the default ./.srd
+    assert f"srd status --config {config_path}" in DOCKERFILE.read_text() and f"srd status --config {config_path}" in README
     health = _json_list(args["HEALTHCHECK"].split("CMD", 1)[1])
     assert health == ["srd", "status", "--check", "--config", config_path]
     ignored = (REPO / ".dockerignore").read_text().split()
