@@ -93,17 +93,20 @@ def ledger_counters(ledger: Ledger) -> dict[str, _Counters]:
     instead of counting from zero.
     """
     counters: dict[str, _Counters] = {}
-    latest_failure: dict[str, float] = {}
-    for entry in ledger.entries():
-        counter = counters.setdefault(entry.inbox, _Counters())
-        if entry.state == State.DONE:
+    latest_failure: dict[str, tuple[float, str]] = {}
+    for key, inbox, state, updated_ts in ledger.states():
+        counter = counters.setdefault(inbox, _Counters())
+        if state == State.DONE:
             counter.done += 1
-        elif entry.state == State.FAILED:
+        elif state == State.FAILED:
             counter.failed += 1
-            if entry.updated_ts >= latest_failure.get(entry.inbox, float("-inf")):
-                latest_failure[entry.inbox] = entry.updated_ts
-                counter.last_error = {"time": entry.updated_at, "source": str(Path(entry.inbox) / entry.source),
-                                      "reason": entry.error or ""}
+            if updated_ts >= latest_failure.get(inbox, (float("-inf"), ""))[0]:
+                latest_failure[inbox] = (updated_ts, key)
+    for inbox, (_, key) in latest_failure.items():
+        entry = ledger.get(key)
+        if entry is not None:
+            counters[inbox].last_error = {"time": entry.updated_at, "source": str(Path(inbox) / entry.source),
+                                          "reason": entry.error or ""}
     return counters
 
 

@@ -349,6 +349,12 @@ class Ledger:
             if row.state == State.DONE and row.output is not None:
                 yield row.output, row.inbox, row.source
 
+    def states(self) -> Iterator[tuple[str, str, str, float]]:
+        """Iterate over ``(key, inbox, state, updated_ts)`` of every entry, without building `Entry`s (the
+        daemon counts them per inbox at start-up, over every entry it ever recorded)."""
+        for key, row in list(self._entries.items()):
+            yield key, row.inbox, row.state, row.updated_ts
+
     def unfinished(self) -> list[Entry]:
         """Return entries started but neither done nor failed: a crash interrupted them, retry them."""
         return [Entry._from_row(key, row) for key, row in self._entries.items() if row.state == State.STARTED]

@@ -51,9 +51,13 @@ def _inbox_row(inbox: dict[str, Any]) -> list[str]:
     health = str(inbox.get("health", "?"))
     if inbox.get("degraded"):
         health += f" (degraded: {inbox['degraded']})"
+    # A job handed to the pool waits there until a worker takes it: it is queued, not running, until then.
+    in_flight = int(inbox.get("in_flight", 0))
+    running = len(inbox["running"]) if "running" in inbox else in_flight
+    queued = int(inbox.get("queued", 0)) + in_flight - running
     return [str(inbox.get("path", "?")), health, str(inbox.get("watch", "?")), str(inbox.get("settling", 0)),
-            str(inbox.get("queued", 0)), str(inbox.get("in_flight", 0)), str(inbox.get("done", 0)),
-            str(inbox.get("failed", 0)), str(inbox.get("duplicates", 0)), _last_error(inbox.get("last_error"))]
+            str(queued), str(running), str(inbox.get("done", 0)), str(inbox.get("failed", 0)),
+            str(inbox.get("duplicates", 0)), _last_error(inbox.get("last_error"))]
 
 
 def _header(view: Assessment, now: datetime) -> list[str]:

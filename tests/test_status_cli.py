@@ -73,6 +73,8 @@ def test_running_files_are_named_with_their_elapsed_time(tmp_path: Path) -> None
         job = status["inboxes"][0]["running"][0]
         assert job["source"] == "slow.png" and job["since"]
         table = srd("status", "--config", str(config)).stdout
+        row = next(line for line in table.splitlines() if line.startswith(f"{tmp_path / 'in'}  "))
+        assert row.split()[4:6] == ["0", "1"], table  # QUEUED 0, RUNNING 1
         line = next(line for line in table.splitlines() if ": running " in line)
         assert line.startswith(str(tmp_path / "in")) and "slow.png (" in line and line.endswith("s)"), table
     finally:
