@@ -133,7 +133,8 @@ def locate_state_dir(config_path: Path | None, state_dir: Path | None) -> StateD
     try:
         config = load_config(config_path)
     except ConfigError as exc:
-        assert config_path is not None  # the built-in defaults are always valid
+        if config_path is None:
+            raise  # the built-in defaults have no text to read a state_dir from
         broken = f"config {config_path} is invalid ({len(exc.problems)} problem(s): see 'srd config check')"
         base = config_path.resolve().parent
         try:
