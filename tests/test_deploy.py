@@ -8,6 +8,7 @@ README that enables the service before its paths are adapted, a test set-up pull
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -180,3 +181,21 @@ def test_the_readme_test_set_up_is_light_and_ci_runs_it_with_the_training_tests(
     assert re.search(r"^eval \"\$test_command\"$", ci, flags=re.MULTILINE)
     install = ci[:ci.index('eval "$test_command"')]
     assert "torch==2.13.0" in install and "'.[train]'" in install
+
+
+def test_without_torch_the_training_tests_skip_cleanly_for_one_reason(tmp_path: Path) -> None:
+    """The light set-up has no torch: every training test skips, none errors, and all say the same thing."""
+    hide = tmp_path / "no_torch"
+    hide.mkdir()
+    for module in ("torch", "onnx"):
+        (hide / f"{module}.py").write_text("raise ModuleNotFoundError('hidden by the test: no train extra')\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_train.py",
+         "tests/test_cli.py", "-k", "train"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(hide)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    reasons = re.findall(r"^SKIPPED \[\d+\] [^:]+:\d+: (.*)$", result.stdout, flags=re.MULTILINE)
+    assert reasons == ["needs the 'train' extra: pip install torch==2.13.0 --index-url "
+                       "https://download.pytorch.org/whl/cpu && pip install -e '.[train]'"], result.stdout
+    assert re.search(r"^\d+ skipped, \d+ deselected", result.stdout.splitlines()[-1]), result.stdout
