@@ -1,7 +1,7 @@
 """Benchmark the running daemon (`srd run`) against the engine alone: throughput, latency, catch-up.
 
 Why a script and not a test: these are figures for BENCHMARKS.md, measured on real subprocesses of
-``srd run`` with their real watcher, settle tracker, ledger and worker pool (DESIGN §7.8). The machine is
+``srd run`` with their real watcher, settle tracker, ledger and worker pool (docs/design.md §10). The machine is
 noisy, so every daemon figure comes with a baseline measured in the same run, and ratios are reported.
 
 Three measurements (``--phases``):

@@ -35,7 +35,7 @@ fit --preset lite --scale 4 --name edsr-lite-x4-ft --iters 8000 --lr 1e-4 --init
 # finishes x2, and the x3/x4 runs from its body; x3 then had a warm restart with downscaled copies added.
 #
 # Each shipped model then had one more warm restart on a GPU, from the last run of its scale here:
-# scripts/train_gpu.py (TRAINING.md, "One GPU lease").
+# scripts/train_gpu.py (TRAINING.md, "The GPU runs").
 fit --preset base --scale 2 --iters 40000 --stop-at 7749
 fit --preset base --scale 2 --name edsr-base-x2-ft --iters 4500 --lr 1e-4 --hard-fraction 0.5 \
     --init "$runs/edsr-base-x2/it7749.pt"

@@ -1,4 +1,4 @@
-"""Durable atomic file writes (DESIGN §5).
+"""Durable atomic file writes (docs/design.md §4).
 
 A reader of the target (a user, the ledger loader, the folder watcher) must see either the old file or the
 complete new one, never a partial write, even across a crash or power loss. So every write goes to a temp

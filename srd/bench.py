@@ -1,4 +1,4 @@
-"""Benchmarks that print figures: quality (PSNR/SSIM-Y, DESIGN §8 protocol) and speed (µs per LR pixel, RSS).
+"""Benchmarks that print figures: quality (PSNR/SSIM-Y, docs/design.md §10 protocol) and speed (µs per LR pixel, RSS).
 
 Every quality run includes bicubic in the same run, so a reader compares like with like; every
 speed measurement runs in a fresh process so its peak RSS is its own.

@@ -2,7 +2,7 @@
 
 SR papers make their low-resolution inputs with MATLAB's ``imresize(img, 1/s, 'bicubic')``, which
 antialiases when downscaling (the kernel is stretched by 1/s). OpenCV's ``INTER_CUBIC`` does not, so models
-trained or benchmarked with it are not comparable with published numbers (DESIGN §8). This port computes
+trained or benchmarked with it are not comparable with published numbers (docs/design.md §10). This port computes
 MATLAB's weights for each output pixel along each axis and applies them as a weighted sum of a few shifted
 copies of the image, height first, as MATLAB does.
 """

@@ -196,11 +196,21 @@ def _run_models(args: argparse.Namespace) -> ExitCode:
     return ExitCode.OK
 
 
+def _missing_inboxes(config: Config) -> list[str]:
+    """Warnings for inbox folders that don't exist: valid (a share may not be mounted yet), but worth a look."""
+    return [f"at 'inboxes[{i}].path': {inbox.path} does not exist; srd run reports this inbox unhealthy until it "
+            "appears" for i, inbox in enumerate(config.inboxes) if not inbox.path.is_dir()]
+
+
 def _run_config_check(args: argparse.Namespace) -> ExitCode:
     config = load_config(args.file, check_models=True)
     check_real_folders(config)
+    warnings = _missing_inboxes(config)
+    for warning in warnings:
+        print(f"warning: {warning}")
     print(f"{config.source}: ok ({len(config.inboxes)} inbox(es), profiles: {', '.join(config.profiles)}, "
-          f"{config.workers} worker(s) x {config.threads_per_worker} thread(s))")
+          f"{config.workers} worker(s) x {config.threads_per_worker} thread(s)"
+          + (f"; {len(warnings)} warning(s))" if warnings else ")"))
     return ExitCode.OK
 
 

@@ -146,10 +146,20 @@ def _check_value(value: Any, annotation: Any) -> tuple[bool, Any, str]:
     return False, value, str(hint)
 
 
-def _parse_fields(
-    cls: type, data: Any, where: str, problems: _Problems, skip: tuple[str, ...] = ()
-) -> dict[str, Any] | None:
-    """Keyword arguments for dataclass `cls` from mapping `data` (scalars only), or None on error."""
+@dataclass(frozen=True)
+class _Fields:
+    """The well-typed settings of one section, and the names of those that were reported as ill-typed.
+
+    Every well-typed value is kept even when a sibling is wrong, so the checks that follow still see
+    it: dropping the whole section at the first bad value is what hid one problem behind another.
+    """
+
+    values: dict[str, Any]
+    rejected: frozenset[str]
+
+
+def _parse_fields(cls: type, data: Any, where: str, problems: _Problems, skip: tuple[str, ...] = ()) -> _Fields | None:
+    """The settings for dataclass `cls` in mapping `data` (scalars only); None if `data` is no mapping."""
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
@@ -157,21 +167,22 @@ def _parse_fields(
         return None
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in fields(cls) if f.name not in skip}
-    ok = True
+    rejected = set()
     for key in data:
         if key not in known:
             problems.add(f"{where}.{key}" if where else str(key), f"unknown key (known: {', '.join(sorted(known))})")
-            ok = False
+            rejected.add(str(key))
     values: dict[str, Any] = {}
     for name in known:
         if name not in data:
             continue
         good, value, expected = _check_value(data[name], hints[name])
-        if not good:
+        if good:
+            values[name] = value
+        else:
             problems.add(f"{where}.{name}" if where else name, f"expected {expected}, got {data[name]!r}")
-            ok = False
-        values[name] = value
-    return values if ok else None
+            rejected.add(name)
+    return _Fields(values, frozenset(rejected))
 
 
 def _parse_stage(item: Any, where: str, problems: _Problems) -> Any:
@@ -184,21 +195,23 @@ def _parse_stage(item: Any, where: str, problems: _Problems) -> Any:
     if kind not in STAGES:
         problems.add(where, f"unknown stage {kind!r} (known: {', '.join(STAGES)})")
         return None
-    values = _parse_fields(STAGES[kind], settings, f"{where}.{kind}", problems)
-    if values is None:
+    parsed = _parse_fields(STAGES[kind], settings, f"{where}.{kind}", problems)
+    if parsed is None:
         return None
-    stage = STAGES[kind](**values)
+    stage = STAGES[kind](**parsed.values)
     names = {f.name for f in fields(stage)}
     for message in stage.problems():
         first, _, rest = message.partition(" ")
-        if first in names:  # locate a problem with one field at that field
+        if first in names and first not in parsed.rejected:  # locate a problem with one field at that field
             problems.add(f"{where}.{kind}.{first}", rest)
-        else:
+        elif first not in names and not parsed.rejected:  # a rule across fields holds only if all were read
             problems.add(f"{where}.{kind}", message)
-    return stage
+    return None if parsed.rejected else stage
 
 
-def _parse_profile(name: str, data: Any, where: str, problems: _Problems) -> Profile | None:
+def _parse_profile(name: str, data: Any, where: str, problems: _Problems,
+                   upscales: list[tuple[str, Upscale]]) -> Profile | None:
+    """The profile at `where`, or None if it has problems; appends its upscale stages to `upscales`."""
     if not isinstance(data, Mapping):
         problems.add(where, "expected a mapping with 'stages' (and optionally 'output')")
         return None
@@ -210,8 +223,8 @@ def _parse_profile(name: str, data: Any, where: str, problems: _Problems) -> Pro
         problems.add(f"{where}.stages", "expected a non-empty list of stages")
         stages_data = []
     stages = [_parse_stage(item, f"{where}.stages[{i}]", problems) for i, item in enumerate(stages_data)]
-    output_values = _parse_fields(OutputSettings, data.get("output"), f"{where}.output", problems)
-    output = OutputSettings(**(output_values or {}))
+    output_fields = _parse_fields(OutputSettings, data.get("output"), f"{where}.output", problems)
+    output = OutputSettings(**(output_fields.values if output_fields else {}))
     if output.format != "same":
         try:
             output = replace(output, format=normalise_format(output.format))
@@ -224,6 +237,9 @@ def _parse_profile(name: str, data: Any, where: str, problems: _Problems) -> Pro
             problems.add(f"{where}.output.fallback_format", f"must be one of {', '.join(OUTPUT_FORMATS)}")
     if not 1 <= output.quality <= 100:
         problems.add(f"{where}.output.quality", "must be between 1 and 100")
+    # Every good upscale stage is listed, also in a profile with a bad stage, so its model is checked too.
+    upscales.extend((f"{where}.stages[{i}].upscale.model", stage) for i, stage in enumerate(stages)
+                    if isinstance(stage, Upscale) and not stage.problems())  # a bad scale is reported already
     if any(stage is None for stage in stages):
         return None
     return Profile(name, Pipeline(tuple(stages)), output)
@@ -242,12 +258,14 @@ def _parse_inbox(data: Any, where: str, base: Path, problems: _Problems) -> Inbo
         problems.add(where, "expected a mapping")
         return None
     scalars = {k: v for k, v in data.items() if k != "ignore"}
+    paths_ok = True
     for key in _INBOX_PATHS:
         if key in scalars and not isinstance(scalars[key], str):
             problems.add(f"{where}.{key}", f"expected a path string, got {scalars[key]!r}")
-            return None
-    values = _parse_fields(Inbox, {k: v for k, v in scalars.items() if k not in _INBOX_PATHS}, where, problems,
+            paths_ok = False
+    parsed = _parse_fields(Inbox, {k: v for k, v in scalars.items() if k not in _INBOX_PATHS}, where, problems,
                            skip=_INBOX_PATHS + ("ignore",))
+    assert parsed is not None  # data is a mapping
     for key in ("path", "outbox", "failed"):
         if key not in data:
             problems.add(f"{where}.{key}", "required")
@@ -255,7 +273,7 @@ def _parse_inbox(data: Any, where: str, base: Path, problems: _Problems) -> Inbo
     if not isinstance(ignore, list) or not all(isinstance(p, str) for p in ignore):
         problems.add(f"{where}.ignore", "expected a list of glob patterns")
         ignore = []
-    if values is None or any(key not in data for key in ("path", "outbox", "failed")):
+    if not paths_ok or any(key not in data for key in ("path", "outbox", "failed")):
         return None
     inbox = Inbox(
         path=_resolve_path(data["path"], base),
@@ -263,7 +281,7 @@ def _parse_inbox(data: Any, where: str, base: Path, problems: _Problems) -> Inbo
         failed=_resolve_path(data["failed"], base),
         archive=_resolve_path(data["archive"], base) if data.get("archive") else None,
         ignore=tuple(ignore),
-        **values,
+        **parsed.values,
     )
     for name, allowed in (("mode", WATCH_MODES), ("on_success", ON_SUCCESS), ("collision", COLLISIONS),
                           ("duplicates", DUPLICATES)):
@@ -344,15 +362,13 @@ _TOP_LEVEL = {
 }
 
 
-def _check_models(profiles: Mapping[str, Profile], model_dirs: tuple[Path, ...], problems: _Problems) -> None:
+def _check_models(upscales: list[tuple[str, Upscale]], model_dirs: tuple[Path, ...], problems: _Problems) -> None:
     context = StageContext(model_dirs=model_dirs)
-    for profile in profiles.values():
-        for i, stage in enumerate(profile.pipeline.stages):
-            if isinstance(stage, Upscale) and not stage.problems():  # a bad scale is reported already
-                try:
-                    stage.spec(context)
-                except ModelError as exc:
-                    problems.add(f"profiles.{profile.name}.stages[{i}].upscale.model", str(exc))
+    for where, stage in upscales:
+        try:
+            stage.spec(context)
+        except ModelError as exc:
+            problems.add(where, str(exc))
 
 
 def parse_config(data: Any, *, base: Path, source: str, check_models: bool = False) -> Config:
@@ -397,8 +413,8 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
         problems.add("model_dirs", "expected a list of folder paths")
         model_dirs_data = []
 
-    engine_values = _parse_fields(EngineSettings, data.get("engine"), "engine", problems, skip=("threads",)) or {}
-    engine = EngineSettings(**engine_values)
+    engine_fields = _parse_fields(EngineSettings, data.get("engine"), "engine", problems, skip=("threads",))
+    engine = EngineSettings(**(engine_fields.values if engine_fields else {}))
     if engine.onnx_engine not in ONNX_ENGINES:
         problems.add("engine.onnx_engine", f"must be one of {', '.join(ONNX_ENGINES)}")
     if engine.chroma not in CHROMA_INTERPOLATIONS:
@@ -423,8 +439,11 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
     if not isinstance(profiles_data, Mapping):
         problems.add("profiles", "expected a mapping of profile names to profiles")
         profiles_data = {}
+    builtin = () if DEFAULT_PROFILE in profiles_data else profiles[DEFAULT_PROFILE].pipeline.stages
+    upscales = [(f"profiles.{DEFAULT_PROFILE}.stages[{i}].upscale.model", stage)
+                for i, stage in enumerate(builtin) if isinstance(stage, Upscale)]
     for name, body in profiles_data.items():
-        profile = _parse_profile(str(name), body, f"profiles.{name}", problems)
+        profile = _parse_profile(str(name), body, f"profiles.{name}", problems, upscales)
         if profile is not None:
             profiles[str(name)] = profile
 
@@ -446,7 +465,7 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
     _check_folders(inboxes, _resolve_path(state_dir, base), problems)
     model_dirs = tuple(_resolve_path(p, base) for p in model_dirs_data)
     if check_models:
-        _check_models(profiles, model_dirs, problems)
+        _check_models(upscales, model_dirs, problems)
 
     if problems.items:
         raise ConfigError(problems.items, source)

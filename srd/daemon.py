@@ -1,4 +1,4 @@
-"""The daemon: one loop that turns inbox hints into jobs, and job outcomes into ledger records (DESIGN §1, §5, §6).
+"""The daemon: one loop that turns inbox hints into jobs, and job outcomes into ledger records (docs/design.md §2, §4, §5).
 
 Threads only produce hints (watchers) and wake-ups (the pool); everything that decides or records —
 settling, hashing, ledger, moving files, status — happens in this loop, so none of it needs
@@ -94,6 +94,30 @@ class _Counters:
     duplicates: int = 0
     skipped: int = 0
     last_error: dict[str, str] | None = None
+
+
+def ledger_counters(ledger: Ledger) -> dict[str, _Counters]:
+    """Per inbox id, the done and failed counts and the latest failure as the ledger holds them.
+
+    The daemon starts its counters here, so `srd status` after a restart agrees with the ledger
+    instead of counting from zero.
+    """
+    counters: dict[str, _Counters] = {}
+    latest_failure: dict[str, tuple[float, str]] = {}
+    for key, inbox, state, updated_ts in ledger.states():
+        counter = counters.setdefault(inbox, _Counters())
+        if state == State.DONE:
+            counter.done += 1
+        elif state == State.FAILED:
+            counter.failed += 1
+            if updated_ts >= latest_failure.get(inbox, (float("-inf"), ""))[0]:
+                latest_failure[inbox] = (updated_ts, key)
+    for inbox, (_, key) in latest_failure.items():
+        entry = ledger.get(key)
+        if entry is not None:
+            counters[inbox].last_error = {"time": entry.updated_at, "source": str(Path(inbox) / entry.source),
+                                          "reason": entry.error or ""}
+    return counters
 
 
 @dataclass
@@ -217,6 +241,7 @@ class Daemon:
         self._counters: dict[str, _Counters] = {}
         self._backlog: deque[tuple[str, ReadyFile]] = deque()
         self._active: dict[str, _Work] = {}  # submitted jobs by key: no more than the pool has room for
+        self._running_since: dict[str, str] = {}  # key → when a worker took the job (ISO 8601 UTC), for status
         self._deferred: dict[Path, str] = {}
         self._solo: set[str] = set()  # keys of submitted jobs that the pool runs alone (suspects)
         self._blocks: dict[str, OutboxBlock] = {}
@@ -314,6 +339,8 @@ class Daemon:
     def _build_runtimes(self, config: Config, prints: dict[str, str]) -> None:
         old = self._runtimes
         self._runtimes = {}
+        assert self.ledger is not None
+        seeds = ledger_counters(self.ledger) if any(inbox_id(i) not in self._counters for i in config.inboxes) else {}
         for index, inbox in enumerate(config.inboxes):
             key = inbox_id(inbox)
             watcher = self._watcher_builder(index, inbox, self._hints.put)
@@ -323,7 +350,7 @@ class Daemon:
             if key in old and old[key].fingerprint == runtime.fingerprint:
                 runtime.handled = old[key].handled
             self._runtimes[key] = runtime
-            self._counters.setdefault(key, _Counters())
+            self._counters.setdefault(key, seeds.get(key) or _Counters())
 
     def _recover_unfinished(self) -> None:
         """Pin the last daemon's death on the file it ran alone, if it did; close entries a crash left started
@@ -602,6 +629,7 @@ class Daemon:
         """
         assert self.ledger is not None
         work = self._active[key]
+        self._running_since[key] = datetime.now(UTC).isoformat(timespec="seconds")
         try:
             self.ledger.record_start(work.sha256, work.fingerprint, inbox=work.inbox_id, source=work.rel,
                                      target=work.target, solo=key in self._solo)
@@ -693,6 +721,7 @@ class Daemon:
     def _finish(self, outcome: Outcome) -> None:
         assert self.ledger is not None and self.pool is not None
         work = self._active.pop(outcome.token)
+        self._running_since.pop(outcome.token, None)
         solo = work.key in self._solo
         self._solo.discard(work.key)
         try:
@@ -1044,8 +1073,12 @@ class Daemon:
         for key, _ in self._backlog:
             backlog_by_inbox[key] = backlog_by_inbox.get(key, 0) + 1
         in_flight: dict[str, int] = {}
-        for work in self._active.values():
+        running: dict[str, list[dict[str, str]]] = {}
+        for key, work in self._active.items():
             in_flight[work.inbox_id] = in_flight.get(work.inbox_id, 0) + 1
+            if key in self._running_since:
+                running.setdefault(work.inbox_id, []).append({"source": work.rel.as_posix(),
+                                                              "since": self._running_since[key]})
         for key, runtime in self._runtimes.items():
             counters = self._counters[key]
             watcher = runtime.watcher
@@ -1063,6 +1096,7 @@ class Daemon:
                 "settling": runtime.tracker.pending(),
                 "queued": backlog_by_inbox.get(key, 0),
                 "in_flight": in_flight.get(key, 0),
+                "running": sorted(running.get(key, []), key=lambda job: (job["since"], job["source"])),
                 "done": counters.done,
                 "failed": counters.failed,
                 "duplicates": counters.duplicates,

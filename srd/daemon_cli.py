@@ -19,7 +19,8 @@ from srd.errors import ExitCode, LockedError, SrdError
 from srd.ledger import Entry, Ledger, State, check_ledger, repair_ledger
 from srd.logs import configure_logging
 from srd.sources import move_file, report_path
-from srd.status import pid_alive, read_status
+from srd.status import Health, assess, locate_state_dir, read_status
+from srd.status_view import check_line, render
 
 
 def add_commands(subparsers: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
@@ -31,11 +32,18 @@ def add_commands(subparsers: Any) -> dict[str, Callable[[argparse.Namespace], in
     run.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
                      help="how long SIGTERM waits for running jobs (default: 30)")
 
-    status = subparsers.add_parser("status", help="show the daemon's status (running or not)",
-                                   description="Read state_dir/status.json and say whether that daemon is alive. "
-                                               "Exit status 0: running; 3: not running (see srd --help).")
+    status = subparsers.add_parser(
+        "status", help="show the daemon's status: per inbox health, queued, running, done, failed, last error",
+        description="Read state_dir/status.json (read-only; works while the daemon runs, and even when the config "
+                    "has errors) and say whether that daemon is alive. Exit status 0: running; 3: not running. "
+                    "With --check: 0 healthy, 3 not running, 9 running but unhealthy.")
     status.add_argument("--config", "-c", type=Path, help="YAML config (for state_dir)")
-    status.add_argument("--json", action="store_true", help="print the status document as JSON")
+    status.add_argument("--state-dir", type=Path, help="read this state folder; no config needed")
+    status.add_argument("--json", action="store_true",
+                        help="print the status document as JSON, with alive, health and reasons added")
+    status.add_argument("--check", action="store_true",
+                        help="print one line (healthy / unhealthy: why / not running: why) and exit 0 / 9 / 3: "
+                             "for scripts and container health checks")
 
     ledger = subparsers.add_parser("ledger", help="inspect, edit or repair the processing ledger",
                                    description="The ledger records every input processed. 'list', 'show' and "
@@ -60,7 +68,7 @@ def add_commands(subparsers: Any) -> dict[str, Callable[[argparse.Namespace], in
         action.add_argument("key", help="entry key, or a unique prefix of it or of its sha256")
     ledger_sub.add_parser("check", help="read the ledger and report damage (exit 0: healthy)",
                           description="Read the snapshot and journal without changing them and list every "
-                                      "problem a start would refuse. Exit status 0: healthy; 1: damaged (see "
+                                      "problem a start would refuse. Exit status 0: healthy; 8: damaged (see "
                                       "'srd ledger repair').")
     ledger_sub.add_parser("repair", help="rebuild a damaged ledger from every intact record (daemon stopped)",
                           description="Keep every intact record (snapshot, or the previous snapshot if it is "
@@ -84,45 +92,20 @@ def run_daemon(args: argparse.Namespace) -> int:
 
 
 def show_status(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    status = read_status(config.state_dir)
-    if status is None:
-        print(f"srd is not running: no status in {config.state_dir} (it has not run with this state_dir)")
-        return ExitCode.NOT_RUNNING
-    alive = pid_alive(int(status.get("pid", 0))) and status.get("state") != "stopped"
+    where = locate_state_dir(args.config, args.state_dir)
+    view = assess(read_status(where.path))
     if args.json:
-        print(json.dumps({**status, "alive": alive}, indent=2, sort_keys=True))
-        return ExitCode.OK if alive else ExitCode.NOT_RUNNING
-    if alive:
-        started = datetime.fromisoformat(status["started_at"])
-        uptime = int((datetime.now(UTC) - started).total_seconds())
-        print(f"srd is {status['state']} (pid {status['pid']}, up {uptime // 3600}h{uptime // 60 % 60:02d}m"
-              f"{uptime % 60:02d}s, config {status['config']})")
+        print(json.dumps({**(view.status or {}), "alive": view.alive, "health": view.health.value,
+                          "reasons": list(view.reasons), "state_dir": str(where.path),
+                          "state_dir_from": where.origin}, indent=2, sort_keys=True))
+    elif args.check:
+        print(printable(check_line(view)))
     else:
-        print(f"srd is not running (last seen pid {status.get('pid')} {status.get('state')} at "
-              f"{status.get('updated_at')}; figures below are from then)")
-    pool = status.get("pool", {})
-    print(f"  workers {status.get('workers')}, running {pool.get('running', 0)}, pool rebuilds "
-          f"{pool.get('rebuilds', 0)}; ledger {status.get('ledger')}")
-    if status.get("last_reload_error"):
-        print(f"  last reload rejected: {status['last_reload_error']}")
-    for inbox in status.get("inboxes", []):
-        print(f"  {inbox['path']} [{inbox['health']}, {inbox['watch']}"
-              + (f", degraded: {inbox['degraded']}" if inbox.get("degraded") else "") + "]")
-        outbox_state = inbox.get("outbox_state") or {"state": "ok"}
-        if outbox_state["state"] != "ok":
-            print(f"    outbox unwritable since {outbox_state['since']}, {outbox_state['waiting']} input(s) waiting: "
-                  f"{outbox_state['error']}")
-        print(f"    settling {inbox['settling']}, queued {inbox['queued']}, in flight {inbox['in_flight']}, "
-              f"done {inbox['done']}, failed {inbox['failed']}, duplicates {inbox['duplicates']}")
-        if inbox.get("root_error"):
-            print(f"    inbox root unusable: {inbox['root_error']}")
-        for folder, reason in (inbox.get("unreadable") or {}).items():
-            print(f"    not scanned: {folder}: {reason}")
-        if inbox.get("last_error"):
-            err = inbox["last_error"]
-            print(f"    last error {err['time']}: {err['source']}: {err['reason']}")
-    return ExitCode.OK if alive else ExitCode.NOT_RUNNING
+        print(printable(render(view, where)))
+    if args.check:
+        return {Health.HEALTHY: ExitCode.OK, Health.UNHEALTHY: ExitCode.UNHEALTHY,
+                Health.NOT_RUNNING: ExitCode.NOT_RUNNING}[view.health]
+    return ExitCode.OK if view.alive else ExitCode.NOT_RUNNING
 
 
 def _open_ledger(state_dir: Path, *, read_only: bool) -> Ledger:

@@ -22,6 +22,7 @@ class ExitCode(enum.IntEnum):
     LOCKED = 6
     ERROR = 7
     LEDGER = 8
+    UNHEALTHY = 9
     INTERRUPTED = 130
     TERMINATED = 143
 
@@ -40,6 +41,7 @@ _MEANINGS = {
     ExitCode.LOCKED: "another srd instance holds the state directory",
     ExitCode.ERROR: "any other failure; the message says what went wrong",
     ExitCode.LEDGER: "the ledger is damaged: 'srd ledger check' says how, 'srd ledger repair' keeps what is intact",
+    ExitCode.UNHEALTHY: "srd status --check: running, but an inbox, its outbox or the state directory is unhealthy",
     ExitCode.INTERRUPTED: "stopped by Ctrl-C (SIGINT)",
     ExitCode.TERMINATED: "stopped by SIGTERM (srd train fit)",
 }

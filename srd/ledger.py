@@ -1,4 +1,4 @@
-"""Crash-safe record of which inputs were processed, so that no image is processed twice (DESIGN §5).
+"""Crash-safe record of which inputs were processed, so that no image is processed twice (docs/design.md §4).
 
 The state lives in a local ``state_dir``:
 
@@ -425,6 +425,12 @@ class Ledger:
         """The outputs srd wrote for this source, each with the key of the content it holds (None: forgotten)."""
         outputs = self._owned.get((inbox, PurePosixPath(source).as_posix()), ())
         return {output: self._owners[output].key for output in outputs}
+
+    def states(self) -> Iterator[tuple[str, str, str, float]]:
+        """Iterate over ``(key, inbox, state, updated_ts)`` of every entry, without building `Entry`s (the
+        daemon counts them per inbox at start-up, over every entry it ever recorded)."""
+        for key, row in list(self._entries.items()):
+            yield key, row.inbox, row.state, row.updated_ts
 
     def unfinished(self) -> list[Entry]:
         """Return entries started but neither done nor failed: a crash interrupted them, retry them."""

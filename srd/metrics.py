@@ -1,4 +1,4 @@
-"""Paper-comparable quality metrics (DESIGN §8): PSNR and SSIM on the BT.601 luma of BGR images.
+"""Paper-comparable quality metrics (docs/design.md §10): PSNR and SSIM on the BT.601 luma of BGR images.
 
 SR papers report PSNR/SSIM on MATLAB's ``rgb2ycbcr`` Y channel with ``s`` pixels shaved from each border,
 so numbers computed on RGB or without the shave are not comparable with published tables.

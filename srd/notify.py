@@ -1,4 +1,4 @@
-"""systemd service notifications (sd_notify) without a dependency (DESIGN §6).
+"""systemd service notifications (sd_notify) without a dependency (docs/design.md §9).
 
 The protocol is one datagram of ``KEY=value`` lines to the AF_UNIX socket named by ``$NOTIFY_SOCKET``; a
 leading ``@`` names a socket in the abstract namespace. Outside systemd the variable is unset and every call

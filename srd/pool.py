@@ -1,4 +1,4 @@
-"""The worker pool as the daemon needs it: bounded, self-healing, and honest about lost jobs (DESIGN §6).
+"""The worker pool as the daemon needs it: bounded, self-healing, and honest about lost jobs (docs/design.md §5).
 
 `ProcessPoolExecutor` alone has three problems for a daemon. It queues without bound, so a big inbox
 would be pickled into memory at once; a worker killed by the OOM killer or a segfault breaks the whole

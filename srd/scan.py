@@ -1,4 +1,4 @@
-"""What counts as a candidate file in an inbox, and a full walk of one (DESIGN §4).
+"""What counts as a candidate file in an inbox, and a full walk of one (docs/design.md §3).
 
 Both the native watcher and the poller hand their findings through the same `IgnoreRules`, and the
 reconcile scan that backs up events uses `scan_inbox`, so every path into the daemon agrees on which

@@ -1,4 +1,4 @@
-"""Decide when a file in an inbox has finished arriving (DESIGN §4).
+"""Decide when a file in an inbox has finished arriving (docs/design.md §3).
 
 File-system events are only hints: what arrives depends on how the file was written (in place, renamed in,
 copied over SMB, seen by a poller), and none of them reliably says "complete". A file is ready when no hint

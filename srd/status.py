@@ -1,18 +1,26 @@
 """The daemon's status file, ``state_dir/status.json``: what `srd status` and monitoring read.
 
 It is replaced atomically, so a reader never sees half a document, and it names the daemon's pid so a
-reader can tell a live daemon from the file a dead one left behind.
+reader can tell a live daemon from the file a dead one left behind. The read side needs no valid
+config: `locate_state_dir` finds the state folder even when the config has errors, since that is
+when an admin most needs to see what the daemon is doing.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from srd.atomic import write_bytes_atomic
+from srd.config import load_config
+from srd.errors import ConfigError
 
 STATUS_NAME = "status.json"
 
@@ -69,3 +77,98 @@ def pid_alive(pid: int) -> bool:
         return b"srd" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return True  # no /proc to check: trust the pid
+
+
+class Health(enum.Enum):
+    """The verdict of `srd status --check`."""
+
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    NOT_RUNNING = "not running"
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """A status document judged: whether its daemon lives, its health, and why it is not healthy."""
+
+    status: dict[str, Any] | None
+    alive: bool
+    health: Health
+    reasons: tuple[str, ...]
+
+
+def assess(status: dict[str, Any] | None) -> Assessment:
+    """Judge a status document: not running (no document, dead pid, stopped), unhealthy (an inbox
+    unavailable, an outbox refusing writes, stopping) or healthy."""
+    if status is None:
+        return Assessment(None, False, Health.NOT_RUNNING, ("no status file: srd has not run with this state_dir",))
+    alive = pid_alive(int(status.get("pid", 0))) and status.get("state") != "stopped"
+    if not alive:
+        return Assessment(status, False, Health.NOT_RUNNING,
+                          (f"last seen pid {status.get('pid')} {status.get('state')} at {status.get('updated_at')}",))
+    reasons = []
+    if status.get("state") == "stopping":
+        reasons.append("stopping")
+    state_dir = status.get("state_dir") or {"state": "ok"}
+    if state_dir.get("state") != "ok":
+        reasons.append(f"state_dir unwritable since {state_dir.get('since')}: {state_dir.get('error')}")
+    for inbox in status.get("inboxes", []):
+        if inbox.get("health") not in ("ok", "stopping"):
+            why = f": {inbox['root_error']}" if inbox.get("root_error") else ""
+            reasons.append(f"inbox {inbox['path']} {inbox.get('health')} (watch {inbox.get('watch')}){why}")
+        outbox_state = inbox.get("outbox_state") or {"state": "ok"}
+        if outbox_state.get("state") != "ok":
+            reasons.append(f"outbox {inbox.get('outbox')} unwritable since {outbox_state.get('since')}")
+    return Assessment(status, True, Health.UNHEALTHY if reasons else Health.HEALTHY, tuple(reasons))
+
+
+@dataclass(frozen=True)
+class StateDirChoice:
+    """Where `srd status` looks, and how it came to look there (shown to the user)."""
+
+    path: Path
+    origin: str
+
+
+_STATE_DIR_LINE = re.compile(r"state_dir\s*:(?P<value>.*)$")
+
+
+def _state_dir_in_text(text: str) -> str | None:
+    """A top-level ``state_dir:`` value read line by line from YAML that does not parse as a whole."""
+    for line in text.splitlines():
+        match = _STATE_DIR_LINE.match(line)
+        if match is None:
+            continue
+        try:
+            value = yaml.safe_load(match.group("value"))
+        except yaml.YAMLError:
+            value = match.group("value").split(" #", 1)[0].strip().strip("'\"")
+        return value if isinstance(value, str) and value else None
+    return None
+
+
+def locate_state_dir(config_path: Path | None, state_dir: Path | None) -> StateDirChoice:
+    """The state folder to read: `state_dir` if given, else the config's, else a best-effort guess.
+
+    A config with errors still names its state_dir in most cases (a typo elsewhere, a bad indent);
+    failing that, the default `.srd` beside the config is where the daemon would have put it.
+    """
+    if state_dir is not None:
+        return StateDirChoice(state_dir, "--state-dir")
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        if config_path is None:
+            raise  # the built-in defaults have no text to read a state_dir from
+        broken = f"config {config_path} is invalid ({len(exc.problems)} problem(s): see 'srd config check')"
+        base = config_path.resolve().parent
+        try:
+            found = _state_dir_in_text(config_path.read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            found = None
+        if found is not None:
+            guess = Path(found).expanduser()
+            return StateDirChoice(guess if guess.is_absolute() else base / guess,
+                                  f"{broken}; state_dir read from its text")
+        return StateDirChoice(base / ".srd", f"{broken}; no state_dir in it, so the default beside it")
+    return StateDirChoice(config.state_dir, f"config {config.source}")

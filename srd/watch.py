@@ -1,4 +1,4 @@
-"""Event sources for inboxes: a native (inotify) observer or a scandir poller, supervised (DESIGN §4).
+"""Event sources for inboxes: a native (inotify) observer or a scandir poller, supervised (docs/design.md §3).
 
 Whatever a source reports is only a *hint* that a path may have changed; the settle tracker and the
 daemon decide what it means. Sources run in their own threads and only ever put `Hint`s into a

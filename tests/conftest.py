@@ -15,6 +15,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 ZOO = SHARED / "models" / "opencv-zoo"
 BENCH = SHARED / "datasets" / "bench"
+# The one reason every training test gives when it is skipped (README: the default test set-up is light).
+TRAIN_EXTRA = ("needs the 'train' extra: pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu "
+               "&& pip install -e '.[train]'")
+
+
+def require_train_extra() -> None:
+    """Skip the calling test (or module) unless torch and onnx, the 'train' extra, are importable."""
+    for module in ("torch", "onnx"):
+        pytest.importorskip(module, reason=TRAIN_EXTRA)
 
 
 @pytest.fixture(scope="session")

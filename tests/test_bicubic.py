@@ -1,4 +1,4 @@
-"""The MATLAB bicubic port must reproduce MATLAB's LR benchmark inputs (DESIGN §8)."""
+"""The MATLAB bicubic port must reproduce MATLAB's LR benchmark inputs (docs/design.md §10)."""
 
 from __future__ import annotations
 

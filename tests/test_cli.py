@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import SHARED, exif_with_orientation, icc_profile, png_claiming
+from conftest import SHARED, exif_with_orientation, icc_profile, png_claiming, require_train_extra
 from daemon_helpers import descendants_of
 
 from srd.bicubic import bicubic_up, make_lr
@@ -41,7 +41,7 @@ def test_every_subcommand_has_help(args: list[str], capsys: pytest.CaptureFixtur
 
 @pytest.mark.parametrize("args", [["train"], ["train", "fit"], ["train", "cache"], ["train", "export"]])
 def test_every_train_subcommand_has_help(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("torch")  # the 'train' extra
+    require_train_extra()
     assert run_cli(*args, "--help") == 0
     assert f"usage: srd {' '.join(args)}" in capsys.readouterr().out
 

@@ -289,8 +289,8 @@ def test_corrupt_image_goes_to_failed_folder_with_reason_and_the_rest_proceed(tm
         assert daemon.proc.poll() is None
         (inbox / "good2.png").write_bytes(make_image(Path("x.png"), SIZE, 3))
         daemon.wait_event("file_processed", count=3)
-        status = srd("status", "--config", str(config))
-        assert status.returncode == 0 and "failed 1" in status.stdout, status.stdout
+        status = srd("status", "--json", "--config", str(config))
+        assert status.returncode == 0 and json.loads(status.stdout)["inboxes"][0]["failed"] == 1, status.stdout
         assert daemon.stop() == 0
     finally:
         if daemon.proc.poll() is None:

@@ -16,6 +16,7 @@ from srd.ledger import JOURNAL_NAME, Ledger
 ELSEWHERE = {
     ExitCode.INTERRUPTED: "test_oneshot.py::test_ctrl_c_stops_the_batch_and_leaves_no_half_written_file",
     ExitCode.TERMINATED: "test_train.py::test_sigterm_saves_and_exits_143 (needs the 'train' extra)",
+    ExitCode.UNHEALTHY: "test_status_cli.py::test_check_exit_codes_healthy_unhealthy_not_running",
 }
 
 

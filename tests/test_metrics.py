@@ -1,4 +1,4 @@
-"""PSNR/SSIM on Y follow the paper protocol of DESIGN §8."""
+"""PSNR/SSIM on Y follow the paper protocol of docs/design.md §10."""
 
 from __future__ import annotations
 

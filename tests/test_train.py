@@ -16,10 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import require_train_extra
 
-torch = pytest.importorskip("torch")
+require_train_extra()
 
 import cv2  # noqa: E402
+import torch  # noqa: E402
 import numpy as np  # noqa: E402
 
 from srd.bicubic import imresize, make_lr  # noqa: E402

@@ -1,7 +1,7 @@
 """Export a training checkpoint to ``models/``: ONNX file, cv2.dnn check, benchmark, manifest entry.
 
 The quality recorded in the manifest is measured on the exported file through cv2.dnn (not torch), with the
-DESIGN §8 protocol, so it is what daemon users get.
+docs/design.md §10 protocol, so it is what daemon users get.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The graph is kept to ops that OpenCV 5.0's ONNX importer handles well (Conv, Relu, Add, Mul,
 DepthToSpace). There is no in-graph MeanShift: the "edsr" convention subtracts the DIV2K mean outside the
-model, exactly like the OpenCV zoo EDSR ``.pb`` (see DESIGN §2).
+model, exactly like the OpenCV zoo EDSR ``.pb`` (see docs/design.md §6).
 """
 
 from __future__ import annotations
