@@ -41,7 +41,7 @@ inboxes:
         "at 'profiles.p.stages[0].denoise.strength': expected a number, got 'high'",
         "at 'profiles.p.stages[0].denoise.template_window': must be a positive odd number",
         "at 'profiles.p.stages[1].resize.scale': expected a number, got 'twice'",
-        "at 'profiles.p.stages[2].upscale.model': no model 'no-such-model'",
+        "at 'profiles.p.stages[2].upscale.model': model not found: no-such-model",
         "at 'profiles.p.output.quality': expected an integer, got 'lots'",
         "at 'profiles.p.output.format': must be same or one of",
         "at 'inboxes[0].settle_seconds': expected a number, got 'soon'",
