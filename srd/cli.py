@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -104,7 +105,8 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpar
     bench = sub.add_parser("bench", help="quality and speed benchmarks (print figures)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="KIND")
     quality = bench_sub.add_parser("quality", help="PSNR-Y/SSIM-Y on a benchmark set, bicubic beside",
-                                   description="DESIGN §8 protocol: MATLAB bicubic LR, PSNR on Y, scale-pixel shave.")
+                                   description="The standard protocol (docs/design.md §10): MATLAB bicubic LR, PSNR on Y, "
+                                               "scale-pixel shave.")
     quality.add_argument("--set", type=Path, required=True, help="folder of HR images (e.g. Set5)")
     quality.add_argument("--scale", "-s", type=int, required=True)
     quality.add_argument("--model", "-m", action="append", default=[], help="model name or file; repeatable")
@@ -223,7 +225,7 @@ def _run_bench(args: argparse.Namespace) -> ExitCode:
     if args.bench_command == "quality":
         specs = [resolve_model(m, args.scale, extra_dirs=config.model_dirs) for m in args.model]
         rows = bench.bench_quality(args.set, args.scale, specs, engine, with_upsample=args.upsample)
-        print(f"{args.set.name} x{args.scale}  (DESIGN §8 protocol, tile {engine.tile}, pad {engine.tile_pad})")
+        print(f"{args.set.name} x{args.scale}  (standard protocol, tile {engine.tile}, pad {engine.tile_pad})")
         print(f"| {'method':<42} | PSNR-Y (dB) | SSIM-Y |")
         print(f"|{'-' * 44}|-------------|--------|")
         for row in rows:
@@ -288,4 +290,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("srd: interrupted", file=sys.stderr)
         code = ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`srd status | head`): not an error of srd's. Point stdout at /dev/null so
+        # the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = ExitCode.OK
     sys.exit(int(code))

@@ -63,7 +63,7 @@ def test_crop_to_multiple() -> None:
 
 @pytest.mark.parametrize(("scale", "psnr", "ssim"), [(2, 33.68, 0.9299), (3, 30.41, 0.8682), (4, 28.43, 0.8104)])
 def test_bicubic_baseline_reproduces_published_set5(scale: int, psnr: float, ssim: float) -> None:
-    """MATLAB-LR → bicubic ×s on Set5 gives DESIGN §8's 33.68/30.41/28.43 dB and the published SSIM."""
+    """MATLAB-LR → bicubic ×s on Set5 gives docs/design.md §10's 33.68/30.41/28.43 dB and the published SSIM."""
     psnrs, ssims = [], []
     for hr_path in sorted((BENCH / "Set5").glob("*.png")):
         hr = crop_to_multiple(cv2.imread(str(hr_path), cv2.IMREAD_COLOR), scale)
