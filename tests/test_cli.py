@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import os
 import subprocess
 import sys
 import time
@@ -236,3 +237,16 @@ def test_models_list_and_verify_see_zoo_files_in_a_model_dir(
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("MISMATCH") and "FSRCNN_x2.pb" in line for line in lines)
     assert any(line.startswith("verified") and "ESPCN_x3.pb" in line for line in lines)
+
+
+def test_a_reader_that_goes_away_early_gets_no_traceback(tmp_path: Path) -> None:
+    """`srd models list | head -1`: the pipe closes before srd writes; that is not srd's error."""
+    from daemon_helpers import srd_command
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before srd writes a byte
+    done = subprocess.run([*srd_command(), "models", "list"], stdout=write, stderr=subprocess.PIPE, text=True,
+                          timeout=60, check=False)
+    os.close(write)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 0
