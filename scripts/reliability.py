@@ -4,7 +4,8 @@
 
 It runs, against a real `srd run` with the zoo ESPCN ×2:
 
-1. the crash loop with the daemon SIGKILLed at random moments (≥ 50 kills) while files arrive;
+1. the crash loop with the daemon's whole process group SIGKILLed at random moments (200 kills) while 100
+   files arrive, with the default max_attempts: no file may end in the failed folder;
 2. the same with random workers SIGKILLed instead;
 3. a batch of 2,000 files dropped at once (throughput, peak RSS);
 4. every reliability test (`tests/test_reliability_*.py`) with ``SRD_LONG=1``: hostile input with a
@@ -53,7 +54,8 @@ def run_pytest_long() -> dict[str, Any]:
     """Every reliability test with the long settings; returns the outcome and the summary line."""
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_reliability_hostile.py",
                "tests/test_reliability_outage.py", "tests/test_reliability_disk.py",
-               "tests/test_reliability_config.py"]
+               "tests/test_reliability_config.py", "tests/test_reliability_symlinks.py",
+               "tests/test_reliability_ledger.py"]
     started = time.monotonic()
     with tempfile.NamedTemporaryFile("r", suffix=".jsonl") as figures:
         env = {**os.environ, "SRD_LONG": "1", "SRD_FIGURES": figures.name}
@@ -68,8 +70,10 @@ def run_pytest_long() -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=REPO / "reliability.json", help="where to write the figures")
-    parser.add_argument("--files", type=int, default=300, help="inputs per crash loop")
-    parser.add_argument("--kills", type=int, default=60, help="SIGKILLs per crash loop (daemon, then workers)")
+    parser.add_argument("--daemon-files", type=int, default=100, help="inputs of the daemon crash loop")
+    parser.add_argument("--daemon-kills", type=int, default=200, help="SIGKILLs of the daemon's process group")
+    parser.add_argument("--files", type=int, default=300, help="inputs of the worker crash loop")
+    parser.add_argument("--kills", type=int, default=60, help="SIGKILLs of random workers")
     parser.add_argument("--load-files", type=int, default=2000, help="files in the load batch")
     parser.add_argument("--skip-tests", action="store_true", help="only the crash loops and the load run")
     args = parser.parse_args()
@@ -78,9 +82,10 @@ def main() -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="srd-reliability-") as scratch:
         root = Path(scratch)
-        for target in ("daemon", "worker"):
-            print(f"crash loop, killing the {target}: {args.files} files, {args.kills} kills …", flush=True)
-            figures = crash_loop(root / f"crash-{target}", files=args.files, kills=args.kills, target=target, seed=7)
+        sizes = {"daemon": (args.daemon_files, args.daemon_kills), "worker": (args.files, args.kills)}
+        for target, (files, kills) in sizes.items():
+            print(f"crash loop, killing the {target}: {files} files, {kills} kills …", flush=True)
+            figures = crash_loop(root / f"crash-{target}", files=files, kills=kills, target=target, seed=7)
             report[f"crash_{target}"] = asdict(figures)
             print(json.dumps(report[f"crash_{target}"]), flush=True)
         print(f"load: {args.load_files} files at once …", flush=True)

@@ -97,6 +97,7 @@ class DaemonProcess:
         self.proc = subprocess.Popen(
             [*srd_command(), "run", "--config", str(config), "--drain-timeout", str(drain_timeout)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+            start_new_session=True,  # its own process group, as under systemd: `kill(group=True)` hits it all
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -141,10 +142,14 @@ class DaemonProcess:
         self._reader.join(timeout=5)
         return code
 
-    def kill(self) -> None:
-        """SIGKILL the daemon and wait until its forkserver and workers are gone too (they die with it)."""
+    def kill(self, *, group: bool = False) -> None:
+        """SIGKILL the daemon (with `group`: its whole process group at once, as systemd or the OOM killer of
+        a cgroup would) and wait until its forkserver and workers are gone too."""
         descendants = descendants_of(self.pid)
-        self.proc.kill()
+        if group:
+            os.killpg(self.pid, signal.SIGKILL)
+        else:
+            self.proc.kill()
         self.proc.wait(timeout=10)
         self._reader.join(timeout=5)
         wait_for(lambda: not any(Path(f"/proc/{pid}").exists() and not _is_zombie(pid) for pid in descendants),
