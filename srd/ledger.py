@@ -1085,9 +1085,15 @@ def repair_ledger(state_dir: Path) -> RepairReport:
 
     Raises:
         LockedError: A daemon (or another command) holds the state directory.
+        LedgerError: There is no state directory, or it can't be locked or written.
     """
     state_dir = Path(state_dir)
-    lock_fd = _acquire_lock(state_dir / LOCK_NAME)
+    if not state_dir.is_dir():
+        raise LedgerError(f"there is no ledger to repair: {state_dir} is not a directory")
+    try:
+        lock_fd = _acquire_lock(state_dir / LOCK_NAME)
+    except OSError as exc:
+        raise LedgerUnwritableError(f"cannot lock {state_dir}: {exc.strerror or exc}", errno=exc.errno) from exc
     ledger = Ledger(state_dir, lock_fd, compact_after=DEFAULT_COMPACT_AFTER, clock=time.time)
     try:
         problems: list[str] = []
