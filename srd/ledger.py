@@ -948,12 +948,16 @@ class Ledger:
         if tail and not self._read_only:
             log.warning("ledger_torn_record_dropped", path=str(path), line=len(lines) + 1, size=len(tail))
         applied = 0
+        previous_seq = -1  # every journal srd writes counts up, line by line
         for number, line in enumerate(lines, 1):
             try:
                 rec = json.loads(line)
                 seq = rec["seq"]
                 if not isinstance(seq, int) or isinstance(seq, bool):
                     raise TypeError("seq is not an integer")
+                if seq <= previous_seq:
+                    raise _Gap(f"seq {seq} after seq {previous_seq}: a repeated or older record")
+                previous_seq = seq
                 if rec.get("op") == "snapshot" and seq > snapshot_seq:
                     held = f"holds seq {snapshot_seq}" if snapshot_seq else "is missing"
                     raise _Gap(f"it continues a snapshot with seq {seq}, but {self._dir / SNAPSHOT_NAME} {held}")
