@@ -41,6 +41,7 @@ import fcntl
 import itertools
 import json
 import os
+import secrets
 import sys
 import time
 from collections import Counter
@@ -53,7 +54,7 @@ from typing import Any, NamedTuple
 
 import structlog
 
-from srd.atomic import clean_stale_temps, open_atomic
+from srd.atomic import TEMP_PREFIX, clean_stale_temps, open_atomic
 from srd.errors import LockedError, SrdError
 from srd.fileversion import FileVersion
 
@@ -653,7 +654,7 @@ class Ledger:
         """Hard-link the current snapshot as ``ledger.json.prev`` (atomically replacing the older one): a way
         back, by hand or by `repair`, if the new snapshot is ever lost."""
         current = self._dir / SNAPSHOT_NAME
-        link = self._dir / f".{PREVIOUS_SNAPSHOT_NAME}.{os.getpid()}"
+        link = self._dir / f"{TEMP_PREFIX}{PREVIOUS_SNAPSHOT_NAME}.{secrets.token_hex(6)}"  # cleaned if we crash
         try:
             os.link(current, link)
             os.replace(link, self._dir / PREVIOUS_SNAPSHOT_NAME)
