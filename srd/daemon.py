@@ -65,6 +65,11 @@ STATUS_EVERY_S = 1.0
 # Hashing happens in the loop; this bounds how long one pass may spend on it before serving events.
 CONSIDER_BUDGET_S = 0.2
 HEAD_BYTES = 64
+# A file cut short by the daemon's death is retried alone, and a death during that run is pinned on it; but
+# only once this daemon has lived this long. A daemon that dies within its first seconds dies of something
+# else (its start-up, a restart loop, an operator's kill), and a file that kills the service still does so
+# after the wait.
+SOLO_RETRY_AFTER_S = 5.0
 _READ_CHUNK = 1 << 20
 
 PoolBuilder = Callable[[Config, Callable[[Any], None], Callable[[], None]], JobPool]
@@ -594,6 +599,9 @@ class Daemon:
             self._duplicate(runtime, path, rel, signature, entry, refresh=bool(own_outputs))
             return
         unfinished = entry is not None and entry.state == State.STARTED  # a crash cut its last start short
+        if unfinished and self._clock() - self._started < SOLO_RETRY_AFTER_S:
+            runtime.tracker.hint(path)  # judged again once it has settled again
+            return
         if unfinished and entry.strikes >= self.config.max_attempts:
             reason = (f"gave up after {entry.strikes} deaths pinned on this file: its worker died, or the daemon "
                       "died while it was being retried alone")

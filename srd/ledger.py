@@ -41,6 +41,7 @@ import fcntl
 import itertools
 import json
 import os
+import secrets
 import sys
 import time
 from collections import Counter
@@ -53,7 +54,7 @@ from typing import Any, NamedTuple
 
 import structlog
 
-from srd.atomic import clean_stale_temps, open_atomic
+from srd.atomic import TEMP_PREFIX, clean_stale_temps, open_atomic
 from srd.errors import LockedError, SrdError
 from srd.fileversion import FileVersion
 
@@ -659,7 +660,7 @@ class Ledger:
         """Hard-link the current snapshot as ``ledger.json.prev`` (atomically replacing the older one): a way
         back, by hand or by `repair`, if the new snapshot is ever lost."""
         current = self._dir / SNAPSHOT_NAME
-        link = self._dir / f".{PREVIOUS_SNAPSHOT_NAME}.{os.getpid()}"
+        link = self._dir / f"{TEMP_PREFIX}{PREVIOUS_SNAPSHOT_NAME}.{secrets.token_hex(6)}"  # cleaned if we crash
         try:
             os.link(current, link)
             os.replace(link, self._dir / PREVIOUS_SNAPSHOT_NAME)
@@ -954,12 +955,16 @@ class Ledger:
         if tail and not self._read_only:
             log.warning("ledger_torn_record_dropped", path=str(path), line=len(lines) + 1, size=len(tail))
         applied = 0
+        previous_seq = -1  # every journal srd writes counts up, line by line
         for number, line in enumerate(lines, 1):
             try:
                 rec = json.loads(line)
                 seq = rec["seq"]
                 if not isinstance(seq, int) or isinstance(seq, bool):
                     raise TypeError("seq is not an integer")
+                if seq <= previous_seq:
+                    raise _Gap(f"seq {seq} after seq {previous_seq}: a repeated or older record")
+                previous_seq = seq
                 if rec.get("op") == "snapshot" and seq > snapshot_seq:
                     held = f"holds seq {snapshot_seq}" if snapshot_seq else "is missing"
                     raise _Gap(f"it continues a snapshot with seq {seq}, but {self._dir / SNAPSHOT_NAME} {held}")
@@ -1091,9 +1096,15 @@ def repair_ledger(state_dir: Path) -> RepairReport:
 
     Raises:
         LockedError: A daemon (or another command) holds the state directory.
+        LedgerError: There is no state directory, or it can't be locked or written.
     """
     state_dir = Path(state_dir)
-    lock_fd = _acquire_lock(state_dir / LOCK_NAME)
+    if not state_dir.is_dir():
+        raise LedgerError(f"there is no ledger to repair: {state_dir} is not a directory")
+    try:
+        lock_fd = _acquire_lock(state_dir / LOCK_NAME)
+    except OSError as exc:
+        raise LedgerUnwritableError(f"cannot lock {state_dir}: {exc.strerror or exc}", errno=exc.errno) from exc
     ledger = Ledger(state_dir, lock_fd, compact_after=DEFAULT_COMPACT_AFTER, clock=time.time)
     try:
         problems: list[str] = []

@@ -21,6 +21,7 @@ from srd.engine.conventions import CONVENTIONS
 from srd.engine.registry import ModelSpec, file_sha256, resolve_model
 from srd.engine.upscaler import EngineSettings, Upscaler
 from srd.errors import ModelError
+from srd.fileversion import FileVersion
 
 # Bumped when a stage's algorithm changes, so the ledger reprocesses with the new behaviour.
 PIPELINE_VERSION = 1
@@ -59,7 +60,7 @@ class StageContext:
 
     def sha256(self, spec: ModelSpec) -> str:
         stat = spec.path.stat()
-        key = (spec.path, stat.st_size, stat.st_mtime_ns)
+        key = (spec.path, FileVersion.of(stat))
         if key not in self._hashes:
             self._hashes[key] = file_sha256(spec.path)
         return self._hashes[key]
