@@ -284,10 +284,10 @@ class Ledger:
         self._counts: Counter[str] = Counter()
         # key → reserved output path of each started entry (few: the running jobs and those a crash cut short).
         self._targets: dict[str, str] = {}
-        # output path → its owner, and (inbox, source) → the outputs it owns (usually one; more after a
-        # profile changed the output format).
+        # output path → its owner, and (inbox, source) → the output it owns, or a tuple of them (more than
+        # one after a profile changed the output format). Strings are shared with the entries'.
         self._owners: dict[str, Owner] = {}
-        self._owned: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._owned: dict[tuple[str, str], str | tuple[str, ...]] = {}
         # (inbox, path) → (size, mtime_ns, ino, ctime_ns, sha256 as 32 bytes: half the memory of its hex).
         self._hashes: dict[tuple[str, str], _Cached] = {}
         # Stat-cache changes not yet in the journal: the latest value per file, None for a removal.
@@ -424,8 +424,11 @@ class Ledger:
 
     def outputs_of(self, inbox: str, source: PurePath | str) -> dict[str, str | None]:
         """The outputs srd wrote for this source, each with the key of the content it holds (None: forgotten)."""
-        outputs = self._owned.get((inbox, PurePosixPath(source).as_posix()), ())
-        return {output: self._owners[output].key for output in outputs}
+        return {output: self._owners[output].key for output in self._owned_by((inbox, PurePosixPath(source).as_posix()))}
+
+    def _owned_by(self, slot: tuple[str, str]) -> tuple[str, ...]:
+        outputs = self._owned.get(slot, ())
+        return (outputs,) if isinstance(outputs, str) else outputs
 
     def unfinished(self) -> list[Entry]:
         """Return entries started but neither done nor failed: a crash interrupted them, retry them."""
@@ -677,9 +680,15 @@ class Ledger:
         yield from _chunked_json(iter(self._hashes.items()), lambda chunk: _dumps(
             [_cache_record(slot, value) for slot, value in chunk]))
         yield b'],"outputs":['
-        yield from _chunked_json(iter(self._owners.items()), lambda chunk: _dumps(
-            [[output, *owner] for output, owner in chunk]))
+        # Only the owners a done entry doesn't already say (links, forgotten keys): loading derives the rest.
+        yield from _chunked_json((item for item in self._owners.items() if not self._said_by_entry(*item)),
+                                 lambda chunk: _dumps([[output, *owner] for output, owner in chunk]))
         yield b"]}"
+
+    def _said_by_entry(self, output: str, owner: Owner) -> bool:
+        row = None if owner.key is None else self._entries.get(owner.key)
+        return (row is not None and row.state == State.DONE and row.output == output
+                and (row.inbox, row.source) == (owner.inbox, owner.source))
 
     def _started(self, key: str) -> _Row:
         row = self._entries[key]
@@ -816,9 +825,9 @@ class Ledger:
             return
         if previous is not None:
             slot = (previous.inbox, previous.source)
-            rest = tuple(o for o in self._owned.get(slot, ()) if o != output)
+            rest = tuple(o for o in self._owned_by(slot) if o != output)
             if rest:
-                self._owned[slot] = rest
+                self._owned[slot] = rest[0] if len(rest) == 1 else rest
             else:
                 self._owned.pop(slot, None)
             if previous.key is not None and previous.key != owner.key:
@@ -827,7 +836,8 @@ class Ledger:
                     self._drop(previous.key)
         self._owners[output] = owner
         slot = (owner.inbox, owner.source)
-        self._owned[slot] = (*self._owned.get(slot, ()), output)
+        outputs = (*self._owned_by(slot), output)
+        self._owned[slot] = outputs[0] if len(outputs) == 1 else outputs
 
     def _load(self, problems: list[str] | None = None) -> None:
         """Read the snapshot and replay the journal; with `problems`, damage is listed there and skipped
@@ -913,14 +923,16 @@ class Ledger:
         self._counts = Counter(row.state for row in entries.values())
         self._targets = {key: row.target for key, row in entries.items()
                          if row.state == State.STARTED and row.target is not None}
+        # Each done entry owns its output (format 2 lists only the other owners). Format 1 kept no owners, so
+        # there two entries may claim one path: the latest claim wins, and the older, stale kind this table
+        # exists to prevent is dropped.
+        done = [(row.updated_ts, key) for key, row in entries.items() if row.state == State.DONE]
         if snapshot["format"] == 1:
-            # Format 1 kept no owners: each done entry owned its output, the latest claim winning (an older
-            # claim on the same path is the stale kind this table exists to prevent, and is dropped).
-            done = sorted((row.updated_ts, key) for key, row in entries.items() if row.state == State.DONE)
-            for _, key in done:
-                row = entries.get(key)
-                if row is not None and row.output is not None:
-                    self._set_owner(row.output, Owner(row.inbox, row.source, key))
+            done.sort()
+        for _, key in done:
+            row = entries.get(key)
+            if row is not None and row.output is not None:
+                self._set_owner(row.output, Owner(row.inbox, row.source, key))
         for output, owner in owners:
             self._set_owner(output, owner)
         return seq
