@@ -18,10 +18,26 @@ Three tables live in these files:
   The (inbox, source) part outlives `Ledger.forget`, so srd still knows the file is its own to replace.
 - the stat cache, by (inbox, source): the sha256 of the version of the file last hashed.
 
-Every journal record carries a ``seq``; the snapshot stores the last ``seq`` it includes. Loading skips the
+Journal records (each may also carry ``"cache": {"set": [...], "unset": [...]}``, stat-cache changes):
+
+- ``{"seq", "op": "put", "entry": {...}}``: an entry's whole state. A ``done`` entry takes its output path
+  over (see outputs above). Since format 2 an entry also has ``strikes`` and ``solo``; records without them
+  (older srd) load as 0 and false.
+- ``{"seq", "op": "own", "output", "inbox", "source", "key"}``: srd gave `output` this content's picture for
+  that source without a job of its own (a duplicate's link or copy).
+- ``{"seq", "op": "forget", "key"}``: an entry removed; outputs it owned keep their source, lose their key.
+- ``{"seq", "op": "cache"}``: only stat-cache changes.
+- ``{"seq", "op": "snapshot"}``: the first line after a compaction; its ``seq`` is the snapshot's, so a
+  journal that continues a snapshot which is missing or older is refused instead of read as a fresh start.
+
+Stat-cache lines are ``[inbox, source, size, mtime_ns, sha256, ino, ctime_ns]`` (format 1 had the first
+five; such lines are never trusted, so those files are hashed once more).
+
+Every journal record carries a ``seq``, counting up line by line (a line that doesn't is damage, as is a
+complete line that is not a record); the snapshot stores the last ``seq`` it includes. Loading skips the
 records the snapshot already holds, so a crash between writing a snapshot and truncating the journal neither
 loses nor double-applies anything. Records hold an entry's whole state rather than a delta, so replay is
-idempotent as well.
+idempotent as well. `check_ledger` and `repair_ledger` are the way out of a damaged ledger.
 
 JSON rather than SQLite keeps the state readable and repairable with a text editor and adds no dependency.
 In memory each entry is a compact `_Row` (an `Entry` is built only when asked for): the fields its key and
