@@ -44,7 +44,14 @@ from srd.fileversion import FileVersion
 from srd.imageheader import sniff_format
 from srd.imageio import output_format_for
 from srd.job import Job, output_name
-from srd.ledger import Entry, Ledger, LedgerError, LedgerUnwritableError, State, make_key
+from srd.ledger import (
+    Entry,
+    Ledger,
+    LedgerError,
+    LedgerUnwritableError,
+    State,
+    make_key,
+)
 from srd.logs import configure_logging
 from srd.notify import Notifier
 from srd.outbox import BLOCKING_ERRNOS, OutboxBlock

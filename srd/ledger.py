@@ -18,10 +18,26 @@ Three tables live in these files:
   The (inbox, source) part outlives `Ledger.forget`, so srd still knows the file is its own to replace.
 - the stat cache, by (inbox, source): the sha256 of the version of the file last hashed.
 
-Every journal record carries a ``seq``; the snapshot stores the last ``seq`` it includes. Loading skips the
+Journal records (each may also carry ``"cache": {"set": [...], "unset": [...]}``, stat-cache changes):
+
+- ``{"seq", "op": "put", "entry": {...}}``: an entry's whole state. A ``done`` entry takes its output path
+  over (see outputs above). Since format 2 an entry also has ``strikes`` and ``solo``; records without them
+  (older srd) load as 0 and false.
+- ``{"seq", "op": "own", "output", "inbox", "source", "key"}``: srd gave `output` this content's picture for
+  that source without a job of its own (a duplicate's link or copy).
+- ``{"seq", "op": "forget", "key"}``: an entry removed; outputs it owned keep their source, lose their key.
+- ``{"seq", "op": "cache"}``: only stat-cache changes.
+- ``{"seq", "op": "snapshot"}``: the first line after a compaction; its ``seq`` is the snapshot's, so a
+  journal that continues a snapshot which is missing or older is refused instead of read as a fresh start.
+
+Stat-cache lines are ``[inbox, source, size, mtime_ns, sha256, ino, ctime_ns]`` (format 1 had the first
+five; such lines are never trusted, so those files are hashed once more).
+
+Every journal record carries a ``seq``, counting up line by line (a line that doesn't is damage, as is a
+complete line that is not a record); the snapshot stores the last ``seq`` it includes. Loading skips the
 records the snapshot already holds, so a crash between writing a snapshot and truncating the journal neither
 loses nor double-applies anything. Records hold an entry's whole state rather than a delta, so replay is
-idempotent as well.
+idempotent as well. `check_ledger` and `repair_ledger` are the way out of a damaged ledger.
 
 JSON rather than SQLite keeps the state readable and repairable with a text editor and adds no dependency.
 In memory each entry is a compact `_Row` (an `Entry` is built only when asked for): the fields its key and
@@ -284,10 +300,10 @@ class Ledger:
         self._counts: Counter[str] = Counter()
         # key → reserved output path of each started entry (few: the running jobs and those a crash cut short).
         self._targets: dict[str, str] = {}
-        # output path → its owner, and (inbox, source) → the outputs it owns (usually one; more after a
-        # profile changed the output format).
+        # output path → its owner, and (inbox, source) → the output it owns, or a tuple of them (more than
+        # one after a profile changed the output format). Strings are shared with the entries'.
         self._owners: dict[str, Owner] = {}
-        self._owned: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._owned: dict[tuple[str, str], str | tuple[str, ...]] = {}
         # (inbox, path) → (size, mtime_ns, ino, ctime_ns, sha256 as 32 bytes: half the memory of its hex).
         self._hashes: dict[tuple[str, str], _Cached] = {}
         # Stat-cache changes not yet in the journal: the latest value per file, None for a removal.
@@ -424,8 +440,11 @@ class Ledger:
 
     def outputs_of(self, inbox: str, source: PurePath | str) -> dict[str, str | None]:
         """The outputs srd wrote for this source, each with the key of the content it holds (None: forgotten)."""
-        outputs = self._owned.get((inbox, PurePosixPath(source).as_posix()), ())
-        return {output: self._owners[output].key for output in outputs}
+        return {output: self._owners[output].key for output in self._owned_by((inbox, PurePosixPath(source).as_posix()))}
+
+    def _owned_by(self, slot: tuple[str, str]) -> tuple[str, ...]:
+        outputs = self._owned.get(slot, ())
+        return (outputs,) if isinstance(outputs, str) else outputs
 
     def states(self) -> Iterator[tuple[str, str, str, float]]:
         """Iterate over ``(key, inbox, state, updated_ts)`` of every entry, without building `Entry`s (the
@@ -683,9 +702,15 @@ class Ledger:
         yield from _chunked_json(iter(self._hashes.items()), lambda chunk: _dumps(
             [_cache_record(slot, value) for slot, value in chunk]))
         yield b'],"outputs":['
-        yield from _chunked_json(iter(self._owners.items()), lambda chunk: _dumps(
-            [[output, *owner] for output, owner in chunk]))
+        # Only the owners a done entry doesn't already say (links, forgotten keys): loading derives the rest.
+        yield from _chunked_json((item for item in self._owners.items() if not self._said_by_entry(*item)),
+                                 lambda chunk: _dumps([[output, *owner] for output, owner in chunk]))
         yield b"]}"
+
+    def _said_by_entry(self, output: str, owner: Owner) -> bool:
+        row = None if owner.key is None else self._entries.get(owner.key)
+        return (row is not None and row.state == State.DONE and row.output == output
+                and (row.inbox, row.source) == (owner.inbox, owner.source))
 
     def _started(self, key: str) -> _Row:
         row = self._entries[key]
@@ -822,9 +847,9 @@ class Ledger:
             return
         if previous is not None:
             slot = (previous.inbox, previous.source)
-            rest = tuple(o for o in self._owned.get(slot, ()) if o != output)
+            rest = tuple(o for o in self._owned_by(slot) if o != output)
             if rest:
-                self._owned[slot] = rest
+                self._owned[slot] = rest[0] if len(rest) == 1 else rest
             else:
                 self._owned.pop(slot, None)
             if previous.key is not None and previous.key != owner.key:
@@ -833,7 +858,8 @@ class Ledger:
                     self._drop(previous.key)
         self._owners[output] = owner
         slot = (owner.inbox, owner.source)
-        self._owned[slot] = (*self._owned.get(slot, ()), output)
+        outputs = (*self._owned_by(slot), output)
+        self._owned[slot] = outputs[0] if len(outputs) == 1 else outputs
 
     def _load(self, problems: list[str] | None = None) -> None:
         """Read the snapshot and replay the journal; with `problems`, damage is listed there and skipped
@@ -919,14 +945,16 @@ class Ledger:
         self._counts = Counter(row.state for row in entries.values())
         self._targets = {key: row.target for key, row in entries.items()
                          if row.state == State.STARTED and row.target is not None}
+        # Each done entry owns its output (format 2 lists only the other owners). Format 1 kept no owners, so
+        # there two entries may claim one path: the latest claim wins, and the older, stale kind this table
+        # exists to prevent is dropped.
+        done = [(row.updated_ts, key) for key, row in entries.items() if row.state == State.DONE]
         if snapshot["format"] == 1:
-            # Format 1 kept no owners: each done entry owned its output, the latest claim winning (an older
-            # claim on the same path is the stale kind this table exists to prevent, and is dropped).
-            done = sorted((row.updated_ts, key) for key, row in entries.items() if row.state == State.DONE)
-            for _, key in done:
-                row = entries.get(key)
-                if row is not None and row.output is not None:
-                    self._set_owner(row.output, Owner(row.inbox, row.source, key))
+            done.sort()
+        for _, key in done:
+            row = entries.get(key)
+            if row is not None and row.output is not None:
+                self._set_owner(row.output, Owner(row.inbox, row.source, key))
         for output, owner in owners:
             self._set_owner(output, owner)
         return seq

@@ -25,6 +25,7 @@ from daemon_helpers import (
     descendants_of,
     files_under,
     in_flight,
+    inbox_config,
     make_image,
     read_status,
     srd,
@@ -256,10 +257,13 @@ def _same_size_and_mtime(path: Path, data: bytes, *, in_place: bool) -> None:
     assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
 
 
-def test_new_content_with_the_same_size_and_mtime_is_processed_running_and_after_a_restart(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["native", "poll"])
+def test_new_content_with_the_same_size_and_mtime_is_processed_running_and_after_a_restart(
+        tmp_path: Path, mode: str) -> None:
     """Fixed-size BMPs replaced with same-size content and the old mtime (in place, and by rename): each new
-    version is processed, while the daemon runs and when it finds the change at its next start."""
-    config = write_config(tmp_path)
+    version is processed, while the daemon runs (inotify events or the poller's comparison) and when it
+    finds the change at its next start."""
+    config = write_config(tmp_path, [inbox_config(tmp_path, mode=mode)])
     inbox, outbox = tmp_path / "in", tmp_path / "in-out"
     versions = [make_image(Path("scan.bmp"), (24, 32), seed) for seed in range(4)]
     assert len({len(v) for v in versions}) == 1 and len(set(versions)) == 4
