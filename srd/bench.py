@@ -44,9 +44,9 @@ def bench_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _upsample_reference(spec: ModelSpec) -> object:
+def _upsample_reference(spec: ModelSpec) -> cv2.dnn_superres.DnnSuperResImpl:
     """OpenCV's own `DnnSuperResImpl`, for checking that srd reproduces it."""
-    impl = cv2.dnn_superres.DnnSuperResImpl_create()
+    impl = cv2.dnn_superres.DnnSuperResImpl.create()
     impl.readModel(str(spec.path))
     impl.setModel(spec.convention, spec.scale)
     return impl
