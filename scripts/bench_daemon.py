@@ -38,7 +38,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -307,10 +307,8 @@ class Daemon:
                 self.exit_status = self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 print(f"bench: daemon {self.pid} ignored SIGTERM for {timeout:.0f} s; killing it", file=sys.stderr)
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)  # leftovers: workers, forkserver, resource tracker
-        except ProcessLookupError:
-            pass
         self.process.wait()
 
 

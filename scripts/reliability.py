@@ -34,7 +34,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from reliability_harness import crash_loop, load_run  # tests/ is put on the path above
+from reliability_harness import crash_loop, load_run  # noqa: E402 (needs tests/ on sys.path, put there above)
 
 
 def machine() -> dict[str, Any]:

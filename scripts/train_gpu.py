@@ -28,7 +28,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -110,7 +110,7 @@ def train(args: argparse.Namespace) -> None:
     while time.monotonic() < deadline and any(p.poll() is None for p in procs):
         time.sleep(2)
     stop_all(procs)
-    for run, proc in zip(plan, procs):
+    for run, proc in zip(plan, procs, strict=True):
         print(run.name, "exit", proc.returncode, flush=True)
         if args.weights_to:
             ckpt = torch.load(args.runs_dir / run.name / "last.pt", map_location="cpu", weights_only=False)
@@ -121,7 +121,7 @@ def train(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=("probe", "train"))
-    parser.add_argument("--tag", default=datetime.now(timezone.utc).strftime("%Y%m%d"),
+    parser.add_argument("--tag", default=datetime.now(UTC).strftime("%Y%m%d"),
                         help="ends each run's name (default: the day, UTC)")
     parser.add_argument("--rates", type=Path, default=HOME_CACHE / "gpu_rates.json")
     parser.add_argument("--probe-s", type=float, default=40)

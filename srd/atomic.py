@@ -17,7 +17,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,7 +30,7 @@ log = structlog.get_logger(__name__)
 
 TEMP_PREFIX = ".srd-tmp-"
 _SUFFIX_HEX = 12
-_TEMP_RE = re.compile(re.escape(TEMP_PREFIX) + r".*\.[0-9a-f]{%d}" % _SUFFIX_HEX, re.DOTALL)
+_TEMP_RE = re.compile(re.escape(TEMP_PREFIX) + rf".*\.[0-9a-f]{{{_SUFFIX_HEX}}}", re.DOTALL)
 # Keeps temp names well under the 255-byte NAME_MAX even for 4-byte UTF-8 characters.
 _NAME_PART_MAX_CHARS = 48
 _CREATE_ATTEMPTS = 8
@@ -57,7 +57,8 @@ def temp_files_of(target: Path) -> list[Path]:
     Names keep only the first 48 characters of the target's, so two long names sharing that head
     share their temps' pattern too; callers that care check for such a neighbour.
     """
-    pattern = re.compile(re.escape(f"{TEMP_PREFIX}{target.name[:_NAME_PART_MAX_CHARS]}.") + r"[0-9a-f]{%d}" % _SUFFIX_HEX)
+    head = re.escape(f"{TEMP_PREFIX}{target.name[:_NAME_PART_MAX_CHARS]}.")
+    pattern = re.compile(head + rf"[0-9a-f]{{{_SUFFIX_HEX}}}")
     try:
         names = os.listdir(target.parent)
     except OSError:
@@ -110,10 +111,8 @@ def _remove_quietly(folder: int, name: str, target: Path) -> None:
 def _close_quietly(raw: BinaryIO) -> None:
     # Closing flushes what is still buffered; on the failure path that data is discarded anyway, and a
     # second error (disk still full) must not replace the one that got us here.
-    try:
+    with suppress(OSError):
         raw.close()
-    except OSError:
-        pass
 
 
 def open_folder(target: Path, root: Path | None) -> int:

@@ -10,7 +10,7 @@ import multiprocessing
 import resource
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from srd.bicubic import bicubic_up, make_lr
 from srd.engine.conventions import LUMA_CONVENTIONS
 from srd.engine.registry import ModelSpec
 from srd.engine.upscaler import EngineSettings, Upscaler
+from srd.errors import ImageError
 from srd.imageheader import IMAGE_SUFFIXES
 from srd.metrics import crop_to_multiple, psnr_y, ssim_y
 
@@ -44,9 +45,9 @@ def bench_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _upsample_reference(spec: ModelSpec) -> object:
+def _upsample_reference(spec: ModelSpec) -> cv2.dnn_superres.DnnSuperResImpl:
     """OpenCV's own `DnnSuperResImpl`, for checking that srd reproduces it."""
-    impl = cv2.dnn_superres.DnnSuperResImpl_create()
+    impl = cv2.dnn_superres.DnnSuperResImpl.create()
     impl.readModel(str(spec.path))
     impl.setModel(spec.convention, spec.scale)
     return impl
@@ -72,7 +73,10 @@ def bench_quality(
             if spec.format == "tensorflow"
         ]
     for path in bench_images(folder):
-        hr = crop_to_multiple(cv2.imread(str(path), cv2.IMREAD_COLOR), scale)
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ImageError(f"cannot decode benchmark image {path}")
+        hr = crop_to_multiple(image, scale)
         lr = make_lr(hr, scale)
         outputs = {"bicubic (MATLAB)": bicubic_up(lr, scale)}
         outputs.update({label: up.upscale(lr) for label, up in upscalers})
@@ -114,7 +118,7 @@ def _measure(spec: ModelSpec, engine: EngineSettings, size: tuple[int, int], rep
     if reference:
         cv2.setNumThreads(engine.threads or cv2.getNumThreads())
         impl = _upsample_reference(spec)
-        run = impl.upsample
+        run: Callable[[np.ndarray], np.ndarray] = impl.upsample
     else:
         run = Upscaler(spec, engine).upscale
     run(image)  # warm-up: first inference allocates and tunes

@@ -38,7 +38,7 @@ def _taps(in_len: int, out_len: int, scale: float) -> tuple[np.ndarray, np.ndarr
     # Output pixel centres mapped into input coordinates (1-based, MATLAB convention).
     u = x / scale + 0.5 * (1.0 - 1.0 / scale)
     left = np.floor(u - width / 2.0)
-    taps = int(math.ceil(width)) + 2
+    taps = math.ceil(width) + 2
     idx = left[:, None] + np.arange(taps)[None, :]
     dist = u[:, None] - idx
     w = scale * _cubic(dist * scale) if antialias else _cubic(dist)
@@ -68,7 +68,7 @@ def _resample(src: np.ndarray, axis: int, scale: float) -> np.ndarray:
 def output_size(in_len: int, scale: float) -> int:
     """Output length MATLAB gives for a scale factor: ``ceil(in_len * scale)``."""
     # Round first so that e.g. 255 * (1/3) * 3 style float noise cannot add a pixel.
-    return int(math.ceil(round(in_len * scale, 9)))
+    return math.ceil(round(in_len * scale, 9))
 
 
 def imresize(img: np.ndarray, scale: float) -> np.ndarray:

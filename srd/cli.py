@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from srd import __version__
@@ -105,8 +106,8 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpar
     bench = sub.add_parser("bench", help="quality and speed benchmarks (print figures)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="KIND")
     quality = bench_sub.add_parser("quality", help="PSNR-Y/SSIM-Y on a benchmark set, bicubic beside",
-                                   description="The standard protocol (docs/design.md §10): MATLAB bicubic LR, PSNR on Y, "
-                                               "scale-pixel shave.")
+                                   description="The standard protocol (docs/design.md §10): MATLAB bicubic LR, "
+                                               "PSNR on Y, scale-pixel shave.")
     quality.add_argument("--set", type=Path, required=True, help="folder of HR images (e.g. Set5)")
     quality.add_argument("--scale", "-s", type=int, required=True)
     quality.add_argument("--model", "-m", action="append", default=[], help="model name or file; repeatable")
@@ -133,16 +134,15 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpar
 
 
 def _engine_from(config: Config, args: argparse.Namespace, default_threads: int | None) -> EngineSettings:
-    def pick(option: str, configured: object) -> object:
-        value = getattr(args, option, None)
-        return configured if value is None else value
-
-    return EngineSettings(
-        tile=pick("tile", config.engine.tile),
-        tile_pad=pick("tile_pad", config.engine.tile_pad),
-        onnx_engine=config.engine.onnx_engine,
-        chroma=config.engine.chroma,
-        threads=pick("threads", default_threads),
+    """The configured engine settings, with the command line's tile, tile pad and threads where it gives them."""
+    tile: int | None = getattr(args, "tile", None)
+    tile_pad: int | None = getattr(args, "tile_pad", None)
+    threads: int | None = getattr(args, "threads", None)
+    return replace(
+        config.engine,
+        tile=config.engine.tile if tile is None else tile,
+        tile_pad=config.engine.tile_pad if tile_pad is None else tile_pad,
+        threads=default_threads if threads is None else threads,
     )
 
 
@@ -217,26 +217,36 @@ def _run_config_check(args: argparse.Namespace) -> ExitCode:
 
 
 def _run_bench(args: argparse.Namespace) -> ExitCode:
-    from srd import bench
-
     config = load_config(args.config)
     configure_logging("warning", config.log_format)
     engine = _engine_from(config, args, args.threads)
-    if args.bench_command == "quality":
-        specs = [resolve_model(m, args.scale, extra_dirs=config.model_dirs) for m in args.model]
-        rows = bench.bench_quality(args.set, args.scale, specs, engine, with_upsample=args.upsample)
-        print(f"{args.set.name} x{args.scale}  (standard protocol, tile {engine.tile}, pad {engine.tile_pad})")
-        print(f"| {'method':<42} | PSNR-Y (dB) | SSIM-Y |")
-        print(f"|{'-' * 44}|-------------|--------|")
-        for row in rows:
-            print(f"| {row.method:<42} | {row.psnr:11.2f} | {row.ssim:.4f} |")
-        if args.per_image:
-            print(f"\nPSNR-Y (dB) per image\n| image | {' | '.join(row.method for row in rows)} |")
-            print("|---" * (len(rows) + 1) + "|")
-            for name in rows[0].scores:
-                print(f"| {name} | {' | '.join(f'{row.scores[name][0]:.2f}' for row in rows)} |")
-        return ExitCode.OK
     specs = [resolve_model(m, args.scale, extra_dirs=config.model_dirs) for m in args.model]
+    if args.bench_command == "quality":
+        _print_bench_quality(args, specs, engine)
+    else:
+        _print_bench_speed(args, specs, engine)
+    return ExitCode.OK
+
+
+def _print_bench_quality(args: argparse.Namespace, specs: list[ModelSpec], engine: EngineSettings) -> None:
+    from srd import bench
+
+    rows = bench.bench_quality(args.set, args.scale, specs, engine, with_upsample=args.upsample)
+    print(f"{args.set.name} x{args.scale}  (standard protocol, tile {engine.tile}, pad {engine.tile_pad})")
+    print(f"| {'method':<42} | PSNR-Y (dB) | SSIM-Y |")
+    print(f"|{'-' * 44}|-------------|--------|")
+    for row in rows:
+        print(f"| {row.method:<42} | {row.psnr:11.2f} | {row.ssim:.4f} |")
+    if args.per_image:
+        print(f"\nPSNR-Y (dB) per image\n| image | {' | '.join(row.method for row in rows)} |")
+        print("|---" * (len(rows) + 1) + "|")
+        for name in rows[0].scores:
+            print(f"| {name} | {' | '.join(f'{row.scores[name][0]:.2f}' for row in rows)} |")
+
+
+def _print_bench_speed(args: argparse.Namespace, specs: list[ModelSpec], engine: EngineSettings) -> None:
+    from srd import bench
+
     height, width = (int(v) for v in args.size.lower().split("x"))
     tiles = [int(t) for t in args.tiles.split(",")]
     rows = bench.compare_speed(specs, engine, tiles, (height, width), repeats=args.repeats, rounds=args.rounds)
@@ -249,7 +259,6 @@ def _run_bench(args: argparse.Namespace) -> ExitCode:
         spread = f"{min(row.us_per_lr_pixel):.2f}–{max(row.us_per_lr_pixel):.2f}"
         ratio = f"{row.median_us / first[row.method]:.2f}" if row.method in first else "–"
         print(f"| {row.model} | {row.method} | {row.median_us:.2f} ({spread}) | {row.peak_rss_mb:.0f} | {ratio} |")
-    return ExitCode.OK
 
 
 def _run_train(args: argparse.Namespace) -> ExitCode:

@@ -264,7 +264,7 @@ def _parse_inbox(data: Any, where: str, base: Path, problems: _Problems) -> Inbo
             problems.add(f"{where}.{key}", f"expected a path string, got {scalars[key]!r}")
             paths_ok = False
     parsed = _parse_fields(Inbox, {k: v for k, v in scalars.items() if k not in _INBOX_PATHS}, where, problems,
-                           skip=_INBOX_PATHS + ("ignore",))
+                           skip=(*_INBOX_PATHS, "ignore"))
     assert parsed is not None  # data is a mapping
     for key in ("path", "outbox", "failed"):
         if key not in data:
@@ -318,7 +318,8 @@ def _check_folders(inboxes: list[Inbox], state_dir: Path, problems: _Problems) -
             folder = getattr(inbox, name)
             for other in inboxes:
                 if folder is not None and inside(folder, other.path):
-                    problems.add(f"{where}.{name}", f"{folder} is inside inbox {other.path}: results would be reprocessed")
+                    problems.add(f"{where}.{name}",
+                                 f"{folder} is inside inbox {other.path}: results would be reprocessed")
                 if folder is not None and inside(other.path, folder):
                     problems.add(f"{where}.{name}", f"inbox {other.path} is inside {folder}")
         if inside(state_dir, inbox.path):

@@ -257,7 +257,8 @@ def tiff_with(tiff: bytes, *, exif: bytes | None, icc: bytes | None, xmp: bytes 
 
 def _append_first_ifd(out: bytearray, own: _Tiff, entries: dict, extra: dict, src: _Tiff | None,
                       icc: bytes | None, xmp: bytes | None) -> bytes:
-    merged = [(own, entry) for tag, entry in entries.items()]
+    # Each entry with the TIFF its value field points into (None: the value is given as raw bytes).
+    merged: list[tuple[_Tiff | None, tuple[int, int, int, bytes]]] = [(own, entry) for entry in entries.values()]
     merged += [(src, entry) for entry in extra.values()]
     if icc:
         merged.append((None, (_ICC_TAG, 7, len(icc), icc)))

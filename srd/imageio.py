@@ -8,6 +8,7 @@ and to refuse, with a reason, what cannot be decoded safely.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import BinaryIO
 
@@ -22,7 +23,7 @@ from srd.exif import read_orientation, with_orientation_reset
 from srd.imageheader import EXTENSIONS, read_header
 from srd.metadata import Metadata, for_output, strip_exif_prefix
 
-__all__ = ["Metadata", "Picture", "Encoded", "decode", "encode", "read_bounded", "output_format_for"]
+__all__ = ["Encoded", "Metadata", "Picture", "decode", "encode", "output_format_for", "read_bounded"]
 
 # What OpenCV took from the environment when this process loaded it (see srd.decoderlimits).
 DECODER_MAX_PIXELS = decoder_max_pixels()
@@ -164,13 +165,12 @@ def decode(data: bytes, *, max_pixels: int) -> Picture:
 def _decode_with_opencv(data: bytes, fmt: str) -> tuple[np.ndarray, Metadata, list[str]]:
     if fmt == "jpeg" and not _jpeg_is_complete(data):
         raise ImageError("truncated JPEG (no end-of-image marker)")
+    failure: cv2.error | None = None
     with captured_codec_messages() as notes:
         try:
             pixels, types, blocks = cv2.imdecodeWithMetadata(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         except cv2.error as exc:
             pixels, failure = None, exc
-        else:
-            failure = None
     if failure is not None and "CV_IO_MAX_IMAGE" in failure.err:
         raise ImageError(
             f"the {fmt.upper()} decoder reads a size over its own limit of {DECODER_MAX_PIXELS} pixels "
@@ -207,13 +207,14 @@ def encode(picture: Picture, fmt: str, *, quality: int = 95, keep_metadata: bool
         meta = replace(meta, exif=containers.exif_with_resolution(meta.exif, meta.resolution))
     params = _encode_params(fmt, quality) + _resolution_params(meta, fmt)
     kinds, blocks = _metadata_blocks(meta, fmt)
+    encoder_error = ""
     with captured_codec_messages() as notes:
         try:
             ok, buf = cv2.imencodeWithMetadata(extension_for(fmt), pixels, kinds, blocks, params)
         except cv2.error as exc:
-            ok, buf = False, exc.err
+            ok, encoder_error = False, exc.err
     if not ok:
-        said = "; ".join(notes) or (buf if isinstance(buf, str) else "")
+        said = "; ".join(notes) or encoder_error
         raise OutputError(f"cannot encode as {fmt}" + (f": {said}" if said else ""))
     data = buf.tobytes()
     if fmt == "jpeg":
@@ -263,10 +264,13 @@ def _normalise_pixels(pixels: np.ndarray) -> np.ndarray:
     return pixels
 
 
-def _collect_metadata(types: object, blocks: object, data: bytes, fmt: str) -> Metadata:
+def _collect_metadata(
+    types: Sequence[int] | None, blocks: Sequence[np.ndarray] | None, data: bytes, fmt: str
+) -> Metadata:
     found: dict[int, bytes] = {}
     kinds = [] if types is None else list(np.asarray(types).ravel())
-    for kind, block in zip(kinds, [] if blocks is None else list(blocks)):
+    # OpenCV gives one type per block.
+    for kind, block in zip(kinds, [] if blocks is None else list(blocks), strict=True):
         found[int(kind)] = np.asarray(block, dtype=np.uint8).tobytes()
     xmp = found.get(cv2.IMAGE_METADATA_XMP)
     if xmp is not None and xmp.startswith(_XMP_JPEG_NAMESPACE):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,10 +42,8 @@ def accepts_files(folder: Path) -> bool:
     except OSError:
         return False
     os.close(fd)
-    try:
+    with suppress(OSError):
         probe.unlink()
-    except OSError:
-        pass
     return True
 
 

@@ -233,7 +233,9 @@ class Resize:
             found.append("needs scale, width or height")
         if self.scale is not None and (self.width is not None or self.height is not None):
             found.append("give either scale or width/height, not both")
-        found += [f"{name} must be positive" for name in ("scale", "width", "height") if (getattr(self, name) or 1) <= 0]
+        found += [
+            f"{name} must be positive" for name in ("scale", "width", "height") if (getattr(self, name) or 1) <= 0
+        ]
         if self.interpolation != "auto" and self.interpolation not in INTERPOLATIONS:
             found.append(f"interpolation must be auto or one of {', '.join(INTERPOLATIONS)}")
         return found

@@ -19,7 +19,7 @@ import hashlib
 import os
 import stat
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path, PurePath, PurePosixPath
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -135,10 +135,8 @@ def _open_child_dir(parent: int, name: str, where: str, *, create: bool) -> int:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(parent, name):
             raise SymlinkRefused(where) from exc
         raise
-    try:
+    with suppress(FileExistsError):  # made meanwhile by someone else; the open below checks what it is
         os.mkdir(name, 0o777, dir_fd=parent)
-    except FileExistsError:
-        pass  # made meanwhile by someone else; the open below checks what it is
     return _open_child_dir(parent, name, where, create=False)
 
 

@@ -66,7 +66,9 @@ class IgnoreRules:
 
     def __init__(self, user_globs: Iterable[str] = ()) -> None:
         globs = tuple(user_globs)
-        self._junk = _any_glob(p.lower() for p in DEFAULT_IGNORE)
+        junk = _any_glob(p.lower() for p in DEFAULT_IGNORE)
+        assert junk is not None  # DEFAULT_IGNORE is not empty
+        self._junk = junk
         self._names = _any_glob(g for g in globs if "/" not in g)
         self._paths = _any_glob(g.strip("/") for g in globs if "/" in g)
 

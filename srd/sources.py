@@ -15,8 +15,8 @@ import json
 import os
 import secrets
 import stat
-from datetime import UTC, datetime
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 

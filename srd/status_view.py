@@ -38,7 +38,8 @@ def _since(iso: str | None, now: datetime) -> str:
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:
     """Left-aligned columns two spaces apart; the last column is not padded."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return ["  ".join([cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]).rstrip() for row in rows]
+    return ["  ".join([*(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)), row[-1]]).rstrip()
+            for row in rows]
 
 
 def _last_error(error: dict[str, Any] | None) -> str:
@@ -78,7 +79,8 @@ def _header(view: Assessment, now: datetime) -> list[str]:
         lines.append(f"last reload rejected (running the previous config): {status['last_reload_error']}")
     state_dir = status.get("state_dir") or {"state": "ok"}
     if state_dir.get("state") != "ok":
-        lines.append(f"state_dir unwritable since {state_dir.get('since')}, processing paused: {state_dir.get('error')}")
+        lines.append(f"state_dir unwritable since {state_dir.get('since')}, "
+                     f"processing paused: {state_dir.get('error')}")
     return lines
 
 

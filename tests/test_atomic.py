@@ -62,10 +62,9 @@ def test_exception_mid_stream_keeps_old_content_and_removes_temp(tmp_path: Path)
     class NetworkDropped(Exception):
         pass
 
-    with pytest.raises(NetworkDropped):
-        with open_atomic(target) as fh:
-            fh.write(b"x" * 200_000)
-            raise NetworkDropped
+    with pytest.raises(NetworkDropped), open_atomic(target) as fh:
+        fh.write(b"x" * 200_000)
+        raise NetworkDropped
     assert target.read_bytes() == b"old"
     assert _names(tmp_path) == ["model.pb"]
 
@@ -73,10 +72,9 @@ def test_exception_mid_stream_keeps_old_content_and_removes_temp(tmp_path: Path)
 def test_exception_mid_stream_without_old_target_leaves_nothing(tmp_path: Path) -> None:
     """A failed first write leaves no target and no temp at all."""
     target = tmp_path / "new.bin"
-    with pytest.raises(KeyboardInterrupt):
-        with open_atomic(target) as fh:
-            fh.write(b"partial")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), open_atomic(target) as fh:
+        fh.write(b"partial")
+        raise KeyboardInterrupt
     assert _names(tmp_path) == []
 
 
@@ -113,7 +111,10 @@ def test_is_temp_name_recognises_only_srd_temps(tmp_path: Path) -> None:
         assert is_temp_name(fh.temp_path.name)
         assert len(os.fsencode(fh.temp_path.name)) <= 255
     assert long_target.exists()
-    for name in ["photo.jpg", ".srd-tmp-photo.jpg", ".photo.jpg.a1b2c3", ".srd-tmp-x.ZZZZZZZZZZZZ", "srd-tmp-x.0123456789ab"]:
+    not_temps = [
+        "photo.jpg", ".srd-tmp-photo.jpg", ".photo.jpg.a1b2c3", ".srd-tmp-x.ZZZZZZZZZZZZ", "srd-tmp-x.0123456789ab"
+    ]
+    for name in not_temps:
         assert not is_temp_name(name), name
 
 

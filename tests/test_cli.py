@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 import time
@@ -101,6 +101,7 @@ def test_rotated_jpeg_comes_out_upright_with_its_icc_profile(zoo: Path, tmp_path
         ".jpg", stored, [cv2.IMAGE_METADATA_EXIF, cv2.IMAGE_METADATA_ICCP],
         [np.frombuffer(exif_with_orientation(6), np.uint8), np.frombuffer(icc, np.uint8)],
     )
+    assert ok
     source = tmp_path / "camera.jpg"
     source.write_bytes(buf.tobytes())
     assert run_cli("process", source, "--out", tmp_path / "out", "--model", zoo / "ESPCN_x2.pb", "--scale", 2) == 0

@@ -55,7 +55,9 @@ SERVICE_DOCS = readme_section("### As a systemd service")
 
 def test_every_read_write_path_may_be_missing_or_is_the_state_directory() -> None:
     """A path without '-' that does not exist fails the whole service at start (226/NAMESPACE)."""
-    state_dirs = {f"/var/lib/{name}" for value in UNIT_SETTINGS[("Service", "StateDirectory")] for name in value.split()}
+    state_dirs = {
+        f"/var/lib/{name}" for value in UNIT_SETTINGS[("Service", "StateDirectory")] for name in value.split()
+    }
     paths = [path for value in UNIT_SETTINGS[("Service", "ReadWritePaths")] for path in value.split()]
     assert paths
     for path in paths:
@@ -153,7 +155,8 @@ def test_the_image_runs_srd_unprivileged_with_its_folders_as_volumes_and_a_statu
     useradd = next(rest for word, rest in instructions if word == "RUN" and "useradd" in rest)
     assert f"--uid {user[0]} " in useradd and f"--gid {user[1]} " in useradd  # both exist by those numbers
     # `docker exec … srd status` needs the config too: without it srd reads the default ./.srd
-    assert f"srd status --config {config_path}" in DOCKERFILE.read_text() and f"srd status --config {config_path}" in README
+    status_line = f"srd status --config {config_path}"
+    assert status_line in DOCKERFILE.read_text() and status_line in README
     health = _json_list(args["HEALTHCHECK"].split("CMD", 1)[1])
     assert health == ["srd", "status", "--check", "--config", config_path]
     ignored = (REPO / ".dockerignore").read_text().split()

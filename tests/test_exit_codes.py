@@ -28,7 +28,8 @@ def _image(tmp: Path, name: str = "a.png") -> Path:
 
 def _config(tmp: Path) -> Path:
     config = tmp / "srd.yaml"
-    config.write_text(f"state_dir: {tmp / 'state'}\ninboxes: [{{path: {tmp / 'inbox'}, outbox: {tmp / 'out'}, failed: {tmp / 'failed'}}}]\n")
+    inbox = f"{{path: {tmp / 'inbox'}, outbox: {tmp / 'out'}, failed: {tmp / 'failed'}}}"
+    config.write_text(f"state_dir: {tmp / 'state'}\ninboxes: [{inbox}]\n")
     return config
 
 

@@ -45,7 +45,7 @@ class ZooServer:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 owner.requests.append(self.path)
                 route = owner.routes.get(self.path)
                 if route is None:
@@ -62,7 +62,7 @@ class ZooServer:
                     owner.release.wait(10)
                 self.close_connection = True
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (base signature)
+            def log_message(self, format: str, *args: object) -> None:
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -103,7 +103,8 @@ def test_download_verifies_and_saves_under_final_name(
     server.routes["/dl/FSRCNN_x2.pb"] = Route(data)
     calls: list[tuple[int, int]] = []
     dest = tmp_path / "models"
-    path = fetch_model(model, dest, url=f"{server.base_url}/dl/FSRCNN_x2.pb", progress=lambda n, t: calls.append((n, t)))
+    path = fetch_model(model, dest, url=f"{server.base_url}/dl/FSRCNN_x2.pb",
+                       progress=lambda n, t: calls.append((n, t)))
     assert path == dest / "FSRCNN_x2.pb"
     assert hashlib.sha256(path.read_bytes()).hexdigest() == model.sha256
     assert _leftovers(dest) == ["FSRCNN_x2.pb"]

@@ -111,6 +111,7 @@ def test_centimetre_density_stays_in_centimetres() -> None:
 def test_exif_pixel_dimensions_describe_the_output_and_the_thumbnail_is_dropped() -> None:
     exif = exif_with_thumbnail(20_000)
     ok, buf = cv2.imencodeWithMetadata(".png", photo(), [cv2.IMAGE_METADATA_EXIF], [np.frombuffer(exif, np.uint8)])
+    assert ok
     picture = decode(buf.tobytes(), max_pixels=LIMIT)
     data = encode(picture.with_pixels(cv2.resize(picture.pixels, None, fx=2, fy=2)), "jpeg").data
     out = pillow_open(data).getexif()
@@ -161,6 +162,7 @@ def test_a_png_with_70_kb_of_exif_written_as_jpeg_drops_only_what_a_segment_cann
     big[0x010E] = "x" * 70_000  # ImageDescription: 70 KB of real EXIF content
     exif = big.tobytes()[len(b"Exif\x00\x00"):]  # PNG eXIf holds the TIFF block itself
     ok, buf = cv2.imencodeWithMetadata(".png", photo(), [cv2.IMAGE_METADATA_EXIF], [np.frombuffer(exif, np.uint8)])
+    assert ok
     picture = decode(buf.tobytes(), max_pixels=LIMIT)
     encoded = encode(picture, "jpeg")
     assert encoded.dropped and encoded.dropped[0].startswith("exif (")
@@ -168,6 +170,7 @@ def test_a_png_with_70_kb_of_exif_written_as_jpeg_drops_only_what_a_segment_cann
     # A 70 KB EXIF whose bulk is the thumbnail is kept: the thumbnail goes, the rest fits.
     ok, buf = cv2.imencodeWithMetadata(".png", photo(), [cv2.IMAGE_METADATA_EXIF],
                                        [np.frombuffer(exif_with_thumbnail(70_000), np.uint8)])
+    assert ok
     encoded = encode(decode(buf.tobytes(), max_pixels=LIMIT), "jpeg")
     assert encoded.dropped == ()
     assert pillow_open(encoded.data).getexif()[0x010F] == "srd-cam"
@@ -184,6 +187,7 @@ def test_without_metadata_the_density_is_still_kept_and_nothing_else() -> None:
 def test_a_big_endian_camera_exif_is_carried_into_a_little_endian_tiff() -> None:
     exif = exif_with_orientation(1, big_endian=True)
     ok, buf = cv2.imencodeWithMetadata(".jpg", photo(), [cv2.IMAGE_METADATA_EXIF], [np.frombuffer(exif, np.uint8)])
+    assert ok
     picture = decode(buf.tobytes(), max_pixels=LIMIT)
     out = pillow_open(encode(picture, "tiff").data)
     assert out.getexif()[0x010F] == "srd-test"

@@ -129,7 +129,9 @@ def test_two_inputs_that_map_to_one_name_are_both_written(
     assert {p.name: decoded_size(p) for p in (tmp_path / "out").iterdir()} == expected
 
 
-def test_rerunning_the_same_command_replaces_its_outputs_instead_of_numbering_them(photos: Path, tmp_path: Path) -> None:
+def test_rerunning_the_same_command_replaces_its_outputs_instead_of_numbering_them(
+    photos: Path, tmp_path: Path
+) -> None:
     for _ in range(2):
         done = srd("process", str(photos), "--out", str(tmp_path / "out"), *ESPCN)
         assert done.returncode == 0, done.stderr

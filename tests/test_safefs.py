@@ -84,12 +84,14 @@ def test_paths_that_climb_out_or_lie_elsewhere_are_refused(tree: tuple[Path, Pat
         safefs.read_bytes(root, outside / "a.png")
 
 
-def test_a_file_swapped_between_stat_and_open_is_refused(tree: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_file_swapped_between_stat_and_open_is_refused(
+    tree: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The file opened must be the one stat'ed: a swap in between (here: by another file) is detected."""
     root, _ = tree
     real_open = os.open
 
-    def swapping_open(path, flags, mode=0o777, *, dir_fd=None):  # noqa: ANN001, ANN202
+    def swapping_open(path, flags, mode=0o777, *, dir_fd=None):
         if path == "a.png" and dir_fd is not None:
             os.rename(root / "sub" / "a.png", root / "sub" / "old.png")
             (root / "sub" / "a.png").write_bytes(b"swapped in")
@@ -134,8 +136,9 @@ def test_scan_reports_symlinked_and_unreadable_folders(tree: tuple[Path, Path]) 
     (root / "linked").symlink_to(outside, target_is_directory=True)
     skipped: dict[str, str] = {}
     unreadable: dict[str, str] = {}
-    found = {f.rel.as_posix() for f in scan_inbox(root, IgnoreRules(), on_skip=lambda p, r: skipped.__setitem__(p.name, r),
-                                                 on_unreadable=lambda p, r: unreadable.__setitem__(p.name, r))}
+    scanned = scan_inbox(root, IgnoreRules(), on_skip=lambda p, r: skipped.__setitem__(p.name, r),
+                         on_unreadable=lambda p, r: unreadable.__setitem__(p.name, r))
+    found = {f.rel.as_posix() for f in scanned}
     assert found == {"sub/a.png"} and skipped == {"linked": safefs.NOT_FOLLOWED} and unreadable == {}
 
 
@@ -226,10 +229,10 @@ def test_a_cross_device_move_whose_source_cannot_be_removed_leaves_no_copy(
     failed.mkdir()
     real_rename, real_unlink = os.rename, os.unlink
 
-    def cross_device(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def cross_device(*args, **kwargs):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
-    def read_only_source(path, *, dir_fd=None):  # noqa: ANN001, ANN202
+    def read_only_source(path, *, dir_fd=None):
         if path == "a.png" and dir_fd is not None and os.path.samefile(f"/proc/self/fd/{dir_fd}", root / "sub"):
             raise OSError(errno.EROFS, "Read-only file system")
         return real_unlink(path, dir_fd=dir_fd)

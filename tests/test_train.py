@@ -21,8 +21,8 @@ from conftest import require_train_extra
 require_train_extra()
 
 import cv2  # noqa: E402
-import torch  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from srd.bicubic import imresize, make_lr  # noqa: E402
 from srd.metrics import crop_to_multiple  # noqa: E402
@@ -115,7 +115,7 @@ def test_downscales_add_a_cached_shrunk_copy_of_every_image(tmp_path: Path, trai
     cached = [cache / "down0.5" / "T91/t1.png", cache / "down0.5" / "x2" / "T91/t1.png"]
     stamps = [path.stat().st_mtime_ns for path in cached]
     again = load_pairs(train_dir, 2, cache, downscales=(0.5,))
-    assert all(np.array_equal(a.lr, b.lr) and np.array_equal(a.hr, b.hr) for a, b in zip(pairs, again))
+    assert all(np.array_equal(a.lr, b.lr) and np.array_equal(a.hr, b.hr) for a, b in zip(pairs, again, strict=True))
     assert [path.stat().st_mtime_ns for path in cached] == stamps
     cfg = dataclasses.replace(tiny_config(tmp_path, train_dir, 2), downscales=(0.8, 0.6))
     command = training_command({"config": cfg.to_dict(), "arch": cfg.arch.to_dict(), "iteration": 2})
@@ -133,7 +133,9 @@ def test_cache_made_by_worker_processes_equals_one_made_in_process(tmp_path: Pat
         pooled = load_pairs(train_dir, scale, tmp_path / "pool", (0.5,))
         single = load_pairs(train_dir, scale, tmp_path / f"single{scale}", (0.5,))
         assert [p.name for p in pooled] == [p.name for p in single]
-        assert all(np.array_equal(a.lr, b.lr) and np.array_equal(a.hr, b.hr) for a, b in zip(pooled, single))
+        assert all(
+            np.array_equal(a.lr, b.lr) and np.array_equal(a.hr, b.hr) for a, b in zip(pooled, single, strict=True)
+        )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer on a machine without a GPU")

@@ -47,7 +47,7 @@ def _register_zoo_layers() -> None:
     a `DnnSuperResImpl` registers dnn_superres's own DepthToSpace (it infers the block size from
     the channel count) for the whole process.
     """
-    cv2.dnn_superres.DnnSuperResImpl_create()
+    cv2.dnn_superres.DnnSuperResImpl.create()
 
 
 def load_net(spec: ModelSpec, onnx_engine: str = "classic") -> cv2.dnn.Net:

@@ -68,8 +68,8 @@ def run_batch(
     try:
         while waiting or len(pool):
             while waiting and pool.has_room():
-                token = waiting.popleft()
-                pool.submit(token, jobs[token])
+                index = waiting.popleft()
+                pool.submit(index, jobs[index])
             woken.wait(_POLL_S)
             woken.clear()
             for outcome in pool.collect():

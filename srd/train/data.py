@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -78,7 +79,7 @@ def _image_pairs(path: Path, root: Path, scale: int, cache: Path, downscales: tu
     for factor in downscales:
         folder = cache / f"down{factor:g}"
         size = (output_size(original.shape[0], factor), output_size(original.shape[1], factor))
-        shrunk = _cached(folder / rel, size, lambda f=factor: imresize_uint8(original, f))
+        shrunk = _cached(folder / rel, size, partial(imresize_uint8, original, factor))
         pairs.append(_pair(f"{rel}@{factor:g}", shrunk, folder / f"x{scale}" / rel, scale))
     return pairs
 
@@ -168,10 +169,10 @@ class PatchSampler:
             hrs.append(hr)
         return to_model_space(np.stack(lrs)), to_model_space(np.stack(hrs))
 
-    def state(self) -> dict[str, object]:
+    def state(self) -> Mapping[str, Any]:
         return self.rng.bit_generator.state
 
-    def set_state(self, state: dict[str, object]) -> None:
+    def set_state(self, state: Mapping[str, Any]) -> None:
         self.rng.bit_generator.state = state
 
 
@@ -192,7 +193,10 @@ def load_bench(root: Path, scale: int) -> list[Pair]:
     """A benchmark set (e.g. ../shared/datasets/bench/Set5) with its MATLAB-made LR files."""
     pairs = []
     for path in sorted(root.glob("*.png")):
-        hr = crop_to_multiple(cv2.imread(str(path), cv2.IMREAD_COLOR), scale)
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise OSError(f"cannot decode benchmark image {path}")
+        hr = crop_to_multiple(image, scale)
         lr = cv2.imread(str(root / "LR_bicubic_matlab" / f"x{scale}" / path.name), cv2.IMREAD_COLOR)
         if lr is None:
             raise OSError(f"missing LR file for {path} at x{scale}")

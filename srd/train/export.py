@@ -198,10 +198,9 @@ def update_manifest(manifest_path: Path, entry: dict[str, Any]) -> None:
     folder = os.open(manifest_path.parent, os.O_RDONLY)
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)
-        if manifest_path.exists():
-            manifest = json.loads(manifest_path.read_text())
-        else:
-            manifest = {"version": 1, "models": []}
+        manifest: dict[str, Any] = (
+            json.loads(manifest_path.read_text()) if manifest_path.exists() else {"version": 1, "models": []}
+        )
         models = [m for m in manifest["models"] if (m["name"], m["scale"]) != (entry["name"], entry["scale"])]
         models.append(entry)
         manifest["models"] = sorted(models, key=lambda m: (m["name"], m["scale"]))

@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TypedDict, cast
 
 import numpy as np
 import torch
@@ -87,6 +88,16 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device cuda was asked for, but torch sees no CUDA GPU")
     return torch.device(name)
+
+
+class _Progress(TypedDict):
+    """What a checkpoint records of a run's progress, beside its weights and random states."""
+
+    iteration: int
+    elapsed_s: float
+    history: list[tuple[int, float]]  # (iteration, Set5 PSNR-Y)
+    best_psnr: float
+    hardware: list[str]
 
 
 def describe_hardware(device: torch.device, threads: int, bf16: bool) -> str:
@@ -173,12 +184,13 @@ def _train(cfg: TrainConfig, device: torch.device, stop: _StopFlag, target: int)
                            cfg.arch.scale, cfg.patch, cfg.seed, cfg.hard_fraction)
     set5, set14 = (load_bench(Path(cfg.bench_dir) / name, cfg.arch.scale) for name in ("Set5", "Set14"))
 
-    state: dict[str, object] = {"iteration": 0, "elapsed_s": 0.0, "history": [], "best_psnr": -1.0, "hardware": []}
+    state: _Progress = {"iteration": 0, "elapsed_s": 0.0, "history": [], "best_psnr": -1.0, "hardware": []}
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         sampler.set_state(ckpt["numpy_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
-        state = {k: ckpt.get(k, state[k]) for k in state}  # runs from before "hardware" was recorded lack it
+        # Runs from before "hardware" was recorded lack it.
+        state = cast(_Progress, {k: ckpt.get(k, default) for k, default in state.items()})
         log.info("resumed %s at iteration %d", cfg.name, state["iteration"])
     else:
         if cfg.init:
@@ -213,9 +225,9 @@ def _train(cfg: TrainConfig, device: torch.device, stop: _StopFlag, target: int)
             **state,
         }
 
-    it = int(state["iteration"])
+    it = state["iteration"]
     t_start = time.monotonic()
-    elapsed0 = float(state["elapsed_s"])
+    elapsed0 = state["elapsed_s"]
     t_saved = t_log = t_start
     # The loss is summed on the device and read only when logged: reading it each step would make the CPU
     # wait for the GPU instead of preparing the next batch meanwhile.
@@ -246,7 +258,7 @@ def _train(cfg: TrainConfig, device: torch.device, stop: _StopFlag, target: int)
             # Set14 (more texture than Set5) is only logged; best.pt is chosen on Set5.
             log.info("eval it %d Set5 x%d PSNR-Y %.3f dB, Set14 %.3f dB (torch fp32)", it, cfg.arch.scale, psnr,
                      evaluate_torch(model, set14, cfg.arch.scale))
-            if psnr > float(state["best_psnr"]):
+            if psnr > state["best_psnr"]:
                 state["best_psnr"] = psnr
                 checkpoint.save_atomic(snapshot(), run_dir / "best.pt")
             checkpoint.save_atomic(snapshot(), last)
@@ -261,7 +273,7 @@ def _train(cfg: TrainConfig, device: torch.device, stop: _StopFlag, target: int)
         checkpoint.save_atomic(snapshot(), run_dir / f"it{it}.pt")
     outcome = "stopped" if stop.raised else "paused" if it < cfg.iters else "finished"
     log.info("%s %s at iteration %d of %d (%.2f h of training)", outcome, cfg.name, it, cfg.iters,
-             float(state["elapsed_s"]) / 3600)
+             state["elapsed_s"] / 3600)
     return not stop.raised
 
 
