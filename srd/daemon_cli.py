@@ -96,7 +96,7 @@ def show_status(args: argparse.Namespace) -> int:
     view = assess(read_status(where.path))
     if args.json:
         print(json.dumps({**(view.status or {}), "alive": view.alive, "health": view.health.value,
-                          "reasons": list(view.reasons), "state_dir": str(where.path),
+                          "reasons": list(view.reasons), "state_dir_path": str(where.path),
                           "state_dir_from": where.origin}, indent=2, sort_keys=True))
     elif args.check:
         print(printable(check_line(view)))

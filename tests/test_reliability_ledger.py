@@ -34,6 +34,7 @@ from daemon_helpers import (
     write_config,
 )
 
+from srd.errors import ExitCode
 from srd.ledger import Ledger
 
 
@@ -354,7 +355,7 @@ def test_a_lost_snapshot_after_a_compaction_is_refused_and_repair_restores_the_p
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert "is missing" in refused.stderr and "srd ledger repair" in refused.stderr, refused.stderr
     check = srd("ledger", "check", "--config", str(config))
-    assert check.returncode == 1 and "damaged" in check.stdout, check.stdout + check.stderr
+    assert check.returncode == ExitCode.LEDGER and "damaged" in check.stdout, check.stdout + check.stderr
     repair = srd("ledger", "repair", "--config", str(config))
     assert repair.returncode == 0 and "previous snapshot" in repair.stdout, repair.stdout + repair.stderr
     assert srd("ledger", "check", "--config", str(config)).returncode == 0
@@ -377,7 +378,7 @@ def test_garbage_in_the_journal_is_detected_and_repair_keeps_every_intact_record
     refused = srd("run", "--config", str(config))
     assert refused.returncode != 0 and "line 3" in refused.stderr and "Traceback" not in refused.stderr
     check = srd("ledger", "check", "--config", str(config))
-    assert check.returncode == 1 and "line 3" in check.stdout and "line 4" in check.stdout, check.stdout
+    assert check.returncode == ExitCode.LEDGER and "line 3" in check.stdout and "line 4" in check.stdout, check.stdout
     with (state / "lock").open("a") as lock:  # as a running daemon (or another command) holds it
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         busy = srd("ledger", "repair", "--config", str(config))

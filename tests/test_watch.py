@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import queue
@@ -288,6 +289,15 @@ def test_poller_hints_changes_only_once_each(tmp_path: Path) -> None:
         watcher.stop()
 
 
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two paths atomically (Linux renameat2 with RENAME_EXCHANGE)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, rename_exchange = -100, 2
+    if libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(a))
+
+
 @pytest.mark.parametrize("mode", ["native", "poll"])
 def test_an_inbox_root_swapped_while_watched_is_unhealthy_not_adopted(tmp_path: Path, mode: str) -> None:
     """The root is renamed away and another folder (then a symlink) put in its place between two looks:
@@ -304,9 +314,12 @@ def test_an_inbox_root_swapped_while_watched_is_unhealthy_not_adopted(tmp_path: 
 
     try:
         wait_for(lambda: looked(True), 10, "the watcher to start")
-        inbox.path.rename(tmp_path / "away")
-        inbox.path.mkdir()
-        (inbox.path / "planted.jpg").write_bytes(b"x")
+        (tmp_path / "other").mkdir()
+        (tmp_path / "other" / "planted.jpg").write_bytes(b"x")
+        # One atomic swap: with a rename away and a mkdir the watcher may see the root missing in between,
+        # and a root that comes back after an outage is adopted (a remounted share is a new folder too).
+        _exchange(inbox.path, tmp_path / "other")
+        (tmp_path / "other").rename(tmp_path / "away")
         wait_for(lambda: looked(False), 10, "the swapped root to be reported")
         assert "replaced" in (watcher.root_error or "")
         shutil.rmtree(inbox.path)
