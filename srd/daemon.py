@@ -20,7 +20,7 @@ import queue
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -31,7 +31,7 @@ import structlog
 
 from srd.atomic import clean_stale_temps, temp_files_of
 from srd.config import Config, Inbox, Profile, load_config
-from srd.errors import ConfigError, ImageError, OutputError, SrdError
+from srd.errors import ConfigError, ImageError, OutputError, SrdError, StartupError
 from srd.imageheader import sniff_format
 from srd.imageio import output_format_for
 from srd.job import Job, output_name
@@ -255,13 +255,20 @@ class Daemon:
         return 0
 
     def start(self) -> None:
-        """Take the ledger lock, recover from a crash, build the pool and start watching (no loop yet)."""
-        self.ledger = Ledger.open(self.config.state_dir)
+        """Take the ledger lock, recover from a crash, build the pool and start watching (no loop yet).
+
+        Raises:
+            StartupError: A folder, the state directory or a watch could not be created or opened.
+        """
         try:
-            self._startup()
-        except BaseException:
-            self.close()
-            raise
+            self.ledger = Ledger.open(self.config.state_dir)
+            try:
+                self._startup()
+            except BaseException:
+                self.close()
+                raise
+        except OSError as exc:
+            raise StartupError(f"cannot start: {describe_os_error(exc)}") from exc
         self._state = "running"
 
     def _startup(self) -> None:
@@ -270,11 +277,10 @@ class Daemon:
         for output, inbox, source in self.ledger.done_outputs():
             self._outputs[output] = (inbox, source)
         self._prepare_folders(self.config, clean=True)
-        self._build_runtimes(self.config, prints)
+        self._runtimes = self._new_runtimes(self.config, prints)
         self._recover_unfinished()
         self.pool = self._pool_builder(self.config, self._journal_start, lambda: self._hints.put(None))
-        for runtime in self._runtimes.values():
-            runtime.watcher.start()
+        _start_watchers(self._runtimes.values())
 
     def _prepare_folders(self, config: Config, *, clean: bool) -> None:
         """Create output folders; at startup also purge temp files a crash left there.
@@ -292,9 +298,10 @@ class Daemon:
                     if removed:
                         log.info("stale_temps_cleaned", folder=str(folder), count=len(removed))
 
-    def _build_runtimes(self, config: Config, prints: dict[str, str]) -> None:
+    def _new_runtimes(self, config: Config, prints: dict[str, str]) -> dict[str, _InboxRuntime]:
+        """Runtimes for `config`, watchers not started; an inbox whose profile is unchanged keeps its memory."""
         old = self._runtimes
-        self._runtimes = {}
+        runtimes: dict[str, _InboxRuntime] = {}
         for index, inbox in enumerate(config.inboxes):
             key = inbox_id(inbox)
             watcher = self._watcher_builder(index, inbox, self._hints.put)
@@ -302,8 +309,9 @@ class Daemon:
             runtime = _InboxRuntime(index, inbox, config.profiles[inbox.profile], prints[inbox.profile], tracker, watcher)
             if key in old and old[key].fingerprint == runtime.fingerprint:
                 runtime.handled = old[key].handled
-            self._runtimes[key] = runtime
+            runtimes[key] = runtime
             self._counters.setdefault(key, _Counters())
+        return runtimes
 
     def _recover_unfinished(self) -> None:
         """Close entries a crash left started whose source is gone; the rest are retried when scanned."""
@@ -850,7 +858,12 @@ class Daemon:
     # -- reload --------------------------------------------------------------------------------------------
 
     def _reload(self) -> None:
-        """Re-read the config; keep the running one if the new one is invalid (all its problems are logged)."""
+        """Re-read the config and apply it as one step, or keep the running one and log why.
+
+        Everything the new config needs (its models, its folders, its watches) is prepared while the old
+        runtimes keep running; only then are they swapped. A config that parses but can't be applied (a
+        folder that can't be created, a read-only filesystem, a missing model) changes nothing.
+        """
         self.notifier.reloading()
         self._state = "reloading"
         log.info("config_reloading", config=str(self.config_path) if self.config_path else "defaults")
@@ -859,8 +872,14 @@ class Daemon:
             prints = fingerprints(new)
             if new.state_dir != self.config.state_dir:
                 raise ConfigError(["state_dir can't change while running; restart srd"], new.source)
-        except SrdError as exc:
-            problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+            self._prepare_folders(new, clean=False)
+            runtimes = self._new_runtimes(new, prints)
+            _start_watchers(runtimes.values())  # the new watches overlap the old ones: no event is missed
+        except (SrdError, OSError) as exc:
+            if isinstance(exc, ConfigError):
+                problems = exc.problems
+            else:
+                problems = [describe_os_error(exc) if isinstance(exc, OSError) else str(exc)]
             self._last_reload_error = "; ".join(problems)
             log.error("config_reload_rejected", problems=problems, keeping=self.config.source)
             self._state = "running"
@@ -872,21 +891,23 @@ class Daemon:
         configure_logging(new.log_level, new.log_format)
         for runtime in self._runtimes.values():
             runtime.watcher.stop()
-        self._prepare_folders(new, clean=False)
-        self._build_runtimes(new, prints)
+        self._runtimes = runtimes
         self._backlog = deque(item for item in self._backlog if item[0] in self._runtimes)
         if _pool_settings(old) != _pool_settings(new):
             self._pool_stale = True  # replaced once the running jobs are done
-        for runtime in self._runtimes.values():
-            runtime.watcher.start()
         self._state = "running"
         log.info("config_reloaded", config=new.source, inboxes=len(new.inboxes), pool_restart=self._pool_stale)
         self.notifier.ready(status=self._status_line())
 
     def _replace_stale_pool(self) -> None:
         if self._pool_stale and self.pool is not None and len(self.pool) == 0:
+            try:
+                pool = self._pool_builder(self.config, self._journal_start, lambda: self._hints.put(None))
+            except OSError as exc:  # e.g. out of processes: keep the old pool and try again next pass
+                log.error("pool_replace_failed", error=describe_os_error(exc))
+                return
             self.pool.close()
-            self.pool = self._pool_builder(self.config, self._journal_start, lambda: self._hints.put(None))
+            self.pool = pool
             self._pool_stale = False
             log.info("pool_replaced", workers=self.config.workers)
 
@@ -962,6 +983,26 @@ class Daemon:
         write_status(self.config.state_dir, stamped)
         if self._state == "running":
             self.notifier.status(self._status_line())
+
+
+def _start_watchers(runtimes: Iterable[_InboxRuntime]) -> None:
+    """Start every runtime's watcher, or none: on an error the ones already started are stopped again."""
+    started: list[_InboxRuntime] = []
+    try:
+        for runtime in runtimes:
+            runtime.watcher.start()
+            started.append(runtime)
+    except BaseException:
+        for runtime in started:
+            runtime.watcher.stop()
+        raise
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an OSError: its reason and the path(s) it concerns."""
+    reason = exc.strerror or str(exc)
+    paths = [os.fsdecode(name) for name in (exc.filename, exc.filename2) if name]
+    return f"{reason}: {' -> '.join(paths)}" if paths else reason
 
 
 def _under(filename: Any, folder: Path) -> bool:

@@ -53,3 +53,9 @@ class LockedError(SrdError):
     """Another srd instance already owns the state directory."""
 
     exit_code = 6
+
+
+class StartupError(SrdError):
+    """The daemon can't start: a folder or the state directory can't be created or opened, a watch fails."""
+
+    exit_code = 7

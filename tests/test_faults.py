@@ -1,0 +1,113 @@
+"""The daemon under process-level faults: real `srd run` processes, real folders that can't be created,
+real read-only mounts, real stopped workers and a real 10 GB sparse file."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from daemon_helpers import (
+    DaemonProcess,
+    decoded_size,
+    descendants_of,
+    inbox_config,
+    make_image,
+    read_status,
+    srd,
+    wait_for,
+    write_config,
+)
+
+SIZE = (24, 32)
+DOUBLED = (48, 64)
+
+
+@pytest.fixture
+def read_only_mount(tmp_path: Path) -> Iterator[Path]:
+    """A real read-only tmpfs (needs the privilege to mount; skipped where there is none)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def _set_outbox(config: Path, outbox: Path) -> None:
+    data = yaml.safe_load(config.read_text())
+    data["inboxes"][0]["outbox"] = str(outbox)
+    config.write_text(yaml.safe_dump(data))
+
+
+def _assert_one_line_startup_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 7, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("srd:")]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+# -- start-up and reload -------------------------------------------------------------------------------------
+
+
+def test_an_outbox_that_cannot_be_created_is_a_one_line_startup_error(tmp_path: Path) -> None:
+    """An outbox under a regular file (ENOTDIR): `srd run` exits 7 with one line naming the folder."""
+    config = write_config(tmp_path)
+    (tmp_path / "a-file").write_text("not a folder")
+    _set_outbox(config, tmp_path / "a-file" / "out")
+    result = srd("run", "--config", str(config), timeout=60)
+    _assert_one_line_startup_error(result, "cannot start", "Not a directory", str(tmp_path / "a-file"))
+
+
+def test_an_outbox_on_a_read_only_filesystem_is_a_one_line_startup_error(tmp_path: Path,
+                                                                           read_only_mount: Path) -> None:
+    """An outbox to be created on a read-only tmpfs (EROFS): one line, exit 7, no traceback."""
+    config = write_config(tmp_path)
+    _set_outbox(config, read_only_mount / "out")
+    result = srd("run", "--config", str(config), timeout=60)
+    _assert_one_line_startup_error(result, "Read-only file system", str(read_only_mount / "out"))
+
+
+@pytest.mark.parametrize("fault", ["not-a-directory", "read-only"])
+def test_a_reload_that_cannot_be_applied_keeps_the_old_config_running(tmp_path: Path, fault: str,
+                                                                     request: pytest.FixtureRequest) -> None:
+    """A SIGHUP whose config parses but whose new outbox can't be created is rejected with the reason; the
+    daemon keeps running the old config (a file dropped afterwards lands in the old outbox) and exits 0."""
+    config = write_config(tmp_path)
+    good = config.read_text()
+    if fault == "read-only":
+        bad_outbox = request.getfixturevalue("read_only_mount") / "out"
+    else:
+        (tmp_path / "a-file").write_text("not a folder")
+        bad_outbox = tmp_path / "a-file" / "out"
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_ready()
+        _set_outbox(config, bad_outbox)
+        daemon.proc.send_signal(signal.SIGHUP)
+        rejected = daemon.wait_event("config_reload_rejected")[0]
+        assert str(bad_outbox) in rejected["problems"][0]
+        assert daemon.proc.poll() is None
+        wait_for(lambda: read_status(tmp_path / "state").get("last_reload_error"), 10, "the rejection in status")
+        (tmp_path / "in" / "after.png").write_bytes(make_image(Path("x.png"), SIZE, 1))
+        wait_for(lambda: (tmp_path / "in-out" / "after.png").exists(), 30, "the old config to process a file")
+        assert decoded_size(tmp_path / "in-out" / "after.png") == DOUBLED
+
+        config.write_text(good)  # and a good reload still applies afterwards
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_event("config_reloaded")
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
