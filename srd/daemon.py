@@ -1,8 +1,8 @@
 """The daemon: one loop that turns inbox hints into jobs, and job outcomes into ledger records (DESIGN §1, §5, §6).
 
-Threads only produce hints (watchers) and wake-ups (the pool); everything that decides or records —
-settling, hashing, ledger, moving files, status — happens in this loop, so none of it needs
-locks. Signal handlers only set flags, which the loop reads at least every `MAX_SLEEP_S`.
+Threads only produce hints (watchers), wake-ups (the pool) and file reads (the offloader, which hashes
+and reads headers so that a huge file or a hung share can't stall the loop); everything that decides or
+records — settling, ledger, moving files, status — happens in this loop, so none of it needs locks. Signal handlers only set flags, which the loop reads at least every `MAX_SLEEP_S`.
 
 Per file: settle → stat-cache or sha256 → ledger lookup under the profile's fingerprint → either
 nothing (already done: a duplicate, or the same file again) or: choose an output name → journal
@@ -32,12 +32,13 @@ import structlog
 from srd.atomic import clean_stale_temps, temp_files_of
 from srd.config import Config, Inbox, Profile, load_config
 from srd.errors import ConfigError, ImageError, OutputError, SrdError, StartupError
-from srd.imageheader import sniff_format
+from srd.imageheader import read_header, sniff_format
 from srd.imageio import output_format_for
 from srd.job import Job, output_name
 from srd.ledger import Entry, Ledger, State, make_key
 from srd.logs import configure_logging
 from srd.notify import Notifier
+from srd.offload import Done, Offloader
 from srd.outbox import BLOCKING_ERRNOS, OutboxBlock
 from srd.pipeline import StageContext, Upscale
 from srd.pool import Finished, JobPool, Lost, Outcome, process_executor_factory
@@ -52,9 +53,14 @@ log = structlog.get_logger(__name__)
 MAX_SLEEP_S = 0.25
 SUPERVISE_EVERY_S = 1.0
 STATUS_EVERY_S = 1.0
-# Hashing happens in the loop; this bounds how long one pass may spend on it before serving events.
+# Bounds how long one pass may spend deciding about files before serving events.
 CONSIDER_BUDGET_S = 0.2
 HEAD_BYTES = 64
+# Enough of a file for its image header (dimensions) behind ordinary metadata.
+HEADER_BYTES = 256 * 1024
+# Threads reading files off the loop, and how many of them one inbox may hold (a hung share holds no more).
+OFFLOAD_THREADS = 4
+OFFLOAD_PER_INBOX = 2
 _READ_CHUNK = 1 << 20
 
 PoolBuilder = Callable[[Config, Callable[[Any], None], Callable[[], None]], JobPool]
@@ -75,6 +81,17 @@ class _Work:
     sha256: str
     key: str
     target: Path
+    pixels: int | None = None  # from the header; None when it couldn't be read
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """What reading a file off the loop found: its hash (when asked for), first bytes and pixel count."""
+
+    sha256: str | None
+    head: bytes
+    pixels: int | None
+    signature: tuple[int, int] | None  # (size, mtime_ns) after hashing; None when not hashed
 
 
 @dataclass
@@ -122,9 +139,19 @@ def hash_file(path: Path) -> tuple[str, bytes, tuple[int, int]]:
     return digest.hexdigest(), head, (st.st_size, st.st_mtime_ns)
 
 
-def read_head(path: Path) -> bytes:
+def read_head(path: Path, size: int = HEAD_BYTES) -> bytes:
     with path.open("rb") as fh:
-        return fh.read(HEAD_BYTES)
+        return fh.read(size)
+
+
+def probe_file(path: Path, *, need_hash: bool) -> _Probe:
+    """Read what the loop needs from a file; runs in an offload thread, never in the loop."""
+    sha256 = signature = None
+    if need_hash:
+        sha256, _, signature = hash_file(path)
+    head = read_head(path, HEADER_BYTES)
+    header = read_header(head)
+    return _Probe(sha256, head[:HEAD_BYTES], header.pixels if header is not None else None, signature)
 
 
 def fingerprints(config: Config) -> dict[str, str]:
@@ -178,6 +205,7 @@ class Daemon:
         sleep: Used only while draining.
         pool_builder: Builds the job pool (tests inject one with a fake executor).
         watcher_builder: Builds an inbox watcher.
+        offloader: Runs file reads off the loop (tests inject one that runs them at once).
         drain_timeout: Seconds SIGTERM waits for running jobs before abandoning them.
     """
 
@@ -191,6 +219,7 @@ class Daemon:
         sleep: Callable[[float], None] = time.sleep,
         pool_builder: PoolBuilder = default_pool,
         watcher_builder: WatcherBuilder | None = None,
+        offloader: Offloader | None = None,
         drain_timeout: float = 30.0,
     ) -> None:
         self.config = config
@@ -207,6 +236,9 @@ class Daemon:
         self._backlog: deque[tuple[str, ReadyFile]] = deque()
         self._active: dict[str, _Work] = {}  # submitted jobs by key: no more than the pool has room for
         self._deferred: dict[Path, str] = {}
+        self._offload = offloader or Offloader(OFFLOAD_THREADS, OFFLOAD_PER_INBOX, lambda: self._hints.put(None))
+        self._reading: dict[Path, tuple[str, ReadyFile]] = {}  # files being read off the loop, latest request
+        self._read: dict[Path, Done] = {}  # finished reads, each taken by the next `_consider` of its file
         # Every output the ledger says is done → (inbox id, source path), as strings shared with the ledger.
         self._outputs: dict[str, tuple[str, str]] = {}
         self._blocks: dict[str, OutboxBlock] = {}
@@ -343,6 +375,7 @@ class Daemon:
         """Stop watchers and workers, write the final status, release the ledger lock."""
         for runtime in self._runtimes.values():
             runtime.watcher.stop()
+        self._offload.close()
         if self.pool is not None:
             self.pool.close()
             self.pool = None
@@ -389,6 +422,7 @@ class Daemon:
             self._reload()
         self._take_hints()
         self._poll_trackers()
+        self._take_reads()
         for outcome in self.pool.collect():
             self._finish(outcome)
         self._replace_stale_pool()
@@ -469,6 +503,38 @@ class Daemon:
                 self._skip(runtime, key, ready, exc)
             except (ImageError, OutputError) as exc:
                 self._skip(runtime, key, ready, exc)
+            finally:
+                self._read.pop(ready.path, None)  # a read `_consider` had no use for this time
+
+    def _take_reads(self) -> None:
+        """Put files whose off-loop read finished back at the front of the backlog, to be decided now."""
+        for done in self._offload.collect():
+            path = done.token[0]
+            request = self._reading.pop(path, None)
+            if request is not None:
+                self._read[path] = done
+                self._backlog.appendleft(request)
+
+    def _read_off_loop(self, runtime: _InboxRuntime, ready: ReadyFile, *, need_hash: bool) -> _Probe | None:
+        """This file's read, if it finished for this version of it; otherwise start it and return None.
+
+        The file comes back through the backlog when its read is done, and `_consider` runs again.
+
+        Raises:
+            OSError: The read failed (the file vanished, can't be read …).
+        """
+        signature = (ready.size, ready.mtime_ns)
+        done = self._read.pop(ready.path, None)
+        # A read of this same version serves; one with a hash serves a request without.
+        if done is not None and done.token[:2] == (ready.path, signature) and (done.token[2] or not need_hash):
+            if done.error is not None:
+                raise done.error
+            return done.value
+        if ready.path not in self._reading:
+            token = (ready.path, signature, need_hash)
+            self._offload.submit(runtime.inbox_id, token, lambda: probe_file(ready.path, need_hash=need_hash))
+        self._reading[ready.path] = (runtime.inbox_id, ready)
+        return None
 
     def _skip(self, runtime: _InboxRuntime, key: str, ready: ReadyFile, exc: Exception) -> None:
         # The file can't be read now; remember this version of it so the loop doesn't spin, and let its
@@ -513,12 +579,16 @@ class Daemon:
             return
         rel = PurePosixPath(path.relative_to(runtime.inbox.path).as_posix())
         sha256 = self.ledger.cached_hash(runtime.inbox_id, rel, size=signature[0], mtime_ns=signature[1])
-        head = b""
+        probe = None
         if sha256 is None:
-            sha256, head, after = hash_file(path)
-            if after != signature:
+            probe = self._read_off_loop(runtime, ready, need_hash=True)
+            if probe is None:
+                return  # being read off the loop; it comes back when the hash is known
+            if probe.signature != signature:
                 runtime.tracker.hint(path)
                 return
+            assert probe.sha256 is not None
+            sha256 = probe.sha256
             self.ledger.remember_hash(runtime.inbox_id, rel, size=signature[0], mtime_ns=signature[1], sha256=sha256)
         key = make_key(sha256, runtime.fingerprint)
         if key in self._active:
@@ -534,14 +604,17 @@ class Daemon:
             self._fail(runtime.inbox_id, runtime.inbox, runtime.profile, path, rel, signature, key, reason,
                        record=True)
             return
-        target = self._choose_target(runtime, rel, key, head or read_head(path))
+        probe = probe or self._read_off_loop(runtime, ready, need_hash=False)
+        if probe is None:
+            return  # its header is being read off the loop
+        target = self._choose_target(runtime, rel, key, probe.head)
         if target is None:
             log.warning("output_exists_skipped", src=str(path), collision=runtime.inbox.collision)
             runtime.handled[path] = signature
             self._counters[runtime.inbox_id].skipped += 1
             return
         work = _Work(runtime.inbox_id, runtime.inbox, runtime.profile, runtime.fingerprint, path, rel, signature,
-                     sha256, key, target)
+                     sha256, key, target, probe.pixels)
         self._submit(work)
 
     def _submit(self, work: _Work, *, suspect: bool = False) -> None:
@@ -917,7 +990,7 @@ class Daemon:
         done = sum(c.done for c in self._counters.values())
         failed = sum(c.failed for c in self._counters.values())
         running = self.pool.running if self.pool is not None else 0
-        queued = len(self._backlog) + sum(r.tracker.pending() for r in self._runtimes.values())
+        queued = len(self._backlog) + len(self._reading) + sum(r.tracker.pending() for r in self._runtimes.values())
         unhealthy = [r.inbox.path.name for r in self._runtimes.values() if not r.watcher.healthy]
         blocked = [b.outbox.name for b in self._blocks.values()]
         text = f"{running} running, {queued} waiting, {done} done, {failed} failed"
@@ -928,7 +1001,7 @@ class Daemon:
         """The document written to ``status.json``."""
         inboxes = []
         backlog_by_inbox: dict[str, int] = {}
-        for key, _ in self._backlog:
+        for key, _ in [*self._backlog, *self._reading.values()]:
             backlog_by_inbox[key] = backlog_by_inbox.get(key, 0) + 1
         in_flight: dict[str, int] = {}
         for work in self._active.values():

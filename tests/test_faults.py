@@ -111,3 +111,56 @@ def test_a_reload_that_cannot_be_applied_keeps_the_old_config_running(tmp_path: 
     finally:
         if daemon.proc.poll() is None:
             daemon.proc.kill()
+
+
+# -- the loop never blocks on one file -----------------------------------------------------------------------
+
+
+def _notify_socket() -> tuple[str, socket.socket]:
+    name = f"srd-test-{os.getpid()}-{random.randrange(1 << 30)}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("\0" + name)
+    sock.settimeout(0.2)
+    return "@" + name, sock
+
+
+def test_hashing_a_10_gb_file_starves_neither_the_watchdog_nor_the_other_files(tmp_path: Path) -> None:
+    """A 10 GB sparse file takes many seconds to hash. Meanwhile WATCHDOG=1 keeps arriving at its interval
+    (1 s here) and a small file dropped into the same inbox is processed."""
+    config = write_config(tmp_path)
+    inbox = tmp_path / "in"
+    address, sock = _notify_socket()
+    daemon = DaemonProcess(config, env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "2000000"})
+    pings: list[float] = []
+
+    def receive_for(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                if b"WATCHDOG=1" in sock.recv(4096):
+                    pings.append(time.monotonic())
+            except TimeoutError:
+                pass
+
+    try:
+        daemon.wait_ready()
+        subprocess.run(["truncate", "-s", "10G", str(inbox / "big.png")], check=True)
+        receive_for(1.5)  # settles (0.3 s) and its hash starts
+        pings.clear()
+        started = time.monotonic()
+        (inbox / "small.png").write_bytes(make_image(Path("x.png"), SIZE, 1))
+        while not (tmp_path / "in-out" / "small.png").exists():
+            receive_for(0.2)
+            assert time.monotonic() - started < 20, "small.png not processed while big.png is hashed\n" + \
+                daemon.log_tail()
+        receive_for(3)
+        # The big file is still being read: nothing was decided about it yet.
+        assert not daemon.events("file_failed") and not daemon.events("file_skipped"), daemon.log_tail()
+        assert read_status(tmp_path / "state")["inboxes"][0]["queued"] == 1
+        gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
+        assert len(pings) >= 3 and max(gaps) < 3.0, f"watchdog pings {len(pings)}, gaps {gaps}"
+        assert decoded_size(tmp_path / "in-out" / "small.png") == DOUBLED
+    finally:
+        sock.close()
+        daemon.proc.kill()  # before a worker would read 10 GB into memory
+        daemon.proc.wait(timeout=10)
