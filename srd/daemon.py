@@ -472,6 +472,8 @@ class Daemon:
 
     def _poll_trackers(self) -> None:
         for key, runtime in self._runtimes.items():
+            if runtime.watcher.state == "missing":
+                continue  # its files can't be judged (a stat could hang on its share); the rescan on return will
             result = runtime.tracker.poll()
             for ready in result.ready:
                 self._backlog.append((key, ready))
@@ -487,8 +489,8 @@ class Daemon:
         while self._backlog and self.pool.has_room() and not self._pool_stale and self._clock() < budget_end:
             key, ready = self._backlog.popleft()
             runtime = self._runtimes.get(key)
-            if runtime is None:
-                continue
+            if runtime is None or runtime.watcher.state == "missing":
+                continue  # gone from the config, or its share is away: the rescan on its return brings it back
             if key in self._blocks:
                 self._blocks[key].waiting.add(ready.path)  # its outbox refuses writes: wait for it
                 continue

@@ -43,6 +43,8 @@ REMOTE_FILESYSTEMS = frozenset({
 })
 _WATCH_LIMIT_ERRNOS = frozenset({errno.ENOSPC, errno.EMFILE})
 _EVENT_TYPES = frozenset({"created", "modified", "moved", "closed"})
+# How long `supervise` waits for the inbox root's stat; a share that doesn't answer by then is unavailable.
+ROOT_ANSWER_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +185,7 @@ class InboxWatcher:
         # empty mount-point folder, which must read as an outage, not as an inbox whose files all left.
         self._mounted = False
         self._identity: tuple[int, int] | None = None
+        self._root_question = _Question(self._root_identity, f"srd-root-{index}")
 
     # -- lifecycle, called from the daemon's thread ---------------------------------------------------------
 
@@ -227,10 +230,10 @@ class InboxWatcher:
     def supervise(self) -> None:
         """Check the root and the threads; restart what died, pause on a missing root, resume on its return."""
         if self.mode == "native":
-            identity = self._root_identity()
+            answered, identity = self._root_question.answer(ROOT_ANSWER_S)
             present = identity is not None
             if present != self._present:
-                self._set_present(present)
+                self._set_present(present, "" if answered else "inbox root does not answer (a hung share?)")
                 self._identity = identity
                 if not present:
                     self._stop_observer()
@@ -249,6 +252,9 @@ class InboxWatcher:
                 self._stop_observer()
                 self._start_observer()
                 self.request_scan()
+        elif not self._root_question.answer(ROOT_ANSWER_S)[0]:
+            # A poll-mode scanner stuck on a hung share can't say so; the next good scan resumes the inbox.
+            self._set_present(False, "inbox root does not answer (a hung share?)")
         if not self._scanner_alive() and not self._stop.is_set():
             log.error("scanner_died_restarting", inbox=str(self.root))
             self._start_scanner()
@@ -407,6 +413,40 @@ class InboxWatcher:
             log.info("inbox_returned", inbox=str(self.root))
         else:
             log.error("inbox_missing_paused", inbox=str(self.root), error=reason or "root folder is gone")
+
+
+class _Question:
+    """Asks one blocking question (e.g. a stat of a share's root) in a thread of its own.
+
+    A hung NFS mount blocks that thread, not the caller: the caller waits at most `wait_s`, and while the
+    question stays unanswered, later asks return at once instead of starting another stuck thread.
+    """
+
+    def __init__(self, ask: Callable[[], Any], name: str) -> None:
+        self._ask = ask
+        self._name = name
+        self._pending: threading.Event | None = None
+        self._answer: Any = None
+
+    def answer(self, wait_s: float) -> tuple[bool, Any]:
+        """(True, the answer) when it came within `wait_s`, else (False, None)."""
+        if self._pending is None:
+            self._pending = threading.Event()
+            threading.Thread(target=self._run, args=(self._pending,), name=self._name, daemon=True).start()
+        else:
+            wait_s = 0  # still unanswered since an earlier ask: don't wait for it again
+        if not self._pending.wait(wait_s):
+            return False, None
+        self._pending = None
+        return True, self._answer
+
+    def _run(self, answered: threading.Event) -> None:
+        try:
+            self._answer = self._ask()
+        except Exception:  # noqa: BLE001 - no answer is an answer: unavailable
+            log.exception("question_failed", question=self._name)
+            self._answer = None
+        answered.set()
 
 
 def _stop_quietly(observer: Any) -> None:

@@ -4,13 +4,16 @@ real read-only mounts, real stopped workers and a real 10 GB sparse file."""
 from __future__ import annotations
 
 import os
+import queue
 import random
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -25,6 +28,9 @@ from daemon_helpers import (
     wait_for,
     write_config,
 )
+
+from srd.config import Inbox
+from srd.watch import ROOT_ANSWER_S, Hint, InboxWatcher
 
 SIZE = (24, 32)
 DOUBLED = (48, 64)
@@ -164,3 +170,43 @@ def test_hashing_a_10_gb_file_starves_neither_the_watchdog_nor_the_other_files(t
         sock.close()
         daemon.proc.kill()  # before a worker would read 10 GB into memory
         daemon.proc.wait(timeout=10)
+
+
+def test_a_root_that_does_not_answer_pauses_its_inbox_without_blocking_supervision(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stat of the inbox root that hangs (a hung NFS server) blocks its own thread, not `supervise`: the
+    first call gives up after ROOT_ANSWER_S and pauses the inbox, later ones return at once, and when the
+    share answers again the inbox is watched again."""
+    root = tmp_path / "in"
+    root.mkdir()
+    inbox = Inbox(path=root, outbox=tmp_path / "out", failed=tmp_path / "failed", mode="native")
+    hints: queue.SimpleQueue[Hint] = queue.SimpleQueue()
+    watcher = InboxWatcher(0, inbox, hints.put)
+    watcher.start()
+    share_answers = threading.Event()
+    real_stat = os.stat
+
+    def hanging_stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if Path(os.fsdecode(path)) == root:
+            share_answers.wait()
+        return real_stat(path, *args, **kwargs)
+
+    try:
+        monkeypatch.setattr("srd.watch.os.stat", hanging_stat)
+        started = time.monotonic()
+        watcher.supervise()
+        assert time.monotonic() - started < ROOT_ANSWER_S + 1
+        assert watcher.state == "missing" and not watcher.healthy
+        started = time.monotonic()
+        watcher.supervise()
+        assert time.monotonic() - started < 0.1
+        share_answers.set()
+
+        def resumed() -> bool:
+            watcher.supervise()
+            return watcher.state == "watching" and watcher.healthy
+
+        wait_for(resumed, 10, "the inbox to be watched again")
+    finally:
+        share_answers.set()
+        watcher.stop()
