@@ -83,6 +83,8 @@ class Config:
     log_level: str = "info"
     log_format: str = "auto"
     source: str = "defaults"
+    # With no fixed `job_timeout`, a job's limit is derived from its pixel count, never below this.
+    job_timeout_min_seconds: float = 120.0
 
     def worker_engine(self) -> EngineSettings:
         """Engine settings as each worker process applies them."""
@@ -294,6 +296,7 @@ def _check_folders(inboxes: list[Inbox], state_dir: Path, problems: _Problems) -
 
 _TOP_LEVEL = {
     "state_dir", "workers", "threads_per_worker", "max_input_pixels", "max_attempts", "job_timeout",
+    "job_timeout_min_seconds",
     "reconcile_interval", "model_dirs", "engine", "profiles", "inboxes", "log",
 }
 
@@ -340,6 +343,7 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
     max_pixels = number("max_input_pixels", int, 100_000_000, 1)
     max_attempts = number("max_attempts", int, 3, 1)
     job_timeout = number("job_timeout", float, None, 1)
+    job_timeout_min = number("job_timeout_min_seconds", float, 120.0, 1)
     reconcile = number("reconcile_interval", float, 300.0, 1)
     state_dir = data.get("state_dir", ".srd")
     if not isinstance(state_dir, str):
@@ -410,6 +414,7 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
         max_input_pixels=max_pixels,
         max_attempts=max_attempts,
         job_timeout=job_timeout,
+        job_timeout_min_seconds=job_timeout_min,
         reconcile_interval=reconcile,
         model_dirs=model_dirs,
         engine=engine,

@@ -35,6 +35,7 @@ from srd.errors import ConfigError, ImageError, OutputError, SrdError, StartupEr
 from srd.imageheader import read_header, sniff_format
 from srd.imageio import output_format_for
 from srd.job import Job, output_name
+from srd.jobtime import SLACK, job_time_limit
 from srd.ledger import Entry, Ledger, State, make_key
 from srd.logs import configure_logging
 from srd.notify import Notifier
@@ -176,12 +177,11 @@ def default_pool(config: Config, on_start: Callable[[Any], None], wake: Callable
     worker_level = "debug" if config.log_level == "debug" else "warning"
     factory = process_executor_factory(config.workers, config.worker_engine(), config.model_dirs, worker_level,
                                        config.log_format)
-    return JobPool(config.workers, factory, on_start=on_start, wake=wake, job_timeout=config.job_timeout)
+    return JobPool(config.workers, factory, on_start=on_start, wake=wake)
 
 
 def _pool_settings(config: Config) -> tuple[Any, ...]:
-    return (config.workers, config.worker_engine(), config.model_dirs, config.job_timeout, config.log_level,
-            config.log_format)
+    return (config.workers, config.worker_engine(), config.model_dirs, config.log_level, config.log_format)
 
 
 def _upscale_summary(profile: Profile) -> tuple[str | None, float | None]:
@@ -623,7 +623,14 @@ class Daemon:
         assert self.pool is not None
         self._active[work.key] = work
         job = Job(work.source, work.target.parent, work.profile, self.config.max_input_pixels, target=work.target)
-        self.pool.submit(work.key, job, suspect=suspect)
+        self.pool.submit(work.key, job, suspect=suspect, time_limit=self._time_limit(work))
+
+    def _time_limit(self, work: _Work) -> float:
+        """The configured `job_timeout`, or one derived from the image's pixels (the largest allowed if unknown)."""
+        if self.config.job_timeout is not None:
+            return self.config.job_timeout
+        pixels = work.pixels if work.pixels is not None else self.config.max_input_pixels
+        return job_time_limit(work.profile, pixels, floor=self.config.job_timeout_min_seconds)
 
     def _journal_start(self, key: Any) -> None:
         """Pool hook: a worker is about to take this job, so its start (and attempt) becomes durable now."""
@@ -1045,8 +1052,21 @@ class Daemon:
                 "rebuilds": self.pool.rebuilds if self.pool is not None else 0,
             },
             "ledger": self.ledger.counts(),
+            "running": self._running_jobs(),
             "inboxes": inboxes,
         }
+
+    def _running_jobs(self) -> list[dict[str, Any]]:
+        """The jobs workers hold, longest first; `stuck_suspected` once one runs 5 × longer than expected."""
+        if self.pool is None:
+            return []
+        jobs = []
+        for job in sorted(self.pool.running_jobs(), key=lambda j: -j.elapsed_s):
+            expected = job.limit_s / SLACK if job.limit_s is not None else None
+            jobs.append({"source": str(job.source), "elapsed_s": round(job.elapsed_s),
+                         "limit_s": None if job.limit_s is None else round(job.limit_s),
+                         "stuck_suspected": expected is not None and job.elapsed_s > 5 * expected})
+        return jobs
 
     def _write_status(self, *, force: bool = False) -> None:
         status = self.status()

@@ -86,6 +86,10 @@ def show_status(args: argparse.Namespace) -> int:
     pool = status.get("pool", {})
     print(f"  workers {status.get('workers')}, running {pool.get('running', 0)}, pool rebuilds "
           f"{pool.get('rebuilds', 0)}; ledger {status.get('ledger')}")
+    for job in status.get("running", []):
+        limit = f"limit {job['limit_s']} s" if job.get("limit_s") is not None else "no limit"
+        warning = "; far longer than expected, the worker may be stuck" if job.get("stuck_suspected") else ""
+        print(f"  running {job['source']} for {job['elapsed_s']} s ({limit}{warning})")
     if status.get("last_reload_error"):
         print(f"  last reload rejected: {status['last_reload_error']}")
     for inbox in status.get("inboxes", []):

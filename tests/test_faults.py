@@ -29,7 +29,9 @@ from daemon_helpers import (
     write_config,
 )
 
-from srd.config import Inbox
+from srd.config import Inbox, Profile
+from srd.jobtime import job_time_limit, us_per_pixel
+from srd.pipeline import Pipeline, Upscale
 from srd.watch import ROOT_ANSWER_S, Hint, InboxWatcher
 
 SIZE = (24, 32)
@@ -210,3 +212,78 @@ def test_a_root_that_does_not_answer_pauses_its_inbox_without_blocking_supervisi
     finally:
         share_answers.set()
         watcher.stop()
+
+
+# -- hung jobs -----------------------------------------------------------------------------------------------
+
+
+def _workers_of(daemon_pid: int) -> list[int]:
+    """The pool's worker processes: the children of the daemon's forkserver."""
+    def children(pid: int) -> list[int]:
+        return [child for child in descendants_of(pid) if _parent(child) == pid]
+
+    for child in children(daemon_pid):
+        if b"forkserver" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return children(child)
+    return []
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError):
+        return -1
+
+
+def test_a_stuck_worker_is_shown_in_status_killed_at_its_derived_limit_and_the_job_retried(tmp_path: Path) -> None:
+    """With no job_timeout set, a small image's limit is the floor (2 s here). A worker that stops answering
+    (SIGSTOP) while it holds a job shows in `srd status` with its elapsed time, is killed when the limit
+    passes, and the job is retried and completes; nothing goes to the failed folder."""
+    config = write_config(tmp_path, job_timeout_min_seconds=2)
+    inbox, state = tmp_path / "in", tmp_path / "state"
+    daemon = DaemonProcess(config)
+    stopped: list[int] = []
+    try:
+        daemon.wait_ready()
+        (inbox / "first.png").write_bytes(make_image(Path("x.png"), SIZE, 1))
+        daemon.wait_event("file_processed")
+        stopped = wait_for(lambda: _workers_of(daemon.pid), 10, "the pool's worker processes")
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        (inbox / "stuck.png").write_bytes(make_image(Path("x.png"), SIZE, 2))
+
+        def stuck_in_status() -> dict[str, Any] | None:
+            jobs = read_status(state).get("running", [])
+            return next((j for j in jobs if j["source"].endswith("stuck.png") and j["elapsed_s"] >= 1), None)
+
+        job = wait_for(stuck_in_status, 20, "the stuck job in status.json\n" + daemon.log_tail())
+        assert job["limit_s"] == 2
+        shown = srd("status", "--config", str(config))
+        assert "running " + str(inbox / "stuck.png") in shown.stdout, shown.stdout
+
+        timed_out = daemon.wait_event("job_timed_out", timeout=20)[0]
+        assert timed_out["src"] == str(inbox / "stuck.png") and timed_out["limit_s"] == 2
+        wait_for(lambda: (tmp_path / "in-out" / "stuck.png").exists(), 30, "the retried job's output")
+        assert decoded_size(tmp_path / "in-out" / "stuck.png") == DOUBLED
+        assert not (tmp_path / "in-failed").exists() or not any((tmp_path / "in-failed").iterdir())
+        assert daemon.stop() == 0
+    finally:
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+
+
+def test_the_derived_limit_grows_with_pixels_and_model_cost_and_keeps_its_floor() -> None:
+    """20 × the measured cost: a 12 MP photo through edsr-lite ×2 gets 20 × 66 s; a thumbnail gets the floor;
+    a model never measured is assumed as slow as the slowest measured one."""
+    def profile(model: str) -> Profile:
+        return Profile("p", Pipeline((Upscale(model=model, scale=2),)))
+
+    assert job_time_limit(profile("edsr-lite"), 12_000_000, floor=120) == pytest.approx(20 * 12 * 5.5)
+    assert job_time_limit(profile("/m/ESPCN_x2.pb"), 64 * 64, floor=120) == 120
+    assert us_per_pixel("FSRCNN-small_x2.pb") == 0.8 and us_per_pixel("FSRCNN_x2.pb") == 1.6
+    assert us_per_pixel("my-own-net.onnx") == 60.0
