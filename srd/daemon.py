@@ -706,6 +706,9 @@ class Daemon:
         work = self._active.pop(outcome.token)
         if isinstance(outcome, Finished) and outcome.result.ok:
             self._succeeded(work, outcome)
+        elif isinstance(outcome, Finished) and outcome.result.out_of_memory:
+            # Like a worker killed by the OOM killer: retried alone (the pool runs retries one at a time).
+            self._lost(work, Lost(outcome.token, outcome.result.error or "out of memory"))
         elif isinstance(outcome, Finished) and outcome.result.output_errno in BLOCKING_ERRNOS:
             self._output_refused(work, outcome.result.error or "output refused", outcome.result.output_errno)
         elif isinstance(outcome, Finished):

@@ -3,12 +3,14 @@ real read-only mounts, real stopped workers and a real 10 GB sparse file."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import random
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,9 +31,13 @@ from daemon_helpers import (
     write_config,
 )
 
-from srd.config import Inbox, Profile
+from srd.config import Inbox, Profile, load_config
+from srd.daemon import Daemon
+from srd.job import Job, JobResult, run_job
 from srd.jobtime import job_time_limit, us_per_pixel
-from srd.pipeline import Pipeline, Upscale
+from srd.notify import Notifier
+from srd.pipeline import Pipeline, StageContext, Upscale
+from srd.pool import JobPool
 from srd.watch import ROOT_ANSWER_S, Hint, InboxWatcher
 
 SIZE = (24, 32)
@@ -287,3 +293,77 @@ def test_the_derived_limit_grows_with_pixels_and_model_cost_and_keeps_its_floor(
     assert job_time_limit(profile("/m/ESPCN_x2.pb"), 64 * 64, floor=120) == 120
     assert us_per_pixel("FSRCNN-small_x2.pb") == 0.8 and us_per_pixel("FSRCNN_x2.pb") == 1.6
     assert us_per_pixel("my-own-net.onnx") == 60.0
+
+
+# -- out of memory in a worker -------------------------------------------------------------------------------
+
+_OOM_SCRIPT = """
+import json, resource, sys
+from pathlib import Path
+import cv2, numpy as np
+from srd.config import load_config
+from srd.job import Job, run_job
+from srd.pipeline import StageContext
+config = load_config(Path(sys.argv[1]))
+root = Path(sys.argv[2])
+profile = config.profiles["test"]
+context = StageContext(config.worker_engine(), config.model_dirs)
+small, big = root / "small.png", root / "big.png"
+cv2.imwrite(str(small), np.zeros((16, 16, 3), np.uint8))
+cv2.imwrite(str(big), np.random.default_rng(0).integers(0, 255, (2000, 2000, 3), dtype=np.uint8))
+assert run_job(Job(small, root / "out", profile, 10**9), context).ok  # the model is loaded
+in_use = int(next(line for line in open("/proc/self/status") if line.startswith("VmSize")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (in_use + 80 * 2**20, resource.RLIM_INFINITY))
+result = run_job(Job(big, root / "out", profile, 10**9), context)
+print(json.dumps({"ok": result.ok, "out_of_memory": result.out_of_memory, "error": result.error}))
+"""
+
+
+def test_a_real_allocation_failure_in_a_job_is_reported_as_out_of_memory(tmp_path: Path) -> None:
+    """A worker whose address space runs out (RLIMIT_AS) while upscaling gets OpenCV's bad_alloc /
+    'Insufficient memory': the result says out of memory, not a permanent 'internal error'."""
+    config = write_config(tmp_path)
+    (tmp_path / "out").mkdir()
+    done = subprocess.run([sys.executable, "-c", _OOM_SCRIPT, str(config), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["ok"] is False and result["out_of_memory"] is True, result
+    assert result["error"].startswith("out of memory"), result
+
+
+def test_out_of_memory_is_retried_alone_and_costs_an_attempt_not_the_file(tmp_path: Path) -> None:
+    """The daemon takes an out-of-memory result like a crashed worker: the file is retried (alone), and
+    completes when memory allows; only max_attempts out-of-memory results in a row fail it."""
+    from test_daemon import InlineExecutor, InlineOffloader, QuietWatcher
+
+    config = load_config(write_config(tmp_path))
+    context = StageContext(config.worker_engine(), config.model_dirs)
+    attempts: list[Path] = []
+
+    def run(job: Job) -> JobResult:
+        attempts.append(job.source)
+        if len(attempts) == 1:
+            return JobResult(job.source, False, error="out of memory: error: std::bad_alloc", out_of_memory=True)
+        return run_job(job, context)
+
+    now = [100.0]
+    daemon = Daemon(config, notifier=Notifier(None), clock=lambda: now[0], watcher_builder=QuietWatcher,
+                    pool_builder=lambda cfg, on_start, wake: JobPool(1, lambda: InlineExecutor(run),
+                                                                      on_start=on_start),
+                    offloader=InlineOffloader())
+    daemon.start()
+    try:
+        source = tmp_path / "in" / "a.png"
+        source.write_bytes(make_image(Path("x.png"), SIZE, 1))
+        daemon.hint(Hint(0, source))
+        for _ in range(12):
+            daemon.step()
+            now[0] += 0.2
+        assert attempts == [source, source]
+        assert decoded_size(tmp_path / "in-out" / "a.png") == DOUBLED
+        assert not (tmp_path / "in-failed").exists() or not any((tmp_path / "in-failed").iterdir())
+        assert daemon.ledger is not None
+        assert [(e.state.value, e.attempts) for e in daemon.ledger.entries()] == [("done", 2)]
+    finally:
+        daemon.close()
