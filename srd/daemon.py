@@ -1032,6 +1032,7 @@ class Daemon:
                 "watch": watcher.state,
                 "mode": watcher.mode,
                 "degraded": watcher.degraded,
+                "events_lost": watcher.events_lost,
                 "settling": runtime.tracker.pending(),
                 "queued": backlog_by_inbox.get(key, 0),
                 "in_flight": in_flight.get(key, 0),

@@ -12,7 +12,13 @@ Known ways watching fails, and what `InboxWatcher` does about them:
 - the inbox root vanishes (NAS outage, unmounted disk) → the inbox is paused and reported unhealthy;
   nothing is concluded about its files, and when it returns it is rescanned;
 - inotify sees no changes made on other machines (NFS, SMB, FUSE, 9p) → `auto` mode polls there;
-- the inotify watch or instance limit is reached → that inbox is degraded to polling.
+- the inotify watch or instance limit is reached → that inbox is degraded to polling;
+- the kernel's inotify queue overflows (a burst of changes in a big tree) → the observer is replaced and
+  the inbox rescanned, at most once per `OVERFLOW_RESCAN_EVERY_S`. Watchdog's own repair removes and
+  re-adds every watch, and each removal queues an event, so in a tree of more folders than the queue
+  holds (``fs.inotify.max_queued_events``) its repair overflows the queue again, for ever; a fresh
+  observer starts from an empty queue. Only the events srd uses are asked for (no opens, reads or
+  attribute changes), so reading a big tree, srd's own scans included, doesn't flood the queue.
 """
 
 from __future__ import annotations
@@ -22,13 +28,23 @@ import os
 import re
 import stat
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import structlog
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    EventsLostEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 
 from srd.config import Inbox
@@ -42,7 +58,11 @@ REMOTE_FILESYSTEMS = frozenset({
     "davfs", "fuse", "fuseblk", "vboxsf", "vmhgfs", "prl_fs",
 })
 _WATCH_LIMIT_ERRNOS = frozenset({errno.ENOSPC, errno.EMFILE})
-_EVENT_TYPES = frozenset({"created", "modified", "moved", "closed"})
+# What the observer asks the kernel for: arrivals (created, moved in, closed after writing) and the loss
+# report. A file still being written is followed by the settle tracker's stats, not by its write events.
+EVENT_FILTER = [FileCreatedEvent, DirCreatedEvent, FileMovedEvent, DirMovedEvent, FileClosedEvent, EventsLostEvent]
+_EVENT_TYPES = frozenset({"created", "moved", "closed"})
+OVERFLOW_RESCAN_EVERY_S = 10.0
 # How long `supervise` waits for the inbox root's stat; a share that doesn't answer by then is unavailable.
 ROOT_ANSWER_S = 0.5
 
@@ -185,6 +205,9 @@ class InboxWatcher:
         # empty mount-point folder, which must read as an outage, not as an inbox whose files all left.
         self._mounted = False
         self._identity: tuple[int, int] | None = None
+        self.events_lost = 0  # inotify queue overflows seen while this watcher lived
+        self._lost_pending = threading.Event()
+        self._next_lost_recovery = 0.0
         self._root_question = _Question(self._root_identity, f"srd-root-{index}")
 
     # -- lifecycle, called from the daemon's thread ---------------------------------------------------------
@@ -252,6 +275,8 @@ class InboxWatcher:
                 self._stop_observer()
                 self._start_observer()
                 self.request_scan()
+            elif present and self._lost_pending.is_set() and time.monotonic() >= self._next_lost_recovery:
+                self._recover_lost_events()
         elif not self._root_question.answer(ROOT_ANSWER_S)[0]:
             # A poll-mode scanner stuck on a hung share can't say so; the next good scan resumes the inbox.
             self._set_present(False, "inbox root does not answer (a hung share?)")
@@ -265,7 +290,8 @@ class InboxWatcher:
     def _start_observer(self) -> None:
         observer = self._observer_factory()
         try:
-            observer.schedule(_Handler(self), str(self.root), recursive=self.inbox.recursive)
+            observer.schedule(_Handler(self), str(self.root), recursive=self.inbox.recursive,
+                              event_filter=EVENT_FILTER)
             observer.start()
         except OSError as exc:
             _stop_quietly(observer)
@@ -274,6 +300,15 @@ class InboxWatcher:
                 return
             raise
         self._observer = observer
+
+    def _recover_lost_events(self) -> None:
+        """After a queue overflow: a fresh observer (empty queue, watches re-added) and a full rescan."""
+        self._lost_pending.clear()
+        self._next_lost_recovery = time.monotonic() + OVERFLOW_RESCAN_EVERY_S
+        log.warning("inbox_events_lost_rescanning", inbox=str(self.root), overflows=self.events_lost)
+        self._stop_observer()
+        self._start_observer()
+        self.request_scan()
 
     def _stop_observer(self) -> None:
         if self._observer is not None:
@@ -297,6 +332,10 @@ class InboxWatcher:
 
     def on_event(self, event: FileSystemEvent) -> None:
         """Turn one watchdog event into hints (runs in the observer thread)."""
+        if isinstance(event, EventsLostEvent):
+            self.events_lost += 1
+            self._lost_pending.set()  # `supervise` recovers
+            return
         if event.event_type not in _EVENT_TYPES:
             return
         paths = [event.src_path] + ([event.dest_path] if event.event_type == "moved" else [])

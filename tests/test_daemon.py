@@ -449,6 +449,7 @@ class QuietWatcher:
     def __init__(self, index: int, inbox, sink) -> None:
         self.index, self.inbox, self.root = index, inbox, inbox.path
         self.mode, self.degraded, self.healthy, self.state = "native", None, True, "watching"
+        self.events_lost = 0
 
     def start(self) -> None: ...
     def stop(self) -> None: ...
