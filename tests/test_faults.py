@@ -367,3 +367,51 @@ def test_out_of_memory_is_retried_alone_and_costs_an_attempt_not_the_file(tmp_pa
         assert [(e.state.value, e.attempts) for e in daemon.ledger.entries()] == [("done", 2)]
     finally:
         daemon.close()
+
+
+# -- inotify overflow ----------------------------------------------------------------------------------------
+
+
+def test_an_inotify_overflow_in_a_tree_larger_than_the_queue_is_recovered_once_and_then_quiet(tmp_path: Path) -> None:
+    """A tree with more folders than the kernel's inotify queue holds, and a burst of writes while the
+    daemon is stopped (SIGSTOP), overflow the queue for certain. The daemon counts the overflow, recovers
+    (fresh observer, rescan), and then stays quiet: no further overflows, little CPU, and a file dropped
+    afterwards into the deepest folder is found by its event (the reconcile scan is 30 s away)."""
+    queue_size = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    folders = queue_size + 2000
+    inbox = tmp_path / "in"
+    for i in range(folders):
+        (inbox / f"p{i // 100:04d}" / f"d{i % 100:02d}").mkdir(parents=True)
+    deepest = inbox / f"p{(folders - 1) // 100:04d}" / f"d{(folders - 1) % 100:02d}"
+    config = write_config(tmp_path, [inbox_config(tmp_path, mode="native")])
+    daemon = DaemonProcess(config)
+    state = tmp_path / "state"
+    try:
+        daemon.wait_ready(timeout=120)
+        daemon.proc.send_signal(signal.SIGSTOP)
+        for i in range(queue_size + 2000):
+            (inbox / f".burst{i:06d}").write_bytes(b"x")
+        daemon.proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: read_status(state).get("inboxes", [{}])[0].get("events_lost", 0) >= 1, 60,
+                 "the overflow to be reported\n" + daemon.log_tail())
+        daemon.wait_event("inbox_events_lost_rescanning", timeout=30)
+        time.sleep(3)  # the recovery's own work is done
+        lost = read_status(state)["inboxes"][0]["events_lost"]
+        cpu_before, started = _cpu_seconds(daemon.pid), time.monotonic()
+        time.sleep(8)
+        cpu_percent = (_cpu_seconds(daemon.pid) - cpu_before) / (time.monotonic() - started) * 100
+        assert read_status(state)["inboxes"][0]["events_lost"] == lost, "the queue kept overflowing"
+        assert cpu_percent < 20, f"{cpu_percent:.0f} % of a core while idle"
+        (deepest / "late.png").write_bytes(make_image(Path("x.png"), SIZE, 1))
+        output = tmp_path / "in-out" / deepest.relative_to(inbox) / "late.png"
+        wait_for(output.exists, 15, "the late file, found by its event\n" + daemon.log_tail())
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.send_signal(signal.SIGCONT)
+            daemon.proc.kill()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
