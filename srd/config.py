@@ -59,6 +59,8 @@ class Inbox:
     mode: str = "auto"
     poll_interval: float = 2.0
     settle_seconds: float = 2.0
+    # A file that decodes as truncated while it was modified this recently is waited for, not failed.
+    settle_max_backoff_seconds: float = 600.0
     recursive: bool = True
     ignore: tuple[str, ...] = ()
     on_success: str = "keep"
@@ -262,6 +264,8 @@ def _parse_inbox(data: Any, where: str, base: Path, problems: _Problems) -> Inbo
             problems.add(f"{where}.{name}", f"must be one of {', '.join(allowed)}")
     if inbox.settle_seconds < 0 or inbox.poll_interval <= 0:
         problems.add(where, "settle_seconds must be >= 0 and poll_interval > 0")
+    if inbox.settle_max_backoff_seconds < 0:
+        problems.add(f"{where}.settle_max_backoff_seconds", "must be >= 0")
     if inbox.on_success == "archive" and inbox.archive is None:
         problems.add(f"{where}.archive", "required when on_success is archive")
     return inbox

@@ -15,6 +15,7 @@ retried when their files are found again, at most ``max_attempts`` times in all.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import os
 import queue
 import signal
@@ -34,7 +35,7 @@ from srd.config import Config, Inbox, Profile, load_config
 from srd.errors import ConfigError, ImageError, OutputError, SrdError, StartupError
 from srd.imageheader import read_header, sniff_format
 from srd.imageio import output_format_for
-from srd.job import Job, output_name
+from srd.job import Job, JobResult, output_name
 from srd.jobtime import SLACK, job_time_limit
 from srd.ledger import Entry, Ledger, State, make_key
 from srd.logs import configure_logging
@@ -45,7 +46,7 @@ from srd.pipeline import StageContext, Upscale
 from srd.pool import Finished, JobPool, Lost, Outcome, process_executor_factory
 from srd.scan import candidate_stat
 from srd.settle import ReadyFile, SettleTracker
-from srd.sources import archive_source, fail_source, link_or_copy
+from srd.sources import archive_source, fail_source, link_or_copy, report_path
 from srd.status import write_status
 from srd.watch import Hint, InboxWatcher
 
@@ -242,6 +243,12 @@ class Daemon:
         # Every output the ledger says is done → (inbox id, source path), as strings shared with the ledger.
         self._outputs: dict[str, tuple[str, str]] = {}
         self._blocks: dict[str, OutboxBlock] = {}
+        # Files that decoded as truncated while still recently modified: (recheck at, inbox id, path), and
+        # the back-off each got last time.
+        self._rechecks: list[tuple[float, str, Path]] = []
+        self._backoff: dict[Path, float] = {}
+        self._truncated: dict[Path, tuple[int, int]] = {}  # the signature of each file's last truncated try
+        self._growing: set[Path] = set()  # files seen being written: by the settle tracker or between tries
         self._stop_signal: int | None = None
         self._reload_requested = False
         self._pool_stale = False
@@ -421,6 +428,7 @@ class Daemon:
             self._reload_requested = False
             self._reload()
         self._take_hints()
+        self._recheck_incomplete()
         self._poll_trackers()
         self._take_reads()
         for outcome in self.pool.collect():
@@ -477,7 +485,10 @@ class Daemon:
             result = runtime.tracker.poll()
             for ready in result.ready:
                 self._backlog.append((key, ready))
+                if ready.changed:
+                    self._growing.add(ready.path)
             for path in result.vanished:
+                self._forget_writer(path)
                 runtime.handled.pop(path, None)
                 self._forget_source(runtime.inbox_id, runtime.inbox.path, path)
             for rejected in result.rejected:
@@ -709,6 +720,8 @@ class Daemon:
         elif isinstance(outcome, Finished) and outcome.result.out_of_memory:
             # Like a worker killed by the OOM killer: retried alone (the pool runs retries one at a time).
             self._lost(work, Lost(outcome.token, outcome.result.error or "out of memory"))
+        elif isinstance(outcome, Finished) and outcome.result.truncated and self._wait_for_writer(work, outcome.result):
+            pass
         elif isinstance(outcome, Finished) and outcome.result.output_errno in BLOCKING_ERRNOS:
             self._output_refused(work, outcome.result.error or "output refused", outcome.result.output_errno)
         elif isinstance(outcome, Finished):
@@ -721,8 +734,74 @@ class Daemon:
                 runtime.tracker.hint(path)
         self._deferred.clear()
 
+    def _wait_for_writer(self, work: _Work, result: JobResult) -> bool:
+        """Put a truncated file that may still be being written back to settle after a growing back-off.
+
+        A slow writer (a camera over Wi-Fi, a stalled copy) can pause longer than ``settle_seconds``; its
+        half-written file is no verdict on the file. A recently modified file gets one short wait; one
+        seen growing (by the settle tracker, or between two tries) waits again and again, each time twice
+        as long, until it was last modified ``settle_max_backoff_seconds`` ago. A file that didn't change
+        during its wait arrived truncated and fails as usual (returns False).
+        """
+        path = work.source
+        previous = self._truncated.get(path)
+        self._truncated[path] = work.signature
+        st = candidate_stat(path, work.inbox.path)
+        if (previous is not None and previous != work.signature) or (
+                st is not None and (st.st_size, st.st_mtime_ns) != work.signature):
+            self._growing.add(path)
+        cap = work.inbox.settle_max_backoff_seconds
+        modified_s_ago = time.time() - st.st_mtime_ns / 1e9 if st is not None else cap + 1
+        if modified_s_ago > cap or not (path in self._growing or previous is None):
+            self._forget_writer(path)
+            return False
+        delay = min(cap, max(2 * work.inbox.settle_seconds, 1.0, 2 * self._backoff.get(path, 0.0)))
+        self._backoff[path] = delay
+        assert self.ledger is not None
+        self.ledger.forget(work.key)  # not an attempt: the file wasn't all there yet
+        runtime = self._runtimes.get(work.inbox_id)
+        if runtime is not None:
+            runtime.handled.pop(path, None)
+        heapq.heappush(self._rechecks, (self._clock() + delay, work.inbox_id, path))
+        log.warning("file_incomplete_waiting", src=str(path), reason=result.error, retry_in_s=delay,
+                    growing=path in self._growing, modified_s_ago=round(modified_s_ago, 1))
+        return True
+
+    def _forget_writer(self, path: Path) -> None:
+        self._truncated.pop(path, None)
+        self._backoff.pop(path, None)
+        self._growing.discard(path)
+
+    def _recheck_incomplete(self) -> None:
+        now = self._clock()
+        while self._rechecks and self._rechecks[0][0] <= now:
+            _, key, path = heapq.heappop(self._rechecks)
+            runtime = self._runtimes.get(key)
+            if runtime is not None:
+                runtime.tracker.hint(path)
+
+    def _clear_earlier_failure(self, work: _Work) -> None:
+        """A source that failed before and has now been processed: drop its stale reason file and failed
+        ledger entries, which would otherwise still say it is broken."""
+        assert self.ledger is not None
+        report = report_path(work.inbox.failed / work.rel)
+        if not os.path.lexists(report):
+            return  # the common case, at the cost of one stat; the ledger scan below is rare
+        stale = [e.key for e in self.ledger.entries()
+                 if e.state == State.FAILED and e.inbox == work.inbox_id and e.source == work.rel]
+        for key in stale:
+            self.ledger.forget(key)
+        try:
+            report.unlink()
+        except OSError as exc:
+            log.warning("stale_failure_report_remove_failed", path=str(report), error=str(exc))
+            return
+        log.info("earlier_failure_cleared", src=str(work.source), report=str(report), ledger_entries=len(stale))
+
     def _succeeded(self, work: _Work, outcome: Finished) -> None:
         assert self.ledger is not None
+        self._forget_writer(work.source)
+        self._clear_earlier_failure(work)
         result = outcome.result
         assert result.output is not None and result.sha256 is not None
         key = work.key

@@ -54,6 +54,8 @@ class JobResult:
     output_errno: int | None = None
     # Set when the worker ran out of memory: a crash to retry (alone), not a verdict on the file.
     out_of_memory: bool = False
+    # Set when the data ended early: perhaps a slow writer hasn't finished it yet.
+    truncated: bool = False
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -100,6 +102,10 @@ def run_job(job: Job, context: StageContext) -> JobResult:
         write_bytes_atomic(target, encoded)
     except OutputError as exc:
         return _failure(job, str(exc), sha256, started, output_errno=exc.errno, out_of_memory=_oom_cause(exc))
+    except ImageError as exc:
+        # Only a message that says the data ended early for certain ("truncated JPEG …"), not "corrupt or
+        # truncated", marks a file a slow writer may still be finishing.
+        return _failure(job, str(exc), sha256, started, truncated=str(exc).startswith("truncated"))
     except SrdError as exc:
         return _failure(job, str(exc), sha256, started, out_of_memory=_oom_cause(exc))
     # Per-job boundary: any unexpected error (an OpenCV assertion on an odd image, a bug) must fail
@@ -132,9 +138,9 @@ def _oom_cause(exc: SrdError) -> bool:
 
 
 def _failure(job: Job, reason: str, sha256: str | None, started: float, *,
-             output_errno: int | None = None, out_of_memory: bool = False) -> JobResult:
+             output_errno: int | None = None, out_of_memory: bool = False, truncated: bool = False) -> JobResult:
     reason = " ".join(reason.split())  # one line per failure, whatever the library said
     ms = int((time.monotonic() - started) * 1000)
     log.warning("job_failed", src=str(job.source), reason=reason, ms=ms)
     return JobResult(source=job.source, ok=False, error=reason, sha256=sha256, milliseconds=ms,
-                     output_errno=output_errno, out_of_memory=out_of_memory)
+                     output_errno=output_errno, out_of_memory=out_of_memory, truncated=truncated)
