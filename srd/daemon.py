@@ -31,6 +31,7 @@ from typing import Any
 import structlog
 
 from srd.atomic import clean_stale_temps, temp_files_of
+from srd.claim import HEARTBEAT_S, InboxClaims
 from srd.config import Config, Inbox, Profile, load_config
 from srd.errors import ConfigError, ImageError, OutputError, SrdError, StartupError
 from srd.imageheader import read_header, sniff_format
@@ -237,6 +238,7 @@ class Daemon:
         self._backlog: deque[tuple[str, ReadyFile]] = deque()
         self._active: dict[str, _Work] = {}  # submitted jobs by key: no more than the pool has room for
         self._deferred: dict[Path, str] = {}
+        self._claims = InboxClaims(config.state_dir)
         self._offload = offloader or Offloader(OFFLOAD_THREADS, OFFLOAD_PER_INBOX, lambda: self._hints.put(None))
         self._reading: dict[Path, tuple[str, ReadyFile]] = {}  # files being read off the loop, latest request
         self._read: dict[Path, Done] = {}  # finished reads, each taken by the next `_consider` of its file
@@ -316,6 +318,8 @@ class Daemon:
         for output, inbox, source in self.ledger.done_outputs():
             self._outputs[output] = (inbox, source)
         self._prepare_folders(self.config, clean=True)
+        for inbox in self.config.inboxes:
+            self._claims.acquire(inbox.path)
         self._runtimes = self._new_runtimes(self.config, prints)
         self._recover_unfinished()
         self.pool = self._pool_builder(self.config, self._journal_start, lambda: self._hints.put(None))
@@ -383,6 +387,7 @@ class Daemon:
         for runtime in self._runtimes.values():
             runtime.watcher.stop()
         self._offload.close()
+        self._claims.release_all()
         if self.pool is not None:
             self.pool.close()
             self.pool = None
@@ -405,6 +410,7 @@ class Daemon:
         next_supervise = now
         next_status = now
         next_reconcile = now + self.config.reconcile_interval
+        next_heartbeat = now + HEARTBEAT_S
         while self._stop_signal is None:
             self.step()
             now = self._clock()
@@ -414,6 +420,9 @@ class Daemon:
             if now >= next_status:
                 next_status = now + STATUS_EVERY_S
                 self._write_status()
+            if now >= next_heartbeat and not self._offload.busy("claims"):
+                next_heartbeat = now + HEARTBEAT_S
+                self._offload.submit("claims", ("claims",), self._claims.heartbeat)  # a share may hang
             if now >= next_reconcile:
                 next_reconcile = now + self.config.reconcile_interval
                 log.info("reconcile_scan_requested")
@@ -1031,15 +1040,19 @@ class Daemon:
         self.notifier.reloading()
         self._state = "reloading"
         log.info("config_reloading", config=str(self.config_path) if self.config_path else "defaults")
+        claimed: list[Path] = []
         try:
             new = load_config(self.config_path)
             prints = fingerprints(new)
             if new.state_dir != self.config.state_dir:
                 raise ConfigError(["state_dir can't change while running; restart srd"], new.source)
             self._prepare_folders(new, clean=False)
+            claimed = self._claim_new_inboxes(new)
             runtimes = self._new_runtimes(new, prints)
             _start_watchers(runtimes.values())  # the new watches overlap the old ones: no event is missed
         except (SrdError, OSError) as exc:
+            for path in claimed:
+                self._claims.release(path)
             if isinstance(exc, ConfigError):
                 problems = exc.problems
             else:
@@ -1055,6 +1068,8 @@ class Daemon:
         configure_logging(new.log_level, new.log_format)
         for runtime in self._runtimes.values():
             runtime.watcher.stop()
+        for gone in self._claims.held - {inbox.path for inbox in new.inboxes}:
+            self._claims.release(gone)
         self._runtimes = runtimes
         self._backlog = deque(item for item in self._backlog if item[0] in self._runtimes)
         if _pool_settings(old) != _pool_settings(new):
@@ -1062,6 +1077,20 @@ class Daemon:
         self._state = "running"
         log.info("config_reloaded", config=new.source, inboxes=len(new.inboxes), pool_restart=self._pool_stale)
         self.notifier.ready(status=self._status_line())
+
+    def _claim_new_inboxes(self, config: Config) -> list[Path]:
+        """Claim the inboxes `config` adds; all or none (raises what `InboxClaims.acquire` raises)."""
+        claimed: list[Path] = []
+        try:
+            for inbox in config.inboxes:
+                if inbox.path not in self._claims.held:
+                    self._claims.acquire(inbox.path)
+                    claimed.append(inbox.path)
+        except BaseException:
+            for path in claimed:
+                self._claims.release(path)
+            raise
+        return claimed
 
     def _replace_stale_pool(self) -> None:
         if self._pool_stale and self.pool is not None and len(self.pool) == 0:

@@ -459,3 +459,61 @@ def test_a_slow_writer_s_half_written_jpeg_is_waited_for_and_an_earlier_failure_
             daemon.proc.kill()
     listed = srd("ledger", "list", "--state", "failed", "--config", str(config))
     assert "whole.jpg" not in listed.stdout, listed.stdout
+
+
+# -- two daemons on one inbox --------------------------------------------------------------------------------
+
+
+def test_a_second_daemon_on_the_same_inbox_is_refused_naming_the_first_and_a_dead_one_s_claim_is_taken_over(
+        tmp_path: Path) -> None:
+    """A copied config with another state_dir points a second `srd run` at the same inbox: it exits 6 with
+    a message naming the first (host, pid). A claim left by a SIGKILLed daemon on this host is taken over
+    at once; one from another host with a fresh heartbeat refuses, with a stale one is taken over; a clean
+    stop removes the claim."""
+    config = write_config(tmp_path)
+    copied = yaml.safe_load(config.read_text())
+    copied["state_dir"] = str(tmp_path / "state-2")
+    second_config = tmp_path / "copied.yaml"
+    second_config.write_text(yaml.safe_dump(copied))
+    claim = tmp_path / "in" / ".srd-claim.json"
+    first = DaemonProcess(config)
+    try:
+        first.wait_ready()
+        holder = json.loads(claim.read_text())
+        assert holder["pid"] == first.pid and holder["host"] == socket.gethostname()
+        second = srd("run", "--config", str(second_config), timeout=60)
+        assert second.returncode == 6, second.stderr
+        assert f"(pid {first.pid}, state_dir {tmp_path / 'state'})" in second.stderr
+        assert socket.gethostname() in second.stderr and "Traceback" not in second.stderr
+        (tmp_path / "in" / "a.png").write_bytes(make_image(Path("x.png"), SIZE, 1))
+        wait_for(lambda: (tmp_path / "in-out" / "a.png").exists(), 30, "the first daemon to work on")
+        first.kill()
+    finally:
+        if first.proc.poll() is None:
+            first.proc.kill()
+
+    taker = DaemonProcess(second_config)  # the dead daemon's claim is stale at once on this host
+    try:
+        taker.wait_ready()
+        assert taker.events("inbox_claim_taken_over")
+        assert json.loads(claim.read_text())["pid"] == taker.pid
+        assert taker.stop() == 0
+    finally:
+        if taker.proc.poll() is None:
+            taker.proc.kill()
+    assert not claim.exists()
+
+    other_host = {"host": "nas-client-b", "pid": 4242, "instance": "x", "state_dir": "/srv/srd",
+                  "heartbeat": time.time()}
+    claim.write_text(json.dumps(other_host))
+    refused = srd("run", "--config", str(config), timeout=60)
+    assert refused.returncode == 6 and "host nas-client-b (pid 4242" in refused.stderr, refused.stderr
+    claim.write_text(json.dumps({**other_host, "heartbeat": time.time() - 3600}))
+    after_crash = DaemonProcess(config)
+    try:
+        after_crash.wait_ready()
+        assert json.loads(claim.read_text())["pid"] == after_crash.pid
+        assert after_crash.stop() == 0
+    finally:
+        if after_crash.proc.poll() is None:
+            after_crash.proc.kill()
