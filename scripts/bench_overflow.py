@@ -139,7 +139,7 @@ def main() -> None:
     for folders in args.folders:
         row = measure(folders, args.seconds, args.warmup, args.while_running, args.flat, args.burst)
         print(f"{row['folders']:>8} {row['cpu_percent']:>13} {row['overflows']:>10} {row['idle_overflows']:>11} "
-              f"{row['rescans']:>8} {str(row['new_file_found_s']):>25}", flush=True)
+              f"{row['rescans']:>8} {row['new_file_found_s']!s:>25}", flush=True)
 
 
 if __name__ == "__main__":

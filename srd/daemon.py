@@ -318,8 +318,8 @@ class Daemon:
         for output, inbox, source in self.ledger.done_outputs():
             self._outputs[output] = (inbox, source)
         self._prepare_folders(self.config, clean=True)
-        for inbox in self.config.inboxes:
-            self._claims.acquire(inbox.path)
+        for configured in self.config.inboxes:
+            self._claims.acquire(configured.path)
         self._runtimes = self._new_runtimes(self.config, prints)
         self._recover_unfinished()
         self.pool = self._pool_builder(self.config, self._journal_start, lambda: self._hints.put(None))

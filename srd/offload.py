@@ -24,7 +24,7 @@ log = structlog.get_logger(__name__)
 class Done:
     """A finished call: its `value`, or the exception it raised in `error`."""
 
-    token: Hashable
+    token: Any  # whatever the caller submitted it under
     value: Any = None
     error: BaseException | None = None
 

@@ -74,7 +74,7 @@ class PollResult:
 class _Pending:
     """Mutable per-path state; `token` identifies its one live heap item (older items are stale)."""
 
-    __slots__ = ("path", "quiet_since", "signature", "check_at", "token", "scheduled_for", "changed")
+    __slots__ = ("changed", "check_at", "path", "quiet_since", "scheduled_for", "signature", "token")
 
     def __init__(self, path: Path, now: float) -> None:
         self.path = path
