@@ -21,6 +21,7 @@ from srd.errors import (
     ModelError,
     OutputError,
     SrdError,
+    StartupError,
     UsageError,
     exit_code_table,
 )
@@ -37,6 +38,7 @@ _EXIT_CODES: tuple[tuple[type[SrdError], ExitCode], ...] = (
     (OutputError, ExitCode.OUTPUT),
     (LockedError, ExitCode.LOCKED),
     (LedgerError, ExitCode.LEDGER),
+    (StartupError, ExitCode.STARTUP),
     (SrdError, ExitCode.ERROR),
 )
 

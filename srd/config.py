@@ -64,6 +64,8 @@ class Inbox:
     mode: str = "auto"
     poll_interval: float = 2.0
     settle_seconds: float = 2.0
+    # A file that decodes as truncated while it was modified this recently is waited for, not failed.
+    settle_max_backoff_seconds: float = 600.0
     recursive: bool = True
     ignore: tuple[str, ...] = ()
     on_success: str = "keep"
@@ -89,6 +91,8 @@ class Config:
     log_format: str = "auto"
     source: str = "defaults"
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
+    # With no fixed `job_timeout`, a job's limit is derived from its pixel count, never below this.
+    job_timeout_min_seconds: float = 120.0
 
     def worker_engine(self) -> EngineSettings:
         """Engine settings as each worker process applies them."""
@@ -289,6 +293,8 @@ def _parse_inbox(data: Any, where: str, base: Path, problems: _Problems) -> Inbo
             problems.add(f"{where}.{name}", f"must be one of {', '.join(allowed)}")
     if inbox.settle_seconds < 0 or inbox.poll_interval <= 0:
         problems.add(where, "settle_seconds must be >= 0 and poll_interval > 0")
+    if inbox.settle_max_backoff_seconds < 0:
+        problems.add(f"{where}.settle_max_backoff_seconds", "must be >= 0")
     if inbox.on_success == "archive" and inbox.archive is None:
         problems.add(f"{where}.archive", "required when on_success is archive")
     return inbox
@@ -359,7 +365,8 @@ def check_real_folders(config: Config) -> None:
 
 _TOP_LEVEL = {
     "state_dir", "workers", "threads_per_worker", "max_input_pixels", "max_input_bytes", "max_attempts",
-    "job_timeout", "reconcile_interval", "model_dirs", "engine", "profiles", "inboxes", "log",
+    "job_timeout", "job_timeout_min_seconds", "reconcile_interval", "model_dirs", "engine", "profiles", "inboxes",
+    "log",
 }
 
 
@@ -404,6 +411,7 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
     max_bytes = number("max_input_bytes", int, DEFAULT_MAX_INPUT_BYTES, 1)
     max_attempts = number("max_attempts", int, 3, 1)
     job_timeout = number("job_timeout", float, None, 1)
+    job_timeout_min = number("job_timeout_min_seconds", float, 120.0, 1)
     reconcile = number("reconcile_interval", float, 300.0, 1)
     state_dir = data.get("state_dir", ".srd")
     if not isinstance(state_dir, str):
@@ -478,6 +486,7 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
         max_input_bytes=max_bytes,
         max_attempts=max_attempts,
         job_timeout=job_timeout,
+        job_timeout_min_seconds=job_timeout_min,
         reconcile_interval=reconcile,
         model_dirs=model_dirs,
         engine=engine,

@@ -1,8 +1,8 @@
 """The daemon: one loop that turns inbox hints into jobs, and job outcomes into ledger records (docs/design.md §2, §4, §5).
 
-Threads only produce hints (watchers) and wake-ups (the pool); everything that decides or records —
-settling, hashing, ledger, moving files, status — happens in this loop, so none of it needs
-locks. Signal handlers only set flags, which the loop reads at least every `MAX_SLEEP_S`.
+Threads only produce hints (watchers), wake-ups (the pool) and file reads (the offloader, which hashes
+and reads headers so that a huge file or a hung share can't stall the loop); everything that decides or
+records — settling, ledger, moving files, status — happens in this loop, so none of it needs locks. Signal handlers only set flags, which the loop reads at least every `MAX_SLEEP_S`.
 
 Per file: settle → stat-cache or sha256 → ledger lookup under the profile's fingerprint → either
 nothing (already done: a duplicate, or the same file again) or: choose an output name → journal
@@ -22,12 +22,13 @@ or replaced file can leave a stale output standing for a source.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import os
 import queue
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -38,12 +39,14 @@ import structlog
 
 from srd import safefs
 from srd.atomic import clean_stale_temps, temp_files_of
+from srd.claim import HEARTBEAT_S, InboxClaims
 from srd.config import Config, Inbox, Profile, load_config
-from srd.errors import ConfigError, ExitCode, ImageError, OutputError, SrdError
+from srd.errors import ConfigError, ExitCode, ImageError, OutputError, SrdError, StartupError
 from srd.fileversion import FileVersion
-from srd.imageheader import sniff_format
+from srd.imageheader import read_header, sniff_format
 from srd.imageio import output_format_for
-from srd.job import Job, output_name
+from srd.job import Job, JobResult, output_name
+from srd.jobtime import SLACK, job_time_limit
 from srd.ledger import (
     Entry,
     Ledger,
@@ -54,13 +57,14 @@ from srd.ledger import (
 )
 from srd.logs import configure_logging
 from srd.notify import Notifier
+from srd.offload import Done, Offloader
 from srd.outbox import BLOCKING_ERRNOS, OutboxBlock
 from srd.outputmark import mark_output, marked_for
 from srd.pipeline import StageContext, Upscale
-from srd.pool import Finished, JobPool, Lost, Outcome, process_executor_factory
+from srd.pool import Finished, JobPool, Lost, Outcome, RunningJob, process_executor_factory
 from srd.scan import candidate_stat
 from srd.settle import ReadyFile, SettleTracker
-from srd.sources import archive_source, fail_source, link_or_copy, numbered_names
+from srd.sources import archive_source, fail_source, link_or_copy, numbered_names, report_path
 from srd.status import write_status
 from srd.watch import Hint, InboxWatcher
 
@@ -69,7 +73,7 @@ log = structlog.get_logger(__name__)
 MAX_SLEEP_S = 0.25
 SUPERVISE_EVERY_S = 1.0
 STATUS_EVERY_S = 1.0
-# Hashing happens in the loop; this bounds how long one pass may spend on it before serving events.
+# Bounds how long one pass may spend deciding about files before serving events.
 CONSIDER_BUDGET_S = 0.2
 HEAD_BYTES = 64
 # A file cut short by the daemon's death is retried alone, and a death during that run is pinned on it; but
@@ -77,6 +81,11 @@ HEAD_BYTES = 64
 # else (its start-up, a restart loop, an operator's kill), and a file that kills the service still does so
 # after the wait.
 SOLO_RETRY_AFTER_S = 5.0
+# Enough of a file for its image header (dimensions) behind ordinary metadata.
+HEADER_BYTES = 256 * 1024
+# Threads reading files off the loop, and how many of them one inbox may hold (a hung share holds no more).
+OFFLOAD_THREADS = 4
+OFFLOAD_PER_INBOX = 2
 _READ_CHUNK = 1 << 20
 
 PoolBuilder = Callable[[Config, Callable[[Any], None], Callable[[], None]], JobPool]
@@ -97,6 +106,17 @@ class _Work:
     sha256: str
     key: str
     target: Path
+    pixels: int | None = None  # from the header; None when it couldn't be read
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """What reading a file off the loop found: its hash (when asked for), first bytes and pixel count."""
+
+    sha256: str | None
+    head: bytes
+    pixels: int | None
+    signature: FileVersion | None  # the file's version after hashing; None when not hashed
 
 
 @dataclass
@@ -169,9 +189,19 @@ def hash_file(root: Path, path: Path) -> tuple[str, bytes, FileVersion]:
     return digest.hexdigest(), head, FileVersion.of(st)
 
 
-def read_head(root: Path, path: Path) -> bytes:
+def read_head(root: Path, path: Path, size: int = HEAD_BYTES) -> bytes:
     with os.fdopen(safefs.open_regular(root, path)[0], "rb") as fh:
-        return fh.read(HEAD_BYTES)
+        return fh.read(size)
+
+
+def probe_file(root: Path, path: Path, *, need_hash: bool) -> _Probe:
+    """Read what the loop needs from a file below inbox `root`; runs in an offload thread, never in the loop."""
+    sha256 = signature = None
+    if need_hash:
+        sha256, _, signature = hash_file(root, path)
+    head = read_head(root, path, HEADER_BYTES)
+    header = read_header(head)
+    return _Probe(sha256, head[:HEAD_BYTES], header.pixels if header is not None else None, signature)
 
 
 def fingerprints(config: Config) -> dict[str, str]:
@@ -196,12 +226,11 @@ def default_pool(config: Config, on_start: Callable[[Any], None], wake: Callable
     worker_level = "debug" if config.log_level == "debug" else "warning"
     factory = process_executor_factory(config.workers, config.worker_engine(), config.model_dirs, worker_level,
                                        config.log_format, max_input_pixels=config.max_input_pixels)
-    return JobPool(config.workers, factory, on_start=on_start, wake=wake, job_timeout=config.job_timeout)
+    return JobPool(config.workers, factory, on_start=on_start, wake=wake)
 
 
 def _pool_settings(config: Config) -> tuple[Any, ...]:
-    return (config.workers, config.worker_engine(), config.model_dirs, config.job_timeout, config.log_level,
-            config.log_format)
+    return (config.workers, config.worker_engine(), config.model_dirs, config.log_level, config.log_format)
 
 
 def _upscale_summary(profile: Profile) -> tuple[str | None, float | None]:
@@ -225,6 +254,7 @@ class Daemon:
         sleep: Used only while draining.
         pool_builder: Builds the job pool (tests inject one with a fake executor).
         watcher_builder: Builds an inbox watcher.
+        offloader: Runs file reads off the loop (tests inject one that runs them at once).
         drain_timeout: Seconds SIGTERM waits for running jobs before abandoning them.
     """
 
@@ -238,6 +268,7 @@ class Daemon:
         sleep: Callable[[float], None] = time.sleep,
         pool_builder: PoolBuilder = default_pool,
         watcher_builder: WatcherBuilder | None = None,
+        offloader: Offloader | None = None,
         drain_timeout: float = 30.0,
     ) -> None:
         self.config = config
@@ -256,6 +287,10 @@ class Daemon:
         self._running_since: dict[str, str] = {}  # key → when a worker took the job (ISO 8601 UTC), for status
         self._deferred: dict[Path, str] = {}
         self._solo: set[str] = set()  # keys of submitted jobs that the pool runs alone (suspects)
+        self._claims = InboxClaims(config.state_dir)
+        self._offload = offloader or Offloader(OFFLOAD_THREADS, OFFLOAD_PER_INBOX, lambda: self._hints.put(None))
+        self._reading: dict[Path, tuple[str, ReadyFile]] = {}  # files being read off the loop, latest request
+        self._read: dict[Path, Done] = {}  # finished reads, each taken by the next `_consider` of its file
         self._blocks: dict[str, OutboxBlock] = {}
         # The state dir refuses writes (full, read-only): nothing new starts, and the outcomes that could not
         # be recorded wait in `_parked` (their work stays active) until a probe says it takes writes again.
@@ -264,6 +299,12 @@ class Daemon:
         self._unstarted: set[str] = set()  # running jobs whose start record could not be written
         self._recovery_pending = False
         self._status_failing = False
+        # Files that decoded as truncated while still recently modified: (recheck at, inbox id, path), and
+        # the back-off each got last time.
+        self._rechecks: list[tuple[float, str, Path]] = []
+        self._backoff: dict[Path, float] = {}
+        self._truncated: dict[Path, FileVersion] = {}  # the version of each file's last truncated try
+        self._growing: set[Path] = set()  # files seen being written: by the settle tracker or between tries
         self._stop_signal: int | None = None
         self._reload_requested = False
         self._pool_stale = False
@@ -309,28 +350,36 @@ class Daemon:
         return ExitCode.OK
 
     def start(self) -> None:
-        """Take the ledger lock, recover from a crash, build the pool and start watching (no loop yet)."""
-        self.ledger = Ledger.open(self.config.state_dir)
+        """Take the ledger lock, recover from a crash, build the pool and start watching (no loop yet).
+
+        Raises:
+            StartupError: A folder, the state directory or a watch could not be created or opened.
+        """
         try:
-            self._startup()
-        except BaseException:
-            self.close()
-            raise
+            self.ledger = Ledger.open(self.config.state_dir)
+            try:
+                self._startup()
+            except BaseException:
+                self.close()
+                raise
+        except OSError as exc:
+            raise StartupError(f"cannot start: {describe_os_error(exc)}") from exc
         self._state = "running"
 
     def _startup(self) -> None:
         assert self.ledger is not None
         prints = fingerprints(self.config)
         self._prepare_folders(self.config, clean=True)
-        self._build_runtimes(self.config, prints)
+        for configured in self.config.inboxes:
+            self._claims.acquire(configured.path)
+        self._runtimes = self._new_runtimes(self.config, prints)
         try:
             self._recover_unfinished()
         except LedgerUnwritableError as exc:
             self._recovery_pending = True
             self._state_unwritable(exc)
         self.pool = self._pool_builder(self.config, self._journal_start, lambda: self._hints.put(None))
-        for runtime in self._runtimes.values():
-            runtime.watcher.start()
+        _start_watchers(self._runtimes.values())
 
     def _prepare_folders(self, config: Config, *, clean: bool) -> None:
         """Create output folders; at startup also purge temp files a crash left there.
@@ -348,9 +397,10 @@ class Daemon:
                     if removed:
                         log.info("stale_temps_cleaned", folder=str(folder), count=len(removed))
 
-    def _build_runtimes(self, config: Config, prints: dict[str, str]) -> None:
+    def _new_runtimes(self, config: Config, prints: dict[str, str]) -> dict[str, _InboxRuntime]:
+        """Runtimes for `config`, watchers not started; an inbox whose profile is unchanged keeps its memory."""
         old = self._runtimes
-        self._runtimes = {}
+        runtimes: dict[str, _InboxRuntime] = {}
         assert self.ledger is not None
         seeds = ledger_counters(self.ledger) if any(inbox_id(i) not in self._counters for i in config.inboxes) else {}
         for index, inbox in enumerate(config.inboxes):
@@ -361,8 +411,9 @@ class Daemon:
             runtime = _InboxRuntime(index, inbox, config.profiles[inbox.profile], prints[inbox.profile], tracker, watcher)
             if key in old and old[key].fingerprint == runtime.fingerprint:
                 runtime.handled = old[key].handled
-            self._runtimes[key] = runtime
+            runtimes[key] = runtime
             self._counters.setdefault(key, seeds.get(key) or _Counters())
+        return runtimes
 
     def _recover_unfinished(self) -> None:
         """Pin the last daemon's death on the file it ran alone, if it did; close entries a crash left started
@@ -407,6 +458,8 @@ class Daemon:
         """Stop watchers and workers, write the final status, release the ledger lock."""
         for runtime in self._runtimes.values():
             runtime.watcher.stop()
+        self._offload.close()
+        self._claims.release_all()
         if self.pool is not None:
             self.pool.close()
             self.pool = None
@@ -429,6 +482,7 @@ class Daemon:
         next_supervise = now
         next_status = now
         next_reconcile = now + self.config.reconcile_interval
+        next_heartbeat = now + HEARTBEAT_S
         while self._stop_signal is None:
             self.step()
             now = self._clock()
@@ -438,6 +492,9 @@ class Daemon:
             if now >= next_status:
                 next_status = now + STATUS_EVERY_S
                 self._write_status()
+            if now >= next_heartbeat and not self._offload.busy("claims"):
+                next_heartbeat = now + HEARTBEAT_S
+                self._offload.submit("claims", ("claims",), self._claims.heartbeat)  # a share may hang
             if now >= next_reconcile:
                 next_reconcile = now + self.config.reconcile_interval
                 log.info("reconcile_scan_requested")
@@ -453,7 +510,9 @@ class Daemon:
             self._reload()
         try:
             self._take_hints()
+            self._recheck_incomplete()
             self._poll_trackers()
+            self._take_reads()
             for outcome in self.pool.collect():
                 self._finish(outcome)
             self._replace_stale_pool()
@@ -506,10 +565,15 @@ class Daemon:
 
     def _poll_trackers(self) -> None:
         for key, runtime in self._runtimes.items():
+            if runtime.watcher.state == "missing":
+                continue  # its files can't be judged (a stat could hang on its share); the rescan on return will
             result = runtime.tracker.poll()
             for ready in result.ready:
                 self._backlog.append((key, ready))
+                if ready.changed:
+                    self._growing.add(ready.path)
             for path in result.vanished:
+                self._forget_writer(path)
                 runtime.handled.pop(path, None)
                 self._forget_source(runtime.inbox_id, runtime.inbox.path, path)
             for rejected in result.rejected:
@@ -522,8 +586,8 @@ class Daemon:
                and self._clock() < budget_end):
             key, ready = self._backlog.popleft()
             runtime = self._runtimes.get(key)
-            if runtime is None:
-                continue
+            if runtime is None or runtime.watcher.state == "missing":
+                continue  # gone from the config, or its share is away: the rescan on its return brings it back
             if key in self._blocks:
                 self._blocks[key].waiting.add(ready.path)  # its outbox refuses writes: wait for it
                 continue
@@ -541,6 +605,39 @@ class Daemon:
                 self._skip(runtime, key, ready, exc)
             except (ImageError, OutputError) as exc:
                 self._skip(runtime, key, ready, exc)
+            finally:
+                self._read.pop(ready.path, None)  # a read `_consider` had no use for this time
+
+    def _take_reads(self) -> None:
+        """Put files whose off-loop read finished back at the front of the backlog, to be decided now."""
+        for done in self._offload.collect():
+            path = done.token[0]
+            request = self._reading.pop(path, None)
+            if request is not None:
+                self._read[path] = done
+                self._backlog.appendleft(request)
+
+    def _read_off_loop(self, runtime: _InboxRuntime, ready: ReadyFile, *, need_hash: bool) -> _Probe | None:
+        """This file's read, if it finished for this version of it; otherwise start it and return None.
+
+        The file comes back through the backlog when its read is done, and `_consider` runs again.
+
+        Raises:
+            OSError: The read failed (the file vanished, can't be read …).
+        """
+        signature = ready.version
+        done = self._read.pop(ready.path, None)
+        # A read of this same version serves; one with a hash serves a request without.
+        if done is not None and done.token[:2] == (ready.path, signature) and (done.token[2] or not need_hash):
+            if done.error is not None:
+                raise done.error
+            return done.value
+        if ready.path not in self._reading:
+            token = (ready.path, signature, need_hash)
+            self._offload.submit(runtime.inbox_id, token,
+                                 lambda: probe_file(runtime.inbox.path, ready.path, need_hash=need_hash))
+        self._reading[ready.path] = (runtime.inbox_id, ready)
+        return None
 
     def _skip(self, runtime: _InboxRuntime, key: str, ready: ReadyFile, exc: Exception) -> None:
         # The file can't be read now; remember this version of it so the loop doesn't spin, and let its
@@ -586,12 +683,16 @@ class Daemon:
             return
         rel = PurePosixPath(path.relative_to(runtime.inbox.path).as_posix())
         sha256 = self.ledger.cached_hash(runtime.inbox_id, rel, signature)
-        head = b""
+        probe = None
         if sha256 is None:
-            sha256, head, after = hash_file(runtime.inbox.path, path)
-            if after != signature:
+            probe = self._read_off_loop(runtime, ready, need_hash=True)
+            if probe is None:
+                return  # being read off the loop; it comes back when the hash is known
+            if probe.signature != signature:
                 runtime.tracker.hint(path)
                 return
+            assert probe.sha256 is not None
+            sha256 = probe.sha256
             self.ledger.remember_hash(runtime.inbox_id, rel, signature, sha256)
         key = make_key(sha256, runtime.fingerprint)
         if key in self._active:
@@ -615,14 +716,17 @@ class Daemon:
             self._fail(runtime.inbox_id, runtime.inbox, runtime.profile, path, rel, signature, key, reason,
                        record=True)
             return
-        target = self._choose_target(runtime, rel, key, head or read_head(runtime.inbox.path, path))
+        probe = probe or self._read_off_loop(runtime, ready, need_hash=False)
+        if probe is None:
+            return  # its header is being read off the loop
+        target = self._choose_target(runtime, rel, key, probe.head)
         if target is None:
             log.warning("output_exists_skipped", src=str(path), collision=runtime.inbox.collision)
             runtime.handled[path] = signature
             self._counters[runtime.inbox_id].skipped += 1
             return
         work = _Work(runtime.inbox_id, runtime.inbox, runtime.profile, runtime.fingerprint, path, rel, signature,
-                     sha256, key, target)
+                     sha256, key, target, probe.pixels)
         # Nobody knows whether the daemon's death was this file's doing: run it alone to find out.
         self._submit(work, suspect=unfinished)
 
@@ -634,7 +738,14 @@ class Daemon:
         job = Job(work.source, work.target.parent, work.profile, self.config.max_input_pixels, target=work.target,
                   source_root=work.inbox.path, output_root=work.inbox.outbox,
                   max_input_bytes=self.config.max_input_bytes)
-        self.pool.submit(work.key, job, suspect=suspect)
+        self.pool.submit(work.key, job, suspect=suspect, time_limit=self._time_limit(work))
+
+    def _time_limit(self, work: _Work) -> float:
+        """The configured `job_timeout`, or one derived from the image's pixels (the largest allowed if unknown)."""
+        if self.config.job_timeout is not None:
+            return self.config.job_timeout
+        pixels = work.pixels if work.pixels is not None else self.config.max_input_pixels
+        return job_time_limit(work.profile, pixels, floor=self.config.job_timeout_min_seconds)
 
     def _journal_start(self, key: Any) -> None:
         """Pool hook: a worker is about to take this job, so its start (and attempt) becomes durable now.
@@ -764,6 +875,11 @@ class Daemon:
     def _record_outcome(self, work: _Work, outcome: Outcome) -> None:
         if isinstance(outcome, Finished) and outcome.result.ok:
             self._succeeded(work, outcome)
+        elif isinstance(outcome, Finished) and outcome.result.out_of_memory:
+            # Like a worker killed by the OOM killer: retried alone (the pool runs retries one at a time).
+            self._lost(work, Lost(outcome.token, outcome.result.error or "out of memory"))
+        elif isinstance(outcome, Finished) and outcome.result.truncated and self._wait_for_writer(work, outcome.result):
+            pass
         elif isinstance(outcome, Finished) and outcome.result.output_errno in BLOCKING_ERRNOS:
             self._output_refused(work, outcome.result.error or "output refused", outcome.result.output_errno)
         elif isinstance(outcome, Finished):
@@ -795,8 +911,74 @@ class Daemon:
         for outcome in parked:
             self._finish(outcome)
 
+    def _wait_for_writer(self, work: _Work, result: JobResult) -> bool:
+        """Put a truncated file that may still be being written back to settle after a growing back-off.
+
+        A slow writer (a camera over Wi-Fi, a stalled copy) can pause longer than ``settle_seconds``; its
+        half-written file is no verdict on the file. A recently modified file gets one short wait; one
+        seen growing (by the settle tracker, or between two tries) waits again and again, each time twice
+        as long, until it was last modified ``settle_max_backoff_seconds`` ago. A file that didn't change
+        during its wait arrived truncated and fails as usual (returns False).
+        """
+        path = work.source
+        previous = self._truncated.get(path)
+        self._truncated[path] = work.signature
+        st = candidate_stat(path, work.inbox.path)
+        if (previous is not None and previous != work.signature) or (
+                st is not None and FileVersion.of(st) != work.signature):
+            self._growing.add(path)
+        cap = work.inbox.settle_max_backoff_seconds
+        modified_s_ago = time.time() - st.st_mtime_ns / 1e9 if st is not None else cap + 1
+        if modified_s_ago > cap or not (path in self._growing or previous is None):
+            self._forget_writer(path)
+            return False
+        delay = min(cap, max(2 * work.inbox.settle_seconds, 1.0, 2 * self._backoff.get(path, 0.0)))
+        self._backoff[path] = delay
+        assert self.ledger is not None
+        self.ledger.forget(work.key)  # not an attempt: the file wasn't all there yet
+        runtime = self._runtimes.get(work.inbox_id)
+        if runtime is not None:
+            runtime.handled.pop(path, None)
+        heapq.heappush(self._rechecks, (self._clock() + delay, work.inbox_id, path))
+        log.warning("file_incomplete_waiting", src=str(path), reason=result.error, retry_in_s=delay,
+                    growing=path in self._growing, modified_s_ago=round(modified_s_ago, 1))
+        return True
+
+    def _forget_writer(self, path: Path) -> None:
+        self._truncated.pop(path, None)
+        self._backoff.pop(path, None)
+        self._growing.discard(path)
+
+    def _recheck_incomplete(self) -> None:
+        now = self._clock()
+        while self._rechecks and self._rechecks[0][0] <= now:
+            _, key, path = heapq.heappop(self._rechecks)
+            runtime = self._runtimes.get(key)
+            if runtime is not None:
+                runtime.tracker.hint(path)
+
+    def _clear_earlier_failure(self, work: _Work) -> None:
+        """A source that failed before and has now been processed: drop its stale reason file and failed
+        ledger entries, which would otherwise still say it is broken."""
+        assert self.ledger is not None
+        report = report_path(work.inbox.failed / work.rel)
+        if not safefs.lexists(work.inbox.failed, report):
+            return  # the common case, at the cost of one stat; the ledger scan below is rare
+        stale = [e.key for e in self.ledger.entries()
+                 if e.state == State.FAILED and e.inbox == work.inbox_id and e.source == work.rel]
+        for key in stale:
+            self.ledger.forget(key)
+        try:
+            safefs.unlink(work.inbox.failed, report)
+        except OSError as exc:
+            log.warning("stale_failure_report_remove_failed", path=str(report), error=str(exc))
+            return
+        log.info("earlier_failure_cleared", src=str(work.source), report=str(report), ledger_entries=len(stale))
+
     def _succeeded(self, work: _Work, outcome: Finished) -> None:
         assert self.ledger is not None
+        self._forget_writer(work.source)
+        self._clear_earlier_failure(work)
         result = outcome.result
         assert result.output is not None and result.sha256 is not None
         key = work.key
@@ -1027,17 +1209,32 @@ class Daemon:
     # -- reload --------------------------------------------------------------------------------------------
 
     def _reload(self) -> None:
-        """Re-read the config; keep the running one if the new one is invalid (all its problems are logged)."""
+        """Re-read the config and apply it as one step, or keep the running one and log why.
+
+        Everything the new config needs (its models, its folders, its watches) is prepared while the old
+        runtimes keep running; only then are they swapped. A config that parses but can't be applied (a
+        folder that can't be created, a read-only filesystem, a missing model) changes nothing.
+        """
         self.notifier.reloading()
         self._state = "reloading"
         log.info("config_reloading", config=str(self.config_path) if self.config_path else "defaults")
+        claimed: list[Path] = []
         try:
             new = load_config(self.config_path)
             prints = fingerprints(new)
             if new.state_dir != self.config.state_dir:
                 raise ConfigError(["state_dir can't change while running; restart srd"], new.source)
-        except SrdError as exc:
-            problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+            self._prepare_folders(new, clean=False)
+            claimed = self._claim_new_inboxes(new)
+            runtimes = self._new_runtimes(new, prints)
+            _start_watchers(runtimes.values())  # the new watches overlap the old ones: no event is missed
+        except (SrdError, OSError) as exc:
+            for path in claimed:
+                self._claims.release(path)
+            if isinstance(exc, ConfigError):
+                problems = exc.problems
+            else:
+                problems = [describe_os_error(exc) if isinstance(exc, OSError) else str(exc)]
             self._last_reload_error = "; ".join(problems)
             log.error("config_reload_rejected", problems=problems, keeping=self.config.source)
             self._state = "running"
@@ -1049,21 +1246,39 @@ class Daemon:
         configure_logging(new.log_level, new.log_format)
         for runtime in self._runtimes.values():
             runtime.watcher.stop()
-        self._prepare_folders(new, clean=False)
-        self._build_runtimes(new, prints)
+        for gone in self._claims.held - {inbox.path for inbox in new.inboxes}:
+            self._claims.release(gone)
+        self._runtimes = runtimes
         self._backlog = deque(item for item in self._backlog if item[0] in self._runtimes)
         if _pool_settings(old) != _pool_settings(new):
             self._pool_stale = True  # replaced once the running jobs are done
-        for runtime in self._runtimes.values():
-            runtime.watcher.start()
         self._state = "running"
         log.info("config_reloaded", config=new.source, inboxes=len(new.inboxes), pool_restart=self._pool_stale)
         self.notifier.ready(status=self._status_line())
 
+    def _claim_new_inboxes(self, config: Config) -> list[Path]:
+        """Claim the inboxes `config` adds; all or none (raises what `InboxClaims.acquire` raises)."""
+        claimed: list[Path] = []
+        try:
+            for inbox in config.inboxes:
+                if inbox.path not in self._claims.held:
+                    self._claims.acquire(inbox.path)
+                    claimed.append(inbox.path)
+        except BaseException:
+            for path in claimed:
+                self._claims.release(path)
+            raise
+        return claimed
+
     def _replace_stale_pool(self) -> None:
         if self._pool_stale and self.pool is not None and len(self.pool) == 0:
+            try:
+                pool = self._pool_builder(self.config, self._journal_start, lambda: self._hints.put(None))
+            except OSError as exc:  # e.g. out of processes: keep the old pool and try again next pass
+                log.error("pool_replace_failed", error=describe_os_error(exc))
+                return
             self.pool.close()
-            self.pool = self._pool_builder(self.config, self._journal_start, lambda: self._hints.put(None))
+            self.pool = pool
             self._pool_stale = False
             log.info("pool_replaced", workers=self.config.workers)
 
@@ -1073,7 +1288,7 @@ class Daemon:
         done = sum(c.done for c in self._counters.values())
         failed = sum(c.failed for c in self._counters.values())
         running = self.pool.running if self.pool is not None else 0
-        queued = len(self._backlog) + sum(r.tracker.pending() for r in self._runtimes.values())
+        queued = len(self._backlog) + len(self._reading) + sum(r.tracker.pending() for r in self._runtimes.values())
         unhealthy = [r.inbox.path.name for r in self._runtimes.values() if not r.watcher.healthy]
         blocked = [b.outbox.name for b in self._blocks.values()]
         text = f"{running} running, {queued} waiting, {done} done, {failed} failed"
@@ -1085,15 +1300,16 @@ class Daemon:
         """The document written to ``status.json``."""
         inboxes = []
         backlog_by_inbox: dict[str, int] = {}
-        for key, _ in self._backlog:
+        for key, _ in [*self._backlog, *self._reading.values()]:
             backlog_by_inbox[key] = backlog_by_inbox.get(key, 0) + 1
         in_flight: dict[str, int] = {}
-        running: dict[str, list[dict[str, str]]] = {}
+        running: dict[str, list[dict[str, Any]]] = {}
+        timing = {job.token: job for job in self.pool.running_jobs()} if self.pool is not None else {}
         for key, work in self._active.items():
             in_flight[work.inbox_id] = in_flight.get(work.inbox_id, 0) + 1
             if key in self._running_since:
-                running.setdefault(work.inbox_id, []).append({"source": work.rel.as_posix(),
-                                                              "since": self._running_since[key]})
+                job = {"source": work.rel.as_posix(), "since": self._running_since[key]}
+                running.setdefault(work.inbox_id, []).append({**job, **_timing(timing.get(key))})
         for key, runtime in self._runtimes.items():
             counters = self._counters[key]
             watcher = runtime.watcher
@@ -1108,6 +1324,7 @@ class Daemon:
                 "watch": watcher.state,
                 "mode": watcher.mode,
                 "degraded": watcher.degraded,
+                "events_lost": watcher.events_lost,
                 "settling": runtime.tracker.pending(),
                 "queued": backlog_by_inbox.get(key, 0),
                 "in_flight": in_flight.get(key, 0),
@@ -1159,6 +1376,36 @@ class Daemon:
             self._status_failing = False
         if self._state == "running":
             self.notifier.status(self._status_line())
+
+
+def _start_watchers(runtimes: Iterable[_InboxRuntime]) -> None:
+    """Start every runtime's watcher, or none: on an error the ones already started are stopped again."""
+    started: list[_InboxRuntime] = []
+    try:
+        for runtime in runtimes:
+            runtime.watcher.start()
+            started.append(runtime)
+    except BaseException:
+        for runtime in started:
+            runtime.watcher.stop()
+        raise
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an OSError: its reason and the path(s) it concerns."""
+    reason = exc.strerror or str(exc)
+    paths = [os.fsdecode(name) for name in (exc.filename, exc.filename2) if name]
+    return f"{reason}: {' -> '.join(paths)}" if paths else reason
+
+
+def _timing(job: RunningJob | None) -> dict[str, Any]:
+    """A running job's elapsed time and limit for the status file; `stuck_suspected` once it has run 5 ×
+    longer than expected."""
+    if job is None:
+        return {}
+    expected = job.limit_s / SLACK if job.limit_s is not None else None
+    return {"elapsed_s": round(job.elapsed_s), "limit_s": None if job.limit_s is None else round(job.limit_s),
+            "stuck_suspected": expected is not None and job.elapsed_s > 5 * expected}
 
 
 def _under(filename: Any, folder: Path) -> bool:

@@ -23,6 +23,7 @@ class ExitCode(enum.IntEnum):
     ERROR = 7
     LEDGER = 8
     UNHEALTHY = 9
+    STARTUP = 10
     INTERRUPTED = 130
     TERMINATED = 143
 
@@ -42,6 +43,7 @@ _MEANINGS = {
     ExitCode.ERROR: "any other failure; the message says what went wrong",
     ExitCode.LEDGER: "the ledger is damaged: 'srd ledger check' says how, 'srd ledger repair' keeps what is intact",
     ExitCode.UNHEALTHY: "srd status --check: running, but an inbox, its outbox or the state directory is unhealthy",
+    ExitCode.STARTUP: "srd run: a folder or the state directory can't be created or opened at start-up",
     ExitCode.INTERRUPTED: "stopped by Ctrl-C (SIGINT)",
     ExitCode.TERMINATED: "stopped by SIGTERM (srd train fit)",
 }
@@ -91,3 +93,7 @@ class OutputError(SrdError):
 
 class LockedError(SrdError):
     """Another srd instance already owns the state directory."""
+
+
+class StartupError(SrdError):
+    """The daemon can't start: a folder or the state directory can't be created or opened, a watch fails."""

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import structlog
 
 from srd import safefs
@@ -58,6 +59,19 @@ class JobResult:
     milliseconds: int = 0
     # Set when the output's storage refused the write (ENOSPC, EROFS …): the file itself may be fine.
     output_errno: int | None = None
+    # Set when the worker ran out of memory: a crash to retry (alone), not a verdict on the file.
+    out_of_memory: bool = False
+    # Set when the data ended early: perhaps a slow writer hasn't finished it yet.
+    truncated: bool = False
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether an exception means an allocation failed (Python's MemoryError, OpenCV's C++ allocator)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, cv2.error) and any(
+        sign in text for sign in ("Insufficient memory", "bad_alloc", "Failed to allocate"))
 
 
 def output_name(source_name: str, source_format: str, written_format: str, requested: str | None) -> str:
@@ -105,12 +119,18 @@ def run_job(job: Job, context: StageContext) -> JobResult:
         target = job.target or job.out_dir / output_name(job.source.name, picture.format, fmt, requested)
         write_bytes_atomic(target, encoded.data, root=job.output_root)
     except OutputError as exc:
-        return _failure(job, str(exc), sha256, started, output_errno=exc.errno)
+        return _failure(job, str(exc), sha256, started, output_errno=exc.errno, out_of_memory=_oom_cause(exc))
+    except ImageError as exc:
+        # Only a message that says the data ended early for certain ("truncated JPEG …"), not "corrupt or
+        # truncated", marks a file a slow writer may still be finishing.
+        return _failure(job, str(exc), sha256, started, truncated=str(exc).startswith("truncated"))
     except SrdError as exc:
-        return _failure(job, str(exc), sha256, started)
+        return _failure(job, str(exc), sha256, started, out_of_memory=_oom_cause(exc))
     # Per-job boundary: any unexpected error (an OpenCV assertion on an odd image, a bug) must fail
     # this file with its reason, not the batch or the daemon.
     except Exception as exc:  # noqa: BLE001
+        if is_out_of_memory(exc):
+            return _failure(job, f"out of memory: {type(exc).__name__}: {exc}", sha256, started, out_of_memory=True)
         log.exception("job_crashed", src=str(job.source))
         return _failure(job, f"internal error: {type(exc).__name__}: {exc}", sha256, started)
     ms = int((time.monotonic() - started) * 1000)
@@ -130,10 +150,15 @@ def run_job(job: Job, context: StageContext) -> JobResult:
     return result
 
 
+def _oom_cause(exc: SrdError) -> bool:
+    """Whether an srd error only wraps a failed allocation (e.g. an encoder out of memory)."""
+    return exc.__cause__ is not None and is_out_of_memory(exc.__cause__)
+
+
 def _failure(job: Job, reason: str, sha256: str | None, started: float, *,
-             output_errno: int | None = None) -> JobResult:
+             output_errno: int | None = None, out_of_memory: bool = False, truncated: bool = False) -> JobResult:
     reason = " ".join(reason.split())  # one line per failure, whatever the library said
     ms = int((time.monotonic() - started) * 1000)
     log.warning("job_failed", src=str(job.source), reason=reason, ms=ms)
     return JobResult(source=job.source, ok=False, error=reason, sha256=sha256, milliseconds=ms,
-                     output_errno=output_errno)
+                     output_errno=output_errno, out_of_memory=out_of_memory, truncated=truncated)

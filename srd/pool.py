@@ -85,6 +85,17 @@ class _Running:
     token: Hashable
     job: Job
     started: float
+    limit: float | None
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    """A job a worker holds now, for the status file."""
+
+    token: Hashable
+    source: Path
+    elapsed_s: float
+    limit_s: float | None
 
 
 class JobPool:
@@ -97,7 +108,8 @@ class JobPool:
         on_start: Called with a job's token just before a worker takes it, so the daemon journals
             ``start`` for jobs that really start (a job waiting in the queue costs no attempt).
         wake: Called from the executor's thread when a job ends, to cut the owner's sleep short.
-        job_timeout: Seconds a job may run before its worker is killed; None for no limit.
+        job_timeout: Seconds a job may run before its worker is killed, for jobs submitted without a limit
+            of their own; None for no limit.
         clock: Monotonic clock (tests drive it).
     """
 
@@ -122,6 +134,7 @@ class JobPool:
         self._clock = clock
         self._executor: Executor | None = factory()
         self._waiting: deque[tuple[Hashable, Job, bool]] = deque()
+        self._limits: dict[Hashable, float | None] = {}
         self._running: dict[Future[JobResult], _Running] = {}
         self._suspects: set[Hashable] = set()
         # Jobs interrupted through no fault of their own (another job's timeout): already journaled.
@@ -134,8 +147,12 @@ class JobPool:
         """Whether `submit` may be called: intake is bounded so a big inbox isn't loaded at once."""
         return len(self._waiting) + len(self._running) < self.capacity
 
-    def submit(self, token: Hashable, job: Job, *, suspect: bool = False) -> None:
-        """Queue a job; `suspect` marks a retry after a crash, run alone and before other work."""
+    def submit(self, token: Hashable, job: Job, *, suspect: bool = False, time_limit: float | None = None) -> None:
+        """Queue a job; `suspect` marks a retry after a crash, run alone and before other work.
+
+        `time_limit` is this job's limit in seconds (default: the pool's `job_timeout`).
+        """
+        self._limits[token] = time_limit if time_limit is not None else self._timeout
         if suspect:
             self._suspects.add(token)
             behind = next((i for i, item in enumerate(self._waiting) if item[0] not in self._suspects),
@@ -153,6 +170,11 @@ class JobPool:
     def running(self) -> int:
         return len(self._running)
 
+    def running_jobs(self) -> list[RunningJob]:
+        """The jobs workers hold now, with how long they have run and their limit."""
+        now = self._clock()
+        return [RunningJob(r.token, r.job.source, now - r.started, r.limit) for r in self._running.values()]
+
     @property
     def healthy(self) -> bool:
         """False only when no executor could be built."""
@@ -168,6 +190,7 @@ class JobPool:
         for future in [f for f in self._running if f.done()]:
             running = self._running.pop(future)
             self._suspects.discard(running.token)
+            self._limits.pop(running.token, None)
             error = future.exception()
             if error is None:
                 outcomes.append(Finished(running.token, future.result()))
@@ -184,10 +207,8 @@ class JobPool:
         return outcomes
 
     def _enforce_timeout(self) -> list[Outcome]:
-        if self._timeout is None:
-            return []
         now = self._clock()
-        late = [f for f, r in self._running.items() if now - r.started > self._timeout]
+        late = [f for f, r in self._running.items() if r.limit is not None and now - r.started > r.limit]
         if not late:
             return []
         # Kill the whole executor: it doesn't say which worker holds which job. The late jobs are lost;
@@ -196,8 +217,9 @@ class JobPool:
         for future in late:
             running = self._running.pop(future)
             self._suspects.discard(running.token)
-            log.error("job_timed_out", src=str(running.job.source), limit_s=self._timeout)
-            outcomes.append(Lost(running.token, f"timed out after {self._timeout:g} s"))
+            self._limits.pop(running.token, None)
+            log.error("job_timed_out", src=str(running.job.source), limit_s=round(running.limit or 0, 1))
+            outcomes.append(Lost(running.token, f"stuck: timed out after {running.limit:g} s"))
         innocent = list(self._running.values())
         self._running.clear()
         for running in reversed(innocent):
@@ -228,7 +250,7 @@ class JobPool:
                 self._restart_without_charge.add(token)
                 self._rebuild()
                 continue
-            self._running[future] = _Running(token, job, self._clock())
+            self._running[future] = _Running(token, job, self._clock(), self._limits.get(token, self._timeout))
             future.add_done_callback(lambda _f: self._wake())
 
     def _rebuild(self) -> None:
@@ -291,3 +313,4 @@ class JobPool:
             executor.shutdown(wait=True, cancel_futures=True)
         self._running.clear()
         self._waiting.clear()
+        self._limits.clear()

@@ -44,10 +44,12 @@ class ReadyFile:
 
     The daemon can compare it with the stat cache and with a stat after reading, to catch a late write.
     A `size` of 0 means the file stayed empty for the whole empty-file wait; the daemon fails it.
+    `changed` says the file was seen changing while it settled (a writer at work, perhaps a slow one).
     """
 
     path: Path
     version: FileVersion
+    changed: bool = False
 
     @property
     def size(self) -> int:
@@ -81,7 +83,7 @@ class PollResult:
 class _Pending:
     """Mutable per-path state; `token` identifies its one live heap item (older items are stale)."""
 
-    __slots__ = ("path", "quiet_since", "signature", "check_at", "token", "scheduled_for")
+    __slots__ = ("changed", "check_at", "path", "quiet_since", "scheduled_for", "signature", "token")
 
     def __init__(self, path: Path, now: float) -> None:
         self.path = path
@@ -90,6 +92,7 @@ class _Pending:
         self.check_at = now
         self.token = -1
         self.scheduled_for = float("inf")
+        self.changed = False
 
 
 class SettleTracker:
@@ -216,11 +219,12 @@ class SettleTracker:
                 self._schedule(entry, entry.check_at)
                 return
             del self._pending[path]
-            result.ready.append(ReadyFile(path, signature))
+            result.ready.append(ReadyFile(path, signature, entry.changed))
             return
         if entry.signature is not None:
             # It changed between the two stats: still being written, so the change counts as a new hint.
             entry.quiet_since = now
+            entry.changed = True
         entry.signature = signature
         entry.check_at = now + self._settle_s
         self._schedule(entry, entry.check_at)

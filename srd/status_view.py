@@ -104,9 +104,16 @@ def render(view: Assessment, where: StateDirChoice, now: datetime | None = None)
             lines.append(f"{inbox['path']}: not scanned: {folder}: {reason}")
         running = inbox.get("running") or []
         if running and view.alive:
-            jobs = ", ".join(f"{job['source']} ({_since(job.get('since'), now)})" for job in running)
+            jobs = ", ".join(f"{job['source']} ({_since(job.get('since'), now)}{_limit(job)})" for job in running)
             lines.append(f"{inbox['path']}: running {jobs}")
     return "\n".join(lines)
+
+
+def _limit(job: dict[str, Any]) -> str:
+    if job.get("limit_s") is None:
+        return ""
+    stuck = "; far longer than expected, the worker may be stuck" if job.get("stuck_suspected") else ""
+    return f", limit {job['limit_s']} s{stuck}"
 
 
 def check_line(view: Assessment) -> str:

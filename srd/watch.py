@@ -16,7 +16,13 @@ Known ways watching fails, and what `InboxWatcher` does about them:
   was gone (an outage) and comes back, or a remounted share, is adopted;
 - a subfolder can't be read (no permission) → it is logged once and listed in the status file;
 - inotify sees no changes made on other machines (NFS, SMB, FUSE, 9p) → `auto` mode polls there;
-- the inotify watch or instance limit is reached → that inbox is degraded to polling.
+- the inotify watch or instance limit is reached → that inbox is degraded to polling;
+- the kernel's inotify queue overflows (a burst of changes in a big tree) → the observer is replaced and
+  the inbox rescanned, at most once per `OVERFLOW_RESCAN_EVERY_S`. Watchdog's own repair removes and
+  re-adds every watch, and each removal queues an event, so in a tree of more folders than the queue
+  holds (``fs.inotify.max_queued_events``) its repair overflows the queue again, for ever; a fresh
+  observer starts from an empty queue. Only the events srd uses are asked for (no opens, reads or
+  attribute changes), so reading a big tree, srd's own scans included, doesn't flood the queue.
 """
 
 from __future__ import annotations
@@ -25,13 +31,23 @@ import errno
 import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import structlog
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    EventsLostEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 
 from srd import safefs
@@ -47,7 +63,13 @@ REMOTE_FILESYSTEMS = frozenset({
     "davfs", "fuse", "fuseblk", "vboxsf", "vmhgfs", "prl_fs",
 })
 _WATCH_LIMIT_ERRNOS = frozenset({errno.ENOSPC, errno.EMFILE})
-_EVENT_TYPES = frozenset({"created", "modified", "moved", "closed"})
+# What the observer asks the kernel for: arrivals (created, moved in, closed after writing) and the loss
+# report. A file still being written is followed by the settle tracker's stats, not by its write events.
+EVENT_FILTER = [FileCreatedEvent, DirCreatedEvent, FileMovedEvent, DirMovedEvent, FileClosedEvent, EventsLostEvent]
+_EVENT_TYPES = frozenset({"created", "moved", "closed"})
+OVERFLOW_RESCAN_EVERY_S = 10.0
+# How long `supervise` waits for the inbox root's stat; a share that doesn't answer by then is unavailable.
+ROOT_ANSWER_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +204,7 @@ class InboxWatcher:
         self._wake = threading.Event()
         self._full_scan = threading.Event()
         self._scanner: threading.Thread | None = None
-        self._snapshot: dict[PurePosixPath, tuple[int, int]] | None = None
+        self._snapshot: dict[PurePosixPath, FileVersion] | None = None
         self._skipped: dict[Path, str] = {}
         # Subfolders the last full walk could not read, with why: reported in the status file.
         self.unreadable: dict[str, str] = {}
@@ -194,6 +216,10 @@ class InboxWatcher:
         # The root folder this watcher adopted; another one swapped in while it was watched is not adopted.
         self._pinned: tuple[int, int] | None = None
         self._replaced = False
+        self.events_lost = 0  # inotify queue overflows seen while this watcher lived
+        self._lost_pending = threading.Event()
+        self._next_lost_recovery = 0.0
+        self._root_question = _Question(self._root_identity, f"srd-root-{index}")
 
     # -- lifecycle, called from the daemon's thread ---------------------------------------------------------
 
@@ -238,10 +264,11 @@ class InboxWatcher:
     def supervise(self) -> None:
         """Check the root and the threads; restart what died, pause on a missing root, resume on its return."""
         if self.mode == "native":
-            identity = self._root_identity()
+            answered, identity = self._root_question.answer(ROOT_ANSWER_S)
             present = identity is not None
             if present != self._present:
-                self._set_present(present, self.root_error or "")
+                self._set_present(present, (self.root_error or "") if answered
+                                  else "inbox root does not answer (a hung share?)")
                 self._identity = identity
                 if not present:
                     self._stop_observer()
@@ -260,6 +287,11 @@ class InboxWatcher:
                 self._stop_observer()
                 self._start_observer()
                 self.request_scan()
+            elif present and self._lost_pending.is_set() and time.monotonic() >= self._next_lost_recovery:
+                self._recover_lost_events()
+        elif not self._root_question.answer(ROOT_ANSWER_S)[0]:
+            # A poll-mode scanner stuck on a hung share can't say so; the next good scan resumes the inbox.
+            self._set_present(False, "inbox root does not answer (a hung share?)")
         if not self._scanner_alive() and not self._stop.is_set():
             log.error("scanner_died_restarting", inbox=str(self.root))
             self._start_scanner()
@@ -270,7 +302,8 @@ class InboxWatcher:
     def _start_observer(self) -> None:
         observer = self._observer_factory()
         try:
-            observer.schedule(_Handler(self), str(self.root), recursive=self.inbox.recursive)
+            observer.schedule(_Handler(self), str(self.root), recursive=self.inbox.recursive,
+                              event_filter=EVENT_FILTER)
             observer.start()
         except OSError as exc:
             _stop_quietly(observer)
@@ -279,6 +312,15 @@ class InboxWatcher:
                 return
             raise
         self._observer = observer
+
+    def _recover_lost_events(self) -> None:
+        """After a queue overflow: a fresh observer (empty queue, watches re-added) and a full rescan."""
+        self._lost_pending.clear()
+        self._next_lost_recovery = time.monotonic() + OVERFLOW_RESCAN_EVERY_S
+        log.warning("inbox_events_lost_rescanning", inbox=str(self.root), overflows=self.events_lost)
+        self._stop_observer()
+        self._start_observer()
+        self.request_scan()
 
     def _stop_observer(self) -> None:
         if self._observer is not None:
@@ -302,6 +344,10 @@ class InboxWatcher:
 
     def on_event(self, event: FileSystemEvent) -> None:
         """Turn one watchdog event into hints (runs in the observer thread)."""
+        if isinstance(event, EventsLostEvent):
+            self.events_lost += 1
+            self._lost_pending.set()  # `supervise` recovers
+            return
         if event.event_type not in _EVENT_TYPES:
             return
         paths = [event.src_path] + ([event.dest_path] if event.event_type == "moved" else [])
@@ -456,6 +502,40 @@ class InboxWatcher:
             log.info("inbox_returned", inbox=str(self.root))
         else:
             log.error("inbox_missing_paused", inbox=str(self.root), error=reason or "root folder is gone")
+
+
+class _Question:
+    """Asks one blocking question (e.g. a stat of a share's root) in a thread of its own.
+
+    A hung NFS mount blocks that thread, not the caller: the caller waits at most `wait_s`, and while the
+    question stays unanswered, later asks return at once instead of starting another stuck thread.
+    """
+
+    def __init__(self, ask: Callable[[], Any], name: str) -> None:
+        self._ask = ask
+        self._name = name
+        self._pending: threading.Event | None = None
+        self._answer: Any = None
+
+    def answer(self, wait_s: float) -> tuple[bool, Any]:
+        """(True, the answer) when it came within `wait_s`, else (False, None)."""
+        if self._pending is None:
+            self._pending = threading.Event()
+            threading.Thread(target=self._run, args=(self._pending,), name=self._name, daemon=True).start()
+        else:
+            wait_s = 0  # still unanswered since an earlier ask: don't wait for it again
+        if not self._pending.wait(wait_s):
+            return False, None
+        self._pending = None
+        return True, self._answer
+
+    def _run(self, answered: threading.Event) -> None:
+        try:
+            self._answer = self._ask()
+        except Exception:  # noqa: BLE001 - no answer is an answer: unavailable
+            log.exception("question_failed", question=self._name)
+            self._answer = None
+        answered.set()
 
 
 def _stop_quietly(observer: Any) -> None:

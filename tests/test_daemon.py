@@ -36,6 +36,7 @@ from srd.daemon import Daemon
 from srd.fileversion import FileVersion
 from srd.job import Job, JobResult, run_job
 from srd.notify import Notifier
+from srd.offload import Done
 from srd.pipeline import StageContext
 from srd.pool import JobPool
 from srd.watch import Hint
@@ -450,6 +451,7 @@ class QuietWatcher:
         self.index, self.inbox, self.root = index, inbox, inbox.path
         self.mode, self.degraded, self.healthy, self.state = "native", None, True, "watching"
         self.root_error, self.unreadable = None, {}
+        self.events_lost = 0
 
     def start(self) -> None: ...
     def stop(self) -> None: ...
@@ -473,6 +475,25 @@ class InlineExecutor(Executor):
         pass
 
 
+class InlineOffloader:
+    """Runs each off-loop read at submit time, so a test sees its result on the next step."""
+
+    def __init__(self) -> None:
+        self._done: list[Done] = []
+
+    def submit(self, group, token, call) -> None:
+        try:
+            self._done.append(Done(token, value=call()))
+        except Exception as exc:  # noqa: BLE001 - handed to the daemon as the real offloader does
+            self._done.append(Done(token, error=exc))
+
+    def collect(self) -> list[Done]:
+        done, self._done = self._done, []
+        return done
+
+    def close(self) -> None: ...
+
+
 def inline_daemon(tmp_path: Path, before_job=lambda job: None, **inbox_settings) -> tuple:
     """A Daemon whose time is a list the test advances and whose jobs run inline with the real model."""
     config = load_config(write_config(tmp_path, [inbox_config(tmp_path, **inbox_settings)]))
@@ -485,7 +506,7 @@ def inline_daemon(tmp_path: Path, before_job=lambda job: None, **inbox_settings)
     now = [100.0]
     daemon = Daemon(config, notifier=Notifier(None), clock=lambda: now[0],
                     pool_builder=lambda cfg, on_start, wake: JobPool(1, lambda: InlineExecutor(run), on_start=on_start),
-                    watcher_builder=QuietWatcher)
+                    watcher_builder=QuietWatcher, offloader=InlineOffloader())
     daemon.start()
     return daemon, now
 

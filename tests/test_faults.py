@@ -1,0 +1,520 @@
+"""The daemon under process-level faults: real `srd run` processes, real folders that can't be created,
+real read-only mounts, real stopped workers and a real 10 GB sparse file."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import queue
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from daemon_helpers import (
+    DaemonProcess,
+    decoded_size,
+    descendants_of,
+    inbox_config,
+    make_image,
+    read_status,
+    srd,
+    wait_for,
+    write_config,
+)
+
+from srd.config import Inbox, Profile, load_config
+from srd.daemon import Daemon
+from srd.job import Job, JobResult, run_job
+from srd.jobtime import job_time_limit, us_per_pixel
+from srd.notify import Notifier
+from srd.pipeline import Pipeline, StageContext, Upscale
+from srd.pool import JobPool
+from srd.watch import ROOT_ANSWER_S, Hint, InboxWatcher
+
+SIZE = (24, 32)
+DOUBLED = (48, 64)
+
+
+@pytest.fixture
+def read_only_mount(tmp_path: Path) -> Iterator[Path]:
+    """A real read-only tmpfs (needs the privilege to mount; skipped where there is none)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def _set_outbox(config: Path, outbox: Path) -> None:
+    data = yaml.safe_load(config.read_text())
+    data["inboxes"][0]["outbox"] = str(outbox)
+    config.write_text(yaml.safe_dump(data))
+
+
+def _assert_one_line_startup_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 7, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("srd:")]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+# -- start-up and reload -------------------------------------------------------------------------------------
+
+
+def test_an_outbox_that_cannot_be_created_is_a_one_line_startup_error(tmp_path: Path) -> None:
+    """An outbox under a regular file (ENOTDIR): `srd run` exits 7 with one line naming the folder."""
+    config = write_config(tmp_path)
+    (tmp_path / "a-file").write_text("not a folder")
+    _set_outbox(config, tmp_path / "a-file" / "out")
+    result = srd("run", "--config", str(config), timeout=60)
+    _assert_one_line_startup_error(result, "cannot start", "Not a directory", str(tmp_path / "a-file"))
+
+
+def test_an_outbox_on_a_read_only_filesystem_is_a_one_line_startup_error(tmp_path: Path,
+                                                                           read_only_mount: Path) -> None:
+    """An outbox to be created on a read-only tmpfs (EROFS): one line, exit 7, no traceback."""
+    config = write_config(tmp_path)
+    _set_outbox(config, read_only_mount / "out")
+    result = srd("run", "--config", str(config), timeout=60)
+    _assert_one_line_startup_error(result, "Read-only file system", str(read_only_mount / "out"))
+
+
+@pytest.mark.parametrize("fault", ["not-a-directory", "read-only"])
+def test_a_reload_that_cannot_be_applied_keeps_the_old_config_running(tmp_path: Path, fault: str,
+                                                                     request: pytest.FixtureRequest) -> None:
+    """A SIGHUP whose config parses but whose new outbox can't be created is rejected with the reason; the
+    daemon keeps running the old config (a file dropped afterwards lands in the old outbox) and exits 0."""
+    config = write_config(tmp_path)
+    good = config.read_text()
+    if fault == "read-only":
+        bad_outbox = request.getfixturevalue("read_only_mount") / "out"
+    else:
+        (tmp_path / "a-file").write_text("not a folder")
+        bad_outbox = tmp_path / "a-file" / "out"
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_ready()
+        _set_outbox(config, bad_outbox)
+        daemon.proc.send_signal(signal.SIGHUP)
+        rejected = daemon.wait_event("config_reload_rejected")[0]
+        assert str(bad_outbox) in rejected["problems"][0]
+        assert daemon.proc.poll() is None
+        wait_for(lambda: read_status(tmp_path / "state").get("last_reload_error"), 10, "the rejection in status")
+        (tmp_path / "in" / "after.png").write_bytes(make_image(Path("x.png"), SIZE, 1))
+        wait_for(lambda: (tmp_path / "in-out" / "after.png").exists(), 30, "the old config to process a file")
+        assert decoded_size(tmp_path / "in-out" / "after.png") == DOUBLED
+
+        config.write_text(good)  # and a good reload still applies afterwards
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_event("config_reloaded")
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+
+
+# -- the loop never blocks on one file -----------------------------------------------------------------------
+
+
+def _notify_socket() -> tuple[str, socket.socket]:
+    name = f"srd-test-{os.getpid()}-{random.randrange(1 << 30)}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("\0" + name)
+    sock.settimeout(0.2)
+    return "@" + name, sock
+
+
+def test_hashing_a_10_gb_file_starves_neither_the_watchdog_nor_the_other_files(tmp_path: Path) -> None:
+    """A 10 GB sparse file takes many seconds to hash. Meanwhile WATCHDOG=1 keeps arriving at its interval
+    (1 s here) and a small file dropped into the same inbox is processed."""
+    config = write_config(tmp_path)
+    inbox = tmp_path / "in"
+    address, sock = _notify_socket()
+    daemon = DaemonProcess(config, env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "2000000"})
+    pings: list[float] = []
+
+    def receive_for(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                if b"WATCHDOG=1" in sock.recv(4096):
+                    pings.append(time.monotonic())
+            except TimeoutError:
+                pass
+
+    try:
+        daemon.wait_ready()
+        subprocess.run(["truncate", "-s", "10G", str(inbox / "big.png")], check=True)
+        receive_for(1.5)  # settles (0.3 s) and its hash starts
+        pings.clear()
+        started = time.monotonic()
+        (inbox / "small.png").write_bytes(make_image(Path("x.png"), SIZE, 1))
+        while not (tmp_path / "in-out" / "small.png").exists():
+            receive_for(0.2)
+            assert time.monotonic() - started < 20, "small.png not processed while big.png is hashed\n" + \
+                daemon.log_tail()
+        receive_for(3)
+        # The big file is still being read: nothing was decided about it yet.
+        assert not daemon.events("file_failed") and not daemon.events("file_skipped"), daemon.log_tail()
+        assert read_status(tmp_path / "state")["inboxes"][0]["queued"] == 1
+        gaps = [b - a for a, b in itertools.pairwise(pings)]
+        assert len(pings) >= 3 and max(gaps) < 3.0, f"watchdog pings {len(pings)}, gaps {gaps}"
+        assert decoded_size(tmp_path / "in-out" / "small.png") == DOUBLED
+    finally:
+        sock.close()
+        daemon.proc.kill()  # before a worker would read 10 GB into memory
+        daemon.proc.wait(timeout=10)
+
+
+def test_a_root_that_does_not_answer_pauses_its_inbox_without_blocking_supervision(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stat of the inbox root that hangs (a hung NFS server) blocks its own thread, not `supervise`: the
+    first call gives up after ROOT_ANSWER_S and pauses the inbox, later ones return at once, and when the
+    share answers again the inbox is watched again."""
+    root = tmp_path / "in"
+    root.mkdir()
+    inbox = Inbox(path=root, outbox=tmp_path / "out", failed=tmp_path / "failed", mode="native")
+    hints: queue.SimpleQueue[Hint] = queue.SimpleQueue()
+    watcher = InboxWatcher(0, inbox, hints.put)
+    watcher.start()
+    share_answers = threading.Event()
+    real_stat = os.stat
+
+    def hanging_stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if Path(os.fsdecode(path)) == root:
+            share_answers.wait()
+        return real_stat(path, *args, **kwargs)
+
+    try:
+        monkeypatch.setattr("srd.watch.os.stat", hanging_stat)
+        started = time.monotonic()
+        watcher.supervise()
+        assert time.monotonic() - started < ROOT_ANSWER_S + 1
+        assert watcher.state == "missing" and not watcher.healthy
+        started = time.monotonic()
+        watcher.supervise()
+        assert time.monotonic() - started < 0.1
+        share_answers.set()
+
+        def resumed() -> bool:
+            watcher.supervise()
+            return watcher.state == "watching" and watcher.healthy
+
+        wait_for(resumed, 10, "the inbox to be watched again")
+    finally:
+        share_answers.set()
+        watcher.stop()
+
+
+# -- hung jobs -----------------------------------------------------------------------------------------------
+
+
+def _workers_of(daemon_pid: int) -> list[int]:
+    """The pool's worker processes: the children of the daemon's forkserver."""
+    def children(pid: int) -> list[int]:
+        return [child for child in descendants_of(pid) if _parent(child) == pid]
+
+    for child in children(daemon_pid):
+        if b"forkserver" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return children(child)
+    return []
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError):
+        return -1
+
+
+def test_a_stuck_worker_is_shown_in_status_killed_at_its_derived_limit_and_the_job_retried(tmp_path: Path) -> None:
+    """With no job_timeout set, a small image's limit is the floor (2 s here). A worker that stops answering
+    (SIGSTOP) while it holds a job shows in `srd status` with its elapsed time, is killed when the limit
+    passes, and the job is retried and completes; nothing goes to the failed folder."""
+    config = write_config(tmp_path, job_timeout_min_seconds=2)
+    inbox, state = tmp_path / "in", tmp_path / "state"
+    daemon = DaemonProcess(config)
+    stopped: list[int] = []
+    try:
+        daemon.wait_ready()
+        (inbox / "first.png").write_bytes(make_image(Path("x.png"), SIZE, 1))
+        daemon.wait_event("file_processed")
+        stopped = wait_for(lambda: _workers_of(daemon.pid), 10, "the pool's worker processes")
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        (inbox / "stuck.png").write_bytes(make_image(Path("x.png"), SIZE, 2))
+
+        def stuck_in_status() -> dict[str, Any] | None:
+            jobs = [job for inbox in read_status(state)["inboxes"] for job in inbox.get("running", [])]
+            return next((j for j in jobs if j["source"].endswith("stuck.png") and j["elapsed_s"] >= 1), None)
+
+        job = wait_for(stuck_in_status, 20, "the stuck job in status.json\n" + daemon.log_tail())
+        assert job["limit_s"] == 2
+        shown = srd("status", "--config", str(config))
+        assert f"{inbox}: running stuck.png" in shown.stdout, shown.stdout
+
+        timed_out = daemon.wait_event("job_timed_out", timeout=20)[0]
+        assert timed_out["src"] == str(inbox / "stuck.png") and timed_out["limit_s"] == 2
+        wait_for(lambda: (tmp_path / "in-out" / "stuck.png").exists(), 30, "the retried job's output")
+        assert decoded_size(tmp_path / "in-out" / "stuck.png") == DOUBLED
+        assert not (tmp_path / "in-failed").exists() or not any((tmp_path / "in-failed").iterdir())
+        assert daemon.stop() == 0
+    finally:
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+
+
+def test_the_derived_limit_grows_with_pixels_and_model_cost_and_keeps_its_floor() -> None:
+    """20 × the measured cost: a 12 MP photo through edsr-lite ×2 gets 20 × 66 s; a thumbnail gets the floor;
+    a model never measured is assumed as slow as the slowest measured one."""
+    def profile(model: str) -> Profile:
+        return Profile("p", Pipeline((Upscale(model=model, scale=2),)))
+
+    assert job_time_limit(profile("edsr-lite"), 12_000_000, floor=120) == pytest.approx(20 * 12 * 5.5)
+    assert job_time_limit(profile("/m/ESPCN_x2.pb"), 64 * 64, floor=120) == 120
+    assert us_per_pixel("FSRCNN-small_x2.pb") == 0.8 and us_per_pixel("FSRCNN_x2.pb") == 1.6
+    assert us_per_pixel("my-own-net.onnx") == 60.0
+
+
+# -- out of memory in a worker -------------------------------------------------------------------------------
+
+_OOM_SCRIPT = """
+import json, resource, sys
+from pathlib import Path
+import cv2, numpy as np
+from srd.config import load_config
+from srd.job import Job, run_job
+from srd.pipeline import StageContext
+config = load_config(Path(sys.argv[1]))
+root = Path(sys.argv[2])
+profile = config.profiles["test"]
+context = StageContext(config.worker_engine(), config.model_dirs)
+small, big = root / "small.png", root / "big.png"
+cv2.imwrite(str(small), np.zeros((16, 16, 3), np.uint8))
+cv2.imwrite(str(big), np.random.default_rng(0).integers(0, 255, (2000, 2000, 3), dtype=np.uint8))
+assert run_job(Job(small, root / "out", profile, 10**9), context).ok  # the model is loaded
+in_use = int(next(line for line in open("/proc/self/status") if line.startswith("VmSize")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (in_use + 80 * 2**20, resource.RLIM_INFINITY))
+result = run_job(Job(big, root / "out", profile, 10**9), context)
+print(json.dumps({"ok": result.ok, "out_of_memory": result.out_of_memory, "error": result.error}))
+"""
+
+
+def test_a_real_allocation_failure_in_a_job_is_reported_as_out_of_memory(tmp_path: Path) -> None:
+    """A worker whose address space runs out (RLIMIT_AS) while upscaling gets OpenCV's bad_alloc /
+    'Insufficient memory': the result says out of memory, not a permanent 'internal error'."""
+    config = write_config(tmp_path)
+    (tmp_path / "out").mkdir()
+    done = subprocess.run([sys.executable, "-c", _OOM_SCRIPT, str(config), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["ok"] is False and result["out_of_memory"] is True, result
+    assert result["error"].startswith("out of memory"), result
+
+
+def test_out_of_memory_is_retried_alone_and_costs_an_attempt_not_the_file(tmp_path: Path) -> None:
+    """The daemon takes an out-of-memory result like a crashed worker: the file is retried (alone), and
+    completes when memory allows; only max_attempts out-of-memory results in a row fail it."""
+    from test_daemon import InlineExecutor, InlineOffloader, QuietWatcher
+
+    config = load_config(write_config(tmp_path))
+    context = StageContext(config.worker_engine(), config.model_dirs)
+    attempts: list[Path] = []
+
+    def run(job: Job) -> JobResult:
+        attempts.append(job.source)
+        if len(attempts) == 1:
+            return JobResult(job.source, False, error="out of memory: error: std::bad_alloc", out_of_memory=True)
+        return run_job(job, context)
+
+    now = [100.0]
+    daemon = Daemon(config, notifier=Notifier(None), clock=lambda: now[0], watcher_builder=QuietWatcher,
+                    pool_builder=lambda cfg, on_start, wake: JobPool(1, lambda: InlineExecutor(run),
+                                                                      on_start=on_start),
+                    offloader=InlineOffloader())
+    daemon.start()
+    try:
+        source = tmp_path / "in" / "a.png"
+        source.write_bytes(make_image(Path("x.png"), SIZE, 1))
+        daemon.hint(Hint(0, source))
+        for _ in range(12):
+            daemon.step()
+            now[0] += 0.2
+        assert attempts == [source, source]
+        assert decoded_size(tmp_path / "in-out" / "a.png") == DOUBLED
+        assert not (tmp_path / "in-failed").exists() or not any((tmp_path / "in-failed").iterdir())
+        assert daemon.ledger is not None
+        assert [(e.state.value, e.attempts) for e in daemon.ledger.entries()] == [("done", 2)]
+    finally:
+        daemon.close()
+
+
+# -- inotify overflow ----------------------------------------------------------------------------------------
+
+
+def test_an_inotify_overflow_in_a_tree_larger_than_the_queue_is_recovered_once_and_then_quiet(tmp_path: Path) -> None:
+    """A tree with more folders than the kernel's inotify queue holds, and a burst of writes while the
+    daemon is stopped (SIGSTOP), overflow the queue for certain. The daemon counts the overflow, recovers
+    (fresh observer, rescan), and then stays quiet: no further overflows, little CPU, and a file dropped
+    afterwards into the deepest folder is found by its event (the reconcile scan is 30 s away)."""
+    queue_size = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    folders = queue_size + 2000
+    inbox = tmp_path / "in"
+    for i in range(folders):
+        (inbox / f"p{i // 100:04d}" / f"d{i % 100:02d}").mkdir(parents=True)
+    deepest = inbox / f"p{(folders - 1) // 100:04d}" / f"d{(folders - 1) % 100:02d}"
+    config = write_config(tmp_path, [inbox_config(tmp_path, mode="native")])
+    daemon = DaemonProcess(config)
+    state = tmp_path / "state"
+    try:
+        daemon.wait_ready(timeout=120)
+        daemon.proc.send_signal(signal.SIGSTOP)
+        for i in range(queue_size + 2000):
+            (inbox / f".burst{i:06d}").write_bytes(b"x")
+        daemon.proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: read_status(state).get("inboxes", [{}])[0].get("events_lost", 0) >= 1, 60,
+                 "the overflow to be reported\n" + daemon.log_tail())
+        daemon.wait_event("inbox_events_lost_rescanning", timeout=30)
+        time.sleep(3)  # the recovery's own work is done
+        lost = read_status(state)["inboxes"][0]["events_lost"]
+        cpu_before, started = _cpu_seconds(daemon.pid), time.monotonic()
+        time.sleep(8)
+        cpu_percent = (_cpu_seconds(daemon.pid) - cpu_before) / (time.monotonic() - started) * 100
+        assert read_status(state)["inboxes"][0]["events_lost"] == lost, "the queue kept overflowing"
+        assert cpu_percent < 20, f"{cpu_percent:.0f} % of a core while idle"
+        (deepest / "late.png").write_bytes(make_image(Path("x.png"), SIZE, 1))
+        output = tmp_path / "in-out" / deepest.relative_to(inbox) / "late.png"
+        wait_for(output.exists, 15, "the late file, found by its event\n" + daemon.log_tail())
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.send_signal(signal.SIGCONT)
+            daemon.proc.kill()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- slow writers --------------------------------------------------------------------------------------------
+
+
+def test_a_slow_writer_s_half_written_jpeg_is_waited_for_and_an_earlier_failure_is_cleared(tmp_path: Path) -> None:
+    """A JPEG written in bursts with a pause longer than settle_seconds decodes as truncated at first; the
+    daemon saw it growing, so it waits (backing off) instead of failing it, and processes it once the
+    writer is done. A truncated JPEG that arrives whole fails at once; when the user puts the complete
+    picture back under its name, it is processed and the stale reason file and failed entry go away."""
+    config = write_config(tmp_path)
+    inbox, failed, outbox = tmp_path / "in", tmp_path / "in-failed", tmp_path / "in-out"
+    jpeg = make_image(Path("x.jpg"), (96, 128), 1)
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_ready()
+        with (inbox / "slow.jpg").open("wb") as fh:
+            fh.write(jpeg[: len(jpeg) // 4])
+            fh.flush()
+            time.sleep(0.5)  # the tracker sees it grow between its two stats ...
+            fh.write(jpeg[len(jpeg) // 4: len(jpeg) // 2])
+            fh.flush()
+            daemon.wait_event("file_incomplete_waiting", timeout=30)  # ... then the writer stalls
+            time.sleep(2)
+            fh.write(jpeg[len(jpeg) // 2:])
+        wait_for(lambda: (outbox / "slow.jpg").exists(), 30, "the slow writer's file\n" + daemon.log_tail())
+        assert decoded_size(outbox / "slow.jpg") == (192, 256)
+        assert not daemon.events("file_failed")
+
+        other = make_image(Path("x.jpg"), (96, 128), 2)
+        (inbox / "whole.jpg").write_bytes(other[: len(other) // 2])
+        daemon.wait_event("file_failed")
+        assert (failed / "whole.jpg.error.json").exists()
+        (failed / "whole.jpg").unlink()  # the user fetches a good copy instead
+        (inbox / "whole.jpg").write_bytes(other)
+        wait_for(lambda: (outbox / "whole.jpg").exists(), 30, "the repaired file\n" + daemon.log_tail())
+        daemon.wait_event("earlier_failure_cleared")
+        assert not (failed / "whole.jpg.error.json").exists()
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    listed = srd("ledger", "list", "--state", "failed", "--config", str(config))
+    assert "whole.jpg" not in listed.stdout, listed.stdout
+
+
+# -- two daemons on one inbox --------------------------------------------------------------------------------
+
+
+def test_a_second_daemon_on_the_same_inbox_is_refused_naming_the_first_and_a_dead_one_s_claim_is_taken_over(
+        tmp_path: Path) -> None:
+    """A copied config with another state_dir points a second `srd run` at the same inbox: it exits 6 with
+    a message naming the first (host, pid). A claim left by a SIGKILLed daemon on this host is taken over
+    at once; one from another host with a fresh heartbeat refuses, with a stale one is taken over; a clean
+    stop removes the claim."""
+    config = write_config(tmp_path)
+    copied = yaml.safe_load(config.read_text())
+    copied["state_dir"] = str(tmp_path / "state-2")
+    second_config = tmp_path / "copied.yaml"
+    second_config.write_text(yaml.safe_dump(copied))
+    claim = tmp_path / "in" / ".srd-claim.json"
+    first = DaemonProcess(config)
+    try:
+        first.wait_ready()
+        holder = json.loads(claim.read_text())
+        assert holder["pid"] == first.pid and holder["host"] == socket.gethostname()
+        second = srd("run", "--config", str(second_config), timeout=60)
+        assert second.returncode == 6, second.stderr
+        assert f"(pid {first.pid}, state_dir {tmp_path / 'state'})" in second.stderr
+        assert socket.gethostname() in second.stderr and "Traceback" not in second.stderr
+        (tmp_path / "in" / "a.png").write_bytes(make_image(Path("x.png"), SIZE, 1))
+        wait_for(lambda: (tmp_path / "in-out" / "a.png").exists(), 30, "the first daemon to work on")
+        first.kill()
+    finally:
+        if first.proc.poll() is None:
+            first.proc.kill()
+
+    taker = DaemonProcess(second_config)  # the dead daemon's claim is stale at once on this host
+    try:
+        taker.wait_ready()
+        assert taker.events("inbox_claim_taken_over")
+        assert json.loads(claim.read_text())["pid"] == taker.pid
+        assert taker.stop() == 0
+    finally:
+        if taker.proc.poll() is None:
+            taker.proc.kill()
+    assert not claim.exists()
+
+    other_host = {"host": "nas-client-b", "pid": 4242, "instance": "x", "state_dir": "/srv/srd",
+                  "heartbeat": time.time()}
+    claim.write_text(json.dumps(other_host))
+    refused = srd("run", "--config", str(config), timeout=60)
+    assert refused.returncode == 6 and "host nas-client-b (pid 4242" in refused.stderr, refused.stderr
+    claim.write_text(json.dumps({**other_host, "heartbeat": time.time() - 3600}))
+    after_crash = DaemonProcess(config)
+    try:
+        after_crash.wait_ready()
+        assert json.loads(claim.read_text())["pid"] == after_crash.pid
+        assert after_crash.stop() == 0
+    finally:
+        if after_crash.proc.poll() is None:
+            after_crash.proc.kill()
