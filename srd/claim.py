@@ -17,11 +17,12 @@ import secrets
 import socket
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import structlog
 
+from srd import safefs
 from srd.atomic import write_bytes_atomic
 from srd.errors import LockedError, OutputError
 from srd.status import pid_alive
@@ -29,6 +30,7 @@ from srd.status import pid_alive
 log = structlog.get_logger(__name__)
 
 CLAIM_NAME = ".srd-claim.json"
+_CLAIM = PurePosixPath(CLAIM_NAME)
 HEARTBEAT_S = 10.0
 STALE_S = 60.0
 
@@ -110,7 +112,7 @@ class InboxClaims:
         try:
             holder = self._read(inbox)
             if holder is not None and self._mine(holder):
-                (inbox / CLAIM_NAME).unlink()
+                safefs.unlink(inbox, _CLAIM)
         except OSError as exc:
             log.warning("inbox_claim_release_failed", inbox=str(inbox), error=str(exc))
 
@@ -132,18 +134,19 @@ class InboxClaims:
 
     def _read(self, inbox: Path) -> Holder | None:
         try:
-            data = json.loads((inbox / CLAIM_NAME).read_bytes())
+            # Through safefs like every inbox access: a claim planted as a symlink is unreadable, not followed.
+            data = json.loads(safefs.read_bytes(inbox, _CLAIM))
             return Holder(str(data["host"]), int(data["pid"]), str(data["instance"]), str(data["state_dir"]),
                           float(data["heartbeat"]))
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, safefs.SymlinkRefused, safefs.ChangedWhileOpening) as exc:
             log.warning("inbox_claim_unreadable_replacing", inbox=str(inbox), error=str(exc))
             return None
 
     def _write(self, inbox: Path, now: float) -> None:
         holder = Holder(**{**asdict(self._me), "heartbeat": now})
         try:
-            write_bytes_atomic(inbox / CLAIM_NAME, (json.dumps(asdict(holder)) + "\n").encode())
+            write_bytes_atomic(inbox / CLAIM_NAME, (json.dumps(asdict(holder)) + "\n").encode(), root=inbox)
         except OutputError as exc:
             raise OSError(exc.errno or 0, f"cannot write the inbox claim: {exc}", str(inbox / CLAIM_NAME)) from exc
