@@ -17,6 +17,7 @@ ELSEWHERE = {
     ExitCode.INTERRUPTED: "test_oneshot.py::test_ctrl_c_stops_the_batch_and_leaves_no_half_written_file",
     ExitCode.TERMINATED: "test_train.py::test_sigterm_saves_and_exits_143 (needs the 'train' extra)",
     ExitCode.UNHEALTHY: "test_status_cli.py::test_check_exit_codes_healthy_unhealthy_not_running",
+    ExitCode.STARTUP: "test_faults.py::test_an_outbox_that_cannot_be_created_is_a_one_line_startup_error",
 }
 
 

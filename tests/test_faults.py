@@ -32,8 +32,10 @@ from daemon_helpers import (
     write_config,
 )
 
+from srd import safefs
 from srd.config import Inbox, Profile, load_config
 from srd.daemon import Daemon
+from srd.errors import ExitCode
 from srd.job import Job, JobResult, run_job
 from srd.jobtime import job_time_limit, us_per_pixel
 from srd.notify import Notifier
@@ -65,7 +67,7 @@ def _set_outbox(config: Path, outbox: Path) -> None:
 
 
 def _assert_one_line_startup_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    assert result.returncode == 7, result.stderr
+    assert result.returncode == ExitCode.STARTUP, result.stderr
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("srd:")]
     assert len(lines) == 1, result.stderr
@@ -193,15 +195,15 @@ def test_a_root_that_does_not_answer_pauses_its_inbox_without_blocking_supervisi
     watcher = InboxWatcher(0, inbox, hints.put)
     watcher.start()
     share_answers = threading.Event()
-    real_stat = os.stat
+    real_open_root = safefs.open_root
 
-    def hanging_stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
-        if Path(os.fsdecode(path)) == root:
+    def hanging_open_root(path: Path) -> int:
+        if path == root:
             share_answers.wait()
-        return real_stat(path, *args, **kwargs)
+        return real_open_root(path)
 
     try:
-        monkeypatch.setattr("srd.watch.os.stat", hanging_stat)
+        monkeypatch.setattr(safefs, "open_root", hanging_open_root)
         started = time.monotonic()
         watcher.supervise()
         assert time.monotonic() - started < ROOT_ANSWER_S + 1
