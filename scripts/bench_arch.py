@@ -34,7 +34,7 @@ def time_infer(path: Path, classic: bool, size: int, repeats: int) -> float:
 
 
 def time_train(arch: Arch, steps: int) -> float:
-    model = EDSR(arch).to(memory_format=torch.channels_last)
+    model = EDSR(arch).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x = torch.randn(16, 3, 48, 48).contiguous(memory_format=torch.channels_last)
     y = torch.randn(16, 3, 48 * arch.scale, 48 * arch.scale)

@@ -1,7 +1,8 @@
 """Measure whether a real `srd run` stays quiet on a big inbox tree (inotify, native mode).
 
 For each tree size it builds an inbox of FOLDERS empty sub-folders (100 per parent) before starting
-`srd run` on it, or with ``--while-running`` after (a big folder tree copied into a watched inbox), and after a warm-up reports over SECONDS of idling: the daemon's CPU use (% of one core), the
+`srd run` on it, or with ``--while-running`` after (a big folder tree copied into a watched inbox), and
+after a warm-up reports over SECONDS of idling: the daemon's CPU use (% of one core), the
 inotify queue overflows it saw (status.json's ``events_lost``, or watchdog's own overflow warnings on
 stderr for versions that don't report them), and how long a file dropped into the deepest folder then
 took to be processed (found by an event: the reconcile scan is an hour away).
@@ -52,7 +53,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def measure(folders: int, seconds: float, warmup: float, while_running: bool, flat: bool, burst: int) -> dict[str, float | int | None]:
+def measure(folders: int, seconds: float, warmup: float, while_running: bool, flat: bool,
+            burst: int) -> dict[str, float | int | None]:
     with tempfile.TemporaryDirectory(prefix="srd-overflow-") as tmp:
         root = Path(tmp)
         inbox = root / "in"

@@ -1,8 +1,11 @@
-"""The daemon: one loop that turns inbox hints into jobs, and job outcomes into ledger records (docs/design.md §2, §4, §5).
+"""The daemon: one loop that turns inbox hints into jobs, and job outcomes into ledger records.
+
+See docs/design.md §2, §4 and §5.
 
 Threads only produce hints (watchers), wake-ups (the pool) and file reads (the offloader, which hashes
 and reads headers so that a huge file or a hung share can't stall the loop); everything that decides or
-records — settling, ledger, moving files, status — happens in this loop, so none of it needs locks. Signal handlers only set flags, which the loop reads at least every `MAX_SLEEP_S`.
+records — settling, ledger, moving files, status — happens in this loop, so none of it needs locks.
+Signal handlers only set flags, which the loop reads at least every `MAX_SLEEP_S`.
 
 Per file: settle → stat-cache or sha256 → ledger lookup under the profile's fingerprint → either
 nothing (already done: a duplicate, or the same file again) or: choose an output name → journal
@@ -21,6 +24,7 @@ or replaced file can leave a stale output standing for a source.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import os
@@ -407,8 +411,9 @@ class Daemon:
             key = inbox_id(inbox)
             watcher = self._watcher_builder(index, inbox, self._hints.put)
             tracker = SettleTracker(max(inbox.settle_seconds, 0.01), clock=self._clock,
-                                    stat=lambda path, root=inbox.path: safefs.lstat(root, path))
-            runtime = _InboxRuntime(index, inbox, config.profiles[inbox.profile], prints[inbox.profile], tracker, watcher)
+                                    stat=functools.partial(safefs.lstat, inbox.path))
+            runtime = _InboxRuntime(index, inbox, config.profiles[inbox.profile], prints[inbox.profile], tracker,
+                                    watcher)
             if key in old and old[key].fingerprint == runtime.fingerprint:
                 runtime.handled = old[key].handled
             runtimes[key] = runtime
@@ -653,7 +658,7 @@ class Daemon:
                 runtime.watcher.supervise()
             # A watcher that can't be restarted must not stop the others; withholding WATCHDOG=1 lets
             # systemd restart the whole daemon if it stays broken.
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("watcher_supervision_failed", inbox=str(runtime.inbox.path))
                 healthy = False
         if self.pool is not None:
@@ -710,7 +715,7 @@ class Daemon:
         if unfinished and self._clock() - self._started < SOLO_RETRY_AFTER_S:
             runtime.tracker.hint(path)  # judged again once it has settled again
             return
-        if unfinished and entry.strikes >= self.config.max_attempts:
+        if unfinished and entry is not None and entry.strikes >= self.config.max_attempts:
             reason = (f"gave up after {entry.strikes} deaths pinned on this file: its worker died, or the daemon "
                       "died while it was being retried alone")
             self._fail(runtime.inbox_id, runtime.inbox, runtime.profile, path, rel, signature, key, reason,
@@ -804,6 +809,7 @@ class Daemon:
                 return candidate
             if runtime.inbox.collision == "skip":
                 return None
+        raise AssertionError("numbered_names never ends")
 
     def _already_done(self, runtime: _InboxRuntime, path: Path, rel: PurePosixPath, signature: FileVersion,
                       entry: Entry | None) -> None:
@@ -837,7 +843,8 @@ class Daemon:
                     how = link_or_copy(output_root, entry.output, runtime.inbox.outbox, target, replace=True)
                 self.ledger.record_output(target, inbox=runtime.inbox_id, source=rel, key=entry.key)
         elif refresh:
-            log.warning("stale_output_left", src=str(path), outputs=sorted(self.ledger.outputs_of(runtime.inbox_id, rel)),
+            log.warning("stale_output_left", src=str(path),
+                        outputs=sorted(self.ledger.outputs_of(runtime.inbox_id, rel)),
                         reason="the earlier output of this content is gone, so there is nothing to link")
         log.info("duplicate", src=str(path), same_as=str(entry.source), output=str(entry.output), action=how)
         self._dispose(runtime.inbox, runtime.inbox_id, path, rel, signature, None)
@@ -846,8 +853,10 @@ class Daemon:
 
     def _finish(self, outcome: Outcome) -> None:
         assert self.ledger is not None and self.pool is not None
-        work = self._active.pop(outcome.token)
-        self._running_since.pop(outcome.token, None)
+        key = outcome.token
+        assert isinstance(key, str)  # the pool hands back the work key it was given
+        work = self._active.pop(key)
+        self._running_since.pop(key, None)
         solo = work.key in self._solo
         self._solo.discard(work.key)
         try:
@@ -1160,7 +1169,8 @@ class Daemon:
         """Apply ``on_success`` to a processed source; return the disposition to journal, None to postpone."""
         runtime = self._runtimes.get(inbox_key)
         current = candidate_stat(path, inbox.path)
-        if current is None and (not safefs.root_usable(inbox.path) or (runtime is not None and runtime.watcher.state == "missing")):
+        inbox_missing = runtime is not None and runtime.watcher.state == "missing"
+        if current is None and (not safefs.root_usable(inbox.path) or inbox_missing):
             # The inbox itself is missing (a share outage): the file's fate is unknown, so nothing is
             # journaled; when the inbox returns, the rescan finds it done and applies on_success then.
             log.info("source_step_postponed", src=str(path), reason="inbox missing")

@@ -128,7 +128,7 @@ def run_job(job: Job, context: StageContext) -> JobResult:
         return _failure(job, str(exc), sha256, started, out_of_memory=_oom_cause(exc))
     # Per-job boundary: any unexpected error (an OpenCV assertion on an odd image, a bug) must fail
     # this file with its reason, not the batch or the daemon.
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if is_out_of_memory(exc):
             return _failure(job, f"out of memory: {type(exc).__name__}: {exc}", sha256, started, out_of_memory=True)
         log.exception("job_crashed", src=str(job.source))

@@ -440,7 +440,8 @@ class Ledger:
 
     def outputs_of(self, inbox: str, source: PurePath | str) -> dict[str, str | None]:
         """The outputs srd wrote for this source, each with the key of the content it holds (None: forgotten)."""
-        return {output: self._owners[output].key for output in self._owned_by((inbox, PurePosixPath(source).as_posix()))}
+        slot = (inbox, PurePosixPath(source).as_posix())
+        return {output: self._owners[output].key for output in self._owned_by(slot)}
 
     def _owned_by(self, slot: tuple[str, str]) -> tuple[str, ...]:
         outputs = self._owned.get(slot, ())
@@ -754,7 +755,8 @@ class Ledger:
         line = {"seq": seq, **record}
         if self._pending_hashes:
             line["cache"] = {
-                "set": [_cache_record(slot, value) for slot, value in self._pending_hashes.items() if value is not None],
+                "set": [_cache_record(slot, value) for slot, value in self._pending_hashes.items()
+                        if value is not None],
                 "unset": [list(slot) for slot, value in self._pending_hashes.items() if value is None],
             }
         payload = _line(line)

@@ -109,7 +109,7 @@ class Offloader:
             try:
                 done = Done(task.token, value=task.call())
             # Whatever the call raised belongs to the loop, which decides what it means for the file.
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 done = Done(task.token, error=exc)
             with self._cond:
                 self._running[task.group] -= 1
@@ -117,5 +117,5 @@ class Offloader:
                 self._cond.notify_all()
             try:
                 self._wake()
-            except Exception:  # noqa: BLE001 - a failed wake-up only delays the loop by one sleep
+            except Exception:
                 log.exception("offload_wake_failed")

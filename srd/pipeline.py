@@ -41,7 +41,7 @@ class StageContext:
         self.engine = engine
         self.model_dirs = tuple(model_dirs)
         self._upscalers: dict[ModelSpec, Upscaler] = {}
-        self._hashes: dict[tuple[Path, int, int], str] = {}
+        self._hashes: dict[tuple[Path, FileVersion], str] = {}
         self._specs: dict[tuple[str, int | None, str | None], ModelSpec] = {}
 
     def resolve(self, model: str, scale: int | None, convention: str | None) -> ModelSpec:

@@ -15,6 +15,7 @@ crash are not charged.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
@@ -74,10 +75,8 @@ def kill_workers(executor: Executor) -> None:
         killer()
         return
     for proc in list(getattr(executor, "_processes", {}).values()):
-        try:
+        with contextlib.suppress(OSError, ValueError):
             proc.kill()
-        except (OSError, ValueError):
-            pass
 
 
 @dataclass

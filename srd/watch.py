@@ -161,7 +161,7 @@ class _Handler(FileSystemEventHandler):
         try:
             self._watcher.on_event(event)
         # A handler that raises kills watchdog's observer thread; log it and keep watching.
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("watch_handler_failed", inbox=str(self._watcher.root), kind=event.event_type)
 
 
@@ -381,7 +381,7 @@ class InboxWatcher:
             try:
                 self._scan_cycle()
             # The scanner is this inbox's safety net; an unexpected error must not end it for good.
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("inbox_scan_failed", inbox=str(self.root))
             timeout = self.inbox.poll_interval if self.mode == "poll" else None
             self._wake.wait(timeout)
@@ -474,7 +474,8 @@ class InboxWatcher:
         self.root_error = None
         return identity
 
-    def _root_unusable(self, reason: str) -> None:
+    def _root_unusable(self, reason: str) -> tuple[int, int] | None:
+        """No identity: the root is not usable, for `reason` (kept for the status file)."""
         self.root_error = reason
         return None
 
@@ -532,7 +533,7 @@ class _Question:
     def _run(self, answered: threading.Event) -> None:
         try:
             self._answer = self._ask()
-        except Exception:  # noqa: BLE001 - no answer is an answer: unavailable
+        except Exception:
             log.exception("question_failed", question=self._name)
             self._answer = None
         answered.set()
@@ -544,5 +545,5 @@ def _stop_quietly(observer: Any) -> None:
         if observer.is_alive():
             observer.join(timeout=5)
     # Stopping a broken observer can raise from its emitters; the daemon must carry on regardless.
-    except Exception:  # noqa: BLE001
+    except Exception:
         log.exception("observer_stop_failed")

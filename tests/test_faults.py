@@ -3,6 +3,7 @@ real read-only mounts, real stopped workers and a real 10 GB sparse file."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -278,10 +279,8 @@ def test_a_stuck_worker_is_shown_in_status_killed_at_its_derived_limit_and_the_j
         assert daemon.stop() == 0
     finally:
         for pid in stopped:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
         if daemon.proc.poll() is None:
             daemon.proc.kill()
 

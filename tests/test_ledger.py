@@ -128,7 +128,7 @@ def test_a_complete_but_corrupt_last_line_is_garbage_from_another_writer_not_a_t
     for garbage in (b'{"seq": 2, "op"\n', b'hello from another program\n', b'{"note": "no seq"}\n'):
         journal = (tmp_path / JOURNAL_NAME).read_bytes()
         (tmp_path / JOURNAL_NAME).write_bytes(journal + garbage)
-        with pytest.raises(LedgerError, match="line 2.*srd ledger repair"):
+        with pytest.raises(LedgerError, match=r"line 2.*srd ledger repair"):
             Ledger.open(tmp_path)
         (tmp_path / JOURNAL_NAME).write_bytes(journal)
 
@@ -157,7 +157,7 @@ def test_journal_that_does_not_continue_the_snapshot_is_an_error(tmp_path: Path)
         ledger.compact()
         ledger.record_start(_sha(2), FP, inbox="nas", source="2.jpg")
     (tmp_path / SNAPSHOT_NAME).unlink()
-    with pytest.raises(LedgerError, match="continues a snapshot with seq 1, but .* is missing"):
+    with pytest.raises(LedgerError, match=r"continues a snapshot with seq 1, but .* is missing"):
         Ledger.open(tmp_path)
 
 
@@ -253,9 +253,8 @@ def test_second_open_in_another_process_gets_locked_error_with_pid(tmp_path: Pat
 
 def test_second_open_in_the_same_process_is_refused_until_closed(tmp_path: Path) -> None:
     """flock is per open file, so even this process can't open the same ledger twice at once."""
-    with Ledger.open(tmp_path):
-        with pytest.raises(LockedError):
-            Ledger.open(tmp_path)
+    with Ledger.open(tmp_path), pytest.raises(LockedError):
+        Ledger.open(tmp_path)
     with Ledger.open(tmp_path):
         pass
 

@@ -124,8 +124,9 @@ def test_a_read_only_outbox_is_reported_without_a_crash_loop_and_recovers(tmp_pa
                 (layout.inbox / f"p{i}.png").write_bytes(image_bytes(".png", SIZE, i))
             paused = daemon.wait_event("outbox_unwritable_paused")[0]
             assert "Read-only file system" in paused["error"]
-            shown = wait_for(lambda: "outbox unwritable" in (out := srd("status", "--config", str(layout.config)).stdout)
-                             and out, 10, "srd status to show the outbox problem")
+            status = ("status", "--config", str(layout.config))
+            shown = wait_for(lambda: "outbox unwritable" in (out := srd(*status).stdout) and out, 10,
+                             "srd status to show the outbox problem")
             assert "Read-only file system" in shown and "unhealthy" in shown
             time.sleep(1.0)
             assert daemon.proc.poll() is None

@@ -50,7 +50,7 @@ def _started_attempts(state: Path, name: str) -> int:
         with Ledger.open(state, read_only=True) as ledger:
             return max((e.attempts for e in ledger.entries() if e.source.name == name and e.state == "started"),
                        default=0)
-    except Exception:  # noqa: BLE001 - the files may be between a snapshot and a journal; ask again
+    except Exception:
         return 0
 
 

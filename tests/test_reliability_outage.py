@@ -118,7 +118,8 @@ def test_an_inbox_that_vanishes_and_returns_pauses_then_catches_up(tmp_path: Pat
     assert status is not None and status["inboxes"][0]["failed"] == 0
     record_figures("outage", mode=mode, outages=outage + 1, files=len(expected),
                    arrived_during_outages=sum(1 for n in expected if n.startswith("during")),
-                   written_just_before_outages=sum(1 for n in expected if n.startswith("edge")), processed_twice=0, failed=0)
+                   written_just_before_outages=sum(1 for n in expected if n.startswith("edge")), processed_twice=0,
+                   failed=0)
 
 
 @pytest.mark.parametrize("mode", ["native", "poll"])

@@ -205,7 +205,7 @@ def _train(cfg: TrainConfig, device: torch.device, stop: _StopFlag, target: int)
         log.info("new run %s: %s, %d parameters", cfg.name, cfg.arch, count_parameters(model))
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str) + "\n")
 
-    model = model.to(device, memory_format=torch.channels_last)
+    model = model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     model.train()
     on_gpu = device.type == "cuda"
     torch.backends.cudnn.benchmark = on_gpu  # patches have one shape: let cuDNN pick its fastest kernels
