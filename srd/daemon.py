@@ -40,6 +40,7 @@ from types import FrameType
 from typing import Any
 
 import structlog
+from structlog.contextvars import bound_contextvars
 
 from srd import safefs
 from srd.atomic import clean_stale_temps, temp_files_of
@@ -435,9 +436,9 @@ class Daemon:
             source = runtime.inbox.path / entry.source
             if not os.path.lexists(source) and runtime.watcher.root.is_dir():
                 self.ledger.record_failed(entry.key, error="source vanished before processing finished")
-                log.warning("unfinished_source_gone", src=str(source), attempts=entry.attempts)
+                log.warning("unfinished_source_gone", src=str(source), inbox=entry.inbox, attempts=entry.attempts)
             else:
-                log.info("unfinished_will_retry", src=str(source), attempts=entry.attempts)
+                log.info("unfinished_will_retry", src=str(source), inbox=entry.inbox, attempts=entry.attempts)
 
     def _shutdown(self) -> None:
         assert self.pool is not None
@@ -582,7 +583,7 @@ class Daemon:
                 runtime.handled.pop(path, None)
                 self._forget_source(runtime.inbox_id, runtime.inbox.path, path)
             for rejected in result.rejected:
-                log.info("path_not_processed", src=str(rejected.path), reason=rejected.reason)
+                log.info("path_not_processed", src=str(rejected.path), inbox=key, reason=rejected.reason)
 
     def _dispatch(self) -> None:
         assert self.pool is not None
@@ -597,7 +598,8 @@ class Daemon:
                 self._blocks[key].waiting.add(ready.path)  # its outbox refuses writes: wait for it
                 continue
             try:
-                self._consider(runtime, ready)
+                with bound_contextvars(inbox=key):  # every line about this file names its inbox
+                    self._consider(runtime, ready)
             except LedgerUnwritableError as exc:
                 self._backlog.appendleft((key, ready))
                 self._state_unwritable(exc)
@@ -647,7 +649,7 @@ class Daemon:
     def _skip(self, runtime: _InboxRuntime, key: str, ready: ReadyFile, exc: Exception) -> None:
         # The file can't be read now; remember this version of it so the loop doesn't spin, and let its
         # next change or a restart bring it back.
-        log.error("file_skipped", src=str(ready.path), error=str(exc))
+        log.error("file_skipped", src=str(ready.path), inbox=key, error=str(exc))
         runtime.handled[ready.path] = ready.version
         self._note_error(key, ready.path, str(exc))
 
@@ -688,6 +690,7 @@ class Daemon:
             return
         rel = PurePosixPath(path.relative_to(runtime.inbox.path).as_posix())
         sha256 = self.ledger.cached_hash(runtime.inbox_id, rel, signature)
+        seen_before = sha256 is not None  # this very version was judged before (in this run or an earlier one)
         probe = None
         if sha256 is None:
             probe = self._read_off_loop(runtime, ready, need_hash=True)
@@ -709,7 +712,7 @@ class Daemon:
             self._already_done(runtime, path, rel, signature, entry)
             return
         if entry is not None and entry.state == State.DONE:
-            self._duplicate(runtime, path, rel, signature, entry, refresh=bool(own_outputs))
+            self._duplicate(runtime, path, rel, signature, entry, refresh=bool(own_outputs), seen_before=seen_before)
             return
         unfinished = entry is not None and entry.state == State.STARTED  # a crash cut its last start short
         if unfinished and self._clock() - self._started < SOLO_RETRY_AFTER_S:
@@ -761,6 +764,9 @@ class Daemon:
         assert self.ledger is not None
         work = self._active[key]
         self._running_since[key] = datetime.now(UTC).isoformat(timespec="seconds")
+        # A big photo can take minutes: say when it starts, not only when it is done.
+        log.info("file_started", src=str(work.source), inbox=work.inbox_id, profile=work.profile.name,
+                 pixels=work.pixels, solo=key in self._solo)
         try:
             self.ledger.record_start(work.sha256, work.fingerprint, inbox=work.inbox_id, source=work.rel,
                                      target=work.target, solo=key in self._solo)
@@ -827,11 +833,16 @@ class Daemon:
             runtime.handled[path] = signature
 
     def _duplicate(self, runtime: _InboxRuntime, path: Path, rel: PurePosixPath, signature: FileVersion,
-                   entry: Entry, *, refresh: bool) -> None:
+                   entry: Entry, *, refresh: bool, seen_before: bool) -> None:
         """This content is done under another name: link its output here (``duplicates: link``, or always
-        when this path has an output of its own from earlier content, which would otherwise stay stale)."""
+        when this path has an output of its own from earlier content, which would otherwise stay stale).
+
+        A duplicate kept in the inbox (``duplicates: skip``, ``on_success: keep``) comes back at every start;
+        it was counted and logged the first time (`seen_before`), so it is only logged at debug level then.
+        """
         assert self.ledger is not None
-        self._counters[runtime.inbox_id].duplicates += 1
+        if not seen_before:
+            self._counters[runtime.inbox_id].duplicates += 1
         how = "skipped"
         output_root = next((i.outbox for i in self.config.inboxes if entry.output is not None
                             and entry.output.is_relative_to(i.outbox)), None)
@@ -846,7 +857,8 @@ class Daemon:
             log.warning("stale_output_left", src=str(path),
                         outputs=sorted(self.ledger.outputs_of(runtime.inbox_id, rel)),
                         reason="the earlier output of this content is gone, so there is nothing to link")
-        log.info("duplicate", src=str(path), same_as=str(entry.source), output=str(entry.output), action=how)
+        report = log.debug if seen_before and how == "skipped" else log.info
+        report("duplicate", src=str(path), same_as=str(entry.source), output=str(entry.output), action=how)
         self._dispose(runtime.inbox, runtime.inbox_id, path, rel, signature, None)
 
     # -- outcomes ------------------------------------------------------------------------------------------
@@ -855,6 +867,11 @@ class Daemon:
         assert self.ledger is not None and self.pool is not None
         key = outcome.token
         assert isinstance(key, str)  # the pool hands back the work key it was given
+        with bound_contextvars(inbox=self._active[key].inbox_id):  # every line about this file names its inbox
+            self._finish_work(key, outcome)
+
+    def _finish_work(self, key: str, outcome: Outcome) -> None:
+        assert self.ledger is not None
         work = self._active.pop(key)
         self._running_since.pop(key, None)
         solo = work.key in self._solo

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import cv2
 import structlog
+from structlog.contextvars import bound_contextvars
 
 from srd import safefs
 from srd.atomic import write_bytes_atomic
@@ -101,6 +102,12 @@ def read_source(path: Path, root: Path | None = None, max_bytes: int = DEFAULT_M
 
 def run_job(job: Job, context: StageContext) -> JobResult:
     """Process one job; failures come back as a result with the reason, never as an exception."""
+    # A daemon job's lines name its inbox, like the daemon's own lines about the file.
+    with bound_contextvars(**({"inbox": str(job.source_root)} if job.source_root is not None else {})):
+        return _run(job, context)
+
+
+def _run(job: Job, context: StageContext) -> JobResult:
     started = time.monotonic()
     sha256 = None
     try:

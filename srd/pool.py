@@ -217,7 +217,8 @@ class JobPool:
             running = self._running.pop(future)
             self._suspects.discard(running.token)
             self._limits.pop(running.token, None)
-            log.error("job_timed_out", src=str(running.job.source), limit_s=round(running.limit or 0, 1))
+            log.error("job_timed_out", src=str(running.job.source), inbox=_inbox_of(running.job),
+                      limit_s=round(running.limit or 0, 1))
             outcomes.append(Lost(running.token, f"stuck: timed out after {running.limit:g} s"))
         innocent = list(self._running.values())
         self._running.clear()
@@ -313,3 +314,8 @@ class JobPool:
         self._running.clear()
         self._waiting.clear()
         self._limits.clear()
+
+
+def _inbox_of(job: Job) -> str | None:
+    """The inbox a daemon job came from (its `source_root`); None for `srd process`."""
+    return str(job.source_root) if job.source_root is not None else None
