@@ -308,14 +308,10 @@ def _check_folders(inboxes: list[Inbox], state_dir: Path, problems: _Problems) -
     srd's folders would write into another (an output named like the journal, a failed input landing
     among outputs).
 
-    Paths are compared with symlinks resolved: an outbox reached through a link into an inbox is
-    inside it all the same.
+    Paths are compared with symlinks resolved, and folders that exist also by identity (st_dev, st_ino):
+    an outbox reached through a link, or a bind mount of the state_dir, is the same folder all the same.
     """
-
-    def inside(child: Path, parent: Path) -> bool:
-        child, parent = Path(os.path.realpath(child)), Path(os.path.realpath(parent))
-        return child == parent or parent in child.parents
-
+    inside = _inside  # one rule for every pair below
     outputs = [(f"inboxes[{i}].{name}", name, getattr(inbox, name)) for i, inbox in enumerate(inboxes)
                for name in _OUTPUT_FOLDERS if getattr(inbox, name) is not None]
     for i, inbox in enumerate(inboxes):
@@ -337,9 +333,27 @@ def _check_folders(inboxes: list[Inbox], state_dir: Path, problems: _Problems) -
         if inside(state_dir, folder) or inside(folder, state_dir):
             problems.add("state_dir", f"{state_dir} overlaps {where} {folder}: an output could replace srd's ledger")
         for other_where, other_role, other in outputs[k + 1:]:
-            shared = role == other_role and os.path.realpath(folder) == os.path.realpath(other)
+            shared = role == other_role and _inside(folder, other) and _inside(other, folder)
             if not shared and (inside(folder, other) or inside(other, folder)):
                 problems.add(other_where, f"{other} overlaps {where} {folder}: one would write into the other")
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    """Whether `child` is `parent` or below it: by resolved path, or by the identity of a folder that exists
+    (a bind mount shows one folder under two unrelated paths)."""
+    child, parent = Path(os.path.realpath(child)), Path(os.path.realpath(parent))
+    if child == parent or parent in child.parents:
+        return True
+    target = _identity(parent)
+    return target is not None and any(_identity(folder) == target for folder in (child, *child.parents))
 
 
 def check_real_folders(config: Config) -> None:

@@ -308,3 +308,33 @@ def test_an_unreadable_subfolder_is_reported_in_the_log_and_in_status(tmp_path: 
     assert "Permission denied" in logged[0]["reason"]
     assert "Permission denied" in status["inboxes"][0]["unreadable"][str(locked)]
     assert str(locked) in shown and "Permission denied" in shown
+
+
+@pytest.mark.parametrize("case", ["outbox is a bind mount of the state_dir", "inbox is a bind mount of the outbox"])
+def test_layouts_that_alias_one_folder_through_a_bind_mount_are_refused(tmp_path: Path, case: str) -> None:
+    """A bind mount shows one folder under two unrelated paths: the layout check compares folders by identity
+    too, so an inbox image named like the journal can't be written over the ledger through such an alias."""
+    if os.geteuid() != 0:
+        pytest.skip("bind mounts need root (CI runs as root)")
+    for name in ("in", "out", "failed", "state", "alias"):
+        (tmp_path / name).mkdir()
+    inbox = {"path": str(tmp_path / "in"), "outbox": str(tmp_path / "out"), "failed": str(tmp_path / "failed"),
+             "profile": "p"}
+    if case == "outbox is a bind mount of the state_dir":
+        source, inbox["outbox"], key = tmp_path / "state", str(tmp_path / "alias"), "state_dir"
+    else:
+        source, inbox["path"], key = tmp_path / "out", str(tmp_path / "alias"), "inboxes[0].outbox"
+    mounted = subprocess.run(["mount", "--bind", str(source), str(tmp_path / "alias")], capture_output=True,
+                             text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"mount --bind is not permitted here: {mounted.stderr.strip()}")
+    try:
+        config = tmp_path / "srd.yaml"
+        config.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "profiles": {"p": {"stages": [
+            {"upscale": {"model": str(ESPCN_X2), "scale": 2}}]}}, "inboxes": [inbox]}))
+        for command in (("config", "check", str(config)), ("run", "--config", str(config))):
+            result = srd(*command)
+            assert result.returncode == 2, (command, result.stdout, result.stderr)
+            assert f"at '{key}'" in result.stderr, (command, result.stderr)
+    finally:
+        subprocess.run(["umount", "-l", str(tmp_path / "alias")], check=False)
