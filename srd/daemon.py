@@ -689,6 +689,12 @@ class Daemon:
             self._deferred[path] = runtime.inbox_id
             return
         rel = PurePosixPath(path.relative_to(runtime.inbox.path).as_posix())
+        if signature.size > self.config.max_input_bytes:
+            # Refused from its size alone: hashing it would read it all (a sparse file can claim terabytes).
+            reason = f"file is {signature.size} bytes, over the limit of {self.config.max_input_bytes} (max_input_bytes)"
+            self._fail(runtime.inbox_id, runtime.inbox, runtime.profile, path, rel, signature, None, reason,
+                       record=False)
+            return
         sha256 = self.ledger.cached_hash(runtime.inbox_id, rel, signature)
         seen_before = sha256 is not None  # this very version was judged before (in this run or an earlier one)
         probe = None
@@ -1133,17 +1139,18 @@ class Daemon:
         self._submit(work, suspect=True)
 
     def _fail(self, inbox_key: str, inbox: Inbox, profile: Profile, path: Path, rel: PurePosixPath,
-              signature: FileVersion, key: str, reason: str, *, record: bool) -> None:
-        """Record a failure and move the original into the failed folder with its reason."""
+              signature: FileVersion, key: str | None, reason: str, *, record: bool) -> None:
+        """Record a failure and move the original into the failed folder with its reason (`key`: None for a
+        file refused before it was hashed)."""
         assert self.ledger is not None
-        entry = self.ledger.get(key)
-        if record and entry is not None and entry.state == State.STARTED:
+        entry = self.ledger.get(key) if key is not None else None
+        if record and key is not None and entry is not None and entry.state == State.STARTED:
             entry = self.ledger.record_failed(key, error=reason)
         details = {
             "reason": reason,
             "inbox": inbox_key,
             "profile": profile.name,
-            "sha256": key.split(":", 1)[0],
+            "sha256": key.split(":", 1)[0] if key is not None else None,
             "attempts": entry.attempts if entry is not None else 0,
             "strikes": entry.strikes if entry is not None else 0,
             "first_attempt": entry.created_at if entry is not None else None,
@@ -1167,7 +1174,7 @@ class Daemon:
             self._note_error(inbox_key, path, f"{reason}; and it could not be moved to the failed folder: {exc}")
             return
         self._forget_source(inbox_key, inbox.path, path)
-        if entry is not None and entry.state == State.FAILED:
+        if key is not None and entry is not None and entry.state == State.FAILED:
             self.ledger.record_disposed(key, "failed-folder")
         self._counters[inbox_key].failed += 1
         self._note_error(inbox_key, path, reason)

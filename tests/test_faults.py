@@ -144,8 +144,9 @@ def _notify_socket() -> tuple[str, socket.socket]:
 
 def test_hashing_a_10_gb_file_starves_neither_the_watchdog_nor_the_other_files(tmp_path: Path) -> None:
     """A 10 GB sparse file takes many seconds to hash. Meanwhile WATCHDOG=1 keeps arriving at its interval
-    (1 s here) and a small file dropped into the same inbox is processed."""
-    config = write_config(tmp_path)
+    (1 s here) and a small file dropped into the same inbox is processed. (`max_input_bytes` is raised so the
+    file is hashed rather than refused from its size.)"""
+    config = write_config(tmp_path, max_input_bytes=20 * 1024**3)
     inbox = tmp_path / "in"
     address, sock = _notify_socket()
     daemon = DaemonProcess(config, env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "2000000"})
@@ -519,3 +520,23 @@ def test_a_second_daemon_on_the_same_inbox_is_refused_naming_the_first_and_a_dea
     finally:
         if after_crash.proc.poll() is None:
             after_crash.proc.kill()
+
+
+def test_a_file_over_max_input_bytes_is_failed_from_its_size_without_being_read(tmp_path: Path) -> None:
+    """A 30 GB sparse file costs no disk and would take the hashing threads half a minute: it is failed from
+    its size at once, with the reason, and a small file dropped beside it is processed without waiting."""
+    config = write_config(tmp_path)
+    inbox = tmp_path / "in"
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_ready()
+        subprocess.run(["truncate", "-s", "30G", str(inbox / "huge.png")], check=True)
+        (inbox / "small.png").write_bytes(make_image(Path("x.png"), SIZE, 1))
+        failed = daemon.wait_event("file_failed", timeout=20)[0]
+        daemon.wait_event("file_processed", timeout=20)
+    finally:
+        assert daemon.stop() == 0
+    assert failed["src"] == str(inbox / "huge.png") and "max_input_bytes" in failed["reason"]
+    report = json.loads((tmp_path / "in-failed" / "huge.png.error.json").read_text())
+    assert "over the limit" in report["reason"]
+    assert not daemon.events("file_skipped")
