@@ -691,7 +691,8 @@ class Daemon:
         rel = PurePosixPath(path.relative_to(runtime.inbox.path).as_posix())
         if signature.size > self.config.max_input_bytes:
             # Refused from its size alone: hashing it would read it all (a sparse file can claim terabytes).
-            reason = f"file is {signature.size} bytes, over the limit of {self.config.max_input_bytes} (max_input_bytes)"
+            limit = self.config.max_input_bytes
+            reason = f"file is {signature.size} bytes, over the limit of {limit} (max_input_bytes)"
             self._fail(runtime.inbox_id, runtime.inbox, runtime.profile, path, rel, signature, None, reason,
                        record=False)
             return
