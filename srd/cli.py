@@ -25,7 +25,7 @@ from srd.errors import (
     UsageError,
     exit_code_table,
 )
-from srd.ledger import LedgerError
+from srd.ledger import LedgerError, LedgerUnwritableError
 from srd.logs import configure_logging
 from srd.oneshot import run_process
 from srd.pipeline import StageContext
@@ -37,6 +37,7 @@ _EXIT_CODES: tuple[tuple[type[SrdError], ExitCode], ...] = (
     (ModelError, ExitCode.MODEL),
     (OutputError, ExitCode.OUTPUT),
     (LockedError, ExitCode.LOCKED),
+    (LedgerUnwritableError, ExitCode.STARTUP),  # before LedgerError: the state dir, not the ledger, is at fault
     (LedgerError, ExitCode.LEDGER),
     (StartupError, ExitCode.STARTUP),
     (SrdError, ExitCode.ERROR),

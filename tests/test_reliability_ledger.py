@@ -498,7 +498,7 @@ def test_a_state_dir_that_cannot_be_created_is_a_one_line_error(tmp_path: Path) 
     (tmp_path / "blocker").write_text("a file where the state dir's parent should be")
     config = write_config(tmp_path, state_dir=str(tmp_path / "blocker" / "state"))
     result = srd("run", "--config", str(config))
-    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.returncode == ExitCode.STARTUP and "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1 and "cannot use state directory" in result.stderr, result.stderr
 
 
