@@ -606,10 +606,13 @@ class Daemon:
             except FileNotFoundError:
                 continue  # gone again before we got to it; nothing to do
             except OSError as exc:
-                if exc.errno in BLOCKING_ERRNOS and _under(exc.filename, runtime.inbox.outbox):
+                on_outbox = _under(exc.filename, runtime.inbox.outbox)
+                if exc.errno in BLOCKING_ERRNOS and on_outbox:
                     self._block_outbox(key, runtime.inbox.outbox, ready.path, str(exc), exc.errno)
                     continue
-                self._skip(runtime, key, ready, exc)
+                # The outbox refused a path (a sub-folder replaced by a symlink): no verdict on this version of
+                # the file, so the next scan tries it again.
+                self._skip(runtime, key, ready, exc, remember=not on_outbox)
             except (ImageError, OutputError) as exc:
                 self._skip(runtime, key, ready, exc)
             finally:
@@ -646,11 +649,13 @@ class Daemon:
         self._reading[ready.path] = (runtime.inbox_id, ready)
         return None
 
-    def _skip(self, runtime: _InboxRuntime, key: str, ready: ReadyFile, exc: Exception) -> None:
+    def _skip(self, runtime: _InboxRuntime, key: str, ready: ReadyFile, exc: Exception, *,
+              remember: bool = True) -> None:
         # The file can't be read now; remember this version of it so the loop doesn't spin, and let its
-        # next change or a restart bring it back.
+        # next change or a restart bring it back (`remember`: else the next reconcile scan does).
         log.error("file_skipped", src=str(ready.path), inbox=key, error=str(exc))
-        runtime.handled[ready.path] = ready.version
+        if remember:
+            runtime.handled[ready.path] = ready.version
         self._note_error(key, ready.path, str(exc))
 
     def _supervise(self) -> None:

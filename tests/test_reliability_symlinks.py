@@ -125,8 +125,9 @@ def test_an_inbox_root_swapped_for_a_symlink_is_unhealthy_not_adopted(tmp_path: 
 
 def test_a_symlinked_subfolder_planted_in_the_outbox_is_never_written_through(tmp_path: Path) -> None:
     """Someone tidying a shared outbox replaces outbox/sub by a symlink to another folder: the input in
-    inbox/sub gets an error naming the reason, nothing is written outside, and other files go on."""
-    layout = make_layout(tmp_path / "srd")
+    inbox/sub gets an error naming the reason, nothing is written outside, and other files go on. The
+    refusal is no verdict on the input: once the link is gone, the next reconcile scan processes it."""
+    layout = make_layout(tmp_path / "srd", reconcile_interval=2)
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     (layout.outbox / "sub").mkdir(parents=True)
@@ -142,10 +143,14 @@ def test_a_symlinked_subfolder_planted_in_the_outbox_is_never_written_through(tm
         refused = wait_for(lambda: [e for e in daemon.lines if "two.png" in e and NOT_FOLLOWED in e], 30,
                            "the refused write to be logged\n" + daemon.log_tail())
         assert daemon.proc.poll() is None
+        assert list(outside.iterdir()) == [], "srd wrote through a symlink in the outbox"
+        (layout.outbox / "sub").unlink()  # tidied again
+        wait_for(lambda: any(e["src"].endswith("two.png") for e in daemon.events("file_processed")), 30,
+                 "the refused file to be processed at the next scan\n" + daemon.log_tail())
         assert daemon.stop() == 0
     assert refused
     assert list(outside.iterdir()) == [], "srd wrote through a symlink in the outbox"
-    assert set(files_under(layout.outbox)) == {"sub.old/one.png", "top.png"}
+    assert set(files_under(layout.outbox)) == {"sub.old/one.png", "top.png", "sub/two.png"}
 
 
 @pytest.mark.parametrize("case", [
