@@ -70,7 +70,7 @@ from srd.pool import Finished, JobPool, Lost, Outcome, RunningJob, process_execu
 from srd.scan import candidate_stat
 from srd.settle import ReadyFile, SettleTracker
 from srd.sources import archive_source, fail_source, link_or_copy, numbered_names, report_path
-from srd.status import write_status
+from srd.status import STATUS_REFRESH_S, write_status
 from srd.watch import Hint, InboxWatcher
 
 log = structlog.get_logger(__name__)
@@ -317,6 +317,7 @@ class Daemon:
         self._started_wall = time.time()
         self._started = clock()
         self._last_status: dict[str, Any] | None = None
+        self._status_written = float("-inf")
         self._last_reload_error: str | None = None
         self.ledger: Ledger | None = None
         self.pool: JobPool | None = None
@@ -1397,7 +1398,10 @@ class Daemon:
 
     def _write_status(self, *, force: bool = False) -> None:
         status = self.status()
-        if not force and status == self._last_status:
+        # Unchanged, it is still rewritten now and then: its age is how `srd status` tells a daemon that can't
+        # write it (a full state dir) or has stopped turning its loop from one that has nothing new to say.
+        fresh = self._clock() - self._status_written < STATUS_REFRESH_S
+        if not force and status == self._last_status and fresh:
             return
         self._last_status = status
         stamped = {**status, "uptime_s": round(self._clock() - self._started, 1),
@@ -1411,6 +1415,7 @@ class Daemon:
             self._status_failing = True
             self._last_status = None  # write it as soon as it can be
         else:
+            self._status_written = self._clock()
             if self._status_failing:
                 log.info("status_write_recovered", path=str(self.config.state_dir))
             self._status_failing = False

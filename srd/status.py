@@ -13,6 +13,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,10 @@ from srd.config import load_config
 from srd.errors import ConfigError
 
 STATUS_NAME = "status.json"
+# The daemon rewrites its status at least this often, even when nothing changed …
+STATUS_REFRESH_S = 30.0
+# … so a document older than this says the daemon can't write it, or its loop is stuck.
+STALE_STATUS_S = 3 * STATUS_REFRESH_S
 
 
 def status_path(state_dir: Path) -> Path:
@@ -97,9 +102,9 @@ class Assessment:
     reasons: tuple[str, ...]
 
 
-def assess(status: dict[str, Any] | None) -> Assessment:
+def assess(status: dict[str, Any] | None, now: datetime | None = None) -> Assessment:
     """Judge a status document: not running (no document, dead pid, stopped), unhealthy (an inbox
-    unavailable, an outbox refusing writes, stopping) or healthy."""
+    unavailable, an outbox or the state dir refusing writes, a document gone stale, stopping) or healthy."""
     if status is None:
         return Assessment(None, False, Health.NOT_RUNNING, ("no status file: srd has not run with this state_dir",))
     alive = pid_alive(int(status.get("pid", 0))) and status.get("state") != "stopped"
@@ -107,6 +112,10 @@ def assess(status: dict[str, Any] | None) -> Assessment:
         return Assessment(status, False, Health.NOT_RUNNING,
                           (f"last seen pid {status.get('pid')} {status.get('state')} at {status.get('updated_at')}",))
     reasons = []
+    age = _age_s(status.get("updated_at"), now or datetime.now(UTC))
+    if age is not None and age > STALE_STATUS_S:
+        reasons.append(f"status not updated for {age:.0f} s: the daemon can't write its state_dir, or its loop is "
+                       "stuck")
     if status.get("state") == "stopping":
         reasons.append("stopping")
     state_dir = status.get("state_dir") or {"state": "ok"}
@@ -172,3 +181,11 @@ def locate_state_dir(config_path: Path | None, state_dir: Path | None) -> StateD
                                   f"{broken}; state_dir read from its text")
         return StateDirChoice(base / ".srd", f"{broken}; no state_dir in it, so the default beside it")
     return StateDirChoice(config.state_dir, f"config {config.source}")
+
+
+def _age_s(stamp: Any, now: datetime) -> float | None:
+    """Seconds since an ISO 8601 time (None if there is none or it doesn't parse)."""
+    try:
+        return (now - datetime.fromisoformat(str(stamp))).total_seconds()
+    except ValueError:
+        return None

@@ -626,3 +626,36 @@ def test_the_stat_cache_forgets_a_file_that_left_the_inbox(tmp_path: Path, leave
         assert cached() is None
     finally:
         daemon.close()
+
+
+def test_an_unchanged_status_is_still_rewritten_so_its_age_tells_a_stuck_or_blocked_daemon(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing changes, yet status.json is written again every STATUS_REFRESH_S; `srd status` judges a live
+    daemon whose document is older than STALE_STATUS_S unhealthy (it can't write its state_dir, or its loop
+    is stuck) rather than showing its last, healthy-looking figures forever."""
+    from datetime import UTC, datetime, timedelta
+
+    from srd.status import STALE_STATUS_S, STATUS_REFRESH_S, Health, assess, read_status, status_path
+
+    # The daemon runs inside pytest, whose command line doesn't say srd: count its pid as a live daemon's.
+    monkeypatch.setattr("srd.status.pid_alive", lambda pid: pid == os.getpid())
+    daemon, now = inline_daemon(tmp_path)
+    try:
+        daemon._write_status()
+        first = status_path(daemon.config.state_dir).stat().st_mtime_ns
+        now[0] += 1.0
+        daemon._write_status()
+        assert status_path(daemon.config.state_dir).stat().st_mtime_ns == first  # unchanged and fresh: not rewritten
+        now[0] += STATUS_REFRESH_S
+        time.sleep(0.01)
+        daemon._write_status()
+        assert status_path(daemon.config.state_dir).stat().st_mtime_ns != first
+        document = read_status(daemon.config.state_dir)
+        assert document is not None
+        written = datetime.fromisoformat(document["updated_at"])
+        assert assess(document, written + timedelta(seconds=5)).health is Health.HEALTHY
+        stale = assess(document, written + timedelta(seconds=STALE_STATUS_S + 5))
+        assert stale.health is Health.UNHEALTHY and "not updated" in stale.reasons[0]
+        assert datetime.now(UTC) - written < timedelta(seconds=60)
+    finally:
+        daemon.close()
