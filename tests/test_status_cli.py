@@ -30,8 +30,8 @@ def test_counters_agree_with_the_ledger_after_a_restart(tmp_path: Path) -> None:
     (inbox / "broken.jpg").write_bytes(make_image(Path("x.jpg"), SIZE, 9)[:200])
     daemon = DaemonProcess(config)
     try:
-        daemon.wait_event("file_processed", count=2)
-        daemon.wait_event("file_failed")
+        daemon.wait_event("file_processed", count=2, timeout=60)
+        daemon.wait_event("file_failed", timeout=60)  # a truncated JPEG waits a moment for a slow writer first
         assert daemon.stop() == 0
     finally:
         if daemon.proc.poll() is None:
@@ -39,8 +39,8 @@ def test_counters_agree_with_the_ledger_after_a_restart(tmp_path: Path) -> None:
 
     daemon = DaemonProcess(config)
     try:
-        daemon.wait_ready()
-        status = wait_for(lambda: (s := _status_json("--config", str(config))).get("alive") and s, 30,
+        daemon.wait_ready(60)
+        status = wait_for(lambda: (s := _status_json("--config", str(config))).get("alive") and s, 60,
                           "the restarted daemon's status")
         row = status["inboxes"][0]
         assert (row["done"], row["failed"]) == (2, 1), row
