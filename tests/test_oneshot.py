@@ -385,3 +385,27 @@ def test_hard_links_under_two_names_each_get_their_output(tmp_path: Path) -> Non
 
 def _sizes(folder: Path) -> dict[str, tuple[int, int] | None]:
     return {p.name: decoded_size(p) for p in folder.iterdir()}
+
+
+def test_a_folder_that_cannot_be_read_is_named_and_counted_as_failed(tmp_path: Path) -> None:
+    """`srd process -r` over a tree with a sub-folder it may not list (mode 000; srd runs without root's DAC
+    override, as a normal user would): the folder is named on stderr with the reason and the run exits 1,
+    instead of a clean summary that never mentions the files inside it."""
+    import shutil
+
+    if shutil.which("setpriv") is None or os.geteuid() != 0:
+        pytest.skip("needs root and setpriv to run srd without CAP_DAC_OVERRIDE")
+    photos = tmp_path / "photos"
+    (photos / "locked").mkdir(parents=True)
+    (photos / "ok.png").write_bytes(make_image(Path("ok.png"), (24, 32), 1))
+    (photos / "locked" / "a.png").write_bytes(make_image(Path("a.png"), (24, 32), 2))
+    (photos / "locked").chmod(0)
+    try:
+        done = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *srd_command(),
+                               "process", str(photos), "-r", "--out", str(tmp_path / "big"), "-m", str(ESPCN_X2),
+                               "--quiet"], capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        (photos / "locked").chmod(0o755)
+    assert done.returncode == 1, done.stderr
+    assert str(photos / "locked") in done.stderr and "can't be read" in done.stderr
+    assert (tmp_path / "big" / "ok.png").exists()

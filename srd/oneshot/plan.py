@@ -78,7 +78,7 @@ def make_plan(layout: Layout) -> Plan:
     named: set[Path] = set()
     inputs: set[tuple[int, int]] = set()
     pairs: list[tuple[Path, Path, int]] = []
-    for source, out_dir in _collect(layout):
+    for source, out_dir in _collect(layout, skipped):
         try:
             info = source.stat()
         except OSError as exc:
@@ -157,16 +157,27 @@ def _is_an_input(path: Path, inputs: set[tuple[int, int]]) -> bool:
     return (info.st_dev, info.st_ino) in inputs
 
 
-def _collect(layout: Layout) -> Iterator[tuple[Path, Path]]:
-    """(source, output folder) pairs; folders give their image files, sub-folders mirrored under `out`."""
+def _collect(layout: Layout, skipped: list[Skipped]) -> Iterator[tuple[Path, Path]]:
+    """(source, output folder) pairs; folders give their image files, sub-folders mirrored under `out`.
+
+    A folder that can't be listed is added to `skipped` with the reason: its files would otherwise be
+    missing from the summary without a word.
+    """
+    def unreadable(exc: OSError) -> None:
+        skipped.append(Skipped(Path(os.fsdecode(exc.filename or "?")), f"folder can't be read: {exc.strerror}"))
+
     for item in layout.inputs:
-        if item.is_dir():
-            pattern = "**/*" if layout.recursive else "*"
-            for path in sorted(item.glob(pattern)):
-                if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES:
-                    yield path, layout.out / path.parent.relative_to(item)
-        else:
+        if not item.is_dir():
             yield item, layout.out
+            continue
+        found: list[Path] = []
+        for folder, subfolders, files in os.walk(item, onerror=unreadable):
+            subfolders[:] = [name for name in subfolders if not name.startswith(".")] if layout.recursive else []
+            found += (Path(folder) / name for name in files
+                      if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES)
+        for path in sorted(found):
+            if path.is_file():
+                yield path, layout.out / path.parent.relative_to(item)
 
 
 def _output_name(source: Path, requested: str | None, fallback: str | None) -> str:
