@@ -179,6 +179,9 @@ def _decode_with_opencv(data: bytes, fmt: str) -> tuple[np.ndarray, Metadata, li
     if pixels is None or pixels.size == 0:
         reasons = notes or ([failure.err] if failure is not None else [])
         said = f": {'; '.join(reasons)}" if reasons else ""
+        if fmt == "png" and not _png_is_complete(data):
+            # Said plainly, a writer that isn't done yet is told apart from a corrupt file (the daemon waits).
+            raise ImageError(f"truncated PNG (no IEND chunk; decoder failed{said})")
         raise ImageError(f"corrupt or truncated {fmt.upper()} data (decoder failed{said})")
     return pixels, _collect_metadata(types, blocks, data, fmt), notes
 
@@ -245,6 +248,11 @@ def apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
     if orientation == 8:
         return cv2.rotate(pixels, cv2.ROTATE_90_COUNTERCLOCKWISE)
     return pixels
+
+
+def _png_is_complete(data: bytes) -> bool:
+    # The IEND chunk ends a PNG; like JPEG trailers, bytes some tools append after it are tolerated.
+    return data.rfind(b"IEND", max(0, len(data) - 1_048_576)) > 8
 
 
 def _jpeg_is_complete(data: bytes) -> bool:

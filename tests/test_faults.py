@@ -423,45 +423,48 @@ def _cpu_seconds(pid: int) -> float:
 # -- slow writers --------------------------------------------------------------------------------------------
 
 
-def test_a_slow_writer_s_half_written_jpeg_is_waited_for_and_an_earlier_failure_is_cleared(tmp_path: Path) -> None:
-    """A JPEG written in bursts with a pause longer than settle_seconds decodes as truncated at first; the
-    daemon saw it growing, so it waits (backing off) instead of failing it, and processes it once the
-    writer is done. A truncated JPEG that arrives whole fails at once; when the user puts the complete
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_a_slow_writer_s_half_written_image_is_waited_for_and_an_earlier_failure_is_cleared(
+        tmp_path: Path, suffix: str) -> None:
+    """A JPEG (or PNG) written in bursts with a pause longer than settle_seconds decodes as truncated at
+    first; the daemon saw it growing, so it waits (backing off) instead of failing it, and processes it once
+    the writer is done. A truncated one that arrives whole fails at once; when the user puts the complete
     picture back under its name, it is processed and the stale reason file and failed entry go away."""
     config = write_config(tmp_path)
     inbox, failed, outbox = tmp_path / "in", tmp_path / "in-failed", tmp_path / "in-out"
-    jpeg = make_image(Path("x.jpg"), (96, 128), 1)
+    slow, whole = "slow" + suffix, "whole" + suffix
+    picture = make_image(Path("x" + suffix), (96, 128), 1)
     daemon = DaemonProcess(config)
     try:
         daemon.wait_ready()
-        with (inbox / "slow.jpg").open("wb") as fh:
-            fh.write(jpeg[: len(jpeg) // 4])
+        with (inbox / slow).open("wb") as fh:
+            fh.write(picture[: len(picture) // 4])
             fh.flush()
             time.sleep(0.5)  # the tracker sees it grow between its two stats ...
-            fh.write(jpeg[len(jpeg) // 4: len(jpeg) // 2])
+            fh.write(picture[len(picture) // 4: len(picture) // 2])
             fh.flush()
             daemon.wait_event("file_incomplete_waiting", timeout=30)  # ... then the writer stalls
             time.sleep(2)
-            fh.write(jpeg[len(jpeg) // 2:])
-        wait_for(lambda: (outbox / "slow.jpg").exists(), 30, "the slow writer's file\n" + daemon.log_tail())
-        assert decoded_size(outbox / "slow.jpg") == (192, 256)
+            fh.write(picture[len(picture) // 2:])
+        wait_for(lambda: (outbox / slow).exists(), 30, "the slow writer's file\n" + daemon.log_tail())
+        assert decoded_size(outbox / slow) == (192, 256)
         assert not daemon.events("file_failed")
 
-        other = make_image(Path("x.jpg"), (96, 128), 2)
-        (inbox / "whole.jpg").write_bytes(other[: len(other) // 2])
+        other = make_image(Path("x" + suffix), (96, 128), 2)
+        (inbox / whole).write_bytes(other[: len(other) // 2])
         daemon.wait_event("file_failed")
-        assert (failed / "whole.jpg.error.json").exists()
-        (failed / "whole.jpg").unlink()  # the user fetches a good copy instead
-        (inbox / "whole.jpg").write_bytes(other)
-        wait_for(lambda: (outbox / "whole.jpg").exists(), 30, "the repaired file\n" + daemon.log_tail())
+        assert (failed / f"{whole}.error.json").exists()
+        (failed / whole).unlink()  # the user fetches a good copy instead
+        (inbox / whole).write_bytes(other)
+        wait_for(lambda: (outbox / whole).exists(), 30, "the repaired file\n" + daemon.log_tail())
         daemon.wait_event("earlier_failure_cleared")
-        assert not (failed / "whole.jpg.error.json").exists()
+        assert not (failed / f"{whole}.error.json").exists()
         assert daemon.stop() == 0
     finally:
         if daemon.proc.poll() is None:
             daemon.proc.kill()
     listed = srd("ledger", "list", "--state", "failed", "--config", str(config))
-    assert "whole.jpg" not in listed.stdout, listed.stdout
+    assert whole not in listed.stdout, listed.stdout
 
 
 # -- two daemons on one inbox --------------------------------------------------------------------------------

@@ -133,7 +133,7 @@ def test_broken_inputs_go_to_the_failed_folder_with_their_reason(tmp_path: Path)
     jpeg, png = image_bytes(".jpg", (64, 64), 1), image_bytes(".png", (64, 64), 2)
     cases = {
         "truncated.jpg": (jpeg[: len(jpeg) // 2], "truncated JPEG"),
-        "truncated.png": (png[: len(png) // 2], "corrupt or truncated PNG"),
+        "truncated.png": (png[: len(png) // 2], "truncated PNG"),
         "empty.png": (b"", "empty file"),
         "text.jpg": (b"this is not an image, it is a shopping list\n" * 20, "not an image"),
         "bomb.png": (_png_claiming(100_000, 100_000), "100000x100000 = 10000000000 pixels, over the limit"),
