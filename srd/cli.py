@@ -81,6 +81,9 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpar
     process.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders, mirroring them")
     process.add_argument("--in-place", action="store_true",
                          help="allow outputs to replace their own inputs (each atomically, once complete)")
+    process.add_argument("--overwrite", action="store_true",
+                         help="allow outputs to replace files in --out that srd did not write (its own earlier "
+                              "outputs are always replaced)")
     process.add_argument("--verbose", "-v", action="store_true", help="log every job")
     process.add_argument("--quiet", "-q", action="store_true", help="print only failures and the summary")
     process.add_argument("--json", action="store_true",

@@ -138,6 +138,22 @@ def test_rerunning_the_same_command_replaces_its_outputs_instead_of_numbering_th
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.jpg", "b.png", "c.jpg"]
 
 
+def test_a_file_in_out_that_srd_did_not_write_is_never_replaced_unless_asked(photos: Path, tmp_path: Path) -> None:
+    """`--out` holds the user's own b.png: the run is refused (exit 2) before anything is written, naming
+    it; `--overwrite` replaces it; srd's own earlier outputs (marked when written) are replaced without it."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b.png").write_bytes(b"my precious")
+    refused = srd("process", str(photos), "--out", str(out), *ESPCN)
+    assert refused.returncode == 2 and str(out / "b.png") in refused.stderr and "--overwrite" in refused.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["b.png"] and (out / "b.png").read_bytes() == b"my precious"
+    done = srd("process", str(photos), "--out", str(out), "--overwrite", *ESPCN)
+    assert done.returncode == 0, done.stderr
+    assert decoded_size(out / "b.png") is not None
+    again = srd("process", str(photos), "--out", str(out), *ESPCN)  # all three are srd's own now
+    assert again.returncode == 0, again.stderr
+
+
 # -- a dying worker costs one file, not the batch -----------------------------------------------------------
 
 

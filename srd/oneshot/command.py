@@ -18,7 +18,7 @@ from srd.imageio import normalise_format
 from srd.job import Job, JobResult
 from srd.logs import configure_logging
 from srd.oneshot.execute import PoolSettings, run_batch
-from srd.oneshot.plan import Layout, PlannedFile, make_plan, output_folders
+from srd.oneshot.plan import Layout, PlannedFile, make_plan, mark_as_output, output_folders
 from srd.oneshot.report import Reporter, ReportOptions
 from srd.pipeline import Pipeline, StageContext, Upscale
 
@@ -42,7 +42,8 @@ def run_process(args: argparse.Namespace) -> ExitCode:
         context.verify(spec)
 
     plan = make_plan(Layout(tuple(args.inputs), args.out, args.recursive, args.in_place,
-                            requested_format or profile.output.format, profile.output.fallback_format))
+                            requested_format or profile.output.format, profile.output.fallback_format,
+                            overwrite=args.overwrite))
     _make_folders(output_folders(plan.files))
     reporter = Reporter(len(plan.files) + len(plan.skipped), ReportOptions(quiet=args.quiet, json=args.json))
     for skipped in plan.skipped:
@@ -55,12 +56,18 @@ def run_process(args: argparse.Namespace) -> ExitCode:
         run_batch(
             jobs, settings,
             on_start=lambda job: reporter.starting(job.source),
-            on_result=lambda job, result: reporter.result(result, planned[job.source].size),
+            on_result=lambda job, result: _finished(job, result, reporter, planned[job.source].size),
             on_idle=reporter.tick,
         )
     finally:  # after Ctrl-C too: what was done so far
         reporter.summary()
     return ExitCode.FILES_FAILED if reporter.failed else ExitCode.OK
+
+
+def _finished(job: Job, result: JobResult, reporter: Reporter, size: int) -> None:
+    if result.ok and result.output is not None:
+        mark_as_output(result.output, job.source)
+    reporter.result(result, size)
 
 
 def profile_for(config: Config, args: argparse.Namespace) -> Profile:

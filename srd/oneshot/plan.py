@@ -12,15 +12,17 @@ import os
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from srd.errors import UsageError
 from srd.imageheader import IMAGE_SUFFIXES, sniff_format
 from srd.imageio import output_format_for
 from srd.job import output_name
+from srd.outputmark import mark_output, marked_for
 from srd.sources import numbered_names
 
 _HEAD_BYTES = 64
+ONESHOT = "srd process"  # the 'inbox' an output's mark names for one-shot runs
 _SHOWN = 5  # refused outputs named in the error; the rest are counted
 
 
@@ -35,6 +37,7 @@ class Layout:
         in_place: The user allows outputs to replace their own inputs.
         requested_format: Output format asked for ('same' or None keeps each input's).
         fallback_format: Written for inputs srd reads but can't write (HEIC …); None: the built-in choice.
+        overwrite: The user allows outputs to replace files in `out` that srd did not write.
     """
 
     inputs: tuple[Path, ...]
@@ -43,6 +46,7 @@ class Layout:
     in_place: bool
     requested_format: str | None
     fallback_format: str | None = None
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,7 @@ def make_plan(layout: Layout) -> Plan:
     files: list[PlannedFile] = []
     taken: set[Path] = set()
     overwritten: list[Path] = []
+    foreign: list[Path] = []  # files in `out` that srd did not write (an earlier run's outputs are marked)
     for source, out_dir, size in pairs:
         name = _output_name(source, layout.requested_format, layout.fallback_format)
         for candidate in numbered_names(out_dir, name):
@@ -108,6 +113,8 @@ def make_plan(layout: Layout) -> Plan:
                 if layout.in_place:
                     continue
                 overwritten.append(candidate)
+            elif not layout.overwrite and os.path.lexists(candidate) and not is_srd_output(candidate):
+                foreign.append(candidate)
             break
         taken.add(key)
         files.append(PlannedFile(source, candidate, size))
@@ -116,7 +123,22 @@ def make_plan(layout: Layout) -> Plan:
         more = f" and {len(overwritten) - _SHOWN} more" if len(overwritten) > _SHOWN else ""
         raise UsageError(f"refusing to write outputs over their inputs: {shown}{more}; choose another --out, "
                          "or pass --in-place to replace each input with its output (atomically)")
+    if foreign:
+        shown = ", ".join(str(path) for path in foreign[:_SHOWN])
+        more = f" and {len(foreign) - _SHOWN} more" if len(foreign) > _SHOWN else ""
+        raise UsageError(f"refusing to replace files srd did not write: {shown}{more}; choose another --out, or "
+                         "pass --overwrite to replace them")
     return Plan(tuple(files), tuple(skipped))
+
+
+def is_srd_output(path: Path) -> bool:
+    """Whether `path` carries the mark srd puts on its outputs (a rerun may replace it; nothing else may)."""
+    return marked_for(path.parent, path) is not None
+
+
+def mark_as_output(output: Path, source: Path) -> None:
+    """Mark a finished output as srd's own, naming its source (best effort, as for the daemon's outputs)."""
+    mark_output(output.parent, output, ONESHOT, PurePosixPath(os.path.abspath(source)))
 
 
 def _check_folders(layout: Layout) -> None:
