@@ -55,7 +55,7 @@ def run_pytest_long() -> dict[str, Any]:
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_reliability_hostile.py",
                "tests/test_reliability_outage.py", "tests/test_reliability_disk.py",
                "tests/test_reliability_config.py", "tests/test_reliability_symlinks.py",
-               "tests/test_reliability_ledger.py"]
+               "tests/test_reliability_ledger.py", "tests/test_faults.py"]
     started = time.monotonic()
     with tempfile.NamedTemporaryFile("r", suffix=".jsonl") as figures:
         env = {**os.environ, "SRD_LONG": "1", "SRD_FIGURES": figures.name}
