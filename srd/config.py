@@ -7,6 +7,7 @@ default. Relative paths are taken relative to the config file's folder.
 
 from __future__ import annotations
 
+import math
 import os
 import types
 import typing
@@ -141,9 +142,12 @@ def _check_value(value: Any, annotation: Any) -> tuple[bool, Any, str]:
     if hint is bool:
         return isinstance(value, bool), value, _type_name(bool)
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool), value, _type_name(int)
+        # 64-bit: a bigger count or size is a typo, and Python's unbounded int would only fail deep inside.
+        ok = isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63
+        return ok, value, _type_name(int)
     if hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        # Finite: `.inf` seconds would mean "never" where srd promises a bound (a file would never settle).
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         return ok, float(value) if ok else value, _type_name(float)
     if hint is str:
         return isinstance(value, str), value, _type_name(str)
@@ -377,6 +381,8 @@ def check_real_folders(config: Config) -> None:
         raise ConfigError(problems.items, config.source)
 
 
+MAX_PROCESSES = 1024
+
 _TOP_LEVEL = {
     "state_dir", "workers", "threads_per_worker", "max_input_pixels", "max_input_bytes", "max_attempts",
     "job_timeout", "job_timeout_min_seconds", "reconcile_interval", "model_dirs", "engine", "profiles", "inboxes",
@@ -408,7 +414,7 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
         if key not in _TOP_LEVEL:
             problems.add(str(key), f"unknown key (known: {', '.join(sorted(_TOP_LEVEL))})")
 
-    def number(key: str, kind: type, default: Any, minimum: float) -> Any:
+    def number(key: str, kind: type, default: Any, minimum: float, maximum: float = math.inf) -> Any:
         value = data.get(key, default)
         good, value, expected = _check_value(value, kind | None if default is None else kind)
         if not good:
@@ -417,10 +423,14 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
         if value is not None and value < minimum:
             problems.add(key, f"must be at least {minimum}")
             return default
+        if value is not None and value > maximum:
+            problems.add(key, f"must be at most {maximum}")
+            return default
         return value
 
-    threads = number("threads_per_worker", int, 1, 1)
-    workers = number("workers", int, default_workers(threads), 1)
+    # Each worker is a process and each thread an OpenCV thread: beyond this, a typo, not a machine.
+    threads = number("threads_per_worker", int, 1, 1, MAX_PROCESSES)
+    workers = number("workers", int, default_workers(threads), 1, MAX_PROCESSES)
     max_pixels = number("max_input_pixels", int, 100_000_000, 1)
     max_bytes = number("max_input_bytes", int, DEFAULT_MAX_INPUT_BYTES, 1)
     max_attempts = number("max_attempts", int, 3, 1)
@@ -524,6 +534,10 @@ def load_config(path: Path | None, *, check_models: bool = False) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"cannot read: {exc.strerror}"], str(path)) from exc
+    except UnicodeDecodeError as exc:  # an editor saved it as Latin-1, say: a problem to report, not a crash
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError([f"line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save the file as "
+                           "UTF-8"], str(path)) from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

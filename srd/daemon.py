@@ -880,8 +880,18 @@ class Daemon:
         assert self.ledger is not None and self.pool is not None
         key = outcome.token
         assert isinstance(key, str)  # the pool hands back the work key it was given
-        with bound_contextvars(inbox=self._active[key].inbox_id):  # every line about this file names its inbox
-            self._finish_work(key, outcome)
+        work = self._active[key]
+        with bound_contextvars(inbox=work.inbox_id):  # every line about this file names its inbox
+            try:
+                self._finish_work(key, outcome)
+            except OSError as exc:
+                # Recording an outcome touches the outbox, the inbox and failed folder (a path too long, a
+                # share gone): one file's trouble, never the daemon's. Left as it is, the next scan retries it.
+                self._active.pop(key, None)
+                self._running_since.pop(key, None)
+                self._solo.discard(key)
+                log.error("outcome_not_recorded", src=str(work.source), error=str(exc))
+                self._note_error(work.inbox_id, work.source, f"its result could not be recorded: {exc}")
 
     def _finish_work(self, key: str, outcome: Outcome) -> None:
         assert self.ledger is not None
@@ -1030,7 +1040,7 @@ class Daemon:
             if existing is not None and existing.state == State.DONE:
                 self.ledger.forget(key)
             self.ledger.record_start(result.sha256, work.fingerprint, inbox=work.inbox_id, source=work.rel)
-        output_size = result.output.stat().st_size
+        output_size = safefs.lstat(work.inbox.outbox, result.output).st_size
         changed = result.sha256 != work.sha256
         # Keeping the source touches nothing, so what was done with it can share the `done` record (one
         # fsync fewer); archiving or deleting it must wait until `done` is durable.
@@ -1224,6 +1234,7 @@ class Daemon:
                 # scan or restart finds the file done and tries again.
                 log.error("source_step_failed", src=str(path), action=inbox.on_success, error=str(exc),
                           retry="at the next reconcile scan or restart")
+                self._note_error(inbox_key, path, f"processed, but {inbox.on_success} failed: {exc}")
                 return None
             if runtime is not None and disposition.startswith("kept"):
                 runtime.handled[path] = signature

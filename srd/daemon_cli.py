@@ -21,6 +21,7 @@ from srd.logs import configure_logging
 from srd.sources import move_file, report_path
 from srd.status import Health, assess, locate_state_dir, read_status
 from srd.status_view import check_line, render
+from srd.terminal import printable
 
 
 def add_commands(subparsers: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
@@ -101,7 +102,7 @@ def show_status(args: argparse.Namespace) -> int:
     elif args.check:
         print(printable(check_line(view)))
     else:
-        print(printable(render(view, where)))
+        print(render(view, where))
     if args.check:
         return {Health.HEALTHY: ExitCode.OK, Health.UNHEALTHY: ExitCode.UNHEALTHY,
                 Health.NOT_RUNNING: ExitCode.NOT_RUNNING}[view.health]
@@ -137,12 +138,6 @@ def _describe(entry: Entry) -> dict[str, Any]:
     }
 
 
-def printable(text: str) -> str:
-    """`text` as a UTF-8 terminal can show it: bytes of a non-UTF-8 file name (held as surrogate escapes)
-    become ``\\xNN``, which printing would otherwise refuse with UnicodeEncodeError."""
-    return os.fsencode(text).decode("utf-8", "backslashreplace")
-
-
 _AGE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -151,7 +146,10 @@ def _since(text: str) -> float:
     """``--since``: an age (``12h``) or an ISO date/time (local time unless it says otherwise), as a Unix time."""
     age = _AGE.fullmatch(text.strip())
     if age is not None:
-        return (datetime.now(UTC) - timedelta(**{_AGE_UNITS[age[2]]: float(age[1])})).timestamp()
+        try:
+            return (datetime.now(UTC) - timedelta(**{_AGE_UNITS[age[2]]: float(age[1])})).timestamp()
+        except OverflowError:  # older than the calendar: every entry is newer
+            return float("-inf")
     try:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:

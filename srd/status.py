@@ -21,7 +21,7 @@ import yaml
 
 from srd.atomic import write_bytes_atomic
 from srd.config import load_config
-from srd.errors import ConfigError
+from srd.errors import ConfigError, SrdError
 
 STATUS_NAME = "status.json"
 # The daemon rewrites its status at least this often, even when nothing changed …
@@ -61,11 +61,24 @@ _SURROGATES = re.compile("[\udc80-\udcff]")
 
 
 def read_status(state_dir: Path) -> dict[str, Any] | None:
-    """The last status written, or None if there is none or it can't be parsed."""
+    """The last status written, or None if there is none.
+
+    Raises:
+        SrdError: The file is there but unreadable or not a status document (damage is reported, not taken
+            for "srd has not run here").
+    """
+    path = status_path(state_dir)
     try:
-        return json.loads(status_path(state_dir).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        status = json.loads(path.read_bytes())
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
+        raise SrdError(f"status file {path} is unreadable: {exc}") from exc
+    if not isinstance(status, dict) or not isinstance(status.get("inboxes", []), list) or not all(
+            isinstance(inbox, dict) for inbox in status.get("inboxes", [])):
+        raise SrdError(f"status file {path} is not a status document (was it edited, or written by another "
+                       "program?)")
+    return status
 
 
 def pid_alive(pid: int) -> bool:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from srd.status import Assessment, Health, StateDirChoice
+from srd.terminal import printable
 
 _COLUMNS = ("INBOX", "HEALTH", "WATCH", "SETTLING", "QUEUED", "RUNNING", "DONE", "FAILED", "DUPLICATES",
             "LAST ERROR")
@@ -90,7 +91,7 @@ def render(view: Assessment, where: StateDirChoice, now: datetime | None = None)
     lines = [f"state_dir {where.path} (from {where.origin})", *_header(view, now)]
     inboxes = (view.status or {}).get("inboxes") or []
     if not inboxes:
-        return "\n".join(lines)
+        return "\n".join(printable(line) for line in lines)
     lines.append("")
     lines += _table([_COLUMNS, *(_inbox_row(inbox) for inbox in inboxes)])
     for inbox in inboxes:
@@ -106,7 +107,7 @@ def render(view: Assessment, where: StateDirChoice, now: datetime | None = None)
         if running and view.alive:
             jobs = ", ".join(f"{job['source']} ({_since(job.get('since'), now)}{_limit(job)})" for job in running)
             lines.append(f"{inbox['path']}: running {jobs}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # a name can hold no line break or escape
 
 
 def _limit(job: dict[str, Any]) -> str:

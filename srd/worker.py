@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import forkserver
 from pathlib import Path
 
 from srd.decoderlimits import set_decoder_limits
@@ -28,7 +29,7 @@ _context: StageContext | None = None
 def init_worker(
     parent_pid: int, engine: EngineSettings, model_dirs: Sequence[Path], log_level: str, log_format: str
 ) -> None:
-    """Pool initializer: die with the parent, leave Ctrl-C and SIGTERM to it, set up logging and models.
+    """Pool initializer: die with the parent, leave Ctrl-C, SIGTERM and SIGHUP to it, set up logging and models.
 
     If the parent is SIGKILLed, its workers would otherwise live on: they hold both ends of their
     call queue (so they never see EOF) and keep the forkserver alive. Worse, one busy with a job
@@ -39,6 +40,9 @@ def init_worker(
     threading.Thread(target=_die_with, args=(parent_pid,), name="srd-die-with-parent", daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # A reload sent to the whole process group (`kill -HUP -PGID`) is the daemon's to handle; its default
+    # action would kill the worker and charge the death to the file it was working on.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     configure_logging(log_level, log_format)
     _context = StageContext(engine, model_dirs)
 
@@ -68,6 +72,23 @@ def process(job: Job) -> JobResult:
     return run_job(job, _context)
 
 
+def _start_helpers_deaf_to_hangups() -> None:
+    """Start multiprocessing's forkserver (and with it the resource tracker) now, with SIGHUP ignored.
+
+    An ignored signal stays ignored across fork and exec, so they and every worker forked from them
+    outlive a reload sent to the daemon's whole process group (``kill -HUP -PGID``), which by default
+    would kill them: the pool would break and the death be charged to the file being processed.
+    Dispositions can only be changed from the main thread; elsewhere the helpers start lazily as usual.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload arriving in this instant is lost
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 def make_pool(
     workers: int, engine: EngineSettings, model_dirs: Sequence[Path], log_level: str = "info", log_format: str = "auto",
     *, max_input_pixels: int | None = None,
@@ -80,6 +101,7 @@ def make_pool(
     """
     if max_input_pixels is not None:
         set_decoder_limits(max_input_pixels)
+    _start_helpers_deaf_to_hangups()
     return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("forkserver"),

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from srd.job import JobResult
+from srd.terminal import printable
 
 NON_TTY_EVERY_S = 30.0
 _REDRAW_EVERY_S = 0.2
@@ -71,7 +72,8 @@ class Reporter:
         else:
             self.failed += 1
             self._clear_line()
-            print(f"srd: failed: {result.source}: {result.error}", file=self._err, flush=True)
+            print(f"srd: failed: {printable(str(result.source))}: {printable(result.error or '')}", file=self._err,
+                  flush=True)
         if self.options.json:
             print(json.dumps(_as_record(result, input_bytes)), file=self._out, flush=True)
         self.tick()
