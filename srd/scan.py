@@ -46,14 +46,6 @@ class FileSeen:
     rel: PurePosixPath
     version: FileVersion
 
-    @property
-    def size(self) -> int:
-        return self.version.size
-
-    @property
-    def mtime_ns(self) -> int:
-        return self.version.mtime_ns
-
 
 class IgnoreRules:
     """Decides which names an inbox never processes.

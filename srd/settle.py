@@ -43,21 +43,13 @@ class ReadyFile:
     """A file that has stopped changing; `version` is what the confirming stat saw.
 
     The daemon can compare it with the stat cache and with a stat after reading, to catch a late write.
-    A `size` of 0 means the file stayed empty for the whole empty-file wait; the daemon fails it.
+    A `version.size` of 0 means the file stayed empty for the whole empty-file wait; the daemon fails it.
     `changed` says the file was seen changing while it settled (a writer at work, perhaps a slow one).
     """
 
     path: Path
     version: FileVersion
     changed: bool = False
-
-    @property
-    def size(self) -> int:
-        return self.version.size
-
-    @property
-    def mtime_ns(self) -> int:
-        return self.version.mtime_ns
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,7 +93,7 @@ def test_an_output_path_beyond_path_max_does_not_stop_the_daemon(tmp_path: Path)
     inbox = tmp_path / "in"
     fd = os.open(inbox, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        for _ in range(20):  # 20 × 220 bytes: the full path is longer than 4096
+        for _ in range(20):  # 20 times 220 bytes: the full path is longer than 4096
             name = "d" * 220
             os.mkdir(name, dir_fd=fd)
             inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)

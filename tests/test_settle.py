@@ -60,7 +60,7 @@ def test_file_written_in_chunks_is_ready_only_when_quiet_and_stable(tmp_path: Pa
     assert not tracker.poll(), "the confirming stat comes a full settle_s after the first"
     clock.advance(0.01)
     result = tracker.poll()
-    assert result.ready == [ReadyFile(path, FileVersion.of(path.stat()))] and result.ready[0].size == 4000
+    assert result.ready == [ReadyFile(path, FileVersion.of(path.stat()))] and result.ready[0].version.size == 4000
     assert tracker.pending() == 0
     assert tracker.next_deadline() is None
 
@@ -148,7 +148,7 @@ def test_zero_byte_file_waits_longer_but_is_eventually_ready(tmp_path: Path, clo
     assert tracker.next_deadline() == pytest.approx(clock.now + SETTLE)
     clock.advance(SETTLE)
     result = tracker.poll()
-    assert [(r.path, r.size) for r in result.ready] == [(path, 0)]
+    assert [(r.path, r.version.size) for r in result.ready] == [(path, 0)]
 
 
 def test_zero_byte_file_that_gets_content_settles_normally(tmp_path: Path, clock: FakeClock) -> None:
@@ -163,7 +163,7 @@ def test_zero_byte_file_that_gets_content_settles_normally(tmp_path: Path, clock
     clock.advance(SETTLE)
     assert not tracker.poll()
     clock.advance(SETTLE)
-    assert [(r.path, r.size) for r in tracker.poll().ready] == [(path, 4)]
+    assert [(r.path, r.version.size) for r in tracker.poll().ready] == [(path, 4)]
 
 
 def test_fifo_is_rejected_without_blocking(tmp_path: Path, clock: FakeClock) -> None:

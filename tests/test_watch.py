@@ -81,7 +81,7 @@ def test_scan_skips_special_files_outside_symlinks_and_ignored_folders(tmp_path:
         (root / "in-link.jpg").symlink_to(root / "a.jpg")
         (root / "dir-link").symlink_to(tmp_path)
         skipped: dict[str, str] = {}
-        found = {f.rel.as_posix(): f.size for f in scan_inbox(
+        found = {f.rel.as_posix(): f.version.size for f in scan_inbox(
             root, IgnoreRules(), on_skip=lambda path, reason: skipped.__setitem__(path.name, reason))}
         flat = {f.rel.as_posix() for f in scan_inbox(root, IgnoreRules(), recursive=False)}
     assert found == {"a.jpg": 1, "sub/b.jpg": 2}
