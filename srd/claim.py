@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from srd import safefs
-from srd.atomic import write_bytes_atomic
+from srd.atomic import temp_files_of, write_bytes_atomic
 from srd.errors import LockedError, OutputError
 from srd.status import pid_alive
 
@@ -84,6 +84,7 @@ class InboxClaims:
                                     f"one daemon (a stale claim is taken over after {STALE_S:.0f} s)")
         if holder is not None and not self._mine(holder):
             log.warning("inbox_claim_taken_over", inbox=str(inbox), previous=holder.describe(now))
+        self._remove_stale_temps(inbox)
         try:
             self._write(inbox, now)
         except OSError as exc:
@@ -143,6 +144,15 @@ class InboxClaims:
         except (ValueError, KeyError, TypeError, safefs.SymlinkRefused, safefs.ChangedWhileOpening) as exc:
             log.warning("inbox_claim_unreadable_replacing", inbox=str(inbox), error=str(exc))
             return None
+
+    def _remove_stale_temps(self, inbox: Path) -> None:
+        """Temp files of claims whose writer was killed mid-write: no live daemon holds the inbox (checked
+        just before), so none of them is being written now, and they would otherwise stay in the inbox."""
+        for temp in temp_files_of(inbox / CLAIM_NAME):
+            try:
+                safefs.unlink(inbox, temp)
+            except OSError as exc:
+                log.warning("inbox_claim_temp_remove_failed", path=str(temp), error=str(exc))
 
     def _write(self, inbox: Path, now: float) -> None:
         holder = Holder(**{**asdict(self._me), "heartbeat": now})

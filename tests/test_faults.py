@@ -543,3 +543,20 @@ def test_a_file_over_max_input_bytes_is_failed_from_its_size_without_being_read(
     report = json.loads((tmp_path / "in-failed" / "huge.png.error.json").read_text())
     assert "over the limit" in report["reason"]
     assert not daemon.events("file_skipped")
+
+
+def test_a_claim_temp_left_by_a_daemon_killed_mid_heartbeat_is_removed_at_the_next_start(tmp_path: Path) -> None:
+    """SIGKILL can land while the claim is being rewritten (its temp file exists for a moment): the next
+    start removes what that left in the inbox (seen twice in 200 kills of the reliability loop)."""
+    from srd.atomic import TEMP_PREFIX
+    from srd.claim import CLAIM_NAME
+
+    config = write_config(tmp_path)
+    leftover = tmp_path / "in" / f"{TEMP_PREFIX}{CLAIM_NAME}.0123456789ab"
+    leftover.write_text("{}")
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_ready()
+        assert not leftover.exists()
+    finally:
+        assert daemon.stop() == 0
