@@ -117,3 +117,10 @@ def test_an_output_path_beyond_path_max_does_not_stop_the_daemon(tmp_path: Path)
     finally:
         assert daemon.stop() == 0
         subprocess.run(["rm", "-rf", str(inbox)], check=False)  # shutil.rmtree trips on PATH_MAX too
+
+
+def test_an_age_beyond_the_calendar_lists_everything_instead_of_a_traceback(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    shown = srd("ledger", "list", "--since", "99999999999d", "--config", str(config))
+    assert shown.returncode == ExitCode.OK and "Traceback" not in shown.stderr, shown.stderr
+    assert shown.stdout.startswith("KEY")
