@@ -295,7 +295,8 @@ def test_the_derived_limit_grows_with_pixels_and_model_cost_and_keeps_its_floor(
     assert job_time_limit(profile("edsr-lite"), 12_000_000, floor=120) == pytest.approx(20 * 12 * 5.5)
     assert job_time_limit(profile("/m/ESPCN_x2.pb"), 64 * 64, floor=120) == 120
     assert us_per_pixel("FSRCNN-small_x2.pb") == 0.8 and us_per_pixel("FSRCNN_x2.pb") == 1.6
-    assert us_per_pixel("my-own-net.onnx") == 60.0
+    assert us_per_pixel("EDSR_x4.pb") == 350.0 and us_per_pixel("edsr-lite_x2.onnx") == 5.5
+    assert us_per_pixel("my-own-net.onnx") == 350.0  # unknown: as slow as the slowest known
 
 
 # -- out of memory in a worker -------------------------------------------------------------------------------
