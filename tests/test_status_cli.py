@@ -40,8 +40,10 @@ def test_counters_agree_with_the_ledger_after_a_restart(tmp_path: Path) -> None:
     daemon = DaemonProcess(config)
     try:
         daemon.wait_ready(60)
-        status = wait_for(lambda: (s := _status_json("--config", str(config))).get("alive") and s, 60,
-                          "the restarted daemon's status")
+        # Alive, and done re-judging the files kept in the inbox (its start-up scan hints them again).
+        status = wait_for(lambda: (s := _status_json("--config", str(config))).get("alive")
+                          and (s["inboxes"][0]["settling"], s["inboxes"][0]["queued"]) == (0, 0) and s, 60,
+                          "the restarted daemon's status, idle")
         row = status["inboxes"][0]
         assert (row["done"], row["failed"]) == (2, 1), row
         assert (status["ledger"]["done"], status["ledger"]["failed"]) == (2, 1)
