@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from daemon_helpers import (
     make_image,
     read_status,
     srd,
-    srd_command,
     wait_for,
     write_config,
 )
@@ -54,36 +52,6 @@ def _started_attempts(state: Path, name: str) -> int:
         return 0
 
 
-class GroupDaemon(DaemonProcess):
-    """`srd run` in a session of its own, so that a test can SIGKILL its whole process group at once, as
-    systemd's KillMode=control-group, a cgroup OOM kill or a power cut would."""
-
-    def __init__(self, config: Path) -> None:  # same as DaemonProcess's, in a session of its own
-        self.config = config
-        self.proc = subprocess.Popen(
-            [*srd_command(), "run", "--config", str(config), "--drain-timeout", "10"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        )
-        self.lines = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def kill_group(self) -> None:
-        members = [self.pid, *descendants_of(self.pid)]
-        os.killpg(self.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self._reader.join(timeout=5)
-        wait_for(lambda: not any(Path(f"/proc/{pid}/stat").exists() and _alive(pid) for pid in members), 10,
-                 "the whole group to die")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 # -- 1. a restart of the daemon is not the file's fault ----------------------------------------------------
 
 
@@ -96,12 +64,12 @@ def test_whole_group_kills_while_a_good_file_is_in_flight_do_not_make_it_poison(
     state, inbox, outbox = tmp_path / "state", tmp_path / "in", tmp_path / "in-out"
     (inbox / "big.jpg").write_bytes(make_image(Path("big.jpg"), (1500, 2000), 7))  # seconds of work
     for kill in range(1, 4):
-        daemon = GroupDaemon(config)
+        daemon = DaemonProcess(config)
         wait_for(lambda n=kill: _started_attempts(state, "big.jpg") == n, 60,
                  f"start number {kill} of big.jpg\n" + daemon.log_tail())
-        daemon.kill_group()
+        daemon.kill(group=True)
         assert not files_under(outbox), "the kill must land while the job runs"
-    daemon = GroupDaemon(config)
+    daemon = DaemonProcess(config)
     try:
         daemon.wait_event("file_processed", timeout=120)
         assert daemon.stop() == 0
