@@ -9,7 +9,7 @@ import argparse
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -218,15 +218,20 @@ def _failed_file(entry: Entry, config: Config) -> Path | None:
     return None
 
 
+def _print_problems(heading: str, problems: Sequence[str]) -> None:
+    print(heading)
+    for problem in problems:
+        print(f"  {printable(problem)}")
+
+
 def _check(config: Config) -> ExitCode:
     report = check_ledger(config.state_dir)
     counts = ", ".join(f"{n} {state}" for state, n in report.counts.items())
     if not report.problems:
         print(f"ledger {printable(str(config.state_dir))} is healthy: {counts}")
         return ExitCode.OK
-    print(f"ledger {printable(str(config.state_dir))} is damaged ({len(report.problems)} problem(s)):")
-    for problem in report.problems:
-        print(f"  {printable(problem)}")
+    _print_problems(f"ledger {printable(str(config.state_dir))} is damaged ({len(report.problems)} problem(s)):",
+                    report.problems)
     print(f"after 'srd ledger repair' it would hold: {counts}")
     return ExitCode.LEDGER
 
@@ -240,9 +245,8 @@ def _repair(config: Config) -> ExitCode:
     if not report.problems:
         print(f"ledger {printable(str(config.state_dir))} is healthy, nothing to repair: {counts}")
         return ExitCode.OK
-    print(f"ledger {printable(str(config.state_dir))} repaired; it holds {counts}. What was wrong:")
-    for problem in report.problems:
-        print(f"  {printable(problem)}")
+    _print_problems(f"ledger {printable(str(config.state_dir))} repaired; it holds {counts}. What was wrong:",
+                    report.problems)
     if report.dropped_to is not None:
         print(f"the dropped lines are kept in {printable(str(report.dropped_to))}")
     return ExitCode.OK
