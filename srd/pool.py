@@ -16,12 +16,16 @@ crash are not charged.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from multiprocessing import forkserver
 from pathlib import Path
 
 import structlog
@@ -31,6 +35,11 @@ from srd.job import Job, JobResult
 from srd.worker import make_pool, process
 
 log = structlog.get_logger(__name__)
+
+# How long closing a pool may wait for its executor after killing the workers, before it kills the
+# forkserver too (a frozen one never reports its children's deaths, and the executor waits for them).
+CLOSE_GRACE_S = 2.0
+
 
 @dataclass(frozen=True)
 class Finished:
@@ -77,6 +86,22 @@ def kill_workers(executor: Executor) -> None:
     for proc in list(getattr(executor, "_processes", {}).values()):
         with contextlib.suppress(OSError, ValueError):
             proc.kill()
+
+
+def kill_forkserver() -> int | None:
+    """SIGKILL multiprocessing's forkserver of this process; return its pid (None when none runs).
+
+    Workers are forked by it and their exit statuses reach the executor through it: a forkserver that
+    doesn't answer (stopped, swapped out on a dying host) makes joining even killed workers wait forever.
+    Killed, it closes those channels and the next pool starts a fresh one. Its pid is private to
+    multiprocessing; there is no public handle.
+    """
+    pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+    if pid is None:
+        return None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return int(pid)
 
 
 @dataclass
@@ -301,16 +326,23 @@ class JobPool:
             log.warning("drain_timeout_abandoning", jobs=len(self._running))
         return outcomes
 
-    def close(self) -> None:
+    def close(self, grace_s: float = CLOSE_GRACE_S) -> None:
         """Shut the executor down, killing its workers (used after `drain`, so none has work worth waiting for).
 
         Asking idle workers to exit is not enough: one whose sibling was killed while holding the call
         queue's lock waits for that lock forever, and CPython's remedy, SIGTERM, is one workers ignore.
+        Bounded: if the executor has not shut down `grace_s` after the kill, the forkserver is killed too.
         """
         executor, self._executor = self._executor, None
         if executor is not None:
             kill_workers(executor)
-            executor.shutdown(wait=True, cancel_futures=True)
+            closer = threading.Thread(target=executor.shutdown, kwargs={"wait": True, "cancel_futures": True},
+                                      name="srd-pool-close", daemon=True)
+            closer.start()
+            closer.join(grace_s)
+            if closer.is_alive():
+                log.error("pool_close_stuck_killing_forkserver", waited_s=grace_s, forkserver=kill_forkserver())
+                closer.join(grace_s)
         self._running.clear()
         self._waiting.clear()
         self._limits.clear()
