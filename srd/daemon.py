@@ -1153,7 +1153,7 @@ class Daemon:
         log.warning("job_lost_retrying", src=str(work.source), reason=outcome.reason, pinned=outcome.pinned,
                     attempts=entry.attempts if entry is not None else 1, strikes=strikes,
                     max_attempts=self.config.max_attempts)
-        self._submit(work, suspect=True)
+        self._submit(work, suspect=outcome.retry_alone)
 
     def _fail(self, inbox_key: str, inbox: Inbox, profile: Profile, path: Path, rel: PurePosixPath,
               signature: FileVersion, key: str | None, reason: str, *, record: bool) -> None:

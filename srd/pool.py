@@ -55,12 +55,15 @@ class Lost:
 
     `pinned` says the loss is this job's own doing: it ran past the timeout, could not be sent, or its worker
     died while no other job was running. A dead worker takes the whole executor down with every running
-    job, so with several running none of them can be blamed; they are retried alone to find out.
+    job, so with several running none of them can be blamed; they are retried alone to find out
+    (`retry_alone`). A job killed only because another job ran past its timeout is known to be innocent:
+    neither pinned nor in need of running alone.
     """
 
     token: Hashable
     reason: str
     pinned: bool = True
+    retry_alone: bool = True
 
 
 Outcome = Finished | Lost
@@ -161,7 +164,7 @@ class JobPool:
         self._limits: dict[Hashable, float | None] = {}
         self._running: dict[Future[JobResult], _Running] = {}
         self._suspects: set[Hashable] = set()
-        # Jobs interrupted through no fault of their own (another job's timeout): already journaled.
+        # Jobs whose submission failed as the executor broke: already journaled, so not started again.
         self._restart_without_charge: set[Hashable] = set()
         self.rebuilds = 0
 
@@ -235,8 +238,9 @@ class JobPool:
         late = [f for f, r in self._running.items() if r.limit is not None and now - r.started > r.limit]
         if not late:
             return []
-        # Kill the whole executor: it doesn't say which worker holds which job. The late jobs are lost;
-        # the others are innocent and run again without being charged an attempt.
+        # Kill the whole executor: it doesn't say which worker holds which job. The late jobs are lost; the
+        # others are innocent, and are handed back too (not re-queued here), so that their owner can clear
+        # what their killed workers left half-written before it submits them again.
         outcomes: list[Outcome] = []
         for future in late:
             running = self._running.pop(future)
@@ -245,11 +249,12 @@ class JobPool:
             log.error("job_timed_out", src=str(running.job.source), inbox=_inbox_of(running.job),
                       limit_s=round(running.limit or 0, 1))
             outcomes.append(Lost(running.token, f"stuck: timed out after {running.limit:g} s"))
-        innocent = list(self._running.values())
+        for running in self._running.values():
+            self._suspects.discard(running.token)
+            self._limits.pop(running.token, None)
+            outcomes.append(Lost(running.token, "interrupted: another job's worker was killed at its time limit",
+                                 pinned=False, retry_alone=False))
         self._running.clear()
-        for running in reversed(innocent):
-            self._waiting.appendleft((running.token, running.job, False))
-            self._restart_without_charge.add(running.token)
         self._replace_executor(kill=True)
         return outcomes
 

@@ -10,7 +10,9 @@ import signal
 import time
 from pathlib import Path
 
-from daemon_helpers import DaemonProcess, descendants_of, make_image, wait_for, write_config
+from daemon_helpers import DaemonProcess, decoded_size, descendants_of, make_image, read_status, wait_for, write_config
+
+from srd.atomic import TEMP_PREFIX
 
 SIZE = (24, 32)
 
@@ -61,5 +63,61 @@ def test_sigterm_exits_within_the_drain_bound_while_the_forkserver_is_frozen(tmp
         if forkserver is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(forkserver, signal.SIGCONT)
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+
+
+def _workers_of(daemon_pid: int) -> list[int]:
+    forkserver = _forkserver_of(daemon_pid)
+    return _children(forkserver) if forkserver is not None else []
+
+
+def _running(state: Path) -> set[str]:
+    inboxes = read_status(state).get("inboxes") or []
+    return {job["source"] for inbox in inboxes for job in inbox.get("running", [])}
+
+
+def test_jobs_killed_with_a_timed_out_one_lose_their_temps_at_once_and_are_retried_uncharged(tmp_path: Path) -> None:
+    """One job past its time limit kills the whole executor. A job that shared it (its worker killed too,
+    halfway through writing its output) must not leave its temp in the outbox until the next restart: it is
+    cleaned up at once, retried (not alone) without a strike, and completes; nothing is failed."""
+    config = write_config(tmp_path, workers=2, job_timeout_min_seconds=6)
+    inbox, outbox, state = tmp_path / "in", tmp_path / "in-out", tmp_path / "state"
+    daemon = DaemonProcess(config)
+    stopped: list[int] = []
+    try:
+        daemon.wait_ready()
+        for n in (1, 2):  # two jobs at once: the executor starts both its workers
+            (inbox / f"warm{n}.png").write_bytes(make_image(Path("x.png"), SIZE, n))
+        daemon.wait_event("file_processed", timeout=30, count=2)
+        stopped = wait_for(lambda: len(_workers_of(daemon.pid)) == 2 and _workers_of(daemon.pid), 10,
+                           "two worker processes")
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        (inbox / "stuck.png").write_bytes(make_image(Path("x.png"), SIZE, 3))
+        wait_for(lambda: "stuck.png" in _running(state), 20, "stuck.png running\n" + daemon.log_tail())
+        (inbox / "innocent.png").write_bytes(make_image(Path("x.png"), SIZE, 4))
+        wait_for(lambda: "innocent.png" in _running(state), 20, "innocent.png running\n" + daemon.log_tail())
+        half_written = outbox / f"{TEMP_PREFIX}innocent.png.0123456789ab"  # what its frozen worker had written
+        half_written.write_bytes(b"\x89PNG half")
+
+        timed_out = daemon.wait_event("job_timed_out", timeout=30)
+        assert [event["src"] for event in timed_out] == [str(inbox / "stuck.png")]
+        wait_for(lambda: not half_written.exists(), 10, "the innocent job's temp to be removed\n" + daemon.log_tail())
+        retried = {event["src"]: event for event in daemon.wait_event("job_lost_retrying", timeout=10, count=2)}
+        innocent = retried[str(inbox / "innocent.png")]
+        assert innocent["pinned"] is False and innocent["strikes"] == 0, innocent
+        assert retried[str(inbox / "stuck.png")]["pinned"] is True
+        wait_for(lambda: (outbox / "innocent.png").exists() and (outbox / "stuck.png").exists(), 30,
+                 "both outputs\n" + daemon.log_tail())
+        assert decoded_size(outbox / "innocent.png") == (2 * SIZE[0], 2 * SIZE[1])
+        started = [e for e in daemon.events("file_started") if e["src"] == str(inbox / "innocent.png")]
+        assert [e["solo"] for e in started] == [False, False]  # its retry did not have to run alone
+        assert not (tmp_path / "in-failed").exists() or not any((tmp_path / "in-failed").iterdir())
+        assert daemon.stop() == 0
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
         if daemon.proc.poll() is None:
             daemon.proc.kill()

@@ -153,9 +153,10 @@ def test_a_broken_executor_loses_every_running_job_with_one_rebuild() -> None:
     assert executors[1].running() == ["c"]
 
 
-def test_a_stuck_job_is_killed_at_the_timeout_and_innocent_jobs_rerun_without_a_new_attempt() -> None:
-    """Past `job_timeout` the stuck job's worker is killed (the executor can't cancel a running call); the
-    job is lost, while a job that shared the executor is re-run without `on_start` charging it again."""
+def test_a_stuck_job_is_killed_at_the_timeout_and_innocent_jobs_are_handed_back_unpinned() -> None:
+    """Past `job_timeout` the stuck job's worker is killed (the executor can't cancel a running call): the
+    job is lost and pinned, while a job that shared the executor comes back lost too, neither pinned nor to
+    be run alone, so its owner can clean up after its worker and submit it again; the new executor runs it."""
     now = [0.0]
     started: list[str] = []
     pool = JobPool(2, real_factory(2), run=scripted, job_timeout=1.0, clock=lambda: now[0], on_start=started.append)
@@ -164,12 +165,15 @@ def test_a_stuck_job_is_killed_at_the_timeout_and_innocent_jobs_rerun_without_a_
         now[0] = 0.5
         pool.submit("innocent", job("sleep-0.2"))
         now[0] = 1.2
-        outcomes = pool.collect()
-        assert [(type(o), o.token) for o in outcomes] == [(Lost, "stuck")]
-        assert "timed out" in outcomes[0].reason
+        outcomes = sorted(pool.collect(), key=lambda o: o.token)
+        assert [(type(o), o.token, o.pinned, o.retry_alone) for o in outcomes] == [
+            (Lost, "innocent", False, False), (Lost, "stuck", True, True)]
+        assert "timed out" in outcomes[1].reason and "time limit" in outcomes[0].reason
+        assert len(pool) == 0 and pool.rebuilds == 1
+        pool.submit("innocent", job("sleep-0.2"))
         outcome, = collect_until(pool, 1)
         assert isinstance(outcome, Finished) and outcome.token == "innocent"
-        assert started == ["stuck", "innocent"]
+        assert started == ["stuck", "innocent", "innocent"]
     finally:
         pool.close()
 
