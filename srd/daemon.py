@@ -44,7 +44,7 @@ from structlog.contextvars import bound_contextvars
 
 from srd import safefs
 from srd.atomic import clean_stale_temps, temp_files_of
-from srd.claim import HEARTBEAT_S, InboxClaims
+from srd.claim import InboxClaims
 from srd.config import Config, Inbox, Profile, load_config
 from srd.errors import ConfigError, ExitCode, ImageError, OutputError, SrdError, StartupError
 from srd.fileversion import FileVersion
@@ -293,6 +293,10 @@ class Daemon:
         self._deferred: dict[Path, str] = {}
         self._solo: set[str] = set()  # keys of submitted jobs that the pool runs alone (suspects)
         self._claims = InboxClaims(config.state_dir)
+        # Inboxes whose claim is not trusted (lost to another daemon, or unconfirmed after a freeze), with the
+        # files that wait for it, and the outcomes of their jobs, finished once the claim is confirmed again.
+        self._claim_paused: dict[str, set[Path]] = {}
+        self._claim_parked: dict[str, list[Outcome]] = {}
         self._offload = offloader or Offloader(OFFLOAD_THREADS, OFFLOAD_PER_INBOX, lambda: self._hints.put(None))
         self._reading: dict[Path, tuple[str, ReadyFile]] = {}  # files being read off the loop, latest request
         self._read: dict[Path, Done] = {}  # finished reads, each taken by the next `_consider` of its file
@@ -489,7 +493,6 @@ class Daemon:
         next_supervise = now
         next_status = now
         next_reconcile = now + self.config.reconcile_interval
-        next_heartbeat = now + HEARTBEAT_S
         while self._stop_signal is None:
             self.step()
             now = self._clock()
@@ -499,9 +502,6 @@ class Daemon:
             if now >= next_status:
                 next_status = now + STATUS_EVERY_S
                 self._write_status()
-            if now >= next_heartbeat and not self._offload.busy("claims"):
-                next_heartbeat = now + HEARTBEAT_S
-                self._offload.submit("claims", ("claims",), self._claims.heartbeat)  # a share may hang
             if now >= next_reconcile:
                 next_reconcile = now + self.config.reconcile_interval
                 log.info("reconcile_scan_requested")
@@ -516,6 +516,7 @@ class Daemon:
             self._reload_requested = False
             self._reload()
         try:
+            self._keep_claims()
             self._take_hints()
             self._recheck_incomplete()
             self._poll_trackers()
@@ -595,6 +596,10 @@ class Daemon:
             runtime = self._runtimes.get(key)
             if runtime is None or runtime.watcher.state == "missing":
                 continue  # gone from the config, or its share is away: the rescan on its return brings it back
+            if key in self._claim_paused or not self._claims.trusted(runtime.inbox.path):
+                self._pause_for_claim(key)
+                self._claim_paused[key].add(ready.path)  # another daemon may own it now: wait for the claim
+                continue
             if key in self._blocks:
                 self._blocks[key].waiting.add(ready.path)  # its outbox refuses writes: wait for it
                 continue
@@ -881,6 +886,12 @@ class Daemon:
         key = outcome.token
         assert isinstance(key, str)  # the pool hands back the work key it was given
         work = self._active[key]
+        if work.inbox.path in self._claims.held and (work.inbox_id in self._claim_paused
+                                                     or not self._claims.trusted(work.inbox.path)):
+            # Recording it would move, delete or fail a source that another daemon may own now.
+            self._pause_for_claim(work.inbox_id)
+            self._claim_parked.setdefault(work.inbox_id, []).append(outcome)
+            return
         with bound_contextvars(inbox=work.inbox_id):  # every line about this file names its inbox
             try:
                 self._finish_work(key, outcome)
@@ -1308,6 +1319,53 @@ class Daemon:
         log.info("config_reloaded", config=new.source, inboxes=len(new.inboxes), pool_restart=self._pool_stale)
         self.notifier.ready(status=self._status_line())
 
+    # -- inbox claims --------------------------------------------------------------------------------------
+
+    def _keep_claims(self) -> None:
+        """Heartbeat the inbox claims when due, and pause or resume each inbox as its claim is trusted or not.
+
+        An inbox whose claim is not trusted takes no new file, its jobs not yet started are withdrawn, and
+        the outcomes of its running jobs wait: another daemon may own its files now, so none of them is
+        moved, deleted or failed. Checked at every pass, so a daemon resumed after a freeze pauses before
+        it touches a file.
+        """
+        if self._claims.heartbeat_due() and not self._offload.busy("claims"):
+            self._offload.submit("claims", ("claims",), self._claims.heartbeat)  # a share may hang
+        for key, runtime in self._runtimes.items():
+            trusted = self._claims.trusted(runtime.inbox.path)
+            if not trusted:
+                self._pause_for_claim(key)
+            elif key in self._claim_paused:
+                self._resume_after_claim(key)
+        for key in [key for key in self._claim_paused if key not in self._runtimes]:
+            self._resume_after_claim(key)  # no longer configured: its claim was released by the reload
+
+    def _pause_for_claim(self, key: str) -> None:
+        if key in self._claim_paused:
+            return
+        assert self.pool is not None
+        waiting = self._claim_paused[key] = set()
+        withdrawn = self.pool.withdraw([token for token, work in self._active.items() if work.inbox_id == key])
+        for token in withdrawn:
+            assert isinstance(token, str)  # the pool hands back the work keys it was given
+            work = self._active.pop(token)
+            self._solo.discard(token)
+            waiting.add(work.source)
+        claim = self._claims.describe(Path(key))
+        log.warning("inbox_paused_claim_untrusted", inbox=key, claim=claim["state"], reason=claim["reason"],
+                    withdrawn=len(withdrawn))
+
+    def _resume_after_claim(self, key: str) -> None:
+        waiting = self._claim_paused.pop(key)
+        parked = self._claim_parked.pop(key, [])
+        log.info("inbox_resumed_claim_confirmed", inbox=key, waiting=len(waiting), parked=len(parked))
+        runtime = self._runtimes.get(key)
+        if runtime is not None:
+            for path in waiting:
+                runtime.tracker.hint(path)
+        for outcome in parked:
+            self._finish(outcome)
+
     def _claim_new_inboxes(self, config: Config) -> list[Path]:
         """Claim the inboxes `config` adds; all or none (raises what `InboxClaims.acquire` raises)."""
         claimed: list[Path] = []
@@ -1343,9 +1401,11 @@ class Daemon:
         queued = len(self._backlog) + len(self._reading) + sum(r.tracker.pending() for r in self._runtimes.values())
         unhealthy = [r.inbox.path.name for r in self._runtimes.values() if not r.watcher.healthy]
         blocked = [b.outbox.name for b in self._blocks.values()]
+        unclaimed = [self._runtimes[key].inbox.path.name for key in self._claim_paused if key in self._runtimes]
         text = f"{running} running, {queued} waiting, {done} done, {failed} failed"
         text += f"; inbox unavailable: {', '.join(unhealthy)}" if unhealthy else ""
         text += "; state_dir unwritable, paused" if self._state_block is not None else ""
+        text += f"; inbox claim not held, paused: {', '.join(unclaimed)}" if unclaimed else ""
         return text + (f"; outbox unwritable: {', '.join(blocked)}" if blocked else "")
 
     def status(self) -> dict[str, Any]:
@@ -1371,7 +1431,9 @@ class Daemon:
                 "outbox": str(runtime.inbox.outbox),
                 "profile": runtime.inbox.profile,
                 "health": self._state if self._state in ("stopping", "stopped") else
-                          ("ok" if watcher.healthy and block is None else "unhealthy"),
+                          ("ok" if watcher.healthy and block is None and key not in self._claim_paused
+                           else "unhealthy"),
+                "claim": self._claims.describe(runtime.inbox.path),
                 "outbox_state": block.describe() if block is not None else {"state": "ok"},
                 "watch": watcher.state,
                 "mode": watcher.mode,

@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -206,6 +206,17 @@ class JobPool:
     def healthy(self) -> bool:
         """False only when no executor could be built."""
         return self._executor is not None
+
+    def withdraw(self, tokens: Iterable[Hashable]) -> list[Hashable]:
+        """Take back those of `tokens` still waiting for a worker; return them (running ones are not stopped)."""
+        wanted = set(tokens)
+        withdrawn = [item[0] for item in self._waiting if item[0] in wanted]
+        self._waiting = deque(item for item in self._waiting if item[0] not in wanted)
+        for token in withdrawn:
+            self._suspects.discard(token)
+            self._limits.pop(token, None)
+            self._restart_without_charge.discard(token)
+        return withdrawn
 
     # -- outcomes ------------------------------------------------------------------------------------------
 

@@ -101,6 +101,8 @@ def render(view: Assessment, where: StateDirChoice, now: datetime | None = None)
                          f"{outbox_state.get('waiting')} input(s) waiting: {outbox_state.get('error')}")
         if inbox.get("root_error"):
             lines.append(f"{inbox['path']}: inbox root unusable: {inbox['root_error']}")
+        if (inbox.get("claim") or {}).get("reason"):
+            lines.append(f"{inbox['path']}: paused: {inbox['claim']['reason']}")
         for folder, reason in (inbox.get("unreadable") or {}).items():
             lines.append(f"{inbox['path']}: not scanned: {folder}: {reason}")
         running = inbox.get("running") or []
