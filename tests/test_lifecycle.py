@@ -5,14 +5,31 @@ claiming one inbox at the same instant. Real `srd run` processes, real signals."
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from daemon_helpers import DaemonProcess, decoded_size, descendants_of, make_image, read_status, wait_for, write_config
+import yaml
+from daemon_helpers import (
+    DaemonProcess,
+    decoded_size,
+    descendants_of,
+    inbox_config,
+    make_image,
+    read_status,
+    srd,
+    wait_for,
+    write_config,
+)
 
 from srd.atomic import TEMP_PREFIX
+from srd.claim import CLAIM_NAME, LEASE_S, STALE_S
 
 SIZE = (24, 32)
 
@@ -121,3 +138,162 @@ def test_jobs_killed_with_a_timed_out_one_lose_their_temps_at_once_and_are_retri
                 os.kill(pid, signal.SIGCONT)
         if daemon.proc.poll() is None:
             daemon.proc.kill()
+
+
+# -- inbox claims ----------------------------------------------------------------------------------------------
+
+
+def _second_config(tmp_path: Path, config: Path) -> Path:
+    """A copy of `config` with its own state_dir: another daemon pointed at the same inbox."""
+    copied = yaml.safe_load(config.read_text())
+    copied["state_dir"] = str(tmp_path / "state-2")
+    path = tmp_path / "copied.yaml"
+    path.write_text(yaml.safe_dump(copied))
+    return path
+
+
+def _age_claim_in_place(claim: Path, seconds: float) -> None:
+    """Make a claim's heartbeat `seconds` old without replacing the file (its holder still knows it as its own):
+    what a minute of SIGSTOP does to it, without waiting that minute."""
+    holder = json.loads(claim.read_text())
+    with claim.open("r+") as fh:
+        fh.write(json.dumps({**holder, "heartbeat": holder["heartbeat"] - seconds}))
+        fh.truncate()
+
+
+def test_a_daemon_resumed_after_losing_its_claim_pauses_the_inbox_until_the_claim_is_free_again(
+        tmp_path: Path) -> None:
+    """Daemon A is frozen (SIGSTOP) long enough that its claim goes stale and daemon B takes the inbox over.
+    When A resumes it must not take a single new file from that inbox (B owns it), must say so in
+    `srd status` (unhealthy, naming B), and may take the inbox back only once B's claim is released."""
+    config = write_config(tmp_path, [inbox_config(tmp_path, on_success="delete")])
+    inbox, outbox = tmp_path / "in", tmp_path / "in-out"
+    claim = inbox / CLAIM_NAME
+    first = DaemonProcess(config)
+    second: DaemonProcess | None = None
+    try:
+        first.wait_ready()
+        os.kill(first.pid, signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        _age_claim_in_place(claim, STALE_S + 5)
+        second = DaemonProcess(_second_config(tmp_path, config))
+        second.wait_ready()
+        assert second.events("inbox_claim_taken_over")
+        assert json.loads(claim.read_text())["pid"] == second.pid
+        # A frozen this long finds its last confirmation older than its lease: a real freeze that let B take
+        # over lasted STALE_S at least.
+        time.sleep(max(0.0, LEASE_S + 1 - (time.monotonic() - frozen_at)))
+        os.kill(first.pid, signal.SIGCONT)
+        (inbox / "late.png").write_bytes(make_image(Path("x.png"), SIZE, 5))
+        second.wait_event("file_processed", timeout=30)
+        lost = first.wait_event("inbox_claim_lost", timeout=20)[0]
+        assert f"(pid {second.pid}," in lost["holder"]
+        time.sleep(2)  # A had every chance to take the file too
+        assert not first.events("file_started"), first.log_tail()
+        assert first.events("inbox_paused_claim_untrusted")
+
+        def paused_in_status() -> dict[str, Any] | None:
+            found = (read_status(tmp_path / "state").get("inboxes") or [{}])[0]
+            return found if (found.get("claim") or {}).get("state") == "lost" else None
+
+        shown = wait_for(paused_in_status, 10, "A's status to show the lost claim")
+        assert shown["health"] == "unhealthy"
+        status = srd("status", "--config", str(config))
+        assert status.returncode == 9, status.stdout
+        assert f"paused: its claim was taken by srd on host {socket.gethostname()} (pid {second.pid}" in status.stdout
+
+        assert second.stop() == 0  # B lets go of the claim: A may take the inbox back
+        first.wait_event("inbox_claim_regained", timeout=20)
+        first.wait_event("inbox_resumed_claim_confirmed", timeout=20)
+        assert json.loads(claim.read_text())["pid"] == first.pid
+        (inbox / "after.png").write_bytes(make_image(Path("x.png"), SIZE, 6))
+        wait_for(lambda: (outbox / "after.png").exists() and not (inbox / "after.png").exists(), 30,
+                 "A to process again\n" + first.log_tail())
+        assert [e["src"] for e in first.events("file_started")] == [str(inbox / "after.png")]
+        assert first.stop() == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(first.pid, signal.SIGCONT)
+        for daemon in (first, second):
+            if daemon is not None and daemon.proc.poll() is None:
+                daemon.proc.kill()
+
+
+_CLAIMER = """
+import json, sys, time
+from pathlib import Path
+from srd.claim import InboxClaimedError, InboxClaims
+root, start, rounds = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+claims = InboxClaims(root / "state")
+for n in range(rounds):
+    time.sleep(max(0.0, start + 0.4 * n - time.time()))  # every claimer tries round n at the same instant
+    try:
+        claims.acquire(root / f"inbox-{n}")
+        print("RESULT", json.dumps([n, "won"]), flush=True)
+    except InboxClaimedError:
+        print("RESULT", json.dumps([n, "refused"]), flush=True)
+    except OSError as exc:  # neither won nor refused: what a race must never end in either
+        print("RESULT", json.dumps([n, f"error: {exc}"]), flush=True)
+sys.stdin.read()  # hold the claims (a live pid) until every claimer is done
+"""
+
+
+def test_claimers_racing_for_a_free_or_a_stale_claim_never_both_win(tmp_path: Path) -> None:
+    """Six processes claim the same inbox at the same instant, round after round; half the inboxes hold a stale
+    claim to take over (a dead pid's). Exactly one claimer wins each round."""
+    rounds, claimers = 16, 6
+    for n in range(rounds):
+        (tmp_path / f"inbox-{n}").mkdir()
+        if n % 2:
+            dead = {"host": socket.gethostname(), "pid": _dead_pid(), "instance": "gone", "state_dir": "/x",
+                    "heartbeat": time.time()}
+            (tmp_path / f"inbox-{n}" / CLAIM_NAME).write_text(json.dumps(dead))
+    start = time.time() + 3
+    procs = [subprocess.Popen([sys.executable, "-c", _CLAIMER, str(tmp_path), str(start), str(rounds)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             for _ in range(claimers)]
+    results: dict[int, list[str]] = {n: [] for n in range(rounds)}
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            for _ in range(rounds):
+                line = proc.stdout.readline()
+                while line and not line.startswith("RESULT "):  # srd's own log lines
+                    line = proc.stdout.readline()
+                n, verdict = json.loads(line.removeprefix("RESULT "))
+                results[n].append(verdict)
+    finally:
+        for proc in procs:
+            proc.communicate(timeout=30)
+    assert all(sorted(verdicts) == ["refused"] * (claimers - 1) + ["won"] for verdicts in results.values()), results
+    assert all(not (tmp_path / f"inbox-{n}" / name).exists() or name == CLAIM_NAME
+               for n in range(rounds) for name in os.listdir(tmp_path / f"inbox-{n}")), "a temp or set-aside claim left"
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_two_daemons_started_together_on_one_inbox_one_runs_and_the_other_is_refused(tmp_path: Path) -> None:
+    """Two real `srd run` on one inbox (a copied config) started in the same instant, several times: each
+    time exactly one runs and the other exits 6 naming it."""
+    config = write_config(tmp_path)
+    other = _second_config(tmp_path, config)
+    for _ in range(4):
+        daemons = [DaemonProcess(config), DaemonProcess(other)]
+        try:
+            wait_for(lambda pair=daemons: all(d.proc.poll() is not None or d.events("daemon_ready") for d in pair), 60,
+                     "both daemons to start or give up")
+            running = [d for d in daemons if d.proc.poll() is None]
+            refused = [d for d in daemons if d.proc.poll() is not None]
+            assert len(running) == 1 and len(refused) == 1, [d.log_tail() for d in daemons]
+            assert refused[0].proc.returncode == 6
+            refused[0]._reader.join(timeout=5)
+            assert f"(pid {running[0].pid}," in refused[0].log_tail()
+            assert running[0].stop() == 0
+        finally:
+            for daemon in daemons:
+                if daemon.proc.poll() is None:
+                    daemon.proc.kill()
