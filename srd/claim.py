@@ -74,9 +74,11 @@ class Holder:
     state_dir: str
     heartbeat: float  # wall-clock seconds
 
+    def name(self) -> str:
+        return f"srd on host {self.host} (pid {self.pid}, state_dir {self.state_dir})"
+
     def describe(self, now: float) -> str:
-        return (f"srd on host {self.host} (pid {self.pid}, state_dir {self.state_dir}), "
-                f"last heartbeat {max(0.0, now - self.heartbeat):.0f} s ago")
+        return f"{self.name()}, last heartbeat {max(0.0, now - self.heartbeat):.0f} s ago"
 
 
 @dataclass(frozen=True)
@@ -268,11 +270,10 @@ class InboxClaims:
             log.warning("inbox_claim_regained", inbox=str(inbox), previous=state.lost_to)
             state.lost_to = None
         elif other is not None and not self._mine(other):
-            description = other.describe(self._clock())
             if state.lost_to is None:
-                log.error("inbox_claim_lost", inbox=str(inbox), holder=description,
+                log.error("inbox_claim_lost", inbox=str(inbox), holder=other.describe(self._clock()),
                           action="paused: no new files are taken and no source is moved or deleted")
-            state.lost_to = description
+            state.lost_to = other.name()
             state.confirmed_at = float("-inf")
 
     def _unwritable(self, inbox: Path, exc: OSError) -> None:

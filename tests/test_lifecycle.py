@@ -198,9 +198,11 @@ def test_a_daemon_resumed_after_losing_its_claim_pauses_the_inbox_until_the_clai
 
         shown = wait_for(paused_in_status, 10, "A's status to show the lost claim")
         assert shown["health"] == "unhealthy"
+        taken_by = f"its claim was taken by srd on host {socket.gethostname()} (pid {second.pid}"
         status = srd("status", "--config", str(config))
-        assert status.returncode == 9, status.stdout
-        assert f"paused: its claim was taken by srd on host {socket.gethostname()} (pid {second.pid}" in status.stdout
+        assert f"{inbox}: paused: {taken_by}" in status.stdout, status.stdout
+        check = srd("status", "--check", "--config", str(config))
+        assert check.returncode == 9 and taken_by in check.stdout, check.stdout
 
         assert second.stop() == 0  # B lets go of the claim: A may take the inbox back
         first.wait_event("inbox_claim_regained", timeout=20)
