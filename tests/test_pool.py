@@ -195,6 +195,21 @@ def test_drain_finishes_running_jobs_and_drops_waiting_ones() -> None:
     assert len(pool) == 0 and fake.running() == []
 
 
+def test_withdraw_takes_back_only_jobs_no_worker_has_started() -> None:
+    """An inbox paused for its claim takes back its queued jobs; a running one is not stopped, and the
+    others keep their places."""
+    fake = FakeExecutor()
+    started: list[str] = []
+    pool = JobPool(1, lambda: fake, on_start=started.append)
+    pool.submit("a", job("a"))
+    pool.submit("b", job("b"))
+    assert pool.withdraw(["a", "b", "unknown"]) == ["b"]
+    assert fake.running() == ["a"] and len(pool) == 1
+    fake.complete("a")
+    assert [o.token for o in pool.collect()] == ["a"]
+    assert started == ["a"] and len(pool) == 0
+
+
 def test_closing_a_pool_whose_idle_worker_died_holding_the_queue_lock_returns_promptly() -> None:
     """Found by the worker-kill loop, whose daemon then never exited: idle workers wait for work one at a
     time, the one reading the call queue holding its lock. SIGKILL that one and its sibling never gets the
