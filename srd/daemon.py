@@ -891,6 +891,7 @@ class Daemon:
             # Recording it would move, delete or fail a source that another daemon may own now.
             self._pause_for_claim(work.inbox_id)
             self._claim_parked.setdefault(work.inbox_id, []).append(outcome)
+            self._running_since.pop(key, None)  # no longer running: it waits for the claim
             return
         with bound_contextvars(inbox=work.inbox_id):  # every line about this file names its inbox
             try:
@@ -1337,8 +1338,8 @@ class Daemon:
                 self._pause_for_claim(key)
             elif key in self._claim_paused:
                 self._resume_after_claim(key)
-        for key in [key for key in self._claim_paused if key not in self._runtimes]:
-            self._resume_after_claim(key)  # no longer configured: its claim was released by the reload
+        # An inbox a reload removed while paused stays so: its parked outcomes are recorded as interrupted at
+        # shutdown, or finished if a later reload brings it back and claims it.
 
     def _pause_for_claim(self, key: str) -> None:
         if key in self._claim_paused:
@@ -1359,10 +1360,9 @@ class Daemon:
         waiting = self._claim_paused.pop(key)
         parked = self._claim_parked.pop(key, [])
         log.info("inbox_resumed_claim_confirmed", inbox=key, waiting=len(waiting), parked=len(parked))
-        runtime = self._runtimes.get(key)
-        if runtime is not None:
-            for path in waiting:
-                runtime.tracker.hint(path)
+        runtime = self._runtimes[key]
+        for path in waiting:
+            runtime.tracker.hint(path)
         for outcome in parked:
             self._finish(outcome)
 
