@@ -97,6 +97,7 @@ class _State:
     tried_at: float = float("-inf")  # monotonic: when the last try began
     lost_to: str | None = None  # the live holder that has it, once a heartbeat found it taken
     unwritable: bool = False  # a read-only inbox: nobody can claim it, nor move its files
+    failing: str | None = None  # the last heartbeat's error, logged once (untrusted claims retry every second)
 
 
 class InboxClaimedError(LockedError):
@@ -151,8 +152,11 @@ class InboxClaims:
             try:
                 other = self._hold(inbox)
             except (OSError, InboxClaimedError) as exc:
-                log.warning("inbox_claim_heartbeat_failed", inbox=str(inbox), error=str(exc))
+                if state.failing != str(exc):
+                    log.warning("inbox_claim_heartbeat_failed", inbox=str(inbox), error=str(exc))
+                state.failing = str(exc)
                 continue
+            state.failing = None
             with self._lock:
                 state = self._states.get(inbox)
                 if state is None:
