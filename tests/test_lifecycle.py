@@ -164,17 +164,28 @@ def _age_claim_in_place(claim: Path, seconds: float) -> None:
 def test_a_daemon_resumed_after_losing_its_claim_pauses_the_inbox_until_the_claim_is_free_again(
         tmp_path: Path) -> None:
     """Daemon A is frozen (SIGSTOP) long enough that its claim goes stale and daemon B takes the inbox over.
-    When A resumes it must not take a single new file from that inbox (B owns it), must say so in
-    `srd status` (unhealthy, naming B), and may take the inbox back only once B's claim is released."""
+    When A resumes it must not take a single new file from that inbox (B owns it), must not record the job it
+    had running (recording moves or deletes the source), must say so in `srd status` (unhealthy, naming B),
+    and may take the inbox back only once B's claim is released; then it finishes the parked job."""
     config = write_config(tmp_path, [inbox_config(tmp_path, on_success="delete")])
     inbox, outbox = tmp_path / "in", tmp_path / "in-out"
     claim = inbox / CLAIM_NAME
     first = DaemonProcess(config)
     second: DaemonProcess | None = None
+    workers: list[int] = []
     try:
         first.wait_ready()
+        (inbox / "warm.png").write_bytes(make_image(Path("x.png"), SIZE, 3))
+        first.wait_event("file_processed", timeout=30)
+        workers = wait_for(lambda: _workers_of(first.pid), 10, "A's worker")
+        for pid in workers:  # held so that A has a job running when it freezes
+            os.kill(pid, signal.SIGSTOP)
+        (inbox / "inflight.png").write_bytes(make_image(Path("x.png"), SIZE, 4))
+        wait_for(lambda: "inflight.png" in _running(tmp_path / "state"), 20, "A's job\n" + first.log_tail())
         os.kill(first.pid, signal.SIGSTOP)
         frozen_at = time.monotonic()
+        for pid in workers:  # its result waits for A in the pipe
+            os.kill(pid, signal.SIGCONT)
         _age_claim_in_place(claim, STALE_S + 5)
         second = DaemonProcess(_second_config(tmp_path, config))
         second.wait_ready()
@@ -188,8 +199,11 @@ def test_a_daemon_resumed_after_losing_its_claim_pauses_the_inbox_until_the_clai
         second.wait_event("file_processed", timeout=30)
         lost = first.wait_event("inbox_claim_lost", timeout=20)[0]
         assert f"(pid {second.pid}," in lost["holder"]
-        time.sleep(2)  # A had every chance to take the file too
-        assert not first.events("file_started"), first.log_tail()
+        time.sleep(2)  # A had every chance to take the file too, and to record its job
+        started = [str(inbox / "warm.png"), str(inbox / "inflight.png")]
+        assert [e["src"] for e in first.events("file_started")] == started, first.log_tail()
+        assert [e["src"] for e in first.events("file_processed")] == [str(inbox / "warm.png")], first.log_tail()
+        assert not first.events("file_failed")
         assert first.events("inbox_paused_claim_untrusted")
 
         def paused_in_status() -> dict[str, Any] | None:
@@ -206,16 +220,18 @@ def test_a_daemon_resumed_after_losing_its_claim_pauses_the_inbox_until_the_clai
 
         assert second.stop() == 0  # B lets go of the claim: A may take the inbox back
         first.wait_event("inbox_claim_regained", timeout=20)
-        first.wait_event("inbox_resumed_claim_confirmed", timeout=20)
+        resumed = first.wait_event("inbox_resumed_claim_confirmed", timeout=20)[0]
+        assert resumed["parked"] == 1
         assert json.loads(claim.read_text())["pid"] == first.pid
         (inbox / "after.png").write_bytes(make_image(Path("x.png"), SIZE, 6))
         wait_for(lambda: (outbox / "after.png").exists() and not (inbox / "after.png").exists(), 30,
                  "A to process again\n" + first.log_tail())
-        assert [e["src"] for e in first.events("file_started")] == [str(inbox / "after.png")]
+        assert [e["src"] for e in first.events("file_started")] == [*started, str(inbox / "after.png")]
         assert first.stop() == 0
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(first.pid, signal.SIGCONT)
+        for pid in [first.pid, *workers]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
         for daemon in (first, second):
             if daemon is not None and daemon.proc.poll() is None:
                 daemon.proc.kill()
