@@ -5,6 +5,7 @@ claiming one inbox at the same instant. Real `srd run` processes, real signals."
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -294,6 +295,11 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+def _settled(daemons: list[DaemonProcess]) -> bool:
+    """Whether each daemon is either ready or gone."""
+    return all(d.proc.poll() is not None or d.events("daemon_ready") for d in daemons)
+
+
 def test_two_daemons_started_together_on_one_inbox_one_runs_and_the_other_is_refused(tmp_path: Path) -> None:
     """Two real `srd run` on one inbox (a copied config) started in the same instant, several times: each
     time exactly one runs and the other exits 6 naming it."""
@@ -302,8 +308,7 @@ def test_two_daemons_started_together_on_one_inbox_one_runs_and_the_other_is_ref
     for _ in range(4):
         daemons = [DaemonProcess(config), DaemonProcess(other)]
         try:
-            wait_for(lambda pair=daemons: all(d.proc.poll() is not None or d.events("daemon_ready") for d in pair), 60,
-                     "both daemons to start or give up")
+            wait_for(functools.partial(_settled, daemons), 60, "both daemons to start or give up")
             running = [d for d in daemons if d.proc.poll() is None]
             refused = [d for d in daemons if d.proc.poll() is not None]
             assert len(running) == 1 and len(refused) == 1, [d.log_tail() for d in daemons]
