@@ -27,6 +27,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import forkserver
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -351,17 +352,29 @@ class JobPool:
         """
         executor, self._executor = self._executor, None
         if executor is not None:
+            workers = list(getattr(executor, "_processes", {}).values())  # shutdown forgets them
             kill_workers(executor)
             closer = threading.Thread(target=executor.shutdown, kwargs={"wait": True, "cancel_futures": True},
                                       name="srd-pool-close", daemon=True)
             closer.start()
+            deadline = time.monotonic() + grace_s
             closer.join(grace_s)
-            if closer.is_alive():
+            # A worker whose death was never reported would also hold up the interpreter's exit, which joins it.
+            if closer.is_alive() or not _reaped(workers, deadline):
                 log.error("pool_close_stuck_killing_forkserver", waited_s=grace_s, forkserver=kill_forkserver())
                 closer.join(grace_s)
+                _reaped(workers, time.monotonic() + grace_s)
         self._running.clear()
         self._waiting.clear()
         self._limits.clear()
+
+
+def _reaped(workers: Sequence[Any], deadline: float) -> bool:
+    """Whether every worker process's exit has been collected by `deadline` (a monotonic time)."""
+    for worker in workers:
+        with contextlib.suppress(ValueError, AssertionError):  # closed, or not a child of this process
+            worker.join(max(0.0, deadline - time.monotonic()))
+    return all(getattr(worker, "exitcode", 0) is not None for worker in workers)
 
 
 def _inbox_of(job: Job) -> str | None:
