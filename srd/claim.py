@@ -230,6 +230,7 @@ class InboxClaims:
             OSError: The inbox or its claim can't be read or written (a read-only inbox is noted instead).
         """
         began = self._monotonic()
+        set_aside: _Seen | None = None  # the stale claim this taker moved out of the way
         fd = safefs.open_root(inbox)
         try:
             for _ in range(_ROUNDS):
@@ -244,11 +245,7 @@ class InboxClaims:
                     elif seen.holder is not None and not self._stale(seen.holder, now):
                         return seen.holder
                     else:
-                        if seen.holder is None:
-                            log.warning("inbox_claim_unreadable_replacing", inbox=str(inbox))
-                        else:
-                            log.warning("inbox_claim_taken_over", inbox=str(inbox),
-                                        previous=seen.holder.describe(now))
+                        set_aside = seen
                         _set_aside(fd, seen.identity)
                         continue  # then create it, if no other taker was faster
                 except (FileExistsError, FileNotFoundError):
@@ -262,6 +259,10 @@ class InboxClaims:
                     if inbox in self._states:
                         self._states[inbox].confirmed_at = began
                         self._states[inbox].unwritable = False
+                if set_aside is not None and set_aside.holder is None:
+                    log.warning("inbox_claim_unreadable_replacing", inbox=str(inbox))
+                elif set_aside is not None and set_aside.holder is not None:
+                    log.warning("inbox_claim_taken_over", inbox=str(inbox), previous=set_aside.holder.describe(now))
                 return None
             raise InboxClaimedError(f"the claim on inbox {inbox} kept changing in {_ROUNDS} tries: other daemons "
                                     "are claiming it at the same time")
@@ -279,6 +280,7 @@ class InboxClaims:
                           action="paused: no new files are taken and no source is moved or deleted")
             state.lost_to = other.name()
             state.confirmed_at = float("-inf")
+            state.unwritable = False  # it took writes after all: the other daemon's claim
 
     def _unwritable(self, inbox: Path, exc: OSError) -> None:
         with self._lock:
