@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from daemon_helpers import (
     DaemonProcess,
@@ -30,7 +31,7 @@ from daemon_helpers import (
 )
 
 from srd.atomic import TEMP_PREFIX
-from srd.claim import CLAIM_NAME, LEASE_S, STALE_S
+from srd.claim import CLAIM_NAME, HEARTBEAT_S, LEASE_S, RETRY_UNTRUSTED_S, STALE_S, InboxClaims
 
 SIZE = (24, 32)
 
@@ -320,3 +321,37 @@ def test_two_daemons_started_together_on_one_inbox_one_runs_and_the_other_is_ref
             for daemon in daemons:
                 if daemon.proc.poll() is None:
                     daemon.proc.kill()
+
+
+def test_a_claim_is_trusted_for_its_lease_after_each_confirmation_and_not_while_another_daemon_holds_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lease, with its clock driven: trusted for LEASE_S after a confirmation, unconfirmed after, renewed by
+    a heartbeat (due every second meanwhile); lost to a live taker, and regained once that one lets go."""
+    monkeypatch.setattr("srd.claim.pid_alive", lambda pid: True)  # both claimers live in pytest, not in `srd`
+    now = [0.0]
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    claims = InboxClaims(tmp_path / "state", monotonic=lambda: now[0])
+    claims.acquire(inbox)
+    assert claims.trusted(inbox) and not claims.heartbeat_due()
+    now[0] = LEASE_S + 1
+    assert not claims.trusted(inbox) and claims.describe(inbox)["state"] == "unconfirmed"
+    assert claims.heartbeat_due()
+    claims.heartbeat()
+    assert claims.trusted(inbox) and claims.describe(inbox) == {"state": "held", "reason": None}
+
+    _age_claim_in_place(inbox / CLAIM_NAME, STALE_S + 5)  # as after a freeze of a minute
+    taker = InboxClaims(tmp_path / "state-2")
+    taker.acquire(inbox)
+    now[0] += HEARTBEAT_S
+    claims.heartbeat()
+    assert not claims.trusted(inbox)
+    assert claims.describe(inbox)["state"] == "lost" and "state-2" in str(claims.describe(inbox)["reason"])
+    now[0] += RETRY_UNTRUSTED_S
+    claims.heartbeat()
+    assert not claims.trusted(inbox)  # the taker is alive: no retaking
+    taker.release(inbox)
+    now[0] += RETRY_UNTRUSTED_S
+    claims.heartbeat()
+    assert claims.trusted(inbox)
+    assert json.loads((inbox / CLAIM_NAME).read_text())["state_dir"] == str(tmp_path / "state")
