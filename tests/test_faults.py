@@ -28,6 +28,7 @@ from daemon_helpers import (
     inbox_config,
     make_image,
     read_status,
+    running,
     srd,
     wait_for,
     write_config,
@@ -109,9 +110,7 @@ def test_a_reload_that_cannot_be_applied_keeps_the_old_config_running(tmp_path: 
     else:
         (tmp_path / "a-file").write_text("not a folder")
         bad_outbox = tmp_path / "a-file" / "out"
-    daemon = DaemonProcess(config)
-    try:
-        daemon.wait_ready()
+    with running(config) as daemon:
         _set_outbox(config, bad_outbox)
         daemon.proc.send_signal(signal.SIGHUP)
         rejected = daemon.wait_event("config_reload_rejected")[0]
@@ -126,9 +125,6 @@ def test_a_reload_that_cannot_be_applied_keeps_the_old_config_running(tmp_path: 
         daemon.proc.send_signal(signal.SIGHUP)
         daemon.wait_event("config_reloaded")
         assert daemon.stop() == 0
-    finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
 
 
 # -- the loop never blocks on one file -----------------------------------------------------------------------
@@ -435,9 +431,7 @@ def test_a_slow_writer_s_half_written_image_is_waited_for_and_an_earlier_failure
     inbox, failed, outbox = tmp_path / "in", tmp_path / "in-failed", tmp_path / "in-out"
     slow, whole = "slow" + suffix, "whole" + suffix
     picture = make_image(Path("x" + suffix), (96, 128), 1)
-    daemon = DaemonProcess(config)
-    try:
-        daemon.wait_ready()
+    with running(config) as daemon:
         with (inbox / slow).open("wb") as fh:
             fh.write(picture[: len(picture) // 4])
             fh.flush()
@@ -461,9 +455,6 @@ def test_a_slow_writer_s_half_written_image_is_waited_for_and_an_earlier_failure
         daemon.wait_event("earlier_failure_cleared")
         assert not (failed / f"{whole}.error.json").exists()
         assert daemon.stop() == 0
-    finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
     listed = srd("ledger", "list", "--state", "failed", "--config", str(config))
     assert whole not in listed.stdout, listed.stdout
 
@@ -483,9 +474,7 @@ def test_a_second_daemon_on_the_same_inbox_is_refused_naming_the_first_and_a_dea
     second_config = tmp_path / "copied.yaml"
     second_config.write_text(yaml.safe_dump(copied))
     claim = tmp_path / "in" / ".srd-claim.json"
-    first = DaemonProcess(config)
-    try:
-        first.wait_ready()
+    with running(config) as first:
         holder = json.loads(claim.read_text())
         assert holder["pid"] == first.pid and holder["host"] == socket.gethostname()
         second = srd("run", "--config", str(second_config), timeout=60)
@@ -495,9 +484,6 @@ def test_a_second_daemon_on_the_same_inbox_is_refused_naming_the_first_and_a_dea
         (tmp_path / "in" / "a.png").write_bytes(make_image(Path("x.png"), SIZE, 1))
         wait_for(lambda: (tmp_path / "in-out" / "a.png").exists(), 30, "the first daemon to work on")
         first.kill()
-    finally:
-        if first.proc.poll() is None:
-            first.proc.kill()
 
     taker = DaemonProcess(second_config)  # the dead daemon's claim is stale at once on this host
     try:
@@ -516,14 +502,9 @@ def test_a_second_daemon_on_the_same_inbox_is_refused_naming_the_first_and_a_dea
     refused = srd("run", "--config", str(config), timeout=60)
     assert refused.returncode == 6 and "host nas-client-b (pid 4242" in refused.stderr, refused.stderr
     claim.write_text(json.dumps({**other_host, "heartbeat": time.time() - 3600}))
-    after_crash = DaemonProcess(config)
-    try:
-        after_crash.wait_ready()
+    with running(config) as after_crash:
         assert json.loads(claim.read_text())["pid"] == after_crash.pid
         assert after_crash.stop() == 0
-    finally:
-        if after_crash.proc.poll() is None:
-            after_crash.proc.kill()
 
 
 def test_a_file_over_max_input_bytes_is_failed_from_its_size_without_being_read(tmp_path: Path) -> None:

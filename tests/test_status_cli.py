@@ -8,7 +8,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from daemon_helpers import ESPCN_X2, DaemonProcess, make_image, srd, wait_for, write_config
+from daemon_helpers import ESPCN_X2, DaemonProcess, make_image, running, srd, wait_for, write_config
 
 from srd.errors import ExitCode
 
@@ -37,9 +37,7 @@ def test_counters_agree_with_the_ledger_after_a_restart(tmp_path: Path) -> None:
         if daemon.proc.poll() is None:
             daemon.proc.kill()
 
-    daemon = DaemonProcess(config)
-    try:
-        daemon.wait_ready(60)
+    with running(config, ready_timeout=60) as daemon:
         # Alive, and done re-judging the files kept in the inbox (its start-up scan hints them again).
         status = wait_for(lambda: (s := _status_json("--config", str(config))).get("alive")
                           and (s["inboxes"][0]["settling"], s["inboxes"][0]["queued"]) == (0, 0) and s, 60,
@@ -57,9 +55,6 @@ def test_counters_agree_with_the_ledger_after_a_restart(tmp_path: Path) -> None:
         assert values.split()[1:9] == ["ok", row["watch"], "0", "0", "0", "2", "1", "0"], values
         assert "broken.jpg" in values and "truncated" in values
         assert daemon.stop() == 0
-    finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
 
 
 def test_running_files_are_named_with_their_elapsed_time(tmp_path: Path) -> None:
@@ -122,9 +117,7 @@ def test_check_exit_codes_healthy_unhealthy_not_running(tmp_path: Path) -> None:
     check = ("status", "--check", "--config", str(config))
     before = srd(*check)
     assert (before.returncode, before.stdout.split(":")[0]) == (NOT_RUNNING, "not running")
-    daemon = DaemonProcess(config)
-    try:
-        daemon.wait_ready()
+    with running(config) as daemon:
         healthy = wait_for(lambda: (r := srd(*check)).returncode == 0 and r, 30, "a healthy check")
         assert healthy.stdout.strip() == "healthy"
         shutil.rmtree(tmp_path / "in")
@@ -133,8 +126,5 @@ def test_check_exit_codes_healthy_unhealthy_not_running(tmp_path: Path) -> None:
         (tmp_path / "in").mkdir()
         wait_for(lambda: srd(*check).returncode == 0, 60, "healthy again once the inbox is back")
         assert daemon.stop() == 0
-    finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
     after = srd(*check)
     assert after.returncode == NOT_RUNNING and after.stdout.startswith("not running: last seen pid")
