@@ -180,23 +180,23 @@ def _kill_one_worker_mid_batch(cmd: list[str], out: Path, total: int) -> subproc
 
 
 def test_a_killed_worker_is_replaced_and_the_whole_batch_is_processed(tmp_path: Path) -> None:
-    folder, out = _batch(tmp_path), tmp_path / "out"
+    folder, out = _batch(tmp_path, 6), tmp_path / "out"
     cmd = [*srd_command(), "process", str(folder), "--out", str(out), "-m", "edsr-base", "-s", "2", "-j", "2", "-v"]
-    done = _kill_one_worker_mid_batch(cmd, out, 10)
+    done = _kill_one_worker_mid_batch(cmd, out, 6)
     assert done.returncode == 0, done.stderr
-    assert "Traceback" not in done.stderr and "10 processed, 0 failed" in done.stderr
+    assert "Traceback" not in done.stderr and "6 processed, 0 failed" in done.stderr
     assert '"event": "pool_rebuilt"' in done.stderr and '"event": "job_lost_retrying"' in done.stderr
-    assert {p.name: decoded_size(p) for p in out.iterdir()} == {f"{i}.png": (320, 400) for i in range(10)}
+    assert {p.name: decoded_size(p) for p in out.iterdir()} == {f"{i}.png": (320, 400) for i in range(6)}
 
 
 def test_a_killed_worker_fails_only_its_files_with_the_reason(tmp_path: Path) -> None:
     """With ``max_attempts: 1`` the jobs the dead worker's pool held fail; every other file is written."""
-    folder, out = _batch(tmp_path), tmp_path / "out"
+    folder, out = _batch(tmp_path, 6), tmp_path / "out"
     config = tmp_path / "once.yaml"
     config.write_text("max_attempts: 1\n")
     cmd = [*srd_command(), "process", str(folder), "--out", str(out), "-c", str(config), "-m", "edsr-base", "-s",
            "2", "-j", "2"]
-    done = _kill_one_worker_mid_batch(cmd, out, 10)
+    done = _kill_one_worker_mid_batch(cmd, out, 6)
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     failures = [line for line in done.stderr.splitlines() if line.startswith("srd: failed:")]
@@ -204,7 +204,7 @@ def test_a_killed_worker_fails_only_its_files_with_the_reason(tmp_path: Path) ->
     assert all("worker process died" in line and "gave up after 1 attempt" in line for line in failures)
     written = {p.name for p in out.iterdir()}
     assert not any(is_temp_name(name) for name in written)
-    assert len(written) + len(failures) == 10
+    assert len(written) + len(failures) == 6
     assert f"{len(written)} processed, {len(failures)} failed" in done.stderr
     assert all(decoded_size(out / name) == (320, 400) for name in written)
 
@@ -226,7 +226,7 @@ def test_a_job_over_job_timeout_fails_with_the_reason_and_the_rest_is_processed(
 
 def test_workers_killed_mid_write_in_place_leave_each_input_whole_and_no_temp_file(tmp_path: Path) -> None:
     folder = tmp_path / "photos"
-    originals = {f"{i}.png": write_image(folder / f"{i}.png", (300, 400), seed=i).read_bytes() for i in range(12)}
+    originals = {f"{i}.png": write_image(folder / f"{i}.png", (300, 400), seed=i).read_bytes() for i in range(6)}
     proc = subprocess.Popen([*srd_command(), "process", str(folder), "--out", str(folder), "--in-place", "-m",
                              "edsr-lite", "-s", "2", "-j", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
