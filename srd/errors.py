@@ -97,5 +97,10 @@ class LockedError(SrdError):
     """Another srd instance already owns the state directory."""
 
 
+class StateDirError(SrdError):
+    """The state directory can't be used: missing where it must exist, not a folder, no permission, full or
+    read-only. The folder is at fault, not what it holds (a damaged ledger is a `srd.ledger.LedgerError`)."""
+
+
 class StartupError(SrdError):
     """The daemon can't start: a folder or the state directory can't be created or opened, a watch fails."""

@@ -21,7 +21,7 @@ import yaml
 
 from srd.atomic import write_bytes_atomic
 from srd.config import load_config
-from srd.errors import ConfigError, SrdError
+from srd.errors import ConfigError, SrdError, StateDirError
 
 STATUS_NAME = "status.json"
 # The daemon rewrites its status at least this often, even when nothing changed …
@@ -64,15 +64,18 @@ def read_status(state_dir: Path) -> dict[str, Any] | None:
     """The last status written, or None if there is none.
 
     Raises:
-        SrdError: The file is there but unreadable or not a status document (damage is reported, not taken
-            for "srd has not run here").
+        StateDirError: The file can't be read (no permission, the state directory is not a folder).
+        SrdError: The file is there but not a status document (damage is reported, not taken for "srd has
+            not run here").
     """
     path = status_path(state_dir)
     try:
         status = json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
+    except OSError as exc:
+        raise StateDirError(f"cannot read status file {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # not JSON, or not UTF-8
         raise SrdError(f"status file {path} is unreadable: {exc}") from exc
     if not isinstance(status, dict) or not isinstance(status.get("inboxes", []), list) or not all(
             isinstance(inbox, dict) for inbox in status.get("inboxes", [])):

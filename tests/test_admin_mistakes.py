@@ -11,6 +11,7 @@ from pathlib import Path
 from daemon_helpers import ESPCN_X2, DaemonProcess, make_image, srd, wait_for, write_config
 
 from srd.errors import ExitCode
+from srd.ledger import Ledger
 from srd.status import status_path
 
 SIZE = (24, 32)
@@ -121,6 +122,7 @@ def test_an_output_path_beyond_path_max_does_not_stop_the_daemon(tmp_path: Path)
 
 def test_an_age_beyond_the_calendar_lists_everything_instead_of_a_traceback(tmp_path: Path) -> None:
     config = write_config(tmp_path)
+    Ledger.open(tmp_path / "state").close()
     shown = srd("ledger", "list", "--since", "99999999999d", "--config", str(config))
     assert shown.returncode == ExitCode.OK and "Traceback" not in shown.stderr, shown.stderr
     assert shown.stdout.startswith("KEY")
