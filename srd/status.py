@@ -177,6 +177,10 @@ def locate_state_dir(config_path: Path | None, state_dir: Path | None) -> StateD
 
     A config with errors still names its state_dir in most cases (a typo elsewhere, a bad indent);
     failing that, the default `.srd` beside the config is where the daemon would have put it.
+
+    Raises:
+        ConfigError: The config can't be read at all (missing, a folder, no permission): there is nothing to
+            guess from, and a guess would report a running daemon as "not running".
     """
     if state_dir is not None:
         return StateDirChoice(state_dir, "--state-dir")
@@ -190,7 +194,7 @@ def locate_state_dir(config_path: Path | None, state_dir: Path | None) -> StateD
         try:
             found = _state_dir_in_text(config_path.read_text(encoding="utf-8", errors="replace"))
         except OSError:
-            found = None
+            raise exc from None
         if found is not None:
             guess = Path(found).expanduser()
             return StateDirChoice(guess if guess.is_absolute() else base / guess,

@@ -151,12 +151,17 @@ def test_an_error_about_a_path_with_a_line_break_stays_one_line(tmp_path: Path) 
     assert "st\\x0a\\x1b[31mate" in one_error_line(done.stderr) and "\x1b" not in done.stderr
 
 
-def test_a_config_that_is_a_folder_is_a_config_error_for_every_command(tmp_path: Path) -> None:
-    for command in (["config", "check", str(tmp_path)], ["run", "-c", str(tmp_path)],
+def test_a_config_that_cannot_be_read_is_a_config_error_for_every_command(tmp_path: Path) -> None:
+    """A config path that is a folder or missing. `srd status` reads what it can of a broken config, but old
+    srd also guessed a state dir beside a config it could not read at all, and said "not running" (exit 3)
+    about a daemon that may well be running with the state dir that config names."""
+    for command in (["config", "check", str(tmp_path)], ["run", "-c", str(tmp_path)], ["status", "-c", str(tmp_path)],
                     ["ledger", "list", "-c", str(tmp_path)], ["process", str(tmp_path), "--out", str(tmp_path / "o"),
                                                               "-c", str(tmp_path)]):
         done = srd(*command)
         assert done.returncode == ExitCode.USAGE, (command, done.stderr)
         assert "Is a directory" in done.stderr and "Traceback" not in done.stderr, (command, done.stderr)
-    shown = srd("status", "-c", str(tmp_path))  # status works with a broken config: it says which it read
-    assert shown.returncode == ExitCode.NOT_RUNNING and "Traceback" not in shown.stderr, shown.stderr
+    for command in (["status"], ["status", "--check"], ["ledger", "list"]):
+        done = srd(*command, "-c", str(tmp_path / "srd.yml"))  # a typo: the file is srd.yaml
+        assert done.returncode == ExitCode.USAGE, (command, done.stdout, done.stderr)
+        assert "No such file or directory" in done.stderr, done.stderr
