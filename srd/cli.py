@@ -51,10 +51,23 @@ def exit_code_for(error: SrdError) -> ExitCode:
     return next(code for cls, code in _EXIT_CODES if isinstance(error, cls))
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer no smaller than `minimum` (the config's bound for the same setting)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tile", type=int, help="tile side in LR pixels (0: whole image at once)")
-    parser.add_argument("--tile-pad", type=int, help="LR pixels of context around each tile")
-    parser.add_argument("--threads", type=int, help="OpenCV threads per worker process")
+    parser.add_argument("--tile", type=_at_least(0), help="tile side in LR pixels (0: whole image at once)")
+    parser.add_argument("--tile-pad", type=_at_least(0), help="LR pixels of context around each tile")
+    parser.add_argument("--threads", type=_at_least(1), help="OpenCV threads per worker process")
 
 
 def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonProcess, srd, srd_command, write_config
+from daemon_helpers import ESPCN_X2, DaemonProcess, make_image, srd, srd_command, write_config
 
 from srd.errors import ExitCode
 from srd.ledger import SNAPSHOT_NAME, Ledger, State
@@ -165,3 +165,15 @@ def test_a_config_that_cannot_be_read_is_a_config_error_for_every_command(tmp_pa
         done = srd(*command, "-c", str(tmp_path / "srd.yml"))  # a typo: the file is srd.yaml
         assert done.returncode == ExitCode.USAGE, (command, done.stdout, done.stderr)
         assert "No such file or directory" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("option", [["--tile", "-5"], ["--tile-pad", "-1"], ["--threads", "0"]], ids=" ".join)
+def test_engine_options_out_of_the_configs_bounds_are_refused_before_anything_is_written(
+        option: list[str], tmp_path: Path) -> None:
+    """`engine.tile: -5` is refused by `config check`, but old srd took `--tile -5` on the command line and ran."""
+    image = tmp_path / "a.png"
+    image.write_bytes(make_image(image))
+    done = srd("process", str(image), "--out", str(tmp_path / "big"), "-m", str(ESPCN_X2), *option)
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert f"argument {option[0]}: must be at least" in done.stderr
+    assert not (tmp_path / "big").exists()
