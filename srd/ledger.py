@@ -360,7 +360,7 @@ class Ledger:
             raise ValueError(f"compact_after must be at least 1, got {compact_after}")
         state_dir = Path(state_dir)
         if read_only or not create:
-            require_state_dir(state_dir)
+            _require_state_dir(state_dir)
         if read_only:
             with _reading(state_dir):
                 return cls._open_read_only(state_dir, compact_after, clock)
@@ -1120,7 +1120,7 @@ class RepairReport:
     dropped_to: Path | None
 
 
-def require_state_dir(state_dir: Path) -> None:
+def _require_state_dir(state_dir: Path) -> None:
     """Refuse a state directory that is missing or not a folder: reading or editing a ledger never makes one,
     so a wrong config is an error, not an empty ledger or a new folder left behind.
 
@@ -1164,7 +1164,7 @@ def check_ledger(state_dir: Path) -> RepairReport:
         StateDirError: `state_dir` is missing or can't be read.
         LedgerVersionError: The snapshot was written by a newer srd.
     """
-    require_state_dir(state_dir)
+    _require_state_dir(state_dir)
     problems: list[str] = []
     for _ in range(3):  # the owner may compact between our reads, as in `Ledger.open(read_only=True)`
         problems = []
@@ -1191,7 +1191,7 @@ def repair_ledger(state_dir: Path) -> RepairReport:
         LedgerVersionError: The snapshot was written by a newer srd: nothing is changed.
     """
     state_dir = Path(state_dir)
-    require_state_dir(state_dir)
+    _require_state_dir(state_dir)
     try:
         lock_fd = _acquire_lock(state_dir / LOCK_NAME)
     except OSError as exc:
