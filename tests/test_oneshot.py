@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import pty
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -16,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 from daemon_helpers import ESPCN_X2, decoded_size, make_image, srd, srd_command, wait_for
-from reliability_harness import worker_pids
+from reliability_harness import tmpfs, worker_pids
 
 from srd.atomic import is_temp_name
 from srd.job import JobResult
@@ -425,3 +427,58 @@ def test_a_folder_that_cannot_be_read_is_named_and_counted_as_failed(tmp_path: P
     assert done.returncode == 1, done.stderr
     assert str(photos / "locked") in done.stderr and "can't be read" in done.stderr
     assert (tmp_path / "big" / "ok.png").exists()
+
+
+# -- an output folder that refuses writes is exit 5, not 1 -------------------------------------------------------
+
+
+def _refusing_out(kind: str, mount: Path) -> tuple[Path, list[str]]:
+    """An output folder on a real tmpfs that refuses writes as `kind` says, and the command prefix to run srd."""
+    out = mount / "out"
+    out.mkdir()
+    if kind == "full":
+        filler = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        with contextlib.suppress(OSError):  # until the disk is full
+            while True:
+                os.write(filler, b"\0" * 4096)
+        os.close(filler)
+    elif kind == "read-only":
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+    else:  # no permission: srd runs without root's DAC override, as a normal user would
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv to run srd without CAP_DAC_OVERRIDE")
+        out.chmod(0o555)
+        return out, ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *srd_command()]
+    return out, srd_command()
+
+
+@pytest.mark.parametrize("kind", ["full", "read-only", "no permission"])
+def test_outputs_refused_by_the_output_folder_exit_5_even_beside_a_bad_input(kind: str, tmp_path: Path) -> None:
+    """A real tmpfs that is full, mounted read-only, or a folder srd may not write: every output is refused,
+    and one input is not an image at all. Old srd exited 1 ("some inputs failed"), as if the inputs were at
+    fault; the folder is, so it is exit 5, which wins over 1, and the closing error names folder and reason."""
+    inputs = [write_image(tmp_path / "in" / name, seed=i) for i, name in enumerate(["a.png", "b.jpg"])]
+    (tmp_path / "in" / "junk.png").write_bytes(b"not an image")
+    with tmpfs(tmp_path / "small", "256k") as mount:
+        out, command = _refusing_out(kind, mount)
+        done = subprocess.run([*command, "process", *map(str, inputs), str(tmp_path / "in" / "junk.png"),
+                               "--out", str(out), *ESPCN, "--quiet"],
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert sorted(p.name for p in out.iterdir()) == []
+    assert done.returncode == 5, done.stderr
+    assert "Traceback" not in done.stderr
+    reason = {"full": "No space left on device", "read-only": "Read-only file system",
+              "no permission": "Permission denied"}[kind]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("srd: error: 2 output(s) refused") and reason in last and str(out) in last, last
+    assert "junk.png: not an image" in done.stderr  # the input's own failure is still named
+
+
+def test_an_input_that_fails_on_its_own_is_still_exit_1(tmp_path: Path) -> None:
+    """The other side of the rule: with a writable output folder, a bad input alone is exit 1, not 5."""
+    good = write_image(tmp_path / "in" / "a.png")
+    (tmp_path / "in" / "junk.png").write_bytes(b"not an image")
+    done = srd("process", str(good), str(tmp_path / "in" / "junk.png"), "--out", str(tmp_path / "big"), *ESPCN,
+               timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert (tmp_path / "big" / "a.png").exists()
