@@ -31,6 +31,8 @@ _EXIF_IFD, _GPS_IFD, _ICC_TAG, _XMP_TAG = 0x8769, 0x8825, 34675, 700
 # not among them: OpenCV's TIFF reader applies it to the pixels itself.
 _SHARED_IFD0_TAGS = (270, 271, 272, 305, 306, 315, 33432)
 _RESOLUTION_UNITS = {1: "none", 2: "inch", 3: "cm"}
+# Colour samples per pixel of each TIFF photometric interpretation (separated, 5, counts its inks instead).
+_TIFF_COLOUR_SAMPLES = {0: 1, 1: 1, 2: 3, 3: 1, 4: 1, 6: 3, 8: 3, 9: 3, 10: 3, 32844: 1, 32845: 3}
 
 
 # --- JPEG -----------------------------------------------------------------------------------
@@ -226,6 +228,25 @@ def tiff_metadata(tiff: bytes) -> TiffMetadata:
     except (struct.error, IndexError, ValueError, KeyError):
         return TiffMetadata()
     return TiffMetadata(exif=exif, icc=icc or None, xmp=xmp or None)
+
+
+def tiff_has_alpha(tiff: bytes) -> bool | None:
+    """Whether a TIFF's first page has an alpha (extra) sample; None when its tags can't tell.
+
+    As libtiff decides it: any sample beyond the colour samples its photometric interpretation needs
+    (one for grey or palette, three for RGB, YCbCr or Lab, one per ink for CMYK and other separations)
+    is an extra sample, declared by ExtraSamples or not.
+    """
+    try:
+        src = _Tiff(tiff)
+        entries = src.entries(src.first_ifd)
+        samples, photometric, inks = (
+            struct.unpack(src.endian + "H", src.value(entries[tag])[:2])[0] if tag in entries else default
+            for tag, default in ((277, 1), (262, None), (334, 4)))
+    except (struct.error, IndexError, ValueError):
+        return None
+    colour = _TIFF_COLOUR_SAMPLES.get(photometric) if photometric != 5 else inks
+    return None if colour is None else samples > colour
 
 
 def tiff_with(tiff: bytes, *, exif: bytes | None, icc: bytes | None, xmp: bytes | None) -> bytes:

@@ -20,6 +20,7 @@ from srd.codeclog import captured_codec_messages
 from srd.decoderlimits import decoder_max_pixels
 from srd.errors import ImageError, OutputError
 from srd.exif import read_orientation, with_orientation_reset
+from srd.imageextent import missing_end
 from srd.imageheader import EXTENSIONS, read_header
 from srd.metadata import Metadata, for_output, strip_exif_prefix
 
@@ -67,6 +68,8 @@ class Encoded:
 
     data: bytes
     dropped: tuple[str, ...] = ()
+    # Real transparency (some alpha below opaque) that the format could not hold, flattened onto white.
+    alpha_flattened: bool = False
 
 
 def normalise_format(name: str) -> str:
@@ -134,6 +137,11 @@ def decode(data: bytes, *, max_pixels: int) -> Picture:
     refusal = UNSUPPORTED_INPUTS.get(header.format)
     if refusal is not None:
         raise ImageError(refusal)
+    shortfall = missing_end(data, header.format)
+    if shortfall is not None:
+        # Said plainly and first (before the size guard, which a cut header would fail), so a writer
+        # that isn't done yet is told apart from a corrupt file: the daemon waits for it.
+        raise ImageError(f"truncated {header.format.upper()} ({shortfall})")
     if header.format == "heic" and not heif.available():
         raise ImageError(heif.MISSING_EXTRA)
     if header.pixels is None:
@@ -163,8 +171,6 @@ def decode(data: bytes, *, max_pixels: int) -> Picture:
 
 
 def _decode_with_opencv(data: bytes, fmt: str) -> tuple[np.ndarray, Metadata, list[str]]:
-    if fmt == "jpeg" and not _jpeg_is_complete(data):
-        raise ImageError("truncated JPEG (no end-of-image marker)")
     failure: cv2.error | None = None
     with captured_codec_messages() as notes:
         try:
@@ -179,10 +185,10 @@ def _decode_with_opencv(data: bytes, fmt: str) -> tuple[np.ndarray, Metadata, li
     if pixels is None or pixels.size == 0:
         reasons = notes or ([failure.err] if failure is not None else [])
         said = f": {'; '.join(reasons)}" if reasons else ""
-        if fmt == "png" and not _png_is_complete(data):
-            # Said plainly, a writer that isn't done yet is told apart from a corrupt file (the daemon waits).
-            raise ImageError(f"truncated PNG (no IEND chunk; decoder failed{said})")
         raise ImageError(f"corrupt or truncated {fmt.upper()} data (decoder failed{said})")
+    if fmt == "tiff" and pixels.ndim == 3 and pixels.shape[2] == 4 and containers.tiff_has_alpha(data) is False:
+        # libtiff hands CMYK (and other 4-ink) pages over as BGRA with an opaque alpha the file never had.
+        pixels = np.ascontiguousarray(pixels[:, :, :3])
     return pixels, _collect_metadata(types, blocks, data, fmt), notes
 
 
@@ -190,7 +196,8 @@ def encode(picture: Picture, fmt: str, *, quality: int = 95, keep_metadata: bool
     """Encode `picture` as `fmt`, converting only what the format can't hold.
 
     JPEG, WebP and BMP hold 8 bits (16-bit is rounded down to 8); JPEG and BMP hold no alpha
-    (flattened onto white, as an image viewer would show it). Metadata is fitted to the output
+    (flattened onto white, as an image viewer would show it; `Encoded.alpha_flattened` says when
+    that lost real transparency, for the caller to log). Metadata is fitted to the output
     (`srd.metadata.for_output`); OpenCV writes EXIF, ICC and XMP where it can, and the few byte
     edits in `srd.containers` do the rest (split ICC in JPEG, TIFF tags, resolution).
 
@@ -200,7 +207,9 @@ def encode(picture: Picture, fmt: str, *, quality: int = 95, keep_metadata: bool
     pixels = picture.pixels
     if fmt in ("jpeg", "webp", "bmp") and pixels.dtype == np.uint16:
         pixels = _to_uint8(pixels)
+    alpha_flattened = False
     if fmt in ("jpeg", "bmp") and pixels.ndim == 3 and pixels.shape[2] == 4:
+        alpha_flattened = bool(pixels[:, :, 3].min() < np.iinfo(pixels.dtype).max)
         pixels = _flatten_alpha(pixels)
     size = (pixels.shape[1], pixels.shape[0])
     # The density is kept even without metadata: it is part of what the picture is, not about it.
@@ -228,7 +237,7 @@ def encode(picture: Picture, fmt: str, *, quality: int = 95, keep_metadata: bool
         data = containers.bmp_with_resolution(data, meta.resolution)
     elif fmt == "tiff":
         data = containers.tiff_with(data, exif=meta.exif, icc=meta.icc, xmp=meta.xmp)
-    return Encoded(data, tuple(dropped))
+    return Encoded(data, tuple(dropped), alpha_flattened)
 
 
 def apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -248,16 +257,6 @@ def apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
     if orientation == 8:
         return cv2.rotate(pixels, cv2.ROTATE_90_COUNTERCLOCKWISE)
     return pixels
-
-
-def _png_is_complete(data: bytes) -> bool:
-    # The IEND chunk ends a PNG; like JPEG trailers, bytes some tools append after it are tolerated.
-    return data.rfind(b"IEND", max(0, len(data) - 1_048_576)) > 8
-
-
-def _jpeg_is_complete(data: bytes) -> bool:
-    # Cameras may append trailers after EOI, so look for the marker near the end, not at it.
-    return data.rfind(b"\xff\xd9", max(0, len(data) - 1_048_576)) > 2
 
 
 def _normalise_pixels(pixels: np.ndarray) -> np.ndarray:
