@@ -240,12 +240,14 @@ def tiff_has_alpha(tiff: bytes) -> bool | None:
     try:
         src = _Tiff(tiff)
         entries = src.entries(src.first_ifd)
-        samples, photometric, inks = (
-            struct.unpack(src.endian + "H", src.value(entries[tag])[:2])[0] if tag in entries else default
-            for tag, default in ((277, 1), (262, None), (334, 4)))
+
+        def short(tag: int, default: int) -> int:
+            return struct.unpack(src.endian + "H", src.value(entries[tag])[:2])[0] if tag in entries else default
+
+        samples, photometric, inks = short(277, 1), short(262, -1), short(334, 4)
     except (struct.error, IndexError, ValueError):
         return None
-    colour = _TIFF_COLOUR_SAMPLES.get(photometric) if photometric != 5 else inks
+    colour = inks if photometric == 5 else _TIFF_COLOUR_SAMPLES.get(photometric)
     return None if colour is None else samples > colour
 
 

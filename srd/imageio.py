@@ -38,6 +38,8 @@ _FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff"}
 # alpha and 16 bits losslessly; a phone's HEIC becomes a JPEG, as photo libraries expect.
 WRITE_FALLBACK = {"gif": "png", "avif": "png", "pnm": "png", "pam": "png", "jp2": "png", "sunras": "png",
                   "heic": "jpeg"}
+_UNSURE_SIZE = ("cannot read the image size from the {fmt} header with certainty (malformed or ambiguous header); "
+                "refused by the decompression-bomb guard")
 # Formats OpenCV could decode (or that users meet) that srd refuses, with the reason it gives.
 UNSUPPORTED_INPUTS = {
     "hdr": "Radiance HDR is a floating-point format; srd processes 8- and 16-bit images only",
@@ -137,23 +139,22 @@ def decode(data: bytes, *, max_pixels: int) -> Picture:
     refusal = UNSUPPORTED_INPUTS.get(header.format)
     if refusal is not None:
         raise ImageError(refusal)
-    shortfall = missing_end(data, header.format)
-    if shortfall is not None:
-        # Said plainly and first (before the size guard, which a cut header would fail), so a writer
-        # that isn't done yet is told apart from a corrupt file: the daemon waits for it.
-        raise ImageError(f"truncated {header.format.upper()} ({shortfall})")
     if header.format == "heic" and not heif.available():
         raise ImageError(heif.MISSING_EXTRA)
-    if header.pixels is None:
-        raise ImageError(
-            f"cannot read the image size from the {header.format.upper()} header with certainty "
-            "(malformed or ambiguous header); refused by the decompression-bomb guard"
-        )
-    if header.pixels > max_pixels:
+    if header.pixels is None and not header.cut:
+        raise ImageError(_UNSURE_SIZE.format(fmt=header.format.upper()))
+    if header.pixels is not None and header.pixels > max_pixels:  # a bomb, however much of it is there
         raise ImageError(
             f"image is {header.width}x{header.height} = {header.pixels} pixels, over the limit of "
             f"{max_pixels} (max_input_pixels)"
         )
+    shortfall = missing_end(data, header.format)
+    if shortfall is not None:
+        # Said plainly, and before refusing a header that ended before its size (a writer not done yet
+        # leaves one), so the daemon tells it apart from a corrupt file and waits for it.
+        raise ImageError(f"truncated {header.format.upper()} ({shortfall})")
+    if header.pixels is None:
+        raise ImageError(_UNSURE_SIZE.format(fmt=header.format.upper()))
     if header.format == "heic":
         pixels, metadata, notes = heif.decode(data, max_pixels)
     else:

@@ -202,19 +202,25 @@ def _every_readable_format() -> list[tuple[str, bytes]]:
             for ext, _, _ in OPENCV_FORMATS]
     made += [("pillow.gif", _pillow_encoded("GIF")), ("lzw.tif", _pillow_encoded("TIFF", compression="tiff_lzw")),
              ("palette.bmp", _pillow_encoded("BMP", "P")), ("16-bit.png", _pillow_encoded("PNG", "I;16"))]
+    exif = b"Exif\x00\x00" + exif_with_orientation(1) + b"\x00" * 5000  # a camera's: the frame header comes late
+    made.append(("exif.jpg", cv2.imencodeWithMetadata(".jpg", colour, [cv2.IMAGE_METADATA_EXIF],
+                                                      [np.frombuffer(exif, np.uint8)])[1].tobytes()))
     if heif.available():
         made.append((".heic", make_heic(colour)))
     return made
 
 
-@pytest.mark.parametrize("name, data", _every_readable_format(), ids=lambda value: value if isinstance(value, str) else "")
+@pytest.mark.parametrize("name, data", _every_readable_format(), ids=[name for name, _ in _every_readable_format()])
 def test_a_file_cut_anywhere_is_refused_as_truncated_in_every_format_and_the_whole_one_decodes(
         name: str, data: bytes) -> None:
     """A writer that isn't done yet leaves a prefix of the file: whatever the format and wherever the cut
-    (a TIFF or HEIC cut before its directory, a WebP inside its data, a PNG before IEND), the refusal says
-    "truncated", which is what makes the daemon wait for the writer instead of failing the file."""
+    (a TIFF or HEIC cut before its directory, a JPEG inside its EXIF, a WebP inside its data, a PNG before
+    IEND, any file inside its header), the refusal says "truncated", which is what makes the daemon wait
+    for the writer instead of failing the file (or refusing it as a header without a certain size)."""
     assert decode(data, max_pixels=LIMIT).pixels.shape[:2] == (60, 80)
-    for cut in (len(data) * 3 // 10, len(data) // 2, len(data) * 9 // 10, len(data) - 1):
+    for cut in sorted({13, 40, 1000, len(data) * 3 // 10, len(data) // 2, len(data) * 9 // 10, len(data) - 1}):
+        if cut >= len(data):
+            continue
         with pytest.raises(ImageError, match=r"^truncated "):
             decode(data[:cut], max_pixels=LIMIT)
 
