@@ -230,12 +230,12 @@ def tiff_metadata(tiff: bytes) -> TiffMetadata:
     return TiffMetadata(exif=exif, icc=icc or None, xmp=xmp or None)
 
 
-def tiff_has_alpha(tiff: bytes) -> bool | None:
-    """Whether a TIFF's first page has an alpha (extra) sample; None when its tags can't tell.
+def tiff_alpha(tiff: bytes) -> str | None:
+    """What the first page's alpha is: "none", "associated" (premultiplied), "unassociated" or "unspecified".
 
-    As libtiff decides it: any sample beyond the colour samples its photometric interpretation needs
+    As libtiff decides it: any sample beyond the colour samples the photometric interpretation needs
     (one for grey or palette, three for RGB, YCbCr or Lab, one per ink for CMYK and other separations)
-    is an extra sample, declared by ExtraSamples or not.
+    is an extra sample, declared by ExtraSamples or not. None when the tags can't tell.
     """
     try:
         src = _Tiff(tiff)
@@ -244,11 +244,15 @@ def tiff_has_alpha(tiff: bytes) -> bool | None:
         def short(tag: int, default: int) -> int:
             return struct.unpack(src.endian + "H", src.value(entries[tag])[:2])[0] if tag in entries else default
 
-        samples, photometric, inks = short(277, 1), short(262, -1), short(334, 4)
+        samples, photometric, inks, extra = short(277, 1), short(262, -1), short(334, 4), short(338, 0)
     except (struct.error, IndexError, ValueError):
         return None
     colour = inks if photometric == 5 else _TIFF_COLOUR_SAMPLES.get(photometric)
-    return None if colour is None else samples > colour
+    if colour is None:
+        return None
+    if samples <= colour:
+        return "none"
+    return {1: "associated", 2: "unassociated"}.get(extra, "unspecified")
 
 
 def tiff_with(tiff: bytes, *, exif: bytes | None, icc: bytes | None, xmp: bytes | None) -> bytes:

@@ -187,9 +187,8 @@ def _decode_with_opencv(data: bytes, fmt: str) -> tuple[np.ndarray, Metadata, li
         reasons = notes or ([failure.err] if failure is not None else [])
         said = f": {'; '.join(reasons)}" if reasons else ""
         raise ImageError(f"corrupt or truncated {fmt.upper()} data (decoder failed{said})")
-    if fmt == "tiff" and pixels.ndim == 3 and pixels.shape[2] == 4 and containers.tiff_has_alpha(data) is False:
-        # libtiff hands CMYK (and other 4-ink) pages over as BGRA with an opaque alpha the file never had.
-        pixels = np.ascontiguousarray(pixels[:, :, :3])
+    if fmt == "tiff" and pixels.ndim == 3 and pixels.shape[2] == 4:
+        pixels = _tiff_channels(pixels, containers.tiff_alpha(data))
     return pixels, _collect_metadata(types, blocks, data, fmt), notes
 
 
@@ -257,6 +256,21 @@ def apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
         return cv2.rotate(cv2.transpose(pixels), cv2.ROTATE_180)
     if orientation == 8:
         return cv2.rotate(pixels, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return pixels
+
+
+def _tiff_channels(pixels: np.ndarray, alpha: str | None) -> np.ndarray:
+    """BGRA from OpenCV's TIFF reader, as the file means it.
+
+    OpenCV reads 8-bit colour pages through libtiff's RGBA interface, which hands CMYK (and other 4-ink)
+    pages over with an opaque alpha the file never had, and premultiplies an unassociated alpha.
+    """
+    if alpha == "none":
+        return np.ascontiguousarray(pixels[:, :, :3])
+    if alpha == "unassociated" and pixels.dtype == np.uint8:
+        alpha_channel = pixels[:, :, 3:4].astype(np.float32)
+        colour = pixels[:, :, :3].astype(np.float32) * np.float32(255) / np.maximum(alpha_channel, np.float32(1))
+        return np.dstack([np.clip(np.rint(colour), 0, 255).astype(np.uint8), pixels[:, :, 3]])
     return pixels
 
 

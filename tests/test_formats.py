@@ -228,9 +228,10 @@ def test_a_file_cut_anywhere_is_refused_as_truncated_in_every_format_and_the_who
 # -- colour models and transparency --------------------------------------------------------------------------
 
 
-def test_a_cmyk_tiff_decodes_to_three_colour_channels_and_an_rgba_tiff_keeps_its_alpha() -> None:
+def test_a_cmyk_tiff_decodes_to_three_colour_channels_and_an_rgba_tiff_keeps_its_alpha_and_colour() -> None:
     """Pillow writes CMYK as four samples and no extra sample; libtiff hands it over as BGRA with an opaque
-    alpha the file never had. Only a TIFF with a sample beyond its colour samples has alpha."""
+    alpha the file never had. Only a TIFF with a sample beyond its colour samples has alpha; an unassociated
+    one (Pillow's, GIMP's) comes out with its colour as written, not premultiplied by libtiff."""
     from PIL import Image
 
     cmyk = Image.new("RGB", (40, 30), (200, 30, 60)).convert("CMYK")
@@ -239,10 +240,13 @@ def test_a_cmyk_tiff_decodes_to_three_colour_channels_and_an_rgba_tiff_keeps_its
     picture = decode(buffer.getvalue(), max_pixels=LIMIT)
     assert picture.pixels.shape == (30, 40, 3)
     assert np.abs(picture.pixels[0, 0].astype(int) - (60, 30, 200)).max() <= 2  # BGR of the RGB colour
-    pillow_rgba = _pillow_encoded("TIFF", "RGBA")  # ExtraSamples: unassociated alpha
-    assert decode(pillow_rgba, max_pixels=LIMIT).pixels.shape == (60, 80, 4)
-    opencv_rgba = cv2.imencode(".tif", np.full((30, 40, 4), 128, np.uint8))[1].tobytes()  # no ExtraSamples tag
-    assert decode(opencv_rgba, max_pixels=LIMIT).pixels.shape == (30, 40, 4)
+    buffer = io.BytesIO()
+    Image.new("RGBA", (40, 30), (200, 30, 60, 128)).save(buffer, "TIFF")  # ExtraSamples: unassociated alpha
+    pixels = decode(buffer.getvalue(), max_pixels=LIMIT).pixels
+    assert pixels.shape == (30, 40, 4)
+    assert np.abs(pixels[0, 0].astype(int) - (60, 30, 200, 128)).max() <= 2
+    opencv_rgba = cv2.imencode(".tif", np.full((30, 40, 4), (60, 30, 200, 128), np.uint8))[1].tobytes()
+    assert decode(opencv_rgba, max_pixels=LIMIT).pixels[0, 0].tolist() == [60, 30, 200, 128]  # no ExtraSamples
 
 
 def test_srd_process_writes_a_cmyk_tiff_as_a_three_channel_tiff(tmp_path: Path) -> None:
