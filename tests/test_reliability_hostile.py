@@ -122,7 +122,7 @@ def test_broken_inputs_go_to_the_failed_folder_with_their_reason(tmp_path: Path)
     move to the failed folder with a reason file saying what is wrong (the bomb is refused from its header,
     before any allocation), even under a 255-byte name whose reason file can't simply append a suffix;
     the good files around them are processed and the daemon stays up."""
-    layout = make_layout(tmp_path)
+    layout = make_layout(tmp_path, inbox={"settle_max_backoff_seconds": 1})  # truncated files: a 1 s wait for a writer
     inbox, failed = layout.inbox, layout.failed
     long_broken = "y" * 251 + ".jpg"
     jpeg, png = image_bytes(".jpg", (64, 64), 1), image_bytes(".png", (64, 64), 2)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from daemon_helpers import ESPCN_X2, DaemonProcess, make_image, running, srd, wait_for, write_config
+from daemon_helpers import ESPCN_X2, DaemonProcess, inbox_config, make_image, running, srd, wait_for, write_config
 
 from srd.errors import ExitCode
 
@@ -23,7 +23,7 @@ def _status_json(*args: str) -> dict:
 
 def test_counters_agree_with_the_ledger_after_a_restart(tmp_path: Path) -> None:
     """done/failed and the last error per inbox survive a restart: they are the ledger's, not counts since start."""
-    config = write_config(tmp_path)
+    config = write_config(tmp_path, [inbox_config(tmp_path, settle_max_backoff_seconds=1)])
     inbox = tmp_path / "in"
     for i in range(2):
         (inbox / f"good{i}.png").write_bytes(make_image(Path("x.png"), SIZE, i))
@@ -31,7 +31,7 @@ def test_counters_agree_with_the_ledger_after_a_restart(tmp_path: Path) -> None:
     daemon = DaemonProcess(config)
     try:
         daemon.wait_event("file_processed", count=2, timeout=60)
-        daemon.wait_event("file_failed", timeout=60)  # a truncated JPEG waits a moment for a slow writer first
+        daemon.wait_event("file_failed", timeout=60)  # a truncated JPEG waits for a slow writer first (1 s cap)
         assert daemon.stop() == 0
     finally:
         if daemon.proc.poll() is None:
