@@ -22,13 +22,15 @@ from srd.errors import (
     OutputError,
     SrdError,
     StartupError,
+    StateDirError,
     UsageError,
     exit_code_table,
 )
-from srd.ledger import LedgerError, LedgerUnwritableError
+from srd.ledger import LedgerError
 from srd.logs import configure_logging
 from srd.oneshot import run_process
 from srd.pipeline import StageContext
+from srd.terminal import printable
 
 # Most specific first: the first class an error is an instance of gives its exit code.
 _EXIT_CODES: tuple[tuple[type[SrdError], ExitCode], ...] = (
@@ -37,7 +39,7 @@ _EXIT_CODES: tuple[tuple[type[SrdError], ExitCode], ...] = (
     (ModelError, ExitCode.MODEL),
     (OutputError, ExitCode.OUTPUT),
     (LockedError, ExitCode.LOCKED),
-    (LedgerUnwritableError, ExitCode.STARTUP),  # before LedgerError: the state dir, not the ledger, is at fault
+    (StateDirError, ExitCode.STARTUP),  # before LedgerError: the state dir, not the ledger, is at fault
     (LedgerError, ExitCode.LEDGER),
     (StartupError, ExitCode.STARTUP),
     (SrdError, ExitCode.ERROR),
@@ -49,10 +51,23 @@ def exit_code_for(error: SrdError) -> ExitCode:
     return next(code for cls, code in _EXIT_CODES if isinstance(error, cls))
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer no smaller than `minimum` (the config's bound for the same setting)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tile", type=int, help="tile side in LR pixels (0: whole image at once)")
-    parser.add_argument("--tile-pad", type=int, help="LR pixels of context around each tile")
-    parser.add_argument("--threads", type=int, help="OpenCV threads per worker process")
+    parser.add_argument("--tile", type=_at_least(0), help="tile side in LR pixels (0: whole image at once)")
+    parser.add_argument("--tile-pad", type=_at_least(0), help="LR pixels of context around each tile")
+    parser.add_argument("--threads", type=_at_least(1), help="OpenCV threads per worker process")
 
 
 def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
@@ -295,12 +310,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = handlers[args.command](args)
     except ConfigError as exc:
-        print(f"srd: invalid configuration ({exc.source}):", file=sys.stderr)
+        print(f"srd: invalid configuration ({printable(exc.source)}):", file=sys.stderr)
         for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+            print(f"  {printable(problem)}", file=sys.stderr)
         code = exit_code_for(exc)
     except SrdError as exc:
-        print(f"srd: error: {exc}", file=sys.stderr)
+        print(f"srd: error: {printable(str(exc))}", file=sys.stderr)  # one line, whatever a path holds
         code = exit_code_for(exc)
     except KeyboardInterrupt:
         print("srd: interrupted", file=sys.stderr)
@@ -310,4 +325,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         # the interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = ExitCode.OK
+    except OSError as exc:  # one that no command foresaw: still one line, and never exit 1 ("inputs failed")
+        where = ": ".join(os.fsdecode(name) for name in (exc.filename, exc.filename2) if name)
+        print(f"srd: error: {printable(exc.strerror or str(exc))}" + (f": {printable(where)}" if where else ""),
+              file=sys.stderr)
+        code = ExitCode.ERROR
     sys.exit(int(code))

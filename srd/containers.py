@@ -31,6 +31,8 @@ _EXIF_IFD, _GPS_IFD, _ICC_TAG, _XMP_TAG = 0x8769, 0x8825, 34675, 700
 # not among them: OpenCV's TIFF reader applies it to the pixels itself.
 _SHARED_IFD0_TAGS = (270, 271, 272, 305, 306, 315, 33432)
 _RESOLUTION_UNITS = {1: "none", 2: "inch", 3: "cm"}
+# Colour samples per pixel of each TIFF photometric interpretation (separated, 5, counts its inks instead).
+_TIFF_COLOUR_SAMPLES = {0: 1, 1: 1, 2: 3, 3: 1, 4: 1, 6: 3, 8: 3, 9: 3, 10: 3, 32844: 1, 32845: 3}
 
 
 # --- JPEG -----------------------------------------------------------------------------------
@@ -226,6 +228,31 @@ def tiff_metadata(tiff: bytes) -> TiffMetadata:
     except (struct.error, IndexError, ValueError, KeyError):
         return TiffMetadata()
     return TiffMetadata(exif=exif, icc=icc or None, xmp=xmp or None)
+
+
+def tiff_alpha(tiff: bytes) -> str | None:
+    """What the first page's alpha is: "none", "associated" (premultiplied), "unassociated" or "unspecified".
+
+    As libtiff decides it: any sample beyond the colour samples the photometric interpretation needs
+    (one for grey or palette, three for RGB, YCbCr or Lab, one per ink for CMYK and other separations)
+    is an extra sample, declared by ExtraSamples or not. None when the tags can't tell.
+    """
+    try:
+        src = _Tiff(tiff)
+        entries = src.entries(src.first_ifd)
+
+        def short(tag: int, default: int) -> int:
+            return struct.unpack(src.endian + "H", src.value(entries[tag])[:2])[0] if tag in entries else default
+
+        samples, photometric, inks, extra = short(277, 1), short(262, -1), short(334, 4), short(338, 0)
+    except (struct.error, IndexError, ValueError):
+        return None
+    colour = inks if photometric == 5 else _TIFF_COLOUR_SAMPLES.get(photometric)
+    if colour is None:
+        return None
+    if samples <= colour:
+        return "none"
+    return {1: "associated", 2: "unassociated"}.get(extra, "unspecified")
 
 
 def tiff_with(tiff: bytes, *, exif: bytes | None, icc: bytes | None, xmp: bytes | None) -> bytes:

@@ -975,11 +975,11 @@ class Daemon:
     def _wait_for_writer(self, work: _Work, result: JobResult) -> bool:
         """Put a truncated file that may still be being written back to settle after a growing back-off.
 
-        A slow writer (a camera over Wi-Fi, a stalled copy) can pause longer than ``settle_seconds``; its
-        half-written file is no verdict on the file. A recently modified file gets one short wait; one
-        seen growing (by the settle tracker, or between two tries) waits again and again, each time twice
-        as long, until it was last modified ``settle_max_backoff_seconds`` ago. A file that didn't change
-        during its wait arrived truncated and fails as usual (returns False).
+        A slow writer (a camera over Wi-Fi, a stalled copy, a download that pauses) can stop for longer
+        than any fixed wait; its half-written file is no verdict on the file. So a truncated file waits,
+        each time twice as long (from ``2 × settle_seconds`` up to ``settle_max_backoff_seconds``), as long
+        as it was last modified less than ``settle_max_backoff_seconds`` ago. One that stayed unmodified
+        that long will not be completed: it fails, with that said (returns False when nothing waited).
         """
         path = work.source
         previous = self._truncated.get(path)
@@ -990,9 +990,17 @@ class Daemon:
             self._growing.add(path)
         cap = work.inbox.settle_max_backoff_seconds
         modified_s_ago = time.time() - st.st_mtime_ns / 1e9 if st is not None else cap + 1
-        if modified_s_ago > cap or not (path in self._growing or previous is None):
+        if modified_s_ago > cap:
+            waited = path in self._backoff
             self._forget_writer(path)
-            return False
+            if not waited:
+                return False
+            log.warning("file_incomplete_gave_up", src=str(path), reason=result.error,
+                        modified_s_ago=round(modified_s_ago, 1), cap_s=cap)
+            self._failed_result(work, f"{result.error}; unchanged for {round(modified_s_ago)} s, longer than "
+                                f"settle_max_backoff_seconds ({cap:g} s): the writer never finished it",
+                                result.sha256)
+            return True
         delay = min(cap, max(2 * work.inbox.settle_seconds, 1.0, 2 * self._backoff.get(path, 0.0)))
         self._backoff[path] = delay
         assert self.ledger is not None

@@ -6,6 +6,7 @@ Handlers return an exit status and raise `SrdError`s; `srd.cli` maps those to ex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -111,7 +112,7 @@ def show_status(args: argparse.Namespace) -> int:
 
 def _open_ledger(state_dir: Path, *, read_only: bool) -> Ledger:
     try:
-        return Ledger.open(state_dir, read_only=read_only)
+        return Ledger.open(state_dir, read_only=read_only, create=False)
     except LockedError as exc:
         raise LockedError(f"{exc}; stop it first to change the ledger ('srd ledger list' and 'show' work while "
                           "it runs)") from None
@@ -190,10 +191,14 @@ def _retry(ledger: Ledger, entry: Entry, config: Config) -> None:
         inbox_root = Path(entry.inbox)
         failed_root = next(i.failed for i in config.inboxes if str(i.path) == entry.inbox)
         source = PurePosixPath(entry.source)
-        move_file(failed_root, moved, inbox_root, source.parent, name=source.name)
-        report_path(moved).unlink(missing_ok=True)
+        try:
+            move_file(failed_root, moved, inbox_root, source.parent, name=source.name)
+        except OSError as exc:
+            raise SrdError(f"cannot move {moved} back to {back}: {exc.strerror or exc}; nothing was changed") from exc
     ledger.retry(entry.key)
     if moved is not None:
+        with contextlib.suppress(OSError):  # a stale reason file is removed by the file's next success anyway
+            report_path(moved).unlink(missing_ok=True)
         print(f"{entry.key}: moved {printable(str(moved))} back to {printable(str(Path(entry.inbox) / entry.source))};"
               " it is processed when the daemon runs")
     else:

@@ -34,11 +34,13 @@ class ExitCode(enum.IntEnum):
 
 _MEANINGS = {
     ExitCode.OK: "success",
-    ExitCode.FILES_FAILED: "srd process: some inputs failed (each named on stderr); the others were written",
+    ExitCode.FILES_FAILED: "srd process: some inputs failed for reasons of their own (each named on stderr); the "
+                           "others were written",
     ExitCode.USAGE: "invalid command line or configuration, or an unsafe request refused; nothing was done",
     ExitCode.NOT_RUNNING: "srd status: the daemon is not running (the LSB status convention)",
     ExitCode.MODEL: "a model is missing, corrupt, or can't be downloaded or loaded",
-    ExitCode.OUTPUT: "an output or model file can't be written (permissions, disk full)",
+    ExitCode.OUTPUT: "an output or model file can't be written (disk full, read-only, no permission); srd process: "
+                     "also when inputs failed too",
     ExitCode.LOCKED: "another srd instance holds the state directory",
     ExitCode.ERROR: "any other failure; the message says what went wrong",
     ExitCode.LEDGER: "the ledger is damaged: 'srd ledger check' says how, 'srd ledger repair' keeps what is intact",
@@ -93,6 +95,11 @@ class OutputError(SrdError):
 
 class LockedError(SrdError):
     """Another srd instance already owns the state directory."""
+
+
+class StateDirError(SrdError):
+    """The state directory can't be used: missing where it must exist, not a folder, no permission, full or
+    read-only. The folder is at fault, not what it holds (a damaged ledger is a `srd.ledger.LedgerError`)."""
 
 
 class StartupError(SrdError):

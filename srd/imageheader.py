@@ -49,11 +49,16 @@ _PNM_HEADER_LIMIT = 1 << 20
 
 @dataclass(frozen=True)
 class Header:
-    """What the first bytes of an image file say about it; no size when it can't be read with certainty."""
+    """What the first bytes of an image file say about it; no size when it can't be read with certainty.
+
+    `cut` says the data ended before the size could be read: the file may be the start of an image
+    whose writer isn't done, rather than a malformed one.
+    """
 
     format: str
     width: int | None
     height: int | None
+    cut: bool = False
 
     @property
     def pixels(self) -> int | None:
@@ -64,6 +69,10 @@ class Header:
 
 class _Unsure(ValueError):
     """The header does not state the size unambiguously."""
+
+
+class _Cut(Exception):
+    """The data ends before the header states the size."""
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -118,7 +127,9 @@ def read_header(data: bytes) -> Header | None:
     if reader is not None:
         try:
             size = reader(data)
-        except (struct.error, IndexError, ValueError):  # _Unsure is a ValueError
+        except (struct.error, IndexError, _Cut):  # a slice or a walk ran past the end of the data
+            return Header(fmt, None, None, cut=True)
+        except ValueError:  # _Unsure is a ValueError
             size = None
     if size is None or size[0] <= 0 or size[1] <= 0:
         return Header(fmt, None, None)
@@ -134,6 +145,8 @@ def _ftyp_brands(data: bytes) -> set[bytes]:
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 24:
+        raise _Cut("shorter than the signature and IHDR")
     if data[8:16] != b"\x00\x00\x00\x0dIHDR":
         raise _Unsure("IHDR is not the first chunk")
     return struct.unpack(">II", data[16:24])
@@ -165,7 +178,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
         if marker in (0xDA, 0xD9):
             raise _Unsure("scan or end of image before any frame header")
         pos += 2 + length
-    raise _Unsure("no frame header")
+    raise _Cut("no frame header before the end of the data")
 
 
 def _gif_size(data: bytes) -> tuple[int, int]:
@@ -183,6 +196,8 @@ def _bmp_size(data: bytes) -> tuple[int, int]:
 
 
 def _webp_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 30:
+        raise _Cut("shorter than the first chunk's size fields")
     chunk = data[12:16]
     if chunk == b"VP8X":
         return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
@@ -242,6 +257,8 @@ def _pnm_size(data: bytes) -> tuple[int, int]:
 def _pam_size(data: bytes) -> tuple[int, int]:
     head = data[:_PNM_HEADER_LIMIT]
     end = head.find(b"ENDHDR")
+    if end < 0 and len(data) < _PNM_HEADER_LIMIT:
+        raise _Cut("no ENDHDR before the end of the data")
     if end < 0:
         raise _Unsure("no ENDHDR")
     fields: dict[bytes, list[bytes]] = {}
@@ -306,11 +323,15 @@ def _find_box(data: bytes, start: int, end: int, wanted: bytes) -> tuple[int, in
             header = 16
         elif size == 0:
             size = end - pos
+        if pos + size > len(data):
+            raise _Cut(f"box {kind!r} runs past the end of the data")
         if size < header or pos + size > end:
             raise _Unsure(f"box {kind!r} overruns its parent")
         if kind == wanted:
             return pos + header, pos + size
         pos += size
+    if end >= len(data):
+        raise _Cut(f"no {wanted!r} box before the end of the data")
     raise _Unsure(f"no {wanted!r} box")
 
 

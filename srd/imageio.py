@@ -20,6 +20,7 @@ from srd.codeclog import captured_codec_messages
 from srd.decoderlimits import decoder_max_pixels
 from srd.errors import ImageError, OutputError
 from srd.exif import read_orientation, with_orientation_reset
+from srd.imageextent import missing_end
 from srd.imageheader import EXTENSIONS, read_header
 from srd.metadata import Metadata, for_output, strip_exif_prefix
 
@@ -37,6 +38,8 @@ _FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff"}
 # alpha and 16 bits losslessly; a phone's HEIC becomes a JPEG, as photo libraries expect.
 WRITE_FALLBACK = {"gif": "png", "avif": "png", "pnm": "png", "pam": "png", "jp2": "png", "sunras": "png",
                   "heic": "jpeg"}
+_UNSURE_SIZE = ("cannot read the image size from the {fmt} header with certainty (malformed or ambiguous header); "
+                "refused by the decompression-bomb guard")
 # Formats OpenCV could decode (or that users meet) that srd refuses, with the reason it gives.
 UNSUPPORTED_INPUTS = {
     "hdr": "Radiance HDR is a floating-point format; srd processes 8- and 16-bit images only",
@@ -67,6 +70,8 @@ class Encoded:
 
     data: bytes
     dropped: tuple[str, ...] = ()
+    # Real transparency (some alpha below opaque) that the format could not hold, flattened onto white.
+    alpha_flattened: bool = False
 
 
 def normalise_format(name: str) -> str:
@@ -136,16 +141,20 @@ def decode(data: bytes, *, max_pixels: int) -> Picture:
         raise ImageError(refusal)
     if header.format == "heic" and not heif.available():
         raise ImageError(heif.MISSING_EXTRA)
-    if header.pixels is None:
-        raise ImageError(
-            f"cannot read the image size from the {header.format.upper()} header with certainty "
-            "(malformed or ambiguous header); refused by the decompression-bomb guard"
-        )
-    if header.pixels > max_pixels:
+    if header.pixels is None and not header.cut:
+        raise ImageError(_UNSURE_SIZE.format(fmt=header.format.upper()))
+    if header.pixels is not None and header.pixels > max_pixels:  # a bomb, however much of it is there
         raise ImageError(
             f"image is {header.width}x{header.height} = {header.pixels} pixels, over the limit of "
             f"{max_pixels} (max_input_pixels)"
         )
+    shortfall = missing_end(data, header.format)
+    if shortfall is not None:
+        # Said plainly, and before refusing a header that ended before its size (a writer not done yet
+        # leaves one), so the daemon tells it apart from a corrupt file and waits for it.
+        raise ImageError(f"truncated {header.format.upper()} ({shortfall})")
+    if header.pixels is None:
+        raise ImageError(_UNSURE_SIZE.format(fmt=header.format.upper()))
     if header.format == "heic":
         pixels, metadata, notes = heif.decode(data, max_pixels)
     else:
@@ -163,8 +172,6 @@ def decode(data: bytes, *, max_pixels: int) -> Picture:
 
 
 def _decode_with_opencv(data: bytes, fmt: str) -> tuple[np.ndarray, Metadata, list[str]]:
-    if fmt == "jpeg" and not _jpeg_is_complete(data):
-        raise ImageError("truncated JPEG (no end-of-image marker)")
     failure: cv2.error | None = None
     with captured_codec_messages() as notes:
         try:
@@ -179,10 +186,9 @@ def _decode_with_opencv(data: bytes, fmt: str) -> tuple[np.ndarray, Metadata, li
     if pixels is None or pixels.size == 0:
         reasons = notes or ([failure.err] if failure is not None else [])
         said = f": {'; '.join(reasons)}" if reasons else ""
-        if fmt == "png" and not _png_is_complete(data):
-            # Said plainly, a writer that isn't done yet is told apart from a corrupt file (the daemon waits).
-            raise ImageError(f"truncated PNG (no IEND chunk; decoder failed{said})")
         raise ImageError(f"corrupt or truncated {fmt.upper()} data (decoder failed{said})")
+    if fmt == "tiff" and pixels.ndim == 3 and pixels.shape[2] == 4:
+        pixels = _tiff_channels(pixels, containers.tiff_alpha(data))
     return pixels, _collect_metadata(types, blocks, data, fmt), notes
 
 
@@ -190,7 +196,8 @@ def encode(picture: Picture, fmt: str, *, quality: int = 95, keep_metadata: bool
     """Encode `picture` as `fmt`, converting only what the format can't hold.
 
     JPEG, WebP and BMP hold 8 bits (16-bit is rounded down to 8); JPEG and BMP hold no alpha
-    (flattened onto white, as an image viewer would show it). Metadata is fitted to the output
+    (flattened onto white, as an image viewer would show it; `Encoded.alpha_flattened` says when
+    that lost real transparency, for the caller to log). Metadata is fitted to the output
     (`srd.metadata.for_output`); OpenCV writes EXIF, ICC and XMP where it can, and the few byte
     edits in `srd.containers` do the rest (split ICC in JPEG, TIFF tags, resolution).
 
@@ -200,7 +207,9 @@ def encode(picture: Picture, fmt: str, *, quality: int = 95, keep_metadata: bool
     pixels = picture.pixels
     if fmt in ("jpeg", "webp", "bmp") and pixels.dtype == np.uint16:
         pixels = _to_uint8(pixels)
+    alpha_flattened = False
     if fmt in ("jpeg", "bmp") and pixels.ndim == 3 and pixels.shape[2] == 4:
+        alpha_flattened = bool(pixels[:, :, 3].min() < np.iinfo(pixels.dtype).max)
         pixels = _flatten_alpha(pixels)
     size = (pixels.shape[1], pixels.shape[0])
     # The density is kept even without metadata: it is part of what the picture is, not about it.
@@ -228,7 +237,7 @@ def encode(picture: Picture, fmt: str, *, quality: int = 95, keep_metadata: bool
         data = containers.bmp_with_resolution(data, meta.resolution)
     elif fmt == "tiff":
         data = containers.tiff_with(data, exif=meta.exif, icc=meta.icc, xmp=meta.xmp)
-    return Encoded(data, tuple(dropped))
+    return Encoded(data, tuple(dropped), alpha_flattened)
 
 
 def apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -250,14 +259,19 @@ def apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
     return pixels
 
 
-def _png_is_complete(data: bytes) -> bool:
-    # The IEND chunk ends a PNG; like JPEG trailers, bytes some tools append after it are tolerated.
-    return data.rfind(b"IEND", max(0, len(data) - 1_048_576)) > 8
+def _tiff_channels(pixels: np.ndarray, alpha: str | None) -> np.ndarray:
+    """BGRA from OpenCV's TIFF reader, as the file means it.
 
-
-def _jpeg_is_complete(data: bytes) -> bool:
-    # Cameras may append trailers after EOI, so look for the marker near the end, not at it.
-    return data.rfind(b"\xff\xd9", max(0, len(data) - 1_048_576)) > 2
+    OpenCV reads 8-bit colour pages through libtiff's RGBA interface, which hands CMYK (and other 4-ink)
+    pages over with an opaque alpha the file never had, and premultiplies an unassociated alpha.
+    """
+    if alpha == "none":
+        return np.ascontiguousarray(pixels[:, :, :3])
+    if alpha == "unassociated" and pixels.dtype == np.uint8:
+        alpha_channel = pixels[:, :, 3:4].astype(np.float32)
+        colour = pixels[:, :, :3].astype(np.float32) * np.float32(255) / np.maximum(alpha_channel, np.float32(1))
+        return np.dstack([np.clip(np.rint(colour), 0, 255).astype(np.uint8), pixels[:, :, 3]])
+    return pixels
 
 
 def _normalise_pixels(pixels: np.ndarray) -> np.ndarray:

@@ -123,6 +123,8 @@ def _run(job: Job, context: StageContext) -> JobResult:
         encoded = encode(picture.with_pixels(pixels), fmt, quality=settings.quality, keep_metadata=settings.metadata)
         for reason in encoded.dropped:
             log.warning("metadata_dropped", src=str(job.source), block=reason)
+        if encoded.alpha_flattened:
+            log.warning("alpha_flattened", src=str(job.source), format=fmt, background="white")
         target = job.target or job.out_dir / output_name(job.source.name, picture.format, fmt, requested)
         write_bytes_atomic(target, encoded.data, root=job.output_root)
     except OutputError as exc:

@@ -71,7 +71,7 @@ from typing import Any, NamedTuple
 import structlog
 
 from srd.atomic import TEMP_PREFIX, clean_stale_temps, open_atomic
-from srd.errors import LockedError, SrdError
+from srd.errors import LockedError, SrdError, StateDirError
 from srd.fileversion import FileVersion
 
 log = structlog.get_logger(__name__)
@@ -106,13 +106,21 @@ class LedgerError(SrdError):
     """
 
 
-class LedgerUnwritableError(LedgerError):
+class LedgerUnwritableError(LedgerError, StateDirError):
     """The state directory refused a write (full, read-only, no permission): nothing changed, and the same
     write can succeed once the storage takes writes again. `errno` says why."""
 
     def __init__(self, message: str, *, errno: int | None) -> None:
         super().__init__(message)
         self.errno = errno
+
+
+class LedgerVersionError(SrdError):
+    """The ledger was written by a newer srd, in a format this one can't read.
+
+    Not damage: `check_ledger` and `repair_ledger` refuse it too, since a "repair" would set aside the history
+    that the newer srd wrote and start this one without it.
+    """
 
 
 REPAIR_HINT = "run 'srd ledger check' to see what is wrong and 'srd ledger repair' to keep every intact record"
@@ -324,11 +332,13 @@ class Ledger:
         compact_after: int = DEFAULT_COMPACT_AFTER,
         clock: Callable[[], float] = time.time,
         read_only: bool = False,
+        create: bool = True,
     ) -> Ledger:
         """Lock `state_dir`, load the snapshot, replay the journal, and compact if the journal is long.
 
         With `read_only`, nothing is locked or written, so it works beside a running daemon (``srd ledger
-        list``): the view is the ledger as of that moment, and every change raises `LedgerError`.
+        list``): the view is the ledger as of that moment, and every change raises `LedgerError`. Reading, or
+        opening with `create` False, needs `state_dir` to exist: a wrong path is an error, not an empty ledger.
 
         Args:
             state_dir: Local folder for the ledger (created if missing). Not on NFS: flock is unreliable there.
@@ -340,15 +350,20 @@ class Ledger:
         Raises:
             ValueError: `compact_after` is below 1.
             LockedError: Another process (or another `Ledger` in this one) owns `state_dir`.
+            StateDirError: `state_dir` is missing (when it is not to be created) or can't be read.
             LedgerUnwritableError: `state_dir` can't be created, locked or opened (permissions, read-only).
+            LedgerVersionError: The snapshot was written by a newer srd.
             LedgerError: The snapshot or a journal line other than the last is corrupt, or the journal does
                 not continue the snapshot; nothing is guessed, so that no history is silently lost.
         """
         if compact_after < 1:
             raise ValueError(f"compact_after must be at least 1, got {compact_after}")
         state_dir = Path(state_dir)
+        if read_only or not create:
+            _require_state_dir(state_dir)
         if read_only:
-            return cls._open_read_only(state_dir, compact_after, clock)
+            with _reading(state_dir):
+                return cls._open_read_only(state_dir, compact_after, clock)
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
             lock_fd = _acquire_lock(state_dir / LOCK_NAME)
@@ -931,6 +946,11 @@ class Ledger:
         try:
             snapshot = json.loads(raw, object_hook=_decode_snapshot_object)
             del raw
+            if _is_newer(snapshot["format"]):
+                raise LedgerVersionError(
+                    f"ledger snapshot {path} was written by a newer srd (format {snapshot['format']}; this srd "
+                    f"reads formats {', '.join(map(str, _READABLE_FORMATS))}): use that srd version or a later "
+                    "one; this one neither reads nor repairs it")
             if snapshot["format"] not in _READABLE_FORMATS:
                 raise ValueError(f"unsupported format {snapshot['format']!r}")
             entries = snapshot["entries"]
@@ -1100,17 +1120,57 @@ class RepairReport:
     dropped_to: Path | None
 
 
+def _require_state_dir(state_dir: Path) -> None:
+    """Refuse a state directory that is missing or not a folder: reading or editing a ledger never makes one,
+    so a wrong config is an error, not an empty ledger or a new folder left behind.
+
+    Raises:
+        StateDirError: `state_dir` is missing, not a folder, or can't be looked at.
+    """
+    try:
+        if Path(state_dir).is_dir():
+            return
+        os.stat(state_dir)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise StateDirError(f"no ledger in {state_dir}: the folder does not exist (srd run makes it when it "
+                                "first runs with this state_dir; is this the config it runs with?)") from exc
+        raise StateDirError(f"cannot read the ledger in {state_dir}: {exc.strerror or exc}") from exc
+    raise StateDirError(f"no ledger in {state_dir}: it is not a folder")
+
+
+@contextlib.contextmanager
+def _reading(state_dir: Path) -> Iterator[None]:
+    """Report a file of the ledger that can't be read (no permission, a folder in its place) as the state
+    directory's fault, in one line."""
+    try:
+        yield
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise StateDirError(f"cannot read the ledger in {state_dir}: {exc.strerror or exc}{where}") from exc
+
+
+def _is_newer(snapshot_format: Any) -> bool:
+    return type(snapshot_format) is int and snapshot_format > max(_READABLE_FORMATS)
+
+
 def check_ledger(state_dir: Path) -> RepairReport:
     """Read the ledger without locking or changing anything and list every problem a load would refuse.
 
     Safe beside a running daemon. A write cut short at the very end of the journal is not listed: the
     next start drops it by design (and beside a running daemon it may be a write in progress).
+
+    Raises:
+        StateDirError: `state_dir` is missing or can't be read.
+        LedgerVersionError: The snapshot was written by a newer srd.
     """
+    _require_state_dir(state_dir)
     problems: list[str] = []
     for _ in range(3):  # the owner may compact between our reads, as in `Ledger.open(read_only=True)`
         problems = []
         ledger = Ledger(Path(state_dir), None, compact_after=DEFAULT_COMPACT_AFTER, clock=time.time)
-        ledger._load(problems)
+        with _reading(state_dir):
+            ledger._load(problems)
         if not problems:
             break
     return RepairReport(tuple(problems), ledger.counts(), None)
@@ -1126,11 +1186,12 @@ def repair_ledger(state_dir: Path) -> RepairReport:
 
     Raises:
         LockedError: A daemon (or another command) holds the state directory.
-        LedgerError: There is no state directory, or it can't be locked or written.
+        StateDirError: There is no state directory, or it can't be read.
+        LedgerUnwritableError: The state directory can't be locked or written.
+        LedgerVersionError: The snapshot was written by a newer srd: nothing is changed.
     """
     state_dir = Path(state_dir)
-    if not state_dir.is_dir():
-        raise LedgerError(f"there is no ledger to repair: {state_dir} is not a directory")
+    _require_state_dir(state_dir)
     try:
         lock_fd = _acquire_lock(state_dir / LOCK_NAME)
     except OSError as exc:
@@ -1138,7 +1199,8 @@ def repair_ledger(state_dir: Path) -> RepairReport:
     ledger = Ledger(state_dir, lock_fd, compact_after=DEFAULT_COMPACT_AFTER, clock=time.time)
     try:
         problems: list[str] = []
-        ledger._load(problems)
+        with _reading(state_dir):
+            ledger._load(problems)
         dropped_to = None
         if problems:
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -21,7 +21,7 @@ import yaml
 
 from srd.atomic import write_bytes_atomic
 from srd.config import load_config
-from srd.errors import ConfigError, SrdError
+from srd.errors import ConfigError, SrdError, StateDirError
 
 STATUS_NAME = "status.json"
 # The daemon rewrites its status at least this often, even when nothing changed …
@@ -64,15 +64,18 @@ def read_status(state_dir: Path) -> dict[str, Any] | None:
     """The last status written, or None if there is none.
 
     Raises:
-        SrdError: The file is there but unreadable or not a status document (damage is reported, not taken
-            for "srd has not run here").
+        StateDirError: The file can't be read (no permission, the state directory is not a folder).
+        SrdError: The file is there but not a status document (damage is reported, not taken for "srd has
+            not run here").
     """
     path = status_path(state_dir)
     try:
         status = json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
+    except OSError as exc:
+        raise StateDirError(f"cannot read status file {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # not JSON, or not UTF-8
         raise SrdError(f"status file {path} is unreadable: {exc}") from exc
     if not isinstance(status, dict) or not isinstance(status.get("inboxes", []), list) or not all(
             isinstance(inbox, dict) for inbox in status.get("inboxes", [])):
@@ -175,6 +178,10 @@ def locate_state_dir(config_path: Path | None, state_dir: Path | None) -> StateD
 
     A config with errors still names its state_dir in most cases (a typo elsewhere, a bad indent);
     failing that, the default `.srd` beside the config is where the daemon would have put it.
+
+    Raises:
+        ConfigError: The config can't be read at all (missing, a folder, no permission): there is nothing to
+            guess from, and a guess would report a running daemon as "not running".
     """
     if state_dir is not None:
         return StateDirChoice(state_dir, "--state-dir")
@@ -188,7 +195,7 @@ def locate_state_dir(config_path: Path | None, state_dir: Path | None) -> StateD
         try:
             found = _state_dir_in_text(config_path.read_text(encoding="utf-8", errors="replace"))
         except OSError:
-            found = None
+            raise exc from None
         if found is not None:
             guess = Path(found).expanduser()
             return StateDirChoice(guess if guess.is_absolute() else base / guess,

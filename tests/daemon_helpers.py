@@ -12,7 +12,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,23 @@ class DaemonProcess:
         self._reader.join(timeout=5)
         wait_for(lambda: not any(Path(f"/proc/{pid}").exists() and not _is_zombie(pid) for pid in descendants),
                  10, f"workers {descendants} to die with the daemon")
+
+
+@contextmanager
+def running(config: Path, *, env: dict[str, str] | None = None, drain_timeout: float = 10,
+            ready_timeout: float = 20) -> Iterator[DaemonProcess]:
+    """A `DaemonProcess` that is ready when the block starts and is SIGKILLed if the block leaves it running.
+
+    The block stops the daemon itself (`daemon.stop()`) where its exit status is part of the test; an
+    assertion that fails inside the block must not leave a daemon behind to hold the test's folders.
+    """
+    daemon = DaemonProcess(config, env=env, drain_timeout=drain_timeout)
+    try:
+        daemon.wait_ready(ready_timeout)
+        yield daemon
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
 
 
 def _is_zombie(pid: int) -> bool:

@@ -11,6 +11,7 @@ from pathlib import Path
 from daemon_helpers import ESPCN_X2, DaemonProcess, make_image, srd, wait_for, write_config
 
 from srd.errors import ExitCode
+from srd.ledger import Ledger
 from srd.status import status_path
 
 SIZE = (24, 32)
@@ -121,6 +122,50 @@ def test_an_output_path_beyond_path_max_does_not_stop_the_daemon(tmp_path: Path)
 
 def test_an_age_beyond_the_calendar_lists_everything_instead_of_a_traceback(tmp_path: Path) -> None:
     config = write_config(tmp_path)
+    Ledger.open(tmp_path / "state").close()
     shown = srd("ledger", "list", "--since", "99999999999d", "--config", str(config))
     assert shown.returncode == ExitCode.OK and "Traceback" not in shown.stderr, shown.stderr
     assert shown.stdout.startswith("KEY")
+
+
+def _with_second_outbox(config: Path, second: Path) -> tuple[int, int]:
+    """Give the inbox's `outbox` key a second time, pointing elsewhere; return the lines of both."""
+    lines = config.read_text().splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if line.lstrip().startswith("outbox:"))
+    indent = lines[first][: len(lines[first]) - len(lines[first].lstrip())]
+    lines.insert(first + 1, f"{indent}outbox: {second}\n")
+    config.write_text("".join(lines))
+    return first + 1, first + 2
+
+
+def test_a_key_given_twice_is_a_located_problem_at_start_and_in_config_check(tmp_path: Path) -> None:
+    """Plain YAML keeps the last of two equal keys without a word, so a pasted block silently changed the
+    outbox. `config check` and `srd run` now refuse it, naming the key and both lines."""
+    config = write_config(tmp_path)
+    first, again = _with_second_outbox(config, tmp_path / "elsewhere")
+    for command in (["config", "check", str(config)], ["run", "--config", str(config)]):
+        done = srd(*command)
+        assert done.returncode == ExitCode.USAGE, (command, done.stderr)
+        assert "Traceback" not in done.stderr
+        assert f"line {again}: key 'outbox' is given again (first at line {first})" in done.stderr, done.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_reload_with_a_key_given_twice_keeps_the_old_config_running(tmp_path: Path) -> None:
+    """SIGHUP with the outbox given twice: old srd took the second one and wrote the next output there; now
+    the reload is rejected with the located problem and the next file still goes to the configured outbox."""
+    config = write_config(tmp_path)
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_ready()
+        first, again = _with_second_outbox(config, tmp_path / "elsewhere")
+        os.kill(daemon.pid, signal.SIGHUP)
+        rejected, = daemon.wait_event("config_reload_rejected")
+        assert any(f"line {again}: key 'outbox' is given again (first at line {first})" in problem
+                   for problem in rejected["problems"]), rejected
+        (tmp_path / "in" / "a.png").write_bytes(make_image(Path("a.png"), SIZE, 1))
+        daemon.wait_event("file_processed", timeout=60)
+        assert (tmp_path / "in-out" / "a.png").is_file()
+        assert not (tmp_path / "elsewhere").exists()
+    finally:
+        assert daemon.stop() == 0

@@ -24,7 +24,7 @@ def short_tiff(width: int, height: int) -> bytes:
 
 
 def noisy_inputs(folder: Path) -> None:
-    """A truncated PNG (libpng error), a truncated TIFF (libtiff) and a JPEG with junk between segments
+    """A truncated PNG, a truncated TIFF (refused before any decoder sees them) and a JPEG with junk between segments
     (libjpeg warns, yet decodes it)."""
     rng = np.random.default_rng(3)
     image = (rng.random((120, 160, 3)) * 255).astype(np.uint8)
@@ -50,8 +50,9 @@ def test_srd_process_prints_no_raw_codec_line_and_names_the_problem(tmp_path: Pa
     assert raw == []
     assert not re.search(r"\[ ?(ERROR|WARN)", result.stderr)  # not even inside srd's own lines
     failed = {line.split(": ")[2]: line for line in result.stderr.splitlines() if line.startswith("srd: failed:")}
-    assert "libpng error: PNG input buffer is incomplete" in failed[str(inbox / "truncated.png")]
-    assert "corrupt or truncated TIFF data" in failed[str(inbox / "truncated.tif")]
+    assert "truncated PNG (no IEND chunk)" in failed[str(inbox / "truncated.png")]
+    assert "truncated TIFF (the file has 1110 bytes, its TIFF structure declares 10110)" in failed[
+        str(inbox / "truncated.tif")]
     assert (tmp_path / "out" / "junk.jpg").is_file()
     events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     warnings = [e for e in events if e["event"] == "decoder_warning" and e["src"] == str(inbox / "junk.jpg")]

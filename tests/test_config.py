@@ -122,3 +122,16 @@ def test_yaml_syntax_errors_name_the_line(tmp_path: Path) -> None:
 def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_a_merge_key_override_is_not_a_duplicate_but_a_repeated_key_is(tmp_path: Path) -> None:
+    """`<<: *base` followed by one of its keys is YAML's way to override; only a key written twice is refused."""
+    config = tmp_path / "srd.yaml"
+    config.write_text("engine: &tuned {tile: 64, tile_pad: 8}\n"
+                      "x-unused: {<<: *tuned, tile: 128}\n"
+                      "workers: 1\nworkers: 2\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(config)
+    duplicates = [p for p in raised.value.problems if "given again" in p]
+    assert duplicates == ["line 4: key 'workers' is given again (first at line 3); YAML would keep only the last "
+                          "one, so remove one of them"]

@@ -272,8 +272,9 @@ def _children(pid: int) -> set[int]:
 
 def test_corrupt_image_goes_to_failed_folder_with_reason_and_the_rest_proceed(tmp_path: Path) -> None:
     """A corrupt file is moved out of the inbox into failed/ with <name>.error.json; good files around it
-    are processed and the daemon stays up."""
-    config = write_config(tmp_path)
+    are processed and the daemon stays up. (The truncated file is waited for, in case its writer resumes,
+    until it has been unchanged for settle_max_backoff_seconds.)"""
+    config = write_config(tmp_path, [inbox_config(tmp_path, settle_max_backoff_seconds=1)])
     inbox, failed = tmp_path / "in", tmp_path / "in-failed"
     (inbox / "good0.png").write_bytes(make_image(Path("x.png"), SIZE, 0))
     (inbox / "broken.jpg").write_bytes(make_image(Path("x.jpg"), SIZE, 1)[:200])

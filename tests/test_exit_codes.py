@@ -17,7 +17,6 @@ ELSEWHERE = {
     ExitCode.INTERRUPTED: "test_oneshot.py::test_ctrl_c_stops_the_batch_and_leaves_no_half_written_file",
     ExitCode.TERMINATED: "test_train.py::test_sigterm_saves_and_exits_143 (needs the 'train' extra)",
     ExitCode.UNHEALTHY: "test_status_cli.py::test_check_exit_codes_healthy_unhealthy_not_running",
-    ExitCode.STARTUP: "test_faults.py::test_an_outbox_that_cannot_be_created_is_a_one_line_startup_error",
 }
 
 
@@ -76,7 +75,13 @@ def _ledger(tmp: Path) -> list[str]:
 
 
 def _error(tmp: Path) -> list[str]:
-    return ["ledger", "show", "nosuch", "-c", str(_config(tmp))]
+    config = _config(tmp)
+    Ledger.open(tmp / "state").close()
+    return ["ledger", "show", "nosuch", "-c", str(config)]
+
+
+def _startup(tmp: Path) -> list[str]:
+    return ["ledger", "list", "-c", str(_config(tmp))]  # srd has never run with this state_dir
 
 
 SITUATIONS: dict[ExitCode, Callable[[Path], list[str]]] = {
@@ -89,6 +94,7 @@ SITUATIONS: dict[ExitCode, Callable[[Path], list[str]]] = {
     ExitCode.LOCKED: _locked,
     ExitCode.ERROR: _error,
     ExitCode.LEDGER: _ledger,
+    ExitCode.STARTUP: _startup,
 }
 
 

@@ -28,6 +28,7 @@ from daemon_helpers import (
     inbox_config,
     make_image,
     read_status,
+    running,
     srd,
     wait_for,
     write_config,
@@ -109,9 +110,7 @@ def test_a_reload_that_cannot_be_applied_keeps_the_old_config_running(tmp_path: 
     else:
         (tmp_path / "a-file").write_text("not a folder")
         bad_outbox = tmp_path / "a-file" / "out"
-    daemon = DaemonProcess(config)
-    try:
-        daemon.wait_ready()
+    with running(config) as daemon:
         _set_outbox(config, bad_outbox)
         daemon.proc.send_signal(signal.SIGHUP)
         rejected = daemon.wait_event("config_reload_rejected")[0]
@@ -126,9 +125,6 @@ def test_a_reload_that_cannot_be_applied_keeps_the_old_config_running(tmp_path: 
         daemon.proc.send_signal(signal.SIGHUP)
         daemon.wait_event("config_reloaded")
         assert daemon.stop() == 0
-    finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
 
 
 # -- the loop never blocks on one file -----------------------------------------------------------------------
@@ -429,15 +425,13 @@ def test_a_slow_writer_s_half_written_image_is_waited_for_and_an_earlier_failure
         tmp_path: Path, suffix: str) -> None:
     """A JPEG (or PNG) written in bursts with a pause longer than settle_seconds decodes as truncated at
     first; the daemon saw it growing, so it waits (backing off) instead of failing it, and processes it once
-    the writer is done. A truncated one that arrives whole fails at once; when the user puts the complete
+    the writer is done. A truncated one last modified long ago fails at once; when the user puts the complete
     picture back under its name, it is processed and the stale reason file and failed entry go away."""
     config = write_config(tmp_path)
     inbox, failed, outbox = tmp_path / "in", tmp_path / "in-failed", tmp_path / "in-out"
     slow, whole = "slow" + suffix, "whole" + suffix
     picture = make_image(Path("x" + suffix), (96, 128), 1)
-    daemon = DaemonProcess(config)
-    try:
-        daemon.wait_ready()
+    with running(config) as daemon:
         with (inbox / slow).open("wb") as fh:
             fh.write(picture[: len(picture) // 4])
             fh.flush()
@@ -452,7 +446,10 @@ def test_a_slow_writer_s_half_written_image_is_waited_for_and_an_earlier_failure
         assert not daemon.events("file_failed")
 
         other = make_image(Path("x" + suffix), (96, 128), 2)
-        (inbox / whole).write_bytes(other[: len(other) // 2])
+        broken = tmp_path / whole  # a half download from long ago, moved in: no writer will finish it
+        broken.write_bytes(other[: len(other) // 2])
+        os.utime(broken, (time.time() - 3600, time.time() - 3600))
+        broken.rename(inbox / whole)
         daemon.wait_event("file_failed")
         assert (failed / f"{whole}.error.json").exists()
         (failed / whole).unlink()  # the user fetches a good copy instead
@@ -461,11 +458,62 @@ def test_a_slow_writer_s_half_written_image_is_waited_for_and_an_earlier_failure
         daemon.wait_event("earlier_failure_cleared")
         assert not (failed / f"{whole}.error.json").exists()
         assert daemon.stop() == 0
+    listed = srd("ledger", "list", "--state", "failed", "--config", str(config))
+    assert whole not in listed.stdout, listed.stdout
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".webp"])
+def test_a_writer_that_stops_for_longer_than_several_waits_gets_exactly_one_output_and_nothing_fails(
+        tmp_path: Path, suffix: str) -> None:
+    """Half a TIFF (whose directory comes last, so its size can't be read yet) or half a WebP is written,
+    then the writer stops, its file unchanged, for longer than the first waits, then finishes. The daemon
+    keeps waiting, each time twice as long, and processes the file once it is whole: one output, nothing
+    in failed/."""
+    config = write_config(tmp_path)
+    inbox, failed, outbox = tmp_path / "in", tmp_path / "in-failed", tmp_path / "in-out"
+    name = "scan" + suffix
+    picture = make_image(Path(name), (96, 128), 3)
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_ready()
+        with (inbox / name).open("wb") as fh:
+            fh.write(picture[: len(picture) // 2])
+            fh.flush()
+            waits = daemon.wait_event("file_incomplete_waiting", timeout=60, count=3)
+            fh.write(picture[len(picture) // 2:])
+        assert [w["retry_in_s"] for w in waits[:3]] == [1.0, 2.0, 4.0]
+        assert all(w["reason"].startswith(f"truncated {suffix[1:].upper()}") for w in waits), waits
+        wait_for(lambda: (outbox / name).exists(), 60, "the slow writer's file\n" + daemon.log_tail())
+        assert decoded_size(outbox / name) == (192, 256)
+        assert daemon.stop() == 0
     finally:
         if daemon.proc.poll() is None:
             daemon.proc.kill()
-    listed = srd("ledger", "list", "--state", "failed", "--config", str(config))
-    assert whole not in listed.stdout, listed.stdout
+    assert [p.name for p in outbox.iterdir()] == [name]
+    assert not failed.exists() or list(failed.iterdir()) == []
+    assert not daemon.events("file_failed")
+
+
+def test_a_half_written_file_left_unchanged_longer_than_the_cap_fails_saying_its_writer_never_finished(
+        tmp_path: Path) -> None:
+    """With settle_max_backoff_seconds: 3, a half PNG that nobody finishes is waited for (1 s, 2 s, …) and
+    fails once it has been unchanged for longer than 3 s, with a reason that says so."""
+    config = write_config(tmp_path, [inbox_config(tmp_path, settle_max_backoff_seconds=3)])
+    inbox, failed = tmp_path / "in", tmp_path / "in-failed"
+    picture = make_image(Path("x.png"), (96, 128), 4)
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_ready()
+        (inbox / "stalled.png").write_bytes(picture[: len(picture) // 2])
+        daemon.wait_event("file_failed", timeout=60)
+        assert len(daemon.events("file_incomplete_waiting")) >= 2
+        reason = json.loads((failed / "stalled.png.error.json").read_text())["reason"]
+        assert reason.startswith("truncated PNG (no IEND chunk)"), reason
+        assert "longer than settle_max_backoff_seconds (3 s): the writer never finished it" in reason
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
 
 
 # -- two daemons on one inbox --------------------------------------------------------------------------------
@@ -483,9 +531,7 @@ def test_a_second_daemon_on_the_same_inbox_is_refused_naming_the_first_and_a_dea
     second_config = tmp_path / "copied.yaml"
     second_config.write_text(yaml.safe_dump(copied))
     claim = tmp_path / "in" / ".srd-claim.json"
-    first = DaemonProcess(config)
-    try:
-        first.wait_ready()
+    with running(config) as first:
         holder = json.loads(claim.read_text())
         assert holder["pid"] == first.pid and holder["host"] == socket.gethostname()
         second = srd("run", "--config", str(second_config), timeout=60)
@@ -495,9 +541,6 @@ def test_a_second_daemon_on_the_same_inbox_is_refused_naming_the_first_and_a_dea
         (tmp_path / "in" / "a.png").write_bytes(make_image(Path("x.png"), SIZE, 1))
         wait_for(lambda: (tmp_path / "in-out" / "a.png").exists(), 30, "the first daemon to work on")
         first.kill()
-    finally:
-        if first.proc.poll() is None:
-            first.proc.kill()
 
     taker = DaemonProcess(second_config)  # the dead daemon's claim is stale at once on this host
     try:
@@ -516,14 +559,9 @@ def test_a_second_daemon_on_the_same_inbox_is_refused_naming_the_first_and_a_dea
     refused = srd("run", "--config", str(config), timeout=60)
     assert refused.returncode == 6 and "host nas-client-b (pid 4242" in refused.stderr, refused.stderr
     claim.write_text(json.dumps({**other_host, "heartbeat": time.time() - 3600}))
-    after_crash = DaemonProcess(config)
-    try:
-        after_crash.wait_ready()
+    with running(config) as after_crash:
         assert json.loads(claim.read_text())["pid"] == after_crash.pid
         assert after_crash.stop() == 0
-    finally:
-        if after_crash.proc.poll() is None:
-            after_crash.proc.kill()
 
 
 def test_a_file_over_max_input_bytes_is_failed_from_its_size_without_being_read(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ its reason; HEIC/HEIF goes through the optional `heif` extra and says so when th
 from __future__ import annotations
 
 import io
+import json
 import re
 import subprocess
 import sys
@@ -179,3 +180,112 @@ def test_the_daemon_turns_a_heic_into_a_jpeg_and_fails_a_bomb_with_its_reason(tm
     assert decode(output.read_bytes(), max_pixels=LIMIT).pixels.shape[:2] == (60, 100)
     reason = reason_file.read_text()
     assert "cannot read the image size from the JPEG header with certainty" in reason
+
+
+# -- half-written files: one rule for every format -------------------------------------------------------------
+
+
+def _pillow_encoded(fmt: str, mode: str = "RGB", **options: object) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    image = Image.fromarray((rng.random((60, 80, 3)) * 255).astype(np.uint8)).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def _every_readable_format() -> list[tuple[str, bytes]]:
+    rng = np.random.default_rng(4)
+    colour = (rng.random((60, 80, 3)) * 255).astype(np.uint8)
+    made = [(ext, cv2.imencode(ext, colour[:, :, 0] if ext in (".pgm", ".pbm") else colour)[1].tobytes())
+            for ext, _, _ in OPENCV_FORMATS]
+    made += [("pillow.gif", _pillow_encoded("GIF")), ("lzw.tif", _pillow_encoded("TIFF", compression="tiff_lzw")),
+             ("palette.bmp", _pillow_encoded("BMP", "P")), ("16-bit.png", _pillow_encoded("PNG", "I;16"))]
+    exif = b"Exif\x00\x00" + exif_with_orientation(1) + b"\x00" * 5000  # a camera's: the frame header comes late
+    made.append(("exif.jpg", cv2.imencodeWithMetadata(".jpg", colour, [cv2.IMAGE_METADATA_EXIF],
+                                                      [np.frombuffer(exif, np.uint8)])[1].tobytes()))
+    if heif.available():
+        made.append((".heic", make_heic(colour)))
+    return made
+
+
+@pytest.mark.parametrize("name, data", _every_readable_format(), ids=[name for name, _ in _every_readable_format()])
+def test_a_file_cut_anywhere_is_refused_as_truncated_in_every_format_and_the_whole_one_decodes(
+        name: str, data: bytes) -> None:
+    """A writer that isn't done yet leaves a prefix of the file: whatever the format and wherever the cut
+    (a TIFF or HEIC cut before its directory, a JPEG inside its EXIF, a WebP inside its data, a PNG before
+    IEND, any file inside its header), the refusal says "truncated", which is what makes the daemon wait
+    for the writer instead of failing the file (or refusing it as a header without a certain size)."""
+    assert decode(data, max_pixels=LIMIT).pixels.shape[:2] == (60, 80)
+    for cut in sorted({13, 40, 1000, len(data) * 3 // 10, len(data) // 2, len(data) * 9 // 10, len(data) - 1}):
+        if cut >= len(data):
+            continue
+        with pytest.raises(ImageError, match=r"^truncated "):
+            decode(data[:cut], max_pixels=LIMIT)
+
+
+# -- colour models and transparency --------------------------------------------------------------------------
+
+
+def test_a_cmyk_tiff_decodes_to_three_colour_channels_and_an_rgba_tiff_keeps_its_alpha_and_colour() -> None:
+    """Pillow writes CMYK as four samples and no extra sample; libtiff hands it over as BGRA with an opaque
+    alpha the file never had. Only a TIFF with a sample beyond its colour samples has alpha; an unassociated
+    one (Pillow's, GIMP's) comes out with its colour as written, not premultiplied by libtiff."""
+    from PIL import Image
+
+    cmyk = Image.new("RGB", (40, 30), (200, 30, 60)).convert("CMYK")
+    buffer = io.BytesIO()
+    cmyk.save(buffer, "TIFF")
+    picture = decode(buffer.getvalue(), max_pixels=LIMIT)
+    assert picture.pixels.shape == (30, 40, 3)
+    assert np.abs(picture.pixels[0, 0].astype(int) - (60, 30, 200)).max() <= 2  # BGR of the RGB colour
+    buffer = io.BytesIO()
+    Image.new("RGBA", (40, 30), (200, 30, 60, 128)).save(buffer, "TIFF")  # ExtraSamples: unassociated alpha
+    pixels = decode(buffer.getvalue(), max_pixels=LIMIT).pixels
+    assert pixels.shape == (30, 40, 4)
+    assert np.abs(pixels[0, 0].astype(int) - (60, 30, 200, 128)).max() <= 2
+    opencv_rgba = cv2.imencode(".tif", np.full((30, 40, 4), (60, 30, 200, 128), np.uint8))[1].tobytes()
+    assert decode(opencv_rgba, max_pixels=LIMIT).pixels[0, 0].tolist() == [60, 30, 200, 128]  # no ExtraSamples
+
+
+def test_srd_process_writes_a_cmyk_tiff_as_a_three_channel_tiff(tmp_path: Path) -> None:
+    from PIL import Image
+
+    source = tmp_path / "in" / "print.tif"
+    source.parent.mkdir()
+    Image.new("RGB", (40, 30), (200, 30, 60)).convert("CMYK").save(source, "TIFF")
+    config = _config_with_output(tmp_path, {"format": "same"})
+    result = srd("process", str(source), "--out", str(tmp_path / "out"), "--config", str(config),
+                 "--profile", "test", timeout=300)
+    assert result.returncode == 0, result.stderr
+    out = cv2.imread(str(tmp_path / "out" / "print.tif"), cv2.IMREAD_UNCHANGED)
+    assert out.shape == (60, 80, 3)
+    with Image.open(tmp_path / "out" / "print.tif") as written:
+        assert written.mode == "RGB"
+
+
+@needs_heif
+def test_a_translucent_heic_written_as_jpeg_is_flattened_on_white_and_says_so(tmp_path: Path) -> None:
+    """JPEG (HEIC's default fallback) holds no alpha: the picture is flattened onto white, as a viewer shows
+    it, and the log names the file and the background. An opaque alpha is flattened without a word."""
+    import pillow_heif
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, alpha in (("glass.heic", 100), ("opaque.heic", 255)):
+        rgba = np.dstack([np.full((30, 40, 3), (10, 20, 200), np.uint8), np.full((30, 40), alpha, np.uint8)])
+        image = pillow_heif.from_bytes("RGBA", (40, 30), np.ascontiguousarray(rgba).tobytes())
+        image.save(folder / name, quality=95)
+        assert decode((folder / name).read_bytes(), max_pixels=LIMIT).pixels.shape == (30, 40, 4)
+    config = _config_with_output(tmp_path, {"format": "same"})
+    result = srd("process", str(folder), "--out", str(tmp_path / "out"), "--config", str(config),
+                 "--profile", "test", "-v", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["glass.jpg", "opaque.jpg"]
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    flattened = [e for e in events if e["event"] == "alpha_flattened"]
+    assert [(e["src"], e["format"], e["background"]) for e in flattened] == [
+        (str(folder / "glass.heic"), "jpeg", "white")]
+    out = cv2.imread(str(tmp_path / "out" / "glass.jpg"))
+    assert out[30, 40, 1] > 100  # the red seen through 40 % opacity onto white is light, not dark red

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import pty
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -16,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 from daemon_helpers import ESPCN_X2, decoded_size, make_image, srd, srd_command, wait_for
-from reliability_harness import worker_pids
+from reliability_harness import tmpfs, worker_pids
 
 from srd.atomic import is_temp_name
 from srd.job import JobResult
@@ -180,23 +182,23 @@ def _kill_one_worker_mid_batch(cmd: list[str], out: Path, total: int) -> subproc
 
 
 def test_a_killed_worker_is_replaced_and_the_whole_batch_is_processed(tmp_path: Path) -> None:
-    folder, out = _batch(tmp_path), tmp_path / "out"
+    folder, out = _batch(tmp_path, 6), tmp_path / "out"
     cmd = [*srd_command(), "process", str(folder), "--out", str(out), "-m", "edsr-base", "-s", "2", "-j", "2", "-v"]
-    done = _kill_one_worker_mid_batch(cmd, out, 10)
+    done = _kill_one_worker_mid_batch(cmd, out, 6)
     assert done.returncode == 0, done.stderr
-    assert "Traceback" not in done.stderr and "10 processed, 0 failed" in done.stderr
+    assert "Traceback" not in done.stderr and "6 processed, 0 failed" in done.stderr
     assert '"event": "pool_rebuilt"' in done.stderr and '"event": "job_lost_retrying"' in done.stderr
-    assert {p.name: decoded_size(p) for p in out.iterdir()} == {f"{i}.png": (320, 400) for i in range(10)}
+    assert {p.name: decoded_size(p) for p in out.iterdir()} == {f"{i}.png": (320, 400) for i in range(6)}
 
 
 def test_a_killed_worker_fails_only_its_files_with_the_reason(tmp_path: Path) -> None:
     """With ``max_attempts: 1`` the jobs the dead worker's pool held fail; every other file is written."""
-    folder, out = _batch(tmp_path), tmp_path / "out"
+    folder, out = _batch(tmp_path, 6), tmp_path / "out"
     config = tmp_path / "once.yaml"
     config.write_text("max_attempts: 1\n")
     cmd = [*srd_command(), "process", str(folder), "--out", str(out), "-c", str(config), "-m", "edsr-base", "-s",
            "2", "-j", "2"]
-    done = _kill_one_worker_mid_batch(cmd, out, 10)
+    done = _kill_one_worker_mid_batch(cmd, out, 6)
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     failures = [line for line in done.stderr.splitlines() if line.startswith("srd: failed:")]
@@ -204,7 +206,7 @@ def test_a_killed_worker_fails_only_its_files_with_the_reason(tmp_path: Path) ->
     assert all("worker process died" in line and "gave up after 1 attempt" in line for line in failures)
     written = {p.name for p in out.iterdir()}
     assert not any(is_temp_name(name) for name in written)
-    assert len(written) + len(failures) == 10
+    assert len(written) + len(failures) == 6
     assert f"{len(written)} processed, {len(failures)} failed" in done.stderr
     assert all(decoded_size(out / name) == (320, 400) for name in written)
 
@@ -226,7 +228,7 @@ def test_a_job_over_job_timeout_fails_with_the_reason_and_the_rest_is_processed(
 
 def test_workers_killed_mid_write_in_place_leave_each_input_whole_and_no_temp_file(tmp_path: Path) -> None:
     folder = tmp_path / "photos"
-    originals = {f"{i}.png": write_image(folder / f"{i}.png", (300, 400), seed=i).read_bytes() for i in range(12)}
+    originals = {f"{i}.png": write_image(folder / f"{i}.png", (300, 400), seed=i).read_bytes() for i in range(6)}
     proc = subprocess.Popen([*srd_command(), "process", str(folder), "--out", str(folder), "--in-place", "-m",
                              "edsr-lite", "-s", "2", "-j", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -425,3 +427,58 @@ def test_a_folder_that_cannot_be_read_is_named_and_counted_as_failed(tmp_path: P
     assert done.returncode == 1, done.stderr
     assert str(photos / "locked") in done.stderr and "can't be read" in done.stderr
     assert (tmp_path / "big" / "ok.png").exists()
+
+
+# -- an output folder that refuses writes is exit 5, not 1 -------------------------------------------------------
+
+
+def _refusing_out(kind: str, mount: Path) -> tuple[Path, list[str]]:
+    """An output folder on a real tmpfs that refuses writes as `kind` says, and the command prefix to run srd."""
+    out = mount / "out"
+    out.mkdir()
+    if kind == "full":
+        filler = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        with contextlib.suppress(OSError):  # until the disk is full
+            while True:
+                os.write(filler, b"\0" * 4096)
+        os.close(filler)
+    elif kind == "read-only":
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+    else:  # no permission: srd runs without root's DAC override, as a normal user would
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv to run srd without CAP_DAC_OVERRIDE")
+        out.chmod(0o555)
+        return out, ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *srd_command()]
+    return out, srd_command()
+
+
+@pytest.mark.parametrize("kind", ["full", "read-only", "no permission"])
+def test_outputs_refused_by_the_output_folder_exit_5_even_beside_a_bad_input(kind: str, tmp_path: Path) -> None:
+    """A real tmpfs that is full, mounted read-only, or a folder srd may not write: every output is refused,
+    and one input is not an image at all. Old srd exited 1 ("some inputs failed"), as if the inputs were at
+    fault; the folder is, so it is exit 5, which wins over 1, and the closing error names folder and reason."""
+    inputs = [write_image(tmp_path / "in" / name, seed=i) for i, name in enumerate(["a.png", "b.jpg"])]
+    (tmp_path / "in" / "junk.png").write_bytes(b"not an image")
+    with tmpfs(tmp_path / "small", "256k") as mount:
+        out, command = _refusing_out(kind, mount)
+        done = subprocess.run([*command, "process", *map(str, inputs), str(tmp_path / "in" / "junk.png"),
+                               "--out", str(out), *ESPCN, "--quiet"],
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert sorted(p.name for p in out.iterdir()) == []
+    assert done.returncode == 5, done.stderr
+    assert "Traceback" not in done.stderr
+    reason = {"full": "No space left on device", "read-only": "Read-only file system",
+              "no permission": "Permission denied"}[kind]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("srd: error: 2 output(s) refused") and reason in last and str(out) in last, last
+    assert "junk.png: not an image" in done.stderr  # the input's own failure is still named
+
+
+def test_an_input_that_fails_on_its_own_is_still_exit_1(tmp_path: Path) -> None:
+    """The other side of the rule: with a writable output folder, a bad input alone is exit 1, not 5."""
+    good = write_image(tmp_path / "in" / "a.png")
+    (tmp_path / "in" / "junk.png").write_bytes(b"not an image")
+    done = srd("process", str(good), str(tmp_path / "in" / "junk.png"), "--out", str(tmp_path / "big"), *ESPCN,
+               timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert (tmp_path / "big" / "a.png").exists()

@@ -14,7 +14,7 @@ from pathlib import Path
 import daemon_helpers
 import pytest
 import yaml
-from daemon_helpers import ESPCN_X2, DaemonProcess, files_under, srd, wait_for
+from daemon_helpers import ESPCN_X2, DaemonProcess, files_under, running, srd, wait_for
 from reliability_harness import image_bytes, make_layout, status_of, tmpfs
 
 SIZE = (24, 32)
@@ -117,9 +117,7 @@ def test_a_read_only_outbox_is_reported_without_a_crash_loop_and_recovers(tmp_pa
         (mount / "out").mkdir()
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
         layout = make_layout(tmp_path, inbox={"outbox": str(mount / "out")})
-        daemon = DaemonProcess(layout.config)
-        try:
-            daemon.wait_ready()
+        with running(layout.config) as daemon:
             for i in range(3):
                 (layout.inbox / f"p{i}.png").write_bytes(image_bytes(".png", SIZE, i))
             paused = daemon.wait_event("outbox_unwritable_paused")[0]
@@ -136,9 +134,6 @@ def test_a_read_only_outbox_is_reported_without_a_crash_loop_and_recovers(tmp_pa
             daemon.wait_event("outbox_writable_resumed", timeout=10)
             wait_for(lambda: set(files_under(mount / "out")) == {"p0.png", "p1.png", "p2.png"}, 20, "outputs")
             assert daemon.stop() == 0
-        finally:
-            if daemon.proc.poll() is None:
-                daemon.proc.kill()
         assert len(daemon.events("daemon_ready")) == 1 and daemon.events("file_failed") == []
 
 

@@ -11,7 +11,7 @@ import time
 from concurrent.futures import Executor, Future
 from pathlib import Path
 
-from daemon_helpers import DaemonProcess, wait_for
+from daemon_helpers import DaemonProcess, running, wait_for
 from reliability_harness import (
     crash_loop,
     image_bytes,
@@ -129,9 +129,7 @@ def test_killing_one_worker_also_stops_its_busy_siblings_so_shutdown_never_hangs
     for it (workers ignore the SIGTERM CPython sends); both files are then processed and SIGTERM stops
     the daemon promptly. Found by a worker-kill loop whose daemon hung on stop."""
     layout = make_layout(tmp_path, workers=2, max_attempts=10)
-    daemon = DaemonProcess(layout.config)
-    try:
-        daemon.wait_ready()
+    with running(layout.config) as daemon:
         for i in range(2):
             (layout.inbox / f"slow{i}.jpg").write_bytes(image_bytes(".jpg", (1500, 2000), i))  # ~2.5 s each
         wait_for(lambda: (s := status_of(layout)) is not None and s["pool"]["running"] == 2, 20, "two jobs")
@@ -144,9 +142,6 @@ def test_killing_one_worker_also_stops_its_busy_siblings_so_shutdown_never_hangs
         started = time.monotonic()
         assert daemon.stop(timeout=20) == 0
         assert time.monotonic() - started < 10
-    finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
 
 
 def _alive(pid: int) -> bool:

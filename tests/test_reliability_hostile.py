@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import big_icc_profile, jpeg_claiming, jpeg_with_split_icc, tiff_from_entries
-from daemon_helpers import DaemonProcess, files_under, wait_for
+from daemon_helpers import DaemonProcess, files_under, running, wait_for
 from reliability_harness import (
     RssSampler,
     cmyk_jpeg,
@@ -101,9 +101,7 @@ def test_odd_but_valid_images_and_names_are_processed_faithfully(tmp_path: Path)
                         np.uint8, "big-icc.jpg"),  # an ICC profile over 64 KB, split across APP2 segments
     }
     (inbox / "folder.jpg").mkdir()
-    daemon = DaemonProcess(layout.config)
-    try:
-        daemon.wait_ready()
+    with running(layout.config) as daemon:
         good = good_files(inbox, 2, seed=1)
         for name, (data, *_rest) in cases.items():
             (inbox / name).write_bytes(data)
@@ -111,9 +109,6 @@ def test_odd_but_valid_images_and_names_are_processed_faithfully(tmp_path: Path)
         daemon.wait_event("file_processed", count=len(cases) + len(good), timeout=60)
         assert daemon.events("file_failed") == []
         assert daemon.stop() == 0
-    finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
     for name, (_data, shape, dtype, out_name) in cases.items():
         image = decode(outbox / out_name)
         assert (image.shape, image.dtype) == (shape, dtype), name
@@ -127,7 +122,7 @@ def test_broken_inputs_go_to_the_failed_folder_with_their_reason(tmp_path: Path)
     move to the failed folder with a reason file saying what is wrong (the bomb is refused from its header,
     before any allocation), even under a 255-byte name whose reason file can't simply append a suffix;
     the good files around them are processed and the daemon stays up."""
-    layout = make_layout(tmp_path)
+    layout = make_layout(tmp_path, inbox={"settle_max_backoff_seconds": 1})  # truncated files: a 1 s wait for a writer
     inbox, failed = layout.inbox, layout.failed
     long_broken = "y" * 251 + ".jpg"
     jpeg, png = image_bytes(".jpg", (64, 64), 1), image_bytes(".png", (64, 64), 2)
@@ -143,9 +138,7 @@ def test_broken_inputs_go_to_the_failed_folder_with_their_reason(tmp_path: Path)
                           "cannot read the image size from the TIFF"),
         long_broken: (jpeg[:300], "truncated JPEG"),
     }
-    daemon = DaemonProcess(layout.config)
-    try:
-        daemon.wait_ready()
+    with running(layout.config) as daemon:
         good = good_files(inbox, 2, seed=3)
         for name, (data, _) in cases.items():
             (inbox / name).write_bytes(data)
@@ -154,9 +147,6 @@ def test_broken_inputs_go_to_the_failed_folder_with_their_reason(tmp_path: Path)
         daemon.wait_event("file_processed", count=len(good), timeout=30)
         assert daemon.proc.poll() is None
         assert daemon.stop() == 0
-    finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
     reports = {json.loads(p.read_text())["moved_to"]: json.loads(p.read_text())
                for p in failed.iterdir() if p.name.endswith(".json")}
     for name, (data, reason) in cases.items():
@@ -204,9 +194,7 @@ def test_links_and_special_files_are_never_followed_or_opened(tmp_path: Path, mo
     for folder in configured:
         folder.mkdir(exist_ok=True)  # so that creating them doesn't count as writing to their parent
     before = _tree(tmp_path, configured)
-    daemon = DaemonProcess(layout.config)
-    try:
-        daemon.wait_ready()
+    with running(layout.config) as daemon:
         (inbox / "escape.png").symlink_to(secret)
         (inbox / "loop-a.png").symlink_to(inbox / "loop-b.png")
         (inbox / "loop-b.png").symlink_to(inbox / "loop-a.png")
@@ -216,9 +204,6 @@ def test_links_and_special_files_are_never_followed_or_opened(tmp_path: Path, mo
         daemon.wait_event("path_not_processed", count=4)
         time.sleep(1.0)  # ten polls: still one line each
         assert daemon.stop() == 0
-    finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
     reasons = {Path(r["src"]).name: r["reason"] for r in daemon.events("path_not_processed")}
     assert len(daemon.events("path_not_processed")) == 4, daemon.events("path_not_processed")
     assert reasons["escape.png"] == reasons["loop-a.png"] == reasons["loop-b.png"] == "symlink: not followed"
@@ -242,9 +227,7 @@ def test_files_that_change_vanish_or_repeat_get_the_right_outcome(tmp_path: Path
     first, second = image_bytes(".png", SIZE, 32), image_bytes(".png", SIZE, 33)
     twin = image_bytes(".png", SIZE, 34)
     reference = reference_outputs(layout, {"big_new.png": big_new, "second.png": second})
-    daemon = DaemonProcess(layout.config)
-    try:
-        daemon.wait_ready()
+    with running(layout.config) as daemon:
         (inbox / "moving.png").write_bytes(big_old)
         wait_for(lambda: (s := status_of(layout)) is not None and s["pool"]["running"] == 1, 20, "the job to start")
         (inbox / "moving.png").write_bytes(big_new)  # rewritten while the worker runs
@@ -264,9 +247,6 @@ def test_files_that_change_vanish_or_repeat_get_the_right_outcome(tmp_path: Path
                  and (outbox / "moving.png").read_bytes() == reference["big_new.png"], 60,
                  "the rewritten image's new output\n" + daemon.log_tail())
         assert daemon.stop() == 0
-    finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
     assert set(files_under(outbox)) == {"moving.png", "twin-a.png", "replaced.png"}
     assert files_under(layout.failed) == {}
     assert [Path(e["src"]).name for e in daemon.events("duplicate")] == ["twin-b.png"]

@@ -27,6 +27,7 @@ from daemon_helpers import (
     inbox_config,
     make_image,
     read_status,
+    running,
     srd,
     wait_for,
     write_config,
@@ -89,9 +90,7 @@ def test_a_file_whose_worker_dies_every_time_still_goes_to_failed_after_max_atte
     reason; the daemon keeps running and processes the next file."""
     config = write_config(tmp_path, max_attempts=3)
     state, inbox = tmp_path / "state", tmp_path / "in"
-    daemon = DaemonProcess(config)
-    try:
-        daemon.wait_ready()
+    with running(config) as daemon:
         (inbox / "poison.jpg").write_bytes(make_image(Path("poison.jpg"), (1500, 2000), 3))
         for death in range(1, 4):
             wait_for(lambda: in_flight(state) == 1, 60, f"attempt {death}\n" + daemon.log_tail())
@@ -110,9 +109,6 @@ def test_a_file_whose_worker_dies_every_time_still_goes_to_failed_after_max_atte
         daemon.wait_event("file_processed", timeout=60)
         assert daemon.proc.poll() is None
         assert daemon.stop() == 0
-    finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
     report = json.loads((tmp_path / "in-failed" / "poison.jpg.error.json").read_text())
     assert report["strikes"] == 3
 
@@ -136,9 +132,7 @@ def test_a_file_replaced_by_a_copy_of_another_processed_picture_gets_that_pictur
     y's content, but x's old output (x's earlier picture) must not stay: srd replaces it with y's picture."""
     config = write_config(tmp_path)
     inbox, outbox = tmp_path / "in", tmp_path / "in-out"
-    daemon = DaemonProcess(config)
-    try:
-        daemon.wait_ready()
+    with running(config) as daemon:
         (inbox / "x.png").write_bytes(make_image(Path("x.png"), (24, 32), 1))
         (inbox / "y.png").write_bytes(make_image(Path("y.png"), (24, 32), 2))
         _run_until(daemon, "file_processed", 2)
@@ -148,9 +142,6 @@ def test_a_file_replaced_by_a_copy_of_another_processed_picture_gets_that_pictur
         wait_for(lambda: (outbox / "x.png").read_bytes() == (outbox / "y.png").read_bytes(), 30,
                  "x's output to become y's picture\n" + daemon.log_tail())
         assert daemon.stop() == 0
-    finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
     assert set(files_under(outbox)) == {"x.png", "y.png"}
 
 
@@ -161,9 +152,7 @@ def test_an_edit_that_is_undone_brings_back_the_output_of_the_original(tmp_path:
     config = write_config(tmp_path)
     inbox, outbox = tmp_path / "in", tmp_path / "in-out"
     original = make_image(Path("a.png"), (24, 32), 1)
-    daemon = DaemonProcess(config)
-    try:
-        daemon.wait_ready()
+    with running(config) as daemon:
         (inbox / "a.png").write_bytes(original)
         _run_until(daemon, "file_processed", 1)
         first = (outbox / "a.png").read_bytes()
@@ -174,9 +163,6 @@ def test_an_edit_that_is_undone_brings_back_the_output_of_the_original(tmp_path:
         _run_until(daemon, "file_processed", 3)
         wait_for(lambda: (outbox / "a.png").read_bytes() == first, 10, "the original's output")
         assert daemon.stop() == 0
-    finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
     assert set(files_under(outbox)) == {"a.png"}
     daemon = DaemonProcess(config)  # and a restart sees it as done: nothing to do
     daemon.wait_ready()
@@ -241,9 +227,7 @@ def test_new_content_with_the_same_size_and_mtime_is_processed_running_and_after
         return decoded_size(outbox / "scan.bmp") is not None and (outbox / "scan.bmp").read_bytes() == expected[seed]
 
     expected: dict[int, bytes] = {}
-    daemon = DaemonProcess(config)
-    try:
-        daemon.wait_ready()
+    with running(config) as daemon:
         (inbox / "scan.bmp").write_bytes(versions[0])
         _run_until(daemon, "file_processed", 1)
         expected[0] = (outbox / "scan.bmp").read_bytes()
@@ -252,9 +236,6 @@ def test_new_content_with_the_same_size_and_mtime_is_processed_running_and_after
         _same_size_and_mtime(inbox / "scan.bmp", versions[2], in_place=False)
         _run_until(daemon, "file_processed", 3)
         assert daemon.stop() == 0
-    finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
     third = (outbox / "scan.bmp").read_bytes()
     assert len({expected[0], third}) == 2
     _same_size_and_mtime(inbox / "scan.bmp", versions[3], in_place=True)
@@ -401,9 +382,7 @@ def test_a_full_state_dir_pauses_processing_and_resumes_without_losing_or_failin
     copy; once space is back it records what it had to park and processes what waited."""
     config = write_config(tmp_path, state_dir=str(small_tmpfs / "state"))
     inbox, outbox = tmp_path / "in", tmp_path / "in-out"
-    daemon = DaemonProcess(config)
-    try:
-        daemon.wait_ready()
+    with running(config) as daemon:
         (inbox / "a.png").write_bytes(make_image(Path("a.png"), (24, 32), 1))
         _run_until(daemon, "file_processed", 1)
         filler = _fill(small_tmpfs)
@@ -430,9 +409,6 @@ def test_a_full_state_dir_pauses_processing_and_resumes_without_losing_or_failin
         wait_for(lambda: read_status(small_tmpfs / "state").get("state_dir") == {"state": "ok"}, 10,
                  "status.json to be written again")
         assert daemon.stop() == 0
-    finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
     assert set(files_under(outbox)) == set(names)
     assert not files_under(tmp_path / "in-failed")
     assert sorted(e["state"] for e in _entries(config)) == ["done"] * len(names)

@@ -18,7 +18,7 @@ from pathlib import Path
 import daemon_helpers
 import pytest
 import yaml
-from daemon_helpers import ESPCN_X2, DaemonProcess, files_under, srd, wait_for
+from daemon_helpers import ESPCN_X2, files_under, running, srd, wait_for
 from reliability_harness import image_bytes, make_layout, status_of, tmpfs
 
 SIZE = (24, 32)
@@ -46,17 +46,6 @@ def swap_for_link(folder: Path, target: Path) -> Path:
     folder.rename(away)
     folder.symlink_to(target, target_is_directory=True)
     return away
-
-
-@contextmanager
-def running(config: Path) -> Iterator[DaemonProcess]:
-    daemon = DaemonProcess(config)
-    try:
-        daemon.wait_ready()
-        yield daemon
-    finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
 
 
 @pytest.mark.parametrize("mode", ["native", "poll"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from daemon_helpers import ESPCN_X2, DaemonProcess, make_image, srd, wait_for, write_config
+from daemon_helpers import ESPCN_X2, DaemonProcess, inbox_config, make_image, running, srd, wait_for, write_config
 
 from srd.errors import ExitCode
 
@@ -23,7 +23,7 @@ def _status_json(*args: str) -> dict:
 
 def test_counters_agree_with_the_ledger_after_a_restart(tmp_path: Path) -> None:
     """done/failed and the last error per inbox survive a restart: they are the ledger's, not counts since start."""
-    config = write_config(tmp_path)
+    config = write_config(tmp_path, [inbox_config(tmp_path, settle_max_backoff_seconds=1)])
     inbox = tmp_path / "in"
     for i in range(2):
         (inbox / f"good{i}.png").write_bytes(make_image(Path("x.png"), SIZE, i))
@@ -31,15 +31,13 @@ def test_counters_agree_with_the_ledger_after_a_restart(tmp_path: Path) -> None:
     daemon = DaemonProcess(config)
     try:
         daemon.wait_event("file_processed", count=2, timeout=60)
-        daemon.wait_event("file_failed", timeout=60)  # a truncated JPEG waits a moment for a slow writer first
+        daemon.wait_event("file_failed", timeout=60)  # a truncated JPEG waits for a slow writer first (1 s cap)
         assert daemon.stop() == 0
     finally:
         if daemon.proc.poll() is None:
             daemon.proc.kill()
 
-    daemon = DaemonProcess(config)
-    try:
-        daemon.wait_ready(60)
+    with running(config, ready_timeout=60) as daemon:
         # Alive, and done re-judging the files kept in the inbox (its start-up scan hints them again).
         status = wait_for(lambda: (s := _status_json("--config", str(config))).get("alive")
                           and (s["inboxes"][0]["settling"], s["inboxes"][0]["queued"]) == (0, 0) and s, 60,
@@ -57,9 +55,6 @@ def test_counters_agree_with_the_ledger_after_a_restart(tmp_path: Path) -> None:
         assert values.split()[1:9] == ["ok", row["watch"], "0", "0", "0", "2", "1", "0"], values
         assert "broken.jpg" in values and "truncated" in values
         assert daemon.stop() == 0
-    finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
 
 
 def test_running_files_are_named_with_their_elapsed_time(tmp_path: Path) -> None:
@@ -122,9 +117,7 @@ def test_check_exit_codes_healthy_unhealthy_not_running(tmp_path: Path) -> None:
     check = ("status", "--check", "--config", str(config))
     before = srd(*check)
     assert (before.returncode, before.stdout.split(":")[0]) == (NOT_RUNNING, "not running")
-    daemon = DaemonProcess(config)
-    try:
-        daemon.wait_ready()
+    with running(config) as daemon:
         healthy = wait_for(lambda: (r := srd(*check)).returncode == 0 and r, 30, "a healthy check")
         assert healthy.stdout.strip() == "healthy"
         shutil.rmtree(tmp_path / "in")
@@ -133,8 +126,5 @@ def test_check_exit_codes_healthy_unhealthy_not_running(tmp_path: Path) -> None:
         (tmp_path / "in").mkdir()
         wait_for(lambda: srd(*check).returncode == 0, 60, "healthy again once the inbox is back")
         assert daemon.stop() == 0
-    finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
     after = srd(*check)
     assert after.returncode == NOT_RUNNING and after.stdout.startswith("not running: last seen pid")

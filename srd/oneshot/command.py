@@ -2,12 +2,17 @@
 
 Order matters for safety: options, models and every output path are checked and decided before the
 first byte is written, so a refused run (exit 2) or a missing model leaves the disk as it was.
+
+An output that the output folder's storage refused (full, over quota, read-only, no permission) is not the
+input's fault: the run ends with an `OutputError` (exit 5) rather than "some inputs failed" (exit 1), also
+when other inputs failed for reasons of their own, because rerunning after freeing space is what it needs.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +25,10 @@ from srd.logs import configure_logging
 from srd.oneshot.execute import PoolSettings, run_batch
 from srd.oneshot.plan import Layout, PlannedFile, make_plan, mark_as_output, output_folders
 from srd.oneshot.report import Reporter, ReportOptions
+from srd.outbox import BLOCKING_ERRNOS
 from srd.pipeline import Pipeline, StageContext, Upscale
+
+_FOLDERS_SHOWN = 3  # refusing folders named in the closing error; the rest are counted
 
 
 def run_process(args: argparse.Namespace) -> ExitCode:
@@ -49,6 +57,7 @@ def run_process(args: argparse.Namespace) -> ExitCode:
     for skipped in plan.skipped:
         reporter.result(JobResult(skipped.source, False, error=skipped.reason))
     planned = {file.source: file for file in plan.files}
+    refused: list[tuple[Path, int]] = []  # (folder, errno) of outputs the storage refused
     jobs = [_job_for(file, profile, config, requested_format) for file in plan.files]
     settings = PoolSettings(workers, engine, tuple(config.model_dirs), log_level, config.log_format,
                             config.job_timeout, config.max_attempts, config.max_input_pixels)
@@ -56,18 +65,33 @@ def run_process(args: argparse.Namespace) -> ExitCode:
         run_batch(
             jobs, settings,
             on_start=lambda job: reporter.starting(job.source),
-            on_result=lambda job, result: _finished(job, result, reporter, planned[job.source].size),
+            on_result=lambda job, result: _finished(job, result, reporter, planned[job.source].size, refused),
             on_idle=reporter.tick,
         )
     finally:  # after Ctrl-C too: what was done so far
         reporter.summary()
+    if refused:
+        raise _storage_refused(refused)
     return ExitCode.FILES_FAILED if reporter.failed else ExitCode.OK
 
 
-def _finished(job: Job, result: JobResult, reporter: Reporter, size: int) -> None:
+def _finished(job: Job, result: JobResult, reporter: Reporter, size: int, refused: list[tuple[Path, int]]) -> None:
     if result.ok and result.output is not None:
         mark_as_output(result.output, job.source)
+    elif result.output_errno in BLOCKING_ERRNOS:
+        refused.append((job.out_dir, result.output_errno))
     reporter.result(result, size)
+
+
+def _storage_refused(refused: Sequence[tuple[Path, int]]) -> OutputError:
+    """One error for every output the storage refused, with the reasons and the folders (each file is named on
+    its own failure line already)."""
+    reasons = ", ".join(dict.fromkeys(os.strerror(code) for _, code in refused))
+    folders = list(dict.fromkeys(str(folder) for folder, _ in refused))
+    more = f" and {len(folders) - _FOLDERS_SHOWN} more" if len(folders) > _FOLDERS_SHOWN else ""
+    return OutputError(f"{len(refused)} output(s) refused by their folder's storage ({reasons}): "
+                       f"{', '.join(folders[:_FOLDERS_SHOWN])}{more}; free space or fix the folder's permissions, "
+                       "then run the command again", errno=refused[0][1])
 
 
 def profile_for(config: Config, args: argparse.Namespace) -> Profile:

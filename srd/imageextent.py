@@ -1,0 +1,224 @@
+"""Tell an image file that ends before its own structure says it does: a writer that isn't done yet.
+
+Every format srd reads states where its data ends, by lengths (PNG chunks, the RIFF size of a WebP,
+TIFF strip offsets and byte counts, ISO boxes of HEIC/AVIF/JPEG 2000, raster sizes of BMP, PNM, PAM and
+Sun raster) or by an end marker (JPEG's EOI, GIF's trailer). One rule covers them all: a file shorter
+than what its structure declares is truncated, and is never decoded (a decoder may turn the missing
+part into grey rows). A file whose structure is malformed rather than short is left to the decoder and
+the size guard to judge.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Callable
+
+__all__ = ["missing_end"]
+
+# Cameras and editors append trailers after an end marker; it is looked for this far from the end.
+_TRAILER_WINDOW = 1_048_576
+# Bytes per value of each TIFF field type (TIFF 6.0, plus the BigTIFF-era 64-bit types).
+_TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4,
+                    16: 8, 17: 8, 18: 8}
+_TIFF_STRIPS = ((273, 279), (324, 325))  # (offsets, byte counts) of strips, of tiles
+_PNM_TOKEN = re.compile(rb"(?:\s|#[^\r\n]*)*(\d+)")
+_PNG_MAX_CHUNK = 2**31 - 1
+
+
+class _Short(Exception):
+    """The data ends before a structure it declares."""
+
+
+def missing_end(data: bytes, fmt: str) -> str | None:
+    """Why `data` (of format `fmt`) is shorter than its structure declares, or None when it is not.
+
+    None also when the format's end can't be known (ASCII PNM) or the structure is malformed: those
+    are the decoder's to refuse, not a slow writer's to finish.
+    """
+    reader = _END_READERS.get(fmt)
+    if reader is None:
+        return None
+    try:
+        end = reader(data)
+    except _Short as short:
+        return str(short)
+    except (struct.error, ValueError, IndexError):
+        return None
+    if end > len(data):
+        return f"the file has {len(data)} bytes, its {fmt.upper()} structure declares {end}"
+    return None
+
+
+def _unpack(layout: str, data: bytes, pos: int) -> tuple[int, ...]:
+    """struct.unpack_from, saying "short" when the structure lies (partly) past the end of the data."""
+    if pos < 0:
+        raise ValueError("negative offset")
+    if pos + struct.calcsize(layout) > len(data):
+        raise _Short(f"the file has {len(data)} bytes, its structure goes on at byte {pos}")
+    return struct.unpack_from(layout, data, pos)
+
+
+def _jpeg_end(data: bytes) -> int:
+    # Entropy-coded data has no length: the end-of-image marker is the only sign of a complete file.
+    if data.rfind(b"\xff\xd9", max(0, len(data) - _TRAILER_WINDOW)) <= 2:
+        raise _Short("no end-of-image marker")
+    return len(data)
+
+
+def _png_end(data: bytes) -> int:
+    pos = 8
+    while True:
+        length, kind = _unpack(">I4s", data, pos)
+        if length > _PNG_MAX_CHUNK:
+            raise ValueError("chunk length over the PNG limit")
+        pos += 12 + length
+        if kind == b"IEND":
+            return pos
+        if pos >= len(data):
+            raise _Short("no IEND chunk")
+
+
+def _gif_end(data: bytes) -> int:
+    (flags,) = _unpack("B", data, 10)
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    while True:
+        (introducer,) = _unpack("B", data, pos)
+        if introducer == 0x3B:  # trailer
+            return pos + 1
+        if introducer == 0x21:  # extension: label, then data sub-blocks
+            pos = _gif_sub_blocks_end(data, pos + 2)
+        elif introducer == 0x2C:  # image descriptor, local colour table, LZW code size, data sub-blocks
+            (local,) = _unpack("B", data, pos + 9)
+            pos += 10 + (3 << ((local & 7) + 1) if local & 0x80 else 0)
+            pos = _gif_sub_blocks_end(data, pos + 1)
+        else:
+            raise ValueError(f"unknown GIF block {introducer:#x}")
+
+
+def _gif_sub_blocks_end(data: bytes, pos: int) -> int:
+    while True:
+        (size,) = _unpack("B", data, pos)
+        pos += 1 + size
+        if size == 0:
+            return pos
+
+
+def _webp_end(data: bytes) -> int:
+    (riff_size,) = _unpack("<I", data, 4)
+    return 8 + riff_size
+
+
+def _bmp_end(data: bytes) -> int:
+    (pixel_offset,) = _unpack("<I", data, 10)
+    (dib_size,) = _unpack("<I", data, 14)
+    if dib_size == 12:  # OS/2 core header: uncompressed
+        width, height, _planes, bits = _unpack("<HHHH", data, 18)
+        compression, image_size = 0, 0
+    else:
+        width, height, _planes, bits, compression, image_size = _unpack("<iiHHII", data, 18)
+    if compression in (0, 3, 6):  # uncompressed rows, each padded to 4 bytes
+        return pixel_offset + (width * bits + 31) // 32 * 4 * abs(height)
+    if image_size == 0:
+        raise ValueError("compressed BMP without its data size")
+    return pixel_offset + image_size
+
+
+def _tiff_end(data: bytes) -> int:
+    """End of the first page: its directory, the values it points at, and its strips or tiles."""
+    if data[2:4] in (b"+\x00", b"\x00+"):
+        raise ValueError("BigTIFF")
+    endian = "<" if data[:2] == b"II" else ">"
+    (ifd,) = _unpack(endian + "I", data, 4)
+    (count,) = _unpack(endian + "H", data, ifd)
+    end = ifd + 2 + 12 * count + 4  # entries, then the next directory's offset
+    arrays: dict[int, tuple[int, ...]] = {}
+    for i in range(count):
+        tag, kind, values = _unpack(endian + "HHI", data, ifd + 2 + 12 * i)
+        size = _TIFF_TYPE_SIZES.get(kind, 0) * values
+        at = ifd + 2 + 12 * i + 8
+        if size > 4:
+            (at,) = _unpack(endian + "I", data, at)
+            end = max(end, at + size)
+        if kind in (3, 4) and any(tag in pair for pair in _TIFF_STRIPS):
+            arrays[tag] = _unpack(f"{endian}{values}{'H' if kind == 3 else 'I'}", data, at)
+    for offsets_tag, counts_tag in _TIFF_STRIPS:
+        offsets, counts = arrays.get(offsets_tag, ()), arrays.get(counts_tag, ())
+        if len(offsets) == len(counts):
+            end = max([end, *(offset + length for offset, length in zip(offsets, counts, strict=True))])
+    return end
+
+
+def _pnm_end(data: bytes) -> int:
+    kind = data[1:2]
+    if kind in b"123":  # ASCII rasters state no length
+        raise ValueError("ASCII PNM")
+    numbers, pos = [], 2
+    for _ in range(2 if kind == b"4" else 3):
+        match = _PNM_TOKEN.match(data, pos)
+        if match is None:
+            raise ValueError("malformed PNM header")
+        numbers.append(int(match.group(1)))
+        pos = match.end()
+    width, height = numbers[0], numbers[1]
+    if kind == b"4":
+        return pos + 1 + (width + 7) // 8 * height
+    channels = 3 if kind == b"6" else 1
+    return pos + 1 + width * height * channels * (2 if numbers[2] > 255 else 1)
+
+
+def _pam_end(data: bytes) -> int:
+    end = data.find(b"ENDHDR")
+    if end < 0:
+        raise _Short("no ENDHDR in the PAM header")
+    fields: dict[bytes, int] = {}
+    for line in data[3:end].splitlines():
+        words = line.split(b"#", 1)[0].split()
+        if len(words) >= 2 and words[0] in (b"WIDTH", b"HEIGHT", b"DEPTH", b"MAXVAL"):
+            fields[words[0]] = int(words[1])
+    depth_bytes = 2 if fields[b"MAXVAL"] > 255 else 1
+    return end + len(b"ENDHDR\n") + fields[b"WIDTH"] * fields[b"HEIGHT"] * fields[b"DEPTH"] * depth_bytes
+
+
+def _sunras_end(data: bytes) -> int:
+    _magic, width, height, depth, length, kind, _map_type, map_length = _unpack(">8I", data, 0)
+    if length == 0:
+        if kind == 2:  # run-length encoded without its length
+            raise ValueError("RLE Sun raster without its data size")
+        length = (width * depth + 15) // 16 * 2 * height  # rows padded to 16 bits
+    return 32 + map_length + length
+
+
+def _iso_boxes_end(data: bytes) -> int:
+    """End of the last top-level box of an ISO base media file (HEIC, AVIF) or a JP2 file."""
+    if data.startswith(b"\xff\x4f\xff\x51"):  # a bare JPEG 2000 codestream ends with its EOC marker
+        if data.rfind(b"\xff\xd9", max(0, len(data) - _TRAILER_WINDOW)) < 0:
+            raise _Short("no end-of-codestream marker")
+        return len(data)
+    pos = 0
+    while pos < len(data):
+        size, _kind = _unpack(">I4s", data, pos)
+        if size == 1:
+            (size,) = _unpack(">Q", data, pos + 8)
+        elif size == 0:  # the last box runs to the end of the file
+            return len(data)
+        if size < 8:
+            raise ValueError("bad box size")
+        pos += size
+    return pos
+
+
+_END_READERS: dict[str, Callable[[bytes], int]] = {
+    "jpeg": _jpeg_end,
+    "png": _png_end,
+    "gif": _gif_end,
+    "webp": _webp_end,
+    "bmp": _bmp_end,
+    "tiff": _tiff_end,
+    "pnm": _pnm_end,
+    "pam": _pam_end,
+    "sunras": _sunras_end,
+    "heic": _iso_boxes_end,
+    "avif": _iso_boxes_end,
+    "jp2": _iso_boxes_end,
+}
