@@ -4,7 +4,8 @@
 
 Every call is passed to BACKING, except that while the file HOLD exists (outside the mount), the calls
 named by a rule (``unlink:hang`` names unlinking any file whose name starts with ``hang``) block until
-it is removed. Only calls on a file with content hang, so that a writer can still create and fill one. It runs in the foreground until unmounted (``fusermount3 -u MOUNTPOINT``).
+it is removed. Only calls on a file with content hang, so that a writer can still create and fill one.
+It runs in the foreground until unmounted (``fusermount3 -u MOUNTPOINT``).
 A real hung NFS or SMB mount looks the same to its callers: the system call simply does not return.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import mfusepy
+
 
 class HangFS(mfusepy.Operations):  # type: ignore[misc]
     """Pass-through to `backing`, hanging the calls `rules` name ({operation: name prefix})."""
