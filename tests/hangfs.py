@@ -21,7 +21,7 @@ from typing import Any
 import mfusepy
 
 
-class HangFS(mfusepy.Operations):  # type: ignore[misc]
+class HangFS(mfusepy.Operations):
     """Pass-through to `backing`, hanging the calls `rules` name ({operation: name prefix})."""
 
     use_ns = True
