@@ -2,9 +2,10 @@
 
 See docs/design.md §2, §4 and §5.
 
-Threads only produce hints (watchers), wake-ups (the pool) and file reads (the offloader, which hashes
-and reads headers so that a huge file or a hung share can't stall the loop); everything that decides or
-records — settling, ledger, moving files, status — happens in this loop, so none of it needs locks.
+Threads only produce hints (watchers), wake-ups (the pool) and file-system work (the offloader: the
+settle tracker's stats, hashes and headers, and the source steps — moves to the failed folder, archive
+copies, deletes — so that a huge file or a hung share can't stall the loop); everything that decides or
+records — settling, ledger, status — happens in this loop, so none of it needs locks.
 Signal handlers only set flags, which the loop reads at least every `MAX_SLEEP_S`.
 
 Per file: settle → stat-cache or sha256 → ledger lookup under the profile's fingerprint → either
@@ -24,6 +25,7 @@ or replaced file can leave a stale output standing for a source.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import heapq
@@ -68,8 +70,9 @@ from srd.outputmark import mark_output, marked_for
 from srd.pipeline import StageContext, Upscale
 from srd.pool import Finished, JobPool, Lost, Outcome, RunningJob, process_executor_factory
 from srd.scan import candidate_stat
-from srd.settle import ReadyFile, SettleTracker
-from srd.sources import archive_source, fail_source, link_or_copy, numbered_names, report_path
+from srd.settle import Look, ReadyFile, SettleTracker
+from srd.sources import link_or_copy, numbered_names, report_path
+from srd.sourcestep import Action, Found, SourceStep, StepResult, run_step
 from srd.status import STATUS_REFRESH_S, write_status
 from srd.watch import Hint, InboxWatcher
 
@@ -124,6 +127,30 @@ class _Probe:
     signature: FileVersion | None  # the file's version after hashing; None when not hashed
 
 
+@dataclass(frozen=True)
+class _ReadToken:
+    """An off-loop read of one version of a file (`probe_file`)."""
+
+    path: Path
+    version: FileVersion
+    need_hash: bool
+
+
+@dataclass(frozen=True, eq=False)
+class _SettleToken:
+    """An off-loop batch of one inbox's settle stats; `runtime` is matched by identity (a reload replaces it)."""
+
+    runtime: _InboxRuntime
+    looks: list[Look]
+
+
+@dataclass(frozen=True, eq=False)
+class _StepToken:
+    """An off-loop source step."""
+
+    step: SourceStep
+
+
 @dataclass
 class _Counters:
     done: int = 0
@@ -166,6 +193,7 @@ class _InboxRuntime:
     tracker: SettleTracker
     watcher: InboxWatcher
     handled: dict[Path, FileVersion] = field(default_factory=dict)
+    settling: bool = False  # a batch of the tracker's stats is out in the offloader
 
     @property
     def inbox_id(self) -> str:
@@ -300,6 +328,8 @@ class Daemon:
         self._offload = offloader or Offloader(OFFLOAD_THREADS, OFFLOAD_PER_INBOX, lambda: self._hints.put(None))
         self._reading: dict[Path, tuple[str, ReadyFile]] = {}  # files being read off the loop, latest request
         self._read: dict[Path, Done] = {}  # finished reads, each taken by the next `_consider` of its file
+        self._steps: dict[Path, SourceStep] = {}  # source steps out in the offloader: their files wait for them
+        self._step_retries: dict[Path, SourceStep] = {}  # steps that failed; tried again at the next reconcile
         self._blocks: dict[str, OutboxBlock] = {}
         # The state dir refuses writes (full, read-only): nothing new starts, and the outcomes that could not
         # be recorded wait in `_parked` (their work stays active) until a probe says it takes writes again.
@@ -456,6 +486,9 @@ class Daemon:
         deadline = self._clock() + self._drain_timeout
         for outcome in self.pool.drain(deadline, self._sleep):
             self._finish(outcome)
+        while self._steps and self._clock() < deadline:  # a move under way is journaled, not left to a rescan
+            self._take_offloaded()
+            self._sleep(0.02)
         assert self.ledger is not None
         for work in self._active.values():  # abandoned by the drain: our doing, not the file's
             entry = self.ledger.get(work.key)
@@ -504,9 +537,10 @@ class Daemon:
                 self._write_status()
             if now >= next_reconcile:
                 next_reconcile = now + self.config.reconcile_interval
-                log.info("reconcile_scan_requested")
+                log.info("reconcile_scan_requested", step_retries=len(self._step_retries))
                 for runtime in self._runtimes.values():
                     runtime.watcher.request_scan()
+                self._retry_steps()
             self._wait()
 
     def step(self) -> None:
@@ -520,7 +554,7 @@ class Daemon:
             self._take_hints()
             self._recheck_incomplete()
             self._poll_trackers()
-            self._take_reads()
+            self._take_offloaded()
             for outcome in self.pool.collect():
                 self._finish(outcome)
             self._replace_stale_pool()
@@ -572,20 +606,40 @@ class Daemon:
         return None
 
     def _poll_trackers(self) -> None:
-        for key, runtime in self._runtimes.items():
-            if runtime.watcher.state == "missing":
-                continue  # its files can't be judged (a stat could hang on its share); the rescan on return will
-            result = runtime.tracker.poll()
-            for ready in result.ready:
-                self._backlog.append((key, ready))
-                if ready.changed:
-                    self._growing.add(ready.path)
-            for path in result.vanished:
-                self._forget_writer(path)
-                runtime.handled.pop(path, None)
-                self._forget_source(runtime.inbox_id, runtime.inbox.path, path)
-            for rejected in result.rejected:
-                log.info("path_not_processed", src=str(rejected.path), inbox=key, reason=rejected.reason)
+        """Send each inbox's due settle stats off the loop, one batch per inbox at a time."""
+        for runtime in self._runtimes.values():
+            if runtime.watcher.state == "missing" or runtime.settling:
+                continue  # its files can't be judged now; the rescan on its return, or the batch out, will
+            looks = runtime.tracker.due()
+            if looks:
+                runtime.settling = True
+                self._offload.submit(runtime.inbox_id, _SettleToken(runtime, looks),
+                                     functools.partial(runtime.tracker.look, looks))
+
+    def _settled(self, token: _SettleToken, done: Done) -> None:
+        """Judge a batch of settle stats; a batch of a runtime that a reload replaced is dropped (the new
+        watcher's first scan hinted all its files afresh)."""
+        runtime = token.runtime
+        runtime.settling = False
+        key = runtime.inbox_id
+        if self._runtimes.get(key) is not runtime:
+            return
+        if done.error is not None:  # `look` catches OSError; anything else is a bug, not a file's fault
+            log.error("settle_stats_failed", inbox=key, error=repr(done.error))
+            for look in token.looks:
+                runtime.tracker.hint(look.path)  # so that none of them waits forever
+            return
+        result = runtime.tracker.resolve(done.value)
+        for ready in result.ready:
+            self._backlog.append((key, ready))
+            if ready.changed:
+                self._growing.add(ready.path)
+        for path in result.vanished:
+            self._forget_writer(path)
+            runtime.handled.pop(path, None)
+            self._forget_source(runtime.inbox_id, runtime.inbox.path, path)
+        for rejected in result.rejected:
+            log.info("path_not_processed", src=str(rejected.path), inbox=key, reason=rejected.reason)
 
     def _dispatch(self) -> None:
         assert self.pool is not None
@@ -624,14 +678,20 @@ class Daemon:
             finally:
                 self._read.pop(ready.path, None)  # a read `_consider` had no use for this time
 
-    def _take_reads(self) -> None:
-        """Put files whose off-loop read finished back at the front of the backlog, to be decided now."""
+    def _take_offloaded(self) -> None:
+        """Hand each finished off-loop call to its owner: settle stats, a file's read, a source step."""
         for done in self._offload.collect():
-            path = done.token[0]
-            request = self._reading.pop(path, None)
-            if request is not None:
-                self._read[path] = done
-                self._backlog.appendleft(request)
+            token = done.token
+            if isinstance(token, _SettleToken):
+                self._settled(token, done)
+            elif isinstance(token, _StepToken):
+                self._step_done(token.step, done)
+            elif isinstance(token, _ReadToken):
+                # Back to the front of the backlog, to be decided now.
+                request = self._reading.pop(token.path, None)
+                if request is not None:
+                    self._read[token.path] = done
+                    self._backlog.appendleft(request)
 
     def _read_off_loop(self, runtime: _InboxRuntime, ready: ReadyFile, *, need_hash: bool) -> _Probe | None:
         """This file's read, if it finished for this version of it; otherwise start it and return None.
@@ -644,12 +704,12 @@ class Daemon:
         signature = ready.version
         done = self._read.pop(ready.path, None)
         # A read of this same version serves; one with a hash serves a request without.
-        if done is not None and done.token[:2] == (ready.path, signature) and (done.token[2] or not need_hash):
+        if done is not None and done.token.version == signature and (done.token.need_hash or not need_hash):
             if done.error is not None:
                 raise done.error
             return done.value
         if ready.path not in self._reading:
-            token = (ready.path, signature, need_hash)
+            token = _ReadToken(ready.path, signature, need_hash)
             self._offload.submit(runtime.inbox_id, token,
                                  lambda: probe_file(runtime.inbox.path, ready.path, need_hash=need_hash))
         self._reading[ready.path] = (runtime.inbox_id, ready)
@@ -694,8 +754,8 @@ class Daemon:
         if signature != ready.version:
             runtime.tracker.hint(path)  # changed since it settled: let it settle again
             return
-        if runtime.handled.get(path) == signature:
-            return
+        if runtime.handled.get(path) == signature or path in self._steps:
+            return  # decided already, or its source step is under way (and hints it again if it changed)
         if any(work.source == path for work in self._active.values()):
             self._deferred[path] = runtime.inbox_id
             return
@@ -1070,7 +1130,7 @@ class Daemon:
         elif step_after_done:
             disposition = None
         else:
-            disposition = self._source_step(work.inbox, work.inbox_id, work.source, work.rel, work.signature)
+            disposition = self._keep(work.inbox_id, work.source, work.signature)
         mark_output(work.inbox.outbox, result.output, work.inbox_id, work.rel)
         self.ledger.record_done(key, output=result.output, output_size=output_size, disposition=disposition)
         self._counters[work.inbox_id].done += 1
@@ -1084,24 +1144,16 @@ class Daemon:
             self._dispose(work.inbox, work.inbox_id, work.source, work.rel, work.signature, key)
 
     def _failed_result(self, work: _Work, reason: str, processed_sha: str | None) -> None:
-        if processed_sha is None and candidate_stat(work.source, work.inbox.path) is None:
-            # The worker couldn't even read it because it is gone: deleted, or its share unmounted. Neither
-            # is the file's fault; if it comes back (the share returns), the rescan brings it in again.
-            assert self.ledger is not None
-            self.ledger.forget(work.key)
-            runtime = self._runtimes.get(work.inbox_id)
-            if runtime is not None:
-                runtime.handled.pop(work.source, None)
-            log.info("source_vanished_before_read", src=str(work.source), inbox_present=work.inbox.path.is_dir())
-            return
         if processed_sha is not None and processed_sha != work.sha256:
             # It was rewritten under us; judge the new content on its own when it settles.
             assert self.ledger is not None
             self.ledger.forget(work.key)
             self._rehint_path(work.inbox_id, work.source)
             return
+        # A worker that couldn't read the file at all may have found it gone (deleted, its share unmounted):
+        # not the file's fault, and the step, which looks again, then records nothing.
         self._fail(work.inbox_id, work.inbox, work.profile, work.source, work.rel, work.signature, work.key, reason,
-                   record=True)
+                   record=True, report_if_gone=processed_sha is not None)
 
     def _remove_orphan_temps(self, work: _Work) -> None:
         """Delete the temp output a killed (or timed-out) worker left half-written.
@@ -1176,9 +1228,10 @@ class Daemon:
         self._submit(work, suspect=outcome.retry_alone)
 
     def _fail(self, inbox_key: str, inbox: Inbox, profile: Profile, path: Path, rel: PurePosixPath,
-              signature: FileVersion, key: str | None, reason: str, *, record: bool) -> None:
-        """Record a failure and move the original into the failed folder with its reason (`key`: None for a
-        file refused before it was hashed)."""
+              signature: FileVersion, key: str | None, reason: str, *, record: bool,
+              report_if_gone: bool = True) -> None:
+        """Record a failure and send the original to the failed folder with its reason (`key`: None for a
+        file refused before it was hashed; `report_if_gone`: see `SourceStep`)."""
         assert self.ledger is not None
         entry = self.ledger.get(key) if key is not None else None
         if record and key is not None and entry is not None and entry.state == State.STARTED:
@@ -1193,74 +1246,119 @@ class Daemon:
             "first_attempt": entry.created_at if entry is not None else None,
             "last_attempt": entry.updated_at if entry is not None else None,
         }
-        current = candidate_stat(path, inbox.path)
-        if current is not None and FileVersion.of(current) != signature:
-            log.warning("file_failed_but_changed", src=str(path), reason=reason)
-            self._rehint_path(inbox_key, path)
-            return
-        try:
-            moved = fail_source(inbox.path, rel, inbox.failed, details)
-        except (OSError, OutputError) as exc:
-            # The failed folder can't take it (full, read-only, a name it refuses): keep the file where it
-            # is, say so, and don't retry this version of it; the daemon itself must carry on.
-            log.error("failed_folder_write_failed", src=str(path), reason=reason, error=str(exc))
-            runtime = self._runtimes.get(inbox_key)
-            if runtime is not None and current is not None:
-                runtime.handled[path] = signature
-            self._counters[inbox_key].failed += 1
-            self._note_error(inbox_key, path, f"{reason}; and it could not be moved to the failed folder: {exc}")
-            return
-        self._forget_source(inbox_key, inbox.path, path)
-        if key is not None and entry is not None and entry.state == State.FAILED:
-            self.ledger.record_disposed(key, "failed-folder")
-        self._counters[inbox_key].failed += 1
-        self._note_error(inbox_key, path, reason)
-        log.warning("file_failed", src=str(path), moved_to=str(moved), reason=reason, attempts=details["attempts"])
+        journaled = key if entry is not None and entry.state == State.FAILED else None
+        self._start_step(SourceStep(Action.FAIL, inbox_key, inbox.path, rel, signature, inbox.failed, journaled,
+                                    details, report_if_gone))
 
     def _dispose(self, inbox: Inbox, inbox_key: str, path: Path, rel: PurePosixPath, signature: FileVersion,
                  key: str | None) -> None:
         """Apply ``on_success`` to a source whose content has an output; journal it for ledger entries."""
         assert self.ledger is not None
-        disposition = self._source_step(inbox, inbox_key, path, rel, signature)
-        if key is not None and disposition is not None:
-            self.ledger.record_disposed(key, disposition)
+        if inbox.on_success == "keep":
+            disposition = self._keep(inbox_key, path, signature)
+            if key is not None:
+                self.ledger.record_disposed(key, disposition)
+            return
+        action = Action.DELETE if inbox.on_success == "delete" else Action.ARCHIVE
+        self._start_step(SourceStep(action, inbox_key, inbox.path, rel, signature, inbox.archive, key))
 
-    def _source_step(self, inbox: Inbox, inbox_key: str, path: Path, rel: PurePosixPath,
-                     signature: FileVersion) -> str | None:
-        """Apply ``on_success`` to a processed source; return the disposition to journal, None to postpone."""
+    def _keep(self, inbox_key: str, path: Path, signature: FileVersion) -> str:
+        """``on_success: keep``: nothing to do to the file; this version of it needs no second look."""
         runtime = self._runtimes.get(inbox_key)
-        current = candidate_stat(path, inbox.path)
-        inbox_missing = runtime is not None and runtime.watcher.state == "missing"
-        if current is None and (not safefs.root_usable(inbox.path) or inbox_missing):
-            # The inbox itself is missing (a share outage): the file's fate is unknown, so nothing is
-            # journaled; when the inbox returns, the rescan finds it done and applies on_success then.
-            log.info("source_step_postponed", src=str(path), reason="inbox missing")
-            return None
-        if current is None:
-            disposition = "gone"
-        elif FileVersion.of(current) != signature:
-            disposition = "kept-changed"
-            self._rehint_path(inbox_key, path)
-        else:
-            disposition = {"keep": "kept", "archive": "archived", "delete": "deleted"}[inbox.on_success]
-            try:
-                if inbox.on_success == "delete":
-                    safefs.unlink(inbox.path, rel)
-                elif inbox.on_success == "archive":
-                    assert inbox.archive is not None
-                    archive_source(inbox.path, rel, inbox.archive)
-            except OSError as exc:
-                # Nothing moved (moves are all-or-nothing) and nothing is journaled: the next reconcile
-                # scan or restart finds the file done and tries again.
-                log.error("source_step_failed", src=str(path), action=inbox.on_success, error=str(exc),
-                          retry="at the next reconcile scan or restart")
-                self._note_error(inbox_key, path, f"processed, but {inbox.on_success} failed: {exc}")
-                return None
-            if runtime is not None and disposition.startswith("kept"):
-                runtime.handled[path] = signature
-        if not disposition.startswith("kept"):
-            self._forget_source(inbox_key, inbox.path, path)
-        return disposition
+        if runtime is not None:
+            runtime.handled[path] = signature
+        return "kept"
+
+    # -- source steps (off the loop) -----------------------------------------------------------------------
+
+    def _start_step(self, step: SourceStep) -> None:
+        """Send a source step to the offloader; until it is back, its file is not considered again."""
+        self._steps[step.path] = step
+        self._step_retries.pop(step.path, None)
+        self._offload.submit(step.inbox_key, _StepToken(step), functools.partial(run_step, step))
+
+    def _retry_steps(self) -> None:
+        retries, self._step_retries = self._step_retries, {}
+        for path, step in retries.items():
+            if path not in self._steps:
+                self._start_step(dataclasses.replace(step, retried=True))
+
+    def _step_done(self, step: SourceStep, done: Done) -> None:
+        """Journal what a source step did, or keep it for the next reconcile if it failed."""
+        assert self.ledger is not None
+        self._steps.pop(step.path, None)
+        with bound_contextvars(inbox=step.inbox_key):
+            if done.error is not None:
+                self._step_failed(step, done.error)
+                return
+            result = done.value
+            assert isinstance(result, StepResult)
+            if result.found is Found.INBOX_MISSING:
+                # A share outage: the file's fate is unknown, so nothing is journaled; the step runs again at
+                # the next reconcile, and the rescan on the inbox's return judges the file afresh.
+                log.info("source_step_postponed", src=str(step.path), action=str(step.action),
+                         reason="inbox missing")
+                if step.action is not Action.FAIL or step.report_if_gone:
+                    self._step_retries[step.path] = step
+                return
+            if step.action is Action.FAIL:
+                self._failed_step_done(step, result)
+                return
+            if result.found is Found.CHANGED:
+                disposition = "kept-changed"
+                self._rehint_path(step.inbox_key, step.path)
+            else:
+                disposition = "gone" if result.found is Found.GONE else {
+                    Action.ARCHIVE: "archived", Action.DELETE: "deleted"}[step.action]
+                self._forget_source(step.inbox_key, step.root, step.path)
+            if step.ledger_key is not None:
+                self.ledger.record_disposed(step.ledger_key, disposition)
+
+    def _failed_step_done(self, step: SourceStep, result: StepResult) -> None:
+        assert self.ledger is not None
+        reason = step.report["reason"]
+        if result.found is Found.CHANGED:
+            log.warning("file_failed_but_changed", src=str(step.path), reason=reason)
+            self._rehint_path(step.inbox_key, step.path)
+            return
+        if result.found is Found.GONE and not step.report_if_gone:
+            # The worker couldn't even read it because it is gone: deleted, or its share unmounted. Neither is
+            # the file's fault; if it comes back (the share returns), the rescan brings it in again.
+            if step.ledger_key is not None:
+                self.ledger.forget(step.ledger_key)
+            runtime = self._runtimes.get(step.inbox_key)
+            if runtime is not None:
+                runtime.handled.pop(step.path, None)
+            log.info("source_vanished_before_read", src=str(step.path))
+            return
+        self._forget_source(step.inbox_key, step.root, step.path)
+        if step.ledger_key is not None:
+            self.ledger.record_disposed(step.ledger_key, "failed-folder")
+        if not step.retried:
+            self._counters[step.inbox_key].failed += 1
+        self._note_error(step.inbox_key, step.path, reason)
+        log.warning("file_failed", src=str(step.path), moved_to=str(result.moved_to), reason=reason,
+                    attempts=step.report["attempts"])
+
+    def _step_failed(self, step: SourceStep, exc: BaseException) -> None:
+        """The step could not be done (a full or read-only folder, a name refused): nothing moved. The file
+        stays where it is, this version of it is not judged again, and the step is retried at the next
+        reconcile; the daemon carries on."""
+        runtime = self._runtimes.get(step.inbox_key)
+        if runtime is not None:
+            runtime.handled[step.path] = step.version
+        self._step_retries[step.path] = step
+        retry = "at the next reconcile scan"
+        if step.action is Action.FAIL:
+            reason = step.report["reason"]
+            log.error("failed_folder_write_failed", src=str(step.path), reason=reason, error=str(exc), retry=retry)
+            if not step.retried:
+                self._counters[step.inbox_key].failed += 1
+            self._note_error(step.inbox_key, step.path,
+                             f"{reason}; and it could not be moved to the failed folder: {exc}")
+            return
+        log.error("source_step_failed", src=str(step.path), action=str(step.action), error=str(exc), retry=retry)
+        self._note_error(step.inbox_key, step.path, f"processed, but {step.action} failed: {exc}")
 
     def _forget_source(self, inbox_key: str, root: Path, path: Path) -> None:
         """Drop a file that left the inbox from the ledger's stat cache, which would otherwise only grow."""

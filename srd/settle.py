@@ -6,7 +6,9 @@ touched it for ``settle_s`` and two stats ``settle_s`` apart agree on its `FileV
 is taken `FIRST_LOOK_S` after the last hint, so a file is ready about ``settle_s`` after it stops changing.
 
 The tracker has no threads and never sleeps: the owner feeds `SettleTracker.hint`, calls
-`SettleTracker.poll` and sleeps until `SettleTracker.next_deadline`. Clock and stat are injected so that
+`SettleTracker.poll` and sleeps until `SettleTracker.next_deadline`. An owner that must not wait on a stat
+(a hung share) splits the poll: `SettleTracker.due` on its own thread, `SettleTracker.look` (the stats, and
+nothing else) on any thread, `SettleTracker.resolve` back on its own. Clock and stat are injected so that
 tests drive time. Every tracked path ends in exactly one outcome — ready, vanished or rejected — so no file
 is ever dropped silently.
 """
@@ -70,6 +72,22 @@ class PollResult:
 
     def __bool__(self) -> bool:
         return bool(self.ready or self.vanished or self.rejected)
+
+
+@dataclass(frozen=True, slots=True)
+class Look:
+    """A stat the tracker wants taken; `token` tells a stale answer (the path was hinted again) from a live one."""
+
+    path: Path
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """What a `Look` found: the stat, or the error it raised."""
+
+    look: Look
+    found: os.stat_result | OSError
 
 
 class _Pending:
@@ -172,8 +190,12 @@ class SettleTracker:
         A path whose first stat is taken now, or whose size or mtime changed since the first one, stays
         tracked and is confirmed `settle_s` later (zero-byte files: see `empty_file_settle_s`).
         """
+        return self.resolve(self.look(self.due()))
+
+    def due(self) -> list[Look]:
+        """The stats whose time has come; their paths wait (unscheduled) until `resolve` gets the answers."""
         now = self._clock()
-        result = PollResult()
+        looks = []
         while self._heap and self._heap[0][0] <= now:
             _, token, entry = heapq.heappop(self._heap)
             if not self._is_live(token, entry):
@@ -183,20 +205,40 @@ class SettleTracker:
             if due > now:
                 self._schedule(entry, due)
                 continue
-            self._check(entry, now, result)
+            looks.append(Look(entry.path, token))
+        return looks
+
+    def look(self, looks: list[Look]) -> list[Seen]:
+        """Take the stats `due` asked for. Touches no tracker state, so it may run on another thread."""
+        seen = []
+        for wanted in looks:
+            try:
+                seen.append(Seen(wanted, self._stat(wanted.path)))
+            except OSError as exc:
+                seen.append(Seen(wanted, exc))
+        return seen
+
+    def resolve(self, seen: list[Seen]) -> PollResult:
+        """Judge the stats `look` took; one whose path was hinted or forgotten meanwhile is stale and dropped
+        (a hint scheduled the path afresh)."""
+        now = self._clock()
+        result = PollResult()
+        for answer in seen:
+            entry = self._pending.get(answer.look.path)
+            if entry is not None and entry.token == answer.look.token:
+                self._check(entry, answer, now, result)
         return result
 
-    def _check(self, entry: _Pending, now: float, result: PollResult) -> None:
+    def _check(self, entry: _Pending, answer: Seen, now: float, result: PollResult) -> None:
         path = entry.path
-        try:
-            st = self._stat(path)
-        except (FileNotFoundError, NotADirectoryError):
+        st = answer.found
+        if isinstance(st, FileNotFoundError | NotADirectoryError):
             del self._pending[path]
             result.vanished.append(path)
             return
-        except OSError as exc:
+        if isinstance(st, OSError):
             del self._pending[path]
-            result.rejected.append(Rejected(path, f"cannot stat: {exc.strerror or exc}"))
+            result.rejected.append(Rejected(path, f"cannot stat: {st.strerror or st}"))
             return
         if not stat.S_ISREG(st.st_mode):
             del self._pending[path]

@@ -5,13 +5,24 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonProcess, files_under, srd, wait_for
+from daemon_helpers import (
+    DaemonProcess,
+    files_under,
+    inbox_config,
+    make_image,
+    read_status,
+    srd,
+    wait_for,
+    write_config,
+)
 from reliability_harness import (
     image_bytes,
     make_layout,
@@ -157,3 +168,108 @@ def test_an_unmounted_share_reads_as_an_outage_and_is_watched_again_when_remount
     assert sorted(Path(e["src"]).name for e in daemon.events("file_processed")) == ["after.png", "before.png",
                                                                                     "during.png"]
     assert daemon.events("file_failed") == [] and files_under(layout.failed) == {}
+
+
+HANGFS = Path(__file__).with_name("hangfs.py")
+
+
+class HangingShare:
+    """A real FUSE mount of `backing` at `mount` whose server stops answering the calls `rules` name while
+    held (see hangfs.py); at exit it is let go and unmounted, so nothing stays hung."""
+
+    def __init__(self, tmp_path: Path, *rules: str) -> None:
+        self.backing = tmp_path / "share-backing"
+        self.mount = tmp_path / "share"
+        self._hold = tmp_path / "share-hold"
+        self.backing.mkdir()
+        self.mount.mkdir()
+        self.proc = subprocess.Popen([sys.executable, str(HANGFS), str(self.backing), str(self.mount),
+                                      str(self._hold), *rules], stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: os.path.ismount(self.mount), 20, "the FUSE share to mount")
+
+    def hold(self) -> None:
+        self._hold.touch()
+
+    def release(self) -> None:
+        self._hold.unlink(missing_ok=True)
+
+    def __enter__(self) -> HangingShare:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+        subprocess.run(["fusermount3", "-u", str(self.mount)], check=False, capture_output=True, timeout=30)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            subprocess.run(["fusermount3", "-uz", str(self.mount)], check=False, capture_output=True, timeout=30)
+
+
+def _write_image(path: Path, *, seed: int) -> None:
+    path.write_bytes(make_image(path, seed=seed))
+
+
+def _local_inbox_keeps_working(tmp_path: Path, daemon: DaemonProcess, notify: NotifySocket, first: int) -> None:
+    """Three files dropped into the local inbox are processed, status.json changes and WATCHDOG=1 is heard."""
+    notify.drain()
+    heard_before = len(notify.messages)
+    status_before = read_status(tmp_path / "state")["updated_at"]
+    for n in range(first, first + 3):
+        _write_image(tmp_path / "local" / f"local{n}.png", seed=10 + n)
+    wait_for(lambda: len(files_under(tmp_path / "local-out")) == first + 3, 60,
+             "the local inbox's files while the share hangs\n" + daemon.log_tail())
+    wait_for(lambda: read_status(tmp_path / "state")["updated_at"] != status_before, 10, "status.json to change")
+    wait_for(lambda: any(m.get("WATCHDOG") == "1" for m in notify.drain()[heard_before:]), 10, "WATCHDOG=1")
+
+
+@pytest.mark.skipif(not Path("/dev/fuse").exists() or shutil.which("fusermount3") is None,
+                    reason="needs FUSE (/dev/fuse and fusermount3) to make a share that stops answering")
+def test_a_share_that_stops_answering_stalls_only_its_own_files(tmp_path: Path) -> None:
+    """An inbox on a share whose server stops answering (a real FUSE mount whose calls never return) holds
+    up its own files only. While srd's delete of a processed source hangs there, and later while its
+    settle stat of a new file hangs, the local inbox's files are still processed, status.json is still
+    rewritten and systemd's watchdog still hears WATCHDOG=1; when the share answers again, the delete
+    completes and is journaled and the new file is processed. With those calls on the loop thread, the
+    whole daemon waited with the share."""
+    notify = NotifySocket()
+    with HangingShare(tmp_path, "unlink:hang", "getattr:stall") as share:
+        # Native mode: inotify reports the writes made through this mount, so srd's settle stats are what
+        # meet the hang (a poll scanner would meet it first, in its own thread).
+        remote = inbox_config(share.mount, "in", mode="native", on_success="delete", settle_seconds=2,
+                              outbox=str(tmp_path / "remote-out"), failed=str(tmp_path / "remote-failed"))
+        local = inbox_config(tmp_path, "local")
+        config = write_config(tmp_path, [remote, local])
+        daemon = DaemonProcess(config, env=notify.env)
+        try:
+            daemon.wait_ready(60)
+            share.hold()
+            _write_image(share.mount / "in" / "hang.png", seed=1)  # processed, then its delete hangs
+            wait_for(lambda: (tmp_path / "remote-out" / "hang.png").exists(), 60,
+                     "the share's file to be processed\n" + daemon.log_tail())
+            time.sleep(1.0)
+            _local_inbox_keeps_working(tmp_path, daemon, notify, 0)
+            assert (share.backing / "in" / "hang.png").exists(), "the delete did not hang: the test proves nothing"
+            share.release()
+            wait_for(lambda: not (share.backing / "in" / "hang.png").exists(), 60, "the delete to complete")
+
+            _write_image(share.mount / "in" / "stall.png", seed=2)
+            share.hold()  # srd's stats of it hang now: its confirming settle stat, 2 s on, at least
+            time.sleep(3.0)
+            _local_inbox_keeps_working(tmp_path, daemon, notify, 3)
+            assert not (tmp_path / "remote-out" / "stall.png").exists(), "the stat did not hang: it proves nothing"
+            share.release()
+            wait_for(lambda: (tmp_path / "remote-out" / "stall.png").exists(), 60,
+                     "the stalled file to be processed once the share answers\n" + daemon.log_tail())
+            assert daemon.stop() == 0
+            listed = srd("ledger", "list", "--json", "--config", str(config))
+            assert listed.returncode == 0, listed.stderr
+            entries = [json.loads(line) for line in listed.stdout.splitlines()]
+            dispositions = {Path(e["source"]).name: e.get("disposition") for e in entries}
+            assert dispositions == {"hang.png": "deleted", "stall.png": "deleted", **{
+                f"local{n}.png": "kept" for n in range(6)}}, dispositions
+        finally:
+            share.release()  # a process waiting on the share can't die until it answers
+            if daemon.proc.poll() is None:
+                daemon.kill(group=True)
+            notify.close()
