@@ -1280,7 +1280,9 @@ class Daemon:
     def _retry_steps(self) -> None:
         retries, self._step_retries = self._step_retries, {}
         for path, step in retries.items():
-            if path not in self._steps:
+            if step.inbox_key in self._claim_paused:
+                self._step_retries[path] = step  # another daemon may own the file now: not while paused
+            elif path not in self._steps:
                 self._start_step(dataclasses.replace(step, retried=True))
 
     def _step_done(self, step: SourceStep, done: Done) -> None:

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import daemon_helpers
@@ -227,8 +227,9 @@ def test_moves_from_an_unwritable_inbox_to_another_filesystem_leave_no_copies_an
         tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The inbox refuses changes (read-only, or no write permission) and the failed and archive folders are
     on another filesystem: a bad file can't be moved to failed/ and a good one can't be archived. Across
-    three restarts the daemon stays up, the failed and archive folders get no orphan copies, the inputs
-    stay put; once the inbox takes changes again, both moves are retried and succeed."""
+    three starts the daemon stays up, the failed and archive folders get no orphan copies, the inputs
+    stay put; once the inbox takes changes again, both moves are retried at the next reconcile scan, by
+    the daemon still running (not only at its next start), and succeed."""
     with tmpfs(tmp_path / "other-fs", "4m") as other:
         layout = make_layout(tmp_path / "srd", reconcile_interval=2,
                              inbox={"on_success": "archive", "archive": str(other / "archive"),
@@ -236,20 +237,25 @@ def test_moves_from_an_unwritable_inbox_to_another_filesystem_leave_no_copies_an
         failed, archive = other / "failed", other / "archive"
         (layout.inbox / "bad.png").write_bytes(b"not an image at all")
         (layout.inbox / "good.png").write_bytes(image_bytes(".png", SIZE, 1))
-        with unwritable(layout.inbox, how, monkeypatch):
-            for _ in range(3):
+        with ExitStack() as inbox_lock:
+            inbox_lock.enter_context(unwritable(layout.inbox, how, monkeypatch))
+            for start in range(3):
                 with running(layout.config) as daemon:
                     daemon.wait_event("failed_folder_write_failed", timeout=30)
                     daemon.wait_event("source_step_failed", timeout=30)
                     assert daemon.proc.poll() is None
+                    assert files_under(failed) == {} and files_under(archive) == {}
+                    assert set(files_under(layout.inbox)) == {"bad.png", "good.png"}
+                    if start < 2:
+                        assert daemon.stop() == 0
+                        continue
+                    inbox_lock.close()  # the inbox takes changes again, under the running daemon
+                    wait_for(lambda: set(files_under(archive)) == {"good.png"}, 30,
+                             "the retried archive\n" + daemon.log_tail())
+                    wait_for(lambda: {"bad.png", "bad.png.error.json"} <= set(files_under(failed)), 30,
+                             "the bad file in failed/\n" + daemon.log_tail())
+                    assert len(daemon.events("daemon_ready")) == 1
                     assert daemon.stop() == 0
-                assert files_under(failed) == {} and files_under(archive) == {}
-        assert set(files_under(layout.inbox)) == {"bad.png", "good.png"}
-        with running(layout.config) as daemon:
-            wait_for(lambda: set(files_under(archive)) == {"good.png"}, 30, "the retried archive\n" + daemon.log_tail())
-            wait_for(lambda: {"bad.png", "bad.png.error.json"} <= set(files_under(failed)), 30,
-                     "the bad file in failed/\n" + daemon.log_tail())
-            assert daemon.stop() == 0
         assert set(files_under(failed)) == {"bad.png", "bad.png.error.json"}
         assert files_under(layout.inbox) == {}
         assert set(files_under(layout.outbox)) == {"good.png"}

@@ -244,3 +244,32 @@ def test_invalid_settings_are_refused(clock: FakeClock) -> None:
         SettleTracker(0, clock=clock)
     with pytest.raises(ValueError):
         SettleTracker(SETTLE, clock=clock, empty_file_settle_s=SETTLE / 2)
+
+
+def test_a_split_poll_drops_stats_that_a_hint_or_forget_overtook_and_waits_for_its_answers(
+        tmp_path: Path, clock: FakeClock) -> None:
+    """The daemon takes the stats on another thread (`due`, `look`, `resolve`): a path hinted again while
+    its stat was out is judged from a fresh pair of stats, not the old answer; a forgotten one is dropped;
+    and while the answers are out, the tracker asks for no second stat of the same paths."""
+    tracker = SettleTracker(SETTLE, clock=clock)
+    paths = {name: tmp_path / name for name in ("steady.png", "rewritten.png", "deleted.png")}
+    for path in paths.values():
+        _write(path, b"x" * 100, mtime_ns=10**9)
+        tracker.hint(path)
+    clock.advance(FIRST_LOOK_S)
+    assert not tracker.resolve(tracker.look(tracker.due())), "first stats only record"
+    clock.advance(SETTLE)
+    looks = tracker.due()
+    assert sorted(look.path.name for look in looks) == sorted(paths)
+    assert tracker.due() == [] and tracker.next_deadline() is None, "nothing is asked twice while answers are out"
+    answers = tracker.look(looks)
+    _write(paths["rewritten.png"], b"more", mtime_ns=2 * 10**9)
+    tracker.hint(paths["rewritten.png"])  # its answer is now stale
+    tracker.forget(paths["deleted.png"])
+    result = tracker.resolve(answers)
+    assert _ready_paths(result) == [paths["steady.png"]] and not result.vanished and not result.rejected
+    assert tracker.pending() == 1
+    clock.advance(FIRST_LOOK_S)
+    tracker.poll()
+    clock.advance(SETTLE)
+    assert _ready_paths(tracker.poll()) == [paths["rewritten.png"]]
