@@ -69,7 +69,6 @@ from srd.outbox import BLOCKING_ERRNOS, OutboxBlock
 from srd.outputmark import mark_output, marked_for
 from srd.pipeline import StageContext, Upscale
 from srd.pool import Finished, JobPool, Lost, Outcome, RunningJob, process_executor_factory
-from srd.scan import candidate_stat
 from srd.settle import Look, ReadyFile, SettleTracker
 from srd.sources import link_or_copy, numbered_names, report_path
 from srd.sourcestep import Action, Found, SourceStep, StepResult, run_step
@@ -124,7 +123,7 @@ class _Probe:
     sha256: str | None
     head: bytes
     pixels: int | None
-    signature: FileVersion | None  # the file's version after hashing; None when not hashed
+    signature: FileVersion  # the file's version as it was read (after hashing, when hashed)
 
 
 @dataclass(frozen=True)
@@ -222,19 +221,20 @@ def hash_file(root: Path, path: Path) -> tuple[str, bytes, FileVersion]:
     return digest.hexdigest(), head, FileVersion.of(st)
 
 
-def read_head(root: Path, path: Path, size: int = HEAD_BYTES) -> bytes:
+def read_head(root: Path, path: Path, size: int = HEAD_BYTES) -> tuple[bytes, FileVersion]:
+    """The first `size` bytes of a file below inbox `root`, and its version as it was read."""
     with os.fdopen(safefs.open_regular(root, path)[0], "rb") as fh:
-        return fh.read(size)
+        return fh.read(size), FileVersion.of(os.fstat(fh.fileno()))
 
 
 def probe_file(root: Path, path: Path, *, need_hash: bool) -> _Probe:
     """Read what the loop needs from a file below inbox `root`; runs in an offload thread, never in the loop."""
-    sha256 = signature = None
+    sha256 = hashed = None
     if need_hash:
-        sha256, _, signature = hash_file(root, path)
-    head = read_head(root, path, HEADER_BYTES)
+        sha256, _, hashed = hash_file(root, path)
+    head, version = read_head(root, path, HEADER_BYTES)
     header = read_header(head)
-    return _Probe(sha256, head[:HEAD_BYTES], header.pixels if header is not None else None, signature)
+    return _Probe(sha256, head[:HEAD_BYTES], header.pixels if header is not None else None, hashed or version)
 
 
 def fingerprints(config: Config) -> dict[str, str]:
@@ -747,13 +747,10 @@ class Daemon:
         """Decide what to do with a settled file: nothing, a duplicate, a retry, a new job, or give up."""
         assert self.ledger is not None and self.pool is not None
         path = ready.path
-        st = candidate_stat(path, runtime.inbox.path)
-        if st is None:
-            return
-        signature = FileVersion.of(st)
-        if signature != ready.version:
-            runtime.tracker.hint(path)  # changed since it settled: let it settle again
-            return
+        # No new stat here (the inbox may be on a share that hangs): every decision either reads the file off
+        # the loop and compares its version, or ends in a source step that does; a file that changed since it
+        # settled also sends a hint and settles again.
+        signature = ready.version
         if runtime.handled.get(path) == signature or path in self._steps:
             return  # decided already, or its source step is under way (and hints it again if it changed)
         if any(work.source == path for work in self._active.values()):
@@ -805,6 +802,9 @@ class Daemon:
         probe = probe or self._read_off_loop(runtime, ready, need_hash=False)
         if probe is None:
             return  # its header is being read off the loop
+        if probe.signature != signature:
+            runtime.tracker.hint(path)  # changed since it settled: let it settle again
+            return
         target = self._choose_target(runtime, rel, key, probe.head)
         if target is None:
             log.warning("output_exists_skipped", src=str(path), collision=runtime.inbox.collision)
@@ -1044,12 +1044,12 @@ class Daemon:
         path = work.source
         previous = self._truncated.get(path)
         self._truncated[path] = work.signature
-        st = candidate_stat(path, work.inbox.path)
-        if (previous is not None and previous != work.signature) or (
-                st is not None and FileVersion.of(st) != work.signature):
+        if previous is not None and previous != work.signature:
             self._growing.add(path)
         cap = work.inbox.settle_max_backoff_seconds
-        modified_s_ago = time.time() - st.st_mtime_ns / 1e9 if st is not None else cap + 1
+        # From the version that settled, not a new stat (the inbox may be on a share that hangs): a writer that
+        # went on since sends a hint, and the file settles again as a new version.
+        modified_s_ago = time.time() - work.signature.mtime_ns / 1e9
         if modified_s_ago > cap:
             waited = path in self._backoff
             self._forget_writer(path)
