@@ -139,38 +139,38 @@ class InboxClaims:
                                     f"one daemon (a stale claim is taken over after {STALE_S:.0f} s)")
         self._remove_stale_temps(inbox)
 
-    def heartbeat(self) -> None:
-        """Confirm and refresh each claim that is due (see `heartbeat_due`), retake one that became free or
-        stale, and note one another daemon took. Runs off the loop: shares may hang."""
-        for inbox in list(self._states):
+    def heartbeat(self, inbox: Path) -> None:
+        """Confirm and refresh the claim on `inbox`, retake it if it became free or stale, or note that another
+        daemon took it. Runs off the loop, one inbox per call: a share that hangs holds up its own claim only."""
+        state = self._states.get(inbox)
+        if state is None:
+            return
+        state.tried_at = self._monotonic()
+        if not inbox.is_dir():
+            return  # not trusted until it is back and claimed again
+        try:
+            other = self._hold(inbox)
+        except (OSError, InboxClaimedError) as exc:
+            if state.failing != str(exc):
+                log.warning("inbox_claim_heartbeat_failed", inbox=str(inbox), error=str(exc))
+            state.failing = str(exc)
+            return
+        state.failing = None
+        with self._lock:
             state = self._states.get(inbox)
-            if state is None or not self._due(inbox, state):
-                continue
-            state.tried_at = self._monotonic()
-            if not inbox.is_dir():
-                continue  # not trusted until it is back and claimed again
-            try:
-                other = self._hold(inbox)
-            except (OSError, InboxClaimedError) as exc:
-                if state.failing != str(exc):
-                    log.warning("inbox_claim_heartbeat_failed", inbox=str(inbox), error=str(exc))
-                state.failing = str(exc)
-                continue
-            state.failing = None
-            with self._lock:
-                state = self._states.get(inbox)
-                if state is None:
-                    released = True  # released while this heartbeat ran: don't keep a claim on it
-                else:
-                    released = False
-                    self._note(inbox, state, other)
-            if released and other is None:
-                self.release(inbox)
+            if state is None:
+                released = True  # released while this heartbeat ran: don't keep a claim on it
+            else:
+                released = False
+                self._note(inbox, state, other)
+        if released and other is None:
+            self.release(inbox)
 
-    def heartbeat_due(self) -> bool:
-        """Whether a claim is due for a heartbeat: each every `HEARTBEAT_S`, and every `RETRY_UNTRUSTED_S` one
-        that is not trusted (a daemon resumed after a freeze, an inbox back from an outage)."""
-        return any(self._due(inbox, state) for inbox, state in list(self._states.items()))
+    def due(self) -> list[Path]:
+        """The inboxes whose claim is due for a heartbeat: each every `HEARTBEAT_S`, and every
+        `RETRY_UNTRUSTED_S` one that is not trusted (a daemon resumed after a freeze, an inbox back from an
+        outage)."""
+        return [inbox for inbox, state in list(self._states.items()) if self._due(inbox, state)]
 
     def _due(self, inbox: Path, state: _State) -> bool:
         interval = HEARTBEAT_S if self.trusted(inbox) else RETRY_UNTRUSTED_S
@@ -210,9 +210,20 @@ class InboxClaims:
         finally:
             os.close(fd)
 
-    def release_all(self) -> None:
-        for inbox in list(self._states):
-            self.release(inbox)
+    def release_all(self, wait_s: float) -> None:
+        """Release every claim, waiting at most `wait_s` in all: each in a thread of its own, so that a share
+        that stops answering keeps its claim file (it goes stale) and does not hold up the others or exit."""
+        releases = [threading.Thread(target=self.release, args=(inbox,), name="srd-claim-release", daemon=True)
+                    for inbox in list(self._states)]
+        for thread in releases:
+            thread.start()
+        deadline = self._monotonic() + wait_s
+        for thread in releases:
+            thread.join(max(0.0, deadline - self._monotonic()))
+        stuck = len([thread for thread in releases if thread.is_alive()])
+        if stuck:
+            log.warning("inbox_claim_release_abandoned", claims=stuck, waited_s=wait_s,
+                        reason="an inbox did not answer; its claim goes stale")
 
     @property
     def held(self) -> frozenset[Path]:

@@ -22,6 +22,7 @@ from srd.engine.upscaler import CHROMA_INTERPOLATIONS, ONNX_ENGINES, EngineSetti
 from srd.errors import ConfigError, ModelError
 from srd.imageio import DEFAULT_MAX_INPUT_BYTES, OUTPUT_FORMATS, normalise_format
 from srd.pipeline import STAGES, Pipeline, StageContext, Upscale
+from srd.timebox import NoAnswer, timeboxed
 
 DEFAULT_PROFILE = "default"
 DEFAULT_MODEL = "edsr-lite"
@@ -305,6 +306,8 @@ def _parse_inbox(data: Any, where: str, base: Path, problems: _Problems) -> Inbo
 
 
 _OUTPUT_FOLDERS = ("outbox", "failed", "archive")
+# How long the folder layout check may take: it stats every configured folder, on shares too.
+FOLDER_CHECK_S = 5.0
 
 
 def _check_folders(inboxes: list[Inbox], state_dir: Path, problems: _Problems) -> None:
@@ -340,6 +343,18 @@ def _check_folders(inboxes: list[Inbox], state_dir: Path, problems: _Problems) -
             shared = role == other_role and _inside(folder, other) and _inside(other, folder)
             if not shared and (inside(folder, other) or inside(other, folder)):
                 problems.add(other_where, f"{other} overlaps {where} {folder}: one would write into the other")
+
+
+def _check_folders_timeboxed(inboxes: list[Inbox], state_dir: Path, problems: _Problems) -> None:
+    """`_check_folders`, given `FOLDER_CHECK_S`: its stats would wait forever on a share that stops
+    answering, and a reload or `srd status` must not wait with it."""
+    found = _Problems()
+    try:
+        timeboxed(lambda: _check_folders(inboxes, state_dir, found), FOLDER_CHECK_S, "the configured folders")
+    except NoAnswer as exc:
+        problems.add("inboxes", f"{exc.strerror}: srd can't check that they don't overlap")
+        return
+    problems.items.extend(found.items)
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -495,7 +510,7 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
         if inbox.profile not in profiles and inbox.profile not in profiles_data:
             problems.add(f"inboxes[{i}].profile", f"unknown profile {inbox.profile!r} (known: {', '.join(profiles)})")
         inboxes.append(inbox)
-    _check_folders(inboxes, _resolve_path(state_dir, base), problems)
+    _check_folders_timeboxed(inboxes, _resolve_path(state_dir, base), problems)
     model_dirs = tuple(_resolve_path(p, base) for p in model_dirs_data)
     if check_models:
         _check_models(upscales, model_dirs, problems)

@@ -91,8 +91,12 @@ SOLO_RETRY_AFTER_S = 5.0
 # Enough of a file for its image header (dimensions) behind ordinary metadata.
 HEADER_BYTES = 256 * 1024
 # Threads reading files off the loop, and how many of them one inbox may hold (a hung share holds no more).
-OFFLOAD_THREADS = 4
+# Each inbox may hold OFFLOAD_PER_INBOX threads (one hung share holds no more); threads start only as
+# work needs them, so there are enough for several hung shares to leave the other inboxes theirs.
+OFFLOAD_THREADS = 16
 OFFLOAD_PER_INBOX = 2
+# How long the daemon's exit waits to remove its claim files (a hung share's claim is left to go stale).
+CLAIM_RELEASE_WAIT_S = 2.0
 _READ_CHUNK = 1 << 20
 
 PoolBuilder = Callable[[Config, Callable[[Any], None], Callable[[], None]], JobPool]
@@ -148,6 +152,13 @@ class _StepToken:
     """An off-loop source step."""
 
     step: SourceStep
+
+
+@dataclass(frozen=True)
+class _HeartbeatToken:
+    """An off-loop heartbeat of one inbox's claim."""
+
+    inbox: Path
 
 
 @dataclass
@@ -330,6 +341,7 @@ class Daemon:
         self._read: dict[Path, Done] = {}  # finished reads, each taken by the next `_consider` of its file
         self._steps: dict[Path, SourceStep] = {}  # source steps out in the offloader: their files wait for them
         self._step_retries: dict[Path, SourceStep] = {}  # steps that failed; tried again at the next reconcile
+        self._heartbeats: set[Path] = set()  # inboxes whose claim heartbeat is out in the offloader
         self._blocks: dict[str, OutboxBlock] = {}
         # The state dir refuses writes (full, read-only): nothing new starts, and the outcomes that could not
         # be recorded wait in `_parked` (their work stays active) until a probe says it takes writes again.
@@ -503,7 +515,7 @@ class Daemon:
         for runtime in self._runtimes.values():
             runtime.watcher.stop()
         self._offload.close()
-        self._claims.release_all()
+        self._claims.release_all(wait_s=CLAIM_RELEASE_WAIT_S)
         if self.pool is not None:
             self.pool.close()
             self.pool = None
@@ -686,6 +698,10 @@ class Daemon:
                 self._settled(token, done)
             elif isinstance(token, _StepToken):
                 self._step_done(token.step, done)
+            elif isinstance(token, _HeartbeatToken):
+                self._heartbeats.discard(token.inbox)
+                if done.error is not None:  # the heartbeat logs what it expects; anything else is a bug
+                    log.error("inbox_claim_heartbeat_crashed", inbox=str(token.inbox), error=repr(done.error))
             elif isinstance(token, _ReadToken):
                 # Back to the front of the backlog, to be decided now.
                 request = self._reading.pop(token.path, None)
@@ -1438,8 +1454,11 @@ class Daemon:
         moved, deleted or failed. Checked at every pass, so a daemon resumed after a freeze pauses before
         it touches a file.
         """
-        if self._claims.heartbeat_due() and not self._offload.busy("claims"):
-            self._offload.submit("claims", ("claims",), self._claims.heartbeat)  # a share may hang
+        for inbox in self._claims.due():
+            if inbox not in self._heartbeats:  # one at a time per inbox, in its own offload group: a share that
+                self._heartbeats.add(inbox)  # hangs holds up its own claim (and inbox) only
+                self._offload.submit(str(inbox), _HeartbeatToken(inbox),
+                                     functools.partial(self._claims.heartbeat, inbox))
         for key, runtime in self._runtimes.items():
             trusted = self._claims.trusted(runtime.inbox.path)
             if not trusted:

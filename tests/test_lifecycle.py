@@ -333,25 +333,25 @@ def test_a_claim_is_trusted_for_its_lease_after_each_confirmation_and_not_while_
     inbox.mkdir()
     claims = InboxClaims(tmp_path / "state", monotonic=lambda: now[0])
     claims.acquire(inbox)
-    assert claims.trusted(inbox) and not claims.heartbeat_due()
+    assert claims.trusted(inbox) and not claims.due()
     now[0] = LEASE_S + 1
     assert not claims.trusted(inbox) and claims.describe(inbox)["state"] == "unconfirmed"
-    assert claims.heartbeat_due()
-    claims.heartbeat()
+    assert claims.due() == [inbox]
+    claims.heartbeat(inbox)
     assert claims.trusted(inbox) and claims.describe(inbox) == {"state": "held", "reason": None}
 
     _age_claim_in_place(inbox / CLAIM_NAME, STALE_S + 5)  # as after a freeze of a minute
     taker = InboxClaims(tmp_path / "state-2")
     taker.acquire(inbox)
     now[0] += HEARTBEAT_S
-    claims.heartbeat()
+    claims.heartbeat(inbox)
     assert not claims.trusted(inbox)
     assert claims.describe(inbox)["state"] == "lost" and "state-2" in str(claims.describe(inbox)["reason"])
     now[0] += RETRY_UNTRUSTED_S
-    claims.heartbeat()
+    claims.heartbeat(inbox)
     assert not claims.trusted(inbox)  # the taker is alive: no retaking
     taker.release(inbox)
     now[0] += RETRY_UNTRUSTED_S
-    claims.heartbeat()
+    claims.heartbeat(inbox)
     assert claims.trusted(inbox)
     assert json.loads((inbox / CLAIM_NAME).read_text())["state_dir"] == str(tmp_path / "state")
