@@ -414,11 +414,14 @@ def _check_models(upscales: list[tuple[str, Upscale]], model_dirs: tuple[Path, .
             problems.add(where, str(exc))
 
 
-def parse_config(data: Any, *, base: Path, source: str, check_models: bool = False) -> Config:
+def parse_config(data: Any, *, base: Path, source: str, check_models: bool = False,
+                 check_folders: bool = True) -> Config:
     """Build a `Config` from parsed YAML; raises ConfigError listing every problem.
 
     With `check_models`, every profile's models must also be found (the daemon and `config check`
-    want that; a one-shot run that overrides the model does not).
+    want that; a one-shot run that overrides the model does not). Without `check_folders`, the folders'
+    layout is not checked: nothing on the disk is looked at, so `srd status`, which needs only the
+    state_dir, answers even while a share that holds an inbox stops answering.
     """
     problems = _Problems()
     if data is None:
@@ -510,7 +513,8 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
         if inbox.profile not in profiles and inbox.profile not in profiles_data:
             problems.add(f"inboxes[{i}].profile", f"unknown profile {inbox.profile!r} (known: {', '.join(profiles)})")
         inboxes.append(inbox)
-    _check_folders_timeboxed(inboxes, _resolve_path(state_dir, base), problems)
+    if check_folders:
+        _check_folders_timeboxed(inboxes, _resolve_path(state_dir, base), problems)
     model_dirs = tuple(_resolve_path(p, base) for p in model_dirs_data)
     if check_models:
         _check_models(upscales, model_dirs, problems)
@@ -580,14 +584,17 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, list[str]]:
         loader.dispose()
 
 
-def load_config(path: Path | None, *, check_models: bool = False) -> Config:
+def load_config(path: Path | None, *, check_models: bool = False, check_folders: bool = True) -> Config:
     """Read and validate `path`; with None, the working default (./inbox → ./outbox, state in ./.srd).
+
+    `check_models` and `check_folders`: see `parse_config`.
 
     Raises:
         ConfigError: unreadable file, YAML syntax error, or any invalid setting (all listed).
     """
     if path is None:
-        return parse_config({}, base=Path.cwd(), source="defaults", check_models=check_models)
+        return parse_config({}, base=Path.cwd(), source="defaults", check_models=check_models,
+                            check_folders=check_folders)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -598,7 +605,8 @@ def load_config(path: Path | None, *, check_models: bool = False) -> Config:
                            "UTF-8"], str(path)) from exc
     data, duplicates = _parse_yaml(text, str(path))
     try:
-        config = parse_config(data, base=path.resolve().parent, source=str(path), check_models=check_models)
+        config = parse_config(data, base=path.resolve().parent, source=str(path), check_models=check_models,
+                              check_folders=check_folders)
     except ConfigError as exc:  # every problem at once: the duplicates first, in file order
         raise ConfigError([*duplicates, *exc.problems], exc.source) from exc
     if duplicates:

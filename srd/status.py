@@ -186,7 +186,7 @@ def locate_state_dir(config_path: Path | None, state_dir: Path | None) -> StateD
     if state_dir is not None:
         return StateDirChoice(state_dir, "--state-dir")
     try:
-        config = load_config(config_path)
+        config = load_config(config_path, check_folders=False)  # a hung share must not hang status
     except ConfigError as exc:
         if config_path is None:
             raise  # the built-in defaults have no text to read a state_dir from

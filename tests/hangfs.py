@@ -4,7 +4,8 @@
 
 Every call is passed to BACKING, except that while the file HOLD exists (outside the mount), the calls
 named by a rule (``unlink:hang`` names unlinking any file whose name starts with ``hang``) block until
-it is removed. Only calls on a file with content hang, so that a writer can still create and fill one.
+it is removed (``*:`` names every call). Only calls on a file or folder with content hang, so that a writer
+can still create and fill a file.
 It runs in the foreground until unmounted (``fusermount3 -u MOUNTPOINT``).
 A real hung NFS or SMB mount looks the same to its callers: the system call simply does not return.
 """
@@ -33,7 +34,7 @@ class HangFS(mfusepy.Operations):
 
     def _real(self, path: str, op: str) -> str:
         real = str(self._backing) + path
-        prefix = self._rules.get(op)
+        prefix = self._rules.get(op, self._rules.get("*"))
         if prefix is not None and os.path.basename(path).startswith(prefix) and _has_content(real):
             while self._hold.exists():  # the caller's system call doesn't return meanwhile
                 time.sleep(0.05)

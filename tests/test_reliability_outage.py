@@ -31,6 +31,8 @@ from reliability_harness import (
     status_of,
 )
 
+from srd.claim import LEASE_S
+
 
 def _inbox_health(config: Path) -> tuple[str, str]:
     result = srd("status", "--json", "--config", str(config))
@@ -270,6 +272,39 @@ def test_a_share_that_stops_answering_stalls_only_its_own_files(tmp_path: Path) 
                 f"local{n}.png": "kept" for n in range(6)}}, dispositions
         finally:
             share.release()  # a process waiting on the share can't die until it answers
+            if daemon.proc.poll() is None:
+                daemon.kill(group=True)
+            notify.close()
+
+
+@pytest.mark.skipif(not Path("/dev/fuse").exists() or shutil.which("fusermount3") is None,
+                    reason="needs FUSE (/dev/fuse and fusermount3) to make a share that stops answering")
+def test_a_share_hung_for_longer_than_a_claim_lease_holds_up_only_its_own_inbox(tmp_path: Path) -> None:
+    """Every call on the share hangs, for longer than a claim's lease (LEASE_S): the share's inbox pauses,
+    but the local inbox keeps its claim and its files are processed, and `srd status --config` answers
+    (it looks at nothing but the state_dir). Once the share answers, the daemon stops cleanly. With all
+    claims confirmed by one heartbeat call, the hung share's claim held up every inbox's after 30 s."""
+    notify = NotifySocket()
+    with HangingShare(tmp_path, "*:") as share:
+        remote = inbox_config(share.mount, "in", outbox=str(tmp_path / "remote-out"),
+                              failed=str(tmp_path / "remote-failed"))
+        config = write_config(tmp_path, [remote, inbox_config(tmp_path, "local")])
+        daemon = DaemonProcess(config, env=notify.env)
+        try:
+            daemon.wait_ready(60)
+            share.hold()
+            time.sleep(LEASE_S + 3.0)
+            _local_inbox_keeps_working(tmp_path, daemon, notify, 0)
+            started = time.monotonic()
+            status = srd("status", "--config", str(config), timeout=30)
+            assert time.monotonic() - started < 15, "srd status waited on the hung share"
+            assert status.returncode == 0, status.stdout + status.stderr
+            health = {Path(i["path"]).name: i["health"] for i in read_status(tmp_path / "state")["inboxes"]}
+            assert health == {"in": "unhealthy", "local": "ok"}, health
+            share.release()
+            assert daemon.stop() == 0
+        finally:
+            share.release()  # a process waiting on the share can't exit until it answers
             if daemon.proc.poll() is None:
                 daemon.kill(group=True)
             notify.close()
