@@ -38,7 +38,8 @@ VOLUME ["/data/inbox", "/data/outbox", "/data/failed", "/var/lib/srd"]
 USER 10001:10001
 WORKDIR /var/lib/srd
 
-# 0: healthy; 3: not running; 7: running, but an inbox is unavailable or the outbox refuses writes.
+# 0: healthy; 3: not running; 9: running, but an inbox, its outbox or the state directory is unhealthy.
+# It reads only the state_dir's status.json, so it answers while a share holding an inbox hangs.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
     CMD ["srd", "status", "--check", "--config", "/etc/srd/srd.yaml"]
 

@@ -95,6 +95,8 @@ HEADER_BYTES = 256 * 1024
 # work needs them, so there are enough for several hung shares to leave the other inboxes theirs.
 OFFLOAD_THREADS = 16
 OFFLOAD_PER_INBOX = 2
+# A source step out for longer is stuck (on a share that stops answering): its inbox shows unhealthy.
+STEP_STUCK_S = 60.0
 # How long the daemon's exit waits to remove its claim files (a hung share's claim is left to go stale).
 CLAIM_RELEASE_WAIT_S = 2.0
 _READ_CHUNK = 1 << 20
@@ -339,7 +341,8 @@ class Daemon:
         self._offload = offloader or Offloader(OFFLOAD_THREADS, OFFLOAD_PER_INBOX, lambda: self._hints.put(None))
         self._reading: dict[Path, tuple[str, ReadyFile]] = {}  # files being read off the loop, latest request
         self._read: dict[Path, Done] = {}  # finished reads, each taken by the next `_consider` of its file
-        self._steps: dict[Path, SourceStep] = {}  # source steps out in the offloader: their files wait for them
+        # Source steps out in the offloader, with when each was sent: their files wait for them.
+        self._steps: dict[Path, tuple[SourceStep, float]] = {}
         self._step_retries: dict[Path, SourceStep] = {}  # steps that failed; tried again at the next reconcile
         self._heartbeats: set[Path] = set()  # inboxes whose claim heartbeat is out in the offloader
         self._blocks: dict[str, OutboxBlock] = {}
@@ -1289,7 +1292,7 @@ class Daemon:
 
     def _start_step(self, step: SourceStep) -> None:
         """Send a source step to the offloader; until it is back, its file is not considered again."""
-        self._steps[step.path] = step
+        self._steps[step.path] = (step, self._clock())
         self._step_retries.pop(step.path, None)
         self._offload.submit(step.inbox_key, _StepToken(step), functools.partial(run_step, step))
 
@@ -1549,6 +1552,13 @@ class Daemon:
             if key in self._running_since:
                 job = {"source": work.rel.as_posix(), "since": self._running_since[key]}
                 running.setdefault(work.inbox_id, []).append({**job, **_timing(timing.get(key))})
+        stuck: dict[str, dict[str, Any]] = {}  # per inbox, its oldest step out for over STEP_STUCK_S
+        for step, since in sorted(self._steps.values(), key=lambda out: out[1], reverse=True):
+            waited = self._clock() - since
+            if waited > STEP_STUCK_S:
+                stuck[step.inbox_key] = {"action": str(step.action), "source": step.rel.as_posix(),
+                                         "for_s": round(waited), "reason": f"{step.action} of {step.rel} has not "
+                                         f"finished for {waited:.0f} s (a share that stops answering?)"}
         for key, runtime in self._runtimes.items():
             counters = self._counters[key]
             watcher = runtime.watcher
@@ -1559,7 +1569,8 @@ class Daemon:
                 "profile": runtime.inbox.profile,
                 "health": self._state if self._state in ("stopping", "stopped") else
                           ("ok" if watcher.healthy and block is None and key not in self._claim_paused
-                           else "unhealthy"),
+                           and stuck.get(key) is None else "unhealthy"),
+                "stuck_step": stuck.get(key),
                 "claim": self._claims.describe(runtime.inbox.path),
                 "outbox_state": block.describe() if block is not None else {"state": "ok"},
                 "watch": watcher.state,

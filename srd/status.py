@@ -139,7 +139,8 @@ def assess(status: dict[str, Any] | None, now: datetime | None = None) -> Assess
         reasons.append(f"state_dir unwritable since {state_dir.get('since')}: {state_dir.get('error')}")
     for inbox in status.get("inboxes", []):
         if inbox.get("health") not in ("ok", "stopping"):
-            problem = inbox.get("root_error") or (inbox.get("claim") or {}).get("reason")
+            problem = (inbox.get("root_error") or (inbox.get("claim") or {}).get("reason")
+                       or (inbox.get("stuck_step") or {}).get("reason"))
             why = f": {problem}" if problem else ""
             reasons.append(f"inbox {inbox['path']} {inbox.get('health')} (watch {inbox.get('watch')}){why}")
         outbox_state = inbox.get("outbox_state") or {"state": "ok"}

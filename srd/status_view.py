@@ -103,6 +103,8 @@ def render(view: Assessment, where: StateDirChoice, now: datetime | None = None)
             lines.append(f"{inbox['path']}: inbox root unusable: {inbox['root_error']}")
         if (inbox.get("claim") or {}).get("reason"):
             lines.append(f"{inbox['path']}: paused: {inbox['claim']['reason']}")
+        if inbox.get("stuck_step"):
+            lines.append(f"{inbox['path']}: stuck: {inbox['stuck_step']['reason']}")
         for folder, reason in (inbox.get("unreadable") or {}).items():
             lines.append(f"{inbox['path']}: not scanned: {folder}: {reason}")
         running = inbox.get("running") or []

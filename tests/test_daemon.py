@@ -10,6 +10,7 @@ import signal
 import socket
 import time
 from concurrent.futures import Executor, Future
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,7 @@ from srd.notify import Notifier
 from srd.offload import Done
 from srd.pipeline import StageContext
 from srd.pool import JobPool
+from srd.status import Health, assess
 from srd.watch import Hint
 
 SIZE = (24, 32)
@@ -660,3 +662,41 @@ def test_an_unchanged_status_is_still_rewritten_so_its_age_tells_a_stuck_or_bloc
         assert datetime.now(UTC) - written < timedelta(seconds=60)
     finally:
         daemon.close()
+
+
+def test_a_source_step_that_never_comes_back_shows_as_stuck_and_the_file_waits_for_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delete that hangs (its share stopped answering) holds up nothing but its file: the file is not judged
+    again while the step is out, and after STEP_STUCK_S its inbox is unhealthy in status, naming the step,
+    so `srd status --check` says so; once the step comes back it is journaled and the inbox is healthy."""
+    held: list[tuple[object, object]] = []
+
+    class HangingSteps(InlineOffloader):
+        def submit(self, group, token, call) -> None:
+            if type(token).__name__ == "_StepToken":
+                held.append((token, call))  # the share doesn't answer
+            else:
+                super().submit(group, token, call)
+
+    daemon, now = inline_daemon(tmp_path, on_success="delete")
+    daemon._offload = HangingSteps()
+    source = tmp_path / "in" / "a.png"
+    source.write_bytes(make_image(source, SIZE, 1))
+    settle(daemon, now, [source])
+    assert (tmp_path / "in-out" / "a.png").exists() and len(held) == 1 and source.exists()
+    settle(daemon, now, [source])  # hinted again while its step is out: not judged again
+    assert len(held) == 1
+    assert daemon.status()["inboxes"][0]["health"] == "ok"
+    now[0] += 61
+    inbox = daemon.status()["inboxes"][0]
+    assert inbox["health"] == "unhealthy" and inbox["stuck_step"]["action"] == "delete"
+    monkeypatch.setattr("srd.status.pid_alive", lambda pid: True)  # this test process is the daemon
+    assessment = assess({**daemon.status(), "updated_at": datetime.now(UTC).isoformat()})
+    assert assessment.health is Health.UNHEALTHY and any("delete of a.png" in r for r in assessment.reasons)
+    token, call = held.pop()
+    daemon._offload._done.append(Done(token, value=call()))  # the share answers
+    daemon.step()
+    assert not source.exists() and daemon.status()["inboxes"][0]["health"] == "ok"
+    entry = next(e for e in daemon.ledger.entries() if e.source.name == "a.png")
+    assert entry.disposition == "deleted"
+    daemon.close()
