@@ -237,7 +237,9 @@ class InboxWatcher:
         log.info("inbox_watching", inbox=str(self.root), mode=self.mode, recursive=self.inbox.recursive)
 
     def stop(self) -> None:
-        """Stop the observer and the scanner thread."""
+        """Stop the observer and the scanner thread (once: a scanner stuck on a hung share is waited for once)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._wake.set()
         self._stop_observer()
