@@ -2,9 +2,11 @@
 
 Every format srd reads states where its data ends, by lengths (PNG chunks, the RIFF size of a WebP,
 TIFF strip offsets and byte counts, ISO boxes of HEIC/AVIF/JPEG 2000, raster sizes of BMP, PNM, PAM and
-Sun raster) or by an end marker (JPEG's EOI, GIF's trailer). One rule covers them all: a file shorter
-than what its structure declares is truncated, and is never decoded (a decoder may turn the missing
-part into grey rows). A file whose structure is malformed rather than short is left to the decoder and
+Sun raster) or by an end marker reached by walking the structure (JPEG's EOI, GIF's trailer), not by
+the file's last bytes, which a writer pausing after a segment that holds those bytes would fake (a JPEG
+comment or EXIF thumbnail ending in FF D9). One rule covers them all: a file shorter than what its
+structure declares is truncated, and is never decoded (a decoder may turn the missing part into grey
+rows). A file whose structure is malformed rather than short is left to the decoder and
 the size guard to judge.
 """
 
@@ -23,6 +25,10 @@ _TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8,
                     16: 8, 17: 8, 18: 8}
 _TIFF_STRIPS = ((273, 279), (324, 325))  # (offsets, byte counts) of strips, of tiles
 _PNM_TOKEN = re.compile(rb"(?:\s|#[^\r\n]*)*(\d+)")
+# What ends a JPEG scan's entropy-coded data: 0xFF then a marker code, not a stuffed 0x00, not a restart
+# marker (RST0-7, inside the data) and not a fill byte (the 0xFF after it starts the marker).
+_JPEG_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_JPEG_SOS, _JPEG_EOI = 0xDA, 0xD9
 _PNG_MAX_CHUNK = 2**31 - 1
 
 
@@ -60,10 +66,38 @@ def _unpack(layout: str, data: bytes, pos: int) -> tuple[int, ...]:
 
 
 def _jpeg_end(data: bytes) -> int:
-    # Entropy-coded data has no length: the end-of-image marker is the only sign of a complete file.
-    if data.rfind(b"\xff\xd9", max(0, len(data) - _TRAILER_WINDOW)) <= 2:
-        raise _Short("no end-of-image marker")
-    return len(data)
+    """End of the end-of-image marker, reached segment by segment from SOI.
+
+    Segments are skipped by their length fields, so bytes inside them (a comment, an EXIF thumbnail
+    with its own EOI) are never taken for markers; each scan's entropy-coded data, which has no
+    length, runs to the next marker. Anything after EOI (a camera's trailer) is not looked at.
+    """
+    if not data.startswith(b"\xff\xd8"):
+        raise ValueError("no start-of-image marker")
+    pos = 2
+    while pos < len(data):
+        if data[pos] != 0xFF:
+            raise ValueError(f"byte {pos} is not a marker")
+        (marker,) = _unpack("B", data, pos + 1)
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+        elif marker == _JPEG_EOI:
+            return pos + 2
+        elif marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+        elif marker == 0x00:
+            raise ValueError(f"stuffed byte outside a scan at byte {pos}")
+        else:
+            (length,) = _unpack(">H", data, pos + 2)
+            if length < 2:
+                raise ValueError("segment length below 2")
+            pos += 2 + length
+            if marker == _JPEG_SOS:
+                scan_end = _JPEG_SCAN_END.search(data, pos)
+                if scan_end is None:
+                    raise _Short("a scan's data runs to the end of the file")
+                pos = scan_end.start()
+    raise _Short("no end-of-image marker")
 
 
 def _png_end(data: bytes) -> int:
