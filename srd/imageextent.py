@@ -28,7 +28,12 @@ _PNM_TOKEN = re.compile(rb"(?:\s|#[^\r\n]*)*(\d+)")
 # What ends a JPEG scan's entropy-coded data: 0xFF then a marker code, not a stuffed 0x00, not a restart
 # marker (RST0-7, inside the data) and not a fill byte (the 0xFF after it starts the marker).
 _JPEG_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_JPEG_MARKER_START = re.compile(rb"\xff+")  # a marker's 0xFF, after any fill bytes
 _JPEG_SOS, _JPEG_EOI = 0xDA, 0xD9
+# Encoders write tens of segments (a progressive file's scans, a split ICC profile's or XMP packet's chunks
+# add up to a few hundred): a file with more is malformed, left to the decoder, and a hostile file of
+# tiny segments costs tens of milliseconds here, not seconds.
+_JPEG_MAX_SEGMENTS = 65_536
 _PNG_MAX_CHUNK = 2**31 - 1
 
 
@@ -75,29 +80,30 @@ def _jpeg_end(data: bytes) -> int:
     if not data.startswith(b"\xff\xd8"):
         raise ValueError("no start-of-image marker")
     pos = 2
-    while pos < len(data):
-        if data[pos] != 0xFF:
+    for _ in range(_JPEG_MAX_SEGMENTS):
+        if pos >= len(data):
+            raise _Short("no end-of-image marker")
+        marker_start = _JPEG_MARKER_START.match(data, pos)
+        if marker_start is None:
             raise ValueError(f"byte {pos} is not a marker")
-        (marker,) = _unpack("B", data, pos + 1)
-        if marker == 0xFF:  # fill byte before a marker
-            pos += 1
-        elif marker == _JPEG_EOI:
-            return pos + 2
-        elif marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
-            pos += 2
-        elif marker == 0x00:
+        (marker,) = _unpack("B", data, marker_start.end())
+        pos = marker_start.end() + 1
+        if marker == _JPEG_EOI:
+            return pos
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            continue
+        if marker == 0x00:
             raise ValueError(f"stuffed byte outside a scan at byte {pos}")
-        else:
-            (length,) = _unpack(">H", data, pos + 2)
-            if length < 2:
-                raise ValueError("segment length below 2")
-            pos += 2 + length
-            if marker == _JPEG_SOS:
-                scan_end = _JPEG_SCAN_END.search(data, pos)
-                if scan_end is None:
-                    raise _Short("a scan's data runs to the end of the file")
-                pos = scan_end.start()
-    raise _Short("no end-of-image marker")
+        (length,) = _unpack(">H", data, pos)
+        if length < 2:
+            raise ValueError("segment length below 2")
+        pos += length
+        if marker == _JPEG_SOS:
+            scan_end = _JPEG_SCAN_END.search(data, pos)
+            if scan_end is None:
+                raise _Short("a scan's data runs to the end of the file")
+            pos = scan_end.start()
+    raise ValueError(f"more than {_JPEG_MAX_SEGMENTS} segments")
 
 
 def _png_end(data: bytes) -> int:

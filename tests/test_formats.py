@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -260,6 +261,18 @@ def test_a_jpeg_with_a_long_trailer_after_its_end_marker_is_whole_and_a_malforme
         decode(jpeg[:-2] + video, max_pixels=LIMIT)  # no EOI: what looks like a trailer is not one
     scan = jpeg.find(b"\xff\xda")
     assert missing_end(jpeg[:scan] + b"\x00" + jpeg[scan:], "jpeg") is None
+
+
+def test_a_hostile_jpeg_of_millions_of_tiny_segments_is_judged_in_a_moment_and_left_to_the_decoder() -> None:
+    """The walk to EOI runs on every JPEG: 40 MB of 4-byte comments (10 million segments, which no encoder
+    writes) is malformed, not short, and judged after a bounded number of segments; 40 MB of fill bytes
+    before a marker is skipped in one go."""
+    jpeg = cv2.imencode(".jpg", asymmetric())[1].tobytes()
+    scan = jpeg.find(b"\xff\xda")
+    for filler in (b"\xff\xfe\x00\x02" * 10_000_000, b"\xff" * 40_000_000):
+        started = time.perf_counter()
+        assert missing_end(jpeg[:scan] + filler + jpeg[scan:], "jpeg") is None
+        assert time.perf_counter() - started < 2.0
 
 
 # -- colour models and transparency --------------------------------------------------------------------------
