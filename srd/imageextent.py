@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 __all__ = ["missing_end"]
 
-# Cameras and editors append trailers after an end marker; it is looked for this far from the end.
+# Trailers may follow a bare JPEG 2000 codestream's end marker; it is looked for this far from the end.
 _TRAILER_WINDOW = 1_048_576
 # Bytes per value of each TIFF field type (TIFF 6.0, plus the BigTIFF-era 64-bit types).
 _TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4,
