@@ -2,9 +2,11 @@
 
 Every format srd reads states where its data ends, by lengths (PNG chunks, the RIFF size of a WebP,
 TIFF strip offsets and byte counts, ISO boxes of HEIC/AVIF/JPEG 2000, raster sizes of BMP, PNM, PAM and
-Sun raster) or by an end marker (JPEG's EOI, GIF's trailer). One rule covers them all: a file shorter
-than what its structure declares is truncated, and is never decoded (a decoder may turn the missing
-part into grey rows). A file whose structure is malformed rather than short is left to the decoder and
+Sun raster) or by an end marker reached by walking the structure (JPEG's EOI, GIF's trailer), not by
+the file's last bytes, which a writer pausing after a segment that holds those bytes would fake (a JPEG
+comment or EXIF thumbnail ending in FF D9). One rule covers them all: a file shorter than what its
+structure declares is truncated, and is never decoded (a decoder may turn the missing part into grey
+rows). A file whose structure is malformed rather than short is left to the decoder and
 the size guard to judge.
 """
 
@@ -16,13 +18,22 @@ from collections.abc import Callable
 
 __all__ = ["missing_end"]
 
-# Cameras and editors append trailers after an end marker; it is looked for this far from the end.
+# Trailers may follow a bare JPEG 2000 codestream's end marker; it is looked for this far from the end.
 _TRAILER_WINDOW = 1_048_576
 # Bytes per value of each TIFF field type (TIFF 6.0, plus the BigTIFF-era 64-bit types).
 _TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4,
                     16: 8, 17: 8, 18: 8}
 _TIFF_STRIPS = ((273, 279), (324, 325))  # (offsets, byte counts) of strips, of tiles
 _PNM_TOKEN = re.compile(rb"(?:\s|#[^\r\n]*)*(\d+)")
+# What ends a JPEG scan's entropy-coded data: 0xFF then a marker code, not a stuffed 0x00, not a restart
+# marker (RST0-7, inside the data) and not a fill byte (the 0xFF after it starts the marker).
+_JPEG_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_JPEG_MARKER_START = re.compile(rb"\xff+")  # a marker's 0xFF, after any fill bytes
+_JPEG_SOS, _JPEG_EOI = 0xDA, 0xD9
+# Encoders write tens of segments (a progressive file's scans, a split ICC profile's or XMP packet's chunks
+# add up to a few hundred): a file with more is malformed, left to the decoder, and a hostile file of
+# tiny segments costs tens of milliseconds here, not seconds.
+_JPEG_MAX_SEGMENTS = 65_536
 _PNG_MAX_CHUNK = 2**31 - 1
 
 
@@ -60,10 +71,39 @@ def _unpack(layout: str, data: bytes, pos: int) -> tuple[int, ...]:
 
 
 def _jpeg_end(data: bytes) -> int:
-    # Entropy-coded data has no length: the end-of-image marker is the only sign of a complete file.
-    if data.rfind(b"\xff\xd9", max(0, len(data) - _TRAILER_WINDOW)) <= 2:
-        raise _Short("no end-of-image marker")
-    return len(data)
+    """End of the end-of-image marker, reached segment by segment from SOI.
+
+    Segments are skipped by their length fields, so bytes inside them (a comment, an EXIF thumbnail
+    with its own EOI) are never taken for markers; each scan's entropy-coded data, which has no
+    length, runs to the next marker. Anything after EOI (a camera's trailer) is not looked at.
+    """
+    if not data.startswith(b"\xff\xd8"):
+        raise ValueError("no start-of-image marker")
+    pos = 2
+    for _ in range(_JPEG_MAX_SEGMENTS):
+        if pos >= len(data):
+            raise _Short("no end-of-image marker")
+        marker_start = _JPEG_MARKER_START.match(data, pos)
+        if marker_start is None:
+            raise ValueError(f"byte {pos} is not a marker")
+        (marker,) = _unpack("B", data, marker_start.end())
+        pos = marker_start.end() + 1
+        if marker == _JPEG_EOI:
+            return pos
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            continue
+        if marker == 0x00:
+            raise ValueError(f"stuffed byte outside a scan at byte {pos}")
+        (length,) = _unpack(">H", data, pos)
+        if length < 2:
+            raise ValueError("segment length below 2")
+        pos += length
+        if marker == _JPEG_SOS:
+            scan_end = _JPEG_SCAN_END.search(data, pos)
+            if scan_end is None:
+                raise _Short("a scan's data runs to the end of the file")
+            pos = scan_end.start()
+    raise ValueError(f"more than {_JPEG_MAX_SEGMENTS} segments")
 
 
 def _png_end(data: bytes) -> int:

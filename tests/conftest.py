@@ -122,6 +122,29 @@ def jpeg_claiming(width: int, height: int, *, stray_byte: bool = False) -> bytes
     return data[:sof] + b"\x00" + data[sof:] if stray_byte else data
 
 
+def progressive_jpeg_with_end_marker_comment(pixels: np.ndarray) -> tuple[bytes, int]:
+    """A progressive JPEG with a comment holding the bytes FF D9 before its third scan, and where that
+    comment ends: a writer pausing there leaves a file that ends in FF D9 but stops between scans."""
+    data = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    third_scan = data.find(b"\xff\xda", data.find(b"\xff\xda", data.find(b"\xff\xda") + 2) + 2)
+    assert third_scan > 0, "the encoder wrote fewer than three scans"
+    comment = b"\xff\xfe" + struct.pack(">H", 6) + b"ab\xff\xd9"
+    return data[:third_scan] + comment + data[third_scan:], third_scan + len(comment)
+
+
+def jpeg_with_exif_thumbnail(pixels: np.ndarray) -> tuple[bytes, int]:
+    """A camera's JPEG: EXIF in APP1 right after SOI, its IFD1 pointing at a whole small JPEG thumbnail at
+    the end of the segment; and where that APP1 ends (the file cut there ends in the thumbnail's FF D9)."""
+    thumbnail = cv2.imencode(".jpg", cv2.resize(pixels, (16, 12), interpolation=cv2.INTER_AREA))[1].tobytes()
+    ifd0 = struct.pack("<HHHIHH", 1, 0x0112, 3, 1, 1, 0) + struct.pack("<I", 8 + 18)  # Orientation, then IFD1
+    ifd1 = (struct.pack("<H", 2) + struct.pack("<HHII", 0x0201, 4, 1, 8 + 18 + 30)
+            + struct.pack("<HHII", 0x0202, 4, 1, len(thumbnail)) + struct.pack("<I", 0))
+    exif = b"Exif\x00\x00" + b"II*\x00" + struct.pack("<I", 8) + ifd0 + ifd1 + thumbnail
+    app1 = b"\xff\xe1" + struct.pack(">H", 2 + len(exif)) + exif
+    data = cv2.imencode(".jpg", pixels)[1].tobytes()
+    return data[:2] + app1 + data[2:], 2 + len(app1)
+
+
 def jpeg_with_split_icc(pixels: np.ndarray, icc: bytes) -> bytes:
     """A JPEG carrying `icc` in numbered APP2 chunks, as ICC.1 annex B says (written by hand)."""
     base = cv2.imencode(".jpg", pixels)[1].tobytes()

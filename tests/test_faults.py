@@ -19,8 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
+from conftest import progressive_jpeg_with_end_marker_comment
 from daemon_helpers import (
     DaemonProcess,
     decoded_size,
@@ -492,6 +494,41 @@ def test_a_writer_that_stops_for_longer_than_several_waits_gets_exactly_one_outp
     assert [p.name for p in outbox.iterdir()] == [name]
     assert not failed.exists() or list(failed.iterdir()) == []
     assert not daemon.events("file_failed")
+
+
+def test_a_writer_pausing_after_a_jpeg_comment_ending_in_ff_d9_is_waited_for_and_gets_exactly_one_output(
+        tmp_path: Path) -> None:
+    """A progressive JPEG is written up to the end of a comment holding the bytes FF D9 (before its third
+    scan), then the writer stops for longer than settle_seconds: the file ends in FF D9, but its segments
+    don't reach EOI, so the daemon waits instead of decoding it and moving it to failed/ while it is still
+    being written. Once the writer finishes: one output, nothing in failed/."""
+    config = write_config(tmp_path)
+    inbox, failed, outbox = tmp_path / "in", tmp_path / "in-failed", tmp_path / "in-out"
+    pixels = np.random.default_rng(7).integers(0, 256, size=(96, 128, 3), dtype=np.uint8)
+    picture, cut = progressive_jpeg_with_end_marker_comment(pixels)
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_ready()
+        with (inbox / "photo.jpg").open("wb") as fh:
+            fh.write(picture[:cut])
+            fh.flush()
+            wait_for(lambda: (daemon.events("file_incomplete_waiting") or daemon.events("file_failed")
+                              or daemon.events("file_processed")), 60, "the daemon to judge the paused file")
+            assert not daemon.events("file_failed") and not daemon.events("file_processed"), daemon.log_tail()
+            daemon.wait_event("file_incomplete_waiting", timeout=60, count=2)  # paused through two waits
+            fh.write(picture[cut:])
+        wait_for(lambda: (outbox / "photo.jpg").exists(), 60, "the slow writer's file\n" + daemon.log_tail())
+        waits = daemon.events("file_incomplete_waiting")
+        assert all(w["reason"].startswith("truncated JPEG") for w in waits), waits
+        assert decoded_size(outbox / "photo.jpg") == (192, 256)
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    assert [p.name for p in outbox.iterdir()] == ["photo.jpg"]
+    assert not failed.exists() or list(failed.iterdir()) == []
+    assert not daemon.events("file_failed")
+    assert len(daemon.events("file_processed")) == 1
 
 
 def test_a_half_written_file_left_unchanged_longer_than_the_cap_fails_saying_its_writer_never_finished(

@@ -9,18 +9,27 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import yaml
-from conftest import exif_with_orientation, icc_profile, jpeg_claiming
+from conftest import (
+    exif_with_orientation,
+    icc_profile,
+    jpeg_claiming,
+    jpeg_with_exif_thumbnail,
+    progressive_jpeg_with_end_marker_comment,
+)
 from daemon_helpers import DaemonProcess, inbox_config, srd, wait_for, write_config
 
 from srd import heif
 from srd.errors import ImageError
 from srd.exif import read_orientation
+from srd.imageextent import missing_end
 from srd.imageio import decode, output_format_for
 
 LIMIT = 10**8
@@ -205,6 +214,8 @@ def _every_readable_format() -> list[tuple[str, bytes]]:
     exif = b"Exif\x00\x00" + exif_with_orientation(1) + b"\x00" * 5000  # a camera's: the frame header comes late
     made.append(("exif.jpg", cv2.imencodeWithMetadata(".jpg", colour, [cv2.IMAGE_METADATA_EXIF],
                                                       [np.frombuffer(exif, np.uint8)])[1].tobytes()))
+    made += [("progressive.jpg", cv2.imencode(".jpg", colour, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()),
+             ("restart-markers.jpg", cv2.imencode(".jpg", colour, [cv2.IMWRITE_JPEG_RST_INTERVAL, 1])[1].tobytes())]
     if heif.available():
         made.append((".heic", make_heic(colour)))
     return made
@@ -223,6 +234,45 @@ def test_a_file_cut_anywhere_is_refused_as_truncated_in_every_format_and_the_who
             continue
         with pytest.raises(ImageError, match=r"^truncated "):
             decode(data[:cut], max_pixels=LIMIT)
+
+
+@pytest.mark.parametrize("build", [progressive_jpeg_with_end_marker_comment, jpeg_with_exif_thumbnail],
+                         ids=["comment-in-a-progressive-jpeg", "exif-thumbnail"])
+def test_a_jpeg_cut_right_after_a_segment_ending_in_ff_d9_is_truncated_and_the_whole_one_decodes(
+        build: Callable[[np.ndarray], tuple[bytes, int]]) -> None:
+    """A writer pausing right after a comment that holds FF D9 (between the scans of a progressive JPEG)
+    or after an EXIF APP1 whose thumbnail is a whole JPEG leaves a file that ends in FF D9. Its end is
+    judged by walking its segments, so it is truncated (waited for), never decoded as it stands."""
+    colour = (np.random.default_rng(6).random((96, 128, 3)) * 255).astype(np.uint8)
+    data, cut = build(colour)
+    assert data[cut - 2 : cut] == b"\xff\xd9"
+    with pytest.raises(ImageError, match=r"^truncated JPEG "):
+        decode(data[:cut], max_pixels=LIMIT)
+    assert decode(data, max_pixels=LIMIT).pixels.shape[:2] == (96, 128)
+
+
+def test_a_jpeg_with_a_long_trailer_after_its_end_marker_is_whole_and_a_malformed_one_is_not_truncated() -> None:
+    """A motion photo carries megabytes of video after EOI: the file is whole, however long that trailer
+    (and whatever bytes it holds). A junk byte between segments is malformed, not short: not "truncated"."""
+    jpeg = cv2.imencode(".jpg", asymmetric(), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    video = b"\x00\x00\x00\x18ftypmp42" + bytes(12) + bytes(1_500_000)
+    assert decode(jpeg + video, max_pixels=LIMIT).pixels.shape[:2] == (30, 50)
+    with pytest.raises(ImageError, match=r"^truncated JPEG "):
+        decode(jpeg[:-2] + video, max_pixels=LIMIT)  # no EOI: what looks like a trailer is not one
+    scan = jpeg.find(b"\xff\xda")
+    assert missing_end(jpeg[:scan] + b"\x00" + jpeg[scan:], "jpeg") is None
+
+
+def test_a_hostile_jpeg_of_millions_of_tiny_segments_is_judged_in_a_moment_and_left_to_the_decoder() -> None:
+    """The walk to EOI runs on every JPEG: 40 MB of 4-byte comments (10 million segments, which no encoder
+    writes) is malformed, not short, and judged after a bounded number of segments; 40 MB of fill bytes
+    before a marker is skipped in one go."""
+    jpeg = cv2.imencode(".jpg", asymmetric())[1].tobytes()
+    scan = jpeg.find(b"\xff\xda")
+    for filler in (b"\xff\xfe\x00\x02" * 10_000_000, b"\xff" * 40_000_000):
+        started = time.perf_counter()
+        assert missing_end(jpeg[:scan] + filler + jpeg[scan:], "jpeg") is None
+        assert time.perf_counter() - started < 2.0
 
 
 # -- colour models and transparency --------------------------------------------------------------------------
