@@ -104,3 +104,8 @@ class StateDirError(SrdError):
 
 class StartupError(SrdError):
     """The daemon can't start: a folder or the state directory can't be created or opened, a watch fails."""
+
+
+class WorkerStartError(SrdError):
+    """The worker processes can't be started (out of file descriptors or processes, an interpreter this user
+    can't execute), so no input could be processed."""
