@@ -228,6 +228,11 @@ class JobPool:
         """Why the last tries to start worker processes failed; None once a job reached a worker."""
         return self._start_failure
 
+    @property
+    def start_error(self) -> str | None:
+        """The error of `start_failure`, for the status file."""
+        return self._start_failure.error if self._start_failure is not None else None
+
     def withdraw(self, tokens: Iterable[Hashable]) -> list[Hashable]:
         """Take back those of `tokens` still waiting for a worker; return them (running ones are not stopped)."""
         wanted = set(tokens)

@@ -3,6 +3,7 @@ with success and never by looping; the pool logs each distinct start error once 
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import resource
@@ -10,12 +11,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import Executor
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from daemon_helpers import make_image, read_status, running, srd, wait_for, write_config
 from structlog.testing import capture_logs
 
 from srd.config import default_profile
@@ -148,3 +151,44 @@ def test_a_pool_whose_workers_cannot_start_logs_once_stays_unhealthy_and_does_no
     assert not pool.healthy and pool.start_failure is not None and pool.start_failure.errno == 24
     assert [entry["event"] for entry in logs].count("pool_start_failed") == 1
     assert len(pool) == 1  # the job still waits: nothing was dropped
+
+
+# Loaded at start-up by every interpreter that has the folder on PYTHONPATH: the daemon's pools can't be built
+# while the flag file exists (as when the host is out of processes), and can once it is gone.
+_NO_WORKERS_WHILE_FLAGGED = """
+import errno, os, pathlib
+import srd.pool
+_real = srd.pool.make_pool
+def make_pool(*args, **kwargs):
+    if pathlib.Path(os.environ["SRD_TEST_NO_WORKERS_FLAG"]).exists():
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+    return _real(*args, **kwargs)
+srd.pool.make_pool = make_pool
+"""
+
+
+def test_daemon_whose_workers_cannot_start_keeps_running_unhealthy_logs_once_and_recovers(tmp_path: Path) -> None:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_NO_WORKERS_WHILE_FLAGGED)
+    flag = tmp_path / "no-workers"
+    flag.touch()
+    config = write_config(tmp_path)
+    paths = [path for path in os.environ.get("PYTHONPATH", "").split(os.pathsep) if path]
+    env = {"PYTHONPATH": os.pathsep.join([*paths, str(hook)]), "SRD_TEST_NO_WORKERS_FLAG": str(flag)}
+    with running(config, env=env) as daemon:
+        (tmp_path / "in" / "a.png").write_bytes(make_image(Path("a.png")))
+        daemon.wait_event("pool_start_failed")
+        check = wait_for(lambda: (done := srd("status", "--check", "--config", str(config))).returncode
+                         == ExitCode.UNHEALTHY and done, 20, "status --check to report the pool")
+        assert "worker processes can't be started" in check.stdout + check.stderr
+        time.sleep(3)  # several supervision passes retry the pool meanwhile
+        assert daemon.proc.poll() is None, daemon.log_tail()
+        assert len(daemon.events("pool_start_failed")) == 1, daemon.log_tail()  # once per distinct error
+        assert "Traceback" not in daemon.log_tail(200)
+        assert not list((tmp_path / "in-out").glob("*.png"))
+        flag.unlink()
+        wait_for(lambda: list((tmp_path / "in-out").glob("a*.png")), 30, "the image once workers start\n" + daemon.log_tail() + json.dumps(read_status(tmp_path / "state")))
+        wait_for(lambda: srd("status", "--check", "--config", str(config)).returncode == ExitCode.OK, 20,
+                 "status --check healthy again")
+        assert daemon.stop() == 0
