@@ -188,7 +188,8 @@ def test_daemon_whose_workers_cannot_start_keeps_running_unhealthy_logs_once_and
         assert "Traceback" not in daemon.log_tail(200)
         assert not list((tmp_path / "in-out").glob("*.png"))
         flag.unlink()
-        wait_for(lambda: list((tmp_path / "in-out").glob("a*.png")), 30, "the image once workers start\n" + daemon.log_tail() + json.dumps(read_status(tmp_path / "state")))
+        wait_for(lambda: list((tmp_path / "in-out").glob("a*.png")), 30,
+                 "the image once workers start\n" + daemon.log_tail() + json.dumps(read_status(tmp_path / "state")))
         wait_for(lambda: srd("status", "--check", "--config", str(config)).returncode == ExitCode.OK, 20,
                  "status --check healthy again")
         assert daemon.stop() == 0

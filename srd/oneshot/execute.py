@@ -19,8 +19,8 @@ import structlog
 
 from srd.atomic import temp_files_of
 from srd.engine.upscaler import EngineSettings
-from srd.job import Job, JobResult
 from srd.errors import WorkerStartError
+from srd.job import Job, JobResult
 from srd.pool import Finished, JobPool, process_executor_factory
 
 log = structlog.get_logger(__name__)
