@@ -296,6 +296,7 @@ class JobPool:
         return outcomes
 
     def _fill(self) -> None:
+        retried = False
         while self._waiting and self._executor is not None:
             limit = 1 if self._suspects else self.workers
             if len(self._running) >= limit:
@@ -313,14 +314,17 @@ class JobPool:
             # Submitting spawns the worker processes, so this is where they fail to start (out of file
             # descriptors or processes, an interpreter they can't execute). A submit racing the executor's own
             # breakdown (a worker just died) can also fail, with OSError('handle is closed'). Either way the
-            # executor is replaced and the job waits for the next `collect` or `ensure_executor`: retrying here
-            # at once would spin as long as the cause lasts.
+            # executor is replaced and the job tried once more on it; if that fails too, it waits for the next
+            # `collect` or `ensure_executor`: retrying on at once would spin as long as the cause lasts.
             except (BrokenProcessPool, RuntimeError, OSError) as exc:
                 self._waiting.appendleft((token, job, False))
                 self._restart_without_charge.add(token)
                 self._note_start_failure(exc)
                 self._replace_executor(kill=True)
-                return
+                if retried:
+                    return
+                retried = True
+                continue
             self._start_failure = None
             self._running[future] = _Running(token, job, self._clock(), self._limits.get(token, self._timeout))
             future.add_done_callback(lambda _f: self._wake())

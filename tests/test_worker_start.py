@@ -147,7 +147,7 @@ def test_a_pool_whose_workers_cannot_start_logs_once_stays_unhealthy_and_does_no
         pool.submit("a", Job(Path("a.png"), Path("out"), default_profile(), 1))
         for _ in range(3):
             pool.ensure_executor()
-    assert _RefusingExecutor.submits == 4  # one try per call: a failing submit is not retried in a loop
+    assert _RefusingExecutor.submits == 8  # two tries per call: a failing submit is not retried in a loop
     assert not pool.healthy and pool.start_failure is not None and pool.start_failure.errno == 24
     assert [entry["event"] for entry in logs].count("pool_start_failed") == 1
     assert len(pool) == 1  # the job still waits: nothing was dropped

@@ -26,8 +26,8 @@ from srd.pool import Finished, JobPool, process_executor_factory
 log = structlog.get_logger(__name__)
 
 _POLL_S = 0.5  # how often the loop looks at the pool without a wake-up (timeouts, progress)
-# Tries (one per poll) to start the worker processes before the run gives up: enough to ride out a
-# moment without free processes, few enough that a lasting cause ends the run within seconds.
+# Tries (up to two per poll) to start the worker processes before the run gives up: enough to ride out a
+# moment without free processes, few enough that a lasting cause ends the run within about a second.
 _START_TRIES = 4
 # What to change, by the errno of the failure to start the workers.
 _START_HINTS = {
