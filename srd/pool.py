@@ -175,6 +175,7 @@ class JobPool:
         self._clock = clock
         self._executor: Executor | None = None
         self._start_failure: StartFailure | None = None
+        self._start_errors_logged: set[str] = set()  # during the current run of failed starts
         self._waiting: deque[tuple[Hashable, Job, bool]] = deque()
         self._limits: dict[Hashable, float | None] = {}
         self._running: dict[Future[JobResult], _Running] = {}
@@ -355,7 +356,10 @@ class JobPool:
         """Count a failed start; log it once per distinct error (the owner retries it every poll)."""
         text = f"{type(error).__name__}: {error}" if not isinstance(error, OSError) else str(error)
         previous = self._start_failure
-        if previous is None or previous.error != text:
+        if previous is None:
+            self._start_errors_logged.clear()
+        if text not in self._start_errors_logged:  # causes can alternate from try to try
+            self._start_errors_logged.add(text)
             log.error("pool_start_failed", error=text)
         self._start_failure = StartFailure(text, getattr(error, "errno", None),
                                            1 if previous is None else previous.tries + 1)
