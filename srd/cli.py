@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -320,14 +321,33 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("srd: interrupted", file=sys.stderr)
         code = ExitCode.INTERRUPTED
-    except BrokenPipeError:
-        # The reader went away (`srd status | head`): not an error of srd's. Point stdout at /dev/null so
-        # the interpreter's final flush does not raise again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = ExitCode.OK
-    except OSError as exc:  # one that no command foresaw: still one line, and never exit 1 ("inputs failed")
-        where = ": ".join(os.fsdecode(name) for name in (exc.filename, exc.filename2) if name)
-        print(f"srd: error: {printable(exc.strerror or str(exc))}" + (f": {printable(where)}" if where else ""),
-              file=sys.stderr)
-        code = ExitCode.ERROR
+    except BrokenPipeError as exc:
+        if not _stdout_reader_gone():
+            # Some other pipe broke (a helper process died): a failure like any other, never success.
+            code = _unforeseen(exc)
+        else:
+            # The reader went away (`srd status | head`): not an error of srd's. Point stdout at /dev/null so
+            # the interpreter's final flush does not raise again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            code = ExitCode.OK
+    except OSError as exc:
+        code = _unforeseen(exc)
     sys.exit(int(code))
+
+
+def _unforeseen(exc: OSError) -> ExitCode:
+    """An OS error that no command foresaw: still one line, and never exit 1 ("inputs failed")."""
+    where = ": ".join(os.fsdecode(name) for name in (exc.filename, exc.filename2) if name)
+    print(f"srd: error: {printable(exc.strerror or str(exc))}" + (f": {printable(where)}" if where else ""),
+          file=sys.stderr)
+    return ExitCode.ERROR
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll reports an error on its end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), 0)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # stdout closed or replaced by an object without a descriptor
+        return False

@@ -1601,6 +1601,7 @@ class Daemon:
                 "running": self.pool.running if self.pool is not None else 0,
                 "accepted": len(self.pool) if self.pool is not None else 0,
                 "rebuilds": self.pool.rebuilds if self.pool is not None else 0,
+                "start_error": self.pool.start_error if self.pool is not None else None,
             },
             "ledger": self.ledger.counts(),
             "state_dir": self._state_block.describe() if self._state_block is not None else {"state": "ok"},

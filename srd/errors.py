@@ -44,7 +44,8 @@ _MEANINGS = {
     ExitCode.LOCKED: "another srd instance holds the state directory",
     ExitCode.ERROR: "any other failure; the message says what went wrong",
     ExitCode.LEDGER: "the ledger is damaged: 'srd ledger check' says how, 'srd ledger repair' keeps what is intact",
-    ExitCode.UNHEALTHY: "srd status --check: running, but an inbox, its outbox or the state directory is unhealthy",
+    ExitCode.UNHEALTHY: "srd status --check: running, but an inbox, its outbox, the state directory or the worker "
+                        "processes are unhealthy",
     ExitCode.STARTUP: "a configured folder or the state directory can't be created or opened",
     ExitCode.INTERRUPTED: "stopped by Ctrl-C (SIGINT)",
     ExitCode.TERMINATED: "stopped by SIGTERM (srd train fit)",
@@ -104,3 +105,8 @@ class StateDirError(SrdError):
 
 class StartupError(SrdError):
     """The daemon can't start: a folder or the state directory can't be created or opened, a watch fails."""
+
+
+class WorkerStartError(SrdError):
+    """The worker processes can't be started (out of file descriptors or processes, an interpreter this user
+    can't execute), so no input could be processed."""

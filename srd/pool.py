@@ -70,6 +70,19 @@ class Lost:
 Outcome = Finished | Lost
 
 
+@dataclass(frozen=True)
+class StartFailure:
+    """Why the worker processes can't be started, and how many tries in a row have failed.
+
+    A try fails when no executor can be built or when handing it a job fails (that is when its worker
+    processes are spawned); the count starts again once a job reaches a worker.
+    """
+
+    error: str
+    errno: int | None
+    tries: int
+
+
 def process_executor_factory(
     workers: int, engine: EngineSettings, model_dirs: Sequence[Path], log_level: str, log_format: str, *,
     max_input_pixels: int | None = None,
@@ -160,7 +173,9 @@ class JobPool:
         self._wake = wake
         self._timeout = job_timeout
         self._clock = clock
-        self._executor: Executor | None = factory()
+        self._executor: Executor | None = None
+        self._start_failure: StartFailure | None = None
+        self._start_errors_logged: set[str] = set()  # during the current run of failed starts
         self._waiting: deque[tuple[Hashable, Job, bool]] = deque()
         self._limits: dict[Hashable, float | None] = {}
         self._running: dict[Future[JobResult], _Running] = {}
@@ -168,6 +183,7 @@ class JobPool:
         # Jobs whose submission failed as the executor broke: already journaled, so not started again.
         self._restart_without_charge: set[Hashable] = set()
         self.rebuilds = 0
+        self._start_executor()
 
     # -- intake --------------------------------------------------------------------------------------------
 
@@ -205,8 +221,18 @@ class JobPool:
 
     @property
     def healthy(self) -> bool:
-        """False only when no executor could be built."""
-        return self._executor is not None
+        """False while the worker processes can't be started (see `start_failure`)."""
+        return self._start_failure is None
+
+    @property
+    def start_failure(self) -> StartFailure | None:
+        """Why the last tries to start worker processes failed; None once a job reached a worker."""
+        return self._start_failure
+
+    @property
+    def start_error(self) -> str | None:
+        """The error of `start_failure`, for the status file."""
+        return self._start_failure.error if self._start_failure is not None else None
 
     def withdraw(self, tokens: Iterable[Hashable]) -> list[Hashable]:
         """Take back those of `tokens` still waiting for a worker; return them (running ones are not stopped)."""
@@ -271,6 +297,7 @@ class JobPool:
         return outcomes
 
     def _fill(self) -> None:
+        retried = False
         while self._waiting and self._executor is not None:
             limit = 1 if self._suspects else self.workers
             if len(self._running) >= limit:
@@ -285,13 +312,21 @@ class JobPool:
                 self._on_start(token)
             try:
                 future = self._executor.submit(self._run, job)
-            # A submit racing the executor's own breakdown (a worker just died) can also fail with
-            # OSError('handle is closed') while it spawns a replacement worker: the executor is broken.
-            except (BrokenProcessPool, RuntimeError, OSError):
+            # Submitting spawns the worker processes, so this is where they fail to start (out of file
+            # descriptors or processes, an interpreter they can't execute). A submit racing the executor's own
+            # breakdown (a worker just died) can also fail, with OSError('handle is closed'). Either way the
+            # executor is replaced and the job tried once more on it; if that fails too, it waits for the next
+            # `collect` or `ensure_executor`: retrying on at once would spin as long as the cause lasts.
+            except (BrokenProcessPool, RuntimeError, OSError) as exc:
                 self._waiting.appendleft((token, job, False))
                 self._restart_without_charge.add(token)
-                self._rebuild()
+                self._note_start_failure(exc)
+                self._replace_executor(kill=True)
+                if retried:
+                    return
+                retried = True
                 continue
+            self._start_failure = None
             self._running[future] = _Running(token, job, self._clock(), self._limits.get(token, self._timeout))
             future.add_done_callback(lambda _f: self._wake())
 
@@ -309,20 +344,31 @@ class JobPool:
                 kill_workers(old)
             old.shutdown(wait=False, cancel_futures=True)
         self.rebuilds += 1
+        self._start_executor()
+
+    def _start_executor(self) -> None:
         try:
             self._executor = self._factory()
-        except OSError as exc:  # e.g. out of processes; retried on the next `collect`
-            log.error("pool_start_failed", error=str(exc))
+        except OSError as exc:  # e.g. out of processes; retried by `ensure_executor`
+            self._note_start_failure(exc)
+
+    def _note_start_failure(self, error: BaseException) -> None:
+        """Count a failed start; log it once per distinct error (the owner retries it every poll)."""
+        text = f"{type(error).__name__}: {error}" if not isinstance(error, OSError) else str(error)
+        previous = self._start_failure
+        if previous is None:
+            self._start_errors_logged.clear()
+        if text not in self._start_errors_logged:  # causes can alternate from try to try
+            self._start_errors_logged.add(text)
+            log.error("pool_start_failed", error=text)
+        self._start_failure = StartFailure(text, getattr(error, "errno", None),
+                                           1 if previous is None else previous.tries + 1)
 
     def ensure_executor(self) -> None:
-        """Retry building an executor after a failed rebuild."""
+        """Retry building an executor after a failed start, and hand it the waiting jobs."""
         if self._executor is None:
-            try:
-                self._executor = self._factory()
-            except OSError as exc:
-                log.error("pool_start_failed", error=str(exc))
-                return
-            self._fill()
+            self._start_executor()
+        self._fill()
 
     # -- shutdown ------------------------------------------------------------------------------------------
 

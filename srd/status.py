@@ -120,7 +120,8 @@ class Assessment:
 
 def assess(status: dict[str, Any] | None, now: datetime | None = None) -> Assessment:
     """Judge a status document: not running (no document, dead pid, stopped), unhealthy (an inbox
-    unavailable, an outbox or the state dir refusing writes, a document gone stale, stopping) or healthy."""
+    unavailable, an outbox or the state dir refusing writes, worker processes that can't start, a document gone
+    stale, stopping) or healthy."""
     if status is None:
         return Assessment(None, False, Health.NOT_RUNNING, ("no status file: srd has not run with this state_dir",))
     alive = pid_alive(int(status.get("pid", 0))) and status.get("state") != "stopped"
@@ -137,6 +138,9 @@ def assess(status: dict[str, Any] | None, now: datetime | None = None) -> Assess
     state_dir = status.get("state_dir") or {"state": "ok"}
     if state_dir.get("state") != "ok":
         reasons.append(f"state_dir unwritable since {state_dir.get('since')}: {state_dir.get('error')}")
+    start_error = (status.get("pool") or {}).get("start_error")
+    if start_error:
+        reasons.append(f"worker processes can't be started: {start_error}")
     for inbox in status.get("inboxes", []):
         if inbox.get("health") not in ("ok", "stopping"):
             problem = (inbox.get("root_error") or (inbox.get("claim") or {}).get("reason")

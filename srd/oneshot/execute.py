@@ -7,6 +7,8 @@ reason, and the rest of the batch goes on. `job_timeout` is honoured the same wa
 
 from __future__ import annotations
 
+import errno
+import sys
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -17,12 +19,23 @@ import structlog
 
 from srd.atomic import temp_files_of
 from srd.engine.upscaler import EngineSettings
+from srd.errors import WorkerStartError
 from srd.job import Job, JobResult
 from srd.pool import Finished, JobPool, process_executor_factory
 
 log = structlog.get_logger(__name__)
 
 _POLL_S = 0.5  # how often the loop looks at the pool without a wake-up (timeouts, progress)
+# Tries (up to two per poll) to start the worker processes before the run gives up: enough to ride out a
+# moment without free processes, few enough that a lasting cause ends the run within about a second.
+_START_TRIES = 4
+# What to change, by the errno of the failure to start the workers.
+_START_HINTS = {
+    errno.EMFILE: "raise the open-files limit (ulimit -n)",
+    errno.ENFILE: "the system is out of open files; close some programs",
+    errno.EAGAIN: "raise the process limit (ulimit -u) or free memory",
+    errno.ENOMEM: "free memory",
+}
 
 
 @dataclass(frozen=True)
@@ -86,10 +99,26 @@ def run_batch(
                     reason = f"{outcome.reason}; gave up after {attempts[token]} attempt(s)"
                     on_result(job, JobResult(job.source, False, error=reason))
             pool.ensure_executor()
+            _give_up_if_workers_cannot_start(pool)
             on_idle()
     finally:
         pool.close()
         _remove_leftover_temps(jobs)
+
+
+def _give_up_if_workers_cannot_start(pool: JobPool) -> None:
+    """Raise `WorkerStartError` once the pool's workers have failed to start `_START_TRIES` times in a row.
+
+    The inputs not yet processed stay unprocessed: the run ends with an error, never with success.
+    """
+    failure = pool.start_failure
+    if failure is None or failure.tries < _START_TRIES:
+        return
+    hint = _START_HINTS.get(failure.errno or 0,
+                            f"check that this user can execute the Python interpreter ({sys.executable}) "
+                            "and start processes")
+    raise WorkerStartError(f"worker processes can't be started after {failure.tries} tries ({failure.error}); "
+                           f"{hint}, then run the command again")
 
 
 def _remove_leftover_temps(jobs: Sequence[Job]) -> None:

@@ -113,7 +113,9 @@ class Reporter:
         self._clear_line()
         elapsed = self._clock() - self._started
         rate = f", {_rate_text(self.done / elapsed)}" if elapsed > 0 and self.done else ""
-        print(f"srd: {self.processed} processed, {self.failed} failed in {_duration(elapsed)}{rate}",
+        # Inputs left when the run stopped early (srd couldn't run, Ctrl-C) are counted, never left out.
+        left = f", {self.total - self.done} not processed" if self.done < self.total else ""
+        print(f"srd: {self.processed} processed, {self.failed} failed{left} in {_duration(elapsed)}{rate}",
               file=self._err, flush=True)
 
 
