@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import select
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -308,6 +309,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "bench": _run_bench,
         "train": _run_train,
     }
+    # A process started with SIGINT ignored (a script's `srd process … &` in a shell without job control)
+    # keeps it ignored, and the interpreter respects that: a Ctrl-C or `kill -INT` would be lost and the
+    # batch run to its end. Every command stops on SIGINT (the daemon installs its own handler for it).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = handlers[args.command](args)
     except ConfigError as exc:

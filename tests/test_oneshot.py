@@ -248,11 +248,15 @@ def test_workers_killed_mid_write_in_place_leave_each_input_whole_and_no_temp_fi
         assert (folder / name).read_bytes() != original and decoded_size(folder / name) == (600, 800), name
 
 
-def test_ctrl_c_stops_the_batch_and_leaves_no_half_written_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("inherited", [signal.SIG_DFL, signal.SIG_IGN], ids=["sigint-default", "sigint-ignored"])
+def test_ctrl_c_stops_the_batch_and_leaves_no_half_written_file(tmp_path: Path, inherited: signal.Handlers) -> None:
     # Far more files than can finish while the signal is on its way on a busy machine; the rest never start.
+    # SIG_IGN: started as a script's `srd process … &` (a shell without job control ignores SIGINT in
+    # background commands, and exec keeps that), where a SIGINT sent to srd must still stop it.
     folder, out = _batch(tmp_path, 40), tmp_path / "out"
     proc = subprocess.Popen([*srd_command(), "process", str(folder), "--out", str(out), "-m", "edsr-base", "-s",
-                             "2", "-j", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "2", "-j", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, inherited))
     try:
         wait_for(lambda: worker_pids(proc.pid) and out.is_dir(), 60, "workers at work")
         proc.send_signal(signal.SIGINT)
