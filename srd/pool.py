@@ -32,6 +32,7 @@ from typing import Any
 import structlog
 
 from srd.engine.upscaler import EngineSettings
+from srd.interrupts import sigint_deferred
 from srd.job import Job, JobResult
 from srd.worker import make_pool, process
 
@@ -311,7 +312,10 @@ class JobPool:
             else:
                 self._on_start(token)
             try:
-                future = self._executor.submit(self._run, job)
+                # A Ctrl-C waits until the worker this may start, and the job, are on the pool's books.
+                with sigint_deferred():
+                    future = self._executor.submit(self._run, job)
+                    self._running[future] = _Running(token, job, self._clock(), self._limits.get(token, self._timeout))
             # Submitting spawns the worker processes, so this is where they fail to start (out of file
             # descriptors or processes, an interpreter they can't execute). A submit racing the executor's own
             # breakdown (a worker just died) can also fail, with OSError('handle is closed'). Either way the
@@ -327,7 +331,6 @@ class JobPool:
                 retried = True
                 continue
             self._start_failure = None
-            self._running[future] = _Running(token, job, self._clock(), self._limits.get(token, self._timeout))
             future.add_done_callback(lambda _f: self._wake())
 
     def _rebuild(self) -> None:

@@ -237,3 +237,34 @@ def test_closing_a_pool_whose_idle_worker_died_holding_the_queue_lock_returns_pr
         for pid in workers:  # let a failed run end instead of hanging pytest's exit
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+class _CtrlCWhileStartingWorkers(ProcessPoolExecutor):
+    """A real pool that gets a Ctrl-C just as a submit starts its worker process."""
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
+        os.kill(os.getpid(), signal.SIGINT)
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_ctrl_c_while_a_worker_starts_waits_until_the_pool_knows_the_worker_and_its_job() -> None:
+    # Cut short, the submit would leave a worker the pool can't kill, which later fails to start with a
+    # traceback on the shared stderr, and a job that is neither running nor waiting.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # also when pytest runs with it ignored
+    try:
+        pool = JobPool(1, lambda: _CtrlCWhileStartingWorkers(1, mp_context=multiprocessing.get_context("forkserver")),
+                       run=scripted)
+        executor = pool._executor
+        assert isinstance(executor, _CtrlCWhileStartingWorkers)
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                pool.submit("a", job("sleep-30"))
+                raise AssertionError("the Ctrl-C was lost")
+            assert pool.running == 1 and len(pool) == 1
+            workers = list(executor._processes.values())
+            assert len(workers) == 1
+        finally:
+            pool.close()
+        assert all(worker.exitcode is not None for worker in workers)  # killed and reaped
+    finally:
+        signal.signal(signal.SIGINT, previous)
