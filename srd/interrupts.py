@@ -18,7 +18,8 @@ def sigint_deferred() -> Iterator[None]:
     fails to start with a traceback on the shared stderr. Python runs signal handlers in the main thread
     only, so elsewhere the body can't be interrupted and nothing is changed.
     """
-    if threading.current_thread() is not threading.main_thread():
+    # A handler installed outside Python (getsignal gives None) could not be put back.
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
         yield
         return
     caught: list[tuple[int, FrameType | None]] = []
