@@ -3,6 +3,9 @@
 The pool replaces a broken executor, so a worker killed by the OOM killer or a signal costs only the
 jobs it held: they are retried alone (``suspect`` mode) up to ``max_attempts`` times, then fail with the
 reason, and the rest of the batch goes on. `job_timeout` is honoured the same way.
+
+A worker killed in place after its rename but before it reported has done the job: the input *is* its
+output. That job counts as processed; retrying it would upscale the output again.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import errno
 import sys
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,11 +24,15 @@ import structlog
 from srd.atomic import temp_files_of
 from srd.engine.upscaler import EngineSettings
 from srd.errors import WorkerStartError
+from srd.fileversion import version_of
 from srd.job import Job, JobResult
 from srd.pool import Finished, JobPool, process_executor_factory
 
 log = structlog.get_logger(__name__)
 
+# Linux's CLOCK_REALTIME_COARSE (not named by `time`): the clock file timestamps are taken from, so a file
+# written after a reading of it never has an earlier ctime (the precise clock can run up to a tick ahead).
+_REALTIME_COARSE = 5
 _POLL_S = 0.5  # how often the loop looks at the pool without a wake-up (timeouts, progress)
 # Tries (up to two per poll) to start the worker processes before the run gives up: enough to ride out a
 # moment without free processes, few enough that a lasting cause ends the run within about a second.
@@ -67,10 +75,12 @@ def run_batch(
         return
     woken = threading.Event()
     attempts: Counter[int] = Counter()
+    started_at: dict[int, int] = {}  # token → filesystem clock when its latest attempt was handed out
 
     def started(token: object) -> None:
         assert isinstance(token, int)
         attempts[token] += 1
+        started_at[token] = time.clock_gettime_ns(_REALTIME_COARSE)
         on_start(jobs[token])
 
     workers = min(settings.workers, len(jobs))
@@ -91,6 +101,9 @@ def run_batch(
                 job = jobs[token]
                 if isinstance(outcome, Finished):
                     on_result(job, outcome.result)
+                elif _output_landed(job, started_at[token]):
+                    log.warning("job_lost_after_output_landed", src=str(job.source), reason=outcome.reason)
+                    on_result(job, JobResult(job.source, True, output=job.target))
                 elif attempts[token] < settings.max_attempts:
                     log.warning("job_lost_retrying", src=str(job.source), reason=outcome.reason,
                                 attempts=attempts[token], max_attempts=settings.max_attempts)
@@ -104,6 +117,19 @@ def run_batch(
     finally:
         pool.close()
         _remove_leftover_temps(jobs)
+
+
+def _output_landed(job: Job, attempt_started_ns: int) -> bool:
+    """Whether a lost in-place job's output already replaced its input.
+
+    The input was then replaced by a rename (a new inode) since the attempt was handed out. A foreign
+    writer replacing it in that same moment can't be told apart, but is not processed either way.
+    """
+    assert job.target is not None
+    if job.source_version is None or job.target.resolve() != job.source.resolve():
+        return False
+    now = version_of(job.source)
+    return now is not None and now.ino != job.source_version.ino and now.ctime_ns >= attempt_started_ns
 
 
 def _give_up_if_workers_cannot_start(pool: JobPool) -> None:
