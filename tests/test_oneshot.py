@@ -280,10 +280,10 @@ def test_a_worker_killed_right_after_its_in_place_rename_is_not_run_again(tmp_pa
         _, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
+    assert decoded_size(source) == (60, 80)  # upscaled once
+    assert sorted(p.name for p in source.parent.iterdir()) == ["0.png"]
     assert proc.returncode == 0, stderr
     assert '"event": "job_lost_after_output_landed"' in stderr and "1 processed, 0 failed" in stderr
-    assert sorted(p.name for p in source.parent.iterdir()) == ["0.png"]
-    assert decoded_size(source) == (60, 80)  # upscaled once
 
 
 @needs_strace
