@@ -264,15 +264,22 @@ needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="strace
 
 
 @needs_strace
-def test_a_worker_killed_right_after_its_in_place_rename_is_not_run_again(tmp_path: Path) -> None:
-    """The killed worker's output already replaced the input: a retry would upscale it a second time."""
+@pytest.mark.parametrize("in_place", [True, False], ids=["in place", "to --out"])
+def test_a_worker_killed_right_after_its_output_landed_counts_it_processed(tmp_path: Path, in_place: bool) -> None:
+    """In place, a retry would upscale the output a second time; elsewhere the output would be reported failed
+    (``max_attempts: 1``) while it is there."""
     source = write_image(tmp_path / "photos" / "0.png", (30, 40))
+    target = source if in_place else tmp_path / "out" / "0.png"
     planned_inode = source.stat().st_ino
+    config = tmp_path / "once.yaml"
+    config.write_text("max_attempts: 1\n")
+    where = ["--in-place"] if in_place else ["-c", str(config)]
     proc = subprocess.Popen([*_held_after_each_rename(20), *srd_command(), "process", str(source.parent), "--out",
-                             str(source.parent), "--in-place", *ESPCN, "-j", "1", "-v"], env=_no_bytecode_writes(),
+                             str(target.parent), *where,
+                             *ESPCN, "-j", "1", "-v"], env=_no_bytecode_writes(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: source.stat().st_ino != planned_inode, 120, "the output renamed over the input", 0.01)
+        wait_for(lambda: target.exists() and target.stat().st_ino != planned_inode, 120, "the output in place", 0.01)
         srd_pid = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
         workers = worker_pids(srd_pid)
         assert len(workers) == 1
@@ -280,8 +287,8 @@ def test_a_worker_killed_right_after_its_in_place_rename_is_not_run_again(tmp_pa
         _, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert decoded_size(source) == (60, 80)  # upscaled once
-    assert sorted(p.name for p in source.parent.iterdir()) == ["0.png"]
+    assert decoded_size(target) == (60, 80)  # upscaled once
+    assert sorted(p.name for p in target.parent.iterdir()) == ["0.png"]
     assert proc.returncode == 0, stderr
     assert '"event": "job_lost_after_output_landed"' in stderr and "1 processed, 0 failed" in stderr
 

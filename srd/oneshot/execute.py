@@ -4,8 +4,9 @@ The pool replaces a broken executor, so a worker killed by the OOM killer or a s
 jobs it held: they are retried alone (``suspect`` mode) up to ``max_attempts`` times, then fail with the
 reason, and the rest of the batch goes on. `job_timeout` is honoured the same way.
 
-A worker killed in place after its rename but before it reported has done the job: the input *is* its
-output. That job counts as processed; retrying it would upscale the output again.
+A worker killed after the rename that put its output in place, but before it reported, has done the job.
+That job counts as processed: in place the input *is* its output, and a retry would upscale it again (the
+retry's own check of the input's version would refuse it); elsewhere the output would be reported missing.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import structlog
 from srd.atomic import temp_files_of
 from srd.engine.upscaler import EngineSettings
 from srd.errors import WorkerStartError
-from srd.fileversion import version_of
+from srd.fileversion import FileVersion, version_of
 from srd.job import Job, JobResult
 from srd.pool import Finished, JobPool, process_executor_factory
 
@@ -75,12 +76,14 @@ def run_batch(
         return
     woken = threading.Event()
     attempts: Counter[int] = Counter()
-    started_at: dict[int, int] = {}  # token → filesystem clock when its latest attempt was handed out
+    handed_out: dict[int, _Attempt] = {}  # token → its latest attempt
 
     def started(token: object) -> None:
         assert isinstance(token, int)
         attempts[token] += 1
-        started_at[token] = time.clock_gettime_ns(_REALTIME_COARSE)
+        target = jobs[token].target
+        assert target is not None
+        handed_out[token] = _Attempt(time.clock_gettime_ns(_REALTIME_COARSE), version_of(target))
         on_start(jobs[token])
 
     workers = min(settings.workers, len(jobs))
@@ -101,7 +104,7 @@ def run_batch(
                 job = jobs[token]
                 if isinstance(outcome, Finished):
                     on_result(job, outcome.result)
-                elif _output_landed(job, started_at[token]):
+                elif _output_landed(job, handed_out[token]):
                     log.warning("job_lost_after_output_landed", src=str(job.source), reason=outcome.reason)
                     on_result(job, JobResult(job.source, True, output=job.target))
                 elif attempts[token] < settings.max_attempts:
@@ -119,17 +122,23 @@ def run_batch(
         _remove_leftover_temps(jobs)
 
 
-def _output_landed(job: Job, attempt_started_ns: int) -> bool:
-    """Whether a lost in-place job's output already replaced its input.
+@dataclass(frozen=True)
+class _Attempt:
+    started_ns: int  # `_REALTIME_COARSE` when it was handed out
+    target_before: FileVersion | None  # the target then (the input itself, in place)
 
-    The input was then replaced by a rename (a new inode) since the attempt was handed out. A foreign
-    writer replacing it in that same moment can't be told apart, but is not processed either way.
+
+def _output_landed(job: Job, attempt: _Attempt) -> bool:
+    """Whether a lost job's output is in place: its target was replaced by a rename (a new inode) since the
+    attempt was handed out.
+
+    A foreign writer replacing the target in that same moment can't be told apart; in place its file is
+    then not processed either way.
     """
     assert job.target is not None
-    if job.source_version is None or job.target.resolve() != job.source.resolve():
-        return False
-    now = version_of(job.source)
-    return now is not None and now.ino != job.source_version.ino and now.ctime_ns >= attempt_started_ns
+    now = version_of(job.target)
+    before = attempt.target_before
+    return now is not None and (before is None or now.ino != before.ino) and now.ctime_ns >= attempt.started_ns
 
 
 def _give_up_if_workers_cannot_start(pool: JobPool) -> None:
