@@ -16,7 +16,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
@@ -169,7 +169,7 @@ class AtomicFile:
 
 @contextmanager
 def open_atomic(target: Path, *, mode: int | None = None, root: Path | None = None,
-                folder: int | None = None) -> Iterator[AtomicFile]:
+                folder: int | None = None, before_rename: Callable[[], None] | None = None) -> Iterator[AtomicFile]:
     """Stream bytes into `target` so that it appears complete or not at all.
 
     On a normal exit of the ``with`` block the data is flushed and fsynced, renamed over `target`, and the
@@ -184,6 +184,8 @@ def open_atomic(target: Path, *, mode: int | None = None, root: Path | None = No
         root: The configured folder `target` lies below (an outbox, a failed folder): its folder is then
             opened (and created) component by component with `srd.safefs`, refusing any symlink.
         folder: An already open descriptor of `target`'s folder to write in (the caller keeps it).
+        before_rename: Called once the data is on disk, just before the rename; an exception it raises
+            removes the temp file and leaves `target` as it was.
 
     Yields:
         An `AtomicFile` to ``write()`` to.
@@ -207,6 +209,8 @@ def open_atomic(target: Path, *, mode: int | None = None, root: Path | None = No
                 raw.close()
             except OSError as exc:
                 raise _output_error(target, "flush to disk", exc) from exc
+            if before_rename is not None:
+                before_rename()
             try:
                 os.replace(tmp, target.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             except OSError as exc:
@@ -221,7 +225,8 @@ def open_atomic(target: Path, *, mode: int | None = None, root: Path | None = No
             os.close(dir_fd)
 
 
-def write_bytes_atomic(target: Path, data: bytes, *, mode: int | None = None, root: Path | None = None) -> None:
+def write_bytes_atomic(target: Path, data: bytes, *, mode: int | None = None, root: Path | None = None,
+                       before_rename: Callable[[], None] | None = None) -> None:
     """Write `data` to `target` atomically and durably.
 
     Args:
@@ -229,11 +234,12 @@ def write_bytes_atomic(target: Path, data: bytes, *, mode: int | None = None, ro
         data: The complete new content.
         mode: Exact permission bits; by default ``0o666 & ~umask``.
         root: The configured folder `target` lies below; see `open_atomic`.
+        before_rename: A last check before `target` is replaced; see `open_atomic`.
 
     Raises:
         OutputError: The write failed; `target` is unchanged and no temp file is left behind.
     """
-    with open_atomic(target, mode=mode, root=root) as fh:
+    with open_atomic(target, mode=mode, root=root, before_rename=before_rename) as fh:
         fh.write(data)
 
 

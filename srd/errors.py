@@ -82,6 +82,10 @@ class ImageError(SrdError):
     """An input file can't be read as an image (corrupt, unsupported, too large)."""
 
 
+class SourceChangedError(SrdError):
+    """An input is no longer the version the run planned to process (written to or replaced meanwhile)."""
+
+
 class OutputError(SrdError):
     """An output can't be written (permissions, disk full, bad format).
 

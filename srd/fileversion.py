@@ -25,3 +25,11 @@ class FileVersion(NamedTuple):
     def of(cls, st: os.stat_result) -> FileVersion:
         """The version a stat result describes."""
         return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+def version_of(path: os.PathLike[str] | str) -> FileVersion | None:
+    """The version of the file at `path` now (symlinks followed, as opening it would); None if it is gone."""
+    try:
+        return FileVersion.of(os.stat(path))
+    except FileNotFoundError:
+        return None

@@ -20,7 +20,8 @@ from structlog.contextvars import bound_contextvars
 from srd import safefs
 from srd.atomic import write_bytes_atomic
 from srd.config import Profile
-from srd.errors import ImageError, OutputError, SrdError
+from srd.errors import ImageError, OutputError, SourceChangedError, SrdError
+from srd.fileversion import FileVersion, version_of
 from srd.imageio import DEFAULT_MAX_INPUT_BYTES, decode, encode, extension_for, output_format_for, read_bounded
 from srd.pipeline import StageContext
 
@@ -35,6 +36,10 @@ class Job:
     the exact output path: the daemon decides names itself (collision policy, retries after a crash).
     `source_root` and `output_root`, when set, are the configured inbox and outbox the source and the
     output lie below: both are then reached through `srd.safefs`, never through a symlink.
+    `source_version`, when set, is the version the source had when the run planned it: a source found
+    otherwise, when it is opened or just before the output is put in place, is not processed. A retry then
+    never reads the output a killed first try already renamed over its input (in place), and a file written
+    to meanwhile is neither processed half-read nor replaced by the output of its old version.
     """
 
     source: Path
@@ -46,6 +51,7 @@ class Job:
     source_root: Path | None = None
     output_root: Path | None = None
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
+    source_version: FileVersion | None = None
 
 
 @dataclass(frozen=True)
@@ -83,15 +89,19 @@ def output_name(source_name: str, source_format: str, written_format: str, reque
     return safefs.fit_name(Path(source_name).stem, extension_for(written_format))
 
 
-def read_source(path: Path, root: Path | None = None, max_bytes: int = DEFAULT_MAX_INPUT_BYTES) -> tuple[bytes, str]:
+def read_source(path: Path, root: Path | None = None, max_bytes: int = DEFAULT_MAX_INPUT_BYTES,
+                expected: FileVersion | None = None) -> tuple[bytes, str]:
     """Read a file once and hash those same bytes, so the hash always matches what was processed.
 
     With `root` (the inbox), the file is opened below it without following any symlink (`srd.safefs`).
-    A file over `max_bytes` is refused from its size, before it is read into memory.
+    A file over `max_bytes` is refused from its size, before it is read into memory. With `expected`,
+    the opened file must be that version (`SourceChangedError` otherwise).
     """
     try:
         fd = safefs.open_regular(root, path)[0] if root is not None else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         with os.fdopen(fd, "rb") as stream:
+            if expected is not None:
+                _check_version(FileVersion.of(os.fstat(stream.fileno())), expected)
             data = read_bounded(stream, max_bytes)
     except IsADirectoryError as exc:
         raise ImageError("is a directory, not an image file") from exc
@@ -111,7 +121,7 @@ def _run(job: Job, context: StageContext) -> JobResult:
     started = time.monotonic()
     sha256 = None
     try:
-        data, sha256 = read_source(job.source, job.source_root, job.max_input_bytes)
+        data, sha256 = read_source(job.source, job.source_root, job.max_input_bytes, job.source_version)
         picture = decode(data, max_pixels=job.max_input_pixels)
         del data
         for note in picture.notes:
@@ -126,7 +136,7 @@ def _run(job: Job, context: StageContext) -> JobResult:
         if encoded.alpha_flattened:
             log.warning("alpha_flattened", src=str(job.source), format=fmt, background="white")
         target = job.target or job.out_dir / output_name(job.source.name, picture.format, fmt, requested)
-        write_bytes_atomic(target, encoded.data, root=job.output_root)
+        write_bytes_atomic(target, encoded.data, root=job.output_root, before_rename=lambda: _check_source(job))
     except OutputError as exc:
         return _failure(job, str(exc), sha256, started, output_errno=exc.errno, out_of_memory=_oom_cause(exc))
     except ImageError as exc:
@@ -157,6 +167,18 @@ def _run(job: Job, context: StageContext) -> JobResult:
         in_size=result.input_size, out_size=result.output_size, ms=ms,
     )
     return result
+
+
+def _check_source(job: Job) -> None:
+    """Raise `SourceChangedError` if the job's source is no longer the version it was planned with."""
+    if job.source_version is not None:
+        _check_version(version_of(job.source), job.source_version)
+
+
+def _check_version(found: FileVersion | None, expected: FileVersion) -> None:
+    if found != expected:
+        raise SourceChangedError("changed since this run planned it (written to or replaced meanwhile); "
+                                 "not processed: run the command again to process it as it is now")
 
 
 def _oom_cause(exc: SrdError) -> bool:

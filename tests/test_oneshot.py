@@ -248,6 +248,75 @@ def test_workers_killed_mid_write_in_place_leave_each_input_whole_and_no_temp_fi
         assert (folder / name).read_bytes() != original and decoded_size(folder / name) == (600, 800), name
 
 
+def _held_after_each_rename(hold_s: float) -> list[str]:
+    """A strace prefix that holds every rename of srd and its workers for `hold_s` once it is done: a test can
+    act between a worker's output landing and the worker reporting it."""
+    calls = "rename,renameat,renameat2"
+    return ["strace", "-f", "-qq", "-o", "/dev/null", "-e", f"trace={calls}", "-e",
+            f"inject={calls}:delay_exit={int(hold_s * 1_000_000)}"]
+
+
+def _no_bytecode_writes() -> dict[str, str]:
+    return {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}  # .pyc files are written by a rename too
+
+
+needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="strace holds a worker after its rename")
+
+
+@needs_strace
+@pytest.mark.parametrize("in_place", [True, False], ids=["in place", "to --out"])
+def test_a_worker_killed_right_after_its_output_landed_counts_it_processed(tmp_path: Path, in_place: bool) -> None:
+    """In place, a retry would upscale the output a second time; elsewhere the output would be reported failed
+    (``max_attempts: 1``) while it is there."""
+    source = write_image(tmp_path / "photos" / "0.png", (30, 40))
+    target = source if in_place else tmp_path / "out" / "0.png"
+    planned_inode = source.stat().st_ino
+    config = tmp_path / "once.yaml"
+    config.write_text("max_attempts: 1\n")
+    where = ["--in-place"] if in_place else ["-c", str(config)]
+    proc = subprocess.Popen([*_held_after_each_rename(20), *srd_command(), "process", str(source.parent), "--out",
+                             str(target.parent), *where,
+                             *ESPCN, "-j", "1", "-v"], env=_no_bytecode_writes(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: target.exists() and target.stat().st_ino != planned_inode, 120, "the output in place", 0.01)
+        srd_pid = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
+        workers = worker_pids(srd_pid)
+        assert len(workers) == 1
+        os.kill(workers[0], signal.SIGKILL)  # held by strace: it has not reported its output
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert decoded_size(target) == (60, 80)  # upscaled once
+    assert sorted(p.name for p in target.parent.iterdir()) == ["0.png"]
+    assert proc.returncode == 0, stderr
+    assert '"event": "job_lost_after_output_landed"' in stderr and "1 processed, 0 failed" in stderr
+
+
+@needs_strace
+def test_in_place_an_input_written_to_after_planning_is_reported_and_left_as_written(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    first = write_image(folder / "0.png", (30, 40))
+    second = write_image(folder / "1.png", (30, 40), seed=1)
+    planned_inode = first.stat().st_ino
+    proc = subprocess.Popen([*_held_after_each_rename(3), *srd_command(), "process", str(folder), "--out",
+                             str(folder), "--in-place", *ESPCN, "-j", "1"], env=_no_bytecode_writes(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # While the first output is held, the second input is rewritten where it is (the same inode).
+        wait_for(lambda: first.stat().st_ino != planned_inode, 120, "the first output renamed over its input", 0.01)
+        edited = make_image(second, (30, 40), seed=2)
+        second.write_bytes(edited)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, stderr
+    assert any(line.startswith("srd: failed:") and "1.png" in line and "changed since this run planned it" in line
+               for line in stderr.splitlines()), stderr
+    assert "1 processed, 1 failed" in stderr
+    assert second.read_bytes() == edited and decoded_size(first) == (60, 80)
+
+
 @pytest.mark.parametrize("inherited", [signal.SIG_DFL, signal.SIG_IGN], ids=["sigint-default", "sigint-ignored"])
 def test_ctrl_c_stops_the_batch_and_leaves_no_half_written_file(tmp_path: Path, inherited: signal.Handlers) -> None:
     # Far more files than can finish while the signal is on its way on a busy machine; the rest never start.

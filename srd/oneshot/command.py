@@ -65,7 +65,7 @@ def run_process(args: argparse.Namespace) -> ExitCode:
         run_batch(
             jobs, settings,
             on_start=lambda job: reporter.starting(job.source),
-            on_result=lambda job, result: _finished(job, result, reporter, planned[job.source].size, refused),
+            on_result=lambda job, result: _finished(job, result, reporter, planned[job.source].version.size, refused),
             on_idle=reporter.tick,
         )
     finally:  # after Ctrl-C too: what was done so far
@@ -156,4 +156,4 @@ def _make_folders(folders: list[Path]) -> None:
 
 def _job_for(file: PlannedFile, profile: Profile, config: Config, requested_format: str | None) -> Job:
     return Job(file.source, file.target.parent, profile, config.max_input_pixels, requested_format, target=file.target,
-               max_input_bytes=config.max_input_bytes)
+               max_input_bytes=config.max_input_bytes, source_version=file.version)

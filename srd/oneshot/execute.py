@@ -3,6 +3,10 @@
 The pool replaces a broken executor, so a worker killed by the OOM killer or a signal costs only the
 jobs it held: they are retried alone (``suspect`` mode) up to ``max_attempts`` times, then fail with the
 reason, and the rest of the batch goes on. `job_timeout` is honoured the same way.
+
+A worker killed after the rename that put its output in place, but before it reported, has done the job.
+That job counts as processed: in place the input *is* its output, and a retry would upscale it again (the
+retry's own check of the input's version would refuse it); elsewhere the output would be reported missing.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import errno
 import sys
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,11 +25,15 @@ import structlog
 from srd.atomic import temp_files_of
 from srd.engine.upscaler import EngineSettings
 from srd.errors import WorkerStartError
+from srd.fileversion import FileVersion, version_of
 from srd.job import Job, JobResult
 from srd.pool import Finished, JobPool, process_executor_factory
 
 log = structlog.get_logger(__name__)
 
+# Linux's CLOCK_REALTIME_COARSE (not named by `time`): the clock file timestamps are taken from, so a file
+# written after a reading of it never has an earlier ctime (the precise clock can run up to a tick ahead).
+_REALTIME_COARSE = 5
 _POLL_S = 0.5  # how often the loop looks at the pool without a wake-up (timeouts, progress)
 # Tries (up to two per poll) to start the worker processes before the run gives up: enough to ride out a
 # moment without free processes, few enough that a lasting cause ends the run within about a second.
@@ -67,10 +76,14 @@ def run_batch(
         return
     woken = threading.Event()
     attempts: Counter[int] = Counter()
+    handed_out: dict[int, _Attempt] = {}  # token → its latest attempt
 
     def started(token: object) -> None:
         assert isinstance(token, int)
         attempts[token] += 1
+        target = jobs[token].target
+        assert target is not None
+        handed_out[token] = _Attempt(time.clock_gettime_ns(_REALTIME_COARSE), version_of(target))
         on_start(jobs[token])
 
     workers = min(settings.workers, len(jobs))
@@ -91,6 +104,9 @@ def run_batch(
                 job = jobs[token]
                 if isinstance(outcome, Finished):
                     on_result(job, outcome.result)
+                elif _output_landed(job, handed_out[token]):
+                    log.warning("job_lost_after_output_landed", src=str(job.source), reason=outcome.reason)
+                    on_result(job, JobResult(job.source, True, output=job.target))
                 elif attempts[token] < settings.max_attempts:
                     log.warning("job_lost_retrying", src=str(job.source), reason=outcome.reason,
                                 attempts=attempts[token], max_attempts=settings.max_attempts)
@@ -104,6 +120,25 @@ def run_batch(
     finally:
         pool.close()
         _remove_leftover_temps(jobs)
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    started_ns: int  # `_REALTIME_COARSE` when it was handed out
+    target_before: FileVersion | None  # the target then (the input itself, in place)
+
+
+def _output_landed(job: Job, attempt: _Attempt) -> bool:
+    """Whether a lost job's output is in place: its target was replaced by a rename (a new inode) since the
+    attempt was handed out.
+
+    A foreign writer replacing the target in that same moment can't be told apart; in place its file is
+    then not processed either way.
+    """
+    assert job.target is not None
+    now = version_of(job.target)
+    before = attempt.target_before
+    return now is not None and (before is None or now.ino != before.ino) and now.ctime_ns >= attempt.started_ns
 
 
 def _give_up_if_workers_cannot_start(pool: JobPool) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from srd.errors import UsageError
+from srd.fileversion import FileVersion
 from srd.imageheader import IMAGE_SUFFIXES, sniff_format
 from srd.imageio import output_format_for
 from srd.job import output_name
@@ -51,9 +52,17 @@ class Layout:
 
 @dataclass(frozen=True)
 class PlannedFile:
+    """An input and its output path.
+
+    Attributes:
+        source: The input file.
+        target: Where its output goes (the input itself, in place).
+        version: The input as planned: its job processes that version or none (see `srd.job.Job`).
+    """
+
     source: Path
     target: Path
-    size: int  # bytes, as planned (an in-place run replaces the file)
+    version: FileVersion
 
 
 @dataclass(frozen=True)
@@ -81,7 +90,7 @@ def make_plan(layout: Layout) -> Plan:
     skipped: list[Skipped] = []
     named: set[Path] = set()
     inputs: set[tuple[int, int]] = set()
-    pairs: list[tuple[Path, Path, int]] = []
+    pairs: list[tuple[Path, Path, FileVersion]] = []
     for source, out_dir in _collect(layout, skipped):
         try:
             info = source.stat()
@@ -95,12 +104,12 @@ def make_plan(layout: Layout) -> Plan:
             continue  # the same path named twice (e.g. a folder and a file in it) is processed once
         named.add(Path(os.path.abspath(source)))
         inputs.add((info.st_dev, info.st_ino))
-        pairs.append((source, out_dir, info.st_size))
+        pairs.append((source, out_dir, FileVersion.of(info)))
     files: list[PlannedFile] = []
     taken: set[Path] = set()
     overwritten: list[Path] = []
     foreign: list[Path] = []  # files in `out` that srd did not write (an earlier run's outputs are marked)
-    for source, out_dir, size in pairs:
+    for source, out_dir, version in pairs:
         name = _output_name(source, layout.requested_format, layout.fallback_format)
         for candidate in numbered_names(out_dir, name):
             key = Path(os.path.abspath(candidate))
@@ -117,7 +126,7 @@ def make_plan(layout: Layout) -> Plan:
                 foreign.append(candidate)
             break
         taken.add(key)
-        files.append(PlannedFile(source, candidate, size))
+        files.append(PlannedFile(source, candidate, version))
     if overwritten:
         shown = ", ".join(str(path) for path in overwritten[:_SHOWN])
         more = f" and {len(overwritten) - _SHOWN} more" if len(overwritten) > _SHOWN else ""
