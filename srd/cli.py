@@ -312,10 +312,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # A process started with SIGINT ignored (a script's `srd process … &` in a shell without job control)
     # keeps it ignored, and the interpreter respects that: a Ctrl-C or `kill -INT` would be lost and the
     # batch run to its end. Every command stops on SIGINT (the daemon installs its own handler for it).
-    # Likewise a signal mask is inherited across exec: a parent that started srd with SIGTERM blocked would
-    # leave the daemon deaf to systemd's stop. Threads started later inherit this thread's mask.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
     try:
         code = handlers[args.command](args)
     except ConfigError as exc:

@@ -1552,8 +1552,12 @@ class Daemon:
             if key in self._running_since:
                 job = {"source": work.rel.as_posix(), "since": self._running_since[key]}
                 running.setdefault(work.inbox_id, []).append({**job, **_timing(timing.get(key))})
-        stuck: dict[str, dict[str, Any]] = {}  # per inbox, its oldest step out for over STEP_STUCK_S
-        for step, since in sorted(self._steps.values(), key=lambda out: out[1], reverse=True):
+        oldest: dict[str, tuple[SourceStep, float]] = {}  # per inbox, its step out the longest
+        for step, since in self._steps.values():
+            if step.inbox_key not in oldest or since < oldest[step.inbox_key][1]:
+                oldest[step.inbox_key] = (step, since)
+        stuck: dict[str, dict[str, Any]] = {}
+        for step, since in oldest.values():
             waited = self._clock() - since
             if waited > STEP_STUCK_S:
                 stuck[step.inbox_key] = {"action": str(step.action), "source": step.rel.as_posix(),

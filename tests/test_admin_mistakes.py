@@ -6,11 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
-import daemon_helpers
-import pytest
 from daemon_helpers import ESPCN_X2, DaemonProcess, make_image, srd, wait_for, write_config
 
 from srd.errors import ExitCode
@@ -173,27 +170,3 @@ def test_a_reload_with_a_key_given_twice_keeps_the_old_config_running(tmp_path: 
     finally:
         assert daemon.stop() == 0
 
-
-_BLOCK_THEN_EXEC = ("import os, signal, sys; "
-                    "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}); "
-                    "os.execv(sys.argv[1], sys.argv[1:])")
-
-
-def test_a_daemon_started_with_its_stop_signals_blocked_still_stops_on_sigterm(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A signal mask survives exec: a supervisor or script that starts srd with SIGTERM, SIGINT and SIGHUP
-    blocked must not leave the daemon deaf to its stop. srd unblocks them itself (a guard: the interpreter
-    start-up happened to unblock SIGTERM here before srd did), so SIGTERM drains it."""
-    config = write_config(tmp_path)
-    plain = daemon_helpers.srd_command
-    monkeypatch.setattr(daemon_helpers, "srd_command", lambda: [sys.executable, "-c", _BLOCK_THEN_EXEC, *plain()])
-    daemon = DaemonProcess(config)
-    try:
-        daemon.wait_ready(30)
-        blocked = int(next(line.split()[1] for line in Path(f"/proc/{daemon.pid}/status").read_text().splitlines()
-                           if line.startswith("SigBlk:")), 16)
-        assert not blocked & (1 << (signal.SIGTERM - 1)), "the daemon still blocks SIGTERM"
-        assert daemon.stop(timeout=30) == 0
-    finally:
-        if daemon.proc.poll() is None:
-            daemon.kill(group=True)
