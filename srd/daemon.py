@@ -357,8 +357,6 @@ class Daemon:
         # the back-off each got last time.
         self._rechecks: list[tuple[float, str, Path]] = []
         self._backoff: dict[Path, float] = {}
-        self._truncated: dict[Path, FileVersion] = {}  # the version of each file's last truncated try
-        self._growing: set[Path] = set()  # files seen being written: by the settle tracker or between tries
         self._stop_signal: int | None = None
         self._reload_requested = False
         self._pool_stale = False
@@ -647,8 +645,6 @@ class Daemon:
         result = runtime.tracker.resolve(done.value)
         for ready in result.ready:
             self._backlog.append((key, ready))
-            if ready.changed:
-                self._growing.add(ready.path)
         for path in result.vanished:
             self._forget_writer(path)
             runtime.handled.pop(path, None)
@@ -1061,10 +1057,6 @@ class Daemon:
         that long will not be completed: it fails, with that said (returns False when nothing waited).
         """
         path = work.source
-        previous = self._truncated.get(path)
-        self._truncated[path] = work.signature
-        if previous is not None and previous != work.signature:
-            self._growing.add(path)
         cap = work.inbox.settle_max_backoff_seconds
         # From the version that settled, not a new stat (the inbox may be on a share that hangs): a writer that
         # went on since sends a hint, and the file settles again as a new version.
@@ -1089,13 +1081,11 @@ class Daemon:
             runtime.handled.pop(path, None)
         heapq.heappush(self._rechecks, (self._clock() + delay, work.inbox_id, path))
         log.warning("file_incomplete_waiting", src=str(path), reason=result.error, retry_in_s=delay,
-                    growing=path in self._growing, modified_s_ago=round(modified_s_ago, 1))
+                    modified_s_ago=round(modified_s_ago, 1))
         return True
 
     def _forget_writer(self, path: Path) -> None:
-        self._truncated.pop(path, None)
         self._backoff.pop(path, None)
-        self._growing.discard(path)
 
     def _recheck_incomplete(self) -> None:
         now = self._clock()

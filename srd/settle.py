@@ -46,12 +46,10 @@ class ReadyFile:
 
     The daemon can compare it with the stat cache and with a stat after reading, to catch a late write.
     A `version.size` of 0 means the file stayed empty for the whole empty-file wait; the daemon fails it.
-    `changed` says the file was seen changing while it settled (a writer at work, perhaps a slow one).
     """
 
     path: Path
     version: FileVersion
-    changed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +91,7 @@ class Seen:
 class _Pending:
     """Mutable per-path state; `token` identifies its one live heap item (older items are stale)."""
 
-    __slots__ = ("changed", "check_at", "path", "quiet_since", "scheduled_for", "signature", "token")
+    __slots__ = ("check_at", "path", "quiet_since", "scheduled_for", "signature", "token")
 
     def __init__(self, path: Path, now: float) -> None:
         self.path = path
@@ -102,7 +100,6 @@ class _Pending:
         self.check_at = now
         self.token = -1
         self.scheduled_for = float("inf")
-        self.changed = False
 
 
 class SettleTracker:
@@ -253,12 +250,11 @@ class SettleTracker:
                 self._schedule(entry, entry.check_at)
                 return
             del self._pending[path]
-            result.ready.append(ReadyFile(path, signature, entry.changed))
+            result.ready.append(ReadyFile(path, signature))
             return
         if entry.signature is not None:
             # It changed between the two stats: still being written, so the change counts as a new hint.
             entry.quiet_since = now
-            entry.changed = True
         entry.signature = signature
         entry.check_at = now + self._settle_s
         self._schedule(entry, entry.check_at)
