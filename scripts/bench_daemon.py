@@ -52,10 +52,10 @@ import yaml
 # would mix two versions of the code in this process.
 from srd.config import load_config
 from srd.daemon import fingerprints, inbox_id
+from srd.engine.pipeline import StageContext
 from srd.job import Job, run_job
 from srd.ledger import Ledger
 from srd.logs import configure_logging
-from srd.pipeline import StageContext
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

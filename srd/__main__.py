@@ -1,5 +1,5 @@
 """`python -m srd` is the `srd` command."""
 
-from srd.cli import main
+from srd.cli.main import main
 
 main()

@@ -40,9 +40,9 @@ from pathlib import Path
 
 import structlog
 
-from srd import safefs
-from srd.atomic import TEMP_PREFIX, temp_files_of
 from srd.errors import LockedError
+from srd.fs import safefs
+from srd.fs.atomic import TEMP_PREFIX, temp_files_of
 from srd.status import pid_alive
 
 log = structlog.get_logger(__name__)

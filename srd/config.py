@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
+from srd.engine.pipeline import STAGES, Pipeline, StageContext, Upscale
 from srd.engine.upscaler import CHROMA_INTERPOLATIONS, ONNX_ENGINES, EngineSettings
 from srd.errors import ConfigError, ModelError
-from srd.imageio import DEFAULT_MAX_INPUT_BYTES, OUTPUT_FORMATS, normalise_format
-from srd.pipeline import STAGES, Pipeline, StageContext, Upscale
+from srd.imaging.imageio import DEFAULT_MAX_INPUT_BYTES, OUTPUT_FORMATS, normalise_format
 from srd.timebox import NoAnswer, timeboxed
 
 DEFAULT_PROFILE = "default"
@@ -378,7 +378,7 @@ def _inside(child: Path, parent: Path) -> bool:
 def check_real_folders(config: Config) -> None:
     """Refuse configured inbox, outbox, failed and archive folders that are symlinks.
 
-    srd never follows a symlink at or below its folders (`srd.safefs`), so such a folder could not be
+    srd never follows a symlink at or below its folders (`srd.fs.safefs`), so such a folder could not be
     used. This is checked by ``srd config check`` and when the daemon starts, not by every config load:
     `srd status` must still work (and report the inbox unhealthy) when someone swaps a folder while srd runs.
 

@@ -44,14 +44,17 @@ from typing import Any
 import structlog
 from structlog.contextvars import bound_contextvars
 
-from srd import safefs
-from srd.atomic import clean_stale_temps, temp_files_of
 from srd.claim import InboxClaims
 from srd.config import Config, Inbox, Profile, load_config
+from srd.engine.pipeline import StageContext, Upscale
 from srd.errors import ConfigError, ExitCode, ImageError, OutputError, SrdError, StartupError
-from srd.fileversion import FileVersion
-from srd.imageheader import read_header, sniff_format
-from srd.imageio import output_format_for
+from srd.fs import safefs
+from srd.fs.atomic import clean_stale_temps, temp_files_of
+from srd.fs.fileversion import FileVersion
+from srd.fs.outputmark import mark_output, marked_for
+from srd.fs.sources import link_or_copy, numbered_names, report_path
+from srd.imaging.imageheader import read_header, sniff_format
+from srd.imaging.imageio import output_format_for
 from srd.job import Job, JobResult, output_name
 from srd.jobtime import SLACK, job_time_limit
 from srd.ledger import (
@@ -66,11 +69,8 @@ from srd.logs import configure_logging
 from srd.notify import Notifier
 from srd.offload import Done, Offloader
 from srd.outbox import BLOCKING_ERRNOS, OutboxBlock
-from srd.outputmark import mark_output, marked_for
-from srd.pipeline import StageContext, Upscale
 from srd.pool import Finished, JobPool, Lost, Outcome, RunningJob, process_executor_factory
 from srd.settle import Look, ReadyFile, SettleTracker
-from srd.sources import link_or_copy, numbered_names, report_path
 from srd.sourcestep import Action, Found, SourceStep, StepResult, run_step
 from srd.status import STATUS_REFRESH_S, write_status
 from srd.watch import Hint, InboxWatcher
@@ -219,7 +219,7 @@ def inbox_id(inbox: Inbox) -> str:
 
 def hash_file(root: Path, path: Path) -> tuple[str, bytes, FileVersion]:
     """Hash a file below inbox `root` and return its sha256, first bytes, and version as of the end of the
-    read; it is opened through `srd.safefs`, never through a symlink.
+    read; it is opened through `srd.fs.safefs`, never through a symlink.
 
     The caller compares that version with the settled one: if they differ, the file changed while
     it was being read and the hash means nothing.

@@ -1,6 +1,6 @@
 """Exception hierarchy and exit codes.
 
-Every expected failure is an `SrdError`; only `srd.cli` maps them to an `ExitCode`, everything else
+Every expected failure is an `SrdError`; only `srd.cli.main` maps them to an `ExitCode`, everything else
 raises. The exit codes are one table, each number with one meaning across every command.
 """
 

@@ -17,13 +17,13 @@ import cv2
 import structlog
 from structlog.contextvars import bound_contextvars
 
-from srd import safefs
-from srd.atomic import write_bytes_atomic
 from srd.config import Profile
+from srd.engine.pipeline import StageContext
 from srd.errors import ImageError, OutputError, SourceChangedError, SrdError
-from srd.fileversion import FileVersion, version_of
-from srd.imageio import DEFAULT_MAX_INPUT_BYTES, decode, encode, extension_for, output_format_for, read_bounded
-from srd.pipeline import StageContext
+from srd.fs import safefs
+from srd.fs.atomic import write_bytes_atomic
+from srd.fs.fileversion import FileVersion, version_of
+from srd.imaging.imageio import DEFAULT_MAX_INPUT_BYTES, decode, encode, extension_for, output_format_for, read_bounded
 
 log = structlog.get_logger(__name__)
 
@@ -35,7 +35,7 @@ class Job:
     `format` overrides the profile's output format ('same' keeps the input's). `target`, when set, is
     the exact output path: the daemon decides names itself (collision policy, retries after a crash).
     `source_root` and `output_root`, when set, are the configured inbox and outbox the source and the
-    output lie below: both are then reached through `srd.safefs`, never through a symlink.
+    output lie below: both are then reached through `srd.fs.safefs`, never through a symlink.
     `source_version`, when set, is the version the source had when the run planned it: a source found
     otherwise, when it is opened or just before the output is put in place, is not processed. A retry then
     never reads the output a killed first try already renamed over its input (in place), and a file written
@@ -93,7 +93,7 @@ def read_source(path: Path, root: Path | None = None, max_bytes: int = DEFAULT_M
                 expected: FileVersion | None = None) -> tuple[bytes, str]:
     """Read a file once and hash those same bytes, so the hash always matches what was processed.
 
-    With `root` (the inbox), the file is opened below it without following any symlink (`srd.safefs`).
+    With `root` (the inbox), the file is opened below it without following any symlink (`srd.fs.safefs`).
     A file over `max_bytes` is refused from its size, before it is read into memory. With `expected`,
     the opened file must be that version (`SourceChangedError` otherwise).
     """

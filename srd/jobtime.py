@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from srd.config import Profile
-from srd.pipeline import Upscale
+from srd.engine.pipeline import Upscale
 
 # µs per input pixel on one thread, by model name prefix (BENCHMARKS.md, the slowest scale, rounded up).
 _US_PER_PIXEL = {

@@ -70,9 +70,9 @@ from typing import Any, NamedTuple
 
 import structlog
 
-from srd.atomic import TEMP_PREFIX, clean_stale_temps, open_atomic
 from srd.errors import LockedError, SrdError, StateDirError
-from srd.fileversion import FileVersion
+from srd.fs.atomic import TEMP_PREFIX, clean_stale_temps, open_atomic
+from srd.fs.fileversion import FileVersion
 
 log = structlog.get_logger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from srd.atomic import TEMP_PREFIX
+from srd.fs.atomic import TEMP_PREFIX
 
 # Errors that say "this storage won't take writes now", as opposed to "this image can't be written".
 BLOCKING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})

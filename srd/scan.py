@@ -16,9 +16,9 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from srd import safefs
-from srd.atomic import is_temp_name
-from srd.fileversion import FileVersion
+from srd.fs import safefs
+from srd.fs.atomic import is_temp_name
+from srd.fs.fileversion import FileVersion
 from srd.settle import file_kind
 
 # Names that operating systems, NAS boxes, sync tools and browsers leave behind while (or instead of)
@@ -93,7 +93,7 @@ def classify(path: Path, root: Path) -> tuple[os.stat_result | None, str | None]
     """Stat `path` (below inbox `root`) if it is a file the daemon may open; otherwise say why not.
 
     No symlink is ever followed, wherever it points: not the file itself, not a folder on its way, not
-    the root (`srd.safefs`). FIFOs, sockets and devices are never candidates either, since opening a
+    the root (`srd.fs.safefs`). FIFOs, sockets and devices are never candidates either, since opening a
     FIFO blocks and a device is not an image.
 
     Returns:
@@ -123,7 +123,7 @@ def scan_inbox(root: Path, rules: IgnoreRules, *, recursive: bool = True, start:
     """Walk an inbox (or its subtree `start`) and yield every candidate file.
 
     The walk holds a descriptor per level and opens each subfolder relative to its parent's without
-    following symlinks (`srd.safefs`), so a folder swapped for a symlink mid-walk is never entered.
+    following symlinks (`srd.fs.safefs`), so a folder swapped for a symlink mid-walk is never entered.
     Ignored folders are pruned before descending; a subfolder that vanishes mid-walk is skipped.
     `on_skip` hears of each path that is never processed (symlinks, special files) and why;
     `on_unreadable` of each subfolder that can't be opened or listed (no permission, I/O error).

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from srd.fileversion import FileVersion
+from srd.fs.fileversion import FileVersion
 
 # Delay from the last hint to the first stat: long enough that a burst of write events costs one stat,
 # short against any settle_s, so that the quiet period and the two stats' interval overlap.

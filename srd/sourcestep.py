@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from srd import safefs
-from srd.fileversion import FileVersion
+from srd.fs import safefs
+from srd.fs.fileversion import FileVersion
+from srd.fs.sources import archive_source, fail_source
 from srd.scan import candidate_stat
-from srd.sources import archive_source, fail_source
 
 
 class Action(enum.StrEnum):

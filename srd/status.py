@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from srd.atomic import write_bytes_atomic
 from srd.config import load_config
 from srd.errors import ConfigError, SrdError, StateDirError
+from srd.fs.atomic import write_bytes_atomic
 
 STATUS_NAME = "status.json"
 # The daemon rewrites its status at least this often, even when nothing changed …

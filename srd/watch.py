@@ -50,9 +50,9 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from srd import safefs
 from srd.config import Inbox
-from srd.fileversion import FileVersion
+from srd.fs import safefs
+from srd.fs.fileversion import FileVersion
 from srd.scan import IgnoreRules, classify, scan_inbox
 
 log = structlog.get_logger(__name__)

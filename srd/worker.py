@@ -17,11 +17,11 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import forkserver
 from pathlib import Path
 
-from srd.decoderlimits import set_decoder_limits
+from srd.engine.pipeline import StageContext
 from srd.engine.upscaler import EngineSettings
+from srd.imaging.decoderlimits import set_decoder_limits
 from srd.job import Job, JobResult, run_job
 from srd.logs import configure_logging
-from srd.pipeline import StageContext
 
 _context: StageContext | None = None
 

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import yaml
 
-from srd.atomic import is_temp_name
+from srd.fs.atomic import is_temp_name
 
 REPO = Path(__file__).resolve().parents[1]
 ESPCN_X2 = REPO.parent / "shared" / "models" / "opencv-zoo" / "ESPCN_x2.pb"
@@ -82,7 +82,7 @@ def write_config(root: Path, inboxes: Iterable[dict[str, Any]] | None = None, *,
 
 def srd_command() -> list[str]:
     """How to invoke the `srd` CLI from this checkout's interpreter."""
-    return [sys.executable, "-c", "from srd.cli import main; main()"]
+    return [sys.executable, "-c", "from srd.cli.main import main; main()"]
 
 
 def srd(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:

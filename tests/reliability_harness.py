@@ -37,11 +37,11 @@ from daemon_helpers import (
 )
 from structlog.testing import capture_logs
 
-from srd.atomic import is_temp_name
 from srd.config import load_config
+from srd.engine.pipeline import StageContext
+from srd.fs.atomic import is_temp_name
 from srd.job import Job, run_job
 from srd.ledger import Ledger, State
-from srd.pipeline import StageContext
 
 LONG = os.environ.get("SRD_LONG") == "1"
 

@@ -1,4 +1,4 @@
-"""Tests for srd.atomic: the target is either the old or the complete new file, and no temp is left behind."""
+"""Tests for srd.fs.atomic: the target is either the old or the complete new file, and no temp is left behind."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from srd.atomic import clean_stale_temps, is_temp_name, open_atomic, write_bytes_atomic
 from srd.errors import OutputError
+from srd.fs.atomic import clean_stale_temps, is_temp_name, open_atomic, write_bytes_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -202,7 +202,7 @@ def test_storage_error_while_writing_raises_output_error_and_leaves_nothing(tmp_
         f"""
         import resource, signal, sys
         from pathlib import Path
-        from srd.atomic import write_bytes_atomic
+        from srd.fs.atomic import write_bytes_atomic
         from srd.errors import OutputError
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from srd.cli import main
+from srd.cli.main import main
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> str:

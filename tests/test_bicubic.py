@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from srd.bicubic import imresize
-from srd.metrics import crop_to_multiple
+from srd.quality.bicubic import imresize
+from srd.quality.metrics import crop_to_multiple
 
 BENCH = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "bench"
 

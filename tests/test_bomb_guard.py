@@ -17,8 +17,8 @@ from conftest import jpeg_claiming, tiff_from_entries
 from daemon_helpers import ESPCN_X2, srd, write_config
 
 from srd.errors import ImageError
-from srd.imageheader import read_header
-from srd.imageio import decode, read_bounded
+from srd.imaging.imageheader import read_header
+from srd.imaging.imageio import decode, read_bounded
 
 LIMIT = 50_000_000
 
@@ -93,7 +93,7 @@ def _run_python(code: str, env: dict[str, str] | None = None) -> str:
 
 
 def test_opencvs_own_limit_works_only_when_set_before_cv2_is_imported() -> None:
-    """The experiment behind srd.decoderlimits: OpenCV reads OPENCV_IO_MAX_IMAGE_PIXELS once, at load."""
+    """The experiment behind srd.imaging.decoderlimits: OpenCV reads OPENCV_IO_MAX_IMAGE_PIXELS once, at load."""
     code = """
         import os{early}
         import cv2, numpy as np

@@ -16,12 +16,12 @@ import pytest
 from conftest import SHARED, exif_with_orientation, icc_profile, png_claiming, require_train_extra
 from daemon_helpers import descendants_of
 
-from srd.bicubic import bicubic_up, make_lr
-from srd.cli import main
+from srd.cli.main import main
 from srd.errors import ExitCode
-from srd.exif import read_orientation
-from srd.imageio import decode
-from srd.metrics import crop_to_multiple, psnr_y
+from srd.imaging.exif import read_orientation
+from srd.imaging.imageio import decode
+from srd.quality.bicubic import bicubic_up, make_lr
+from srd.quality.metrics import crop_to_multiple, psnr_y
 
 
 def run_cli(*args: str) -> int:
@@ -187,7 +187,8 @@ def test_huge_jpeg_is_upscaled_within_bounded_memory(zoo: Path, tmp_path: Path) 
     cv2.imwrite(str(source), big, [cv2.IMWRITE_JPEG_QUALITY, 90])
     del base, big
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from srd.cli import main; main()", "process", str(source), "-o", str(tmp_path / "o"),
+        [sys.executable, "-c", "from srd.cli.main import main; main()", "process", str(source),
+         "-o", str(tmp_path / "o"),
          "-m", str(zoo / "ESPCN_x2.pb"), "-s", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

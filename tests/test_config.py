@@ -8,8 +8,8 @@ import pytest
 from conftest import REPO
 
 from srd.config import load_config
+from srd.engine.pipeline import LimitSize, Upscale
 from srd.errors import ConfigError
-from srd.pipeline import LimitSize, Upscale
 
 ISSUE_SHAPE = """
 state_dir: /var/lib/srd

@@ -31,14 +31,14 @@ from daemon_helpers import (
     write_config,
 )
 
-from srd.atomic import is_temp_name
 from srd.config import load_config
 from srd.daemon import Daemon
-from srd.fileversion import FileVersion
+from srd.engine.pipeline import StageContext
+from srd.fs.atomic import is_temp_name
+from srd.fs.fileversion import FileVersion
 from srd.job import Job, JobResult, run_job
 from srd.notify import Notifier
 from srd.offload import Done
-from srd.pipeline import StageContext
 from srd.pool import JobPool
 from srd.status import Health, assess
 from srd.watch import Hint

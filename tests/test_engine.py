@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from conftest import REPO, SHARED
 
-from srd.bicubic import bicubic_up, make_lr
 from srd.engine.registry import resolve_model
 from srd.engine.tiling import plan_tiles
 from srd.engine.upscaler import EngineSettings, Upscaler
 from srd.errors import ModelError
-from srd.metrics import crop_to_multiple, psnr_y
+from srd.quality.bicubic import bicubic_up, make_lr
+from srd.quality.metrics import crop_to_multiple, psnr_y
 
 UNTILED_BILINEAR = EngineSettings(tile=0, chroma="bilinear")
 

@@ -26,11 +26,11 @@ from conftest import (
 )
 from daemon_helpers import DaemonProcess, inbox_config, srd, wait_for, write_config
 
-from srd import heif
 from srd.errors import ImageError
-from srd.exif import read_orientation
-from srd.imageextent import missing_end
-from srd.imageio import decode, output_format_for
+from srd.imaging import heif
+from srd.imaging.exif import read_orientation
+from srd.imaging.imageextent import missing_end
+from srd.imaging.imageio import decode, output_format_for
 
 LIMIT = 10**8
 needs_heif = pytest.mark.skipif(not heif.available(), reason="the heif extra (pillow-heif) is not installed")
@@ -95,7 +95,7 @@ def test_without_the_extra_heic_says_which_extra_it_needs(tmp_path: Path) -> Non
     code = """
         import sys
         sys.modules["pillow_heif"] = None  # as if the extra were not installed
-        from srd.imageio import decode
+        from srd.imaging.imageio import decode
         from srd.errors import ImageError
         try:
             decode(open(sys.argv[1], "rb").read(), max_pixels=10**8)

@@ -10,9 +10,9 @@ import pytest
 from conftest import exif_with_orientation, icc_profile, png_claiming
 
 from srd.errors import ImageError
-from srd.exif import read_orientation
-from srd.imageheader import read_header
-from srd.imageio import Metadata, Picture, _trim_xmp, decode, encode, output_format_for
+from srd.imaging.exif import read_orientation
+from srd.imaging.imageheader import read_header
+from srd.imaging.imageio import Metadata, Picture, _trim_xmp, decode, encode, output_format_for
 
 LIMIT = 50_000_000
 XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"/></x:xmpmeta>'

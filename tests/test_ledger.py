@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from srd.errors import LockedError
-from srd.fileversion import FileVersion
+from srd.fs.fileversion import FileVersion
 from srd.ledger import (
     HASH_BATCH,
     JOURNAL_NAME,
@@ -196,7 +196,7 @@ def test_crash_between_snapshot_and_journal_truncation_loses_and_repeats_nothing
         import os, sys
         from pathlib import Path
         import srd.ledger as L
-        from srd.fileversion import FileVersion
+        from srd.fs.fileversion import FileVersion
         ledger = L.Ledger.open(Path({str(tmp_path)!r}))
         a = ledger.record_start("a" * 64, "fp", inbox="nas", source="a.jpg")
         ledger.record_failed(a.key, error="boom")
@@ -326,7 +326,7 @@ def test_stat_cache_records_ride_along_with_the_next_durable_record(tmp_path: Pa
         f"""
         import os
         from pathlib import Path
-        from srd.fileversion import FileVersion
+        from srd.fs.fileversion import FileVersion
         from srd.ledger import Ledger
         ledger = Ledger.open(Path({str(tmp_path)!r}))
         ledger.remember_hash("nas", "1.jpg", FileVersion(1, 1, 7, 9), sha256="1" * 64)

@@ -30,8 +30,8 @@ from daemon_helpers import (
     write_config,
 )
 
-from srd.atomic import TEMP_PREFIX
 from srd.claim import CLAIM_NAME, HEARTBEAT_S, LEASE_S, RETRY_UNTRUSTED_S, STALE_S, InboxClaims
+from srd.fs.atomic import TEMP_PREFIX
 
 SIZE = (24, 32)
 

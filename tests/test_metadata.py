@@ -19,8 +19,8 @@ from conftest import big_icc_profile, exif_with_orientation, icc_profile, jpeg_w
 from daemon_helpers import ESPCN_X2, srd, write_config
 from PIL import Image
 
-from srd.imageio import Picture, decode, encode
-from srd.metadata import Metadata
+from srd.imaging.imageio import Picture, decode, encode
+from srd.imaging.metadata import Metadata
 
 LIMIT = 10**8
 EXIF_IFD = 0x8769

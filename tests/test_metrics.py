@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from srd.bicubic import imresize
-from srd.metrics import crop_to_multiple, psnr_y, ssim_y, y_channel
+from srd.quality.bicubic import imresize
+from srd.quality.metrics import crop_to_multiple, psnr_y, ssim_y, y_channel
 
 BENCH = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "bench"
 

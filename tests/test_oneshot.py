@@ -20,7 +20,7 @@ import pytest
 from daemon_helpers import ESPCN_X2, decoded_size, make_image, srd, srd_command, wait_for
 from reliability_harness import tmpfs, worker_pids
 
-from srd.atomic import is_temp_name
+from srd.fs.atomic import is_temp_name
 from srd.job import JobResult
 from srd.oneshot.report import NON_TTY_EVERY_S, Reporter, ReportOptions
 

@@ -8,9 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from srd.engine.upscaler import EngineSettings
-from srd.errors import ModelError
-from srd.pipeline import (
+from srd.engine.pipeline import (
     Contrast,
     Denoise,
     LimitSize,
@@ -20,6 +18,8 @@ from srd.pipeline import (
     StageContext,
     Upscale,
 )
+from srd.engine.upscaler import EngineSettings
+from srd.errors import ModelError
 
 
 @pytest.fixture

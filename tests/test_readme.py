@@ -132,7 +132,7 @@ def workspace(tmp_path: Path, zoo_mirror: str) -> tuple[Path, dict[str, str]]:
     (work / "config").mkdir()
     shutil.copy(REPO / "config" / "srd.example.yaml", work / "config" / "srd.example.yaml")
     launcher = bin_dir / "srd"  # the `srd` of this checkout's interpreter, whatever the venv is called
-    launcher.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'from srd.cli import main; main()' \"$@\"\n")
+    launcher.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'from srd.cli.main import main; main()' \"$@\"\n")
     launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR)
     env = {key: value for key, value in os.environ.items() if key not in ("XDG_DATA_HOME", "SRD_MODELS_DIR")}
     env.update(HOME=str(home), PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", SRD_ZOO_BASE_URL=zoo_mirror)

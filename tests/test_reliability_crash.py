@@ -21,8 +21,8 @@ from reliability_harness import (
     worker_pids,
 )
 
-from srd.atomic import is_temp_name
 from srd.config import default_profile
+from srd.fs.atomic import is_temp_name
 from srd.job import Job, JobResult
 from srd.pool import JobPool
 

@@ -31,7 +31,7 @@ from reliability_harness import (
     status_of,
 )
 
-from srd.atomic import is_temp_name
+from srd.fs.atomic import is_temp_name
 
 SIZE = (24, 32)
 DOUBLED = (48, 64)

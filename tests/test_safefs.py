@@ -1,4 +1,4 @@
-"""`srd.safefs` and the modules built on it, on real folders with real symlinks.
+"""`srd.fs.safefs` and the modules built on it, on real folders with real symlinks.
 
 Races are simulated by swapping a folder for a symlink between two calls (or from inside a callback that
 runs between the check and the use), which is exactly what an attacker with write access to an inbox or
@@ -13,12 +13,12 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from srd import safefs
-from srd.atomic import clean_stale_temps, open_atomic, write_bytes_atomic
 from srd.errors import OutputError
+from srd.fs import safefs
+from srd.fs.atomic import clean_stale_temps, open_atomic, write_bytes_atomic
+from srd.fs.sources import archive_source, fail_source, link_or_copy, move_file, report_path
 from srd.job import output_name
 from srd.scan import IgnoreRules, classify, scan_inbox
-from srd.sources import archive_source, fail_source, link_or_copy, move_file, report_path
 
 
 @pytest.fixture

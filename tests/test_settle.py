@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from srd.fileversion import FileVersion
+from srd.fs.fileversion import FileVersion
 from srd.settle import FIRST_LOOK_S, PollResult, ReadyFile, SettleTracker
 
 SETTLE = 2.0

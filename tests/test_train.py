@@ -24,8 +24,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from srd.bicubic import imresize, make_lr  # noqa: E402
-from srd.metrics import crop_to_multiple  # noqa: E402
+from srd.quality.bicubic import imresize, make_lr  # noqa: E402
+from srd.quality.metrics import crop_to_multiple  # noqa: E402
 from srd.train import checkpoint  # noqa: E402
 from srd.train import export as srd_export  # noqa: E402
 from srd.train.command import main as train_main  # noqa: E402

@@ -33,7 +33,7 @@ import srd.pool
 def broken(*args, **kwargs):
     raise BrokenPipeError(32, "Broken pipe")
 srd.pool.make_pool = broken
-from srd.cli import main
+from srd.cli.main import main
 main()
 """
 
@@ -54,7 +54,7 @@ def _with_open_files_limit(limit: int):
 
 def test_process_under_a_tiny_open_files_limit_ends_with_one_error_line_and_exit_7(tmp_path: Path) -> None:
     inbox = _inputs(tmp_path / "in")
-    done = subprocess.run([sys.executable, "-c", "from srd.cli import main; main()", "process", str(inbox),
+    done = subprocess.run([sys.executable, "-c", "from srd.cli.main import main; main()", "process", str(inbox),
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=90,
                           preexec_fn=_with_open_files_limit(15))
     assert done.returncode == ExitCode.ERROR, done.stderr
@@ -79,7 +79,7 @@ def test_stdout_closed_by_its_reader_is_still_success() -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before srd writes a byte
     try:
-        done = subprocess.run([sys.executable, "-c", "from srd.cli import main; main()", "models", "list"],
+        done = subprocess.run([sys.executable, "-c", "from srd.cli.main import main; main()", "models", "list"],
                               stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
     finally:
         os.close(write_end)
@@ -107,7 +107,7 @@ def _run_as(nobody: pwd.struct_passwd, work: Path) -> None:
     if probe.returncode != 0:
         pytest.skip(f"this user can't run srd at all here: {probe.stderr[-200:]}")
     done = subprocess.run(["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
-                           sys.executable, "-c", "from srd.cli import main; main()", "process",
+                           sys.executable, "-c", "from srd.cli.main import main; main()", "process",
                            str(work / "p0.png"), "--out", str(work / "out")],
                           capture_output=True, text=True, timeout=120, cwd=work,
                           env={**os.environ, "HOME": str(work)})

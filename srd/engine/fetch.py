@@ -1,7 +1,7 @@
 """Download and verify OpenCV-zoo models.
 
 A model file is the one input srd trusts blindly once loaded, so a download only counts once it has the
-catalogue's exact size and sha256. The bytes stream into `srd.atomic.open_atomic`, so a truncated or wrong
+catalogue's exact size and sha256. The bytes stream into `srd.fs.atomic.open_atomic`, so a truncated or wrong
 file never appears under the model's name, not even briefly, and nothing is left behind on failure.
 """
 
@@ -20,9 +20,9 @@ from pathlib import Path
 import structlog
 
 from srd import __version__
-from srd.atomic import AtomicFile, open_atomic
 from srd.engine.zoo import ZooModel
 from srd.errors import ModelError, OutputError
+from srd.fs.atomic import AtomicFile, open_atomic
 
 log = structlog.get_logger(__name__)
 

@@ -17,22 +17,22 @@ from dataclasses import replace
 from pathlib import Path
 
 from srd.config import Config, Profile, load_config
+from srd.engine.pipeline import Pipeline, StageContext, Upscale
 from srd.engine.registry import looks_like_path, resolve_model
 from srd.errors import ConfigError, ExitCode, OutputError
-from srd.imageio import normalise_format
+from srd.imaging.imageio import normalise_format
 from srd.job import Job, JobResult
 from srd.logs import configure_logging
 from srd.oneshot.execute import PoolSettings, run_batch
 from srd.oneshot.plan import Layout, PlannedFile, make_plan, mark_as_output, output_folders
 from srd.oneshot.report import Reporter, ReportOptions
 from srd.outbox import BLOCKING_ERRNOS
-from srd.pipeline import Pipeline, StageContext, Upscale
 
 _FOLDERS_SHOWN = 3  # refusing folders named in the closing error; the rest are counted
 
 
 def run_process(args: argparse.Namespace) -> ExitCode:
-    """Run ``srd process`` as parsed by `srd.cli`; errors are raised for the CLI to map to exit codes."""
+    """Run ``srd process`` as parsed by `srd.cli.main`; errors are raised for the CLI to map to exit codes."""
     config = load_config(args.config)
     log_level = "info" if args.verbose else "error"
     configure_logging(log_level, config.log_format)

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import structlog
 
-from srd.atomic import temp_files_of
 from srd.engine.upscaler import EngineSettings
 from srd.errors import WorkerStartError
-from srd.fileversion import FileVersion, version_of
+from srd.fs.atomic import temp_files_of
+from srd.fs.fileversion import FileVersion, version_of
 from srd.job import Job, JobResult
 from srd.pool import Finished, JobPool, process_executor_factory
 

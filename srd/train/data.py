@@ -19,9 +19,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from srd.bicubic import imresize_uint8, make_lr, output_size
-from srd.imageheader import IMAGE_SUFFIXES
-from srd.metrics import crop_to_multiple
+from srd.imaging.imageheader import IMAGE_SUFFIXES
+from srd.quality.bicubic import imresize_uint8, make_lr, output_size
+from srd.quality.metrics import crop_to_multiple
 from srd.train.model import DIV2K_MEAN_BGR
 
 log = logging.getLogger(__name__)

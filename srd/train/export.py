@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from srd.engine.registry import file_sha256, read_manifest
-from srd.metrics import psnr_y, ssim_y
+from srd.quality.metrics import psnr_y, ssim_y
 from srd.train import checkpoint
 from srd.train.data import load_bench
 from srd.train.loop import describe_hardware

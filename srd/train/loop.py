@@ -22,7 +22,7 @@ from typing import TypedDict, cast
 import numpy as np
 import torch
 
-from srd.metrics import psnr_y
+from srd.quality.metrics import psnr_y
 from srd.train import checkpoint
 from srd.train.data import (
     Pair,

@@ -1,6 +1,6 @@
-"""The daemon's subcommands — ``srd run``, ``srd status``, ``srd ledger …`` — for `srd.cli` to mount.
+"""The daemon's subcommands — ``srd run``, ``srd status``, ``srd ledger …`` — for `srd.cli.main` to mount.
 
-Handlers return an exit status and raise `SrdError`s; `srd.cli` maps those to exit codes.
+Handlers return an exit status and raise `SrdError`s; `srd.cli.main` maps those to exit codes.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from srd.cli.status_view import check_line, render
+from srd.cli.terminal import printable
 from srd.config import Config, check_real_folders, load_config
 from srd.errors import ExitCode, LockedError, SrdError
+from srd.fs.sources import move_file, report_path
 from srd.ledger import Entry, Ledger, State, check_ledger, repair_ledger
 from srd.logs import configure_logging
-from srd.sources import move_file, report_path
 from srd.status import Health, assess, locate_state_dir, read_status
-from srd.status_view import check_line, render
-from srd.terminal import printable
 
 
 def add_commands(subparsers: Any) -> dict[str, Callable[[argparse.Namespace], int]]:

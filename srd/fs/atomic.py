@@ -23,8 +23,8 @@ from typing import BinaryIO
 
 import structlog
 
-from srd import safefs
 from srd.errors import OutputError
+from srd.fs import safefs
 
 log = structlog.get_logger(__name__)
 
@@ -116,7 +116,7 @@ def _close_quietly(raw: BinaryIO) -> None:
 
 
 def open_folder(target: Path, root: Path | None) -> int:
-    """A descriptor of `target`'s folder: below `root` through `srd.safefs` (created if missing, never
+    """A descriptor of `target`'s folder: below `root` through `srd.fs.safefs` (created if missing, never
     through a symlink), or, without a root, the folder as named (srd's own state and model folders).
 
     Raises:
@@ -182,7 +182,7 @@ def open_atomic(target: Path, *, mode: int | None = None, root: Path | None = No
         mode: Exact permission bits for the new file. By default the file gets ``0o666 & ~umask``, like a
             plain ``open()``, not the 0600 that ``mkstemp`` would leave.
         root: The configured folder `target` lies below (an outbox, a failed folder): its folder is then
-            opened (and created) component by component with `srd.safefs`, refusing any symlink.
+            opened (and created) component by component with `srd.fs.safefs`, refusing any symlink.
         folder: An already open descriptor of `target`'s folder to write in (the caller keeps it).
         before_rename: Called once the data is on disk, just before the rename; an exception it raises
             removes the temp file and leaves `target` as it was.

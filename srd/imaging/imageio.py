@@ -15,18 +15,18 @@ from typing import BinaryIO
 import cv2
 import numpy as np
 
-from srd import containers, heif
-from srd.codeclog import captured_codec_messages
-from srd.decoderlimits import decoder_max_pixels
 from srd.errors import ImageError, OutputError
-from srd.exif import read_orientation, with_orientation_reset
-from srd.imageextent import missing_end
-from srd.imageheader import EXTENSIONS, read_header
-from srd.metadata import Metadata, for_output, strip_exif_prefix
+from srd.imaging import containers, heif
+from srd.imaging.codeclog import captured_codec_messages
+from srd.imaging.decoderlimits import decoder_max_pixels
+from srd.imaging.exif import read_orientation, with_orientation_reset
+from srd.imaging.imageextent import missing_end
+from srd.imaging.imageheader import EXTENSIONS, read_header
+from srd.imaging.metadata import Metadata, for_output, strip_exif_prefix
 
 __all__ = ["Encoded", "Metadata", "Picture", "decode", "encode", "output_format_for", "read_bounded"]
 
-# What OpenCV took from the environment when this process loaded it (see srd.decoderlimits).
+# What OpenCV took from the environment when this process loaded it (see srd.imaging.decoderlimits).
 DECODER_MAX_PIXELS = decoder_max_pixels()
 # Default of `max_input_bytes`: far above any camera file, far below what a worker can hold.
 DEFAULT_MAX_INPUT_BYTES = 200_000_000
@@ -125,7 +125,7 @@ def decode(data: bytes, *, max_pixels: int) -> Picture:
 
     The pixel count is checked from the header before anything is decoded, so a file that
     claims 100000×100000 costs nothing; a header whose size cannot be read with certainty is
-    refused. OpenCV's own limit (see `srd.decoderlimits`) checks the size the decoder
+    refused. OpenCV's own limit (see `srd.imaging.decoderlimits`) checks the size the decoder
     itself reads, in case the two parsers ever disagree.
 
     Raises:
@@ -198,8 +198,8 @@ def encode(picture: Picture, fmt: str, *, quality: int = 95, keep_metadata: bool
     JPEG, WebP and BMP hold 8 bits (16-bit is rounded down to 8); JPEG and BMP hold no alpha
     (flattened onto white, as an image viewer would show it; `Encoded.alpha_flattened` says when
     that lost real transparency, for the caller to log). Metadata is fitted to the output
-    (`srd.metadata.for_output`); OpenCV writes EXIF, ICC and XMP where it can, and the few byte
-    edits in `srd.containers` do the rest (split ICC in JPEG, TIFF tags, resolution).
+    (`srd.imaging.metadata.for_output`); OpenCV writes EXIF, ICC and XMP where it can, and the few byte
+    edits in `srd.imaging.containers` do the rest (split ICC in JPEG, TIFF tags, resolution).
 
     Raises:
         OutputError: the encoder refused the image.
@@ -327,7 +327,7 @@ def _metadata_blocks(meta: Metadata, fmt: str) -> tuple[list[int], list[np.ndarr
     """Blocks for OpenCV's encoder: the ones it writes correctly for `fmt`.
 
     Its JPEG writer fails on an ICC profile over one segment and writes XMP without its
-    namespace; its TIFF and BMP writers write no metadata. Those are added by `srd.containers`.
+    namespace; its TIFF and BMP writers write no metadata. Those are added by `srd.imaging.containers`.
     """
     if fmt in ("tiff", "bmp"):
         return [], []

@@ -17,13 +17,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from srd.bicubic import bicubic_up, make_lr
 from srd.engine.conventions import LUMA_CONVENTIONS
 from srd.engine.registry import ModelSpec
 from srd.engine.upscaler import EngineSettings, Upscaler
 from srd.errors import ImageError
-from srd.imageheader import IMAGE_SUFFIXES
-from srd.metrics import crop_to_multiple, psnr_y, ssim_y
+from srd.imaging.imageheader import IMAGE_SUFFIXES
+from srd.quality.bicubic import bicubic_up, make_lr
+from srd.quality.metrics import crop_to_multiple, psnr_y, ssim_y
 
 
 @dataclass(frozen=True)

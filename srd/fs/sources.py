@@ -3,7 +3,7 @@
 Moves never use ``shutil.move``: across filesystems it copies then deletes non-atomically, so a crash
 could leave a half-copied file under its final name. Here a cross-device move is an atomic copy (temp
 file, fsync, rename) followed by deleting the source, so the destination is complete or absent, and a
-source that can't be deleted takes its copy back. Every access goes through `srd.safefs`.
+source that can't be deleted takes its copy back. Every access goes through `srd.fs.safefs`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any
 
 import structlog
 
-from srd import safefs
-from srd.atomic import TEMP_PREFIX, open_atomic, write_bytes_atomic
 from srd.errors import OutputError
+from srd.fs import safefs
+from srd.fs.atomic import TEMP_PREFIX, open_atomic, write_bytes_atomic
 
 log = structlog.get_logger(__name__)
 
@@ -74,7 +74,7 @@ def move_file(src_root: Path, source: PurePath, dst_root: Path, folder: PurePosi
     """Move the regular file `source` (below `src_root`) into `folder` (below `dst_root`, created if
     missing) under a free name (its own, or `name`, numbered if taken); returns where it went.
 
-    Both sides are reached through `srd.safefs`, so no symlink is followed on either. The move is
+    Both sides are reached through `srd.fs.safefs`, so no symlink is followed on either. The move is
     all-or-nothing even across filesystems: a rename where it can, else an atomic copy, then the source
     is unlinked, and if that fails (a read-only inbox) the copy is removed again, so that a retry never
     leaves a second copy behind.

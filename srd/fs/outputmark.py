@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 
 import structlog
 
-from srd import safefs
+from srd.fs import safefs
 
 log = structlog.get_logger(__name__)
 

@@ -21,7 +21,7 @@ from srd.engine.conventions import CONVENTIONS
 from srd.engine.registry import ModelSpec, file_sha256, resolve_model
 from srd.engine.upscaler import EngineSettings, Upscaler
 from srd.errors import ModelError
-from srd.fileversion import FileVersion
+from srd.fs.fileversion import FileVersion
 
 # Bumped when a stage's algorithm changes, so the ledger reprocesses with the new behaviour.
 PIPELINE_VERSION = 1

@@ -12,8 +12,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from srd import __version__
+from srd.cli.daemon_cli import add_commands as add_daemon_commands
+from srd.cli.terminal import printable
 from srd.config import Config, check_real_folders, load_config
-from srd.daemon_cli import add_commands as add_daemon_commands
+from srd.engine.pipeline import StageContext
 from srd.engine.registry import ModelSpec, available_models, resolve_model, user_models_dir
 from srd.engine.upscaler import EngineSettings
 from srd.errors import (
@@ -31,8 +33,6 @@ from srd.errors import (
 from srd.ledger import LedgerError
 from srd.logs import configure_logging
 from srd.oneshot import run_process
-from srd.pipeline import StageContext
-from srd.terminal import printable
 
 # Most specific first: the first class an error is an instance of gives its exit code.
 _EXIT_CODES: tuple[tuple[type[SrdError], ExitCode], ...] = (
@@ -252,7 +252,7 @@ def _run_bench(args: argparse.Namespace) -> ExitCode:
 
 
 def _print_bench_quality(args: argparse.Namespace, specs: list[ModelSpec], engine: EngineSettings) -> None:
-    from srd import bench
+    from srd.quality import bench
 
     rows = bench.bench_quality(args.set, args.scale, specs, engine, with_upsample=args.upsample)
     print(f"{args.set.name} x{args.scale}  (standard protocol, tile {engine.tile}, pad {engine.tile_pad})")
@@ -268,7 +268,7 @@ def _print_bench_quality(args: argparse.Namespace, specs: list[ModelSpec], engin
 
 
 def _print_bench_speed(args: argparse.Namespace, specs: list[ModelSpec], engine: EngineSettings) -> None:
-    from srd import bench
+    from srd.quality import bench
 
     height, width = (int(v) for v in args.size.lower().split("x"))
     tiles = [int(t) for t in args.tiles.split(",")]

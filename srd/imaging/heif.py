@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from srd.errors import ImageError
-from srd.exif import with_orientation_reset
-from srd.metadata import Metadata, strip_exif_prefix
+from srd.imaging.exif import with_orientation_reset
+from srd.imaging.metadata import Metadata, strip_exif_prefix
 
 MISSING_EXTRA = "HEIC needs `pip install srd[heif]`"
 

@@ -18,7 +18,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from srd.metadata import Resolution
+from srd.imaging.metadata import Resolution
 
 _ICC_SIGNATURE = b"ICC_PROFILE\x00"
 _ICC_CHUNK = 0xFFFF - 2 - len(_ICC_SIGNATURE) - 2  # length field, signature, sequence number and count
