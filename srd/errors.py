@@ -48,7 +48,7 @@ _MEANINGS = {
                         "processes are unhealthy",
     ExitCode.STARTUP: "a configured folder or the state directory can't be created or opened",
     ExitCode.INTERRUPTED: "stopped by Ctrl-C (SIGINT)",
-    ExitCode.TERMINATED: "stopped by SIGTERM (srd train fit)",
+    ExitCode.TERMINATED: "stopped by SIGTERM (srd process, srd train fit)",
 }
 
 

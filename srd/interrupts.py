@@ -1,4 +1,4 @@
-"""Hold a Ctrl-C back until a step that must not be cut in half is done."""
+"""Stopping a command by signal: SIGTERM ends a batch like Ctrl-C, and neither cuts a critical step in half."""
 
 from __future__ import annotations
 
@@ -8,25 +8,51 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: raised in the main thread so that a batch stops the way Ctrl-C stops it (its pool
+    closed, its summary printed). A BaseException, like KeyboardInterrupt, so per-job ``except Exception``
+    boundaries let it through."""
+
+
+def raise_on_sigterm() -> None:
+    """Make SIGTERM raise `Terminated` in the main thread (its default action would end the process at once,
+    without a summary and with the exit status of a killed process)."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
 
 @contextmanager
-def sigint_deferred() -> Iterator[None]:
-    """Run the ``with`` body to its end even if SIGINT arrives, then act on that SIGINT as it would have been.
+def stop_signals_deferred() -> Iterator[None]:
+    """Run the ``with`` body to its end even if SIGINT or SIGTERM arrives, then act on it as it would have been.
 
     A KeyboardInterrupt raised halfway through starting a worker process leaves a child that the pool
     doesn't know of: nothing kills it, and once this process exits and its semaphores are gone, the child
     fails to start with a traceback on the shared stderr. Python runs signal handlers in the main thread
     only, so elsewhere the body can't be interrupted and nothing is changed.
     """
-    # A handler installed outside Python (getsignal gives None) could not be put back.
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[tuple[int, FrameType | None]] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append((signum, frame)))
+    previous = {}
+    for signum in _STOP_SIGNALS:
+        handler = signal.getsignal(signum)
+        # A handler installed outside Python (getsignal gives None) could not be put back; SIG_DFL/SIG_IGN keep
+        # their meaning when restored, so only Python handlers are held back.
+        if callable(handler):
+            previous[signum] = signal.signal(signum, lambda signum, frame: caught.append((signum, frame)))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught and callable(previous):
-        previous(*caught[0])  # default_int_handler raises KeyboardInterrupt; the daemon's sets its stop flag
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    for signum, frame in caught[:1]:
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, frame)  # raises KeyboardInterrupt or Terminated; the daemon's handler sets its stop flag

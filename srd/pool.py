@@ -32,7 +32,7 @@ from typing import Any
 import structlog
 
 from srd.engine.upscaler import EngineSettings
-from srd.interrupts import sigint_deferred
+from srd.interrupts import stop_signals_deferred
 from srd.job import Job, JobResult
 from srd.worker import make_pool, process
 
@@ -313,7 +313,7 @@ class JobPool:
                 self._on_start(token)
             try:
                 # A Ctrl-C waits until the worker this may start, and the job, are on the pool's books.
-                with sigint_deferred():
+                with stop_signals_deferred():
                     future = self._executor.submit(self._run, job)
                     self._running[future] = _Running(token, job, self._clock(), self._limits.get(token, self._timeout))
             # Submitting spawns the worker processes, so this is where they fail to start (out of file

@@ -140,6 +140,27 @@ def test_rerunning_the_same_command_replaces_its_outputs_instead_of_numbering_th
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.jpg", "b.png", "c.jpg"]
 
 
+def test_rerunning_in_place_leaves_srd_outputs_as_they_are_unless_asked_to_reprocess(photos: Path) -> None:
+    """A second `--in-place` run over a finished folder (or one resumed after a kill) must not upscale each
+    photo again: srd's outputs carry its mark and are skipped, not failed; `--reprocess` upscales them anyway."""
+    sizes = {name: decoded_size(photos / name) for name in ("a.jpg", "b.png", "c.jpg")}
+    first = srd("process", str(photos / "a.jpg"), "--out", str(photos), "--in-place", *ESPCN)
+    assert first.returncode == 0, first.stderr
+    after_first = snapshot(photos)
+    again = srd("process", str(photos), "--out", str(photos), "--in-place", "--json", *ESPCN)
+    assert again.returncode == 0, again.stderr
+    assert "2 processed, 0 failed, 1 skipped (already srd's outputs" in again.stderr
+    records = {Path(r["source"]).name: r for r in map(json.loads, again.stdout.splitlines())}
+    assert records["a.jpg"]["status"] == "skipped" and "already an output of srd" in records["a.jpg"]["reason"]
+    assert (photos / "a.jpg").read_bytes() == after_first["a.jpg"]  # left exactly as the first run wrote it
+    for name, (height, width) in sizes.items():
+        assert decoded_size(photos / name) == (2 * height, 2 * width)
+    forced = srd("process", str(photos / "a.jpg"), "--out", str(photos), "--in-place", "--reprocess", *ESPCN)
+    assert forced.returncode == 0, forced.stderr
+    height, width = sizes["a.jpg"]
+    assert decoded_size(photos / "a.jpg") == (4 * height, 4 * width)
+
+
 def test_a_file_in_out_that_srd_did_not_write_is_never_replaced_unless_asked(photos: Path, tmp_path: Path) -> None:
     """`--out` holds the user's own b.png: the run is refused (exit 2) before anything is written, naming
     it; `--overwrite` replaces it; srd's own earlier outputs (marked when written) are replaced without it."""
@@ -317,25 +338,34 @@ def test_in_place_an_input_written_to_after_planning_is_reported_and_left_as_wri
     assert second.read_bytes() == edited and decoded_size(first) == (60, 80)
 
 
-@pytest.mark.parametrize("inherited", [signal.SIG_DFL, signal.SIG_IGN], ids=["sigint-default", "sigint-ignored"])
-def test_ctrl_c_stops_the_batch_and_leaves_no_half_written_file(tmp_path: Path, inherited: signal.Handlers) -> None:
+@pytest.mark.parametrize("stop, inherited, code, said", [
+    (signal.SIGINT, signal.SIG_DFL, 130, "srd: interrupted"),
+    (signal.SIGINT, signal.SIG_IGN, 130, "srd: interrupted"),
+    (signal.SIGTERM, signal.SIG_DFL, 143, "srd: terminated"),
+], ids=["sigint-default", "sigint-ignored", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_the_batch_with_its_summary_and_no_half_written_file(
+    tmp_path: Path, stop: signal.Signals, inherited: signal.Handlers, code: int, said: str
+) -> None:
     # Far more files than can finish while the signal is on its way on a busy machine; the rest never start.
     # SIG_IGN: started as a script's `srd process … &` (a shell without job control ignores SIGINT in
-    # background commands, and exec keeps that), where a SIGINT sent to srd must still stop it.
+    # background commands, and exec keeps that), where a SIGINT sent to srd must still stop it. SIGTERM (a
+    # `timeout`, a service manager) stops it the same way, with its summary, not as a killed process.
     folder, out = _batch(tmp_path, 40), tmp_path / "out"
     proc = subprocess.Popen([*srd_command(), "process", str(folder), "--out", str(out), "-m", "edsr-base", "-s",
                              "2", "-j", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, inherited))
     try:
         wait_for(lambda: worker_pids(proc.pid) and out.is_dir(), 60, "workers at work")
-        proc.send_signal(signal.SIGINT)
+        workers = worker_pids(proc.pid)
+        proc.send_signal(stop)
         _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == code, stderr
     assert "Traceback" not in stderr
     summary = re.search(r"^srd: (\d+) processed, 0 failed", stderr, re.MULTILINE)
-    assert summary and int(summary.group(1)) <= len(list(out.iterdir())) and "srd: interrupted" in stderr
+    assert summary and int(summary.group(1)) <= len(list(out.iterdir())) and said in stderr
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 10, "the workers to be gone")
     assert not any(is_temp_name(p.name) for p in out.iterdir())
     assert all(decoded_size(p) == (320, 400) for p in out.iterdir())
 

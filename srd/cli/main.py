@@ -30,6 +30,7 @@ from srd.errors import (
     UsageError,
     exit_code_table,
 )
+from srd.interrupts import Terminated
 from srd.ledger import LedgerError
 from srd.logs import configure_logging
 from srd.oneshot import run_process
@@ -101,6 +102,9 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpar
     process.add_argument("--overwrite", action="store_true",
                          help="allow outputs to replace files in --out that srd did not write (its own earlier "
                               "outputs are always replaced)")
+    process.add_argument("--reprocess", action="store_true",
+                         help="upscale inputs that are srd's own outputs again (skipped otherwise, so a rerun "
+                              "never upscales a photo twice)")
     process.add_argument("--verbose", "-v", action="store_true", help="log every job")
     process.add_argument("--quiet", "-q", action="store_true", help="print only failures and the summary")
     process.add_argument("--json", action="store_true",
@@ -326,6 +330,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("srd: interrupted", file=sys.stderr)
         code = ExitCode.INTERRUPTED
+    except Terminated:
+        print("srd: terminated", file=sys.stderr)
+        code = ExitCode.TERMINATED
     except BrokenPipeError as exc:
         if not _stdout_reader_gone():
             # Some other pipe broke (a helper process died): a failure like any other, never success.

@@ -21,6 +21,7 @@ from srd.engine.pipeline import Pipeline, StageContext, Upscale
 from srd.engine.registry import looks_like_path, resolve_model
 from srd.errors import ConfigError, ExitCode, OutputError
 from srd.imaging.imageio import normalise_format
+from srd.interrupts import raise_on_sigterm
 from srd.job import Job, JobResult
 from srd.logs import configure_logging
 from srd.oneshot.execute import PoolSettings, run_batch
@@ -33,6 +34,7 @@ _FOLDERS_SHOWN = 3  # refusing folders named in the closing error; the rest are 
 
 def run_process(args: argparse.Namespace) -> ExitCode:
     """Run ``srd process`` as parsed by `srd.cli.main`; errors are raised for the CLI to map to exit codes."""
+    raise_on_sigterm()  # stop like Ctrl-C: workers closed, the summary printed, exit 143
     config = load_config(args.config)
     log_level = "info" if args.verbose else "error"
     configure_logging(log_level, config.log_format)
@@ -51,11 +53,14 @@ def run_process(args: argparse.Namespace) -> ExitCode:
 
     plan = make_plan(Layout(tuple(args.inputs), args.out, args.recursive, args.in_place,
                             requested_format or profile.output.format, profile.output.fallback_format,
-                            overwrite=args.overwrite))
+                            overwrite=args.overwrite, reprocess=args.reprocess))
     _make_folders(output_folders(plan.files))
-    reporter = Reporter(len(plan.files) + len(plan.skipped), ReportOptions(quiet=args.quiet, json=args.json))
+    reporter = Reporter(len(plan.files) + len(plan.skipped) + len(plan.outputs),
+                        ReportOptions(quiet=args.quiet, json=args.json))
     for skipped in plan.skipped:
         reporter.result(JobResult(skipped.source, False, error=skipped.reason))
+    for output in plan.outputs:
+        reporter.left_unchanged(output.source, output.reason)
     planned = {file.source: file for file in plan.files}
     refused: list[tuple[Path, int]] = []  # (folder, errno) of outputs the storage refused
     jobs = [_job_for(file, profile, config, requested_format) for file in plan.files]

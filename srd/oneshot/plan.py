@@ -39,6 +39,8 @@ class Layout:
         requested_format: Output format asked for ('same' or None keeps each input's).
         fallback_format: Written for inputs srd reads but can't write (HEIC …); None: the built-in choice.
         overwrite: The user allows outputs to replace files in `out` that srd did not write.
+        reprocess: The user wants inputs that are srd's own outputs upscaled again (a rerun otherwise skips
+            them: in place, a second run over a finished folder would upscale every photo twice).
     """
 
     inputs: tuple[Path, ...]
@@ -48,6 +50,7 @@ class Layout:
     requested_format: str | None
     fallback_format: str | None = None
     overwrite: bool = False
+    reprocess: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,12 @@ class Skipped:
 
 @dataclass(frozen=True)
 class Plan:
+    """What the run will do: `files` get a job; `skipped` can't be processed (each a failure, with its reason);
+    `outputs` are srd's own outputs among the inputs, left as they are (not failures)."""
+
     files: tuple[PlannedFile, ...]
     skipped: tuple[Skipped, ...]
+    outputs: tuple[Skipped, ...] = ()
 
 
 def make_plan(layout: Layout) -> Plan:
@@ -88,6 +95,7 @@ def make_plan(layout: Layout) -> Plan:
     """
     _check_folders(layout)
     skipped: list[Skipped] = []
+    outputs: list[Skipped] = []
     named: set[Path] = set()
     inputs: set[tuple[int, int]] = set()
     pairs: list[tuple[Path, Path, FileVersion]] = []
@@ -104,6 +112,11 @@ def make_plan(layout: Layout) -> Plan:
             continue  # the same path named twice (e.g. a folder and a file in it) is processed once
         named.add(Path(os.path.abspath(source)))
         inputs.add((info.st_dev, info.st_ino))
+        made_from = None if layout.reprocess else marked_for(source.parent, source)
+        if made_from is not None:
+            outputs.append(Skipped(source, f"already an output of srd (made from {made_from[1]}); "
+                                           "not upscaled again (--reprocess to upscale it anyway)"))
+            continue
         pairs.append((source, out_dir, FileVersion.of(info)))
     files: list[PlannedFile] = []
     taken: set[Path] = set()
@@ -137,7 +150,7 @@ def make_plan(layout: Layout) -> Plan:
         more = f" and {len(foreign) - _SHOWN} more" if len(foreign) > _SHOWN else ""
         raise UsageError(f"refusing to replace files srd did not write: {shown}{more}; choose another --out, or "
                          "pass --overwrite to replace them")
-    return Plan(tuple(files), tuple(skipped))
+    return Plan(tuple(files), tuple(skipped), tuple(outputs))
 
 
 def is_srd_output(path: Path) -> bool:

@@ -55,10 +55,11 @@ class Reporter:
         self._current = ""
         self.processed = 0
         self.failed = 0
+        self.unchanged = 0  # inputs that are srd's own outputs, left as they are
 
     @property
     def done(self) -> int:
-        return self.processed + self.failed
+        return self.processed + self.failed + self.unchanged
 
     def starting(self, source: Path) -> None:
         """A worker took `source`."""
@@ -76,6 +77,15 @@ class Reporter:
                   flush=True)
         if self.options.json:
             print(json.dumps(_as_record(result, input_bytes)), file=self._out, flush=True)
+        self.tick()
+
+    def left_unchanged(self, source: Path, reason: str) -> None:
+        """An input srd leaves as it is (its own output): counted in the summary, not a failure, one line only
+        with ``--json`` (a rerun over a finished folder would otherwise print a line per file)."""
+        self.unchanged += 1
+        if self.options.json:
+            record = _as_record(JobResult(source, False, error=reason), None) | {"status": "skipped"}
+            print(json.dumps(record), file=self._out, flush=True)
         self.tick()
 
     def tick(self) -> None:
@@ -115,7 +125,9 @@ class Reporter:
         rate = f", {_rate_text(self.done / elapsed)}" if elapsed > 0 and self.done else ""
         # Inputs left when the run stopped early (srd couldn't run, Ctrl-C) are counted, never left out.
         left = f", {self.total - self.done} not processed" if self.done < self.total else ""
-        print(f"srd: {self.processed} processed, {self.failed} failed{left} in {_duration(elapsed)}{rate}",
+        unchanged = (f", {self.unchanged} skipped (already srd's outputs; --reprocess to upscale them again)"
+                     if self.unchanged else "")
+        print(f"srd: {self.processed} processed, {self.failed} failed{unchanged}{left} in {_duration(elapsed)}{rate}",
               file=self._err, flush=True)
 
 
