@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -40,19 +41,18 @@ def stop_signals_deferred() -> Iterator[None]:
         yield
         return
     caught: list[tuple[int, FrameType | None]] = []
-    previous = {}
-    for signum in _STOP_SIGNALS:
-        handler = signal.getsignal(signum)
-        # A handler installed outside Python (getsignal gives None) could not be put back; SIG_DFL/SIG_IGN keep
-        # their meaning when restored, so only Python handlers are held back.
+    held: dict[int, Callable[[int, FrameType | None], Any]] = {}
+    for stop in _STOP_SIGNALS:
+        handler = signal.getsignal(stop)
+        # Only Python handlers are held back: one installed outside Python (getsignal gives None) could not be
+        # put back, and SIG_DFL/SIG_IGN act at once as they always did.
         if callable(handler):
-            previous[signum] = signal.signal(signum, lambda signum, frame: caught.append((signum, frame)))
+            held[stop] = handler
+            signal.signal(stop, lambda signum, frame: caught.append((signum, frame)))
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    for signum, frame in caught[:1]:
-        handler = previous[signum]
-        if callable(handler):
-            handler(signum, frame)  # raises KeyboardInterrupt or Terminated; the daemon's handler sets its stop flag
+        for number, handler in held.items():
+            signal.signal(number, handler)
+    for number, frame in caught[:1]:
+        held[number](number, frame)  # raises KeyboardInterrupt or Terminated; the daemon's handler sets its stop flag
