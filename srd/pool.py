@@ -318,10 +318,11 @@ class JobPool:
                     self._running[future] = _Running(token, job, self._clock(), self._limits.get(token, self._timeout))
             # Submitting spawns the worker processes, so this is where they fail to start (out of file
             # descriptors or processes, an interpreter they can't execute). A submit racing the executor's own
-            # breakdown (a worker just died) can also fail, with OSError('handle is closed'). Either way the
+            # breakdown (a worker just died) can also fail, with OSError('handle is closed'), and one whose
+            # forkserver died (killed, OOM) with EOFError when the forkserver's answer never comes. Either way the
             # executor is replaced and the job tried once more on it; if that fails too, it waits for the next
             # `collect` or `ensure_executor`: retrying on at once would spin as long as the cause lasts.
-            except (BrokenProcessPool, RuntimeError, OSError) as exc:
+            except (BrokenProcessPool, RuntimeError, OSError, EOFError) as exc:
                 self._waiting.appendleft((token, job, False))
                 self._restart_without_charge.add(token)
                 self._note_start_failure(exc)

@@ -29,7 +29,7 @@ _context: StageContext | None = None
 def init_worker(
     parent_pid: int, engine: EngineSettings, model_dirs: Sequence[Path], log_level: str, log_format: str
 ) -> None:
-    """Pool initializer: die with the parent, leave Ctrl-C, SIGTERM and SIGHUP to it, set up logging and models.
+    """Pool initializer: die with the parent and the forkserver, leave signals to the parent, set up logging, models.
 
     If the parent is SIGKILLed, its workers would otherwise live on: they hold both ends of their
     call queue (so they never see EOF) and keep the forkserver alive. Worse, one busy with a job
@@ -37,7 +37,10 @@ def init_worker(
     on the parent's pidfd kills this worker the moment the parent is gone.
     """
     global _context
-    threading.Thread(target=_die_with, args=(parent_pid,), name="srd-die-with-parent", daemon=True).start()
+    # Its forkserver too: once that is gone, the executor reads this worker as dead (its exit status came through
+    # the forkserver) and the job it holds is retried elsewhere, so this worker must not finish it as well.
+    for pid in {parent_pid, os.getppid()}:
+        threading.Thread(target=_die_with, args=(pid,), name="srd-die-with-parent", daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # A reload sent to the whole process group (`kill -HUP -PGID`) is the daemon's to handle; its default

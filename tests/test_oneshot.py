@@ -212,6 +212,46 @@ def test_a_killed_worker_is_replaced_and_the_whole_batch_is_processed(tmp_path: 
     assert {p.name: decoded_size(p) for p in out.iterdir()} == {f"{i}.png": (320, 400) for i in range(6)}
 
 
+def _forkserver_of(pid: int) -> int:
+    """The pid of multiprocessing's forkserver started by process `pid`."""
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes()
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid and b"forkserver" in command:
+            return int(entry.name)
+    raise AssertionError(f"no forkserver under {pid}")
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["to --out, mid-batch", "in place, first jobs running"])
+def test_a_killed_forkserver_costs_no_file(tmp_path: Path, in_place: bool) -> None:
+    """The forkserver (it forks the workers) SIGKILLed: the next worker start fails (EOFError), the pool is rebuilt
+    on a fresh forkserver, and every file is processed exactly once. In place, the first jobs' workers were
+    running at the kill: none of them may land an output after its job was given up and retried (the retry
+    would find its input replaced and report it "changed since planned")."""
+    folder = _batch(tmp_path, 8)
+    sizes = {p.name: decoded_size(p) for p in folder.iterdir()}
+    out = folder if in_place else tmp_path / "out"
+    cmd = [*srd_command(), "process", str(folder), "--out", str(out), "-m", "edsr-base", "-s", "2", "-j", "2",
+           *(["--in-place"] if in_place else [])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        if in_place:
+            wait_for(lambda: worker_pids(proc.pid), 60, "workers")
+            time.sleep(1)  # their first jobs under way
+        else:
+            wait_for(lambda: out.is_dir() and any(decoded_size(p) == (320, 400) for p in out.iterdir()), 120,
+                     "the first output")
+        os.kill(_forkserver_of(proc.pid), signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in stderr and "8 processed, 0 failed" in stderr, stderr
+    assert {p.name: decoded_size(p) for p in out.iterdir()} == {n: (2 * h, 2 * w) for n, (h, w) in sizes.items()}
+
+
 def test_a_killed_worker_fails_only_its_files_with_the_reason(tmp_path: Path) -> None:
     """With ``max_attempts: 1`` the jobs the dead worker's pool held fail; every other file is written."""
     folder, out = _batch(tmp_path, 6), tmp_path / "out"
