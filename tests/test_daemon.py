@@ -32,16 +32,16 @@ from daemon_helpers import (
 )
 
 from srd.config import load_config
-from srd.daemon import Daemon
+from srd.daemon.loop import Daemon
+from srd.daemon.notify import Notifier
+from srd.daemon.offload import Done
+from srd.daemon.status import Health, assess
+from srd.daemon.watch import Hint
 from srd.engine.pipeline import StageContext
 from srd.fs.atomic import is_temp_name
 from srd.fs.fileversion import FileVersion
 from srd.job import Job, JobResult, run_job
-from srd.notify import Notifier
-from srd.offload import Done
 from srd.pool import JobPool
-from srd.status import Health, assess
-from srd.watch import Hint
 
 SIZE = (24, 32)
 DOUBLED = (48, 64)
@@ -197,7 +197,7 @@ def test_a_retry_after_a_crash_reuses_the_output_name_the_crashed_attempt_wrote(
     """The worker wrote the output but the daemon died before journaling `done`: the retry writes the
     same name again (reserved in the ledger's start record) instead of a suffixed second copy."""
     from srd.config import load_config
-    from srd.daemon import fingerprints
+    from srd.daemon.loop import fingerprints
     from srd.ledger import Ledger
 
     config = write_config(tmp_path)
@@ -638,10 +638,10 @@ def test_an_unchanged_status_is_still_rewritten_so_its_age_tells_a_stuck_or_bloc
     is stuck) rather than showing its last, healthy-looking figures forever."""
     from datetime import UTC, datetime, timedelta
 
-    from srd.status import STALE_STATUS_S, STATUS_REFRESH_S, Health, assess, read_status, status_path
+    from srd.daemon.status import STALE_STATUS_S, STATUS_REFRESH_S, Health, assess, read_status, status_path
 
     # The daemon runs inside pytest, whose command line doesn't say srd: count its pid as a live daemon's.
-    monkeypatch.setattr("srd.status.pid_alive", lambda pid: pid == os.getpid())
+    monkeypatch.setattr("srd.daemon.status.pid_alive", lambda pid: pid == os.getpid())
     daemon, now = inline_daemon(tmp_path)
     try:
         daemon._write_status()
@@ -690,7 +690,7 @@ def test_a_source_step_that_never_comes_back_shows_as_stuck_and_the_file_waits_f
     now[0] += 61
     inbox = daemon.status()["inboxes"][0]
     assert inbox["health"] == "unhealthy" and inbox["stuck_step"]["action"] == "delete"
-    monkeypatch.setattr("srd.status.pid_alive", lambda pid: True)  # this test process is the daemon
+    monkeypatch.setattr("srd.daemon.status.pid_alive", lambda pid: True)  # this test process is the daemon
     assessment = assess({**daemon.status(), "updated_at": datetime.now(UTC).isoformat()})
     assert assessment.health is Health.UNHEALTHY and any("delete of a.png" in r for r in assessment.reasons)
     token, call = held.pop()

@@ -44,8 +44,16 @@ from typing import Any
 import structlog
 from structlog.contextvars import bound_contextvars
 
-from srd.claim import InboxClaims
 from srd.config import Config, Inbox, Profile, load_config
+from srd.daemon.claim import InboxClaims
+from srd.daemon.jobtime import SLACK, job_time_limit
+from srd.daemon.notify import Notifier
+from srd.daemon.offload import Done, Offloader
+from srd.daemon.outbox import BLOCKING_ERRNOS, OutboxBlock
+from srd.daemon.settle import Look, ReadyFile, SettleTracker
+from srd.daemon.sourcestep import Action, Found, SourceStep, StepResult, run_step
+from srd.daemon.status import STATUS_REFRESH_S, write_status
+from srd.daemon.watch import Hint, InboxWatcher
 from srd.engine.pipeline import StageContext, Upscale
 from srd.errors import ConfigError, ExitCode, ImageError, OutputError, SrdError, StartupError
 from srd.fs import safefs
@@ -56,7 +64,6 @@ from srd.fs.sources import link_or_copy, numbered_names, report_path
 from srd.imaging.imageheader import read_header, sniff_format
 from srd.imaging.imageio import output_format_for
 from srd.job import Job, JobResult, output_name
-from srd.jobtime import SLACK, job_time_limit
 from srd.ledger import (
     Entry,
     Ledger,
@@ -66,14 +73,7 @@ from srd.ledger import (
     make_key,
 )
 from srd.logs import configure_logging
-from srd.notify import Notifier
-from srd.offload import Done, Offloader
-from srd.outbox import BLOCKING_ERRNOS, OutboxBlock
 from srd.pool import Finished, JobPool, Lost, Outcome, RunningJob, process_executor_factory
-from srd.settle import Look, ReadyFile, SettleTracker
-from srd.sourcestep import Action, Found, SourceStep, StepResult, run_step
-from srd.status import STATUS_REFRESH_S, write_status
-from srd.watch import Hint, InboxWatcher
 
 log = structlog.get_logger(__name__)
 

@@ -51,9 +51,9 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 from srd.config import Inbox
+from srd.daemon.scan import IgnoreRules, classify, scan_inbox
 from srd.fs import safefs
 from srd.fs.fileversion import FileVersion
-from srd.scan import IgnoreRules, classify, scan_inbox
 
 log = structlog.get_logger(__name__)
 
