@@ -350,11 +350,10 @@ def test_out_of_memory_is_retried_alone_and_costs_an_attempt_not_the_file(tmp_pa
         return run_job(job, context)
 
     now = [100.0]
-    daemon = Daemon(config, notifier=Notifier(None), clock=lambda: now[0], watcher_builder=QuietWatcher,
+    daemon = Daemon.start(config, notifier=Notifier(None), clock=lambda: now[0], watcher_builder=QuietWatcher,
                     pool_builder=lambda cfg, on_start, wake: JobPool(1, lambda: InlineExecutor(run),
                                                                       on_start=on_start),
                     offloader=InlineOffloader())
-    daemon.start()
     try:
         source = tmp_path / "in" / "a.png"
         source.write_bytes(make_image(Path("x.png"), SIZE, 1))

@@ -423,11 +423,10 @@ def test_the_status_document_says_when_the_state_dir_refuses_writes(tmp_path: Pa
     from srd.daemon.notify import Notifier
     from srd.ledger import LedgerUnwritableError
 
-    daemon = Daemon(load_config(write_config(tmp_path)), notifier=Notifier(None))
-    daemon.start()
+    daemon = Daemon.start(load_config(write_config(tmp_path)), notifier=Notifier(None))
     try:
         assert daemon.status()["state_dir"] == {"state": "ok"}
-        daemon._state_unwritable(LedgerUnwritableError("cannot write ledger journal: No space left on device",
+        daemon._files.state_unwritable(LedgerUnwritableError("cannot write ledger journal: No space left on device",
                                                        errno=errno.ENOSPC))
         state = daemon.status()["state_dir"]
         assert state["state"] == "unwritable" and "No space left" in state["error"]

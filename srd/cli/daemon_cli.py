@@ -84,12 +84,14 @@ def add_commands(subparsers: Any) -> dict[str, Callable[[argparse.Namespace], in
 
 def run_daemon(args: argparse.Namespace) -> int:
     from srd.daemon.loop import Daemon
+    from srd.daemon.signals import Signals
 
     config = load_config(args.config)
     check_real_folders(config)
     configure_logging(config.log_level, config.log_format)
-    daemon = Daemon(config, config_path=args.config, drain_timeout=args.drain_timeout)
-    daemon.install_signal_handlers()
+    signals = Signals()
+    signals.install()  # before starting: a SIGTERM during start-up stops the daemon as soon as it runs
+    daemon = Daemon.start(config, config_path=args.config, signals=signals, drain_timeout=args.drain_timeout)
     return daemon.run()
 
 
