@@ -51,7 +51,7 @@ import yaml
 # Imported once, up front: others may edit srd while a long run is going, and a module imported late
 # would mix two versions of the code in this process.
 from srd.config import load_config
-from srd.daemon import fingerprints, inbox_id
+from srd.daemon.inboxes import fingerprints, inbox_id
 from srd.engine.pipeline import StageContext
 from srd.job import Job, run_job
 from srd.ledger import Ledger

@@ -3,7 +3,7 @@
 With `on_success: keep` (the default) processed photos stay in the inbox, so a NAS inbox can hold
 tens of thousands of files and the poller walks all of them every few seconds. This builds a tree of
 empty files (FOLDERS folders × FILES files, plus a few junk names the rules drop) and prints the best
-of ROUNDS walks with `srd.scan.scan_inbox` and the default rules plus two user globs.
+of ROUNDS walks with `srd.daemon.scan.scan_inbox` and the default rules plus two user globs.
 
 Example (compare commits by running it with another checkout first on PYTHONPATH)::
 
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from srd.scan import IgnoreRules, scan_inbox
+from srd.daemon.scan import IgnoreRules, scan_inbox
 
 
 def build_tree(root: Path, folders: int, files: int) -> None:

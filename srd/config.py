@@ -21,8 +21,8 @@ import yaml
 from srd.engine.pipeline import STAGES, Pipeline, StageContext, Upscale
 from srd.engine.upscaler import CHROMA_INTERPOLATIONS, ONNX_ENGINES, EngineSettings
 from srd.errors import ConfigError, ModelError
+from srd.fs.timebox import NoAnswer, timeboxed
 from srd.imaging.imageio import DEFAULT_MAX_INPUT_BYTES, OUTPUT_FORMATS, normalise_format
-from srd.timebox import NoAnswer, timeboxed
 
 DEFAULT_PROFILE = "default"
 DEFAULT_MODEL = "edsr-lite"

@@ -7,6 +7,7 @@ raises. The exit codes are one table, each number with one meaning across every 
 from __future__ import annotations
 
 import enum
+import os
 
 
 @enum.unique  # one meaning per number
@@ -50,6 +51,13 @@ _MEANINGS = {
     ExitCode.INTERRUPTED: "stopped by Ctrl-C (SIGINT)",
     ExitCode.TERMINATED: "stopped by SIGTERM (srd process, srd train fit)",
 }
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an OSError: its reason and the path(s) it concerns."""
+    reason = exc.strerror or str(exc)
+    paths = [os.fsdecode(name) for name in (exc.filename, exc.filename2) if name]
+    return f"{reason}: {' -> '.join(paths)}" if paths else reason
 
 
 def exit_code_table() -> str:

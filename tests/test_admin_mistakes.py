@@ -10,9 +10,9 @@ from pathlib import Path
 
 from daemon_helpers import ESPCN_X2, DaemonProcess, make_image, srd, wait_for, write_config
 
+from srd.daemon.status import status_path
 from srd.errors import ExitCode
 from srd.ledger import Ledger
-from srd.status import status_path
 
 SIZE = (24, 32)
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from daemon_helpers import ESPCN_X2, DaemonProcess, make_image, srd, srd_command, write_config
 
+from srd.daemon.status import status_path
 from srd.errors import ExitCode
 from srd.ledger import SNAPSHOT_NAME, Ledger, State
-from srd.status import status_path
 
 LEDGER_COMMANDS = [["ledger", "list"], ["ledger", "check"], ["ledger", "repair"], ["ledger", "show", "ab"],
                    ["ledger", "forget", "ab"], ["ledger", "retry", "ab"]]

@@ -32,16 +32,16 @@ from daemon_helpers import (
 )
 
 from srd.config import load_config
-from srd.daemon import Daemon
+from srd.daemon.loop import Daemon
+from srd.daemon.notify import Notifier
+from srd.daemon.offload import Done
+from srd.daemon.status import Health, assess
+from srd.daemon.watch import Hint
 from srd.engine.pipeline import StageContext
 from srd.fs.atomic import is_temp_name
 from srd.fs.fileversion import FileVersion
 from srd.job import Job, JobResult, run_job
-from srd.notify import Notifier
-from srd.offload import Done
 from srd.pool import JobPool
-from srd.status import Health, assess
-from srd.watch import Hint
 
 SIZE = (24, 32)
 DOUBLED = (48, 64)
@@ -197,7 +197,7 @@ def test_a_retry_after_a_crash_reuses_the_output_name_the_crashed_attempt_wrote(
     """The worker wrote the output but the daemon died before journaling `done`: the retry writes the
     same name again (reserved in the ledger's start record) instead of a suffixed second copy."""
     from srd.config import load_config
-    from srd.daemon import fingerprints
+    from srd.daemon.loop import fingerprints
     from srd.ledger import Ledger
 
     config = write_config(tmp_path)
@@ -497,8 +497,9 @@ class InlineOffloader:
     def close(self) -> None: ...
 
 
-def inline_daemon(tmp_path: Path, before_job=lambda job: None, **inbox_settings) -> tuple:
-    """A Daemon whose time is a list the test advances and whose jobs run inline with the real model."""
+def inline_daemon(tmp_path: Path, before_job=lambda job: None, offloader=None, **inbox_settings) -> tuple:
+    """A Daemon whose time is a list the test advances and whose jobs run inline with the real model (and its
+    off-loop work too, unless `offloader` says otherwise)."""
     config = load_config(write_config(tmp_path, [inbox_config(tmp_path, **inbox_settings)]))
     context = StageContext(config.worker_engine(), config.model_dirs)
 
@@ -507,11 +508,37 @@ def inline_daemon(tmp_path: Path, before_job=lambda job: None, **inbox_settings)
         return run_job(job, context)
 
     now = [100.0]
-    daemon = Daemon(config, notifier=Notifier(None), clock=lambda: now[0],
-                    pool_builder=lambda cfg, on_start, wake: JobPool(1, lambda: InlineExecutor(run), on_start=on_start),
-                    watcher_builder=QuietWatcher, offloader=InlineOffloader())
-    daemon.start()
+    daemon = Daemon.start(config, notifier=Notifier(None), clock=lambda: now[0],
+                          pool_builder=lambda cfg, on_start, wake: JobPool(1, lambda: InlineExecutor(run),
+                                                                            on_start=on_start),
+                          watcher_builder=QuietWatcher,
+                          offloader=offloader if offloader is not None else InlineOffloader())
     return daemon, now
+
+
+def test_a_start_that_fails_gives_back_the_ledger_lock_and_the_claims_it_took(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Daemon.start` returns a running daemon or nothing: refused on its second inbox (another daemon claims
+    it), it leaves the first inbox unclaimed and the state folder unlocked, so a later start succeeds."""
+    from srd.daemon.claim import CLAIM_NAME, InboxClaimedError, InboxClaims
+    from srd.ledger import Ledger
+
+    config = load_config(write_config(tmp_path, [inbox_config(tmp_path, "a"), inbox_config(tmp_path, "b")]))
+    monkeypatch.setattr("srd.daemon.claim.pid_alive", lambda pid: True)  # pytest's pid counts as a daemon's
+    other = InboxClaims(tmp_path / "other-state")  # another daemon, alive (this process), holds inbox b
+    other.acquire(tmp_path / "b")
+    with pytest.raises(InboxClaimedError):
+        Daemon.start(config, notifier=Notifier(None), watcher_builder=QuietWatcher, offloader=InlineOffloader())
+    assert not (tmp_path / "a" / CLAIM_NAME).exists()
+    with Ledger.open(config.state_dir):  # the lock was released
+        pass
+    other.release_all(wait_s=2.0)
+    daemon = Daemon.start(config, notifier=Notifier(None), watcher_builder=QuietWatcher, offloader=InlineOffloader())
+    try:
+        assert (tmp_path / "a" / CLAIM_NAME).exists() and (tmp_path / "b" / CLAIM_NAME).exists()
+    finally:
+        daemon.close()
+    assert not (tmp_path / "a" / CLAIM_NAME).exists()
 
 
 def settle(daemon: Daemon, now: list[float], paths: list[Path], steps: int = 12) -> None:
@@ -638,10 +665,10 @@ def test_an_unchanged_status_is_still_rewritten_so_its_age_tells_a_stuck_or_bloc
     is stuck) rather than showing its last, healthy-looking figures forever."""
     from datetime import UTC, datetime, timedelta
 
-    from srd.status import STALE_STATUS_S, STATUS_REFRESH_S, Health, assess, read_status, status_path
+    from srd.daemon.status import STALE_STATUS_S, STATUS_REFRESH_S, Health, assess, read_status, status_path
 
     # The daemon runs inside pytest, whose command line doesn't say srd: count its pid as a live daemon's.
-    monkeypatch.setattr("srd.status.pid_alive", lambda pid: pid == os.getpid())
+    monkeypatch.setattr("srd.daemon.status.pid_alive", lambda pid: pid == os.getpid())
     daemon, now = inline_daemon(tmp_path)
     try:
         daemon._write_status()
@@ -673,13 +700,13 @@ def test_a_source_step_that_never_comes_back_shows_as_stuck_and_the_file_waits_f
 
     class HangingSteps(InlineOffloader):
         def submit(self, group, token, call) -> None:
-            if type(token).__name__ == "_StepToken":
+            if type(token).__name__ == "StepToken":
                 held.append((token, call))  # the share doesn't answer
             else:
                 super().submit(group, token, call)
 
-    daemon, now = inline_daemon(tmp_path, on_success="delete")
-    daemon._offload = HangingSteps()
+    hanging = HangingSteps()
+    daemon, now = inline_daemon(tmp_path, offloader=hanging, on_success="delete")
     source = tmp_path / "in" / "a.png"
     source.write_bytes(make_image(source, SIZE, 1))
     settle(daemon, now, [source])
@@ -690,11 +717,11 @@ def test_a_source_step_that_never_comes_back_shows_as_stuck_and_the_file_waits_f
     now[0] += 61
     inbox = daemon.status()["inboxes"][0]
     assert inbox["health"] == "unhealthy" and inbox["stuck_step"]["action"] == "delete"
-    monkeypatch.setattr("srd.status.pid_alive", lambda pid: True)  # this test process is the daemon
+    monkeypatch.setattr("srd.daemon.status.pid_alive", lambda pid: True)  # this test process is the daemon
     assessment = assess({**daemon.status(), "updated_at": datetime.now(UTC).isoformat()})
     assert assessment.health is Health.UNHEALTHY and any("delete of a.png" in r for r in assessment.reasons)
     token, call = held.pop()
-    daemon._offload._done.append(Done(token, value=call()))  # the share answers
+    hanging._done.append(Done(token, value=call()))  # the share answers
     daemon.step()
     assert not source.exists() and daemon.status()["inboxes"][0]["health"] == "ok"
     entry = next(e for e in daemon.ledger.entries() if e.source.name == "a.png")

@@ -37,15 +37,15 @@ from daemon_helpers import (
 )
 
 from srd.config import Inbox, Profile, load_config
-from srd.daemon import Daemon
+from srd.daemon.jobtime import job_time_limit, us_per_pixel
+from srd.daemon.loop import Daemon
+from srd.daemon.notify import Notifier
+from srd.daemon.watch import ROOT_ANSWER_S, Hint, InboxWatcher
 from srd.engine.pipeline import Pipeline, StageContext, Upscale
 from srd.errors import ExitCode
 from srd.fs import safefs
 from srd.job import Job, JobResult, run_job
-from srd.jobtime import job_time_limit, us_per_pixel
-from srd.notify import Notifier
 from srd.pool import JobPool
-from srd.watch import ROOT_ANSWER_S, Hint, InboxWatcher
 
 SIZE = (24, 32)
 DOUBLED = (48, 64)
@@ -350,11 +350,10 @@ def test_out_of_memory_is_retried_alone_and_costs_an_attempt_not_the_file(tmp_pa
         return run_job(job, context)
 
     now = [100.0]
-    daemon = Daemon(config, notifier=Notifier(None), clock=lambda: now[0], watcher_builder=QuietWatcher,
+    daemon = Daemon.start(config, notifier=Notifier(None), clock=lambda: now[0], watcher_builder=QuietWatcher,
                     pool_builder=lambda cfg, on_start, wake: JobPool(1, lambda: InlineExecutor(run),
                                                                       on_start=on_start),
                     offloader=InlineOffloader())
-    daemon.start()
     try:
         source = tmp_path / "in" / "a.png"
         source.write_bytes(make_image(Path("x.png"), SIZE, 1))
@@ -624,7 +623,7 @@ def test_a_file_over_max_input_bytes_is_failed_from_its_size_without_being_read(
 def test_a_claim_temp_left_by_a_daemon_killed_mid_heartbeat_is_removed_at_the_next_start(tmp_path: Path) -> None:
     """SIGKILL can land while the claim is being rewritten (its temp file exists for a moment): the next
     start removes what that left in the inbox (seen twice in 200 kills of the reliability loop)."""
-    from srd.claim import CLAIM_NAME
+    from srd.daemon.claim import CLAIM_NAME
     from srd.fs.atomic import TEMP_PREFIX
 
     config = write_config(tmp_path)

@@ -30,7 +30,7 @@ from daemon_helpers import (
     write_config,
 )
 
-from srd.claim import CLAIM_NAME, HEARTBEAT_S, LEASE_S, RETRY_UNTRUSTED_S, STALE_S, InboxClaims
+from srd.daemon.claim import CLAIM_NAME, HEARTBEAT_S, LEASE_S, RETRY_UNTRUSTED_S, STALE_S, InboxClaims
 from srd.fs.atomic import TEMP_PREFIX
 
 SIZE = (24, 32)
@@ -242,7 +242,7 @@ def test_a_daemon_resumed_after_losing_its_claim_pauses_the_inbox_until_the_clai
 _CLAIMER = """
 import json, sys, time
 from pathlib import Path
-from srd.claim import InboxClaimedError, InboxClaims
+from srd.daemon.claim import InboxClaimedError, InboxClaims
 root, start, rounds = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
 claims = InboxClaims(root / "state")
 for n in range(rounds):
@@ -327,7 +327,7 @@ def test_a_claim_is_trusted_for_its_lease_after_each_confirmation_and_not_while_
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The lease, with its clock driven: trusted for LEASE_S after a confirmation, unconfirmed after, renewed by
     a heartbeat (due every second meanwhile); lost to a live taker, and regained once that one lets go."""
-    monkeypatch.setattr("srd.claim.pid_alive", lambda pid: True)  # both claimers live in pytest, not in `srd`
+    monkeypatch.setattr("srd.daemon.claim.pid_alive", lambda pid: True)  # both claimers live in pytest, not in `srd`
     now = [0.0]
     inbox = tmp_path / "in"
     inbox.mkdir()

@@ -1,4 +1,4 @@
-"""Tests for srd.notify: real datagrams reach a real socket, and nothing happens outside systemd."""
+"""Tests for srd.daemon.notify: real datagrams reach a real socket, and nothing happens outside systemd."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from srd.notify import Notifier
+from srd.daemon.notify import Notifier
 
 
 @pytest.fixture

@@ -419,15 +419,14 @@ def test_the_status_document_says_when_the_state_dir_refuses_writes(tmp_path: Pa
     pauses for it (written whenever the state dir takes the status file but not the journal, e.g. a journal
     on a full quota), and ok otherwise."""
     from srd.config import load_config
-    from srd.daemon import Daemon
+    from srd.daemon.loop import Daemon
+    from srd.daemon.notify import Notifier
     from srd.ledger import LedgerUnwritableError
-    from srd.notify import Notifier
 
-    daemon = Daemon(load_config(write_config(tmp_path)), notifier=Notifier(None))
-    daemon.start()
+    daemon = Daemon.start(load_config(write_config(tmp_path)), notifier=Notifier(None))
     try:
         assert daemon.status()["state_dir"] == {"state": "ok"}
-        daemon._state_unwritable(LedgerUnwritableError("cannot write ledger journal: No space left on device",
+        daemon._files.state_unwritable(LedgerUnwritableError("cannot write ledger journal: No space left on device",
                                                        errno=errno.ENOSPC))
         state = daemon.status()["state_dir"]
         assert state["state"] == "unwritable" and "No space left" in state["error"]

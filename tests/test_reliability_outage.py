@@ -31,7 +31,7 @@ from reliability_harness import (
     status_of,
 )
 
-from srd.claim import LEASE_S
+from srd.daemon.claim import LEASE_S
 
 
 def _inbox_health(config: Path) -> tuple[str, str]:

@@ -1,4 +1,4 @@
-"""Tests for srd.settle: files are released only when quiet and stable, and every path gets an outcome."""
+"""Tests for srd.daemon.settle: files are released only when quiet and stable, and every path gets an outcome."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from srd.daemon.settle import FIRST_LOOK_S, PollResult, ReadyFile, SettleTracker
 from srd.fs.fileversion import FileVersion
-from srd.settle import FIRST_LOOK_S, PollResult, ReadyFile, SettleTracker
 
 SETTLE = 2.0
 

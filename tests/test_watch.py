@@ -16,8 +16,9 @@ from daemon_helpers import wait_for
 from watchdog.observers import Observer
 
 from srd.config import Inbox
-from srd.scan import IgnoreRules, scan_inbox
-from srd.watch import Hint, InboxWatcher, choose_mode, mount_fstype, needs_polling
+from srd.daemon.mounts import choose_mode, mount_fstype, needs_polling
+from srd.daemon.scan import IgnoreRules, scan_inbox
+from srd.daemon.watch import Hint, InboxWatcher
 
 MOUNTINFO = """\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw

@@ -18,11 +18,11 @@ from typing import Any
 from srd.cli.status_view import check_line, render
 from srd.cli.terminal import printable
 from srd.config import Config, check_real_folders, load_config
+from srd.daemon.status import Health, assess, locate_state_dir, read_status
 from srd.errors import ExitCode, LockedError, SrdError
 from srd.fs.sources import move_file, report_path
 from srd.ledger import Entry, Ledger, State, check_ledger, repair_ledger
 from srd.logs import configure_logging
-from srd.status import Health, assess, locate_state_dir, read_status
 
 
 def add_commands(subparsers: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
@@ -83,13 +83,15 @@ def add_commands(subparsers: Any) -> dict[str, Callable[[argparse.Namespace], in
 
 
 def run_daemon(args: argparse.Namespace) -> int:
-    from srd.daemon import Daemon
+    from srd.daemon.loop import Daemon
+    from srd.daemon.signals import Signals
 
     config = load_config(args.config)
     check_real_folders(config)
     configure_logging(config.log_level, config.log_format)
-    daemon = Daemon(config, config_path=args.config, drain_timeout=args.drain_timeout)
-    daemon.install_signal_handlers()
+    signals = Signals()
+    signals.install()  # before starting: a SIGTERM during start-up stops the daemon as soon as it runs
+    daemon = Daemon.start(config, config_path=args.config, signals=signals, drain_timeout=args.drain_timeout)
     return daemon.run()
 
 

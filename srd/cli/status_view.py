@@ -1,7 +1,7 @@
 """`srd status` for a person: a header, one table row per inbox, and each inbox's running files.
 
-Pure formatting of a judged status document (`srd.status.Assessment`); reading and judging live in
-`srd.status`, so `--json` and `--check` give the same verdict as the table.
+Pure formatting of a judged status document (`srd.daemon.status.Assessment`); reading and judging live in
+`srd.daemon.status`, so `--json` and `--check` give the same verdict as the table.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from srd.cli.terminal import printable
-from srd.status import Assessment, Health, StateDirChoice
+from srd.daemon.status import Assessment, Health, StateDirChoice
 
 _COLUMNS = ("INBOX", "HEALTH", "WATCH", "SETTLING", "QUEUED", "RUNNING", "DONE", "FAILED", "DUPLICATES",
             "LAST ERROR")

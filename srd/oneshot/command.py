@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from srd.config import Config, Profile, load_config
+from srd.daemon.outbox import BLOCKING_ERRNOS
 from srd.engine.pipeline import Pipeline, StageContext, Upscale
 from srd.engine.registry import looks_like_path, resolve_model
 from srd.errors import ConfigError, ExitCode, OutputError
@@ -27,7 +28,6 @@ from srd.logs import configure_logging
 from srd.oneshot.execute import PoolSettings, run_batch
 from srd.oneshot.plan import Layout, PlannedFile, make_plan, mark_as_output, output_folders
 from srd.oneshot.report import Reporter, ReportOptions
-from srd.outbox import BLOCKING_ERRNOS
 
 _FOLDERS_SHOWN = 3  # refusing folders named in the closing error; the rest are counted
 

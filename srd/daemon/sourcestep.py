@@ -3,7 +3,7 @@ call that can run off the daemon's loop.
 
 The loop decides; this module only acts, and says what it found. A move across filesystems copies the
 whole file, and any step can hang on a share that stops answering, so the daemon runs steps in its
-offload threads (`srd.offload`) and journals their results when they come back. The file is checked
+offload threads (`srd.daemon.offload`) and journals their results when they come back. The file is checked
 against the version the verdict was about just before acting: a file rewritten meanwhile is a new
 file, and is left for the loop to judge again.
 """
@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from srd.daemon.scan import candidate_stat
 from srd.fs import safefs
 from srd.fs.fileversion import FileVersion
 from srd.fs.sources import archive_source, fail_source
-from srd.scan import candidate_stat
 
 
 class Action(enum.StrEnum):

@@ -16,10 +16,10 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from srd.daemon.settle import file_kind
 from srd.fs import safefs
 from srd.fs.atomic import is_temp_name
 from srd.fs.fileversion import FileVersion
-from srd.settle import file_kind
 
 # Names that operating systems, NAS boxes, sync tools and browsers leave behind while (or instead of)
 # delivering a real file. Dot-files also cover rsync's `.name.XXXXXX` and srd's own temp files.

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -51,17 +50,13 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 from srd.config import Inbox
+from srd.daemon.mounts import choose_mode, is_mount_point
+from srd.daemon.scan import IgnoreRules, classify, scan_inbox
 from srd.fs import safefs
 from srd.fs.fileversion import FileVersion
-from srd.scan import IgnoreRules, classify, scan_inbox
 
 log = structlog.get_logger(__name__)
 
-# Filesystems where inotify misses changes made by other hosts (or by the host of a VM/container).
-REMOTE_FILESYSTEMS = frozenset({
-    "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "virtiofs", "afs", "ceph", "glusterfs", "lustre", "gpfs",
-    "davfs", "fuse", "fuseblk", "vboxsf", "vmhgfs", "prl_fs",
-})
 _WATCH_LIMIT_ERRNOS = frozenset({errno.ENOSPC, errno.EMFILE})
 # What the observer asks the kernel for: arrivals (created, moved in, closed after writing) and the loss
 # report. A file still being written is followed by the settle tracker's stats, not by its write events.
@@ -82,73 +77,6 @@ class Hint:
 
 
 Sink = Callable[[Hint], None]
-
-
-def _unescape_mountinfo(field: str) -> str:
-    # mountinfo writes space, tab, newline and backslash as octal escapes (\040 …).
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def mount_fstype(path: Path, mountinfo: str | None = None) -> str | None:
-    """Return the filesystem type of the mount holding `path`, from ``/proc/self/mountinfo``.
-
-    Args:
-        path: Any path; it is resolved as far as it exists.
-        mountinfo: The file's text (tests pass their own); read from /proc when None.
-
-    Returns:
-        The type (``ext4``, ``nfs4``, ``fuse.sshfs`` …), or None where mountinfo can't be read.
-    """
-    if mountinfo is None:
-        try:
-            mountinfo = Path("/proc/self/mountinfo").read_text()
-        except OSError:
-            return None
-    target = path.resolve()
-    best: tuple[int, str] | None = None
-    for line in mountinfo.splitlines():
-        left, sep, right = line.partition(" - ")
-        parts, tail = left.split(), right.split()
-        if not sep or len(parts) < 5 or not tail:
-            continue
-        mount_point = Path(_unescape_mountinfo(parts[4]))
-        if target == mount_point or mount_point in target.parents:
-            depth = len(mount_point.parts)
-            if best is None or depth >= best[0]:  # later lines over-mount earlier ones
-                best = (depth, tail[0])
-    return None if best is None else best[1]
-
-
-def is_mount_point(path: Path, mountinfo: str | None = None) -> bool:
-    """Whether `path` is itself a mount point, per ``/proc/self/mountinfo`` (bind mounts included).
-
-    ``os.path.ismount`` compares device numbers, so it misses a bind mount from the same filesystem.
-    """
-    if mountinfo is None:
-        try:
-            mountinfo = Path("/proc/self/mountinfo").read_text()
-        except OSError:
-            return os.path.ismount(path)
-    target = str(path.resolve())
-    for line in mountinfo.splitlines():
-        parts = line.split(" - ", 1)[0].split()
-        if len(parts) >= 5 and _unescape_mountinfo(parts[4]) == target:
-            return True
-    return False
-
-
-def needs_polling(fstype: str | None) -> bool:
-    """Whether inotify can't be trusted on a filesystem of this type."""
-    if fstype is None:
-        return False
-    return fstype in REMOTE_FILESYSTEMS or fstype.startswith("fuse.") or fstype.split(".")[0] in REMOTE_FILESYSTEMS
-
-
-def choose_mode(inbox: Inbox, mountinfo: str | None = None) -> str:
-    """Resolve an inbox's configured mode to ``native`` or ``poll`` (``auto`` looks at the filesystem)."""
-    if inbox.mode != "auto":
-        return inbox.mode
-    return "poll" if needs_polling(mount_fstype(inbox.path, mountinfo)) else "native"
 
 
 class _Handler(FileSystemEventHandler):

@@ -4,7 +4,7 @@ A system call on a hung NFS, SMB or FUSE mount does not return and can't be inte
 not to wait with it is to make it in another thread. `timeboxed` does that and gives up after a
 deadline, leaving the thread behind (a daemon thread, so it never keeps the process alive). For calls
 that are made once or rarely (checking a config's folders, releasing claims at exit); the daemon's
-recurring file work goes through `srd.offload`.
+recurring file work goes through `srd.daemon.offload`.
 """
 
 from __future__ import annotations

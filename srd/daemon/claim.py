@@ -40,10 +40,10 @@ from pathlib import Path
 
 import structlog
 
+from srd.daemon.status import pid_alive
 from srd.errors import LockedError
 from srd.fs import safefs
 from srd.fs.atomic import TEMP_PREFIX, temp_files_of
-from srd.status import pid_alive
 
 log = structlog.get_logger(__name__)
 

@@ -1,0 +1,172 @@
+"""A source's last state: disposed of by its verdict (kept, archived, deleted, or moved to the failed folder
+with its reason), and what each source step did journaled when it comes back (docs/design.md §2, §4).
+
+`sourcestep.py` runs a step in an offload thread; this module is the loop's side of it: until a file's step
+is back, the file is not judged again; a step that failed is tried again at the next reconcile scan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Container
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from structlog.contextvars import bound_contextvars
+
+from srd.config import Profile
+from srd.daemon.context import Context
+from srd.daemon.offload import Done
+from srd.daemon.sourcefile import SourceFile
+from srd.daemon.sourcestep import Action, Found, SourceStep, StepResult, run_step
+from srd.ledger import State
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class StepToken:
+    """An off-loop source step."""
+
+    step: SourceStep
+
+
+class Disposal:
+    """Ends a file's life in the inbox by its verdict, through source steps off the loop, and journals them."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        # Steps out in the offloader, with when each was sent: their files wait for them.
+        self.out: dict[Path, tuple[SourceStep, float]] = {}
+        self.retries: dict[Path, SourceStep] = {}  # steps that failed; tried again at the next reconcile
+
+    def fail(self, file: SourceFile, profile: Profile, key: str | None, reason: str, *, record: bool,
+             report_if_gone: bool = True) -> None:
+        """Record a failure and send the original to the failed folder with its reason (`key`: None for a
+        file refused before it was hashed; `report_if_gone`: see `SourceStep`)."""
+        ledger = self._ctx.ledger
+        entry = ledger.get(key) if key is not None else None
+        if record and key is not None and entry is not None and entry.state == State.STARTED:
+            entry = ledger.record_failed(key, error=reason)
+        details = {
+            "reason": reason,
+            "inbox": file.inbox_id,
+            "profile": profile.name,
+            "sha256": key.split(":", 1)[0] if key is not None else None,
+            "attempts": entry.attempts if entry is not None else 0,
+            "strikes": entry.strikes if entry is not None else 0,
+            "first_attempt": entry.created_at if entry is not None else None,
+            "last_attempt": entry.updated_at if entry is not None else None,
+        }
+        journaled = key if entry is not None and entry.state == State.FAILED else None
+        self.start(SourceStep(Action.FAIL, file.inbox_id, file.inbox.path, file.rel, file.version, file.inbox.failed,
+                              journaled, details, report_if_gone))
+
+    def dispose(self, file: SourceFile, key: str | None) -> None:
+        """Apply ``on_success`` to a source whose content has an output; journal it for ledger entries."""
+        on_success = file.inbox.on_success
+        if on_success == "keep":
+            disposition = self.keep(file)
+            if key is not None:
+                self._ctx.ledger.record_disposed(key, disposition)
+            return
+        action = Action.DELETE if on_success == "delete" else Action.ARCHIVE
+        self.start(SourceStep(action, file.inbox_id, file.inbox.path, file.rel, file.version, file.inbox.archive, key))
+
+    def keep(self, file: SourceFile) -> str:
+        """``on_success: keep``: nothing to do to the file; this version of it needs no second look."""
+        self._ctx.remember(file)
+        return "kept"
+
+    def start(self, step: SourceStep) -> None:
+        """Send a source step to the offloader; until it is back, its file is not considered again."""
+        self.out[step.path] = (step, self._ctx.clock())
+        self.retries.pop(step.path, None)
+        self._ctx.offload.submit(step.inbox_key, StepToken(step), functools.partial(run_step, step))
+
+    def retry(self, paused: Container[str]) -> None:
+        """Try the failed steps again, except in the inboxes in `paused`."""
+        retries, self.retries = self.retries, {}
+        for path, step in retries.items():
+            if step.inbox_key in paused:
+                self.retries[path] = step  # another daemon may own the file now: not while paused
+            elif path not in self.out:
+                self.start(dataclasses.replace(step, retried=True))
+
+    def done(self, step: SourceStep, done: Done) -> None:
+        """Journal what a source step did, or keep it for the next reconcile if it failed."""
+        ctx = self._ctx
+        self.out.pop(step.path, None)
+        with bound_contextvars(inbox=step.inbox_key):
+            if done.error is not None:
+                self._step_failed(step, done.error)
+                return
+            result = done.value
+            assert isinstance(result, StepResult)
+            if result.found is Found.INBOX_MISSING:
+                # A share outage: the file's fate is unknown, so nothing is journaled; the step runs again at
+                # the next reconcile, and the rescan on the inbox's return judges the file afresh.
+                log.info("source_step_postponed", src=str(step.path), action=str(step.action),
+                         reason="inbox missing")
+                if step.action is not Action.FAIL or step.report_if_gone:
+                    self.retries[step.path] = step
+                return
+            if step.action is Action.FAIL:
+                self._failed_step_done(step, result)
+                return
+            if result.found is Found.CHANGED:
+                disposition = "kept-changed"
+                ctx.rehint(step.inbox_key, step.path)
+            else:
+                disposition = "gone" if result.found is Found.GONE else {
+                    Action.ARCHIVE: "archived", Action.DELETE: "deleted"}[step.action]
+                ctx.forget_source(step.inbox_key, step.root, step.path)
+            if step.ledger_key is not None:
+                ctx.ledger.record_disposed(step.ledger_key, disposition)
+
+    def _failed_step_done(self, step: SourceStep, result: StepResult) -> None:
+        ctx = self._ctx
+        reason = step.report["reason"]
+        if result.found is Found.CHANGED:
+            log.warning("file_failed_but_changed", src=str(step.path), reason=reason)
+            ctx.rehint(step.inbox_key, step.path)
+            return
+        if result.found is Found.GONE and not step.report_if_gone:
+            # The worker couldn't even read it because it is gone: deleted, or its share unmounted. Neither is
+            # the file's fault; if it comes back (the share returns), the rescan brings it in again.
+            if step.ledger_key is not None:
+                ctx.ledger.forget(step.ledger_key)
+            ctx.unremember(step.inbox_key, step.path)
+            log.info("source_vanished_before_read", src=str(step.path))
+            return
+        ctx.forget_source(step.inbox_key, step.root, step.path)
+        if step.ledger_key is not None:
+            ctx.ledger.record_disposed(step.ledger_key, "failed-folder")
+        if not step.retried:
+            ctx.counters[step.inbox_key].failed += 1
+        ctx.note_error(step.inbox_key, step.path, reason)
+        log.warning("file_failed", src=str(step.path), moved_to=str(result.moved_to), reason=reason,
+                    attempts=step.report["attempts"])
+
+    def _step_failed(self, step: SourceStep, exc: BaseException) -> None:
+        """The step could not be done (a full or read-only folder, a name refused): nothing moved. The file
+        stays where it is, this version of it is not judged again, and the step is retried at the next
+        reconcile; the daemon carries on."""
+        ctx = self._ctx
+        runtime = ctx.runtimes.get(step.inbox_key)
+        if runtime is not None:
+            runtime.handled[step.path] = step.version
+        self.retries[step.path] = step
+        retry = "at the next reconcile scan"
+        if step.action is Action.FAIL:
+            reason = step.report["reason"]
+            log.error("failed_folder_write_failed", src=str(step.path), reason=reason, error=str(exc), retry=retry)
+            if not step.retried:
+                ctx.counters[step.inbox_key].failed += 1
+            ctx.note_error(step.inbox_key, step.path,
+                           f"{reason}; and it could not be moved to the failed folder: {exc}")
+            return
+        log.error("source_step_failed", src=str(step.path), action=str(step.action), error=str(exc), retry=retry)
+        ctx.note_error(step.inbox_key, step.path, f"processed, but {step.action} failed: {exc}")

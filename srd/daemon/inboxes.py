@@ -1,0 +1,122 @@
+"""What the daemon keeps per configured inbox: its watcher, settle tracker and memory, and its counters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from srd.config import Config, Inbox, Profile
+from srd.daemon.settle import SettleTracker
+from srd.daemon.watch import InboxWatcher
+from srd.engine.pipeline import StageContext
+from srd.fs.atomic import clean_stale_temps
+from srd.fs.fileversion import FileVersion
+from srd.ledger import Ledger, State
+
+log = structlog.get_logger(__name__)
+
+
+def inbox_id(inbox: Inbox) -> str:
+    """The ledger's id for an inbox: its path, so entries survive reordering the config."""
+    return str(inbox.path)
+
+
+@dataclass
+class InboxRuntime:
+    """One configured inbox at work; a reload replaces it (keeping `handled` when its profile is unchanged)."""
+
+    index: int
+    inbox: Inbox
+    profile: Profile
+    fingerprint: str
+    tracker: SettleTracker
+    watcher: InboxWatcher
+    handled: dict[Path, FileVersion] = field(default_factory=dict)  # the file versions decided already
+    settling: bool = False  # a batch of the tracker's stats is out in the offloader
+
+    @property
+    def inbox_id(self) -> str:
+        return inbox_id(self.inbox)
+
+
+@dataclass
+class Counters:
+    done: int = 0
+    failed: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    last_error: dict[str, str] | None = None
+
+
+def ledger_counters(ledger: Ledger) -> dict[str, Counters]:
+    """Per inbox id, the done and failed counts and the latest failure as the ledger holds them.
+
+    The daemon starts its counters here, so `srd status` after a restart agrees with the ledger
+    instead of counting from zero.
+    """
+    counters: dict[str, Counters] = {}
+    latest_failure: dict[str, tuple[float, str]] = {}
+    for key, inbox, state, updated_ts in ledger.states():
+        counter = counters.setdefault(inbox, Counters())
+        if state == State.DONE:
+            counter.done += 1
+        elif state == State.FAILED:
+            counter.failed += 1
+            if updated_ts >= latest_failure.get(inbox, (float("-inf"), ""))[0]:
+                latest_failure[inbox] = (updated_ts, key)
+    for inbox, (_, key) in latest_failure.items():
+        entry = ledger.get(key)
+        if entry is not None:
+            counters[inbox].last_error = {"time": entry.updated_at, "source": str(Path(inbox) / entry.source),
+                                          "reason": entry.error or ""}
+    return counters
+
+
+def fingerprints(config: Config) -> dict[str, str]:
+    """The pipeline fingerprint of every profile an inbox uses, after verifying their models.
+
+    A missing or corrupt model must stop the daemon (or reject a reload) here: found only inside the
+    workers, it would fail every file and move them all to the failed folder.
+
+    Raises:
+        ModelError: A profile's model is missing or its sha256 differs from its manifest's.
+    """
+    context = StageContext(config.engine, config.model_dirs)
+    used = sorted({inbox.profile for inbox in config.inboxes})
+    for name in used:
+        for spec in config.profiles[name].pipeline.models(context):
+            context.verify(spec)
+    return {name: config.profiles[name].pipeline.fingerprint(context) for name in used}
+
+
+def prepare_folders(config: Config, *, clean: bool) -> None:
+    """Create output folders; at startup also purge temp files a crash left there.
+
+    Only at startup are all temp files stale (we hold the lock and no worker runs yet); on a reload,
+    running jobs are writing theirs.
+    """
+    for inbox in config.inboxes:
+        for folder in (inbox.outbox, inbox.failed, inbox.archive):
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+                if not clean:
+                    continue
+                removed = clean_stale_temps(folder, recursive=True)
+                if removed:
+                    log.info("stale_temps_cleaned", folder=str(folder), count=len(removed))
+
+
+def start_watchers(runtimes: Iterable[InboxRuntime]) -> None:
+    """Start every runtime's watcher, or none: on an error the ones already started are stopped again."""
+    started: list[InboxRuntime] = []
+    try:
+        for runtime in runtimes:
+            runtime.watcher.start()
+            started.append(runtime)
+    except BaseException:
+        for runtime in started:
+            runtime.watcher.stop()
+        raise

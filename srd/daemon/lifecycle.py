@@ -1,0 +1,501 @@
+"""One file's way through the daemon, as a state machine read top to bottom (docs/design.md §2, §4, §5).
+
+    settled ─► considered ─┬─► nothing (decided already, a duplicate, the same file again) ─► disposed
+                           └─► submitted ─► running ─┬─► finished ─► disposed (kept, archived, deleted)
+                                                     ├─► failed ───► disposed (failed folder, with a reason)
+                                                     └─► lost ─────► submitted again (alone), or failed
+
+Per file: settle → stat-cache or sha256 → ledger lookup under the profile's fingerprint → either
+nothing (already done: a duplicate, or the same file again) or: choose an output name → journal
+``start``, reserving that name, when a worker takes it → the worker writes the output atomically →
+journal ``done`` → keep, archive or delete the source → journal the disposition. A failed file is
+moved to the failed folder with a ``.error.json`` beside it. After a crash the ledger's ``start``-without-``done``
+entries are retried, alone, when their files are found again. A file becomes poison (failed) only after
+``max_attempts`` deaths that can be pinned on it: its worker died while the daemon lived and ran nothing
+else, or the daemon died while that file ran alone. A restart of the daemon is not the file's fault.
+
+"Done" is a property of an output path: a file is done when an output srd wrote for its path holds the
+picture of its current content under the current profile (the ledger's owner table). Content done under
+another name is a duplicate; an output path written again loses its old owner, so no edit, profile switch
+or replaced file can leave a stale output standing for a source.
+
+This module takes a file from settled to running, and hands each outcome to `outcomes.py` (finished,
+failed, lost); both end in `disposal.py` (kept, archived, deleted, failed folder). What makes files wait
+without judging them (a full outbox or state dir, a slow writer, an inbox claim that is not trusted) is
+in `pauses.py` and `claimguard.py`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from structlog.contextvars import bound_contextvars
+
+from srd.daemon.claimguard import ClaimGuard
+from srd.daemon.context import Context
+from srd.daemon.disposal import Disposal
+from srd.daemon.inboxes import InboxRuntime
+from srd.daemon.jobtime import job_time_limit
+from srd.daemon.offload import Done
+from srd.daemon.outbox import BLOCKING_ERRNOS, OutboxBlock
+from srd.daemon.outcomes import Outcomes
+from srd.daemon.pauses import Pauses, SlowWriters
+from srd.daemon.pools import PoolBuilder
+from srd.daemon.probe import OffLoopReads, ReadToken
+from srd.daemon.settle import Look, ReadyFile
+from srd.daemon.sourcefile import SourceFile, Work
+from srd.daemon.targets import choose_target
+from srd.errors import ImageError, OutputError, describe_os_error
+from srd.fs import safefs
+from srd.fs.sources import link_or_copy
+from srd.job import Job
+from srd.ledger import Entry, LedgerError, LedgerUnwritableError, State, make_key
+from srd.pool import Outcome
+
+log = structlog.get_logger(__name__)
+
+# Bounds how long one pass may spend deciding about files before serving events.
+CONSIDER_BUDGET_S = 0.2
+# A file cut short by the daemon's death is retried alone, and a death during that run is pinned on it; but
+# only once this daemon has lived this long. A daemon that dies within its first seconds dies of something
+# else (its start-up, a restart loop, an operator's kill), and a file that kills the service still does so
+# after the wait.
+SOLO_RETRY_AFTER_S = 5.0
+
+
+@dataclass(frozen=True, eq=False)
+class SettleToken:
+    """An off-loop batch of one inbox's settle stats; `runtime` is matched by identity (a reload replaces it)."""
+
+    runtime: InboxRuntime
+    looks: list[Look]
+
+
+def recover_unfinished(ctx: Context) -> None:
+    """After a crash: pin the last daemon's death on the file it ran alone, if it did; close entries a crash
+    left started whose source is gone; the rest are retried (alone) when scanned."""
+    ledger = ctx.ledger
+    for entry in ledger.pin_solo_deaths():
+        log.warning("death_pinned_on_file", inbox=entry.inbox, src=str(entry.source), strikes=entry.strikes,
+                    max_attempts=ctx.config.max_attempts,
+                    reason="the daemon died while this file was being retried alone")
+    for entry in ledger.unfinished():
+        runtime = ctx.runtimes.get(entry.inbox)
+        if runtime is None:
+            continue  # that inbox is no longer configured; keep the entry for when it returns
+        source = runtime.inbox.path / entry.source
+        if not os.path.lexists(source) and runtime.watcher.root.is_dir():
+            ledger.record_failed(entry.key, error="source vanished before processing finished")
+            log.warning("unfinished_source_gone", src=str(source), inbox=entry.inbox, attempts=entry.attempts)
+        else:
+            log.info("unfinished_will_retry", src=str(source), inbox=entry.inbox, attempts=entry.attempts)
+
+
+class Lifecycle:
+    """The files between settling and their outcome: the backlog, the jobs and their pool, and the pauses.
+
+    Builds its pool at once, so a `Lifecycle` always has one (the pool's start hook journals ``start``).
+    """
+
+    def __init__(self, ctx: Context, claims: ClaimGuard, pool_builder: PoolBuilder,
+                 wake: Callable[[], None]) -> None:
+        self._ctx = ctx
+        self._claims = claims
+        self._pool_builder = pool_builder
+        self._wake = wake
+        self.backlog: deque[tuple[str, ReadyFile]] = deque()
+        self.active: dict[str, Work] = {}  # submitted jobs by key: no more than the pool has room for
+        self.running_since: dict[str, str] = {}  # key → when a worker took the job (ISO 8601 UTC), for status
+        self._deferred: dict[Path, str] = {}  # files waiting for a job on the same path or content to end
+        self._solo: set[str] = set()  # keys of submitted jobs that the pool runs alone (suspects)
+        self._unstarted: set[str] = set()  # running jobs whose start record could not be written
+        self.reads = OffLoopReads(ctx.offload)
+        self.disposal = Disposal(ctx)
+        self.pauses = Pauses(ctx)
+        self.writers = SlowWriters(ctx)
+        self._outcomes = Outcomes(ctx, self.disposal, self.pauses, self.writers, self.active,
+                                  lambda work, suspect: self._submit(work, suspect=suspect))
+        self.pool_stale = False  # a reload changed the pool's settings: replaced once its jobs are done
+        self.pool = pool_builder(ctx.config, self._journal_start, wake)
+
+    # -- settled -------------------------------------------------------------------------------------------
+
+    def poll_trackers(self) -> None:
+        """Send each inbox's due settle stats off the loop, one batch per inbox at a time."""
+        for runtime in self._ctx.runtimes.values():
+            if runtime.watcher.state == "missing" or runtime.settling:
+                continue  # its files can't be judged now; the rescan on its return, or the batch out, will
+            looks = runtime.tracker.due()
+            if looks:
+                runtime.settling = True
+                self._ctx.offload.submit(runtime.inbox_id, SettleToken(runtime, looks),
+                                         functools.partial(runtime.tracker.look, looks))
+
+    def settled(self, token: SettleToken, done: Done) -> None:
+        """Judge a batch of settle stats; a batch of a runtime that a reload replaced is dropped (the new
+        watcher's first scan hinted all its files afresh)."""
+        runtime = token.runtime
+        runtime.settling = False
+        key = runtime.inbox_id
+        if self._ctx.runtimes.get(key) is not runtime:
+            return
+        if done.error is not None:  # `look` catches OSError; anything else is a bug, not a file's fault
+            log.error("settle_stats_failed", inbox=key, error=repr(done.error))
+            for look in token.looks:
+                runtime.tracker.hint(look.path)  # so that none of them waits forever
+            return
+        result = runtime.tracker.resolve(done.value)
+        for ready in result.ready:
+            self.backlog.append((key, ready))
+        for path in result.vanished:
+            self.writers.forget(path)
+            runtime.handled.pop(path, None)
+            self._ctx.forget_source(runtime.inbox_id, runtime.inbox.path, path)
+        for rejected in result.rejected:
+            log.info("path_not_processed", src=str(rejected.path), inbox=key, reason=rejected.reason)
+
+    def read_back(self, token: ReadToken, done: Done) -> None:
+        """A file's read is done: back to the front of the backlog, to be decided now."""
+        request = self.reads.finished(token, done)
+        if request is not None:
+            self.backlog.appendleft(request)
+
+    # -- considered ----------------------------------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        """Consider backlog files while the pool has room, nothing pauses intake, and the pass has time."""
+        ctx = self._ctx
+        budget_end = ctx.clock() + CONSIDER_BUDGET_S
+        while (self.backlog and self.pool.has_room() and not self.pool_stale and self.pauses.state_dir is None
+               and ctx.clock() < budget_end):
+            key, ready = self.backlog.popleft()
+            runtime = ctx.runtimes.get(key)
+            if runtime is None or runtime.watcher.state == "missing":
+                continue  # gone from the config, or its share is away: the rescan on its return brings it back
+            if self._claims.untrusted(key, runtime.inbox.path):
+                self._claims.pause(key, self._withdraw)
+                self._claims.paused[key].add(ready.path)  # another daemon may own it now: wait for the claim
+                continue
+            if key in self.pauses.outboxes:
+                self.pauses.outboxes[key].waiting.add(ready.path)  # its outbox refuses writes: wait for it
+                continue
+            try:
+                with bound_contextvars(inbox=key):  # every line about this file names its inbox
+                    self._consider(runtime, ready)
+            except LedgerUnwritableError as exc:
+                self.backlog.appendleft((key, ready))
+                self.state_unwritable(exc)
+            except FileNotFoundError:
+                continue  # gone again before we got to it; nothing to do
+            except OSError as exc:
+                on_outbox = _under(exc.filename, runtime.inbox.outbox)
+                if exc.errno in BLOCKING_ERRNOS and on_outbox:
+                    self.pauses.block_outbox(key, runtime.inbox.outbox, ready.path, str(exc), exc.errno)
+                    continue
+                # The outbox refused a path (a sub-folder replaced by a symlink): no verdict on this version of
+                # the file, so the next scan tries it again.
+                self._skip(runtime, key, ready, exc, remember=not on_outbox)
+            except (ImageError, OutputError) as exc:
+                self._skip(runtime, key, ready, exc)
+            finally:
+                self.reads.discard(ready.path)  # a read `_consider` had no use for this time
+
+    def _consider(self, runtime: InboxRuntime, ready: ReadyFile) -> None:
+        """Decide what to do with a settled file: nothing, a duplicate, a retry, a new job, or give up."""
+        ctx, ledger = self._ctx, self._ctx.ledger
+        file = SourceFile.settled(runtime.inbox_id, runtime.inbox, ready)
+        path = file.path
+        # No new stat here (the inbox may be on a share that hangs): every decision either reads the file off
+        # the loop and compares its version, or ends in a source step that does; a file that changed since it
+        # settled also sends a hint and settles again.
+        signature = file.version
+        if runtime.handled.get(path) == signature or path in self.disposal.out:
+            return  # decided already, or its source step is under way (and hints it again if it changed)
+        if any(work.file.path == path for work in self.active.values()):
+            self._deferred[path] = runtime.inbox_id
+            return
+        if signature.size > ctx.config.max_input_bytes:
+            # Refused from its size alone: hashing it would read it all (a sparse file can claim terabytes).
+            limit = ctx.config.max_input_bytes
+            reason = f"file is {signature.size} bytes, over the limit of {limit} (max_input_bytes)"
+            self.disposal.fail(file, runtime.profile, None, reason, record=False)
+            return
+        sha256 = ledger.cached_hash(runtime.inbox_id, file.rel, signature)
+        seen_before = sha256 is not None  # this very version was judged before (in this run or an earlier one)
+        probe = None
+        if sha256 is None:
+            probe = self.reads.probe(file, ready, need_hash=True)
+            if probe is None:
+                return  # being read off the loop; it comes back when the hash is known
+            if probe.signature != signature:
+                runtime.tracker.hint(path)
+                return
+            assert probe.sha256 is not None
+            sha256 = probe.sha256
+            ledger.remember_hash(runtime.inbox_id, file.rel, signature, sha256)
+        key = make_key(sha256, runtime.fingerprint)
+        if key in self.active:
+            self._deferred[path] = runtime.inbox_id  # same content in flight from another path
+            return
+        entry = ledger.get(key)
+        own_outputs = ledger.outputs_of(runtime.inbox_id, file.rel)
+        if key in own_outputs.values():
+            self._already_done(runtime, file, entry)
+            return
+        if entry is not None and entry.state == State.DONE:
+            self._duplicate(runtime, file, entry, refresh=bool(own_outputs), seen_before=seen_before)
+            return
+        unfinished = entry is not None and entry.state == State.STARTED  # a crash cut its last start short
+        if unfinished and ctx.clock() - ctx.started < SOLO_RETRY_AFTER_S:
+            runtime.tracker.hint(path)  # judged again once it has settled again
+            return
+        if unfinished and entry is not None and entry.strikes >= ctx.config.max_attempts:
+            reason = (f"gave up after {entry.strikes} deaths pinned on this file: its worker died, or the daemon "
+                      "died while it was being retried alone")
+            self.disposal.fail(file, runtime.profile, key, reason, record=True)
+            return
+        probe = probe or self.reads.probe(file, ready, need_hash=False)
+        if probe is None:
+            return  # its header is being read off the loop
+        if probe.signature != signature:
+            runtime.tracker.hint(path)  # changed since it settled: let it settle again
+            return
+        target = choose_target(ledger, runtime, file.rel, key=key, head=probe.head, in_flight=self._in_flight())
+        if target is None:
+            log.warning("output_exists_skipped", src=str(path), collision=runtime.inbox.collision)
+            runtime.handled[path] = signature
+            ctx.counters[runtime.inbox_id].skipped += 1
+            return
+        work = Work(file, runtime.profile, runtime.fingerprint, sha256, key, target, probe.pixels)
+        # Nobody knows whether the daemon's death was this file's doing: run it alone to find out.
+        self._submit(work, suspect=unfinished)
+
+    def _skip(self, runtime: InboxRuntime, key: str, ready: ReadyFile, exc: Exception, *,
+              remember: bool = True) -> None:
+        # The file can't be read now; remember this version of it so the loop doesn't spin, and let its
+        # next change or a restart bring it back (`remember`: else the next reconcile scan does).
+        log.error("file_skipped", src=str(ready.path), inbox=key, error=str(exc))
+        if remember:
+            runtime.handled[ready.path] = ready.version
+        self._ctx.note_error(key, ready.path, str(exc))
+
+    def _in_flight(self) -> set[Path]:
+        return {work.target for work in self.active.values()}
+
+    def _already_done(self, runtime: InboxRuntime, file: SourceFile, entry: Entry | None) -> None:
+        """An output srd wrote for this path holds this content's picture: at most the source step is left."""
+        own_job = (entry is not None and entry.state == State.DONE and entry.inbox == runtime.inbox_id
+                   and entry.source == file.rel)
+        if own_job and entry is not None and entry.disposition in (None, "kept-changed"):
+            # A crash (or a late write) postponed the source step.
+            self.disposal.dispose(file, entry.key)
+        elif not own_job and runtime.inbox.on_success != "keep":
+            # A duplicate's output: its source step isn't journaled, and the file still being here says
+            # it did not happen (or failed); do it now.
+            self.disposal.dispose(file, None)
+        else:
+            runtime.handled[file.path] = file.version
+
+    def _duplicate(self, runtime: InboxRuntime, file: SourceFile, entry: Entry, *, refresh: bool,
+                   seen_before: bool) -> None:
+        """This content is done under another name: link its output here (``duplicates: link``, or always
+        when this path has an output of its own from earlier content, which would otherwise stay stale).
+
+        A duplicate kept in the inbox (``duplicates: skip``, ``on_success: keep``) comes back at every start;
+        it was counted and logged the first time (`seen_before`), so it is only logged at debug level then.
+        """
+        ledger = self._ctx.ledger
+        if not seen_before:
+            self._ctx.counters[runtime.inbox_id].duplicates += 1
+        how = "skipped"
+        output_root = next((i.outbox for i in self._ctx.config.inboxes if entry.output is not None
+                            and entry.output.is_relative_to(i.outbox)), None)
+        if ((runtime.inbox.duplicates == "link" or refresh) and output_root is not None and entry.output is not None
+                and safefs.lexists(output_root, entry.output)):
+            target = choose_target(ledger, runtime, file.rel, key=None, head=b"", in_flight=self._in_flight(),
+                                   suffix=entry.output.suffix)
+            if target is not None:
+                if not _same_file(entry.output, target):
+                    how = link_or_copy(output_root, entry.output, runtime.inbox.outbox, target, replace=True)
+                ledger.record_output(target, inbox=runtime.inbox_id, source=file.rel, key=entry.key)
+        elif refresh:
+            log.warning("stale_output_left", src=str(file.path),
+                        outputs=sorted(ledger.outputs_of(runtime.inbox_id, file.rel)),
+                        reason="the earlier output of this content is gone, so there is nothing to link")
+        report = log.debug if seen_before and how == "skipped" else log.info
+        report("duplicate", src=str(file.path), same_as=str(entry.source), output=str(entry.output), action=how)
+        self.disposal.dispose(file, None)
+
+    # -- submitted, running --------------------------------------------------------------------------------
+
+    def _submit(self, work: Work, *, suspect: bool = False) -> None:
+        config = self._ctx.config
+        self.active[work.key] = work
+        if suspect:
+            self._solo.add(work.key)
+        job = Job(work.file.path, work.target.parent, work.profile, config.max_input_pixels, target=work.target,
+                  source_root=work.file.inbox.path, output_root=work.file.inbox.outbox,
+                  max_input_bytes=config.max_input_bytes)
+        self.pool.submit(work.key, job, suspect=suspect, time_limit=self._time_limit(work))
+
+    def _time_limit(self, work: Work) -> float:
+        """The configured `job_timeout`, or one derived from the image's pixels (the largest allowed if unknown)."""
+        config = self._ctx.config
+        if config.job_timeout is not None:
+            return config.job_timeout
+        pixels = work.pixels if work.pixels is not None else config.max_input_pixels
+        return job_time_limit(work.profile, pixels, floor=config.job_timeout_min_seconds)
+
+    def _journal_start(self, key: Any) -> None:
+        """Pool hook: a worker is about to take this job, so its start (and attempt) becomes durable now.
+
+        If the state dir refuses the record, the job runs anyway (the pool can't take it back) and its start
+        is recorded with its outcome, once the state dir takes writes again.
+        """
+        work = self.active[key]
+        self.running_since[key] = datetime.now(UTC).isoformat(timespec="seconds")
+        # A big photo can take minutes: say when it starts, not only when it is done.
+        log.info("file_started", src=str(work.file.path), inbox=work.file.inbox_id, profile=work.profile.name,
+                 pixels=work.pixels, solo=key in self._solo)
+        try:
+            self._ctx.ledger.record_start(work.sha256, work.fingerprint, inbox=work.file.inbox_id,
+                                          source=work.file.rel, target=work.target, solo=key in self._solo)
+        except LedgerUnwritableError as exc:
+            self._unstarted.add(key)
+            self.state_unwritable(exc)
+
+    # -- outcome -------------------------------------------------------------------------------------------
+
+    def finish(self, outcome: Outcome) -> None:
+        """Record a job's outcome (`outcomes.py`), unless its inbox's claim is not trusted: then it waits."""
+        key = outcome.token
+        assert isinstance(key, str)  # the pool hands back the work key it was given
+        work = self.active[key]
+        inbox = work.file.inbox
+        if inbox.path in self._claims.inbox_claims.held and self._claims.untrusted(work.file.inbox_id, inbox.path):
+            # Recording it would move, delete or fail a source that another daemon may own now.
+            self._claims.pause(work.file.inbox_id, self._withdraw)
+            self._claims.parked.setdefault(work.file.inbox_id, []).append(outcome)
+            self.running_since.pop(key, None)  # no longer running: it waits for the claim
+            return
+        with bound_contextvars(inbox=work.file.inbox_id):  # every line about this file names its inbox
+            try:
+                self._finish_work(key, outcome)
+            except OSError as exc:
+                # Recording an outcome touches the outbox, the inbox and failed folder (a path too long, a
+                # share gone): one file's trouble, never the daemon's. Left as it is, the next scan retries it.
+                self.active.pop(key, None)
+                self.running_since.pop(key, None)
+                self._solo.discard(key)
+                log.error("outcome_not_recorded", src=str(work.file.path), error=str(exc))
+                self._ctx.note_error(work.file.inbox_id, work.file.path,
+                                     f"its result could not be recorded: {exc}")
+
+    def _finish_work(self, key: str, outcome: Outcome) -> None:
+        work = self.active.pop(key)
+        self.running_since.pop(key, None)
+        solo = work.key in self._solo
+        self._solo.discard(work.key)
+        try:
+            if work.key in self._unstarted:
+                self._ctx.ledger.record_start(work.sha256, work.fingerprint, inbox=work.file.inbox_id,
+                                              source=work.file.rel, target=work.target, solo=solo)
+                self._unstarted.discard(work.key)
+            self._outcomes.record(work, outcome)
+        except LedgerUnwritableError as exc:
+            # Each record is all or nothing and comes before the step it allows, so the outcome can be
+            # handled again from the start once the state dir takes writes; until then its work stays active.
+            self.active[work.key] = work
+            if solo:
+                self._solo.add(work.key)
+            self.pauses.parked.append(outcome)
+            self.state_unwritable(exc).waiting.add(work.file.path)
+            return
+        for path, inbox_key in list(self._deferred.items()):
+            self._ctx.hint(inbox_key, path)
+        self._deferred.clear()
+
+    def abandon_active(self) -> None:
+        """At shutdown, after the drain: the jobs still active were cut short by us, not by their files."""
+        ledger = self._ctx.ledger
+        for work in self.active.values():
+            entry = ledger.get(work.key)
+            if entry is not None and entry.state == State.STARTED:
+                try:
+                    ledger.record_interrupted(work.key)
+                except LedgerError as exc:  # the next start may then charge it one strike too many
+                    log.warning("interruption_not_recorded", src=str(work.file.path), error=str(exc))
+
+    # -- pauses --------------------------------------------------------------------------------------------
+
+    def state_unwritable(self, exc: LedgerUnwritableError) -> OutboxBlock:
+        """Pause: the state dir refused a ledger write (see `Pauses.state_unwritable`); returns the pause."""
+        return self.pauses.state_unwritable(exc)
+
+    def retry_state_dir(self) -> None:
+        """Once the state dir takes writes again: journal start-up's recovery if it is pending, then the
+        outcomes that waited."""
+        if not self.pauses.state_dir_recovered():
+            return
+        try:
+            if self.pauses.recovery_pending:
+                recover_unfinished(self._ctx)
+                self.pauses.recovery_pending = False
+        except LedgerUnwritableError as exc:
+            self.state_unwritable(exc)
+            return
+        parked, self.pauses.parked = self.pauses.parked, []
+        for outcome in parked:
+            self.finish(outcome)
+
+    def keep_claims(self) -> None:
+        """Heartbeat the inbox claims, and pause or resume each inbox as its claim is trusted or not."""
+        self._claims.keep(self._ctx.runtimes, self._withdraw, self.finish)
+
+    def _withdraw(self, inbox_key: str) -> set[Path]:
+        """Take back the inbox's jobs that no worker has taken yet; returns their files."""
+        withdrawn = self.pool.withdraw([token for token, work in self.active.items()
+                                        if work.file.inbox_id == inbox_key])
+        files = set()
+        for token in withdrawn:
+            assert isinstance(token, str)  # the pool hands back the work keys it was given
+            work = self.active.pop(token)
+            self._solo.discard(token)
+            files.add(work.file.path)
+        return files
+
+    def replace_stale_pool(self) -> None:
+        """A reload changed the pool's settings: replace it once its jobs are done."""
+        if self.pool_stale and len(self.pool) == 0:
+            try:
+                pool = self._pool_builder(self._ctx.config, self._journal_start, self._wake)
+            except OSError as exc:  # e.g. out of processes: keep the old pool and try again next pass
+                log.error("pool_replace_failed", error=describe_os_error(exc))
+                return
+            self.pool.close()
+            self.pool = pool
+            self.pool_stale = False
+            log.info("pool_replaced", workers=self._ctx.config.workers)
+
+
+def _under(filename: Any, folder: Path) -> bool:
+    """Whether an OSError's filename lies in `folder` (the error concerns the outbox, not the input)."""
+    if not filename:
+        return False
+    path = Path(os.fsdecode(filename))
+    return path == folder or folder in path.parents
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

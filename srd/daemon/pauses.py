@@ -1,0 +1,105 @@
+"""What makes files wait without costing them anything: a folder that refuses writes, and a slow writer.
+
+A full or read-only outbox pauses its inbox, a full or read-only state dir pauses the daemon (docs/design.md
+§4), and a file that is still being written goes back to settling after a growing back-off (§3, "Slow
+writers"). None of them is the file's fault.
+"""
+
+from __future__ import annotations
+
+import heapq
+from pathlib import Path
+
+import structlog
+
+from srd.daemon.context import Context
+from srd.daemon.outbox import OutboxBlock
+from srd.ledger import LedgerUnwritableError
+from srd.pool import Outcome
+
+log = structlog.get_logger(__name__)
+
+
+class Pauses:
+    """The outboxes (per inbox id) and the state dir that refuse writes, and what waits for them."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self.outboxes: dict[str, OutboxBlock] = {}
+        # The state dir refuses writes (full, read-only): nothing new starts, and the outcomes that could not
+        # be recorded wait in `parked` (their work stays active) until a probe says it takes writes again.
+        self.state_dir: OutboxBlock | None = None
+        self.parked: list[Outcome] = []
+        self.recovery_pending = False  # start-up's crash recovery could not be journaled yet
+
+    def state_unwritable(self, exc: LedgerUnwritableError) -> OutboxBlock:
+        """Pause: the state dir refused a ledger write. Like a full outbox, it is nobody's file's fault."""
+        if self.state_dir is None:
+            state_dir = self._ctx.config.state_dir
+            self.state_dir = OutboxBlock.start(state_dir, str(exc), exc.errno or 0, self._ctx.clock())
+            log.error("state_dir_unwritable_paused", state_dir=str(state_dir), error=str(exc))
+        return self.state_dir
+
+    def state_dir_recovered(self) -> bool:
+        """Whether the state dir takes writes again; if so, the pause is over (the caller resumes its work)."""
+        block = self.state_dir
+        if block is None or not block.recovered(self._ctx.clock()):
+            return False
+        self.state_dir = None
+        log.info("state_dir_writable_resumed", state_dir=str(block.outbox), parked=len(self.parked),
+                 paused_s=round(self._ctx.clock() - block.since, 1))
+        return True
+
+    def block_outbox(self, inbox_key: str, outbox: Path, path: Path, reason: str, code: int) -> None:
+        block = self.outboxes.get(inbox_key)
+        if block is None:
+            block = self.outboxes[inbox_key] = OutboxBlock.start(outbox, reason, code, self._ctx.clock())
+            log.error("outbox_unwritable_paused", inbox=inbox_key, outbox=str(outbox), error=reason)
+        block.waiting.add(path)
+        self._ctx.unremember(inbox_key, path)
+        self._ctx.note_error(inbox_key, path, reason)
+
+    def retry_outboxes(self) -> None:
+        now = self._ctx.clock()
+        for key, block in list(self.outboxes.items()):
+            if not block.recovered(now):
+                continue
+            del self.outboxes[key]
+            log.info("outbox_writable_resumed", inbox=key, outbox=str(block.outbox), waiting=len(block.waiting),
+                     paused_s=round(now - block.since, 1))
+            runtime = self._ctx.runtimes.get(key)
+            if runtime is not None:
+                for path in block.waiting:
+                    runtime.tracker.hint(path)
+
+
+class SlowWriters:
+    """Files that decoded as truncated while recently modified: when each is looked at again, and the
+    back-off each got last time."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._rechecks: list[tuple[float, str, Path]] = []  # (recheck at, inbox id, path)
+        self._backoff: dict[Path, float] = {}
+
+    def waited(self, path: Path) -> bool:
+        return path in self._backoff
+
+    def next_wait(self, path: Path, *, settle_seconds: float, cap: float) -> float:
+        """How long the file waits this time: twice the last wait (from 2 × `settle_seconds`, up to `cap`)."""
+        delay = min(cap, max(2 * settle_seconds, 1.0, 2 * self._backoff.get(path, 0.0)))
+        self._backoff[path] = delay
+        return delay
+
+    def recheck_after(self, inbox_key: str, path: Path, delay: float) -> None:
+        """Let the file settle again `delay` seconds from now."""
+        heapq.heappush(self._rechecks, (self._ctx.clock() + delay, inbox_key, path))
+
+    def forget(self, path: Path) -> None:
+        self._backoff.pop(path, None)
+
+    def recheck_due(self) -> None:
+        now = self._ctx.clock()
+        while self._rechecks and self._rechecks[0][0] <= now:
+            _, key, path = heapq.heappop(self._rechecks)
+            self._ctx.hint(key, path)

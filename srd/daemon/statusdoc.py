@@ -1,0 +1,61 @@
+"""Parts of the daemon's status document (`status.json`, docs/design.md §9) that are about files and jobs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from srd.daemon.jobtime import SLACK
+from srd.daemon.sourcefile import Work
+from srd.daemon.sourcestep import SourceStep
+from srd.pool import JobPool, RunningJob
+
+# A source step out for longer is stuck (on a share that stops answering): its inbox shows unhealthy.
+STEP_STUCK_S = 60.0
+
+
+def count_by_inbox(inbox_keys: Iterable[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for key in inbox_keys:
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def running_by_inbox(active: Mapping[str, Work], running_since: Mapping[str, str],
+                     pool: JobPool) -> dict[str, list[dict[str, Any]]]:
+    """Per inbox id, the jobs a worker has taken: the file, since when, and how long it may take."""
+    running: dict[str, list[dict[str, Any]]] = {}
+    timing = {job.token: job for job in pool.running_jobs()}
+    for key, work in active.items():
+        if key in running_since:
+            job = {"source": work.file.rel.as_posix(), "since": running_since[key]}
+            running.setdefault(work.file.inbox_id, []).append({**job, **_timing(timing.get(key))})
+    return running
+
+
+def stuck_steps(steps: Iterable[tuple[SourceStep, float]], now: float) -> dict[str, dict[str, Any]]:
+    """Per inbox id, its source step out the longest, if that is longer than `STEP_STUCK_S`."""
+    oldest: dict[str, tuple[SourceStep, float]] = {}
+    for step, since in steps:
+        if step.inbox_key not in oldest or since < oldest[step.inbox_key][1]:
+            oldest[step.inbox_key] = (step, since)
+    stuck: dict[str, dict[str, Any]] = {}
+    for step, since in oldest.values():
+        waited = now - since
+        if waited > STEP_STUCK_S:
+            stuck[step.inbox_key] = {"action": str(step.action), "source": step.rel.as_posix(),
+                                     "for_s": round(waited), "reason": f"{step.action} of {step.rel} has not "
+                                     f"finished for {waited:.0f} s (a share that stops answering?)"}
+    return stuck
+
+
+def _timing(job: RunningJob | None) -> dict[str, Any]:
+    """A running job's elapsed time and limit for the status file; `stuck_suspected` once it has run 5 ×
+    longer than expected."""
+    if job is None:
+        return {}
+    expected = job.limit_s / SLACK if job.limit_s is not None else None
+    return {"elapsed_s": round(job.elapsed_s), "limit_s": None if job.limit_s is None else round(job.limit_s),
+            "stuck_suspected": expected is not None and job.elapsed_s > 5 * expected}
+
+
