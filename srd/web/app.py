@@ -268,7 +268,9 @@ class WebApp:
 
 
 def _refusal(message: str, status: int, stored: list[dict[str, Any]] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "stored": stored or []}, status)
+    # Closing the connection is what stops the rest of a refused body from being read (uvicorn would
+    # otherwise drain it to keep the connection alive, however long it is).
+    return JSONResponse({"error": message, "stored": stored or []}, status, headers={"connection": "close"})
 
 
 def _boundary(content_type: str) -> bytes | None:
