@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,9 @@ def _config(root: Path, **web: Any) -> Path:
     return write_config(root, web={"max_file_bytes": MAX_FILE_BYTES, "max_request_bytes": MAX_REQUEST_BYTES, **web})
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    root = tmp_path_factory.mktemp("web")
+@contextmanager
+def _site(root: Path) -> Iterator[Site]:
+    root.mkdir(exist_ok=True)
     config = _config(root)
     daemon = DaemonProcess(config)
     web = WebProcess(config)
@@ -60,6 +61,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     finally:
         web.stop()
         daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    with _site(tmp_path_factory.mktemp("web")) as shared:
+        yield shared
 
 
 def _done(client: Client, names: set[str]) -> dict[str, dict[str, Any]] | None:
@@ -235,49 +242,59 @@ def _chromium() -> Any:
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1000",
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,900",
                  "--hide-scrollbars", "--force-device-scale-factor=1"):
         options.add_argument(flag)
     service = Service(executable_path=shutil.which("chromedriver") or "/usr/bin/chromedriver")
     return webdriver.Chrome(options=options, service=service)
 
 
-def test_a_browser_uploads_a_photo_and_sees_the_result_and_the_comparison(site: Site, tmp_path: Path) -> None:
-    """Headless Chromium picks a photo with the page's file input, the list shows it done, and its page shows
-    the before/after slider (the original from the browser's own storage) and the download link. The
-    screenshots go to $SRD_SCREENSHOTS when set (docs/ holds the ones the README shows)."""
+def test_a_browser_uploads_photos_and_sees_the_results_and_the_comparison(tmp_path: Path) -> None:
+    """Headless Chromium picks photos with the page's file input, the list shows them done, and a photo's page
+    shows the before/after slider (the original from the browser's own storage), usable from the keyboard,
+    and the download link; the page also fits a phone's width. Screenshots go to $SRD_SCREENSHOTS when set
+    (docs/web-*.png are those)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    photo = tmp_path / "butterfly.png"
-    shutil.copyfile(BENCH / "Set5" / "butterfly.png", photo)
+    photos = []
+    for name in ("bird.png", "butterfly.png", "head.png"):
+        photos.append(tmp_path / name)
+        shutil.copyfile(BENCH / "Set5" / name, photos[-1])
     shots = Path(os.environ.get("SRD_SCREENSHOTS", tmp_path))
-    driver = _chromium()
-    try:
-        wait = WebDriverWait(driver, 30)
-        driver.get(site.web.url + "/")
-        assert driver.find_element(By.CSS_SELECTOR, "label[for=inbox]").text == "Inbox"
-        driver.find_element(By.ID, "files").send_keys(str(photo))
-        row = wait.until(expected_conditions.presence_of_element_located(
-            (By.CSS_SELECTOR, '#recent li[data-name="butterfly.png"][data-state="done"]')))
-        wait.until(lambda d: d.execute_script(
-            "return [...document.querySelectorAll('#recent img.thumb')].every(i => i.complete)"))
-        driver.save_screenshot(str(shots / "web-upload.png"))
-        row.find_element(By.LINK_TEXT, "Compare").click()
-        wait.until(expected_conditions.visibility_of_element_located((By.ID, "compare")))
-        wait.until(lambda d: d.execute_script(
-            "return document.getElementById('before').complete && document.getElementById('after').complete "
-            "&& document.getElementById('after').naturalWidth > 0"))
-        slider = driver.find_element(By.ID, "slider")
-        slider.send_keys(Keys.ARROW_LEFT * 15)  # the comparison works from the keyboard
-        assert driver.execute_script("return document.querySelector('.compare-frame').style.getPropertyValue('--pos')") \
-            == "35%"
-        driver.save_screenshot(str(shots / "web-compare.png"))
-        href = driver.find_element(By.ID, "download").get_attribute("href")
-        assert href is not None and href.endswith("/outbox/0/butterfly.png?download=1")
-    finally:
-        driver.quit()
-    for name in ("web-upload.png", "web-compare.png"):
+    with _site(tmp_path / "site") as site:
+        driver = _chromium()
+        try:
+            wait = WebDriverWait(driver, 30)
+            driver.get(site.web.url + "/")
+            assert driver.find_element(By.CSS_SELECTOR, "label[for=inbox]").text == "Inbox"
+            driver.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in photos))
+            for photo in photos:
+                wait.until(expected_conditions.presence_of_element_located(
+                    (By.CSS_SELECTOR, f'#recent li[data-name="{photo.name}"][data-state="done"]')))
+            wait.until(lambda d: d.execute_script(
+                "return [...document.querySelectorAll('#recent img.thumb')].every(i => i.complete && i.naturalWidth)"))
+            driver.save_screenshot(str(shots / "web-upload.png"))
+            driver.set_window_size(390, 844)
+            driver.save_screenshot(str(shots / "web-phone.png"))
+            assert driver.execute_script("return document.documentElement.scrollWidth") <= 390, "wider than a phone"
+            driver.set_window_size(1000, 900)
+            row = driver.find_element(By.CSS_SELECTOR, '#recent li[data-name="butterfly.png"]')
+            row.find_element(By.LINK_TEXT, "Compare").click()
+            wait.until(expected_conditions.visibility_of_element_located((By.ID, "compare")))
+            wait.until(lambda d: d.execute_script(
+                "return document.getElementById('before').complete && document.getElementById('after').complete "
+                "&& document.getElementById('after').naturalWidth > 0"))
+            driver.find_element(By.ID, "slider").send_keys(Keys.ARROW_LEFT * 15)  # from the keyboard
+            frame_pos = "return document.querySelector('.compare-frame').style.getPropertyValue('--pos')"
+            assert driver.execute_script(frame_pos) == "35%"
+            driver.execute_script("window.scrollTo(0, 0)")
+            driver.save_screenshot(str(shots / "web-compare.png"))
+            href = driver.find_element(By.ID, "download").get_attribute("href")
+            assert href is not None and href.endswith("/outbox/0/butterfly.png?download=1")
+        finally:
+            driver.quit()
+    for name in ("web-upload.png", "web-phone.png", "web-compare.png"):
         assert (shots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
