@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import BENCH, png_claiming
+from conftest import BENCH, REPO, png_claiming
 from daemon_helpers import DaemonProcess, make_image, srd, srd_command, wait_for, write_config
 from web_helpers import Client, WebProcess, streamed_part
 
@@ -298,3 +300,27 @@ def test_a_browser_uploads_photos_and_sees_the_results_and_the_comparison(tmp_pa
             driver.quit()
     for name in ("web-upload.png", "web-phone.png", "web-compare.png"):
         assert (shots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_web_section_of_the_config_is_checked_like_every_other(tmp_path: Path) -> None:
+    """Unknown keys and out-of-range values in `web:` are config errors with their location."""
+    config = _config(tmp_path, port=70000, max_files_per_upload=0, colour="blue")
+    checked = srd("config", "check", str(config))
+    assert checked.returncode == 2
+    for where in ("web.port", "web.max_files_per_upload", "web.colour"):
+        assert where in checked.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_the_web_unit_verifies_and_stays_hardened(tmp_path: Path) -> None:
+    """systemd/srd-web.service passes `systemd-analyze verify` (its ExecStart pointed at this venv's srd) and
+    keeps an exposure no worse than 1.5 in `systemd-analyze security`."""
+    text = (REPO / "systemd" / "srd-web.service").read_text(encoding="utf-8")
+    text = text.replace("ExecStart=/opt/srd/venv/bin/srd ", f"ExecStart={Path(sys.prefix) / 'bin' / 'srd'} ")
+    unit = tmp_path / "srd-web.service"
+    unit.write_text(text)
+    verified = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert verified.returncode == 0 and not verified.stderr.strip(), verified.stderr
+    security = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)], capture_output=True,
+                              text=True, timeout=60)
+    assert float(re.search(r"Overall exposure level for srd-web\.service: ([\d.]+)", security.stdout).group(1)) <= 1.5

@@ -14,11 +14,12 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from srd.config import Config, Inbox
+from srd.config import Config
 from srd.errors import SrdError
 from srd.fs import safefs
 from srd.ledger import JOURNAL_NAME, SNAPSHOT_NAME, Entry, Ledger, State
@@ -53,7 +54,7 @@ class _Upload:
 class Board:
     """The read-only view of the daemon's state, shared by every request (thread-safe)."""
 
-    def __init__(self, config: Config, clock: Any = time.time) -> None:
+    def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
         self._config = config
         self._inbox_index = {str(inbox.path): i for i, inbox in enumerate(config.inboxes)}
         self._clock = clock
@@ -169,9 +170,6 @@ class Board:
             if key not in entries or entries[key].updated_ts < entry.updated_ts:
                 entries[key] = entry
         return entries
-
-    def inbox(self, index: int) -> Inbox:
-        return self._config.inboxes[index]
 
 
 def _signature(state_dir: Path) -> tuple[Any, ...] | None:
