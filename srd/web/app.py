@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import html
+import re
 import secrets
 from importlib import resources
 from string import Template
@@ -52,6 +53,7 @@ _SECURITY_HEADERS = {
     "x-frame-options": "DENY",
 }
 _OPEN_PATHS = ("/login", "/static/")
+_SHA256 = re.compile("[0-9a-f]{64}")
 
 
 def _page(name: str, **values: str) -> str:
@@ -118,8 +120,8 @@ class WebApp:
 
     async def file_page(self, request: Request) -> Response:
         inbox, sha256 = int(request.path_params["inbox"]), request.path_params["sha256"]
-        if inbox >= len(self.config.inboxes):
-            return PlainTextResponse("no such inbox", 404)
+        if inbox >= len(self.config.inboxes) or not _SHA256.fullmatch(sha256):
+            return PlainTextResponse("no such file", 404)
         token = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
         response = HTMLResponse(_page("file.html", csrf=token, inbox=str(inbox), sha256=sha256,
                                       logout=self._logout_hidden()))
