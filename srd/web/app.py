@@ -8,6 +8,7 @@ import hashlib
 import html
 import re
 import secrets
+import threading
 from importlib import resources
 from string import Template
 from typing import Any
@@ -75,6 +76,9 @@ class WebApp:
         self.slots = anyio.Semaphore(UPLOAD_SLOTS)
         # sha256 of the last password that passed scrypt, so HTTP Basic clients don't pay scrypt per request.
         self._known_good: str | None = None
+        # One scrypt check at a time: each takes 16 MB, and a flood of wrong passwords must not add them up
+        # (it also makes guessing no faster with more connections).
+        self._scrypt = threading.Lock()
 
     # --- who may do what -------------------------------------------------------------------------------
 
@@ -91,10 +95,11 @@ class WebApp:
         digest = _sha256(password)
         if self._known_good is not None and same_secret(digest, self._known_good):
             return True
-        if check_password(password, self.web.password_hash):
-            self._known_good = digest
-            return True
-        return False
+        with self._scrypt:
+            if not check_password(password, self.web.password_hash):
+                return False
+        self._known_good = digest
+        return True
 
     def csrf_ok(self, request: Request, given: str | None) -> bool:
         """Double-submit check: the token a page put in the header or form equals its cookie, and a
