@@ -95,6 +95,20 @@ def test_uploaded_images_are_processed_and_their_results_download_byte_identical
     assert not [p for p in site.inbox.iterdir() if p.name.startswith(".srd-upload-")], "an upload temp was left"
 
 
+def test_a_file_the_daemon_fails_shows_as_failed_with_its_reason(site: Site) -> None:
+    """A PNG whose header passes the guard but whose pixel data is damaged is failed by the daemon; its page's
+    API reports the state and the daemon's reason."""
+    client = site.client()
+    png = bytearray(make_image(Path("x.png"), (64, 64), seed=205))
+    idat = png.index(b"IDAT")
+    png[idat + 8:idat + 40] = bytes(32)  # inside the IDAT data: lengths intact, content broken
+    stored = client.upload([("damaged.png", bytes(png))]).json()["stored"]
+    api = f"/api/files/0/{stored[0]['sha256']}"
+    failed = wait_for(lambda: (item := client.get(api).json()["file"])["state"] == "failed" and item, 30,
+                      "the damaged file to fail\n" + site.daemon.log_tail())
+    assert failed["name"] == "damaged.png" and failed["reason"] and failed["result_url"] is None
+
+
 def test_a_name_taken_in_the_inbox_gets_a_suffix_and_a_path_in_a_name_is_dropped(site: Site) -> None:
     """A file name with a path lands in the inbox root under its base name, and a name already there is never
     replaced: the second file gets name-1."""
