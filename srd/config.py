@@ -12,7 +12,7 @@ import os
 import types
 import typing
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,7 @@ class Config:
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
     # With no fixed `job_timeout`, a job's limit is derived from its pixel count, never below this.
     job_timeout_min_seconds: float = 120.0
+    web: WebSettings = field(default_factory=lambda: WebSettings())
 
     def worker_engine(self) -> EngineSettings:
         """Engine settings as each worker process applies them."""
@@ -401,7 +402,7 @@ MAX_PROCESSES = 1024
 _TOP_LEVEL = {
     "state_dir", "workers", "threads_per_worker", "max_input_pixels", "max_input_bytes", "max_attempts",
     "job_timeout", "job_timeout_min_seconds", "reconcile_interval", "model_dirs", "engine", "profiles", "inboxes",
-    "log",
+    "log", "web",
 }
 
 
@@ -519,6 +520,8 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
     if check_models:
         _check_models(upscales, model_dirs, problems)
 
+    web = _parse_web(data.get("web"), problems)
+
     if problems.items:
         raise ConfigError(problems.items, source)
     return Config(
@@ -538,7 +541,45 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
         log_level=log_level,
         log_format=log_format,
         source=source,
+        web=web,
     )
+
+
+# --- web: the settings of `srd web` (srd/web/), a process of its own beside the daemon -------------------
+
+@dataclass(frozen=True)
+class WebSettings:
+    """Where `srd web` listens, who may use it, and how much one upload may bring.
+
+    `password_hash` is an ``scrypt$…`` string made by ``srd web hash-password``; without it anyone who can
+    reach the listen address may upload, which is why the default address is the loopback one.
+    """
+
+    listen: str = "127.0.0.1"
+    port: int = 8080
+    password_hash: str | None = None
+    # Each file, and the whole of one request; None: the daemon's max_input_bytes per file.
+    max_file_bytes: int | None = None
+    max_request_bytes: int = 1_000_000_000
+    max_files_per_upload: int = 100
+    # Set behind an HTTPS reverse proxy, so the session cookie never travels in clear.
+    secure_cookies: bool = False
+
+
+def _parse_web(data: Any, problems: _Problems) -> WebSettings:
+    parsed = _parse_fields(WebSettings, data, "web", problems)
+    if parsed is None:
+        return WebSettings()
+    settings = WebSettings(**parsed.values)
+    if not 0 < settings.port < 65536:
+        problems.add("web.port", "must be between 1 and 65535")
+    for name in ("max_file_bytes", "max_request_bytes", "max_files_per_upload"):
+        value = getattr(settings, name)
+        if value is not None and value < 1:
+            problems.add(f"web.{name}", "must be at least 1")
+    if settings.password_hash is not None and not settings.password_hash.startswith("scrypt$"):
+        problems.add("web.password_hash", "expected the output of 'srd web hash-password' (scrypt$…)")
+    return settings
 
 
 class _DuplicateKeyLoader(yaml.SafeLoader):

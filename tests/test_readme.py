@@ -58,6 +58,11 @@ NOT_RUN = {
     "python scripts/bench_daemon.py --output /tmp/bench_daemon.json": "daemon benchmark script",
     "python scripts/bench_ledger.py --entries 100000": "ledger benchmark script",
     "python scripts/reliability.py --output reliability.json": "the long reliability suite",
+    "pip install -e '.[web]'": "the web extra (the test extra includes it)",
+    "srd web --hash-password": "the web UI (tests/test_web.py)",
+    "srd web --config /etc/srd/srd.yaml": "the web UI (tests/test_web.py runs it on a temp config)",
+    "python scripts/bench_web_stack.py --mb 300 --output /tmp/bench_web_stack.json --flask-path /tmp/flaskpkgs":
+        "web server stack benchmark script",
 }
 
 

@@ -34,6 +34,7 @@ from srd.interrupts import Terminated
 from srd.ledger import LedgerError
 from srd.logs import configure_logging
 from srd.oneshot import run_process
+from srd.web.command import add_commands as add_web_commands
 
 # Most specific first: the first class an error is an instance of gives its exit code.
 _EXIT_CODES: tuple[tuple[type[SrdError], ExitCode], ...] = (
@@ -157,7 +158,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpar
     train = sub.add_parser("train", help="train and export srd's own models (needs the 'train' extra)",
                            add_help=False)
     train.add_argument("train_args", nargs=argparse.REMAINDER)
-    return parser, add_daemon_commands(sub)
+    return parser, {**add_daemon_commands(sub), **add_web_commands(sub)}
 
 
 def _engine_from(config: Config, args: argparse.Namespace, default_threads: int | None) -> EngineSettings:
