@@ -32,7 +32,7 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from srd.config import Config
-from srd.scan import IgnoreRules
+from srd.daemon.scan import IgnoreRules
 from srd.web.auth import Sessions, check_password, same_secret
 from srd.web.board import Board
 from srd.web.downloads import NotServed, open_result

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from srd.config import Config
+from srd.daemon.status import Health, assess, read_status
 from srd.errors import SrdError
 from srd.fs import safefs
 from srd.ledger import JOURNAL_NAME, SNAPSHOT_NAME, Entry, Ledger, State
-from srd.status import Health, assess, read_status
 
 STATUS_EVERY_S = 0.5
 RECENT_LIMIT = 100

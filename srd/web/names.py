@@ -1,7 +1,7 @@
 """Clean names for uploaded files: what a browser sends as a file name is untrusted text.
 
 An uploaded file lands in the inbox root under its own base name, so the name must not climb out (``..``,
-slashes of either kind), hide itself (a dot-file is never processed, `srd.scan.DEFAULT_IGNORE`), or be a
+slashes of either kind), hide itself (a dot-file is never processed, `srd.daemon.scan.DEFAULT_IGNORE`), or be a
 name Windows reserves (inboxes are often SMB shares). A name that can't be made clean is refused rather
 than guessed at.
 """
@@ -12,8 +12,8 @@ import re
 import unicodedata
 from pathlib import PurePosixPath
 
+from srd.daemon.scan import IgnoreRules
 from srd.fs.safefs import fit_name
-from srd.scan import IgnoreRules
 
 _WINDOWS_RESERVED = re.compile(r"(?i)^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])(\..*)?$")
 # Control characters, and the characters Windows (SMB shares) can't hold in a name.

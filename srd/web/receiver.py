@@ -12,7 +12,7 @@ from pathlib import Path
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from srd.scan import IgnoreRules
+from srd.daemon.scan import IgnoreRules
 from srd.web.intake import IncomingFile, Stored, UploadLimits, UploadRefused
 from srd.web.names import NameRefused, clean_name
 
