@@ -7,6 +7,7 @@ import http.server
 import json
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -18,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_helpers import inbox_config, make_image, running, srd, wait_for, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon_helpers import inbox_config, make_image, running, srd, srd_command, wait_for, write_config
 from srd.config import load_config
 from srd.daemon.fileevents import FileOutcome
 from srd.daemon.hooks import HookRunner
@@ -205,11 +206,9 @@ def test_a_metrics_port_in_use_or_a_missing_package_is_a_clear_start_error(tmp_p
         result = srd("run", "--config", str(config))
     assert result.returncode == 10
     assert f"metrics listener 127.0.0.1:{port} can't be opened" in result.stderr
+    # As `srd_command()`, with prometheus_client made unimportable, as where the extra is not installed.
     hidden = [sys.executable, "-c", "import sys; sys.modules['prometheus_client'] = None; "
               "from srd.cli.main import main; main()"]
-    assert srd_command()[0] == hidden[0]
-    import subprocess
-
     result = subprocess.run([*hidden, "run", "--config", str(config)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "pip install 'srd[metrics]'" in result.stderr

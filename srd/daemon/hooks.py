@@ -39,6 +39,8 @@ QUEUE_SIZE = 1000  # outcomes waiting per kind; beyond this a hook is dropped, n
 WEBHOOK_ATTEMPTS = 5
 WEBHOOK_FIRST_BACKOFF_S = 1.0  # then 2, 4, 8 s
 STDERR_TAIL_BYTES = 500
+# systemd's channel to srd itself: a hook speaking on it would be taken for the daemon.
+_SERVICE_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC")
 
 
 def redact_url(url: str) -> str:
@@ -127,7 +129,7 @@ class HookRunner:
         with tempfile.TemporaryFile() as output:
             try:
                 child = subprocess.Popen(hook.command, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
-                                         env={**os.environ, **hook_environment(outcome)}, start_new_session=True)
+                                         env=_environment(outcome), start_new_session=True)
             except OSError as exc:
                 log.error("hook_command_failed", program=program, src=str(outcome.source), error=str(exc))
                 return "failed"
@@ -234,6 +236,11 @@ class _Lane:
                 log.exception("hook_error", kind=self._kind, src=str(outcome.source))
                 result = "failed"
             self._count(self._kind, result)
+
+
+def _environment(outcome: FileOutcome) -> dict[str, str]:
+    inherited = {name: value for name, value in os.environ.items() if name not in _SERVICE_VARIABLES}
+    return {**inherited, **hook_environment(outcome)}
 
 
 def _kill_group(child: subprocess.Popen[bytes]) -> None:
