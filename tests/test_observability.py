@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import inbox_config, make_image, running, srd, wait_for, write_config
+from daemon_helpers import REPO, inbox_config, make_image, running, srd, wait_for, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
 from srd.config import load_config
@@ -156,6 +157,11 @@ def test_metrics_show_the_run_and_agree_with_the_ledger_also_after_a_restart(tmp
         assert samples[("srd_ready", ())] == 1
         assert time.time() - samples[("srd_last_success_timestamp_seconds", (("inbox", key),))] < 120
         assert _get(f"http://127.0.0.1:{port}/readyz") == (200, "ready\n")
+        dashboard = json.loads((REPO / "docs" / "grafana-dashboard.json").read_text())
+        queried = {name for panel in dashboard["panels"] for target in panel["targets"]
+                   for name in re.findall(r"\bsrd_\w+", target["expr"])}
+        exported = {name for name, _ in samples} | {"srd_hook_runs_total"}  # no hook has run here
+        assert queried and queried <= exported, queried - exported  # the sample dashboard shows real metrics
         assert srd("status", "--check", "--config", str(config)).returncode == 0  # the same verdict
         assert daemon.stop() == 0
     with pytest.raises(urllib.error.URLError):
