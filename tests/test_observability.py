@@ -24,8 +24,8 @@ from daemon_helpers import REPO, inbox_config, make_image, running, srd, wait_fo
 from prometheus_client.parser import text_string_to_metric_families
 
 from srd.config import load_config
-from srd.daemon.fileevents import FileOutcome
-from srd.daemon.hooks import HookRunner
+from srd.daemon.fileevents import FileOutcome, failure_reason
+from srd.daemon.hooks import HookRunner, redact_url
 from srd.observability import Hook
 
 pytestmark = pytest.mark.e2e
@@ -331,3 +331,14 @@ def test_a_command_hook_past_its_timeout_is_killed_with_its_children(tmp_path: P
     assert [env["SRD_REASON"] for env in _hook_calls(tmp_path)] == ["bad"]
     runner.close(1.0)
     assert os.environ.get("SRD_STATUS") is None  # the variables go to the hook only
+
+
+def test_failure_reasons_fall_into_a_few_label_values_and_webhook_urls_are_logged_without_secrets() -> None:
+    """The failure label is one of a few classes, whatever the message; a URL shows only scheme, host and port."""
+    assert failure_reason("file is 9 bytes, over the limit of 1 (max_input_bytes)") == "too_large"
+    assert failure_reason("not an image (unrecognised file signature)") == "not_an_image"
+    assert failure_reason("corrupt or truncated PNG data (decoder failed)") == "corrupt"
+    assert failure_reason("truncated JPEG (12 bytes short); unchanged for 700 s") == "truncated"
+    assert failure_reason("stuck: timed out after 120 s; gave up after 3 deaths pinned on this file") == "crashed"
+    assert failure_reason("something new") == "error" and failure_reason(None) == "error"
+    assert redact_url("https://user:pw@hooks.example.com:8443/T0KEN/x?sig=abc") == "https://hooks.example.com:8443/…"

@@ -21,13 +21,14 @@ log = structlog.get_logger(__name__)
 _REASON_CLASSES = (
     ("too_large", ("max_input_bytes", "max_input_pixels")),
     ("not_an_image", ("not an image",)),
+    ("corrupt", ("corrupt",)),
     ("truncated", ("truncated", "writer never finished")),
     ("crashed", ("deaths pinned",)),
 )
 
 
 def failure_reason(text: str | None) -> str:
-    """The coarse class of a failure (too_large, not_an_image, truncated, crashed, error)."""
+    """The coarse class of a failure (too_large, not_an_image, corrupt, truncated, crashed, error)."""
     for name, words in _REASON_CLASSES:
         if text and any(word in text for word in words):
             return name

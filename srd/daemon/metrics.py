@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -37,22 +38,28 @@ MEGAPIXEL_BUCKETS = (0.1, 0.5, 1, 2, 4, 8, 12, 16, 24, 50, 100)
 HookResults = Callable[[], dict[tuple[str, str], int]]
 
 
+@dataclass(frozen=True)
 class _Snapshot:
-    """The latest status document and when the loop published it (one reference: replaced, never changed)."""
+    """A status document and when the loop published it."""
 
-    def __init__(self, status: dict[str, Any], published: float) -> None:
-        self.status = status
-        self.published = published
+    status: dict[str, Any]
+    published: float
+
+
+class _Latest:
+    """The latest snapshot: the loop replaces it whole (one reference), the listener's threads only read it."""
+
+    snapshot: _Snapshot | None = None
 
 
 class MetricsServer:
     """Started by `start`; `publish` from the loop; `observe` subscribed to `FileEvents`; `close` once."""
 
     def __init__(self, settings: MetricsSettings, server: WSGIServer, registry: CollectorRegistry,
-                 holder: list[_Snapshot | None]) -> None:
+                 latest: _Latest) -> None:
         self.settings = settings
         self._server = server
-        self._holder = holder
+        self._latest = latest
         self._job_seconds = Histogram("srd_job_seconds", "Seconds a worker spent on a processed file", ["inbox"],
                                       buckets=JOB_SECONDS_BUCKETS, registry=registry)
         self._megapixels = Histogram("srd_job_megapixels", "Megapixels of each processed input (as decoded)",
@@ -68,10 +75,10 @@ class MetricsServer:
         Raises:
             StartupError: The address can't be bound (in use, not this host's, no permission).
         """
-        holder: list[_Snapshot | None] = [None]
+        latest = _Latest()
         registry = CollectorRegistry(auto_describe=True)
-        registry.register(_StatusCollector(holder, hook_results))
-        app = _routes(make_wsgi_app(registry), holder)
+        registry.register(_StatusCollector(latest, hook_results))
+        app = _routes(make_wsgi_app(registry), latest)
         server_class = _Server6 if ":" in settings.host else _Server
         try:
             server = make_server(settings.host, settings.port, app, server_class=server_class,
@@ -79,11 +86,11 @@ class MetricsServer:
         except OSError as exc:
             raise StartupError(f"metrics listener {settings.listen} can't be opened: {describe_os_error(exc)}") \
                 from exc
-        return cls(settings, server, registry, holder)
+        return cls(settings, server, registry, latest)
 
     def publish(self, status: dict[str, Any]) -> None:
         """Make `status` (a stamped status document) what the next scrape and probe read."""
-        self._holder[0] = _Snapshot(status, time.monotonic())
+        self._latest.snapshot = _Snapshot(status, time.monotonic())
 
     def observe(self, outcome: FileOutcome) -> None:
         if outcome.status != "done":
@@ -113,11 +120,11 @@ class _QuietHandler(WSGIRequestHandler):
         """Scrapes every few seconds would flood the journal."""
 
 
-def _routes(metrics_app: Callable[..., Iterable[bytes]], holder: list[_Snapshot | None]) -> Callable[..., Any]:
+def _routes(metrics_app: Callable[..., Iterable[bytes]], latest: _Latest) -> Callable[..., Any]:
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
         if path in ("/healthz", "/readyz"):
-            ok, text = (_alive if path == "/healthz" else _ready)(holder[0])
+            ok, text = (_alive if path == "/healthz" else _ready)(latest.snapshot)
             start_response("200 OK" if ok else "503 Service Unavailable",
                            [("Content-Type", "text/plain; charset=utf-8")])
             return [text.encode() + b"\n"]
@@ -152,15 +159,15 @@ def _ready(snapshot: _Snapshot | None) -> tuple[bool, str]:
 class _StatusCollector(Collector):
     """Metrics read from the latest status document at each scrape."""
 
-    def __init__(self, holder: list[_Snapshot | None], hook_results: HookResults) -> None:
-        self._holder = holder
+    def __init__(self, latest: _Latest, hook_results: HookResults) -> None:
+        self._latest = latest
         self._hook_results = hook_results
 
     def describe(self) -> Iterable[Metric]:
         return []  # families vary with the document; nothing to check at registration
 
     def collect(self) -> Iterator[Metric]:
-        snapshot = self._holder[0]
+        snapshot = self._latest.snapshot
         if snapshot is None:
             return
         status = snapshot.status
