@@ -187,6 +187,7 @@ class Daemon:
     def run(self) -> ExitCode:
         """Run until asked to stop, then drain and close; returns the exit status (OK after a clean drain)."""
         try:
+            self._write_status(force=True)  # so /healthz answers 200 from the moment srd says it is ready
             self.notifier.ready(status=self._status_line())
             log.info("daemon_ready", pid=os.getpid(), inboxes=len(self._ctx.runtimes), workers=self.config.workers)
             self._loop()
