@@ -135,6 +135,9 @@ class HookRunner:
                 return "failed"
             with self._lock:
                 self._children.add(child)
+                stopping = self._stop.is_set()  # `close` has killed the children it knew of
+            if stopping:
+                _kill_group(child)
             try:
                 code = child.wait(timeout=hook.timeout)
             except subprocess.TimeoutExpired:
