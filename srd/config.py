@@ -23,6 +23,7 @@ from srd.engine.upscaler import CHROMA_INTERPOLATIONS, ONNX_ENGINES, EngineSetti
 from srd.errors import ConfigError, ModelError
 from srd.fs.timebox import NoAnswer, timeboxed
 from srd.imaging.imageio import DEFAULT_MAX_INPUT_BYTES, OUTPUT_FORMATS, normalise_format
+from srd.observability import Hook, MetricsSettings, parse_hook, parse_metrics
 
 DEFAULT_PROFILE = "default"
 DEFAULT_MODEL = "edsr-lite"
@@ -74,6 +75,8 @@ class Inbox:
     archive: Path | None = None
     collision: str = "suffix"
     duplicates: str = "skip"
+    on_done: Hook | None = None
+    on_failed: Hook | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class Config:
     # With no fixed `job_timeout`, a job's limit is derived from its pixel count, never below this.
     job_timeout_min_seconds: float = 120.0
     web: WebSettings = field(default_factory=lambda: WebSettings())
+    metrics: MetricsSettings | None = None
 
     def worker_engine(self) -> EngineSettings:
         """Engine settings as each worker process applies them."""
@@ -261,20 +265,21 @@ def _resolve_path(value: str, base: Path) -> Path:
 
 
 _INBOX_PATHS = ("path", "outbox", "failed", "archive")
+_INBOX_HOOKS = ("on_done", "on_failed")
 
 
 def _parse_inbox(data: Any, where: str, base: Path, problems: _Problems) -> Inbox | None:
     if not isinstance(data, Mapping):
         problems.add(where, "expected a mapping")
         return None
-    scalars = {k: v for k, v in data.items() if k != "ignore"}
+    scalars = {k: v for k, v in data.items() if k != "ignore" and k not in _INBOX_HOOKS}
     paths_ok = True
     for key in _INBOX_PATHS:
         if key in scalars and not isinstance(scalars[key], str):
             problems.add(f"{where}.{key}", f"expected a path string, got {scalars[key]!r}")
             paths_ok = False
     parsed = _parse_fields(Inbox, {k: v for k, v in scalars.items() if k not in _INBOX_PATHS}, where, problems,
-                           skip=(*_INBOX_PATHS, "ignore"))
+                           skip=(*_INBOX_PATHS, *_INBOX_HOOKS, "ignore"))
     assert parsed is not None  # data is a mapping
     for key in ("path", "outbox", "failed"):
         if key not in data:
@@ -283,6 +288,8 @@ def _parse_inbox(data: Any, where: str, base: Path, problems: _Problems) -> Inbo
     if not isinstance(ignore, list) or not all(isinstance(p, str) for p in ignore):
         problems.add(f"{where}.ignore", "expected a list of glob patterns")
         ignore = []
+    on_done = parse_hook(data.get("on_done"), f"{where}.on_done", problems)
+    on_failed = parse_hook(data.get("on_failed"), f"{where}.on_failed", problems)
     if not paths_ok or any(key not in data for key in ("path", "outbox", "failed")):
         return None
     inbox = Inbox(
@@ -291,6 +298,8 @@ def _parse_inbox(data: Any, where: str, base: Path, problems: _Problems) -> Inbo
         failed=_resolve_path(data["failed"], base),
         archive=_resolve_path(data["archive"], base) if data.get("archive") else None,
         ignore=tuple(ignore),
+        on_done=on_done,
+        on_failed=on_failed,
         **parsed.values,
     )
     for name, allowed in (("mode", WATCH_MODES), ("on_success", ON_SUCCESS), ("collision", COLLISIONS),
@@ -402,7 +411,7 @@ MAX_PROCESSES = 1024
 _TOP_LEVEL = {
     "state_dir", "workers", "threads_per_worker", "max_input_pixels", "max_input_bytes", "max_attempts",
     "job_timeout", "job_timeout_min_seconds", "reconcile_interval", "model_dirs", "engine", "profiles", "inboxes",
-    "log", "web",
+    "log", "web", "metrics",
 }
 
 
@@ -456,6 +465,7 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
     job_timeout = number("job_timeout", float, None, 1)
     job_timeout_min = number("job_timeout_min_seconds", float, 120.0, 1)
     reconcile = number("reconcile_interval", float, 300.0, 1)
+    metrics = parse_metrics(data.get("metrics"), problems)
     state_dir = data.get("state_dir", ".srd")
     if not isinstance(state_dir, str):
         problems.add("state_dir", "expected a path string")
@@ -542,6 +552,7 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
         log_format=log_format,
         source=source,
         web=web,
+        metrics=metrics,
     )
 
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from srd.config import Config
+from srd.daemon.fileevents import FileEvents
 from srd.daemon.inboxes import Counters, InboxRuntime
 from srd.daemon.offload import Offloader
 from srd.daemon.signals import Signals
@@ -29,6 +30,7 @@ class Context:
     counters: dict[str, Counters] = field(default_factory=dict)
     signals: Signals = field(default_factory=Signals)
     started: float = 0.0  # the clock when this daemon started
+    events: FileEvents = field(default_factory=FileEvents)  # each file's outcome, once the ledger holds it
 
     def remember(self, file: SourceFile) -> None:
         """This version of the file is decided: no second look until it changes."""

@@ -18,6 +18,7 @@ from structlog.contextvars import bound_contextvars
 
 from srd.config import Profile
 from srd.daemon.context import Context
+from srd.daemon.fileevents import FileOutcome
 from srd.daemon.offload import Done
 from srd.daemon.sourcefile import SourceFile
 from srd.daemon.sourcestep import Action, Found, SourceStep, StepResult, run_step
@@ -145,10 +146,18 @@ class Disposal:
         if step.ledger_key is not None:
             ctx.ledger.record_disposed(step.ledger_key, "failed-folder")
         if not step.retried:
-            ctx.counters[step.inbox_key].failed += 1
+            ctx.counters[step.inbox_key].count_failure(reason)
+            self._failed(step, result.moved_to)
         ctx.note_error(step.inbox_key, step.path, reason)
         log.warning("file_failed", src=str(step.path), moved_to=str(result.moved_to), reason=reason,
                     attempts=step.report["attempts"])
+
+    def _failed(self, step: SourceStep, moved_to: Path | None) -> None:
+        """Tell the listeners, once per failure (a retried step that moves the file later tells no more)."""
+        runtime = self._ctx.runtimes.get(step.inbox_key)
+        if runtime is not None:
+            self._ctx.events.publish(FileOutcome("failed", runtime.inbox, step.path, moved_to,
+                                                 reason=step.report["reason"]))
 
     def _step_failed(self, step: SourceStep, exc: BaseException) -> None:
         """The step could not be done (a full or read-only folder, a name refused): nothing moved. The file
@@ -164,7 +173,8 @@ class Disposal:
             reason = step.report["reason"]
             log.error("failed_folder_write_failed", src=str(step.path), reason=reason, error=str(exc), retry=retry)
             if not step.retried:
-                ctx.counters[step.inbox_key].failed += 1
+                ctx.counters[step.inbox_key].count_failure(reason)
+                self._failed(step, None)
             ctx.note_error(step.inbox_key, step.path,
                            f"{reason}; and it could not be moved to the failed folder: {exc}")
             return

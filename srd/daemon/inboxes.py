@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
 
 from srd.config import Config, Inbox, Profile
+from srd.daemon.fileevents import failure_reason
 from srd.daemon.settle import SettleTracker
 from srd.daemon.watch import InboxWatcher
 from srd.engine.pipeline import StageContext
@@ -49,29 +51,49 @@ class Counters:
     duplicates: int = 0
     skipped: int = 0
     last_error: dict[str, str] | None = None
+    failed_by_reason: dict[str, int] = field(default_factory=dict)  # by `failure_reason`
+    last_success: str | None = None  # ISO 8601 UTC
+
+    def count_failure(self, reason: str | None) -> None:
+        self.failed += 1
+        kind = failure_reason(reason)
+        self.failed_by_reason[kind] = self.failed_by_reason.get(kind, 0) + 1
+
+    def count_success(self) -> None:
+        self.done += 1
+        self.last_success = datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def ledger_counters(ledger: Ledger) -> dict[str, Counters]:
-    """Per inbox id, the done and failed counts and the latest failure as the ledger holds them.
+    """Per inbox id, the done and failed counts (failures by reason), the last success and the latest failure
+    as the ledger holds them.
 
-    The daemon starts its counters here, so `srd status` after a restart agrees with the ledger
-    instead of counting from zero.
+    The daemon starts its counters here, so `srd status` and the metrics after a restart agree with the
+    ledger instead of counting from zero.
     """
     counters: dict[str, Counters] = {}
     latest_failure: dict[str, tuple[float, str]] = {}
+    latest_success: dict[str, float] = {}
+    failed_keys: list[tuple[str, str]] = []
     for key, inbox, state, updated_ts in ledger.states():
         counter = counters.setdefault(inbox, Counters())
         if state == State.DONE:
             counter.done += 1
+            latest_success[inbox] = max(updated_ts, latest_success.get(inbox, updated_ts))
         elif state == State.FAILED:
-            counter.failed += 1
+            failed_keys.append((inbox, key))
             if updated_ts >= latest_failure.get(inbox, (float("-inf"), ""))[0]:
                 latest_failure[inbox] = (updated_ts, key)
+    for inbox, key in failed_keys:  # failures are few: reading their reasons costs little
+        entry = ledger.get(key)
+        counters[inbox].count_failure(entry.error if entry is not None else None)
     for inbox, (_, key) in latest_failure.items():
         entry = ledger.get(key)
         if entry is not None:
             counters[inbox].last_error = {"time": entry.updated_at, "source": str(Path(inbox) / entry.source),
                                           "reason": entry.error or ""}
+    for inbox, stamp in latest_success.items():
+        counters[inbox].last_success = datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds")
     return counters
 
 

@@ -49,6 +49,7 @@ from srd.daemon.settle import SettleTracker
 from srd.daemon.signals import Signals
 from srd.daemon.status import STATUS_REFRESH_S, write_status
 from srd.daemon.statusdoc import count_by_inbox, running_by_inbox, stuck_steps
+from srd.daemon.telemetry import Telemetry
 from srd.daemon.watch import Hint, InboxWatcher
 from srd.errors import ConfigError, ExitCode, OutputError, SrdError, StartupError, describe_os_error
 from srd.fs import safefs
@@ -78,10 +79,11 @@ class Daemon:
     first moment; `close` gives them back.
     """
 
-    def __init__(self, ctx: Context, files: Lifecycle, claims: ClaimGuard, *, hints: queue.SimpleQueue[Hint | None],
-                 config_path: Path | None, notifier: Notifier, sleep: Callable[[float], None],
-                 watcher_builder: WatcherBuilder, drain_timeout: float) -> None:
+    def __init__(self, ctx: Context, files: Lifecycle, claims: ClaimGuard, telemetry: Telemetry, *,
+                 hints: queue.SimpleQueue[Hint | None], config_path: Path | None, notifier: Notifier,
+                 sleep: Callable[[float], None], watcher_builder: WatcherBuilder, drain_timeout: float) -> None:
         self._ctx = ctx
+        self._telemetry = telemetry
         self._files = files
         self._claims = claims
         self._hints = hints
@@ -151,6 +153,8 @@ class Daemon:
                     claims.acquire(configured.path)
                 ctx = Context(config, ledger, offload, clock, {}, signals=signals or Signals(), started=started)
                 ctx.runtimes = _new_runtimes(ctx, config, prints, build_watcher, hints.put)
+                telemetry = Telemetry.start(config, ctx.events)
+                undo.callback(telemetry.close)
                 undo.callback(_stop_watchers, ctx)
                 unwritable = None
                 try:
@@ -167,7 +171,7 @@ class Daemon:
                 undo.pop_all()
         except OSError as exc:
             raise StartupError(f"cannot start: {describe_os_error(exc)}") from exc
-        return cls(ctx, files, guard, hints=hints, config_path=config_path, notifier=notifier, sleep=sleep,
+        return cls(ctx, files, guard, telemetry, hints=hints, config_path=config_path, notifier=notifier, sleep=sleep,
                    watcher_builder=build_watcher, drain_timeout=drain_timeout)
 
     @property
@@ -183,6 +187,7 @@ class Daemon:
     def run(self) -> ExitCode:
         """Run until asked to stop, then drain and close; returns the exit status (OK after a clean drain)."""
         try:
+            self._write_status(force=True)  # so /healthz answers 200 from the moment srd says it is ready
             self.notifier.ready(status=self._status_line())
             log.info("daemon_ready", pid=os.getpid(), inboxes=len(self._ctx.runtimes), workers=self.config.workers)
             self._loop()
@@ -217,6 +222,7 @@ class Daemon:
         self._files.pool.close()
         self._state = "stopped"
         self._write_status(force=True)
+        self._telemetry.close()
         _close_ledger(self._ctx.ledger)
         self.notifier.close()
         log.info("daemon_stopped")
@@ -375,6 +381,9 @@ class Daemon:
             claims.release(gone)
         ctx.runtimes = runtimes
         self._files.backlog = deque(item for item in self._files.backlog if item[0] in ctx.runtimes)
+        if new.metrics != old.metrics:
+            log.warning("metrics_listener_unchanged", listen=old.metrics.listen if old.metrics else None,
+                        reason="the metrics listener changes at the next start of srd")
         if pool_settings(old) != pool_settings(new):
             self._files.pool_stale = True  # replaced once the running jobs are done
         self._state = "running"
@@ -433,6 +442,8 @@ class Daemon:
                 "failed": counters.failed,
                 "duplicates": counters.duplicates,
                 "skipped": counters.skipped,
+                "failed_by_reason": dict(counters.failed_by_reason),
+                "last_success": counters.last_success,
                 "last_error": counters.last_error,
                 "root_error": watcher.root_error,
                 "unreadable": watcher.unreadable,
@@ -459,14 +470,15 @@ class Daemon:
     def _write_status(self, *, force: bool = False) -> None:
         status = self.status()
         clock = self._ctx.clock
+        stamped = {**status, "uptime_s": round(clock() - self._ctx.started, 1),
+                   "updated_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        self._telemetry.publish(stamped)  # every time: its freshness is what /healthz reads
         # Unchanged, it is still rewritten now and then: its age is how `srd status` tells a daemon that can't
         # write it (a full state dir) or has stopped turning its loop from one that has nothing new to say.
         fresh = clock() - self._status_written < STATUS_REFRESH_S
         if not force and status == self._last_status and fresh:
             return
         self._last_status = status
-        stamped = {**status, "uptime_s": round(clock() - self._ctx.started, 1),
-                   "updated_at": datetime.now(UTC).isoformat(timespec="seconds")}
         try:
             write_status(self.config.state_dir, stamped)
         except (OSError, OutputError) as exc:

@@ -12,6 +12,7 @@ import structlog
 from srd.config import Profile
 from srd.daemon.context import Context
 from srd.daemon.disposal import Disposal
+from srd.daemon.fileevents import FileOutcome
 from srd.daemon.outbox import BLOCKING_ERRNOS
 from srd.daemon.pauses import Pauses, SlowWriters
 from srd.daemon.sourcefile import Work
@@ -85,11 +86,14 @@ class Outcomes:
             disposition = self._disposal.keep(file)
         mark_output(file.inbox.outbox, result.output, file.inbox_id, file.rel)
         ledger.record_done(key, output=result.output, output_size=output_size, disposition=disposition)
-        ctx.counters[file.inbox_id].done += 1
+        ctx.counters[file.inbox_id].count_success()
         model, scale = _upscale_summary(work.profile)
         log.info("file_processed", src=str(file.path), out=str(result.output), profile=work.profile.name,
                  model=model, scale=scale, in_size=result.input_size, out_size=result.output_size,
                  bytes=output_size, ms=result.milliseconds)
+        width, height = result.input_size or (0, 0)
+        ctx.events.publish(FileOutcome("done", file.inbox, file.path, result.output, seconds=result.milliseconds / 1000,
+                                       megapixels=width * height / 1e6))
         if changed:
             ctx.rehint(file.inbox_id, file.path)  # its newer content is judged when it settles
         elif step_after_done:
