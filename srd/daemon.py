@@ -48,6 +48,8 @@ from srd.claim import InboxClaims
 from srd.config import Config, Inbox, Profile, load_config
 from srd.engine.pipeline import StageContext, Upscale
 from srd.errors import ConfigError, ExitCode, ImageError, OutputError, SrdError, StartupError
+from srd.executors.job import Job, JobResult, output_name
+from srd.executors.pool import Finished, JobPool, Lost, Outcome, RunningJob, process_executor_factory
 from srd.fs import safefs
 from srd.fs.atomic import clean_stale_temps, temp_files_of
 from srd.fs.fileversion import FileVersion
@@ -55,7 +57,6 @@ from srd.fs.outputmark import mark_output, marked_for
 from srd.fs.sources import link_or_copy, numbered_names, report_path
 from srd.imaging.imageheader import read_header, sniff_format
 from srd.imaging.imageio import output_format_for
-from srd.job import Job, JobResult, output_name
 from srd.jobtime import SLACK, job_time_limit
 from srd.ledger import (
     Entry,
@@ -69,7 +70,6 @@ from srd.logs import configure_logging
 from srd.notify import Notifier
 from srd.offload import Done, Offloader
 from srd.outbox import BLOCKING_ERRNOS, OutboxBlock
-from srd.pool import Finished, JobPool, Lost, Outcome, RunningJob, process_executor_factory
 from srd.settle import Look, ReadyFile, SettleTracker
 from srd.sourcestep import Action, Found, SourceStep, StepResult, run_step
 from srd.status import STATUS_REFRESH_S, write_status

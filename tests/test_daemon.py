@@ -34,12 +34,13 @@ from daemon_helpers import (
 from srd.config import load_config
 from srd.daemon import Daemon
 from srd.engine.pipeline import StageContext
+from srd.executors.job import Job, JobResult
+from srd.executors.pool import JobPool
+from srd.executors.render import run_job
 from srd.fs.atomic import is_temp_name
 from srd.fs.fileversion import FileVersion
-from srd.job import Job, JobResult, run_job
 from srd.notify import Notifier
 from srd.offload import Done
-from srd.pool import JobPool
 from srd.status import Health, assess
 from srd.watch import Hint
 

@@ -40,11 +40,12 @@ from srd.config import Inbox, Profile, load_config
 from srd.daemon import Daemon
 from srd.engine.pipeline import Pipeline, StageContext, Upscale
 from srd.errors import ExitCode
+from srd.executors.job import Job, JobResult
+from srd.executors.pool import JobPool
+from srd.executors.render import run_job
 from srd.fs import safefs
-from srd.job import Job, JobResult, run_job
 from srd.jobtime import job_time_limit, us_per_pixel
 from srd.notify import Notifier
-from srd.pool import JobPool
 from srd.watch import ROOT_ANSWER_S, Hint, InboxWatcher
 
 SIZE = (24, 32)
@@ -304,7 +305,8 @@ import json, resource, sys
 from pathlib import Path
 import cv2, numpy as np
 from srd.config import load_config
-from srd.job import Job, run_job
+from srd.executors.job import Job
+from srd.executors.render import run_job
 from srd.engine.pipeline import StageContext
 config = load_config(Path(sys.argv[1]))
 root = Path(sys.argv[2])

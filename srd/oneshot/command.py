@@ -20,8 +20,8 @@ from srd.config import Config, Profile, load_config
 from srd.engine.pipeline import Pipeline, StageContext, Upscale
 from srd.engine.registry import looks_like_path, resolve_model
 from srd.errors import ConfigError, ExitCode, OutputError
+from srd.executors.job import Job, JobResult
 from srd.imaging.imageio import normalise_format
-from srd.job import Job, JobResult
 from srd.logs import configure_logging
 from srd.oneshot.execute import PoolSettings, run_batch
 from srd.oneshot.plan import Layout, PlannedFile, make_plan, mark_as_output, output_folders

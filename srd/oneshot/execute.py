@@ -24,10 +24,10 @@ import structlog
 
 from srd.engine.upscaler import EngineSettings
 from srd.errors import WorkerStartError
+from srd.executors.job import Job, JobResult
+from srd.executors.pool import Finished, JobPool, process_executor_factory
 from srd.fs.atomic import temp_files_of
 from srd.fs.fileversion import FileVersion, version_of
-from srd.job import Job, JobResult
-from srd.pool import Finished, JobPool, process_executor_factory
 
 log = structlog.get_logger(__name__)
 

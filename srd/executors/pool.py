@@ -32,9 +32,9 @@ from typing import Any
 import structlog
 
 from srd.engine.upscaler import EngineSettings
+from srd.executors.job import Job, JobResult
+from srd.executors.local import make_pool, process
 from srd.interrupts import sigint_deferred
-from srd.job import Job, JobResult
-from srd.worker import make_pool, process
 
 log = structlog.get_logger(__name__)
 
@@ -88,7 +88,7 @@ def process_executor_factory(
     workers: int, engine: EngineSettings, model_dirs: Sequence[Path], log_level: str, log_format: str, *,
     max_input_pixels: int | None = None,
 ) -> Callable[[], Executor]:
-    """A factory of worker pools (see `srd.worker.make_pool`), so a broken pool can be replaced."""
+    """A factory of worker pools (see `srd.executors.local.make_pool`), so a broken pool can be replaced."""
     return lambda: make_pool(workers, engine, model_dirs, log_level, log_format, max_input_pixels=max_input_pixels)
 
 
