@@ -48,8 +48,9 @@ from srd.claim import InboxClaims
 from srd.config import Config, Inbox, Profile, load_config
 from srd.engine.pipeline import StageContext, Upscale
 from srd.errors import ConfigError, ExitCode, ImageError, OutputError, SrdError, StartupError
+from srd.executors.backend import build_pool, pool_settings
 from srd.executors.job import Job, JobResult, output_name
-from srd.executors.pool import Finished, JobPool, Lost, Outcome, RunningJob, process_executor_factory
+from srd.executors.pool import Finished, JobPool, Lost, Outcome, RunningJob
 from srd.fs import safefs
 from srd.fs.atomic import clean_stale_temps, temp_files_of
 from srd.fs.fileversion import FileVersion
@@ -268,15 +269,11 @@ def fingerprints(config: Config) -> dict[str, str]:
 
 
 def default_pool(config: Config, on_start: Callable[[Any], None], wake: Callable[[], None]) -> JobPool:
-    # Workers log only warnings and errors: the daemon writes the one canonical line per job.
-    worker_level = "debug" if config.log_level == "debug" else "warning"
-    factory = process_executor_factory(config.workers, config.worker_engine(), config.model_dirs, worker_level,
-                                       config.log_format, max_input_pixels=config.max_input_pixels)
-    return JobPool(config.workers, factory, on_start=on_start, wake=wake)
+    return build_pool(config, on_start, wake)
 
 
 def _pool_settings(config: Config) -> tuple[Any, ...]:
-    return (config.workers, config.worker_engine(), config.model_dirs, config.log_level, config.log_format)
+    return pool_settings(config)
 
 
 def _upscale_summary(profile: Profile) -> tuple[str | None, float | None]:
@@ -1597,6 +1594,7 @@ class Daemon:
                 "rebuilds": self.pool.rebuilds if self.pool is not None else 0,
                 "start_error": self.pool.start_error if self.pool is not None else None,
             },
+            "executor": self.pool.describe() if self.pool is not None else {"kind": self.config.executor.kind},
             "ledger": self.ledger.counts(),
             "state_dir": self._state_block.describe() if self._state_block is not None else {"state": "ok"},
             "inboxes": inboxes,

@@ -15,6 +15,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -136,7 +137,7 @@ def load_source(job: Job) -> tuple[bytes, str]:
     return read_source(job.source, job.source_root, job.max_input_bytes, job.source_version)
 
 
-def job_log_context(job: Job) -> bound_contextvars:
+def job_log_context(job: Job) -> AbstractContextManager[object]:
     """Log context of a job's lines: a daemon job's lines name its inbox, like the daemon's own lines about the file."""
     return bound_contextvars(**({"inbox": str(job.source_root)} if job.source_root is not None else {}))
 

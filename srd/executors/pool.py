@@ -27,7 +27,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import forkserver
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -69,6 +69,25 @@ class Lost:
 
 
 Outcome = Finished | Lost
+
+
+class WorkerLost(Exception):
+    """Raised by an executor's future when the worker running the job died (a remote cluster's `BrokenProcessPool`)."""
+
+
+class ClusterUnavailable(Exception):
+    """Raised by an executor's future when the job was cut off from its cluster (scheduler gone, no usable worker).
+
+    Not the job's doing: it is handed back unpinned and waits (the executor refuses jobs until it is back).
+    """
+
+
+class Cluster(Protocol):
+    """The remote cluster a pool's executors submit to: described in the status, closed with the pool."""
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -146,13 +165,15 @@ class JobPool:
     Args:
         workers: Jobs run at once (the executor's size).
         factory: Builds a fresh executor (initially and after each crash).
-        run: The function executed in a worker (picklable; tests pass their own).
+        run: The function the executor runs for a job (picklable): `process` for local workers, the render
+            function for a cluster (whose executors load and store around it); tests pass their own.
         on_start: Called with a job's token just before a worker takes it, so the daemon journals
             ``start`` for jobs that really start (a job waiting in the queue costs no attempt).
         wake: Called from the executor's thread when a job ends, to cut the owner's sleep short.
         job_timeout: Seconds a job may run before its worker is killed, for jobs submitted without a limit
             of their own; None for no limit.
         clock: Monotonic clock (tests drive it).
+        cluster: The remote cluster the executors use (None: this machine's processes).
     """
 
     def __init__(
@@ -160,13 +181,15 @@ class JobPool:
         workers: int,
         factory: Callable[[], Executor],
         *,
-        run: Callable[[Job], JobResult] = process,
+        run: Callable[[Any], Any] = process,
         on_start: Callable[[Hashable], None] = lambda token: None,
         wake: Callable[[], None] = lambda: None,
         job_timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        cluster: Cluster | None = None,
     ) -> None:
         self.workers = workers
+        self.cluster = cluster
         self.capacity = 2 * workers
         self._factory = factory
         self._run = run
@@ -235,6 +258,10 @@ class JobPool:
         """The error of `start_failure`, for the status file."""
         return self._start_failure.error if self._start_failure is not None else None
 
+    def describe(self) -> dict[str, Any]:
+        """The backend for the status file: its kind and, for a cluster, its scheduler and workers."""
+        return self.cluster.describe() if self.cluster is not None else {"kind": "local", "workers": self.workers}
+
     def withdraw(self, tokens: Iterable[Hashable]) -> list[Hashable]:
         """Take back those of `tokens` still waiting for a worker; return them (running ones are not stopped)."""
         wanted = set(tokens)
@@ -264,6 +291,10 @@ class JobPool:
                 broken = True
                 outcomes.append(Lost(running.token, "worker process died (killed, out of memory, or crashed)",
                                      pinned=alone))
+            elif isinstance(error, WorkerLost):  # the cluster has already replaced the worker
+                outcomes.append(Lost(running.token, f"worker died: {error}", pinned=alone))
+            elif isinstance(error, ClusterUnavailable):
+                outcomes.append(Lost(running.token, f"cluster unavailable: {error}", pinned=False, retry_alone=False))
             else:  # the job could not be sent or its result not returned (e.g. unpicklable)
                 outcomes.append(Lost(running.token, f"{type(error).__name__}: {error}"))
         outcomes.extend(self._enforce_timeout())
@@ -416,6 +447,8 @@ class JobPool:
         self._running.clear()
         self._waiting.clear()
         self._limits.clear()
+        if self.cluster is not None:
+            self.cluster.close()
 
 
 def _reaped(workers: Sequence[Any], deadline: float) -> bool:
