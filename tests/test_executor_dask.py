@@ -7,6 +7,7 @@ scheduler is killed and restarted, or a worker has a different model file.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -18,7 +19,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_helpers import ESPCN_X2, files_under, make_image, read_status, running, wait_for, write_config
+from daemon_helpers import (
+    ESPCN_X2,
+    descendants_of,
+    files_under,
+    make_image,
+    read_status,
+    running,
+    wait_for,
+    write_config,
+)
 
 from srd.config import load_config
 from srd.engine.pipeline import StageContext
@@ -68,10 +78,10 @@ class Cluster:
         """Pids of the live worker processes (the nannies' children that run tasks)."""
         pids = []
         for nanny in self.workers:
-            for child in _children(nanny.pid):
-                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-                if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
-                    pids.append(child)
+            for child in descendants_of(nanny.pid):
+                with contextlib.suppress(OSError):
+                    if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                        pids.append(child)
         return pids
 
     def kill_scheduler(self) -> None:
@@ -86,14 +96,6 @@ class Cluster:
                 proc.wait()
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(child) for child in text.split()]
-
-
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     started = Cluster(tmp_path)
@@ -104,9 +106,10 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         started.stop()
 
 
-def _setup(root: Path, address: str, count: int = FILES) -> tuple[Path, dict[str, bytes]]:
-    """A config on the Dask backend using the zoo ESPCN ×2 by name, `count` images in its inbox, and the outputs
-    the local backend's worker code writes for them (by name)."""
+def _setup(root: Path, address: str, count: int = FILES,
+           size: tuple[int, int] = (96, 128)) -> tuple[Path, dict[str, bytes]]:
+    """A config on the Dask backend using the zoo ESPCN ×2 by name, `count` images of `size` ready to drop in
+    its inbox, and the outputs the local backend's worker code writes for them (by name)."""
     models = root / "models"
     models.mkdir()
     shutil.copy(ESPCN_X2, models / ESPCN_X2.name)
@@ -114,13 +117,13 @@ def _setup(root: Path, address: str, count: int = FILES) -> tuple[Path, dict[str
                           model_dirs=[str(models)], executor={"kind": "dask", "scheduler": address})
     loaded = load_config(config)
     reference = root / "reference"
-    reference.mkdir()
+    (reference / "out").mkdir(parents=True)
     context = StageContext(loaded.worker_engine(), loaded.model_dirs)
     expected = {}
     for i in range(count):
         name = f"p{i:03d}.png"
         source = root / "in" / name
-        (reference / name).write_bytes(make_image(source, (96, 128), seed=i))
+        (reference / name).write_bytes(make_image(source, size, seed=i))
         result = run_job(Job(reference / name, reference / "out", loaded.profiles["test"], loaded.max_input_pixels),
                          context)
         assert result.ok and result.output is not None, result.error
@@ -147,8 +150,9 @@ def _done(root: Path) -> int:
 
 def test_dask_outputs_match_local_while_workers_are_killed(tmp_path: Path, cluster: Cluster) -> None:
     """64 files through two Dask workers, three of whose worker processes are SIGKILLed mid-batch: every file
-    gets exactly one output identical to the local backend's, none fails, and the status shows the backend."""
-    config, expected = _setup(tmp_path, cluster.address)
+    gets exactly one output identical to the local backend's, none fails, and the status shows the backend.
+    Images large enough (~0.1 s of work each) that a kill almost always hits a task being rendered."""
+    config, expected = _setup(tmp_path, cluster.address, size=(192, 256))
     cluster.start_worker()
     cluster.start_worker()
     with running(config) as daemon:
@@ -191,6 +195,8 @@ def test_dask_scheduler_restart_makes_jobs_wait_not_fail(tmp_path: Path, cluster
         cluster.start_worker()
         cluster.start_worker()
         wait_for(lambda: _done(tmp_path) == 40, 90, "every output after the restart\n" + daemon.log_tail())
+        cut_off = [event for event in daemon.events("job_lost_retrying") if "cluster unavailable" in event["reason"]]
+        assert cut_off and not any(event["pinned"] for event in cut_off), "jobs in flight were handed back unpinned"
         assert daemon.stop() == 0
     _check_outputs(tmp_path, expected)
 
