@@ -56,8 +56,9 @@ def make_inputs(folder: Path, count: int, size: tuple[int, int]) -> list[Path]:
     sources = sorted(IMAGES.glob("*.png"))
     paths = []
     for i in range(count):
-        pixels = cv2.resize(cv2.imread(str(sources[i % len(sources)]), cv2.IMREAD_COLOR), size,
-                            interpolation=cv2.INTER_CUBIC)
+        image = cv2.imread(str(sources[i % len(sources)]), cv2.IMREAD_COLOR)
+        assert image is not None, sources[i % len(sources)]
+        pixels = cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
         path = folder / f"photo{i:03d}.jpg"
         cv2.imwrite(str(path), pixels, [cv2.IMWRITE_JPEG_QUALITY, 90])
         paths.append(path)
