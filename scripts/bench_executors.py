@@ -118,7 +118,8 @@ def dask_cluster(workers: int, logs: Path) -> Iterator[str]:
                                    str(port), "--no-dashboard"], stdout=log, stderr=log, env=env,
                                   start_new_session=True)]
         procs.append(subprocess.Popen([sys.executable, "-m", "dask", "worker", address, "--nworkers", str(workers),
-                                       "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"],
+                                       "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard",
+                                       "--preload", "srd.executors.dask_worker"],
                                       stdout=log, stderr=log, env=env, start_new_session=True))
     try:
         yield address

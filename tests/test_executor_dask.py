@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from daemon_helpers import (
     ESPCN_X2,
     descendants_of,
@@ -70,6 +71,7 @@ class Cluster:
 
     def start_worker(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         worker = _dask("worker", self.address, "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard",
+                       "--preload", "srd.executors.dask_worker",
                        log=self.root / f"worker{len(self.workers)}.log", env=env)
         self.workers.append(worker)
         return worker
@@ -222,3 +224,31 @@ def test_dask_worker_with_a_different_model_refuses(tmp_path: Path, cluster: Clu
         assert "different model file" in workers[0]["refused"]
         assert daemon.stop() == 0
     _check_outputs(tmp_path, expected)
+
+
+def test_dask_job_timeout_stops_the_task_and_restarts_its_worker(tmp_path: Path, cluster: Cluster) -> None:
+    """A job past `job_timeout` on a Dask worker is lost as on the local pool: its worker is restarted (a task
+    can't be interrupted), it is pinned each time and ends in failed/ after max_attempts, and the small files
+    beside it, interrupted or not, still get their outputs."""
+    config, expected = _setup(tmp_path, cluster.address, count=3)
+    data = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**data, "job_timeout": 3, "max_attempts": 2}))
+    slow = tmp_path / "reference-slow" / "slow.png"
+    slow.parent.mkdir()
+    slow.write_bytes(make_image(slow, (1800, 1800), seed=99))  # over 5 s of ESPCN on one thread
+    cluster.start_worker()
+    cluster.start_worker()
+    with running(config) as daemon:
+        wait_for(lambda: len(read_status(tmp_path / "state").get("executor", {}).get("workers", [])) == 2, 30,
+                 "the daemon to see both workers")
+        (tmp_path / "in" / "slow.png").write_bytes(slow.read_bytes())
+        _drop_inputs(tmp_path)
+        wait_for(lambda: files_under(tmp_path / "in-failed"), 90, "the slow file in failed/\n" + daemon.log_tail())
+        wait_for(lambda: _done(tmp_path) == 3, 60, "the small files' outputs\n" + daemon.log_tail())
+        timed_out = [e for e in daemon.events("job_lost_retrying") if "timed out" in e["reason"]]
+        assert timed_out and all(e["pinned"] for e in timed_out)
+        assert daemon.events("dask_workers_restarting"), "the worker holding the late task was restarted"
+        assert daemon.stop() == 0
+    assert "slow.png" in files_under(tmp_path / "in-failed")
+    outputs = files_under(tmp_path / "in-out")
+    assert {name: path.read_bytes() for name, path in outputs.items()} == expected

@@ -176,6 +176,7 @@ class DaskExecutor(Executor):
         self._models = StageContext(engine, model_dirs)  # the coordinator's models, hashed once per file version
         self._remote: set[DaskFuture] = set()
         self._lock = threading.Lock()
+        self._restart_holders = False
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         (job,) = args
@@ -183,19 +184,35 @@ class DaskExecutor(Executor):
         return self._threads.submit(self._run, fn, job)
 
     def kill_workers(self) -> None:
-        """Restart the workers running this executor's tasks: a task can't be interrupted, only its process killed."""
-        with self._lock:
-            keys = {future.key for future in self._remote}
-        threading.Thread(target=self._restart_holders, args=(keys,), name="srd-dask-restart", daemon=True).start()
+        """Have `shutdown` restart the workers running this executor's tasks: a task can't be interrupted in its
+        thread, only stopped with its process (the pool calls this for a job past its time limit, and on close)."""
+        self._restart_holders = True
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        if cancel_futures:
+        """Stop taking jobs; with `cancel_futures`, cancel the remote tasks (off the caller's thread: the scheduler
+        may not answer), after restarting their workers if `kill_workers` asked for it."""
+        if cancel_futures or self._restart_holders:
             with self._lock:
                 remote = list(self._remote)
-            for future in remote:
-                with contextlib.suppress(Exception):  # the scheduler may be gone
-                    future.cancel()
+            threading.Thread(target=self._wind_down, args=(remote, self._restart_holders, cancel_futures),
+                             name="srd-dask-wind-down", daemon=True).start()
         self._threads.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    def _wind_down(self, remote: list[DaskFuture], restart: bool, cancel: bool) -> None:
+        try:
+            holders: list[str] = []
+            if restart and remote:
+                client = self._connection.client()
+                keys = {future.key for future in remote}
+                holders = [worker for worker, held in client.processing().items() if keys & set(held)]
+            if cancel:  # first, so this executor's threads waiting on them end now
+                for future in remote:
+                    future.cancel()
+            if holders:
+                log.warning("dask_workers_restarting", workers=holders, reason="their tasks were abandoned")
+                self._connection.client().restart_workers(holders, raise_for_error=False)
+        except Exception as exc:  # best effort: a task not stopped finishes on its worker and its result is dropped
+            log.error("dask_wind_down_failed", error=f"{type(exc).__name__}: {exc}")
 
     def _run(self, render_task: Callable[[RenderTask], Rendered | JobResult], job: Job) -> JobResult:
         with job_log_context(job):
@@ -235,16 +252,6 @@ class DaskExecutor(Executor):
                 with self._lock:
                     self._remote.discard(future)
                 future.release()
-
-    def _restart_holders(self, keys: set[str]) -> None:
-        try:
-            client = self._connection.client()
-            holders = [worker for worker, held in client.processing().items() if keys & set(held)]
-            if holders:
-                log.warning("dask_workers_restarting", workers=holders, reason="a job ran past its time limit")
-                client.restart_workers(holders, raise_for_error=False)
-        except Exception as exc:  # best effort: a worker that isn't restarted finishes and its result is dropped
-            log.error("dask_restart_failed", error=f"{type(exc).__name__}: {exc}")
 
 
 def dask_executor_factory(config: Config, connection: DaskConnection) -> Callable[[], Executor]:
