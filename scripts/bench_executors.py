@@ -30,19 +30,18 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import cv2
 
-from srd.config import Config, ExecutorSettings, load_config
+from srd.config import Config, load_config
 from srd.engine.pipeline import StageContext
-from srd.executors.dask_cluster import DaskConnection, dask_executor_factory
-from srd.executors.dask_worker import RenderTask, render_task
+from srd.executors.backend import Backend, build_pool
+from srd.executors.dask_worker import RenderTask
 from srd.executors.job import Job, load_source
-from srd.executors.pool import Finished, JobPool, process_executor_factory
+from srd.executors.pool import Cluster, Finished, JobPool
 from srd.executors.render import render
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,11 +128,11 @@ def dask_cluster(workers: int, logs: Path) -> Iterator[str]:
             proc.wait()
 
 
-def wait_for_workers(connection: DaskConnection, count: int, timeout: float = 60) -> None:
+def wait_for_workers(cluster: Cluster, count: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while len(connection.describe()["workers"]) < count:
+    while len(cluster.describe().get("workers", [])) < count:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"fewer than {count} Dask workers after {timeout} s: {connection.describe()}")
+            raise RuntimeError(f"fewer than {count} Dask workers after {timeout} s: {cluster.describe()}")
         time.sleep(0.2)
 
 
@@ -166,10 +165,7 @@ def main() -> None:
     try:
         inputs = make_inputs(root, args.jobs, tuple(args.size))
         local = write_config(root, args.workers, None)
-        factory: Callable[[], Executor] = process_executor_factory(
-            args.workers, local.worker_engine(), local.model_dirs, "warning", "auto",
-            max_input_pixels=local.max_input_pixels)
-        pool = JobPool(args.workers, factory)
+        pool = build_pool(Backend.of(local))
         try:
             local_s = timed(pool, lambda: jobs_for(local, inputs, root / "out"),
                             jobs_for(local, inputs[:args.workers], root / "warm"))
@@ -177,11 +173,10 @@ def main() -> None:
             pool.close()
         with dask_cluster(args.workers, root) as address:
             remote = write_config(root, args.workers, address)
-            connection = DaskConnection(ExecutorSettings("dask", address))
-            pool = JobPool(args.workers, dask_executor_factory(remote, connection), run=render_task,
-                           cluster=connection)
+            pool = build_pool(Backend.of(remote))
             try:
-                wait_for_workers(connection, args.workers)
+                assert pool.cluster is not None
+                wait_for_workers(pool.cluster, args.workers)
                 dask_s = timed(pool, lambda: jobs_for(remote, inputs, root / "out"),
                                jobs_for(remote, inputs[:args.workers], root / "warm"))
             finally:

@@ -48,7 +48,7 @@ from srd.claim import InboxClaims
 from srd.config import Config, Inbox, Profile, load_config
 from srd.engine.pipeline import StageContext, Upscale
 from srd.errors import ConfigError, ExitCode, ImageError, OutputError, SrdError, StartupError
-from srd.executors.backend import build_pool, pool_settings
+from srd.executors.backend import Backend, build_pool
 from srd.executors.job import Job, JobResult, output_name
 from srd.executors.pool import Finished, JobPool, Lost, Outcome, RunningJob
 from srd.fs import safefs
@@ -269,11 +269,11 @@ def fingerprints(config: Config) -> dict[str, str]:
 
 
 def default_pool(config: Config, on_start: Callable[[Any], None], wake: Callable[[], None]) -> JobPool:
-    return build_pool(config, on_start, wake)
+    return build_pool(Backend.of(config), on_start=on_start, wake=wake)
 
 
-def _pool_settings(config: Config) -> tuple[Any, ...]:
-    return pool_settings(config)
+def _pool_settings(config: Config) -> Backend:
+    return Backend.of(config)
 
 
 def _upscale_summary(profile: Profile) -> tuple[str | None, float | None]:

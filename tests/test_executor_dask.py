@@ -27,6 +27,7 @@ from daemon_helpers import (
     make_image,
     read_status,
     running,
+    srd,
     wait_for,
     write_config,
 )
@@ -252,3 +253,18 @@ def test_dask_job_timeout_stops_the_task_and_restarts_its_worker(tmp_path: Path,
     assert "slow.png" in files_under(tmp_path / "in-failed")
     outputs = files_under(tmp_path / "in-out")
     assert {name: path.read_bytes() for name, path in outputs.items()} == expected
+
+
+def test_srd_process_runs_on_the_dask_backend(tmp_path: Path, cluster: Cluster) -> None:
+    """`srd process` with a config on the Dask backend renders on the workers: outputs identical to the local
+    backend's, one per input, and the inputs untouched."""
+    config, expected = _setup(tmp_path, cluster.address, count=12)
+    cluster.start_worker()
+    _drop_inputs(tmp_path)
+    done = srd("process", str(tmp_path / "in"), "-o", str(tmp_path / "processed"), "--config", str(config),
+               "--profile", "test", "--threads", "1", "-j", "2", "--verbose", timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "dask_scheduler_connected" in done.stdout + done.stderr
+    outputs = files_under(tmp_path / "processed")
+    assert {name: path.read_bytes() for name, path in outputs.items()} == expected
+    assert sorted(files_under(tmp_path / "in")) == sorted(expected)

@@ -34,7 +34,7 @@ from distributed import Client, KilledWorker
 from distributed import Future as DaskFuture
 from distributed.security import Security
 
-from srd.config import Config, ExecutorSettings
+from srd.config import ExecutorSettings
 from srd.engine.pipeline import StageContext
 from srd.engine.upscaler import EngineSettings
 from srd.executors.dask_worker import ModelMismatch, RenderTask
@@ -102,6 +102,17 @@ class DaskConnection:
         with self._lock:
             self._refused[refusal.worker] = (refusal.reason, time.monotonic())
         log.error("dask_worker_refused", worker=refusal.worker, reason=refusal.reason)
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the first connection (for a one-shot run, which can't wait on)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                client = self._client
+            if client is not None and client.status == "running":
+                return True
+            time.sleep(0.05)
+        return False
 
     def describe(self) -> dict[str, Any]:
         with self._lock:
@@ -252,9 +263,3 @@ class DaskExecutor(Executor):
                 with self._lock:
                     self._remote.discard(future)
                 future.release()
-
-
-def dask_executor_factory(config: Config, connection: DaskConnection) -> Callable[[], Executor]:
-    """Executors over one shared connection: replacing an executor (after a timeout) does not reconnect."""
-    engine, dirs = config.worker_engine(), tuple(config.model_dirs)
-    return lambda: DaskExecutor(connection, config.workers, engine, dirs)
