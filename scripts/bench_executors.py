@@ -39,7 +39,7 @@ import cv2
 from srd.config import Config, load_config
 from srd.engine.pipeline import StageContext
 from srd.executors.backend import Backend, build_pool
-from srd.executors.dask_worker import RenderTask
+from srd.executors.dask_worker import WORKER_ENVIRONMENT, RenderTask
 from srd.executors.job import Job, load_source
 from srd.executors.pool import Cluster, Finished, JobPool
 from srd.executors.render import render
@@ -111,7 +111,7 @@ def dask_cluster(workers: int, logs: Path) -> Iterator[str]:
     """A scheduler and `workers` single-thread worker processes on loopback; yields the scheduler's address."""
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), **WORKER_ENVIRONMENT}
     with (logs / "dask.log").open("ab") as log:
         procs = [subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port",
                                    str(port), "--no-dashboard"], stdout=log, stderr=log, env=env,

@@ -34,6 +34,7 @@ from daemon_helpers import (
 
 from srd.config import load_config
 from srd.engine.pipeline import StageContext
+from srd.executors.dask_worker import WORKER_ENVIRONMENT
 from srd.executors.job import Job
 from srd.executors.render import run_job
 
@@ -50,7 +51,7 @@ def _free_port() -> int:
 
 def _dask(*args: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """`dask scheduler|worker …` from this interpreter, with srd importable in its processes."""
-    environ = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    environ = {**os.environ, "PYTHONPATH": str(REPO), **WORKER_ENVIRONMENT, **(env or {})}
     with log.open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=out, stderr=out, env=environ,
                                 start_new_session=True)
