@@ -1,18 +1,19 @@
 """Benchmark the executor backends: the local process pool against Dask with as many worker processes.
 
-Both run the same jobs through the daemon's `JobPool` (the coordinator reads each source and writes each
-output in both cases' own way: a local worker reads and writes itself, a Dask job's bytes are shipped).
-The Dask cluster is a real ``dask scheduler`` and ``dask worker --nworkers N --nthreads 1`` on loopback,
-started and stopped by this script. Reported, per backend: wall time and jobs/s, then Dask's overhead
-(relative, and per task in ms: the extra wall time per job per worker slot) and the bytes shipped per job
-(the pickled task with its source bytes, and the pickled result with its encoded output).
+Both run the same jobs through the daemon's `JobPool` (a local worker reads and writes the files itself;
+for Dask this process reads and writes them and ships the bytes). The Dask cluster is a real ``dask
+scheduler`` and ``dask worker --nworkers N --nthreads 1`` on loopback, started and stopped by this script.
+Rounds alternate between the backends so a change of load hits both; medians are compared. Reported:
+wall times and jobs/s, Dask's overhead (relative, and per task in ms: the extra wall time per job per
+worker slot) on photo-sized jobs and on tiny ones (where the overhead is nearly all there is), and the
+bytes shipped per photo job (the pickled task with its source bytes, the pickled result with its output).
 
 The jobs are photo-sized: the Set14 images of ../shared/datasets/bench resized to `--size` and saved as
 JPEG, upscaled ×2 by the zoo ESPCN. The machine is shared: run it when it is idle, and say so if not.
 
 Example::
 
-    python scripts/bench_executors.py --workers 2 --jobs 32 --output /tmp/bench_executors.json
+    python scripts/bench_executors.py --workers 2 --output /tmp/bench_executors.json
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -136,11 +138,6 @@ def wait_for_workers(cluster: Cluster, count: int, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
-def timed(pool: JobPool, jobs: Callable[[], list[Job]], warmup: list[Job]) -> float:
-    run_all(pool, warmup)  # models loaded in every worker before the clock starts
-    return run_all(pool, jobs())
-
-
 def shipped_bytes(config: Config, job: Job) -> dict[str, int]:
     """What crosses the network for one job, pickled as Dask sends it: the task (with the source) and the result."""
     context = StageContext(config.worker_engine(), config.model_dirs)
@@ -153,46 +150,65 @@ def shipped_bytes(config: Config, job: Job) -> dict[str, int]:
             "output_bytes": len(rendered.data), "result_pickled": len(pickle.dumps(rendered, protocol=5))}
 
 
+def measure(pools: dict[str, JobPool], configs: dict[str, Config], inputs: list[Path], root: Path,
+            rounds: int) -> dict[str, list[float]]:
+    """Wall seconds of each round per backend, the backends alternating so a change of load hits both."""
+    walls: dict[str, list[float]] = {name: [] for name in pools}
+    for name, pool in pools.items():  # models loaded in every worker before any clock starts
+        run_all(pool, jobs_for(configs[name], inputs[:2 * pool.workers], root / "warm"))
+    for _ in range(rounds):
+        for name, pool in pools.items():
+            walls[name].append(run_all(pool, jobs_for(configs[name], inputs, root / "out")))
+    return walls
+
+
+def compare(walls: dict[str, list[float]], jobs: int, workers: int) -> dict[str, Any]:
+    """Median wall per backend, Dask's relative overhead, and its extra time per task per worker slot."""
+    local, dask = statistics.median(walls["local"]), statistics.median(walls["dask"])
+    return {"local_wall_s": [round(w, 2) for w in walls["local"]], "dask_wall_s": [round(w, 2) for w in walls["dask"]],
+            "local_jobs_per_s": round(jobs / local, 2), "dask_jobs_per_s": round(jobs / dask, 2),
+            "dask_overhead_pct": round(100 * (dask / local - 1), 1),
+            "per_task_overhead_ms": round(1000 * (dask - local) * workers / jobs, 1),
+            "local_s_per_job_per_worker": round(local * workers / jobs, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--jobs", type=int, default=32)
+    parser.add_argument("--jobs", type=int, default=24, help="photo-sized jobs per round")
+    parser.add_argument("--tiny-jobs", type=int, default=96, help="tiny jobs per round (for the per-task overhead)")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size", type=int, nargs=2, default=(1024, 768), metavar=("WIDTH", "HEIGHT"))
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="srd-bench-executors-"))
     (root / "in").mkdir()
+    pools: dict[str, JobPool] = {}
     try:
-        inputs = make_inputs(root, args.jobs, tuple(args.size))
-        local = write_config(root, args.workers, None)
-        pool = build_pool(Backend.of(local))
-        try:
-            local_s = timed(pool, lambda: jobs_for(local, inputs, root / "out"),
-                            jobs_for(local, inputs[:args.workers], root / "warm"))
-        finally:
-            pool.close()
+        photos = make_inputs(root / "in", args.jobs, tuple(args.size))
+        tiny_folder = root / "tiny"
+        tiny_folder.mkdir()
+        tiny = make_inputs(tiny_folder, args.tiny_jobs, (32, 24))
         with dask_cluster(args.workers, root) as address:
-            remote = write_config(root, args.workers, address)
-            pool = build_pool(Backend.of(remote))
-            try:
-                assert pool.cluster is not None
-                wait_for_workers(pool.cluster, args.workers)
-                dask_s = timed(pool, lambda: jobs_for(remote, inputs, root / "out"),
-                               jobs_for(remote, inputs[:args.workers], root / "warm"))
-            finally:
-                pool.close()
-        shipped = shipped_bytes(local, jobs_for(local, inputs[:1], root / "probe")[0])
+            configs = {"local": write_config(root, args.workers, None),
+                       "dask": write_config(root, args.workers, address)}
+            pools = {name: build_pool(Backend.of(config)) for name, config in configs.items()}
+            cluster = pools["dask"].cluster
+            assert cluster is not None
+            wait_for_workers(cluster, args.workers)
+            photo_walls = measure(pools, configs, photos, root, args.rounds)
+            tiny_walls = measure(pools, configs, tiny, root, args.rounds)
+        shipped = shipped_bytes(configs["local"], jobs_for(configs["local"], photos[:1], root / "probe")[0])
     finally:
+        for pool in pools.values():
+            pool.close()
         shutil.rmtree(root, ignore_errors=True)
     report: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg": os.getloadavg()},
-        "workers": args.workers, "jobs": args.jobs, "size": list(args.size),
-        "local": {"wall_s": round(local_s, 2), "jobs_per_s": round(args.jobs / local_s, 2)},
-        "dask": {"wall_s": round(dask_s, 2), "jobs_per_s": round(args.jobs / dask_s, 2)},
-        "dask_overhead_pct": round(100 * (dask_s / local_s - 1), 1),
-        "per_task_overhead_ms": round(1000 * (dask_s - local_s) * args.workers / args.jobs, 1),
-        "per_job_s": round(local_s * args.workers / args.jobs, 3),
-        "shipped_per_job": shipped,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_after": os.getloadavg()},
+        "workers": args.workers, "rounds": args.rounds,
+        "photo": {"jobs": args.jobs, "size": list(args.size), **compare(photo_walls, args.jobs, args.workers)},
+        "tiny": {"jobs": args.tiny_jobs, "size": [32, 24], **compare(tiny_walls, args.tiny_jobs, args.workers)},
+        "shipped_per_photo_job": shipped,
     }
     text = json.dumps(report, indent=2)
     print(text)
