@@ -58,6 +58,10 @@ NOT_RUN = {
     "python scripts/bench_daemon.py --output /tmp/bench_daemon.json": "daemon benchmark script",
     "python scripts/bench_ledger.py --entries 100000": "ledger benchmark script",
     "python scripts/reliability.py --output reliability.json": "the long reliability suite",
+    "dask scheduler --host 127.0.0.1 --port 8786 --no-dashboard":
+        "Dask scaling-out step (tests/test_executor_dask.py starts real schedulers and workers)",
+    "dask worker tcp://127.0.0.1:8786 --nworkers 2 --nthreads 1 --preload srd.executors.dask_worker":
+        "Dask scaling-out step (tests/test_executor_dask.py starts real schedulers and workers)",
 }
 
 

@@ -232,7 +232,11 @@ class DaskExecutor(Executor):
             if isinstance(loaded, JobResult):
                 return loaded
             data, sha256 = loaded
-            models = tuple(self._models.sha256(spec) for spec in job.profile.pipeline.models(self._models))
+            # A model missing here fails the file, as it would in a local worker.
+            models = guarded(job, sha256, started, lambda: tuple(
+                self._models.sha256(spec) for spec in job.profile.pipeline.models(self._models)))
+            if isinstance(models, JobResult):
+                return models
             task = RenderTask(replace(job, data=data), self._engine, self._model_dirs, models)
             del data
             rendered = self._render(render_task, task)
