@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from srd.cli.status_view import render
 from srd.config import ExecutorSettings, parse_config
 from srd.errors import ConfigError
-from srd.status import Health, StateDirChoice, assess
+from srd.status import Health, StateDirChoice, assess, pid_alive
 
 
 def _executor(tmp_path: Path, executor: Any) -> ExecutorSettings:
@@ -52,6 +53,9 @@ def test_executor_mistakes_are_named(tmp_path: Path, executor: dict[str, Any], w
 def daemon_pid() -> Iterator[int]:
     """A live process whose command line names srd, as `srd status` requires of the daemon's pid."""
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "srd"])
+    deadline = time.monotonic() + 10
+    while not pid_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
     yield proc.pid
     proc.kill()
     proc.wait()
