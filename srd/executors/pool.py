@@ -11,6 +11,11 @@ Every job ends in exactly one outcome from `JobPool.collect`: `Finished` with th
 can be pinned on it (`Lost.pinned`); the daemon decides whether to try it again. After a crash the suspects
 are retried one at a time, so a file that kills workers is caught alone and innocent jobs that shared the
 crash are not charged.
+
+A remote backend's executor (`srd.executors.dask_cluster`) speaks the same language: its futures raise
+`WorkerLost` where a local pool breaks, and `ClusterUnavailable` when the job was cut off from its cluster,
+which is nobody's fault; its `submit` raises `OSError` while the cluster can't take jobs, which keeps them
+waiting exactly like local worker processes that can't be started.
 """
 
 from __future__ import annotations
