@@ -53,7 +53,8 @@ import yaml
 from srd.config import load_config
 from srd.daemon.inboxes import fingerprints, inbox_id
 from srd.engine.pipeline import StageContext
-from srd.job import Job, run_job
+from srd.executors.job import Job
+from srd.executors.render import run_job
 from srd.ledger import Ledger
 from srd.logs import configure_logging
 

@@ -80,6 +80,22 @@ class Inbox:
 
 
 @dataclass(frozen=True)
+class ExecutorSettings:
+    """Where jobs run: this machine's worker processes (`local`) or the workers of a Dask scheduler (`dask`).
+
+    With `tls` (CA, certificate, key files), the connection to a ``tls://`` scheduler is encrypted and
+    authenticated both ways (see systemd/srd-scheduler.service).
+    """
+
+    kind: str = "local"
+    scheduler: str | None = None
+    tls: tuple[Path, Path, Path] | None = None
+
+
+EXECUTOR_KINDS = ("local", "dask")
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: Path
     workers: int
@@ -100,6 +116,7 @@ class Config:
     job_timeout_min_seconds: float = 120.0
     web: WebSettings = field(default_factory=lambda: WebSettings())
     metrics: MetricsSettings | None = None
+    executor: ExecutorSettings = ExecutorSettings()
 
     def worker_engine(self) -> EngineSettings:
         """Engine settings as each worker process applies them."""
@@ -411,8 +428,44 @@ MAX_PROCESSES = 1024
 _TOP_LEVEL = {
     "state_dir", "workers", "threads_per_worker", "max_input_pixels", "max_input_bytes", "max_attempts",
     "job_timeout", "job_timeout_min_seconds", "reconcile_interval", "model_dirs", "engine", "profiles", "inboxes",
-    "log", "web", "metrics",
+    "log", "web", "metrics", "executor",
 }
+
+
+def _parse_executor(data: Any, base: Path, problems: _Problems) -> ExecutorSettings:
+    if data is None:
+        return ExecutorSettings()
+    if not isinstance(data, Mapping):
+        problems.add("executor", "expected a mapping such as {kind: dask, scheduler: tcp://127.0.0.1:8786}")
+        return ExecutorSettings()
+    for key in data:
+        if key not in ("kind", "scheduler", "tls"):
+            problems.add(f"executor.{key}", "unknown key (known: kind, scheduler, tls)")
+    kind = data.get("kind", "local")
+    if kind not in EXECUTOR_KINDS:
+        problems.add("executor.kind", f"must be one of {', '.join(EXECUTOR_KINDS)}")
+        return ExecutorSettings()
+    scheduler = data.get("scheduler")
+    if kind == "local":
+        if scheduler is not None or data.get("tls") is not None:
+            problems.add("executor", "scheduler and tls apply only to kind: dask")
+        return ExecutorSettings()
+    if not isinstance(scheduler, str) or not scheduler.startswith(("tcp://", "tls://")):
+        problems.add("executor.scheduler", "expected the scheduler's address, tcp://host:port or tls://host:port")
+        return ExecutorSettings()
+    tls = data.get("tls")
+    if tls is None:
+        if scheduler.startswith("tls://"):
+            problems.add("executor.tls", "a tls:// scheduler needs {ca_file, cert, key}")
+        return ExecutorSettings(kind, scheduler)
+    if not isinstance(tls, Mapping) or set(tls) != {"ca_file", "cert", "key"} or not all(
+            isinstance(v, str) for v in tls.values()):
+        problems.add("executor.tls", "expected {ca_file, cert, key}: the CA's and this client's certificate and key")
+        return ExecutorSettings()
+    if not scheduler.startswith("tls://"):
+        problems.add("executor.scheduler", "with tls, the address must be tls://host:port")
+    paths = tuple(_resolve_path(tls[k], base) for k in ("ca_file", "cert", "key"))
+    return ExecutorSettings(kind, scheduler, (paths[0], paths[1], paths[2]))
 
 
 def _check_models(upscales: list[tuple[str, Upscale]], model_dirs: tuple[Path, ...], problems: _Problems) -> None:
@@ -475,6 +528,7 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
         problems.add("model_dirs", "expected a list of folder paths")
         model_dirs_data = []
 
+    executor = _parse_executor(data.get("executor"), base, problems)
     engine_fields = _parse_fields(EngineSettings, data.get("engine"), "engine", problems, skip=("threads",))
     engine = EngineSettings(**(engine_fields.values if engine_fields else {}))
     if engine.onnx_engine not in ONNX_ENGINES:
@@ -553,6 +607,7 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
         source=source,
         web=web,
         metrics=metrics,
+        executor=executor,
     )
 
 

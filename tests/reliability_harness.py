@@ -39,8 +39,9 @@ from structlog.testing import capture_logs
 
 from srd.config import load_config
 from srd.engine.pipeline import StageContext
+from srd.executors.job import Job
+from srd.executors.render import run_job
 from srd.fs.atomic import is_temp_name
-from srd.job import Job, run_job
 from srd.ledger import Ledger, State
 
 LONG = os.environ.get("SRD_LONG") == "1"

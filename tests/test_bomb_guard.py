@@ -117,8 +117,8 @@ def test_the_pools_workers_enforce_the_decoder_limit_even_when_the_header_check_
         from pathlib import Path
         from srd.config import default_profile
         from srd.engine.upscaler import EngineSettings
-        from srd.job import Job
-        from srd.worker import make_pool, process
+        from srd.executors.job import Job
+        from srd.executors.local import make_pool, process
         if __name__ == "__main__":
             with make_pool(1, EngineSettings(), (), "error", "json", max_input_pixels=5_000) as pool:
                 # The job's own limit lets it through the header check: only the decoder stands.

@@ -38,10 +38,11 @@ from srd.daemon.offload import Done
 from srd.daemon.status import Health, assess
 from srd.daemon.watch import Hint
 from srd.engine.pipeline import StageContext
+from srd.executors.job import Job, JobResult
+from srd.executors.pool import JobPool
+from srd.executors.render import run_job
 from srd.fs.atomic import is_temp_name
 from srd.fs.fileversion import FileVersion
-from srd.job import Job, JobResult, run_job
-from srd.pool import JobPool
 
 SIZE = (24, 32)
 DOUBLED = (48, 64)

@@ -43,9 +43,10 @@ from srd.daemon.notify import Notifier
 from srd.daemon.watch import ROOT_ANSWER_S, Hint, InboxWatcher
 from srd.engine.pipeline import Pipeline, StageContext, Upscale
 from srd.errors import ExitCode
+from srd.executors.job import Job, JobResult
+from srd.executors.pool import JobPool
+from srd.executors.render import run_job
 from srd.fs import safefs
-from srd.job import Job, JobResult, run_job
-from srd.pool import JobPool
 
 SIZE = (24, 32)
 DOUBLED = (48, 64)
@@ -304,7 +305,8 @@ import json, resource, sys
 from pathlib import Path
 import cv2, numpy as np
 from srd.config import load_config
-from srd.job import Job, run_job
+from srd.executors.job import Job
+from srd.executors.render import run_job
 from srd.engine.pipeline import StageContext
 config = load_config(Path(sys.argv[1]))
 root = Path(sys.argv[2])

@@ -20,8 +20,8 @@ import pytest
 from daemon_helpers import ESPCN_X2, decoded_size, make_image, srd, srd_command, wait_for
 from reliability_harness import tmpfs, worker_pids
 
+from srd.executors.job import JobResult
 from srd.fs.atomic import is_temp_name
-from srd.job import JobResult
 from srd.oneshot.report import NON_TTY_EVERY_S, Reporter, ReportOptions
 
 # --scale is given although the zoo name tells it, so that these tests show the same faults on older code.

@@ -17,9 +17,9 @@ from reliability_harness import worker_pids
 
 from srd.config import default_profile
 from srd.engine.upscaler import EngineSettings
-from srd.job import Job, JobResult
-from srd.pool import Finished, JobPool, Lost
-from srd.worker import make_pool
+from srd.executors.job import Job, JobResult
+from srd.executors.local import make_pool
+from srd.executors.pool import Finished, JobPool, Lost
 
 
 def job(name: str) -> Job:

@@ -63,6 +63,10 @@ NOT_RUN = {
     "srd web --config /etc/srd/srd.yaml": "the web UI (tests/test_web.py runs it on a temp config)",
     "python scripts/bench_web_stack.py --mb 300 --output /tmp/bench_web_stack.json --flask-path /tmp/flaskpkgs":
         "web server stack benchmark script",
+    "dask scheduler --host 127.0.0.1 --port 8786 --no-dashboard":
+        "Dask scaling-out step (tests/test_executor_dask.py starts real schedulers and workers)",
+    "dask worker tcp://127.0.0.1:8786 --nworkers 2 --nthreads 1 --preload srd.executors.dask_worker":
+        "Dask scaling-out step (tests/test_executor_dask.py starts real schedulers and workers)",
 }
 
 

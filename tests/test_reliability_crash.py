@@ -22,9 +22,9 @@ from reliability_harness import (
 )
 
 from srd.config import default_profile
+from srd.executors.job import Job, JobResult
+from srd.executors.pool import JobPool
 from srd.fs.atomic import is_temp_name
-from srd.job import Job, JobResult
-from srd.pool import JobPool
 
 
 def test_daemon_killed_at_random_moments_loses_duplicates_and_half_writes_nothing(tmp_path: Path) -> None:

@@ -15,10 +15,10 @@ import pytest
 
 from srd.daemon.scan import IgnoreRules, classify, scan_inbox
 from srd.errors import OutputError
+from srd.executors.job import output_name
 from srd.fs import safefs
 from srd.fs.atomic import clean_stale_temps, open_atomic, write_bytes_atomic
 from srd.fs.sources import archive_source, fail_source, link_or_copy, move_file, report_path
-from srd.job import output_name
 
 
 @pytest.fixture

@@ -23,16 +23,16 @@ from structlog.testing import capture_logs
 
 from srd.config import default_profile
 from srd.errors import ExitCode
-from srd.job import Job
-from srd.pool import JobPool
+from srd.executors.job import Job
+from srd.executors.pool import JobPool
 
 # A real `srd process` whose pool can't be built: the resource tracker's pipe broke (as when the helpers
 # can't execute the interpreter), which is a BrokenPipeError that has nothing to do with stdout.
 _BROKEN_HELPERS = """
-import srd.pool
+import srd.executors.pool
 def broken(*args, **kwargs):
     raise BrokenPipeError(32, "Broken pipe")
-srd.pool.make_pool = broken
+srd.executors.pool.make_pool = broken
 from srd.cli.main import main
 main()
 """
@@ -159,13 +159,13 @@ def test_a_pool_whose_workers_cannot_start_logs_once_stays_unhealthy_and_does_no
 # while the flag file exists (as when the host is out of processes), and can once it is gone.
 _NO_WORKERS_WHILE_FLAGGED = """
 import errno, os, pathlib
-import srd.pool
-_real = srd.pool.make_pool
+import srd.executors.pool
+_real = srd.executors.pool.make_pool
 def make_pool(*args, **kwargs):
     if pathlib.Path(os.environ["SRD_TEST_NO_WORKERS_FLAG"]).exists():
         raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
     return _real(*args, **kwargs)
-srd.pool.make_pool = make_pool
+srd.executors.pool.make_pool = make_pool
 """
 
 

@@ -76,12 +76,28 @@ def _header(view: Assessment, now: datetime) -> list[str]:
     ledger = status.get("ledger") or {}
     lines.append(f"workers {status.get('workers')}, running {pool.get('running', 0)}, pool rebuilds "
                  f"{pool.get('rebuilds', 0)}; ledger: " + ", ".join(f"{n} {state}" for state, n in ledger.items()))
+    lines += _executor_lines(status.get("executor") or {})
     if status.get("last_reload_error"):
         lines.append(f"last reload rejected (running the previous config): {status['last_reload_error']}")
     state_dir = status.get("state_dir") or {"state": "ok"}
     if state_dir.get("state") != "ok":
         lines.append(f"state_dir unwritable since {state_dir.get('since')}, "
                      f"processing paused: {state_dir.get('error')}")
+    return lines
+
+
+def _executor_lines(executor: dict[str, Any]) -> list[str]:
+    """The Dask backend: its scheduler and each worker's load (nothing for the local pool, shown above)."""
+    if executor.get("kind") != "dask":
+        return []
+    if not executor.get("connected"):
+        return [f"executor dask, scheduler {executor.get('scheduler')}: unreachable ({executor.get('error')})"]
+    workers = executor.get("workers") or []
+    lines = [f"executor dask, scheduler {executor.get('scheduler')}: {len(workers)} worker(s)"]
+    for worker in workers:
+        state = f"refused: {worker['refused']}" if worker.get("refused") else (
+            f"{worker.get('executing', 0)}/{worker.get('nthreads', '?')} busy, {worker.get('memory_mb', '?')} MB")
+        lines.append(f"  {worker.get('address')} ({worker.get('name')}): {state}")
     return lines
 
 

@@ -18,7 +18,7 @@ from srd.config import Config
 from srd.daemon.claim import InboxClaims
 from srd.daemon.inboxes import InboxRuntime
 from srd.daemon.offload import Done, Offloader
-from srd.pool import Outcome
+from srd.executors.pool import Outcome
 
 log = structlog.get_logger(__name__)
 

@@ -54,11 +54,11 @@ from srd.daemon.settle import Look, ReadyFile
 from srd.daemon.sourcefile import SourceFile, Work
 from srd.daemon.targets import choose_target
 from srd.errors import ImageError, OutputError, describe_os_error
+from srd.executors.job import Job
+from srd.executors.pool import Outcome
 from srd.fs import safefs
 from srd.fs.sources import link_or_copy
-from srd.job import Job
 from srd.ledger import Entry, LedgerError, LedgerUnwritableError, State, make_key
-from srd.pool import Outcome
 
 log = structlog.get_logger(__name__)
 

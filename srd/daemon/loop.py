@@ -462,6 +462,7 @@ class Daemon:
                 "rebuilds": files.pool.rebuilds,
                 "start_error": files.pool.start_error,
             },
+            "executor": files.pool.describe(),
             "ledger": ctx.ledger.counts(),
             "state_dir": state_block.describe() if state_block is not None else {"state": "ok"},
             "inboxes": inboxes,

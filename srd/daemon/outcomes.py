@@ -17,13 +17,13 @@ from srd.daemon.outbox import BLOCKING_ERRNOS
 from srd.daemon.pauses import Pauses, SlowWriters
 from srd.daemon.sourcefile import Work
 from srd.engine.pipeline import Upscale
+from srd.executors.job import JobResult
+from srd.executors.pool import Finished, Lost, Outcome
 from srd.fs import safefs
 from srd.fs.atomic import temp_files_of
 from srd.fs.outputmark import mark_output
 from srd.fs.sources import report_path
-from srd.job import JobResult
 from srd.ledger import State, make_key
-from srd.pool import Finished, Lost, Outcome
 
 log = structlog.get_logger(__name__)
 

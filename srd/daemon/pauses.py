@@ -14,8 +14,8 @@ import structlog
 
 from srd.daemon.context import Context
 from srd.daemon.outbox import OutboxBlock
+from srd.executors.pool import Outcome
 from srd.ledger import LedgerUnwritableError
-from srd.pool import Outcome
 
 log = structlog.get_logger(__name__)
 

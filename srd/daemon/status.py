@@ -141,6 +141,12 @@ def assess(status: dict[str, Any] | None, now: datetime | None = None) -> Assess
     start_error = (status.get("pool") or {}).get("start_error")
     if start_error:
         reasons.append(f"worker processes can't be started: {start_error}")
+    executor = status.get("executor") or {}
+    if executor.get("kind") == "dask" and not start_error:
+        if not executor.get("connected"):
+            reasons.append(f"Dask scheduler {executor.get('scheduler')} unreachable: {executor.get('error')}")
+        elif not [worker for worker in executor.get("workers", []) if not worker.get("refused")]:
+            reasons.append(f"no usable Dask worker at {executor.get('scheduler')}: files wait")
     for inbox in status.get("inboxes", []):
         if inbox.get("health") not in ("ok", "stopping"):
             problem = (inbox.get("root_error") or (inbox.get("claim") or {}).get("reason")

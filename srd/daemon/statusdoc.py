@@ -8,7 +8,7 @@ from typing import Any
 from srd.daemon.jobtime import SLACK
 from srd.daemon.sourcefile import Work
 from srd.daemon.sourcestep import SourceStep
-from srd.pool import JobPool, RunningJob
+from srd.executors.pool import JobPool, RunningJob
 
 # A source step out for longer is stuck (on a share that stops answering): its inbox shows unhealthy.
 STEP_STUCK_S = 60.0

@@ -6,12 +6,12 @@ from collections.abc import Set
 from pathlib import Path, PurePosixPath
 
 from srd.daemon.inboxes import InboxRuntime
+from srd.executors.job import output_name
 from srd.fs import safefs
 from srd.fs.outputmark import marked_for
 from srd.fs.sources import numbered_names
 from srd.imaging.imageheader import sniff_format
 from srd.imaging.imageio import output_format_for
-from srd.job import output_name
 from srd.ledger import Ledger
 
 

@@ -21,9 +21,10 @@ from srd.daemon.outbox import BLOCKING_ERRNOS
 from srd.engine.pipeline import Pipeline, StageContext, Upscale
 from srd.engine.registry import looks_like_path, resolve_model
 from srd.errors import ConfigError, ExitCode, OutputError
+from srd.executors.backend import Backend
+from srd.executors.job import Job, JobResult
 from srd.imaging.imageio import normalise_format
 from srd.interrupts import raise_on_sigterm
-from srd.job import Job, JobResult
 from srd.logs import configure_logging
 from srd.oneshot.execute import PoolSettings, run_batch
 from srd.oneshot.plan import Layout, PlannedFile, make_plan, mark_as_output, output_folders
@@ -64,8 +65,9 @@ def run_process(args: argparse.Namespace) -> ExitCode:
     planned = {file.source: file for file in plan.files}
     refused: list[tuple[Path, int]] = []  # (folder, errno) of outputs the storage refused
     jobs = [_job_for(file, profile, config, requested_format) for file in plan.files]
-    settings = PoolSettings(workers, engine, tuple(config.model_dirs), log_level, config.log_format,
-                            config.job_timeout, config.max_attempts, config.max_input_pixels)
+    backend = Backend(config.executor, workers, engine, tuple(config.model_dirs), log_level, config.log_format,
+                      config.max_input_pixels)
+    settings = PoolSettings(backend, config.job_timeout, config.max_attempts)
     try:
         run_batch(
             jobs, settings,

@@ -17,23 +17,23 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import structlog
 
-from srd.engine.upscaler import EngineSettings
 from srd.errors import WorkerStartError
+from srd.executors.backend import Backend, build_pool
+from srd.executors.job import Job, JobResult
+from srd.executors.pool import Finished, JobPool
 from srd.fs.atomic import temp_files_of
 from srd.fs.fileversion import FileVersion, version_of
-from srd.job import Job, JobResult
-from srd.pool import Finished, JobPool, process_executor_factory
 
 log = structlog.get_logger(__name__)
 
 # Linux's CLOCK_REALTIME_COARSE (not named by `time`): the clock file timestamps are taken from, so a file
 # written after a reading of it never has an earlier ctime (the precise clock can run up to a tick ahead).
 _REALTIME_COARSE = 5
+CONNECT_WAIT_S = 10.0  # how long a run waits for its Dask scheduler before it gives up
 _POLL_S = 0.5  # how often the loop looks at the pool without a wake-up (timeouts, progress)
 # Tries (up to two per poll) to start the worker processes before the run gives up: enough to ride out a
 # moment without free processes, few enough that a lasting cause ends the run within about a second.
@@ -49,14 +49,9 @@ _START_HINTS = {
 
 @dataclass(frozen=True)
 class PoolSettings:
-    workers: int
-    engine: EngineSettings
-    model_dirs: tuple[Path, ...]
-    log_level: str
-    log_format: str
+    backend: Backend
     job_timeout: float | None
     max_attempts: int
-    max_input_pixels: int
 
 
 def run_batch(
@@ -86,10 +81,12 @@ def run_batch(
         handed_out[token] = _Attempt(time.clock_gettime_ns(_REALTIME_COARSE), version_of(target))
         on_start(jobs[token])
 
-    workers = min(settings.workers, len(jobs))
-    factory = process_executor_factory(workers, settings.engine, settings.model_dirs, settings.log_level,
-                                       settings.log_format, max_input_pixels=settings.max_input_pixels)
-    pool = JobPool(workers, factory, on_start=started, wake=woken.set, job_timeout=settings.job_timeout)
+    backend = replace(settings.backend, workers=min(settings.backend.workers, len(jobs)))
+    pool = build_pool(backend, on_start=started, wake=woken.set, job_timeout=settings.job_timeout)
+    if pool.cluster is not None and not pool.cluster.wait_connected(CONNECT_WAIT_S):
+        pool.close()
+        raise WorkerStartError(f"the Dask scheduler {backend.executor.scheduler} can't be reached: "
+                               f"{pool.cluster.describe().get('error')}; start it, then run the command again")
     waiting = deque(range(len(jobs)))
     try:
         while waiting or len(pool):

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from srd.errors import UsageError
+from srd.executors.job import output_name
 from srd.fs.fileversion import FileVersion
 from srd.fs.outputmark import mark_output, marked_for
 from srd.fs.sources import numbered_names
 from srd.imaging.imageheader import IMAGE_SUFFIXES, sniff_format
 from srd.imaging.imageio import output_format_for
-from srd.job import output_name
 
 _HEAD_BYTES = 64
 ONESHOT = "srd process"  # the 'inbox' an output's mark names for one-shot runs
@@ -60,7 +60,7 @@ class PlannedFile:
     Attributes:
         source: The input file.
         target: Where its output goes (the input itself, in place).
-        version: The input as planned: its job processes that version or none (see `srd.job.Job`).
+        version: The input as planned: its job processes that version or none (see `srd.executors.job.Job`).
     """
 
     source: Path

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from srd.cli.terminal import printable
-from srd.job import JobResult
+from srd.executors.job import JobResult
 
 NON_TTY_EVERY_S = 30.0
 _REDRAW_EVERY_S = 0.2

@@ -1,8 +1,12 @@
-"""One file through the whole path: read once, hash, decode, run the pipeline, encode, write atomically.
+"""One file through the whole path: read once, hash, render, write atomically.
 
-This is the code a worker runs, shared by the one-shot CLI and the daemon. Jobs and results are
-plain frozen dataclasses so they cross process boundaries; a bad file becomes a failed
-`JobResult`, never an exception that could take a worker down.
+A job has three steps. *Loading* reads (or takes the shipped) source bytes and hashes them; *rendering*
+(`srd.executors.render`) turns bytes into encoded output bytes and touches no file; *storing* writes
+the output atomically after checking that the source is still the version planned. A local worker runs
+all three (`srd.executors.render.run_job`); with a remote backend the coordinator loads and stores and
+the worker only renders, so only the coordinator ever touches inboxes and outboxes. Jobs and results
+are plain frozen dataclasses so they cross process boundaries; a bad file becomes a failed `JobResult`,
+never an exception that could take a worker down.
 """
 
 from __future__ import annotations
@@ -10,22 +14,25 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import structlog
 from structlog.contextvars import bound_contextvars
 
 from srd.config import Profile
-from srd.engine.pipeline import StageContext
 from srd.errors import ImageError, OutputError, SourceChangedError, SrdError
 from srd.fs import safefs
 from srd.fs.atomic import write_bytes_atomic
 from srd.fs.fileversion import FileVersion, version_of
-from srd.imaging.imageio import DEFAULT_MAX_INPUT_BYTES, decode, encode, extension_for, output_format_for, read_bounded
+from srd.imaging.imageio import DEFAULT_MAX_INPUT_BYTES, extension_for, read_bounded
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,8 @@ class Job:
     otherwise, when it is opened or just before the output is put in place, is not processed. A retry then
     never reads the output a killed first try already renamed over its input (in place), and a file written
     to meanwhile is neither processed half-read nor replaced by the output of its old version.
+    `data`, when set, is the source's content already read (the daemon reads each source to hash it): it is
+    processed as it is instead of reading the file again.
     """
 
     source: Path
@@ -52,6 +61,7 @@ class Job:
     output_root: Path | None = None
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
     source_version: FileVersion | None = None
+    data: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,16 @@ class JobResult:
     out_of_memory: bool = False
     # Set when the data ended early: perhaps a slow writer hasn't finished it yet.
     truncated: bool = False
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered job: the encoded output and what the result reports about it (no file written yet)."""
+
+    data: bytes
+    name: str  # the output's file name when the job has no `target`
+    input_size: tuple[int, int]
+    output_size: tuple[int, int]
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -110,63 +130,54 @@ def read_source(path: Path, root: Path | None = None, max_bytes: int = DEFAULT_M
     return data, hashlib.sha256(data).hexdigest()
 
 
-def run_job(job: Job, context: StageContext) -> JobResult:
-    """Process one job; failures come back as a result with the reason, never as an exception."""
-    # A daemon job's lines name its inbox, like the daemon's own lines about the file.
-    with bound_contextvars(**({"inbox": str(job.source_root)} if job.source_root is not None else {})):
-        return _run(job, context)
+def load_source(job: Job) -> tuple[bytes, str]:
+    """The job's source bytes and their sha256: the shipped `data`, else the file read as `read_source` does."""
+    if job.data is not None:
+        return job.data, hashlib.sha256(job.data).hexdigest()
+    return read_source(job.source, job.source_root, job.max_input_bytes, job.source_version)
 
 
-def _run(job: Job, context: StageContext) -> JobResult:
-    started = time.monotonic()
-    sha256 = None
+def job_log_context(job: Job) -> AbstractContextManager[object]:
+    """Log context of a job's lines: a daemon job's lines name its inbox, like the daemon's own lines about the file."""
+    return bound_contextvars(**({"inbox": str(job.source_root)} if job.source_root is not None else {}))
+
+
+def store_output(job: Job, rendered: Rendered, sha256: str, started: float) -> JobResult:
+    """Write a rendered output atomically (once the source is checked to be the version planned); the job's result."""
+    target = job.target or job.out_dir / rendered.name
+
+    def write() -> None:
+        write_bytes_atomic(target, rendered.data, root=job.output_root, before_rename=lambda: _check_source(job))
+
+    failed = guarded(job, sha256, started, write)
+    if isinstance(failed, JobResult):
+        return failed
+    ms = int((time.monotonic() - started) * 1000)
+    log.info("job_done", src=str(job.source), out=str(target), profile=job.profile.name,
+             in_size=rendered.input_size, out_size=rendered.output_size, ms=ms)
+    return JobResult(source=job.source, ok=True, output=target, sha256=sha256, input_size=rendered.input_size,
+                     output_size=rendered.output_size, milliseconds=ms)
+
+
+def guarded(job: Job, sha256: str | None, started: float, step: Callable[[], T]) -> T | JobResult:
+    """Run one step of a job; an error becomes the job's failed result (what kind of failure, from the error)."""
     try:
-        data, sha256 = read_source(job.source, job.source_root, job.max_input_bytes, job.source_version)
-        picture = decode(data, max_pixels=job.max_input_pixels)
-        del data
-        for note in picture.notes:
-            log.info("decoder_warning", src=str(job.source), text=note)
-        pixels = job.profile.pipeline.run(picture.pixels, context)
-        settings = job.profile.output
-        requested = job.format or settings.format
-        fmt = output_format_for(picture.format, requested, settings.fallback_format)
-        encoded = encode(picture.with_pixels(pixels), fmt, quality=settings.quality, keep_metadata=settings.metadata)
-        for reason in encoded.dropped:
-            log.warning("metadata_dropped", src=str(job.source), block=reason)
-        if encoded.alpha_flattened:
-            log.warning("alpha_flattened", src=str(job.source), format=fmt, background="white")
-        target = job.target or job.out_dir / output_name(job.source.name, picture.format, fmt, requested)
-        write_bytes_atomic(target, encoded.data, root=job.output_root, before_rename=lambda: _check_source(job))
+        return step()
     except OutputError as exc:
-        return _failure(job, str(exc), sha256, started, output_errno=exc.errno, out_of_memory=_oom_cause(exc))
+        return failure(job, str(exc), sha256, started, output_errno=exc.errno, out_of_memory=_oom_cause(exc))
     except ImageError as exc:
         # Only a message that says the data ended early for certain ("truncated JPEG …"), not "corrupt or
         # truncated", marks a file a slow writer may still be finishing.
-        return _failure(job, str(exc), sha256, started, truncated=str(exc).startswith("truncated"))
+        return failure(job, str(exc), sha256, started, truncated=str(exc).startswith("truncated"))
     except SrdError as exc:
-        return _failure(job, str(exc), sha256, started, out_of_memory=_oom_cause(exc))
+        return failure(job, str(exc), sha256, started, out_of_memory=_oom_cause(exc))
     # Per-job boundary: any unexpected error (an OpenCV assertion on an odd image, a bug) must fail
     # this file with its reason, not the batch or the daemon.
     except Exception as exc:
         if is_out_of_memory(exc):
-            return _failure(job, f"out of memory: {type(exc).__name__}: {exc}", sha256, started, out_of_memory=True)
+            return failure(job, f"out of memory: {type(exc).__name__}: {exc}", sha256, started, out_of_memory=True)
         log.exception("job_crashed", src=str(job.source))
-        return _failure(job, f"internal error: {type(exc).__name__}: {exc}", sha256, started)
-    ms = int((time.monotonic() - started) * 1000)
-    result = JobResult(
-        source=job.source,
-        ok=True,
-        output=target,
-        sha256=sha256,
-        input_size=(picture.pixels.shape[1], picture.pixels.shape[0]),
-        output_size=(pixels.shape[1], pixels.shape[0]),
-        milliseconds=ms,
-    )
-    log.info(
-        "job_done", src=str(job.source), out=str(target), profile=job.profile.name,
-        in_size=result.input_size, out_size=result.output_size, ms=ms,
-    )
-    return result
+        return failure(job, f"internal error: {type(exc).__name__}: {exc}", sha256, started)
 
 
 def _check_source(job: Job) -> None:
@@ -186,9 +197,10 @@ def _oom_cause(exc: SrdError) -> bool:
     return exc.__cause__ is not None and is_out_of_memory(exc.__cause__)
 
 
-def _failure(job: Job, reason: str, sha256: str | None, started: float, *,
-             output_errno: int | None = None, out_of_memory: bool = False, truncated: bool = False) -> JobResult:
-    reason = " ".join(reason.split())  # one line per failure, whatever the library said
+def failure(job: Job, reason: str, sha256: str | None, started: float, *,
+            output_errno: int | None = None, out_of_memory: bool = False, truncated: bool = False) -> JobResult:
+    """A failed result for `job`, logged (one line, whatever the library said)."""
+    reason = " ".join(reason.split())
     ms = int((time.monotonic() - started) * 1000)
     log.warning("job_failed", src=str(job.source), reason=reason, ms=ms)
     return JobResult(source=job.source, ok=False, error=reason, sha256=sha256, milliseconds=ms,

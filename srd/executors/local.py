@@ -19,8 +19,9 @@ from pathlib import Path
 
 from srd.engine.pipeline import StageContext
 from srd.engine.upscaler import EngineSettings
+from srd.executors.job import Job, JobResult
+from srd.executors.render import run_job
 from srd.imaging.decoderlimits import set_decoder_limits
-from srd.job import Job, JobResult, run_job
 from srd.logs import configure_logging
 
 _context: StageContext | None = None

@@ -11,6 +11,11 @@ Every job ends in exactly one outcome from `JobPool.collect`: `Finished` with th
 can be pinned on it (`Lost.pinned`); the daemon decides whether to try it again. After a crash the suspects
 are retried one at a time, so a file that kills workers is caught alone and innocent jobs that shared the
 crash are not charged.
+
+A remote backend's executor (`srd.executors.dask_cluster`) speaks the same language: its futures raise
+`WorkerLost` where a local pool breaks, and `ClusterUnavailable` when the job was cut off from its cluster,
+which is nobody's fault; its `submit` raises `OSError` while the cluster can't take jobs, which keeps them
+waiting exactly like local worker processes that can't be started.
 """
 
 from __future__ import annotations
@@ -27,14 +32,14 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import forkserver
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from srd.engine.upscaler import EngineSettings
+from srd.executors.job import Job, JobResult
+from srd.executors.local import make_pool, process
 from srd.interrupts import stop_signals_deferred
-from srd.job import Job, JobResult
-from srd.worker import make_pool, process
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +76,27 @@ class Lost:
 Outcome = Finished | Lost
 
 
+class WorkerLost(Exception):
+    """Raised by an executor's future when the worker running the job died (a remote cluster's `BrokenProcessPool`)."""
+
+
+class ClusterUnavailable(Exception):
+    """Raised by an executor's future when the job was cut off from its cluster (scheduler gone, no usable worker).
+
+    Not the job's doing: it is handed back unpinned and waits (the executor refuses jobs until it is back).
+    """
+
+
+class Cluster(Protocol):
+    """The remote cluster a pool's executors submit to: described in the status, closed with the pool."""
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def wait_connected(self, timeout: float) -> bool: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class StartFailure:
     """Why the worker processes can't be started, and how many tries in a row have failed.
@@ -88,7 +114,7 @@ def process_executor_factory(
     workers: int, engine: EngineSettings, model_dirs: Sequence[Path], log_level: str, log_format: str, *,
     max_input_pixels: int | None = None,
 ) -> Callable[[], Executor]:
-    """A factory of worker pools (see `srd.worker.make_pool`), so a broken pool can be replaced."""
+    """A factory of worker pools (see `srd.executors.local.make_pool`), so a broken pool can be replaced."""
     return lambda: make_pool(workers, engine, model_dirs, log_level, log_format, max_input_pixels=max_input_pixels)
 
 
@@ -146,13 +172,15 @@ class JobPool:
     Args:
         workers: Jobs run at once (the executor's size).
         factory: Builds a fresh executor (initially and after each crash).
-        run: The function executed in a worker (picklable; tests pass their own).
+        run: The function the executor runs for a job (picklable): `process` for local workers, the render
+            function for a cluster (whose executors load and store around it); tests pass their own.
         on_start: Called with a job's token just before a worker takes it, so the daemon journals
             ``start`` for jobs that really start (a job waiting in the queue costs no attempt).
         wake: Called from the executor's thread when a job ends, to cut the owner's sleep short.
         job_timeout: Seconds a job may run before its worker is killed, for jobs submitted without a limit
             of their own; None for no limit.
         clock: Monotonic clock (tests drive it).
+        cluster: The remote cluster the executors use (None: this machine's processes).
     """
 
     def __init__(
@@ -160,13 +188,15 @@ class JobPool:
         workers: int,
         factory: Callable[[], Executor],
         *,
-        run: Callable[[Job], JobResult] = process,
+        run: Callable[[Any], Any] = process,
         on_start: Callable[[Hashable], None] = lambda token: None,
         wake: Callable[[], None] = lambda: None,
         job_timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        cluster: Cluster | None = None,
     ) -> None:
         self.workers = workers
+        self.cluster = cluster
         self.capacity = 2 * workers
         self._factory = factory
         self._run = run
@@ -235,6 +265,10 @@ class JobPool:
         """The error of `start_failure`, for the status file."""
         return self._start_failure.error if self._start_failure is not None else None
 
+    def describe(self) -> dict[str, Any]:
+        """The backend for the status file: its kind and, for a cluster, its scheduler and workers."""
+        return self.cluster.describe() if self.cluster is not None else {"kind": "local", "workers": self.workers}
+
     def withdraw(self, tokens: Iterable[Hashable]) -> list[Hashable]:
         """Take back those of `tokens` still waiting for a worker; return them (running ones are not stopped)."""
         wanted = set(tokens)
@@ -264,6 +298,10 @@ class JobPool:
                 broken = True
                 outcomes.append(Lost(running.token, "worker process died (killed, out of memory, or crashed)",
                                      pinned=alone))
+            elif isinstance(error, WorkerLost):  # the cluster has already replaced the worker
+                outcomes.append(Lost(running.token, f"worker died: {error}", pinned=alone))
+            elif isinstance(error, ClusterUnavailable):
+                outcomes.append(Lost(running.token, f"cluster unavailable: {error}", pinned=False, retry_alone=False))
             else:  # the job could not be sent or its result not returned (e.g. unpicklable)
                 outcomes.append(Lost(running.token, f"{type(error).__name__}: {error}"))
         outcomes.extend(self._enforce_timeout())
@@ -417,6 +455,8 @@ class JobPool:
         self._running.clear()
         self._waiting.clear()
         self._limits.clear()
+        if self.cluster is not None:
+            self.cluster.close()
 
 
 def _reaped(workers: Sequence[Any], deadline: float) -> bool:
