@@ -552,9 +552,9 @@ def settle(daemon: Daemon, now: list[float], paths: list[Path], steps: int = 12)
 
 
 def test_a_file_rewritten_between_hashing_and_processing_is_recorded_as_what_was_processed(tmp_path: Path) -> None:
-    """If the content changes after the daemon hashed it, the ledger records the bytes the worker really
-    read, the source is not deleted on the strength of the old hash, and once the new version settles it
-    is recognised as done and only then deleted (on_success: delete)."""
+    """If the content changes after the daemon hashed it, the job still renders the bytes that were hashed (they
+    are shipped with it), the source is not deleted on the strength of the old hash, and once the new version
+    settles it is processed in turn and only then deleted (on_success: delete)."""
     inbox = tmp_path / "in"
     first, second = make_image(Path("x.png"), SIZE, 1), make_image(Path("x.png"), SIZE, 2)
 
@@ -566,7 +566,7 @@ def test_a_file_rewritten_between_hashing_and_processing_is_recorded_as_what_was
     daemon, now = inline_daemon(tmp_path, before_job=rewrite, on_success="delete")
     try:
         (inbox / "x.png").write_bytes(first)
-        settle(daemon, now, [inbox / "x.png"])
+        settle(daemon, now, [inbox / "x.png"], steps=24)
         assert (inbox / "x.png").exists() is False
         assert daemon.ledger is not None
         entries = list(daemon.ledger.entries())
@@ -575,6 +575,26 @@ def test_a_file_rewritten_between_hashing_and_processing_is_recorded_as_what_was
     finally:
         daemon.close()
     assert decoded_size(tmp_path / "in-out" / "x.png") == DOUBLED
+
+
+def test_a_job_ships_the_bytes_the_daemon_hashed_so_each_source_is_read_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon reads a source once, to hash it, and its job renders those very bytes; a file over
+    SHIPPED_MAX_BYTES is not held in the daemon's memory but read again where its job runs."""
+    inbox = tmp_path / "in"
+    shipped: dict[str, bytes | None] = {}
+    daemon, now = inline_daemon(tmp_path, before_job=lambda job: shipped.setdefault(job.source.name, job.data))
+    try:
+        small = make_image(Path("a.png"), SIZE, 4)
+        (inbox / "a.png").write_bytes(small)
+        settle(daemon, now, [inbox / "a.png"])
+        monkeypatch.setattr("srd.daemon.probe.SHIPPED_MAX_BYTES", len(small) - 1)
+        (inbox / "b.png").write_bytes(make_image(Path("b.png"), SIZE, 5))
+        settle(daemon, now, [inbox / "b.png"])
+    finally:
+        daemon.close()
+    assert shipped == {"a.png": small, "b.png": None}
+    assert decoded_size(tmp_path / "in-out" / "a.png") == DOUBLED and decoded_size(tmp_path / "in-out" / "b.png")
 
 
 def test_duplicate_content_under_another_name_is_linked_not_processed_again(tmp_path: Path) -> None:

@@ -117,7 +117,7 @@ class Lifecycle:
         self._deferred: dict[Path, str] = {}  # files waiting for a job on the same path or content to end
         self._solo: set[str] = set()  # keys of submitted jobs that the pool runs alone (suspects)
         self._unstarted: set[str] = set()  # running jobs whose start record could not be written
-        self.reads = OffLoopReads(ctx.offload)
+        self.reads = OffLoopReads(ctx.offload, lambda: self.pool.capacity)
         self.disposal = Disposal(ctx)
         self.pauses = Pauses(ctx)
         self.writers = SlowWriters(ctx)
@@ -276,7 +276,7 @@ class Lifecycle:
             return
         work = Work(file, runtime.profile, runtime.fingerprint, sha256, key, target, probe.pixels)
         # Nobody knows whether the daemon's death was this file's doing: run it alone to find out.
-        self._submit(work, suspect=unfinished)
+        self._submit(work, suspect=unfinished, data=probe.data)
 
     def _skip(self, runtime: InboxRuntime, key: str, ready: ReadyFile, exc: Exception, *,
               remember: bool = True) -> None:
@@ -336,14 +336,16 @@ class Lifecycle:
 
     # -- submitted, running --------------------------------------------------------------------------------
 
-    def _submit(self, work: Work, *, suspect: bool = False) -> None:
+    def _submit(self, work: Work, *, suspect: bool = False, data: bytes | None = None) -> None:
+        """Hand a file to the pool; `data` is its content as hashed, shipped instead of read again (retries
+        and files too big to keep read it where the job runs)."""
         config = self._ctx.config
         self.active[work.key] = work
         if suspect:
             self._solo.add(work.key)
         job = Job(work.file.path, work.target.parent, work.profile, config.max_input_pixels, target=work.target,
                   source_root=work.file.inbox.path, output_root=work.file.inbox.outbox,
-                  max_input_bytes=config.max_input_bytes)
+                  max_input_bytes=config.max_input_bytes, data=data)
         self.pool.submit(work.key, job, suspect=suspect, time_limit=self._time_limit(work))
 
     def _time_limit(self, work: Work) -> float:
