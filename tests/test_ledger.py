@@ -208,7 +208,7 @@ def test_crash_between_snapshot_and_journal_truncation_loses_and_repeats_nothing
         ledger.remember_hash("nas", "a.jpg", FileVersion(1, 2, 7, 9), sha256="a" * 64)
         def die(fd, length):
             os._exit(9)
-        L.os.ftruncate = die
+        os.ftruncate = die  # the os module the ledger writes through
         ledger.compact()
         """
     )
