@@ -43,6 +43,9 @@ from srd.pool import JobPool
 from srd.status import Health, assess
 from srd.watch import Hint
 
+# End to end: each test runs a real srd daemon (srd run) on real folders.
+pytestmark = pytest.mark.e2e
+
 SIZE = (24, 32)
 DOUBLED = (48, 64)
 

@@ -47,6 +47,9 @@ from srd.notify import Notifier
 from srd.pool import JobPool
 from srd.watch import ROOT_ANSWER_S, Hint, InboxWatcher
 
+# End to end: each test runs a real srd daemon (srd run) on real folders.
+pytestmark = pytest.mark.e2e
+
 SIZE = (24, 32)
 DOUBLED = (48, 64)
 

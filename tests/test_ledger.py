@@ -391,6 +391,7 @@ def test_journal_is_compacted_automatically_past_the_threshold(tmp_path: Path) -
         assert len(ledger) == 8
 
 
+@pytest.mark.e2e
 def test_load_time_for_100k_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Opening a 100,000-entry ledger stays fast, from the journal and from a snapshot (figures printed).
 

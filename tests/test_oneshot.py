@@ -24,6 +24,9 @@ from srd.fs.atomic import is_temp_name
 from srd.job import JobResult
 from srd.oneshot.report import NON_TTY_EVERY_S, Reporter, ReportOptions
 
+# End to end: each test runs the real srd command in a subprocess.
+pytestmark = pytest.mark.e2e
+
 # --scale is given although the zoo name tells it, so that these tests show the same faults on older code.
 ESPCN = ["-m", str(ESPCN_X2), "-s", "2"]
 

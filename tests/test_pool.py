@@ -12,6 +12,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+import pytest
 from daemon_helpers import wait_for
 from reliability_harness import worker_pids
 
@@ -20,6 +21,9 @@ from srd.engine.upscaler import EngineSettings
 from srd.job import Job, JobResult
 from srd.pool import Finished, JobPool, Lost
 from srd.worker import make_pool
+
+# End to end: each test starts real worker processes (a pool, or the srd command).
+pytestmark = pytest.mark.e2e
 
 
 def job(name: str) -> Job:
