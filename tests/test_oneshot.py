@@ -277,7 +277,7 @@ def test_a_worker_killed_right_after_its_output_landed_counts_it_processed(tmp_p
     config = tmp_path / "once.yaml"
     config.write_text("max_attempts: 1\n")
     where = ["--in-place"] if in_place else ["-c", str(config)]
-    proc = subprocess.Popen([*_held_after_each_rename(20), *srd_command(), "process", str(source.parent), "--out",
+    proc = subprocess.Popen([*_held_after_each_rename(5), *srd_command(), "process", str(source.parent), "--out",
                              str(target.parent), *where,
                              *ESPCN, "-j", "1", "-v"], env=_no_bytecode_writes(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
