@@ -47,10 +47,11 @@ KB; `scripts/bench_ledger.py`).
 The snapshot is decoded straight into rows and written in chunks, so neither a load nor a compaction needs
 the whole ledger as dicts or as one string.
 
-The modules: `records` (entries, owners, stat-cache lines and their stored form), `tables` (the tables in
-memory), `files` (the state directory's file names and lock), `snapshot` and `journal` (reading and writing
-those files), `store` (load, durable appends, compaction), `ledger` (`Ledger`: what the records mean) and
-`repair` (`check_ledger`, `repair_ledger`). The names below are the package's interface.
+The modules: `errors`, `records` (entries, owners, stat-cache lines and their stored form), `tables` (the
+tables in memory), `files` (the state directory's file names, lock and line writes), `snapshot` (the snapshot
+file, read and written), `journal` (replaying the journal), `store` (load, durable appends, compaction),
+`ledger` (`Ledger`: what the records mean) and `repair` (`check_ledger`, `repair_ledger`). The names below
+are the package's interface.
 """
 
 from srd.ledger.errors import REPAIR_HINT, LedgerError, LedgerUnwritableError, LedgerVersionError
