@@ -8,11 +8,15 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
 from daemon_helpers import ESPCN_X2, DaemonProcess, make_image, srd, wait_for, write_config
 
 from srd.daemon.status import status_path
 from srd.errors import ExitCode
 from srd.ledger import Ledger
+
+# End to end: each test runs a real srd daemon (srd run) on real folders.
+pytestmark = pytest.mark.e2e
 
 SIZE = (24, 32)
 

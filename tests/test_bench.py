@@ -9,6 +9,9 @@ import pytest
 
 from srd.cli.main import main
 
+# End to end: each test runs 'srd bench' on the benchmark sets.
+pytestmark = pytest.mark.e2e
+
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> str:
     with pytest.raises(SystemExit) as exited:

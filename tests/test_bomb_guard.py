@@ -109,6 +109,7 @@ def test_opencvs_own_limit_works_only_when_set_before_cv2_is_imported() -> None:
     assert _run_python(code.format(early=early)).strip() == "refused validateInputImageSize"
 
 
+@pytest.mark.e2e
 def test_the_pools_workers_enforce_the_decoder_limit_even_when_the_header_check_would_pass(tmp_path: Path) -> None:
     """Were srd's header reader ever wrong, OpenCV's decoder in the worker still refuses the real size."""
     source = tmp_path / "wide.png"
@@ -141,6 +142,7 @@ def test_read_bounded_refuses_from_the_size_before_reading(tmp_path: Path) -> No
         assert len(read_bounded(stream, 5000)) == 5000
 
 
+@pytest.mark.e2e
 def test_srd_process_refuses_every_bomb_with_its_reason_and_processes_the_rest(tmp_path: Path) -> None:
     """Through a real `srd process` with a worker pool: each bomb fails fast with a clear reason."""
     if not ESPCN_X2.is_file():
@@ -170,6 +172,7 @@ def test_srd_process_refuses_every_bomb_with_its_reason_and_processes_the_rest(t
     assert elapsed < 120
 
 
+@pytest.mark.e2e
 def test_max_input_bytes_is_validated(tmp_path: Path) -> None:
     assert srd("config", "check", str(write_config(tmp_path, [], max_input_bytes=1000))).returncode == 0
     for bad in (0, "lots"):

@@ -17,6 +17,9 @@ from srd.daemon.status import status_path
 from srd.errors import ExitCode
 from srd.ledger import SNAPSHOT_NAME, Ledger, State
 
+# End to end: each test runs the real srd command in a subprocess.
+pytestmark = pytest.mark.e2e
+
 LEDGER_COMMANDS = [["ledger", "list"], ["ledger", "check"], ["ledger", "repair"], ["ledger", "show", "ab"],
                    ["ledger", "forget", "ab"], ["ledger", "retry", "ab"]]
 # Runs srd as a normal user would be: without root's power to read and write any folder.

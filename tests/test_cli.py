@@ -57,6 +57,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.startswith("srd 0.")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("set_name", ["Set5", "Set14"])
 def test_process_gives_the_psnr_of_opencv_upsample(
     set_name: str, bench: Path, zoo: Path, tmp_path: Path
@@ -164,6 +165,7 @@ def test_format_option_changes_only_the_extension(zoo: Path, photo: np.ndarray, 
     assert decode((tmp_path / "o" / "pic.webp").read_bytes(), max_pixels=10**6).format == "webp"
 
 
+@pytest.mark.e2e
 def test_parallel_jobs_process_every_file(zoo: Path, photo: np.ndarray, tmp_path: Path) -> None:
     inbox = tmp_path / "in"
     (inbox / "sub").mkdir(parents=True)
@@ -175,6 +177,7 @@ def test_parallel_jobs_process_every_file(zoo: Path, photo: np.ndarray, tmp_path
     assert outputs == ["0.png", "1.png", "2.png", "3.png", "sub/deep.png"]
 
 
+@pytest.mark.e2e
 def test_huge_jpeg_is_upscaled_within_bounded_memory(zoo: Path, tmp_path: Path) -> None:
     """A 4000x3000 JPEG x2 with ESPCN: every process's peak RSS stays under 1.5 GB (untiled needs ~10 GB).
 
@@ -241,6 +244,7 @@ def test_models_list_and_verify_see_zoo_files_in_a_model_dir(
     assert any(line.startswith("verified") and "ESPCN_x3.pb" in line for line in lines)
 
 
+@pytest.mark.e2e
 def test_a_reader_that_goes_away_early_gets_no_traceback(tmp_path: Path) -> None:
     """`srd models list | head -1`: the pipe closes before srd writes; that is not srd's error."""
     from daemon_helpers import srd_command

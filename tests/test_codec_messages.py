@@ -13,6 +13,9 @@ import pytest
 from conftest import tiff_from_entries
 from daemon_helpers import ESPCN_X2, srd, write_config
 
+# End to end: each test runs the real srd command in a subprocess.
+pytestmark = pytest.mark.e2e
+
 RAW_CODEC_LINE = re.compile(r"libpng|libtiff|libjpeg|Corrupt JPEG|\[ ?(ERROR|WARN|INFO)[^\]]*\]|loadsave\.cpp|OpenJPEG")
 
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from daemon_helpers import srd
+
+# End to end: each test runs the real srd command in a subprocess.
+pytestmark = pytest.mark.e2e
 
 
 def _check(tmp_path: Path, text: str) -> tuple[int, list[str], str]:

@@ -44,6 +44,9 @@ from srd.executors.render import run_job
 from srd.fs.atomic import is_temp_name
 from srd.fs.fileversion import FileVersion
 
+# End to end: each test runs a real srd daemon (srd run) on real folders.
+pytestmark = pytest.mark.e2e
+
 SIZE = (24, 32)
 DOUBLED = (48, 64)
 

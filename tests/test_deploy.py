@@ -106,6 +106,7 @@ def test_readme_adapts_the_paths_before_it_enables_the_service() -> None:
     assert "#   ReadWritePaths=\n#   ReadWritePaths=-" in UNIT.read_text(encoding="utf-8")
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_systemd_analyze_verifies_the_unit_with_an_installed_srd(tmp_path: Path) -> None:
     """`systemd-analyze verify` on the unit, its ExecStart pointed at this venv's srd when /opt/srd has none."""
@@ -187,6 +188,7 @@ def test_the_readme_test_set_up_is_light_and_ci_runs_it_with_the_training_tests(
     assert "torch==2.13.0" in install and "'.[train]'" in install
 
 
+@pytest.mark.e2e
 def test_without_torch_the_training_tests_skip_cleanly_for_one_reason(tmp_path: Path) -> None:
     """The light set-up has no torch: every training test skips, none errors, and all say the same thing."""
     hide = tmp_path / "no_torch"

@@ -58,6 +58,7 @@ def test_bicubic_chroma_keeps_luma_identical_to_upsample(zoo: Path, photo: np.nd
     assert np.abs(_luma(ours) - _luma(theirs)).max() <= 1
 
 
+@pytest.mark.e2e
 def test_tiled_output_equals_untiled_on_a_large_real_photo(zoo: Path) -> None:
     path = SHARED / "datasets" / "train" / "SunHays80" / "abbey_sun_asztnlqhlrvirneh.jpg"
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -128,6 +129,7 @@ def test_a_file_that_is_not_a_model_gives_a_model_error(tmp_path: Path) -> None:
         Upscaler(resolve_model(str(bogus), None))
 
 
+@pytest.mark.e2e
 def test_bundled_model_tiles_seamlessly_and_keeps_grey(photo: np.ndarray) -> None:
     """srd's own ONNX model (the 'edsr' convention): default tiling equals whole-image inference."""
     spec = resolve_model("edsr-lite", 2)

@@ -12,6 +12,9 @@ from daemon_helpers import ESPCN_X2, REPO, make_image, srd
 from srd.errors import ExitCode
 from srd.ledger import JOURNAL_NAME, Ledger
 
+# End to end: each test runs the real srd command in a subprocess.
+pytestmark = pytest.mark.e2e
+
 # Produced by a real command in another test file (a signal to a running process).
 ELSEWHERE = {
     ExitCode.INTERRUPTED: "test_oneshot.py::test_ctrl_c_stops_the_batch_and_leaves_no_half_written_file",

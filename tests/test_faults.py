@@ -48,6 +48,9 @@ from srd.executors.pool import JobPool
 from srd.executors.render import run_job
 from srd.fs import safefs
 
+# End to end: each test runs a real srd daemon (srd run) on real folders.
+pytestmark = pytest.mark.e2e
+
 SIZE = (24, 32)
 DOUBLED = (48, 64)
 

@@ -128,6 +128,7 @@ def test_a_heic_from_a_phone_is_decoded_upright_with_its_metadata() -> None:
         heif.decode(data, max_pixels=1499)  # libheif's own reading of the size, checked before decoding
 
 
+@pytest.mark.e2e
 @needs_heif
 @pytest.mark.parametrize("fallback, written", [(None, "phone.jpg"), ("png", "phone.png")])
 def test_srd_process_turns_a_heic_into_the_configured_format_keeping_its_metadata(
@@ -156,6 +157,7 @@ def _config_with_output(root: Path, output: dict[str, str]) -> Path:
     return config
 
 
+@pytest.mark.e2e
 def test_fallback_format_is_validated(tmp_path: Path) -> None:
     config = _config_with_output(tmp_path, {"format": "same", "fallback_format": "heic"})
     result = srd("config", "check", str(config))
@@ -171,6 +173,7 @@ def test_the_formats_table_in_the_readme_names_every_format() -> None:
         assert f"| {name} " in table, name
 
 
+@pytest.mark.e2e
 @needs_heif
 def test_the_daemon_turns_a_heic_into_a_jpeg_and_fails_a_bomb_with_its_reason(tmp_path: Path) -> None:
     """A real `srd run`: the output name follows the written format, a bomb goes to failed/ with why."""
@@ -299,6 +302,7 @@ def test_a_cmyk_tiff_decodes_to_three_colour_channels_and_an_rgba_tiff_keeps_its
     assert decode(opencv_rgba, max_pixels=LIMIT).pixels[0, 0].tolist() == [60, 30, 200, 128]  # no ExtraSamples
 
 
+@pytest.mark.e2e
 def test_srd_process_writes_a_cmyk_tiff_as_a_three_channel_tiff(tmp_path: Path) -> None:
     from PIL import Image
 
@@ -315,6 +319,7 @@ def test_srd_process_writes_a_cmyk_tiff_as_a_three_channel_tiff(tmp_path: Path) 
         assert written.mode == "RGB"
 
 
+@pytest.mark.e2e
 @needs_heif
 def test_a_translucent_heic_written_as_jpeg_is_flattened_on_white_and_says_so(tmp_path: Path) -> None:
     """JPEG (HEIC's default fallback) holds no alpha: the picture is flattened onto white, as a viewer shows

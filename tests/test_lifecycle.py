@@ -33,6 +33,9 @@ from daemon_helpers import (
 from srd.daemon.claim import CLAIM_NAME, HEARTBEAT_S, LEASE_S, RETRY_UNTRUSTED_S, STALE_S, InboxClaims
 from srd.fs.atomic import TEMP_PREFIX
 
+# End to end: each test runs a real srd daemon (srd run) on real folders.
+pytestmark = pytest.mark.e2e
+
 SIZE = (24, 32)
 
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from daemon_helpers import DaemonProcess, inbox_config, make_image, wait_for, write_config
+
+# End to end: each test runs a real srd daemon (srd run) on real folders.
+pytestmark = pytest.mark.e2e
 
 SIZE = (24, 32)
 

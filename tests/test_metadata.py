@@ -67,6 +67,7 @@ def exif_with_thumbnail(thumbnail_bytes: int) -> bytes:
     return out + b"\xff\xd8" + b"\x00" * (thumbnail_bytes - 4) + b"\xff\xd9"
 
 
+@pytest.mark.e2e
 def test_a_300_dpi_tiff_with_icc_and_exif_keeps_them_through_srd_process(tmp_path: Path) -> None:
     source = tmp_path / "in" / "scan.tif"
     source.parent.mkdir()
@@ -129,6 +130,7 @@ def png_with_compressed_xmp(xmp: bytes) -> bytes:
     return png[:33] + chunk + png[33:]
 
 
+@pytest.mark.e2e
 def test_a_7_mb_xmp_packet_in_a_small_png_is_dropped_with_a_log_line_naming_the_file(tmp_path: Path) -> None:
     xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/">' + b" " * 7_000_000 + b"</x:xmpmeta>"
     source = tmp_path / "in" / "tiny.png"

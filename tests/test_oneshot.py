@@ -24,6 +24,9 @@ from srd.executors.job import JobResult
 from srd.fs.atomic import is_temp_name
 from srd.oneshot.report import NON_TTY_EVERY_S, Reporter, ReportOptions
 
+# End to end: each test runs the real srd command in a subprocess.
+pytestmark = pytest.mark.e2e
+
 # --scale is given although the zoo name tells it, so that these tests show the same faults on older code.
 ESPCN = ["-m", str(ESPCN_X2), "-s", "2"]
 
@@ -335,7 +338,7 @@ def test_a_worker_killed_right_after_its_output_landed_counts_it_processed(tmp_p
     config = tmp_path / "once.yaml"
     config.write_text("max_attempts: 1\n")
     where = ["--in-place"] if in_place else ["-c", str(config)]
-    proc = subprocess.Popen([*_held_after_each_rename(20), *srd_command(), "process", str(source.parent), "--out",
+    proc = subprocess.Popen([*_held_after_each_rename(5), *srd_command(), "process", str(source.parent), "--out",
                              str(target.parent), *where,
                              *ESPCN, "-j", "1", "-v"], env=_no_bytecode_writes(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -12,6 +12,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+import pytest
 from daemon_helpers import wait_for
 from reliability_harness import worker_pids
 
@@ -20,6 +21,9 @@ from srd.engine.upscaler import EngineSettings
 from srd.executors.job import Job, JobResult
 from srd.executors.local import make_pool
 from srd.executors.pool import Finished, JobPool, Lost
+
+# End to end: each test starts real worker processes (a pool, or the srd command).
+pytestmark = pytest.mark.e2e
 
 
 def job(name: str) -> Job:

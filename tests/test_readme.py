@@ -26,6 +26,9 @@ import pytest
 from conftest import REPO, SHARED, ZOO
 from daemon_helpers import decoded_size, make_image
 
+# End to end: each test runs the real srd command in a subprocess.
+pytestmark = pytest.mark.e2e
+
 RUN_PREFIXES = ("srd process", "srd models", "srd config check", "srd bench")
 # Not one-shot commands: covered by other tests (the daemon, the service, the set-up, the scripts).
 NOT_RUN = {
@@ -33,6 +36,9 @@ NOT_RUN = {
         "set-up and the daemon (srd run)",
     "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' && python -m pytest -q":
         "the test set-up (.ci/run runs it; tests/test_deploy.py checks it)",
+    'python -m pytest -q -m "not e2e"': "the unit tests (the test command runs them all)",
+    "python -m pytest -q -m e2e --durations=30": "the end-to-end tests (the test command runs them all)",
+    "ruff check srd tests scripts && mypy": "lint and types (tests/test_lint.py, .ci/run)",
     "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu && pip install -e '.[train]'":
         "the training set-up (.ci/run installs the train extra)",
     "srd run --config /etc/srd/srd.yaml": "the daemon",

@@ -17,6 +17,9 @@ import yaml
 from daemon_helpers import ESPCN_X2, DaemonProcess, files_under, running, srd, wait_for
 from reliability_harness import image_bytes, make_layout, status_of, tmpfs
 
+# End to end: each test runs the real srd command or daemon in a subprocess.
+pytestmark = pytest.mark.e2e
+
 SIZE = (24, 32)
 
 

@@ -11,6 +11,7 @@ import time
 from concurrent.futures import Executor, Future
 from pathlib import Path
 
+import pytest
 from daemon_helpers import DaemonProcess, running, wait_for
 from reliability_harness import (
     crash_loop,
@@ -25,6 +26,9 @@ from srd.config import default_profile
 from srd.executors.job import Job, JobResult
 from srd.executors.pool import JobPool
 from srd.fs.atomic import is_temp_name
+
+# End to end: each test runs a real srd daemon (srd run) on real folders.
+pytestmark = pytest.mark.e2e
 
 
 def test_daemon_killed_at_random_moments_loses_duplicates_and_half_writes_nothing(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from daemon_helpers import DaemonProcess, OutboxWatcher, files_under, wait_for
 from reliability_harness import (
     audit,
@@ -15,6 +16,9 @@ from reliability_harness import (
     status_of,
     tmpfs,
 )
+
+# End to end: each test runs a real srd daemon (srd run) on real folders.
+pytestmark = pytest.mark.e2e
 
 
 def test_a_full_outbox_keeps_inputs_never_shows_partial_output_and_resumes_by_itself(tmp_path: Path) -> None:

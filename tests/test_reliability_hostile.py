@@ -33,6 +33,9 @@ from reliability_harness import (
 
 from srd.fs.atomic import is_temp_name
 
+# End to end: each test runs a real srd daemon (srd run) on real folders.
+pytestmark = pytest.mark.e2e
+
 SIZE = (24, 32)
 DOUBLED = (48, 64)
 

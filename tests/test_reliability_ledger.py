@@ -36,6 +36,9 @@ from daemon_helpers import (
 from srd.errors import ExitCode
 from srd.ledger import Ledger
 
+# End to end: each test runs the real srd command or daemon in a subprocess.
+pytestmark = pytest.mark.e2e
+
 
 def _entries(config: Path) -> list[dict]:
     result = srd("ledger", "list", "--json", "--config", str(config))

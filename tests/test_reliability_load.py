@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from reliability_harness import load_run, scaled
+
+# End to end: each test runs a real srd daemon (srd run) on real folders.
+pytestmark = pytest.mark.e2e
 
 # The daemon holds per-file state (settle entries, ledger records, stat cache) but never the images:
 # a few hundred bytes per file on top of the interpreter and OpenCV (~150 MiB measured).

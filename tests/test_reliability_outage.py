@@ -33,6 +33,9 @@ from reliability_harness import (
 
 from srd.daemon.claim import LEASE_S
 
+# End to end: each test runs a real srd daemon (srd run) on real folders.
+pytestmark = pytest.mark.e2e
+
 
 def _inbox_health(config: Path) -> tuple[str, str]:
     result = srd("status", "--json", "--config", str(config))

@@ -21,6 +21,9 @@ import yaml
 from daemon_helpers import ESPCN_X2, files_under, running, srd, wait_for
 from reliability_harness import image_bytes, make_layout, status_of, tmpfs
 
+# End to end: each test runs a real srd daemon (srd run) on real folders.
+pytestmark = pytest.mark.e2e
+
 SIZE = (24, 32)
 NOT_FOLLOWED = "symlink: not followed"
 

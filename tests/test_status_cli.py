@@ -8,9 +8,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from daemon_helpers import ESPCN_X2, DaemonProcess, inbox_config, make_image, running, srd, wait_for, write_config
 
 from srd.errors import ExitCode
+
+# End to end: each test runs a real srd daemon (srd run) on real folders.
+pytestmark = pytest.mark.e2e
 
 SIZE = (24, 32)
 NOT_RUNNING, UNHEALTHY = ExitCode.NOT_RUNNING, ExitCode.UNHEALTHY

@@ -56,6 +56,7 @@ def tiny_config(tmp_path: Path, train_dir: Path, iters: int, **kw: object) -> Tr
     )
 
 
+@pytest.mark.e2e
 def test_resume_continues_exactly(tmp_path: Path, train_dir: Path) -> None:
     """Stopping after 3 iterations and resuming to 6 gives the same weights as 6 iterations straight."""
     straight = tiny_config(tmp_path / "a", train_dir, 6)
@@ -73,6 +74,7 @@ def test_resume_continues_exactly(tmp_path: Path, train_dir: Path) -> None:
     assert len(evals) == 2
 
 
+@pytest.mark.e2e
 def test_stop_at_pauses_inside_the_schedule_and_keeps_a_snapshot(tmp_path: Path, train_dir: Path) -> None:
     """Pausing at 3 of 6 iterations keeps the cosine of all 6 (resuming ends where a straight run does),
     leaves it3.pt for other runs to start from, and the command recorded for it3.pt says --stop-at 3;
@@ -122,6 +124,7 @@ def test_downscales_add_a_cached_shrunk_copy_of_every_image(tmp_path: Path, trai
     assert command.endswith("--downscales 0.8,0.6")
 
 
+@pytest.mark.e2e
 def test_cache_made_by_worker_processes_equals_one_made_in_process(tmp_path: Path, train_dir: Path) -> None:
     """``srd train cache`` fills the cache with several processes; fit then reads exactly what it would have
     made itself."""
@@ -186,6 +189,7 @@ def test_gpu_script_measures_rates_from_the_log_and_starts_from_the_shipped_mode
     assert all((Path(__file__).resolve().parents[1] / start).is_file() for *_, start in runs)
 
 
+@pytest.mark.e2e
 def test_each_checkpoint_records_the_hardware_that_trained_it(tmp_path: Path, train_dir: Path) -> None:
     """A run resumed on the same machine lists it once; one continued elsewhere lists both, and the manifest's
     provenance joins them. Checkpoints from before the field existed were all trained on this CPU."""
@@ -219,6 +223,7 @@ def test_hard_patches_come_only_from_where_bicubic_fails() -> None:
     assert flat_patches(PatchSampler([pair], 2, 16, seed=0)) > 0
 
 
+@pytest.mark.e2e
 def test_sigterm_saves_and_exits_143(tmp_path: Path, train_dir: Path) -> None:
     """The CLI saves a resumable checkpoint on SIGTERM and exits 143, so the queue script stops there."""
     runs = tmp_path / "runs"
@@ -241,6 +246,7 @@ def test_sigterm_saves_and_exits_143(tmp_path: Path, train_dir: Path) -> None:
     assert "stopped sig" in (runs / "sig" / "train.log").read_text()
 
 
+@pytest.mark.e2e
 def test_export_loads_in_cv2_dnn_at_any_size(tmp_path: Path, train_dir: Path) -> None:
     """The exported ONNX runs in cv2.dnn on a non-square image, ×scale, matching torch; manifest is right."""
     cfg = tiny_config(tmp_path, train_dir, 4)
@@ -271,6 +277,7 @@ def test_export_loads_in_cv2_dnn_at_any_size(tmp_path: Path, train_dir: Path) ->
     assert np.abs(out - ref).max() < 2e-3
 
 
+@pytest.mark.e2e
 def test_float16_weights_halve_the_file_and_are_kept_only_within_the_loss_bound(
         tmp_path: Path, train_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tiny_config(tmp_path, train_dir, 2)
@@ -285,6 +292,7 @@ def test_float16_weights_halve_the_file_and_are_kept_only_within_the_loss_bound(
     assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["full_x2.onnx", "manifest.json"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("failing_check", ["float32", "float16"])
 def test_an_export_that_fails_a_check_leaves_no_file_behind(
         failing_check: str, tmp_path: Path, train_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -319,6 +327,7 @@ def _add_entries(manifest: Path, name: str) -> None:
         update_manifest(manifest, {"name": name, "scale": scale})
 
 
+@pytest.mark.e2e
 def test_manifest_updates_from_processes_side_by_side_lose_nothing(tmp_path: Path) -> None:
     """Two exporters updating one manifest at once (a read-modify-write each) keep every entry of both."""
     manifest = tmp_path / "manifest.json"
@@ -342,6 +351,7 @@ def test_other_scale_starts_from_x2_body() -> None:
     assert not torch.equal(x4.tail[0].weight[:12], x2.tail[0].weight)
 
 
+@pytest.mark.e2e
 def test_init_from_the_same_model_and_scale_is_a_warm_restart_of_every_tensor(tmp_path: Path, train_dir: Path) -> None:
     """A new run started (`init`) from a finished run of the same architecture and scale begins with all its
     weights, the tail included: a fine-tune with a fresh learning-rate schedule."""
@@ -356,6 +366,7 @@ def test_init_from_the_same_model_and_scale_is_a_warm_restart_of_every_tensor(tm
     assert "initialised every tensor" in (second.run_dir / "train.log").read_text()
 
 
+@pytest.mark.e2e
 def test_the_manifest_records_both_runs_of_a_model_started_from_another(tmp_path: Path, train_dir: Path) -> None:
     """Exporting a run that started from another (`init`) records the earlier run's provenance too, so the
     manifest alone says how to make the model; the --init and --run paths are given relative to the runs folder."""
@@ -390,6 +401,7 @@ def test_an_exported_file_gives_back_the_weights_it_was_made_from(tail: str, hal
         assert torch.equal(read[key], value), key
 
 
+@pytest.mark.e2e
 def test_a_run_can_start_from_an_exported_model_and_the_manifest_says_how_that_was_made(
         tmp_path: Path, train_dir: Path) -> None:
     """A checkout has the shipped models but not the checkpoints they came from: a warm restart from the

@@ -26,6 +26,9 @@ from srd.errors import ExitCode
 from srd.executors.job import Job
 from srd.executors.pool import JobPool
 
+# End to end: each test starts real worker processes (a pool, or the srd command).
+pytestmark = pytest.mark.e2e
+
 # A real `srd process` whose pool can't be built: the resource tracker's pipe broke (as when the helpers
 # can't execute the interpreter), which is a BrokenPipeError that has nothing to do with stdout.
 _BROKEN_HELPERS = """

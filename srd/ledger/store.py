@@ -1,0 +1,257 @@
+"""How the ledger's tables persist in its state directory: loaded from the snapshot and the journal, changed
+only by records appended durably to the journal, and folded into a new snapshot by compaction."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from srd.errors import SrdError
+from srd.fs.atomic import TEMP_PREFIX, clean_stale_temps, open_atomic
+from srd.ledger.errors import REPAIR_HINT, LedgerError, LedgerUnwritableError
+from srd.ledger.files import JOURNAL_NAME, PREVIOUS_SNAPSHOT_NAME, SNAPSHOT_NAME, journal_line, write_all
+from srd.ledger.journal import Replay, replay
+from srd.ledger.records import Cached, cache_line
+from srd.ledger.snapshot import read_snapshot, snapshot_chunks
+from srd.ledger.tables import Tables
+
+log = structlog.get_logger(__name__)
+
+# Stat-cache changes are only an optimisation, so they are batched: a startup scan of a large inbox must not
+# cost one fsync per file. Losing a batch in a crash only means hashing those files again.
+HASH_BATCH = 1024
+# Write errors that say "this storage takes no writes now" rather than "this record is bad".
+_UNWRITABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+class Store:
+    """The files of one state directory as the ledger's `Tables`; the owner of its lock is the only writer.
+
+    `append` is durable when it returns: the journal record is written and fsynced before the tables change,
+    so a failed write leaves both as they were.
+    """
+
+    def __init__(self, state_dir: Path, lock_fd: int | None, *, compact_after: int) -> None:
+        """An empty store, to `load`, around an acquired lock (or none: read-only)."""
+        self.state_dir = state_dir
+        self.read_only = lock_fd is None
+        self.tables = Tables()
+        # Records in the journal since the last compaction.
+        self.journal_records = 0
+        # Journal lines a tolerant load (`repair`) could not use, kept for the record.
+        self.dropped: list[bytes] = []
+        self.snapshot_damaged = False
+        self._lock_fd = lock_fd
+        self._journal_fd: int | None = None
+        self._journal_size = 0
+        self._compact_after = compact_after
+        self._next_compaction = compact_after
+        # Stat-cache changes not yet in the journal: the latest value per file, None for a removal.
+        self._pending_hashes: dict[tuple[str, str], Cached | None] = {}
+
+    def close(self) -> None:
+        """Write buffered stat-cache changes, close the journal and release the lock; idempotent."""
+        try:
+            if self._journal_fd is not None:
+                self.sync()
+        finally:
+            for fd in (self._journal_fd, self._lock_fd):
+                if fd is not None:
+                    os.close(fd)
+            self._journal_fd = self._lock_fd = None
+
+    def sync(self) -> None:
+        """Write buffered stat-cache changes to the journal now (e.g. at the end of a scan)."""
+        if self._pending_hashes:
+            self.append({"op": "cache"})
+
+    def load(self, problems: list[str] | None = None) -> None:
+        """Read the snapshot and replay the journal; with `problems`, damage is listed there and skipped
+        (what `repair` and `check` use) instead of refused."""
+        started = time.perf_counter()
+        if not self.read_only:
+            # With the lock held, any temp file here is a leftover of a compaction that crashed.
+            clean_stale_temps(self.state_dir)
+        snapshot_seq = self._read_snapshot(problems)
+        journal_path = self.state_dir / JOURNAL_NAME
+        if self.read_only:
+            self._take(replay(journal_path, self.tables, snapshot_seq, read_only=True, problems=problems))
+            return
+        self._journal_fd = os.open(journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        replayed = replay(journal_path, self.tables, snapshot_seq, read_only=False, problems=problems)
+        self._take(replayed)
+        if replayed.good_size < replayed.file_size and problems is None:
+            try:
+                os.ftruncate(self._journal_fd, replayed.good_size)
+                os.fsync(self._journal_fd)
+            except OSError as exc:
+                raise LedgerError(f"cannot cut the torn tail off {journal_path}: {exc}") from exc
+        self._journal_size = replayed.good_size
+        log.info(
+            "ledger_opened",
+            state_dir=str(self.state_dir),
+            entries=len(self.tables.entries),
+            replayed=replayed.applied,
+            seq=self.tables.seq,
+            ms=round((time.perf_counter() - started) * 1000),
+        )
+        if problems is None:
+            self._maybe_compact()
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write `record`, carrying the buffered stat-cache changes, as one line with one fsync; then apply it.
+
+        One line per write is what makes "only the last line can be torn" true.
+
+        Raises:
+            LedgerUnwritableError: The state directory refused the write (full, read-only …); nothing changed.
+            LedgerError: Another write error; nothing changed.
+        """
+        fd = self._require_open()
+        seq = self.tables.seq + 1
+        line = {"seq": seq, **record}
+        if self._pending_hashes:
+            line["cache"] = {
+                "set": [cache_line(slot, value) for slot, value in self._pending_hashes.items()
+                        if value is not None],
+                "unset": [list(slot) for slot, value in self._pending_hashes.items() if value is None],
+            }
+        payload = journal_line(line)
+        try:
+            write_all(fd, payload)
+            os.fsync(fd)
+        except OSError as exc:
+            self._undo_partial_write(fd)
+            message = f"cannot write ledger journal {self.state_dir / JOURNAL_NAME}: {exc}"
+            if exc.errno in _UNWRITABLE_ERRNOS:
+                raise LedgerUnwritableError(message, errno=exc.errno) from exc
+            raise LedgerError(message) from exc
+        self.tables.seq = seq
+        self._journal_size += len(payload)
+        self.journal_records += 1
+        self._pending_hashes.clear()
+        self.tables.apply(line)
+        self._maybe_compact()
+
+    def buffer_hash(self, slot: tuple[str, str], value: Cached | None) -> None:
+        """Buffer a stat-cache change (None: a removal) for the next record; write it once `HASH_BATCH` wait."""
+        self._pending_hashes[slot] = value
+        if len(self._pending_hashes) >= HASH_BATCH:
+            self.sync()
+
+    def compact(self) -> None:
+        """Fold the journal into a new snapshot and empty the journal.
+
+        The snapshot is replaced atomically and records the last ``seq`` it includes; the one it replaces is
+        kept as ``ledger.json.prev``. Only then is the journal truncated, down to one marker line saying which
+        snapshot it continues, so that a lost snapshot is noticed instead of silently starting a new history.
+        A crash in between leaves a journal whose records the next load skips.
+
+        Raises:
+            OutputError: The snapshot could not be written; the old snapshot and the journal are intact.
+            LedgerError: The journal could not be truncated (the new snapshot is in place and consistent).
+        """
+        fd = self._require_open()
+        started = time.perf_counter()
+        self._keep_previous_snapshot()
+        with open_atomic(self.state_dir / SNAPSHOT_NAME) as out:
+            for chunk in snapshot_chunks(self.tables):
+                out.write(chunk)
+        # Buffered stat-cache changes are in the snapshot now; the journal no longer needs them.
+        self._pending_hashes.clear()
+        marker = journal_line({"seq": self.tables.seq, "op": "snapshot"})
+        try:
+            os.ftruncate(fd, 0)
+            write_all(fd, marker)
+            os.fsync(fd)
+        except OSError as exc:
+            raise LedgerError(f"cannot truncate ledger journal {self.state_dir / JOURNAL_NAME}: {exc}") from exc
+        self._journal_size = len(marker)
+        self.journal_records = 0
+        self._next_compaction = self._compact_after
+        log.info(
+            "ledger_compacted",
+            entries=len(self.tables.entries),
+            hashes=len(self.tables.hashes),
+            seq=self.tables.seq,
+            ms=round((time.perf_counter() - started) * 1000),
+        )
+
+    def _keep_previous_snapshot(self) -> None:
+        """Hard-link the current snapshot as ``ledger.json.prev`` (atomically replacing the older one): a way
+        back, by hand or by `repair`, if the new snapshot is ever lost."""
+        current = self.state_dir / SNAPSHOT_NAME
+        link = self.state_dir / f"{TEMP_PREFIX}{PREVIOUS_SNAPSHOT_NAME}.{secrets.token_hex(6)}"  # cleaned if we crash
+        try:
+            os.link(current, link)
+            os.replace(link, self.state_dir / PREVIOUS_SNAPSHOT_NAME)
+        except FileNotFoundError:
+            return  # the first compaction: nothing to keep
+        except OSError as exc:
+            log.warning("ledger_previous_snapshot_not_kept", state_dir=str(self.state_dir), error=str(exc))
+            with contextlib.suppress(OSError):
+                link.unlink()
+
+    def _require_open(self) -> int:
+        if self.read_only:
+            raise LedgerError(f"ledger {self.state_dir} was opened read-only")
+        if self._journal_fd is None:
+            raise LedgerError(f"ledger {self.state_dir} is closed")
+        return self._journal_fd
+
+    def _maybe_compact(self) -> None:
+        if self.journal_records < self._next_compaction:
+            return
+        try:
+            self.compact()
+        except SrdError as exc:
+            # The ledger stays consistent without compaction, and the record that triggered it is committed;
+            # try again after another `compact_after` records rather than on every write of a full disk.
+            self._next_compaction = self.journal_records + self._compact_after
+            log.warning("ledger_compaction_failed", state_dir=str(self.state_dir), error=str(exc))
+
+    def _undo_partial_write(self, fd: int) -> None:
+        # A half-written line followed by later appends would be a corrupt line in the middle, which makes the
+        # next load fail. Cutting it off keeps the file equal to what the in-memory state says was committed.
+        try:
+            os.ftruncate(fd, self._journal_size)
+        except OSError as exc:
+            log.error("ledger_journal_unrecoverable", path=str(self.state_dir / JOURNAL_NAME), error=str(exc))
+            os.close(fd)
+            self._journal_fd = None
+
+    def _take(self, replayed: Replay) -> None:
+        self.journal_records = replayed.records
+        self.dropped = replayed.dropped
+
+    def _read_snapshot(self, problems: list[str] | None) -> int:
+        path = self.state_dir / SNAPSHOT_NAME
+        previous = self.state_dir / PREVIOUS_SNAPSHOT_NAME
+        try:
+            self.tables = read_snapshot(path)
+            return self.tables.seq
+        except FileNotFoundError:
+            if not previous.exists():
+                return 0  # a ledger that was never compacted
+            reason = f"ledger snapshot {path} is missing, but {previous.name} exists: a snapshot was lost"
+        except LedgerError as exc:
+            reason = str(exc)
+            self.snapshot_damaged = True
+        if problems is None:
+            raise LedgerError(f"{reason}; {REPAIR_HINT}")
+        problems.append(reason)
+        try:
+            self.tables = read_snapshot(previous)
+        except (FileNotFoundError, LedgerError) as exc:
+            problems.append(f"no usable previous snapshot either ({exc}): starting from the journal alone")
+            self.tables = Tables()
+            return 0
+        problems.append(f"using the previous snapshot {previous} (seq {self.tables.seq}) instead")
+        return self.tables.seq
