@@ -16,13 +16,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from srd.cli.status_view import check_line, render
-from srd.cli.terminal import printable
 from srd.config import Config, check_real_folders, load_config
 from srd.daemon.status import Health, assess, locate_state_dir, read_status
 from srd.errors import ExitCode, LockedError, SrdError
 from srd.fs.sources import move_file, report_path
 from srd.ledger import Entry, Ledger, State, check_ledger, repair_ledger
 from srd.logs import configure_logging
+from srd.terminal import printable
 
 
 def add_commands(subparsers: Any) -> dict[str, Callable[[argparse.Namespace], int]]:

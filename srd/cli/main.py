@@ -13,7 +13,6 @@ from pathlib import Path
 
 from srd import __version__
 from srd.cli.daemon_cli import add_commands as add_daemon_commands
-from srd.cli.terminal import printable
 from srd.config import Config, check_real_folders, load_config
 from srd.engine.pipeline import StageContext
 from srd.engine.registry import ModelSpec, available_models, resolve_model, user_models_dir
@@ -34,6 +33,7 @@ from srd.interrupts import Terminated
 from srd.ledger import LedgerError
 from srd.logs import configure_logging
 from srd.oneshot import run_process
+from srd.terminal import printable
 from srd.web.command import add_commands as add_web_commands
 
 # Most specific first: the first class an error is an instance of gives its exit code.

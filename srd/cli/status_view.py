@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from srd.cli.terminal import printable
 from srd.daemon.status import Assessment, Health, StateDirChoice
+from srd.terminal import printable
 
 _COLUMNS = ("INBOX", "HEALTH", "WATCH", "SETTLING", "QUEUED", "RUNNING", "DONE", "FAILED", "DUPLICATES",
             "LAST ERROR")

@@ -48,7 +48,7 @@ from srd.daemon.probe import ReadToken
 from srd.daemon.settle import SettleTracker
 from srd.daemon.signals import Signals
 from srd.daemon.status import STATUS_REFRESH_S, write_status
-from srd.daemon.statusdoc import count_by_inbox, running_by_inbox, stuck_steps
+from srd.daemon.statusdoc import inbox_documents
 from srd.daemon.telemetry import Telemetry
 from srd.daemon.watch import Hint, InboxWatcher
 from srd.errors import ConfigError, ExitCode, OutputError, SrdError, StartupError, describe_os_error
@@ -411,43 +411,7 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         """The document written to ``status.json``."""
         ctx, files = self._ctx, self._files
-        inboxes = []
-        backlog_by_inbox = count_by_inbox(key for key, _ in [*files.backlog, *files.reads.reading.values()])
-        in_flight = count_by_inbox(work.file.inbox_id for work in files.active.values())
-        running = running_by_inbox(files.active, files.running_since, files.pool)
-        stuck = stuck_steps(files.disposal.out.values(), ctx.clock())
-        for key, runtime in ctx.runtimes.items():
-            counters = ctx.counters[key]
-            watcher = runtime.watcher
-            block = files.pauses.outboxes.get(key)
-            inboxes.append({
-                "path": key,
-                "outbox": str(runtime.inbox.outbox),
-                "profile": runtime.inbox.profile,
-                "health": self._state if self._state in ("stopping", "stopped") else
-                          ("ok" if watcher.healthy and block is None and key not in self._claims.paused
-                           and stuck.get(key) is None else "unhealthy"),
-                "stuck_step": stuck.get(key),
-                "claim": self._claims.inbox_claims.describe(runtime.inbox.path),
-                "outbox_state": block.describe() if block is not None else {"state": "ok"},
-                "watch": watcher.state,
-                "mode": watcher.mode,
-                "degraded": watcher.degraded,
-                "events_lost": watcher.events_lost,
-                "settling": runtime.tracker.pending(),
-                "queued": backlog_by_inbox.get(key, 0),
-                "in_flight": in_flight.get(key, 0),
-                "running": sorted(running.get(key, []), key=lambda job: (job["since"], job["source"])),
-                "done": counters.done,
-                "failed": counters.failed,
-                "duplicates": counters.duplicates,
-                "skipped": counters.skipped,
-                "failed_by_reason": dict(counters.failed_by_reason),
-                "last_success": counters.last_success,
-                "last_error": counters.last_error,
-                "root_error": watcher.root_error,
-                "unreadable": watcher.unreadable,
-            })
+        inboxes = inbox_documents(ctx, files, self._claims, self._state)
         state_block = files.pauses.state_dir
         return {
             "pid": os.getpid(),

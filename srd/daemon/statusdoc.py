@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from srd.daemon.claimguard import ClaimGuard
+from srd.daemon.context import Context
 from srd.daemon.jobtime import SLACK
+from srd.daemon.lifecycle import Lifecycle
 from srd.daemon.sourcefile import Work
 from srd.daemon.sourcestep import SourceStep
 from srd.executors.pool import JobPool, RunningJob
@@ -59,3 +62,43 @@ def _timing(job: RunningJob | None) -> dict[str, Any]:
             "stuck_suspected": expected is not None and job.elapsed_s > 5 * expected}
 
 
+def inbox_documents(ctx: Context, files: Lifecycle, claims: ClaimGuard, daemon_state: str) -> list[dict[str, Any]]:
+    """Each inbox's part of ``status.json``: its health, queue, running jobs and counters."""
+    inboxes = []
+    backlog_by_inbox = count_by_inbox(key for key, _ in [*files.backlog, *files.reads.reading.values()])
+    in_flight = count_by_inbox(work.file.inbox_id for work in files.active.values())
+    running = running_by_inbox(files.active, files.running_since, files.pool)
+    stuck = stuck_steps(files.disposal.out.values(), ctx.clock())
+    for key, runtime in ctx.runtimes.items():
+        counters = ctx.counters[key]
+        watcher = runtime.watcher
+        block = files.pauses.outboxes.get(key)
+        inboxes.append({
+            "path": key,
+            "outbox": str(runtime.inbox.outbox),
+            "profile": runtime.inbox.profile,
+            "health": daemon_state if daemon_state in ("stopping", "stopped") else
+                      ("ok" if watcher.healthy and block is None and key not in claims.paused
+                       and stuck.get(key) is None else "unhealthy"),
+            "stuck_step": stuck.get(key),
+            "claim": claims.inbox_claims.describe(runtime.inbox.path),
+            "outbox_state": block.describe() if block is not None else {"state": "ok"},
+            "watch": watcher.state,
+            "mode": watcher.mode,
+            "degraded": watcher.degraded,
+            "events_lost": watcher.events_lost,
+            "settling": runtime.tracker.pending(),
+            "queued": backlog_by_inbox.get(key, 0),
+            "in_flight": in_flight.get(key, 0),
+            "running": sorted(running.get(key, []), key=lambda job: (job["since"], job["source"])),
+            "done": counters.done,
+            "failed": counters.failed,
+            "duplicates": counters.duplicates,
+            "skipped": counters.skipped,
+            "failed_by_reason": dict(counters.failed_by_reason),
+            "last_success": counters.last_success,
+            "last_error": counters.last_error,
+            "root_error": watcher.root_error,
+            "unreadable": watcher.unreadable,
+        })
+    return inboxes

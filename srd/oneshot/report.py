@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from srd.cli.terminal import printable
 from srd.executors.job import JobResult
+from srd.terminal import printable
 
 NON_TTY_EVERY_S = 30.0
 _REDRAW_EVERY_S = 0.2
