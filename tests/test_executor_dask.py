@@ -8,6 +8,7 @@ scheduler is killed and restarted, or a worker has a different model file.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import yaml
 from daemon_helpers import (
@@ -41,6 +44,10 @@ from srd.executors.render import run_job
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
 FILES = 64
+# Far above a worker's own footprint (about 90 MB idle), far below an 8000x8000 decode and render.
+# (Dask pauses a worker at 80% of it and its nanny kills it at 95%.)
+POISON_MEMORY_LIMIT = "600MB"
+INNOCENTS = 48
 
 
 def _free_port() -> int:
@@ -67,13 +74,13 @@ class Cluster:
         self.scheduler: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
 
-    def start_scheduler(self) -> None:
+    def start_scheduler(self, env: dict[str, str] | None = None) -> None:
         self.scheduler = _dask("scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard",
-                               log=self.root / "scheduler.log")
+                               log=self.root / "scheduler.log", env=env)
 
-    def start_worker(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start_worker(self, *options: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         worker = _dask("worker", self.address, "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard",
-                       "--preload", "srd.executors.dask_worker",
+                       "--preload", "srd.executors.dask_worker", *options,
                        log=self.root / f"worker{len(self.workers)}.log", env=env)
         self.workers.append(worker)
         return worker
@@ -252,6 +259,55 @@ def test_dask_job_timeout_stops_the_task_and_restarts_its_worker(tmp_path: Path,
         assert daemon.events("dask_workers_restarting"), "the worker holding the late task was restarted"
         assert daemon.stop() == 0
     assert "slow.png" in files_under(tmp_path / "in-failed")
+    outputs = files_under(tmp_path / "in-out")
+    assert {name: path.read_bytes() for name, path in outputs.items()} == expected
+
+
+def test_dask_poison_file_ends_in_failed_and_innocents_are_processed(tmp_path: Path, cluster: Cluster) -> None:
+    """A file that kills every worker it reaches (a 190 KB PNG that decodes to 8000×8000, far over the workers'
+    memory limit, so their nannies kill them) ends in failed/ with its reason after `max_attempts` deaths pinned on
+    it, as on the local backend. The files in flight beside it, even one queued on a worker it killed, are never
+    charged a death: each gets exactly one correct output, none is failed, and the daemon keeps running with a
+    status that counts them.
+
+    The scheduler allows no failure (``allowed-failures`` 0; Dask's default is 3): each death of the poison's worker
+    ends its task in `KilledWorker` at once, so each of srd's attempts costs one worker death, not four."""
+    cluster.kill_scheduler()
+    cluster.start_scheduler(env={"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"})
+    config, expected = _setup(tmp_path, cluster.address, count=INNOCENTS, size=(192, 256))
+    data = yaml.safe_load(config.read_text())
+    # Three jobs in flight on two one-thread workers: the scheduler queues one behind the poison on its worker.
+    config.write_text(yaml.safe_dump({**data, "max_attempts": 2, "workers": 3}))
+    ok, poison = cv2.imencode(".png", np.zeros((8000, 8000, 3), np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    assert ok
+    for _ in range(2):
+        cluster.start_worker("--memory-limit", POISON_MEMORY_LIMIT)
+    with running(config) as daemon:
+        wait_for(lambda: len(read_status(tmp_path / "state").get("executor", {}).get("workers", [])) == 2, 30,
+                 "the daemon to see both workers")
+        started = time.monotonic()
+        (tmp_path / "in" / "poison.png").write_bytes(poison.tobytes())
+        _drop_inputs(tmp_path)
+        report = tmp_path / "in-failed" / "poison.png.error.json"
+        wait_for(report.exists, 60, "the poison in failed/\n" + daemon.log_tail())
+        failed_after = time.monotonic() - started
+        wait_for(lambda: _done(tmp_path) == INNOCENTS, 60, "the innocent files' outputs\n" + daemon.log_tail())
+        reason = json.loads(report.read_text())["reason"]
+        assert "gave up after 2 deaths pinned on this file" in reason, reason
+        lost = daemon.events("job_lost_retrying")
+        charged = [event for event in lost if event["pinned"] and not event["src"].endswith("poison.png")]
+        assert not charged, f"a death was pinned on an innocent file: {charged}"
+        deaths = sum(log.read_text().count("exceeded 95% memory budget") for log in tmp_path.glob("worker*.log"))
+        print(f"\npoison in failed/ {failed_after:.1f} s after it was dropped, after {deaths} worker deaths; "
+              f"srd's retries (file, pinned, strikes): "
+              f"{[(Path(event['src']).name, event['pinned'], event['strikes']) for event in lost]}")
+        status = wait_for(lambda: (s := json.loads(srd("status", "--json", "--config", str(config)).stdout))
+                          and (s["inboxes"][0]["done"], s["inboxes"][0]["failed"]) == (INNOCENTS, 1) and s, 10,
+                          "the status to count the outputs and the poison")
+        assert status["alive"] and status["executor"]["connected"], status
+        assert status["inboxes"][0]["last_error"]["source"].endswith("poison.png")
+        assert daemon.stop() == 0
+    assert sorted(files_under(tmp_path / "in-failed")) == ["poison.png", "poison.png.error.json"]
     outputs = files_under(tmp_path / "in-out")
     assert {name: path.read_bytes() for name, path in outputs.items()} == expected
 

@@ -20,7 +20,7 @@ from srd.config import default_profile
 from srd.engine.upscaler import EngineSettings
 from srd.executors.job import Job, JobResult
 from srd.executors.local import make_pool
-from srd.executors.pool import Finished, JobPool, Lost
+from srd.executors.pool import Finished, JobPool, Lost, WorkerLost
 
 # End to end: each test starts real worker processes (a pool, or the srd command).
 pytestmark = pytest.mark.e2e
@@ -155,6 +155,23 @@ def test_a_broken_executor_loses_every_running_job_with_one_rebuild() -> None:
     assert sorted((type(o).__name__, o.token) for o in outcomes) == [("Lost", "a"), ("Lost", "b")]
     assert pool.rebuilds == 1 and len(executors) == 2
     assert executors[1].running() == ["c"]
+
+
+def test_a_cluster_worker_death_is_pinned_only_on_a_job_that_ran_alone_throughout() -> None:
+    """A cluster's futures fail one by one: two jobs lost in one worker death may reach two collects, the second
+    seemingly alone. Neither is charged, since neither ran alone; a job that did, from start to loss, is."""
+    fake = FakeExecutor()
+    pool = JobPool(2, lambda: fake)
+    pool.submit("poison", job("poison"))
+    pool.submit("innocent", job("innocent"))
+    (poison, _), (innocent, _) = fake.jobs
+    poison.set_exception(WorkerLost("1 Dask worker died running it"))
+    assert [(o.token, o.pinned) for o in pool.collect() if isinstance(o, Lost)] == [("poison", False)]
+    innocent.set_exception(WorkerLost("1 Dask worker died running it"))
+    assert [(o.token, o.pinned) for o in pool.collect() if isinstance(o, Lost)] == [("innocent", False)]
+    pool.submit("poison", job("poison"), suspect=True)
+    fake.jobs[-1][0].set_exception(WorkerLost("1 Dask worker died running it"))
+    assert [(o.token, o.pinned) for o in pool.collect() if isinstance(o, Lost)] == [("poison", True)]
 
 
 def test_a_stuck_job_is_killed_at_the_timeout_and_innocent_jobs_are_handed_back_unpinned() -> None:

@@ -259,8 +259,10 @@ class DaskExecutor(Executor):
                 return future.result()
             except ModelMismatch as refusal:
                 self._connection.refuse(refusal)
-            except KilledWorker as exc:
-                raise WorkerLost(str(exc)) from exc
+            except KilledWorker as exc:  # its own text names the task's random key and a web page: no use to a user
+                deaths = exc.allowed_failures + 1
+                raise WorkerLost(f"{deaths} Dask worker{'s' if deaths > 1 else ''} died running it (killed, out of "
+                                 f"memory, or crashed), the last {exc.last_worker.address}") from exc
             except (CancelledError, OSError, TimeoutError) as exc:  # the scheduler connection was lost
                 raise ClusterUnavailable(f"{type(exc).__name__}: {exc}") from exc
             finally:

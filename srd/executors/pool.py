@@ -154,6 +154,7 @@ class _Running:
     job: Job
     started: float
     limit: float | None
+    shared: bool = False  # another job ran at some moment of this one's run
 
 
 @dataclass(frozen=True)
@@ -299,7 +300,9 @@ class JobPool:
                 outcomes.append(Lost(running.token, "worker process died (killed, out of memory, or crashed)",
                                      pinned=alone))
             elif isinstance(error, WorkerLost):  # the cluster has already replaced the worker
-                outcomes.append(Lost(running.token, f"worker died: {error}", pinned=alone))
+                # Judged on the whole run, not on this collect: a cluster's futures fail one by one, so a job lost
+                # with another in the same worker death may be collected after it, seemingly alone.
+                outcomes.append(Lost(running.token, f"worker died: {error}", pinned=not running.shared))
             elif isinstance(error, ClusterUnavailable):
                 outcomes.append(Lost(running.token, f"cluster unavailable: {error}", pinned=False, retry_alone=False))
             else:  # the job could not be sent or its result not returned (e.g. unpicklable)
@@ -370,6 +373,9 @@ class JobPool:
                 retried = True
                 continue
             self._start_failure = None
+            if len(self._running) > 1:
+                for running in self._running.values():
+                    running.shared = True
             future.add_done_callback(lambda _f: self._wake())
 
     def _rebuild(self) -> None:
