@@ -212,6 +212,26 @@ def test_dask_scheduler_restart_makes_jobs_wait_not_fail(tmp_path: Path, cluster
     _check_outputs(tmp_path, expected)
 
 
+def test_dask_jobs_wait_for_a_worker_without_running_out_of_time(tmp_path: Path, cluster: Cluster) -> None:
+    """A scheduler with no worker (all worker machines down): files wait however long that lasts, none is timed
+    out or failed for it (a job's time limit runs only once a worker can take it), and they are processed
+    once a worker joins."""
+    config, expected = _setup(tmp_path, cluster.address, count=3)
+    text = config.read_text()
+    config.write_text(text + "job_timeout: 2\n")
+    with running(config) as daemon:
+        _drop_inputs(tmp_path)
+        wait_for(lambda: read_status(tmp_path / "state").get("executor", {}).get("connected") is True, 30,
+                 "the daemon connected to the scheduler")
+        time.sleep(6.0)  # three times the job timeout with no worker: nothing may time out meanwhile
+        assert not daemon.events("job_timed_out") and files_under(tmp_path / "in-failed") == {}
+        assert _done(tmp_path) == 0
+        cluster.start_worker()
+        wait_for(lambda: _done(tmp_path) == 3, 60, "every output once a worker joined\n" + daemon.log_tail())
+        assert daemon.stop() == 0
+    _check_outputs(tmp_path, expected)
+
+
 def test_dask_worker_with_a_different_model_refuses(tmp_path: Path, cluster: Cluster) -> None:
     """A worker whose ESPCN ×2 is another file refuses its tasks, which the good worker then renders: no file
     is failed or rendered with the wrong model, and the status names the refusing worker."""

@@ -114,6 +114,15 @@ class DaskConnection:
             time.sleep(0.05)
         return False
 
+    def slots(self) -> int:
+        """The threads of the workers that have not refused this profile, as of the last refresh (0 unconnected)."""
+        with self._lock:
+            client = self._client
+            usable = [info for address, info in self._workers.items() if address not in self._refused]
+        if client is None or client.status != "running":
+            return 0
+        return sum(int(info.get("nthreads") or 0) for info in usable)
+
     def describe(self) -> dict[str, Any]:
         with self._lock:
             client, error = self._client, self._error
@@ -165,7 +174,7 @@ class DaskConnection:
                 self._error = str(exc)
             return
         workers = {address: {"name": str(w.get("name")), "nthreads": w.get("nthreads"),
-                             "executing": (w.get("metrics") or {}).get("executing", 0),
+                             "executing": ((w.get("metrics") or {}).get("task_counts") or {}).get("executing", 0),
                              "memory_mb": round((w.get("metrics") or {}).get("memory", 0) / 2**20)}
                    for address, w in info.get("workers", {}).items()}
         now = time.monotonic()

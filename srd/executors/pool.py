@@ -92,6 +92,10 @@ class Cluster(Protocol):
 
     def describe(self) -> dict[str, Any]: ...
 
+    def slots(self) -> int:
+        """How many jobs its usable workers can run at once now (0 while it has none)."""
+        ...
+
     def wait_connected(self, timeout: float) -> bool: ...
 
     def close(self) -> None: ...
@@ -342,6 +346,10 @@ class JobPool:
         retried = False
         while self._waiting and self._executor is not None:
             limit = 1 if self._suspects else self.workers
+            if self.cluster is not None:
+                # Like the local pool, hand over only jobs a worker can take now: a job's time limit runs from
+                # its hand-over, and one queued at a cluster without enough workers would run out waiting.
+                limit = min(limit, self.cluster.slots())
             if len(self._running) >= limit:
                 return
             token, job, _ = self._waiting[0]
