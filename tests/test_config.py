@@ -135,3 +135,18 @@ def test_a_merge_key_override_is_not_a_duplicate_but_a_repeated_key_is(tmp_path:
     duplicates = [p for p in raised.value.problems if "given again" in p]
     assert duplicates == ["line 4: key 'workers' is given again (first at line 3); YAML would keep only the last "
                           "one, so remove one of them"]
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("5", "must be at least 10.0"), ("86400", "must be at most 3600.0"), ("soon", "expected a number"),
+])
+def test_claim_stale_seconds_defaults_to_a_minute_and_refuses_a_time_its_heartbeat_cannot_fit(
+        tmp_path: Path, value: str, problem: str) -> None:
+    """claim_stale_seconds is 60 unless set; set, it is taken as given, within 10 s (the heartbeat, a sixth of
+    it, must still fit well inside the lease) and an hour."""
+    base = "inboxes: [{path: in, outbox: out, failed: bad}]\n"
+    assert load_config(_write(tmp_path, base)).claim_stale_seconds == 60.0
+    assert load_config(_write(tmp_path, base + "claim_stale_seconds: 120\n")).claim_stale_seconds == 120.0
+    with pytest.raises(ConfigError) as refused:
+        load_config(_write(tmp_path, base + f"claim_stale_seconds: {value}\n"))
+    assert any("claim_stale_seconds" in p and problem in p for p in refused.value.problems), refused.value.problems
