@@ -32,8 +32,8 @@ MAX_PROCESSES = 1024
 
 _TOP_LEVEL = {
     "state_dir", "workers", "threads_per_worker", "max_input_pixels", "max_input_bytes", "max_attempts",
-    "job_timeout", "job_timeout_min_seconds", "reconcile_interval", "claim_stale_seconds", "model_dirs", "engine",
-    "profiles", "inboxes", "log", "web", "metrics", "executor",
+    "job_timeout", "job_timeout_min_seconds", "reconcile_interval", "claim_stale_seconds",
+    "crash_retry_after_seconds", "model_dirs", "engine", "profiles", "inboxes", "log", "web", "metrics", "executor",
 }
 
 
@@ -78,6 +78,7 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
     job_timeout = number("job_timeout", float, None, 1)
     job_timeout_min = number("job_timeout_min_seconds", float, 120.0, 1)
     reconcile = number("reconcile_interval", float, 300.0, 1)
+    crash_retry_after = number("crash_retry_after_seconds", float, 5.0, 1, 600)
     claim_stale = number("claim_stale_seconds", float, DEFAULT_CLAIM_STALE_S, MIN_CLAIM_STALE_S, MAX_CLAIM_STALE_S)
     state_dir = data.get("state_dir", ".srd")
     if not isinstance(state_dir, str):
@@ -160,6 +161,7 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
         job_timeout_min_seconds=job_timeout_min,
         reconcile_interval=reconcile,
         claim_stale_seconds=claim_stale,
+        crash_retry_after_seconds=crash_retry_after,
         model_dirs=model_dirs,
         engine=engine,
         profiles=profiles,

@@ -127,6 +127,10 @@ class Config:
     job_timeout_min_seconds: float = 120.0
     # How old an inbox claim's heartbeat must be before another daemon may take the inbox over.
     claim_stale_seconds: float = DEFAULT_CLAIM_STALE_S
+    # A file cut short by the daemon's death is retried alone (a death then pinned on it) only once the
+    # restarted daemon has lived this long: one that dies sooner dies of something else (its start-up, a
+    # restart loop, an operator's kill), and a file that kills the service still does so after the wait.
+    crash_retry_after_seconds: float = 5.0
     web: WebSettings = field(default_factory=WebSettings)
     metrics: MetricsSettings | None = None
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
