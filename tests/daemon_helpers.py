@@ -67,6 +67,7 @@ def write_config(root: Path, inboxes: Iterable[dict[str, Any]] | None = None, *,
         "workers": 1,
         "threads_per_worker": 1,
         "reconcile_interval": 30,
+        "crash_retry_after_seconds": 1,  # restarted daemons retry the files cut short without the default 5 s
         "profiles": {"test": {"stages": stages or [{"upscale": {"model": str(ESPCN_X2), "scale": 2}}],
                               "output": {"format": "same"}}},
         "inboxes": list(inboxes) if inboxes is not None else [inbox_config(root)],

@@ -135,3 +135,22 @@ def test_a_merge_key_override_is_not_a_duplicate_but_a_repeated_key_is(tmp_path:
     duplicates = [p for p in raised.value.problems if "given again" in p]
     assert duplicates == ["line 4: key 'workers' is given again (first at line 3); YAML would keep only the last "
                           "one, so remove one of them"]
+
+
+@pytest.mark.parametrize(("key", "default", "value", "problem"), [
+    ("claim_stale_seconds", 60.0, "5", "must be at least 10.0"),  # the heartbeat, a sixth, must fit the lease
+    ("claim_stale_seconds", 60.0, "86400", "must be at most 3600.0"),
+    ("claim_stale_seconds", 60.0, "soon", "expected a number"),
+    ("crash_retry_after_seconds", 5.0, "0", "must be at least 1"),
+    ("crash_retry_after_seconds", 5.0, "3600", "must be at most 600"),
+])
+def test_the_daemons_timing_settings_have_their_documented_defaults_and_bounds(
+        tmp_path: Path, key: str, default: float, value: str, problem: str) -> None:
+    """claim_stale_seconds (60 unless set, 10 s to an hour) and crash_retry_after_seconds (5 unless set, 1 s to
+    10 min): a value in bounds is taken as given, one outside is refused naming the key."""
+    base = "inboxes: [{path: in, outbox: out, failed: bad}]\n"
+    assert getattr(load_config(_write(tmp_path, base)), key) == default
+    assert getattr(load_config(_write(tmp_path, base + f"{key}: 120\n")), key) == 120.0
+    with pytest.raises(ConfigError) as refused:
+        load_config(_write(tmp_path, base + f"{key}: {value}\n"))
+    assert any(key in p and problem in p for p in refused.value.problems), refused.value.problems

@@ -30,7 +30,8 @@ from daemon_helpers import (
     write_config,
 )
 
-from srd.daemon.claim import CLAIM_NAME, HEARTBEAT_S, LEASE_S, RETRY_UNTRUSTED_S, STALE_S, InboxClaims
+from srd.config.schema import MIN_CLAIM_STALE_S
+from srd.daemon.claim import CLAIM_NAME, RETRY_UNTRUSTED_S, ClaimTiming, InboxClaimedError, InboxClaims
 from srd.fs.atomic import TEMP_PREFIX
 
 # End to end: each test runs a real srd daemon (srd run) on real folders.
@@ -172,7 +173,8 @@ def test_a_daemon_resumed_after_losing_its_claim_pauses_the_inbox_until_the_clai
     When A resumes it must not take a single new file from that inbox (B owns it), must not record the job it
     had running (recording moves or deletes the source), must say so in `srd status` (unhealthy, naming B),
     and may take the inbox back only once B's claim is released; then it finishes the parked job."""
-    config = write_config(tmp_path, [inbox_config(tmp_path, on_success="delete")])
+    timing = ClaimTiming(MIN_CLAIM_STALE_S)  # the same behaviour as at the default, in a sixth of the time
+    config = write_config(tmp_path, [inbox_config(tmp_path, on_success="delete")], claim_stale_seconds=timing.stale_s)
     inbox, outbox = tmp_path / "in", tmp_path / "in-out"
     claim = inbox / CLAIM_NAME
     first = DaemonProcess(config)
@@ -191,14 +193,14 @@ def test_a_daemon_resumed_after_losing_its_claim_pauses_the_inbox_until_the_clai
         frozen_at = time.monotonic()
         for pid in workers:  # its result waits for A in the pipe
             os.kill(pid, signal.SIGCONT)
-        _age_claim_in_place(claim, STALE_S + 5)
+        _age_claim_in_place(claim, timing.stale_s + 5)
         second = DaemonProcess(_second_config(tmp_path, config))
         second.wait_ready()
         assert second.events("inbox_claim_taken_over")
         assert json.loads(claim.read_text())["pid"] == second.pid
         # A frozen this long finds its last confirmation older than its lease: a real freeze that let B take
-        # over lasted STALE_S at least.
-        time.sleep(max(0.0, LEASE_S + 1 - (time.monotonic() - frozen_at)))
+        # over lasted stale_s at least.
+        time.sleep(max(0.0, timing.lease_s + 1 - (time.monotonic() - frozen_at)))
         os.kill(first.pid, signal.SIGCONT)
         (inbox / "late.png").write_bytes(make_image(Path("x.png"), SIZE, 5))
         second.wait_event("file_processed", timeout=30)
@@ -326,27 +328,36 @@ def test_two_daemons_started_together_on_one_inbox_one_runs_and_the_other_is_ref
                     daemon.proc.kill()
 
 
+@pytest.mark.parametrize("timing", [ClaimTiming(), ClaimTiming(MIN_CLAIM_STALE_S)], ids=["default", "shortest"])
 def test_a_claim_is_trusted_for_its_lease_after_each_confirmation_and_not_while_another_daemon_holds_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The lease, with its clock driven: trusted for LEASE_S after a confirmation, unconfirmed after, renewed by
-    a heartbeat (due every second meanwhile); lost to a live taker, and regained once that one lets go."""
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, timing: ClaimTiming) -> None:
+    """The lease, with its clock driven: trusted for lease_s (half the configured stale time) after a
+    confirmation, unconfirmed after, renewed by a heartbeat (due every second meanwhile); lost to a live taker
+    once the claim is stale_s old, and regained once that one lets go."""
     monkeypatch.setattr("srd.daemon.claim.pid_alive", lambda pid: True)  # both claimers live in pytest, not in `srd`
     now = [0.0]
     inbox = tmp_path / "in"
     inbox.mkdir()
-    claims = InboxClaims(tmp_path / "state", monotonic=lambda: now[0])
+    claims = InboxClaims(tmp_path / "state", timing, monotonic=lambda: now[0])
     claims.acquire(inbox)
     assert claims.trusted(inbox) and not claims.due()
-    now[0] = LEASE_S + 1
+    now[0] = timing.heartbeat_s
+    assert claims.due() == [inbox] and claims.trusted(inbox)
+    now[0] = timing.lease_s - 0.5
+    assert claims.trusted(inbox)
+    now[0] = timing.lease_s + 1
     assert not claims.trusted(inbox) and claims.describe(inbox)["state"] == "unconfirmed"
     assert claims.due() == [inbox]
     claims.heartbeat(inbox)
     assert claims.trusted(inbox) and claims.describe(inbox) == {"state": "held", "reason": None}
 
-    _age_claim_in_place(inbox / CLAIM_NAME, STALE_S + 5)  # as after a freeze of a minute
-    taker = InboxClaims(tmp_path / "state-2")
+    _age_claim_in_place(inbox / CLAIM_NAME, timing.stale_s - 2)
+    taker = InboxClaims(tmp_path / "state-2", timing)
+    with pytest.raises(InboxClaimedError):  # not stale yet
+        taker.acquire(inbox)
+    _age_claim_in_place(inbox / CLAIM_NAME, 7)  # now stale_s + 5 old: as after a long freeze
     taker.acquire(inbox)
-    now[0] += HEARTBEAT_S
+    now[0] += timing.heartbeat_s
     claims.heartbeat(inbox)
     assert not claims.trusted(inbox)
     assert claims.describe(inbox)["state"] == "lost" and "state-2" in str(claims.describe(inbox)["reason"])

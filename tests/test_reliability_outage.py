@@ -31,7 +31,8 @@ from reliability_harness import (
     status_of,
 )
 
-from srd.daemon.claim import LEASE_S
+from srd.config.schema import MIN_CLAIM_STALE_S
+from srd.daemon.claim import ClaimTiming
 
 # End to end: each test runs a real srd daemon (srd run) on real folders.
 pytestmark = pytest.mark.e2e
@@ -283,7 +284,7 @@ def test_a_share_that_stops_answering_stalls_only_its_own_files(tmp_path: Path) 
 @pytest.mark.skipif(not Path("/dev/fuse").exists() or shutil.which("fusermount3") is None,
                     reason="needs FUSE (/dev/fuse and fusermount3) to make a share that stops answering")
 def test_a_share_hung_for_longer_than_a_claim_lease_holds_up_only_its_own_inbox(tmp_path: Path) -> None:
-    """Every call on the share hangs, for longer than a claim's lease (LEASE_S): the share's inbox pauses,
+    """Every call on the share hangs, for longer than a claim's lease (lease_s): the share's inbox pauses,
     but the local inbox keeps its claim and its files are processed, and `srd status --config` answers
     (it looks at nothing but the state_dir). Once the share answers, the daemon stops cleanly. With all
     claims confirmed by one heartbeat call, the hung share's claim held up every inbox's after 30 s."""
@@ -291,12 +292,13 @@ def test_a_share_hung_for_longer_than_a_claim_lease_holds_up_only_its_own_inbox(
     with HangingShare(tmp_path, "*:") as share:
         remote = inbox_config(share.mount, "in", outbox=str(tmp_path / "remote-out"),
                               failed=str(tmp_path / "remote-failed"))
-        config = write_config(tmp_path, [remote, inbox_config(tmp_path, "local")])
+        timing = ClaimTiming(MIN_CLAIM_STALE_S)  # the same behaviour as at the default, in a sixth of the time
+        config = write_config(tmp_path, [remote, inbox_config(tmp_path, "local")], claim_stale_seconds=timing.stale_s)
         daemon = DaemonProcess(config, env=notify.env)
         try:
             daemon.wait_ready(60)
             share.hold()
-            time.sleep(LEASE_S + 3.0)
+            time.sleep(timing.lease_s + 3.0)
             _local_inbox_keeps_working(tmp_path, daemon, notify, 0)
             started = time.monotonic()
             status = srd("status", "--config", str(config), timeout=30)

@@ -9,7 +9,17 @@ from typing import Any
 
 from srd.config.fields import Problems, check_value, parse_fields
 from srd.config.folders import check_folders_timeboxed
-from srd.config.schema import DEFAULT_PROFILE, LOG_FORMATS, Config, Profile, default_profile, default_workers
+from srd.config.schema import (
+    DEFAULT_CLAIM_STALE_S,
+    DEFAULT_PROFILE,
+    LOG_FORMATS,
+    MAX_CLAIM_STALE_S,
+    MIN_CLAIM_STALE_S,
+    Config,
+    Profile,
+    default_profile,
+    default_workers,
+)
 from srd.config.sections import check_upscale_models, parse_inbox, parse_profile, resolve_path
 from srd.config.services import parse_executor, parse_web
 from srd.engine.pipeline import Upscale
@@ -22,8 +32,8 @@ MAX_PROCESSES = 1024
 
 _TOP_LEVEL = {
     "state_dir", "workers", "threads_per_worker", "max_input_pixels", "max_input_bytes", "max_attempts",
-    "job_timeout", "job_timeout_min_seconds", "reconcile_interval", "model_dirs", "engine", "profiles", "inboxes",
-    "log", "web", "metrics", "executor",
+    "job_timeout", "job_timeout_min_seconds", "reconcile_interval", "claim_stale_seconds",
+    "crash_retry_after_seconds", "model_dirs", "engine", "profiles", "inboxes", "log", "web", "metrics", "executor",
 }
 
 
@@ -68,6 +78,8 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
     job_timeout = number("job_timeout", float, None, 1)
     job_timeout_min = number("job_timeout_min_seconds", float, 120.0, 1)
     reconcile = number("reconcile_interval", float, 300.0, 1)
+    crash_retry_after = number("crash_retry_after_seconds", float, 5.0, 1, 600)
+    claim_stale = number("claim_stale_seconds", float, DEFAULT_CLAIM_STALE_S, MIN_CLAIM_STALE_S, MAX_CLAIM_STALE_S)
     state_dir = data.get("state_dir", ".srd")
     if not isinstance(state_dir, str):
         problems.add("state_dir", "expected a path string")
@@ -148,6 +160,8 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
         job_timeout=job_timeout,
         job_timeout_min_seconds=job_timeout_min,
         reconcile_interval=reconcile,
+        claim_stale_seconds=claim_stale,
+        crash_retry_after_seconds=crash_retry_after,
         model_dirs=model_dirs,
         engine=engine,
         profiles=profiles,

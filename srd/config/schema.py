@@ -20,6 +20,11 @@ ON_SUCCESS = ("keep", "archive", "delete")
 COLLISIONS = ("suffix", "overwrite", "skip")
 DUPLICATES = ("skip", "link")
 LOG_FORMATS = ("auto", "json", "console")
+DEFAULT_CLAIM_STALE_S = 60.0
+# A sixth of it is the heartbeat: at 10 s a heartbeat runs every 1.7 s and may be 3.3 s late before the
+# inbox pauses; below that, a busy host would pause its inboxes for nothing.
+MIN_CLAIM_STALE_S = 10.0
+MAX_CLAIM_STALE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,12 @@ class Config:
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
     # With no fixed `job_timeout`, a job's limit is derived from its pixel count, never below this.
     job_timeout_min_seconds: float = 120.0
+    # How old an inbox claim's heartbeat must be before another daemon may take the inbox over.
+    claim_stale_seconds: float = DEFAULT_CLAIM_STALE_S
+    # A file cut short by the daemon's death is retried alone (a death then pinned on it) only once the
+    # restarted daemon has lived this long: one that dies sooner dies of something else (its start-up, a
+    # restart loop, an operator's kill), and a file that kills the service still does so after the wait.
+    crash_retry_after_seconds: float = 5.0
     web: WebSettings = field(default_factory=WebSettings)
     metrics: MetricsSettings | None = None
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)

@@ -3,10 +3,10 @@
 The ledger lock protects a state directory, not an inbox: a copied config with another ``state_dir``, or
 two hosts polling one NAS share, would both process (and move, and delete) the same files. ``flock`` is
 unreliable on NFS and invisible across hosts, so the claim is a plain file, ``.srd-claim.json`` (a
-dot-file, which the scan rules already skip), rewritten every `HEARTBEAT_S`. A claim is *stale*, and
+dot-file, which the scan rules already skip), rewritten every `heartbeat_s`. A claim is *stale*, and
 may be taken over, when its holder ran on this host and that pid is gone, or when its heartbeat is
-older than `STALE_S` (a crashed or cut-off host; hosts' clocks are assumed to agree within `STALE_S` -
-`LEASE_S`).
+older than `stale_s` (a crashed or cut-off host; hosts' clocks are assumed to agree within `stale_s` -
+`lease_s`). The three times are a `ClaimTiming`, set by the config's ``claim_stale_seconds``.
 
 Only one daemon can win a claim, however many try at once:
 
@@ -17,8 +17,8 @@ Only one daemon can win a claim, however many try at once:
 - the holder refreshes its claim by renaming a new record over it only while the claim is still the file
   it wrote itself.
 
-A daemon acts on an inbox only while its claim is *trusted*: for `LEASE_S` after the start of the last
-heartbeat that confirmed it. Another daemon may take the claim over only after `STALE_S`, so a daemon
+A daemon acts on an inbox only while its claim is *trusted*: for `lease_s` after the start of the last
+heartbeat that confirmed it. Another daemon may take the claim over only after `stale_s`, so a daemon
 that was frozen (SIGSTOP, a suspended VM) finds its lease expired when it resumes, before it touches a
 file, and waits for a heartbeat to tell it whether the inbox is still its own.
 """
@@ -48,11 +48,6 @@ from srd.fs.atomic import TEMP_PREFIX, temp_files_of
 log = structlog.get_logger(__name__)
 
 CLAIM_NAME = ".srd-claim.json"
-HEARTBEAT_S = 10.0
-STALE_S = 60.0
-# Half of STALE_S: a heartbeat may be late by 20 s (a slow share) before the inbox pauses, and hosts'
-# clocks may differ by 30 s before a taker could judge a trusted claim stale.
-LEASE_S = STALE_S / 2
 # How soon an unconfirmed claim is tried again (a frozen daemon resumed, an inbox back from an outage).
 RETRY_UNTRUSTED_S = 1.0
 # Rounds of read-and-take one claim may need when other daemons take it at the same time.
@@ -62,6 +57,27 @@ _UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 _NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV)
 
 Identity = tuple[int, int]  # (st_dev, st_ino): which file a claim name points at
+
+
+@dataclass(frozen=True)
+class ClaimTiming:
+    """When a claim may be taken over (`stale_s`), and the lease and heartbeat derived from it.
+
+    Every daemon sharing an inbox must use the same `stale_s`: a taker judges the holder's claim by its own.
+    """
+
+    stale_s: float = 60.0
+
+    @property
+    def lease_s(self) -> float:
+        """Half of `stale_s`: a heartbeat may be late by `lease_s - heartbeat_s` (a slow share) before the
+        inbox pauses, and hosts' clocks may differ by `lease_s` before a taker could judge a trusted claim
+        stale."""
+        return self.stale_s / 2
+
+    @property
+    def heartbeat_s(self) -> float:
+        return self.stale_s / 6
 
 
 @dataclass(frozen=True)
@@ -109,12 +125,14 @@ class InboxClaims:
 
     Args:
         state_dir: Named in the claim, so the message tells the user which config the other daemon runs.
+        timing: When a claim goes stale, and the lease and heartbeat that follow from it.
         clock: Wall clock (heartbeats are compared across hosts).
         monotonic: Clock of the leases (tests drive it).
     """
 
-    def __init__(self, state_dir: Path, clock: Callable[[], float] = time.time,
+    def __init__(self, state_dir: Path, timing: ClaimTiming = ClaimTiming(), clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._timing = timing
         self._clock = clock
         self._monotonic = monotonic
         self._me = Holder(socket.gethostname(), os.getpid(), secrets.token_hex(8), str(state_dir), 0.0)
@@ -136,7 +154,7 @@ class InboxClaims:
         if other is not None:
             now = self._clock()
             raise InboxClaimedError(f"inbox {inbox} is in use by {other.describe(now)}; give each inbox to "
-                                    f"one daemon (a stale claim is taken over after {STALE_S:.0f} s)")
+                                    f"one daemon (a stale claim is taken over after {self._timing.stale_s:.0f} s)")
         self._remove_stale_temps(inbox)
 
     def heartbeat(self, inbox: Path) -> None:
@@ -167,20 +185,20 @@ class InboxClaims:
             self.release(inbox)
 
     def due(self) -> list[Path]:
-        """The inboxes whose claim is due for a heartbeat: each every `HEARTBEAT_S`, and every
+        """The inboxes whose claim is due for a heartbeat: each every `heartbeat_s`, and every
         `RETRY_UNTRUSTED_S` one that is not trusted (a daemon resumed after a freeze, an inbox back from an
         outage)."""
         return [inbox for inbox, state in list(self._states.items()) if self._due(inbox, state)]
 
     def _due(self, inbox: Path, state: _State) -> bool:
-        interval = HEARTBEAT_S if self.trusted(inbox) else RETRY_UNTRUSTED_S
+        interval = self._timing.heartbeat_s if self.trusted(inbox) else RETRY_UNTRUSTED_S
         return self._monotonic() - state.tried_at >= interval
 
     def trusted(self, inbox: Path) -> bool:
-        """Whether this daemon may act on `inbox` now: its claim was confirmed less than `LEASE_S` ago (or the
+        """Whether this daemon may act on `inbox` now: its claim was confirmed less than `lease_s` ago (or the
         inbox is read-only, where nothing can be claimed nor moved)."""
         state = self._states.get(inbox)
-        return state is not None and (state.unwritable or self._monotonic() < state.confirmed_at + LEASE_S)
+        return state is not None and (state.unwritable or self._monotonic() < state.confirmed_at + self._timing.lease_s)
 
     def describe(self, inbox: Path) -> dict[str, str | None]:
         """The claim's state for the status file: held, lost (to whom), unconfirmed, or unwritable."""
@@ -191,7 +209,7 @@ class InboxClaims:
             return {"state": "lost", "reason": f"its claim was taken by {state.lost_to}; paused until that "
                                                "claim is released or goes stale"}
         return {"state": "unconfirmed", "reason": "its claim has not been confirmed for "
-                                                  f"{LEASE_S:.0f} s; paused until a heartbeat confirms it"}
+                                                  f"{self._timing.lease_s:.0f} s; paused until a heartbeat confirms it"}
 
     def release(self, inbox: Path) -> None:
         """Remove the claim on `inbox` if it is still ours."""
@@ -310,7 +328,7 @@ class InboxClaims:
     def _stale(self, holder: Holder, now: float) -> bool:
         if holder.host == self._me.host and not pid_alive(holder.pid):
             return True
-        return now - holder.heartbeat > STALE_S
+        return now - holder.heartbeat > self._timing.stale_s
 
     def _remove_stale_temps(self, inbox: Path) -> None:
         """Temp files of claims whose writer was killed mid-write: this daemon holds the inbox now, so no

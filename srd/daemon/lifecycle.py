@@ -64,11 +64,6 @@ log = structlog.get_logger(__name__)
 
 # Bounds how long one pass may spend deciding about files before serving events.
 CONSIDER_BUDGET_S = 0.2
-# A file cut short by the daemon's death is retried alone, and a death during that run is pinned on it; but
-# only once this daemon has lived this long. A daemon that dies within its first seconds dies of something
-# else (its start-up, a restart loop, an operator's kill), and a file that kills the service still does so
-# after the wait.
-SOLO_RETRY_AFTER_S = 5.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -254,7 +249,8 @@ class Lifecycle:
             self._duplicate(runtime, file, entry, refresh=bool(own_outputs), seen_before=seen_before)
             return
         unfinished = entry is not None and entry.state == State.STARTED  # a crash cut its last start short
-        if unfinished and ctx.clock() - ctx.started < SOLO_RETRY_AFTER_S:
+        # Retried alone only once this daemon has lived config.crash_retry_after_seconds (see there).
+        if unfinished and ctx.clock() - ctx.started < ctx.config.crash_retry_after_seconds:
             runtime.tracker.hint(path)  # judged again once it has settled again
             return
         if unfinished and entry is not None and entry.strikes >= ctx.config.max_attempts:

@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from srd.config import Config, Inbox, load_config
-from srd.daemon.claim import InboxClaims
+from srd.daemon.claim import ClaimTiming, InboxClaims
 from srd.daemon.claimguard import ClaimGuard, HeartbeatToken
 from srd.daemon.context import Context
 from srd.daemon.disposal import StepToken
@@ -138,7 +138,7 @@ class Daemon:
         hints: queue.SimpleQueue[Hint | None] = queue.SimpleQueue()
         build_watcher = watcher_builder or (lambda i, inbox, sink: InboxWatcher(i, inbox, sink))
         offload = offloader or Offloader(OFFLOAD_THREADS, OFFLOAD_PER_INBOX, lambda: hints.put(None))
-        claims = InboxClaims(config.state_dir)
+        claims = InboxClaims(config.state_dir, ClaimTiming(config.claim_stale_seconds))
         try:
             ledger = Ledger.open(config.state_dir)
             with ExitStack() as undo:  # on any error, give back what was taken, in reverse order
@@ -384,6 +384,9 @@ class Daemon:
         if new.metrics != old.metrics:
             log.warning("metrics_listener_unchanged", listen=old.metrics.listen if old.metrics else None,
                         reason="the metrics listener changes at the next start of srd")
+        if new.claim_stale_seconds != old.claim_stale_seconds:
+            log.warning("claim_stale_seconds_unchanged", running=old.claim_stale_seconds,
+                        reason="claim timing changes at the next start of srd")
         if pool_settings(old) != pool_settings(new):
             self._files.pool_stale = True  # replaced once the running jobs are done
         self._state = "running"
