@@ -181,6 +181,10 @@ def test_dask_outputs_match_local_while_workers_are_killed(tmp_path: Path, clust
         status = read_status(tmp_path / "state")
         assert status["executor"]["kind"] == "dask" and status["executor"]["scheduler"] == cluster.address
         assert status["executor"]["connected"] is True
+        # Each killed worker is said: in the log, and counted in the status (a worker that keeps dying shows).
+        wait_for(lambda: read_status(tmp_path / "state")["executor"].get("workers_left", 0) >= 3, 10,
+                 "the status to count the three workers that left")
+        assert len(daemon.events("dask_worker_left")) >= 3
         assert daemon.stop() == 0
     _check_outputs(tmp_path, expected)
 

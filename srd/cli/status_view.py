@@ -93,7 +93,8 @@ def _executor_lines(executor: dict[str, Any]) -> list[str]:
     if not executor.get("connected"):
         return [f"executor dask, scheduler {executor.get('scheduler')}: unreachable ({executor.get('error')})"]
     workers = executor.get("workers") or []
-    lines = [f"executor dask, scheduler {executor.get('scheduler')}: {len(workers)} worker(s)"]
+    left = f", {executor['workers_left']} left since start (died or restarted)" if executor.get("workers_left") else ""
+    lines = [f"executor dask, scheduler {executor.get('scheduler')}: {len(workers)} worker(s){left}"]
     for worker in workers:
         state = f"refused: {worker['refused']}" if worker.get("refused") else (
             f"{worker.get('executing', 0)}/{worker.get('nthreads', '?')} busy, {worker.get('memory_mb', '?')} MB")

@@ -70,6 +70,7 @@ class DaskConnection:
         self._error: str | None = "connecting"
         self._workers: dict[str, dict[str, Any]] = {}
         self._refused: dict[str, tuple[str, float]] = {}
+        self._departed = 0  # workers seen to leave (die, be restarted, be stopped) since the start
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._keep_connected, name="srd-dask-connection", daemon=True)
@@ -128,9 +129,11 @@ class DaskConnection:
             client, error = self._client, self._error
             workers = [{"address": address, **info, "refused": self._refused.get(address, (None,))[0]}
                        for address, info in sorted(self._workers.items())]
+            departed = self._departed
         connected = client is not None and client.status == "running"
         return {"kind": "dask", "scheduler": self.address, "connected": connected,
-                "error": None if connected else (error or "connection lost"), "workers": workers}
+                "error": None if connected else (error or "connection lost"), "workers": workers,
+                "workers_left": departed}
 
     def close(self) -> None:
         self._stop.set()
@@ -179,6 +182,11 @@ class DaskConnection:
                    for address, w in info.get("workers", {}).items()}
         now = time.monotonic()
         with self._lock:
+            # A worker killed or gone: Dask re-runs its tasks and its nanny starts a new one, so srd's only part is
+            # to say so (a worker that keeps dying is worth an admin's look).
+            for address in self._workers.keys() - workers.keys():
+                self._departed += 1
+                log.warning("dask_worker_left", worker=address, workers_left_total=self._departed)
             self._workers = workers
             self._refused = {address: refusal for address, refusal in self._refused.items()
                              if address in workers and now - refusal[1] < REFUSAL_FORGOTTEN_S}
