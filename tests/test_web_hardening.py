@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import make_image, srd_command, write_config
+from daemon_helpers import make_image, srd_command, wait_for, write_config
 from web_helpers import Client, WebProcess, free_port
 
 from srd.web.auth import hash_password
@@ -167,22 +167,35 @@ def test_outbox_files_are_never_served_as_a_document(tmp_path: Path) -> None:
         web.stop()
 
 
-def test_upload_temps_a_killed_server_left_are_removed_at_start(tmp_path: Path) -> None:
-    """At start, an upload temp older than twice the idle limit (no live upload can own it) is removed; a fresh
-    one (another server's upload in progress) and the daemon's own temps stay."""
-    config = _config(tmp_path, upload_idle_timeout_s=5)
+def test_upload_temps_a_killed_server_left_are_removed_at_start_and_live_ones_kept(tmp_path: Path) -> None:
+    """At start, an upload temp no process owns is removed, even one only seconds old (a crash restarted by
+    systemd); the temp of another `srd web`'s upload in progress, and the daemon's own temps, stay."""
+    config = _config(tmp_path)
     inbox = tmp_path / "in"
-    old, fresh, daemons = inbox / ".srd-upload-0123456789abcdef.part", inbox / ".srd-upload-fresh.part", \
-        inbox / ".srd-tmp-daemon.png"
-    for path in (old, fresh, daemons):
+    crashed, daemons = inbox / ".srd-upload-0123456789abcdef.part", inbox / ".srd-tmp-daemon.png"
+    for path in (crashed, daemons):
         path.write_bytes(b"partial")
-    stale = time.time() - 60
-    os.utime(old, (stale, stale))
-    os.utime(daemons, (stale, stale))
-    web = WebProcess(config)
-    web.stop()
-    assert not old.exists()
-    assert fresh.exists() and daemons.exists()
+        os.utime(path, (time.time() - 5, time.time() - 5))
+    first = WebProcess(config)
+    try:
+        client = Client(first.port)
+        csrf = client.csrf()
+        boundary = "live"
+        with socket.create_connection(("127.0.0.1", first.port), timeout=10) as upload:
+            upload.sendall((f"POST /api/upload?inbox=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: 100000\r\n"
+                            f"X-CSRF-Token: {csrf}\r\nCookie: srd_csrf={csrf}\r\n\r\n--{boundary}\r\n"
+                            'Content-Disposition: form-data; name="files"; filename="live.png"\r\n\r\n').encode()
+                           + make_image(Path("l.png"), seed=406)[:100])
+            live = wait_for(lambda: [n for n in _uploads_left(inbox) if n != crashed.name], 10, "the live temp")
+            old = time.time() - 10
+            os.utime(inbox / live[0], (old, old))  # as old as the crashed one: only its owner tells them apart
+            second = WebProcess(config)
+            second.stop()
+            assert _uploads_left(inbox) == live
+    finally:
+        first.stop()
+    assert not crashed.exists() and daemons.exists()
 
 
 def test_password_guessing_is_logged_and_held_back(tmp_path: Path) -> None:

@@ -62,9 +62,8 @@ def run_web(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise SrdError(f"the web UI needs the 'web' extra: pip install 'srd[web]' ({exc})") from exc
     listener = _bind(web.listen, web.port)
-    # Temps older than a live upload can be (it is cut when idle longer): left by an `srd web` killed mid-upload.
-    for inbox in config.inboxes:
-        purge_stale_uploads(inbox.path, older_than_s=2 * web.upload_idle_timeout_s)
+    for inbox in config.inboxes:  # temps an `srd web` killed mid-upload left
+        purge_stale_uploads(inbox.path, web.upload_idle_timeout_s)
     log.info("web_listening", url=f"http://{web.listen}:{web.port}/", auth=web.password_hash is not None)
     # uvicorn's access log is off: srd logs uploads itself, and request lines may carry file names users chose.
     server = uvicorn.Server(uvicorn.Config(build_app(config), access_log=False, log_level="warning",
