@@ -218,3 +218,24 @@ def test_password_guessing_is_logged_and_held_back(tmp_path: Path) -> None:
     log = "".join(web.lines)
     assert log.count("web_login_failed") == 3 and '"via": "basic"' in log and "127.0.0.1" in log
     assert "guess" not in log and PASSWORD not in log
+
+
+def test_a_name_that_is_not_utf8_is_stored_readable_not_a_server_error(tmp_path: Path) -> None:
+    """A file name in bytes that are not UTF-8 (a script's Latin-1) is stored with U+FFFD in their place, the
+    rest kept; the server answers 200 and logs no traceback."""
+    config = _config(tmp_path)
+    web = WebProcess(config)
+    try:
+        client = Client(web.port)
+        boundary = "rawname"
+        body = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="'.encode()
+                + "Ünï.png".encode("latin-1") + b'"\r\n\r\n' + make_image(Path("n.png"), seed=407)
+                + f"\r\n--{boundary}--\r\n".encode())
+        reply = client.request("POST", "/api/upload?inbox=0", body, {
+            "content-type": f"multipart/form-data; boundary={boundary}", "x-csrf-token": client.csrf()})
+        assert reply.status == 200, reply.body
+        assert reply.json()["stored"][0]["name"] == "\ufffdn\ufffd.png"
+        assert (tmp_path / "in" / "\ufffdn\ufffd.png").is_file()
+    finally:
+        web.stop()
+    assert "Traceback" not in "".join(web.lines)
