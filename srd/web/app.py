@@ -321,13 +321,8 @@ def _refusal(message: str, status: int, stored: list[dict[str, Any]] | None = No
     return JSONResponse({"error": message, "stored": stored or []}, status, headers={"connection": "close"})
 
 
-class _Stalled(UploadRefused):
-    def __init__(self, message: str) -> None:
-        super().__init__(message, 408)
-
-
 async def _paced(request: Request, idle_s: float, min_rate: int) -> AsyncIterator[bytes]:
-    """The body's chunks, cut with `_Stalled` when none comes for `idle_s`, or when after `idle_s` they
+    """The body's chunks, cut (`UploadRefused`, 408) when none comes for `idle_s`, or when after `idle_s` they
     have come slower than `min_rate` bytes a second on average: a trickle must not hold an upload slot."""
     start = time.monotonic()
     received = 0
@@ -339,11 +334,11 @@ async def _paced(request: Request, idle_s: float, min_rate: int) -> AsyncIterato
         except StopAsyncIteration:
             return
         except TimeoutError:
-            raise _Stalled(f"the upload stalled: nothing arrived for {idle_s:g} s") from None
+            raise UploadRefused(f"the upload stalled: nothing arrived for {idle_s:g} s", 408) from None
         received += len(chunk)
         elapsed = time.monotonic() - start
         if elapsed > idle_s and received < min_rate * elapsed:
-            raise _Stalled(f"the upload came too slowly (under {min_rate} bytes a second)")
+            raise UploadRefused(f"the upload came too slowly (under {min_rate} bytes a second)", 408)
         yield chunk
 
 
