@@ -47,7 +47,8 @@ _MEANINGS = {
     ExitCode.LEDGER: "the ledger is damaged: 'srd ledger check' says how, 'srd ledger repair' keeps what is intact",
     ExitCode.UNHEALTHY: "srd status --check: running, but an inbox, its outbox, the state directory or the worker "
                         "processes are unhealthy",
-    ExitCode.STARTUP: "a configured folder or the state directory can't be created or opened",
+    ExitCode.STARTUP: "a configured folder, the state directory or a listening address (metrics, srd web) can't be "
+                      "created or opened",
     ExitCode.INTERRUPTED: "stopped by Ctrl-C (SIGINT)",
     ExitCode.TERMINATED: "stopped by SIGTERM (srd process, srd train fit)",
 }

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import yaml
@@ -93,6 +94,23 @@ def test_uploaded_images_are_processed_and_their_results_download_byte_identical
         page = client.get(item["page_url"])
         assert page.status == 200 and b'id="compare"' in page.body
     assert not [p for p in site.inbox.iterdir() if p.name.startswith(".srd-upload-")], "an upload temp was left"
+
+
+def test_non_ascii_names_round_trip_as_utf8_to_the_download(site: Site) -> None:
+    """Names beyond Latin-1 (CJK, Cyrillic, emoji) and accented Latin, sent as raw UTF-8 as browsers do, are kept
+    exactly through the inbox, the outbox, the page's list and the download's RFC 5987 file name."""
+    client = site.client()
+    images = {name: make_image(Path("u.png"), (36 + i, 40), seed=300 + i)
+              for i, name in enumerate(["写真.png", "café.png", "Фото 🌄.png"])}
+    reply = client.upload(list(images.items()))
+    assert reply.status == 200, reply.body
+    assert [item["name"] for item in reply.json()["stored"]] == list(images)
+    files = wait_for(lambda: _done(client, set(images)), 30, "the uploads to be processed\n" + site.daemon.log_tail())
+    for name, item in files.items():
+        assert (site.outbox / name).is_file()
+        download = client.get(item["result_url"] + "?download=1")
+        assert download.status == 200 and download.body == (site.outbox / name).read_bytes()
+        assert f"filename*=UTF-8''{quote(name)}" in download.headers["content-disposition"]
 
 
 def test_a_file_the_daemon_fails_shows_as_failed_with_its_reason(site: Site) -> None:

@@ -104,6 +104,13 @@ class WebSettings:
     max_files_per_upload: int = 100
     # Set behind an HTTPS reverse proxy, so the session cookie never travels in clear.
     secure_cookies: bool = False
+    # Host names (beside IP addresses, localhost and `listen`) a request may be addressed to: the public name
+    # of a reverse proxy. Any other Host is refused, so a web page can't reach srd by DNS rebinding.
+    allowed_hosts: tuple[str, ...] = ()
+    # An upload is cut (its temp removed) when no byte arrives for this long, or when it arrives slower on
+    # average than upload_min_bytes_per_s once that long has passed: a stalled client can't hold an upload slot.
+    upload_idle_timeout_s: float = 30.0
+    upload_min_bytes_per_s: int = 1024
 
 
 @dataclass(frozen=True)

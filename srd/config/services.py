@@ -51,16 +51,23 @@ def parse_executor(data: Any, base: Path, problems: Problems) -> ExecutorSetting
 
 
 def parse_web(data: Any, problems: Problems) -> WebSettings:
-    parsed = parse_fields(WebSettings, data, "web", problems)
+    scalars = {k: v for k, v in data.items() if k != "allowed_hosts"} if isinstance(data, Mapping) else data
+    parsed = parse_fields(WebSettings, scalars, "web", problems, skip=("allowed_hosts",))
     if parsed is None:
         return WebSettings()
-    settings = WebSettings(**parsed.values)
+    hosts = data.get("allowed_hosts", []) if isinstance(data, Mapping) else []
+    if not isinstance(hosts, list) or not all(isinstance(h, str) and h for h in hosts):
+        problems.add("web.allowed_hosts", "expected a list of host names (e.g. [srd.example.com])")
+        hosts = []
+    settings = WebSettings(**parsed.values, allowed_hosts=tuple(h.lower() for h in hosts))
     if not 0 < settings.port < 65536:
         problems.add("web.port", "must be between 1 and 65535")
-    for name in ("max_file_bytes", "max_request_bytes", "max_files_per_upload"):
+    for name in ("max_file_bytes", "max_request_bytes", "max_files_per_upload", "upload_min_bytes_per_s"):
         value = getattr(settings, name)
         if value is not None and value < 1:
             problems.add(f"web.{name}", "must be at least 1")
+    if settings.upload_idle_timeout_s <= 0:
+        problems.add("web.upload_idle_timeout_s", "must be above 0")
     if settings.password_hash is not None and not settings.password_hash.startswith("scrypt$"):
-        problems.add("web.password_hash", "expected the output of 'srd web hash-password' (scrypt$…)")
+        problems.add("web.password_hash", "expected the output of 'srd web --hash-password' (scrypt$…)")
     return settings

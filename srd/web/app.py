@@ -9,6 +9,9 @@ import html
 import re
 import secrets
 import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from importlib import resources
 from string import Template
 from typing import Any
@@ -33,9 +36,10 @@ from starlette.routing import Route
 
 from srd.config import Config
 from srd.daemon.scan import IgnoreRules
-from srd.web.auth import Sessions, check_password, same_secret
+from srd.web.auth import Backoff, Sessions, check_password, same_secret
 from srd.web.board import Board
 from srd.web.downloads import NotServed, open_result
+from srd.web.hosts import HostCheck
 from srd.web.intake import Stored, UploadLimits, UploadRefused
 from srd.web.receiver import UploadReceiver
 
@@ -44,8 +48,13 @@ log = structlog.get_logger(__name__)
 SESSION_COOKIE = "srd_session"
 CSRF_COOKIE = "srd_csrf"
 CSRF_HEADER = "x-csrf-token"
-# Uploads at once: each holds a temp file open; more wait for a free slot instead of piling up.
+# Uploads at once: each holds a temp file open; beyond them an upload is answered 503 "busy".
 UPLOAD_SLOTS = 4
+# Results shown in the page; anything else in an outbox (HTML, SVG, scripts) is only ever downloaded.
+_INLINE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/gif", "image/avif", "image/bmp", "image/tiff"}
+# On every file sent: even if a browser renders one as a document, it gets no script and no origin.
+_FILE_CSP = "sandbox; default-src 'none'; img-src 'self'; style-src 'unsafe-inline'"
+
 _SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; img-src 'self' blob:; object-src 'none'; "
                                "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
@@ -55,6 +64,14 @@ _SECURITY_HEADERS = {
 }
 _OPEN_PATHS = ("/login", "/static/")
 _SHA256 = re.compile("[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class Access:
+    """May this request go on; if not and `retry_after_s` > 0, its client guessed wrong too often lately."""
+
+    granted: bool
+    retry_after_s: float = 0.0
 
 
 def _page(name: str, **values: str) -> str:
@@ -79,16 +96,29 @@ class WebApp:
         # One scrypt check at a time: each takes 16 MB, and a flood of wrong passwords must not add them up
         # (it also makes guessing no faster with more connections).
         self._scrypt = threading.Lock()
+        self.backoff = Backoff()
 
     # --- who may do what -------------------------------------------------------------------------------
 
-    def authorized(self, request: Request) -> bool:
-        if self.web.password_hash is None:
-            return True
-        if self.sessions.valid(request.cookies.get(SESSION_COOKIE)):
-            return True
+    def access(self, request: Request) -> Access:
+        if self.web.password_hash is None or self.sessions.valid(request.cookies.get(SESSION_COOKIE)):
+            return Access(True)
         password = _basic_password(request.headers.get("authorization"))
-        return password is not None and self.password_ok(password)
+        if password is None:
+            return Access(False)
+        return self.try_password(password, _client(request), "basic")
+
+    def try_password(self, password: str, client: str, via: str) -> Access:
+        """Check a password from `client`, unless it is still held back by its earlier wrong ones."""
+        wait = self.backoff.wait_s(client)
+        if wait > 0:
+            return Access(False, wait)
+        if self.password_ok(password):
+            self.backoff.succeeded(client)
+            return Access(True)
+        failures = self.backoff.failed(client)
+        log.warning("web_login_failed", client=client, via=via, failures_in_a_row=failures)
+        return Access(False)
 
     def password_ok(self, password: str) -> bool:
         assert self.web.password_hash is not None
@@ -148,9 +178,11 @@ class WebApp:
             return PlainTextResponse("refused: reload the page and try again", 403)
         if self.web.password_hash is None:
             return RedirectResponse("/", 303)
-        good = isinstance(password, str) and await run_in_threadpool(self.password_ok, password)
-        if not good:
-            log.warning("web_login_failed", client=request.client.host if request.client else None)
+        access = await run_in_threadpool(self.try_password, password if isinstance(password, str) else "",
+                                         _client(request), "form")
+        if access.retry_after_s > 0:
+            return _too_many(access.retry_after_s)
+        if not access.granted:
             return RedirectResponse("/login?failed=1", 303)
         response = RedirectResponse("/", 303)
         response.set_cookie(SESSION_COOKIE, self.sessions.start(), httponly=True, samesite="strict",
@@ -191,7 +223,7 @@ class WebApp:
 
     def _file_json(self, view: Any) -> dict[str, Any]:
         data = view.as_json()
-        data["result_url"] = f"/outbox/{view.inbox}/{view.result}" if view.result else None
+        data["result_url"] = f"/outbox/{view.inbox}/{quote(view.result)}" if view.result else None
         data["page_url"] = f"/files/{view.inbox}/{view.sha256}"
         return data
 
@@ -227,7 +259,7 @@ class WebApp:
                                   stored)
         received = 0
         try:
-            async for chunk in request.stream():
+            async for chunk in _paced(request, self.web.upload_idle_timeout_s, self.web.upload_min_bytes_per_s):
                 received += len(chunk)
                 if received > self.web.max_request_bytes:
                     raise UploadRefused(f"the upload is over the limit of {self.web.max_request_bytes} bytes", 413)
@@ -265,10 +297,13 @@ class WebApp:
                                                request.path_params["path"])
         except NotServed:
             return PlainTextResponse("not found", 404)
-        headers = {"content-length": str(download.size), "cache-control": "private, no-cache"}
-        if request.query_params.get("download") is not None:
+        headers = {"content-length": str(download.size), "cache-control": "private, no-cache",
+                   "content-security-policy": _FILE_CSP}
+        inline = download.media_type in _INLINE_TYPES
+        if request.query_params.get("download") is not None or not inline:
             headers["content-disposition"] = _attachment(download.name)
-        return StreamingResponse(download.chunks(), media_type=download.media_type, headers=headers)
+        media_type = download.media_type if inline else "application/octet-stream"
+        return StreamingResponse(download.chunks(), media_type=media_type, headers=headers)
 
     async def static(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -284,6 +319,37 @@ def _refusal(message: str, status: int, stored: list[dict[str, Any]] | None = No
     # Closing the connection is what stops the rest of a refused body from being read (uvicorn would
     # otherwise drain it to keep the connection alive, however long it is).
     return JSONResponse({"error": message, "stored": stored or []}, status, headers={"connection": "close"})
+
+
+async def _paced(request: Request, idle_s: float, min_rate: int) -> AsyncIterator[bytes]:
+    """The body's chunks, cut (`UploadRefused`, 408) when none comes for `idle_s`, or when after `idle_s` they
+    have come slower than `min_rate` bytes a second on average: a trickle must not hold an upload slot."""
+    start = time.monotonic()
+    received = 0
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            with anyio.fail_after(idle_s):
+                chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise UploadRefused(f"the upload stalled: nothing arrived for {idle_s:g} s", 408) from None
+        received += len(chunk)
+        elapsed = time.monotonic() - start
+        if elapsed > idle_s and received < min_rate * elapsed:
+            raise UploadRefused(f"the upload came too slowly (under {min_rate} bytes a second)", 408)
+        yield chunk
+
+
+def _too_many(wait_s: float) -> Response:
+    seconds = max(1, round(wait_s + 0.5))
+    return PlainTextResponse(f"too many wrong passwords: try again in {seconds} s", 429,
+                             headers={"retry-after": str(seconds)})
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 def _boundary(content_type: str) -> bytes | None:
@@ -325,15 +391,19 @@ class _Guard(BaseHTTPMiddleware):
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         path = request.url.path
-        if not path.startswith(_OPEN_PATHS) and not await run_in_threadpool(self._web.authorized, request):
+        access = Access(True) if path.startswith(_OPEN_PATHS) else await run_in_threadpool(self._web.access, request)
+        if access.retry_after_s > 0:
+            response: Response = _too_many(access.retry_after_s)
+        elif not access.granted:
             if path.startswith(("/api/", "/outbox/")):
-                response: Response = JSONResponse({"error": "log in first"}, 401,
+                response = JSONResponse({"error": "log in first"}, 401,
                                                   headers={"www-authenticate": 'Basic realm="srd"'})
             else:
                 response = RedirectResponse("/login", 303)
         else:
             response = await call_next(request)
-        response.headers.update(_SECURITY_HEADERS)
+        for name, value in _SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)  # a file response's stricter CSP stays
         return response
 
 
@@ -351,4 +421,6 @@ def build_app(config: Config) -> Starlette:
         Route("/outbox/{inbox:int}/{path:path}", web.result),
         Route("/static/{name:str}", web.static),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(_Guard, web=web)])
+    return Starlette(routes=routes, middleware=[
+        Middleware(HostCheck, listen=config.web.listen, allowed_hosts=config.web.allowed_hosts),
+        Middleware(_Guard, web=web)])

@@ -1,6 +1,6 @@
 """Passwords, sessions and CSRF tokens of `srd web`.
 
-The password is stored only as an scrypt hash in the config (`hash_password`, ``srd web hash-password``).
+The password is stored only as an scrypt hash in the config (`hash_password`, ``srd web --hash-password``).
 A browser logs in once and gets a random session id in an HttpOnly, SameSite=Strict cookie; scripts send
 HTTP Basic credentials instead. Every comparison of a secret is constant-time (`hmac.compare_digest`).
 """
@@ -12,6 +12,7 @@ import binascii
 import hashlib
 import hmac
 import secrets
+import threading
 import time
 from collections.abc import Callable
 
@@ -78,3 +79,45 @@ class Sessions:
         now = self._clock()
         for session in [s for s, expiry in self._expiry.items() if expiry <= now]:
             del self._expiry[session]
+
+
+class Backoff:
+    """Wrong passwords per client: from the `FREE_TRIES`-th in a row, that client must wait (1 s, doubling, at
+    most `MAX_WAIT_S`) before its next try is even checked, and is answered 429 meanwhile; a right password
+    clears it. This slows guessing without locking the owner out, and a held-back try costs no scrypt."""
+
+    FREE_TRIES = 3  # typos cost nothing
+    MAX_WAIT_S = 30.0
+    _FORGET_S = 900.0  # a client quiet this long starts afresh
+    _MAX_CLIENTS = 10_000  # bounded memory against many source addresses
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._failures: dict[str, tuple[int, float]] = {}
+        self._clock = clock
+        self._lock = threading.Lock()  # checks run in the server's worker threads
+
+    def wait_s(self, client: str) -> float:
+        """Seconds `client` must still wait before a password from it is checked (0: check it now)."""
+        with self._lock:
+            failures, last = self._failures.get(client, (0, 0.0))
+        if failures < self.FREE_TRIES:
+            return 0.0
+        return max(0.0, last + self._delay(failures) - self._clock())
+
+    def failed(self, client: str) -> int:
+        """Count a wrong password from `client`; returns its failures in a row."""
+        now = self._clock()
+        with self._lock:
+            failures, last = self._failures.pop(client, (0, now))
+            failures = 1 if now - last > self._FORGET_S else failures + 1
+            if len(self._failures) >= self._MAX_CLIENTS:
+                self._failures.pop(next(iter(self._failures)))  # the least recently failed
+            self._failures[client] = (failures, now)
+        return failures
+
+    def succeeded(self, client: str) -> None:
+        with self._lock:
+            self._failures.pop(client, None)
+
+    def _delay(self, failures: int) -> float:
+        return float(min(self.MAX_WAIT_S, 2.0 ** min(failures - self.FREE_TRIES, 16)))

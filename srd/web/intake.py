@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import secrets
@@ -32,6 +33,7 @@ HEADER_BYTES = 256 * 1024
 _REFUSED_FORMATS = {"exr": "OpenEXR", "hdr": "Radiance HDR", "pfm": "PFM"}
 # Filesystems without hard links answer with one of these: the name is then taken by a checked rename.
 _NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS}
+_JUST_CREATED_S = 2.0
 
 
 class UploadRefused(ValueError):
@@ -78,6 +80,9 @@ class IncomingFile:
         except BaseException:
             os.close(self._dir)
             raise
+        # Held while this upload lives (the kernel drops it when the file is closed or the process dies), so
+        # the start-up purge of another `srd web` can tell a live temp from one a killed server left.
+        _try_lock(fd)
         self._file = os.fdopen(fd, "wb")
 
     def write(self, data: bytes) -> None:
@@ -91,6 +96,9 @@ class IncomingFile:
                 self._check_header()
         self._digest.update(data)
         self._file.write(data)
+        # Each chunk reaches the file now, so its mtime shows the upload alive (a live upload gets one at least
+        # every web.upload_idle_timeout_s): what the start-up purge goes by on a filesystem without locks.
+        self._file.flush()
 
     def finish(self) -> Stored:
         """Make the file visible in the inbox under its name (or ``name-N``) once it is durable."""
@@ -159,10 +167,14 @@ def _exists(folder: int, name: str) -> bool:
     return True
 
 
-def purge_stale_uploads(inbox: Path, older_than_s: float = 3600.0) -> int:
-    """Remove upload temps a killed `srd web` left in the inbox root; returns how many."""
+def purge_stale_uploads(inbox: Path, idle_limit_s: float) -> int:
+    """Remove the upload temps a killed `srd web` left in the inbox root; returns how many.
+
+    A temp is left over when no process holds its lock (`IncomingFile`). Where the filesystem has no locks,
+    it is left over once unwritten for twice `idle_limit_s`: a live upload is cut when idle that long.
+    """
     removed = 0
-    cutoff = time.time() - older_than_s
+    now = time.time()
     try:
         folder = safefs.open_root(inbox)
     except OSError:
@@ -171,9 +183,32 @@ def purge_stale_uploads(inbox: Path, older_than_s: float = 3600.0) -> int:
         for entry in os.scandir(folder):
             if entry.name.startswith(UPLOAD_PREFIX) and entry.is_file(follow_symlinks=False):
                 with contextlib.suppress(OSError):
-                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    if _left_over(folder, entry.name, now, idle_limit_s):
                         os.unlink(entry.name, dir_fd=folder)
                         removed += 1
     finally:
         os.close(folder)
     return removed
+
+
+def _left_over(folder: int, name: str, now: float, idle_limit_s: float) -> bool:
+    fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=folder)
+    try:
+        age = now - os.fstat(fd).st_mtime
+        if age < _JUST_CREATED_S:
+            return False  # its owner may be between creating it and locking it
+        locked = _try_lock(fd)
+        return locked if locked is not None else age > 2 * idle_limit_s
+    finally:
+        os.close(fd)  # drops the lock taken here
+
+
+def _try_lock(fd: int) -> bool | None:
+    """Lock `fd` exclusively without waiting: True, False (another process holds it), None (no locks here)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+    return True

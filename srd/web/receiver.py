@@ -22,7 +22,7 @@ _MAX_HEADER_BYTES = 8192
 
 @dataclass
 class _Part:
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, bytes] = field(default_factory=dict)
     field_name: bytes = b""
     header_value: bytes = b""
 
@@ -86,12 +86,13 @@ class UploadReceiver:
             raise UploadRefused("a part's headers are too long", 400)
 
     def _header_end(self) -> None:
-        self._part.headers[self._part.field_name.decode("latin-1").lower()] = self._part.header_value.decode(
-            "utf-8", "replace")
+        # Kept as bytes: browsers send the file name as raw UTF-8, and parse_options_header keeps bytes intact
+        # (a str would be re-encoded as latin-1 there, which fails or garbles anything beyond ASCII).
+        self._part.headers[self._part.field_name.decode("latin-1").lower()] = self._part.header_value
         self._part.field_name = self._part.header_value = b""
 
     def _headers_finished(self) -> None:
-        _, options = parse_options_header(self._part.headers.get("content-disposition", ""))
+        _, options = parse_options_header(self._part.headers.get("content-disposition", b""))
         if options.get(b"name", b"").decode("utf-8", "replace") != FILE_FIELD or b"filename" not in options:
             return  # other fields carry nothing srd needs; their data is skipped
         if len(self.stored) >= self._max_files:
