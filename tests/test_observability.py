@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,8 @@ def _ledger(config: Path) -> list[dict[str, Any]]:
 
 
 class _Receiver:
-    """A local webhook receiver: records each POST's JSON body; answers `status` (or hangs when 0)."""
+    """A local webhook receiver: records each POST's JSON body; answers `status` (a 3xx to /redirected), and
+    records a GET too (a followed redirect)."""
 
     def __init__(self, status: int) -> None:
         self.bodies: list[dict[str, Any]] = []
@@ -88,6 +90,13 @@ class _Receiver:
                 receiver.bodies.append(body)
                 receiver.paths.append(self.path)
                 self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("Location", "/redirected")
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                receiver.paths.append("GET " + self.path)
+                self.send_response(200)
                 self.end_headers()
 
             def log_message(self, *args: Any) -> None:
@@ -235,6 +244,16 @@ def test_config_rejects_bad_metrics_and_hook_settings(tmp_path: Path) -> None:
     assert parsed.inboxes[0].on_failed == Hook(None, "https://h/x", 30.0) and parsed.metrics is None
 
 
+def test_config_refuses_a_webhook_url_with_credentials(tmp_path: Path) -> None:
+    """A webhook URL with user:pass@ (urllib would resolve 'user:pass@host' as the host name) is a config
+    error naming the hook and saying where a token goes instead, without echoing the password."""
+    config = write_config(tmp_path, [inbox_config(tmp_path, on_failed={"webhook": "http://u:PASSWD@127.0.0.1:9/x"})])
+    result = srd("config", "check", str(config))
+    assert result.returncode == 2
+    assert "'inboxes[0].on_failed.webhook'" in result.stderr and "user:pass@host" in result.stderr
+    assert "PASSWD" not in result.stderr
+
+
 def test_command_and_webhook_hooks_fire_once_per_file_with_the_outcome(tmp_path: Path) -> None:
     """on_done and on_failed run their command (no shell, SRD_* variables) and POST their webhook once per
     file, with the source, output or reason; a webhook URL's token never reaches the logs."""
@@ -331,6 +350,20 @@ def test_a_command_hook_past_its_timeout_is_killed_with_its_children(tmp_path: P
     assert [env["SRD_REASON"] for env in _hook_calls(tmp_path)] == ["bad"]
     runner.close(1.0)
     assert os.environ.get("SRD_STATUS") is None  # the variables go to the hook only
+
+
+def test_a_webhook_redirect_is_not_followed_and_not_retried(tmp_path: Path) -> None:
+    """A 302 answer ends the hook as failed ('HTTP 302') after one POST: urllib would follow it as a GET
+    without the body, and sending the same POST again would get the same answer."""
+    config = load_config(write_config(tmp_path, [inbox_config(tmp_path)]))
+    with _receiver(302) as receiver:
+        runner = HookRunner()
+        inbox = replace(config.inboxes[0], on_done=Hook(None, receiver.url + "/x", 5.0))
+        runner(FileOutcome("done", inbox, tmp_path / "in" / "a.png", tmp_path / "in-out" / "a.png"))
+        wait_for(lambda: runner.results(), 10, "the webhook to end")
+        assert runner.results() == {("webhook", "failed"): 1}
+        assert receiver.paths == ["/x"]
+        runner.close(1.0)
 
 
 def test_failure_reasons_fall_into_a_few_label_values_and_webhook_urls_are_logged_without_secrets() -> None:

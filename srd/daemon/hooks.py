@@ -43,6 +43,17 @@ STDERR_TAIL_BYTES = 500
 _SERVICE_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC")
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect answer ends the attempt as `HTTP 3xx`: followed, a POST would turn into a GET without its
+    body (301, 302, 303) or reach a host the config never named."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirects)
+
+
 def redact_url(url: str) -> str:
     """Only the scheme, host and port of a URL: its path, query or user part may hold a token."""
     parts = urlsplit(url)
@@ -166,14 +177,14 @@ class HookRunner:
             request = urllib.request.Request(hook.webhook, data=body, method="POST",
                                              headers={"Content-Type": "application/json", "User-Agent": "srd"})
             try:
-                with urllib.request.urlopen(request, timeout=hook.timeout) as response:
+                with _opener.open(request, timeout=hook.timeout) as response:
                     response.read(65536)
                 log.debug("hook_webhook_done", url=shown, src=str(outcome.source), attempt=attempt)
                 return "ok"
             except urllib.error.HTTPError as exc:
                 error = f"HTTP {exc.code}"
-                if 400 <= exc.code < 500 and exc.code not in (408, 429):
-                    break  # the receiver refuses this request: sending it again changes nothing
+                if 300 <= exc.code < 500 and exc.code not in (408, 429):
+                    break  # a redirect, or the receiver refuses this request: sending it again changes nothing
             except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
                 reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
                 error = str(reason)
