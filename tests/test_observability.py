@@ -7,6 +7,7 @@ import http.server
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -321,6 +322,39 @@ def test_hooks_that_hang_or_fail_do_not_delay_any_file(tmp_path: Path) -> None:
     assert len(hanging) >= 1 and pids
     for pid in pids:
         wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists() or _zombie(pid), 5, f"hook {pid} to be killed")
+
+
+def test_at_stop_hooks_never_run_are_counted_and_named_and_readyz_says_stopping(tmp_path: Path) -> None:
+    """Five files done behind a command hook that hangs: two hooks run (and are killed at stop), the three
+    still queued are reported in one `hooks_dropped_at_stop` line with their count and files. While the hooks
+    get their last seconds, the metrics listener is still open and /readyz answers 503 "stopping"."""
+    script = tmp_path / "hook.py"
+    script.write_text(HOOK_SCRIPT)
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    names = [f"p{i}.png" for i in range(5)]
+    port = _free_port()
+    hook = {"command": [sys.executable, str(script), str(calls), "hang"], "timeout": 300}
+    config = write_config(tmp_path, [inbox_config(tmp_path, on_done=hook)], metrics={"listen": f"127.0.0.1:{port}"})
+    with running(config) as daemon:
+        _drop(tmp_path / "in", names)
+        daemon.wait_event("file_processed", count=len(names))
+        wait_for(lambda: len(_hook_calls(calls)) == 2, 10, "both command threads to run a hook")
+        daemon.proc.send_signal(signal.SIGTERM)
+        daemon.wait_event("daemon_stopping")
+        answers = set()
+        while daemon.proc.poll() is None:
+            try:
+                answers.add(_get(f"http://127.0.0.1:{port}/readyz"))
+            except (urllib.error.URLError, OSError):
+                pass  # the listener has closed, last of all
+            time.sleep(0.1)
+        assert daemon.stop() == 0
+    assert (503, "stopping\n") in answers and not any(code == 200 for code, _ in answers), answers
+    [dropped] = daemon.events("hooks_dropped_at_stop")
+    assert dropped["kind"] == "command" and dropped["count"] == 3 and dropped["more"] == 0
+    ran = {Path(env["SRD_SOURCE"]).name for env in _hook_calls(calls)}
+    assert sorted(Path(src).name for src in dropped["files"]) == sorted(set(names) - ran)
 
 
 def _zombie(pid: int) -> bool:

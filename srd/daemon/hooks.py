@@ -39,6 +39,7 @@ QUEUE_SIZE = 1000  # outcomes waiting per kind; beyond this a hook is dropped, n
 WEBHOOK_ATTEMPTS = 5
 WEBHOOK_FIRST_BACKOFF_S = 1.0  # then 2, 4, 8 s
 STDERR_TAIL_BYTES = 500
+DROPPED_NAMED = 10  # the stop's summary line names this many of the hooks it dropped; debug names them all
 # systemd's channel to srd itself: a hook speaking on it would be taken for the daemon.
 _SERVICE_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC")
 
@@ -129,6 +130,9 @@ class HookRunner:
             children = list(self._children)
         for child in children:
             _kill_group(child)
+        for lane in self._lanes.values():
+            lane.join(time.monotonic() + 1.0)  # a killed command's thread counts its result, then sees the flag
+            lane.report_dropped()
 
     def _count(self, kind: str, result: str) -> None:
         with self._lock:
@@ -210,9 +214,12 @@ class _Lane:
         self._queue: queue.Queue[tuple[Hook, FileOutcome] | None] = queue.Queue(QUEUE_SIZE)
         self._threads: list[threading.Thread] = []
         self._finished = False
+        self._dropped_lock = threading.Lock()
+        self._dropped_at_stop: list[FileOutcome] = []
 
     def offer(self, hook: Hook, outcome: FileOutcome) -> None:
         if self._finished:
+            self._drop_at_stop(outcome)
             return
         try:
             self._queue.put_nowait((hook, outcome))
@@ -238,10 +245,36 @@ class _Lane:
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
+    def report_dropped(self) -> None:
+        """After the stop flag: count the hooks never run as dropped, and say so in one line."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                self._drop_at_stop(item[1])
+        with self._dropped_lock:
+            dropped, self._dropped_at_stop = self._dropped_at_stop, []
+        if not dropped:
+            return
+        sources = [str(outcome.source) for outcome in dropped]
+        log.warning("hooks_dropped_at_stop", kind=self._kind, count=len(dropped), files=sources[:DROPPED_NAMED],
+                    more=max(0, len(sources) - DROPPED_NAMED))
+        log.debug("hooks_dropped_at_stop_files", kind=self._kind, files=sources)
+
+    def _drop_at_stop(self, outcome: FileOutcome) -> None:
+        self._count(self._kind, "dropped")
+        with self._dropped_lock:
+            self._dropped_at_stop.append(outcome)
+
     def _work(self) -> None:
         while True:
             item = self._queue.get()
-            if item is None or self._stop.is_set():
+            if item is None:
+                return
+            if self._stop.is_set():
+                self._drop_at_stop(item[1])
                 return
             hook, outcome = item
             try:

@@ -150,6 +150,8 @@ def _ready(snapshot: _Snapshot | None) -> tuple[bool, str]:
     alive, text = _alive(snapshot)
     if not alive or snapshot is None:
         return False, text
+    if snapshot.status.get("state") in ("stopping", "stopped"):  # the drain, the hooks' last seconds
+        return False, "stopping"
     view = assess(snapshot.status)
     if view.health is Health.HEALTHY:
         return True, "ready"
