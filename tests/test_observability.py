@@ -400,6 +400,21 @@ def test_a_webhook_redirect_is_not_followed_and_not_retried(tmp_path: Path) -> N
         runner.close(1.0)
 
 
+def test_a_command_hook_that_exits_takes_its_background_children_with_it(tmp_path: Path) -> None:
+    """A hook that starts a background child and exits 0 counts as ok, and the child is killed with the
+    hook's process group rather than left running, never reaped."""
+    child_pid = tmp_path / "child.pid"
+    config = load_config(write_config(tmp_path, [{**inbox_config(tmp_path), "on_done": {
+        "command": ["sh", "-c", f"sleep 1000 & echo $! > {child_pid}"], "timeout": 30}}]))
+    runner = HookRunner()
+    runner(FileOutcome("done", config.inboxes[0], tmp_path / "in" / "a.png", tmp_path / "in-out" / "a.png"))
+    wait_for(lambda: runner.results(), 10, "the hook to end")
+    assert runner.results() == {("command", "ok"): 1}
+    sleeper = int(child_pid.read_text())
+    wait_for(lambda: not Path(f"/proc/{sleeper}").exists() or _zombie(sleeper), 5, "the hook's child to be killed")
+    runner.close(1.0)
+
+
 def test_failure_reasons_fall_into_a_few_label_values_and_webhook_urls_are_logged_without_secrets() -> None:
     """The failure label is one of a few classes, whatever the message; a URL shows only scheme, host and port."""
     assert failure_reason("file is 9 bytes, over the limit of 1 (max_input_bytes)") == "too_large"

@@ -2,7 +2,8 @@
 
 They run in a few threads of their own fed by bounded queues, after the ledger holds the outcome, so a hook
 that hangs or fails can neither lose nor delay a file's own outcome; a full queue drops the hook, logged
-(docs/design.md §9). Commands run without a shell, in their own process group (a timeout kills all of it),
+(docs/design.md §9). Commands run without a shell, in their own process group (killed whole when the command
+exits or times out),
 with the outcome in ``SRD_*`` environment variables. Webhooks are JSON POSTs, retried with a doubling
 back-off. A webhook URL may carry a token: logs show only its scheme and host.
 """
@@ -163,6 +164,7 @@ class HookRunner:
             finally:
                 with self._lock:
                     self._children.discard(child)
+            _kill_group(child)  # what it left running in the background: nothing would ever reap it
             if code != 0:
                 output.seek(max(0, output.seek(0, os.SEEK_END) - STDERR_TAIL_BYTES))
                 log.error("hook_command_failed", program=program, src=str(outcome.source), exit_code=code,
