@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -28,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from srd.config import load_config
 from srd.daemon.fileevents import FileOutcome, failure_reason
 from srd.daemon.hooks import HookRunner, redact_url
+from srd.daemon.metrics import CONNECTION_IDLE_S, MAX_CONNECTIONS
 from srd.observability import Hook
 
 pytestmark = pytest.mark.e2e
@@ -211,6 +213,33 @@ def _ipv6_ok() -> bool:
         return False
 
 
+def test_idle_metrics_connections_are_capped_and_cut_off_so_the_daemon_does_not_grow(tmp_path: Path) -> None:
+    """Forty clients connect and send nothing: at most MAX_CONNECTIONS get a thread (the rest are closed at
+    once), the daemon's threads stay bounded, and after CONNECTION_IDLE_S every idle one is closed and a
+    scrape works again."""
+    port = _free_port()
+    config = write_config(tmp_path, metrics={"listen": f"127.0.0.1:{port}"})
+    with running(config) as daemon:
+        wait_for(lambda: _scrape(port) or None, 10, "a first scrape")
+        threads_before = len(os.listdir(f"/proc/{daemon.proc.pid}/task"))
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=CONNECTION_IDLE_S + 10) for _ in range(40)]
+        try:
+            time.sleep(1)
+            threads = len(os.listdir(f"/proc/{daemon.proc.pid}/task"))
+            assert threads <= threads_before + MAX_CONNECTIONS, (threads_before, threads)
+            started = time.monotonic()
+            for conn in idle:
+                assert conn.recv(1) == b""  # closed by the server: over the cap at once, the rest when idle
+            assert time.monotonic() - started < CONNECTION_IDLE_S + 5
+        finally:
+            for conn in idle:
+                conn.close()
+        assert _scrape(port)
+        assert len(os.listdir(f"/proc/{daemon.proc.pid}/task")) <= threads_before + 2
+        assert daemon.stop() == 0
+        assert "Traceback" not in daemon.log_tail(200)
+
+
 def test_a_metrics_port_in_use_or_a_missing_package_is_a_clear_start_error(tmp_path: Path) -> None:
     """A taken port stops `srd run` at start with exit 10 naming the address; without prometheus_client
     installed, exit 2 saying what to install."""
@@ -344,10 +373,8 @@ def test_at_stop_hooks_never_run_are_counted_and_named_and_readyz_says_stopping(
         daemon.wait_event("daemon_stopping")
         answers = set()
         while daemon.proc.poll() is None:
-            try:
+            with contextlib.suppress(OSError):  # URLError too: the listener has closed, last of all
                 answers.add(_get(f"http://127.0.0.1:{port}/readyz"))
-            except (urllib.error.URLError, OSError):
-                pass  # the listener has closed, last of all
             time.sleep(0.1)
         assert daemon.stop() == 0
     assert (503, "stopping\n") in answers and not any(code == 200 for code, _ in answers), answers

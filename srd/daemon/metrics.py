@@ -11,6 +11,7 @@ the two always agree. Needs the ``srd[metrics]`` extra (docs/design.md §9).
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -34,6 +35,10 @@ from srd.observability import MetricsSettings
 LOOP_STALE_S = 30.0
 JOB_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 MEGAPIXEL_BUCKETS = (0.1, 0.5, 1, 2, 4, 8, 12, 16, 24, 50, 100)
+# Each connection has a thread: an idle or slow client is cut off after this long without a byte either way,
+# and beyond this many at once a new connection is closed unanswered, so no client can grow the daemon.
+CONNECTION_IDLE_S = 10.0
+MAX_CONNECTIONS = 32
 
 HookResults = Callable[[], dict[tuple[str, str], int]]
 
@@ -110,12 +115,38 @@ class MetricsServer:
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True  # a slow scraper never holds the daemon's exit
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # over the cap: closed at once, no thread started
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client gone or cut off at its idle timeout is routine: no traceback on stderr."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
 
 class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = CONNECTION_IDLE_S
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes every few seconds would flood the journal."""
 
