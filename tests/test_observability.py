@@ -188,6 +188,39 @@ def test_metrics_show_the_run_and_agree_with_the_ledger_also_after_a_restart(tmp
         assert daemon.stop() == 0
 
 
+def test_file_counters_never_go_down_across_a_restart_when_one_content_is_seen_in_two_inboxes(
+        tmp_path: Path) -> None:
+    """The same junk bytes fail in inboxes a and b, and the same picture is done in a and a duplicate in b.
+    The ledger keeps one entry per content, but after a restart every srd_files_total series is still there
+    with the count it had: a counter that went down would read as a reset to Prometheus."""
+    port = _free_port()
+    config = write_config(tmp_path, [inbox_config(tmp_path, "a"), inbox_config(tmp_path, "b")],
+                          metrics={"listen": f"127.0.0.1:{port}"})
+    picture = make_image(Path("p.png"), SIZE, 7)
+    with running(config) as daemon:
+        for box in ("a", "b"):
+            (tmp_path / box / "bad.png").write_bytes(b"the same junk in both")
+            (tmp_path / box / "p.png").write_bytes(picture)
+            wait_for(lambda box=box: not (tmp_path / box / "bad.png").exists(), 20, f"{box}/bad.png failed")
+            if box == "a":
+                wait_for(lambda: (tmp_path / "a-out" / "p.png").exists(), 20, "a/p.png done")
+
+        def files_total() -> dict[tuple[tuple[str, str], ...], float]:
+            return {labels: value for (name, labels), value in _scrape(port).items() if name == "srd_files_total"}
+
+        before = wait_for(lambda: (found := files_total()).get(
+            (("inbox", str(tmp_path / "b")), ("outcome", "skipped"), ("reason", "duplicate"))) == 1 and found,
+            10, "the duplicate in b to be counted")
+        for box in ("a", "b"):
+            assert before[(("inbox", str(tmp_path / box)), ("outcome", "failed"), ("reason", "not_an_image"))] == 1
+        assert before[(("inbox", str(tmp_path / "a")), ("outcome", "done"), ("reason", "processed"))] == 1
+        assert daemon.stop() == 0
+    with running(config) as daemon:
+        after = wait_for(lambda: files_total() or None, 10, "a scrape after the restart")
+        assert after == before
+        assert daemon.stop() == 0
+
+
 def test_readyz_turns_503_with_the_reason_when_srd_status_check_says_unhealthy(tmp_path: Path) -> None:
     """An inbox whose folder vanishes makes `srd status --check` exit 9; /readyz then answers 503 naming it,
     while /healthz (the loop is alive) stays 200."""

@@ -3,9 +3,10 @@
 It serves from threads of its own and never touches the loop's state: the loop publishes each status
 document it builds (about once a second), and a scrape turns the latest one into metrics; the job
 histograms are fed from `FileEvents` (prometheus_client's metrics lock themselves). Counters that matter
-across restarts (files done and failed, the last success) come from the status document's counters, which
-the daemon starts from the ledger. ``/readyz`` is `srd status --check`'s verdict on the same document, so
-the two always agree. Needs the ``srd[metrics]`` extra (docs/design.md §9).
+across restarts (files done, failed and skipped, the last success) come from the status document's
+counters, which the daemon starts from the ledger and the last run's status (`inboxes.restart_counters`).
+``/readyz`` is `srd status --check`'s verdict on the same document, so the two always agree. Needs the
+``srd[metrics]`` extra (docs/design.md §9).
 """
 
 from __future__ import annotations
@@ -232,8 +233,8 @@ class _StatusCollector(Collector):
 
 
 def _file_metrics(inboxes: list[dict[str, Any]]) -> Iterator[Metric]:
-    files = CounterMetricFamily("srd_files", "Files by inbox, outcome (done, failed, skipped) and reason; done "
-                                "and failed count from the ledger across restarts", labels=["inbox", "outcome",
+    files = CounterMetricFamily("srd_files", "Files by inbox, outcome (done, failed, skipped) and reason, "
+                                "counted across restarts", labels=["inbox", "outcome",
                                                                                             "reason"])
     last = GaugeMetricFamily("srd_last_success_timestamp_seconds", "When the inbox's last file was processed "
                              "(Unix time)", labels=["inbox"])
