@@ -3,9 +3,9 @@
 They run in a few threads of their own fed by bounded queues, after the ledger holds the outcome, so a hook
 that hangs or fails can neither lose nor delay a file's own outcome; a full queue drops the hook, logged
 (docs/design.md §9). Commands run without a shell, in their own process group (killed whole when the command
-exits or times out),
-with the outcome in ``SRD_*`` environment variables. Webhooks are JSON POSTs, retried with a doubling
-back-off. A webhook URL may carry a token: logs show only its scheme and host.
+exits or times out), with the outcome in ``SRD_*`` environment variables. Webhooks are JSON POSTs, retried
+with a doubling back-off, never redirected. A webhook URL may carry a token: logs show only its scheme and host.
+Hooks still queued at stop are discarded, counted as dropped and named in one log line.
 """
 
 from __future__ import annotations
