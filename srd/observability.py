@@ -91,6 +91,11 @@ def parse_hook(data: Any, where: str, problems: Problems) -> Hook | None:
                                 or not urlsplit(webhook).hostname):
         problems.add(f"{where}.webhook", "expected an http:// or https:// URL")
         return None
+    if webhook is not None and "@" in urlsplit(webhook).netloc:
+        # urllib would take 'user:pass@host' for the host name; a token belongs in the path or query instead.
+        problems.add(f"{where}.webhook", "a user name or password in the URL (user:pass@host) is not supported; "
+                                         "put the receiver's token in the URL's path or query")
+        return None
     if command is None and webhook is None:
         problems.add(where, "give a 'command', a 'webhook' or both")
         return None

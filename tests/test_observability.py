@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from srd.config import load_config
 from srd.daemon.fileevents import FileOutcome, failure_reason
 from srd.daemon.hooks import HookRunner, redact_url
+from srd.daemon.metrics import CONNECTION_IDLE_S, MAX_CONNECTIONS
 from srd.observability import Hook
 
 pytestmark = pytest.mark.e2e
@@ -75,7 +79,8 @@ def _ledger(config: Path) -> list[dict[str, Any]]:
 
 
 class _Receiver:
-    """A local webhook receiver: records each POST's JSON body; answers `status` (or hangs when 0)."""
+    """A local webhook receiver: records each POST's JSON body; answers `status` (a 3xx to /redirected), and
+    records a GET too (a followed redirect)."""
 
     def __init__(self, status: int) -> None:
         self.bodies: list[dict[str, Any]] = []
@@ -88,6 +93,13 @@ class _Receiver:
                 receiver.bodies.append(body)
                 receiver.paths.append(self.path)
                 self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("Location", "/redirected")
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                receiver.paths.append("GET " + self.path)
+                self.send_response(200)
                 self.end_headers()
 
             def log_message(self, *args: Any) -> None:
@@ -176,6 +188,39 @@ def test_metrics_show_the_run_and_agree_with_the_ledger_also_after_a_restart(tmp
         assert daemon.stop() == 0
 
 
+def test_file_counters_never_go_down_across_a_restart_when_one_content_is_seen_in_two_inboxes(
+        tmp_path: Path) -> None:
+    """The same junk bytes fail in inboxes a and b, and the same picture is done in a and a duplicate in b.
+    The ledger keeps one entry per content, but after a restart every srd_files_total series is still there
+    with the count it had: a counter that went down would read as a reset to Prometheus."""
+    port = _free_port()
+    config = write_config(tmp_path, [inbox_config(tmp_path, "a"), inbox_config(tmp_path, "b")],
+                          metrics={"listen": f"127.0.0.1:{port}"})
+    picture = make_image(Path("p.png"), SIZE, 7)
+    with running(config) as daemon:
+        for box in ("a", "b"):
+            (tmp_path / box / "bad.png").write_bytes(b"the same junk in both")
+            (tmp_path / box / "p.png").write_bytes(picture)
+            wait_for(lambda box=box: not (tmp_path / box / "bad.png").exists(), 20, f"{box}/bad.png failed")
+            if box == "a":
+                wait_for(lambda: (tmp_path / "a-out" / "p.png").exists(), 20, "a/p.png done")
+
+        def files_total() -> dict[tuple[tuple[str, str], ...], float]:
+            return {labels: value for (name, labels), value in _scrape(port).items() if name == "srd_files_total"}
+
+        before = wait_for(lambda: (found := files_total()).get(
+            (("inbox", str(tmp_path / "b")), ("outcome", "skipped"), ("reason", "duplicate"))) == 1 and found,
+            10, "the duplicate in b to be counted")
+        for box in ("a", "b"):
+            assert before[(("inbox", str(tmp_path / box)), ("outcome", "failed"), ("reason", "not_an_image"))] == 1
+        assert before[(("inbox", str(tmp_path / "a")), ("outcome", "done"), ("reason", "processed"))] == 1
+        assert daemon.stop() == 0
+    with running(config) as daemon:
+        after = wait_for(lambda: files_total() or None, 10, "a scrape after the restart")
+        assert after == before
+        assert daemon.stop() == 0
+
+
 def test_readyz_turns_503_with_the_reason_when_srd_status_check_says_unhealthy(tmp_path: Path) -> None:
     """An inbox whose folder vanishes makes `srd status --check` exit 9; /readyz then answers 503 naming it,
     while /healthz (the loop is alive) stays 200."""
@@ -199,6 +244,33 @@ def _ipv6_ok() -> bool:
         return True
     except OSError:
         return False
+
+
+def test_idle_metrics_connections_are_capped_and_cut_off_so_the_daemon_does_not_grow(tmp_path: Path) -> None:
+    """Forty clients connect and send nothing: at most MAX_CONNECTIONS get a thread (the rest are closed at
+    once), the daemon's threads stay bounded, and after CONNECTION_IDLE_S every idle one is closed and a
+    scrape works again."""
+    port = _free_port()
+    config = write_config(tmp_path, metrics={"listen": f"127.0.0.1:{port}"})
+    with running(config) as daemon:
+        wait_for(lambda: _scrape(port) or None, 10, "a first scrape")
+        threads_before = len(os.listdir(f"/proc/{daemon.proc.pid}/task"))
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=CONNECTION_IDLE_S + 10) for _ in range(40)]
+        try:
+            time.sleep(1)
+            threads = len(os.listdir(f"/proc/{daemon.proc.pid}/task"))
+            assert threads <= threads_before + MAX_CONNECTIONS, (threads_before, threads)
+            started = time.monotonic()
+            for conn in idle:
+                assert conn.recv(1) == b""  # closed by the server: over the cap at once, the rest when idle
+            assert time.monotonic() - started < CONNECTION_IDLE_S + 5
+        finally:
+            for conn in idle:
+                conn.close()
+        assert _scrape(port)
+        assert len(os.listdir(f"/proc/{daemon.proc.pid}/task")) <= threads_before + 2
+        assert daemon.stop() == 0
+        assert "Traceback" not in daemon.log_tail(200)
 
 
 def test_a_metrics_port_in_use_or_a_missing_package_is_a_clear_start_error(tmp_path: Path) -> None:
@@ -233,6 +305,16 @@ def test_config_rejects_bad_metrics_and_hook_settings(tmp_path: Path) -> None:
     parsed = load_config(write_config(tmp_path, [inbox_config(tmp_path, on_failed={"webhook": "https://h/x"})],
                                       name="ok.yaml"))
     assert parsed.inboxes[0].on_failed == Hook(None, "https://h/x", 30.0) and parsed.metrics is None
+
+
+def test_config_refuses_a_webhook_url_with_credentials(tmp_path: Path) -> None:
+    """A webhook URL with user:pass@ (urllib would resolve 'user:pass@host' as the host name) is a config
+    error naming the hook and saying where a token goes instead, without echoing the password."""
+    config = write_config(tmp_path, [inbox_config(tmp_path, on_failed={"webhook": "http://u:PASSWD@127.0.0.1:9/x"})])
+    result = srd("config", "check", str(config))
+    assert result.returncode == 2
+    assert "'inboxes[0].on_failed.webhook'" in result.stderr and "user:pass@host" in result.stderr
+    assert "PASSWD" not in result.stderr
 
 
 def test_command_and_webhook_hooks_fire_once_per_file_with_the_outcome(tmp_path: Path) -> None:
@@ -304,6 +386,37 @@ def test_hooks_that_hang_or_fail_do_not_delay_any_file(tmp_path: Path) -> None:
         wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists() or _zombie(pid), 5, f"hook {pid} to be killed")
 
 
+def test_at_stop_hooks_never_run_are_counted_and_named_and_readyz_says_stopping(tmp_path: Path) -> None:
+    """Five files done behind a command hook that hangs: two hooks run (and are killed at stop), the three
+    still queued are reported in one `hooks_dropped_at_stop` line with their count and files. While the hooks
+    get their last seconds, the metrics listener is still open and /readyz answers 503 "stopping"."""
+    script = tmp_path / "hook.py"
+    script.write_text(HOOK_SCRIPT)
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    names = [f"p{i}.png" for i in range(5)]
+    port = _free_port()
+    hook = {"command": [sys.executable, str(script), str(calls), "hang"], "timeout": 300}
+    config = write_config(tmp_path, [inbox_config(tmp_path, on_done=hook)], metrics={"listen": f"127.0.0.1:{port}"})
+    with running(config) as daemon:
+        _drop(tmp_path / "in", names)
+        daemon.wait_event("file_processed", count=len(names))
+        wait_for(lambda: len(_hook_calls(calls)) == 2, 10, "both command threads to run a hook")
+        daemon.proc.send_signal(signal.SIGTERM)
+        daemon.wait_event("daemon_stopping")
+        answers = set()
+        while daemon.proc.poll() is None:
+            with contextlib.suppress(OSError):  # URLError too: the listener has closed, last of all
+                answers.add(_get(f"http://127.0.0.1:{port}/readyz"))
+            time.sleep(0.1)
+        assert daemon.stop() == 0
+    assert (503, "stopping\n") in answers and not any(code == 200 for code, _ in answers), answers
+    [dropped] = daemon.events("hooks_dropped_at_stop")
+    assert dropped["kind"] == "command" and dropped["count"] == 3 and dropped["more"] == 0
+    ran = {Path(env["SRD_SOURCE"]).name for env in _hook_calls(calls)}
+    assert sorted(Path(src).name for src in dropped["files"]) == sorted(set(names) - ran)
+
+
 def _zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
@@ -331,6 +444,35 @@ def test_a_command_hook_past_its_timeout_is_killed_with_its_children(tmp_path: P
     assert [env["SRD_REASON"] for env in _hook_calls(tmp_path)] == ["bad"]
     runner.close(1.0)
     assert os.environ.get("SRD_STATUS") is None  # the variables go to the hook only
+
+
+def test_a_webhook_redirect_is_not_followed_and_not_retried(tmp_path: Path) -> None:
+    """A 302 answer ends the hook as failed ('HTTP 302') after one POST: urllib would follow it as a GET
+    without the body, and sending the same POST again would get the same answer."""
+    config = load_config(write_config(tmp_path, [inbox_config(tmp_path)]))
+    with _receiver(302) as receiver:
+        runner = HookRunner()
+        inbox = replace(config.inboxes[0], on_done=Hook(None, receiver.url + "/x", 5.0))
+        runner(FileOutcome("done", inbox, tmp_path / "in" / "a.png", tmp_path / "in-out" / "a.png"))
+        wait_for(lambda: runner.results(), 10, "the webhook to end")
+        assert runner.results() == {("webhook", "failed"): 1}
+        assert receiver.paths == ["/x"]
+        runner.close(1.0)
+
+
+def test_a_command_hook_that_exits_takes_its_background_children_with_it(tmp_path: Path) -> None:
+    """A hook that starts a background child and exits 0 counts as ok, and the child is killed with the
+    hook's process group rather than left running, never reaped."""
+    child_pid = tmp_path / "child.pid"
+    config = load_config(write_config(tmp_path, [{**inbox_config(tmp_path), "on_done": {
+        "command": ["sh", "-c", f"sleep 1000 & echo $! > {child_pid}"], "timeout": 30}}]))
+    runner = HookRunner()
+    runner(FileOutcome("done", config.inboxes[0], tmp_path / "in" / "a.png", tmp_path / "in-out" / "a.png"))
+    wait_for(lambda: runner.results(), 10, "the hook to end")
+    assert runner.results() == {("command", "ok"): 1}
+    sleeper = int(child_pid.read_text())
+    wait_for(lambda: not Path(f"/proc/{sleeper}").exists() or _zombie(sleeper), 5, "the hook's child to be killed")
+    runner.close(1.0)
 
 
 def test_failure_reasons_fall_into_a_few_label_values_and_webhook_urls_are_logged_without_secrets() -> None:

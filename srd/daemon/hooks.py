@@ -2,9 +2,10 @@
 
 They run in a few threads of their own fed by bounded queues, after the ledger holds the outcome, so a hook
 that hangs or fails can neither lose nor delay a file's own outcome; a full queue drops the hook, logged
-(docs/design.md §9). Commands run without a shell, in their own process group (a timeout kills all of it),
-with the outcome in ``SRD_*`` environment variables. Webhooks are JSON POSTs, retried with a doubling
-back-off. A webhook URL may carry a token: logs show only its scheme and host.
+(docs/design.md §9). Commands run without a shell, in their own process group (killed whole when the command
+exits or times out), with the outcome in ``SRD_*`` environment variables. Webhooks are JSON POSTs, retried
+with a doubling back-off, never redirected. A webhook URL may carry a token: logs show only its scheme and host.
+Hooks still queued at stop are discarded, counted as dropped and named in one log line.
 """
 
 from __future__ import annotations
@@ -39,8 +40,20 @@ QUEUE_SIZE = 1000  # outcomes waiting per kind; beyond this a hook is dropped, n
 WEBHOOK_ATTEMPTS = 5
 WEBHOOK_FIRST_BACKOFF_S = 1.0  # then 2, 4, 8 s
 STDERR_TAIL_BYTES = 500
+DROPPED_NAMED = 10  # the stop's summary line names this many of the hooks it dropped; debug names them all
 # systemd's channel to srd itself: a hook speaking on it would be taken for the daemon.
 _SERVICE_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC")
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect answer ends the attempt as `HTTP 3xx`: followed, a POST would turn into a GET without its
+    body (301, 302, 303) or reach a host the config never named."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirects)
 
 
 def redact_url(url: str) -> str:
@@ -118,6 +131,9 @@ class HookRunner:
             children = list(self._children)
         for child in children:
             _kill_group(child)
+        for lane in self._lanes.values():
+            lane.join(time.monotonic() + 1.0)  # a killed command's thread counts its result, then sees the flag
+            lane.report_dropped()
 
     def _count(self, kind: str, result: str) -> None:
         with self._lock:
@@ -148,6 +164,7 @@ class HookRunner:
             finally:
                 with self._lock:
                     self._children.discard(child)
+            _kill_group(child)  # what it left running in the background: nothing would ever reap it
             if code != 0:
                 output.seek(max(0, output.seek(0, os.SEEK_END) - STDERR_TAIL_BYTES))
                 log.error("hook_command_failed", program=program, src=str(outcome.source), exit_code=code,
@@ -166,14 +183,14 @@ class HookRunner:
             request = urllib.request.Request(hook.webhook, data=body, method="POST",
                                              headers={"Content-Type": "application/json", "User-Agent": "srd"})
             try:
-                with urllib.request.urlopen(request, timeout=hook.timeout) as response:
+                with _opener.open(request, timeout=hook.timeout) as response:
                     response.read(65536)
                 log.debug("hook_webhook_done", url=shown, src=str(outcome.source), attempt=attempt)
                 return "ok"
             except urllib.error.HTTPError as exc:
                 error = f"HTTP {exc.code}"
-                if 400 <= exc.code < 500 and exc.code not in (408, 429):
-                    break  # the receiver refuses this request: sending it again changes nothing
+                if 300 <= exc.code < 500 and exc.code not in (408, 429):
+                    break  # a redirect, or the receiver refuses this request: sending it again changes nothing
             except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
                 reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
                 error = str(reason)
@@ -199,9 +216,12 @@ class _Lane:
         self._queue: queue.Queue[tuple[Hook, FileOutcome] | None] = queue.Queue(QUEUE_SIZE)
         self._threads: list[threading.Thread] = []
         self._finished = False
+        self._dropped_lock = threading.Lock()
+        self._dropped_at_stop: list[FileOutcome] = []
 
     def offer(self, hook: Hook, outcome: FileOutcome) -> None:
         if self._finished:
+            self._drop_at_stop(outcome)
             return
         try:
             self._queue.put_nowait((hook, outcome))
@@ -227,10 +247,36 @@ class _Lane:
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
+    def report_dropped(self) -> None:
+        """After the stop flag: count the hooks never run as dropped, and say so in one line."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                self._drop_at_stop(item[1])
+        with self._dropped_lock:
+            dropped, self._dropped_at_stop = self._dropped_at_stop, []
+        if not dropped:
+            return
+        sources = [str(outcome.source) for outcome in dropped]
+        log.warning("hooks_dropped_at_stop", kind=self._kind, count=len(dropped), files=sources[:DROPPED_NAMED],
+                    more=max(0, len(sources) - DROPPED_NAMED))
+        log.debug("hooks_dropped_at_stop_files", kind=self._kind, files=sources)
+
+    def _drop_at_stop(self, outcome: FileOutcome) -> None:
+        self._count(self._kind, "dropped")
+        with self._dropped_lock:
+            self._dropped_at_stop.append(outcome)
+
     def _work(self) -> None:
         while True:
             item = self._queue.get()
-            if item is None or self._stop.is_set():
+            if item is None:
+                return
+            if self._stop.is_set():
+                self._drop_at_stop(item[1])
                 return
             hook, outcome = item
             try:

@@ -6,14 +6,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from srd.config import Config, Inbox, Profile
 from srd.daemon.fileevents import failure_reason
 from srd.daemon.settle import SettleTracker
+from srd.daemon.status import read_status
 from srd.daemon.watch import InboxWatcher
 from srd.engine.pipeline import StageContext
+from srd.errors import SrdError
 from srd.fs.atomic import clean_stale_temps
 from srd.fs.fileversion import FileVersion
 from srd.ledger import Ledger, State
@@ -62,6 +65,46 @@ class Counters:
     def count_success(self) -> None:
         self.done += 1
         self.last_success = datetime.now(UTC).isoformat(timespec="seconds")
+
+    def raise_to(self, published: dict[str, Any]) -> None:
+        """No count below what an inbox's entry in a status document (the last run's) said."""
+        self.done = max(self.done, _count(published.get("done")))
+        self.duplicates = max(self.duplicates, _count(published.get("duplicates")))
+        self.skipped = max(self.skipped, _count(published.get("skipped")))
+        by_reason = published.get("failed_by_reason")
+        for reason, count in (by_reason.items() if isinstance(by_reason, dict) else ()):
+            self.failed_by_reason[reason] = max(self.failed_by_reason.get(reason, 0), _count(count))
+        self.failed = max(self.failed, _count(published.get("failed")), sum(self.failed_by_reason.values()))
+        last = published.get("last_success")
+        if isinstance(last, str) and (self.last_success is None or last > self.last_success):
+            self.last_success = last  # both ISO 8601 UTC to the second: they sort as text
+        if self.last_error is None and isinstance(published.get("last_error"), dict):
+            self.last_error = published["last_error"]
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def restart_counters(ledger: Ledger) -> dict[str, Counters]:
+    """Per inbox id, the counters a starting daemon takes up: what the ledger holds, raised to what the
+    last run published in ``status.json``.
+
+    The ledger alone can say less than the last run counted: it keeps one entry per content and profile, so
+    the same bytes failed in two inboxes count once (for the later inbox), a retried failure no longer counts
+    as failed, and duplicates and skips are not in it at all. Counters that went down at a restart would
+    read as a reset to Prometheus.
+    """
+    counters = ledger_counters(ledger)
+    try:
+        last_run = read_status(ledger.state_dir) or {}
+    except SrdError as exc:  # damaged or unreadable: the ledger's counts still hold
+        log.warning("last_status_unreadable", error=str(exc))
+        last_run = {}
+    for published in last_run.get("inboxes", []):
+        if isinstance(published.get("path"), str):
+            counters.setdefault(published["path"], Counters()).raise_to(published)
+    return counters
 
 
 def ledger_counters(ledger: Ledger) -> dict[str, Counters]:

@@ -36,8 +36,8 @@ from srd.daemon.inboxes import (
     InboxRuntime,
     fingerprints,
     inbox_id,
-    ledger_counters,
     prepare_folders,
+    restart_counters,
     start_watchers,
 )
 from srd.daemon.lifecycle import Lifecycle, SettleToken, recover_unfinished
@@ -468,12 +468,12 @@ def _new_runtimes(ctx: Context, config: Config, prints: dict[str, str], build_wa
                   sink: Callable[[Hint | None], None]) -> dict[str, InboxRuntime]:
     """Runtimes for `config`, watchers not started; an inbox whose profile is unchanged keeps its memory.
 
-    Also starts the counters of inboxes not counted yet from the ledger.
+    Also starts the counters of inboxes not counted yet (`restart_counters`).
     """
     old = ctx.runtimes
     runtimes: dict[str, InboxRuntime] = {}
     counters = ctx.counters
-    seeds = ledger_counters(ctx.ledger) if any(inbox_id(i) not in counters for i in config.inboxes) else {}
+    seeds = restart_counters(ctx.ledger) if any(inbox_id(i) not in counters for i in config.inboxes) else {}
     for index, inbox in enumerate(config.inboxes):
         key = inbox_id(inbox)
         watcher = build_watcher(index, inbox, sink)

@@ -3,14 +3,16 @@
 It serves from threads of its own and never touches the loop's state: the loop publishes each status
 document it builds (about once a second), and a scrape turns the latest one into metrics; the job
 histograms are fed from `FileEvents` (prometheus_client's metrics lock themselves). Counters that matter
-across restarts (files done and failed, the last success) come from the status document's counters, which
-the daemon starts from the ledger. ``/readyz`` is `srd status --check`'s verdict on the same document, so
-the two always agree. Needs the ``srd[metrics]`` extra (docs/design.md §9).
+across restarts (files done, failed and skipped, the last success) come from the status document's
+counters, which the daemon starts from the ledger and the last run's status (`inboxes.restart_counters`).
+``/readyz`` is `srd status --check`'s verdict on the same document, so the two always agree. Needs the
+``srd[metrics]`` extra (docs/design.md §9).
 """
 
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -34,6 +36,10 @@ from srd.observability import MetricsSettings
 LOOP_STALE_S = 30.0
 JOB_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 MEGAPIXEL_BUCKETS = (0.1, 0.5, 1, 2, 4, 8, 12, 16, 24, 50, 100)
+# Each connection has a thread: an idle or slow client is cut off after this long without a byte either way,
+# and beyond this many at once a new connection is closed unanswered, so no client can grow the daemon.
+CONNECTION_IDLE_S = 10.0
+MAX_CONNECTIONS = 32
 
 HookResults = Callable[[], dict[tuple[str, str], int]]
 
@@ -110,12 +116,38 @@ class MetricsServer:
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True  # a slow scraper never holds the daemon's exit
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # over the cap: closed at once, no thread started
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client gone or cut off at its idle timeout is routine: no traceback on stderr."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
 
 class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = CONNECTION_IDLE_S
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes every few seconds would flood the journal."""
 
@@ -150,6 +182,8 @@ def _ready(snapshot: _Snapshot | None) -> tuple[bool, str]:
     alive, text = _alive(snapshot)
     if not alive or snapshot is None:
         return False, text
+    if snapshot.status.get("state") in ("stopping", "stopped"):  # the drain, the hooks' last seconds
+        return False, "stopping"
     view = assess(snapshot.status)
     if view.health is Health.HEALTHY:
         return True, "ready"
@@ -199,8 +233,8 @@ class _StatusCollector(Collector):
 
 
 def _file_metrics(inboxes: list[dict[str, Any]]) -> Iterator[Metric]:
-    files = CounterMetricFamily("srd_files", "Files by inbox, outcome (done, failed, skipped) and reason; done "
-                                "and failed count from the ledger across restarts", labels=["inbox", "outcome",
+    files = CounterMetricFamily("srd_files", "Files by inbox, outcome (done, failed, skipped) and reason, "
+                                "counted across restarts", labels=["inbox", "outcome",
                                                                                             "reason"])
     last = GaugeMetricFamily("srd_last_success_timestamp_seconds", "When the inbox's last file was processed "
                              "(Unix time)", labels=["inbox"])

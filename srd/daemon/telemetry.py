@@ -51,7 +51,8 @@ class Telemetry:
             self.metrics.publish(status)
 
     def close(self) -> None:
-        """Stop the listener first (a scraper sees the daemon go), then give the hooks their last seconds."""
+        """Give the hooks their last seconds, then stop the listener: until it closes, /readyz answers 503
+        "stopping", so a prober sees the daemon go rather than a refused connection."""
+        self.hooks.close(HOOKS_CLOSE_WAIT_S)
         if self.metrics is not None:
             self.metrics.close()
-        self.hooks.close(HOOKS_CLOSE_WAIT_S)
