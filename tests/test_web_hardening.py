@@ -37,12 +37,13 @@ def _uploads_left(inbox: Path) -> list[str]:
 def test_requests_for_a_foreign_host_name_are_refused_before_any_handler(tmp_path: Path) -> None:
     """A rebound name (Host: attacker.example) gets 421 for the page, the API and an upload, and nothing is
     stored; the listen address, localhost and a name in web.allowed_hosts are served."""
-    config = _config(tmp_path, allowed_hosts=["srd.example.com"])
+    config = _config(tmp_path, allowed_hosts=["srd.example.com", "Photos.Example.org"])
     web = WebProcess(config)
     try:
         client = Client(web.port)
         port = web.port
-        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "srd.example.com", f"SRD.example.com:{port}"):
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "srd.example.com", f"SRD.example.com:{port}",
+                     "photos.example.org"):  # names compare case-insensitively, as DNS does
             assert client.get("/", {"host": host}).status == 200, host
         rebound = {"host": f"attacker.example:{port}", "origin": f"http://attacker.example:{port}"}
         for path in ("/", "/api/files", "/static/app.js"):

@@ -38,7 +38,7 @@ class HostCheck:
 
     def __init__(self, app: ASGIApp, listen: str, allowed_hosts: tuple[str, ...]) -> None:
         self._app = app
-        self._allowed = {*_LOCAL_NAMES, listen.lower(), *allowed_hosts}
+        self._allowed = {*_LOCAL_NAMES, listen.lower(), *(name.lower().rstrip(".") for name in allowed_hosts)}
 
     def allowed(self, header: str | None) -> bool:
         if not header:
