@@ -23,7 +23,8 @@ from srd.config.schema import (
 from srd.config.sections import check_upscale_models, parse_inbox, parse_profile, resolve_path
 from srd.config.services import parse_executor, parse_web
 from srd.engine.pipeline import Upscale
-from srd.engine.upscaler import CHROMA_INTERPOLATIONS, ONNX_ENGINES, EngineSettings
+from srd.engine.runtime import ONNX_ENGINES
+from srd.engine.upscaler import CHROMA_INTERPOLATIONS, EngineSettings
 from srd.errors import ConfigError
 from srd.imaging.imageio import DEFAULT_MAX_INPUT_BYTES
 from srd.observability import parse_metrics

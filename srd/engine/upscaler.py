@@ -14,10 +14,10 @@ import numpy as np
 
 from srd.engine.conventions import LUMA_CONVENTIONS, convention_for
 from srd.engine.registry import ModelSpec
+from srd.engine.runtime import OpenCvRuntime, Session
 from srd.engine.tiling import upscale_tiled
 from srd.errors import ModelError
 
-ONNX_ENGINES = {"classic": cv2.dnn.ENGINE_CLASSIC, "new": cv2.dnn.ENGINE_NEW, "auto": cv2.dnn.ENGINE_AUTO}
 CHROMA_INTERPOLATIONS = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR}
 
 
@@ -40,40 +40,6 @@ class EngineSettings:
     threads: int | None = None
 
 
-def _register_zoo_layers() -> None:
-    """Make the zoo graphs' DepthToSpace loadable.
-
-    Their DepthToSpace nodes carry no `blocksize`, which OpenCV's built-in layer requires; creating
-    a `DnnSuperResImpl` registers dnn_superres's own DepthToSpace (it infers the block size from
-    the channel count) for the whole process.
-    """
-    cv2.dnn_superres.DnnSuperResImpl.create()
-
-
-def load_net(spec: ModelSpec, onnx_engine: str = "classic") -> cv2.dnn.Net:
-    """Read the network of `spec` with OpenCV DNN.
-
-    Raises:
-        ModelError: the file is missing or OpenCV can't parse it.
-    """
-    if not spec.path.is_file():
-        raise ModelError(f"model file not found: {spec.path}")
-    try:
-        if spec.format == "onnx":
-            net = cv2.dnn.readNetFromONNX(str(spec.path), engine=ONNX_ENGINES[onnx_engine])
-        elif spec.format == "tensorflow":
-            _register_zoo_layers()
-            # dnn_superres loads these with the classic engine; the new one mishandled them (opencv_contrib#3833).
-            net = cv2.dnn.readNetFromTensorflow(str(spec.path), engine=cv2.dnn.ENGINE_CLASSIC)
-        else:
-            raise ModelError(f"{spec.path}: unknown model format {spec.format!r}")
-    except cv2.error as exc:
-        raise ModelError(f"{spec.path}: OpenCV cannot load this model ({exc.err})") from exc
-    if net.empty():
-        raise ModelError(f"{spec.path}: OpenCV loaded an empty network")
-    return net
-
-
 class Upscaler:
     """A loaded model plus the settings to apply it to whole pictures."""
 
@@ -82,7 +48,8 @@ class Upscaler:
             cv2.setNumThreads(settings.threads)
         self.spec = spec
         self.settings = settings
-        self._net = load_net(spec, settings.onnx_engine)
+        self._runtime = OpenCvRuntime(spec, settings.onnx_engine)
+        self._session: Session = self._runtime.open_session()
 
     @property
     def scale(self) -> int:
@@ -123,8 +90,7 @@ class Upscaler:
         target = np.empty((source.shape[0] * scale, source.shape[1] * scale, *source.shape[2:]), source.dtype)
 
         def run_tile(tile: np.ndarray) -> np.ndarray:
-            self._net.setInput(convention.to_blob(tile))
-            out = self._net.forward()
+            out = self._session.run(convention.to_blob(tile))
             expected = (tile.shape[0] * scale, tile.shape[1] * scale)
             if out.shape[2:] != expected:
                 raise ModelError(

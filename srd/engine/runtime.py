@@ -1,0 +1,103 @@
+"""Inference runtimes: what runs one model on one blob. The tiling and colour handling around it are the
+`Upscaler`'s, the same for every runtime.
+
+A `Runtime` is a loaded model that opens `Session`s; a session runs one NCHW float32 blob at a time and is
+used by one thread at a time (an OpenCV `Net` is not thread-safe), so running tiles in parallel takes one
+session per thread.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from srd.engine.registry import ModelSpec
+from srd.errors import ModelError
+
+ONNX_ENGINES = {"classic": cv2.dnn.ENGINE_CLASSIC, "new": cv2.dnn.ENGINE_NEW, "auto": cv2.dnn.ENGINE_AUTO}
+
+
+class Session(Protocol):
+    """Runs the model on one blob; one thread at a time."""
+
+    def run(self, blob: np.ndarray) -> np.ndarray:
+        """The model's output for an NCHW float32 `blob`."""
+        ...
+
+
+class Runtime(Protocol):
+    """A model loaded for one inference library."""
+
+    name: str
+
+    def open_session(self) -> Session:
+        """A session of its own for the calling thread."""
+        ...
+
+
+def _register_zoo_layers() -> None:
+    """Make the zoo graphs' DepthToSpace loadable.
+
+    Their DepthToSpace nodes carry no `blocksize`, which OpenCV's built-in layer requires; creating
+    a `DnnSuperResImpl` registers dnn_superres's own DepthToSpace (it infers the block size from
+    the channel count) for the whole process.
+    """
+    cv2.dnn_superres.DnnSuperResImpl.create()
+
+
+def load_net(spec: ModelSpec, onnx_engine: str = "classic") -> cv2.dnn.Net:
+    """Read the network of `spec` with OpenCV DNN.
+
+    Raises:
+        ModelError: the file is missing or OpenCV can't parse it.
+    """
+    if not spec.path.is_file():
+        raise ModelError(f"model file not found: {spec.path}")
+    try:
+        if spec.format == "onnx":
+            net = cv2.dnn.readNetFromONNX(str(spec.path), engine=ONNX_ENGINES[onnx_engine])
+        elif spec.format == "tensorflow":
+            _register_zoo_layers()
+            # dnn_superres loads these with the classic engine; the new one mishandled them (opencv_contrib#3833).
+            net = cv2.dnn.readNetFromTensorflow(str(spec.path), engine=cv2.dnn.ENGINE_CLASSIC)
+        else:
+            raise ModelError(f"{spec.path}: unknown model format {spec.format!r}")
+    except cv2.error as exc:
+        raise ModelError(f"{spec.path}: OpenCV cannot load this model ({exc.err})") from exc
+    if net.empty():
+        raise ModelError(f"{spec.path}: OpenCV loaded an empty network")
+    return net
+
+
+class OpenCvSession:
+    """One OpenCV `Net`: its own copy of the model, for one thread."""
+
+    def __init__(self, net: cv2.dnn.Net) -> None:
+        self._net = net
+
+    def run(self, blob: np.ndarray) -> np.ndarray:
+        self._net.setInput(blob)
+        return self._net.forward()
+
+
+class OpenCvRuntime:
+    """OpenCV's DNN module (the default: no dependency beyond OpenCV itself).
+
+    The first session is the one loaded to check the model, so a model that can't be read fails at
+    construction; each further session reads the file again (a `Net` can't be shared between threads).
+    """
+
+    name = "opencv"
+
+    def __init__(self, spec: ModelSpec, onnx_engine: str = "classic") -> None:
+        self._spec = spec
+        self._onnx_engine = onnx_engine
+        self._first: OpenCvSession | None = OpenCvSession(load_net(spec, onnx_engine))
+
+    def open_session(self) -> OpenCvSession:
+        if self._first is not None:
+            session, self._first = self._first, None
+            return session
+        return OpenCvSession(load_net(self._spec, self._onnx_engine))
