@@ -72,3 +72,23 @@ def test_speed_compares_models_over_alternating_rounds(zoo: Path, capsys: pytest
             assert abs(float(ratio) - exact) <= 0.005 + exact * (0.005 / median + 0.005 / first)
         else:
             assert ratio == "–"
+
+
+def test_quality_on_jpeg_degraded_inputs_with_denoise_and_ensemble_rows(
+    bench: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--degrade jpeg:Q` compresses the LR inputs (scored against the clean HR, so every method loses against
+    the clean protocol, more at a lower quality); `--denoise` and `--ensemble` add their rows in the same run."""
+    figures = {}
+    for quality in (50, 90):
+        out = run_cli(capsys, "bench", "quality", "--set", bench / "Set5", "--scale", 2, "-m", "edsr-lite",
+                      "--degrade", f"jpeg:{quality}", "--denoise", 5, "--ensemble", 2)
+        assert f"LR inputs as JPEG q{quality} 4:2:0" in out
+        figures[quality] = {row[0]: float(row[1]) for row in table(out)}
+    assert set(figures[50]) == {"bicubic (MATLAB)", "edsr-lite x2", "edsr-lite x2, ensemble 2",
+                                "denoise 5 + edsr-lite x2"}
+    assert figures[50]["bicubic (MATLAB)"] < figures[90]["bicubic (MATLAB)"] < 33.68
+    assert figures[50]["edsr-lite x2"] < figures[90]["edsr-lite x2"] < 37.45
+    with pytest.raises(SystemExit):
+        main(["bench", "quality", "--set", str(bench / "Set5"), "--scale", "2", "--degrade", "jpeg:200"])
+    assert "use jpeg:Q" in capsys.readouterr().err

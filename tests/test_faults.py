@@ -290,11 +290,13 @@ def test_a_stuck_worker_is_shown_in_status_killed_at_its_derived_limit_and_the_j
 
 def test_the_derived_limit_grows_with_pixels_and_model_cost_and_keeps_its_floor() -> None:
     """20 × the measured cost: a 12 MP photo through edsr-lite ×2 gets 20 × 66 s; a thumbnail gets the floor;
-    a model never measured is assumed as slow as the slowest measured one."""
-    def profile(model: str) -> Profile:
-        return Profile("p", Pipeline((Upscale(model=model, scale=2),)))
+    a model never measured is assumed as slow as the slowest measured one; an ensemble runs the model once per
+    copy."""
+    def profile(model: str, ensemble: int = 1) -> Profile:
+        return Profile("p", Pipeline((Upscale(model=model, scale=2, ensemble=ensemble),)))
 
     assert job_time_limit(profile("edsr-lite"), 12_000_000, floor=120) == pytest.approx(20 * 12 * 5.5)
+    assert job_time_limit(profile("edsr-lite", 8), 12_000_000, floor=120) == pytest.approx(8 * 20 * 12 * 5.5)
     assert job_time_limit(profile("/m/ESPCN_x2.pb"), 64 * 64, floor=120) == 120
     assert us_per_pixel("FSRCNN-small_x2.pb") == 0.8 and us_per_pixel("FSRCNN_x2.pb") == 1.6
     assert us_per_pixel("EDSR_x4.pb") == 350.0 and us_per_pixel("edsr-lite_x2.onnx") == 5.5

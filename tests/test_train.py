@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from srd.quality.bicubic import imresize, make_lr  # noqa: E402
+from srd.quality.degrade import PhotoMix  # noqa: E402
 from srd.quality.metrics import crop_to_multiple  # noqa: E402
 from srd.train import checkpoint  # noqa: E402
 from srd.train import export as srd_export  # noqa: E402
@@ -57,11 +58,13 @@ def tiny_config(tmp_path: Path, train_dir: Path, iters: int, **kw: object) -> Tr
 
 
 @pytest.mark.e2e
-def test_resume_continues_exactly(tmp_path: Path, train_dir: Path) -> None:
-    """Stopping after 3 iterations and resuming to 6 gives the same weights as 6 iterations straight."""
-    straight = tiny_config(tmp_path / "a", train_dir, 6)
+@pytest.mark.parametrize("degrade", [None, "photo"])
+def test_resume_continues_exactly(tmp_path: Path, train_dir: Path, degrade: str | None) -> None:
+    """Stopping after 3 iterations and resuming to 6 gives the same weights as 6 iterations straight, also when
+    every LR patch is a random degradation of its HR patch (the draws come from the checkpointed generator)."""
+    straight = tiny_config(tmp_path / "a", train_dir, 6, degrade=degrade)
     assert train(straight)
-    resumed = tiny_config(tmp_path / "b", train_dir, 3)
+    resumed = tiny_config(tmp_path / "b", train_dir, 3, degrade=degrade)
     assert train(resumed)
     assert train(dataclasses.replace(resumed, iters=6))
     a = checkpoint.load(straight.run_dir / "last.pt")
@@ -70,8 +73,9 @@ def test_resume_continues_exactly(tmp_path: Path, train_dir: Path) -> None:
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     assert [it for it, _ in b["history"]] == [3, 6]
-    evals = re.findall(r"Set5 x2 PSNR-Y [\d.]+ dB, Set14 [\d.]+ dB", (resumed.run_dir / "train.log").read_text())
-    assert len(evals) == 2
+    evals = re.findall(r"Set5 x2 PSNR-Y [\d.]+ dB, Set14 [\d.]+ dB \(torch fp32(.*)\)",
+                       (resumed.run_dir / "train.log").read_text())
+    assert evals == ["", ""] if degrade is None else [", JPEG q75 4:2:0 inputs"] * 2
 
 
 @pytest.mark.e2e
@@ -221,6 +225,17 @@ def test_hard_patches_come_only_from_where_bicubic_fails() -> None:
     assert hard.hard is not None and len(hard.hard) == 14 and (hard.hard[:, 2] >= 48).all()
     assert flat_patches(hard) == 0
     assert flat_patches(PatchSampler([pair], 2, 16, seed=0)) > 0
+
+
+def test_photo_patches_are_degraded_from_their_hr_patch_the_same_way_under_the_same_seed() -> None:
+    hr = np.random.default_rng(1).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    hr = cv2.GaussianBlur(hr, (0, 0), 1.5)
+    pair = Pair("noise", hr, make_lr(hr, 2))
+    clean_lr, clean_hr = PatchSampler([pair], 2, 24, seed=5).batch(8)
+    photo = [PatchSampler([pair], 2, 24, seed=5, photo_mix=PhotoMix()).batch(8) for _ in range(2)]
+    assert np.array_equal(photo[0][0], photo[1][0]) and np.array_equal(photo[0][1], photo[1][1])
+    assert photo[0][0].shape == clean_lr.shape and photo[0][1].shape == clean_hr.shape
+    assert not np.array_equal(photo[0][0], clean_lr)
 
 
 @pytest.mark.e2e

@@ -14,6 +14,7 @@ from pathlib import Path
 from srd import __version__
 from srd.cli.daemon_cli import add_commands as add_daemon_commands
 from srd.config import Config, check_real_folders, load_config
+from srd.engine.ensemble import ENSEMBLE_SIZES
 from srd.engine.pipeline import StageContext
 from srd.engine.registry import ModelSpec, available_models, resolve_model, user_models_dir
 from srd.engine.upscaler import EngineSettings
@@ -33,6 +34,7 @@ from srd.interrupts import Terminated
 from srd.ledger import LedgerError
 from srd.logs import configure_logging
 from srd.oneshot import run_process
+from srd.quality.degrade import BenchDegradation
 from srd.terminal import printable
 from srd.web.command import add_commands as add_web_commands
 
@@ -141,6 +143,12 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpar
     quality.add_argument("--model", "-m", action="append", default=[], help="model name or file; repeatable")
     quality.add_argument("--upsample", action="store_true", help="also run zoo .pb files through upsample()")
     quality.add_argument("--per-image", action="store_true", help="also print each image's PSNR-Y")
+    quality.add_argument("--degrade", type=_degradation, metavar="jpeg:Q",
+                         help="compress the LR inputs as JPEGs of quality Q (4:2:0) first; scored against clean HR")
+    quality.add_argument("--denoise", type=float, action="append", default=[], metavar="H",
+                         help="also run each model after the denoise stage at strength H; repeatable")
+    quality.add_argument("--ensemble", type=int, choices=ENSEMBLE_SIZES, default=1,
+                         help="also run each model as a self-ensemble of this many flips/rotations")
     quality.add_argument("--config", "-c", type=Path, help="YAML config (model_dirs, engine)")
     _add_engine_options(quality)
     speed = bench_sub.add_parser("speed", help="µs per LR pixel and peak RSS for several tile sizes",
@@ -159,6 +167,13 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpar
                            add_help=False)
     train.add_argument("train_args", nargs=argparse.REMAINDER)
     return parser, {**add_daemon_commands(sub), **add_web_commands(sub)}
+
+
+def _degradation(text: str) -> BenchDegradation:
+    try:
+        return BenchDegradation.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _engine_from(config: Config, args: argparse.Namespace, default_threads: int | None) -> EngineSettings:
@@ -259,8 +274,10 @@ def _run_bench(args: argparse.Namespace) -> ExitCode:
 def _print_bench_quality(args: argparse.Namespace, specs: list[ModelSpec], engine: EngineSettings) -> None:
     from srd.quality import bench
 
-    rows = bench.bench_quality(args.set, args.scale, specs, engine, with_upsample=args.upsample)
-    print(f"{args.set.name} x{args.scale}  (standard protocol, tile {engine.tile}, pad {engine.tile_pad})")
+    rows = bench.bench_quality(args.set, args.scale, specs, engine, with_upsample=args.upsample,
+                               degradation=args.degrade, denoise=args.denoise, ensemble=args.ensemble)
+    protocol = "standard protocol" + (f", LR inputs as {args.degrade.label}" if args.degrade else "")
+    print(f"{args.set.name} x{args.scale}  ({protocol}, tile {engine.tile}, pad {engine.tile_pad})")
     print(f"| {'method':<42} | PSNR-Y (dB) | SSIM-Y |")
     print(f"|{'-' * 44}|-------------|--------|")
     for row in rows:

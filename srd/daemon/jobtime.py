@@ -42,7 +42,7 @@ def expected_seconds(profile: Profile, pixels: int) -> float:
     total_us = 0.0
     for stage in profile.pipeline.stages:
         if isinstance(stage, Upscale):
-            total_us += pixels * us_per_pixel(stage.model)
+            total_us += pixels * us_per_pixel(stage.model) * stage.ensemble  # one run per ensemble copy
             pixels = int(pixels * stage.scale * stage.scale)
     return total_us / 1e6
 

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from srd.engine.conventions import CONVENTIONS
+from srd.engine.ensemble import ENSEMBLE_SIZES
 from srd.engine.registry import ModelSpec, file_sha256, resolve_model
 from srd.engine.upscaler import EngineSettings, Upscaler
 from srd.errors import ModelError
@@ -178,17 +179,21 @@ class Upscale:
     """Super-resolution by `scale` with `model` (a name like 'edsr-lite' or a model file path).
 
     A scale with no model of its own (e.g. 1.5) runs the smallest available larger model scale
-    and then area-resamples to the exact size.
+    and then area-resamples to the exact size. `ensemble` above 1 averages that many flipped/rotated runs of
+    every tile (`srd.engine.ensemble`): more quality for that many times the time.
     """
 
     model: str = "edsr-lite"
     scale: float = 2
     convention: str | None = None
+    ensemble: int = 1
 
     def problems(self) -> list[str]:
         found = [] if 1 <= self.scale <= 8 else ["scale must be between 1 and 8"]
         if self.convention is not None and self.convention not in CONVENTIONS:
             found.append(f"convention must be one of {', '.join(CONVENTIONS)}")
+        if self.ensemble not in ENSEMBLE_SIZES:
+            found.append(f"ensemble must be one of {', '.join(map(str, ENSEMBLE_SIZES))}")
         return found
 
     def model_scale(self) -> int:
@@ -210,7 +215,7 @@ class Upscale:
 
     def apply(self, pixels: np.ndarray, context: StageContext) -> np.ndarray:
         spec = self.spec(context)
-        out = context.upscaler(spec).upscale(pixels)
+        out = context.upscaler(spec).upscale(pixels, self.ensemble)
         if spec.scale == self.scale:
             return out
         height, width = pixels.shape[:2]
@@ -323,6 +328,8 @@ class Pipeline:
                 settings["model"] = context.sha256(spec)
                 settings["model_scale"] = spec.scale
                 settings["convention"] = spec.convention
+                if stage.ensemble == 1:
+                    del settings["ensemble"]  # added later: profiles without it keep the fingerprints they had
             described.append({stage_name(stage): settings})
         # Tiling, threads and the ONNX engine change speed, not the picture (beyond float noise).
         engine = {"chroma": context.engine.chroma}

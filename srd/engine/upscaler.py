@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from srd.engine.conventions import LUMA_CONVENTIONS, convention_for
+from srd.engine.ensemble import run_ensembled
 from srd.engine.registry import ModelSpec
 from srd.engine.runtime import OpenCvRuntime, Session
 from srd.engine.tiling import upscale_tiled
@@ -55,42 +56,44 @@ class Upscaler:
     def scale(self) -> int:
         return self.spec.scale
 
-    def upscale(self, pixels: np.ndarray) -> np.ndarray:
-        """Upscale grey, BGR or BGRA pixels (uint8 or uint16), keeping channels and depth.
+    def upscale(self, pixels: np.ndarray, ensemble: int = 1) -> np.ndarray:
+        """Upscale grey, BGR or BGRA pixels (uint8 or uint16), keeping channels and depth; with `ensemble`
+        above 1, each tile is the mean of that many flipped/rotated runs (`srd.engine.ensemble`).
 
         Alpha is not seen by the model: it is enlarged with bicubic interpolation, which keeps
         soft edges soft and never invents colour.
         """
         if pixels.ndim == 3 and pixels.shape[2] == 4:
-            colour = self.upscale(pixels[:, :, :3])
+            colour = self.upscale(pixels[:, :, :3], ensemble)
             alpha = cv2.resize(pixels[:, :, 3], colour.shape[1::-1], interpolation=cv2.INTER_CUBIC)
             return np.dstack([colour, alpha])
         if self.spec.convention in LUMA_CONVENTIONS:
-            return self._upscale_luma_model(pixels)
-        return self._upscale_colour_model(pixels)
+            return self._upscale_luma_model(pixels, ensemble)
+        return self._upscale_colour_model(pixels, ensemble)
 
-    def _upscale_luma_model(self, pixels: np.ndarray) -> np.ndarray:
+    def _upscale_luma_model(self, pixels: np.ndarray, ensemble: int) -> np.ndarray:
         if pixels.ndim == 2:
-            return self._run(pixels)
+            return self._run(pixels, ensemble)
         ycrcb = cv2.cvtColor(pixels, cv2.COLOR_BGR2YCrCb)
-        luma = self._run(np.ascontiguousarray(ycrcb[:, :, 0]))
+        luma = self._run(np.ascontiguousarray(ycrcb[:, :, 0]), ensemble)
         size = luma.shape[1::-1]
         interpolation = CHROMA_INTERPOLATIONS[self.settings.chroma]
         chroma = cv2.resize(np.ascontiguousarray(ycrcb[:, :, 1:]), size, interpolation=interpolation)
         return cv2.cvtColor(np.dstack([luma, chroma]), cv2.COLOR_YCrCb2BGR)
 
-    def _upscale_colour_model(self, pixels: np.ndarray) -> np.ndarray:
+    def _upscale_colour_model(self, pixels: np.ndarray, ensemble: int) -> np.ndarray:
         if pixels.ndim == 2:
-            return cv2.cvtColor(self._run(cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)), cv2.COLOR_BGR2GRAY)
-        return self._run(pixels)
+            colour = cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
+            return cv2.cvtColor(self._run(colour, ensemble), cv2.COLOR_BGR2GRAY)
+        return self._run(pixels, ensemble)
 
-    def _run(self, source: np.ndarray) -> np.ndarray:
+    def _run(self, source: np.ndarray, ensemble: int) -> np.ndarray:
         convention = convention_for(self.spec.convention, source.dtype)
         scale = self.spec.scale
         target = np.empty((source.shape[0] * scale, source.shape[1] * scale, *source.shape[2:]), source.dtype)
 
         def run_tile(tile: np.ndarray) -> np.ndarray:
-            out = self._session.run(convention.to_blob(tile))
+            out = run_ensembled(self._session.run, convention.to_blob(tile), ensemble)
             expected = (tile.shape[0] * scale, tile.shape[1] * scale)
             if out.shape[2:] != expected:
                 raise ModelError(

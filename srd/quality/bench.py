@@ -18,11 +18,13 @@ import cv2
 import numpy as np
 
 from srd.engine.conventions import LUMA_CONVENTIONS
+from srd.engine.pipeline import Denoise, StageContext
 from srd.engine.registry import ModelSpec
 from srd.engine.upscaler import EngineSettings, Upscaler
 from srd.errors import ImageError
 from srd.imaging.imageheader import IMAGE_SUFFIXES
 from srd.quality.bicubic import bicubic_up, make_lr
+from srd.quality.degrade import BenchDegradation
 from srd.quality.metrics import crop_to_multiple, psnr_y, ssim_y
 
 
@@ -60,11 +62,18 @@ def bench_quality(
     engine: EngineSettings,
     *,
     with_upsample: bool = False,
+    degradation: BenchDegradation | None = None,
+    denoise: Sequence[float] = (),
+    ensemble: int = 1,
 ) -> list[QualityRow]:
     """Mean PSNR-Y and SSIM-Y over the HR images in `folder` (and PSNR-Y per image), bicubic first, then each
-    model."""
+    model; with `degradation`, of LR inputs so degraded (scored against the clean HR image); with `denoise`,
+    each model also after the pipeline's `denoise` stage at each of those strengths; with `ensemble` above 1,
+    each model also as that self-ensemble."""
     methods: dict[str, dict[str, tuple[float, float]]] = {"bicubic (MATLAB)": {}}
     upscalers = [(f"{spec.name} x{spec.scale}", Upscaler(spec, engine)) for spec in specs]
+    denoisers = [(strength, Denoise(strength=strength, colour_strength=strength)) for strength in denoise]
+    context = StageContext(engine)
     references = []
     if with_upsample:
         references = [
@@ -78,8 +87,15 @@ def bench_quality(
             raise ImageError(f"cannot decode benchmark image {path}")
         hr = crop_to_multiple(image, scale)
         lr = make_lr(hr, scale)
+        if degradation is not None:
+            lr = degradation.apply(lr)
         outputs = {"bicubic (MATLAB)": bicubic_up(lr, scale)}
         outputs.update({label: up.upscale(lr) for label, up in upscalers})
+        if ensemble > 1:
+            outputs.update({f"{label}, ensemble {ensemble}": up.upscale(lr, ensemble) for label, up in upscalers})
+        for strength, stage in denoisers:
+            clean = stage.apply(lr, context)
+            outputs.update({f"denoise {strength:g} + {label}": up.upscale(clean) for label, up in upscalers})
         outputs.update({label: impl.upsample(lr) for label, impl in references})
         for label, sr in outputs.items():
             methods.setdefault(label, {})[path.stem] = (psnr_y(sr, hr, scale), ssim_y(sr, hr, scale))

@@ -47,6 +47,9 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
                         "(1: from anywhere)")
     p.add_argument("--downscales", type=_factors, default=(),
                    help="also train on each image shrunk by these factors first, e.g. 0.8,0.6 (scale augmentation)")
+    p.add_argument("--degrade", choices=("photo",),
+                   help="photo: make each LR patch by random real-world degradations (blur, resampling, noise, "
+                        "JPEG q30-95) of its HR patch, and evaluate on JPEG q75 inputs")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -95,7 +98,8 @@ def _fit(args: argparse.Namespace) -> ExitCode:
     cfg = TrainConfig(
         name=args.name or f"edsr-{args.preset}-x{args.scale}", arch=arch, iters=args.iters, batch=args.batch,
         patch=args.patch, lr=args.lr, lr_min=args.lr_min, seed=args.seed, hard_fraction=args.hard_fraction,
-        downscales=args.downscales, bf16=not args.no_bf16, threads=args.threads, device=args.device, init=args.init,
+        downscales=args.downscales, degrade=args.degrade, bf16=not args.no_bf16, threads=args.threads,
+        device=args.device, init=args.init,
         eval_every=args.eval_every, log_every=args.log_every, save_every_s=args.save_every_s, train_dir=args.train_dir,
         bench_dir=args.bench_dir, cache_dir=args.cache_dir, runs_dir=args.runs_dir,
     )

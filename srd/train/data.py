@@ -21,6 +21,7 @@ import numpy as np
 
 from srd.imaging.imageheader import IMAGE_SUFFIXES
 from srd.quality.bicubic import imresize_uint8, make_lr, output_size
+from srd.quality.degrade import PhotoMix
 from srd.quality.metrics import crop_to_multiple
 from srd.train.model import DIV2K_MEAN_BGR
 
@@ -131,11 +132,14 @@ class PatchSampler:
     """Random aligned LR/HR patch batches with the 8 flips/rotations, from a seeded numpy Generator.
 
     With ``hard_fraction`` below 1 the patches come only from the hardest grid patches (`hard_patches`);
-    otherwise from anywhere, uniformly. The generator's state is part of a training checkpoint, so a
-    resumed run draws the same batches it would have drawn without the interruption.
+    otherwise from anywhere, uniformly. With ``photo_mix``, each LR patch is made from its HR patch by a fresh
+    draw of real-world degradations (`PhotoMix`) instead of being cut from the clean LR image. The generator's
+    state is part of a training checkpoint, so a resumed run draws the same batches it would have drawn
+    without the interruption.
     """
 
-    def __init__(self, pairs: list[Pair], scale: int, patch: int, seed: int, hard_fraction: float = 1.0) -> None:
+    def __init__(self, pairs: list[Pair], scale: int, patch: int, seed: int, hard_fraction: float = 1.0,
+                 photo_mix: PhotoMix | None = None) -> None:
         self.pairs = [p for p in pairs if min(p.lr.shape[:2]) >= patch]
         if not self.pairs:
             raise ValueError(f"no training image is at least {patch} LR pixels on each side")
@@ -143,6 +147,7 @@ class PatchSampler:
         self.patch = patch
         self.rng = np.random.default_rng(seed)
         self.hard = hard_patches(self.pairs, scale, patch, hard_fraction) if hard_fraction < 1 else None
+        self.photo_mix = photo_mix
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Return (lr, hr) float32 NCHW batches, BGR 0–255 minus the DIV2K mean (the "edsr" convention)."""
@@ -156,8 +161,11 @@ class PatchSampler:
             else:
                 index, y, x = (int(v) for v in self.hard[pick])
                 pair = self.pairs[index]
-            lr = pair.lr[y : y + p, x : x + p]
             hr = pair.hr[y * s : (y + p) * s, x * s : (x + p) * s]
+            if self.photo_mix is None:
+                lr = pair.lr[y : y + p, x : x + p]
+            else:
+                lr = self.photo_mix.draw(self.rng).apply(hr, s, self.rng)
             flip_h, flip_v, transpose = self.rng.integers(0, 2, 3)
             if flip_h:
                 lr, hr = lr[:, ::-1], hr[:, ::-1]

@@ -22,6 +22,7 @@ from typing import TypedDict, cast
 import numpy as np
 import torch
 
+from srd.quality.degrade import BenchDegradation, PhotoMix
 from srd.quality.metrics import psnr_y
 from srd.train import checkpoint
 from srd.train.data import (
@@ -36,6 +37,9 @@ from srd.train.model import EDSR, Arch, count_parameters, load_body
 from srd.train.onnx_io import read_state_dict
 
 log = logging.getLogger("srd.train")
+
+# The protocol photo models are evaluated on while they train (srd bench quality --degrade jpeg:75).
+PHOTO_EVAL = BenchDegradation(75)
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class TrainConfig:
     seed: int = 0
     hard_fraction: float = 1.0
     downscales: tuple[float, ...] = ()
+    degrade: str | None = None
     bf16: bool = True
     threads: int = 1
     device: str = "auto"
@@ -180,9 +185,13 @@ def _train(cfg: TrainConfig, device: torch.device, stop: _StopFlag, target: int)
 
     torch.manual_seed(cfg.seed)  # before building the model: it fixes the initial weights
     model = EDSR(cfg.arch)
+    photo = cfg.degrade == "photo"
     sampler = PatchSampler(load_pairs(Path(cfg.train_dir), cfg.arch.scale, Path(cfg.cache_dir), cfg.downscales),
-                           cfg.arch.scale, cfg.patch, cfg.seed, cfg.hard_fraction)
+                           cfg.arch.scale, cfg.patch, cfg.seed, cfg.hard_fraction, PhotoMix() if photo else None)
     set5, set14 = (load_bench(Path(cfg.bench_dir) / name, cfg.arch.scale) for name in ("Set5", "Set14"))
+    if photo:
+        # A photo model is judged (and best.pt chosen) on what it is for: the benchmark's JPEG q75 inputs.
+        set5, set14 = ([Pair(p.name, p.hr, PHOTO_EVAL.apply(p.lr)) for p in pairs] for pairs in (set5, set14))
 
     state: _Progress = {"iteration": 0, "elapsed_s": 0.0, "history": [], "best_psnr": -1.0, "hardware": []}
     if ckpt is not None:
@@ -256,8 +265,8 @@ def _train(cfg: TrainConfig, device: torch.device, stop: _StopFlag, target: int)
             psnr = evaluate_torch(model, set5, cfg.arch.scale)
             state["history"] = [*state["history"], (it, psnr)]
             # Set14 (more texture than Set5) is only logged; best.pt is chosen on Set5.
-            log.info("eval it %d Set5 x%d PSNR-Y %.3f dB, Set14 %.3f dB (torch fp32)", it, cfg.arch.scale, psnr,
-                     evaluate_torch(model, set14, cfg.arch.scale))
+            log.info("eval it %d Set5 x%d PSNR-Y %.3f dB, Set14 %.3f dB (torch fp32%s)", it, cfg.arch.scale, psnr,
+                     evaluate_torch(model, set14, cfg.arch.scale), f", {PHOTO_EVAL.label} inputs" if photo else "")
             if psnr > state["best_psnr"]:
                 state["best_psnr"] = psnr
                 checkpoint.save_atomic(snapshot(), run_dir / "best.pt")
