@@ -32,7 +32,7 @@ from srd.train import export as srd_export  # noqa: E402
 from srd.train.command import main as train_main  # noqa: E402
 from srd.train.data import Pair, PatchSampler, load_pairs  # noqa: E402
 from srd.train.export import export_run, provenance, training_command, update_manifest  # noqa: E402
-from srd.train.loop import TrainConfig, describe_hardware, resolve_device, train  # noqa: E402
+from srd.train.loop import TrainConfig, bf16_is_fast, describe_hardware, resolve_device, train  # noqa: E402
 from srd.train.model import DIV2K_MEAN_BGR, EDSR, Arch, load_body  # noqa: E402
 from srd.train.onnx_io import export_onnx, read_state_dict, store_weights_fp16  # noqa: E402
 
@@ -201,13 +201,14 @@ def test_each_checkpoint_records_the_hardware_that_trained_it(tmp_path: Path, tr
     assert train(cfg)
     assert train(dataclasses.replace(cfg, iters=4))
     ckpt = checkpoint.load(cfg.run_dir / "last.pt")
-    here = describe_hardware(torch.device("cpu"), cfg.threads, cfg.bf16)
-    assert ckpt["hardware"] == [here] and here.endswith("CPU") and "bf16 autocast" in here
+    bf16 = bf16_is_fast(torch.device("cpu"))
+    here = describe_hardware(torch.device("cpu"), cfg.threads, bf16)
+    assert ckpt["hardware"] == [here] and here.endswith("CPU") and ("bf16 autocast" if bf16 else "fp32") in here
     assert provenance(ckpt)["hardware"] == here
     assert provenance({**ckpt, "hardware": ["NVIDIA H200 GPU (bf16 autocast)", here]})["hardware"] == \
         f"NVIDIA H200 GPU (bf16 autocast) + {here}"
-    del ckpt["hardware"]
-    assert provenance(ckpt)["hardware"] == here
+    del ckpt["hardware"]  # such runs had the precision their config asked for
+    assert provenance(ckpt)["hardware"] == describe_hardware(torch.device("cpu"), cfg.threads, cfg.bf16)
 
 
 def test_hard_patches_come_only_from_where_bicubic_fails() -> None:
@@ -225,6 +226,16 @@ def test_hard_patches_come_only_from_where_bicubic_fails() -> None:
     assert hard.hard is not None and len(hard.hard) == 14 and (hard.hard[:, 2] >= 48).all()
     assert flat_patches(hard) == 0
     assert flat_patches(PatchSampler([pair], 2, 16, seed=0)) > 0
+
+
+@pytest.mark.parametrize(("capability", "fast"), [("AVX2", False), ("NO AVX", False), ("AVX512", True),
+                                                  ("AMX", True)])
+def test_bf16_autocast_only_where_the_cpu_has_bf16_arithmetic(
+    monkeypatch: pytest.MonkeyPatch, capability: str, fast: bool
+) -> None:
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert bf16_is_fast(torch.device("cpu")) is fast
+    assert bf16_is_fast(torch.device("cuda"))
 
 
 def test_photo_patches_are_degraded_from_their_hr_patch_the_same_way_under_the_same_seed() -> None:

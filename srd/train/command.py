@@ -50,7 +50,8 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--degrade", choices=("photo",),
                    help="photo: make each LR patch by random real-world degradations (blur, resampling, noise, "
                         "JPEG q30-95) of its HR patch, and evaluate on JPEG q75 inputs")
-    p.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
+    p.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast (automatic on CPUs "
+                                                                "without AVX-512 or AMX, which emulate bf16 slowly)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: the CUDA GPU when torch sees one, else the CPU")

@@ -105,6 +105,13 @@ class _Progress(TypedDict):
     hardware: list[str]
 
 
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether bf16 autocast speeds training up here: on CUDA GPUs and AVX-512/AMX CPUs; an AVX2 CPU emulates
+    it (measured 23 s against 2.1 s per edsr-lite step in fp32)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return device.type == "cuda" or "AVX512" in capability or "AMX" in capability
+
+
 def describe_hardware(device: torch.device, threads: int, bf16: bool) -> str:
     """What trains a run, as the manifest's provenance reports it."""
     precision = "bf16 autocast" if bf16 else "fp32"
@@ -222,7 +229,11 @@ def _train(cfg: TrainConfig, device: torch.device, stop: _StopFlag, target: int)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=on_gpu)
     if ckpt is not None:
         opt.load_state_dict(ckpt["optimizer"])
-    hardware = describe_hardware(device, cfg.threads, cfg.bf16)
+    bf16 = cfg.bf16 and bf16_is_fast(device)
+    if cfg.bf16 and not bf16:
+        log.info("bf16 autocast off: this CPU (%s) has no bf16 arithmetic, so torch emulates it about 10x slower "
+                 "than fp32; training in fp32", torch.backends.cpu.get_cpu_capability())
+    hardware = describe_hardware(device, cfg.threads, bf16)
     if hardware not in state["hardware"]:
         state["hardware"] = [*state["hardware"], hardware]
     log.info("training on %s", hardware)
@@ -245,7 +256,7 @@ def _train(cfg: TrainConfig, device: torch.device, stop: _StopFlag, target: int)
         lr_t, hr_t = (_to_device(torch.from_numpy(a), device) for a in sampler.batch(cfg.batch))
         for group in opt.param_groups:
             group["lr"] = learning_rate(cfg, it)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(lr_t.contiguous(memory_format=torch.channels_last))
         loss = torch.nn.functional.l1_loss(out.float(), hr_t)
         opt.zero_grad(set_to_none=True)
