@@ -47,8 +47,8 @@ class Job:
     otherwise, when it is opened or just before the output is put in place, is not processed. A retry then
     never reads the output a killed first try already renamed over its input (in place), and a file written
     to meanwhile is neither processed half-read nor replaced by the output of its old version.
-    `data`, when set, is the source's content already read (the daemon reads each source to hash it): it is
-    processed as it is instead of reading the file again.
+    `content`, when set, is the source's content already read and hashed (the daemon reads each source to
+    hash it): it is processed as it is, neither read nor hashed again.
     """
 
     source: Path
@@ -61,7 +61,23 @@ class Job:
     output_root: Path | None = None
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
     source_version: FileVersion | None = None
-    data: bytes | None = None
+    content: Content | None = None
+
+
+@dataclass(frozen=True)
+class Content:
+    """A source's bytes with their sha256, computed once from those very bytes where they were read.
+
+    Shipping the hash with the bytes spares the worker a second pass over them; since both come from
+    one read, the hash still names exactly what is processed.
+    """
+
+    data: bytes
+    sha256: str
+
+    @classmethod
+    def of(cls, data: bytes) -> Content:
+        return cls(data, hashlib.sha256(data).hexdigest())
 
 
 @dataclass(frozen=True)
@@ -110,7 +126,7 @@ def output_name(source_name: str, source_format: str, written_format: str, reque
 
 
 def read_source(path: Path, root: Path | None = None, max_bytes: int = DEFAULT_MAX_INPUT_BYTES,
-                expected: FileVersion | None = None) -> tuple[bytes, str]:
+                expected: FileVersion | None = None) -> Content:
     """Read a file once and hash those same bytes, so the hash always matches what was processed.
 
     With `root` (the inbox), the file is opened below it without following any symlink (`srd.fs.safefs`).
@@ -127,13 +143,13 @@ def read_source(path: Path, root: Path | None = None, max_bytes: int = DEFAULT_M
         raise ImageError("is a directory, not an image file") from exc
     except OSError as exc:
         raise ImageError(f"cannot read: {exc.strerror}") from exc
-    return data, hashlib.sha256(data).hexdigest()
+    return Content.of(data)
 
 
-def load_source(job: Job) -> tuple[bytes, str]:
-    """The job's source bytes and their sha256: the shipped `data`, else the file read as `read_source` does."""
-    if job.data is not None:
-        return job.data, hashlib.sha256(job.data).hexdigest()
+def load_source(job: Job) -> Content:
+    """The job's source bytes and their sha256: the shipped `content`, else the file read as `read_source` does."""
+    if job.content is not None:
+        return job.content
     return read_source(job.source, job.source_root, job.max_input_bytes, job.source_version)
 
 
