@@ -44,6 +44,7 @@ from srd.executors.render import run_job
 from srd.fs import safefs
 from srd.fs.atomic import is_temp_name
 from srd.fs.fileversion import FileVersion
+from srd.fs.outputmark import marked_for
 
 # End to end: each test runs a real srd daemon (srd run) on real folders.
 pytestmark = pytest.mark.e2e
@@ -604,17 +605,24 @@ def test_a_job_ships_the_bytes_the_daemon_hashed_so_each_source_is_read_once(
 def test_a_new_source_is_opened_once_and_its_shipped_bytes_are_not_hashed_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One open and one read per source: the daemon's hash read also yields the image header, and the job
-    takes the bytes with their hash (no second open in the daemon, no open or rehash in the job)."""
-    inbox = tmp_path / "in"
-    opened: list[PurePath] = []  # files opened below the inbox
-    open_regular = safefs.open_regular
+    takes the bytes with their hash (no second open in the daemon, no open or rehash in the job). The output
+    is marked as it is written: nobody opens it again to mark it or stats it for its size."""
+    inbox, outbox = tmp_path / "in", tmp_path / "in-out"
+    opened: list[PurePath] = []  # files opened below the inbox or the outbox
+    open_regular, lstat = safefs.open_regular, safefs.lstat
 
     def counting_open(root: Path, path: PurePath) -> tuple[int, os.stat_result]:
-        if Path(root) == inbox:
+        if Path(root) in (inbox, outbox):
             opened.append(path)
         return open_regular(root, path)
 
+    def counting_lstat(root: Path, path: PurePath) -> os.stat_result:
+        if Path(root) == outbox:
+            opened.append(path)
+        return lstat(root, path)
+
     monkeypatch.setattr(safefs, "open_regular", counting_open)
+    monkeypatch.setattr(safefs, "lstat", counting_lstat)
     monkeypatch.setattr("srd.executors.job.hashlib", _NoRehash)  # the job's module only, not the daemon's hash
     daemon, now = inline_daemon(tmp_path)
     try:
@@ -623,7 +631,9 @@ def test_a_new_source_is_opened_once_and_its_shipped_bytes_are_not_hashed_again(
     finally:
         daemon.close()
     assert opened == [inbox / "a.png"]
-    assert decoded_size(tmp_path / "in-out" / "a.png") == DOUBLED
+    assert decoded_size(outbox / "a.png") == DOUBLED
+    mark = marked_for(outbox, outbox / "a.png")
+    assert mark is not None and mark[1] == "a.png"
 
 
 class _NoRehash:

@@ -57,6 +57,7 @@ from srd.errors import ImageError, OutputError, describe_os_error
 from srd.executors.job import Content, Job
 from srd.executors.pool import Outcome
 from srd.fs import safefs
+from srd.fs.outputmark import mark_value
 from srd.fs.sources import link_or_copy
 from srd.ledger import Entry, LedgerError, LedgerUnwritableError, State, make_key
 
@@ -341,7 +342,8 @@ class Lifecycle:
             self._solo.add(work.key)
         job = Job(work.file.path, work.target.parent, work.profile, config.max_input_pixels, target=work.target,
                   source_root=work.file.inbox.path, output_root=work.file.inbox.outbox,
-                  max_input_bytes=config.max_input_bytes, content=content)
+                  max_input_bytes=config.max_input_bytes, content=content,
+                  output_mark=mark_value(work.file.inbox_id, work.file.rel))
         self.pool.submit(work.key, job, suspect=suspect, time_limit=self._time_limit(work))
 
     def _time_limit(self, work: Work) -> float:

@@ -27,8 +27,9 @@ from structlog.contextvars import bound_contextvars
 from srd.config import Profile
 from srd.errors import ImageError, OutputError, SourceChangedError, SrdError
 from srd.fs import safefs
-from srd.fs.atomic import write_bytes_atomic
+from srd.fs.atomic import open_atomic
 from srd.fs.fileversion import FileVersion, version_of
+from srd.fs.outputmark import set_mark
 from srd.imaging.imageio import DEFAULT_MAX_INPUT_BYTES, extension_for, read_bounded
 
 log = structlog.get_logger(__name__)
@@ -47,6 +48,8 @@ class Job:
     otherwise, when it is opened or just before the output is put in place, is not processed. A retry then
     never reads the output a killed first try already renamed over its input (in place), and a file written
     to meanwhile is neither processed half-read nor replaced by the output of its old version.
+    `output_mark`, when set, is put on the output (`srd.fs.outputmark`) before it appears under its name, so
+    an output srd wrote never shows up unmarked and nobody opens it again to mark it.
     `content`, when set, is the source's content already read and hashed (the daemon reads each source to
     hash it): it is processed as it is, neither read nor hashed again.
     """
@@ -62,6 +65,7 @@ class Job:
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
     source_version: FileVersion | None = None
     content: Content | None = None
+    output_mark: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,7 @@ class JobResult:
     out_of_memory: bool = False
     # Set when the data ended early: perhaps a slow writer hasn't finished it yet.
     truncated: bool = False
+    output_bytes: int | None = None  # the output's size as written (no stat needed to learn it)
 
 
 @dataclass(frozen=True)
@@ -163,7 +168,10 @@ def store_output(job: Job, rendered: Rendered, sha256: str, started: float) -> J
     target = job.target or job.out_dir / rendered.name
 
     def write() -> None:
-        write_bytes_atomic(target, rendered.data, root=job.output_root, before_rename=lambda: _check_source(job))
+        with open_atomic(target, root=job.output_root, before_rename=lambda: _check_source(job)) as out:
+            out.write(rendered.data)
+            if job.output_mark is not None:
+                set_mark(out.fileno(), job.output_mark, target)
 
     failed = guarded(job, sha256, started, write)
     if isinstance(failed, JobResult):
@@ -172,7 +180,7 @@ def store_output(job: Job, rendered: Rendered, sha256: str, started: float) -> J
     log.info("job_done", src=str(job.source), out=str(target), profile=job.profile.name,
              in_size=rendered.input_size, out_size=rendered.output_size, ms=ms)
     return JobResult(source=job.source, ok=True, output=target, sha256=sha256, input_size=rendered.input_size,
-                     output_size=rendered.output_size, milliseconds=ms)
+                     output_size=rendered.output_size, milliseconds=ms, output_bytes=len(rendered.data))
 
 
 def guarded(job: Job, sha256: str | None, started: float, step: Callable[[], T]) -> T | JobResult:
