@@ -67,6 +67,7 @@ DEFAULT_PHOTOS = SHARED / "datasets" / "train"
 DEFAULT_CATCHUP_MODEL = SHARED / "models" / "opencv-zoo" / "ESPCN_x2.pb"
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 POLL_S = 0.01
+IDLE_SAMPLE_S = 5.0
 SRD = [sys.executable, "-m", "srd"]
 
 
@@ -480,7 +481,11 @@ def engine_cost(config_path: Path, inputs: Sequence[Path], out: Path) -> tuple[f
 def daemon_cost(daemon: Daemon, staged: Sequence[Path], inbox: Path, outbox: Path,
                 timeout: float) -> dict[str, float]:
     """Drop files into a warm daemon; wall seconds until each is recorded done, and the CPU seconds its main
-    process and its whole tree (workers, forkserver) used meanwhile."""
+    process and its whole tree (workers, forkserver) used meanwhile; first, its main process's CPU seconds per
+    second while idle (the loop's ticks, status writes), the part of its cost that grows with time, not files."""
+    idle_from, idle_cpu = time.perf_counter(), cpu_seconds([daemon.pid])
+    time.sleep(IDLE_SAMPLE_S)
+    idle_rate = (cpu_seconds([daemon.pid]) - idle_cpu) / (time.perf_counter() - idle_from)
     tree = descendants(daemon.pid)
     main_cpu, tree_cpu = cpu_seconds([daemon.pid]), cpu_seconds(tree)
     daemon.read_events()
@@ -494,7 +499,7 @@ def daemon_cost(daemon: Daemon, staged: Sequence[Path], inbox: Path, outbox: Pat
     wait_until("the daemon's done records", recorded, timeout)
     tree = sorted(set(tree) | set(descendants(daemon.pid)))
     return {"wall_s": wall, "main_cpu_s": cpu_seconds([daemon.pid]) - main_cpu,
-            "tree_cpu_s": cpu_seconds(tree) - tree_cpu}
+            "tree_cpu_s": cpu_seconds(tree) - tree_cpu, "idle_main_cpu_s_per_s": idle_rate}
 
 
 def measure_overhead(args: argparse.Namespace, work: Path, photos: Sequence[Path]) -> dict[str, Any]:
@@ -522,7 +527,8 @@ def measure_overhead(args: argparse.Namespace, work: Path, photos: Sequence[Path
             cost = daemon_cost(daemon, staged, inbox, outbox, args.timeout)
             rounds.append({"engine_wall_s": engine_wall, "engine_cpu_s": engine_cpu, "srd_process_j1_s": process_s,
                            "daemon_wall_s": cost["wall_s"], "daemon_main_cpu_s": cost["main_cpu_s"],
-                           "daemon_tree_cpu_s": cost["tree_cpu_s"]})
+                           "daemon_tree_cpu_s": cost["tree_cpu_s"],
+                           "daemon_idle_main_cpu_s_per_s": cost["idle_main_cpu_s_per_s"]})
             print(f"overhead round {r}: " + ", ".join(f"{k} {v:.2f}" for k, v in rounds[-1].items()), flush=True)
         failed = count_outputs(folder / "failed")
 
