@@ -8,6 +8,9 @@ Three measurements (``--phases``):
 
 - ``throughput``: N crops of real photos dropped into a warm daemon's inbox, drop → last output, against
   the same images through the engine in this process (1 thread) and through ``srd process -j 1 / -j 2``.
+- ``overhead`` (not in the default set): photo-sized JPEGs (real photos scaled to ``--photo-side``) through
+  a warm one-worker daemon, against the engine alone on one thread and ``srd process -j 1``: wall per job,
+  and the CPU seconds of the daemon's main process and of its whole tree per file against the engine's.
 - ``latency``: one small image dropped into an idle, warm daemon, drop → output, with the given
   ``settle_seconds`` and with the default 2 s.
 - ``catchup``: many tiny files already in the inbox and a ledger pre-filled with old entries; time to
@@ -64,6 +67,7 @@ DEFAULT_PHOTOS = SHARED / "datasets" / "train"
 DEFAULT_CATCHUP_MODEL = SHARED / "models" / "opencv-zoo" / "ESPCN_x2.pb"
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 POLL_S = 0.01
+IDLE_SAMPLE_S = 5.0
 SRD = [sys.executable, "-m", "srd"]
 
 
@@ -380,10 +384,11 @@ def engine_in_process(config_path: Path, inputs: Sequence[Path], out: Path) -> f
     return time.perf_counter() - started
 
 
-def srd_process(model: str, inputs: Path, out: Path, jobs: int, timeout: float) -> tuple[float, list[str]]:
+def srd_process(model: str, inputs: Path, out: Path, jobs: int, timeout: float,
+                output_format: str | None = None) -> tuple[float, list[str]]:
     """Wall seconds of a whole `srd process` run (Python start-up and model loading included)."""
     command = [*SRD, "process", str(inputs), "--out", str(out), "--model", model, "--scale", "2",
-               "--jobs", str(jobs), "--threads", "1"]
+               "--jobs", str(jobs), "--threads", "1", *(["--format", output_format] if output_format else [])]
     started = time.perf_counter()
     subprocess.run(command, check=True, timeout=timeout, cwd=REPO, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
@@ -431,6 +436,118 @@ def measure_throughput(args: argparse.Namespace, work: Path, photos: Sequence[Pa
         "daemon_over_engine_1proc": ratio("engine_1proc_1thread_s"),
         "failed_files": failed,
         "commands": {"srd_process_j1": " ".join(single_cmd), "srd_process_j2": " ".join(pool_cmd)},
+    }
+
+
+# -- 1b. overhead on photo-sized jobs ------------------------------------------------------------------------
+
+
+def photo_jpegs(photos: Sequence[Path], folder: Path, count: int, long_side: int, first: int) -> list[Path]:
+    """`count` real photos scaled (bicubic) to `long_side` px on their long side, as quality-90 JPEGs: camera-like
+    1–2 MP inputs from a set of ≤ 1 MP photos. `first` picks which photos, so rounds differ."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    for index in range(first, first + count):
+        image = cv2.imread(str(photos[index % len(photos)]), cv2.IMREAD_COLOR)
+        if image is None:
+            raise OSError(f"cannot read {photos[index % len(photos)]}")
+        factor = long_side / max(image.shape[:2])
+        size = (round(image.shape[1] * factor), round(image.shape[0] * factor))
+        path = folder / f"p{index:04d}.jpg"
+        if not cv2.imwrite(str(path), cv2.resize(image, size, interpolation=cv2.INTER_CUBIC),
+                           [cv2.IMWRITE_JPEG_QUALITY, 90]):
+            raise OSError(f"cannot write {path}")
+        paths.append(path)
+    return paths
+
+
+def engine_cost(config_path: Path, inputs: Sequence[Path], out: Path) -> tuple[float, float]:
+    """Wall and CPU seconds of the engine alone (`run_job`: read, decode, pipeline, encode, atomic write) in
+    this process on one thread, model warm: the cost any path pays, against which the daemon's is compared."""
+    cv2.setNumThreads(1)
+    config = load_config(config_path)
+    profile = config.profiles["bench"]
+    context = StageContext(config.worker_engine(), config.model_dirs)
+    (out / "warm").mkdir(parents=True, exist_ok=True)
+    run_job(Job(inputs[0], out / "warm", profile, config.max_input_pixels), context)  # loads the model
+    wall, cpu = time.perf_counter(), time.process_time()
+    for path in inputs:
+        result = run_job(Job(path, out, profile, config.max_input_pixels), context)
+        if not result.ok:
+            raise RuntimeError(f"engine failed on {path}: {result.error}")
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def daemon_cost(daemon: Daemon, staged: Sequence[Path], inbox: Path, outbox: Path,
+                timeout: float) -> dict[str, float]:
+    """Drop files into a warm daemon; wall seconds until each is recorded done, and the CPU seconds its main
+    process and its whole tree (workers, forkserver) used meanwhile; first, its main process's CPU seconds per
+    second while idle (the loop's ticks, status writes), the part of its cost that grows with time, not files."""
+    idle_from, idle_cpu = time.perf_counter(), cpu_seconds([daemon.pid])
+    time.sleep(IDLE_SAMPLE_S)
+    idle_rate = (cpu_seconds([daemon.pid]) - idle_cpu) / (time.perf_counter() - idle_from)
+    tree = descendants(daemon.pid)
+    main_cpu, tree_cpu = cpu_seconds([daemon.pid]), cpu_seconds(tree)
+    daemon.read_events()
+    done_before = sum(1 for _, r in daemon.events if r.get("event") == "file_processed")
+    wall = drop_and_wait(daemon, staged, inbox, outbox, timeout)
+
+    def recorded() -> bool:  # the output lands before the ledger's done record: count that too
+        daemon.read_events()
+        return sum(1 for _, r in daemon.events if r.get("event") == "file_processed") - done_before >= len(staged)
+
+    wait_until("the daemon's done records", recorded, timeout)
+    tree = sorted(set(tree) | set(descendants(daemon.pid)))
+    return {"wall_s": wall, "main_cpu_s": cpu_seconds([daemon.pid]) - main_cpu,
+            "tree_cpu_s": cpu_seconds(tree) - tree_cpu, "idle_main_cpu_s_per_s": idle_rate}
+
+
+def measure_overhead(args: argparse.Namespace, work: Path, photos: Sequence[Path]) -> dict[str, Any]:
+    """Daemon overhead on photo-sized jobs: one worker × one thread against the engine alone on one thread and
+    `srd process -j 1`, the same JPEGs in each round, the three one after the other in every round."""
+    folder = work / "overhead"
+    daemon = new_daemon(folder, model=args.photo_model, settle=args.settle, workers=1, threads=1)
+    settings = yaml.safe_load(daemon.config.read_text())
+    settings["profiles"]["bench"]["output"]["format"] = "same"  # JPEG in, JPEG out, as a camera folder would
+    daemon.config.write_text(yaml.safe_dump(settings, sort_keys=False))
+    inbox, outbox = folder / "inbox", folder / "outbox"
+    n, rounds = args.photo_images, []
+    with running(daemon):
+        daemon.wait_event("daemon_ready", args.timeout)
+        warm = photo_jpegs(photos, work / "photo-warm", 1, args.photo_side, first=900)
+        drop_and_wait(daemon, warm, inbox, outbox, args.timeout)
+        for r in range(args.repeats):
+            inputs = photo_jpegs(photos, work / f"photo-set{r}", n, args.photo_side, first=r * n)
+            staged = photo_jpegs(photos, work / f"photo-stage{r}", n, args.photo_side, first=r * n)
+            flush_disk()
+            engine_wall, engine_cpu = engine_cost(daemon.config, inputs, work / f"photo-engine{r}")
+            process_s, command = srd_process(args.photo_model, inputs[0].parent, work / f"photo-proc{r}", 1,
+                                             args.timeout, output_format="same")
+            flush_disk()
+            cost = daemon_cost(daemon, staged, inbox, outbox, args.timeout)
+            rounds.append({"engine_wall_s": engine_wall, "engine_cpu_s": engine_cpu, "srd_process_j1_s": process_s,
+                           "daemon_wall_s": cost["wall_s"], "daemon_main_cpu_s": cost["main_cpu_s"],
+                           "daemon_tree_cpu_s": cost["tree_cpu_s"],
+                           "daemon_idle_main_cpu_s_per_s": cost["idle_main_cpu_s_per_s"]})
+            print(f"overhead round {r}: " + ", ".join(f"{k} {v:.2f}" for k, v in rounds[-1].items()), flush=True)
+        failed = count_outputs(folder / "failed")
+
+    def median_of(value: Callable[[dict[str, float]], float]) -> float:
+        return statistics.median(value(r) for r in rounds)
+
+    engine_cpu_per_file = median_of(lambda r: r["engine_cpu_s"] / n)
+    return {
+        "images": n, "long_side": args.photo_side, "model": args.photo_model, "settle_seconds": args.settle,
+        "daemon": {"workers": 1, "threads_per_worker": 1}, "rounds": rounds,
+        "engine_wall_s_per_file": median_of(lambda r: r["engine_wall_s"] / n),
+        "engine_cpu_s_per_file": engine_cpu_per_file,
+        # Per round, so each ratio compares minutes with the same load; medians over the rounds.
+        "daemon_wall_over_engine": median_of(lambda r: r["daemon_wall_s"] / r["engine_wall_s"]),
+        "srd_process_wall_over_engine": median_of(lambda r: r["srd_process_j1_s"] / r["engine_wall_s"]),
+        "daemon_main_cpu_s_per_file": median_of(lambda r: r["daemon_main_cpu_s"] / n),
+        "daemon_cpu_overhead_s_per_file": median_of(lambda r: (r["daemon_tree_cpu_s"] - r["engine_cpu_s"]) / n),
+        "daemon_cpu_over_engine": median_of(lambda r: r["daemon_tree_cpu_s"] / r["engine_cpu_s"]),
+        "failed_files": failed, "srd_process_command": " ".join(command),
     }
 
 
@@ -650,9 +767,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="edsr-lite", help="model for throughput and latency (name or file)")
     parser.add_argument("--catchup-model", default=str(DEFAULT_CATCHUP_MODEL), help="cheap model for catch-up")
     parser.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS, help="folder of real photos to crop")
+    parser.add_argument("--photo-set", type=Path, default=DEFAULT_PHOTOS / "SunHays80",
+                        help="overhead: folder of real photos (the largest here, ≤ 1 MP) to scale up")
     parser.add_argument("--images", type=int, default=40, help="throughput: images per round")
     parser.add_argument("--size", type=int, default=256, help="throughput: crop side")
     parser.add_argument("--repeats", type=int, default=3, help="throughput: rounds (medians are reported)")
+    parser.add_argument("--photo-model", default=str(DEFAULT_CATCHUP_MODEL),
+                        help="overhead: model for photo-sized jobs (a cheap one shows the daemon's share most)")
+    parser.add_argument("--photo-images", type=int, default=6, help="overhead: photos per round")
+    parser.add_argument("--photo-side", type=int, default=1400, help="overhead: long side of those photos, px")
     parser.add_argument("--settle", type=float, default=0.5, help="settle_seconds of the inboxes")
     parser.add_argument("--latency-size", type=int, default=128)
     parser.add_argument("--latency-repeats", type=int, default=5)
@@ -682,17 +805,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     configure_logging("warning", "console")  # the in-process engine and ledger fill: only problems
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
-    unknown = set(phases) - {"throughput", "latency", "catchup"}
+    unknown = set(phases) - {"throughput", "overhead", "latency", "catchup"}
     if unknown:
         raise SystemExit(f"unknown phases: {', '.join(sorted(unknown))}")
     figures: dict[str, Any] = {"machine": machine(), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
     work = Path(tempfile.mkdtemp(prefix="srd-bench-daemon-", dir="/tmp"))
     try:
-        photos = find_photos(args.photos) if set(phases) & {"throughput", "latency"} else []
+        photos = find_photos(args.photos) if set(phases) & {"throughput", "overhead", "latency"} else []
         for phase in phases:
             started = time.perf_counter()
             if phase == "throughput":
                 figures[phase] = measure_throughput(args, work, photos)
+            elif phase == "overhead":
+                figures[phase] = measure_overhead(args, work, sorted(find_photos(args.photo_set)))
             elif phase == "latency":
                 figures[phase] = measure_latency(args, work, photos)
             else:

@@ -141,12 +141,12 @@ def wait_for_workers(cluster: Cluster, count: int, timeout: float = 60) -> None:
 def shipped_bytes(config: Config, job: Job) -> dict[str, int]:
     """What crosses the network for one job, pickled as Dask sends it: the task (with the source) and the result."""
     context = StageContext(config.worker_engine(), config.model_dirs)
-    data, _ = load_source(job)
+    content = load_source(job)
     models = tuple(context.sha256(spec) for spec in job.profile.pipeline.models(context))
-    task = RenderTask(Job(job.source, job.out_dir, job.profile, job.max_input_pixels, data=data),
+    task = RenderTask(Job(job.source, job.out_dir, job.profile, job.max_input_pixels, content=content),
                       config.worker_engine(), config.model_dirs, models)
-    rendered = render(task.job, data, context)
-    return {"source_bytes": len(data), "task_pickled": len(pickle.dumps(task, protocol=5)),
+    rendered = render(task.job, content.data, context)
+    return {"source_bytes": len(content.data), "task_pickled": len(pickle.dumps(task, protocol=5)),
             "output_bytes": len(rendered.data), "result_pickled": len(pickle.dumps(rendered, protocol=5))}
 
 

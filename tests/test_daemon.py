@@ -11,7 +11,7 @@ import socket
 import time
 from concurrent.futures import Executor, Future
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import pytest
 import yaml
@@ -38,11 +38,13 @@ from srd.daemon.offload import Done
 from srd.daemon.status import Health, assess
 from srd.daemon.watch import Hint
 from srd.engine.pipeline import StageContext
-from srd.executors.job import Job, JobResult
+from srd.executors.job import Content, Job, JobResult
 from srd.executors.pool import JobPool
 from srd.executors.render import run_job
+from srd.fs import safefs
 from srd.fs.atomic import is_temp_name
 from srd.fs.fileversion import FileVersion
+from srd.fs.outputmark import marked_for
 
 # End to end: each test runs a real srd daemon (srd run) on real folders.
 pytestmark = pytest.mark.e2e
@@ -585,8 +587,8 @@ def test_a_job_ships_the_bytes_the_daemon_hashed_so_each_source_is_read_once(
     """The daemon reads a source once, to hash it, and its job renders those very bytes; a file over
     SHIPPED_MAX_BYTES is not held in the daemon's memory but read again where its job runs."""
     inbox = tmp_path / "in"
-    shipped: dict[str, bytes | None] = {}
-    daemon, now = inline_daemon(tmp_path, before_job=lambda job: shipped.setdefault(job.source.name, job.data))
+    shipped: dict[str, Content | None] = {}
+    daemon, now = inline_daemon(tmp_path, before_job=lambda job: shipped.setdefault(job.source.name, job.content))
     try:
         small = make_image(Path("a.png"), SIZE, 4)
         (inbox / "a.png").write_bytes(small)
@@ -596,8 +598,48 @@ def test_a_job_ships_the_bytes_the_daemon_hashed_so_each_source_is_read_once(
         settle(daemon, now, [inbox / "b.png"])
     finally:
         daemon.close()
-    assert shipped == {"a.png": small, "b.png": None}
+    assert shipped == {"a.png": Content(small, hashlib.sha256(small).hexdigest()), "b.png": None}
     assert decoded_size(tmp_path / "in-out" / "a.png") == DOUBLED and decoded_size(tmp_path / "in-out" / "b.png")
+
+
+def test_a_new_source_is_opened_once_and_its_shipped_bytes_are_not_hashed_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One open and one read per source: the daemon's hash read also yields the image header, and the job
+    takes the bytes with their hash (no second open in the daemon, no open or rehash in the job). The output
+    is marked as it is written: nobody opens it again to mark it or stats it for its size."""
+    inbox, outbox = tmp_path / "in", tmp_path / "in-out"
+    opened: list[PurePath] = []  # files opened below the inbox or the outbox
+    open_regular, lstat = safefs.open_regular, safefs.lstat
+
+    def counting_open(root: Path, path: PurePath) -> tuple[int, os.stat_result]:
+        if Path(root) in (inbox, outbox):
+            opened.append(path)
+        return open_regular(root, path)
+
+    def counting_lstat(root: Path, path: PurePath) -> os.stat_result:
+        if Path(root) == outbox:
+            opened.append(path)
+        return lstat(root, path)
+
+    monkeypatch.setattr(safefs, "open_regular", counting_open)
+    monkeypatch.setattr(safefs, "lstat", counting_lstat)
+    monkeypatch.setattr("srd.executors.job.hashlib", _NoRehash)  # the job's module only, not the daemon's hash
+    daemon, now = inline_daemon(tmp_path)
+    try:
+        (inbox / "a.png").write_bytes(make_image(Path("a.png"), SIZE, 6))
+        settle(daemon, now, [inbox / "a.png"])
+    finally:
+        daemon.close()
+    assert opened == [inbox / "a.png"]
+    assert decoded_size(outbox / "a.png") == DOUBLED
+    mark = marked_for(outbox, outbox / "a.png")
+    assert mark is not None and mark[1] == "a.png"
+
+
+class _NoRehash:
+    @staticmethod
+    def sha256(data: bytes = b"") -> object:
+        raise AssertionError("the job hashed its shipped bytes again")
 
 
 def test_duplicate_content_under_another_name_is_linked_not_processed_again(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""A job that carries its source bytes (`Job.data`) is processed from them, with the coordinator's guarantees kept."""
+"""A job that carries its source bytes (`Job.content`) is processed from them, with the coordinator's guarantees
+kept."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from daemon_helpers import ESPCN_X2, make_image
 
 from srd.config import Profile
 from srd.engine.pipeline import Pipeline, StageContext, Upscale
-from srd.executors.job import Job
+from srd.executors.job import Content, Job
 from srd.executors.render import run_job
 from srd.fs.fileversion import version_of
 
@@ -22,7 +23,7 @@ def test_shipped_bytes_are_processed_without_reading_the_file(tmp_path: Path) ->
     shipped = make_image(source, (24, 32), seed=1)
     source.write_bytes(make_image(source, (16, 16), seed=2))
     (tmp_path / "out").mkdir()
-    result = run_job(Job(source, tmp_path / "out", PROFILE, 10**8, data=shipped), StageContext())
+    result = run_job(Job(source, tmp_path / "out", PROFILE, 10**8, content=Content.of(shipped)), StageContext())
     assert result.ok and result.output == tmp_path / "out" / "a.png"
     assert result.input_size == (32, 24) and result.output_size == (64, 48)
     assert result.sha256 == hashlib.sha256(shipped).hexdigest()
@@ -36,7 +37,8 @@ def test_shipped_bytes_still_check_the_source_version_before_the_output_lands(tm
     planned = version_of(source)
     rewritten = make_image(source, (24, 32), seed=3)
     source.write_bytes(rewritten)  # a writer replaced it meanwhile
-    result = run_job(Job(source, tmp_path, PROFILE, 10**8, target=source, source_version=planned, data=shipped),
+    result = run_job(Job(source, tmp_path, PROFILE, 10**8, target=source, source_version=planned,
+                         content=Content.of(shipped)),
                      StageContext())
     assert not result.ok and result.error is not None and "changed since this run planned it" in result.error
     assert source.read_bytes() == rewritten and [p.name for p in tmp_path.iterdir()] == ["a.png"]

@@ -54,9 +54,10 @@ from srd.daemon.settle import Look, ReadyFile
 from srd.daemon.sourcefile import SourceFile, Work
 from srd.daemon.targets import choose_target
 from srd.errors import ImageError, OutputError, describe_os_error
-from srd.executors.job import Job
+from srd.executors.job import Content, Job
 from srd.executors.pool import Outcome
 from srd.fs import safefs
+from srd.fs.outputmark import mark_value
 from srd.fs.sources import link_or_copy
 from srd.ledger import Entry, LedgerError, LedgerUnwritableError, State, make_key
 
@@ -272,7 +273,7 @@ class Lifecycle:
             return
         work = Work(file, runtime.profile, runtime.fingerprint, sha256, key, target, probe.pixels)
         # Nobody knows whether the daemon's death was this file's doing: run it alone to find out.
-        self._submit(work, suspect=unfinished, data=probe.data)
+        self._submit(work, suspect=unfinished, content=probe.content)
 
     def _skip(self, runtime: InboxRuntime, key: str, ready: ReadyFile, exc: Exception, *,
               remember: bool = True) -> None:
@@ -332,16 +333,17 @@ class Lifecycle:
 
     # -- submitted, running --------------------------------------------------------------------------------
 
-    def _submit(self, work: Work, *, suspect: bool = False, data: bytes | None = None) -> None:
-        """Hand a file to the pool; `data` is its content as hashed, shipped instead of read again (retries
-        and files too big to keep read it where the job runs)."""
+    def _submit(self, work: Work, *, suspect: bool = False, content: Content | None = None) -> None:
+        """Hand a file to the pool; `content` is its bytes as hashed, with that hash, shipped instead of read
+        and hashed again (retries and files too big to keep read it where the job runs)."""
         config = self._ctx.config
         self.active[work.key] = work
         if suspect:
             self._solo.add(work.key)
         job = Job(work.file.path, work.target.parent, work.profile, config.max_input_pixels, target=work.target,
                   source_root=work.file.inbox.path, output_root=work.file.inbox.outbox,
-                  max_input_bytes=config.max_input_bytes, data=data)
+                  max_input_bytes=config.max_input_bytes, content=content,
+                  output_mark=mark_value(work.file.inbox_id, work.file.rel))
         self.pool.submit(work.key, job, suspect=suspect, time_limit=self._time_limit(work))
 
     def _time_limit(self, work: Work) -> float:

@@ -21,7 +21,6 @@ from srd.executors.job import JobResult
 from srd.executors.pool import Finished, Lost, Outcome
 from srd.fs import safefs
 from srd.fs.atomic import temp_files_of
-from srd.fs.outputmark import mark_output
 from srd.fs.sources import report_path
 from srd.ledger import State, make_key
 
@@ -73,7 +72,8 @@ class Outcomes:
             if existing is not None and existing.state == State.DONE:
                 ledger.forget(key)
             ledger.record_start(result.sha256, work.fingerprint, inbox=file.inbox_id, source=file.rel)
-        output_size = safefs.lstat(file.inbox.outbox, result.output).st_size
+        output_size = (result.output_bytes if result.output_bytes is not None
+                       else safefs.lstat(file.inbox.outbox, result.output).st_size)
         changed = result.sha256 != work.sha256
         # Keeping the source touches nothing, so what was done with it can share the `done` record (one
         # fsync fewer); archiving or deleting it must wait until `done` is durable.
@@ -84,7 +84,6 @@ class Outcomes:
             disposition = None
         else:
             disposition = self._disposal.keep(file)
-        mark_output(file.inbox.outbox, result.output, file.inbox_id, file.rel)
         ledger.record_done(key, output=result.output, output_size=output_size, disposition=disposition)
         ctx.counters[file.inbox_id].count_success()
         model, scale = _upscale_summary(work.profile)

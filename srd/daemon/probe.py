@@ -15,6 +15,7 @@ from pathlib import Path
 from srd.daemon.offload import Done, Offloader
 from srd.daemon.settle import ReadyFile
 from srd.daemon.sourcefile import SourceFile
+from srd.executors.job import Content
 from srd.fs import safefs
 from srd.fs.fileversion import FileVersion
 from srd.imaging.imageheader import read_header
@@ -37,7 +38,7 @@ class Probe:
     head: bytes
     pixels: int | None
     signature: FileVersion  # the file's version as it was read (after hashing, when hashed)
-    data: bytes | None = None  # the whole content hashed, when it was asked to be kept
+    content: Content | None = None  # the whole content with that hash, when it was asked to be kept
 
 
 @dataclass(frozen=True)
@@ -50,17 +51,18 @@ class ReadToken:
     keep_bytes: bool = False
 
 
-def hash_file(root: Path, path: Path, *, keep: bool = False) -> tuple[str, bytes, FileVersion, bytes | None]:
-    """Hash a file below inbox `root` and return its sha256, first bytes, version as of the end of the read, and
-    (with `keep`) its whole content; it is opened through `srd.fs.safefs`, never through a symlink.
+def hash_file(root: Path, path: Path, *, keep: bool = False) -> tuple[str, bytes, FileVersion, Content | None]:
+    """Hash a file below inbox `root` and return its sha256, first `HEADER_BYTES`, version as of the end of the
+    read, and (with `keep`) its whole content; it is opened through `srd.fs.safefs`, never through a symlink.
 
+    The head comes from the same read as the hash, so a hashed file is opened and read once.
     The caller compares that version with the settled one: if they differ, the file changed while
     it was being read and the hash means nothing.
     """
     digest = hashlib.sha256()
     chunks: list[bytes] = []
     with os.fdopen(safefs.open_regular(root, path)[0], "rb") as fh:
-        head = fh.read(HEAD_BYTES)
+        head = fh.read(HEADER_BYTES)
         digest.update(head)
         chunks.append(head)
         while chunk := fh.read(_READ_CHUNK):
@@ -68,7 +70,8 @@ def hash_file(root: Path, path: Path, *, keep: bool = False) -> tuple[str, bytes
             if keep:
                 chunks.append(chunk)
         st = os.fstat(fh.fileno())
-    return digest.hexdigest(), head, FileVersion.of(st), b"".join(chunks) if keep else None
+    sha256 = digest.hexdigest()
+    return sha256, head, FileVersion.of(st), Content(b"".join(chunks), sha256) if keep else None
 
 
 def read_head(root: Path, path: Path, size: int = HEAD_BYTES) -> tuple[bytes, FileVersion]:
@@ -78,16 +81,19 @@ def read_head(root: Path, path: Path, size: int = HEAD_BYTES) -> tuple[bytes, Fi
 
 
 def probe_file(root: Path, path: Path, *, need_hash: bool, keep_bytes: bool = False) -> Probe:
-    """Read what the loop needs from a file below inbox `root`; runs in an offload thread, never in the loop.
+    """Read what the loop needs from a file below inbox `root`, in one read; runs in an offload thread, never
+    in the loop.
 
-    With `need_hash` and `keep_bytes`, the probe also holds the content it hashed, for the job to ship.
+    With `need_hash` and `keep_bytes`, the probe also holds the content it hashed, with its hash, for the job
+    to ship (the worker neither reads nor hashes it again).
     """
-    sha256 = hashed = data = None
+    sha256 = content = None
     if need_hash:
-        sha256, _, hashed, data = hash_file(root, path, keep=keep_bytes)
-    head, version = read_head(root, path, HEADER_BYTES)
+        sha256, head, version, content = hash_file(root, path, keep=keep_bytes)
+    else:
+        head, version = read_head(root, path, HEADER_BYTES)
     header = read_header(head)
-    return Probe(sha256, head[:HEAD_BYTES], header.pixels if header is not None else None, hashed or version, data)
+    return Probe(sha256, head[:HEAD_BYTES], header.pixels if header is not None else None, version, content)
 
 
 class OffLoopReads:
@@ -104,7 +110,7 @@ class OffLoopReads:
         """This file's read, if it finished for this version of it; otherwise start it and return None.
 
         The file comes back through the backlog when its read is done, and is considered again. A hash read
-        keeps the file's bytes for its job (`Probe.data`) if the file is small enough and fewer than
+        keeps the file's bytes for its job (`Probe.content`) if the file is small enough and fewer than
         `max_kept()` reads hold bytes already, so the bytes held stay bounded however long the backlog.
 
         Raises:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Set
 from pathlib import Path, PurePosixPath
 
 from srd.daemon.inboxes import InboxRuntime
 from srd.executors.job import output_name
 from srd.fs import safefs
-from srd.fs.outputmark import marked_for
+from srd.fs.outputmark import marked_at
 from srd.fs.sources import numbered_names
 from srd.imaging.imageheader import sniff_format
 from srd.imaging.imageio import output_format_for
@@ -24,7 +25,14 @@ def choose_target(ledger: Ledger, runtime: InboxRuntime, rel: PurePosixPath, *, 
     inbox's ``collision`` setting. `in_flight` holds the targets of the jobs submitted now.
     """
     out_dir = runtime.inbox.outbox / rel.parent
-    safefs.make_dirs(runtime.inbox.outbox, out_dir)
+    # One walk down the outbox (made where missing) for all the names looked at, never through a symlink.
+    with safefs.opened_dir(runtime.inbox.outbox, out_dir, create=True) as folder:
+        return _pick(ledger, runtime, rel, folder, out_dir, key=key, head=head, in_flight=in_flight, suffix=suffix)
+
+
+def _pick(ledger: Ledger, runtime: InboxRuntime, rel: PurePosixPath, folder: int, out_dir: Path, *, key: str | None,
+          head: bytes, in_flight: Set[Path], suffix: str | None) -> Path | None:
+    """`choose_target` in the output folder `out_dir`, open as `folder`."""
     requested = runtime.profile.output.format
     source_format = sniff_format(head)
     if suffix is not None:
@@ -48,9 +56,13 @@ def choose_target(ledger: Ledger, runtime: InboxRuntime, rel: PurePosixPath, *, 
             return candidate
         if owner is not None:
             continue
-        if marked_for(runtime.inbox.outbox, candidate) == ours:  # srd wrote it for this source; its ledger forgot
+        try:
+            os.stat(candidate.name, dir_fd=folder, follow_symlinks=False)
+        except OSError:  # missing (or unusable: then the write says why)
             return candidate
-        if not safefs.lexists(runtime.inbox.outbox, candidate) or runtime.inbox.collision == "overwrite":
+        if marked_at(folder, candidate.name, candidate) == ours:  # srd wrote it for this source; its ledger forgot
+            return candidate
+        if runtime.inbox.collision == "overwrite":
             return candidate
         if runtime.inbox.collision == "skip":
             return None

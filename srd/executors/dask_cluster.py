@@ -248,14 +248,14 @@ class DaskExecutor(Executor):
             loaded = guarded(job, None, started, lambda: load_source(job))
             if isinstance(loaded, JobResult):
                 return loaded
-            data, sha256 = loaded
+            sha256 = loaded.sha256
             # A model missing here fails the file, as it would in a local worker.
             models = guarded(job, sha256, started, lambda: tuple(
                 self._models.sha256(spec) for spec in job.profile.pipeline.models(self._models)))
             if isinstance(models, JobResult):
                 return models
-            task = RenderTask(replace(job, data=data), self._engine, self._model_dirs, models)
-            del data
+            task = RenderTask(replace(job, content=loaded), self._engine, self._model_dirs, models)
+            del loaded
             rendered = self._render(render_task, task)
             if isinstance(rendered, JobResult):
                 return replace(rendered, sha256=sha256)

@@ -33,7 +33,7 @@ _contexts: dict[tuple[EngineSettings, tuple[Path, ...]], StageContext] = {}
 
 @dataclass(frozen=True)
 class RenderTask:
-    """A job with its source bytes (`job.data`), and what the worker needs to render it as the coordinator would.
+    """A job with its source bytes (`job.content`), and what the worker needs to render it as the coordinator would.
 
     `model_sha256` is the sha256 of each model the profile uses, in pipeline order, as the coordinator has them.
     """
@@ -58,8 +58,8 @@ class ModelMismatch(Exception):
 
 def render_task(task: RenderTask) -> Rendered | JobResult:
     """Render one task here: the encoded output, or the job's failed result (without its sha256, the coordinator's)."""
-    assert task.job.data is not None, "a render task carries its source bytes"
-    data = task.job.data
+    assert task.job.content is not None, "a render task carries its source bytes"
+    data = task.job.content.data
     context = _context(task)
     check_models(task, context, _worker_address())
     with job_log_context(task.job):

@@ -27,8 +27,9 @@ from structlog.contextvars import bound_contextvars
 from srd.config import Profile
 from srd.errors import ImageError, OutputError, SourceChangedError, SrdError
 from srd.fs import safefs
-from srd.fs.atomic import write_bytes_atomic
+from srd.fs.atomic import open_atomic
 from srd.fs.fileversion import FileVersion, version_of
+from srd.fs.outputmark import set_mark
 from srd.imaging.imageio import DEFAULT_MAX_INPUT_BYTES, extension_for, read_bounded
 
 log = structlog.get_logger(__name__)
@@ -47,8 +48,10 @@ class Job:
     otherwise, when it is opened or just before the output is put in place, is not processed. A retry then
     never reads the output a killed first try already renamed over its input (in place), and a file written
     to meanwhile is neither processed half-read nor replaced by the output of its old version.
-    `data`, when set, is the source's content already read (the daemon reads each source to hash it): it is
-    processed as it is instead of reading the file again.
+    `output_mark`, when set, is put on the output (`srd.fs.outputmark`) before it appears under its name, so
+    an output srd wrote never shows up unmarked and nobody opens it again to mark it.
+    `content`, when set, is the source's content already read and hashed (the daemon reads each source to
+    hash it): it is processed as it is, neither read nor hashed again.
     """
 
     source: Path
@@ -61,7 +64,24 @@ class Job:
     output_root: Path | None = None
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
     source_version: FileVersion | None = None
-    data: bytes | None = None
+    content: Content | None = None
+    output_mark: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Content:
+    """A source's bytes with their sha256, computed once from those very bytes where they were read.
+
+    Shipping the hash with the bytes spares the worker a second pass over them; since both come from
+    one read, the hash still names exactly what is processed.
+    """
+
+    data: bytes
+    sha256: str
+
+    @classmethod
+    def of(cls, data: bytes) -> Content:
+        return cls(data, hashlib.sha256(data).hexdigest())
 
 
 @dataclass(frozen=True)
@@ -80,6 +100,7 @@ class JobResult:
     out_of_memory: bool = False
     # Set when the data ended early: perhaps a slow writer hasn't finished it yet.
     truncated: bool = False
+    output_bytes: int | None = None  # the output's size as written (no stat needed to learn it)
 
 
 @dataclass(frozen=True)
@@ -110,7 +131,7 @@ def output_name(source_name: str, source_format: str, written_format: str, reque
 
 
 def read_source(path: Path, root: Path | None = None, max_bytes: int = DEFAULT_MAX_INPUT_BYTES,
-                expected: FileVersion | None = None) -> tuple[bytes, str]:
+                expected: FileVersion | None = None) -> Content:
     """Read a file once and hash those same bytes, so the hash always matches what was processed.
 
     With `root` (the inbox), the file is opened below it without following any symlink (`srd.fs.safefs`).
@@ -127,13 +148,13 @@ def read_source(path: Path, root: Path | None = None, max_bytes: int = DEFAULT_M
         raise ImageError("is a directory, not an image file") from exc
     except OSError as exc:
         raise ImageError(f"cannot read: {exc.strerror}") from exc
-    return data, hashlib.sha256(data).hexdigest()
+    return Content.of(data)
 
 
-def load_source(job: Job) -> tuple[bytes, str]:
-    """The job's source bytes and their sha256: the shipped `data`, else the file read as `read_source` does."""
-    if job.data is not None:
-        return job.data, hashlib.sha256(job.data).hexdigest()
+def load_source(job: Job) -> Content:
+    """The job's source bytes and their sha256: the shipped `content`, else the file read as `read_source` does."""
+    if job.content is not None:
+        return job.content
     return read_source(job.source, job.source_root, job.max_input_bytes, job.source_version)
 
 
@@ -147,7 +168,10 @@ def store_output(job: Job, rendered: Rendered, sha256: str, started: float) -> J
     target = job.target or job.out_dir / rendered.name
 
     def write() -> None:
-        write_bytes_atomic(target, rendered.data, root=job.output_root, before_rename=lambda: _check_source(job))
+        with open_atomic(target, root=job.output_root, before_rename=lambda: _check_source(job)) as out:
+            out.write(rendered.data)
+            if job.output_mark is not None:
+                set_mark(out.fileno(), job.output_mark, target)
 
     failed = guarded(job, sha256, started, write)
     if isinstance(failed, JobResult):
@@ -156,7 +180,7 @@ def store_output(job: Job, rendered: Rendered, sha256: str, started: float) -> J
     log.info("job_done", src=str(job.source), out=str(target), profile=job.profile.name,
              in_size=rendered.input_size, out_size=rendered.output_size, ms=ms)
     return JobResult(source=job.source, ok=True, output=target, sha256=sha256, input_size=rendered.input_size,
-                     output_size=rendered.output_size, milliseconds=ms)
+                     output_size=rendered.output_size, milliseconds=ms, output_bytes=len(rendered.data))
 
 
 def guarded(job: Job, sha256: str | None, started: float, step: Callable[[], T]) -> T | JobResult:

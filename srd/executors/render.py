@@ -42,8 +42,7 @@ def run_job(job: Job, context: StageContext) -> JobResult:
         loaded = guarded(job, None, started, lambda: load_source(job))
         if isinstance(loaded, JobResult):
             return loaded
-        data, sha256 = loaded
-        rendered = guarded(job, sha256, started, lambda: render(job, data, context))
+        rendered = guarded(job, loaded.sha256, started, lambda: render(job, loaded.data, context))
         if isinstance(rendered, JobResult):
             return rendered
-        return store_output(job, rendered, sha256, started)
+        return store_output(job, rendered, loaded.sha256, started)

@@ -166,6 +166,10 @@ class AtomicFile:
         """Return the number of bytes written so far."""
         return self._raw.tell()
 
+    def fileno(self) -> int:
+        """The temp file's descriptor (for metadata such as an extended attribute, set before the rename)."""
+        return self._raw.fileno()
+
 
 @contextmanager
 def open_atomic(target: Path, *, mode: int | None = None, root: Path | None = None,

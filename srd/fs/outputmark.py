@@ -21,16 +21,30 @@ log = structlog.get_logger(__name__)
 MARK = "user.srd.source"
 
 
+def mark_value(inbox: str, source: PurePosixPath) -> bytes:
+    """The mark naming inbox file `source` of `inbox`."""
+    return os.fsencode(inbox) + b"\0" + os.fsencode(source.as_posix())
+
+
+def set_mark(fd: int, value: bytes, output: Path) -> None:
+    """Put mark `value` on the open file `fd` (the output, or its temp file before the rename; best effort)."""
+    try:
+        os.setxattr(fd, MARK, value)
+    except OSError as exc:  # ENOTSUP and the like: the ledger still knows
+        log.debug("output_mark_failed", output=str(output), error=str(exc))
+
+
 def mark_output(outbox: Path, output: Path, inbox: str, source: PurePosixPath) -> None:
     """Record on `output` (below `outbox`) which inbox file it was written for (best effort)."""
     try:
         fd = safefs.open_regular(outbox, output)[0]
-        try:
-            os.setxattr(fd, MARK, os.fsencode(inbox) + b"\0" + os.fsencode(source.as_posix()))
-        finally:
-            os.close(fd)
-    except OSError as exc:  # ENOTSUP and the like: the ledger still knows
+    except OSError as exc:
         log.debug("output_mark_failed", output=str(output), error=str(exc))
+        return
+    try:
+        set_mark(fd, mark_value(inbox, source), output)
+    finally:
+        os.close(fd)
 
 
 def marked_for(outbox: Path, output: Path) -> tuple[str, str] | None:
@@ -39,6 +53,20 @@ def marked_for(outbox: Path, output: Path) -> tuple[str, str] | None:
         fd = safefs.open_regular(outbox, output)[0]
     except OSError:
         return None
+    return _read_mark(fd)
+
+
+def marked_at(folder: int, name: str, output: Path) -> tuple[str, str] | None:
+    """`marked_for` of the file `name` in the open folder `folder` (`output` names it in messages)."""
+    try:
+        fd = safefs.open_regular_at(folder, name, output)[0]
+    except OSError:
+        return None
+    return _read_mark(fd)
+
+
+def _read_mark(fd: int) -> tuple[str, str] | None:
+    """The mark on the open file `fd`, which this closes."""
     try:
         value = os.getxattr(fd, MARK)
     except OSError:
