@@ -38,7 +38,8 @@ def add_speed_arguments(speed: argparse.ArgumentParser) -> None:
     speed.add_argument("--scale", "-s", type=int)
     speed.add_argument("--runtimes", default="default",
                        help=f"comma-separated, of: {', '.join(RUNTIME_VARIANTS)} ('default': the configured engine)")
-    speed.add_argument("--threads", dest="thread_counts", type=_numbers(1), default=[1], help="comma-separated thread counts (default 1)")
+    speed.add_argument("--threads", dest="thread_counts", type=_numbers(1), default=[1],
+                       help="comma-separated thread counts (default 1)")
     speed.add_argument("--tiles", type=_numbers(0), default=[0, 64, 128, 192, 256],
                        help="comma-separated tile sizes (0: untiled)")
     speed.add_argument("--tile-pad", type=_at_least_zero, help="LR pixels of context around each tile")

@@ -73,7 +73,8 @@ class SpeedSummary:
         return self.gmacs / self.peak_gmacs
 
     def as_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "variant": self.variant, "runtime": self.runtime, "threads": self.threads, "tile": self.tile,
+        return {"model": self.model, "variant": self.variant, "runtime": self.runtime, "threads": self.threads,
+                "tile": self.tile,
                 "us_per_lr_pixel": self.us_per_lr_pixel, "median_us_per_lr_pixel": self.median_us,
                 "peak_rss_mb": self.peak_rss_mb, "macs_per_lr_pixel": self.macs_per_lr_pixel,
                 "gmacs": self.gmacs, "matmul_peak_gmacs": self.peak_gmacs, "peak_fraction": self.peak_fraction}
@@ -184,7 +185,8 @@ def compare_speed(
         SpeedSummary(
             model=f"{plan.spec.name} x{plan.spec.scale}", variant=plan.runtime, runtime=rows[0][2], threads=plan.threads, tile=plan.tile,
             us_per_lr_pixel=[us for us, _, _ in rows], peak_rss_mb=max(rss for _, rss, _ in rows),
-            macs_per_lr_pixel=macs[plan.spec], peak_gmacs=statistics.median(peaks.get(plan.threads, [float("nan")])),
+            macs_per_lr_pixel=macs[plan.spec],
+            peak_gmacs=statistics.median(peaks.get(plan.threads, [float("nan")])),
         )
         for plan, rows in samples.items()
     ]
