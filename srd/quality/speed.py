@@ -183,7 +183,8 @@ def compare_speed(
     macs = {spec: macs_per_lr_pixel(spec) for spec in {plan.spec for plan in plans}}
     return [
         SpeedSummary(
-            model=f"{plan.spec.name} x{plan.spec.scale}", variant=plan.runtime, runtime=rows[0][2], threads=plan.threads, tile=plan.tile,
+            model=f"{plan.spec.name} x{plan.spec.scale}", variant=plan.runtime, runtime=rows[0][2],
+            threads=plan.threads, tile=plan.tile,
             us_per_lr_pixel=[us for us, _, _ in rows], peak_rss_mb=max(rss for _, rss, _ in rows),
             macs_per_lr_pixel=macs[plan.spec],
             peak_gmacs=statistics.median(peaks.get(plan.threads, [float("nan")])),
