@@ -26,7 +26,7 @@ from srd.engine.upscaler import EngineSettings, Upscaler
 from srd.quality.macs import macs_per_lr_pixel, matmul_peak_gmacs
 
 # What `--runtimes` accepts: 'default' is the engine as configured (runtime: auto picks by its table).
-RUNTIME_VARIANTS: dict[str, dict[str, str]] = {
+RUNTIME_VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "opencv-classic": {"runtime": "opencv", "onnx_engine": "classic"},
     "opencv-new": {"runtime": "opencv", "onnx_engine": "new"},
