@@ -194,3 +194,17 @@ def test_runtimes_agree_within_one_grey_level_on_a_tiled_photo(photo: np.ndarray
         difference = np.abs(out.astype(np.int16) - reference)
         assert difference.max() <= 1, f"{label}: max abs difference {difference.max()}"
         assert (difference > 0).mean() < 0.01, f"{label}: {(difference > 0).mean():.2%} of values differ"
+
+
+def test_command_line_device_and_runtime_are_checked_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], without_onnxruntime: None
+) -> None:
+    from srd.cli.main import main
+
+    for option, value, reason in (("--device", "gpu", "must be auto, cpu, cuda or cuda:N"),
+                                  ("--runtime", "onnxruntime", "srd[onnxruntime]")):
+        with pytest.raises(SystemExit) as exited:
+            main(["process", str(tmp_path / "none.png"), "--out", str(tmp_path / "out"), option, value])
+        assert exited.value.code == 2
+        assert reason in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -17,7 +17,7 @@ from srd.cli.speed_cli import add_speed_arguments, run_speed
 from srd.config import Config, check_real_folders, load_config
 from srd.engine.pipeline import StageContext
 from srd.engine.registry import ModelSpec, available_models, resolve_model, user_models_dir
-from srd.engine.runtime_choice import RUNTIMES, device_problem, runtime_problem
+from srd.engine.runtime_choice import RUNTIMES, with_choice
 from srd.engine.upscaler import EngineSettings
 from srd.errors import (
     ConfigError,
@@ -170,19 +170,12 @@ def _engine_from(config: Config, args: argparse.Namespace, default_threads: int 
     tile: int | None = getattr(args, "tile", None)
     tile_pad: int | None = getattr(args, "tile_pad", None)
     threads: int | None = getattr(args, "threads", None)
-    runtime: str | None = getattr(args, "runtime", None)
-    device: str | None = getattr(args, "device", None)
-    if device is not None and device_problem(device):
-        raise UsageError(f"--device {device}: {device_problem(device)}")
-    if runtime is not None and runtime_problem(runtime):
-        raise UsageError(f"--runtime {runtime}: {runtime_problem(runtime)}")
+    engine = with_choice(config.engine, getattr(args, "runtime", None), getattr(args, "device", None))
     return replace(
-        config.engine,
-        tile=config.engine.tile if tile is None else tile,
-        tile_pad=config.engine.tile_pad if tile_pad is None else tile_pad,
+        engine,
+        tile=engine.tile if tile is None else tile,
+        tile_pad=engine.tile_pad if tile_pad is None else tile_pad,
         threads=default_threads if threads is None else threads,
-        runtime=config.engine.runtime if runtime is None else runtime,
-        device=config.engine.device if device is None else device,
     )
 
 

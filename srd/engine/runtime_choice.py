@@ -10,14 +10,19 @@ from __future__ import annotations
 import multiprocessing
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from srd.engine.onnx_runtime import CUDA_PROVIDER, OnnxRuntime, import_onnxruntime
 from srd.engine.registry import ModelSpec
 from srd.engine.runtime import OpenCvRuntime, Runtime
-from srd.errors import ModelError
+from srd.errors import ModelError, UsageError
+
+if TYPE_CHECKING:  # the Upscaler imports this module
+    from srd.engine.upscaler import EngineSettings
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +53,20 @@ def runtime_problem(runtime: str) -> str | None:
     if runtime == "onnxruntime" and import_onnxruntime() is None:
         return f"onnxruntime is not installed: {EXTRAS['onnxruntime']}"
     return None
+
+
+def with_choice(engine: EngineSettings, runtime: str | None, device: str | None) -> EngineSettings:
+    """`engine` with a command line's --runtime and --device where given.
+
+    Raises:
+        UsageError: either is unknown, or the runtime is not installed.
+    """
+    if device is not None and device_problem(device):
+        raise UsageError(f"--device {device}: {device_problem(device)}")
+    if runtime is not None and runtime_problem(runtime):
+        raise UsageError(f"--runtime {runtime}: {runtime_problem(runtime)}")
+    return replace(engine, runtime=engine.runtime if runtime is None else runtime,
+                   device=engine.device if device is None else device)
 
 
 def visible_gpus() -> int:
