@@ -30,11 +30,12 @@ RUNTIMES = ("auto", "opencv", "onnxruntime")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 EXTRAS = {"onnxruntime": "pip install 'srd[onnxruntime]' (or 'srd[gpu]' for CUDA)"}
 
-# µs per LR pixel, edsr-lite x2, 1 thread, tile 192, pad 16 (BENCHMARKS.md, "Runtimes side by side",
-# 2026-12-07). The zoo's TensorFlow graphs run on OpenCV only.
+# µs per LR pixel on one core, edsr-lite x2, tile 192: the issue's idle measurement (onnxruntime 1.85, OpenCV
+# classic 3.0), the same 1.5x as srd bench speed's loaded run (7.9 vs 12.1; BENCHMARKS.md "Runtimes side by
+# side", 2026-12-07). The zoo's TensorFlow graphs have one candidate: OpenCV (ESPCN x2, BENCHMARKS.md).
 MEASURED_US_PER_LR_PIXEL: dict[str, dict[str, float]] = {
     "onnx": {"onnxruntime": 1.85, "opencv": 3.0},
-    "tensorflow": {"opencv": 1.0},
+    "tensorflow": {"opencv": 0.72},
 }
 
 _NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
