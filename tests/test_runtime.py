@@ -106,6 +106,7 @@ def test_cuda_without_its_provider_warns_once_and_runs_on_the_cpu(monkeypatch: p
     assert warnings[0]["event"] == "gpu_unavailable_using_cpu" and "srd[gpu]" in warnings[0]["reason"]
 
 
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")
 def test_cuda_provider_listed_but_unusable_warns_and_runs_on_the_cpu(
     monkeypatch: pytest.MonkeyPatch, fake_gpus: Path
 ) -> None:
