@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -58,16 +59,17 @@ def test_speed_compares_models_over_alternating_rounds(zoo: Path, capsys: pytest
     """Every model gets every tile size in every round; times are relative to the first model's."""
     out = run_cli(capsys, "bench", "speed", "-m", "edsr-lite", "-m", zoo / "ESPCN_x2.pb", "--scale", 2,
                   "--tiles", "0,32", "--size", "48x64", "--repeats", 1, "--rounds", 2)
-    rows = {(row[0], row[1]): row[2:] for row in table(out)}
-    assert set(rows) == {(model, method) for model in ("edsr-lite x2", "ESPCN_x2 x2")
-                         for method in ("srd untiled", "srd tile 32")} | {("ESPCN_x2 x2", "upsample()")}
-    for (model, method), (time_us, rss_mb, ratio) in rows.items():
+    rows = {(row[0], row[1], row[3]): row[4:] for row in table(out)}
+    assert set(rows) == {("edsr-lite x2", "default: onnxruntime", tile) for tile in ("untiled", "32")} | {
+        ("ESPCN_x2 x2", "default: opencv", tile) for tile in ("untiled", "32")} | {
+        ("ESPCN_x2 x2", "upsample()", "untiled")}
+    for (model, runtime, tile), (time_us, gmacs, _, rss_mb, ratio) in rows.items():
         median, low, high = (float(v) for v in re.fullmatch(r"(\S+) \((\S+)–(\S+)\)", time_us).groups())
-        assert 0 < low <= median <= high and float(rss_mb) > 20
+        assert 0 < low <= median <= high and float(rss_mb) > 20 and float(gmacs) > 0
         if model == "edsr-lite x2":
             assert ratio == "1.00"
-        elif method != "upsample()":
-            first = float(rows[("edsr-lite x2", method)][0].split()[0])
+        elif runtime != "upsample()":
+            first = float(rows[("edsr-lite x2", "default: onnxruntime", tile)][0].split()[0])
             exact = median / first  # from times printed to 0.01, so allow for their rounding and the ratio's
             assert abs(float(ratio) - exact) <= 0.005 + exact * (0.005 / median + 0.005 / first)
         else:
@@ -92,3 +94,21 @@ def test_quality_on_jpeg_degraded_inputs_with_denoise_and_ensemble_rows(
     with pytest.raises(SystemExit):
         main(["bench", "quality", "--set", str(bench / "Set5"), "--scale", "2", "--degrade", "jpeg:200"])
     assert "use jpeg:Q" in capsys.readouterr().err
+
+
+def test_speed_sets_runtimes_and_threads_side_by_side_against_the_cpu_peak(capsys: pytest.CaptureFixture[str]) -> None:
+    """One run: both OpenCV engines and onnxruntime at 1 and 2 threads; GMAC/s from the model's own MAC count
+    (edsr-lite x2: 8 blocks of 32 channels, an ESPCN tail) and its fraction of the matmul peak."""
+    out = run_cli(capsys, "bench", "speed", "-m", "edsr-lite", "-s", 2, "--runtimes",
+                  "opencv-classic,opencv-new,onnxruntime", "--threads", "1,2", "--tiles", 32, "--size", "40x48",
+                  "--repeats", 1, "--json")
+    rows = json.loads(out)
+    assert {(row["runtime"], row["threads"]) for row in rows} == {
+        (runtime, threads) for runtime in ("opencv-classic", "opencv-new", "onnxruntime") for threads in (1, 2)}
+    head, body, tail = 3 * 32 * 9, (2 * 8 + 1) * 32 * 32 * 9, 32 * 3 * 2**2 * 9
+    for row in rows:
+        assert row["macs_per_lr_pixel"] == head + body + tail
+        assert row["gmacs"] == pytest.approx(row["macs_per_lr_pixel"] / row["median_us_per_lr_pixel"] / 1e3)
+        assert row["matmul_peak_gmacs"] > 1 and 0 < row["peak_fraction"] < 2
+        assert row["peak_fraction"] == pytest.approx(row["gmacs"] / row["matmul_peak_gmacs"])
+        assert row["peak_rss_mb"] > 20

@@ -63,6 +63,8 @@ NOT_RUN = {
     "docker exec srd srd status --config /etc/srd/srd.yaml": "container step",
     "python scripts/bench_daemon.py --output /tmp/bench_daemon.json": "daemon benchmark script",
     "python scripts/bench_ledger.py --entries 100000": "ledger benchmark script",
+    "python scripts/bench_cv2_levers.py -m edsr-lite -s 2 --size 192x256 --rounds 1":
+        "OpenCV DNN levers benchmark script",
     "python scripts/reliability.py --output reliability.json": "the long reliability suite",
     "pip install -e '.[web]'": "the web extra (the test extra includes it)",
     "srd web --hash-password": "the web UI (tests/test_web.py)",
@@ -201,7 +203,8 @@ def _check_bench_quality(work: Path, out: str) -> None:
 
 
 def _check_bench_speed(work: Path, out: str) -> None:
-    assert re.search(r"^\| .+ \| srd .+ \| \d+\.\d+ \(\d", out, re.MULTILINE), out
+    row = r"^\| .+ \| (default: )?(opencv|onnxruntime).* \| \d+ \| \w+ \| \d+\.\d+ \(\d"
+    assert re.search(row, out, re.MULTILINE), out
 
 
 CHECKS: dict[str, Callable[[Path, str], None]] = {

@@ -13,10 +13,12 @@ from pathlib import Path
 
 from srd import __version__
 from srd.cli.daemon_cli import add_commands as add_daemon_commands
+from srd.cli.speed_cli import add_speed_arguments, run_speed
 from srd.config import Config, check_real_folders, load_config
 from srd.engine.ensemble import ENSEMBLE_SIZES
 from srd.engine.pipeline import StageContext
 from srd.engine.registry import ModelSpec, available_models, resolve_model, user_models_dir
+from srd.engine.runtime_choice import RUNTIMES, with_choice
 from srd.engine.upscaler import EngineSettings
 from srd.errors import (
     ConfigError,
@@ -73,7 +75,14 @@ def _at_least(minimum: int) -> Callable[[str], int]:
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile", type=_at_least(0), help="tile side in LR pixels (0: whole image at once)")
     parser.add_argument("--tile-pad", type=_at_least(0), help="LR pixels of context around each tile")
-    parser.add_argument("--threads", type=_at_least(1), help="OpenCV threads per worker process")
+    parser.add_argument("--threads", type=_at_least(1), help="inference threads per worker process")
+    _add_device_options(parser)
+
+
+def _add_device_options(parser: argparse.ArgumentParser, *, runtime: bool = True) -> None:
+    if runtime:
+        parser.add_argument("--runtime", choices=RUNTIMES, help="inference runtime (default: the config's, auto)")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (CUDA through onnxruntime; default: the config's)")
 
 
 def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
@@ -151,17 +160,12 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpar
                          help="also run each model as a self-ensemble of this many flips/rotations")
     quality.add_argument("--config", "-c", type=Path, help="YAML config (model_dirs, engine)")
     _add_engine_options(quality)
-    speed = bench_sub.add_parser("speed", help="µs per LR pixel and peak RSS for several tile sizes",
+    speed = bench_sub.add_parser("speed", help="runtimes, threads and tiles side by side: µs per LR pixel, "
+                                               "GMAC/s against the CPU's peak, peak RSS",
                                  description="Each measurement runs in a fresh process so peak RSS is its own; "
-                                             "several models are measured in alternating rounds.")
-    speed.add_argument("--model", "-m", action="append", required=True, help="model name or file; repeatable")
-    speed.add_argument("--scale", "-s", type=int)
-    speed.add_argument("--tiles", default="0,64,128,192,256", help="comma-separated tile sizes (0: untiled)")
-    speed.add_argument("--size", default="512x512", help="LR image size HxW")
-    speed.add_argument("--repeats", type=int, default=2, help="timed runs per measurement, after a warm-up")
-    speed.add_argument("--rounds", type=int, default=1, help="measure every model this many times, alternating")
-    speed.add_argument("--config", "-c", type=Path, help="YAML config (model_dirs, engine)")
-    _add_engine_options(speed)
+                                             "everything is measured in alternating rounds.")
+    add_speed_arguments(speed)
+    _add_device_options(speed, runtime=False)
 
     train = sub.add_parser("train", help="train and export srd's own models (needs the 'train' extra)",
                            add_help=False)
@@ -181,10 +185,11 @@ def _engine_from(config: Config, args: argparse.Namespace, default_threads: int 
     tile: int | None = getattr(args, "tile", None)
     tile_pad: int | None = getattr(args, "tile_pad", None)
     threads: int | None = getattr(args, "threads", None)
+    engine = with_choice(config.engine, getattr(args, "runtime", None), getattr(args, "device", None))
     return replace(
-        config.engine,
-        tile=config.engine.tile if tile is None else tile,
-        tile_pad=config.engine.tile_pad if tile_pad is None else tile_pad,
+        engine,
+        tile=engine.tile if tile is None else tile,
+        tile_pad=engine.tile_pad if tile_pad is None else tile_pad,
         threads=default_threads if threads is None else threads,
     )
 
@@ -262,12 +267,11 @@ def _run_config_check(args: argparse.Namespace) -> ExitCode:
 def _run_bench(args: argparse.Namespace) -> ExitCode:
     config = load_config(args.config)
     configure_logging("warning", config.log_format)
-    engine = _engine_from(config, args, args.threads)
     specs = [resolve_model(m, args.scale, extra_dirs=config.model_dirs) for m in args.model]
     if args.bench_command == "quality":
-        _print_bench_quality(args, specs, engine)
+        _print_bench_quality(args, specs, _engine_from(config, args, args.threads))
     else:
-        _print_bench_speed(args, specs, engine)
+        run_speed(args, specs, _engine_from(config, args, None))
     return ExitCode.OK
 
 
@@ -287,23 +291,6 @@ def _print_bench_quality(args: argparse.Namespace, specs: list[ModelSpec], engin
         print("|---" * (len(rows) + 1) + "|")
         for name in rows[0].scores:
             print(f"| {name} | {' | '.join(f'{row.scores[name][0]:.2f}' for row in rows)} |")
-
-
-def _print_bench_speed(args: argparse.Namespace, specs: list[ModelSpec], engine: EngineSettings) -> None:
-    from srd.quality import bench
-
-    height, width = (int(v) for v in args.size.lower().split("x"))
-    tiles = [int(t) for t in args.tiles.split(",")]
-    rows = bench.compare_speed(specs, engine, tiles, (height, width), repeats=args.repeats, rounds=args.rounds)
-    print(f"{height}x{width} LR, pad {engine.tile_pad}, threads {engine.threads or 'default'}, "
-          f"{args.rounds} round(s) of {args.repeats} timed run(s)")
-    print("| model | method | µs per LR pixel: median (range) | peak RSS (MB) | time ÷ first model's |")
-    print("|---|---|---|---|---|")
-    first = {row.method: row.median_us for row in rows if row.model == rows[0].model}
-    for row in rows:
-        spread = f"{min(row.us_per_lr_pixel):.2f}–{max(row.us_per_lr_pixel):.2f}"
-        ratio = f"{row.median_us / first[row.method]:.2f}" if row.method in first else "–"
-        print(f"| {row.model} | {row.method} | {row.median_us:.2f} ({spread}) | {row.peak_rss_mb:.0f} | {ratio} |")
 
 
 def _run_train(args: argparse.Namespace) -> ExitCode:

@@ -24,6 +24,7 @@ from srd.config.sections import check_upscale_models, parse_inbox, parse_profile
 from srd.config.services import parse_executor, parse_web
 from srd.engine.pipeline import Upscale
 from srd.engine.runtime import ONNX_ENGINES
+from srd.engine.runtime_choice import device_problem, runtime_problem, visible_gpus
 from srd.engine.upscaler import CHROMA_INTERPOLATIONS, EngineSettings
 from srd.errors import ConfigError
 from srd.imaging.imageio import DEFAULT_MAX_INPUT_BYTES
@@ -36,6 +37,16 @@ _TOP_LEVEL = {
     "job_timeout", "job_timeout_min_seconds", "reconcile_interval", "claim_stale_seconds",
     "crash_retry_after_seconds", "model_dirs", "engine", "profiles", "inboxes", "log", "web", "metrics", "executor",
 }
+
+
+def _default_workers(engine: EngineSettings, threads: int) -> int:
+    """One worker per GPU where the engine is told to use CUDA ('cuda': each worker takes the next GPU;
+    'cuda:N': the one GPU), else as many as fit the cores."""
+    if engine.device == "cuda":
+        return max(1, visible_gpus())
+    if engine.device.startswith("cuda:"):
+        return 1
+    return default_workers(threads)
 
 
 def parse_config(data: Any, *, base: Path, source: str, check_models: bool = False,
@@ -70,9 +81,11 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
             return default
         return value
 
-    # Each worker is a process and each thread an OpenCV thread: beyond this, a typo, not a machine.
+    engine_fields = parse_fields(EngineSettings, data.get("engine"), "engine", problems, skip=("threads",))
+    engine = EngineSettings(**(engine_fields.values if engine_fields else {}))
+    # Each worker is a process and each thread an inference thread: beyond this, a typo, not a machine.
     threads = number("threads_per_worker", int, 1, 1, MAX_PROCESSES)
-    workers = number("workers", int, default_workers(threads), 1, MAX_PROCESSES)
+    workers = number("workers", int, _default_workers(engine, threads), 1, MAX_PROCESSES)
     max_pixels = number("max_input_pixels", int, 100_000_000, 1)
     max_bytes = number("max_input_bytes", int, DEFAULT_MAX_INPUT_BYTES, 1)
     max_attempts = number("max_attempts", int, 3, 1)
@@ -90,14 +103,15 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
         problems.add("model_dirs", "expected a list of folder paths")
         model_dirs_data = []
 
-    engine_fields = parse_fields(EngineSettings, data.get("engine"), "engine", problems, skip=("threads",))
-    engine = EngineSettings(**(engine_fields.values if engine_fields else {}))
     if engine.onnx_engine not in ONNX_ENGINES:
         problems.add("engine.onnx_engine", f"must be one of {', '.join(ONNX_ENGINES)}")
     if engine.chroma not in CHROMA_INTERPOLATIONS:
         problems.add("engine.chroma", f"must be one of {', '.join(CHROMA_INTERPOLATIONS)}")
     if engine.tile < 0 or engine.tile_pad < 0:
         problems.add("engine", "tile and tile_pad must not be negative")
+    for key, problem in (("runtime", runtime_problem(engine.runtime)), ("device", device_problem(engine.device))):
+        if problem:
+            problems.add(f"engine.{key}", problem)
 
     log = data.get("log") or {}
     log_level, log_format = "info", "auto"

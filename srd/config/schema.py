@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from srd.engine.pipeline import Pipeline, Upscale
@@ -144,13 +144,7 @@ class Config:
 
     def worker_engine(self) -> EngineSettings:
         """Engine settings as each worker process applies them."""
-        return EngineSettings(
-            tile=self.engine.tile,
-            tile_pad=self.engine.tile_pad,
-            onnx_engine=self.engine.onnx_engine,
-            chroma=self.engine.chroma,
-            threads=self.threads_per_worker,
-        )
+        return replace(self.engine, threads=self.threads_per_worker)
 
 
 def default_profile() -> Profile:

@@ -3,7 +3,10 @@
 
 A `Runtime` is a loaded model that opens `Session`s; a session runs one NCHW float32 blob at a time and is
 used by one thread at a time (an OpenCV `Net` is not thread-safe), so running tiles in parallel takes one
-session per thread.
+session per thread. `open_session(threads)` gives the session that many threads of its own where the library
+allows it: onnxruntime per session, OpenCV only per process (`cv2.setNumThreads`, the last call wins).
+The runtimes: `OpenCvRuntime` here (the default, no dependency beyond OpenCV) and `OnnxRuntime`
+(`onnx_runtime.py`); `runtime_choice.open_runtime` picks one.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ class Runtime(Protocol):
     """A model loaded for one inference library."""
 
     name: str
+    device: str
 
-    def open_session(self) -> Session:
-        """A session of its own for the calling thread."""
+    def open_session(self, threads: int | None = None) -> Session:
+        """A session of its own for the calling thread, running on `threads` threads (None: the library's
+        default)."""
         ...
 
 
@@ -90,13 +95,16 @@ class OpenCvRuntime:
     """
 
     name = "opencv"
+    device = "cpu"
 
     def __init__(self, spec: ModelSpec, onnx_engine: str = "classic") -> None:
         self._spec = spec
         self._onnx_engine = onnx_engine
         self._first: OpenCvSession | None = OpenCvSession(load_net(spec, onnx_engine))
 
-    def open_session(self) -> OpenCvSession:
+    def open_session(self, threads: int | None = None) -> OpenCvSession:
+        if threads is not None:
+            cv2.setNumThreads(threads)
         if self._first is not None:
             session, self._first = self._first, None
             return session

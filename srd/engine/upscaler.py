@@ -15,7 +15,8 @@ import numpy as np
 from srd.engine.conventions import LUMA_CONVENTIONS, convention_for
 from srd.engine.ensemble import run_ensembled
 from srd.engine.registry import ModelSpec
-from srd.engine.runtime import OpenCvRuntime, Session
+from srd.engine.runtime import Runtime, Session
+from srd.engine.runtime_choice import open_runtime
 from srd.engine.tiling import upscale_tiled
 from srd.errors import ModelError
 
@@ -31,7 +32,9 @@ class EngineSettings:
         tile_pad: LR pixels of context around each tile.
         onnx_engine: OpenCV DNN engine for ONNX models ('classic' measured fastest here).
         chroma: how luma-only models' Cr/Cb are enlarged; 'bilinear' reproduces upsample().
-        threads: OpenCV threads in this process (None leaves OpenCV's default).
+        threads: inference threads in this process (None leaves the runtime's default).
+        runtime: 'opencv', 'onnxruntime' or 'auto' (the fastest installed, by a measured table).
+        device: 'auto', 'cpu', 'cuda' or 'cuda:N' (CUDA through onnxruntime; CPU where it can't be had).
     """
 
     tile: int = 192
@@ -39,6 +42,8 @@ class EngineSettings:
     onnx_engine: str = "classic"
     chroma: str = "bicubic"
     threads: int | None = None
+    runtime: str = "auto"
+    device: str = "auto"
 
 
 class Upscaler:
@@ -49,8 +54,13 @@ class Upscaler:
             cv2.setNumThreads(settings.threads)
         self.spec = spec
         self.settings = settings
-        self._runtime = OpenCvRuntime(spec, settings.onnx_engine)
-        self._session: Session = self._runtime.open_session()
+        self._runtime = open_runtime(spec, settings.runtime, settings.device, settings.onnx_engine)
+        self._session: Session = self._runtime.open_session(settings.threads)
+
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime the model was loaded in (as chosen: `auto` and device fallbacks resolved)."""
+        return self._runtime
 
     @property
     def scale(self) -> int:

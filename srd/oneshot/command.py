@@ -20,6 +20,7 @@ from srd.config import Config, Profile, load_config
 from srd.daemon.outbox import BLOCKING_ERRNOS
 from srd.engine.pipeline import Pipeline, StageContext, Upscale
 from srd.engine.registry import looks_like_path, resolve_model
+from srd.engine.runtime_choice import with_choice
 from srd.errors import ConfigError, ExitCode, OutputError
 from srd.executors.backend import Backend
 from srd.executors.job import Job, JobResult
@@ -43,7 +44,7 @@ def run_process(args: argparse.Namespace) -> ExitCode:
     requested_format = _checked_format(args.format)
     workers = _checked_jobs(args.jobs, config)
     engine = replace(
-        config.engine,
+        with_choice(config.engine, args.runtime, args.device),
         tile=config.engine.tile if args.tile is None else args.tile,
         tile_pad=config.engine.tile_pad if args.tile_pad is None else args.tile_pad,
         threads=args.threads or max(1, (os.cpu_count() or 1) // workers),

@@ -1,23 +1,17 @@
-"""Benchmarks that print figures: quality (PSNR/SSIM-Y, docs/design.md §10 protocol) and speed (µs per LR pixel, RSS).
+"""Quality benchmark that prints figures: PSNR/SSIM-Y (docs/design.md §10 protocol); speed is `speed.py`.
 
-Every quality run includes bicubic in the same run, so a reader compares like with like; every
-speed measurement runs in a fresh process so its peak RSS is its own.
+Every quality run includes bicubic in the same run, so a reader compares like with like.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import resource
-import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from srd.engine.conventions import LUMA_CONVENTIONS
 from srd.engine.pipeline import Denoise, StageContext
 from srd.engine.registry import ModelSpec
 from srd.engine.upscaler import EngineSettings, Upscaler
@@ -100,97 +94,3 @@ def bench_quality(
         for label, sr in outputs.items():
             methods.setdefault(label, {})[path.stem] = (psnr_y(sr, hr, scale), ssim_y(sr, hr, scale))
     return [QualityRow(label, scores) for label, scores in methods.items()]
-
-
-@dataclass(frozen=True)
-class SpeedRow:
-    method: str
-    tile: int
-    us_per_lr_pixel: float
-    peak_rss_mb: float
-
-
-@dataclass(frozen=True)
-class SpeedSummary:
-    """One model and method over several rounds: the time of each round, and the largest peak RSS."""
-
-    model: str
-    method: str
-    us_per_lr_pixel: list[float]
-    peak_rss_mb: float
-
-    @property
-    def median_us(self) -> float:
-        return statistics.median(self.us_per_lr_pixel)
-
-
-def _measure(spec: ModelSpec, engine: EngineSettings, size: tuple[int, int], repeats: int, reference: bool,
-             queue: multiprocessing.Queue) -> None:
-    """Child process: time `repeats` runs on a synthetic textured image; report µs/pixel and peak RSS."""
-    rng = np.random.default_rng(0)
-    height, width = size
-    base = rng.integers(0, 256, (height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8)
-    image = cv2.resize(base, (width, height), interpolation=cv2.INTER_CUBIC)
-    if reference:
-        cv2.setNumThreads(engine.threads or cv2.getNumThreads())
-        impl = _upsample_reference(spec)
-        run: Callable[[np.ndarray], np.ndarray] = impl.upsample
-    else:
-        run = Upscaler(spec, engine).upscale
-    run(image)  # warm-up: first inference allocates and tunes
-    started = time.perf_counter()
-    for _ in range(repeats):
-        run(image)
-    elapsed = (time.perf_counter() - started) / repeats
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put((elapsed * 1e6 / (height * width), peak_mb))
-
-
-def bench_speed(
-    spec: ModelSpec,
-    engine: EngineSettings,
-    tiles: Sequence[int],
-    size: tuple[int, int],
-    *,
-    repeats: int = 2,
-    with_upsample: bool = True,
-) -> list[SpeedRow]:
-    """µs per LR pixel and whole-process peak RSS for each tile size (0 = untiled), plus upsample()."""
-    context = multiprocessing.get_context("spawn")
-    plans = [(f"srd tile {tile}" if tile else "srd untiled", tile, False) for tile in tiles]
-    if with_upsample and spec.format == "tensorflow" and spec.convention in LUMA_CONVENTIONS | {"edsr"}:
-        plans.append(("upsample()", 0, True))
-    rows = []
-    for label, tile, reference in plans:
-        settings = EngineSettings(tile=tile, tile_pad=engine.tile_pad, onnx_engine=engine.onnx_engine,
-                                  chroma=engine.chroma, threads=engine.threads)
-        queue: multiprocessing.Queue = context.Queue()
-        child = context.Process(target=_measure, args=(spec, settings, size, repeats, reference, queue))
-        child.start()
-        child.join()
-        if child.exitcode != 0:
-            rows.append(SpeedRow(f"{label} (failed, exit {child.exitcode})", tile, float("nan"), float("nan")))
-            continue
-        us, rss = queue.get()
-        rows.append(SpeedRow(label, tile, us, rss))
-    return rows
-
-
-def compare_speed(
-    specs: Sequence[ModelSpec],
-    engine: EngineSettings,
-    tiles: Sequence[int],
-    size: tuple[int, int],
-    *,
-    repeats: int = 2,
-    rounds: int = 1,
-) -> list[SpeedSummary]:
-    """`bench_speed` for every model, in alternating rounds (each model once per round), so that load
-    from elsewhere on a noisy machine falls on all the models alike."""
-    samples: dict[tuple[str, str], list[SpeedRow]] = {}
-    for _ in range(rounds):
-        for spec in specs:
-            for row in bench_speed(spec, engine, tiles, size, repeats=repeats):
-                samples.setdefault((f"{spec.name} x{spec.scale}", row.method), []).append(row)
-    return [SpeedSummary(model, method, [r.us_per_lr_pixel for r in rows], max(r.peak_rss_mb for r in rows))
-            for (model, method), rows in samples.items()]
