@@ -7,7 +7,6 @@ Every file is fsynced, and the folder too, before the caller makes the generatio
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import secrets
@@ -24,6 +23,7 @@ from srd.ledger.base import (
     OWNERS_FILE,
     STATE_CODES,
     Base,
+    column_json,
     name_hash,
     slot_hash,
 )
@@ -63,7 +63,7 @@ def write_generation(folder: Path, base: Base, layers: list[Layer], seq: int) ->
     }
     for table, table_columns in columns.items():
         for name, column in table_columns.items():
-            _write_durably(folder / f"{table}.{name}.json", [b'"', base64.b64encode(column.tobytes()), b'"'])
+            _write_durably(folder / f"{table}.{name}.json", column_json(column.tobytes()))
     index = {"format": GENERATION_FORMAT, "seq": seq, "inboxes": inboxes,
              "columns": {f"{table}.{name}": [COLUMNS[table][name], list(column.shape)]
                          for table, table_columns in columns.items() for name, column in table_columns.items()}}
@@ -200,6 +200,10 @@ def _copy_lines(src: int | None, out: BinaryIO, bounds: np.ndarray, start: int, 
             raise OSError(f"{src}: the old generation file is shorter than its index")
         out.write(chunk)
         position += len(chunk)
+        # Written back as it goes: a backlog of dirty pages would make the loop's own fsync (every journal
+        # record) wait for hundreds of megabytes.
+        out.flush()
+        os.fdatasync(out.fileno())
     return end
 
 

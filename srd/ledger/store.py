@@ -86,9 +86,8 @@ class Store:
         (what `repair` and `check` use) instead of refused."""
         started = time.perf_counter()
         if not self.read_only:
-            # With the lock held, any temp file or unnamed generation is a leftover of a crashed compaction.
+            # With the lock held, any temp file is a leftover of a crashed compaction.
             clean_stale_temps(self.state_dir)
-            remove_unused_generations(self.state_dir)
         snapshot_seq = self._read_snapshot(problems)
         journal_path = self.state_dir / JOURNAL_NAME
         if self.read_only:
@@ -104,6 +103,10 @@ class Store:
             except OSError as exc:
                 raise LedgerError(f"cannot cut the torn tail off {journal_path}: {exc}") from exc
         self._journal_size = replayed.good_size
+        if problems is None:
+            # Loaded as the snapshot files say (not a newer srd's), so a generation they don't name is a
+            # leftover of a crashed compaction, or older than the previous snapshot.
+            remove_unused_generations(self.state_dir)
         log.info(
             "ledger_opened",
             state_dir=str(self.state_dir),
