@@ -211,7 +211,8 @@ def test_crash_between_snapshot_and_journal_truncation_loses_and_repeats_nothing
         import srd.ledger.store
         def die(path, data):
             os._exit(9)
-        srd.ledger.store.write_bytes_atomic = die  # what shortens the journal once the snapshot names the new generation
+        # What shortens the journal once the snapshot file names the new generation.
+        srd.ledger.store.write_bytes_atomic = die
         ledger.compact()
         """
     )
