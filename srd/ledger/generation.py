@@ -89,7 +89,7 @@ def _write_entries(folder: Path, base: Base, changes: dict[str, Row | None], inb
                 inboxes.append(row.inbox)
             added.append((name_hash(key), (_dumps(stored_record(key, row)) + "\n").encode(), row))
     added.sort(key=lambda item: item[0])
-    new = {
+    new: dict[str, np.ndarray] = {
         "hash": np.array([item[0] for item in added], dtype=np.uint64),
         "state": np.array([STATE_CODES[item[2].state] for item in added], dtype=np.uint8),
         "inbox": np.array([codes[item[2].inbox] for item in added], dtype=np.uint16),

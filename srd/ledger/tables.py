@@ -110,9 +110,9 @@ class Tables:
                 found[output] = owner
         for layer in self.layers:
             for output in layer.owned.get(slot, ()):
-                owner = self.owner(output)
-                if owner is not None and (owner.inbox, owner.source) == slot:
-                    found[output] = owner
+                current = self.owner(output)
+                if current is not None and (current.inbox, current.source) == slot:
+                    found[output] = current
         return found
 
     def cached(self, slot: Slot) -> Cached | None:
@@ -268,7 +268,7 @@ class Tables:
                 found[output] = owner
         for layer in self.layers:
             for output in layer.owners:
-                owner = self.owner(output)
-                if owner is not None and owner.key == key:
-                    found[output] = owner
+                current = self.owner(output)
+                if current is not None and current.key == key:
+                    found[output] = current
         return list(found.items())
