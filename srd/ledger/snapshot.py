@@ -18,6 +18,7 @@ from srd.ledger.tables import Tables
 # 2 added "outputs" and the stat cache's inode and ctime; 3 moved the tables into generation folders.
 SNAPSHOT_FORMAT = 3
 READABLE_FORMATS = (1, 2, 3)
+_MANIFEST_MAX = 4096  # a format 3 snapshot file is one short line
 
 
 def is_newer(snapshot_format: Any) -> bool:
@@ -86,7 +87,11 @@ def manifest(generation: str, seq: int) -> bytes:
 def generation_of(path: Path) -> str | None:
     """The generation a snapshot file names, if it is a readable format 3 one (what cleaning must keep)."""
     try:
-        snapshot = json.loads(path.read_bytes())
+        with path.open("rb") as file:
+            head = file.read(_MANIFEST_MAX)
+        if len(head) == _MANIFEST_MAX:
+            return None  # an older format's whole ledger: not parsed just to find no generation in it
+        snapshot = json.loads(head)
         name = snapshot.get("generation") if snapshot.get("format") == SNAPSHOT_FORMAT else None
         return name if isinstance(name, str) else None
     except (OSError, ValueError, AttributeError):
