@@ -110,6 +110,7 @@ class Base:
         self.owners = columns["owners"]
         # Owners in the order of their (inbox, source) hash, for `owners_of_slot`.
         self.owners_by_slot = np.argsort(self.owners["slot"], kind="stable").astype(np.uint32)
+        self.sizes = (len(self.entries["hash"]), len(self.owners["output"]), len(self.hashes["slot"]))
         self._entries_fd = self._owners_fd = -1
         if folder is not None:
             self._entries_fd = os.open(folder / ENTRIES_FILE, os.O_RDONLY | os.O_CLOEXEC)
@@ -166,7 +167,7 @@ class Base:
 
     def find(self, key: str) -> tuple[int, Row] | None:
         """The index position and row of the entry stored under `key`, if there is one."""
-        if not len(self.entries["hash"]):
+        if not self.sizes[0]:
             return None
         for position in self._positions(self.entries["hash"], name_hash(key)):
             record = self._entry_record(position)
@@ -207,7 +208,7 @@ class Base:
 
     def owner(self, output: str) -> Owner | None:
         """The owner this generation records for `output`."""
-        if not len(self.owners["output"]):
+        if not self.sizes[1]:
             return None
         for position in self._positions(self.owners["output"], name_hash(output)):
             stored_output, owner = self._owner_line(position)
@@ -217,7 +218,7 @@ class Base:
 
     def owners_of_slot(self, slot: tuple[str, str]) -> list[tuple[str, Owner]]:
         """The (output, owner) pairs whose owner is the source `slot`."""
-        if not len(self.owners["output"]):
+        if not self.sizes[1]:
             return []
         column, wanted = self.owners["slot"], np.uint64(slot_hash(slot))
         start = int(np.searchsorted(column, wanted, side="left", sorter=self.owners_by_slot))
@@ -262,9 +263,9 @@ class Base:
 
     def cached(self, slot: tuple[str, str]) -> Cached | None:
         """The stat-cache line of `slot` (by its hash alone: see the module's docstring)."""
-        column = self.hashes["slot"]
-        if not len(column):
+        if not self.sizes[2]:
             return None
+        column = self.hashes["slot"]
         position = int(np.searchsorted(column, np.uint64(slot_hash(slot))))
         if position == len(column) or int(column[position]) != slot_hash(slot):
             return None

@@ -89,8 +89,11 @@ class Tables:
     def row(self, key: str) -> Row | None:
         """The entry stored under `key`, if any."""
         for layer in reversed(self.layers):
-            if key in layer.entries:
-                return layer.entries[key]
+            entries = layer.entries
+            if key in entries:
+                return entries[key]
+        if not self.base.sizes[0]:
+            return None
         found = self.base.find(key)
         return None if found is None else found[1]
 
@@ -100,7 +103,7 @@ class Tables:
             owner = layer.owners.get(output)
             if owner is not None:
                 return owner
-        return self.base.owner(output)
+        return self.base.owner(output) if self.base.sizes[1] else None
 
     def outputs_of(self, slot: Slot) -> dict[str, Owner]:
         """The outputs the source `slot` owns, with their owners."""
