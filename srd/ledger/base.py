@@ -12,7 +12,7 @@ A generation is a folder ``gen-<seq>-<token>`` of the state directory, written o
 In memory, per entry: a 64-bit hash of its key, its line's offset, its state, its inbox (as a number) and its
 update time (35 bytes); per stat-cache line: a 64-bit hash of (inbox, path), size, mtime_ns, inode, ctime_ns and
 the sha256 (72 bytes); per output owner: 64-bit hashes of the output path and of its (inbox, source), and its
-line's offset (24 bytes, plus 4 for the order by source). A hash only finds a line; the line's own key, path
+line's offset (24 bytes, plus 4 for their order by source). A hash only finds a line; the line's own key, path
 or source is compared before it counts, so two names sharing a hash are still told apart. The stat cache keeps
 no paths at all: a hash that collided would still need the same size, mtime, inode and ctime to be trusted.
 """
@@ -46,7 +46,7 @@ STATE_CODES = {state: code for code, state in enumerate(STATES)}
 COLUMNS: dict[str, dict[str, str]] = {
     "entries": {"hash": "<u8", "offset": "<u8", "state": "u1", "inbox": "<u2", "updated": "<f8"},
     "hashes": {"slot": "<u8", "size": "<i8", "mtime": "<i8", "ino": "<i8", "ctime": "<i8", "sha": "u1"},
-    "owners": {"output": "<u8", "offset": "<u8", "slot": "<u8"},
+    "owners": {"output": "<u8", "offset": "<u8", "slot": "<u8", "by_slot": "<u4"},
 }
 _READ_AHEAD = 1024  # bytes read for a record line; most are shorter
 _CODEC_SLICE = 1 << 20  # base64 characters per decode call (a multiple of 4)
@@ -108,8 +108,8 @@ class Base:
         self.entries = columns["entries"]
         self.hashes = columns["hashes"]
         self.owners = columns["owners"]
-        # Owners in the order of their (inbox, source) hash, for `owners_of_slot`.
-        self.owners_by_slot = np.argsort(self.owners["slot"], kind="stable").astype(np.uint32)
+        # Owners in the order of their (inbox, source) hash, for `owners_of_slot` (stored: a sort takes time).
+        self.owners_by_slot = self.owners["by_slot"]
         self.sizes = (len(self.entries["hash"]), len(self.owners["output"]), len(self.hashes["slot"]))
         self._entries_fd = self._owners_fd = -1
         if folder is not None:

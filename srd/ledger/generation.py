@@ -119,7 +119,9 @@ def _write_owners(folder: Path, base: Base, changes: dict[str, Owner]) -> dict[s
     source = None if base.folder is None else base.folder / OWNERS_FILE
     offsets = _write_merged(folder / OWNERS_FILE, source, old["output"], old["offset"], dropped, new["output"],
                             [item[1] for item in added])
-    return _merged_columns(old, new, dropped, offsets, ("output", "slot"))
+    merged = _merged_columns(old, new, dropped, offsets, ("output", "slot"))
+    merged["by_slot"] = np.argsort(merged["slot"], kind="stable").astype(np.uint32)
+    return merged
 
 
 def _owner_position(base: Base, output: str) -> int | None:
@@ -215,7 +217,7 @@ def _merged_columns(old: dict[str, np.ndarray], new: dict[str, np.ndarray], drop
     order = np.argsort(np.concatenate([old[first][keep], new[first]]), kind="stable")
     merged = {name: np.concatenate([old[name][keep], new[name]])[order] for name in names}
     merged["offset"] = offsets.astype(np.uint64)[order]
-    return {name: merged[name] for name in COLUMNS["entries" if "state" in names else "owners"]}
+    return merged
 
 
 def _write_durably(path: Path, parts: list[bytes]) -> None:
