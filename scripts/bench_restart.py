@@ -114,7 +114,9 @@ def main() -> None:
         build_s = time.perf_counter() - started
         print(f"built {args.files} files in {build_s:.0f} s", file=sys.stderr, flush=True)
         figures = {"files": args.files, "build_s": round(build_s, 1), **measure(folder, args.timeout)}
-    print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in figures.items()}, indent=2))
+        # Printed before the folder is removed: deleting a million files takes a while.
+        print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in figures.items()}, indent=2),
+              flush=True)
 
 
 if __name__ == "__main__":
