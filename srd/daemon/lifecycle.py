@@ -296,7 +296,7 @@ class Lifecycle:
         lookups and no per-path memory. A file being written has a new version, so it never matches.
         """
         ledger = self._ctx.ledger
-        rel = path.relative_to(runtime.inbox.path).as_posix()
+        rel = str(path)[len(str(runtime.inbox.path)) + 1:]  # below the root (`Loop.hint` checked); no Path parsing
         sha256 = ledger.cached_hash(runtime.inbox_id, rel, version)
         if sha256 is None:
             return False
