@@ -1,15 +1,18 @@
 """Benchmark the ledger at scale: load and compaction time, and memory, alone and in a starting daemon.
 
 A NAS daemon keeps one ledger entry per photo it ever processed, so its memory grows with the library.
-This writes a snapshot of N ``done`` entries (with their stat-cache lines) in the ledger's on-disk format,
-then measures, each in a fresh process:
+This writes a snapshot of N ``done`` entries (with their stat-cache lines) in the ledger's format 1 (what
+srd wrote before), then measures, each in a fresh process:
 
-- ``Ledger.open`` of it (seconds, RSS after, peak RSS) and one ``compact`` (seconds, peak RSS);
+- the first ``Ledger.open``, which migrates it to the current format (seconds, peak RSS);
+- ``Ledger.open`` of the migrated ledger (seconds, RSS after, peak RSS), one ``compact`` waited for
+  (seconds), and the calls of a loop that records 2,000 entries and looks up others while compactions run in
+  the background (slowest call, 99th percentile, and how many calls ran during a compaction);
 - ``srd run`` starting on it with an empty inbox: seconds to READY, RSS and peak RSS of the main process.
 
 Example::
 
-    python scripts/bench_ledger.py --entries 100000
+    python scripts/bench_ledger.py --entries 1000000
 """
 
 from __future__ import annotations
@@ -29,10 +32,24 @@ import yaml
 FINGERPRINT = "0123456789abcdef"
 INBOX_ID = "photos-3f2a9c"
 
-LEDGER_PROBE = """
+MIGRATE_PROBE = """
 import json, sys, time
 from pathlib import Path
 from srd.ledger import Ledger
+from srd.logs import configure_logging
+
+configure_logging("warning", "json")
+started = time.perf_counter()
+Ledger.open(Path(sys.argv[1])).close()
+peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"migrate_s": time.perf_counter() - started, "peak_mb": peak / 1024}))
+"""
+
+LEDGER_PROBE = """
+import hashlib, json, sys, time
+from pathlib import Path
+from srd.fs.fileversion import FileVersion
+from srd.ledger import Ledger, make_key
 from srd.logs import configure_logging
 
 def kb(field):
@@ -45,8 +62,27 @@ figures = {"open_s": time.perf_counter() - started, "rss_after_open_mb": kb("VmR
            "peak_after_open_mb": kb("VmHWM") / 1024}
 started = time.perf_counter()
 ledger.compact()
-figures.update(compact_s=time.perf_counter() - started, peak_after_compact_mb=kb("VmHWM") / 1024)
+figures["compact_s"] = time.perf_counter() - started
 ledger.close()
+ledger = Ledger.open(Path(sys.argv[1]), compact_after=500)
+during, n = [], int(sys.argv[2])
+for i in range(2000):
+    sha = hashlib.sha256(f"new-{i}".encode()).hexdigest()
+    old = hashlib.sha256(f"photo-{i * 397 % n}".encode()).hexdigest()
+    for call in (lambda: ledger.record_start(sha, sys.argv[3], inbox="bench", source=f"new/{i}.jpg"),
+                 lambda: ledger.get(make_key(old, sys.argv[3])),
+                 lambda: ledger.cached_hash("bench", f"new/{i}.jpg", FileVersion(1, 2, 3, 4)),
+                 lambda: ledger.outputs_of("bench", f"new/{i}.jpg"),
+                 lambda: ledger.record_done(make_key(sha, sys.argv[3]), output=Path(f"/o/{i}.jpg"), output_size=1)):
+        t = time.perf_counter()
+        call()
+        if ledger.compacting:
+            during.append(time.perf_counter() - t)
+ledger.close()
+during.sort()
+figures.update(calls_during_compaction=len(during), slowest_call_ms=1000 * during[-1] if during else None,
+               p99_call_ms=1000 * during[int(len(during) * 0.99)] if during else None,
+               peak_after_compactions_mb=kb("VmHWM") / 1024)
 print(json.dumps(figures))
 """
 
@@ -74,9 +110,8 @@ def write_snapshot(state: Path, entries: int) -> int:
     return path.stat().st_size
 
 
-def measure_ledger(state: Path) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-c", LEDGER_PROBE, str(state)], check=True, capture_output=True,
-                         text=True).stdout
+def measure(probe: str, *args: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-c", probe, *args], check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -118,7 +153,8 @@ def main() -> None:
         folder = Path(tmp)
         size = write_snapshot(folder / "state", args.entries)
         figures = {"entries": args.entries, "snapshot_mb": size / 2**20,
-                   "ledger": measure_ledger(folder / "state"),
+                   "migration": measure(MIGRATE_PROBE, str(folder / "state")),
+                   "ledger": measure(LEDGER_PROBE, str(folder / "state"), str(args.entries), FINGERPRINT),
                    "daemon": measure_daemon(folder, folder / "state", args.timeout)}
     print(json.dumps(_rounded(figures), indent=2))
 

@@ -15,7 +15,7 @@ from daemon_helpers import ESPCN_X2, DaemonProcess, make_image, srd, srd_command
 
 from srd.daemon.status import status_path
 from srd.errors import ExitCode
-from srd.ledger import SNAPSHOT_NAME, Ledger, State
+from srd.ledger import SNAPSHOT_FORMAT, SNAPSHOT_NAME, Ledger, State
 
 # End to end: each test runs the real srd command in a subprocess.
 pytestmark = pytest.mark.e2e
@@ -88,19 +88,21 @@ def test_status_of_a_state_dir_that_is_a_file_is_a_one_line_error(tmp_path: Path
 
 
 def _ledger_of_a_newer_srd(tmp_path: Path) -> Path:
-    """A state dir whose snapshot says format 3: what a later srd would leave behind after a downgrade."""
+    """A state dir whose snapshot says a format after ours: what a later srd would leave behind after a
+    downgrade."""
     state = tmp_path / "state"
     with Ledger.open(state) as ledger:
         key = ledger.record_start("ab" * 32, "fp", inbox=str(tmp_path / "in"), source="a.png").key
         ledger.record_done(key, output=tmp_path / "out" / "a.png", output_size=1)
         ledger.compact()
     snapshot = json.loads((state / SNAPSHOT_NAME).read_text())
-    (state / SNAPSHOT_NAME).write_text(json.dumps({**snapshot, "format": 3}))
+    (state / SNAPSHOT_NAME).write_text(json.dumps({**snapshot, "format": SNAPSHOT_FORMAT + 1}))
     return state
 
 
 def _ledger_files(state: Path) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in state.iterdir() if path.name != "lock"}  # lock: its taker's pid
+    return {str(path.relative_to(state)): path.read_bytes() for path in state.rglob("*")
+            if path.is_file() and path.name != "lock"}  # lock: its taker's pid
 
 
 @pytest.mark.parametrize("command", [["ledger", "list"], ["ledger", "check"], ["ledger", "repair"], ["run"]],
@@ -114,7 +116,7 @@ def test_a_ledger_written_by_a_newer_srd_is_refused_and_left_as_it_is(command: l
     before = _ledger_files(state)
     done = srd(*command, "--config", str(config))
     assert done.returncode == ExitCode.ERROR, done.stdout + done.stderr
-    assert "written by a newer srd (format 3" in one_error_line(done.stderr)
+    assert f"written by a newer srd (format {SNAPSHOT_FORMAT + 1}" in one_error_line(done.stderr)
     assert _ledger_files(state) == before
 
 

@@ -793,3 +793,31 @@ def test_a_source_step_that_never_comes_back_shows_as_stuck_and_the_file_waits_f
     entry = next(e for e in daemon.ledger.entries() if e.source.name == "a.png")
     assert entry.disposition == "deleted"
     daemon.close()
+
+
+def test_a_scan_after_a_restart_drops_finished_files_before_settling_and_keeps_no_state_for_them(
+        tmp_path: Path) -> None:
+    """A restart over a large finished inbox: each file the scan sees in the version srd finished is dropped
+    at once (no settle wait, no loop pass, no entry in the handled map, which would hold every photo of a NAS
+    library); a file changed since, or an event without a version, still settles."""
+    inbox = tmp_path / "in"
+    daemon, now = inline_daemon(tmp_path)
+    try:
+        for i in range(2):
+            (inbox / f"x{i}.png").write_bytes(make_image(Path("x.png"), SIZE, i))
+        settle(daemon, now, [inbox / "x0.png", inbox / "x1.png"])
+    finally:
+        daemon.close()
+    assert decoded_size(tmp_path / "in-out" / "x0.png") == DOUBLED
+    (inbox / "x1.png").write_bytes(make_image(Path("x.png"), SIZE, 7))  # changed while the daemon was down
+
+    daemon, now = inline_daemon(tmp_path)
+    try:
+        runtime = next(iter(daemon._ctx.runtimes.values()))
+        for name in ("x0.png", "x1.png"):
+            daemon.hint(Hint(0, inbox / name, FileVersion.of(os.stat(inbox / name))))
+        assert runtime.tracker.pending() == 1 and runtime.handled == {}  # x1.png only
+        daemon.hint(Hint(0, inbox / "x0.png"))  # an event says nothing of the version: settled as before
+        assert runtime.tracker.pending() == 2
+    finally:
+        daemon.close()

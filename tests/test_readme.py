@@ -62,9 +62,10 @@ NOT_RUN = {
     "-v /srv/photos/failed:/data/failed -v srd-state:/var/lib/srd srd": "container step",
     "docker exec srd srd status --config /etc/srd/srd.yaml": "container step",
     "python scripts/bench_daemon.py --output /tmp/bench_daemon.json": "daemon benchmark script",
-    "python scripts/bench_ledger.py --entries 100000": "ledger benchmark script",
     "python scripts/bench_cv2_levers.py -m edsr-lite -s 2 --size 192x256 --rounds 1":
         "OpenCV DNN levers benchmark script",
+    "python scripts/bench_ledger.py --entries 1000000": "ledger benchmark script",
+    "python scripts/bench_restart.py --files 100000": "restart benchmark script",
     "python scripts/reliability.py --output reliability.json": "the long reliability suite",
     "pip install -e '.[web]'": "the web extra (the test extra includes it)",
     "srd web --hash-password": "the web UI (tests/test_web.py)",

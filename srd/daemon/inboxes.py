@@ -19,7 +19,7 @@ from srd.engine.pipeline import StageContext
 from srd.errors import SrdError
 from srd.fs.atomic import clean_stale_temps
 from srd.fs.fileversion import FileVersion
-from srd.ledger import Ledger, State
+from srd.ledger import Entry, Ledger, State
 
 log = structlog.get_logger(__name__)
 
@@ -115,26 +115,18 @@ def ledger_counters(ledger: Ledger) -> dict[str, Counters]:
     ledger instead of counting from zero.
     """
     counters: dict[str, Counters] = {}
-    latest_failure: dict[str, tuple[float, str]] = {}
     latest_success: dict[str, float] = {}
-    failed_keys: list[tuple[str, str]] = []
-    for key, inbox, state, updated_ts in ledger.states():
-        counter = counters.setdefault(inbox, Counters())
-        if state == State.DONE:
-            counter.done += 1
-            latest_success[inbox] = max(updated_ts, latest_success.get(inbox, updated_ts))
-        elif state == State.FAILED:
-            failed_keys.append((inbox, key))
-            if updated_ts >= latest_failure.get(inbox, (float("-inf"), ""))[0]:
-                latest_failure[inbox] = (updated_ts, key)
-    for inbox, key in failed_keys:  # failures are few: reading their reasons costs little
-        entry = ledger.get(key)
-        counters[inbox].count_failure(entry.error if entry is not None else None)
-    for inbox, (_, key) in latest_failure.items():
-        entry = ledger.get(key)
-        if entry is not None:
-            counters[inbox].last_error = {"time": entry.updated_at, "source": str(Path(inbox) / entry.source),
-                                          "reason": entry.error or ""}
+    for inbox, (done, stamp) in ledger.done_by_inbox().items():
+        counters.setdefault(inbox, Counters()).done = done
+        latest_success[inbox] = stamp
+    latest_failure: dict[str, Entry] = {}
+    for entry in ledger.in_state(State.FAILED):  # failures are few: reading their reasons costs little
+        counters.setdefault(entry.inbox, Counters()).count_failure(entry.error)
+        if entry.inbox not in latest_failure or entry.updated_ts >= latest_failure[entry.inbox].updated_ts:
+            latest_failure[entry.inbox] = entry
+    for inbox, entry in latest_failure.items():
+        counters[inbox].last_error = {"time": entry.updated_at, "source": str(Path(inbox) / entry.source),
+                                      "reason": entry.error or ""}
     for inbox, stamp in latest_success.items():
         counters[inbox].last_success = datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds")
     return counters

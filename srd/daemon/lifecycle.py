@@ -57,6 +57,7 @@ from srd.errors import ImageError, OutputError, describe_os_error
 from srd.executors.job import Content, Job
 from srd.executors.pool import Outcome
 from srd.fs import safefs
+from srd.fs.fileversion import FileVersion
 from srd.fs.outputmark import mark_value
 from srd.fs.sources import link_or_copy
 from srd.ledger import Entry, LedgerError, LedgerUnwritableError, State, make_key
@@ -286,6 +287,31 @@ class Lifecycle:
 
     def _in_flight(self) -> set[Path]:
         return {work.target for work in self.active.values()}
+
+    def finished_before(self, runtime: InboxRuntime, path: Path, version: FileVersion) -> bool:
+        """Whether a file a scan saw is, in this very version, one srd finished: its output holds its content
+        and no source step is left (what `_consider` would decide, without the settle wait, the path's entry
+        in `runtime.handled`, or a loop pass of its own).
+
+        A restart over a NAS library sees every photo ever processed again; this keeps each at a few ledger
+        lookups and no per-path memory. A file being written has a new version, so it never matches.
+        """
+        ledger = self._ctx.ledger
+        rel = str(path)[len(str(runtime.inbox.path)) + 1:]  # below the root (`Loop.hint` checked); no Path parsing
+        sha256 = ledger.cached_hash(runtime.inbox_id, rel, version)
+        if sha256 is None:
+            return False
+        key = make_key(sha256, runtime.fingerprint)
+        if key in self.active or path in self.disposal.out:
+            return False
+        if key not in ledger.outputs_of(runtime.inbox_id, rel).values():
+            return False
+        entry = ledger.get(key)
+        own_job = (entry is not None and entry.state == State.DONE and entry.inbox == runtime.inbox_id
+                   and entry.source.as_posix() == rel)
+        if own_job:
+            return entry is not None and entry.disposition not in (None, "kept-changed")
+        return runtime.inbox.on_success == "keep"
 
     def _already_done(self, runtime: InboxRuntime, file: SourceFile, entry: Entry | None) -> None:
         """An output srd wrote for this path holds this content's picture: at most the source step is left."""

@@ -105,8 +105,7 @@ class Outcomes:
         report = report_path(file.inbox.failed / file.rel)
         if not safefs.lexists(file.inbox.failed, report):
             return  # the common case, at the cost of one stat; the ledger scan below is rare
-        stale = [e.key for e in ledger.entries()
-                 if e.state == State.FAILED and e.inbox == file.inbox_id and e.source == file.rel]
+        stale = [e.key for e in ledger.in_state(State.FAILED) if e.inbox == file.inbox_id and e.source == file.rel]
         for key in stale:
             ledger.forget(key)
         try:

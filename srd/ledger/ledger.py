@@ -134,7 +134,7 @@ class Ledger:
         self.close()
 
     def __len__(self) -> int:
-        return len(self._store.tables.entries)
+        return len(self._store.tables)
 
     @property
     def state_dir(self) -> Path:
@@ -154,7 +154,7 @@ class Ledger:
 
     def get(self, key: str) -> Entry | None:
         """Return the entry stored under `key`, if any."""
-        row = self._store.tables.entries.get(key)
+        row = self._store.tables.row(key)
         return None if row is None else Entry.from_row(key, row)
 
     def lookup(self, sha256: str, fingerprint: str) -> Entry | None:
@@ -162,9 +162,9 @@ class Ledger:
         return self.get(make_key(sha256, fingerprint))
 
     def entries(self) -> Iterator[Entry]:
-        """Iterate over all entries (a snapshot: recording while iterating is safe)."""
-        for key, row in list(self._store.tables.entries.items()):
-            yield Entry.from_row(key, row)
+        """Iterate over all entries (a view as of this call: recording while iterating is safe). Most are read
+        from disk: a full pass over a large ledger takes seconds."""
+        return (Entry.from_row(key, row) for key, row in self._store.tables.iter_entries())
 
     def reserved_targets(self) -> dict[str, Path]:
         """The output path reserved by each ``started`` entry that has one, by key."""
@@ -172,23 +172,25 @@ class Ledger:
 
     def owner(self, output: Path | str) -> Owner | None:
         """Who srd wrote this output file for, if it did (as far as the ledger knows)."""
-        return self._store.tables.owners.get(str(output))
+        return self._store.tables.owner(str(output))
 
     def outputs_of(self, inbox: str, source: PurePath | str) -> dict[str, str | None]:
         """The outputs srd wrote for this source, each with the key of the content it holds (None: forgotten)."""
         slot = (inbox, PurePosixPath(source).as_posix())
-        return {output: self._store.tables.owners[output].key for output in self._store.tables.owned_by(slot)}
+        return {output: owner.key for output, owner in self._store.tables.outputs_of(slot).items()}
 
-    def states(self) -> Iterator[tuple[str, str, str, float]]:
-        """Iterate over ``(key, inbox, state, updated_ts)`` of every entry, without building `Entry`s (the
-        daemon counts them per inbox at start-up, over every entry it ever recorded)."""
-        for key, row in list(self._store.tables.entries.items()):
-            yield key, row.inbox, row.state, row.updated_ts
+    def done_by_inbox(self) -> dict[str, tuple[int, float]]:
+        """Per inbox id, the number of done entries and the latest one's update time, from the index alone
+        (the daemon counts them at start-up, over every entry it ever recorded)."""
+        return self._store.tables.done_by_inbox()
+
+    def in_state(self, state: State) -> list[Entry]:
+        """The entries in `state`, for the rare ones (started, failed, retry): each is read from disk."""
+        return [Entry.from_row(key, row) for key, row in self._store.tables.entries_in_state(state)]
 
     def unfinished(self) -> list[Entry]:
         """Return entries started but neither done nor failed: a crash interrupted them, retry them."""
-        return [Entry.from_row(key, row) for key, row in self._store.tables.entries.items()
-                if row.state == State.STARTED]
+        return self.in_state(State.STARTED)
 
     def counts(self) -> dict[str, int]:
         """Return the number of entries in each `State` (all states present, zeros included)."""
@@ -220,7 +222,7 @@ class Ledger:
         if source.is_absolute():
             raise ValueError(f"source must be relative to its inbox, got {source}")
         key = make_key(sha256, fingerprint)
-        old = self._store.tables.entries.get(key)
+        old = self._store.tables.row(key)
         if old is not None and old.state == State.DONE:
             raise ValueError(f"ledger entry {key} is already done; forget() it to process it again")
         ts = self._clock()
@@ -264,8 +266,8 @@ class Ledger:
         Returns:
             The entries charged, as they are now.
         """
-        return [self.record_strike(key) for key, row in list(self._store.tables.entries.items())
-                if row.state == State.STARTED and row.solo]
+        return [self.record_strike(key) for key, row in self._store.tables.entries_in_state(State.STARTED)
+                if row.solo]
 
     def record_done(self, key: str, *, output: Path, output_size: int, disposition: str | None = None) -> Entry:
         """Record that the output of a started entry is durably in place, and, when it is already known, what
@@ -298,7 +300,7 @@ class Ledger:
             KeyError: No such entry.
             ValueError: The entry is neither ``done`` nor ``failed``.
         """
-        old = self._store.tables.entries[key]
+        old = self._row(key)
         if old.state not in (State.DONE, State.FAILED):
             raise ValueError(f"ledger entry {key} is {old.state}, not done or failed")
         return self._put(key, old._replace(disposition=disposition, updated_ts=self._clock()))
@@ -329,7 +331,7 @@ class Ledger:
         Returns:
             Whether there was such an entry.
         """
-        if key not in self._store.tables.entries:
+        if self._store.tables.row(key) is None:
             return False
         self._store.append({"op": "forget", "key": key})
         return True
@@ -341,7 +343,7 @@ class Ledger:
 
         This only saves re-reading unchanged files after a restart; the content hash stays the key.
         """
-        cached = self._store.tables.hashes.get((inbox, PurePosixPath(source).as_posix()))
+        cached = self._store.tables.cached((inbox, PurePosixPath(source).as_posix()))
         if cached is None or cached[:4] != version:
             return None
         return cached[4].hex()
@@ -354,25 +356,34 @@ class Ledger:
         """
         slot = (sys.intern(inbox), sys.intern(PurePosixPath(source).as_posix()))  # shared with the entry's
         value = (*version, bytes.fromhex(sha256))
-        if self._store.tables.hashes.get(slot) != value:
-            self._store.tables.hashes[slot] = value
+        if self._store.tables.cached(slot) != value:
+            self._store.tables.live.hashes[slot] = value
             self._store.buffer_hash(slot, value)
 
     def forget_hash(self, inbox: str, source: PurePath | str) -> None:
         """Drop a file from the stat cache (it was deleted or moved away), so the cache doesn't grow forever."""
         slot = (inbox, PurePosixPath(source).as_posix())
-        if self._store.tables.hashes.pop(slot, None) is not None:
+        if self._store.tables.cached(slot) is not None:
+            self._store.tables.live.hashes[slot] = None
             self._store.buffer_hash(slot, None)
 
     def sync(self) -> None:
-        """Write buffered stat-cache changes to the journal now (e.g. at the end of a scan)."""
+        """Write buffered stat-cache changes to the journal now (e.g. at the end of a scan), and take the result
+        of a background compaction that has finished."""
         self._store.sync()
+        self._store.poll()
 
     # -- maintenance --------------------------------------------------------------------------------------
 
     def compact(self) -> None:
-        """Fold the journal into a new snapshot and empty the journal (see `Store.compact`)."""
+        """Fold the journal into a new generation and shorten the journal, waiting for it (see `Store.compact`;
+        the daemon's own compactions run in the background)."""
         self._store.compact()
+
+    @property
+    def compacting(self) -> bool:
+        """Whether a compaction runs in the background now."""
+        return self._store.compacting
 
     def load_listing_damage(self) -> Damage:
         """Load, listing each piece of damage and skipping it instead of refusing the ledger (what
@@ -383,18 +394,24 @@ class Ledger:
 
     # -- internals ----------------------------------------------------------------------------------------
 
+    def _row(self, key: str) -> Row:
+        row = self._store.tables.row(key)
+        if row is None:
+            raise KeyError(key)
+        return row
+
     def _started(self, key: str) -> Row:
-        row = self._store.tables.entries[key]
+        row = self._row(key)
         if row.state != State.STARTED:
             raise ValueError(f"ledger entry {key} is {row.state}, not started")
         return row
 
     def _transition(self, key: str, allowed: set[State], new: State) -> Row:
-        old = self._store.tables.entries[key]
+        old = self._row(key)
         if old.state not in allowed:
             raise ValueError(f"ledger entry {key} is {old.state}, cannot become {new.value}")
         return old._replace(state=new.value, updated_ts=self._clock(), target=None, solo=False)
 
     def _put(self, key: str, row: Row) -> Entry:
         self._store.append({"op": "put", "entry": stored_record(key, row)})
-        return Entry.from_row(key, self._store.tables.entries[key])
+        return Entry.from_row(key, self._row(key))

@@ -1,26 +1,24 @@
-"""The snapshot file ``{"format", "seq", "entries", "hashes", "outputs"}``: decoded straight into rows and
-written in chunks, so neither a load nor a compaction needs the whole ledger as dicts or as one string."""
+"""The snapshot file ``ledger.json``. Since format 3 it names the current generation (`srd.ledger.base`):
+``{"format": 3, "seq", "generation"}``. Formats 1 and 2 held the whole ledger, ``{"format", "seq", "entries",
+"hashes", "outputs"}``; they still load (into memory, once), and the first compaction migrates them."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from srd.ledger.base import Base
 from srd.ledger.errors import LedgerError, LedgerVersionError
-from srd.ledger.records import Owner, Row, cache_entry, cache_line, row_of, stored_record
+from srd.ledger.generation import GENERATION_PREFIX
+from srd.ledger.records import Owner, Row, cache_entry, row_of
 from srd.ledger.tables import Tables
 
-# 2 added "outputs" and the stat cache's inode and ctime; format 1 snapshots still load.
-SNAPSHOT_FORMAT = 2
-READABLE_FORMATS = (1, 2)
-# Entries per write while streaming a snapshot: big enough to keep writes few, small enough to stay light.
-_SNAPSHOT_CHUNK = 2048
-
-_dumps = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps(…, separators=) builds one per call
+# 2 added "outputs" and the stat cache's inode and ctime; 3 moved the tables into generation folders.
+SNAPSHOT_FORMAT = 3
+READABLE_FORMATS = (1, 2, 3)
+_MANIFEST_MAX = 4096  # a format 3 snapshot file is one short line
 
 
 def is_newer(snapshot_format: Any) -> bool:
@@ -28,14 +26,14 @@ def is_newer(snapshot_format: Any) -> bool:
     return type(snapshot_format) is int and snapshot_format > max(READABLE_FORMATS)
 
 
-def read_snapshot(path: Path) -> Tables:
-    """The tables a snapshot file holds.
+def read_snapshot(path: Path) -> tuple[Tables, int]:
+    """The tables a snapshot file holds, and its format (below 3: to be migrated by a compaction).
 
     Raises:
         FileNotFoundError: There is no such file.
-        OSError: It can't be read.
+        OSError: It, or its generation, can't be read.
         LedgerVersionError: A newer srd wrote it.
-        LedgerError: It is not a snapshot this srd wrote.
+        LedgerError: It is not a snapshot this srd wrote, or its generation is damaged or missing.
     """
     try:
         raw = path.read_text(encoding="utf-8")
@@ -51,43 +49,56 @@ def read_snapshot(path: Path) -> Tables:
                 "one; this one neither reads nor repairs it")
         if snapshot["format"] not in READABLE_FORMATS:
             raise ValueError(f"unsupported format {snapshot['format']!r}")
+        seq = int(snapshot["seq"])
+        if snapshot["format"] == SNAPSHOT_FORMAT:
+            return _read_generation(path, snapshot["generation"], seq), SNAPSHOT_FORMAT
         entries = snapshot["entries"]
         if not all(isinstance(row, Row) for row in entries.values()):
             raise ValueError("an entry is not a ledger record")
         hashes = dict(cache_entry(item) for item in snapshot["hashes"])
-        seq = int(snapshot["seq"])
         owners = [(output, Owner(sys.intern(inbox), sys.intern(source), key))
                   for output, inbox, source, key in snapshot.get("outputs", ())]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise LedgerError(f"ledger snapshot {path} is unreadable: {exc}") from exc
-    return Tables.from_snapshot(entries, hashes, seq, owners, latest_claim_wins=snapshot["format"] == 1)
+    tables = Tables.from_legacy(entries, hashes, seq, owners, latest_claim_wins=snapshot["format"] == 1)
+    return tables, snapshot["format"]
 
 
-def snapshot_chunks(tables: Tables) -> Iterator[bytes]:
-    """The snapshot of `tables` as JSON, a few thousand items at a time."""
-    yield b'{"format":%d,"seq":%d,"entries":{' % (SNAPSHOT_FORMAT, tables.seq)
-    yield from _chunked_json(iter(tables.entries.items()),
-                             lambda chunk: _dumps({key: stored_record(key, row) for key, row in chunk}))
-    yield b'},"hashes":['
-    yield from _chunked_json(iter(tables.hashes.items()), lambda chunk: _dumps(
-        [cache_line(slot, value) for slot, value in chunk]))
-    yield b'],"outputs":['
-    # Only the owners a done entry doesn't already say (links, forgotten keys): loading derives the rest.
-    yield from _chunked_json((item for item in tables.owners.items() if not tables.said_by_entry(*item)),
-                             lambda chunk: _dumps([[output, *owner] for output, owner in chunk]))
-    yield b"]}"
+def _read_generation(path: Path, name: Any, seq: int) -> Tables:
+    if not isinstance(name, str) or not name.startswith(GENERATION_PREFIX) or "/" in name:
+        raise ValueError(f"bad generation name {name!r}")
+    folder = path.parent / name
+    try:
+        base = Base.load(folder)
+    except FileNotFoundError as exc:
+        raise LedgerError(f"ledger snapshot {path} names generation {name}, which is missing or incomplete "
+                          f"({exc.filename})") from exc
+    if base.seq != seq:
+        base.close()
+        raise LedgerError(f"ledger generation {folder} holds seq {base.seq}, but {path} says {seq}")
+    return Tables(base)
+
+
+def manifest(generation: str, seq: int) -> bytes:
+    """The snapshot file naming `generation` as the current one."""
+    return json.dumps({"format": SNAPSHOT_FORMAT, "seq": seq, "generation": generation}).encode() + b"\n"
+
+
+def generation_of(path: Path) -> str | None:
+    """The generation a snapshot file names, if it is a readable format 3 one (what cleaning must keep)."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(_MANIFEST_MAX)
+        if len(head) == _MANIFEST_MAX:
+            return None  # an older format's whole ledger: not parsed just to find no generation in it
+        snapshot = json.loads(head)
+        name = snapshot.get("generation") if snapshot.get("format") == SNAPSHOT_FORMAT else None
+        return name if isinstance(name, str) else None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _decode_snapshot_object(obj: dict[str, Any]) -> Any:
     # json object_hook: turns each entry into a row as soon as it is parsed (the snapshot's other objects
     # have no "state").
     return row_of(obj) if "state" in obj and "key" in obj else obj
-
-
-def _chunked_json(items: Iterator[Any], encode: Callable[[list[Any]], str]) -> Iterator[bytes]:
-    """The JSON `encode` gives for `items` (a list or an object), without its brackets, in comma-joined chunks
-    of `_SNAPSHOT_CHUNK` items: one encode call per chunk is far cheaper than one per item."""
-    separator = b""
-    while chunk := list(itertools.islice(items, _SNAPSHOT_CHUNK)):
-        yield separator + encode(chunk)[1:-1].encode()
-        separator = b","

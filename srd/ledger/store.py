@@ -3,10 +3,8 @@ only by records appended durably to the journal, and folded into a new snapshot 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -14,12 +12,13 @@ from typing import Any
 import structlog
 
 from srd.errors import SrdError
-from srd.fs.atomic import TEMP_PREFIX, clean_stale_temps, open_atomic
+from srd.fs.atomic import clean_stale_temps, write_bytes_atomic
+from srd.ledger.compaction import Compaction, remove_unused_generations
 from srd.ledger.errors import REPAIR_HINT, LedgerError, LedgerUnwritableError
 from srd.ledger.files import JOURNAL_NAME, PREVIOUS_SNAPSHOT_NAME, SNAPSHOT_NAME, journal_line, write_all
 from srd.ledger.journal import Replay, replay
 from srd.ledger.records import Cached, cache_line
-from srd.ledger.snapshot import read_snapshot, snapshot_chunks
+from srd.ledger.snapshot import SNAPSHOT_FORMAT, read_snapshot
 from srd.ledger.tables import Tables
 
 log = structlog.get_logger(__name__)
@@ -27,6 +26,9 @@ log = structlog.get_logger(__name__)
 # Stat-cache changes are only an optimisation, so they are batched: a startup scan of a large inbox must not
 # cost one fsync per file. Losing a batch in a crash only means hashing those files again.
 HASH_BATCH = 1024
+# Changes held in the newest layer (dicts, ~200 bytes each) before a compaction folds them into the compact
+# base, whatever the journal's length: a first scan of a big inbox remembers a hash per file.
+LAYER_LIMIT = 100_000
 # Write errors that say "this storage takes no writes now" rather than "this record is bad".
 _UNWRITABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
@@ -55,36 +57,43 @@ class Store:
         self._next_compaction = compact_after
         # Stat-cache changes not yet in the journal: the latest value per file, None for a removal.
         self._pending_hashes: dict[tuple[str, str], Cached | None] = {}
+        self._compaction: Compaction | None = None
+        # The snapshot is in format 1 or 2: the first compaction migrates it.
+        self.legacy = False
 
     def close(self) -> None:
         """Write buffered stat-cache changes, close the journal and release the lock; idempotent."""
         try:
             if self._journal_fd is not None:
                 self.sync()
+                if self._compaction is not None:
+                    self._compaction.wait()
+                    self._finish_compaction()
         finally:
             for fd in (self._journal_fd, self._lock_fd):
                 if fd is not None:
                     os.close(fd)
             self._journal_fd = self._lock_fd = None
+            self.tables.base.close()
 
-    def sync(self) -> None:
+    def sync(self, *, may_compact: bool = True) -> None:
         """Write buffered stat-cache changes to the journal now (e.g. at the end of a scan)."""
         if self._pending_hashes:
-            self.append({"op": "cache"})
+            self.append({"op": "cache"}, may_compact=may_compact)
 
     def load(self, problems: list[str] | None = None) -> None:
         """Read the snapshot and replay the journal; with `problems`, damage is listed there and skipped
         (what `repair` and `check` use) instead of refused."""
         started = time.perf_counter()
         if not self.read_only:
-            # With the lock held, any temp file here is a leftover of a compaction that crashed.
+            # With the lock held, any temp file is a leftover of a crashed compaction.
             clean_stale_temps(self.state_dir)
         snapshot_seq = self._read_snapshot(problems)
         journal_path = self.state_dir / JOURNAL_NAME
         if self.read_only:
             self._take(replay(journal_path, self.tables, snapshot_seq, read_only=True, problems=problems))
             return
-        self._journal_fd = os.open(journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._journal_fd = os.open(journal_path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         replayed = replay(journal_path, self.tables, snapshot_seq, read_only=False, problems=problems)
         self._take(replayed)
         if replayed.good_size < replayed.file_size and problems is None:
@@ -94,18 +103,24 @@ class Store:
             except OSError as exc:
                 raise LedgerError(f"cannot cut the torn tail off {journal_path}: {exc}") from exc
         self._journal_size = replayed.good_size
+        if problems is None:
+            # Loaded as the snapshot files say (not a newer srd's), so a generation they don't name is a
+            # leftover of a crashed compaction, or older than the previous snapshot.
+            remove_unused_generations(self.state_dir)
         log.info(
             "ledger_opened",
             state_dir=str(self.state_dir),
-            entries=len(self.tables.entries),
+            entries=len(self.tables),
             replayed=replayed.applied,
             seq=self.tables.seq,
             ms=round((time.perf_counter() - started) * 1000),
         )
-        if problems is None:
+        if problems is None and self.legacy:
+            self.compact()  # migrate now, rather than keep the older format's dicts until the journal is long
+        elif problems is None:
             self._maybe_compact()
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: dict[str, Any], *, may_compact: bool = True) -> None:
         """Write `record`, carrying the buffered stat-cache changes, as one line with one fsync; then apply it.
 
         One line per write is what makes "only the last line can be torn" true.
@@ -138,7 +153,8 @@ class Store:
         self.journal_records += 1
         self._pending_hashes.clear()
         self.tables.apply(line)
-        self._maybe_compact()
+        if may_compact:
+            self._maybe_compact()
 
     def buffer_hash(self, slot: tuple[str, str], value: Cached | None) -> None:
         """Buffer a stat-cache change (None: a removal) for the next record; write it once `HASH_BATCH` wait."""
@@ -147,57 +163,77 @@ class Store:
             self.sync()
 
     def compact(self) -> None:
-        """Fold the journal into a new snapshot and empty the journal.
+        """Fold the journal into a new generation and shorten the journal, and wait for it.
 
-        The snapshot is replaced atomically and records the last ``seq`` it includes; the one it replaces is
-        kept as ``ledger.json.prev``. Only then is the journal truncated, down to one marker line saying which
-        snapshot it continues, so that a lost snapshot is noticed instead of silently starting a new history.
-        A crash in between leaves a journal whose records the next load skips.
+        See `Compaction` for the order of the writes, which keeps the ledger loadable to the same state
+        after a crash at any point. The snapshot file this replaces is kept as ``ledger.json.prev``.
 
         Raises:
-            OutputError: The snapshot could not be written; the old snapshot and the journal are intact.
-            LedgerError: The journal could not be truncated (the new snapshot is in place and consistent).
+            LedgerError: The new generation could not be written (the old one and the journal are intact).
         """
-        fd = self._require_open()
-        started = time.perf_counter()
-        self._keep_previous_snapshot()
-        with open_atomic(self.state_dir / SNAPSHOT_NAME) as out:
-            for chunk in snapshot_chunks(self.tables):
-                out.write(chunk)
-        # Buffered stat-cache changes are in the snapshot now; the journal no longer needs them.
-        self._pending_hashes.clear()
-        marker = journal_line({"seq": self.tables.seq, "op": "snapshot"})
-        try:
-            os.ftruncate(fd, 0)
-            write_all(fd, marker)
-            os.fsync(fd)
-        except OSError as exc:
-            raise LedgerError(f"cannot truncate ledger journal {self.state_dir / JOURNAL_NAME}: {exc}") from exc
-        self._journal_size = len(marker)
-        self.journal_records = 0
-        self._next_compaction = self._compact_after
-        log.info(
-            "ledger_compacted",
-            entries=len(self.tables.entries),
-            hashes=len(self.tables.hashes),
-            seq=self.tables.seq,
-            ms=round((time.perf_counter() - started) * 1000),
-        )
+        self._require_open()
+        if self._compaction is not None:
+            self._compaction.wait()
+            self._finish_compaction()
+        self._start_compaction()
+        assert self._compaction is not None
+        self._compaction.wait()
+        error = self._finish_compaction()
+        if error is not None:
+            raise LedgerError(f"cannot compact the ledger in {self.state_dir}: {error}") from error
 
-    def _keep_previous_snapshot(self) -> None:
-        """Hard-link the current snapshot as ``ledger.json.prev`` (atomically replacing the older one): a way
-        back, by hand or by `repair`, if the new snapshot is ever lost."""
-        current = self.state_dir / SNAPSHOT_NAME
-        link = self.state_dir / f"{TEMP_PREFIX}{PREVIOUS_SNAPSHOT_NAME}.{secrets.token_hex(6)}"  # cleaned if we crash
+    @property
+    def compacting(self) -> bool:
+        """Whether a compaction runs in the background now."""
+        return self._compaction is not None
+
+    def poll(self) -> None:
+        """Take the result of a background compaction that has finished (cheap when none has)."""
+        if self._compaction is not None and self._compaction.done():
+            self._finish_compaction()
+
+    def _start_compaction(self) -> None:
+        # Buffered stat-cache changes are in the frozen layers, so in the new generation; the journal no longer
+        # needs them (a crash before it is in place only costs hashing those files again).
+        self._pending_hashes.clear()
+        frozen = self.tables.freeze()
+        self._compaction = Compaction(self.state_dir, self.tables.base, frozen, self.tables.seq, self._journal_size)
+        self._compaction.start()
+
+    def _finish_compaction(self) -> Exception | None:
+        job, self._compaction = self._compaction, None
+        assert job is not None
+        if job.error is not None or job.base is None:
+            # The frozen layers stay (the next compaction folds them too); try again after more records.
+            self._next_compaction = self.journal_records + self._compact_after
+            log.warning("ledger_compaction_failed", state_dir=str(self.state_dir), error=str(job.error))
+            return job.error
+        self.tables.rebase(job.base, job.folded).close()
+        self.legacy = False
+        self._shorten_journal(job.seq, job.journal_cut)
+        log.info("ledger_compacted", entries=len(self.tables), seq=job.seq, ms=round(job.seconds * 1000))
+        return None
+
+    def _shorten_journal(self, seq: int, cut: int) -> None:
+        """Replace the journal by one marker line saying which snapshot it continues and the records written
+        after `cut` (those the compaction did not hold), so that a lost snapshot is noticed instead of
+        silently starting a new history."""
+        fd = self._require_open()
+        path = self.state_dir / JOURNAL_NAME
         try:
-            os.link(current, link)
-            os.replace(link, self.state_dir / PREVIOUS_SNAPSHOT_NAME)
-        except FileNotFoundError:
-            return  # the first compaction: nothing to keep
-        except OSError as exc:
-            log.warning("ledger_previous_snapshot_not_kept", state_dir=str(self.state_dir), error=str(exc))
-            with contextlib.suppress(OSError):
-                link.unlink()
+            tail = os.pread(fd, self._journal_size - cut, cut)
+            content = journal_line({"seq": seq, "op": "snapshot"}) + tail
+            write_bytes_atomic(path, content)
+            new_fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        except (OSError, SrdError) as exc:
+            # The old journal is still whole and consistent: its records up to `seq` are skipped when loading.
+            log.warning("ledger_journal_not_shortened", path=str(path), error=str(exc))
+            return
+        os.close(fd)
+        self._journal_fd = new_fd
+        self._journal_size = len(content)
+        self.journal_records = tail.count(b"\n")
+        self._next_compaction = self.journal_records + self._compact_after
 
     def _require_open(self) -> int:
         if self.read_only:
@@ -207,15 +243,10 @@ class Store:
         return self._journal_fd
 
     def _maybe_compact(self) -> None:
-        if self.journal_records < self._next_compaction:
-            return
-        try:
-            self.compact()
-        except SrdError as exc:
-            # The ledger stays consistent without compaction, and the record that triggered it is committed;
-            # try again after another `compact_after` records rather than on every write of a full disk.
-            self._next_compaction = self.journal_records + self._compact_after
-            log.warning("ledger_compaction_failed", state_dir=str(self.state_dir), error=str(exc))
+        if self._compaction is not None:
+            self.poll()
+        elif self.journal_records >= self._next_compaction or len(self.tables.live) >= LAYER_LIMIT:
+            self._start_compaction()
 
     def _undo_partial_write(self, fd: int) -> None:
         # A half-written line followed by later appends would be a corrupt line in the middle, which makes the
@@ -235,7 +266,8 @@ class Store:
         path = self.state_dir / SNAPSHOT_NAME
         previous = self.state_dir / PREVIOUS_SNAPSHOT_NAME
         try:
-            self.tables = read_snapshot(path)
+            self.tables, snapshot_format = read_snapshot(path)
+            self.legacy = snapshot_format < SNAPSHOT_FORMAT
             return self.tables.seq
         except FileNotFoundError:
             if not previous.exists():
@@ -248,7 +280,8 @@ class Store:
             raise LedgerError(f"{reason}; {REPAIR_HINT}")
         problems.append(reason)
         try:
-            self.tables = read_snapshot(previous)
+            self.tables, snapshot_format = read_snapshot(previous)
+            self.legacy = snapshot_format < SNAPSHOT_FORMAT
         except (FileNotFoundError, LedgerError) as exc:
             problems.append(f"no usable previous snapshot either ({exc}): starting from the journal alone")
             self.tables = Tables()

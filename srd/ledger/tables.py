@@ -1,43 +1,67 @@
-"""The ledger's tables in memory: entries, output owners and the stat cache, changed only by journal records."""
+"""The ledger's tables in memory: a compacted generation (`Base`) under layers of the changes made since,
+changed only by journal records."""
 
 from __future__ import annotations
 
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from srd.ledger.base import STATE_CODES, Base
 from srd.ledger.records import Cached, Owner, Row, State, cache_entry, row_of
+
+Slot = tuple[str, str]
+
+
+@dataclass
+class Layer:
+    """The changes since the base (or since the layer below): an entry or stat-cache line set to None is
+    removed. `owned` lists, per source, the outputs this layer gave it (whoever holds them now)."""
+
+    entries: dict[str, Row | None] = field(default_factory=dict)
+    owners: dict[str, Owner] = field(default_factory=dict)
+    owned: dict[Slot, set[str]] = field(default_factory=dict)
+    hashes: dict[Slot, Cached | None] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.entries) + len(self.owners) + len(self.hashes)
 
 
 class Tables:
     """Entries by key, output owners by path, the stat cache by (inbox, source), and the ``seq`` of the last
-    record they hold. `apply` is how a journal record changes them, whether just written or replayed."""
+    record they hold. `apply` is how a journal record changes them, whether just written or replayed.
 
-    def __init__(self) -> None:
-        self.entries: dict[str, Row] = {}
-        self.counts: Counter[str] = Counter()
+    Reads look through the layers, newest first, then the base; writes go to the newest layer only, so that a
+    compaction can read the older ones (`freeze`) in a thread while the loop goes on.
+    """
+
+    def __init__(self, base: Base | None = None) -> None:
+        self.base = base if base is not None else Base.empty()
+        self.layers: list[Layer] = [Layer()]
+        self.counts: Counter[str] = self.base.state_counts()
         # key → reserved output path of each started entry (few: the running jobs and those a crash cut short).
-        self.targets: dict[str, str] = {}
-        # output path → its owner, and (inbox, source) → the output it owns, or a tuple of them (more than
-        # one after a profile changed the output format). Strings are shared with the entries'.
-        self.owners: dict[str, Owner] = {}
-        self.owned: dict[tuple[str, str], str | tuple[str, ...]] = {}
-        # (inbox, path) → (size, mtime_ns, ino, ctime_ns, sha256 as 32 bytes: half the memory of its hex).
-        self.hashes: dict[tuple[str, str], Cached] = {}
-        self.seq = 0
+        self.targets: dict[str, str] = {key: row.target for key, row in self.base.entries_in_state(State.STARTED)
+                                         if row.target is not None}
+        self.seq = self.base.seq
 
     @classmethod
-    def from_snapshot(cls, entries: dict[str, Row], hashes: dict[tuple[str, str], Cached], seq: int,
-                      owners: list[tuple[str, Owner]], *, latest_claim_wins: bool) -> Tables:
-        """The tables a snapshot holds: its entries and stat cache, each done entry owning its output, and the
-        `owners` the snapshot lists beside them (those no done entry says).
+    def from_legacy(cls, entries: dict[str, Row], hashes: dict[Slot, Cached], seq: int,
+                    owners: list[tuple[str, Owner]], *, latest_claim_wins: bool) -> Tables:
+        """The tables a format 1 or 2 snapshot holds, all in one layer over an empty base: its entries and stat
+        cache, each done entry owning its output, and the `owners` the snapshot lists beside them.
 
-        With `latest_claim_wins` (format 1, which kept no owners, so two entries may claim one path), the
-        done entries take their outputs in the order they were updated: the latest claim wins, and the older,
-        stale kind the owners table exists to prevent is dropped.
+        With `latest_claim_wins` (format 1, which kept no owners, so two entries may claim one path), the done
+        entries take their outputs in the order they were updated: the latest claim wins.
         """
         tables = cls()
-        tables.entries, tables.hashes, tables.seq = entries, hashes, seq
+        layer = tables.layers[-1]
+        layer.entries.update(entries)
+        layer.hashes.update(hashes)
+        tables.seq = seq
         tables.counts = Counter(row.state for row in entries.values())
         tables.targets = {key: row.target for key, row in entries.items()
                           if row.state == State.STARTED and row.target is not None}
@@ -45,23 +69,132 @@ class Tables:
         if latest_claim_wins:
             done.sort()
         for _, key in done:
-            row = entries.get(key)
+            row = layer.entries.get(key)
             if row is not None and row.output is not None:
                 tables.set_owner(row.output, Owner(row.inbox, row.source, key))
         for output, owner in owners:
             tables.set_owner(output, owner)
         return tables
 
-    def owned_by(self, slot: tuple[str, str]) -> tuple[str, ...]:
-        """The outputs the source `slot` (inbox, source) owns."""
-        outputs = self.owned.get(slot, ())
-        return (outputs,) if isinstance(outputs, str) else outputs
+    def __len__(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def live(self) -> Layer:
+        """The layer that takes changes."""
+        return self.layers[-1]
+
+    # -- reads ----------------------------------------------------------------------------------------
+
+    def row(self, key: str) -> Row | None:
+        """The entry stored under `key`, if any."""
+        for layer in reversed(self.layers):
+            entries = layer.entries
+            if key in entries:
+                return entries[key]
+        if not self.base.sizes[0]:
+            return None
+        found = self.base.find(key)
+        return None if found is None else found[1]
+
+    def owner(self, output: str) -> Owner | None:
+        """Who owns `output`, if anyone."""
+        for layer in reversed(self.layers):
+            owner = layer.owners.get(output)
+            if owner is not None:
+                return owner
+        return self.base.owner(output) if self.base.sizes[1] else None
+
+    def outputs_of(self, slot: Slot) -> dict[str, Owner]:
+        """The outputs the source `slot` owns, with their owners."""
+        found = {}
+        for output, owner in self.base.owners_of_slot(slot):
+            if not any(output in layer.owners for layer in self.layers):
+                found[output] = owner
+        for layer in self.layers:
+            for output in layer.owned.get(slot, ()):
+                current = self.owner(output)
+                if current is not None and (current.inbox, current.source) == slot:
+                    found[output] = current
+        return found
+
+    def cached(self, slot: Slot) -> Cached | None:
+        """The stat-cache line of `slot`, if any."""
+        for layer in reversed(self.layers):
+            if slot in layer.hashes:
+                return layer.hashes[slot]
+        return self.base.cached(slot)
+
+    def iter_entries(self) -> Iterator[tuple[str, Row]]:
+        """Every (key, row): a view as of this call (the layers are copied and the base's file opened now)."""
+        merged: dict[str, Row | None] = {}
+        for layer in self.layers:
+            merged.update(layer.entries)
+        return self._merged_entries(self.base.iter_entries(), merged)
+
+    def entries_in_state(self, state: State) -> list[tuple[str, Row]]:
+        """The (key, row) of every entry in `state` (for the few started or failed ones)."""
+        merged: dict[str, Row | None] = {}
+        for layer in self.layers:
+            merged.update(layer.entries)
+        found = [(key, row) for key, row in self.base.entries_in_state(state.value) if key not in merged]
+        found += [(key, row) for key, row in merged.items() if row is not None and row.state == state]
+        return found
+
+    def done_by_inbox(self) -> dict[str, tuple[int, float]]:
+        """Per inbox, the number of done entries and the latest update time among them (the base's part from
+        its index columns alone)."""
+        merged: dict[str, Row | None] = {}
+        for layer in self.layers:
+            merged.update(layer.entries)
+        columns = self.base.entries
+        done = columns["state"] == STATE_CODES[State.DONE]
+        for key in merged:
+            found = self.base.find(key)
+            if found is not None:
+                done[found[0]] = False
+        codes = columns["inbox"][done]
+        counts = np.bincount(codes, minlength=len(self.base.inboxes))
+        latest = np.full(len(self.base.inboxes), -np.inf)
+        np.maximum.at(latest, codes, columns["updated"][done])
+        result = {inbox: (int(counts[code]), float(latest[code]))
+                  for code, inbox in enumerate(self.base.inboxes) if counts[code]}
+        for row in merged.values():
+            if row is not None and row.state == State.DONE:
+                count, stamp = result.get(row.inbox, (0, row.updated_ts))
+                result[row.inbox] = (count + 1, max(stamp, row.updated_ts))
+        return result
+
+    @staticmethod
+    def _merged_entries(base: Iterator[tuple[str, Row]], merged: dict[str, Row | None]) -> Iterator[tuple[str, Row]]:
+        for key, row in base:
+            if key not in merged:
+                yield key, row
+        for key, changed in merged.items():
+            if changed is not None:
+                yield key, changed
 
     def said_by_entry(self, output: str, owner: Owner) -> bool:
-        """Whether a done entry already says that `owner` owns `output` (a snapshot need not list it)."""
-        row = None if owner.key is None else self.entries.get(owner.key)
+        """Whether a done entry already says that `owner` owns `output`."""
+        row = None if owner.key is None else self.row(owner.key)
         return (row is not None and row.state == State.DONE and row.output == output
                 and (row.inbox, row.source) == (owner.inbox, owner.source))
+
+    # -- compaction -----------------------------------------------------------------------------------
+
+    def freeze(self) -> list[Layer]:
+        """Stop changing the current layers (a compaction reads them) and start a new one; return them."""
+        frozen = list(self.layers)
+        self.layers.append(Layer())
+        return frozen
+
+    def rebase(self, base: Base, folded: int) -> Base:
+        """Take `base`, which holds the old base and the `folded` oldest layers; return the old base."""
+        old, self.base = self.base, base
+        self.layers = self.layers[folded:]
+        return old
+
+    # -- changes --------------------------------------------------------------------------------------
 
     def apply(self, rec: dict[str, Any]) -> None:
         """Apply one journal record (see the package's docstring for the ops).
@@ -75,10 +208,10 @@ class Tables:
             if not isinstance(key, str) or ":" not in key:
                 raise ValueError(f"bad key {key!r}")
             row = row_of(rec["entry"])
-            old = self.entries.get(key)
+            old = self.row(key)
             if old is not None:
                 self.counts[old.state] -= 1
-            self.entries[key] = row
+            self.live.entries[key] = row
             self.counts[row.state] += 1
             if row.state == State.STARTED and row.target is not None:
                 self.targets[key] = row.target
@@ -89,48 +222,56 @@ class Tables:
         elif op == "own":
             self.set_owner(rec["output"], Owner(sys.intern(rec["inbox"]), sys.intern(rec["source"]), rec["key"]))
         elif op == "forget":
-            old = self.drop(rec["key"])
+            key = rec["key"]
+            old = self.drop(key)
             if old is not None and old.state == State.DONE:
                 # Its outputs stay srd's to replace, but no longer say that this content is done.
-                for output, owner in list(self.owners.items()):
-                    if owner.key == rec["key"]:
-                        self.owners[output] = owner._replace(key=None)
+                for output, owner in self._owners_with_key(key):
+                    self._own(output, owner._replace(key=None))
         elif op not in ("cache", "snapshot"):
             raise ValueError(f"unknown op {op!r}")
         cache = rec.get("cache")
         if cache is not None:
             for item in cache["set"]:
                 slot, value = cache_entry(item)
-                self.hashes[slot] = value
+                self.live.hashes[slot] = value
             for inbox, path in cache["unset"]:
-                self.hashes.pop((inbox, path), None)
+                self.live.hashes[(inbox, path)] = None
 
     def drop(self, key: str) -> Row | None:
         """Remove an entry (not the outputs it owns); return it, if there was one."""
-        old = self.entries.pop(key, None)
+        old = self.row(key)
+        if old is None:
+            return None
+        self.live.entries[key] = None
         self.targets.pop(key, None)
-        if old is not None:
-            self.counts[old.state] -= 1
+        self.counts[old.state] -= 1
         return old
 
     def set_owner(self, output: str, owner: Owner) -> None:
         """Make `owner` the one owner of `output`; a ``done`` entry whose output that was is dropped, since
         the file no longer holds its picture (its content is processed again if it comes back)."""
-        previous = self.owners.get(output)
+        previous = self.owner(output)
         if previous == owner:
             return
-        if previous is not None:
-            slot = (previous.inbox, previous.source)
-            rest = tuple(o for o in self.owned_by(slot) if o != output)
-            if rest:
-                self.owned[slot] = rest[0] if len(rest) == 1 else rest
-            else:
-                self.owned.pop(slot, None)
-            if previous.key is not None and previous.key != owner.key:
-                superseded = self.entries.get(previous.key)
-                if superseded is not None and superseded.state == State.DONE and superseded.output == output:
-                    self.drop(previous.key)
-        self.owners[output] = owner
-        slot = (owner.inbox, owner.source)
-        outputs = (*self.owned_by(slot), output)
-        self.owned[slot] = outputs[0] if len(outputs) == 1 else outputs
+        if previous is not None and previous.key is not None and previous.key != owner.key:
+            superseded = self.row(previous.key)
+            if superseded is not None and superseded.state == State.DONE and superseded.output == output:
+                self.drop(previous.key)
+        self._own(output, owner)
+
+    def _own(self, output: str, owner: Owner) -> None:
+        self.live.owners[output] = owner
+        self.live.owned.setdefault((owner.inbox, owner.source), set()).add(output)
+
+    def _owners_with_key(self, key: str) -> list[tuple[str, Owner]]:
+        found: dict[str, Owner] = {}
+        for output, owner in self.base.owners_with_key(key):
+            if not any(output in layer.owners for layer in self.layers):
+                found[output] = owner
+        for layer in self.layers:
+            for output in layer.owners:
+                current = self.owner(output)
+                if current is not None and current.key == key:
+                    found[output] = current
+        return list(found.items())

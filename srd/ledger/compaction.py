@@ -1,0 +1,104 @@
+"""A compaction in a thread: the frozen layers folded into a new generation, made current by replacing the
+snapshot file, while the loop goes on writing to the journal and to a new layer.
+
+The journal stays the source of truth until the snapshot file names the new generation: the generation is
+written and fsynced first (a crash leaves a folder nothing names, removed at the next load), then the
+snapshot file is replaced atomically (a crash after that leaves journal records the next load skips by their
+``seq``). Only then does the loop (`Store`) shorten the journal and swap its base.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import structlog
+
+from srd.fs.atomic import TEMP_PREFIX, write_bytes_atomic
+from srd.ledger.base import Base
+from srd.ledger.files import PREVIOUS_SNAPSHOT_NAME, SNAPSHOT_NAME
+from srd.ledger.generation import GENERATION_PREFIX, generation_name, write_generation
+from srd.ledger.snapshot import generation_of, manifest
+from srd.ledger.tables import Layer
+
+log = structlog.get_logger(__name__)
+
+
+class Compaction:
+    """One compaction: `start` it, then, on the loop, `done` tells when `base` (or `error`) is there."""
+
+    def __init__(self, state_dir: Path, base: Base, layers: list[Layer], seq: int, journal_cut: int) -> None:
+        """Fold `layers` (frozen: nobody changes them now) into `base`, as the generation of records up to
+        `seq`; the journal's first `journal_cut` bytes hold exactly those records."""
+        self.state_dir = state_dir
+        self.folded = len(layers)
+        self.seq = seq
+        self.journal_cut = journal_cut
+        self.base: Base | None = None
+        self.error: Exception | None = None
+        self.seconds = 0.0
+        self._old_base = base
+        self._layers = layers
+        self._thread = threading.Thread(target=self._run, name="srd-ledger-compaction", daemon=True)
+
+    def start(self) -> None:
+        """Begin in the background."""
+        self._thread.start()
+
+    def done(self) -> bool:
+        """Whether it has finished (well or not)."""
+        return not self._thread.is_alive()
+
+    def wait(self) -> None:
+        """Block until it has finished."""
+        self._thread.join()
+
+    def _run(self) -> None:
+        started = time.perf_counter()
+        try:
+            name = generation_name(self.seq)
+            write_generation(self.state_dir / name, self._old_base, self._layers, self.seq)
+            self.base = Base.load(self.state_dir / name)
+            keep_previous_snapshot(self.state_dir)
+            write_bytes_atomic(self.state_dir / SNAPSHOT_NAME, manifest(name, self.seq))
+        except Exception as exc:
+            self.error = exc
+            if self.base is not None:
+                self.base.close()
+                self.base = None
+            return
+        finally:
+            self._layers = []
+            self.seconds = time.perf_counter() - started
+        # The loop still reads the old base until it swaps: it stays whatever ``.prev`` says.
+        remove_unused_generations(self.state_dir, also_keep=self._old_base.folder)
+
+
+def keep_previous_snapshot(state_dir: Path) -> None:
+    """Hard-link the current snapshot file as ``ledger.json.prev`` (atomically replacing the older one): a way
+    back, by hand or by `repair`, if the new one is ever lost. Its generation is kept with it."""
+    current = state_dir / SNAPSHOT_NAME
+    link = state_dir / f"{TEMP_PREFIX}{PREVIOUS_SNAPSHOT_NAME}.{secrets.token_hex(6)}"  # cleaned if we crash
+    try:
+        link.hardlink_to(current)
+        link.replace(state_dir / PREVIOUS_SNAPSHOT_NAME)
+    except FileNotFoundError:
+        return  # the first compaction: nothing to keep
+    except OSError as exc:
+        log.warning("ledger_previous_snapshot_not_kept", state_dir=str(state_dir), error=str(exc))
+        with contextlib.suppress(OSError):
+            link.unlink()
+
+
+def remove_unused_generations(state_dir: Path, also_keep: Path | None = None) -> None:
+    """Remove the generation folders neither the snapshot file nor the previous one names: older ones, and
+    those a crashed compaction left half-written. Only its owner calls this, with the lock held."""
+    keep = {generation_of(state_dir / SNAPSHOT_NAME), generation_of(state_dir / PREVIOUS_SNAPSHOT_NAME),
+            None if also_keep is None else also_keep.name}
+    for folder in state_dir.glob(f"{GENERATION_PREFIX}*"):
+        if folder.name not in keep and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
