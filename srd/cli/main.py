@@ -239,7 +239,7 @@ def _run_config_check(args: argparse.Namespace) -> ExitCode:
     for warning in warnings:
         print(f"warning: {warning}")
     print(f"{config.source}: ok ({len(config.inboxes)} inbox(es), profiles: {', '.join(config.profiles)}, "
-          f"{config.workers} worker(s) x {config.threads_per_worker} thread(s)"
+          f"{config.workers} worker(s) x {config.threads_per_worker or 'shared'} thread(s)"
           + (f"; {len(warnings)} warning(s))" if warnings else ")"))
     return ExitCode.OK
 

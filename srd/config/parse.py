@@ -71,7 +71,8 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
         return value
 
     # Each worker is a process and each thread an OpenCV thread: beyond this, a typo, not a machine.
-    threads = number("threads_per_worker", int, 1, 1, MAX_PROCESSES)
+    # None (the default): jobs share the cores by how many run (see srd.engine.cores); a number fixes it.
+    threads = number("threads_per_worker", int, None, 1, MAX_PROCESSES)
     workers = number("workers", int, default_workers(threads), 1, MAX_PROCESSES)
     max_pixels = number("max_input_pixels", int, 100_000_000, 1)
     max_bytes = number("max_input_bytes", int, DEFAULT_MAX_INPUT_BYTES, 1)
