@@ -63,6 +63,7 @@ NOT_RUN = {
     "docker exec srd srd status --config /etc/srd/srd.yaml": "container step",
     "python scripts/bench_daemon.py --output /tmp/bench_daemon.json": "daemon benchmark script",
     "python scripts/bench_ledger.py --entries 100000": "ledger benchmark script",
+    "python scripts/bench_lone_job.py --rounds 2 --output /tmp/bench_lone_job.json": "lone-job benchmark script",
     "python scripts/reliability.py --output reliability.json": "the long reliability suite",
     "pip install -e '.[web]'": "the web extra (the test extra includes it)",
     "srd web --hash-password": "the web UI (tests/test_web.py)",

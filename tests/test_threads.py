@@ -9,6 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from test_pool import FakeExecutor
+from test_pool import job as named_job
 
 from srd.config import ExecutorSettings, default_profile
 from srd.engine.cores import CoreShare, shared_count
@@ -173,3 +175,29 @@ def test_a_fixed_thread_count_keeps_one_tile_at_a_time_for_a_lone_job(tmp_path: 
         assert _run(pool, _jobs(tmp_path, photo, 1)) == [1]
     finally:
         pool.close()
+
+
+def test_the_pool_counts_a_job_before_its_worker_can_see_it_and_uncounts_it_when_collected() -> None:
+    running = shared_count()
+    seen_at_submit: list[int] = []
+    executor = FakeExecutor()
+    original_submit = executor.submit
+
+    def submit(fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen_at_submit.append(running.value)  # what a worker taking this job would read
+        return original_submit(fn, *args, **kwargs)
+
+    executor.submit = submit  # type: ignore[method-assign]
+    pool = JobPool(2, lambda: executor, cores=CoreShare(2, running))
+    for name in ("a", "b", "c"):
+        pool.submit(name, named_job(name))
+    assert seen_at_submit == [1, 2] and running.value == 2
+    executor.complete("a")
+    pool.collect()  # c takes a's worker
+    assert seen_at_submit == [1, 2, 2] and running.value == 2
+    executor.complete("b")
+    pool.collect()
+    assert running.value == 1  # c alone now: its next tile may use both cores
+    executor.complete("c")
+    pool.collect()
+    assert running.value == 0
