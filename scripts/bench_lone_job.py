@@ -7,6 +7,8 @@ Two cases, each run through the real command (``srd process -m edsr-lite -s 2 --
   default lets the lone job run its tiles on every core.
 - *queue*: 8 photos of 1–3 MP on the same W workers: the new default must be no slower (one tile per job
   while the pool is full, the whole machine for the last photo).
+- *engine*: why tiles in parallel rather than OpenCV's own threads: one process upscales a 1000×750 crop
+  of the photo one tile at a time on 1 and on W OpenCV threads, and W tiles at once on 1 thread each.
 
 Modes alternate within each round, so a change of load hits both; medians are compared. Peak RSS is the
 largest sum, sampled every 0.1 s, over the command and all its descendants (the worker processes).
@@ -104,12 +106,40 @@ def run_once(inputs: Path, out: Path, extra: list[str], workers: int) -> tuple[f
     return elapsed, peak[0]
 
 
+def engine_modes(photo: Path, cores: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds per run of each way to use `cores` on one picture, in alternating order (one process)."""
+    from srd.engine.cores import CoreShare
+    from srd.engine.registry import resolve_model
+    from srd.engine.upscaler import EngineSettings, Upscaler
+
+    image = cv2.imread(str(photo), cv2.IMREAD_COLOR)
+    assert image is not None, photo
+    crop = cv2.resize(image, (1000, 750), interpolation=cv2.INTER_AREA)
+    spec = resolve_model("edsr-lite", 2)
+    modes = {
+        "1 tile at a time, 1 OpenCV thread": (1, Upscaler(spec, EngineSettings(threads=1), CoreShare(1))),
+        f"1 tile at a time, {cores} OpenCV threads": (cores, Upscaler(spec, EngineSettings(threads=1), CoreShare(1))),
+        f"{cores} tiles at once, 1 OpenCV thread each": (1, Upscaler(spec, EngineSettings(threads=1),
+                                                                      CoreShare(cores))),
+    }
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
+    for round_ in range(rounds + 1):  # the first round warms up every session
+        for mode in (list(modes) if round_ % 2 else list(reversed(modes))):
+            threads, upscaler = modes[mode]
+            cv2.setNumThreads(threads)
+            started = time.perf_counter()
+            upscaler.upscale(crop)
+            if round_:
+                times[mode].append(time.perf_counter() - started)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2: one per core here)")
     parser.add_argument("--queue", type=int, default=8, help="photos in the full-queue case")
-    parser.add_argument("--cases", default="lone,queue", help="comma-separated: lone, queue")
+    parser.add_argument("--cases", default="lone,queue,engine", help="comma-separated: lone, queue, engine")
     parser.add_argument("--output", type=Path, help="write the figures as JSON here too")
     args = parser.parse_args()
 
@@ -140,6 +170,13 @@ def main() -> None:
                                     "peak_rss_mib": [p / 2**20 for p in peaks[mode]]} for mode in MODES}
             results[case]["speedup"] = old / new
             print(f"{case}: median {old:.1f} s today, {new:.1f} s shared → {old / new:.2f}×", flush=True)
+        if "engine" in cases:
+            photo = sorted(PHOTOS.glob("*.jpg"))[0]
+            engine_times = engine_modes(photo, args.workers, args.rounds * 3)
+            results["engine"] = engine_times
+            for mode, runs in engine_times.items():
+                print(f"engine {mode}: median {statistics.median(runs):.2f} s, best {min(runs):.2f} s "
+                      f"({len(runs)} runs)", flush=True)
     results["load_after"] = os.getloadavg()[0]
     if args.output:
         args.output.write_text(json.dumps(results, indent=2))
