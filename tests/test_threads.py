@@ -12,8 +12,8 @@ import pytest
 from test_pool import FakeExecutor
 from test_pool import job as named_job
 
-from srd.config import ExecutorSettings, default_profile
-from srd.engine.cores import CoreShare, shared_count
+from srd.config import ExecutorSettings, default_profile, load_config
+from srd.engine.cores import CoreShare, shared_count, usable_cores
 from srd.engine.lanes import run_in_lanes
 from srd.engine.registry import resolve_model
 from srd.engine.upscaler import EngineSettings, Upscaler
@@ -201,3 +201,14 @@ def test_the_pool_counts_a_job_before_its_worker_can_see_it_and_uncounts_it_when
     executor.complete("c")
     pool.collect()
     assert running.value == 0
+
+
+def test_jobs_share_the_cores_unless_threads_per_worker_fixes_them(tmp_path: Path) -> None:
+    shared, fixed = tmp_path / "shared.yaml", tmp_path / "fixed.yaml"
+    shared.write_text("workers: 2\n")
+    fixed.write_text("workers: 2\nthreads_per_worker: 3\n")
+
+    by_default, configured = Backend.of(load_config(shared)), Backend.of(load_config(fixed))
+
+    assert (by_default.cores, by_default.engine.threads) == (usable_cores(), 1)  # one OpenCV thread per tile
+    assert (configured.cores, configured.engine.threads) == (1, 3)  # as before: one tile, 3 OpenCV threads

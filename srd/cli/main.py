@@ -71,7 +71,9 @@ def _at_least(minimum: int) -> Callable[[str], int]:
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile", type=_at_least(0), help="tile side in LR pixels (0: whole image at once)")
     parser.add_argument("--tile-pad", type=_at_least(0), help="LR pixels of context around each tile")
-    parser.add_argument("--threads", type=_at_least(1), help="OpenCV threads per worker process")
+    parser.add_argument("--threads", type=_at_least(1),
+                        help="OpenCV threads per worker process, one tile at a time (default for srd process: "
+                             "jobs share the cores, a lone photo runs tiles on all of them)")
 
 
 def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
