@@ -66,6 +66,7 @@ NOT_RUN = {
         "OpenCV DNN levers benchmark script",
     "python scripts/bench_ledger.py --entries 1000000": "ledger benchmark script",
     "python scripts/bench_restart.py --files 100000": "restart benchmark script",
+    "python scripts/bench_lone_job.py --rounds 2 --output /tmp/bench_lone_job.json": "lone-job benchmark script",
     "python scripts/reliability.py --output reliability.json": "the long reliability suite",
     "pip install -e '.[web]'": "the web extra (the test extra includes it)",
     "srd web --hash-password": "the web UI (tests/test_web.py)",

@@ -75,7 +75,9 @@ def _at_least(minimum: int) -> Callable[[str], int]:
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile", type=_at_least(0), help="tile side in LR pixels (0: whole image at once)")
     parser.add_argument("--tile-pad", type=_at_least(0), help="LR pixels of context around each tile")
-    parser.add_argument("--threads", type=_at_least(1), help="inference threads per worker process")
+    parser.add_argument("--threads", type=_at_least(1),
+                        help="inference threads per worker process, one tile at a time (default for srd process: "
+                             "jobs share the cores, a lone photo runs tiles on all of them)")
     _add_device_options(parser)
 
 
@@ -259,7 +261,7 @@ def _run_config_check(args: argparse.Namespace) -> ExitCode:
     for warning in warnings:
         print(f"warning: {warning}")
     print(f"{config.source}: ok ({len(config.inboxes)} inbox(es), profiles: {', '.join(config.profiles)}, "
-          f"{config.workers} worker(s) x {config.threads_per_worker} thread(s)"
+          f"{config.workers} worker(s) x {config.threads_per_worker or 'shared'} thread(s)"
           + (f"; {len(warnings)} warning(s))" if warnings else ")"))
     return ExitCode.OK
 

@@ -39,7 +39,7 @@ _TOP_LEVEL = {
 }
 
 
-def _default_workers(engine: EngineSettings, threads: int) -> int:
+def _default_workers(engine: EngineSettings, threads: int | None) -> int:
     """One worker per GPU where the engine is told to use CUDA ('cuda': each worker takes the next GPU;
     'cuda:N': the one GPU), else as many as fit the cores."""
     if engine.device == "cuda":
@@ -84,7 +84,8 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
     engine_fields = parse_fields(EngineSettings, data.get("engine"), "engine", problems, skip=("threads",))
     engine = EngineSettings(**(engine_fields.values if engine_fields else {}))
     # Each worker is a process and each thread an inference thread: beyond this, a typo, not a machine.
-    threads = number("threads_per_worker", int, 1, 1, MAX_PROCESSES)
+    # None (the default): jobs share the cores by how many run (see srd.engine.cores); a number fixes it.
+    threads = number("threads_per_worker", int, None, 1, MAX_PROCESSES)
     workers = number("workers", int, _default_workers(engine, threads), 1, MAX_PROCESSES)
     max_pixels = number("max_input_pixels", int, 100_000_000, 1)
     max_bytes = number("max_input_bytes", int, DEFAULT_MAX_INPUT_BYTES, 1)

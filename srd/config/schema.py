@@ -117,7 +117,8 @@ class WebSettings:
 class Config:
     state_dir: Path
     workers: int
-    threads_per_worker: int
+    # None: each job takes its share of the cores (a lone job all of them); a number: that many OpenCV threads.
+    threads_per_worker: int | None
     max_input_pixels: int
     max_attempts: int
     job_timeout: float | None
@@ -143,14 +144,15 @@ class Config:
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
 
     def worker_engine(self) -> EngineSettings:
-        """Engine settings as each worker process applies them."""
-        return replace(self.engine, threads=self.threads_per_worker)
+        """Engine settings as each worker process applies them: one inference thread per tile when jobs share
+        the cores by running tiles in parallel."""
+        return replace(self.engine, threads=self.threads_per_worker or 1)
 
 
 def default_profile() -> Profile:
     return Profile(DEFAULT_PROFILE, Pipeline((Upscale(model=DEFAULT_MODEL, scale=DEFAULT_SCALE),)))
 
 
-def default_workers(threads_per_worker: int) -> int:
+def default_workers(threads_per_worker: int | None) -> int:
     """As many workers as fit the cores without oversubscribing them."""
-    return max(1, (os.cpu_count() or 1) // max(1, threads_per_worker))
+    return max(1, (os.cpu_count() or 1) // max(1, threads_per_worker or 1))

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from srd.engine.conventions import CONVENTIONS
+from srd.engine.cores import CoreShare
 from srd.engine.ensemble import ENSEMBLE_SIZES
 from srd.engine.registry import ModelSpec, file_sha256, resolve_model
 from srd.engine.upscaler import EngineSettings, Upscaler
@@ -36,11 +37,16 @@ INTERPOLATIONS = {
 
 
 class StageContext:
-    """What stages need beyond their settings: model lookup and loaded models, per process."""
+    """What stages need beyond their settings: model lookup, loaded models and the share of cores, per process.
 
-    def __init__(self, engine: EngineSettings = EngineSettings(), model_dirs: Iterable[Path] = ()) -> None:
+    `cores` says how many tiles a job may run at once (default: one, today's single lane).
+    """
+
+    def __init__(self, engine: EngineSettings = EngineSettings(), model_dirs: Iterable[Path] = (),
+                 cores: CoreShare | None = None) -> None:
         self.engine = engine
         self.model_dirs = tuple(model_dirs)
+        self.cores = cores or CoreShare()
         self._upscalers: dict[ModelSpec, Upscaler] = {}
         self._hashes: dict[tuple[Path, FileVersion], str] = {}
         self._specs: dict[tuple[str, int | None, str | None], ModelSpec] = {}
@@ -56,7 +62,7 @@ class StageContext:
         """The loaded model for `spec`, loaded once per process."""
         if spec not in self._upscalers:
             self.verify(spec)
-            self._upscalers[spec] = Upscaler(spec, self.engine)
+            self._upscalers[spec] = Upscaler(spec, self.engine, self.cores)
         return self._upscalers[spec]
 
     def sha256(self, spec: ModelSpec) -> str:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from srd.engine.lanes import run_in_lanes
+
 
 @dataclass(frozen=True)
 class Tile:
@@ -59,21 +61,34 @@ def upscale_tiled(
     source: np.ndarray,
     target: np.ndarray,
     scale: int,
-    run: Callable[[np.ndarray], np.ndarray],
+    run: Callable[[np.ndarray, int], np.ndarray],
     *,
     tile: int,
     pad: int,
-) -> None:
-    """Fill `target` (source upscaled by `scale`) tile by tile.
+    lanes: Callable[[], int] = lambda: 1,
+    most_lanes: int = 1,
+) -> int:
+    """Fill `target` (source upscaled by `scale`) tile by tile, several tiles at once where `lanes` allows.
+
+    Tiles own disjoint parts of `target`, so the order they finish in does not change the result.
 
     Args:
         source: H×W or H×W×C array the model reads.
         target: preallocated (H·scale)×(W·scale)[×C] array, written in place.
-        run: maps a padded source tile to its upscaled result (already in `target`'s dtype).
+        run: maps a padded source tile and a lane number to its upscaled result (already in `target`'s
+            dtype); calls on the same lane never overlap.
         tile: core tile side in LR pixels (0: whole image).
         pad: LR pixels of context added on each side.
+        lanes: how many tiles may run at once, asked before each tile.
+        most_lanes: upper bound on `lanes()` (the number of lanes `run` accepts).
+
+    Returns:
+        The most tiles that ran at once.
     """
     height, width = source.shape[:2]
-    for piece in plan_tiles(height, width, tile, pad):
-        result = run(source[piece.outer])
+
+    def fill(piece: Tile, lane: int) -> None:
+        result = run(source[piece.outer], lane)
         target[piece.core_in_output(scale)] = result[piece.core_in_outer_output(scale)]
+
+    return run_in_lanes(plan_tiles(height, width, tile, pad), fill, lanes, most_lanes)

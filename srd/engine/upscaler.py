@@ -7,12 +7,14 @@ alpha and 16-bit, and always resizes chroma bilinearly. Its conventions are kept
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from srd.engine.conventions import LUMA_CONVENTIONS, convention_for
+from srd.engine.cores import CoreShare
 from srd.engine.ensemble import run_ensembled
 from srd.engine.registry import ModelSpec
 from srd.engine.runtime import Runtime, Session
@@ -32,7 +34,8 @@ class EngineSettings:
         tile_pad: LR pixels of context around each tile.
         onnx_engine: OpenCV DNN engine for ONNX models ('classic' measured fastest here).
         chroma: how luma-only models' Cr/Cb are enlarged; 'bilinear' reproduces upsample().
-        threads: inference threads in this process (None leaves the runtime's default).
+        threads: inference threads of each session (None leaves the runtime's default); with tiles run in
+            parallel (see `CoreShare`) these are the threads of each tile.
         runtime: 'opencv', 'onnxruntime' or 'auto' (the fastest installed, by a measured table).
         device: 'auto', 'cpu', 'cuda' or 'cuda:N' (CUDA through onnxruntime; CPU where it can't be had).
     """
@@ -47,20 +50,34 @@ class EngineSettings:
 
 
 class Upscaler:
-    """A loaded model plus the settings to apply it to whole pictures."""
+    """A loaded model plus the settings to apply it to whole pictures.
 
-    def __init__(self, spec: ModelSpec, settings: EngineSettings = EngineSettings()) -> None:
+    Tiles run on as many lanes at once as `cores` allows, each lane with a session of its own; sessions
+    are opened on first use and kept, so a process holds at most `cores.cores` of them (each one a copy
+    of the model in memory).
+    """
+
+    def __init__(self, spec: ModelSpec, settings: EngineSettings = EngineSettings(),
+                 cores: CoreShare | None = None) -> None:
         if settings.threads is not None:
             cv2.setNumThreads(settings.threads)
         self.spec = spec
         self.settings = settings
+        self.cores = cores or CoreShare()
         self._runtime = open_runtime(spec, settings.runtime, settings.device, settings.onnx_engine)
-        self._session: Session = self._runtime.open_session(settings.threads)
+        self._sessions: list[Session] = [self._runtime.open_session(settings.threads)]
+        self._opening = threading.Lock()
 
     @property
     def runtime(self) -> Runtime:
         """The runtime the model was loaded in (as chosen: `auto` and device fallbacks resolved)."""
         return self._runtime
+
+    def _session(self, lane: int) -> Session:
+        with self._opening:
+            while len(self._sessions) <= lane:
+                self._sessions.append(self._runtime.open_session(self.settings.threads))
+            return self._sessions[lane]
 
     @property
     def scale(self) -> int:
@@ -102,8 +119,8 @@ class Upscaler:
         scale = self.spec.scale
         target = np.empty((source.shape[0] * scale, source.shape[1] * scale, *source.shape[2:]), source.dtype)
 
-        def run_tile(tile: np.ndarray) -> np.ndarray:
-            out = run_ensembled(self._session.run, convention.to_blob(tile), ensemble)
+        def run_tile(tile: np.ndarray, lane: int) -> np.ndarray:
+            out = run_ensembled(self._session(lane).run, convention.to_blob(tile), ensemble)
             expected = (tile.shape[0] * scale, tile.shape[1] * scale)
             if out.shape[2:] != expected:
                 raise ModelError(
@@ -112,5 +129,7 @@ class Upscaler:
                 )
             return convention.from_blob(out)
 
-        upscale_tiled(source, target, scale, run_tile, tile=self.settings.tile, pad=self.settings.tile_pad)
+        widest = upscale_tiled(source, target, scale, run_tile, tile=self.settings.tile, pad=self.settings.tile_pad,
+                               lanes=self.cores.lanes, most_lanes=self.cores.cores)
+        self.cores.note(widest)
         return target

@@ -101,6 +101,8 @@ class JobResult:
     # Set when the data ended early: perhaps a slow writer hasn't finished it yet.
     truncated: bool = False
     output_bytes: int | None = None  # the output's size as written (no stat needed to learn it)
+    # The most tiles the job's upscaling ran at once (its share of the cores; 0: no upscale stage ran).
+    tile_threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ class Rendered:
     name: str  # the output's file name when the job has no `target`
     input_size: tuple[int, int]
     output_size: tuple[int, int]
+    tile_threads: int = 0  # see `JobResult.tile_threads`
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -178,9 +181,10 @@ def store_output(job: Job, rendered: Rendered, sha256: str, started: float) -> J
         return failed
     ms = int((time.monotonic() - started) * 1000)
     log.info("job_done", src=str(job.source), out=str(target), profile=job.profile.name,
-             in_size=rendered.input_size, out_size=rendered.output_size, ms=ms)
+             in_size=rendered.input_size, out_size=rendered.output_size, tile_threads=rendered.tile_threads, ms=ms)
     return JobResult(source=job.source, ok=True, output=target, sha256=sha256, input_size=rendered.input_size,
-                     output_size=rendered.output_size, milliseconds=ms, output_bytes=len(rendered.data))
+                     output_size=rendered.output_size, milliseconds=ms, output_bytes=len(rendered.data),
+                     tile_threads=rendered.tile_threads)
 
 
 def guarded(job: Job, sha256: str | None, started: float, step: Callable[[], T]) -> T | JobResult:

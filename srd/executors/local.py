@@ -17,6 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import forkserver
 from pathlib import Path
 
+from srd.engine.cores import CoreShare
 from srd.engine.pipeline import StageContext
 from srd.engine.upscaler import EngineSettings
 from srd.executors.job import Job, JobResult
@@ -28,7 +29,8 @@ _context: StageContext | None = None
 
 
 def init_worker(
-    parent_pid: int, engine: EngineSettings, model_dirs: Sequence[Path], log_level: str, log_format: str
+    parent_pid: int, engine: EngineSettings, model_dirs: Sequence[Path], log_level: str, log_format: str,
+    cores: CoreShare | None = None,
 ) -> None:
     """Pool initializer: die with the parent and the forkserver, leave signals to the parent, set up logging, models.
 
@@ -48,7 +50,7 @@ def init_worker(
     # action would kill the worker and charge the death to the file it was working on.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     configure_logging(log_level, log_format)
-    _context = StageContext(engine, model_dirs)
+    _context = StageContext(engine, model_dirs, cores)
 
 
 def _die_with(pid: int) -> None:
@@ -95,9 +97,12 @@ def _start_helpers_deaf_to_hangups() -> None:
 
 def make_pool(
     workers: int, engine: EngineSettings, model_dirs: Sequence[Path], log_level: str = "info", log_format: str = "auto",
-    *, max_input_pixels: int | None = None,
+    *, max_input_pixels: int | None = None, cores: CoreShare | None = None,
 ) -> ProcessPoolExecutor:
     """A process pool whose workers are ready to `process` jobs.
+
+    `cores` is the share of the machine each worker's job may use (see `srd.engine.cores`); it reaches the
+    workers as they start, because its shared count can't travel with a job.
 
     With `max_input_pixels`, OpenCV's own decoders in the workers refuse larger images too (the
     second line behind the header check). The forkserver hands workers the environment it was
@@ -110,5 +115,5 @@ def make_pool(
         max_workers=workers,
         mp_context=multiprocessing.get_context("forkserver"),
         initializer=init_worker,
-        initargs=(os.getpid(), engine, tuple(model_dirs), log_level, log_format),
+        initargs=(os.getpid(), engine, tuple(model_dirs), log_level, log_format, cores),
     )

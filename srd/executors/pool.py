@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from srd.engine.cores import CoreShare
 from srd.engine.upscaler import EngineSettings
 from srd.executors.job import Job, JobResult
 from srd.executors.local import make_pool, process
@@ -116,10 +117,14 @@ class StartFailure:
 
 def process_executor_factory(
     workers: int, engine: EngineSettings, model_dirs: Sequence[Path], log_level: str, log_format: str, *,
-    max_input_pixels: int | None = None,
+    max_input_pixels: int | None = None, cores: CoreShare | None = None,
 ) -> Callable[[], Executor]:
-    """A factory of worker pools (see `srd.executors.local.make_pool`), so a broken pool can be replaced."""
-    return lambda: make_pool(workers, engine, model_dirs, log_level, log_format, max_input_pixels=max_input_pixels)
+    """A factory of worker pools (see `srd.executors.local.make_pool`), so a broken pool can be replaced.
+
+    Every pool it builds shares `cores` (the pool publishes its running jobs there, see `JobPool`).
+    """
+    return lambda: make_pool(workers, engine, model_dirs, log_level, log_format, max_input_pixels=max_input_pixels,
+                             cores=cores)
 
 
 def kill_workers(executor: Executor) -> None:
@@ -186,6 +191,8 @@ class JobPool:
             of their own; None for no limit.
         clock: Monotonic clock (tests drive it).
         cluster: The remote cluster the executors use (None: this machine's processes).
+        cores: Where the pool publishes how many jobs its workers hold, so that each job takes its share of
+            the cores (`srd.engine.cores`); None for workers with a fixed thread count.
     """
 
     def __init__(
@@ -199,9 +206,11 @@ class JobPool:
         job_timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         cluster: Cluster | None = None,
+        cores: CoreShare | None = None,
     ) -> None:
         self.workers = workers
         self.cluster = cluster
+        self._cores = cores or CoreShare()
         self.capacity = 2 * workers
         self._factory = factory
         self._run = run
@@ -315,6 +324,7 @@ class JobPool:
         if broken:
             self._rebuild()
         self._fill()
+        self._cores.publish(len(self._running))
         return outcomes
 
     def _enforce_timeout(self) -> list[Outcome]:
@@ -362,6 +372,8 @@ class JobPool:
                 self._on_start(token)
             try:
                 # A Ctrl-C waits until the worker this may start, and the job, are on the pool's books.
+                # Counted before the worker can see the job, so that it starts with its share, not the whole machine.
+                self._cores.publish(len(self._running) + 1)
                 with stop_signals_deferred():
                     future = self._executor.submit(self._run, job)
                     self._running[future] = _Running(token, job, self._clock(), self._limits.get(token, self._timeout))

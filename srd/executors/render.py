@@ -19,6 +19,7 @@ log = structlog.get_logger(__name__)
 
 def render(job: Job, data: bytes, context: StageContext) -> Rendered:
     """Decode `data`, run the job's pipeline and encode the result (errors are raised, see `guarded`)."""
+    context.cores.begin_job()
     picture = decode(data, max_pixels=job.max_input_pixels)
     for note in picture.notes:
         log.info("decoder_warning", src=str(job.source), text=note)
@@ -32,7 +33,8 @@ def render(job: Job, data: bytes, context: StageContext) -> Rendered:
     if encoded.alpha_flattened:
         log.warning("alpha_flattened", src=str(job.source), format=fmt, background="white")
     return Rendered(encoded.data, output_name(job.source.name, picture.format, fmt, requested),
-                    (picture.pixels.shape[1], picture.pixels.shape[0]), (pixels.shape[1], pixels.shape[0]))
+                    (picture.pixels.shape[1], picture.pixels.shape[0]), (pixels.shape[1], pixels.shape[0]),
+                    context.cores.widest)
 
 
 def run_job(job: Job, context: StageContext) -> JobResult:

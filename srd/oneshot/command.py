@@ -22,7 +22,7 @@ from srd.engine.pipeline import Pipeline, StageContext, Upscale
 from srd.engine.registry import looks_like_path, resolve_model
 from srd.engine.runtime_choice import with_choice
 from srd.errors import ConfigError, ExitCode, OutputError
-from srd.executors.backend import Backend
+from srd.executors.backend import Backend, shared_cores
 from srd.executors.job import Job, JobResult
 from srd.imaging.imageio import normalise_format
 from srd.interrupts import raise_on_sigterm
@@ -43,11 +43,14 @@ def run_process(args: argparse.Namespace) -> ExitCode:
     profile = profile_for(config, args)
     requested_format = _checked_format(args.format)
     workers = _checked_jobs(args.jobs, config)
+    # --threads or the config's threads_per_worker fix the OpenCV threads of each worker; without either, jobs
+    # share the cores (a lone photo runs tiles on all of them).
+    fixed_threads: int | None = args.threads or config.threads_per_worker
     engine = replace(
         with_choice(config.engine, args.runtime, args.device),
         tile=config.engine.tile if args.tile is None else args.tile,
         tile_pad=config.engine.tile_pad if args.tile_pad is None else args.tile_pad,
-        threads=args.threads or max(1, (os.cpu_count() or 1) // workers),
+        threads=fixed_threads or 1,
     )
     context = StageContext(engine, config.model_dirs)
     for spec in profile.pipeline.models(context):  # fail fast, before any file is touched
@@ -67,7 +70,7 @@ def run_process(args: argparse.Namespace) -> ExitCode:
     refused: list[tuple[Path, int]] = []  # (folder, errno) of outputs the storage refused
     jobs = [_job_for(file, profile, config, requested_format) for file in plan.files]
     backend = Backend(config.executor, workers, engine, tuple(config.model_dirs), log_level, config.log_format,
-                      config.max_input_pixels)
+                      config.max_input_pixels, shared_cores(fixed_threads))
     settings = PoolSettings(backend, config.job_timeout, config.max_attempts)
     try:
         run_batch(
