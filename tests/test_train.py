@@ -76,6 +76,9 @@ def test_resume_continues_exactly(tmp_path: Path, train_dir: Path, degrade: str 
     evals = re.findall(r"Set5 x2 PSNR-Y [\d.]+ dB, Set14 [\d.]+ dB \(torch fp32(.*)\)",
                        (resumed.run_dir / "train.log").read_text())
     assert evals == ["", ""] if degrade is None else [", JPEG q75 4:2:0 inputs"] * 2
+    made = provenance(b)
+    assert made["degradation"] == ("MATLAB bicubic" if degrade is None else PhotoMix().describe())
+    assert ("--degrade photo" in made["command"]) is (degrade == "photo")
 
 
 @pytest.mark.e2e

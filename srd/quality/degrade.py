@@ -116,6 +116,14 @@ class PhotoMix:
     jpeg_quality: tuple[int, int] = (30, 95)
     chroma_420_probability: float = 0.8
 
+    def describe(self) -> str:
+        """The mix in words, as a model's provenance records it."""
+        return (f"photo mix: blur sigma {self.blur_sigma[0]:g}-{self.blur_sigma[1]:g} LR px "
+                f"(p {self.blur_probability:g}), shrink by bicubic (antialiased), bilinear or area, Gaussian noise "
+                f"sigma {self.noise_sigma[0]:g}-{self.noise_sigma[1]:g} (p {self.noise_probability:g}, luminance-only "
+                f"p {self.grey_noise_probability:g}), JPEG q{self.jpeg_quality[0]}-{self.jpeg_quality[1]} "
+                f"(p {self.jpeg_probability:g}, 4:2:0 p {self.chroma_420_probability:g})")
+
     def draw(self, rng: np.random.Generator) -> PhotoDegradation:
         """One set of steps; the same `rng` state always gives the same draw."""
         blur = float(rng.uniform(*self.blur_sigma)) if rng.random() < self.blur_probability else 0.0

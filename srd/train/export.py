@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from srd.engine.registry import file_sha256, read_manifest
+from srd.quality.degrade import PhotoMix
 from srd.quality.metrics import psnr_y, ssim_y
 from srd.train import checkpoint
 from srd.train.data import load_bench
@@ -91,6 +92,8 @@ def training_command(ckpt: dict[str, Any]) -> str:
         parts.append(f"--hard-fraction {cfg['hard_fraction']}")
     if cfg.get("downscales"):
         parts.append(f"--downscales {','.join(f'{f:g}' for f in cfg['downscales'])}")
+    if cfg.get("degrade"):
+        parts.append(f"--degrade {cfg['degrade']}")
     if cfg.get("init"):
         parts.append(f"--init {_in_runs_dir(Path(cfg['init']), cfg)}")
     if not cfg["bf16"]:
@@ -123,7 +126,7 @@ def provenance(ckpt: dict[str, Any]) -> dict[str, Any]:
     return {
         "trainer": "srd.train",
         "data": f"{cfg['train_dir']} ({count} images: {', '.join(folders)})",
-        "degradation": "MATLAB bicubic",
+        "degradation": PhotoMix().describe() if cfg.get("degrade") == "photo" else "MATLAB bicubic",
         "iterations": int(ckpt["iteration"]),
         "batch": cfg["batch"],
         "patch_lr": cfg["patch"],
