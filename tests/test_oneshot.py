@@ -143,6 +143,22 @@ def test_rerunning_the_same_command_replaces_its_outputs_instead_of_numbering_th
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.jpg", "b.png", "c.jpg"]
 
 
+def test_paths_relative_to_the_working_folder_work_as_absolute_ones(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`srd process photos/ --out big/` as the README writes it, and an input named through ``..``: each output
+    carries srd's mark (so a rerun replaces it and a run over the outputs skips them)."""
+    monkeypatch.chdir(photos)
+    first = srd("process", ".", "--out", "../big", *ESPCN)
+    assert first.returncode == 0, first.stderr
+    assert all("user.srd.source" in os.listxattr(out) for out in (tmp_path / "big").iterdir())
+    again = srd("process", "../" + photos.name + "/a.jpg", "--out", "../big", *ESPCN)
+    assert again.returncode == 0, again.stderr  # replaces its own output, not refused as a stranger's
+    over_outputs = srd("process", "../big", "--out", "../bigger", *ESPCN)
+    assert over_outputs.returncode == 0, over_outputs.stderr
+    assert "0 processed, 0 failed, 3 skipped (already srd's outputs" in over_outputs.stderr
+
+
 def test_rerunning_in_place_leaves_srd_outputs_as_they_are_unless_asked_to_reprocess(photos: Path) -> None:
     """A second `--in-place` run over a finished folder (or one resumed after a kill) must not upscale each
     photo again: srd's outputs carry its mark and are skipped, not failed; `--reprocess` upscales them anyway."""

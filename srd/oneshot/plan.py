@@ -112,7 +112,7 @@ def make_plan(layout: Layout) -> Plan:
             continue  # the same path named twice (e.g. a folder and a file in it) is processed once
         named.add(Path(os.path.abspath(source)))
         inputs.add((info.st_dev, info.st_ino))
-        made_from = None if layout.reprocess else marked_for(source.parent, source)
+        made_from = None if layout.reprocess else marked_for(source.parent, Path(source.name))
         if made_from is not None:
             outputs.append(Skipped(source, f"already an output of srd (made from {made_from[1]}); "
                                            "not upscaled again (--reprocess to upscale it anyway)"))
@@ -155,12 +155,12 @@ def make_plan(layout: Layout) -> Plan:
 
 def is_srd_output(path: Path) -> bool:
     """Whether `path` carries the mark srd puts on its outputs (a rerun may replace it; nothing else may)."""
-    return marked_for(path.parent, path) is not None
+    return marked_for(path.parent, Path(path.name)) is not None
 
 
 def mark_as_output(output: Path, source: Path) -> None:
     """Mark a finished output as srd's own, naming its source (best effort, as for the daemon's outputs)."""
-    mark_output(output.parent, output, ONESHOT, PurePosixPath(os.path.abspath(source)))
+    mark_output(output.parent, Path(output.name), ONESHOT, PurePosixPath(os.path.abspath(source)))
 
 
 def _check_folders(layout: Layout) -> None:
