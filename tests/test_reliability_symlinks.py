@@ -116,9 +116,9 @@ def test_an_inbox_root_swapped_for_a_symlink_is_unhealthy_not_adopted(tmp_path: 
 
 
 def test_a_symlinked_subfolder_planted_in_the_outbox_is_never_written_through(tmp_path: Path) -> None:
-    """Someone tidying a shared outbox replaces outbox/sub by a symlink to another folder: the input in
-    inbox/sub gets an error naming the reason, nothing is written outside, and other files go on. The
-    refusal is no verdict on the input: once the link is gone, the next reconcile scan processes it."""
+    """Someone tidying a shared outbox replaces outbox/sub by a symlink to another folder: nothing is written
+    outside, and the refusal is the folder's fault, not the photos': the inbox pauses (unhealthy, saying why),
+    no file is failed or left behind, and once the link is gone every waiting file is processed."""
     layout = make_layout(tmp_path / "srd", reconcile_interval=2)
     outside = tmp_path / "elsewhere"
     outside.mkdir()
@@ -130,17 +130,21 @@ def test_a_symlinked_subfolder_planted_in_the_outbox_is_never_written_through(tm
         swap_for_link(layout.outbox / "sub", outside)
         (layout.inbox / "sub" / "two.png").write_bytes(image_bytes(".png", SIZE, 2))
         (layout.inbox / "top.png").write_bytes(image_bytes(".png", SIZE, 3))
-        wait_for(lambda: any(e["src"].endswith("top.png") for e in daemon.events("file_processed")), 30,
-                 "the good file\n" + daemon.log_tail())
-        refused = wait_for(lambda: [e for e in daemon.lines if "two.png" in e and NOT_FOLLOWED in e], 30,
-                           "the refused write to be logged\n" + daemon.log_tail())
+        paused = daemon.wait_event("outbox_unwritable_paused", timeout=30)[0]
+        assert NOT_FOLLOWED in paused["error"]
+        shown = wait_for(lambda: "outbox unwritable" in (out := srd("status", "--config", str(layout.config)).stdout)
+                         and out, 10, "srd status to show the refused outbox folder")
+        assert NOT_FOLLOWED in shown and "unhealthy" in shown
+        time.sleep(3)  # a reconcile scan or two while paused: the refused file is neither failed nor processed
         assert daemon.proc.poll() is None
         assert list(outside.iterdir()) == [], "srd wrote through a symlink in the outbox"
+        assert (layout.inbox / "sub" / "two.png").exists() and files_under(layout.failed) == {}
         (layout.outbox / "sub").unlink()  # tidied again
-        wait_for(lambda: any(e["src"].endswith("two.png") for e in daemon.events("file_processed")), 30,
-                 "the refused file to be processed at the next scan\n" + daemon.log_tail())
+        daemon.wait_event("outbox_writable_resumed", timeout=30)
+        wait_for(lambda: {"sub/two.png", "top.png"} <= set(files_under(layout.outbox)), 30,
+                 "the waiting files to be processed once the folder is fixed\n" + daemon.log_tail())
         assert daemon.stop() == 0
-    assert refused
+    assert daemon.events("file_failed") == []
     assert list(outside.iterdir()) == [], "srd wrote through a symlink in the outbox"
     assert set(files_under(layout.outbox)) == {"sub.old/one.png", "top.png", "sub/two.png"}
 

@@ -27,6 +27,7 @@ in `pauses.py` and `claimguard.py`.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 from collections import deque
@@ -195,10 +196,11 @@ class Lifecycle:
             except OSError as exc:
                 on_outbox = _under(exc.filename, runtime.inbox.outbox)
                 if exc.errno in BLOCKING_ERRNOS and on_outbox:
-                    self.pauses.block_outbox(key, runtime.inbox.outbox, ready.path, str(exc), exc.errno)
+                    refused = Path(exc.filename) if exc.errno == errno.ELOOP else None
+                    self.pauses.block_outbox(key, runtime.inbox.outbox, ready.path, str(exc), exc.errno, refused)
                     continue
-                # The outbox refused a path (a sub-folder replaced by a symlink): no verdict on this version of
-                # the file, so the next scan tries it again.
+                # Another refusal of an outbox path: no verdict on this version of the file, so the next scan
+                # tries it again.
                 self._skip(runtime, key, ready, exc, remember=not on_outbox)
             except (ImageError, OutputError) as exc:
                 self._skip(runtime, key, ready, exc)

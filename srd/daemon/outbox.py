@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from srd.fs import safefs
 from srd.fs.atomic import TEMP_PREFIX
 
-# Errors that say "this storage won't take writes now", as opposed to "this image can't be written".
-BLOCKING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+# Errors that say "this storage won't take writes now", as opposed to "this image can't be written". ELOOP is
+# srd's own refusal of a symlink in the outbox (a folder swapped for one): the folder's fault, not the photo's.
+BLOCKING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ELOOP})
 _SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # Even without a sign of recovery (free space can't be measured on some shares), try one job this often.
 RETRY_ANYWAY_S = 300.0
@@ -56,19 +58,28 @@ class OutboxBlock:
     errno: int
     since: float
     free_at_block: int | None
+    refused_folder: Path | None = None
     since_wall: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     waiting: set[Path] = field(default_factory=set)
 
     @classmethod
-    def start(cls, outbox: Path, reason: str, code: int, now: float) -> OutboxBlock:
-        return cls(outbox, reason, code, now, free_bytes(outbox))
+    def start(cls, outbox: Path, reason: str, code: int, now: float, refused_folder: Path | None = None) -> OutboxBlock:
+        return cls(outbox, reason, code, now, free_bytes(outbox), refused_folder)
 
     def recovered(self, now: float) -> bool:
-        """Whether to try again: the outbox takes files and (for a full disk) has more room than before."""
+        """Whether to try again: the outbox takes files, the folder srd refused to enter (a symlink) opens now,
+        and (for a full disk) it has more room than before."""
         if now - self.since >= RETRY_ANYWAY_S:
             return True
         if not accepts_files(self.outbox):
             return False
+        if self.refused_folder is not None:
+            try:
+                os.close(safefs.open_dir(self.outbox, self.refused_folder))
+            except FileNotFoundError:
+                pass  # the link was removed: the write makes the folder afresh
+            except (OSError, ValueError):
+                return False
         if self.errno not in _SPACE_ERRNOS:
             return True
         free = free_bytes(self.outbox)

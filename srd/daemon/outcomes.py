@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Callable, Mapping
 
@@ -155,7 +156,8 @@ class Outcomes:
         """The outbox refused the output (full, read-only …): not the file's fault, so it costs no attempt
         and stays in the inbox; the inbox pauses until the outbox takes writes again."""
         self._ctx.ledger.forget(work.key)
-        self._pauses.block_outbox(work.file.inbox_id, work.file.inbox.outbox, work.file.path, reason, code)
+        refused = work.target.parent if code == errno.ELOOP else None  # a folder on the way became a symlink
+        self._pauses.block_outbox(work.file.inbox_id, work.file.inbox.outbox, work.file.path, reason, code, refused)
 
     # -- failed --------------------------------------------------------------------------------------------
 

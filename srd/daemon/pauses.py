@@ -50,10 +50,14 @@ class Pauses:
                  paused_s=round(self._ctx.clock() - block.since, 1))
         return True
 
-    def block_outbox(self, inbox_key: str, outbox: Path, path: Path, reason: str, code: int) -> None:
+    def block_outbox(self, inbox_key: str, outbox: Path, path: Path, reason: str, code: int,
+                     refused_folder: Path | None = None) -> None:
+        """Pause the inbox: its outbox refused `path`'s output (`refused_folder`: the folder srd would not enter
+        because it is a symlink, checked again before resuming)."""
         block = self.outboxes.get(inbox_key)
         if block is None:
-            block = self.outboxes[inbox_key] = OutboxBlock.start(outbox, reason, code, self._ctx.clock())
+            block = self.outboxes[inbox_key] = OutboxBlock.start(outbox, reason, code, self._ctx.clock(),
+                                                                 refused_folder)
             log.error("outbox_unwritable_paused", inbox=inbox_key, outbox=str(outbox), error=reason)
         block.waiting.add(path)
         self._ctx.unremember(inbox_key, path)
