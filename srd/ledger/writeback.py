@@ -24,7 +24,7 @@ DIRTY_LIMIT = 1024 * 1024
 # The most bytes a second written: left to write as fast as it can, the compaction empties a virtual disk's
 # bandwidth allowance (the host's token bucket), and then every write, the journal's fsync included, waits
 # for it to refill. Measured on the development VM: 1 MB fsynced at a time at full speed (~90 MB/s) still
-# gave 100–200 ms journal fsyncs.
+# gave 100 to 200 ms journal fsyncs.
 WRITE_RATE = 32 * 1024 * 1024
 # Small writes (single records) are gathered into one write of this size.
 _BUFFER = 256 * 1024
