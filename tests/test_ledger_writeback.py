@@ -60,35 +60,6 @@ def test_a_paced_file_holds_what_was_written_and_pushes_it_out_as_it_goes(
     _assert_bounded(pushed["records"], path.stat().st_size, max(map(len, parts)))
 
 
-class _Clock:
-    """A clock that only sleeps move."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
-def test_a_paced_file_keeps_to_its_write_rate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """It sleeps off what it wrote ahead of `WRITE_RATE`: 1 MB at 1 MB/s takes a second, in even steps."""
-    monkeypatch.setattr(writeback, "DIRTY_LIMIT", 64 * 1024)
-    monkeypatch.setattr(writeback, "WRITE_RATE", 1024 * 1024)
-    monkeypatch.setattr(writeback, "_BUFFER", 1024)
-    clock = _Clock()
-    monkeypatch.setattr(writeback, "time", clock)
-    with PacedFile(tmp_path / "records") as out:
-        for _ in range(32):
-            out.write(b"x" * 32 * 1024)
-        out.commit()
-    assert clock.sleeps == pytest.approx([1 / 16] * 16)
-
-
 def test_a_paced_file_refuses_to_overwrite(tmp_path: Path) -> None:
     (tmp_path / "records").write_bytes(b"old")
     with pytest.raises(FileExistsError):

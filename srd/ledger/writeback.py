@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -21,11 +20,6 @@ from srd.ledger.files import write_all
 
 # Bytes written before they are pushed to disk and waited for: a few milliseconds of a disk's writing.
 DIRTY_LIMIT = 1024 * 1024
-# The most bytes a second written: left to write as fast as it can, the compaction empties a virtual disk's
-# bandwidth allowance (the host's token bucket), and then every write, the journal's fsync included, waits
-# for it to refill. Measured on the development VM: 1 MB fsynced at a time at full speed (~90 MB/s) still
-# gave 100 to 200 ms journal fsyncs.
-WRITE_RATE = 32 * 1024 * 1024
 # Small writes (single records) are gathered into one write of this size.
 _BUFFER = 256 * 1024
 # sync_file_range(2) flags: wait for pages already being written, start the writing, wait for it.
@@ -66,7 +60,6 @@ class PacedFile:
         self._buffer = bytearray()
         self._written = 0  # bytes handed to the kernel
         self._synced = 0  # bytes written to disk
-        self._started = time.monotonic()
 
     def __enter__(self) -> PacedFile:
         return self
@@ -108,6 +101,3 @@ class PacedFile:
         if self._written - self._synced >= DIRTY_LIMIT:
             write_back(self._fd, self._synced, self._written - self._synced)
             self._synced = self._written
-            ahead = self._synced / WRITE_RATE - (time.monotonic() - self._started)
-            if ahead > 0:
-                time.sleep(ahead)
