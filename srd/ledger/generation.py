@@ -2,7 +2,8 @@
 
 The old generation's record lines are copied as byte ranges, not parsed: only the changed records are encoded,
 so folding 10,000 changes into 1,000,000 entries costs the copy of the files, not a million JSON calls.
-Every file is fsynced, and the folder too, before the caller makes the generation current.
+Every file is written with little dirty data at a time (see `writeback`) and fsynced, and the folder too,
+before the caller makes the generation current.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from srd.ledger.base import (
 )
 from srd.ledger.records import Cached, Owner, Row, stored_record
 from srd.ledger.tables import Layer, Slot
+from srd.ledger.writeback import PacedFile
 
 GENERATION_PREFIX = "gen-"
 _COPY_CHUNK = 4 * 1024 * 1024
@@ -168,7 +170,7 @@ def _write_merged(target: Path, source: Path | None, old_hash: np.ndarray, old_o
     new_offsets = np.empty(len(new_lines), dtype=np.int64)
     kept_offsets = np.empty(len(old_offset), dtype=np.int64)
     try:
-        with open(target, "wb") as out:
+        with PacedFile(target) as out:
             cursor = 0  # the next old line to copy
             for at, kind, index in events:
                 cursor = _copy_lines(src, out, bounds, cursor, at, kept_offsets)
@@ -178,8 +180,7 @@ def _write_merged(target: Path, source: Path | None, old_hash: np.ndarray, old_o
                 else:
                     cursor = at + 1
             _copy_lines(src, out, bounds, cursor, len(old_offset), kept_offsets)
-            out.flush()
-            os.fsync(out.fileno())
+            out.commit()
     finally:
         if src is not None:
             os.close(src)
@@ -188,7 +189,7 @@ def _write_merged(target: Path, source: Path | None, old_hash: np.ndarray, old_o
     return np.concatenate([kept_offsets[keep], new_offsets])
 
 
-def _copy_lines(src: int | None, out: BinaryIO, bounds: np.ndarray, start: int, end: int,
+def _copy_lines(src: int | None, out: PacedFile, bounds: np.ndarray, start: int, end: int,
                 kept_offsets: np.ndarray) -> int:
     """Copy the old lines `start` to `end` (exclusive), noting where each lands; return `end`."""
     if end <= start:
@@ -202,10 +203,6 @@ def _copy_lines(src: int | None, out: BinaryIO, bounds: np.ndarray, start: int, 
             raise OSError(f"{src}: the old generation file is shorter than its index")
         out.write(chunk)
         position += len(chunk)
-        # Written back as it goes: a backlog of dirty pages would make the loop's own fsync (every journal
-        # record) wait for hundreds of megabytes.
-        out.flush()
-        os.fdatasync(out.fileno())
     return end
 
 
@@ -221,8 +218,7 @@ def _merged_columns(old: dict[str, np.ndarray], new: dict[str, np.ndarray], drop
 
 
 def _write_durably(path: Path, parts: list[bytes]) -> None:
-    with open(path, "wb") as out:
+    with PacedFile(path) as out:
         for part in parts:
             out.write(part)
-        out.flush()
-        os.fsync(out.fileno())
+        out.commit()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -208,7 +209,8 @@ class Store:
             self._next_compaction = self.journal_records + self._compact_after
             log.warning("ledger_compaction_failed", state_dir=str(self.state_dir), error=str(job.error))
             return job.error
-        self.tables.rebase(job.base, job.folded).close()
+        old = self.tables.rebase(job.base, job.folded)
+        threading.Thread(target=old.release, name="srd-ledger-release", daemon=True).start()
         self.legacy = False
         self._shorten_journal(job.seq, job.journal_cut)
         log.info("ledger_compacted", entries=len(self.tables), seq=job.seq, ms=round(job.seconds * 1000))
