@@ -3,6 +3,7 @@ compaction that leaves the loop free."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from srd.fs.fileversion import FileVersion
-from srd.ledger import JOURNAL_NAME, SNAPSHOT_NAME, Ledger, make_key
+from srd.ledger import JOURNAL_NAME, SNAPSHOT_NAME, Ledger, LedgerError, compaction, make_key
 
 FP = "edsr-x4:cafe"
 REPO = Path(__file__).resolve().parent.parent
@@ -140,6 +141,41 @@ def test_the_state_after_a_compaction_is_the_state_before(tmp_path: Path) -> Non
         assert (tmp_path / JOURNAL_NAME).read_text().count("\n") == 1  # the marker alone
     with Ledger.open(tmp_path) as ledger:
         assert _state_of(ledger, _OUTPUTS, _SLOTS) == before
+
+
+def test_a_compaction_that_fails_leaves_no_half_written_generation_and_the_ledger_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk mid-compaction: the generation it was writing is removed at once (on a full disk it holds
+    the space the journal needs), the ledger keeps its answers and keeps taking records, and a later
+    compaction succeeds."""
+    _legacy_snapshot(tmp_path, 500)
+    real_write = compaction.write_generation
+
+    def fills_the_disk(folder: Path, *args: object) -> None:
+        real_write(folder, *args)  # type: ignore[arg-type]
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "index.json"))
+
+    with Ledger.open(tmp_path) as ledger:
+        current = {p.name for p in tmp_path.glob("gen-*")}
+        exec(compile(_CHANGES, "changes", "exec"),
+             {"ledger": ledger, "sha": _sha, "FP": FP, "make_key": make_key, "Path": Path, "FileVersion": FileVersion})
+        before = _state_of(ledger, _OUTPUTS, _SLOTS)
+        monkeypatch.setattr(compaction, "write_generation", fills_the_disk)
+        with pytest.raises(LedgerError, match="No space left"):
+            ledger.compact()
+        assert {p.name for p in tmp_path.glob("gen-*")} == current
+        assert _state_of(ledger, _OUTPUTS, _SLOTS) == before
+        ledger.record_start(_sha(9001), FP, inbox="nas", source="after/full.jpg")
+        monkeypatch.undo()
+        ledger.compact()
+        after = _state_of(ledger, _OUTPUTS, _SLOTS)
+    with Ledger.open(tmp_path) as ledger:
+        assert _state_of(ledger, _OUTPUTS, _SLOTS) == after
+        assert ledger.lookup(_sha(9001), FP) is not None
+    assert after["counts"] == {**before["counts"], "started": before["counts"]["started"] + 1}
+    assert {key: value for key, value in after.items() if key not in ("entries", "counts")} == \
+        {key: value for key, value in before.items() if key not in ("entries", "counts")}
 
 
 def test_memory_per_entry_is_about_150_bytes_all_tables_included(tmp_path: Path) -> None:

@@ -59,8 +59,8 @@ class Compaction:
 
     def _run(self) -> None:
         started = time.perf_counter()
+        name = generation_name(self.seq)
         try:
-            name = generation_name(self.seq)
             write_generation(self.state_dir / name, self._old_base, self._layers, self.seq)
             self.base = Base.load(self.state_dir / name)
             keep_previous_snapshot(self.state_dir)
@@ -70,12 +70,20 @@ class Compaction:
             if self.base is not None:
                 self.base.close()
                 self.base = None
+            self._remove_unnamed(name)
             return
         finally:
             self._layers = []
             self.seconds = time.perf_counter() - started
         # The loop still reads the old base until it swaps: it stays whatever ``.prev`` says.
         remove_unused_generations(self.state_dir, also_keep=self._old_base.folder)
+
+
+    def _remove_unnamed(self, name: str) -> None:
+        """Remove the generation a failed compaction left half-written, at once: on a full disk it holds the
+        very space the journal needs to go on (unless the snapshot file names it after all: then it is whole)."""
+        if generation_of(self.state_dir / SNAPSHOT_NAME) != name:
+            shutil.rmtree(self.state_dir / name, ignore_errors=True)
 
 
 def keep_previous_snapshot(state_dir: Path) -> None:
