@@ -62,6 +62,7 @@ NOT_RUN = {
     "-v /srv/photos/failed:/data/failed -v srd-state:/var/lib/srd srd": "container step",
     "docker exec srd srd status --config /etc/srd/srd.yaml": "container step",
     "python scripts/bench_daemon.py --output /tmp/bench_daemon.json": "daemon benchmark script",
+    "python scripts/bench_daemon.py --phases overhead --output /tmp/overhead.json": "daemon benchmark script",
     "python scripts/bench_cv2_levers.py -m edsr-lite -s 2 --size 192x256 --rounds 1":
         "OpenCV DNN levers benchmark script",
     "python scripts/bench_ledger.py --entries 1000000": "ledger benchmark script",
