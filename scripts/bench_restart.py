@@ -106,14 +106,31 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--timeout", type=float, default=900.0, help="limit for READY and for idle")
     parser.add_argument("--work", type=Path, default=None, help="folder to build in (default: a temp folder)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="build the inbox in this folder and keep it; if it holds one already, reuse it "
+                             "(restarts of branches compared on the same files)")
+    parser.add_argument("--rounds", type=int, default=1, help="restarts measured one after the other")
     args = parser.parse_args()
+    if args.keep is not None:
+        run(args.keep, args.files, args.timeout, args.rounds)
+        return
     with tempfile.TemporaryDirectory(prefix="srd-bench-restart-", dir=args.work) as tmp:
-        folder = Path(tmp)
+        run(Path(tmp), args.files, args.timeout, args.rounds)
+
+
+def run(folder: Path, files: int, timeout: float, rounds: int) -> None:
+    built = folder / "built"
+    build_s = 0.0
+    if not built.exists():
+        folder.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        build(folder, args.files)
+        build(folder, files)
         build_s = time.perf_counter() - started
-        print(f"built {args.files} files in {build_s:.0f} s", file=sys.stderr, flush=True)
-        figures = {"files": args.files, "build_s": round(build_s, 1), **measure(folder, args.timeout)}
+        built.write_text(f"{files}\n")
+        print(f"built {files} files in {build_s:.0f} s", file=sys.stderr, flush=True)
+    files = int(built.read_text())
+    for _ in range(rounds):
+        figures = {"files": files, "build_s": round(build_s, 1), **measure(folder, timeout)}
         # Printed before the folder is removed: deleting a million files takes a while.
         print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in figures.items()}, indent=2),
               flush=True)

@@ -18,7 +18,7 @@ from watchdog.observers import Observer
 from srd.config import Inbox
 from srd.daemon.mounts import choose_mode, mount_fstype, needs_polling
 from srd.daemon.scan import IgnoreRules, scan_inbox
-from srd.daemon.watch import Hint, InboxWatcher
+from srd.daemon.watch import FoundFiles, Hint, InboxWatcher
 
 MOUNTINFO = """\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
@@ -34,16 +34,21 @@ def make_inbox(root: Path, **settings: object) -> Inbox:
     return Inbox(path=root, outbox=root.parent / "out", failed=root.parent / "failed", **settings)
 
 
-def drain(hints: queue.SimpleQueue[Hint]) -> set[Path]:
+def drain(hints: queue.SimpleQueue[Hint | FoundFiles]) -> set[Path]:
     found = set()
     while True:
         try:
-            found.add(hints.get_nowait().path)
+            hint = hints.get_nowait()
         except queue.Empty:
             return found
+        if isinstance(hint, FoundFiles):
+            found.update(h.path for h in hint.hints())
+            hint.taken()
+        else:
+            found.add(hint.path)
 
 
-def wait_hinted(hints: queue.SimpleQueue[Hint], path: Path, seen: set[Path], timeout: float = 10) -> None:
+def wait_hinted(hints: queue.SimpleQueue[Hint | FoundFiles], path: Path, seen: set[Path], timeout: float = 10) -> None:
     def arrived() -> bool:
         seen.update(drain(hints))
         return path in seen
@@ -135,7 +140,7 @@ def test_watcher_hints_new_files_in_subfolders_and_folders_moved_in(tmp_path: Pa
     """Both sources hint files created in place, in new subfolders, and inside a folder moved in whole."""
     inbox = make_inbox(tmp_path / "in", mode=mode, poll_interval=0.05)
     (inbox.path / "old.jpg").write_bytes(b"x")
-    hints: queue.SimpleQueue[Hint] = queue.SimpleQueue()
+    hints: queue.SimpleQueue[Hint | FoundFiles] = queue.SimpleQueue()
     watcher = InboxWatcher(0, inbox, hints.put)
     watcher.start()
     seen: set[Path] = set()
@@ -158,12 +163,13 @@ def test_watcher_hints_new_files_in_subfolders_and_folders_moved_in(tmp_path: Pa
 def test_a_raising_sink_does_not_kill_the_native_observer(tmp_path: Path) -> None:
     """watchdog's observer dies silently if a handler raises; ours logs and keeps delivering."""
     inbox = make_inbox(tmp_path / "in", mode="native")
-    hints: queue.SimpleQueue[Hint] = queue.SimpleQueue()
-    calls = []
+    hints: queue.SimpleQueue[Hint | FoundFiles] = queue.SimpleQueue()
+    calls: list[Hint] = []
 
-    def flaky(hint: Hint) -> None:
-        calls.append(hint)
-        if hint.path.name == "boom.jpg":
+    def flaky(hint: Hint | FoundFiles) -> None:
+        found = hint.hints() if isinstance(hint, FoundFiles) else [hint]  # the startup scan may see boom.jpg
+        calls.extend(found)
+        if any(h.path.name == "boom.jpg" for h in found):
             raise RuntimeError("sink failed")
         hints.put(hint)
 
@@ -183,7 +189,7 @@ def test_a_dead_observer_is_restarted_and_the_inbox_rescanned(tmp_path: Path) ->
     """If the observer thread dies anyway, supervise() notices, restarts it, and files written meanwhile
     are found by the rescan."""
     inbox = make_inbox(tmp_path / "in", mode="native")
-    hints: queue.SimpleQueue[Hint] = queue.SimpleQueue()
+    hints: queue.SimpleQueue[Hint | FoundFiles] = queue.SimpleQueue()
     observers = []
 
     def factory() -> Observer:
@@ -210,7 +216,7 @@ def test_a_vanished_inbox_pauses_unhealthy_and_resumes_when_it_returns(tmp_path:
     comes back, watching resumes and its files are hinted again."""
     inbox = make_inbox(tmp_path / "in", mode=mode, poll_interval=0.05)
     (inbox.path / "a.jpg").write_bytes(b"x")
-    hints: queue.SimpleQueue[Hint] = queue.SimpleQueue()
+    hints: queue.SimpleQueue[Hint | FoundFiles] = queue.SimpleQueue()
     watcher = InboxWatcher(0, inbox, hints.put)
     watcher.start()
     try:
@@ -256,7 +262,7 @@ class _LimitedObserver:
 def test_hitting_the_inotify_watch_limit_degrades_the_inbox_to_polling(tmp_path: Path) -> None:
     """With no inotify watches left, the inbox is polled instead, and says so."""
     inbox = make_inbox(tmp_path / "in", mode="native", poll_interval=0.05)
-    hints: queue.SimpleQueue[Hint] = queue.SimpleQueue()
+    hints: queue.SimpleQueue[Hint | FoundFiles] = queue.SimpleQueue()
     watcher = InboxWatcher(0, inbox, hints.put, observer_factory=_LimitedObserver)
     watcher.start()
     try:
@@ -272,7 +278,7 @@ def test_hitting_the_inotify_watch_limit_degrades_the_inbox_to_polling(tmp_path:
 def test_poller_hints_changes_only_once_each(tmp_path: Path) -> None:
     """Polling hints a new or changed file, not an unchanged one on every cycle."""
     inbox = make_inbox(tmp_path / "in", mode="poll", poll_interval=0.02)
-    hints: queue.SimpleQueue[Hint] = queue.SimpleQueue()
+    hints: queue.SimpleQueue[Hint | FoundFiles] = queue.SimpleQueue()
     watcher = InboxWatcher(0, inbox, hints.put)
     watcher.start()
     try:
@@ -305,7 +311,7 @@ def test_an_inbox_root_swapped_while_watched_is_unhealthy_not_adopted(tmp_path: 
     the inbox is unhealthy with the reason, nothing in the new folder is hinted; when the original folder
     is back, watching resumes."""
     inbox = make_inbox(tmp_path / "in", mode=mode, poll_interval=0.05)
-    hints: queue.SimpleQueue[Hint] = queue.SimpleQueue()
+    hints: queue.SimpleQueue[Hint | FoundFiles] = queue.SimpleQueue()
     watcher = InboxWatcher(0, inbox, hints.put)
     watcher.start()
 
