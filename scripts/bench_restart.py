@@ -76,6 +76,8 @@ def build(folder: Path, files: int) -> Path:
 
 def measure(folder: Path, timeout: float) -> dict[str, Any]:
     daemon = new_daemon(folder, model=str(DEFAULT_CATCHUP_MODEL), settle=0.5, workers=1, threads=1)
+    for stale in (daemon.log_path, daemon.state_dir / "status.json"):  # an earlier round's, in a kept folder
+        stale.unlink(missing_ok=True)
     outbox = folder / "outbox"
     before = sum(entry.stat().st_mtime_ns for sub in os.scandir(outbox) for entry in os.scandir(sub.path))
     with running(daemon), RssSampler(daemon.pid) as rss:

@@ -18,7 +18,8 @@ from watchdog.observers import Observer
 from srd.config import Inbox
 from srd.daemon.mounts import choose_mode, mount_fstype, needs_polling
 from srd.daemon.scan import IgnoreRules, scan_inbox
-from srd.daemon.watch import FoundFiles, Hint, InboxWatcher
+from srd.daemon.watch import FOUND_BATCH, FOUND_UNTAKEN, FoundFiles, Hint, InboxWatcher
+from srd.fs.fileversion import FileVersion
 
 MOUNTINFO = """\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
@@ -294,6 +295,39 @@ def test_poller_hints_changes_only_once_each(tmp_path: Path) -> None:
         wait_hinted(hints, inbox.path / "a.jpg", set())
     finally:
         watcher.stop()
+
+
+@pytest.mark.parametrize("mode", ["native", "poll"])
+def test_a_full_scan_waits_for_the_loop_instead_of_queueing_a_hint_per_file(tmp_path: Path, mode: str) -> None:
+    """A restart's scan of a big library outruns the loop: it hands over a folder's files at a time and waits
+    while FOUND_UNTAKEN batches are untaken, so the queue never holds a hint per file; once they are taken,
+    every file arrives once, in the version stat saw."""
+    inbox = make_inbox(tmp_path / "in", mode=mode, poll_interval=3600)
+    folders = FOUND_UNTAKEN + 3
+    for f in range(folders):
+        (inbox.path / f"d{f}").mkdir()
+        for i in range(3):
+            (inbox.path / f"d{f}" / f"p{i}.jpg").write_bytes(b"x")
+    (inbox.path / "d0" / "big").mkdir()
+    for i in range(FOUND_BATCH + 1):  # one folder over a batch: two batches
+        (inbox.path / "d0" / "big" / f"q{i}.jpg").write_bytes(b"x")
+    hints: queue.SimpleQueue[Hint | FoundFiles] = queue.SimpleQueue()
+    watcher = InboxWatcher(0, inbox, hints.put)
+    watcher.start()
+    try:
+        wait_for(lambda: hints.qsize() == FOUND_UNTAKEN, 10, "the scan to fill its allowance")
+        time.sleep(0.3)
+        assert hints.qsize() == FOUND_UNTAKEN  # and wait there
+        seen: list[Path] = []
+        while len(seen) < folders * 3 + FOUND_BATCH + 1:
+            found = hints.get(timeout=10)
+            assert isinstance(found, FoundFiles) and len(found.files) <= FOUND_BATCH
+            seen += [hint.path for hint in found.hints()]
+            assert all(hint.signature == FileVersion.of(os.stat(hint.path)) for hint in found.hints())
+            found.taken()
+    finally:
+        watcher.stop()
+    assert len(seen) == len(set(seen)) == folders * 3 + FOUND_BATCH + 1
 
 
 def _exchange(a: Path, b: Path) -> None:
