@@ -5,8 +5,8 @@ A NAS daemon restarted (an update, a reboot) finds every photo it ever processed
 file: N tiny files in folders of 1,000, their outputs in the outbox, and a ledger whose done entries, output
 owners and stat-cache lines match the files' real stats (written as one generation, as a compaction would).
 Then it starts `srd run` and measures: seconds to READY, seconds until idle (status.json shows nothing
-pending and the process tree is CPU-quiet for 1 s), RSS of the main process at idle and its peak, and that
-no file was processed again (no ``file_processed`` line, no output rewritten).
+pending and the process tree is CPU-quiet for 1 s), the main process's CPU seconds and RSS at idle and its
+peak RSS, and that no file was processed again (no ``file_processed`` line, no output rewritten).
 
 Example::
 
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_daemon import DEFAULT_CATCHUP_MODEL, RssSampler, new_daemon, running, status_kb, wait_idle
+from bench_daemon import DEFAULT_CATCHUP_MODEL, RssSampler, cpu_seconds, new_daemon, running, status_kb, wait_idle
 
 from srd.config import load_config
 from srd.daemon.inboxes import fingerprints, inbox_id
@@ -85,6 +85,7 @@ def measure(folder: Path, timeout: float) -> dict[str, Any]:
         idle_at = wait_idle(daemon, timeout)
         rss_idle_mb = status_kb(daemon.pid, "VmRSS") / 1024
         peak_main_mb = status_kb(daemon.pid, "VmHWM") / 1024
+        cpu_main_s = cpu_seconds([daemon.pid])  # what the machine's load does not inflate
         time.sleep(2.0)  # give a late reprocessing a chance to show
         daemon.read_events()
         final = daemon.status() or {}
@@ -92,6 +93,7 @@ def measure(folder: Path, timeout: float) -> dict[str, Any]:
     return {
         "ready_s": ready - daemon.started_at,
         "idle_s": idle_at - daemon.started_at,
+        "cpu_main_s_at_idle": cpu_main_s,
         "rss_main_at_idle_mb": rss_idle_mb,
         "peak_rss_main_mb": peak_main_mb,
         "peak_rss_tree_mb": rss.peak_kb / 1024,
