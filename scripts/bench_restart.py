@@ -5,8 +5,8 @@ A NAS daemon restarted (an update, a reboot) finds every photo it ever processed
 file: N tiny files in folders of 1,000, their outputs in the outbox, and a ledger whose done entries, output
 owners and stat-cache lines match the files' real stats (written as one generation, as a compaction would).
 Then it starts `srd run` and measures: seconds to READY, seconds until idle (status.json shows nothing
-pending and the process tree is CPU-quiet for 1 s), RSS of the main process at idle and its peak, and that
-no file was processed again (no ``file_processed`` line, no output rewritten).
+pending and the process tree is CPU-quiet for 1 s), the main process's CPU seconds and RSS at idle and its
+peak RSS, and that no file was processed again (no ``file_processed`` line, no output rewritten).
 
 Example::
 
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_daemon import DEFAULT_CATCHUP_MODEL, RssSampler, new_daemon, running, status_kb, wait_idle
+from bench_daemon import DEFAULT_CATCHUP_MODEL, RssSampler, cpu_seconds, new_daemon, running, status_kb, wait_idle
 
 from srd.config import load_config
 from srd.daemon.inboxes import fingerprints, inbox_id
@@ -76,6 +76,8 @@ def build(folder: Path, files: int) -> Path:
 
 def measure(folder: Path, timeout: float) -> dict[str, Any]:
     daemon = new_daemon(folder, model=str(DEFAULT_CATCHUP_MODEL), settle=0.5, workers=1, threads=1)
+    for stale in (daemon.log_path, daemon.state_dir / "status.json"):  # an earlier round's, in a kept folder
+        stale.unlink(missing_ok=True)
     outbox = folder / "outbox"
     before = sum(entry.stat().st_mtime_ns for sub in os.scandir(outbox) for entry in os.scandir(sub.path))
     with running(daemon), RssSampler(daemon.pid) as rss:
@@ -83,6 +85,7 @@ def measure(folder: Path, timeout: float) -> dict[str, Any]:
         idle_at = wait_idle(daemon, timeout)
         rss_idle_mb = status_kb(daemon.pid, "VmRSS") / 1024
         peak_main_mb = status_kb(daemon.pid, "VmHWM") / 1024
+        cpu_main_s = cpu_seconds([daemon.pid])  # what the machine's load does not inflate
         time.sleep(2.0)  # give a late reprocessing a chance to show
         daemon.read_events()
         final = daemon.status() or {}
@@ -90,6 +93,7 @@ def measure(folder: Path, timeout: float) -> dict[str, Any]:
     return {
         "ready_s": ready - daemon.started_at,
         "idle_s": idle_at - daemon.started_at,
+        "cpu_main_s_at_idle": cpu_main_s,
         "rss_main_at_idle_mb": rss_idle_mb,
         "peak_rss_main_mb": peak_main_mb,
         "peak_rss_tree_mb": rss.peak_kb / 1024,
@@ -106,14 +110,31 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--timeout", type=float, default=900.0, help="limit for READY and for idle")
     parser.add_argument("--work", type=Path, default=None, help="folder to build in (default: a temp folder)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="build the inbox in this folder and keep it; if it holds one already, reuse it "
+                             "(restarts of branches compared on the same files)")
+    parser.add_argument("--rounds", type=int, default=1, help="restarts measured one after the other")
     args = parser.parse_args()
+    if args.keep is not None:
+        run(args.keep, args.files, args.timeout, args.rounds)
+        return
     with tempfile.TemporaryDirectory(prefix="srd-bench-restart-", dir=args.work) as tmp:
-        folder = Path(tmp)
+        run(Path(tmp), args.files, args.timeout, args.rounds)
+
+
+def run(folder: Path, files: int, timeout: float, rounds: int) -> None:
+    built = folder / "built"
+    build_s = 0.0
+    if not built.exists():
+        folder.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        build(folder, args.files)
+        build(folder, files)
         build_s = time.perf_counter() - started
-        print(f"built {args.files} files in {build_s:.0f} s", file=sys.stderr, flush=True)
-        figures = {"files": args.files, "build_s": round(build_s, 1), **measure(folder, args.timeout)}
+        built.write_text(f"{files}\n")
+        print(f"built {files} files in {build_s:.0f} s", file=sys.stderr, flush=True)
+    files = int(built.read_text())
+    for _ in range(rounds):
+        figures = {"files": files, "build_s": round(build_s, 1), **measure(folder, timeout)}
         # Printed before the folder is removed: deleting a million files takes a while.
         print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in figures.items()}, indent=2),
               flush=True)

@@ -35,8 +35,9 @@ from srd.config import load_config
 from srd.daemon.loop import Daemon
 from srd.daemon.notify import Notifier
 from srd.daemon.offload import Done
+from srd.daemon.scan import IgnoreRules, scan_folders
 from srd.daemon.status import Health, assess
-from srd.daemon.watch import Hint
+from srd.daemon.watch import FoundFiles, Hint
 from srd.engine.pipeline import StageContext
 from srd.executors.job import Content, Job, JobResult
 from srd.executors.pool import JobPool
@@ -821,3 +822,42 @@ def test_a_scan_after_a_restart_drops_finished_files_before_settling_and_keeps_n
         assert runtime.tracker.pending() == 2
     finally:
         daemon.close()
+
+
+def test_a_restart_scan_drops_finished_files_by_name_and_processes_a_file_changed_while_down(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a restart's scan hands the loop (a folder's files at a time, as `InboxWatcher` does): each file in
+    the version srd finished is dropped by the stat cache and its done row alone (no `Entry` read, no settle,
+    nothing kept per path), while a file changed while the daemon was down settles and is processed again."""
+    inbox = tmp_path / "in"
+    names = [f"x{i}.png" for i in range(4)] + [f"sub/y{i}.png" for i in range(3)]
+    daemon, now = inline_daemon(tmp_path)
+    try:
+        for i, name in enumerate(names):
+            (inbox / name).parent.mkdir(exist_ok=True)
+            (inbox / name).write_bytes(make_image(Path(name), SIZE, i))
+        settle(daemon, now, [inbox / name for name in names])
+    finally:
+        daemon.close()
+    outputs = {name: (tmp_path / "in-out" / name).read_bytes() for name in names}
+    (inbox / "sub/y1.png").write_bytes(make_image(Path("y1.png"), SIZE, 99))  # changed while the daemon was down
+
+    daemon, now = inline_daemon(tmp_path)
+    try:
+        runtime = next(iter(daemon._ctx.runtimes.values()))
+        entries_read = []
+        real_get = daemon._ctx.ledger.get
+        monkeypatch.setattr(daemon._ctx.ledger, "get", lambda key: entries_read.append(key) or real_get(key))
+        taken = []
+        for prefix, files in scan_folders(inbox, IgnoreRules()):
+            daemon.found(FoundFiles(0, inbox, prefix, files, lambda: taken.append(1)))
+        assert runtime.tracker.pending() == 1 and runtime.handled == {}  # sub/y1.png only
+        assert len(entries_read) <= 1  # at most the changed file's lookup, none for a finished one
+        for _ in range(12):
+            daemon.step()
+            now[0] += 0.2
+    finally:
+        daemon.close()
+    changed = {name for name in names if (tmp_path / "in-out" / name).read_bytes() != outputs[name]}
+    assert changed == {"sub/y1.png"}
+    assert decoded_size(tmp_path / "in-out" / "sub/y1.png") == DOUBLED

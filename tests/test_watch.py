@@ -18,7 +18,8 @@ from watchdog.observers import Observer
 from srd.config import Inbox
 from srd.daemon.mounts import choose_mode, mount_fstype, needs_polling
 from srd.daemon.scan import IgnoreRules, scan_inbox
-from srd.daemon.watch import Hint, InboxWatcher
+from srd.daemon.watch import FOUND_BATCH, FOUND_UNTAKEN, FoundFiles, Hint, InboxWatcher
+from srd.fs.fileversion import FileVersion
 
 MOUNTINFO = """\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
@@ -34,16 +35,21 @@ def make_inbox(root: Path, **settings: object) -> Inbox:
     return Inbox(path=root, outbox=root.parent / "out", failed=root.parent / "failed", **settings)
 
 
-def drain(hints: queue.SimpleQueue[Hint]) -> set[Path]:
+def drain(hints: queue.SimpleQueue[Hint | FoundFiles]) -> set[Path]:
     found = set()
     while True:
         try:
-            found.add(hints.get_nowait().path)
+            hint = hints.get_nowait()
         except queue.Empty:
             return found
+        if isinstance(hint, FoundFiles):
+            found.update(h.path for h in hint.hints())
+            hint.taken()
+        else:
+            found.add(hint.path)
 
 
-def wait_hinted(hints: queue.SimpleQueue[Hint], path: Path, seen: set[Path], timeout: float = 10) -> None:
+def wait_hinted(hints: queue.SimpleQueue[Hint | FoundFiles], path: Path, seen: set[Path], timeout: float = 10) -> None:
     def arrived() -> bool:
         seen.update(drain(hints))
         return path in seen
@@ -135,7 +141,7 @@ def test_watcher_hints_new_files_in_subfolders_and_folders_moved_in(tmp_path: Pa
     """Both sources hint files created in place, in new subfolders, and inside a folder moved in whole."""
     inbox = make_inbox(tmp_path / "in", mode=mode, poll_interval=0.05)
     (inbox.path / "old.jpg").write_bytes(b"x")
-    hints: queue.SimpleQueue[Hint] = queue.SimpleQueue()
+    hints: queue.SimpleQueue[Hint | FoundFiles] = queue.SimpleQueue()
     watcher = InboxWatcher(0, inbox, hints.put)
     watcher.start()
     seen: set[Path] = set()
@@ -158,12 +164,13 @@ def test_watcher_hints_new_files_in_subfolders_and_folders_moved_in(tmp_path: Pa
 def test_a_raising_sink_does_not_kill_the_native_observer(tmp_path: Path) -> None:
     """watchdog's observer dies silently if a handler raises; ours logs and keeps delivering."""
     inbox = make_inbox(tmp_path / "in", mode="native")
-    hints: queue.SimpleQueue[Hint] = queue.SimpleQueue()
-    calls = []
+    hints: queue.SimpleQueue[Hint | FoundFiles] = queue.SimpleQueue()
+    calls: list[Hint] = []
 
-    def flaky(hint: Hint) -> None:
-        calls.append(hint)
-        if hint.path.name == "boom.jpg":
+    def flaky(hint: Hint | FoundFiles) -> None:
+        found = hint.hints() if isinstance(hint, FoundFiles) else [hint]  # the startup scan may see boom.jpg
+        calls.extend(found)
+        if any(h.path.name == "boom.jpg" for h in found):
             raise RuntimeError("sink failed")
         hints.put(hint)
 
@@ -183,7 +190,7 @@ def test_a_dead_observer_is_restarted_and_the_inbox_rescanned(tmp_path: Path) ->
     """If the observer thread dies anyway, supervise() notices, restarts it, and files written meanwhile
     are found by the rescan."""
     inbox = make_inbox(tmp_path / "in", mode="native")
-    hints: queue.SimpleQueue[Hint] = queue.SimpleQueue()
+    hints: queue.SimpleQueue[Hint | FoundFiles] = queue.SimpleQueue()
     observers = []
 
     def factory() -> Observer:
@@ -210,7 +217,7 @@ def test_a_vanished_inbox_pauses_unhealthy_and_resumes_when_it_returns(tmp_path:
     comes back, watching resumes and its files are hinted again."""
     inbox = make_inbox(tmp_path / "in", mode=mode, poll_interval=0.05)
     (inbox.path / "a.jpg").write_bytes(b"x")
-    hints: queue.SimpleQueue[Hint] = queue.SimpleQueue()
+    hints: queue.SimpleQueue[Hint | FoundFiles] = queue.SimpleQueue()
     watcher = InboxWatcher(0, inbox, hints.put)
     watcher.start()
     try:
@@ -256,7 +263,7 @@ class _LimitedObserver:
 def test_hitting_the_inotify_watch_limit_degrades_the_inbox_to_polling(tmp_path: Path) -> None:
     """With no inotify watches left, the inbox is polled instead, and says so."""
     inbox = make_inbox(tmp_path / "in", mode="native", poll_interval=0.05)
-    hints: queue.SimpleQueue[Hint] = queue.SimpleQueue()
+    hints: queue.SimpleQueue[Hint | FoundFiles] = queue.SimpleQueue()
     watcher = InboxWatcher(0, inbox, hints.put, observer_factory=_LimitedObserver)
     watcher.start()
     try:
@@ -272,7 +279,7 @@ def test_hitting_the_inotify_watch_limit_degrades_the_inbox_to_polling(tmp_path:
 def test_poller_hints_changes_only_once_each(tmp_path: Path) -> None:
     """Polling hints a new or changed file, not an unchanged one on every cycle."""
     inbox = make_inbox(tmp_path / "in", mode="poll", poll_interval=0.02)
-    hints: queue.SimpleQueue[Hint] = queue.SimpleQueue()
+    hints: queue.SimpleQueue[Hint | FoundFiles] = queue.SimpleQueue()
     watcher = InboxWatcher(0, inbox, hints.put)
     watcher.start()
     try:
@@ -290,6 +297,39 @@ def test_poller_hints_changes_only_once_each(tmp_path: Path) -> None:
         watcher.stop()
 
 
+@pytest.mark.parametrize("mode", ["native", "poll"])
+def test_a_full_scan_waits_for_the_loop_instead_of_queueing_a_hint_per_file(tmp_path: Path, mode: str) -> None:
+    """A restart's scan of a big library outruns the loop: it hands over a folder's files at a time and waits
+    while FOUND_UNTAKEN batches are untaken, so the queue never holds a hint per file; once they are taken,
+    every file arrives once, in the version stat saw."""
+    inbox = make_inbox(tmp_path / "in", mode=mode, poll_interval=3600)
+    folders = FOUND_UNTAKEN + 3
+    for f in range(folders):
+        (inbox.path / f"d{f}").mkdir()
+        for i in range(3):
+            (inbox.path / f"d{f}" / f"p{i}.jpg").write_bytes(b"x")
+    (inbox.path / "d0" / "big").mkdir()
+    for i in range(FOUND_BATCH + 1):  # one folder over a batch: two batches
+        (inbox.path / "d0" / "big" / f"q{i}.jpg").write_bytes(b"x")
+    hints: queue.SimpleQueue[Hint | FoundFiles] = queue.SimpleQueue()
+    watcher = InboxWatcher(0, inbox, hints.put)
+    watcher.start()
+    try:
+        wait_for(lambda: hints.qsize() == FOUND_UNTAKEN, 10, "the scan to fill its allowance")
+        time.sleep(0.3)
+        assert hints.qsize() == FOUND_UNTAKEN  # and wait there
+        seen: list[Path] = []
+        while len(seen) < folders * 3 + FOUND_BATCH + 1:
+            found = hints.get(timeout=10)
+            assert isinstance(found, FoundFiles) and len(found.files) <= FOUND_BATCH
+            seen += [hint.path for hint in found.hints()]
+            assert all(hint.signature == FileVersion.of(os.stat(hint.path)) for hint in found.hints())
+            found.taken()
+    finally:
+        watcher.stop()
+    assert len(seen) == len(set(seen)) == folders * 3 + FOUND_BATCH + 1
+
+
 def _exchange(a: Path, b: Path) -> None:
     """Swap two paths atomically (Linux renameat2 with RENAME_EXCHANGE)."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -305,7 +345,7 @@ def test_an_inbox_root_swapped_while_watched_is_unhealthy_not_adopted(tmp_path: 
     the inbox is unhealthy with the reason, nothing in the new folder is hinted; when the original folder
     is back, watching resumes."""
     inbox = make_inbox(tmp_path / "in", mode=mode, poll_interval=0.05)
-    hints: queue.SimpleQueue[Hint] = queue.SimpleQueue()
+    hints: queue.SimpleQueue[Hint | FoundFiles] = queue.SimpleQueue()
     watcher = InboxWatcher(0, inbox, hints.put)
     watcher.start()
 

@@ -290,6 +290,22 @@ class Lifecycle:
     def _in_flight(self) -> set[Path]:
         return {work.target for work in self.active.values()}
 
+    def finished_as_is(self, runtime: InboxRuntime, rel: str, version: FileVersion) -> bool:
+        """Whether the file at `rel` (POSIX, below the inbox) is, in this very version, one srd finished for
+        this path, with its output in place and its source step done: the common case of `finished_before`,
+        asked of every file a restart scan sees, with no path object or `Entry` built for it.
+
+        False only means "not shown this quickly" (a duplicate, say): the file then takes `finished_before`.
+        """
+        found = self._ctx.ledger.finished_row(runtime.inbox_id, rel, version, runtime.fingerprint)
+        if found is None:
+            return False
+        key, row = found
+        if row.disposition in (None, "kept-changed") or key in self.active:
+            return False
+        out = self.disposal.out
+        return not out or Path(f"{runtime.inbox.path}/{rel}") not in out
+
     def finished_before(self, runtime: InboxRuntime, path: Path, version: FileVersion) -> bool:
         """Whether a file a scan saw is, in this very version, one srd finished: its output holds its content
         and no source step is left (what `_consider` would decide, without the settle wait, the path's entry

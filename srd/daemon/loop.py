@@ -50,7 +50,7 @@ from srd.daemon.signals import Signals
 from srd.daemon.status import STATUS_REFRESH_S, write_status
 from srd.daemon.statusdoc import inbox_documents
 from srd.daemon.telemetry import Telemetry
-from srd.daemon.watch import Hint, InboxWatcher
+from srd.daemon.watch import FoundFiles, Hint, InboxWatcher
 from srd.errors import ConfigError, ExitCode, OutputError, SrdError, StartupError, describe_os_error
 from srd.fs import safefs
 from srd.ledger import Ledger, LedgerError, LedgerUnwritableError
@@ -72,7 +72,7 @@ OFFLOAD_PER_INBOX = 2
 # How long the daemon's exit waits to remove its claim files (a hung share's claim is left to go stale).
 CLAIM_RELEASE_WAIT_S = 2.0
 
-WatcherBuilder = Callable[[int, Inbox, Callable[[Hint], None]], InboxWatcher]
+WatcherBuilder = Callable[[int, Inbox, Callable[[Hint | FoundFiles], None]], InboxWatcher]
 
 
 class Daemon:
@@ -83,7 +83,7 @@ class Daemon:
     """
 
     def __init__(self, ctx: Context, files: Lifecycle, claims: ClaimGuard, telemetry: Telemetry, *,
-                 hints: queue.SimpleQueue[Hint | None], config_path: Path | None, notifier: Notifier,
+                 hints: queue.SimpleQueue[Hint | FoundFiles | None], config_path: Path | None, notifier: Notifier,
                  sleep: Callable[[float], None], watcher_builder: WatcherBuilder, drain_timeout: float) -> None:
         self._ctx = ctx
         self._telemetry = telemetry
@@ -138,7 +138,7 @@ class Daemon:
         """
         started = clock()
         notifier = notifier or Notifier.from_env()
-        hints: queue.SimpleQueue[Hint | None] = queue.SimpleQueue()
+        hints: queue.SimpleQueue[Hint | FoundFiles | None] = queue.SimpleQueue()
         build_watcher = watcher_builder or (lambda i, inbox, sink: InboxWatcher(i, inbox, sink))
         offload = offloader or Offloader(OFFLOAD_THREADS, OFFLOAD_PER_INBOX, lambda: hints.put(None))
         claims = InboxClaims(config.state_dir, ClaimTiming(config.claim_stale_seconds))
@@ -289,17 +289,40 @@ class Daemon:
             hint = self._hints.get(timeout=timeout)
         except queue.Empty:
             return
-        if hint is not None:
-            self.hint(hint)
+        self._take(hint)
 
     def _take_hints(self) -> None:
-        for _ in range(HINTS_PER_STEP):
+        taken = 0
+        while taken < HINTS_PER_STEP:
             try:
                 hint = self._hints.get_nowait()
             except queue.Empty:
                 return
-            if hint is not None:
-                self.hint(hint)
+            taken += self._take(hint)
+
+    def _take(self, hint: Hint | FoundFiles | None) -> int:
+        """Take what a watcher (or a wake-up) put in the queue; returns the number of files it hinted."""
+        if isinstance(hint, FoundFiles):
+            try:
+                self.found(hint)
+            finally:
+                hint.taken()
+            return len(hint.files)
+        if hint is not None:
+            self.hint(hint)
+        return 1
+
+    def found(self, found: FoundFiles) -> None:
+        """Take a scan's files of one folder: each in the version srd finished is dropped here, in a tight loop
+        over plain names (a restart sees every photo ever processed); the others are hinted one by one."""
+        runtime = next((r for r in self._ctx.runtimes.values() if r.index == found.inbox), None)
+        if runtime is None or runtime.inbox.path != found.root:
+            return  # from a watcher stopped by a reload
+        finished_as_is = self._files.finished_as_is
+        prefix = found.prefix
+        for name, version in found.files:
+            if not finished_as_is(runtime, prefix + name, version):
+                self.hint(Hint(found.inbox, found.root / (prefix + name), version))
 
     def hint(self, hint: Hint) -> None:
         """Take one hint from a watcher (tests call this directly)."""
@@ -469,7 +492,7 @@ class Daemon:
 
 
 def _new_runtimes(ctx: Context, config: Config, prints: dict[str, str], build_watcher: WatcherBuilder,
-                  sink: Callable[[Hint | None], None]) -> dict[str, InboxRuntime]:
+                  sink: Callable[[Hint | FoundFiles | None], None]) -> dict[str, InboxRuntime]:
     """Runtimes for `config`, watchers not started; an inbox whose profile is unchanged keeps its memory.
 
     Also starts the counters of inboxes not counted yet (`restart_counters`).

@@ -12,7 +12,7 @@ import fnmatch
 import os
 import re
 import stat
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -120,7 +120,24 @@ def candidate_stat(path: Path, root: Path) -> os.stat_result | None:
 
 def scan_inbox(root: Path, rules: IgnoreRules, *, recursive: bool = True, start: Path | None = None,
                on_skip: SkipSink | None = None, on_unreadable: SkipSink | None = None) -> Iterator[FileSeen]:
-    """Walk an inbox (or its subtree `start`) and yield every candidate file.
+    """Walk an inbox (or its subtree `start`) and yield every candidate file (see `scan_folders`)."""
+    for prefix, files in scan_folders(root, rules, recursive=recursive, start=start, on_skip=on_skip,
+                                      on_unreadable=on_unreadable):
+        for name, version in files:
+            yield FileSeen(PurePosixPath(prefix + name), version)
+
+
+# Files of one folder as `scan_folders` yields them: its path relative to the inbox with a trailing slash
+# ("" for the root), and each candidate's name with the version stat saw.
+FolderFiles = tuple[str, list[tuple[str, FileVersion]]]
+
+
+def scan_folders(root: Path, rules: IgnoreRules, *, recursive: bool = True, start: Path | None = None,
+                 on_skip: SkipSink | None = None, on_unreadable: SkipSink | None = None) -> Iterator[FolderFiles]:
+    """Walk an inbox (or its subtree `start`) and yield the candidate files of each folder that has some.
+
+    Plain names and versions, no path objects: a restart walks every photo of a NAS library, and most of them
+    are only compared with the ledger's stat cache.
 
     The walk holds a descriptor per level and opens each subfolder relative to its parent's without
     following symlinks (`srd.fs.safefs`), so a folder swapped for a symlink mid-walk is never entered.
@@ -149,7 +166,9 @@ def scan_inbox(root: Path, rules: IgnoreRules, *, recursive: bool = True, start:
     prefix = base_rel + "/" if base_rel else ""
     try:
         while True:
-            subfolders = yield from _files_in(root, fd, prefix, entries, rules, on_skip)
+            files, subfolders = _files_in(root, prefix, entries, rules, on_skip)
+            if files:
+                yield prefix, files
             stack.append((fd, prefix, subfolders if recursive else []))
             fd = -1
             while stack and fd < 0:
@@ -199,25 +218,27 @@ def _report(sink: SkipSink | None, path: Path, reason: str) -> None:
         sink(path, reason)
 
 
-def _files_in(root: Path, fd: int, prefix: str, entries: list[os.DirEntry[str]], rules: IgnoreRules,
-              on_skip: SkipSink | None) -> Generator[FileSeen, None, list[str]]:
-    """Yield the candidate files among one folder's `entries`; return the names of its subfolders to enter."""
+def _files_in(root: Path, prefix: str, entries: list[os.DirEntry[str]], rules: IgnoreRules,
+              on_skip: SkipSink | None) -> tuple[list[tuple[str, FileVersion]], list[str]]:
+    """The candidate files among one folder's `entries` (name and version), and its subfolders to enter."""
+    files: list[tuple[str, FileVersion]] = []
     subfolders: list[str] = []
     for entry in entries:
-        rel = prefix + entry.name
-        if rules.ignores_name(entry.name) or rules.ignores_path(rel):
+        name = entry.name
+        rel = prefix + name
+        if rules.ignores_name(name) or rules.ignores_path(rel):
             continue
         try:
             if entry.is_dir(follow_symlinks=False):
-                subfolders.append(entry.name)
+                subfolders.append(name)
                 continue
             st = entry.stat(follow_symlinks=False)
         except OSError:
             continue  # gone since the listing
         if stat.S_ISREG(st.st_mode):
-            yield FileSeen(PurePosixPath(rel), FileVersion.of(st))
+            files.append((name, FileVersion(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)))
         elif stat.S_ISLNK(st.st_mode):
             _report(on_skip, root / rel, safefs.NOT_FOLLOWED)
         else:
             _report(on_skip, root / rel, f"not a regular file: {file_kind(st.st_mode)}")
-    return subfolders
+    return files, subfolders

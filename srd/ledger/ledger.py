@@ -348,6 +348,25 @@ class Ledger:
             return None
         return cached[4].hex()
 
+    def finished_row(self, inbox: str, source: str, version: FileVersion, fingerprint: str) -> tuple[str, Row] | None:
+        """The key and done row of this very version of a source, if srd finished it here: the stat cache knows
+        the version, the content's entry under `fingerprint` is done for this source, and the output it wrote
+        is still owned by this source with this content (`source` as stored: POSIX, below the inbox).
+
+        For the restart scan, which asks this of every photo of a library: no `Entry` or path object per file.
+        None says nothing more than "not that simple" (a duplicate, a changed file, an output taken over).
+        """
+        tables = self._store.tables
+        cached = tables.cached((inbox, source))
+        if cached is None or cached[:4] != version:
+            return None
+        key = make_key(cached[4].hex(), fingerprint)
+        row = tables.row(key)
+        if (row is None or row.state != State.DONE or row.output is None or row.source != source
+                or row.inbox != inbox):
+            return None
+        return (key, row) if tables.owner(row.output) == (inbox, source, key) else None
+
     def remember_hash(self, inbox: str, source: PurePath | str, version: FileVersion, sha256: str) -> None:
         """Remember a file's hash for `cached_hash`.
 
