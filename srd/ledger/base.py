@@ -63,8 +63,19 @@ def slot_hash(slot: tuple[str, str]) -> int:
 
 
 def read_line(fd: int, offset: int, path: Path) -> bytes:
-    """The line of file `fd` that starts at `offset`, without its newline."""
-    chunk = os.pread(fd, _READ_AHEAD, offset)
+    """The line of file `fd` that starts at `offset`, without its newline.
+
+    Raises:
+        LedgerError: No whole line starts there: the file was cut short or edited.
+    """
+    before = min(offset, 1)  # the byte before a line is the previous line's newline
+    chunk = os.pread(fd, _READ_AHEAD, offset - before)
+    if before and chunk[:1] != b"\n":
+        if chunk:
+            raise LedgerError(f"ledger generation file {path} has no record starting at byte {offset}, where its "
+                              "index puts one (the file was edited)")
+        raise LedgerError(f"ledger generation file {path} ends inside a record at byte {offset}")
+    chunk = chunk[before:]
     end = chunk.find(b"\n")
     while end < 0:
         more = os.pread(fd, 64 * 1024, offset + len(chunk))
@@ -194,15 +205,33 @@ class Base:
 
     def _entry_record(self, position: int) -> dict[str, Any]:
         assert self.folder is not None
-        path = self.folder / ENTRIES_FILE
-        line = read_line(self._entries_fd, int(self.entries["offset"][position]), path)
+        line = read_line(self._entries_fd, int(self.entries["offset"][position]), self.folder / ENTRIES_FILE)
+        return self.checked_entry(line, position)
+
+    def checked_entry(self, line: bytes, position: int) -> dict[str, Any]:
+        """The record `line` holds, if it is the one the index has at `position` (its key's hash and state).
+
+        Raises:
+            LedgerError: The line is not a record, or not that one.
+        """
         try:
             record = json.loads(line)
             if not isinstance(record, dict):
                 raise TypeError("not an object")
+            if name_hash(record["key"]) != int(self.entries["hash"][position]):
+                raise ValueError("its key is not the one the index has there")
+            row = row_of(record)
+            if STATE_CODES[row.state] != int(self.entries["state"][position]):
+                raise ValueError(f"it says {row.state!r}, the index says {STATES[self.entries['state'][position]]!r}")
             return record
-        except (ValueError, TypeError) as exc:
-            raise LedgerError(f"ledger generation file {path} has a damaged record: {exc}") from exc
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise LedgerError(f"ledger generation file {self.folder_file(ENTRIES_FILE)} has a damaged record: "
+                              f"{exc}") from exc
+
+    def folder_file(self, name: str) -> Path:
+        """The path of the record file `name` of this generation."""
+        assert self.folder is not None
+        return self.folder / name
 
     # -- owners ---------------------------------------------------------------------------------------
 
@@ -256,8 +285,23 @@ class Base:
 
     def _owner_line(self, position: int) -> tuple[str, Owner]:
         assert self.folder is not None
-        path = self.folder / OWNERS_FILE
-        return _owner_of(read_line(self._owners_fd, int(self.owners["offset"][position]), path), path)
+        return self.checked_owner(read_line(self._owners_fd, int(self.owners["offset"][position]),
+                                            self.folder / OWNERS_FILE), position)
+
+    def checked_owner(self, line: bytes, position: int) -> tuple[str, Owner]:
+        """The owner line `line` holds, if it is the one the index has at `position` (its output's and its
+        source's hashes).
+
+        Raises:
+            LedgerError: The line is not an owner line, or not that one.
+        """
+        path = self.folder_file(OWNERS_FILE)
+        output, owner = _owner_of(line, path)
+        if (name_hash(output) != int(self.owners["output"][position])
+                or slot_hash((owner.inbox, owner.source)) != int(self.owners["slot"][position])):
+            raise LedgerError(f"ledger generation file {path} has a damaged owner line: its output or source is "
+                              "not the one the index has there")
+        return output, owner
 
     # -- stat cache -----------------------------------------------------------------------------------
 
