@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from srd.ledger.errors import LedgerError
+from srd.ledger.errors import REPAIR_HINT, LedgerError
 from srd.ledger.records import Cached, Owner, Row, row_of
 
 GENERATION_FORMAT = 3
@@ -62,6 +62,11 @@ def slot_hash(slot: tuple[str, str]) -> int:
     return name_hash(f"{slot[0]}\0{slot[1]}")
 
 
+def damaged_record(message: str) -> LedgerError:
+    """The error for a record line that is not what the index says, with the way out."""
+    return LedgerError(f"{message}; {REPAIR_HINT}")
+
+
 def read_line(fd: int, offset: int, path: Path) -> bytes:
     """The line of file `fd` that starts at `offset`, without its newline.
 
@@ -72,15 +77,15 @@ def read_line(fd: int, offset: int, path: Path) -> bytes:
     chunk = os.pread(fd, _READ_AHEAD, offset - before)
     if before and chunk[:1] != b"\n":
         if chunk:
-            raise LedgerError(f"ledger generation file {path} has no record starting at byte {offset}, where its "
-                              "index puts one (the file was edited)")
-        raise LedgerError(f"ledger generation file {path} ends inside a record at byte {offset}")
+            raise damaged_record(f"ledger generation file {path} has no record starting at byte {offset}, where "
+                                 "its index puts one (the file was edited)")
+        raise damaged_record(f"ledger generation file {path} ends inside a record at byte {offset}")
     chunk = chunk[before:]
     end = chunk.find(b"\n")
     while end < 0:
         more = os.pread(fd, 64 * 1024, offset + len(chunk))
         if not more:
-            raise LedgerError(f"ledger generation file {path} ends inside a record at byte {offset}")
+            raise damaged_record(f"ledger generation file {path} ends inside a record at byte {offset}")
         chunk += more
         end = chunk.find(b"\n")
     return chunk[:end]
@@ -181,9 +186,9 @@ class Base:
         if not self.sizes[0]:
             return None
         for position in self._positions(self.entries["hash"], name_hash(key)):
-            record = self._entry_record(position)
-            if record["key"] == key:
-                return position, row_of(record)
+            stored_key, row = self._entry(position)
+            if stored_key == key:
+                return position, row
         return None
 
     def state_counts(self) -> Counter[str]:
@@ -194,8 +199,7 @@ class Base:
     def entries_in_state(self, state: str) -> Iterator[tuple[str, Row]]:
         """The (key, row) of every entry in `state`, read from disk (for the few started or failed ones)."""
         for position in np.flatnonzero(self.entries["state"] == STATE_CODES[state]):
-            record = self._entry_record(int(position))
-            yield record["key"], row_of(record)
+            yield self._entry(int(position))
 
     def iter_entries(self) -> Iterator[tuple[str, Row]]:
         """Every entry, streamed from its file in index order (opened now, so a later swap doesn't matter)."""
@@ -203,13 +207,13 @@ class Base:
             return iter(())
         return _stream_entries(open(self.folder / ENTRIES_FILE, "rb"))
 
-    def _entry_record(self, position: int) -> dict[str, Any]:
+    def _entry(self, position: int) -> tuple[str, Row]:
         assert self.folder is not None
         line = read_line(self._entries_fd, int(self.entries["offset"][position]), self.folder / ENTRIES_FILE)
         return self.checked_entry(line, position)
 
-    def checked_entry(self, line: bytes, position: int) -> dict[str, Any]:
-        """The record `line` holds, if it is the one the index has at `position` (its key's hash and state).
+    def checked_entry(self, line: bytes, position: int) -> tuple[str, Row]:
+        """The (key, row) `line` holds, if it is the entry the index has at `position` (its key's hash, its state).
 
         Raises:
             LedgerError: The line is not a record, or not that one.
@@ -223,10 +227,10 @@ class Base:
             row = row_of(record)
             if STATE_CODES[row.state] != int(self.entries["state"][position]):
                 raise ValueError(f"it says {row.state!r}, the index says {STATES[self.entries['state'][position]]!r}")
-            return record
+            return record["key"], row
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise LedgerError(f"ledger generation file {self.folder_file(ENTRIES_FILE)} has a damaged record: "
-                              f"{exc}") from exc
+            raise damaged_record(f"ledger generation file {self.folder_file(ENTRIES_FILE)} has a damaged record: "
+                                 f"{exc}") from exc
 
     def folder_file(self, name: str) -> Path:
         """The path of the record file `name` of this generation."""
@@ -299,8 +303,8 @@ class Base:
         output, owner = _owner_of(line, path)
         if (name_hash(output) != int(self.owners["output"][position])
                 or slot_hash((owner.inbox, owner.source)) != int(self.owners["slot"][position])):
-            raise LedgerError(f"ledger generation file {path} has a damaged owner line: its output or source is "
-                              "not the one the index has there")
+            raise damaged_record(f"ledger generation file {path} has a damaged owner line: its output or source "
+                                 "is not the one the index has there")
         return output, owner
 
     # -- stat cache -----------------------------------------------------------------------------------
@@ -351,5 +355,5 @@ def _owner_of(line: bytes, path: Path) -> tuple[str, Owner]:
         if not all(isinstance(text, str) for text in (output, inbox, source)) or not isinstance(key, str | None):
             raise TypeError("not [output, inbox, source, key]")
     except (ValueError, TypeError) as exc:
-        raise LedgerError(f"ledger generation file {path} has a damaged owner line: {exc}") from exc
+        raise damaged_record(f"ledger generation file {path} has a damaged owner line: {exc}") from exc
     return output, Owner(inbox, source, key)

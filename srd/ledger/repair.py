@@ -92,7 +92,8 @@ def repair_ledger(state_dir: Path) -> RepairReport:
                         out.write(b"".join(line + b"\n" for line in lines))
             ledger.compact()
             log.warning("ledger_repaired", state_dir=str(state_dir), problems=len(damage.problems),
-                        dropped_lines=len(damage.dropped), entries=len(ledger))
+                        dropped_lines=len(damage.dropped) + sum(map(len, damage.generation_dropped.values())),
+                        entries=len(ledger))
         return RepairReport(damage.problems, ledger.counts(), tuple(dropped_to))
     finally:
         ledger.close()

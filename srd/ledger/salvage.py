@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from srd.ledger.base import COLUMNS, ENTRIES_FILE, OWNERS_FILE, Base, name_hash
-from srd.ledger.errors import LedgerError
-from srd.ledger.records import Row, row_of
+from srd.ledger.errors import REPAIR_HINT, LedgerError
+from srd.ledger.records import Row
 from srd.ledger.tables import Tables
 
 _LISTED_PER_FILE = 20  # problems listed one by one per file; the rest are counted
@@ -66,7 +66,7 @@ def salvage(base: Base) -> Salvage | None:
         "owners": {name: base.owners[name][:0] for name in COLUMNS["owners"]},
         "hashes": {name: np.array(column) for name, column in base.hashes.items()},
     })
-    rows: dict[str, Row] = {record["key"]: row_of(record) for record in entries.kept}
+    rows: dict[str, Row] = dict(entries.kept)
     tables = Tables.from_legacy(rows, {}, base.seq, owners.kept, latest_claim_wins=False, base=stat_cache_only)
     return Salvage(tables, entries.problems + owners.problems,
                    {ENTRIES_FILE: entries.dropped, OWNERS_FILE: owners.dropped})
@@ -83,23 +83,24 @@ def _scan(path: Path, offsets: np.ndarray, hashes: np.ndarray, check: Callable[[
     offset = 0
     lines = data.split(b"\n")
     tail = lines.pop()
+    moved: list[int] = []  # the line numbers of the current run of intact lines not where the index says
     for number, line in enumerate(lines, 1):
-        where = f"{path}: line {number} (byte {offset})"
         position = at.get(offset)
         try:
-            if position is not None:
-                scan.kept.append(check(line, position))
-                unmatched.discard(position)
-            else:
+            if position is None:
                 position = _moved_position(line, hashes, unmatched, check, name_of)
-                scan.kept.append(check(line, position))
-                unmatched.discard(position)
-                scan.problems.append(f"{where}: not where the index puts a record (an edit before it moved it); "
-                                     "it agrees with the index, so it is kept")
+                moved.append(number)
+            else:
+                _report_moved(path, moved, scan.problems)
+            scan.kept.append(check(line, position))
+            unmatched.discard(position)
         except LedgerError as exc:
-            scan.problems.append(f"{where}: {str(exc).removeprefix(f'ledger generation file {path} ')}, dropped")
+            _report_moved(path, moved, scan.problems)
+            reason = str(exc).removeprefix(f"ledger generation file {path} ").removesuffix(f"; {REPAIR_HINT}")
+            scan.problems.append(f"{path}: line {number} (byte {offset}): {reason}, dropped")
             scan.dropped.append(line)
         offset += len(line) + 1
+    _report_moved(path, moved, scan.problems)
     if tail:
         scan.problems.append(f"{path}: line {len(lines) + 1} (byte {offset}): the file ends inside this record "
                              "(cut short), dropped")
@@ -110,6 +111,15 @@ def _scan(path: Path, offsets: np.ndarray, hashes: np.ndarray, check: Callable[[
         hidden = len(scan.problems) - _LISTED_PER_FILE
         scan.problems[_LISTED_PER_FILE:] = [f"{path}: ... and {hidden} more problems"]
     return scan
+
+
+def _report_moved(path: Path, moved: list[int], problems: list[str]) -> None:
+    """List a run of intact lines that an edit before them moved (and empty it)."""
+    if moved:
+        lines = f"line {moved[0]}" if len(moved) == 1 else f"lines {moved[0]} to {moved[-1]}"
+        problems.append(f"{path}: {lines}: not where the index puts them (an edit before them moved them); they "
+                        "agree with the index, so they are kept")
+        moved.clear()
 
 
 def _moved_position(line: bytes, hashes: np.ndarray, unmatched: set[int], check: Callable[[bytes, int], Any],
