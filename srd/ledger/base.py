@@ -128,6 +128,9 @@ class Base:
         self.owners_by_slot = self.owners["by_slot"]
         self.sizes = (len(self.entries["hash"]), len(self.owners["output"]), len(self.hashes["slot"]))
         self._entries_fd = self._owners_fd = -1
+        # For error messages, joined once: `checked_owner` runs on every line when `check` reads them all.
+        self._entries_path, self._owners_path = (Path(name) if folder is None else folder / name
+                                                 for name in (ENTRIES_FILE, OWNERS_FILE))
         if folder is not None:
             self._entries_fd = os.open(folder / ENTRIES_FILE, os.O_RDONLY | os.O_CLOEXEC)
             self._owners_fd = os.open(folder / OWNERS_FILE, os.O_RDONLY | os.O_CLOEXEC)
@@ -229,13 +232,8 @@ class Base:
                 raise ValueError(f"it says {row.state!r}, the index says {STATES[self.entries['state'][position]]!r}")
             return record["key"], row
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise damaged_record(f"ledger generation file {self.folder_file(ENTRIES_FILE)} has a damaged record: "
+            raise damaged_record(f"ledger generation file {self._entries_path} has a damaged record: "
                                  f"{exc}") from exc
-
-    def folder_file(self, name: str) -> Path:
-        """The path of the record file `name` of this generation."""
-        assert self.folder is not None
-        return self.folder / name
 
     # -- owners ---------------------------------------------------------------------------------------
 
@@ -299,7 +297,7 @@ class Base:
         Raises:
             LedgerError: The line is not an owner line, or not that one.
         """
-        path = self.folder_file(OWNERS_FILE)
+        path = self._owners_path
         output, owner = _owner_of(line, path)
         if (name_hash(output) != int(self.owners["output"][position])
                 or slot_hash((owner.inbox, owner.source)) != int(self.owners["slot"][position])):
