@@ -85,14 +85,13 @@ def _scan(path: Path, offsets: np.ndarray, hashes: np.ndarray, check: Callable[[
     tail = lines.pop()
     moved: list[int] = []  # the line numbers of the current run of intact lines not where the index says
     for number, line in enumerate(lines, 1):
-        position = at.get(offset)
         try:
-            if position is None:
-                position = _moved_position(line, hashes, unmatched, check, name_of)
-                moved.append(number)
-            else:
+            position, kept = _intact(line, at.get(offset), hashes, unmatched, check, name_of)
+            if position == at.get(offset):
                 _report_moved(path, moved, scan.problems)
-            scan.kept.append(check(line, position))
+            else:
+                moved.append(number)
+            scan.kept.append(kept)
             unmatched.discard(position)
         except LedgerError as exc:
             _report_moved(path, moved, scan.problems)
@@ -120,6 +119,29 @@ def _report_moved(path: Path, moved: list[int], problems: list[str]) -> None:
         problems.append(f"{path}: {lines}: not where the index puts them (an edit before them moved them); they "
                         "agree with the index, so they are kept")
         moved.clear()
+
+
+def _intact(line: bytes, here: int | None, hashes: np.ndarray, unmatched: set[int],
+            check: Callable[[bytes, int], Any], name_of: Callable[[Any], str]) -> tuple[int, Any]:
+    """The index position whose record `line` is, and what `check` makes of it: the one the index puts at the
+    line's offset (`here`), or else one an edit before it moved it from.
+
+    Raises:
+        LedgerError: It is no record of the index (the reason it is not the one at `here`, if there is one).
+    """
+    refused = None
+    if here is not None:
+        try:
+            return here, check(line, here)
+        except LedgerError as exc:
+            refused = exc
+    try:
+        position = _moved_position(line, hashes, unmatched, check, name_of)
+    except LedgerError:
+        if refused is not None:
+            raise refused from None
+        raise
+    return position, check(line, position)
 
 
 def _moved_position(line: bytes, hashes: np.ndarray, unmatched: set[int], check: Callable[[bytes, int], Any],
