@@ -45,12 +45,21 @@ def check_ledger(state_dir: Path) -> RepairReport:
     """
     require_state_dir(state_dir)
     for _ in range(3):  # the owner may compact between our reads, as in `Ledger.open(read_only=True)`
+        snapshot = _snapshot_file(state_dir)
         ledger = Ledger(Path(state_dir), None, compact_after=DEFAULT_COMPACT_AFTER, clock=time.time)
         with reading(state_dir):
             damage = ledger.load_listing_damage()
-        if not damage.problems:
+        if not damage.problems or _snapshot_file(state_dir) == snapshot:  # no compaction came between
             break
     return RepairReport(damage.problems, ledger.counts(), ())
+
+
+def _snapshot_file(state_dir: Path) -> bytes | None:
+    """The snapshot file's bytes (a compaction replaces it before it touches the journal)."""
+    try:
+        return (Path(state_dir) / SNAPSHOT_NAME).read_bytes()
+    except OSError:
+        return None
 
 
 def repair_ledger(state_dir: Path) -> RepairReport:
