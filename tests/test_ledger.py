@@ -24,7 +24,9 @@ from srd.ledger import (
     LedgerError,
     Owner,
     State,
+    check_ledger,
     make_key,
+    repair_ledger,
 )
 from srd.ledger.files import journal_line
 from srd.ledger.records import Row, stored_record
@@ -583,3 +585,55 @@ def test_ledgers_written_by_older_srd_versions_still_load(tmp_path: Path) -> Non
         ledger.compact()
     snapshot = json.loads((tmp_path / SNAPSHOT_NAME).read_text())
     assert snapshot["format"] == 3 and (tmp_path / snapshot["generation"] / "entries.jsonl").is_file()
+
+
+def _compacted_ledger_of_done_entries(state_dir: Path, n: int) -> list[str]:
+    with Ledger.open(state_dir) as ledger:
+        keys = []
+        for i in range(n):
+            entry = ledger.record_start(_sha(i), FP, inbox="in", source=f"{i}.png")
+            ledger.record_done(entry.key, output=state_dir.parent / f"out-{i}.png", output_size=i)
+            keys.append(entry.key)
+        ledger.compact()
+    return keys
+
+
+def test_what_the_daemon_refuses_in_a_generation_check_lists_with_the_same_file_and_byte(tmp_path: Path) -> None:
+    """Old srd: a record line the daemon refused on (here: moved by an edit before it) was not seen by check."""
+    state = tmp_path / "state"
+    keys = _compacted_ledger_of_done_entries(state, 6)
+    entries_file, = state.glob("gen-*/entries.jsonl")
+    lines = entries_file.read_bytes().splitlines(keepends=True)
+    entries_file.write_bytes(b"".join([lines[0].replace(b'"output_size":', b'"output_size": '), *lines[1:]]))
+    refusals = []
+    with Ledger.open(state) as ledger:
+        for key in keys:
+            try:
+                ledger.get(key)
+            except LedgerError as exc:
+                refusals.append(str(exc))
+    # A space added inside line 1 keeps it a whole, agreeing record: lines 2 to 6 are no longer where the index
+    # says, and those are what both the daemon and check see.
+    assert len(refusals) == 5 and all(f"{entries_file} has no record starting at byte" in refusal
+                                      and "srd ledger repair" in refusal for refusal in refusals), refusals
+    problems = check_ledger(state).problems
+    assert problems[0].startswith(f"{entries_file}: lines 2 to 6: not where the index puts them"), problems
+    assert "1 of the 6 records" not in "\n".join(problems)  # moved, not lost: repair keeps them
+
+
+def test_a_damaged_owner_line_is_dropped_by_repair_and_the_done_entry_still_owns_its_output(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    keys = _compacted_ledger_of_done_entries(state, 4)
+    owners_file, = state.glob("gen-*/owners.jsonl")
+    lines = owners_file.read_bytes().splitlines(keepends=True)
+    output = json.loads(lines[0])[0]
+    owners_file.write_bytes(b"".join([b"XX" + lines[0], *lines[1:]]))
+    assert any(f"{owners_file}: line 1 (byte 0)" in problem for problem in check_ledger(state).problems)
+    report = repair_ledger(state)
+    dropped, = report.dropped_to
+    assert dropped.name.startswith("owners.jsonl.dropped-") and dropped.read_bytes() == b"XX" + lines[0]
+    assert check_ledger(state).problems == ()
+    with Ledger.open(state) as ledger:
+        assert {entry.key for entry in ledger.entries()} == set(keys)
+        owner = ledger.owner(output)
+        assert owner is not None and owner.key in keys

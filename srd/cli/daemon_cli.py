@@ -254,8 +254,8 @@ def _repair(config: Config) -> ExitCode:
         return ExitCode.OK
     _print_problems(f"ledger {printable(str(config.state_dir))} repaired; it holds {counts}. What was wrong:",
                     report.problems)
-    if report.dropped_to is not None:
-        print(f"the dropped lines are kept in {printable(str(report.dropped_to))}")
+    for kept in report.dropped_to:
+        print(f"the dropped lines are kept in {printable(str(kept))}")
     return ExitCode.OK
 
 

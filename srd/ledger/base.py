@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from srd.ledger.errors import LedgerError
+from srd.ledger.errors import REPAIR_HINT, LedgerError
 from srd.ledger.records import Cached, Owner, Row, row_of
 
 GENERATION_FORMAT = 3
@@ -62,14 +62,30 @@ def slot_hash(slot: tuple[str, str]) -> int:
     return name_hash(f"{slot[0]}\0{slot[1]}")
 
 
+def damaged_record(message: str) -> LedgerError:
+    """The error for a record line that is not what the index says, with the way out."""
+    return LedgerError(f"{message}; {REPAIR_HINT}")
+
+
 def read_line(fd: int, offset: int, path: Path) -> bytes:
-    """The line of file `fd` that starts at `offset`, without its newline."""
-    chunk = os.pread(fd, _READ_AHEAD, offset)
+    """The line of file `fd` that starts at `offset`, without its newline.
+
+    Raises:
+        LedgerError: No whole line starts there: the file was cut short or edited.
+    """
+    before = min(offset, 1)  # the byte before a line is the previous line's newline
+    chunk = os.pread(fd, _READ_AHEAD, offset - before)
+    if before and chunk[:1] != b"\n":
+        if chunk:
+            raise damaged_record(f"ledger generation file {path} has no record starting at byte {offset}, where "
+                                 "its index puts one (the file was edited)")
+        raise damaged_record(f"ledger generation file {path} ends inside a record at byte {offset}")
+    chunk = chunk[before:]
     end = chunk.find(b"\n")
     while end < 0:
         more = os.pread(fd, 64 * 1024, offset + len(chunk))
         if not more:
-            raise LedgerError(f"ledger generation file {path} ends inside a record at byte {offset}")
+            raise damaged_record(f"ledger generation file {path} ends inside a record at byte {offset}")
         chunk += more
         end = chunk.find(b"\n")
     return chunk[:end]
@@ -112,6 +128,9 @@ class Base:
         self.owners_by_slot = self.owners["by_slot"]
         self.sizes = (len(self.entries["hash"]), len(self.owners["output"]), len(self.hashes["slot"]))
         self._entries_fd = self._owners_fd = -1
+        # For error messages, joined once: `checked_owner` runs on every line when `check` reads them all.
+        self._entries_path, self._owners_path = (Path(name) if folder is None else folder / name
+                                                 for name in (ENTRIES_FILE, OWNERS_FILE))
         if folder is not None:
             self._entries_fd = os.open(folder / ENTRIES_FILE, os.O_RDONLY | os.O_CLOEXEC)
             self._owners_fd = os.open(folder / OWNERS_FILE, os.O_RDONLY | os.O_CLOEXEC)
@@ -182,9 +201,9 @@ class Base:
         if not self.sizes[0]:
             return None
         for position in self._positions(self.entries["hash"], name_hash(key)):
-            record = self._entry_record(position)
-            if record["key"] == key:
-                return position, row_of(record)
+            stored_key, row = self._entry(position)
+            if stored_key == key:
+                return position, row
         return None
 
     def state_counts(self) -> Counter[str]:
@@ -195,8 +214,7 @@ class Base:
     def entries_in_state(self, state: str) -> Iterator[tuple[str, Row]]:
         """The (key, row) of every entry in `state`, read from disk (for the few started or failed ones)."""
         for position in np.flatnonzero(self.entries["state"] == STATE_CODES[state]):
-            record = self._entry_record(int(position))
-            yield record["key"], row_of(record)
+            yield self._entry(int(position))
 
     def iter_entries(self) -> Iterator[tuple[str, Row]]:
         """Every entry, streamed from its file in index order (opened now, so a later swap doesn't matter)."""
@@ -204,17 +222,30 @@ class Base:
             return iter(())
         return _stream_entries(open(self.folder / ENTRIES_FILE, "rb"))
 
-    def _entry_record(self, position: int) -> dict[str, Any]:
+    def _entry(self, position: int) -> tuple[str, Row]:
         assert self.folder is not None
-        path = self.folder / ENTRIES_FILE
-        line = read_line(self._entries_fd, int(self.entries["offset"][position]), path)
+        line = read_line(self._entries_fd, int(self.entries["offset"][position]), self.folder / ENTRIES_FILE)
+        return self.checked_entry(line, position)
+
+    def checked_entry(self, line: bytes, position: int) -> tuple[str, Row]:
+        """The (key, row) `line` holds, if it is the entry the index has at `position` (its key's hash, its state).
+
+        Raises:
+            LedgerError: The line is not a record, or not that one.
+        """
         try:
             record = json.loads(line)
             if not isinstance(record, dict):
                 raise TypeError("not an object")
-            return record
-        except (ValueError, TypeError) as exc:
-            raise LedgerError(f"ledger generation file {path} has a damaged record: {exc}") from exc
+            if name_hash(record["key"]) != int(self.entries["hash"][position]):
+                raise ValueError("its key is not the one the index has there")
+            row = row_of(record)
+            if STATE_CODES[row.state] != int(self.entries["state"][position]):
+                raise ValueError(f"it says {row.state!r}, the index says {STATES[self.entries['state'][position]]!r}")
+            return record["key"], row
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise damaged_record(f"ledger generation file {self._entries_path} has a damaged record: "
+                                 f"{exc}") from exc
 
     # -- owners ---------------------------------------------------------------------------------------
 
@@ -268,8 +299,23 @@ class Base:
 
     def _owner_line(self, position: int) -> tuple[str, Owner]:
         assert self.folder is not None
-        path = self.folder / OWNERS_FILE
-        return _owner_of(read_line(self._owners_fd, int(self.owners["offset"][position]), path), path)
+        return self.checked_owner(read_line(self._owners_fd, int(self.owners["offset"][position]),
+                                            self.folder / OWNERS_FILE), position)
+
+    def checked_owner(self, line: bytes, position: int) -> tuple[str, Owner]:
+        """The owner line `line` holds, if it is the one the index has at `position` (its output's and its
+        source's hashes).
+
+        Raises:
+            LedgerError: The line is not an owner line, or not that one.
+        """
+        path = self._owners_path
+        output, owner = _owner_of(line, path)
+        if (name_hash(output) != int(self.owners["output"][position])
+                or slot_hash((owner.inbox, owner.source)) != int(self.owners["slot"][position])):
+            raise damaged_record(f"ledger generation file {path} has a damaged owner line: its output or source "
+                                 "is not the one the index has there")
+        return output, owner
 
     # -- stat cache -----------------------------------------------------------------------------------
 
@@ -319,5 +365,5 @@ def _owner_of(line: bytes, path: Path) -> tuple[str, Owner]:
         if not all(isinstance(text, str) for text in (output, inbox, source)) or not isinstance(key, str | None):
             raise TypeError("not [output, inbox, source, key]")
     except (ValueError, TypeError) as exc:
-        raise LedgerError(f"ledger generation file {path} has a damaged owner line: {exc}") from exc
+        raise damaged_record(f"ledger generation file {path} has a damaged owner line: {exc}") from exc
     return output, Owner(inbox, source, key)

@@ -26,11 +26,13 @@ class Damage:
         problems: Each piece of damage, with its file and line.
         dropped: The journal lines it could not use.
         snapshot_damaged: The snapshot itself was unreadable (the previous one, or none, was used instead).
+        generation_dropped: The generation's record lines it could not use, per record file (by name).
     """
 
     problems: tuple[str, ...]
     dropped: tuple[bytes, ...]
     snapshot_damaged: bool
+    generation_dropped: dict[str, list[bytes]]
 
 
 class Ledger:
@@ -409,7 +411,8 @@ class Ledger:
         `check_ledger` and `repair_ledger` do)."""
         problems: list[str] = []
         self._store.load(problems)
-        return Damage(tuple(problems), tuple(self._store.dropped), self._store.snapshot_damaged)
+        return Damage(tuple(problems), tuple(self._store.dropped), self._store.snapshot_damaged,
+                      self._store.generation_dropped)
 
     # -- internals ----------------------------------------------------------------------------------------
 

@@ -25,13 +25,12 @@ class RepairReport:
     Attributes:
         problems: Each piece of damage found, with its file and line.
         counts: Entries per state after the repair.
-        dropped_to: Where the unusable journal lines were saved (None if there were none).
+        dropped_to: The files the unusable journal and generation lines were saved in (none if there were none).
     """
 
     problems: tuple[str, ...]
     counts: dict[str, int]
-    dropped_to: Path | None
-
+    dropped_to: tuple[Path, ...]
 
 
 def check_ledger(state_dir: Path) -> RepairReport:
@@ -46,21 +45,32 @@ def check_ledger(state_dir: Path) -> RepairReport:
     """
     require_state_dir(state_dir)
     for _ in range(3):  # the owner may compact between our reads, as in `Ledger.open(read_only=True)`
+        snapshot = _snapshot_file(state_dir)
         ledger = Ledger(Path(state_dir), None, compact_after=DEFAULT_COMPACT_AFTER, clock=time.time)
         with reading(state_dir):
             damage = ledger.load_listing_damage()
-        if not damage.problems:
+        if not damage.problems or _snapshot_file(state_dir) == snapshot:  # no compaction came between
             break
-    return RepairReport(damage.problems, ledger.counts(), None)
+    return RepairReport(damage.problems, ledger.counts(), ())
+
+
+def _snapshot_file(state_dir: Path) -> bytes | None:
+    """The snapshot file's bytes (a compaction replaces it before it touches the journal)."""
+    try:
+        return (Path(state_dir) / SNAPSHOT_NAME).read_bytes()
+    except OSError:
+        return None
 
 
 def repair_ledger(state_dir: Path) -> RepairReport:
     """Rebuild a damaged ledger from every intact record; the daemon must be stopped (the lock is taken).
 
-    The snapshot (or, if it is lost or unreadable, the previous one) is loaded and every journal line that
-    is a whole, valid record is applied in order, whatever its neighbours; the result is written as a new
-    snapshot. Lines that cannot be used are saved beside the journal as ``journal.jsonl.dropped-<time>`` and
-    listed in the report. A healthy ledger is left as it is.
+    The snapshot (or, if it is lost or unreadable, the previous one) is loaded, keeping every record line of
+    its generation that agrees with the index (`salvage`), and every journal line that is a whole, valid
+    record is applied in order, whatever its neighbours; the result is written as a new generation. Lines
+    that cannot be used are saved in the state directory as ``<file>.dropped-<time>`` (``journal.jsonl``,
+    ``entries.jsonl``, ``owners.jsonl``) and listed in the report; an entry whose line was lost is unknown
+    (its file is processed again). A healthy ledger is left as it is.
 
     Raises:
         LockedError: A daemon (or another command) holds the state directory.
@@ -78,19 +88,21 @@ def repair_ledger(state_dir: Path) -> RepairReport:
     try:
         with reading(state_dir):
             damage = ledger.load_listing_damage()
-        dropped_to = None
+        dropped_to: list[Path] = []
         if damage.problems:
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
             if damage.snapshot_damaged:
                 # Set aside rather than kept as the previous snapshot, which may be the good one.
                 os.replace(state_dir / SNAPSHOT_NAME, state_dir / f"{SNAPSHOT_NAME}.damaged-{stamp}")
-            if damage.dropped:
-                dropped_to = state_dir / f"{JOURNAL_NAME}.dropped-{stamp}"
-                with open_atomic(dropped_to) as out:
-                    out.write(b"".join(line + b"\n" for line in damage.dropped))
+            for name, lines in ((JOURNAL_NAME, damage.dropped), *damage.generation_dropped.items()):
+                if lines:
+                    dropped_to.append(state_dir / f"{name}.dropped-{stamp}")
+                    with open_atomic(dropped_to[-1]) as out:
+                        out.write(b"".join(line + b"\n" for line in lines))
             ledger.compact()
             log.warning("ledger_repaired", state_dir=str(state_dir), problems=len(damage.problems),
-                        dropped_lines=len(damage.dropped), entries=len(ledger))
-        return RepairReport(damage.problems, ledger.counts(), dropped_to)
+                        dropped_lines=len(damage.dropped) + sum(map(len, damage.generation_dropped.values())),
+                        entries=len(ledger))
+        return RepairReport(damage.problems, ledger.counts(), tuple(dropped_to))
     finally:
         ledger.close()

@@ -13,6 +13,7 @@ from srd.ledger.base import Base
 from srd.ledger.errors import LedgerError, LedgerVersionError
 from srd.ledger.generation import GENERATION_PREFIX
 from srd.ledger.records import Owner, Row, cache_entry, row_of
+from srd.ledger.salvage import Salvage, salvage
 from srd.ledger.tables import Tables
 
 # 2 added "outputs" and the stat cache's inode and ctime; 3 moved the tables into generation folders.
@@ -26,8 +27,11 @@ def is_newer(snapshot_format: Any) -> bool:
     return type(snapshot_format) is int and snapshot_format > max(READABLE_FORMATS)
 
 
-def read_snapshot(path: Path) -> tuple[Tables, int]:
+def read_snapshot(path: Path, salvaged: list[Salvage] | None = None) -> tuple[Tables, int]:
     """The tables a snapshot file holds, and its format (below 3: to be migrated by a compaction).
+
+    With `salvaged` (`check` and `repair`), every record line of its generation is checked first; if any is
+    damaged, the tables are what survived, and the `Salvage` saying what did not is added to `salvaged`.
 
     Raises:
         FileNotFoundError: There is no such file.
@@ -51,7 +55,7 @@ def read_snapshot(path: Path) -> tuple[Tables, int]:
             raise ValueError(f"unsupported format {snapshot['format']!r}")
         seq = int(snapshot["seq"])
         if snapshot["format"] == SNAPSHOT_FORMAT:
-            return _read_generation(path, snapshot["generation"], seq), SNAPSHOT_FORMAT
+            return _read_generation(path, snapshot["generation"], seq, salvaged), SNAPSHOT_FORMAT
         entries = snapshot["entries"]
         if not all(isinstance(row, Row) for row in entries.values()):
             raise ValueError("an entry is not a ledger record")
@@ -64,7 +68,7 @@ def read_snapshot(path: Path) -> tuple[Tables, int]:
     return tables, snapshot["format"]
 
 
-def _read_generation(path: Path, name: Any, seq: int) -> Tables:
+def _read_generation(path: Path, name: Any, seq: int, salvaged: list[Salvage] | None) -> Tables:
     if not isinstance(name, str) or not name.startswith(GENERATION_PREFIX) or "/" in name:
         raise ValueError(f"bad generation name {name!r}")
     folder = path.parent / name
@@ -76,7 +80,12 @@ def _read_generation(path: Path, name: Any, seq: int) -> Tables:
     if base.seq != seq:
         base.close()
         raise LedgerError(f"ledger generation {folder} holds seq {base.seq}, but {path} says {seq}")
-    return Tables(base)
+    found = None if salvaged is None else salvage(base)
+    if salvaged is None or found is None:
+        return Tables(base)
+    base.close()
+    salvaged.append(found)
+    return found.tables
 
 
 def manifest(generation: str, seq: int) -> bytes:

@@ -19,6 +19,7 @@ from srd.ledger.errors import REPAIR_HINT, LedgerError, LedgerUnwritableError
 from srd.ledger.files import JOURNAL_NAME, PREVIOUS_SNAPSHOT_NAME, SNAPSHOT_NAME, journal_line, write_all
 from srd.ledger.journal import Replay, replay
 from srd.ledger.records import Cached, cache_line
+from srd.ledger.salvage import Salvage
 from srd.ledger.snapshot import SNAPSHOT_FORMAT, read_snapshot
 from srd.ledger.tables import Tables
 
@@ -51,6 +52,8 @@ class Store:
         # Journal lines a tolerant load (`repair`) could not use, kept for the record.
         self.dropped: list[bytes] = []
         self.snapshot_damaged = False
+        # Record lines of the generation a tolerant load could not use, per record file.
+        self.generation_dropped: dict[str, list[bytes]] = {}
         self._lock_fd = lock_fd
         self._journal_fd: int | None = None
         self._journal_size = 0
@@ -268,7 +271,7 @@ class Store:
         path = self.state_dir / SNAPSHOT_NAME
         previous = self.state_dir / PREVIOUS_SNAPSHOT_NAME
         try:
-            self.tables, snapshot_format = read_snapshot(path)
+            self.tables, snapshot_format = self._read_salvaging(path, problems)
             self.legacy = snapshot_format < SNAPSHOT_FORMAT
             return self.tables.seq
         except FileNotFoundError:
@@ -282,7 +285,7 @@ class Store:
             raise LedgerError(f"{reason}; {REPAIR_HINT}")
         problems.append(reason)
         try:
-            self.tables, snapshot_format = read_snapshot(previous)
+            self.tables, snapshot_format = self._read_salvaging(previous, problems)
             self.legacy = snapshot_format < SNAPSHOT_FORMAT
         except (FileNotFoundError, LedgerError) as exc:
             problems.append(f"no usable previous snapshot either ({exc}): starting from the journal alone")
@@ -290,3 +293,14 @@ class Store:
             return 0
         problems.append(f"using the previous snapshot {previous} (seq {self.tables.seq}) instead")
         return self.tables.seq
+
+    def _read_salvaging(self, path: Path, problems: list[str] | None) -> tuple[Tables, int]:
+        """`read_snapshot`; for a tolerant load (`problems`), with damaged record lines listed and left out."""
+        if problems is None:
+            return read_snapshot(path)
+        salvaged: list[Salvage] = []
+        found = read_snapshot(path, salvaged)
+        for damage in salvaged:
+            problems.extend(damage.problems)
+            self.generation_dropped = damage.dropped
+        return found

@@ -50,14 +50,16 @@ class Tables:
 
     @classmethod
     def from_legacy(cls, entries: dict[str, Row], hashes: dict[Slot, Cached], seq: int,
-                    owners: list[tuple[str, Owner]], *, latest_claim_wins: bool) -> Tables:
+                    owners: list[tuple[str, Owner]], *, latest_claim_wins: bool, base: Base | None = None) -> Tables:
         """The tables a format 1 or 2 snapshot holds, all in one layer over an empty base: its entries and stat
         cache, each done entry owning its output, and the `owners` the snapshot lists beside them.
+
+        `base` (empty if None) holds nothing but a stat cache to keep (`salvage`).
 
         With `latest_claim_wins` (format 1, which kept no owners, so two entries may claim one path), the done
         entries take their outputs in the order they were updated: the latest claim wins.
         """
-        tables = cls()
+        tables = cls(base)
         layer = tables.layers[-1]
         layer.entries.update(entries)
         layer.hashes.update(hashes)
