@@ -142,10 +142,13 @@ def hold_or_process(job: Job) -> JobResult:
 
 
 @pytest.mark.e2e
-def test_a_lone_job_runs_two_tiles_at_once_on_a_two_worker_pool(tmp_path: Path, photo: np.ndarray) -> None:
-    pool = build_pool(_backend(cores=2))
+@pytest.mark.parametrize("cores", [2, 1], ids=["shared cores: two tiles at once", "a fixed thread count: one"])
+def test_a_lone_job_on_a_two_worker_pool_runs_as_many_tiles_at_once_as_its_cores(
+    tmp_path: Path, photo: np.ndarray, cores: int
+) -> None:
+    pool = build_pool(_backend(cores=cores))
     try:
-        assert _run(pool, _jobs(tmp_path, photo, 1)) == [2]
+        assert _run(pool, _jobs(tmp_path, photo, 1)) == [cores]
     finally:
         pool.close()
 
@@ -164,15 +167,6 @@ def test_a_job_beside_another_runs_one_tile_at_a_time(tmp_path: Path, photo: np.
             pool.collect()
             time.sleep(0.02)
         assert _run(pool, _jobs(tmp_path / "alone", photo, 1), first=1) == [2]
-    finally:
-        pool.close()
-
-
-@pytest.mark.e2e
-def test_a_fixed_thread_count_keeps_one_tile_at_a_time_for_a_lone_job(tmp_path: Path, photo: np.ndarray) -> None:
-    pool = build_pool(_backend(cores=1))
-    try:
-        assert _run(pool, _jobs(tmp_path, photo, 1)) == [1]
     finally:
         pool.close()
 
