@@ -1,4 +1,4 @@
-"""The ledger at NAS scale (format 3): crash safety at every step of a compaction, memory per entry, and a
+"""The ledger at NAS scale (generations): crash safety at every step of a compaction, memory per entry, and a
 compaction that leaves the loop free."""
 
 from __future__ import annotations
@@ -17,8 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from srd.fs.atomic import write_bytes_atomic
 from srd.fs.fileversion import FileVersion
 from srd.ledger import JOURNAL_NAME, SNAPSHOT_NAME, Ledger, LedgerError, compaction, make_key
+from srd.ledger.base import Base
+from srd.ledger.generation import generation_name, write_generation
+from srd.ledger.records import Owner, Row
+from srd.ledger.snapshot import manifest
+from srd.ledger.tables import Layer
 
 FP = "edsr-x4:cafe"
 REPO = Path(__file__).resolve().parent.parent
@@ -232,8 +238,6 @@ def test_a_background_compaction_leaves_every_call_quick(tmp_path: Path) -> None
 def test_a_compaction_frees_the_old_index_off_the_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Freeing the replaced generation's columns (tens of milliseconds at a million entries) is not the loop's
     work: it happens in a thread of its own, and the old base answers nothing after."""
-    from srd.ledger.base import Base
-
     released: list[tuple[str, Base]] = []
     real = Base.release
 
@@ -254,3 +258,34 @@ def test_a_compaction_frees_the_old_index_off_the_loop(tmp_path: Path, monkeypat
         old = released[-1][1]
         assert old.folder is not None and not old.entries and not old.owners and not old.hashes
         assert ledger.get(entry.key) is not None and ledger.counts()["done"] == 2000
+
+
+def _rss_mb() -> float:
+    return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+
+
+def test_the_process_does_not_grow_with_each_compaction(tmp_path: Path) -> None:
+    """A compaction builds the new index beside the old one and drops the old one and its own working arrays;
+    all of it must go back to the system, or a daemon at a million photos sits at ~340 MB instead of ~180 MB
+    after its first compaction (measured; the C allocator keeps freed blocks of that size unless asked)."""
+    n = 120_000
+    layer = Layer()
+    for i in range(n):
+        sha, source = _sha(i), f"album-{i // 500:04d}/IMG_{i:06d}.jpg"
+        key = make_key(sha, FP)
+        layer.entries[key] = Row("nas", source, "done", 1, 1e9, 1e9, f"/out/{source}", 1, None, "kept", None, 0, False)
+        layer.owners[f"/out/{source}"] = Owner("nas", source, key)
+        layer.hashes[("nas", source)] = (1, i, i, i, bytes.fromhex(sha))
+    name = generation_name(n)
+    write_generation(tmp_path / name, Base.empty(), [layer], n)
+    write_bytes_atomic(tmp_path / SNAPSHOT_NAME, manifest(name, n))
+    del layer
+    with Ledger.open(tmp_path) as ledger:
+        opened = _rss_mb()
+        for i in range(3):
+            ledger.record_start(_sha(n + i), FP, inbox="nas", source=f"new/{i}.jpg")
+            ledger.compact()
+            released = [t for t in threading.enumerate() if t.name == "srd-ledger-release"]
+            for thread in released:
+                thread.join()
+        assert _rss_mb() - opened < 3, f"{_rss_mb() - opened:.0f} MB more after three compactions"

@@ -22,7 +22,7 @@ from srd.daemon.fileevents import FileOutcome
 from srd.daemon.offload import Done
 from srd.daemon.sourcefile import SourceFile
 from srd.daemon.sourcestep import Action, Found, SourceStep, StepResult, run_step
-from srd.ledger import State
+from srd.ledger import KEPT_CHANGED, State
 
 log = structlog.get_logger(__name__)
 
@@ -118,7 +118,7 @@ class Disposal:
                 self._failed_step_done(step, result)
                 return
             if result.found is Found.CHANGED:
-                disposition = "kept-changed"
+                disposition = KEPT_CHANGED
                 ctx.rehint(step.inbox_key, step.path)
             else:
                 disposition = "gone" if result.found is Found.GONE else {

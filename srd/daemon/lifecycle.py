@@ -61,7 +61,7 @@ from srd.fs import safefs
 from srd.fs.fileversion import FileVersion
 from srd.fs.outputmark import mark_value
 from srd.fs.sources import link_or_copy
-from srd.ledger import Entry, LedgerError, LedgerUnwritableError, State, make_key
+from srd.ledger import Entry, LedgerError, LedgerUnwritableError, State, make_key, source_step_done
 
 log = structlog.get_logger(__name__)
 
@@ -290,21 +290,20 @@ class Lifecycle:
     def _in_flight(self) -> set[Path]:
         return {work.target for work in self.active.values()}
 
-    def finished_as_is(self, runtime: InboxRuntime, rel: str, version: FileVersion) -> bool:
-        """Whether the file at `rel` (POSIX, below the inbox) is, in this very version, one srd finished for
-        this path, with its output in place and its source step done: the common case of `finished_before`,
-        asked of every file a restart scan sees, with no path object or `Entry` built for it.
+    def not_finished_as_is(self, runtime: InboxRuntime, prefix: str, files: list[tuple[str, FileVersion]]
+                           ) -> list[tuple[str, FileVersion]]:
+        """Those of one folder's `files` (names below `prefix`, POSIX, with the versions a scan saw) that are not,
+        in this very version, ones srd finished for their path with the output in place and the source step
+        done: the common case of `finished_before`, asked of every file a restart scan sees, a folder at a time,
+        with no path object or `Entry` built for a finished one.
 
-        False only means "not shown this quickly" (a duplicate, say): the file then takes `finished_before`.
+        A file returned is only "not shown this quickly" (a duplicate, say): it then takes `finished_before`.
         """
-        found = self._ctx.ledger.finished_row(runtime.inbox_id, rel, version, runtime.fingerprint)
-        if found is None:
-            return False
-        key, row = found
-        if row.disposition in (None, "kept-changed") or key in self.active:
-            return False
-        out = self.disposal.out
-        return not out or Path(f"{runtime.inbox.path}/{rel}") not in out
+        keys = self._ctx.ledger.finished_keys(runtime.inbox_id, [prefix + name for name, _ in files],
+                                              [version for _, version in files], runtime.fingerprint)
+        out, root = self.disposal.out, runtime.inbox.path
+        return [file for file, key in zip(files, keys, strict=True)
+                if key is None or key in self.active or (out and Path(f"{root}/{prefix}{file[0]}") in out)]
 
     def finished_before(self, runtime: InboxRuntime, path: Path, version: FileVersion) -> bool:
         """Whether a file a scan saw is, in this very version, one srd finished: its output holds its content
@@ -328,14 +327,14 @@ class Lifecycle:
         own_job = (entry is not None and entry.state == State.DONE and entry.inbox == runtime.inbox_id
                    and entry.source.as_posix() == rel)
         if own_job:
-            return entry is not None and entry.disposition not in (None, "kept-changed")
+            return entry is not None and source_step_done(entry.disposition)
         return runtime.inbox.on_success == "keep"
 
     def _already_done(self, runtime: InboxRuntime, file: SourceFile, entry: Entry | None) -> None:
         """An output srd wrote for this path holds this content's picture: at most the source step is left."""
         own_job = (entry is not None and entry.state == State.DONE and entry.inbox == runtime.inbox_id
                    and entry.source == file.rel)
-        if own_job and entry is not None and entry.disposition in (None, "kept-changed"):
+        if own_job and entry is not None and not source_step_done(entry.disposition):
             # A crash (or a late write) postponed the source step.
             self.disposal.dispose(file, entry.key)
         elif not own_job and runtime.inbox.on_success != "keep":

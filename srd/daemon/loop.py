@@ -318,11 +318,9 @@ class Daemon:
         runtime = next((r for r in self._ctx.runtimes.values() if r.index == found.inbox), None)
         if runtime is None or runtime.inbox.path != found.root:
             return  # from a watcher stopped by a reload
-        finished_as_is = self._files.finished_as_is
         prefix = found.prefix
-        for name, version in found.files:
-            if not finished_as_is(runtime, prefix + name, version):
-                self.hint(Hint(found.inbox, found.root / (prefix + name), version))
+        for name, version in self._files.not_finished_as_is(runtime, prefix, found.files):
+            self.hint(Hint(found.inbox, found.root / (prefix + name), version))
 
     def hint(self, hint: Hint) -> None:
         """Take one hint from a watcher (tests call this directly)."""

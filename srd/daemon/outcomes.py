@@ -23,7 +23,7 @@ from srd.executors.pool import Finished, Lost, Outcome
 from srd.fs import safefs
 from srd.fs.atomic import temp_files_of
 from srd.fs.sources import report_path
-from srd.ledger import State, make_key
+from srd.ledger import KEPT_CHANGED, State, make_key
 
 log = structlog.get_logger(__name__)
 
@@ -80,7 +80,7 @@ class Outcomes:
         # fsync fewer); archiving or deleting it must wait until `done` is durable.
         step_after_done = not changed and file.inbox.on_success != "keep"
         if changed:
-            disposition: str | None = "kept-changed"
+            disposition: str | None = KEPT_CHANGED
         elif step_after_done:
             disposition = None
         else:

@@ -286,14 +286,13 @@ def _clean_temps_in(fd: int, folder: Path, cutoff: float, recursive: bool, remov
     except OSError as exc:
         log.warning("temp_scan_failed", folder=str(folder), error=str(exc))
         return
-    for entry in entries:
-        path = folder / entry.name
+    for entry in entries:  # an outbox may hold a million outputs: no path object for those left alone
         try:
             if entry.is_dir(follow_symlinks=False):
                 if recursive:
                     child = os.open(entry.name, safefs.DIR_FLAGS, dir_fd=fd)
                     try:
-                        _clean_temps_in(child, path, cutoff, recursive, removed)
+                        _clean_temps_in(child, folder / entry.name, cutoff, recursive, removed)
                     finally:
                         os.close(child)
                 continue
@@ -305,7 +304,7 @@ def _clean_temps_in(fd: int, folder: Path, cutoff: float, recursive: bool, remov
         except FileNotFoundError:
             continue
         except OSError as exc:
-            log.warning("temp_remove_failed", path=str(path), error=str(exc))
+            log.warning("temp_remove_failed", path=str(folder / entry.name), error=str(exc))
             continue
-        removed.append(path)
-        log.info("stale_temp_removed", path=str(path))
+        removed.append(folder / entry.name)
+        log.info("stale_temp_removed", path=str(folder / entry.name))

@@ -58,7 +58,7 @@ are the package's interface.
 from srd.ledger.errors import REPAIR_HINT, LedgerError, LedgerUnwritableError, LedgerVersionError
 from srd.ledger.files import JOURNAL_NAME, LOCK_NAME, PREVIOUS_SNAPSHOT_NAME, SNAPSHOT_NAME
 from srd.ledger.ledger import DEFAULT_COMPACT_AFTER, Ledger
-from srd.ledger.records import Entry, Owner, State, make_key
+from srd.ledger.records import KEPT_CHANGED, Entry, Owner, State, make_key, source_step_done
 from srd.ledger.repair import RepairReport, check_ledger, repair_ledger
 from srd.ledger.snapshot import SNAPSHOT_FORMAT
 from srd.ledger.store import HASH_BATCH
@@ -67,6 +67,7 @@ __all__ = [
     "DEFAULT_COMPACT_AFTER",
     "HASH_BATCH",
     "JOURNAL_NAME",
+    "KEPT_CHANGED",
     "LOCK_NAME",
     "PREVIOUS_SNAPSHOT_NAME",
     "REPAIR_HINT",
@@ -83,4 +84,5 @@ __all__ = [
     "check_ledger",
     "make_key",
     "repair_ledger",
+    "source_step_done",
 ]

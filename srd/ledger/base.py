@@ -9,12 +9,22 @@ A generation is a folder ``gen-<seq>-<token>`` of the state directory, written o
 - ``<table>.<column>.json``: each column of the index as one JSON string, the column's little-endian bytes in
   base64 (a column parses in one call: 1,000,000 JSON records would take seconds).
 
-In memory, per entry: a 64-bit hash of its key, its line's offset, its state, its inbox (as a number) and its
-update time (35 bytes); per stat-cache line: a 64-bit hash of (inbox, path), size, mtime_ns, inode, ctime_ns and
-the sha256 (72 bytes); per output owner: 64-bit hashes of the output path and of its (inbox, source), and its
-line's offset (24 bytes, plus 4 for their order by source). A hash only finds a line; the line's own key, path
-or source is compared before it counts, so two names sharing a hash are still told apart. The stat cache keeps
-no paths at all: a hash that collided would still need the same size, mtime, inode and ctime to be trusted.
+In memory, per entry: 64-bit hashes of its key, of its (inbox, source) and of its output, its line's offset, its
+state, whether its source step is done, its inbox (as a number) and its update time (52 bytes); per stat-cache
+line: a 64-bit hash of (inbox, path), size, mtime_ns, inode, ctime_ns and the sha256 (72 bytes); per output
+owner: 64-bit hashes of the output path, of its (inbox, source) and of its key, and its line's offset (32 bytes,
+plus 4 for their order by source).
+
+A hash mostly only finds a line; the line's own key, path or source is compared before it counts, so two names
+sharing a hash are still told apart. Two checks trust hashes alone, since they are asked of every photo of a
+library at each start: the stat cache, which keeps no paths at all (a hash that collided would still need the
+same size, mtime, inode and ctime to be trusted), and `finished_output` with `owned_by`, which tell from the
+columns that a source's content is done and its output still its own (a false yes needs two 64-bit hashes of
+that very source's entries and owners to collide).
+
+Generations of format 3 lack the hashes of an entry's source and output, its source step and an owner's key; they
+are computed from the record files when such a generation is loaded (`derived`), and the next compaction writes
+them down.
 """
 
 from __future__ import annotations
@@ -33,21 +43,27 @@ from typing import Any
 import numpy as np
 
 from srd.ledger.errors import REPAIR_HINT, LedgerError
-from srd.ledger.records import Cached, Owner, Row, row_of
+from srd.ledger.records import Cached, Owner, Row, row_of, source_step_done
 
-GENERATION_FORMAT = 3
+GENERATION_FORMAT = 4
+_FORMATS_READ = (3, GENERATION_FORMAT)
 ENTRIES_FILE = "entries.jsonl"
 OWNERS_FILE = "owners.jsonl"
 INDEX_FILE = "index.json"
 STATES = ("started", "done", "failed", "retry")
 STATE_CODES = {state: code for code, state in enumerate(STATES)}
+_DONE = STATE_CODES["done"]
+NO_NAME = 0  # the hash column's value for no output (an entry) or no key (an owner)
 
 # Each table's columns and their types (the stat cache's sha256 is 32 bytes a line).
 COLUMNS: dict[str, dict[str, str]] = {
-    "entries": {"hash": "<u8", "offset": "<u8", "state": "u1", "inbox": "<u2", "updated": "<f8"},
+    "entries": {"hash": "<u8", "offset": "<u8", "state": "u1", "inbox": "<u2", "updated": "<f8", "slot": "<u8",
+                "output": "<u8", "settled": "u1"},
     "hashes": {"slot": "<u8", "size": "<i8", "mtime": "<i8", "ino": "<i8", "ctime": "<i8", "sha": "u1"},
-    "owners": {"output": "<u8", "offset": "<u8", "slot": "<u8", "by_slot": "<u4"},
+    "owners": {"output": "<u8", "offset": "<u8", "slot": "<u8", "by_slot": "<u4", "key": "<u8"},
 }
+# The columns a format 3 generation lacks, computed from its record lines when it is loaded.
+_DERIVED = {"entries": ("slot", "output", "settled"), "owners": ("key",)}
 _READ_AHEAD = 1024  # bytes read for a record line; most are shorter
 _CODEC_SLICE = 1 << 20  # base64 characters per decode call (a multiple of 4)
 
@@ -60,6 +76,16 @@ def name_hash(text: str) -> int:
 def slot_hash(slot: tuple[str, str]) -> int:
     """The hash of an (inbox, source) pair."""
     return name_hash(f"{slot[0]}\0{slot[1]}")
+
+
+def optional_hash(name: str | None) -> int:
+    """`name_hash` of an output or key that may be absent (`NO_NAME`)."""
+    return NO_NAME if name is None else name_hash(name)
+
+
+def entry_columns(row: Row) -> tuple[int, int, int]:
+    """The index's slot, output and settled columns for an entry."""
+    return slot_hash((row.inbox, row.source)), optional_hash(row.output), int(source_step_done(row.disposition))
 
 
 def damaged_record(message: str) -> LedgerError:
@@ -91,18 +117,26 @@ def read_line(fd: int, offset: int, path: Path) -> bytes:
     return chunk[:end]
 
 
-def read_column(path: Path) -> bytes:
+def read_column(path: Path) -> memoryview:
     """The bytes of a column file: one JSON string of base64 (which has no escapes, so it is read as it is).
 
     Decoded a slice at a time: a compaction loads the new generation in a thread, and one call on a column of
-    a million entries would hold the interpreter (and the daemon's loop) for tens of milliseconds.
+    a million entries would hold the interpreter (and the daemon's loop) for tens of milliseconds. Decoded into
+    memory mapped for it alone, which goes back to the system when the column is freed: from the C heap, a
+    generation's 8 MB columns would stay with the process after each compaction (the allocator keeps blocks
+    that large once one was freed), and a daemon at a million photos grew by ~100 MB per compaction.
     """
     text = path.read_bytes()
     if len(text) < 2 or text[:1] != b'"' or text[-1:] != b'"':
         raise ValueError(f"{path.name} is not a JSON string")
     inner = memoryview(text)[1:-1]
-    return b"".join(binascii.a2b_base64(inner[start:start + _CODEC_SLICE])
-                    for start in range(0, len(inner), _CODEC_SLICE))
+    column = mmap.mmap(-1, max(len(inner) // 4 * 3, 1))
+    size = 0
+    for start in range(0, len(inner), _CODEC_SLICE):
+        part = binascii.a2b_base64(inner[start:start + _CODEC_SLICE])
+        column[size:size + len(part)] = part
+        size += len(part)
+    return memoryview(column)[:size]
 
 
 def column_json(data: bytes) -> list[bytes]:
@@ -127,6 +161,8 @@ class Base:
         # Owners in the order of their (inbox, source) hash, for `owners_of_slot` (stored: a sort takes time).
         self.owners_by_slot = self.owners["by_slot"]
         self.sizes = (len(self.entries["hash"]), len(self.owners["output"]), len(self.hashes["slot"]))
+        # Some columns were computed at load (an older format): the store writes the generation anew.
+        self.derived = False
         self._entries_fd = self._owners_fd = -1
         # For error messages, joined once: `checked_owner` runs on every line when `check` reads them all.
         self._entries_path, self._owners_path = (Path(name) if folder is None else folder / name
@@ -152,13 +188,17 @@ class Base:
         """
         try:
             index = json.loads((folder / INDEX_FILE).read_bytes())
-            if index["format"] != GENERATION_FORMAT:
+            if index["format"] not in _FORMATS_READ:
                 raise ValueError(f"unsupported generation format {index['format']!r}")
+            stored = index["columns"]
+            missing = {table: names for table, names in _DERIVED.items() if index["format"] < GENERATION_FORMAT}
             columns: dict[str, dict[str, Any]] = {}
             for table, spec in COLUMNS.items():
                 columns[table] = {}
                 for name, dtype in spec.items():
-                    stored_dtype, shape = index["columns"][f"{table}.{name}"]
+                    if name in missing.get(table, ()):
+                        continue
+                    stored_dtype, shape = stored[f"{table}.{name}"]
                     if stored_dtype != dtype:
                         raise ValueError(f"column {table}.{name} has type {stored_dtype}, not {dtype}")
                     raw = read_column(folder / f"{table}.{name}.json")
@@ -170,7 +210,11 @@ class Base:
             seq = int(index["seq"])
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
             raise LedgerError(f"ledger generation {folder} is unreadable: {exc}") from exc
-        return cls(folder, seq, inboxes, columns)
+        if missing:
+            _derive_columns(folder, columns)
+        base = cls(folder, seq, inboxes, columns)
+        base.derived = bool(missing)
+        return base
 
     def close(self) -> None:
         """Close the record files (reads after this fail)."""
@@ -205,6 +249,29 @@ class Base:
             if stored_key == key:
                 return position, row
         return None
+
+    def finished_output(self, key_hash: int, slot: int) -> int | None:
+        """The output hash of the done entry whose key hashes to `key_hash`, if its source hashes to `slot`, its
+        source step is done and it has an output: the index columns alone, no record read (see the module)."""
+        entries = self.entries
+        for position in self._positions(entries["hash"], key_hash):
+            output = int(entries["output"][position])
+            if (entries["state"][position] == _DONE and int(entries["slot"][position]) == slot
+                    and entries["settled"][position] and output != NO_NAME):
+                return output
+        return None
+
+    def finished_outputs(self, key_hashes: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """`finished_output` of many entries at once (`NO_NAME` for no)."""
+        entries = self.entries
+        positions, found, repeated = _lookup(entries["hash"], key_hashes)
+        outputs = np.zeros(len(key_hashes), dtype=np.uint64)
+        at = positions[found]
+        yes = (entries["state"][at] == _DONE) & (entries["slot"][at] == slots[found]) & (entries["settled"][at] != 0)
+        outputs[found] = np.where(yes, entries["output"][at], np.uint64(NO_NAME))
+        for i in np.flatnonzero(repeated):  # two keys share a hash: each is looked at
+            outputs[i] = self.finished_output(int(key_hashes[i]), int(slots[i])) or NO_NAME
+        return outputs
 
     def state_counts(self) -> Counter[str]:
         """Entries per state value."""
@@ -242,6 +309,8 @@ class Base:
             row = row_of(record)
             if STATE_CODES[row.state] != int(self.entries["state"][position]):
                 raise ValueError(f"it says {row.state!r}, the index says {STATES[self.entries['state'][position]]!r}")
+            if entry_columns(row) != tuple(int(self.entries[name][position]) for name in _DERIVED["entries"]):
+                raise ValueError("its source, output or source step is not what the index has there")
             return record["key"], row
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise damaged_record(f"ledger generation file {self._entries_path} has a damaged record: "
@@ -258,6 +327,24 @@ class Base:
             if stored_output == output:
                 return owner
         return None
+
+    def owned_by(self, output: int, slot: int, key_hash: int) -> bool:
+        """Whether the output hashing to `output` is owned by the source hashing to `slot` with the key hashing to
+        `key_hash`: the index columns alone (see the module)."""
+        owners = self.owners
+        return any(int(owners["slot"][position]) == slot and int(owners["key"][position]) == key_hash
+                   for position in self._positions(owners["output"], output))
+
+    def all_owned_by(self, outputs: np.ndarray, slots: np.ndarray, key_hashes: np.ndarray) -> np.ndarray:
+        """`owned_by` of many outputs at once."""
+        owners = self.owners
+        positions, found, repeated = _lookup(owners["output"], outputs)
+        owned = np.zeros(len(outputs), dtype=bool)
+        at = positions[found]
+        owned[found] = (owners["slot"][at] == slots[found]) & (owners["key"][at] == key_hashes[found])
+        for i in np.flatnonzero(repeated):
+            owned[i] = self.owned_by(int(outputs[i]), int(slots[i]), int(key_hashes[i]))
+        return owned
 
     def owners_of_slot(self, slot: tuple[str, str]) -> list[tuple[str, Owner]]:
         """The (output, owner) pairs whose owner is the source `slot`."""
@@ -312,9 +399,10 @@ class Base:
         path = self._owners_path
         output, owner = _owner_of(line, path)
         if (name_hash(output) != int(self.owners["output"][position])
-                or slot_hash((owner.inbox, owner.source)) != int(self.owners["slot"][position])):
-            raise damaged_record(f"ledger generation file {path} has a damaged owner line: its output or source "
-                                 "is not the one the index has there")
+                or slot_hash((owner.inbox, owner.source)) != int(self.owners["slot"][position])
+                or optional_hash(owner.key) != int(self.owners["key"][position])):
+            raise damaged_record(f"ledger generation file {path} has a damaged owner line: its output, source or "
+                                 "key is not the one the index has there")
         return output, owner
 
     # -- stat cache -----------------------------------------------------------------------------------
@@ -329,6 +417,20 @@ class Base:
             return None
         return self.cached_at(position)
 
+    def cached_shas(self, slots: np.ndarray, versions: np.ndarray) -> list[bytes | None]:
+        """For many stat-cache lines at once, by their slots' hashes: the sha256 of each whose line holds that
+        version (a row of size, mtime_ns, inode, ctime_ns in `versions`), else None."""
+        hashes = self.hashes
+        positions, found, _ = _lookup(hashes["slot"], slots)  # `cached` too takes the first line of a hash
+        at = positions[found]
+        same = np.zeros(len(slots), dtype=bool)
+        same[found] = ((hashes["size"][at] == versions[found, 0]) & (hashes["mtime"][at] == versions[found, 1])
+                       & (hashes["ino"][at] == versions[found, 2]) & (hashes["ctime"][at] == versions[found, 3]))
+        shas: list[bytes | None] = [None] * len(slots)
+        for i in np.flatnonzero(same):
+            shas[i] = hashes["sha"][positions[i]].tobytes()
+        return shas
+
     def cached_at(self, position: int) -> Cached:
         """The stat-cache line at index `position`."""
         hashes = self.hashes
@@ -341,6 +443,64 @@ class Base:
         while position < len(column) and int(column[position]) == wanted:
             yield position
             position += 1
+
+
+def _lookup(column: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each of `wanted` first is in the sorted `column`: the positions, whether each is there, and whether
+    the next position holds it too (two names sharing a hash)."""
+    positions = np.searchsorted(column, wanted)
+    if not len(column):
+        none = np.zeros(len(wanted), dtype=bool)
+        return positions, none, none
+    clipped = np.minimum(positions, len(column) - 1)
+    found = (positions < len(column)) & (column[clipped] == wanted)
+    following = np.minimum(clipped + 1, len(column) - 1)
+    repeated = found & (clipped + 1 < len(column)) & (column[following] == wanted)
+    return positions, found, repeated
+
+
+def _derive_columns(folder: Path, columns: dict[str, dict[str, Any]]) -> None:
+    """Compute the columns a format 3 generation lacks (`_DERIVED`) from its record files, one pass over each.
+
+    Raises:
+        LedgerError: A record line is not the one the index puts there.
+    """
+    entries, owners = columns["entries"], columns["owners"]
+    slots, outputs, settled = (np.zeros(len(entries["hash"]), dtype=COLUMNS["entries"][name])
+                               for name in ("slot", "output", "settled"))
+    for position, (line, key, record) in enumerate(_lines_at(folder / ENTRIES_FILE, entries["offset"],
+                                                               lambda value: value["key"])):
+        if name_hash(key) != int(entries["hash"][position]):
+            raise damaged_record(f"ledger generation file {folder / ENTRIES_FILE} has a damaged record at byte "
+                                 f"{int(entries['offset'][position])}: {line[:80]!r}")
+        slots[position], outputs[position], settled[position] = entry_columns(row_of(record))
+    entries.update(slot=slots, output=outputs, settled=settled)
+    keys = np.zeros(len(owners["output"]), dtype=COLUMNS["owners"]["key"])
+    for position, (line, output, record) in enumerate(_lines_at(folder / OWNERS_FILE, owners["offset"],
+                                                                  lambda value: value[0])):
+        if name_hash(output) != int(owners["output"][position]):
+            raise damaged_record(f"ledger generation file {folder / OWNERS_FILE} has a damaged owner line at byte "
+                                 f"{int(owners['offset'][position])}: {line[:80]!r}")
+        keys[position] = optional_hash(record[3])
+    owners["key"] = keys
+
+
+def _lines_at(path: Path, offsets: np.ndarray, name_of: Any) -> Iterator[tuple[bytes, str, Any]]:
+    """Each line of `path`, its name and its parsed value, checked to start where the index's next offset says."""
+    at = count = 0
+    with open(path, "rb") as file:
+        for line in file:
+            try:
+                if count >= len(offsets) or int(offsets[count]) != at:
+                    raise ValueError("not where the index puts a record")
+                value = json.loads(line)
+                yield line, name_of(value), value
+            except (ValueError, TypeError, KeyError, IndexError) as exc:
+                raise damaged_record(f"ledger generation file {path}: line {count + 1} (byte {at}): {exc}") from exc
+            at += len(line)
+            count += 1
+    if count != len(offsets):
+        raise damaged_record(f"ledger generation file {path} holds {count} records, its index {len(offsets)}")
 
 
 def _stream_entries(file: Any) -> Iterator[tuple[str, Row]]:

@@ -25,7 +25,9 @@ from srd.ledger.base import (
     STATE_CODES,
     Base,
     column_json,
+    entry_columns,
     name_hash,
+    optional_hash,
     slot_hash,
 )
 from srd.ledger.records import Cached, Owner, Row, stored_record
@@ -91,37 +93,43 @@ def _write_entries(folder: Path, base: Base, changes: dict[str, Row | None], inb
                 inboxes.append(row.inbox)
             added.append((name_hash(key), (_dumps(stored_record(key, row)) + "\n").encode(), row))
     added.sort(key=lambda item: item[0])
+    derived = np.array([entry_columns(item[2]) for item in added], dtype=np.uint64).reshape(len(added), 3)
     new: dict[str, np.ndarray] = {
         "hash": np.array([item[0] for item in added], dtype=np.uint64),
         "state": np.array([STATE_CODES[item[2].state] for item in added], dtype=np.uint8),
         "inbox": np.array([codes[item[2].inbox] for item in added], dtype=np.uint16),
         "updated": np.array([item[2].updated_ts for item in added], dtype=np.float64),
+        "slot": derived[:, 0].copy(),
+        "output": derived[:, 1].copy(),
+        "settled": derived[:, 2].astype(np.uint8),
     }
     lines = [item[1] for item in added]
     old = base.entries
     assert base.folder is not None or not len(old["hash"])
     source = None if base.folder is None else base.folder / ENTRIES_FILE
     offsets = _write_merged(folder / ENTRIES_FILE, source, old["hash"], old["offset"], dropped, new["hash"], lines)
-    return _merged_columns(old, new, dropped, offsets, ("hash", "state", "inbox", "updated"))
+    return _merged_columns(old, new, dropped, offsets, ("hash", "state", "inbox", "updated", "slot", "output",
+                                                         "settled"))
 
 
 def _write_owners(folder: Path, base: Base, changes: dict[str, Owner]) -> dict[str, Any]:
     dropped = []
-    added: list[tuple[int, bytes, int]] = []
+    added: list[tuple[int, bytes, int, int]] = []
     for output, owner in changes.items():
         position = _owner_position(base, output)
         if position is not None:
             dropped.append(position)
         line = (_dumps([output, owner.inbox, owner.source, owner.key]) + "\n").encode()
-        added.append((name_hash(output), line, slot_hash((owner.inbox, owner.source))))
+        added.append((name_hash(output), line, slot_hash((owner.inbox, owner.source)), optional_hash(owner.key)))
     added.sort(key=lambda item: item[0])
     new = {"output": np.array([item[0] for item in added], dtype=np.uint64),
-           "slot": np.array([item[2] for item in added], dtype=np.uint64)}
+           "slot": np.array([item[2] for item in added], dtype=np.uint64),
+           "key": np.array([item[3] for item in added], dtype=np.uint64)}
     old = base.owners
     source = None if base.folder is None else base.folder / OWNERS_FILE
     offsets = _write_merged(folder / OWNERS_FILE, source, old["output"], old["offset"], dropped, new["output"],
                             [item[1] for item in added])
-    merged = _merged_columns(old, new, dropped, offsets, ("output", "slot"))
+    merged = _merged_columns(old, new, dropped, offsets, ("output", "slot", "key"))
     merged["by_slot"] = np.argsort(merged["slot"], kind="stable").astype(np.uint32)
     return merged
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
 from types import TracebackType
@@ -350,24 +350,18 @@ class Ledger:
             return None
         return cached[4].hex()
 
-    def finished_row(self, inbox: str, source: str, version: FileVersion, fingerprint: str) -> tuple[str, Row] | None:
-        """The key and done row of this very version of a source, if srd finished it here: the stat cache knows
-        the version, the content's entry under `fingerprint` is done for this source, and the output it wrote
-        is still owned by this source with this content (`source` as stored: POSIX, below the inbox).
+    def finished_keys(self, inbox: str, sources: Sequence[str], versions: Sequence[FileVersion],
+                      fingerprint: str) -> list[str | None]:
+        """For each source (as stored: POSIX, below the inbox) in its version: its key, if srd finished this very
+        version here (the stat cache knows the version, the content's entry under `fingerprint` is done for
+        this source with its source step done, and the output it wrote is still owned by this source with this
+        content), else None.
 
-        For the restart scan, which asks this of every photo of a library: no `Entry` or path object per file.
-        None says nothing more than "not that simple" (a duplicate, a changed file, an output taken over).
+        For the restart scan, which asks this of every photo of a library, a folder at a time: no `Entry`,
+        path object or record read per file (`Tables.finished_keys`). None says nothing more than "not that
+        simple" (a duplicate, a changed file, an output taken over, a source step still to do).
         """
-        tables = self._store.tables
-        cached = tables.cached((inbox, source))
-        if cached is None or cached[:4] != version:
-            return None
-        key = make_key(cached[4].hex(), fingerprint)
-        row = tables.row(key)
-        if (row is None or row.state != State.DONE or row.output is None or row.source != source
-                or row.inbox != inbox):
-            return None
-        return (key, row) if tables.owner(row.output) == (inbox, source, key) else None
+        return self._store.tables.finished_keys([(inbox, source) for source in sources], versions, fingerprint)
 
     def remember_hash(self, inbox: str, source: PurePath | str, version: FileVersion, sha256: str) -> None:
         """Remember a file's hash for `cached_hash`.

@@ -135,6 +135,17 @@ class Owner(NamedTuple):
     key: str | None
 
 
+# The disposition of a source that changed between its processing and its source step (it is processed again).
+KEPT_CHANGED = "kept-changed"
+# Dispositions after which the source step is still to do: none yet (a crash cut it short), or the file changed.
+_STEP_PENDING = (None, KEPT_CHANGED)
+
+
+def source_step_done(disposition: str | None) -> bool:
+    """Whether a done entry's source step (keep, archive, delete) has happened for the content it processed."""
+    return disposition not in _STEP_PENDING
+
+
 def iso(ts: float) -> str:
     """A Unix time as the ISO 8601 UTC date the stored records show."""
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")

@@ -3,17 +3,20 @@ only by records appended durably to the journal, and folded into a new snapshot 
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
 from srd.errors import SrdError
 from srd.fs.atomic import clean_stale_temps, write_bytes_atomic
+from srd.ledger.base import Base
 from srd.ledger.compaction import Compaction, remove_unused_generations
 from srd.ledger.errors import REPAIR_HINT, LedgerError, LedgerUnwritableError
 from srd.ledger.files import JOURNAL_NAME, PREVIOUS_SNAPSHOT_NAME, SNAPSHOT_NAME, journal_line, write_all
@@ -33,6 +36,25 @@ HASH_BATCH = 1024
 LAYER_LIMIT = 100_000
 # Write errors that say "this storage takes no writes now" rather than "this record is bad".
 _UNWRITABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return cast("Callable[[int], int]", ctypes.CDLL(None).malloc_trim)
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_malloc_trim = _find_malloc_trim()
+
+
+def _release(base: Base) -> None:
+    """Free a replaced generation's index, then hand the C heap's free pages back to the system: the arrays a
+    compaction made and dropped (~150 MB at a million entries) would otherwise stay with the process, which
+    then sat at ~340 MB instead of ~180 MB between compactions (glibc keeps freed blocks that large)."""
+    base.release()
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 class Store:
@@ -121,6 +143,8 @@ class Store:
         )
         if problems is None and self.legacy:
             self.compact()  # migrate now, rather than keep the older format's dicts until the journal is long
+        elif problems is None and self.tables.base.derived:
+            self._start_compaction()  # write down the columns this load computed, in the background
         elif problems is None:
             self._maybe_compact()
 
@@ -213,7 +237,7 @@ class Store:
             log.warning("ledger_compaction_failed", state_dir=str(self.state_dir), error=str(job.error))
             return job.error
         old = self.tables.rebase(job.base, job.folded)
-        threading.Thread(target=old.release, name="srd-ledger-release", daemon=True).start()
+        threading.Thread(target=_release, args=(old,), name="srd-ledger-release", daemon=True).start()
         self.legacy = False
         self._shorten_journal(job.seq, job.journal_cut)
         log.info("ledger_compacted", entries=len(self.tables), seq=job.seq, ms=round(job.seconds * 1000))

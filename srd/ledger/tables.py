@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from srd.ledger.base import STATE_CODES, Base
-from srd.ledger.records import Cached, Owner, Row, State, cache_entry, row_of
+from srd.ledger.base import NO_NAME, STATE_CODES, Base, name_hash, slot_hash
+from srd.ledger.records import Cached, Owner, Row, State, cache_entry, make_key, row_of, source_step_done
 
 Slot = tuple[str, str]
 
@@ -20,12 +20,15 @@ Slot = tuple[str, str]
 @dataclass
 class Layer:
     """The changes since the base (or since the layer below): an entry or stat-cache line set to None is
-    removed. `owned` lists, per source, the outputs this layer gave it (whoever holds them now)."""
+    removed. `owned` lists, per source, the outputs this layer gave it (whoever holds them now);
+    `owner_hashes` holds the `name_hash` of each output in `owners`, for checks that know an output only by its
+    hash (`Tables.finished`)."""
 
     entries: dict[str, Row | None] = field(default_factory=dict)
     owners: dict[str, Owner] = field(default_factory=dict)
     owned: dict[Slot, set[str]] = field(default_factory=dict)
     hashes: dict[Slot, Cached | None] = field(default_factory=dict)
+    owner_hashes: set[int] = field(default_factory=set)
 
     def __len__(self) -> int:
         return len(self.entries) + len(self.owners) + len(self.hashes)
@@ -98,6 +101,64 @@ class Tables:
             return None
         found = self.base.find(key)
         return None if found is None else found[1]
+
+    def finished_keys(self, slots: Sequence[Slot], versions: Sequence[tuple[int, int, int, int]],
+                      fingerprint: str) -> list[str | None]:
+        """For each source in `slots`, in the version `versions` says: its key, if the stat cache knows that
+        version and the content's entry under `fingerprint` is done for this source with its source step
+        done, and its output is still owned by this source with this key; else None.
+
+        Asked of every file a restart scan sees, a folder at a time: the layers answer one by one from their
+        dicts, the base all at once from its index columns, no record read (unless a layer changed the owner
+        of an output the base knows only by its hash).
+        """
+        shas: list[bytes | None] = [None] * len(slots)
+        unseen = []  # the sources no layer has a stat-cache line for
+        for i, slot in enumerate(slots):
+            for layer in reversed(self.layers):
+                if slot in layer.hashes:
+                    value = layer.hashes[slot]
+                    shas[i] = None if value is None or value[:4] != versions[i] else value[4]
+                    break
+            else:
+                unseen.append(i)
+        slot_hashes = np.array([slot_hash(slot) for slot in slots], dtype=np.uint64)
+        if unseen and self.base.sizes[2]:
+            wanted = np.array(unseen)
+            for i, sha in zip(unseen, self.base.cached_shas(slot_hashes[wanted], np.array(versions)[wanted]),
+                              strict=True):
+                shas[i] = sha
+        keys = [None if sha is None else make_key(sha.hex(), fingerprint) for sha in shas]
+        finished: list[str | None] = [None] * len(slots)
+        in_base: list[tuple[int, str]] = []  # the keys no layer has an entry for
+        for i, key in enumerate(keys):
+            if key is None:
+                continue
+            holder = next((layer for layer in reversed(self.layers) if key in layer.entries), None)
+            if holder is None:
+                in_base.append((i, key))
+            elif self._row_finished(slots[i], key, holder.entries[key]):
+                finished[i] = key
+        if not in_base:
+            return finished
+        wanted = np.array([i for i, _ in in_base])
+        key_hashes = np.array([name_hash(key) for _, key in in_base], dtype=np.uint64)
+        outputs = self.base.finished_outputs(key_hashes, slot_hashes[wanted])
+        owned = self.base.all_owned_by(outputs, slot_hashes[wanted], key_hashes)
+        for n, (i, key) in enumerate(in_base):
+            output = int(outputs[n])
+            if output == NO_NAME:
+                continue
+            if any(output in layer.owner_hashes for layer in self.layers):  # the owner changed since the base
+                owned[n] = self._row_finished(slots[i], key, self.row(key))
+            if owned[n]:
+                finished[i] = key
+        return finished
+
+    def _row_finished(self, slot: Slot, key: str, row: Row | None) -> bool:
+        return (row is not None and row.state == State.DONE and (row.inbox, row.source) == slot
+                and row.output is not None and source_step_done(row.disposition)
+                and self.owner(row.output) == (*slot, key))
 
     def owner(self, output: str) -> Owner | None:
         """Who owns `output`, if anyone."""
@@ -264,6 +325,7 @@ class Tables:
 
     def _own(self, output: str, owner: Owner) -> None:
         self.live.owners[output] = owner
+        self.live.owner_hashes.add(name_hash(output))
         self.live.owned.setdefault((owner.inbox, owner.source), set()).add(output)
 
     def _owners_with_key(self, key: str) -> list[tuple[str, Owner]]:
