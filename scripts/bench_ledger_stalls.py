@@ -117,6 +117,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="srd-bench-stalls-", dir=args.state.parent) as tmp:
         state = Path(tmp) / "state"
         shutil.copytree(args.state, state)
+        os.sync()  # the copy's gigabyte written out now, not under the first compaction's writes
         run_loop(state, args.entries, args.rounds, timings)
     print(json.dumps(timings.summary(), indent=1))
 

@@ -10,6 +10,7 @@ snapshot file is replaced atomically (a crash after that leaves journal records 
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import shutil
 import threading
@@ -26,6 +27,10 @@ from srd.ledger.snapshot import generation_of, manifest
 from srd.ledger.tables import Layer
 
 log = structlog.get_logger(__name__)
+
+# How much of an old generation's file is freed at a time, and the pause between steps (see `_shrink_files`).
+_SHRINK_STEP = 16 * 1024 * 1024
+_SHRINK_PAUSE_S = 0.01
 
 
 class Compaction:
@@ -109,4 +114,30 @@ def remove_unused_generations(state_dir: Path, also_keep: Path | None = None) ->
             None if also_keep is None else also_keep.name}
     for folder in state_dir.glob(f"{GENERATION_PREFIX}*"):
         if folder.name not in keep and folder.is_dir():
+            _shrink_files(folder)
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _shrink_files(folder: Path) -> None:
+    """Cut the files of a generation that is going away down a step at a time before they are removed.
+
+    Freeing a file's blocks is one filesystem journal transaction, and the loop's next fsync waits for it to
+    commit: at a million entries a generation's 600 MB record file freed at once held the loop's fsyncs for
+    50 to 90 ms. In steps, each commit carries a little. (A process still streaming records from a
+    generation two compactions old would see it end early, and fail with a clear ledger error.)
+    """
+    for path in folder.iterdir():
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            size = os.fstat(fd).st_size
+            while size > _SHRINK_STEP:
+                size -= _SHRINK_STEP
+                os.ftruncate(fd, size)
+                time.sleep(_SHRINK_PAUSE_S)
+        except OSError:
+            pass  # removed whole below
+        finally:
+            os.close(fd)
