@@ -47,7 +47,10 @@ print(call, time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SE
 
 def make_photo(folder: Path, size: tuple[int, int]) -> Path:
     """A real photo resized to `size` and saved as a JPEG of quality 90 (as BENCHMARKS.md's memory section)."""
-    image = cv2.resize(cv2.imread(str(PHOTO_SOURCE)), size, interpolation=cv2.INTER_CUBIC)
+    source = cv2.imread(str(PHOTO_SOURCE))
+    if source is None:
+        raise SystemExit(f"cannot read {PHOTO_SOURCE}")
+    image = cv2.resize(source, size, interpolation=cv2.INTER_CUBIC)
     photo = folder / "photo.jpg"
     cv2.imwrite(str(photo), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
     return photo
@@ -97,7 +100,8 @@ def main() -> None:
                          "time_ratio": median["srd"]["wall_s"] / median["upsample"]["wall_s"],
                          "memory_ratio": median["srd"]["peak_mb"] / median["upsample"]["peak_mb"]})
             print(json.dumps(rows[-1], indent=1), flush=True)
-    print("| model | srd process: s, peak MB | upsample() script: s (call alone), peak MB | time ratio | memory ratio |")
+    print("| model | srd process: s, peak MB | upsample() script: s (call alone), peak MB | time ratio "
+          "| memory ratio |")
     print("|---|---|---|---|---|")
     for row in rows:
         s, u = row["srd"], row["upsample"]
