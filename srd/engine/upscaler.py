@@ -107,7 +107,7 @@ class Upscaler:
         interpolation = CHROMA_INTERPOLATIONS[self.settings.chroma]
         chroma = [cv2.resize(np.ascontiguousarray(ycrcb[:, :, channel]), size, interpolation=interpolation)
                   for channel in (1, 2)]
-        # One full-size colour image, converted in place: at 108 MP (×3 of a 12 MP photo) `np.dstack` and a
+        # One full-size colour image, converted in place: at 108 MP (x3 of a 12 MP photo) `np.dstack` and a
         # second image for the conversion cost 3.3 s and 650 MB more than `merge` and an in-place conversion.
         merged = cv2.merge([luma, *chroma])
         return cv2.cvtColor(merged, cv2.COLOR_YCrCb2BGR, dst=merged)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import mmap
@@ -462,45 +463,39 @@ def _lookup(column: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndar
 def _derive_columns(folder: Path, columns: dict[str, dict[str, Any]]) -> None:
     """Compute the columns a format 3 generation lacks (`_DERIVED`) from its record files, one pass over each.
 
-    Raises:
-        LedgerError: A record line is not the one the index puts there.
+    A line that is not the record its index puts there keeps zeros, which match nothing: the damage is refused
+    when that record is read, and listed by `srd ledger check`, as before the columns existed.
     """
     entries, owners = columns["entries"], columns["owners"]
     slots, outputs, settled = (np.zeros(len(entries["hash"]), dtype=COLUMNS["entries"][name])
                                for name in ("slot", "output", "settled"))
-    for position, (line, key, record) in enumerate(_lines_at(folder / ENTRIES_FILE, entries["offset"],
-                                                               lambda value: value["key"])):
-        if name_hash(key) != int(entries["hash"][position]):
-            raise damaged_record(f"ledger generation file {folder / ENTRIES_FILE} has a damaged record at byte "
-                                 f"{int(entries['offset'][position])}: {line[:80]!r}")
-        slots[position], outputs[position], settled[position] = entry_columns(row_of(record))
+    for position, record in _indexed_lines(folder / ENTRIES_FILE, entries["offset"]):
+        with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
+            if isinstance(record, dict) and name_hash(record["key"]) == int(entries["hash"][position]):
+                slots[position], outputs[position], settled[position] = entry_columns(row_of(record))
     entries.update(slot=slots, output=outputs, settled=settled)
     keys = np.zeros(len(owners["output"]), dtype=COLUMNS["owners"]["key"])
-    for position, (line, output, record) in enumerate(_lines_at(folder / OWNERS_FILE, owners["offset"],
-                                                                  lambda value: value[0])):
-        if name_hash(output) != int(owners["output"][position]):
-            raise damaged_record(f"ledger generation file {folder / OWNERS_FILE} has a damaged owner line at byte "
-                                 f"{int(owners['offset'][position])}: {line[:80]!r}")
-        keys[position] = optional_hash(record[3])
+    for position, record in _indexed_lines(folder / OWNERS_FILE, owners["offset"]):
+        with contextlib.suppress(ValueError, TypeError, IndexError):
+            if name_hash(record[0]) == int(owners["output"][position]):
+                keys[position] = optional_hash(record[3])
     owners["key"] = keys
 
 
-def _lines_at(path: Path, offsets: np.ndarray, name_of: Any) -> Iterator[tuple[bytes, str, Any]]:
-    """Each line of `path`, its name and its parsed value, checked to start where the index's next offset says."""
-    at = count = 0
+def _indexed_lines(path: Path, offsets: np.ndarray) -> Iterator[tuple[int, Any]]:
+    """Each line of `path` that starts where the index puts a record, parsed: its index position and value."""
+    at = 0
     with open(path, "rb") as file:
         for line in file:
-            try:
-                if count >= len(offsets) or int(offsets[count]) != at:
-                    raise ValueError("not where the index puts a record")
-                value = json.loads(line)
-                yield line, name_of(value), value
-            except (ValueError, TypeError, KeyError, IndexError) as exc:
-                raise damaged_record(f"ledger generation file {path}: line {count + 1} (byte {at}): {exc}") from exc
+            position = int(np.searchsorted(offsets, np.uint64(at)))  # the offsets grow with the position
             at += len(line)
-            count += 1
-    if count != len(offsets):
-        raise damaged_record(f"ledger generation file {path} holds {count} records, its index {len(offsets)}")
+            if position == len(offsets) or int(offsets[position]) != at - len(line):
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            yield position, value
 
 
 def _stream_entries(file: Any) -> Iterator[tuple[str, Row]]:
