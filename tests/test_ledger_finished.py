@@ -160,6 +160,7 @@ def _as_format_3(state: Path) -> Path:
         del index["columns"][column]
         (generation / f"{column}.json").unlink()
     index["format"] = 3
+    index["columns"]["hashes.ino"][0] = "<i8"  # the same bytes for inode numbers below 2**63
     (generation / "index.json").write_text(json.dumps(index))
     return generation
 
@@ -216,3 +217,20 @@ def test_damage_in_a_format_3_generation_is_listed_and_repaired_like_any_other(t
         assert answers == _by_the_records(ledger)
     assert all(EXPECTED[name] or not finished for name, finished in answers.items())  # no false "finished"
     assert sum(answers[name] != EXPECTED[name] for name in EXPECTED) <= 1  # at most the damaged record's file
+
+
+@pytest.mark.parametrize("inode", [2**63 + 5, 2**64 - 2])
+def test_inode_numbers_of_64_bits_are_kept_and_compacted(tmp_path: Path, inode: int) -> None:
+    """SMB shares pass on Windows file ids, whose top bits are a sequence number: an inode number of 2**63 or
+    more failed every compaction (the journal then grew for ever). It is kept, compacted and answered."""
+    version = FileVersion(10, 1_700_000_000_000_000_000, inode, 1_700_000_000_000_000_001)
+    sha = _sha("content of a file on a share")
+    with Ledger.open(tmp_path / "state", compact_after=10_000) as ledger:
+        ledger.remember_hash(INBOX, "share.png", version, sha)
+        key = ledger.record_start(sha, FP, inbox=INBOX, source="share.png").key
+        ledger.record_done(key, output=tmp_path / "out" / "share.png", output_size=10, disposition="kept")
+        ledger.compact()
+    with Ledger.open(tmp_path / "state", compact_after=10_000) as ledger:
+        assert ledger.cached_hash(INBOX, "share.png", version) == sha
+        assert ledger.finished_keys(INBOX, ["share.png"], [version], FP) == [key]
+        assert ledger.finished_keys(INBOX, ["share.png"], [version._replace(ino=inode - 1)], FP) == [None]

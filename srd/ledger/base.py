@@ -37,7 +37,7 @@ import json
 import mmap
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +60,17 @@ NO_NAME = 0  # the hash column's value for no output (an entry) or no key (an ow
 COLUMNS: dict[str, dict[str, str]] = {
     "entries": {"hash": "<u8", "offset": "<u8", "state": "u1", "inbox": "<u2", "updated": "<f8", "slot": "<u8",
                 "output": "<u8", "settled": "u1"},
-    "hashes": {"slot": "<u8", "size": "<i8", "mtime": "<i8", "ino": "<i8", "ctime": "<i8", "sha": "u1"},
+    "hashes": {"slot": "<u8", "size": "<i8", "mtime": "<i8", "ino": "<u8", "ctime": "<i8", "sha": "u1"},
     "owners": {"output": "<u8", "offset": "<u8", "slot": "<u8", "by_slot": "<u4", "key": "<u8"},
 }
 # The columns a format 3 generation lacks, computed from its record lines when it is loaded.
 _DERIVED = {"entries": ("slot", "output", "settled"), "owners": ("key",)}
+# Format 3 kept inode numbers signed, which failed every compaction once a file's was 2**63 or more (SMB
+# shares pass on Windows file ids, whose top bits are a sequence number); its column is read as unsigned.
+_FORMAT_3_TYPES = {"hashes.ino": "<i8"}
+# Inode numbers are stored modulo 2**64: the "unknown" -1 of stat-cache lines older than inodes (`records`)
+# becomes 2**64 - 1, which no stat returns either.
+INODE_MASK = (1 << 64) - 1
 _READ_AHEAD = 1024  # bytes read for a record line; most are shorter
 _CODEC_SLICE = 1 << 20  # base64 characters per decode call (a multiple of 4)
 
@@ -192,7 +198,11 @@ class Base:
             if index["format"] not in _FORMATS_READ:
                 raise ValueError(f"unsupported generation format {index['format']!r}")
             stored = index["columns"]
-            missing = {table: names for table, names in _DERIVED.items() if index["format"] < GENERATION_FORMAT}
+            older = index["format"] < GENERATION_FORMAT
+            missing = {table: names for table, names in _DERIVED.items() if older}
+            stored_types = {**{column: dtype for table, spec in COLUMNS.items() for column, dtype in
+                               ((f"{table}.{name}", dtype) for name, dtype in spec.items())},
+                            **(_FORMAT_3_TYPES if older else {})}
             columns: dict[str, dict[str, Any]] = {}
             for table, spec in COLUMNS.items():
                 columns[table] = {}
@@ -200,10 +210,11 @@ class Base:
                     if name in missing.get(table, ()):
                         continue
                     stored_dtype, shape = stored[f"{table}.{name}"]
-                    if stored_dtype != dtype:
-                        raise ValueError(f"column {table}.{name} has type {stored_dtype}, not {dtype}")
+                    expected = stored_types[f"{table}.{name}"]
+                    if stored_dtype != expected:
+                        raise ValueError(f"column {table}.{name} has type {stored_dtype}, not {expected}")
                     raw = read_column(folder / f"{table}.{name}.json")
-                    columns[table][name] = np.frombuffer(raw, dtype=dtype).reshape(shape)
+                    columns[table][name] = np.frombuffer(raw, dtype=stored_dtype).view(dtype).reshape(shape)
                 lengths = {len(column) for column in columns[table].values()}
                 if len(lengths) != 1:
                     raise ValueError(f"the columns of {table} differ in length")
@@ -418,15 +429,20 @@ class Base:
             return None
         return self.cached_at(position)
 
-    def cached_shas(self, slots: np.ndarray, versions: np.ndarray) -> list[bytes | None]:
+    def cached_shas(self, slots: np.ndarray, versions: Sequence[tuple[int, int, int, int]]) -> list[bytes | None]:
         """For many stat-cache lines at once, by their slots' hashes: the sha256 of each whose line holds that
-        version (a row of size, mtime_ns, inode, ctime_ns in `versions`), else None."""
+        version (size, mtime_ns, inode, ctime_ns), else None."""
         hashes = self.hashes
         positions, found, _ = _lookup(hashes["slot"], slots)  # `cached` too takes the first line of a hash
         at = positions[found]
         same = np.zeros(len(slots), dtype=bool)
-        same[found] = ((hashes["size"][at] == versions[found, 0]) & (hashes["mtime"][at] == versions[found, 1])
-                       & (hashes["ino"][at] == versions[found, 2]) & (hashes["ctime"][at] == versions[found, 3]))
+        if len(at):
+            wanted = [versions[int(i)] for i in np.flatnonzero(found)]
+            size, mtime, ctime = (np.array([version[field] for version in wanted], dtype=np.int64)
+                                  for field in (0, 1, 3))
+            ino = np.array([version[2] & INODE_MASK for version in wanted], dtype=np.uint64)
+            same[found] = ((hashes["size"][at] == size) & (hashes["mtime"][at] == mtime)
+                           & (hashes["ino"][at] == ino) & (hashes["ctime"][at] == ctime))
         shas: list[bytes | None] = [None] * len(slots)
         for i in np.flatnonzero(same):
             shas[i] = hashes["sha"][positions[i]].tobytes()

@@ -21,6 +21,7 @@ from srd.ledger.base import (
     ENTRIES_FILE,
     GENERATION_FORMAT,
     INDEX_FILE,
+    INODE_MASK,
     OWNERS_FILE,
     STATE_CODES,
     Base,
@@ -157,7 +158,7 @@ def _merge_hashes(base: Base, changes: dict[Slot, Cached | None]) -> dict[str, A
         "slot": np.array([h for h, _ in items], dtype=np.uint64),
         "size": np.array([v[0] for _, v in items], dtype=np.int64),
         "mtime": np.array([v[1] for _, v in items], dtype=np.int64),
-        "ino": np.array([v[2] for _, v in items], dtype=np.int64),
+        "ino": np.array([v[2] & INODE_MASK for _, v in items], dtype=np.uint64),
         "ctime": np.array([v[3] for _, v in items], dtype=np.int64),
         "sha": np.frombuffer(b"".join(v[4] for _, v in items), dtype=np.uint8).reshape(len(items), 32),
     }

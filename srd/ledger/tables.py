@@ -124,9 +124,8 @@ class Tables:
                 unseen.append(i)
         slot_hashes = np.array([slot_hash(slot) for slot in slots], dtype=np.uint64)
         if unseen and self.base.sizes[2]:
-            wanted = np.array(unseen)
-            for i, sha in zip(unseen, self.base.cached_shas(slot_hashes[wanted], np.array(versions)[wanted]),
-                              strict=True):
+            found = self.base.cached_shas(slot_hashes[np.array(unseen)], [versions[i] for i in unseen])
+            for i, sha in zip(unseen, found, strict=True):
                 shas[i] = sha
         keys = [None if sha is None else make_key(sha.hex(), fingerprint) for sha in shas]
         finished: list[str | None] = [None] * len(slots)
