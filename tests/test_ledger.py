@@ -18,6 +18,7 @@ from srd.fs.fileversion import FileVersion
 from srd.ledger import (
     HASH_BATCH,
     JOURNAL_NAME,
+    SNAPSHOT_FORMAT,
     SNAPSHOT_NAME,
     Entry,
     Ledger,
@@ -584,7 +585,7 @@ def test_ledgers_written_by_older_srd_versions_still_load(tmp_path: Path) -> Non
         assert ledger.pin_solo_deaths() == []
         ledger.compact()
     snapshot = json.loads((tmp_path / SNAPSHOT_NAME).read_text())
-    assert snapshot["format"] == 3 and (tmp_path / snapshot["generation"] / "entries.jsonl").is_file()
+    assert snapshot["format"] == SNAPSHOT_FORMAT and (tmp_path / snapshot["generation"] / "entries.jsonl").is_file()
 
 
 def _compacted_ledger_of_done_entries(state_dir: Path, n: int) -> list[str]:

@@ -153,8 +153,11 @@ def test_a_change_in_a_layer_over_the_compacted_base_is_seen(tmp_path: Path) -> 
 
 
 def _as_format_3(state: Path) -> Path:
-    """Rewrite the current generation as srd wrote format 3: without the columns format 4 added."""
-    generation = state / json.loads((state / SNAPSHOT_NAME).read_text())["generation"]
+    """Rewrite the current generation and the snapshot file as srd wrote format 3: without the columns format 4
+    added, inode numbers signed."""
+    snapshot = json.loads((state / SNAPSHOT_NAME).read_text())
+    (state / SNAPSHOT_NAME).write_text(json.dumps({**snapshot, "format": 3}))
+    generation = state / snapshot["generation"]
     index = json.loads((generation / "index.json").read_text())
     for column in ("entries.slot", "entries.output", "entries.settled", "owners.key"):
         del index["columns"][column]
@@ -177,6 +180,9 @@ def test_a_format_3_generation_loads_answers_the_same_and_is_rewritten_in_the_ne
         ledger.sync()  # the rewrite runs in the background from the open; close waits for it
     current = state / json.loads((state / SNAPSHOT_NAME).read_text())["generation"]
     assert current != old and json.loads((current / "index.json").read_text())["format"] == 4
+    # The snapshot file says so too: an srd that reads only format 3 refuses it as newer (exit 7), where it
+    # would otherwise take the generation for damage and offer to repair it away.
+    assert json.loads((state / SNAPSHOT_NAME).read_text())["format"] == 4
     with Ledger.open(state, compact_after=10_000) as ledger:
         assert not ledger._store.tables.base.derived
         assert _answers(ledger) == EXPECTED

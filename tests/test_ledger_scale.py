@@ -19,7 +19,7 @@ import pytest
 
 from srd.fs.atomic import write_bytes_atomic
 from srd.fs.fileversion import FileVersion
-from srd.ledger import JOURNAL_NAME, SNAPSHOT_NAME, Ledger, LedgerError, compaction, make_key
+from srd.ledger import JOURNAL_NAME, SNAPSHOT_FORMAT, SNAPSHOT_NAME, Ledger, LedgerError, compaction, make_key
 from srd.ledger.base import Base
 from srd.ledger.generation import generation_name, write_generation
 from srd.ledger.records import Owner, Row
@@ -136,7 +136,7 @@ def test_the_state_after_a_compaction_is_the_state_before(tmp_path: Path) -> Non
     """Folding the layers into a new generation changes no answer, and a reopen gives the same again."""
     _legacy_snapshot(tmp_path, 2000)
     with Ledger.open(tmp_path) as ledger:
-        assert json.loads((tmp_path / SNAPSHOT_NAME).read_text())["format"] == 3  # migrated on open
+        assert json.loads((tmp_path / SNAPSHOT_NAME).read_text())["format"] == SNAPSHOT_FORMAT  # migrated on open
         exec(compile(_CHANGES, "changes", "exec"),
              {"ledger": ledger, "sha": _sha, "FP": FP, "make_key": make_key, "Path": Path, "FileVersion": FileVersion})
         before = _state_of(ledger, _OUTPUTS, _SLOTS)

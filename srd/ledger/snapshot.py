@@ -1,6 +1,8 @@
 """The snapshot file ``ledger.json``. Since format 3 it names the current generation (`srd.ledger.base`):
-``{"format": 3, "seq", "generation"}``. Formats 1 and 2 held the whole ledger, ``{"format", "seq", "entries",
-"hashes", "outputs"}``; they still load (into memory, once), and the first compaction migrates them."""
+``{"format": 4, "seq", "generation"}``; its format is the generation's, so that an older srd refuses a newer
+generation as newer (exit 7) instead of taking it for damage, and repairing it away. Formats 1 and 2 held the
+whole ledger, ``{"format", "seq", "entries", "hashes", "outputs"}``; they still load (into memory, once), and the
+first compaction migrates them; a format 3 generation is read as it is and rewritten by a compaction."""
 
 from __future__ import annotations
 
@@ -9,16 +11,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from srd.ledger.base import Base
+from srd.ledger.base import GENERATION_FORMAT, Base
 from srd.ledger.errors import LedgerError, LedgerVersionError
 from srd.ledger.generation import GENERATION_PREFIX
 from srd.ledger.records import Owner, Row, cache_entry, row_of
 from srd.ledger.salvage import Salvage, salvage
 from srd.ledger.tables import Tables
 
-# 2 added "outputs" and the stat cache's inode and ctime; 3 moved the tables into generation folders.
-SNAPSHOT_FORMAT = 3
-READABLE_FORMATS = (1, 2, 3)
+# 2 added "outputs" and the stat cache's inode and ctime; 3 moved the tables into generation folders; 4 is
+# generation format 4 (the index columns of the restart's finished check, inode numbers unsigned).
+SNAPSHOT_FORMAT = GENERATION_FORMAT
+READABLE_FORMATS = (1, 2, 3, 4)
+# The formats whose snapshot file names a generation.
+NAMING_FORMATS = (3, 4)
 _MANIFEST_MAX = 4096  # a format 3 snapshot file is one short line
 
 
@@ -54,8 +59,8 @@ def read_snapshot(path: Path, salvaged: list[Salvage] | None = None) -> tuple[Ta
         if snapshot["format"] not in READABLE_FORMATS:
             raise ValueError(f"unsupported format {snapshot['format']!r}")
         seq = int(snapshot["seq"])
-        if snapshot["format"] == SNAPSHOT_FORMAT:
-            return _read_generation(path, snapshot["generation"], seq, salvaged), SNAPSHOT_FORMAT
+        if snapshot["format"] in NAMING_FORMATS:
+            return _read_generation(path, snapshot["generation"], seq, salvaged), snapshot["format"]
         entries = snapshot["entries"]
         if not all(isinstance(row, Row) for row in entries.values()):
             raise ValueError("an entry is not a ledger record")
@@ -94,14 +99,15 @@ def manifest(generation: str, seq: int) -> bytes:
 
 
 def generation_of(path: Path) -> str | None:
-    """The generation a snapshot file names, if it is a readable format 3 one (what cleaning must keep)."""
+    """The generation a snapshot file names, if it is a readable one naming a generation (what cleaning must
+    keep)."""
     try:
         with path.open("rb") as file:
             head = file.read(_MANIFEST_MAX)
         if len(head) == _MANIFEST_MAX:
             return None  # an older format's whole ledger: not parsed just to find no generation in it
         snapshot = json.loads(head)
-        name = snapshot.get("generation") if snapshot.get("format") == SNAPSHOT_FORMAT else None
+        name = snapshot.get("generation") if snapshot.get("format") in NAMING_FORMATS else None
         return name if isinstance(name, str) else None
     except (OSError, ValueError, AttributeError):
         return None

@@ -23,7 +23,7 @@ from srd.ledger.files import JOURNAL_NAME, PREVIOUS_SNAPSHOT_NAME, SNAPSHOT_NAME
 from srd.ledger.journal import Replay, replay
 from srd.ledger.records import Cached, cache_line
 from srd.ledger.salvage import Salvage
-from srd.ledger.snapshot import SNAPSHOT_FORMAT, read_snapshot
+from srd.ledger.snapshot import NAMING_FORMATS, read_snapshot
 from srd.ledger.tables import Tables
 
 log = structlog.get_logger(__name__)
@@ -296,7 +296,7 @@ class Store:
         previous = self.state_dir / PREVIOUS_SNAPSHOT_NAME
         try:
             self.tables, snapshot_format = self._read_salvaging(path, problems)
-            self.legacy = snapshot_format < SNAPSHOT_FORMAT
+            self.legacy = snapshot_format not in NAMING_FORMATS
             return self.tables.seq
         except FileNotFoundError:
             if not previous.exists():
@@ -310,7 +310,7 @@ class Store:
         problems.append(reason)
         try:
             self.tables, snapshot_format = self._read_salvaging(previous, problems)
-            self.legacy = snapshot_format < SNAPSHOT_FORMAT
+            self.legacy = snapshot_format not in NAMING_FORMATS
         except (FileNotFoundError, LedgerError) as exc:
             problems.append(f"no usable previous snapshot either ({exc}): starting from the journal alone")
             self.tables = Tables()
