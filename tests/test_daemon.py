@@ -226,6 +226,32 @@ def test_a_retry_after_a_crash_reuses_the_output_name_the_crashed_attempt_wrote(
     assert entry["state"] == "done" and entry["attempts"] == 2 and entry["output"] == str(outbox / "crash.png")
 
 
+@pytest.mark.parametrize("first", ["copy.png", "crash.png"])
+def test_a_copy_made_while_a_crash_cut_a_job_short_never_takes_the_reserved_name(tmp_path: Path, first: str) -> None:
+    """The daemon died while crash.png ran; while it was down, the same bytes arrived as copy.png. Whichever is
+    taken first at the restart, the name reserved for crash.png stays crash.png's: copy.png gets its own output
+    (a link here, `duplicates: link`), and nothing gets a suffixed name (outside attack, session 11)."""
+    from srd.daemon.loop import fingerprints
+    from srd.ledger import Ledger
+
+    inbox, outbox = tmp_path / "in", tmp_path / "in-out"
+    loaded = load_config(write_config(tmp_path, [inbox_config(tmp_path, duplicates="link")]))
+    data = make_image(Path("x.png"), SIZE, 9)
+    with Ledger.open(loaded.state_dir) as ledger:
+        ledger.record_start(hashlib.sha256(data).hexdigest(), fingerprints(loaded)["test"], inbox=str(inbox),
+                            source="crash.png", target=outbox / "crash.png")
+    for name in ("crash.png", "copy.png"):
+        (inbox / name).write_bytes(data)
+    daemon, now = inline_daemon(tmp_path, duplicates="link")
+    try:
+        settle(daemon, now, [inbox / first])
+        settle(daemon, now, [inbox / ({"copy.png", "crash.png"} - {first}).pop()])
+    finally:
+        daemon.close()
+    assert set(files_under(outbox)) == {"copy.png", "crash.png"}
+    assert decoded_size(outbox / "copy.png") == decoded_size(outbox / "crash.png") == DOUBLED
+
+
 def test_ledger_list_and_show_work_while_the_daemon_runs_and_changes_are_refused(tmp_path: Path) -> None:
     """Admins inspect a running daemon's ledger; `forget` (a change) needs the daemon stopped and says so."""
     config = write_config(tmp_path)

@@ -44,8 +44,14 @@ def _pick(ledger: Ledger, runtime: InboxRuntime, rel: PurePosixPath, folder: int
         name = output_name(rel.name, source_format, written, requested)
     reserved_by_starts = ledger.reserved_targets()
     claimed = reserved_by_starts.pop(key, None) if key else None
-    if claimed is not None and claimed.parent == out_dir and claimed not in in_flight:
-        return claimed
+    if claimed is not None and key is not None:
+        if _reserved_for(ledger, key, runtime, rel):
+            if claimed.parent == out_dir and claimed not in in_flight:
+                return claimed
+        else:
+            # The same content under another name (a copy made while a crash cut its job short): that name's
+            # reservation stays its own.
+            reserved_by_starts[key] = claimed
     claimed_elsewhere = set(reserved_by_starts.values())
     for candidate in numbered_names(out_dir, name):
         if candidate in in_flight or candidate in claimed_elsewhere:
@@ -67,3 +73,9 @@ def _pick(ledger: Ledger, runtime: InboxRuntime, rel: PurePosixPath, folder: int
         if runtime.inbox.collision == "skip":
             return None
     raise AssertionError("numbered_names never ends")
+
+
+def _reserved_for(ledger: Ledger, key: str, runtime: InboxRuntime, rel: PurePosixPath) -> bool:
+    """Whether the started entry under `key` (whose target is reserved) was started for this very source."""
+    entry = ledger.get(key)
+    return entry is not None and entry.inbox == runtime.inbox_id and entry.source == rel
