@@ -170,6 +170,8 @@ class Base:
         self.sizes = (len(self.entries["hash"]), len(self.owners["output"]), len(self.hashes["slot"]))
         # Some columns were computed at load (an older format): the store writes the generation anew.
         self.derived = False
+        # The record files' sizes as written (from the index; None for an older format).
+        self.record_sizes: Any = None
         self._entries_fd = self._owners_fd = -1
         # For error messages, joined once: `checked_owner` runs on every line when `check` reads them all.
         self._entries_path, self._owners_path = (Path(name) if folder is None else folder / name
@@ -191,42 +193,37 @@ class Base:
 
         Raises:
             OSError: A file can't be read (FileNotFoundError: one is missing).
-            LedgerError: A file is not what this srd writes.
+            IndexDamage: Its index is not what this srd wrote (its record files may be intact: `reindex`).
         """
-        try:
-            index = json.loads((folder / INDEX_FILE).read_bytes())
-            if index["format"] not in _FORMATS_READ:
-                raise ValueError(f"unsupported generation format {index['format']!r}")
-            stored = index["columns"]
-            older = index["format"] < GENERATION_FORMAT
-            missing = {table: names for table, names in _DERIVED.items() if older}
-            stored_types = {**{column: dtype for table, spec in COLUMNS.items() for column, dtype in
-                               ((f"{table}.{name}", dtype) for name, dtype in spec.items())},
-                            **(_FORMAT_3_TYPES if older else {})}
-            columns: dict[str, dict[str, Any]] = {}
-            for table, spec in COLUMNS.items():
-                columns[table] = {}
-                for name, dtype in spec.items():
-                    if name in missing.get(table, ()):
-                        continue
-                    stored_dtype, shape = stored[f"{table}.{name}"]
-                    expected = stored_types[f"{table}.{name}"]
-                    if stored_dtype != expected:
-                        raise ValueError(f"column {table}.{name} has type {stored_dtype}, not {expected}")
-                    raw = read_column(folder / f"{table}.{name}.json")
-                    columns[table][name] = np.frombuffer(raw, dtype=stored_dtype).view(dtype).reshape(shape)
-                lengths = {len(column) for column in columns[table].values()}
-                if len(lengths) != 1:
-                    raise ValueError(f"the columns of {table} differ in length")
-            inboxes = [str(inbox) for inbox in index["inboxes"]]
-            seq = int(index["seq"])
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-            raise LedgerError(f"ledger generation {folder} is unreadable: {exc}") from exc
-        if missing:
+        index = read_index(folder)
+        older = index["format"] < GENERATION_FORMAT
+        if not older and not isinstance(index.get("record_sizes"), dict):
+            raise IndexDamage(f"ledger generation {folder} is unreadable: its index has no record sizes")
+        columns = {table: load_table(folder, table, index) for table in COLUMNS}
+        if older:
             _derive_columns(folder, columns)
-        base = cls(folder, seq, inboxes, columns)
-        base.derived = bool(missing)
+        try:
+            base = cls(folder, int(index["seq"]), [str(inbox) for inbox in index["inboxes"]], columns)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IndexDamage(f"ledger generation {folder}'s index is damaged: {exc}") from exc
+        base.derived = older
+        base.record_sizes = None if older else index.get("record_sizes")
         return base
+
+    def check_record_sizes(self) -> None:
+        """Refuse a record file cut short or grown since it was written now, rather than at the first read of a
+        line past the change, which may come hours into a run (`check` and `repair` read every line instead).
+
+        Raises:
+            LedgerError: A record file's size is not the one the index recorded.
+        """
+        if self.record_sizes is None:
+            return
+        for path, fd in ((self._entries_path, self._entries_fd), (self._owners_path, self._owners_fd)):
+            written = self.record_sizes.get(path.name) if isinstance(self.record_sizes, dict) else None
+            if written != os.fstat(fd).st_size:
+                raise damaged_record(f"ledger generation file {path} holds {os.fstat(fd).st_size} bytes, but "
+                                     f"{written} were written")
 
     def close(self) -> None:
         """Close the record files (reads after this fail)."""
@@ -460,6 +457,62 @@ class Base:
         while position < len(column) and int(column[position]) == wanted:
             yield position
             position += 1
+
+
+class IndexDamage(LedgerError):
+    """A generation's index files are not what srd wrote; its record files may still be whole."""
+
+
+def read_index(folder: Path) -> dict[str, Any]:
+    """A generation's ``index.json``, in a format this srd reads.
+
+    Raises:
+        OSError: It can't be read (FileNotFoundError: it is missing).
+        IndexDamage: It is not what this srd writes.
+    """
+    try:
+        index = json.loads((folder / INDEX_FILE).read_bytes())
+        if index["format"] not in _FORMATS_READ:
+            raise ValueError(f"unsupported generation format {index['format']!r}")
+        return dict(index)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IndexDamage(f"ledger generation {folder} is unreadable: {exc}") from exc
+
+
+def column_checksum(data: bytes | memoryview) -> str:
+    """What ``index.json`` records of a column's bytes, to tell an intact column from a damaged one."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def load_table(folder: Path, table: str, index: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """The columns of one table of the generation in `folder` (those its format has), each checked against the
+    checksum the index holds for it (format 4).
+
+    Raises:
+        OSError: A file can't be read (FileNotFoundError: one is missing).
+        IndexDamage: A column is not what this srd wrote.
+    """
+    index = read_index(folder) if index is None else index
+    older = index["format"] < GENERATION_FORMAT
+    columns: dict[str, np.ndarray] = {}
+    try:
+        for name, dtype in COLUMNS[table].items():
+            column = f"{table}.{name}"
+            if older and name in _DERIVED.get(table, ()):
+                continue
+            stored_dtype, shape = index["columns"][column]
+            expected = _FORMAT_3_TYPES.get(column, dtype) if older else dtype
+            if stored_dtype != expected:
+                raise ValueError(f"column {column} has type {stored_dtype}, not {expected}")
+            raw = read_column(folder / f"{column}.json")
+            if not older and column_checksum(raw) != index["checksums"][column]:
+                raise ValueError(f"column {column} is not what was written (its checksum differs)")
+            columns[name] = np.frombuffer(raw, dtype=stored_dtype).view(dtype).reshape(shape)
+        if len({len(values) for values in columns.values()}) != 1:
+            raise ValueError(f"the columns of {table} differ in length")
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise IndexDamage(f"ledger generation {folder} is unreadable: {exc}") from exc
+    return columns
 
 
 def _lookup(column: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

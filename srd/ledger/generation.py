@@ -25,6 +25,7 @@ from srd.ledger.base import (
     OWNERS_FILE,
     STATE_CODES,
     Base,
+    column_checksum,
     column_json,
     entry_columns,
     name_hash,
@@ -66,12 +67,17 @@ def write_generation(folder: Path, base: Base, layers: list[Layer], seq: int) ->
         "owners": _write_owners(folder, base, owners),
         "hashes": _merge_hashes(base, hashes),
     }
+    checksums = {}
     for table, table_columns in columns.items():
         for name, column in table_columns.items():
-            _write_durably(folder / f"{table}.{name}.json", column_json(column.tobytes()))
+            data = column.tobytes()
+            checksums[f"{table}.{name}"] = column_checksum(data)
+            _write_durably(folder / f"{table}.{name}.json", column_json(data))
     index = {"format": GENERATION_FORMAT, "seq": seq, "inboxes": inboxes,
              "columns": {f"{table}.{name}": [COLUMNS[table][name], list(column.shape)]
-                         for table, table_columns in columns.items() for name, column in table_columns.items()}}
+                         for table, table_columns in columns.items() for name, column in table_columns.items()},
+             "checksums": checksums,
+             "record_sizes": {name: (folder / name).stat().st_size for name in (ENTRIES_FILE, OWNERS_FILE)}}
     _write_durably(folder / INDEX_FILE, [json.dumps(index, indent=1).encode()])
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:

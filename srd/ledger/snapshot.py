@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from srd.ledger.base import GENERATION_FORMAT, Base
+from srd.ledger.base import GENERATION_FORMAT, Base, IndexDamage
 from srd.ledger.errors import LedgerError, LedgerVersionError
 from srd.ledger.generation import GENERATION_PREFIX
 from srd.ledger.records import Owner, Row, cache_entry, row_of
+from srd.ledger.reindex import reindex
 from srd.ledger.salvage import Salvage, salvage
 from srd.ledger.tables import Tables
 
@@ -77,18 +78,37 @@ def _read_generation(path: Path, name: Any, seq: int, salvaged: list[Salvage] | 
     if not isinstance(name, str) or not name.startswith(GENERATION_PREFIX) or "/" in name:
         raise ValueError(f"bad generation name {name!r}")
     folder = path.parent / name
+    rebuilt: list[str] = []
     try:
         base = Base.load(folder)
-    except FileNotFoundError as exc:
-        raise LedgerError(f"ledger snapshot {path} names generation {name}, which is missing or incomplete "
-                          f"({exc.filename})") from exc
+    except (FileNotFoundError, IndexDamage) as exc:
+        error = exc if isinstance(exc, IndexDamage) else LedgerError(
+            f"ledger snapshot {path} names generation {name}, which is missing or incomplete ({exc.filename})")
+        if salvaged is None:
+            raise error from exc
+        try:  # `check` and `repair`: the record files may be whole, and hold all the index said
+            base, rebuilt = reindex(folder, seq)
+        except OSError:
+            raise error from exc
+        rebuilt.insert(0, str(error))
     if base.seq != seq:
         base.close()
         raise LedgerError(f"ledger generation {folder} holds seq {base.seq}, but {path} says {seq}")
-    found = None if salvaged is None else salvage(base)
-    if salvaged is None or found is None:
+    if salvaged is None:
+        try:
+            base.check_record_sizes()
+        except LedgerError:
+            base.close()
+            raise
+        return Tables(base)
+    found = salvage(base)
+    if found is None and not rebuilt:
+        return Tables(base)
+    if found is None:
+        salvaged.append(Salvage(Tables(base), rebuilt, {}))
         return Tables(base)
     base.close()
+    found.problems[:0] = rebuilt
     salvaged.append(found)
     return found.tables
 

@@ -306,8 +306,8 @@ class Store:
             reason = str(exc)
             self.snapshot_damaged = True
         if problems is None:
-            raise LedgerError(f"{reason}; {REPAIR_HINT}")
-        problems.append(reason)
+            raise LedgerError(reason if REPAIR_HINT in reason else f"{reason}; {REPAIR_HINT}")
+        problems.append(reason.removesuffix(f"; {REPAIR_HINT}"))
         try:
             self.tables, snapshot_format = self._read_salvaging(previous, problems)
             self.legacy = snapshot_format not in NAMING_FORMATS
