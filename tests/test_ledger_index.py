@@ -102,3 +102,44 @@ def test_a_record_file_cut_short_is_refused_at_the_start_not_hours_into_a_run(tm
             entry = ledger.get(make_key(_sha(n), FP))
             owner = ledger.owner(f"/out/p{n}.png")
             assert key is None or (entry is not None and owner is not None and owner.key == key)
+
+
+def _edit_index(generation: Path, change: dict) -> None:
+    index = json.loads((generation / "index.json").read_text())
+    index.update(change)
+    (generation / "index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize("column", ["entries.state", "entries.settled", "owners.key"])
+def test_where_a_consistent_looking_index_contradicts_the_records_repair_keeps_the_records(
+        tmp_path: Path, column: str) -> None:
+    """A column changed with its checksum made to match (a bug, or an edit): the record lines, the readable truth
+    an admin may edit, are kept, and the index is written anew from them; nothing is dropped."""
+    state = tmp_path / "state"
+    generation = _ledger(state)
+    _edit_column(generation, column, "zero")
+    index = json.loads((generation / "index.json").read_text())
+    raw = base64.b64decode(json.loads((generation / f"{column}.json").read_text()))
+    checksum = hashlib.blake2b(raw, digest_size=16).hexdigest()
+    _edit_index(generation, {"checksums": {**index["checksums"], column: checksum}})
+    problems = check_ledger(state).problems
+    assert problems and all("dropped" not in problem for problem in problems), problems
+    repair_ledger(state)
+    assert not check_ledger(state).problems
+    with Ledger.open(state) as ledger:
+        assert ledger.counts()["done"] == N and all(_finished(ledger))
+
+
+def test_a_wrong_record_size_in_the_index_is_listed_and_repaired_not_a_dead_end(tmp_path: Path) -> None:
+    """The daemon refuses a record file whose size is not the one its index recorded; check and repair must see
+    the same, or the admin is told to repair what repair calls healthy."""
+    state = tmp_path / "state"
+    generation = _ledger(state)
+    sizes = json.loads((generation / "index.json").read_text())["record_sizes"]
+    _edit_index(generation, {"record_sizes": {**sizes, "entries.jsonl": sizes["entries.jsonl"] + 1}})
+    with pytest.raises(LedgerError, match="were written"):
+        Ledger.open(state)
+    assert any("were written" in problem for problem in check_ledger(state).problems)
+    repair_ledger(state)
+    with Ledger.open(state) as ledger:
+        assert ledger.counts()["done"] == N and all(_finished(ledger))

@@ -316,14 +316,17 @@ class Base:
             if name_hash(record["key"]) != int(self.entries["hash"][position]):
                 raise ValueError("its key is not the one the index has there")
             row = row_of(record)
-            if STATE_CODES[row.state] != int(self.entries["state"][position]):
-                raise ValueError(f"it says {row.state!r}, the index says {STATES[self.entries['state'][position]]!r}")
-            if entry_columns(row) != tuple(int(self.entries[name][position]) for name in _DERIVED["entries"]):
-                raise ValueError("its source, output or source step is not what the index has there")
-            return record["key"], row
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise damaged_record(f"ledger generation file {self._entries_path} has a damaged record: "
                                  f"{exc}") from exc
+        if STATE_CODES[row.state] != int(self.entries["state"][position]):
+            contradiction = f"it says {row.state!r}, the index says {STATES[self.entries['state'][position]]!r}"
+        elif entry_columns(row) != tuple(int(self.entries[name][position]) for name in _DERIVED["entries"]):
+            contradiction = "its source, output or source step is not what the index has there"
+        else:
+            return record["key"], row
+        raise IndexDisagrees(f"ledger generation file {self._entries_path} has a record its index contradicts: "
+                             f"{contradiction}; {REPAIR_HINT}", (record["key"], row))
 
     # -- owners ---------------------------------------------------------------------------------------
 
@@ -407,11 +410,13 @@ class Base:
         """
         path = self._owners_path
         output, owner = _owner_of(line, path)
-        if (name_hash(output) != int(self.owners["output"][position])
-                or slot_hash((owner.inbox, owner.source)) != int(self.owners["slot"][position])
+        if name_hash(output) != int(self.owners["output"][position]):
+            raise damaged_record(f"ledger generation file {path} has a damaged owner line: its output is not the "
+                                 "one the index has there")
+        if (slot_hash((owner.inbox, owner.source)) != int(self.owners["slot"][position])
                 or optional_hash(owner.key) != int(self.owners["key"][position])):
-            raise damaged_record(f"ledger generation file {path} has a damaged owner line: its output, source or "
-                                 "key is not the one the index has there")
+            raise IndexDisagrees(f"ledger generation file {path} has an owner line its index contradicts: its "
+                                 f"source or key is not the one the index has there; {REPAIR_HINT}", (output, owner))
         return output, owner
 
     # -- stat cache -----------------------------------------------------------------------------------
@@ -457,6 +462,16 @@ class Base:
         while position < len(column) and int(column[position]) == wanted:
             yield position
             position += 1
+
+
+class IndexDisagrees(LedgerError):
+    """A record line that is the one the index points to (its key or output agrees), but whose other fields the
+    index contradicts. The daemon refuses it like any damage; `check` lists it and `repair` keeps the line, the
+    human-readable truth, and writes the index anew from it."""
+
+    def __init__(self, message: str, value: Any) -> None:
+        super().__init__(message)
+        self.value = value
 
 
 class IndexDamage(LedgerError):

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from srd.ledger.base import COLUMNS, ENTRIES_FILE, OWNERS_FILE, Base, name_hash
+from srd.ledger.base import COLUMNS, ENTRIES_FILE, OWNERS_FILE, Base, IndexDisagrees, name_hash
 from srd.ledger.errors import REPAIR_HINT, LedgerError
 from srd.ledger.records import Row
 from srd.ledger.tables import Tables
@@ -93,6 +93,13 @@ def _scan(path: Path, offsets: np.ndarray, hashes: np.ndarray, check: Callable[[
                 moved.append(number)
             scan.kept.append(kept)
             unmatched.discard(position)
+        except IndexDisagrees as exc:  # the record the index points to, which the index contradicts
+            _report_moved(path, moved, scan.problems)
+            reason = str(exc).removeprefix(f"ledger generation file {path} ").removesuffix(f"; {REPAIR_HINT}")
+            scan.problems.append(f"{path}: line {number} (byte {offset}): {reason}; the line is kept and the "
+                                 "index written anew from it")
+            scan.kept.append(exc.value)
+            unmatched.discard(at.get(offset, -1))
         except LedgerError as exc:
             _report_moved(path, moved, scan.problems)
             reason = str(exc).removeprefix(f"ledger generation file {path} ").removesuffix(f"; {REPAIR_HINT}")

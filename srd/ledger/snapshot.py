@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from srd.ledger.base import GENERATION_FORMAT, Base, IndexDamage
-from srd.ledger.errors import LedgerError, LedgerVersionError
+from srd.ledger.errors import REPAIR_HINT, LedgerError, LedgerVersionError
 from srd.ledger.generation import GENERATION_PREFIX
 from srd.ledger.records import Owner, Row, cache_entry, row_of
 from srd.ledger.reindex import reindex
@@ -101,6 +101,10 @@ def _read_generation(path: Path, name: Any, seq: int, salvaged: list[Salvage] | 
             base.close()
             raise
         return Tables(base)
+    try:
+        base.check_record_sizes()
+    except LedgerError as exc:  # listed (and, by `repair`, written anew), whichever of file and index is wrong
+        rebuilt.append(str(exc).removesuffix(f"; {REPAIR_HINT}"))
     found = salvage(base)
     if found is None and not rebuilt:
         return Tables(base)
