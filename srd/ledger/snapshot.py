@@ -78,7 +78,7 @@ def _read_generation(path: Path, name: Any, seq: int, salvaged: list[Salvage] | 
     if not isinstance(name, str) or not name.startswith(GENERATION_PREFIX) or "/" in name:
         raise ValueError(f"bad generation name {name!r}")
     folder = path.parent / name
-    rebuilt: list[str] = []
+    index_problems: list[str] = []
     try:
         base = Base.load(folder)
     except (FileNotFoundError, IndexDamage) as exc:
@@ -87,10 +87,10 @@ def _read_generation(path: Path, name: Any, seq: int, salvaged: list[Salvage] | 
         if salvaged is None:
             raise error from exc
         try:  # `check` and `repair`: the record files may be whole, and hold all the index said
-            base, rebuilt = reindex(folder, seq)
+            base, index_problems = reindex(folder, seq)
         except OSError:
             raise error from exc
-        rebuilt.insert(0, str(error))
+        index_problems.insert(0, str(error))
     if base.seq != seq:
         base.close()
         raise LedgerError(f"ledger generation {folder} holds seq {base.seq}, but {path} says {seq}")
@@ -104,15 +104,15 @@ def _read_generation(path: Path, name: Any, seq: int, salvaged: list[Salvage] | 
     try:
         base.check_record_sizes()
     except LedgerError as exc:  # listed (and, by `repair`, written anew), whichever of file and index is wrong
-        rebuilt.append(str(exc).removesuffix(f"; {REPAIR_HINT}"))
+        index_problems.append(str(exc).removesuffix(f"; {REPAIR_HINT}"))
     found = salvage(base)
-    if found is None and not rebuilt:
+    if found is None and not index_problems:
         return Tables(base)
     if found is None:
-        salvaged.append(Salvage(Tables(base), rebuilt, {}))
+        salvaged.append(Salvage(Tables(base), index_problems, {}))
         return Tables(base)
     base.close()
-    found.problems[:0] = rebuilt
+    found.problems[:0] = index_problems
     salvaged.append(found)
     return found.tables
 
