@@ -171,7 +171,7 @@ class Base:
         # Some columns were computed at load (an older format): the store writes the generation anew.
         self.derived = False
         # The record files' sizes as written (from the index; None for an older format).
-        self.record_sizes: Any = None
+        self.record_sizes: dict[str, Any] | None = None
         self._entries_fd = self._owners_fd = -1
         # For error messages, joined once: `checked_owner` runs on every line when `check` reads them all.
         self._entries_path, self._owners_path = (Path(name) if folder is None else folder / name
@@ -220,7 +220,7 @@ class Base:
         if self.record_sizes is None:
             return
         for path, fd in ((self._entries_path, self._entries_fd), (self._owners_path, self._owners_fd)):
-            written = self.record_sizes.get(path.name) if isinstance(self.record_sizes, dict) else None
+            written = self.record_sizes.get(path.name)
             if written != os.fstat(fd).st_size:
                 raise damaged_record(f"ledger generation file {path} holds {os.fstat(fd).st_size} bytes, but "
                                      f"{written} were written")
