@@ -850,6 +850,42 @@ def test_a_scan_after_a_restart_drops_finished_files_before_settling_and_keeps_n
         daemon.close()
 
 
+def test_a_wrong_stat_cache_line_never_replaces_a_files_own_output(tmp_path: Path) -> None:
+    """Two finished files whose stat-cache lines say each other's content (an index edited with its checksum,
+    outside attack session 11): the daemon does not link one's output over the other's, nor reprocess in a loop;
+    it forgets the lines, hashes the files and finds them done."""
+    from srd.ledger import Ledger
+
+    inbox, outbox = tmp_path / "in", tmp_path / "in-out"
+    names = ("x.png", "y.png")
+    daemon, now = inline_daemon(tmp_path)
+    try:
+        for i, name in enumerate(names):
+            (inbox / name).write_bytes(make_image(Path(name), SIZE, i))
+        settle(daemon, now, [inbox / name for name in names])
+    finally:
+        daemon.close()
+    outputs = {name: (outbox / name).read_bytes() for name in names}
+    with Ledger.open(tmp_path / "state") as ledger:
+        runtime_inbox = next(iter(ledger.entries())).inbox
+        shas = {name: hashlib.sha256((inbox / name).read_bytes()).hexdigest() for name in names}
+        for name, other in zip(names, reversed(names), strict=True):
+            ledger.remember_hash(runtime_inbox, name, FileVersion.of(os.stat(inbox / name)), shas[other])
+        ledger.sync()
+    jobs = []
+    daemon, now = inline_daemon(tmp_path, before_job=jobs.append)
+    try:
+        for _ in range(3):
+            settle(daemon, now, [inbox / name for name in names])
+    finally:
+        daemon.close()
+    assert jobs == []
+    assert {name: (outbox / name).read_bytes() for name in names} == outputs
+    with Ledger.open(tmp_path / "state", read_only=True) as ledger:
+        assert all(ledger.cached_hash(runtime_inbox, name, FileVersion.of(os.stat(inbox / name))) == shas[name]
+                   for name in names)
+
+
 def test_a_restart_scan_drops_finished_files_by_name_and_processes_a_file_changed_while_down(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What a restart's scan hands the loop (a folder's files at a time, as `InboxWatcher` does): each file in

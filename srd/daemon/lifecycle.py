@@ -250,6 +250,15 @@ class Lifecycle:
             self._already_done(runtime, file, entry)
             return
         if entry is not None and entry.state == State.DONE:
+            if own_outputs and seen_before:
+                # The stat cache says that this very version, which has an output of its own, holds content done
+                # for another source: a file whose content changed has a new version, so only a wrong cache line
+                # says that. Its own output is not replaced on that word: the line is forgotten and the file
+                # hashed when it settles again.
+                log.warning("stat_cache_distrusted", src=str(path), inbox=runtime.inbox_id)
+                ledger.forget_hash(runtime.inbox_id, file.rel)
+                runtime.tracker.hint(path)
+                return
             self._duplicate(runtime, file, entry, refresh=bool(own_outputs), seen_before=seen_before)
             return
         unfinished = entry is not None and entry.state == State.STARTED  # a crash cut its last start short
