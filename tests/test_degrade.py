@@ -82,3 +82,23 @@ def test_the_bench_protocol_is_a_4_2_0_jpeg_of_the_asked_quality(bench: Path) ->
     for bad in ("jpeg", "jpeg:0", "jpeg:101", "png:75", "jpeg:q75"):
         with pytest.raises(ValueError, match="jpeg:Q"):
             BenchDegradation.parse(bad)
+
+
+def test_a_mix_is_the_default_with_named_fields_changed_and_its_clean_share_is_the_clean_protocol(
+        bench: Path) -> None:
+    mix = PhotoMix.parse("clean_probability=0.5, jpeg_quality=50-90,noise_sigma=1-4.5")
+    assert mix == replace(PhotoMix(), clean_probability=0.5, jpeg_quality=(50, 90), noise_sigma=(1.0, 4.5))
+    assert PhotoMix.parse("") == PhotoMix()
+    assert "0.5 of patches clean MATLAB bicubic" in mix.describe() and "JPEG q50-90" in mix.describe()
+    draws = [mix.draw(np.random.default_rng(seed)) for seed in range(400)]
+    clean = [d for d in draws if d == PhotoDegradation(0.0, "bicubic", 0.0, False, None, False)]
+    assert 0.4 < len(clean) / len(draws) < 0.6
+    assert all(50 <= d.jpeg_quality <= 90 for d in draws if d.jpeg_quality is not None)
+    hr = photo(bench)[:96, :96]
+    assert np.array_equal(clean[0].apply(hr, 2, np.random.default_rng(0)), make_lr(hr, 2))
+    for bad, reason in [("blurr_probability=0.1", "unknown photo mix field 'blurr_probability'"),
+                        ("jpeg_probability=1.5", "probability from 0 to 1"),
+                        ("jpeg_quality=90-50", "range low-high"), ("jpeg_quality=0-50", "from 1 to 100"),
+                        ("noise_sigma=4", "range low-high"), ("clean_probability=half", "needs a number")]:
+        with pytest.raises(ValueError, match=reason):
+            PhotoMix.parse(bad)

@@ -61,10 +61,12 @@ def tiny_config(tmp_path: Path, train_dir: Path, iters: int, **kw: object) -> Tr
 @pytest.mark.parametrize("degrade", [None, "photo"])
 def test_resume_continues_exactly(tmp_path: Path, train_dir: Path, degrade: str | None) -> None:
     """Stopping after 3 iterations and resuming to 6 gives the same weights as 6 iterations straight, also when
-    every LR patch is a random degradation of its HR patch (the draws come from the checkpointed generator)."""
-    straight = tiny_config(tmp_path / "a", train_dir, 6, degrade=degrade)
+    every LR patch is a random degradation of its HR patch (the draws come from the checkpointed generator).
+    A photo run is scored on JPEG q75 and clean inputs both, and records its mix."""
+    mix = "clean_probability=0.25,jpeg_quality=60-95" if degrade else ""
+    straight = tiny_config(tmp_path / "a", train_dir, 6, degrade=degrade, mix=mix)
     assert train(straight)
-    resumed = tiny_config(tmp_path / "b", train_dir, 3, degrade=degrade)
+    resumed = tiny_config(tmp_path / "b", train_dir, 3, degrade=degrade, mix=mix)
     assert train(resumed)
     assert train(dataclasses.replace(resumed, iters=6))
     a = checkpoint.load(straight.run_dir / "last.pt")
@@ -76,9 +78,19 @@ def test_resume_continues_exactly(tmp_path: Path, train_dir: Path, degrade: str 
     evals = re.findall(r"Set5 x2 PSNR-Y [\d.]+ dB, Set14 [\d.]+ dB \(torch fp32(.*)\)",
                        (resumed.run_dir / "train.log").read_text())
     assert evals == ["", ""] if degrade is None else [", JPEG q75 4:2:0 inputs"] * 2
+    log = (resumed.run_dir / "train.log").read_text()
+    jpeg = [float(v) for v in re.findall(r"Set5 x2 PSNR-Y ([\d.]+) dB, Set14", log)]
+    clean = [float(v) for v in re.findall(r"Set5 x2 PSNR-Y ([\d.]+) dB on clean inputs", log)]
+    if degrade is None:
+        assert clean == [] and [psnr for _, psnr in b["history"]] == pytest.approx(jpeg, abs=1e-3)
+    else:
+        assert len(clean) == 2 and all(c > j for c, j in zip(clean, jpeg, strict=True))
+        means = [(c + j) / 2 for c, j in zip(clean, jpeg, strict=True)]
+        assert [psnr for _, psnr in b["history"]] == pytest.approx(means, abs=2e-3)  # best.pt's criterion
     made = provenance(b)
-    assert made["degradation"] == ("MATLAB bicubic" if degrade is None else PhotoMix().describe())
-    assert ("--degrade photo" in made["command"]) is (degrade == "photo")
+    assert made["degradation"] == ("MATLAB bicubic" if degrade is None else PhotoMix.parse(mix).describe())
+    recorded = "--degrade photo --mix clean_probability=0.25,jpeg_quality=60-95" in made["command"]
+    assert recorded is (degrade == "photo")
 
 
 @pytest.mark.e2e
@@ -156,6 +168,18 @@ def test_without_a_gpu_auto_trains_on_the_cpu_and_cuda_is_a_one_line_error(
                          "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")])
     assert status == 2
     assert capsys.readouterr().err.strip() == "srd train fit: device cuda was asked for, but torch sees no CUDA GPU"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_mix_without_photo_degradation_or_with_an_unknown_field_is_refused_before_anything_is_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["fit", "--scale", "2", "--iters", "2", "--runs-dir", str(tmp_path / "runs")]
+    assert train_main([*common, "--mix", "clean_probability=0.3"]) == 2
+    assert capsys.readouterr().err.strip() == "srd train fit: --mix changes the photo mix, so it needs --degrade photo"
+    with pytest.raises(SystemExit) as refused:
+        train_main([*common, "--degrade", "photo", "--mix", "clean=0.3"])
+    assert refused.value.code == 2
+    assert "unknown photo mix field 'clean'" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
 

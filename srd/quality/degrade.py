@@ -8,7 +8,8 @@ noise as detail and sharpens them; one trained on this mix learns to remove them
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import cv2
 import numpy as np
@@ -105,8 +106,13 @@ class PhotoDegradation:
 @dataclass(frozen=True)
 class PhotoMix:
     """The distribution photo models are trained on: each step happens with its probability, with a strength
-    drawn uniformly from its range. Mild on purpose: the model should restore, not repaint."""
+    drawn uniformly from its range. Mild on purpose: the model should restore, not repaint.
 
+    ``clean_probability`` is the share of patches made exactly as the clean protocol makes them (MATLAB bicubic,
+    nothing else): without them a photo model learns to smooth every input, clean ones included.
+    """
+
+    clean_probability: float = 0.0
     blur_probability: float = 0.4
     blur_sigma: tuple[float, float] = (0.2, 0.8)
     noise_probability: float = 0.4
@@ -116,9 +122,50 @@ class PhotoMix:
     jpeg_quality: tuple[int, int] = (30, 95)
     chroma_420_probability: float = 0.8
 
+    @classmethod
+    def parse(cls, text: str) -> PhotoMix:
+        """The default mix with some fields changed: ``""`` or ``field=value,...``, a range as ``low-high``
+        (``clean_probability=0.3,jpeg_quality=50-95``).
+
+        Raises:
+            ValueError: an unknown field or a value out of range, naming it.
+        """
+        defaults = cls()
+        known = [f.name for f in fields(cls)]
+        changes: dict[str, Any] = {}
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            name, _, value = item.partition("=")
+            if name not in known:
+                raise ValueError(f"unknown photo mix field {name!r}: the fields are {', '.join(known)}")
+            kind = int if name == "jpeg_quality" else float
+            is_range = isinstance(getattr(defaults, name), tuple)
+            try:
+                parsed: object = tuple(kind(v) for v in value.split("-", 1)) if is_range else kind(value)
+            except ValueError:
+                raise ValueError(f"photo mix field {name} needs {'a range low-high' if is_range else 'a number'}, "
+                                 f"not {value!r}") from None
+            if isinstance(parsed, tuple) and (len(parsed) != 2 or parsed[0] > parsed[1]):
+                raise ValueError(f"photo mix field {name} needs a range low-high, not {value!r}")
+            changes[name] = parsed
+        mix = replace(defaults, **changes)
+        mix.check()
+        return mix
+
+    def check(self) -> None:
+        """Raises ValueError for a probability outside 0–1, a negative strength or a JPEG quality outside 1–100."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith("_probability") and not 0 <= value <= 1:
+                raise ValueError(f"photo mix field {f.name} is a probability from 0 to 1, not {value}")
+            if f.name.endswith("_sigma") and value[0] < 0:
+                raise ValueError(f"photo mix field {f.name} cannot be negative: {value}")
+        if not 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100:
+            raise ValueError(f"photo mix JPEG qualities lie from 1 to 100, not {self.jpeg_quality}")
+
     def describe(self) -> str:
         """The mix in words, as a model's provenance records it."""
-        return (f"photo mix: blur sigma {self.blur_sigma[0]:g}-{self.blur_sigma[1]:g} LR px "
+        clean = f"{self.clean_probability:g} of patches clean MATLAB bicubic, the rest: " * (self.clean_probability > 0)
+        return (f"photo mix: {clean}blur sigma {self.blur_sigma[0]:g}-{self.blur_sigma[1]:g} LR px "
                 f"(p {self.blur_probability:g}), shrink by bicubic (antialiased), bilinear or area, Gaussian noise "
                 f"sigma {self.noise_sigma[0]:g}-{self.noise_sigma[1]:g} (p {self.noise_probability:g}, luminance-only "
                 f"p {self.grey_noise_probability:g}), JPEG q{self.jpeg_quality[0]}-{self.jpeg_quality[1]} "
@@ -126,6 +173,8 @@ class PhotoMix:
 
     def draw(self, rng: np.random.Generator) -> PhotoDegradation:
         """One set of steps; the same `rng` state always gives the same draw."""
+        if rng.random() < self.clean_probability:
+            return PhotoDegradation(0.0, "bicubic", 0.0, False, None, False)
         blur = float(rng.uniform(*self.blur_sigma)) if rng.random() < self.blur_probability else 0.0
         resample = RESAMPLERS[int(rng.integers(len(RESAMPLERS)))]
         noise = float(rng.uniform(*self.noise_sigma)) if rng.random() < self.noise_probability else 0.0

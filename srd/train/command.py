@@ -25,6 +25,16 @@ def _factors(text: str) -> tuple[float, ...]:
     return factors
 
 
+def _mix(text: str) -> str:
+    from srd.quality.degrade import PhotoMix
+
+    try:
+        PhotoMix.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def _fit_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit", help="train or resume a run (rerun the same command to resume)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="lite")
@@ -50,6 +60,9 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--degrade", choices=("photo",),
                    help="photo: make each LR patch by random real-world degradations (blur, resampling, noise, "
                         "JPEG q30-95) of its HR patch, and evaluate on JPEG q75 inputs")
+    p.add_argument("--mix", type=_mix, default="",
+                   help="with --degrade photo: changes to its mix, e.g. clean_probability=0.3,jpeg_quality=50-95 "
+                        "(fields: srd.quality.degrade.PhotoMix)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast (automatic on CPUs "
                                                                 "without AVX-512 or AMX, which emulate bf16 slowly)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
@@ -91,6 +104,10 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
 def _fit(args: argparse.Namespace) -> ExitCode:
     from srd.train.loop import TrainConfig, train
 
+    if args.mix and args.degrade != "photo":
+        print("srd train fit: --mix changes the photo mix, so it needs --degrade photo", file=sys.stderr)
+        return ExitCode.USAGE
+
     preset = dict(PRESETS[args.preset])
     for key in ("blocks", "channels", "tail", "res_scale"):
         if getattr(args, key) is not None:
@@ -99,7 +116,7 @@ def _fit(args: argparse.Namespace) -> ExitCode:
     cfg = TrainConfig(
         name=args.name or f"edsr-{args.preset}-x{args.scale}", arch=arch, iters=args.iters, batch=args.batch,
         patch=args.patch, lr=args.lr, lr_min=args.lr_min, seed=args.seed, hard_fraction=args.hard_fraction,
-        downscales=args.downscales, degrade=args.degrade, bf16=not args.no_bf16, threads=args.threads,
+        downscales=args.downscales, degrade=args.degrade, mix=args.mix, bf16=not args.no_bf16, threads=args.threads,
         device=args.device, init=args.init,
         eval_every=args.eval_every, log_every=args.log_every, save_every_s=args.save_every_s, train_dir=args.train_dir,
         bench_dir=args.bench_dir, cache_dir=args.cache_dir, runs_dir=args.runs_dir,

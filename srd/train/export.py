@@ -94,6 +94,8 @@ def training_command(ckpt: dict[str, Any]) -> str:
         parts.append(f"--downscales {','.join(f'{f:g}' for f in cfg['downscales'])}")
     if cfg.get("degrade"):
         parts.append(f"--degrade {cfg['degrade']}")
+    if cfg.get("mix"):
+        parts.append(f"--mix {cfg['mix']}")
     if cfg.get("init"):
         parts.append(f"--init {_in_runs_dir(Path(cfg['init']), cfg)}")
     if not cfg["bf16"]:
@@ -126,7 +128,8 @@ def provenance(ckpt: dict[str, Any]) -> dict[str, Any]:
     return {
         "trainer": "srd.train",
         "data": f"{cfg['train_dir']} ({count} images: {', '.join(folders)})",
-        "degradation": PhotoMix().describe() if cfg.get("degrade") == "photo" else "MATLAB bicubic",
+        "degradation": PhotoMix.parse(cfg.get("mix", "")).describe() if cfg.get("degrade") == "photo"
+        else "MATLAB bicubic",
         "iterations": int(ckpt["iteration"]),
         "batch": cfg["batch"],
         "patch_lr": cfg["patch"],
