@@ -209,3 +209,24 @@ def test_command_line_device_and_runtime_are_checked_before_any_work(
         assert exited.value.code == 2
         assert reason in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("runtime", "reason"), [
+    ("auto", "onnxruntime's CUDAExecutionProvider is not installed (pip install 'srd[gpu]')"),
+    ("opencv", "runtime opencv runs on the CPU only (edsr-lite_x2.onnx)"),
+])
+def test_process_says_in_one_line_without_verbose_that_the_cpu_runs_what_a_gpu_was_asked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], runtime: str, reason: str
+) -> None:
+    import cv2
+
+    from srd.cli.main import main
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((24, 32, 3), 90, np.uint8))
+    with pytest.raises(SystemExit) as exited:
+        main(["process", str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), "--device", "cuda",
+              "--runtime", runtime, "-q"])
+    assert exited.value.code == 0 and (tmp_path / "out" / "a.png").is_file()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"srd: device cuda: {reason}; running on the CPU"
+    assert len(lines) == 2 and lines[1].startswith("srd: 1 processed, 0 failed")

@@ -121,23 +121,24 @@ def choose_runtime(spec: ModelSpec, runtime: str, *, gpu: bool = False) -> str:
     return min(installed, key=lambda name: installed[name])
 
 
-def _gpu_device(device: str) -> str | None:
-    """The CUDA device `device` asks for ('cuda:N'), or None for the CPU; warns where a GPU was named but
-    can't be had."""
+def device_for(spec: ModelSpec, runtime: str, device: str) -> tuple[str | None, str | None]:
+    """The CUDA device ('cuda:N') that runs `spec` under these settings, or None for the CPU; and, where a GPU
+    was asked for but the CPU will run it, why (None otherwise: `auto` without a GPU is the CPU in silence).
+    A loader that then fails on the GPU falls back too (`open_runtime`)."""
+    if spec.format != "onnx" or runtime == "opencv":
+        return None, f"runtime opencv runs on the CPU only ({spec.path.name})" if device.startswith("cuda") else None
     if device == "cpu":
-        return None
+        return None, None
     if device == "auto":
         gpus = visible_gpus() if _cuda_provider_installed() else 0
-        return f"cuda:{_worker_slot() % gpus}" if gpus else None
+        return (f"cuda:{_worker_slot() % gpus}" if gpus else None), None
     if not _cuda_provider_installed():
-        _warn_once(device, "onnxruntime's CUDAExecutionProvider is not installed (pip install 'srd[gpu]')")
-        return None
+        return None, "onnxruntime's CUDAExecutionProvider is not installed (pip install 'srd[gpu]')"
     gpus = visible_gpus()
     if not gpus:
-        _warn_once(device, "no NVIDIA GPU is visible to this process")
-        return None
+        return None, "no NVIDIA GPU is visible to this process"
     index = device.partition(":")[2]
-    return f"cuda:{index}" if index else f"cuda:{_worker_slot() % gpus}"
+    return (f"cuda:{index}" if index else f"cuda:{_worker_slot() % gpus}"), None
 
 
 def open_runtime(spec: ModelSpec, runtime: str = "auto", device: str = "auto", onnx_engine: str = "classic") -> Runtime:
@@ -146,9 +147,9 @@ def open_runtime(spec: ModelSpec, runtime: str = "auto", device: str = "auto", o
     Raises:
         ModelError: the model can't be loaded, or the named runtime is not installed.
     """
-    gpu = _gpu_device(device) if spec.format == "onnx" and runtime != "opencv" else None
-    if gpu is None and device.startswith("cuda") and (spec.format != "onnx" or runtime == "opencv"):
-        _warn_once(device, f"runtime opencv runs on the CPU only ({spec.path.name})")
+    gpu, on_cpu_because = device_for(spec, runtime, device)
+    if on_cpu_because:
+        _warn_once(device, on_cpu_because)
     chosen = choose_runtime(spec, runtime, gpu=gpu is not None)
     if chosen != "onnxruntime":
         return OpenCvRuntime(spec, onnx_engine)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -19,8 +20,9 @@ from pathlib import Path
 from srd.config import Config, Profile, load_config
 from srd.daemon.outbox import BLOCKING_ERRNOS
 from srd.engine.pipeline import Pipeline, StageContext, Upscale
-from srd.engine.registry import looks_like_path, resolve_model
-from srd.engine.runtime_choice import with_choice
+from srd.engine.registry import ModelSpec, looks_like_path, resolve_model
+from srd.engine.runtime_choice import device_for, with_choice
+from srd.engine.upscaler import EngineSettings
 from srd.errors import ConfigError, ExitCode, OutputError
 from srd.executors.backend import Backend, shared_cores
 from srd.executors.job import Job, JobResult
@@ -55,6 +57,7 @@ def run_process(args: argparse.Namespace) -> ExitCode:
     context = StageContext(engine, config.model_dirs)
     for spec in profile.pipeline.models(context):  # fail fast, before any file is touched
         context.verify(spec)
+        _tell_if_on_cpu(spec, engine)
 
     plan = make_plan(Layout(tuple(args.inputs), args.out, args.recursive, args.in_place,
                             requested_format or profile.output.format, profile.output.fallback_format,
@@ -138,6 +141,14 @@ def profile_for(config: Config, args: argparse.Namespace) -> Profile:
             raise ConfigError(["--quality must be between 1 and 100"], "command line")
         profile = replace(profile, output=replace(profile.output, quality=args.quality))
     return profile
+
+
+def _tell_if_on_cpu(spec: ModelSpec, engine: EngineSettings) -> None:
+    """One line where a GPU was asked for but the CPU will run `spec` (the workers' own warning is only logged
+    with --verbose): the run goes on, slower than the user expects."""
+    _, on_cpu_because = device_for(spec, engine.runtime, engine.device)
+    if on_cpu_because:
+        print(f"srd: device {engine.device}: {on_cpu_because}; running on the CPU", file=sys.stderr, flush=True)
 
 
 def _checked_format(requested: str | None) -> str | None:
