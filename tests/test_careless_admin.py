@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from daemon_helpers import ESPCN_X2, DaemonProcess, make_image, srd, srd_command, write_config
+from daemon_helpers import ESPCN_X2, DaemonProcess, make_image, running, srd, srd_command, write_config
 
 from srd.daemon.status import status_path
 from srd.errors import ExitCode
@@ -182,3 +182,29 @@ def test_engine_options_out_of_the_configs_bounds_are_refused_before_anything_is
     assert done.returncode == ExitCode.USAGE, done.stderr
     assert f"argument {option[0]}: must be at least" in done.stderr
     assert not (tmp_path / "big").exists()
+
+
+@pytest.mark.parametrize("mistake", ["state dir removed", "state dir moved aside", "lock file replaced"])
+def test_a_state_dir_removed_or_replaced_under_a_running_daemon_stops_it(mistake: str, tmp_path: Path) -> None:
+    """`rm -rf state` (or a restore from backup over it) while srd runs: its lock then no longer keeps a second
+    srd out, and what it records goes to files nobody will read. Old srd went on as if nothing had happened, and
+    a second `srd run` started beside it on the same inboxes. Now it stops (exit 7) within seconds, saying why."""
+    config = write_config(tmp_path)
+    state = tmp_path / "state"
+    with running(config) as daemon:
+        if mistake == "state dir removed":
+            shutil.rmtree(state)
+        elif mistake == "state dir moved aside":
+            state.rename(tmp_path / "state.old")
+        else:
+            (state / "lock").unlink()
+            (state / "lock").write_text("restored\n")
+        stopped = daemon.wait_event("state_dir_lost_stopping", timeout=15)
+        assert daemon.stop(timeout=30) == ExitCode.ERROR, daemon.log_tail()
+    assert stopped[0]["state_dir"] == str(state) and stopped[0]["reason"] in (
+        "its lock file was removed", "its lock file was replaced by another")
+    (tmp_path / "in" / "after.png").write_bytes(make_image(tmp_path / "after.png"))
+    with running(config) as again:  # the folder is srd's again: a new ledger, and the daemon works
+        again.wait_event("file_processed", timeout=60)
+        assert again.stop() == ExitCode.OK
+    assert (tmp_path / "in-out" / "after.png").is_file()

@@ -634,3 +634,20 @@ def test_a_damaged_owner_line_is_dropped_by_repair_and_the_done_entry_still_owns
         assert {entry.key for entry in ledger.entries()} == set(keys)
         owner = ledger.owner(output)
         assert owner is not None and owner.key in keys
+
+
+def test_lost_says_when_the_lock_or_journal_at_the_path_is_no_longer_the_one_held(tmp_path: Path) -> None:
+    """What the daemon checks every second (`Daemon._check_state_dir`); its own journal replacement at each
+    compaction is not a loss."""
+    with Ledger.open(tmp_path / "state", compact_after=2) as ledger:
+        for n in range(5):
+            ledger.record_start(f"{n:064x}", "fp", inbox="in", source=f"{n}.png")
+        ledger.compact()
+        assert ledger.lost() is None
+        journal = tmp_path / "state" / "journal.jsonl"
+        journal.rename(tmp_path / "journal.kept")
+        assert ledger.lost() == "its journal.jsonl file was removed"
+        journal.write_bytes((tmp_path / "journal.kept").read_bytes())
+        assert ledger.lost() == "its journal.jsonl file was replaced by another"
+    with Ledger.open(tmp_path / "state", read_only=True) as reader:
+        assert reader.lost() is None  # a reader holds neither

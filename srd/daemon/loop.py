@@ -101,6 +101,7 @@ class Daemon:
         self._status_written = float("-inf")
         self._status_failing = False
         self._last_reload_error: str | None = None
+        self._exit = ExitCode.OK  # what `run` returns: another code where the daemon stops itself
 
     @classmethod
     def start(
@@ -197,7 +198,7 @@ class Daemon:
             self._shutdown()
         finally:
             self.close()
-        return ExitCode.OK
+        return self._exit
 
     def _shutdown(self) -> None:
         files = self._files
@@ -237,7 +238,7 @@ class Daemon:
         next_supervise = now
         next_status = now
         next_reconcile = now + self.config.reconcile_interval
-        while self._ctx.signals.stop is None:
+        while self._ctx.signals.stop is None and self._exit is ExitCode.OK:
             self.step()
             now = self._ctx.clock()
             if now >= next_supervise:
@@ -346,6 +347,7 @@ class Daemon:
                 self._files.read_back(token, done)
 
     def _supervise(self) -> None:
+        self._check_state_dir()
         pool = self._files.pool
         healthy = pool.healthy
         for runtime in self._ctx.runtimes.values():
@@ -361,6 +363,16 @@ class Daemon:
         self._files.retry_state_dir()
         if healthy and self.notifier.watchdog_interval_s() is not None:
             self.notifier.watchdog()
+
+    def _check_state_dir(self) -> None:
+        """Stop where the state directory was removed or replaced under us: its lock no longer keeps a second
+        srd out, and what this one records would be lost. (systemd's restart then opens the folder anew.)"""
+        why = self._ctx.ledger.lost()
+        if why is not None:
+            log.error("state_dir_lost_stopping", state_dir=str(self.config.state_dir), reason=why,
+                      advice="the ledger was removed or replaced while srd ran; srd stops so that no two "
+                             "instances share the inboxes")
+            self._exit = ExitCode.ERROR
 
     # -- reload --------------------------------------------------------------------------------------------
 

@@ -390,6 +390,10 @@ class Ledger:
 
     # -- maintenance --------------------------------------------------------------------------------------
 
+    def lost(self) -> str | None:
+        """Why this ledger's files are no longer its state directory's (see `Store.lost`), or None."""
+        return self._store.lost()
+
     def compact(self) -> None:
         """Fold the journal into a new generation and shorten the journal, waiting for it (see `Store.compact`;
         the daemon's own compactions run in the background)."""

@@ -19,7 +19,7 @@ from srd.fs.atomic import clean_stale_temps, write_bytes_atomic
 from srd.ledger.base import Base
 from srd.ledger.compaction import Compaction, remove_unused_generations
 from srd.ledger.errors import REPAIR_HINT, LedgerError, LedgerUnwritableError
-from srd.ledger.files import JOURNAL_NAME, PREVIOUS_SNAPSHOT_NAME, SNAPSHOT_NAME, journal_line, write_all
+from srd.ledger.files import JOURNAL_NAME, LOCK_NAME, PREVIOUS_SNAPSHOT_NAME, SNAPSHOT_NAME, journal_line, write_all
 from srd.ledger.journal import Replay, replay
 from srd.ledger.records import Cached, cache_line
 from srd.ledger.salvage import Salvage
@@ -101,6 +101,24 @@ class Store:
                     os.close(fd)
             self._journal_fd = self._lock_fd = None
             self.tables.base.close()
+
+    def lost(self) -> str | None:
+        """Why the files this store writes are no longer the state directory's (its lock file or journal was
+        removed or replaced: by hand, or with the whole folder), or None. Then another srd could take the
+        folder while this one goes on writing records nobody will read."""
+        for name, fd in ((LOCK_NAME, self._lock_fd), (JOURNAL_NAME, self._journal_fd)):
+            if fd is None:
+                continue
+            try:
+                found = os.stat(self.state_dir / name)
+            except FileNotFoundError:
+                return f"its {name} file was removed"
+            except OSError:
+                return None  # unreadable for now: a write that fails pauses the daemon (`state_unwritable`)
+            held = os.fstat(fd)
+            if (found.st_dev, found.st_ino) != (held.st_dev, held.st_ino):
+                return f"its {name} file was replaced by another"
+        return None
 
     def sync(self, *, may_compact: bool = True) -> None:
         """Write buffered stat-cache changes to the journal now (e.g. at the end of a scan)."""
