@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from srd.quality.bicubic import imresize, make_lr  # noqa: E402
-from srd.quality.degrade import PhotoMix  # noqa: E402
+from srd.quality.degrade import BenchDegradation, PhotoMix  # noqa: E402
 from srd.quality.metrics import crop_to_multiple  # noqa: E402
 from srd.train import checkpoint  # noqa: E402
 from srd.train import export as srd_export  # noqa: E402
@@ -312,7 +312,7 @@ def test_export_loads_in_cv2_dnn_at_any_size(tmp_path: Path, train_dir: Path) ->
     manifest = json.loads((models / "manifest.json").read_text())
     assert manifest["models"] == [entry]
     assert entry["convention"] == "edsr" and entry["provenance"]["iterations"] == 4
-    assert set(entry["quality"]) == {"Set5", "Set14"}
+    assert set(entry["quality"]) == {"Set5", "Set14"} and "quality_jpeg_q75" not in entry  # not a photo model
     # Stored as float16 because that cost (almost) nothing; cv2.dnn then runs the fp16-rounded weights.
     assert entry["weights"] == "float16" and max(entry["fp16_psnr_loss"].values()) <= 0.02
 
@@ -328,6 +328,20 @@ def test_export_loads_in_cv2_dnn_at_any_size(tmp_path: Path, train_dir: Path) ->
     with torch.no_grad():
         ref = model(torch.from_numpy(blob)).numpy()
     assert np.abs(out - ref).max() < 2e-3
+
+
+@pytest.mark.e2e
+def test_a_photo_model_is_recorded_with_its_jpeg_q75_quality_beside_the_clean_one(
+        tmp_path: Path, train_dir: Path) -> None:
+    cfg = tiny_config(tmp_path, train_dir, 2, degrade="photo", mix="clean_probability=0.5")
+    train(cfg)
+    entry = export_run(cfg.run_dir / "last.pt", "tiny-photo", tmp_path / "models", SHARED / "bench")
+    jpeg = entry["quality_jpeg_q75"]
+    assert set(jpeg) == {"Set5", "Set14"}
+    assert all(jpeg[name]["psnr_y"] < entry["quality"][name]["psnr_y"] for name in jpeg)  # JPEG costs detail
+    assert jpeg == srd_export.evaluate_onnx(tmp_path / "models" / "tiny-photo_x2.onnx", SHARED / "bench", 2,
+                                            BenchDegradation(75))
+    assert "0.5 of patches clean" in entry["provenance"]["degradation"]
 
 
 @pytest.mark.e2e

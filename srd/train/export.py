@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from srd.engine.registry import file_sha256, read_manifest
-from srd.quality.degrade import PhotoMix
+from srd.quality.degrade import BenchDegradation, PhotoMix
 from srd.quality.metrics import psnr_y, ssim_y
 from srd.train import checkpoint
 from srd.train.data import load_bench
-from srd.train.loop import describe_hardware
+from srd.train.loop import PHOTO_EVAL, describe_hardware
 from srd.train.model import EDSR, Arch, count_parameters
 from srd.train.onnx_io import export_onnx, load_net, run_net, store_weights_fp16
 
@@ -62,14 +62,17 @@ def check_against_torch(model: EDSR, path: Path, classic: bool = True) -> float:
     return worst
 
 
-def evaluate_onnx(path: Path, bench_dir: Path, scale: int) -> dict[str, dict[str, float]]:
-    """Mean PSNR-Y / SSIM-Y per benchmark set, running whole images through cv2.dnn (classic engine)."""
+def evaluate_onnx(path: Path, bench_dir: Path, scale: int,
+                  degradation: BenchDegradation | None = None) -> dict[str, dict[str, float]]:
+    """Mean PSNR-Y / SSIM-Y per benchmark set, running whole images through cv2.dnn (classic engine); with
+    `degradation`, of its LR inputs (scored against the clean HR all the same)."""
     net = load_net(path, classic=True)
     quality = {}
     for name in BENCH_SETS:
         psnrs, ssims = [], []
         for pair in load_bench(bench_dir / name, scale):
-            sr = np.clip(np.round(run_net(net, pair.lr)), 0, 255).astype(np.uint8)
+            lr = pair.lr if degradation is None else degradation.apply(pair.lr)
+            sr = np.clip(np.round(run_net(net, lr)), 0, 255).astype(np.uint8)
             psnrs.append(psnr_y(sr, pair.hr, scale))
             ssims.append(ssim_y(sr, pair.hr, scale))
         quality[name] = {"psnr_y": round(float(np.mean(psnrs)), 3), "ssim": round(float(np.mean(ssims)), 4)}
@@ -255,6 +258,8 @@ def export_run(ckpt_path: Path, name: str, models_dir: Path, bench_dir: Path, th
         "provenance": made,
         "quality": weights.quality, "fp16_psnr_loss": weights.fp16_loss,
     }
+    if ckpt["config"].get("degrade") == "photo":  # what the model is for, beside the clean protocol above
+        entry[f"quality_jpeg_q{PHOTO_EVAL.jpeg_quality}"] = evaluate_onnx(final, bench_dir, arch.scale, PHOTO_EVAL)
     update_manifest(models_dir / "manifest.json", entry)
     log.info("wrote %s and its manifest entry", final)
     return entry
