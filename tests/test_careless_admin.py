@@ -8,10 +8,22 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from daemon_helpers import ESPCN_X2, DaemonProcess, make_image, running, srd, srd_command, write_config
+from daemon_helpers import (
+    ESPCN_X2,
+    DaemonProcess,
+    decoded_size,
+    in_flight,
+    make_image,
+    running,
+    srd,
+    srd_command,
+    wait_for,
+    write_config,
+)
 
 from srd.daemon.status import status_path
 from srd.errors import ExitCode
@@ -184,27 +196,42 @@ def test_engine_options_out_of_the_configs_bounds_are_refused_before_anything_is
     assert not (tmp_path / "big").exists()
 
 
-@pytest.mark.parametrize("mistake", ["state dir removed", "state dir moved aside", "lock file replaced"])
-def test_a_state_dir_removed_or_replaced_under_a_running_daemon_stops_it(mistake: str, tmp_path: Path) -> None:
-    """`rm -rf state` (or a restore from backup over it) while srd runs: its lock then no longer keeps a second
-    srd out, and what it records goes to files nobody will read. Old srd went on as if nothing had happened, and
-    a second `srd run` started beside it on the same inboxes. Now it stops (exit 7) within seconds, saying why."""
+@pytest.mark.parametrize("mistake", ["state dir removed", "state dir moved aside", "lock file replaced",
+                                     "backup copied back over it"])
+def test_a_state_dir_removed_or_replaced_under_a_running_daemon_stops_it_at_once(mistake: str, tmp_path: Path) -> None:
+    """`rm -rf state`, or a backup restored over it, while srd runs: its lock then no longer keeps a second srd
+    out, and what it records goes to files nobody will read, or over the restored ones. Old srd went on as if
+    nothing had happened, and a second `srd run` started beside it on the same inboxes. Now it stops (exit 7)
+    within seconds, saying why, without waiting for its running job (whose file stays in the inbox) and
+    without writing there again; the next start processes the file."""
     config = write_config(tmp_path)
-    state = tmp_path / "state"
+    state, inbox, outbox = tmp_path / "state", tmp_path / "in", tmp_path / "in-out"
     with running(config) as daemon:
+        backup = shutil.copytree(state, tmp_path / "backup")
+        (inbox / "big.jpg").write_bytes(make_image(Path("big.jpg"), (1500, 2000), 1))  # seconds of work
+        wait_for(lambda: in_flight(state) == 1, 30, "the job to start")
         if mistake == "state dir removed":
             shutil.rmtree(state)
         elif mistake == "state dir moved aside":
             state.rename(tmp_path / "state.old")
-        else:
+        elif mistake == "lock file replaced":
             (state / "lock").unlink()
             (state / "lock").write_text("restored\n")
+        else:  # as `cp -a backup/. state/` does: the same files, rewritten in place
+            shutil.copytree(backup, state, dirs_exist_ok=True)
+        restored = {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()} if state.is_dir() else {}
         stopped = daemon.wait_event("state_dir_lost_stopping", timeout=15)
+        asked = time.monotonic()
         assert daemon.stop(timeout=30) == ExitCode.ERROR, daemon.log_tail()
-    assert stopped[0]["state_dir"] == str(state) and stopped[0]["reason"] in (
-        "its lock file was removed", "its lock file was replaced by another")
-    (tmp_path / "in" / "after.png").write_bytes(make_image(tmp_path / "after.png"))
-    with running(config) as again:  # the folder is srd's again: a new ledger, and the daemon works
+        assert time.monotonic() - asked < 3, "it waited for the running job"
+    assert stopped[0]["state_dir"] == str(state)
+    assert stopped[0]["reason"].startswith(("its lock file was", "its journal.jsonl file was rewritten"))
+    if mistake in ("state dir removed", "state dir moved aside"):
+        assert not state.exists()  # not made again by the stopping daemon
+    else:  # nothing written over what the admin put there
+        assert {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()} == restored
+    assert (inbox / "big.jpg").is_file() and list(outbox.iterdir()) == []
+    with running(config) as again:  # the folder is srd's again and the file is processed
         again.wait_event("file_processed", timeout=60)
         assert again.stop() == ExitCode.OK
-    assert (tmp_path / "in-out" / "after.png").is_file()
+    assert decoded_size(outbox / "big.jpg") == (3000, 4000)

@@ -651,3 +651,27 @@ def test_lost_says_when_the_lock_or_journal_at_the_path_is_no_longer_the_one_hel
         assert ledger.lost() == "its journal.jsonl file was replaced by another"
     with Ledger.open(tmp_path / "state", read_only=True) as reader:
         assert reader.lost() is None  # a reader holds neither
+
+
+def test_lost_sees_files_rewritten_in_place_but_never_its_own_compactions(tmp_path: Path) -> None:
+    """A backup copied back over the state dir keeps the files' inodes: the journal's size and the snapshot
+    file's identity tell. Background compactions (which replace both) are never taken for that."""
+    state = tmp_path / "state"
+    with Ledger.open(state, compact_after=3) as ledger:
+        for n in range(40):
+            ledger.record_start(f"{n:064x}", "fp", inbox="in", source=f"{n}.png")
+            assert ledger.lost() is None, n
+        ledger.compact()
+        assert ledger.lost() is None
+        snapshot = (state / SNAPSHOT_NAME).read_bytes()
+        (state / SNAPSHOT_NAME).write_bytes(snapshot)  # the same bytes, rewritten: another version all the same
+        assert ledger.lost() == "its ledger.json file was replaced or rewritten by another process"
+    with Ledger.open(state) as ledger:
+        journal = (state / "journal.jsonl").read_bytes()
+        ledger.record_start("ff" * 32, "fp", inbox="in", source="new.png")
+        (state / "journal.jsonl").write_bytes(journal)
+        assert ledger.lost() is not None and ledger.lost().startswith("its journal.jsonl file was rewritten")
+        ledger.abandon()
+        with pytest.raises(LedgerError, match="given up"):
+            ledger.record_start("ee" * 32, "fp", inbox="in", source="other.png")
+    assert (state / "journal.jsonl").read_bytes() == journal  # nothing written after the loss, closing included

@@ -211,12 +211,13 @@ def test_command_line_device_and_runtime_are_checked_before_any_work(
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize(("runtime", "reason"), [
-    ("auto", "onnxruntime's CUDAExecutionProvider is not installed (pip install 'srd[gpu]')"),
-    ("opencv", "runtime opencv runs on the CPU only (edsr-lite_x2.onnx)"),
+@pytest.mark.parametrize(("runtime", "model", "reason"), [
+    ("auto", "edsr-lite", "onnxruntime's CUDAExecutionProvider is not installed (pip install 'srd[gpu]')"),
+    ("opencv", "edsr-lite", "runtime opencv runs on the CPU only (edsr-lite_x2.onnx)"),
+    ("auto", "zoo", "ESPCN_x2.pb is a tensorflow model, which only OpenCV runs, on the CPU"),
 ])
 def test_process_says_in_one_line_without_verbose_that_the_cpu_runs_what_a_gpu_was_asked_for(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], runtime: str, reason: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], zoo: Path, runtime: str, model: str, reason: str
 ) -> None:
     import cv2
 
@@ -225,7 +226,8 @@ def test_process_says_in_one_line_without_verbose_that_the_cpu_runs_what_a_gpu_w
     cv2.imwrite(str(tmp_path / "a.png"), np.full((24, 32, 3), 90, np.uint8))
     with pytest.raises(SystemExit) as exited:
         main(["process", str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), "--device", "cuda",
-              "--runtime", runtime, "-q"])
+              "--runtime", runtime, "--model", str(zoo / "ESPCN_x2.pb") if model == "zoo" else model, "--scale", "2",
+              "-q"])
     assert exited.value.code == 0 and (tmp_path / "out" / "a.png").is_file()
     lines = capsys.readouterr().err.splitlines()
     assert lines[0] == f"srd: device cuda: {reason}; running on the CPU"

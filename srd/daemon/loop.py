@@ -102,6 +102,7 @@ class Daemon:
         self._status_failing = False
         self._last_reload_error: str | None = None
         self._exit = ExitCode.OK  # what `run` returns: another code where the daemon stops itself
+        self._state_dir_lost = False  # its files are no longer ours: nothing more is written there
 
     @classmethod
     def start(
@@ -208,6 +209,8 @@ class Daemon:
         self._write_status(force=True)
         for runtime in self._ctx.runtimes.values():
             runtime.watcher.stop()
+        if self._state_dir_lost:
+            return  # no drain: nothing can be recorded now; the files in flight stay in their inboxes
         deadline = self._ctx.clock() + self._drain_timeout
         for outcome in files.pool.drain(deadline, self._sleep):
             files.finish(outcome)
@@ -368,11 +371,15 @@ class Daemon:
         """Stop where the state directory was removed or replaced under us: its lock no longer keeps a second
         srd out, and what this one records would be lost. (systemd's restart then opens the folder anew.)"""
         why = self._ctx.ledger.lost()
-        if why is not None:
-            log.error("state_dir_lost_stopping", state_dir=str(self.config.state_dir), reason=why,
-                      advice="the ledger was removed or replaced while srd ran; srd stops so that no two "
-                             "instances share the inboxes")
-            self._exit = ExitCode.ERROR
+        if why is None:
+            return
+        log.error("state_dir_lost_stopping", state_dir=str(self.config.state_dir), reason=why,
+                  advice="the ledger was removed or replaced while srd ran; srd stops at once, without waiting "
+                         "for running jobs (their files stay in the inbox), so that no two instances share the "
+                         "inboxes and nothing more is written over what is there now")
+        self._ctx.ledger.abandon()
+        self._state_dir_lost = True
+        self._exit = ExitCode.ERROR
 
     # -- reload --------------------------------------------------------------------------------------------
 
@@ -473,6 +480,8 @@ class Daemon:
         }
 
     def _write_status(self, *, force: bool = False) -> None:
+        if self._state_dir_lost:
+            return  # the folder may be another srd's by now
         status = self.status()
         clock = self._ctx.clock
         stamped = {**status, "uptime_s": round(clock() - self._ctx.started, 1),

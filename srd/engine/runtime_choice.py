@@ -126,7 +126,11 @@ def device_for(spec: ModelSpec, runtime: str, device: str) -> tuple[str | None, 
     was asked for but the CPU will run it, why (None otherwise: `auto` without a GPU is the CPU in silence).
     A loader that then fails on the GPU falls back too (`open_runtime`)."""
     if spec.format != "onnx" or runtime == "opencv":
-        return None, f"runtime opencv runs on the CPU only ({spec.path.name})" if device.startswith("cuda") else None
+        if not device.startswith("cuda"):
+            return None, None
+        if spec.format != "onnx":
+            return None, f"{spec.path.name} is a {spec.format} model, which only OpenCV runs, on the CPU"
+        return None, f"runtime opencv runs on the CPU only ({spec.path.name})"
     if device == "cpu":
         return None, None
     if device == "auto":

@@ -21,6 +21,7 @@ import structlog
 
 from srd.fs.atomic import TEMP_PREFIX, write_bytes_atomic
 from srd.ledger.base import Base
+from srd.ledger.errors import LedgerError
 from srd.ledger.files import PREVIOUS_SNAPSHOT_NAME, SNAPSHOT_NAME
 from srd.ledger.generation import GENERATION_PREFIX, generation_name, write_generation
 from srd.ledger.snapshot import generation_of, manifest
@@ -48,6 +49,7 @@ class Compaction:
         self.seconds = 0.0
         self._old_base = base
         self._layers = layers
+        self._cancelled = threading.Event()
         self._thread = threading.Thread(target=self._run, name="srd-ledger-compaction", daemon=True)
 
     def start(self) -> None:
@@ -57,6 +59,10 @@ class Compaction:
     def done(self) -> bool:
         """Whether it has finished (well or not)."""
         return not self._thread.is_alive()
+
+    def cancel(self) -> None:
+        """Ask it not to make its generation current: the state directory is no longer ours (`Store.abandon`)."""
+        self._cancelled.set()
 
     def wait(self) -> None:
         """Block until it has finished."""
@@ -68,6 +74,8 @@ class Compaction:
         try:
             write_generation(self.state_dir / name, self._old_base, self._layers, self.seq)
             self.base = Base.load(self.state_dir / name)
+            if self._cancelled.is_set():
+                raise LedgerError("compaction cancelled: the state directory is no longer this process's")
             keep_previous_snapshot(self.state_dir)
             write_bytes_atomic(self.state_dir / SNAPSHOT_NAME, manifest(name, self.seq))
         except Exception as exc:

@@ -394,6 +394,10 @@ class Ledger:
         """Why this ledger's files are no longer its state directory's (see `Store.lost`), or None."""
         return self._store.lost()
 
+    def abandon(self) -> None:
+        """Give up the files without another write (after `lost`): every later change raises `LedgerError`."""
+        self._store.abandon()
+
     def compact(self) -> None:
         """Fold the journal into a new generation and shorten the journal, waiting for it (see `Store.compact`;
         the daemon's own compactions run in the background)."""

@@ -86,6 +86,9 @@ class Store:
         self._compaction: Compaction | None = None
         # The snapshot is in format 1 or 2: the first compaction migrates it.
         self.legacy = False
+        # The snapshot file as this store last left it (`_file_identity`; None: there is none), for `lost`.
+        self._snapshot_seen: tuple[int, ...] | None = None
+        self.abandoned = False
 
     def close(self) -> None:
         """Write buffered stat-cache changes, close the journal and release the lock; idempotent."""
@@ -103,9 +106,10 @@ class Store:
             self.tables.base.close()
 
     def lost(self) -> str | None:
-        """Why the files this store writes are no longer the state directory's (its lock file or journal was
-        removed or replaced: by hand, or with the whole folder), or None. Then another srd could take the
-        folder while this one goes on writing records nobody will read."""
+        """Why the files this store writes are no longer the state directory's, or None: its lock file or
+        journal removed or replaced (by hand, or with the whole folder), or the journal or snapshot file
+        rewritten by someone else (a backup copied back over them). Then another srd could take the folder,
+        and whatever this one writes next would be lost or would damage what is there."""
         for name, fd in ((LOCK_NAME, self._lock_fd), (JOURNAL_NAME, self._journal_fd)):
             if fd is None:
                 continue
@@ -118,7 +122,25 @@ class Store:
             held = os.fstat(fd)
             if (found.st_dev, found.st_ino) != (held.st_dev, held.st_ino):
                 return f"its {name} file was replaced by another"
+            if fd == self._journal_fd and held.st_size != self._journal_size:
+                return f"its {name} file was rewritten by another process ({held.st_size} bytes, not " \
+                       f"{self._journal_size})"
+        # While a compaction runs, its thread replaces the snapshot file itself.
+        if self._snapshot_seen is not None and self._compaction is None and \
+                self._snapshot_seen != _file_identity(self.state_dir / SNAPSHOT_NAME):
+            return f"its {SNAPSHOT_NAME} file was replaced or rewritten by another process"
         return None
+
+    def abandon(self) -> None:
+        """Let go of the state directory's files without another write: they are no longer this store's
+        (see `lost`). A compaction under way is told not to replace the snapshot file; nothing waits for it."""
+        if self._compaction is not None:
+            self._compaction.cancel()
+        for fd in (self._journal_fd, self._lock_fd):
+            if fd is not None:
+                os.close(fd)
+        self._journal_fd = self._lock_fd = None
+        self.abandoned = True
 
     def sync(self, *, may_compact: bool = True) -> None:
         """Write buffered stat-cache changes to the journal now (e.g. at the end of a scan)."""
@@ -147,6 +169,7 @@ class Store:
             except OSError as exc:
                 raise LedgerError(f"cannot cut the torn tail off {journal_path}: {exc}") from exc
         self._journal_size = replayed.good_size
+        self._snapshot_seen = _file_identity(self.state_dir / SNAPSHOT_NAME)
         if problems is None:
             # Loaded as the snapshot files say (not a newer srd's), so a generation they don't name is a
             # leftover of a crashed compaction, or older than the previous snapshot.
@@ -257,6 +280,7 @@ class Store:
         old = self.tables.rebase(job.base, job.folded)
         threading.Thread(target=_release, args=(old,), name="srd-ledger-release", daemon=True).start()
         self.legacy = False
+        self._snapshot_seen = _file_identity(self.state_dir / SNAPSHOT_NAME)
         self._shorten_journal(job.seq, job.journal_cut)
         log.info("ledger_compacted", entries=len(self.tables), seq=job.seq, ms=round(job.seconds * 1000))
         return None
@@ -285,6 +309,8 @@ class Store:
     def _require_open(self) -> int:
         if self.read_only:
             raise LedgerError(f"ledger {self.state_dir} was opened read-only")
+        if self.abandoned:
+            raise LedgerError(f"ledger {self.state_dir} was given up: its files are no longer this process's")
         if self._journal_fd is None:
             raise LedgerError(f"ledger {self.state_dir} is closed")
         return self._journal_fd
@@ -346,3 +372,12 @@ class Store:
             problems.extend(damage.problems)
             self.generation_dropped = damage.dropped
         return found
+
+
+def _file_identity(path: Path) -> tuple[int, ...] | None:
+    """What tells one version of a file from another that replaced or rewrote it, or None if it is missing."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns
