@@ -406,11 +406,16 @@ def test_a_full_state_dir_pauses_processing_and_resumes_without_losing_or_failin
         assert daemon.proc.poll() is None, daemon.log_tail()
         assert len(daemon.events("file_processed")) == processed and not daemon.events("file_failed")
         daemon.wait_event("status_write_failed")
+        # status.json can't say so (it lives there too): `srd status` sees the full folder itself.
+        check = srd("status", "--check", "--config", str(config))
+        assert check.returncode == ExitCode.UNHEALTHY, check.stdout + check.stderr
+        assert "is full" in check.stdout
         filler.unlink()
         daemon.wait_event("state_dir_writable_resumed", timeout=30)
         _run_until(daemon, "file_processed", len(names))
         wait_for(lambda: read_status(small_tmpfs / "state").get("state_dir") == {"state": "ok"}, 10,
                  "status.json to be written again")
+        assert srd("status", "--check", "--config", str(config)).returncode == ExitCode.OK
         assert daemon.stop() == 0
     assert set(files_under(outbox)) == set(names)
     assert not files_under(tmp_path / "in-failed")

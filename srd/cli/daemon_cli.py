@@ -97,7 +97,7 @@ def run_daemon(args: argparse.Namespace) -> int:
 
 def show_status(args: argparse.Namespace) -> int:
     where = locate_state_dir(args.config, args.state_dir)
-    view = assess(read_status(where.path))
+    view = assess(read_status(where.path), state_dir=where.path)
     if args.json:
         print(json.dumps({**(view.status or {}), "alive": view.alive, "health": view.health.value,
                           "reasons": list(view.reasons), "state_dir_path": str(where.path),

@@ -118,10 +118,12 @@ class Assessment:
     reasons: tuple[str, ...]
 
 
-def assess(status: dict[str, Any] | None, now: datetime | None = None) -> Assessment:
+def assess(status: dict[str, Any] | None, now: datetime | None = None, *,
+           state_dir: Path | None = None) -> Assessment:
     """Judge a status document: not running (no document, dead pid, stopped), unhealthy (an inbox
     unavailable, an outbox or the state dir refusing writes, worker processes that can't start, a document gone
-    stale, stopping) or healthy."""
+    stale, stopping) or healthy. With `state_dir` (the folder the document was read from), also look at it:
+    a daemon can't say in the document that its state dir is full, since the document lives there."""
     if status is None:
         return Assessment(None, False, Health.NOT_RUNNING, ("no status file: srd has not run with this state_dir",))
     alive = pid_alive(int(status.get("pid", 0))) and status.get("state") != "stopped"
@@ -135,9 +137,11 @@ def assess(status: dict[str, Any] | None, now: datetime | None = None) -> Assess
                        "stuck")
     if status.get("state") == "stopping":
         reasons.append("stopping")
-    state_dir = status.get("state_dir") or {"state": "ok"}
-    if state_dir.get("state") != "ok":
-        reasons.append(f"state_dir unwritable since {state_dir.get('since')}: {state_dir.get('error')}")
+    reported = status.get("state_dir") or {"state": "ok"}
+    if reported.get("state") != "ok":
+        reasons.append(f"state_dir unwritable since {reported.get('since')}: {reported.get('error')}")
+    elif state_dir is not None and (full := _full(state_dir)):
+        reasons.append(full)
     start_error = (status.get("pool") or {}).get("start_error")
     if start_error:
         reasons.append(f"worker processes can't be started: {start_error}")
@@ -157,6 +161,25 @@ def assess(status: dict[str, Any] | None, now: datetime | None = None) -> Assess
         if outbox_state.get("state") != "ok":
             reasons.append(f"outbox {inbox.get('outbox')} unwritable since {outbox_state.get('since')}")
     return Assessment(status, True, Health.UNHEALTHY if reasons else Health.HEALTHY, tuple(reasons))
+
+
+# Less free space than this in the state dir's filesystem: a journal record or the status file may not fit.
+_MIN_FREE_BYTES = 256 * 1024
+
+
+def _full(state_dir: Path) -> str | None:
+    """Why the state dir's filesystem takes no more writes (full, out of inodes, read-only), or None."""
+    try:
+        fs = os.statvfs(state_dir)
+    except OSError:
+        return None  # the document was just read from there: whatever this is, reading it said enough
+    if fs.f_flag & os.ST_RDONLY:
+        return f"state_dir {state_dir} is on a read-only filesystem"
+    free = fs.f_bavail * fs.f_frsize
+    if free < _MIN_FREE_BYTES or (fs.f_files and not fs.f_favail):
+        return f"state_dir {state_dir} is full ({free // 1024} KB, {fs.f_favail} inodes free): the ledger and " \
+               "this status can't be written"
+    return None
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,7 @@ class Board:
         except SrdError as exc:
             self._status, self._status_error, self._daemon = None, str(exc), "unknown"
             return
-        verdict = assess(status)
+        verdict = assess(status, state_dir=self._config.state_dir)
         self._status = status if verdict.alive else None
         self._status_error = None
         self._daemon = "not running" if verdict.health == Health.NOT_RUNNING else verdict.health.value
