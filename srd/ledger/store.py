@@ -126,9 +126,12 @@ class Store:
                 return f"its {name} file was rewritten by another process ({held.st_size} bytes, not " \
                        f"{self._journal_size})"
         # While a compaction runs, its thread replaces the snapshot file itself.
-        if self._snapshot_seen is not None and self._compaction is None and \
-                self._snapshot_seen != _file_identity(self.state_dir / SNAPSHOT_NAME):
-            return f"its {SNAPSHOT_NAME} file was replaced or rewritten by another process"
+        if self._snapshot_seen is not None and self._compaction is None:
+            snapshot = _file_identity(self.state_dir / SNAPSHOT_NAME)
+            if snapshot is None:
+                return f"its {SNAPSHOT_NAME} file was removed"
+            if snapshot != self._snapshot_seen:
+                return f"its {SNAPSHOT_NAME} file was replaced or rewritten by another process"
         return None
 
     def abandon(self) -> None:
@@ -272,6 +275,8 @@ class Store:
     def _finish_compaction(self) -> Exception | None:
         job, self._compaction = self._compaction, None
         assert job is not None
+        # Its thread may have replaced the snapshot file, even where it then failed (a folder fsync after it).
+        self._snapshot_seen = _file_identity(self.state_dir / SNAPSHOT_NAME)
         if job.error is not None or job.base is None:
             # The frozen layers stay (the next compaction folds them too); try again after more records.
             self._next_compaction = self.journal_records + self._compact_after
@@ -280,7 +285,6 @@ class Store:
         old = self.tables.rebase(job.base, job.folded)
         threading.Thread(target=_release, args=(old,), name="srd-ledger-release", daemon=True).start()
         self.legacy = False
-        self._snapshot_seen = _file_identity(self.state_dir / SNAPSHOT_NAME)
         self._shorten_journal(job.seq, job.journal_cut)
         log.info("ledger_compacted", entries=len(self.tables), seq=job.seq, ms=round(job.seconds * 1000))
         return None
