@@ -667,6 +667,9 @@ def test_lost_sees_files_rewritten_in_place_but_never_its_own_compactions(tmp_pa
         (state / SNAPSHOT_NAME).write_bytes(snapshot)  # the same bytes, rewritten: another version all the same
         assert ledger.lost() == "its ledger.json file was replaced or rewritten by another process"
     with Ledger.open(state) as ledger:
+        (state / "lock").write_text("12345\n")  # in place, as `echo 12345 > lock` does: the same file
+        assert ledger.lost() == "its lock file was rewritten by another process (it no longer names this one)"
+    with Ledger.open(state) as ledger:
         journal = (state / "journal.jsonl").read_bytes()
         ledger.record_start("ff" * 32, "fp", inbox="in", source="new.png")
         (state / "journal.jsonl").write_bytes(journal)

@@ -45,8 +45,13 @@ def acquire_lock(path: Path) -> int:
         os.close(fd)
         raise
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    os.pwrite(fd, lock_text(), 0)
     return fd
+
+
+def lock_text() -> bytes:
+    """What the lock file of a state directory this process holds says: its pid."""
+    return f"{os.getpid()}\n".encode()
 
 
 def require_state_dir(state_dir: Path) -> None:

@@ -19,7 +19,15 @@ from srd.fs.atomic import clean_stale_temps, write_bytes_atomic
 from srd.ledger.base import Base
 from srd.ledger.compaction import Compaction, remove_unused_generations
 from srd.ledger.errors import REPAIR_HINT, LedgerError, LedgerUnwritableError
-from srd.ledger.files import JOURNAL_NAME, LOCK_NAME, PREVIOUS_SNAPSHOT_NAME, SNAPSHOT_NAME, journal_line, write_all
+from srd.ledger.files import (
+    JOURNAL_NAME,
+    LOCK_NAME,
+    PREVIOUS_SNAPSHOT_NAME,
+    SNAPSHOT_NAME,
+    journal_line,
+    lock_text,
+    write_all,
+)
 from srd.ledger.journal import Replay, replay
 from srd.ledger.records import Cached, cache_line
 from srd.ledger.salvage import Salvage
@@ -107,9 +115,9 @@ class Store:
 
     def lost(self) -> str | None:
         """Why the files this store writes are no longer the state directory's, or None: its lock file or
-        journal removed or replaced (by hand, or with the whole folder), or the journal or snapshot file
-        rewritten by someone else (a backup copied back over them). Then another srd could take the folder,
-        and whatever this one writes next would be lost or would damage what is there."""
+        journal removed or replaced (by hand, or with the whole folder), or the lock, journal or snapshot file
+        rewritten by someone else (a backup copied back over them, an edit). Then another srd could take the
+        folder, and whatever this one writes next would be lost or would damage what is there."""
         for name, fd in ((LOCK_NAME, self._lock_fd), (JOURNAL_NAME, self._journal_fd)):
             if fd is None:
                 continue
@@ -122,9 +130,15 @@ class Store:
             held = os.fstat(fd)
             if (found.st_dev, found.st_ino) != (held.st_dev, held.st_ino):
                 return f"its {name} file was replaced by another"
-            if fd == self._journal_fd and held.st_size != self._journal_size:
-                return f"its {name} file was rewritten by another process ({held.st_size} bytes, not " \
+        if self._lock_fd is not None and os.pread(self._lock_fd, 32, 0) != lock_text():
+            return f"its {LOCK_NAME} file was rewritten by another process (it no longer names this one)"
+        if self._journal_fd is not None:
+            held = os.fstat(self._journal_fd)
+            if held.st_size != self._journal_size:
+                return f"its {JOURNAL_NAME} file was rewritten by another process ({held.st_size} bytes, not " \
                        f"{self._journal_size})"
+        # (An edit of the journal that keeps its length goes unseen: its modification time would tell, but network
+        # filesystems update it lazily, and a healthy daemon must never stop for that.)
         # While a compaction runs, its thread replaces the snapshot file itself.
         if self._snapshot_seen is not None and self._compaction is None:
             snapshot = _file_identity(self.state_dir / SNAPSHOT_NAME)
