@@ -53,6 +53,7 @@ def test_the_example_config_loads_with_every_model_it_names() -> None:
     config = load_config(REPO / "config" / "srd.example.yaml", check_models=True)
     assert set(config.profiles) == {"default", "photo", "scans"} and len(config.inboxes) == 2
     assert Upscale(model="edsr-base", scale=2.0) in config.profiles["scans"].pipeline.stages
+    assert Upscale(model="edsr-photo", scale=2.0) in config.profiles["photo"].pipeline.stages
 
 
 def test_no_config_means_the_working_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
