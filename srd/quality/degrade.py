@@ -164,7 +164,9 @@ class PhotoMix:
 
     def describe(self) -> str:
         """The mix in words, as a model's provenance records it."""
-        clean = f"{self.clean_probability:g} of patches clean MATLAB bicubic, the rest: " * (self.clean_probability > 0)
+        clean = ""
+        if self.clean_probability > 0:
+            clean = f"{self.clean_probability:g} of patches clean MATLAB bicubic, the rest: "
         return (f"photo mix: {clean}blur sigma {self.blur_sigma[0]:g}-{self.blur_sigma[1]:g} LR px "
                 f"(p {self.blur_probability:g}), shrink by bicubic (antialiased), bilinear or area, Gaussian noise "
                 f"sigma {self.noise_sigma[0]:g}-{self.noise_sigma[1]:g} (p {self.noise_probability:g}, luminance-only "

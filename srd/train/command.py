@@ -59,7 +59,7 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
                    help="also train on each image shrunk by these factors first, e.g. 0.8,0.6 (scale augmentation)")
     p.add_argument("--degrade", choices=("photo",),
                    help="photo: make each LR patch by random real-world degradations (blur, resampling, noise, "
-                        "JPEG q30-95) of its HR patch, and evaluate on JPEG q75 inputs")
+                        "JPEG) of its HR patch (see --mix), and evaluate on JPEG q75 and clean inputs")
     p.add_argument("--mix", type=_mix, default="",
                    help="with --degrade photo: changes to its mix, e.g. clean_probability=0.3,jpeg_quality=50-95 "
                         "(fields: srd.quality.degrade.PhotoMix)")
