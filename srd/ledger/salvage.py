@@ -93,18 +93,17 @@ def _scan(path: Path, offsets: np.ndarray, hashes: np.ndarray, check: Callable[[
                 moved.append(number)
             scan.kept.append(kept)
             unmatched.discard(position)
-        except IndexDisagrees as exc:  # the record the index points to, which the index contradicts
-            _report_moved(path, moved, scan.problems)
-            reason = str(exc).removeprefix(f"ledger generation file {path} ").removesuffix(f"; {REPAIR_HINT}")
-            scan.problems.append(f"{path}: line {number} (byte {offset}): {reason}; the line is kept and the "
-                                 "index written anew from it")
-            scan.kept.append(exc.value)
-            unmatched.discard(at.get(offset, -1))
         except LedgerError as exc:
             _report_moved(path, moved, scan.problems)
             reason = str(exc).removeprefix(f"ledger generation file {path} ").removesuffix(f"; {REPAIR_HINT}")
-            scan.problems.append(f"{path}: line {number} (byte {offset}): {reason}, dropped")
-            scan.dropped.append(line)
+            if isinstance(exc, IndexDisagrees):  # the record the index points to, which the index contradicts
+                scan.problems.append(f"{path}: line {number} (byte {offset}): {reason}; the line is kept and the "
+                                     "index written anew from it")
+                scan.kept.append(exc.value)
+                unmatched.discard(at.get(offset, -1))
+            else:
+                scan.problems.append(f"{path}: line {number} (byte {offset}): {reason}, dropped")
+                scan.dropped.append(line)
         offset += len(line) + 1
     _report_moved(path, moved, scan.problems)
     if tail:

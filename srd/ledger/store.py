@@ -16,6 +16,7 @@ import structlog
 
 from srd.errors import SrdError
 from srd.fs.atomic import clean_stale_temps, write_bytes_atomic
+from srd.fs.fileversion import FileVersion, version_of
 from srd.ledger.base import Base
 from srd.ledger.compaction import Compaction, remove_unused_generations
 from srd.ledger.errors import REPAIR_HINT, LedgerError, LedgerUnwritableError
@@ -94,8 +95,8 @@ class Store:
         self._compaction: Compaction | None = None
         # The snapshot is in format 1 or 2: the first compaction migrates it.
         self.legacy = False
-        # The snapshot file as this store last left it (`_file_identity`; None: there is none), for `lost`.
-        self._snapshot_seen: tuple[int, ...] | None = None
+        # The snapshot file as this store last left it (None: there is none), for `lost`.
+        self._snapshot_seen: FileVersion | None = None
         self.abandoned = False
 
     def close(self) -> None:
@@ -141,7 +142,7 @@ class Store:
         # filesystems update it lazily, and a healthy daemon must never stop for that.)
         # While a compaction runs, its thread replaces the snapshot file itself.
         if self._snapshot_seen is not None and self._compaction is None:
-            snapshot = _file_identity(self.state_dir / SNAPSHOT_NAME)
+            snapshot = version_of(self.state_dir / SNAPSHOT_NAME)
             if snapshot is None:
                 return f"its {SNAPSHOT_NAME} file was removed"
             if snapshot != self._snapshot_seen:
@@ -186,7 +187,7 @@ class Store:
             except OSError as exc:
                 raise LedgerError(f"cannot cut the torn tail off {journal_path}: {exc}") from exc
         self._journal_size = replayed.good_size
-        self._snapshot_seen = _file_identity(self.state_dir / SNAPSHOT_NAME)
+        self._snapshot_seen = version_of(self.state_dir / SNAPSHOT_NAME)
         if problems is None:
             # Loaded as the snapshot files say (not a newer srd's), so a generation they don't name is a
             # leftover of a crashed compaction, or older than the previous snapshot.
@@ -290,7 +291,7 @@ class Store:
         job, self._compaction = self._compaction, None
         assert job is not None
         # Its thread may have replaced the snapshot file, even where it then failed (a folder fsync after it).
-        self._snapshot_seen = _file_identity(self.state_dir / SNAPSHOT_NAME)
+        self._snapshot_seen = version_of(self.state_dir / SNAPSHOT_NAME)
         if job.error is not None or job.base is None:
             # The frozen layers stay (the next compaction folds them too); try again after more records.
             self._next_compaction = self.journal_records + self._compact_after
@@ -391,11 +392,3 @@ class Store:
             self.generation_dropped = damage.dropped
         return found
 
-
-def _file_identity(path: Path) -> tuple[int, ...] | None:
-    """What tells one version of a file from another that replaced or rewrote it, or None if it is missing."""
-    try:
-        found = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns
