@@ -31,7 +31,12 @@ LABEL_HEIGHT = 44
 
 
 def _region(text: str) -> tuple[int, int, int, int]:
-    x, y, w, h = (int(part) for part in text.split(","))
+    try:
+        x, y, w, h = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--crop needs x,y,w,h (four whole numbers), not {text!r}") from None
+    if min(x, y) < 0 or min(w, h) < 1:
+        raise argparse.ArgumentTypeError(f"--crop {text}: x and y must be 0 or more, w and h 1 or more")
     return x, y, w, h
 
 
@@ -52,6 +57,9 @@ def main() -> None:
     if image is None:
         raise SystemExit(f"cannot read {args.image}")
     hr = crop_to_multiple(image, args.scale)
+    x, y, w, h = args.crop
+    if x + w > hr.shape[1] or y + h > hr.shape[0]:
+        raise SystemExit(f"--crop {x},{y},{w},{h} reaches outside the {hr.shape[1]}x{hr.shape[0]} image")
     lr = BenchDegradation(args.jpeg).apply(make_lr(hr, args.scale))
     engine = EngineSettings()
     names = args.models.split(",")
@@ -63,7 +71,6 @@ def main() -> None:
     results.update({name: up.upscale(lr) for name, up in upscalers.items()})
     results["original"] = hr
 
-    x, y, w, h = args.crop
     tiles = []
     for label, result in results.items():
         tile = cv2.resize(result[y : y + h, x : x + w], (w * args.zoom, h * args.zoom),

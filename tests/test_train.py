@@ -171,6 +171,20 @@ def test_without_a_gpu_auto_trains_on_the_cpu_and_cuda_is_a_one_line_error(
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_bench_dir_without_images_is_a_one_line_error_not_nan_evaluations(
+        tmp_path: Path, train_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Outside attack, session 12: run from another folder, the default --bench-dir held nothing, and the run
+    went on with every evaluation NaN and no best.pt."""
+    status = train_main(["fit", "--scale", "2", "--iters", "2", "--train-dir", str(train_dir),
+                         "--bench-dir", str(tmp_path / "nowhere"), "--runs-dir", str(tmp_path / "runs"),
+                         "--cache-dir", str(tmp_path / "cache")])
+    assert status == 2
+    nowhere = tmp_path / "nowhere" / "Set5"
+    assert capsys.readouterr().err.strip() == (
+        f"srd train fit: no benchmark images (*.png, with LR_bicubic_matlab/x2/ beside them) in {nowhere}")
+    assert not (tmp_path / "cache").exists()  # refused before the training images were read
+
+
 def test_a_mix_without_photo_degradation_or_with_an_unknown_field_is_refused_before_anything_is_written(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     common = ["fit", "--scale", "2", "--iters", "2", "--runs-dir", str(tmp_path / "runs")]

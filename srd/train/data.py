@@ -198,7 +198,11 @@ def from_model_space(out: np.ndarray) -> np.ndarray:
 
 
 def load_bench(root: Path, scale: int) -> list[Pair]:
-    """A benchmark set (e.g. ../shared/datasets/bench/Set5) with its MATLAB-made LR files."""
+    """A benchmark set (e.g. ../shared/datasets/bench/Set5) with its MATLAB-made LR files.
+
+    Raises:
+        ValueError: it holds no image (a wrong --bench-dir would otherwise score every evaluation NaN).
+    """
     pairs = []
     for path in sorted(root.glob("*.png")):
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -209,4 +213,6 @@ def load_bench(root: Path, scale: int) -> list[Pair]:
         if lr is None:
             raise OSError(f"missing LR file for {path} at x{scale}")
         pairs.append(Pair(path.stem, hr, lr))
+    if not pairs:
+        raise ValueError(f"no benchmark images (*.png, with LR_bicubic_matlab/x{scale}/ beside them) in {root}")
     return pairs

@@ -191,13 +191,14 @@ def _train(cfg: TrainConfig, device: torch.device, stop: _StopFlag, target: int)
         log.info("%s is already at iteration %d of %d", cfg.name, ckpt["iteration"], cfg.iters)
         return True
 
+    # First, so that a wrong --bench-dir is refused at once, not after the training images are read.
+    set5, set14 = (load_bench(Path(cfg.bench_dir) / name, cfg.arch.scale) for name in ("Set5", "Set14"))
     torch.manual_seed(cfg.seed)  # before building the model: it fixes the initial weights
     model = EDSR(cfg.arch)
     photo = cfg.degrade == "photo"
     sampler = PatchSampler(load_pairs(Path(cfg.train_dir), cfg.arch.scale, Path(cfg.cache_dir), cfg.downscales),
                            cfg.arch.scale, cfg.patch, cfg.seed, cfg.hard_fraction,
                            PhotoMix.parse(cfg.mix) if photo else None)
-    set5, set14 = (load_bench(Path(cfg.bench_dir) / name, cfg.arch.scale) for name in ("Set5", "Set14"))
     clean_set5 = set5
     if photo:
         # A photo model is judged on what it is for, the benchmark's JPEG q75 inputs, and on clean ones, which it
