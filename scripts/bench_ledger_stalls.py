@@ -4,6 +4,7 @@ Runs the loop of `bench_ledger.py` (2,000 × record_start, get, cached_hash, out
 ``compact_after: 500``, so that compactions run throughout) on a copy of a ledger already in the current
 format, and times each call that starts, runs during or ends a compaction; and, inside them, the loop's
 fsyncs, the start of a compaction and its end (`_finish_compaction`, of which `_shorten_journal` is part).
+The calls made while no compaction runs are the baseline ("all calls, no compaction running").
 Make the ledger once with ``bench_ledger.py``'s snapshot and one ``Ledger.open`` (which migrates it).
 
 Example::
@@ -71,6 +72,10 @@ class Timings:
         return {name: _stats(ds) for name, ds in sorted({**self.seconds, "all calls": calls}.items())}
 
 
+# The baseline, from the same run: every call made while no compaction was under way.
+IDLE = "  all calls, no compaction running"
+
+
 def _stats(durations: list[float]) -> dict[str, float]:
     ordered = sorted(durations)
     return {"n": len(ordered), "max_ms": round(1000 * ordered[-1], 1),
@@ -100,8 +105,11 @@ def run_loop(state: Path, entries: int, rounds: int, timings: Timings) -> None:
             before = ledger.compacting
             started = time.perf_counter()
             call()
+            took = time.perf_counter() - started
             if before or ledger.compacting:  # the call that takes a finished compaction counts too
-                timings.seconds[name].append(time.perf_counter() - started)
+                timings.seconds[name].append(took)
+            else:
+                timings.seconds[IDLE].append(took)
     ledger.close()
 
 

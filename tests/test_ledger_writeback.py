@@ -54,7 +54,7 @@ def test_a_paced_file_holds_what_was_written_and_pushes_it_out_as_it_goes(
             out.write(part)
             written += len(part)
         assert out.tell() == written
-        out.commit()
+        out.finish()
     assert path.read_bytes() == b"".join(parts)
     assert len(pushed["records"]) > 50
     _assert_bounded(pushed["records"], path.stat().st_size, max(map(len, parts)))
@@ -85,3 +85,37 @@ def test_a_compaction_writes_every_generation_file_paced(
     for path in big:
         _assert_bounded(pushed.get(path.name, []), path.stat().st_size, writeback._BUFFER)
         assert pushed[path.name], f"{path.name} was written without being pushed out"
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads file names from /proc")
+def test_every_file_of_a_new_generation_is_durable_before_the_snapshot_names_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The files are fsynced in one pass after all are written (not each as it closes); that pass, and the
+    folder's fsync, must still come before the snapshot file is replaced."""
+    from srd.ledger import compaction
+
+    events: list[str] = []
+    real_fsync, real_replace_snapshot = os.fsync, compaction.write_bytes_atomic
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        events.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+    def replace_snapshot(path: Path, data: bytes) -> None:
+        if path.name == "ledger.json":
+            events.append("snapshot replaced")
+        real_replace_snapshot(path, data)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(compaction, "write_bytes_atomic", replace_snapshot)
+    with Ledger.open(tmp_path) as ledger:
+        for i in range(50):
+            ledger.record_start(hashlib.sha256(str(i).encode()).hexdigest(), FP, inbox="nas", source=f"{i}.jpg")
+        events.clear()
+        ledger.compact()
+    generation = tmp_path / json.loads((tmp_path / "ledger.json").read_text())["generation"]
+    before = events[:events.index("snapshot replaced")]
+    files = sorted(path.name for path in generation.iterdir())
+    assert len(files) >= 20  # the two record files, the index and every column
+    assert sorted(Path(name).name for name in before if Path(name).parent == generation) == files
+    assert str(generation) in before

@@ -2,8 +2,8 @@
 
 The old generation's record lines are copied as byte ranges, not parsed: only the changed records are encoded,
 so folding 10,000 changes into 1,000,000 entries costs the copy of the files, not a million JSON calls.
-Every file is written with little dirty data at a time (see `writeback`) and fsynced, and the folder too,
-before the caller makes the generation current.
+Every file is written with little dirty data at a time (see `writeback`); then all of them are fsynced, and the
+folder too, before the caller makes the generation current.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -70,16 +71,30 @@ def write_generation(folder: Path, base: Base, layers: list[Layer], seq: int) ->
     checksums = {}
     for table, table_columns in columns.items():
         for name, column in table_columns.items():
-            data = column.tobytes()
+            data = _bytes_of(column)
             checksums[f"{table}.{name}"] = column_checksum(data)
-            _write_durably(folder / f"{table}.{name}.json", column_json(data))
+            _write_file(folder / f"{table}.{name}.json", column_json(data))
     index = {"format": GENERATION_FORMAT, "seq": seq, "inboxes": inboxes,
              "columns": {f"{table}.{name}": [COLUMNS[table][name], list(column.shape)]
                          for table, table_columns in columns.items() for name, column in table_columns.items()},
              "checksums": checksums,
              "record_sizes": {name: (folder / name).stat().st_size for name in (ENTRIES_FILE, OWNERS_FILE)}}
-    _write_durably(folder / INDEX_FILE, [json.dumps(index, indent=1).encode()])
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    _write_file(folder / INDEX_FILE, [json.dumps(index, indent=1).encode()])
+    # Made durable together, after all are written: the first fsync commits every file's metadata at once. One
+    # fsync per file, each a filesystem commit that the loop's next journal fsync waited for, made 20 of them.
+    for path in folder.iterdir():
+        _fsync(path, os.O_RDONLY)
+    _fsync(folder, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _bytes_of(column: np.ndarray) -> memoryview:
+    """The column's bytes without a copy: ``tobytes`` of a million stat-cache lines' hashes (32 MB) held the
+    interpreter, and so the daemon's loop, for 20 ms."""
+    return np.ascontiguousarray(column).reshape(-1).view(np.uint8).data
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -195,7 +210,7 @@ def _write_merged(target: Path, source: Path | None, old_hash: np.ndarray, old_o
                 else:
                     cursor = at + 1
             _copy_lines(src, out, bounds, cursor, len(old_offset), kept_offsets)
-            out.commit()
+            out.finish()
     finally:
         if src is not None:
             os.close(src)
@@ -232,8 +247,8 @@ def _merged_columns(old: dict[str, np.ndarray], new: dict[str, np.ndarray], drop
     return merged
 
 
-def _write_durably(path: Path, parts: list[bytes]) -> None:
+def _write_file(path: Path, parts: Iterable[bytes]) -> None:
     with PacedFile(path) as out:
         for part in parts:
             out.write(part)
-        out.commit()
+        out.finish()

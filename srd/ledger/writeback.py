@@ -48,9 +48,9 @@ def write_back(fd: int, offset: int, length: int) -> None:
 
 
 class PacedFile:
-    """A new file, written sequentially, whose dirty data stays under `DIRTY_LIMIT`; `commit` makes it durable.
+    """A new file, written sequentially, whose dirty data stays under `DIRTY_LIMIT`; `finish` writes the rest.
 
-    Use it as a context manager: leaving it closes the file (after `commit` or not).
+    Use it as a context manager: leaving it closes the file (after `finish` or not).
     """
 
     def __init__(self, path: Path) -> None:
@@ -85,10 +85,12 @@ class PacedFile:
         else:
             self._hand_over(data)
 
-    def commit(self) -> None:
-        """Write what is left and fsync the file."""
+    def finish(self) -> None:
+        """Write what is left and wait for it to reach the disk; the caller fsyncs the file (its metadata)."""
         self._flush()
-        os.fsync(self._fd)
+        if self._written > self._synced:
+            write_back(self._fd, self._synced, self._written - self._synced)
+            self._synced = self._written
 
     def _flush(self) -> None:
         if self._buffer:
