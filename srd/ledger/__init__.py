@@ -49,10 +49,12 @@ the whole ledger as dicts or as one string.
 
 The modules: `errors`, `records` (entries, owners, stat-cache lines and their stored form), `tables` (the
 tables in memory), `files` (the state directory's file names, lock and line writes), `snapshot` (the snapshot
-file, read and written), `journal` (replaying the journal), `store` (load, durable appends, compaction),
-`ledger` (`Ledger`: what the records mean), `salvage` (every record line of a generation checked against
-its index, for check and repair) and `repair` (`check_ledger`, `repair_ledger`). The names below
-are the package's interface.
+file, read and written), `base` (a generation as loaded), `generation` (writing a new one), `writeback`
+(paced writes), `compaction` (the thread that writes a generation and makes it current), `heap` (freed memory
+given back), `journal` (replaying the journal), `store` (load, durable appends, compaction), `ledger`
+(`Ledger`: what the records mean), `salvage` (every record line of a generation checked against its index,
+for check and repair), `reindex` and `repair` (`check_ledger`, `repair_ledger`). The names below are the
+package's interface.
 """
 
 from srd.ledger.errors import REPAIR_HINT, LedgerError, LedgerUnwritableError, LedgerVersionError

