@@ -34,7 +34,7 @@ RUN_PREFIXES = ("srd process", "srd models", "srd config check", "srd bench")
 NOT_RUN = {
     "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && mkdir -p inbox && srd run":
         "set-up and the daemon (srd run)",
-    "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' && python -m pytest -q":
+    "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' && python -m pytest -q -n 2":
         "the test set-up (.ci/run runs it; tests/test_deploy.py checks it)",
     'python -m pytest -q -m "not e2e"': "the unit tests (the test command runs them all)",
     "python -m pytest -q -m e2e --durations=30": "the end-to-end tests (the test command runs them all)",
