@@ -363,7 +363,7 @@ def _receive(sock: socket.socket, wanted: str, timeout: float = 20) -> list[dict
 
 
 def test_sd_notify_lifecycle_and_a_broken_reload_keeps_the_running_config(tmp_path: Path) -> None:
-    """On a real notify socket: READY=1 with STATUS, WATCHDOG=1, RELOADING=1 + MONOTONIC_USEC then READY=1
+    """On a real notify socket: more start-up time asked while the ledger opens, READY=1 with STATUS, WATCHDOG=1, RELOADING=1 + MONOTONIC_USEC then READY=1
     on SIGHUP, STOPPING=1 on SIGTERM. A valid reload applies at once (a changed profile reprocesses a kept
     input); a SIGHUP with an invalid config is rejected and processing goes on with the old one."""
     config = write_config(tmp_path)
@@ -373,8 +373,10 @@ def test_sd_notify_lifecycle_and_a_broken_reload_keeps_the_running_config(tmp_pa
     sock.bind("\0" + name)
     daemon = DaemonProcess(config, env={"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "2000000"})
     try:
-        ready = _receive(sock, "READY=1")[-1]
+        *starting, ready = _receive(sock, "READY=1")
         assert "STATUS" in ready
+        # Opening the ledger asks systemd for more start-up time (a big one's migration outlasts 90 s).
+        assert starting[0]["STATUS"] == "opening the ledger (0 s)" and int(starting[0]["EXTEND_TIMEOUT_USEC"]) > 0
         _receive(sock, "WATCHDOG=1", timeout=5)
         (inbox / "before.png").write_bytes(make_image(Path("x.png"), SIZE, 4))
         daemon.wait_event("file_processed")

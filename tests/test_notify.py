@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -118,3 +119,36 @@ def test_watchdog_meant_for_another_process_is_ignored() -> None:
 def test_invalid_watchdog_usec_disables_the_watchdog(value: str) -> None:
     """A malformed or non-positive WATCHDOG_USEC is treated as no watchdog rather than crashing startup."""
     assert Notifier.from_env({"WATCHDOG_USEC": value}).watchdog_interval_s() is None
+
+
+def test_a_slow_start_step_keeps_asking_for_more_time_until_it_ends(
+        path_socket: tuple[str, socket.socket]) -> None:
+    """Opening a big ledger can take longer than systemd's start timeout: while it runs, srd asks for more time
+    (three intervals' worth, at each interval) with a status line; after it, nothing more is sent."""
+    address, sock = path_socket
+    notifier = Notifier.from_env({"NOTIFY_SOCKET": address})
+    with notifier.slow_start_step("opening the ledger", every_s=0.2):
+        time.sleep(0.7)
+    received = []
+    sock.settimeout(0.5)
+    with contextlib.suppress(TimeoutError):
+        while True:
+            received.append(_receive(sock))
+    assert 3 <= len(received) <= 5
+    assert {message["EXTEND_TIMEOUT_USEC"] for message in received} == {"600000"}
+    assert received[0]["STATUS"] == "opening the ledger (0 s)"
+    assert all(message["STATUS"].startswith("opening the ledger (") for message in received)
+
+
+def test_a_slow_start_step_stops_asking_after_its_limit(path_socket: tuple[str, socket.socket]) -> None:
+    """A step that hangs must still end in systemd's start timeout: the requests stop after the limit."""
+    address, sock = path_socket
+    notifier = Notifier.from_env({"NOTIFY_SOCKET": address})
+    with notifier.slow_start_step("opening the ledger", every_s=0.1, limit_s=0.25):
+        time.sleep(0.8)
+    sock.settimeout(0.3)
+    received = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            received.append(_receive(sock))
+    assert 2 <= len(received) <= 4

@@ -145,7 +145,8 @@ class Daemon:
         offload = offloader or Offloader(OFFLOAD_THREADS, OFFLOAD_PER_INBOX, lambda: hints.put(None))
         claims = InboxClaims(config.state_dir, ClaimTiming(config.claim_stale_seconds))
         try:
-            ledger = Ledger.open(config.state_dir)
+            with notifier.slow_start_step("opening the ledger"):
+                ledger = Ledger.open(config.state_dir)
             with ExitStack() as undo:  # on any error, give back what was taken, in reverse order
                 undo.callback(log.info, "daemon_stopped")
                 undo.callback(notifier.close)

@@ -10,10 +10,12 @@ run of failures) and reported as a False return value.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import structlog
 
@@ -114,6 +116,37 @@ class Notifier:
         """
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         return self.send(RELOADING=1, MONOTONIC_USEC=usec)
+
+    @contextlib.contextmanager
+    def slow_start_step(self, what: str, *, every_s: float = 10.0, limit_s: float = 3600.0) -> Iterator[None]:
+        """Keep systemd from killing a start-up step that takes longer than ``TimeoutStartSec`` (90 s by default).
+
+        While the block runs, a thread asks every `every_s` seconds for three times that much more time
+        (``EXTEND_TIMEOUT_USEC``) and shows `what` with the seconds it has taken as the status line. Opening a
+        ledger of a million photos written by an older srd migrates it once (one to two minutes); without this,
+        systemd killed that start, and every restart began the migration again. After `limit_s` the thread
+        stops asking, so a step that hangs still ends in systemd's timeout.
+        """
+        if self._address is None:
+            yield
+            return
+        done = threading.Event()
+
+        def extend() -> None:
+            started = time.monotonic()
+            while time.monotonic() - started < limit_s:
+                self.send(EXTEND_TIMEOUT_USEC=int(3 * every_s * 1_000_000),
+                          STATUS=f"{what} ({time.monotonic() - started:.0f} s)")
+                if done.wait(every_s):
+                    return
+
+        thread = threading.Thread(target=extend, name="srd-start-timeout", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def close(self) -> None:
         """Close the socket; a later send opens a new one."""
