@@ -363,9 +363,10 @@ def _receive(sock: socket.socket, wanted: str, timeout: float = 20) -> list[dict
 
 
 def test_sd_notify_lifecycle_and_a_broken_reload_keeps_the_running_config(tmp_path: Path) -> None:
-    """On a real notify socket: more start-up time asked while the ledger opens, READY=1 with STATUS, WATCHDOG=1, RELOADING=1 + MONOTONIC_USEC then READY=1
-    on SIGHUP, STOPPING=1 on SIGTERM. A valid reload applies at once (a changed profile reprocesses a kept
-    input); a SIGHUP with an invalid config is rejected and processing goes on with the old one."""
+    """On a real notify socket: more start-up time asked while the ledger opens, READY=1 with STATUS,
+    WATCHDOG=1, RELOADING=1 + MONOTONIC_USEC then READY=1 on SIGHUP, STOPPING=1 on SIGTERM. A valid reload
+    applies at once (a changed profile reprocesses a kept input); a SIGHUP with an invalid config is rejected
+    and processing goes on with the old one."""
     config = write_config(tmp_path)
     inbox = tmp_path / "in"
     name = f"srd-test-{os.getpid()}-{random.randrange(1 << 30)}"
