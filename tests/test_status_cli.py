@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -132,3 +134,33 @@ def test_check_exit_codes_healthy_unhealthy_not_running(tmp_path: Path) -> None:
         assert daemon.stop() == 0
     after = srd(*check)
     assert after.returncode == NOT_RUNNING and after.stdout.startswith("not running: last seen pid")
+
+
+def test_a_daemon_that_holds_the_state_dir_but_has_no_status_yet_is_starting(tmp_path: Path) -> None:
+    """A daemon opening a big ledger (a migration takes minutes) holds the state directory's lock before it
+    writes any status: `srd status` says it is starting (unhealthy for --check), not "not running", whether
+    there is no status file yet or one left by an earlier run."""
+    config = write_config(tmp_path)
+    check = ("status", "--check", "--config", str(config))
+    with running(config) as daemon:  # an earlier run leaves its status document
+        wait_for(lambda: srd(*check).returncode == 0, 30, "a healthy check")
+        assert daemon.stop() == 0
+    opening = subprocess.Popen(  # takes the lock as `srd run` does, then stays in "opening the ledger"
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from srd.ledger.files import "
+         "acquire_lock; acquire_lock(Path(sys.argv[1])); print('locked', flush=True); time.sleep(120)",
+         str(tmp_path / "state" / "lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert opening.stdout is not None and opening.stdout.readline().strip() == "locked"
+        for status_file in (True, False):
+            if not status_file:
+                (tmp_path / "state" / "status.json").unlink()
+            starting = srd(*check)
+            assert starting.returncode == UNHEALTHY, starting.stdout
+            assert starting.stdout.startswith(f"unhealthy: pid {opening.pid} holds the state directory"), \
+                starting.stdout
+            assert f"srd is starting: pid {opening.pid} holds" in srd("status", "--config", str(config)).stdout
+    finally:
+        opening.kill()
+        opening.wait()
+    gone = srd(*check)
+    assert gone.returncode == NOT_RUNNING and gone.stdout.startswith("not running: no status file"), gone.stdout

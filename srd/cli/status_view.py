@@ -65,7 +65,7 @@ def _inbox_row(inbox: dict[str, Any]) -> list[str]:
 def _header(view: Assessment, now: datetime) -> list[str]:
     status = view.status
     if status is None:
-        return [f"srd is not running: {view.reasons[0]}"]
+        return [f"srd is {'starting' if view.alive else 'not running'}: {view.reasons[0]}"]
     if not view.alive:
         lines = [f"srd is not running ({view.reasons[0]}); the figures below are from then"]
     else:

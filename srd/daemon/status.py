@@ -22,6 +22,7 @@ import yaml
 from srd.config import load_config
 from srd.errors import ConfigError, SrdError, StateDirError
 from srd.fs.atomic import write_bytes_atomic
+from srd.ledger.files import LOCK_NAME
 
 STATUS_NAME = "status.json"
 # The daemon rewrites its status at least this often, even when nothing changed …
@@ -124,6 +125,12 @@ def assess(status: dict[str, Any] | None, now: datetime | None = None, *,
     unavailable, an outbox or the state dir refusing writes, worker processes that can't start, a document gone
     stale, stopping) or healthy. With `state_dir` (the folder the document was read from), also look at it:
     a daemon can't say in the document that its state dir is full, since the document lives there."""
+    holder = None if state_dir is None else _holder_without_status(state_dir, status)
+    if holder is not None:
+        return Assessment(None, True, Health.UNHEALTHY, (
+            f"pid {holder} holds the state directory and has not written its status yet: a daemon opening its "
+            "ledger (minutes, once, when it migrates a large one written by an older srd), or an srd ledger "
+            "command",))
     if status is None:
         return Assessment(None, False, Health.NOT_RUNNING, ("no status file: srd has not run with this state_dir",))
     alive = pid_alive(int(status.get("pid", 0))) and status.get("state") != "stopped"
@@ -161,6 +168,18 @@ def assess(status: dict[str, Any] | None, now: datetime | None = None, *,
         if outbox_state.get("state") != "ok":
             reasons.append(f"outbox {inbox.get('outbox')} unwritable since {outbox_state.get('since')}")
     return Assessment(status, True, Health.UNHEALTHY if reasons else Health.HEALTHY, tuple(reasons))
+
+
+def _holder_without_status(state_dir: Path, status: dict[str, Any] | None) -> int | None:
+    """The pid of a live srd that holds the state directory's lock (its pid is in the lock file) but is not the
+    one the status document is from: it has not written one yet."""
+    try:
+        text = (state_dir / LOCK_NAME).read_bytes()[:32].decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    if not text.isdigit() or (status is not None and str(status.get("pid")) == text):
+        return None
+    return int(text) if pid_alive(int(text)) else None
 
 
 # Less free space than this in the state dir's filesystem: a journal record or the status file may not fit.
