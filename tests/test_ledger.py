@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -164,6 +165,21 @@ def test_journal_that_does_not_continue_the_snapshot_is_an_error(tmp_path: Path)
     (tmp_path / SNAPSHOT_NAME).unlink()
     with pytest.raises(LedgerError, match=r"continues a snapshot with seq 1, but .* is missing"):
         Ledger.open(tmp_path)
+
+
+def test_a_missing_generation_is_named_and_not_called_a_missing_snapshot(tmp_path: Path) -> None:
+    """ledger.json is there but the generation it names was removed: check says which, and the journal's
+    marker line says its snapshot could not be read (it said the file was missing, which it was not)."""
+    with Ledger.open(tmp_path) as ledger:
+        ledger.record_start(_sha(1), FP, inbox="nas", source="1.jpg")
+        ledger.compact()
+        ledger.record_start(_sha(2), FP, inbox="nas", source="2.jpg")
+    generation = json.loads((tmp_path / SNAPSHOT_NAME).read_text())["generation"]
+    shutil.rmtree(tmp_path / generation)
+    problems = check_ledger(tmp_path).problems
+    assert any(f"names generation {generation}, which is missing" in problem for problem in problems), problems
+    assert any("continues a snapshot with seq 1, but" in problem and "is missing or could not be read" in problem
+               for problem in problems), problems
 
 
 def test_compaction_preserves_entries_and_hashes_and_empties_journal(tmp_path: Path) -> None:

@@ -239,7 +239,8 @@ def _check(config: Config) -> ExitCode:
         return ExitCode.OK
     _print_problems(f"ledger {printable(str(config.state_dir))} is damaged ({len(report.problems)} problem(s)):",
                     report.problems)
-    print(f"after 'srd ledger repair' it would hold: {counts}")
+    print(f"after 'srd ledger repair' it would hold: {counts}; what the damaged parts held is forgotten, and "
+          "those inputs are processed again (put missing files back from a backup first to keep them)")
     return ExitCode.LEDGER
 
 

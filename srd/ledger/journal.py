@@ -75,7 +75,7 @@ def replay(path: Path, tables: Tables, snapshot_seq: int, *, read_only: bool,
                 raise _Gap(f"seq {seq} after seq {previous_seq}: a repeated or older record")
             previous_seq = seq
             if rec.get("op") == "snapshot" and seq > snapshot_seq:
-                held = f"holds seq {snapshot_seq}" if snapshot_seq else "is missing"
+                held = f"holds seq {snapshot_seq}" if snapshot_seq else "is missing or could not be read"
                 raise _Gap(f"it continues a snapshot with seq {seq}, but {path.parent / SNAPSHOT_NAME} {held}")
             if seq <= snapshot_seq:
                 result.records += 1
