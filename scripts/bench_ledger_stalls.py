@@ -33,6 +33,8 @@ from srd.ledger.store import Store
 from srd.logs import configure_logging
 
 FINGERPRINT = "0123456789abcdef"  # as bench_ledger.py writes it
+# The baseline, from the same run: every call made while no compaction was under way.
+IDLE = "  all calls, no compaction running"
 
 
 class Timings:
@@ -70,10 +72,6 @@ class Timings:
     def summary(self) -> dict[str, dict[str, float]]:
         calls = sorted(d for name, ds in self.seconds.items() if not name.startswith(" ") for d in ds)
         return {name: _stats(ds) for name, ds in sorted({**self.seconds, "all calls": calls}.items())}
-
-
-# The baseline, from the same run: every call made while no compaction was under way.
-IDLE = "  all calls, no compaction running"
 
 
 def _stats(durations: list[float]) -> dict[str, float]:
