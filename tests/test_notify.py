@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -152,3 +153,21 @@ def test_a_slow_start_step_stops_asking_after_its_limit(path_socket: tuple[str, 
         while True:
             received.append(_receive(sock))
     assert 2 <= len(received) <= 4
+
+
+def test_a_slow_start_step_stops_asking_once_a_stop_is_asked_for(path_socket: tuple[str, socket.socket]) -> None:
+    """systemd applies a time extension to a stop as well: after SIGTERM, srd must not keep a `systemctl stop`
+    waiting for the rest of a migration."""
+    address, sock = path_socket
+    notifier = Notifier.from_env({"NOTIFY_SOCKET": address})
+    stop = threading.Event()
+    with notifier.slow_start_step("opening the ledger", stop_asked=stop.is_set, every_s=0.1):
+        time.sleep(0.35)
+        stop.set()
+        time.sleep(0.5)
+    sock.settimeout(0.3)
+    received = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            received.append(_receive(sock))
+    assert 3 <= len(received) <= 5, received  # about 0.35 s of requests, none in the 0.5 s after the stop

@@ -164,3 +164,12 @@ def test_a_daemon_that_holds_the_state_dir_but_has_no_status_yet_is_starting(tmp
         opening.wait()
     gone = srd(*check)
     assert gone.returncode == NOT_RUNNING and gone.stdout.startswith("not running: no status file"), gone.stdout
+    # A live srd-looking process whose pid the lock file names, but which does not hold the lock: not starting.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)  # srd"])
+    try:
+        (tmp_path / "state" / "lock").write_text(f"{other.pid}\n")
+        named = srd(*check)
+        assert named.returncode == NOT_RUNNING, named.stdout
+    finally:
+        other.kill()
+        other.wait()

@@ -140,12 +140,13 @@ class Daemon:
         """
         started = clock()
         notifier = notifier or Notifier.from_env()
+        signals = signals or Signals()
         hints: queue.SimpleQueue[Hint | FoundFiles | None] = queue.SimpleQueue()
         build_watcher = watcher_builder or (lambda i, inbox, sink: InboxWatcher(i, inbox, sink))
         offload = offloader or Offloader(OFFLOAD_THREADS, OFFLOAD_PER_INBOX, lambda: hints.put(None))
         claims = InboxClaims(config.state_dir, ClaimTiming(config.claim_stale_seconds))
         try:
-            with notifier.slow_start_step("opening the ledger"):
+            with notifier.slow_start_step("opening the ledger", stop_asked=lambda: signals.stop is not None):
                 ledger = Ledger.open(config.state_dir)
             with ExitStack() as undo:  # on any error, give back what was taken, in reverse order
                 undo.callback(log.info, "daemon_stopped")
@@ -157,7 +158,7 @@ class Daemon:
                 prepare_folders(config, clean=True)
                 for configured in config.inboxes:
                     claims.acquire(configured.path)
-                ctx = Context(config, ledger, offload, clock, {}, signals=signals or Signals(), started=started)
+                ctx = Context(config, ledger, offload, clock, {}, signals=signals, started=started)
                 ctx.runtimes = _new_runtimes(ctx, config, prints, build_watcher, hints.put)
                 telemetry = Telemetry.start(config, ctx.events)
                 undo.callback(telemetry.close)

@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import structlog
 
@@ -118,14 +118,16 @@ class Notifier:
         return self.send(RELOADING=1, MONOTONIC_USEC=usec)
 
     @contextlib.contextmanager
-    def slow_start_step(self, what: str, *, every_s: float = 10.0, limit_s: float = 3600.0) -> Iterator[None]:
+    def slow_start_step(self, what: str, *, stop_asked: Callable[[], bool] = lambda: False, every_s: float = 10.0,
+                        limit_s: float = 3600.0) -> Iterator[None]:
         """Keep systemd from killing a start-up step that takes longer than ``TimeoutStartSec`` (90 s by default).
 
         While the block runs, a thread asks every `every_s` seconds for three times that much more time
         (``EXTEND_TIMEOUT_USEC``) and shows `what` with the seconds it has taken as the status line. Opening a
         ledger of a million photos written by an older srd migrates it once (one to two minutes); without this,
-        systemd killed that start, and every restart began the migration again. After `limit_s` the thread
-        stops asking, so a step that hangs still ends in systemd's timeout.
+        systemd killed that start, and every restart began the migration again. It stops asking once
+        `stop_asked()` (systemd applies the extension to a stop as well, which would then wait for the step) and
+        after `limit_s`, so a step that hangs still ends in systemd's timeout.
         """
         if self._address is None:
             yield
@@ -134,7 +136,7 @@ class Notifier:
 
         def extend() -> None:
             started = time.monotonic()
-            while time.monotonic() - started < limit_s:
+            while time.monotonic() - started < limit_s and not stop_asked():
                 self.send(EXTEND_TIMEOUT_USEC=int(3 * every_s * 1_000_000),
                           STATUS=f"{what} ({time.monotonic() - started:.0f} s)")
                 if done.wait(every_s):

@@ -173,13 +173,33 @@ def assess(status: dict[str, Any] | None, now: datetime | None = None, *,
 def _holder_without_status(state_dir: Path, status: dict[str, Any] | None) -> int | None:
     """The pid of a live srd that holds the state directory's lock (its pid is in the lock file) but is not the
     one the status document is from: it has not written one yet."""
+    lock = state_dir / LOCK_NAME
     try:
-        text = (state_dir / LOCK_NAME).read_bytes()[:32].decode("ascii", "replace").strip()
+        text = lock.read_bytes()[:32].decode("ascii", "replace").strip()
     except OSError:
         return None
     if not text.isdigit() or (status is not None and str(status.get("pid")) == text):
         return None
+    holders = _flock_holders(lock)
+    if holders is not None and int(text) not in holders:
+        return None  # the pid of an earlier holder, now another process
     return int(text) if pid_alive(int(text)) else None
+
+
+def _flock_holders(path: Path) -> set[int] | None:
+    """The pids that hold a ``flock`` on `path` as ``/proc/locks`` lists them (by inode), or None where it can't
+    be read (not Linux)."""
+    try:
+        inode = os.stat(path).st_ino
+        listing = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    holders = set()
+    for line in listing.splitlines():
+        fields = line.split()  # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF"; a waiter has "->" after "1:"
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+            holders.add(int(fields[4]))
+    return holders
 
 
 # Less free space than this in the state dir's filesystem: a journal record or the status file may not fit.
