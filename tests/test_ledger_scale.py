@@ -293,6 +293,28 @@ def test_a_replaced_snapshot_of_the_old_format_is_freed_a_step_at_a_time(
     assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".srd")]
 
 
+def test_a_previous_snapshot_that_cannot_be_replaced_is_left_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The big old snapshot is set aside to be freed in steps only once the new one has replaced it: if the
+    replacing fails, ``ledger.json.prev`` stays whole, and no temp name is left."""
+    monkeypatch.setattr(compaction, "_SHRINK_STEP", 64 * 1024)
+    _legacy_snapshot(tmp_path, 2000)
+    legacy = (tmp_path / SNAPSHOT_NAME).read_bytes()
+    real_replace = Path.replace
+
+    def replace(self: Path, target: Path) -> Path:
+        if Path(target).name == "ledger.json.prev":
+            raise OSError(errno.EIO, "injected")
+        return real_replace(self, target)
+
+    with Ledger.open(tmp_path) as ledger:  # migrates: the format 1 file is now the previous snapshot
+        monkeypatch.setattr(Path, "replace", replace)
+        ledger.record_start(_sha(9001), FP, inbox="nas", source="new/a.jpg")
+        ledger.compact()
+    assert (tmp_path / "ledger.json.prev").read_bytes() == legacy
+    assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".srd")]
+
+
 def _rss_mb() -> float:
     return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
 

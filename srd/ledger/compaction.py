@@ -9,7 +9,6 @@ snapshot file is replaced atomically (a crash after that leaves journal records 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import shutil
@@ -123,34 +122,43 @@ def keep_previous_snapshot(state_dir: Path) -> None:
     back, by hand or by `repair`, if the new one is ever lost. Its generation is kept with it."""
     current, previous = state_dir / SNAPSHOT_NAME, state_dir / PREVIOUS_SNAPSHOT_NAME
     link = _temp_name(previous)  # cleaned if we crash
-    # A snapshot of format 1 or 2 holds the whole ledger (a gigabyte at a million entries): freed gently.
-    retired = _temp_name(previous) if _size(previous) > _SHRINK_STEP else None
     try:
-        if retired is not None:
-            retired.hardlink_to(previous)
         link.hardlink_to(current)
+        # A snapshot of format 1 or 2 holds the whole ledger (a gigabyte at a million entries): kept under a
+        # temp name, to be freed gently once nothing else names it.
+        retired = _set_aside(previous)
+    except OSError as exc:
+        link.unlink(missing_ok=True)
+        if not isinstance(exc, FileNotFoundError):  # that one: the first compaction, nothing to keep
+            log.warning("ledger_previous_snapshot_not_kept", state_dir=str(state_dir), error=str(exc))
+        return
+    try:
         link.replace(previous)
-    except FileNotFoundError:
-        return  # the first compaction: nothing to keep
     except OSError as exc:
         log.warning("ledger_previous_snapshot_not_kept", state_dir=str(state_dir), error=str(exc))
-        with contextlib.suppress(OSError):
-            link.unlink()
-    finally:
-        if retired is not None:
-            _shrink_file(retired)
-            retired.unlink(missing_ok=True)
+        for temp in (link, retired):  # the old previous snapshot stays as it was
+            if temp is not None:
+                temp.unlink(missing_ok=True)
+        return
+    if retired is not None:
+        _shrink_file(retired)
+        retired.unlink(missing_ok=True)
+
+
+def _set_aside(path: Path) -> Path | None:
+    """A second name (a temp one) for `path` if it is big enough to be freed in steps, else None."""
+    try:
+        if path.stat().st_size <= _SHRINK_STEP:
+            return None
+    except FileNotFoundError:
+        return None
+    aside = _temp_name(path)
+    aside.hardlink_to(path)
+    return aside
 
 
 def _temp_name(path: Path) -> Path:
     return path.with_name(f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(6)}")
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def remove_unused_generations(state_dir: Path, also_keep: Path | None = None) -> None:
