@@ -44,6 +44,16 @@ def _receive(sock: socket.socket) -> dict[str, str]:
     return dict(line.split("=", 1) for line in data.split("\n"))
 
 
+def _all_received(sock: socket.socket, quiet_s: float) -> list[dict[str, str]]:
+    """Every datagram waiting, and those that come until the socket has been quiet for `quiet_s`."""
+    sock.settimeout(quiet_s)
+    received = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            received.append(_receive(sock))
+    return received
+
+
 @pytest.mark.parametrize("which", ["path_socket", "abstract_socket"])
 def test_messages_reach_the_socket(which: str, request: pytest.FixtureRequest) -> None:
     """READY, STATUS, WATCHDOG, STOPPING and RELOADING+MONOTONIC_USEC arrive as one datagram each."""
@@ -130,11 +140,7 @@ def test_a_slow_start_step_keeps_asking_for_more_time_until_it_ends(
     notifier = Notifier.from_env({"NOTIFY_SOCKET": address})
     with notifier.slow_start_step("opening the ledger", every_s=0.2):
         time.sleep(0.7)
-    received = []
-    sock.settimeout(0.5)
-    with contextlib.suppress(TimeoutError):
-        while True:
-            received.append(_receive(sock))
+    received = _all_received(sock, quiet_s=0.5)
     assert 3 <= len(received) <= 5
     assert {message["EXTEND_TIMEOUT_USEC"] for message in received} == {"600000"}
     assert received[0]["STATUS"] == "opening the ledger (0 s)"
@@ -147,11 +153,7 @@ def test_a_slow_start_step_stops_asking_after_its_limit(path_socket: tuple[str, 
     notifier = Notifier.from_env({"NOTIFY_SOCKET": address})
     with notifier.slow_start_step("opening the ledger", every_s=0.1, limit_s=0.25):
         time.sleep(0.8)
-    sock.settimeout(0.3)
-    received = []
-    with contextlib.suppress(TimeoutError):
-        while True:
-            received.append(_receive(sock))
+    received = _all_received(sock, quiet_s=0.3)
     assert 2 <= len(received) <= 4
 
 
@@ -165,9 +167,5 @@ def test_a_slow_start_step_stops_asking_once_a_stop_is_asked_for(path_socket: tu
         time.sleep(0.35)
         stop.set()
         time.sleep(0.5)
-    sock.settimeout(0.3)
-    received = []
-    with contextlib.suppress(TimeoutError):
-        while True:
-            received.append(_receive(sock))
+    received = _all_received(sock, quiet_s=0.3)
     assert 3 <= len(received) <= 5, received  # about 0.35 s of requests, none in the 0.5 s after the stop

@@ -22,7 +22,7 @@ import yaml
 from srd.config import load_config
 from srd.errors import ConfigError, SrdError, StateDirError
 from srd.fs.atomic import write_bytes_atomic
-from srd.ledger.files import LOCK_NAME
+from srd.ledger.files import LOCK_NAME, pid_in_lock
 
 STATUS_NAME = "status.json"
 # The daemon rewrites its status at least this often, even when nothing changed …
@@ -175,15 +175,15 @@ def _holder_without_status(state_dir: Path, status: dict[str, Any] | None) -> in
     one the status document is from: it has not written one yet."""
     lock = state_dir / LOCK_NAME
     try:
-        text = lock.read_bytes()[:32].decode("ascii", "replace").strip()
+        pid = pid_in_lock(lock.read_bytes())
     except OSError:
         return None
-    if not text.isdigit() or (status is not None and str(status.get("pid")) == text):
+    if pid is None or (status is not None and status.get("pid") == pid):
         return None
     holders = _flock_holders(lock)
-    if holders is not None and int(text) not in holders:
+    if holders is not None and pid not in holders:
         return None  # the pid of an earlier holder, now another process
-    return int(text) if pid_alive(int(text)) else None
+    return pid if pid_alive(pid) else None
 
 
 def _flock_holders(path: Path) -> set[int] | None:

@@ -37,9 +37,9 @@ def acquire_lock(path: Path) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        holder = pid_in_lock(os.pread(fd, 32, 0))
         os.close(fd)
-        by = f" (pid {holder})" if holder.isdigit() else ""
+        by = "" if holder is None else f" (pid {holder})"
         raise LockedError(f"state directory {path.parent} is in use by another srd instance{by}") from None
     except BaseException:
         os.close(fd)
@@ -47,6 +47,12 @@ def acquire_lock(path: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, lock_text(), 0)
     return fd
+
+
+def pid_in_lock(content: bytes) -> int | None:
+    """The pid a lock file's first bytes name (its last holder's), or None if they name none."""
+    text = content[:32].decode("ascii", "replace").strip()
+    return int(text) if text.isdigit() else None
 
 
 def lock_text() -> bytes:
