@@ -1,4 +1,4 @@
-"""Measure inference cost (µs per LR pixel through cv2.dnn) and training step time of EDSR candidates.
+"""Measure inference cost (µs per LR pixel through cv2.dnn) and training step time of candidate networks.
 
 Untrained weights: the cost of a conv graph does not depend on the values. Prints a table and writes it
 to the path given by --out (default runs/bench_arch.txt).
@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import torch
 
-from srd.train.model import EDSR, Arch, count_parameters
+from srd.train.model import Arch, build_model, count_parameters
 from srd.train.onnx_io import export_onnx, load_net
 
 
@@ -34,7 +34,7 @@ def time_infer(path: Path, classic: bool, size: int, repeats: int) -> float:
 
 
 def time_train(arch: Arch, steps: int) -> float:
-    model = EDSR(arch).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model = build_model(arch).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x = torch.randn(16, 3, 48, 48).contiguous(memory_format=torch.channels_last)
     y = torch.randn(16, 3, 48 * arch.scale, 48 * arch.scale)
@@ -48,6 +48,15 @@ def time_train(arch: Arch, steps: int) -> float:
         opt.step()
         times.append(time.perf_counter() - t)
     return float(np.median(times[1:]))
+
+
+def parse_candidate(text: str, scale: int) -> Arch:
+    """``<blocks>x<channels>:<tail>`` for EDSR, ``<blocks>x<channels>:sesr`` for the collapsible-block family."""
+    shape, kind = text.split(":")
+    blocks, ch = (int(v) for v in shape.split("x"))
+    if kind == "sesr":
+        return Arch(scale, blocks, ch, family="sesr", expand=256)
+    return Arch(scale, blocks, ch, kind)
 
 
 def main() -> None:
@@ -64,14 +73,13 @@ def main() -> None:
     lines = [f"scale x{args.scale}, {args.size}px input, {args.threads} threads; us per LR pixel (best of 5)"]
     with tempfile.TemporaryDirectory() as tmp:
         for cand in args.candidates.split(","):
-            shape, tail = cand.split(":")
-            blocks, ch = (int(v) for v in shape.split("x"))
-            arch = Arch(args.scale, blocks, ch, tail)
+            arch = parse_candidate(cand, args.scale)
             path = Path(tmp) / f"{cand.replace(':', '_')}.onnx"
-            export_onnx(EDSR(arch), path)
+            network = build_model(arch).inference()
+            export_onnx(network, path)
             classic = time_infer(path, True, args.size, 5)
             new = time_infer(path, False, args.size, 5)
-            line = f"{cand:14s} params {count_parameters(EDSR(arch)):8d}  classic {classic:6.2f}  new {new:6.2f}"
+            line = f"{cand:14s} params {count_parameters(network):8d}  classic {classic:6.2f}  new {new:6.2f}"
             if args.train_steps:
                 line += f"  train bf16 {time_train(arch, args.train_steps):.3f} s/it"
             print(line, flush=True)

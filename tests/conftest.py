@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -15,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 ZOO = SHARED / "models" / "opencv-zoo"
 BENCH = SHARED / "datasets" / "bench"
+TRAIN_IMAGES = ("T91/t1.png", "T91/t2.png", "BSDS200/35091.jpg")  # the train_dir fixture's
 # The one reason every training test gives when it is skipped (README: the default test set-up is light).
 TRAIN_EXTRA = ("needs the 'train' extra: pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu "
                "&& pip install -e '.[train]'")
@@ -38,6 +40,16 @@ def bench() -> Path:
     if not BENCH.is_dir():
         pytest.fail(f"the benchmark images are required at {BENCH}")
     return BENCH
+
+
+@pytest.fixture(scope="session")
+def train_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three of the training images: enough for a training run of a few iterations."""
+    root = tmp_path_factory.mktemp("train")
+    for rel in TRAIN_IMAGES:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SHARED / "datasets" / "train" / rel, root / rel)
+    return root
 
 
 @pytest.fixture(scope="session")

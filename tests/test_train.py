@@ -8,7 +8,6 @@ import importlib.util
 import json
 import multiprocessing
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import require_train_extra
+from conftest import TRAIN_IMAGES, require_train_extra
 
 require_train_extra()
 
@@ -37,24 +36,14 @@ from srd.train.model import DIV2K_MEAN_BGR, EDSR, Arch, load_body  # noqa: E402
 from srd.train.onnx_io import export_onnx, read_state_dict, store_weights_fp16  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
-TRAIN_IMAGES = ["T91/t1.png", "T91/t2.png", "BSDS200/35091.jpg"]
-
-
-@pytest.fixture(scope="module")
-def train_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("train")
-    for rel in TRAIN_IMAGES:
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(SHARED / "train" / rel, root / rel)
-    return root
-
 
 def tiny_config(tmp_path: Path, train_dir: Path, iters: int, **kw: object) -> TrainConfig:
-    return TrainConfig(
+    config = TrainConfig(
         name="tiny", arch=Arch(scale=2, blocks=2, channels=8), iters=iters, batch=4, patch=24,
         lr=1e-3, lr_min=1e-3, eval_every=3, train_dir=str(train_dir), bench_dir=str(SHARED / "bench"),
-        cache_dir=str(tmp_path / "cache"), runs_dir=str(tmp_path / "runs"), **kw,
+        cache_dir=str(tmp_path / "cache"), runs_dir=str(tmp_path / "runs"),
     )
+    return dataclasses.replace(config, **kw)  # type: ignore[arg-type]
 
 
 @pytest.mark.e2e

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from srd.errors import ExitCode
-from srd.train.model import TAILS, Arch
+from srd.train.model import FAMILIES, TAILS, Arch
 
 # The two shipped tiers (see TRAINING.md for the speed measurements behind them).
 PRESETS: dict[str, dict[str, object]] = {
@@ -44,6 +44,9 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channels", type=int)
     p.add_argument("--tail", choices=TAILS)
     p.add_argument("--res-scale", type=float)
+    p.add_argument("--family", choices=FAMILIES, help="edsr (default), or sesr: plain 3x3 convs trained as "
+                                                     "collapsible linear blocks (--blocks, --channels, --expand)")
+    p.add_argument("--expand", type=int, help="sesr: width of each linear block while training (default 256)")
     p.add_argument("--iters", type=int, required=True, help="total iterations; the cosine schedule spans them")
     p.add_argument("--stop-at", type=int, help="pause at this iteration and keep a copy runs/<name>/it<N>.pt "
                                                 "for other runs to start from; rerun without it to go on")
@@ -109,10 +112,16 @@ def _fit(args: argparse.Namespace) -> ExitCode:
         return ExitCode.USAGE
 
     preset = dict(PRESETS[args.preset])
-    for key in ("blocks", "channels", "tail", "res_scale"):
+    for key in ("blocks", "channels", "tail", "res_scale", "family", "expand"):
         if getattr(args, key) is not None:
             preset[key] = getattr(args, key)
-    arch = Arch(scale=args.scale, **preset)  # type: ignore[arg-type]
+    if preset.get("family") == "sesr":
+        preset.setdefault("expand", 256)
+    try:
+        arch = Arch(scale=args.scale, **preset)  # type: ignore[arg-type]
+    except ValueError as error:
+        print(f"srd train fit: {error}", file=sys.stderr)
+        return ExitCode.USAGE
     cfg = TrainConfig(
         name=args.name or f"edsr-{args.preset}-x{args.scale}", arch=arch, iters=args.iters, batch=args.batch,
         patch=args.patch, lr=args.lr, lr_min=args.lr_min, seed=args.seed, hard_fraction=args.hard_fraction,

@@ -25,7 +25,7 @@ from srd.quality.metrics import psnr_y, ssim_y
 from srd.train import checkpoint
 from srd.train.data import load_bench
 from srd.train.loop import PHOTO_EVAL, describe_hardware
-from srd.train.model import EDSR, Arch, count_parameters
+from srd.train.model import Arch, Network, build_model, count_parameters
 from srd.train.onnx_io import export_onnx, load_net, run_net, store_weights_fp16
 
 log = logging.getLogger("srd.train")
@@ -39,13 +39,13 @@ MAX_ABS_DIFF = 1e-2
 MAX_FP16_LOSS_DB = 0.02
 
 
-def model_from_checkpoint(ckpt: dict[str, Any]) -> EDSR:
-    model = EDSR(Arch(**ckpt["arch"]))
+def model_from_checkpoint(ckpt: dict[str, Any]) -> Network:
+    model = build_model(Arch(**ckpt["arch"]))
     model.load_state_dict(ckpt["model"])
     return model.eval()
 
 
-def check_against_torch(model: EDSR, path: Path, classic: bool = True) -> float:
+def check_against_torch(model: Network, path: Path, classic: bool = True) -> float:
     """Largest |cv2.dnn − torch| over random inputs of several non-square sizes (0–255 scale)."""
     net = load_net(path, classic)
     rng = np.random.default_rng(0)
@@ -86,7 +86,9 @@ def training_command(ckpt: dict[str, Any]) -> str:
     parts = [
         "python -m srd.train fit", f"--name {cfg['name']}", f"--scale {arch['scale']}",
         f"--blocks {arch['blocks']}", f"--channels {arch['channels']}", f"--tail {arch['tail']}",
-        f"--res-scale {arch['res_scale']}", f"--iters {cfg['iters']}", f"--batch {cfg['batch']}",
+        f"--res-scale {arch['res_scale']}",
+        *([f"--family {arch['family']}", f"--expand {arch['expand']}"] if arch.get("family", "edsr") != "edsr" else []),
+        f"--iters {cfg['iters']}", f"--batch {cfg['batch']}",
         f"--patch {cfg['patch']}", f"--lr {cfg['lr']}", f"--lr-min {cfg['lr_min']}", f"--seed {cfg['seed']}",
     ]
     if ckpt["iteration"] < cfg["iters"]:
@@ -164,7 +166,7 @@ def _init_source(path: Path) -> tuple[str, dict[str, Any] | None]:
     return f"from {path.name} (sha256 {sha[:16]})", made
 
 
-def _check_file(model: EDSR, path: Path) -> None:
+def _check_file(model: Network, path: Path) -> None:
     """Raise unless both cv2.dnn engines give what torch gives, on several sizes."""
     diffs = {engine: check_against_torch(model, path, classic) for engine, classic in
              (("classic", True), ("new", False))}
@@ -182,13 +184,14 @@ class StoredWeights:
     fp16_loss: dict[str, float]
 
 
-def _store_fp16_if_lossless(model: EDSR, path: Path, half: Path, quality: dict[str, dict[str, float]],
+def _store_fp16_if_lossless(model: Network, path: Path, half: Path, quality: dict[str, dict[str, float]],
                             bench_dir: Path) -> StoredWeights:
     """Rewrite ``path`` with float16 weights (written first to ``half``) if that costs at most MAX_FP16_LOSS_DB
     of PSNR on every benchmark set, measured through cv2.dnn like ``quality``, the float32 file's."""
     store_weights_fp16(path, half)
     # The file must match torch running the same float16-rounded weights: the conversion itself is exact.
-    _check_file(copy.deepcopy(model).half().float(), half)
+    # (Those of the inference network: a sesr network's collapsed kernels are what the file rounds.)
+    _check_file(copy.deepcopy(model.inference()).half().float(), half)
     half_quality = evaluate_onnx(half, bench_dir, model.arch.scale)
     loss = {name: round(quality[name]["psnr_y"] - half_quality[name]["psnr_y"], 3) for name in quality}
     log.info("fp16 weights: quality %s, PSNR loss %s dB", half_quality, loss)
@@ -240,7 +243,7 @@ def export_run(ckpt_path: Path, name: str, models_dir: Path, bench_dir: Path, th
     tmp = models_dir / f".{final.name}.tmp.onnx"
     half = models_dir / f".{final.name}.fp16.tmp.onnx"
     try:
-        export_onnx(model, tmp)
+        export_onnx(model.inference(), tmp)
         _check_file(model, tmp)
         quality = evaluate_onnx(tmp, bench_dir, arch.scale)
         log.info("quality via cv2.dnn: %s", quality)
@@ -252,9 +255,8 @@ def export_run(ckpt_path: Path, name: str, models_dir: Path, bench_dir: Path, th
     entry = {
         "name": name, "scale": arch.scale, "file": final.name, "format": "onnx", "convention": CONVENTION,
         "sha256": file_sha256(final), "size_bytes": final.stat().st_size,
-        "architecture": {"family": "edsr", "blocks": arch.blocks, "channels": arch.channels, "tail": arch.tail,
-                         "res_scale": arch.res_scale},
-        "parameters": count_parameters(model), "weights": weights.dtype,
+        "architecture": {key: value for key, value in arch.to_dict().items() if key != "scale"},
+        "parameters": count_parameters(model.inference()), "weights": weights.dtype,
         "provenance": made,
         "quality": weights.quality, "fp16_psnr_loss": weights.fp16_loss,
     }

@@ -21,6 +21,7 @@ from typing import TypedDict, cast
 
 import numpy as np
 import torch
+from torch import nn
 
 from srd.quality.degrade import BenchDegradation, PhotoMix
 from srd.quality.metrics import psnr_y
@@ -33,7 +34,7 @@ from srd.train.data import (
     load_pairs,
     to_model_space,
 )
-from srd.train.model import EDSR, Arch, count_parameters, load_body
+from srd.train.model import Arch, build_model, count_parameters, load_body
 from srd.train.onnx_io import read_state_dict
 
 log = logging.getLogger("srd.train")
@@ -122,7 +123,7 @@ def describe_hardware(device: torch.device, threads: int, bf16: bool) -> str:
     return f"{os.cpu_count()}-core CPU ({threads} training thread(s), {precision}), torch {version} CPU"
 
 
-def evaluate_torch(model: EDSR, pairs: list[Pair], scale: int) -> float:
+def evaluate_torch(model: nn.Module, pairs: list[Pair], scale: int) -> float:
     """Mean PSNR-Y (shave = scale) of the model in fp32 on whole images: the quick progress signal."""
     model.eval()
     device = next(model.parameters()).device
@@ -184,7 +185,7 @@ def _train(cfg: TrainConfig, device: torch.device, stop: _StopFlag, target: int)
     run_dir = cfg.run_dir
     last = run_dir / "last.pt"
     ckpt = checkpoint.load(last) if last.exists() else None
-    if ckpt is not None and ckpt["arch"] != cfg.arch.to_dict():
+    if ckpt is not None and Arch(**ckpt["arch"]) != cfg.arch:
         raise ValueError(f"{last} holds architecture {ckpt['arch']}, not {cfg.arch.to_dict()}")
     if ckpt is not None and ckpt["iteration"] >= target:
         # A queue rerun passes every finished run: return before loading its data, and rewrite nothing.
@@ -194,7 +195,7 @@ def _train(cfg: TrainConfig, device: torch.device, stop: _StopFlag, target: int)
     # First, so that a wrong --bench-dir is refused at once, not after the training images are read.
     set5, set14 = (load_bench(Path(cfg.bench_dir) / name, cfg.arch.scale) for name in ("Set5", "Set14"))
     torch.manual_seed(cfg.seed)  # before building the model: it fixes the initial weights
-    model = EDSR(cfg.arch)
+    model = build_model(cfg.arch)
     photo = cfg.degrade == "photo"
     sampler = PatchSampler(load_pairs(Path(cfg.train_dir), cfg.arch.scale, Path(cfg.cache_dir), cfg.downscales),
                            cfg.arch.scale, cfg.patch, cfg.seed, cfg.hard_fraction,
@@ -222,6 +223,8 @@ def _train(cfg: TrainConfig, device: torch.device, stop: _StopFlag, target: int)
                 log.info("initialised every tensor from %s", cfg.init)
             else:
                 copied = load_body(model, init)
+                if not copied:
+                    raise ValueError(f"{cfg.init} holds no weights that fit {cfg.arch}")
                 log.info("initialised %d tensors (all but the tail) from %s", len(copied), cfg.init)
         log.info("new run %s: %s, %d parameters", cfg.name, cfg.arch, count_parameters(model))
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str) + "\n")

@@ -16,6 +16,7 @@ from torch import nn
 DIV2K_MEAN_BGR = (103.1545782, 111.561547, 114.35629928)
 
 TAILS = ("shuffle", "espcn")
+FAMILIES = ("edsr", "sesr")
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,10 @@ class Arch:
             then a conv ch→3 at HR resolution); ``"espcn"`` ends with one conv ch→3·s² at LR resolution straight
             into PixelShuffle, which is much cheaper in OpenCV where DepthToSpace does not scale with threads.
         res_scale: residual scaling inside blocks (EDSR uses 0.1 only for its wide 256-channel model).
+        family: ``"edsr"`` (:class:`EDSR`) or ``"sesr"`` (:class:`srd.train.collapsible.SESR`: ``blocks``
+            single 3×3 convs, each trained as a collapsible linear block; ESPCN tail, no ``res_scale``).
+        expand: sesr only: the width each linear block is expanded to while training (collapsed away for
+            inference).
     """
 
     scale: int
@@ -37,6 +42,16 @@ class Arch:
     channels: int
     tail: str = "espcn"
     res_scale: float = 1.0
+    family: str = "edsr"
+    expand: int = 0
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown family {self.family!r}; expected one of {FAMILIES}")
+        if self.family == "sesr" and (self.tail != "espcn" or self.res_scale != 1.0 or self.expand < 1):
+            raise ValueError("a sesr network has the espcn tail, no res_scale, and an expand width of at least 1")
+        if self.family == "edsr" and self.expand:
+            raise ValueError("expand is for sesr networks only")
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -73,7 +88,17 @@ def _upsampler(arch: Arch) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class EDSR(nn.Module):
+class Network(nn.Module):
+    """What every family's training network has: its architecture, and the network export writes."""
+
+    arch: Arch
+
+    def inference(self) -> Network:
+        """The network to export (itself, unless a family trains a different form of it)."""
+        return self
+
+
+class EDSR(Network):
     """head conv → residual blocks → body conv (+ global skip) → upsampler.
 
     Input and output are BGR, 0–255 minus :data:`DIV2K_MEAN_BGR`, NCHW.
@@ -94,11 +119,20 @@ class EDSR(nn.Module):
         return self.tail(feat + self.body(feat))
 
 
+def build_model(arch: Arch) -> Network:
+    """The training network of ``arch``'s family."""
+    if arch.family == "sesr":
+        from srd.train.collapsible import SESR
+
+        return SESR(arch)
+    return EDSR(arch)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def load_body(model: EDSR, state: dict[str, torch.Tensor]) -> list[str]:
+def load_body(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
     """Copy every weight except the upsampler from another scale's checkpoint.
 
     Why: ×3/×4 train much faster starting from a ×2 body (EDSR paper §4.1); the tail's shapes differ per scale.

@@ -10,15 +10,16 @@ import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
+from torch import nn
 
-from srd.train.model import DIV2K_MEAN_BGR, EDSR
+from srd.train.model import DIV2K_MEAN_BGR
 
 # PixelShuffle exports as DepthToSpace mode "CRD", which needs opset >= 11; 13 is what was verified to load in
 # both cv2.dnn 5.0 engines.
 OPSET = 13
 
 
-def export_onnx(model: EDSR, path: Path) -> None:
+def export_onnx(model: nn.Module, path: Path) -> None:
     """Export with dynamic height/width, input "input" and output "output" (the engine's contract).
 
     Uses the legacy TorchScript exporter: it gives a plain Conv/Relu/Add/DepthToSpace graph that both
@@ -38,18 +39,29 @@ def export_onnx(model: EDSR, path: Path) -> None:
             opset_version=OPSET,
             dynamo=False,
         )
-    _rewrite_depth_to_space_as_dcr(path)
+    graph_model = onnx.load(str(path))
+    _inline_shared_initializers(graph_model.graph)
+    _rewrite_depth_to_space_as_dcr(graph_model.graph, path)
+    onnx.save(graph_model, str(path))
 
 
-def _rewrite_depth_to_space_as_dcr(path: Path) -> None:
+def _inline_shared_initializers(graph: onnx.GraphProto) -> None:
+    """Give each weight that torch's exporter shared between layers (equal tensors, e.g. the PReLU slopes of an
+    untrained network) through an Identity node a copy of its own: cv2.dnn's new engine refuses such a graph."""
+    weights = {init.name: init for init in graph.initializer}
+    for node in [n for n in graph.node if n.op_type == "Identity" and n.input[0] in weights]:
+        graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(weights[node.input[0]]),
+                                                         node.output[0]))
+        graph.node.remove(node)
+
+
+def _rewrite_depth_to_space_as_dcr(graph: onnx.GraphProto, path: Path) -> None:
     """Turn each Conv → DepthToSpace(CRD) into an equivalent Conv with permuted outputs → DepthToSpace(DCR).
 
     Loading any OpenCV-zoo `.pb` registers dnn_superres's own DepthToSpace layer process-wide, and that
     layer always orders channels the DCR (TensorFlow) way, ignoring the ONNX `mode`. A DCR graph gives
     the same result with either layer, so srd's models stay correct in a worker that also ran a zoo model.
     """
-    graph_model = onnx.load(str(path))
-    graph = graph_model.graph
     weights = {init.name: init for init in graph.initializer}
     for node, conv, block in _depth_to_space_convs(graph, b"CRD"):
         if conv.input[1] not in weights:
@@ -59,7 +71,6 @@ def _rewrite_depth_to_space_as_dcr(path: Path) -> None:
             order = _crd_to_dcr_order(tensor.shape[0], block)
             weights[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(tensor[order]), name))
         next(a for a in node.attribute if a.name == "mode").s = b"DCR"
-    onnx.save(graph_model, str(path))
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -97,17 +108,20 @@ def _crd_to_dcr_order(outputs: int, block: int) -> np.ndarray:
 
 
 def store_weights_fp16(src: Path, dst: Path) -> None:
-    """Write ``src`` to ``dst`` with every float32 weight stored as float16, each feeding a Cast to float32.
+    """Write ``src`` to ``dst`` with every float32 convolution weight and bias stored as float16, each feeding a
+    Cast to float32.
 
     Half the file size; cv2.dnn folds the casts when it loads the model, so the net it runs has the same layers
-    and speed, with the weights rounded to float16.
+    and speed, with the weights rounded to float16. Only a Conv's: cv2.dnn's new engine refuses a Cast before
+    other layers' constants (PRelu slopes), which are a few numbers per layer anyway.
     """
     graph_model = onnx.load(str(src))
     graph = graph_model.graph
+    convolved = {name for node in graph.node if node.op_type == "Conv" for name in node.input[1:]}
     kept, casts = [], []
     for init in graph.initializer:
         tensor = numpy_helper.to_array(init)
-        if tensor.dtype != np.float32:
+        if tensor.dtype != np.float32 or init.name not in convolved:
             kept.append(init)
             continue
         kept.append(numpy_helper.from_array(tensor.astype(np.float16), f"{init.name}_fp16"))
