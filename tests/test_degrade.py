@@ -99,6 +99,7 @@ def test_a_mix_is_the_default_with_named_fields_changed_and_its_clean_share_is_t
     for bad, reason in [("blurr_probability=0.1", "unknown photo mix field 'blurr_probability'"),
                         ("jpeg_probability=1.5", "probability from 0 to 1"),
                         ("jpeg_quality=90-50", "range low-high"), ("jpeg_quality=0-50", "from 1 to 100"),
-                        ("noise_sigma=4", "range low-high"), ("clean_probability=half", "needs a number")]:
+                        ("noise_sigma=4", "range low-high"), ("clean_probability=half", "needs a number"),
+                        ("clean_probability=0.3,clean_probability=0.5", "clean_probability is given twice")]:
         with pytest.raises(ValueError, match=reason):
             PhotoMix.parse(bad)

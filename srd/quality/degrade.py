@@ -128,7 +128,7 @@ class PhotoMix:
         (``clean_probability=0.3,jpeg_quality=50-95``).
 
         Raises:
-            ValueError: an unknown field or a value out of range, naming it.
+            ValueError: an unknown or repeated field or a value out of range, naming it.
         """
         defaults = cls()
         known = [f.name for f in fields(cls)]
@@ -137,6 +137,8 @@ class PhotoMix:
             name, _, value = item.partition("=")
             if name not in known:
                 raise ValueError(f"unknown photo mix field {name!r}: the fields are {', '.join(known)}")
+            if name in changes:  # the recorded command must say one thing per field
+                raise ValueError(f"photo mix field {name} is given twice")
             kind = int if name == "jpeg_quality" else float
             is_range = isinstance(getattr(defaults, name), tuple)
             try:
