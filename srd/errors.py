@@ -87,6 +87,11 @@ class ModelError(SrdError):
     """A model can't be found, verified, downloaded or loaded."""
 
 
+class ModelChoiceError(ModelError):
+    """The request does not say which model it means (a name that comes in several scales, and no scale) or
+    asks for an unknown convention: the command line or config is at fault, not a model file."""
+
+
 class ImageError(SrdError):
     """An input file can't be read as an image (corrupt, unsupported, too large)."""
 

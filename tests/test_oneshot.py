@@ -508,11 +508,18 @@ def test_unknown_model_says_not_found_and_where_it_looked(tmp_path: Path) -> Non
     assert not (tmp_path / "big").exists()
 
 
-def test_a_model_name_in_several_scales_asks_for_one(tmp_path: Path) -> None:
+def test_a_model_name_in_several_scales_or_an_unknown_convention_is_a_usage_error(tmp_path: Path) -> None:
+    """The command line is at fault, not a model: exit 2 (4 would send an admin to check the model files)."""
     source = write_image(tmp_path / "a.png")
     done = srd("process", str(source), "--out", str(tmp_path / "big"), "--model", "edsr-lite")
-    assert done.returncode == 4
+    assert done.returncode == 2
     assert "comes in scales 2, 3, 4" in done.stderr
+    for scale in ([], ["--scale", "2"]):
+        done = srd("process", str(source), "--out", str(tmp_path / "big"), "--model", "edsr-lite", *scale,
+                   "--convention", "bogus")
+        assert done.returncode == 2
+        assert re.search("(unknown model convention 'bogus'|convention must be one of edsr)", done.stderr)
+    assert not (tmp_path / "big").exists()
 
 
 def test_a_relative_model_path_works_from_any_folder(zoo: Path, tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from srd.errors import (
     ConfigError,
     ExitCode,
     LockedError,
+    ModelChoiceError,
     ModelError,
     OutputError,
     SrdError,
@@ -44,6 +45,7 @@ from srd.web.command import add_commands as add_web_commands
 _EXIT_CODES: tuple[tuple[type[SrdError], ExitCode], ...] = (
     (ConfigError, ExitCode.USAGE),
     (UsageError, ExitCode.USAGE),
+    (ModelChoiceError, ExitCode.USAGE),
     (ModelError, ExitCode.MODEL),
     (OutputError, ExitCode.OUTPUT),
     (LockedError, ExitCode.LOCKED),

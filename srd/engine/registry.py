@@ -16,7 +16,7 @@ from pathlib import Path
 
 from srd.engine.conventions import CONVENTIONS
 from srd.engine.zoo import ZOO, find_zoo, infer_convention
-from srd.errors import ModelError
+from srd.errors import ModelChoiceError, ModelError
 
 MANIFEST_NAME = "manifest.json"
 _FORMAT_BY_SUFFIX = {".onnx": "onnx", ".pb": "tensorflow"}
@@ -143,10 +143,11 @@ def resolve_model(
     has that one.
 
     Raises:
-        ModelError: no such model, scale mismatch, or an unknown convention.
+        ModelError: no such model or scale; ModelChoiceError: no scale for a name that has several, or an
+            unknown convention.
     """
     if convention is not None and convention not in CONVENTIONS:
-        raise ModelError(f"unknown model convention {convention!r} (choose from {', '.join(CONVENTIONS)})")
+        raise ModelChoiceError(f"unknown model convention {convention!r} (choose from {', '.join(CONVENTIONS)})")
     if looks_like_path(ref):
         return _spec_from_path(Path(ref).expanduser(), scale, convention)
     name = ref.lower()
@@ -156,8 +157,8 @@ def resolve_model(
     scales = sorted({spec.scale for spec in named})
     if scale is None:
         if len(scales) > 1:
-            raise ModelError(f"model {ref!r} comes in scales {', '.join(map(str, scales))}: pass one (e.g. --scale "
-                             f"{scales[0]})")
+            raise ModelChoiceError(f"model {ref!r} comes in scales {', '.join(map(str, scales))}: pass one "
+                                   f"(e.g. --scale {scales[0]})")
         scale = scales[0]
     for spec in named:
         if spec.scale == scale:
