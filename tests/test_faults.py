@@ -300,6 +300,7 @@ def test_the_derived_limit_grows_with_pixels_and_model_cost_and_keeps_its_floor(
     assert job_time_limit(profile("/m/ESPCN_x2.pb"), 64 * 64, floor=120) == 120
     assert us_per_pixel("FSRCNN-small_x2.pb") == 0.8 and us_per_pixel("FSRCNN_x2.pb") == 1.6
     assert us_per_pixel("EDSR_x4.pb") == 350.0 and us_per_pixel("edsr-lite_x2.onnx") == 5.5
+    assert us_per_pixel("edsr-photo") == us_per_pixel("edsr-base") == 31.0  # not the zoo EDSR's 350
     assert us_per_pixel("my-own-net.onnx") == 350.0  # unknown: as slow as the slowest known
 
 

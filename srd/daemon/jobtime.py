@@ -16,6 +16,7 @@ from srd.engine.pipeline import Upscale
 # µs per input pixel on one thread, by model name prefix (BENCHMARKS.md, the slowest scale, rounded up).
 _US_PER_PIXEL = {
     "edsr-base": 31.0,
+    "edsr-photo": 31.0,  # edsr-base's network, fine-tuned
     "edsr-lite": 5.5,
     "lapsrn": 60.0,
     "fsrcnn-small": 0.8,
