@@ -1,9 +1,15 @@
 #!/usr/bin/env python3
-"""Warm restarts of all six shipped models side by side on one CUDA GPU, sized to a fixed wall time.
+"""Six training runs side by side on one CUDA GPU, sized to a fixed wall time.
 
-Each run starts from the model it will replace, the shipped ``models/edsr-<tier>_x<scale>.onnx`` (``fit --init``
-reads its weights back), so a lease needs no checkpoint from an earlier machine. Runs are named
-``edsr-<tier>-x<scale>-gpu-<tag>``, the tag by default the day (UTC).
+Two plans (``--plan``):
+
+  restarts  warm restarts of the six shipped models: each run starts from the model it will replace, the shipped
+            ``models/edsr-<tier>_x<scale>.onnx`` (``fit --init`` reads its weights back), so a lease needs no
+            checkpoint from an earlier machine; lr 1e-4. Runs are named ``edsr-<tier>-x<scale>-gpu-<tag>``.
+  tiers     the candidates for the next two tiers (presets ``fast`` and ``quality``, sesr networks) at every
+            scale, from scratch (lr 2e-4). Runs are named ``sesr-<tier>-x<scale>-gpu-<tag>``.
+
+The tag is by default the day (UTC).
 
 A GPU lease here is minutes long, so the runs are sized by measurement rather than by guess:
 
@@ -36,10 +42,10 @@ import torch
 
 HOME_CACHE = Path.home() / ".cache/srd"
 MODELS = Path("models")  # relative, as the manifest will record each run's --init (run from the repository root)
-SHIPPED = [(preset, scale) for preset in ("lite", "base") for scale in (2, 3, 4)]
+SCALES = (2, 3, 4)
 DOWNSCALES = "0.8,0.6"
-TRAINING = ["--batch", "32", "--lr", "1e-4", "--hard-fraction", "0.5", "--downscales", DOWNSCALES,
-            "--threads", "2", "--eval-every", "2000"]
+TRAINING = ["--batch", "32", "--hard-fraction", "0.5", "--downscales", DOWNSCALES, "--threads", "2",
+            "--eval-every", "2000"]
 LOG_LINE = re.compile(r"^(\S+ \S+) INFO it (\d+) loss")
 
 
@@ -47,24 +53,32 @@ class Run(NamedTuple):
     name: str
     preset: str
     scale: int
-    start: Path  # the shipped model it starts from
+    start: Path | None  # the shipped model it starts from; None: from scratch
+
+    @property
+    def key(self) -> str:
+        """What the probe's rates are keyed by, so a train step on another day (another tag) finds them."""
+        return f"{self.preset}_x{self.scale}"
 
 
-def planned_runs(tag: str) -> list[Run]:
-    """One run for each shipped model."""
+def planned_runs(tag: str, plan: str = "restarts") -> list[Run]:
+    """restarts: one run for each shipped model, from it; tiers: one for each new tier and scale, from scratch."""
+    if plan == "tiers":
+        return [Run(f"sesr-{preset}-x{scale}-gpu-{tag}", preset, scale, None)
+                for preset in ("fast", "quality") for scale in SCALES]
     return [Run(f"edsr-{preset}-x{scale}-gpu-{tag}", preset, scale, MODELS / f"edsr-{preset}_x{scale}.onnx")
-            for preset, scale in SHIPPED]
+            for preset in ("lite", "base") for scale in SCALES]
 
 
 def fit(args: argparse.Namespace, run: Run, iters: int, probe: bool) -> subprocess.Popen:
     name, preset, scale, start = run
     command = [sys.executable, "-m", "srd.train", "fit", "--preset", preset, "--scale", str(scale),
-               "--iters", str(iters), *TRAINING, "--device", args.device,
-               "--runs-dir", str(args.runs_dir), "--cache-dir", str(args.cache_dir)]
+               "--iters", str(iters), *TRAINING, "--lr", "2e-4" if start is None else "1e-4",
+               "--device", args.device, "--runs-dir", str(args.runs_dir), "--cache-dir", str(args.cache_dir)]
     if probe:  # from scratch (speed does not depend on the weights), logged often, never evaluated
         command += ["--name", f"{name}-probe", "--log-every", "20", "--eval-every", str(iters)]
     else:
-        command += ["--name", name, "--init", str(start)]
+        command += ["--name", name] + (["--init", str(start)] if start is not None else [])
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
@@ -88,12 +102,11 @@ def stop_all(procs: list[subprocess.Popen]) -> None:
 
 
 def probe(args: argparse.Namespace) -> None:
-    runs = planned_runs(args.tag)
+    runs = planned_runs(args.tag, args.plan)
     procs = [fit(args, run, 10**6, probe=True) for run in runs]
     time.sleep(args.probe_s)
     stop_all(procs)
-    # Keyed by the model each run starts from, so a train step on another day (another tag) finds them.
-    probes = {run.start.stem: args.runs_dir / f"{run.name}-probe" for run in runs}
+    probes = {run.key: args.runs_dir / f"{run.name}-probe" for run in runs}
     rates = {model: measured_rate(folder / "train.log") for model, folder in probes.items()}
     for folder in probes.values():
         shutil.rmtree(folder)
@@ -103,7 +116,7 @@ def probe(args: argparse.Namespace) -> None:
 
 def train(args: argparse.Namespace) -> None:
     rates = json.loads(args.rates.read_text())
-    plan = {run: max(100, int(rates[run.start.stem] * args.train_s) // 100 * 100) for run in planned_runs(args.tag)}
+    plan = {run: max(100, int(rates[run.key] * args.train_s) // 100 * 100) for run in planned_runs(args.tag, args.plan)}
     print({run.name: iters for run, iters in plan.items()}, flush=True)
     procs = [fit(args, run, iters, probe=False) for run, iters in plan.items()]
     deadline = time.monotonic() + args.train_s * 1.25 + 60
@@ -121,6 +134,7 @@ def train(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=("probe", "train"))
+    parser.add_argument("--plan", choices=("restarts", "tiers"), default="restarts", help="which six runs (above)")
     parser.add_argument("--tag", default=datetime.now(UTC).strftime("%Y%m%d"),
                         help="ends each run's name (default: the day, UTC)")
     parser.add_argument("--rates", type=Path, default=HOME_CACHE / "gpu_rates.json")

@@ -221,6 +221,9 @@ def test_gpu_script_measures_rates_from_the_log_and_starts_from_the_shipped_mode
     assert len(runs) == 6 and len({start for *_, start in runs}) == 6
     assert gpu.Run("edsr-base-x3-gpu-20261127", "base", 3, gpu.MODELS / "edsr-base_x3.onnx") in runs
     assert all((Path(__file__).resolve().parents[1] / start).is_file() for *_, start in runs)
+    tiers = gpu.planned_runs("20261127", "tiers")
+    assert gpu.Run("sesr-quality-x4-gpu-20261127", "quality", 4, None) in tiers
+    assert len({run.key for run in runs + tiers}) == 12  # each run its own probed rate
 
 
 @pytest.mark.e2e

@@ -21,7 +21,7 @@ from srd.train import checkpoint  # noqa: E402
 from srd.train.collapsible import SESR, LinearBlock  # noqa: E402
 from srd.train.command import main as train_main  # noqa: E402
 from srd.train.export import export_run, training_command  # noqa: E402
-from srd.train.loop import train  # noqa: E402
+from srd.train.loop import TrainConfig, train  # noqa: E402
 from srd.train.model import DIV2K_MEAN_BGR, Arch, build_model, load_body  # noqa: E402
 from srd.train.onnx_io import export_onnx  # noqa: E402
 
@@ -133,12 +133,14 @@ def test_inconsistent_architectures_are_refused(bad: dict[str, object]) -> None:
         Arch(scale=2, blocks=2, channels=8, **bad)  # type: ignore[arg-type]
 
 
-def test_the_fit_command_defaults_a_sesr_expansion_and_refuses_an_edsr_one(capsys: pytest.CaptureFixture[str],
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    asked: list[Arch] = []
-    monkeypatch.setattr("srd.train.loop.train", lambda cfg, stop_at=None: asked.append(cfg.arch) or True)
+def test_the_fit_command_knows_the_sesr_presets_defaults_an_expansion_and_refuses_an_edsr_one(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[TrainConfig] = []
+    monkeypatch.setattr("srd.train.loop.train", lambda cfg, stop_at=None: asked.append(cfg) or True)
     assert train_main(["fit", "--scale", "2", "--iters", "1", "--family", "sesr"]) == 0
-    assert asked[0].family == "sesr" and asked[0].expand == 256
+    assert asked[0].arch.family == "sesr" and asked[0].arch.expand == 256
+    assert train_main(["fit", "--scale", "3", "--iters", "1", "--preset", "fast"]) == 0
+    assert asked[1].arch == Arch(3, 11, 32, family="sesr", expand=256) and asked[1].name == "sesr-fast-x3"
     assert train_main(["fit", "--scale", "2", "--iters", "1", "--expand", "64"]) == 2
     assert "expand is for sesr networks only" in capsys.readouterr().err
 

@@ -11,10 +11,13 @@ from pathlib import Path
 from srd.errors import ExitCode
 from srd.train.model import FAMILIES, TAILS, Arch
 
-# The two shipped tiers (see TRAINING.md for the speed measurements behind them).
+# The two shipped tiers, and the candidates for the next two (see TRAINING.md for the speed measurements behind
+# them): fast at edsr-lite's time per pixel or less, quality at half of edsr-base's or less.
 PRESETS: dict[str, dict[str, object]] = {
     "lite": {"blocks": 8, "channels": 32, "tail": "espcn", "res_scale": 1.0},
     "base": {"blocks": 16, "channels": 64, "tail": "espcn", "res_scale": 1.0},
+    "fast": {"blocks": 11, "channels": 32, "family": "sesr", "expand": 256},
+    "quality": {"blocks": 20, "channels": 48, "family": "sesr", "expand": 256},
 }
 
 
@@ -39,7 +42,7 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit", help="train or resume a run (rerun the same command to resume)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="lite")
     p.add_argument("--scale", type=int, choices=(2, 3, 4), required=True)
-    p.add_argument("--name", help="run name (default edsr-<preset>-x<scale>)")
+    p.add_argument("--name", help="run name (default <family>-<preset>-x<scale>, e.g. edsr-lite-x2)")
     p.add_argument("--blocks", type=int)
     p.add_argument("--channels", type=int)
     p.add_argument("--tail", choices=TAILS)
@@ -123,8 +126,9 @@ def _fit(args: argparse.Namespace) -> ExitCode:
         print(f"srd train fit: {error}", file=sys.stderr)
         return ExitCode.USAGE
     cfg = TrainConfig(
-        name=args.name or f"edsr-{args.preset}-x{args.scale}", arch=arch, iters=args.iters, batch=args.batch,
-        patch=args.patch, lr=args.lr, lr_min=args.lr_min, seed=args.seed, hard_fraction=args.hard_fraction,
+        name=args.name or f"{arch.family}-{args.preset}-x{args.scale}", arch=arch, iters=args.iters,
+        batch=args.batch, patch=args.patch, lr=args.lr, lr_min=args.lr_min, seed=args.seed,
+        hard_fraction=args.hard_fraction,
         downscales=args.downscales, degrade=args.degrade, mix=args.mix, bf16=not args.no_bf16, threads=args.threads,
         device=args.device, init=args.init,
         eval_every=args.eval_every, log_every=args.log_every, save_every_s=args.save_every_s, train_dir=args.train_dir,
