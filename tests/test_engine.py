@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from conftest import REPO, SHARED
 
-from srd.engine.registry import resolve_model
+from srd.engine.registry import bundled_models_dir, read_manifest, resolve_model
 from srd.engine.tiling import plan_tiles
 from srd.engine.upscaler import EngineSettings, Upscaler
-from srd.errors import ModelError
+from srd.errors import ModelChoiceError, ModelError
 from srd.quality.bicubic import bicubic_up, make_lr
 from srd.quality.metrics import crop_to_multiple, psnr_y
 
@@ -115,6 +115,23 @@ def test_model_scale_and_convention_come_from_zoo_file_names(zoo: Path, tmp_path
     with pytest.raises(ModelError, match="cannot infer the scale"):
         resolve_model(str(odd), None)
     assert resolve_model(str(odd), 3, convention="espcn").convention == "espcn"
+
+
+def test_a_file_srd_exported_is_described_by_the_manifest_beside_it(tmp_path: Path) -> None:
+    """Its name need not tell scale or convention: `srd train export --models-dir D` wrote both beside it."""
+    bundled = next(spec for spec in read_manifest(bundled_models_dir()) if spec.path.name == "edsr-lite_x3.onnx")
+    (tmp_path / "trial.onnx").write_bytes(bundled.path.read_bytes())
+    entry = {**bundled.info, "name": "trial", "file": "trial.onnx"}
+    (tmp_path / "manifest.json").write_text(json.dumps({"version": 1, "models": [entry]}))
+    spec = resolve_model(str(tmp_path / "trial.onnx"), None)
+    assert (spec.name, spec.scale, spec.convention) == ("trial", 3, "edsr")
+    assert spec.expected_sha256 == bundled.expected_sha256
+    assert resolve_model(str(tmp_path / "trial.onnx"), 3, convention="fsrcnn").convention == "fsrcnn"
+    with pytest.raises(ModelChoiceError, match=r"trial\.onnx is a x3 model, but scale 2 was asked for"):
+        resolve_model(str(tmp_path / "trial.onnx"), 2)
+    (tmp_path / "other.onnx").write_bytes(bundled.path.read_bytes())  # beside it, but not in the manifest
+    with pytest.raises(ModelChoiceError, match="cannot infer the scale"):
+        resolve_model(str(tmp_path / "other.onnx"), None)
 
 
 def test_unknown_model_name_says_what_exists_and_how_to_fetch(tmp_path: Path) -> None:

@@ -172,17 +172,23 @@ def _spec_from_path(path: Path, scale: int | None, convention: str | None) -> Mo
     fmt = _FORMAT_BY_SUFFIX.get(path.suffix.lower())
     if fmt is None:
         raise ModelError(f"{path}: unsupported model format (use a TensorFlow .pb or an ONNX .onnx file)")
+    # A file `srd train export` wrote is described by the manifest beside it, whatever its name.
+    described = next((spec for spec in read_manifest(path.parent) if spec.path.name == path.name), None)
+    if described is not None:
+        if scale is not None and scale != described.scale:
+            raise ModelChoiceError(f"{path.name} is a x{described.scale} model, but scale {scale} was asked for")
+        return described if convention is None else _with_convention(described, convention)
     inferred = infer_convention(path)
     if inferred is not None:
         inferred_convention, inferred_scale = inferred
         if scale is not None and scale != inferred_scale:
-            raise ModelError(f"{path.name} is a x{inferred_scale} model, but scale {scale} was asked for")
+            raise ModelChoiceError(f"{path.name} is a x{inferred_scale} model, but scale {scale} was asked for")
         scale = inferred_scale
         convention = convention or inferred_convention
     if scale is None:
-        raise ModelError(f"{path.name}: cannot infer the scale from the file name; pass it (e.g. --scale 2)")
+        raise ModelChoiceError(f"{path.name}: cannot infer the scale from the file name; pass it (e.g. --scale 2)")
     if convention is None:
-        raise ModelError(
+        raise ModelChoiceError(
             f"{path.name}: cannot infer the model convention from the file name; pass it "
             f"(one of {', '.join(CONVENTIONS)})"
         )
