@@ -3,6 +3,7 @@ family travels through training, resume, export and the manifest's recorded comm
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import shlex
 from pathlib import Path
@@ -21,10 +22,10 @@ from test_train import SHARED, tiny_config  # noqa: E402
 from srd.train import checkpoint  # noqa: E402
 from srd.train.collapsible import SESR, LinearBlock  # noqa: E402
 from srd.train.command import main as train_main  # noqa: E402
-from srd.train.export import export_run, training_command  # noqa: E402
+from srd.train.export import export_run, training_command, with_conv_weights_as_fp16  # noqa: E402
 from srd.train.loop import TrainConfig, train  # noqa: E402
 from srd.train.model import DIV2K_MEAN_BGR, Arch, build_model, load_body  # noqa: E402
-from srd.train.onnx_io import export_onnx  # noqa: E402
+from srd.train.onnx_io import export_onnx, store_weights_fp16  # noqa: E402
 
 TINY_SESR = Arch(scale=2, blocks=2, channels=8, family="sesr", expand=16)
 
@@ -101,6 +102,28 @@ def test_a_sesr_run_trains_resumes_and_exports_a_file_cv2_runs_as_torch_does(tmp
         outputs.append(net.forward())
     for output in outputs:  # float16 weights (entry["weights"]) round the collapsed kernels: hundredths at most
         assert np.abs(output - reference).max() < 0.05
+
+
+def test_a_float16_file_is_checked_against_what_it_rounds(tmp_path: Path) -> None:
+    """store_weights_fp16 rounds convolution weights only (PReLU slopes stay float32, for cv2's new engine): the
+    reference export compares the file with must round exactly those, or trained slopes far from 0.25 fail it."""
+    model = build_model(TINY_SESR).eval()
+    _randomise(model)
+    with torch.no_grad():
+        for act in model.acts:
+            act.weight.copy_(torch.linspace(-0.7, 0.9, act.weight.numel()) + 1e-3 / 3)  # not float16-exact
+    full, half = tmp_path / "full.onnx", tmp_path / "half.onnx"
+    export_onnx(model.inference(), full)
+    store_weights_fp16(full, half)
+    blob = np.random.default_rng(2).uniform(-120, 140, (1, 3, 21, 26)).astype(np.float32)
+    net = cv2.dnn.readNetFromONNX(str(half), cv2.dnn.ENGINE_NEW)
+    net.setInput(blob)
+    out = net.forward()
+    with torch.no_grad():
+        reference = with_conv_weights_as_fp16(model)(torch.from_numpy(blob)).numpy()
+        all_rounded = copy.deepcopy(model.inference()).half().float()(torch.from_numpy(blob)).numpy()
+    assert np.abs(out - reference).max() < 2e-3
+    assert np.abs(all_rounded - reference).max() > 2e-3  # the slopes' rounding shows: the check can tell
 
 
 def test_the_recorded_command_builds_the_same_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -166,6 +166,16 @@ def _init_source(path: Path) -> tuple[str, dict[str, Any] | None]:
     return f"from {path.name} (sha256 {sha[:16]})", made
 
 
+def with_conv_weights_as_fp16(model: Network) -> Network:
+    """A copy of ``model``'s inference network with what :func:`store_weights_fp16` stores as float16, the
+    convolutions' weights and biases, rounded to it (a sesr network's collapsed kernels, not its training ones)."""
+    rounded = copy.deepcopy(model.inference())
+    for module in rounded.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.half().float()
+    return rounded
+
+
 def _check_file(model: Network, path: Path) -> None:
     """Raise unless both cv2.dnn engines give what torch gives, on several sizes."""
     diffs = {engine: check_against_torch(model, path, classic) for engine, classic in
@@ -190,8 +200,7 @@ def _store_fp16_if_lossless(model: Network, path: Path, half: Path, quality: dic
     of PSNR on every benchmark set, measured through cv2.dnn like ``quality``, the float32 file's."""
     store_weights_fp16(path, half)
     # The file must match torch running the same float16-rounded weights: the conversion itself is exact.
-    # (Those of the inference network: a sesr network's collapsed kernels are what the file rounds.)
-    _check_file(copy.deepcopy(model.inference()).half().float(), half)
+    _check_file(with_conv_weights_as_fp16(model), half)
     half_quality = evaluate_onnx(half, bench_dir, model.arch.scale)
     loss = {name: round(quality[name]["psnr_y"] - half_quality[name]["psnr_y"], 3) for name in quality}
     log.info("fp16 weights: quality %s, PSNR loss %s dB", half_quality, loss)
