@@ -143,8 +143,8 @@ def resolve_model(
     has that one.
 
     Raises:
-        ModelError: no such model or scale; ModelChoiceError: no scale for a name that has several, or an
-            unknown convention.
+        ModelError: no such model or scale. ModelChoiceError (the request's fault): no scale for a name that
+            has several or a file whose name doesn't tell it, another scale than the file's, an unknown convention.
     """
     if convention is not None and convention not in CONVENTIONS:
         raise ModelChoiceError(f"unknown model convention {convention!r} (choose from {', '.join(CONVENTIONS)})")
