@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import REPO, SHARED
 
+from srd.engine.pipeline import StageContext
 from srd.engine.registry import bundled_models_dir, read_manifest, resolve_model
 from srd.engine.tiling import plan_tiles
 from srd.engine.upscaler import EngineSettings, Upscaler
@@ -132,6 +133,18 @@ def test_a_file_srd_exported_is_described_by_the_manifest_beside_it(tmp_path: Pa
     (tmp_path / "other.onnx").write_bytes(bundled.path.read_bytes())  # beside it, but not in the manifest
     with pytest.raises(ModelChoiceError, match="cannot infer the scale"):
         resolve_model(str(tmp_path / "other.onnx"), None)
+    # An entry naming a file elsewhere by the same name describes that file, not this one.
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "other.onnx").write_bytes(bundled.path.read_bytes())
+    (tmp_path / "sub" / "manifest.json").write_text(json.dumps({"version": 1, "models": [
+        {**entry, "file": "../other.onnx"}]}))
+    with pytest.raises(ModelChoiceError, match="cannot infer the scale"):
+        resolve_model(str(tmp_path / "sub" / "other.onnx"), None)
+    # A file that is not what its manifest says is refused when loaded, as any manifest model is.
+    (tmp_path / "trial.onnx").write_bytes(b"x" + bundled.path.read_bytes())
+    context = StageContext()
+    with pytest.raises(ModelError, match="sha256"):
+        context.upscaler(context.resolve(str(tmp_path / "trial.onnx"), None, None))
 
 
 def test_unknown_model_name_says_what_exists_and_how_to_fetch(tmp_path: Path) -> None:

@@ -173,7 +173,7 @@ def _spec_from_path(path: Path, scale: int | None, convention: str | None) -> Mo
     if fmt is None:
         raise ModelError(f"{path}: unsupported model format (use a TensorFlow .pb or an ONNX .onnx file)")
     # A file `srd train export` wrote is described by the manifest beside it, whatever its name.
-    described = next((spec for spec in read_manifest(path.parent) if spec.path.name == path.name), None)
+    described = next((spec for spec in read_manifest(path.parent) if spec.path == path), None)
     if described is not None:
         if scale is not None and scale != described.scale:
             raise ModelChoiceError(f"{path.name} is a x{described.scale} model, but scale {scale} was asked for")
