@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import torch
 
-from srd.train.model import Arch, build_model, count_parameters
+from srd.train.model import SESR_EXPAND, Arch, build_model, count_parameters
 from srd.train.onnx_io import export_onnx, load_net
 
 
@@ -55,7 +55,7 @@ def parse_candidate(text: str, scale: int) -> Arch:
     shape, kind = text.split(":")
     blocks, ch = (int(v) for v in shape.split("x"))
     if kind == "sesr":
-        return Arch(scale, blocks, ch, family="sesr", expand=256)
+        return Arch(scale, blocks, ch, family="sesr", expand=SESR_EXPAND)
     return Arch(scale, blocks, ch, kind)
 
 

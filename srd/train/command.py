@@ -9,15 +9,15 @@ import sys
 from pathlib import Path
 
 from srd.errors import ExitCode
-from srd.train.model import FAMILIES, TAILS, Arch
+from srd.train.model import FAMILIES, SESR_EXPAND, TAILS, Arch
 
 # The two shipped tiers, and the candidates for the next two (see TRAINING.md for the speed measurements behind
 # them): fast at edsr-lite's time per pixel or less, quality at half of edsr-base's or less.
 PRESETS: dict[str, dict[str, object]] = {
     "lite": {"blocks": 8, "channels": 32, "tail": "espcn", "res_scale": 1.0},
     "base": {"blocks": 16, "channels": 64, "tail": "espcn", "res_scale": 1.0},
-    "fast": {"blocks": 11, "channels": 32, "family": "sesr", "expand": 256},
-    "quality": {"blocks": 20, "channels": 48, "family": "sesr", "expand": 256},
+    "fast": {"blocks": 11, "channels": 32, "family": "sesr", "expand": SESR_EXPAND},
+    "quality": {"blocks": 20, "channels": 48, "family": "sesr", "expand": SESR_EXPAND},
 }
 
 
@@ -49,7 +49,8 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--res-scale", type=float)
     p.add_argument("--family", choices=FAMILIES, help="edsr (default), or sesr: plain 3x3 convs trained as "
                                                      "collapsible linear blocks (--blocks, --channels, --expand)")
-    p.add_argument("--expand", type=int, help="sesr: width of each linear block while training (default 256)")
+    p.add_argument("--expand", type=int,
+                   help=f"sesr: width of each linear block while training (default {SESR_EXPAND})")
     p.add_argument("--iters", type=int, required=True, help="total iterations; the cosine schedule spans them")
     p.add_argument("--stop-at", type=int, help="pause at this iteration and keep a copy runs/<name>/it<N>.pt "
                                                 "for other runs to start from; rerun without it to go on")
@@ -119,7 +120,7 @@ def _fit(args: argparse.Namespace) -> ExitCode:
         if getattr(args, key) is not None:
             preset[key] = getattr(args, key)
     if preset.get("family") == "sesr":
-        preset.setdefault("expand", 256)
+        preset.setdefault("expand", SESR_EXPAND)
     try:
         arch = Arch(scale=args.scale, **preset)  # type: ignore[arg-type]
     except ValueError as error:

@@ -17,6 +17,7 @@ DIV2K_MEAN_BGR = (103.1545782, 111.561547, 114.35629928)
 
 TAILS = ("shuffle", "espcn")
 FAMILIES = ("edsr", "sesr")
+SESR_EXPAND = 256  # the width SESR's paper expands each linear block to while training
 
 
 @dataclass(frozen=True)
