@@ -25,7 +25,7 @@ from srd.train.command import main as train_main  # noqa: E402
 from srd.train.export import export_run, training_command, with_conv_weights_as_fp16  # noqa: E402
 from srd.train.loop import TrainConfig, train  # noqa: E402
 from srd.train.model import DIV2K_MEAN_BGR, Arch, build_model, load_body  # noqa: E402
-from srd.train.onnx_io import export_onnx, store_weights_fp16  # noqa: E402
+from srd.train.onnx_io import export_onnx, read_state_dict, store_weights_fp16  # noqa: E402
 
 TINY_SESR = Arch(scale=2, blocks=2, channels=8, family="sesr", expand=16)
 
@@ -147,8 +147,14 @@ def test_another_scale_starts_from_the_x2_body_and_a_foreign_file_is_refused(
     edsr = tiny_config(tmp_path / "e", train_dir, 1)
     train(edsr)
     sesr = tiny_config(tmp_path / "s", train_dir, 1, arch=TINY_SESR, init=str(edsr.run_dir / "last.pt"))
-    with pytest.raises(ValueError, match="holds no weights that fit"):
+    with pytest.raises(ValueError, match="cannot start"):
         train(sesr)
+    # The other way, from an export: an edsr network whose final body conv happens to match a sesr layer's name
+    # and shape took those few tensors (outside attack: "initialised 3 tensors"); a body is all or nothing.
+    export = tmp_path / "sesr.onnx"
+    export_onnx(build_model(dataclasses.replace(TINY_SESR, blocks=3)).inference(), export)
+    with pytest.raises(ValueError, match="body tensors"):
+        load_body(build_model(Arch(scale=4, blocks=2, channels=8)), read_state_dict(export))
 
 
 @pytest.mark.parametrize("bad", [

@@ -222,9 +222,10 @@ def _train(cfg: TrainConfig, device: torch.device, stop: _StopFlag, target: int)
                 model.load_state_dict(init)  # same model and scale: a warm restart of all of it
                 log.info("initialised every tensor from %s", cfg.init)
             else:
-                copied = load_body(model, init)
-                if not copied:
-                    raise ValueError(f"{cfg.init} holds no weights that fit {cfg.arch}")
+                try:
+                    copied = load_body(model, init)
+                except ValueError as error:
+                    raise ValueError(f"{cfg.init} cannot start {cfg.arch}: {error}") from None
                 log.info("initialised %d tensors (all but the tail) from %s", len(copied), cfg.init)
         log.info("new run %s: %s, %d parameters", cfg.name, cfg.arch, count_parameters(model))
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str) + "\n")

@@ -140,8 +140,16 @@ def load_body(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
 
     Returns:
         Names of the tensors copied.
+
+    Raises:
+        ValueError: `state` lacks some of the body (another family's or size's weights): all of it or nothing,
+            since a body copied in part (tensors whose names and shapes happen to match) is no start at all.
     """
     own = model.state_dict()
-    taken = {k: v for k, v in state.items() if not k.startswith("tail.") and k in own and own[k].shape == v.shape}
-    model.load_state_dict(taken, strict=False)
-    return sorted(taken)
+    body = [k for k in own if not k.startswith("tail.")]
+    missing = [k for k in body if k not in state or state[k].shape != own[k].shape]
+    if missing:
+        raise ValueError(f"the weights lack {len(missing)} of this network's {len(body)} body tensors "
+                         f"(e.g. {missing[0]}): another family or size")
+    model.load_state_dict({k: state[k] for k in body}, strict=False)
+    return body
