@@ -70,3 +70,29 @@ inboxes:
     assert lines[0] == (f"warning: at 'inboxes[1].path': {tmp_path / 'absent'} does not exist; srd run reports "
                         "this inbox unhealthy until it appears")
     assert lines[1].endswith("; 1 warning(s))") and len(lines) == 2
+
+
+def test_a_model_that_fails_its_check_run_is_a_problem_at_its_stage(tmp_path: Path) -> None:
+    """What `srd run` refuses to start or reload with (`modelcheck`), the check reports where it is configured,
+    for every profile, used or not."""
+    espcn = tmp_path / "espcn-own.pb"
+    espcn.write_bytes((Path(__file__).resolve().parents[2] / "shared/models/opencv-zoo/ESPCN_x2.pb").read_bytes())
+    code, problems, _ = _check(tmp_path, f"""
+profiles:
+  p:
+    stages:
+      - upscale: {{model: {espcn}, scale: 3, convention: espcn}}
+  q:
+    stages:
+      - upscale: {{model: edsr-lite, scale: 2, convention: fsrcnn}}
+  fine:
+    stages:
+      - upscale: {{model: edsr-lite, scale: 2}}
+inboxes:
+  - {{path: {tmp_path / 'in'}, outbox: {tmp_path / 'o'}, failed: {tmp_path / 'f'}, profile: fine}}
+""")
+    assert code == 2
+    assert problems[0] == f"at 'profiles.p.stages[0].upscale.model': {espcn}: upscales x2, not x3 as it is chosen for"
+    assert problems[1].startswith("at 'profiles.q.stages[0].upscale.model': ") and \
+        "fails on a 1-channel input, which its convention 'fsrcnn' feeds it" in problems[1]
+    assert len(problems) == 2, problems

@@ -24,6 +24,7 @@ import pytest
 import yaml
 from conftest import progressive_jpeg_with_end_marker_comment
 from daemon_helpers import (
+    ESPCN_X2,
     DaemonProcess,
     decoded_size,
     descendants_of,
@@ -130,6 +131,31 @@ def test_a_reload_that_cannot_be_applied_keeps_the_old_config_running(tmp_path: 
         config.write_text(good)  # and a good reload still applies afterwards
         daemon.proc.send_signal(signal.SIGHUP)
         daemon.wait_event("config_reloaded")
+        assert daemon.stop() == 0
+
+
+def test_a_model_of_another_scale_than_configured_stops_the_start_and_is_refused_on_reload(tmp_path: Path) -> None:
+    """ESPCN ×2 saved under a name of its own and configured as ×3: found only in the workers, every file
+    dropped would go to failed/ ("output … is not x3"). The model is run once where it is chosen: `srd run`
+    exits 4 naming it, and a reload to it is rejected while the old config goes on."""
+    model = tmp_path / "models" / "espcn-own.pb"
+    model.parent.mkdir()
+    model.write_bytes(ESPCN_X2.read_bytes())
+    wrong = [{"upscale": {"model": str(model), "scale": 3, "convention": "espcn"}}]
+    result = srd("run", "--config", str(write_config(tmp_path, stages=wrong, name="wrong.yaml")), timeout=60)
+    assert result.returncode == ExitCode.MODEL, result.stderr
+    assert "upscales x2, not x3" in result.stderr and str(model) in result.stderr
+    assert "Traceback" not in result.stderr
+
+    config = write_config(tmp_path)
+    with running(config) as daemon:
+        write_config(tmp_path, stages=wrong)
+        daemon.proc.send_signal(signal.SIGHUP)
+        rejected = daemon.wait_event("config_reload_rejected")[0]
+        assert "upscales x2, not x3" in rejected["problems"][0]
+        (tmp_path / "in" / "after.png").write_bytes(make_image(Path("x.png"), SIZE, 1))
+        wait_for(lambda: (tmp_path / "in-out" / "after.png").exists(), 30, "the old config to process a file")
+        assert decoded_size(tmp_path / "in-out" / "after.png") == DOUBLED
         assert daemon.stop() == 0
 
 

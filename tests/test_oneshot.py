@@ -522,6 +522,40 @@ def test_a_model_name_in_several_scales_or_an_unknown_convention_is_a_usage_erro
     assert not (tmp_path / "big").exists()
 
 
+REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+_UNFIT_MODELS = {  # fault: the file, the options that choose it, what the refusal says
+    "truncated": ("net.onnx", ["-s", "2", "--convention", "edsr"], "cannot load this model"),
+    "true scale x2 said x3": ("net.onnx", ["-s", "3", "--convention", "edsr"], "upscales x2, not x3"),
+    "3-channel network, 1-channel convention": ("net.onnx", ["-s", "2", "--convention", "fsrcnn"],
+                                                "fails on a 1-channel input, which its convention 'fsrcnn'"),
+    "1-channel network, 3-channel convention": ("net.pb", ["-s", "2", "--convention", "edsr"],
+                                                "fails on a 3-channel input, which its convention 'edsr'"),
+}
+
+
+@pytest.mark.parametrize(("fault", "runtime"), [
+    (fault, runtime) for fault, (name, _, _) in _UNFIT_MODELS.items()
+    for runtime in (["opencv", "onnxruntime"] if name.endswith(".onnx") else ["opencv"])])
+def test_a_model_that_cannot_do_what_it_is_chosen_for_is_refused_before_any_file(
+        zoo: Path, tmp_path: Path, fault: str, runtime: str) -> None:
+    """Found only in the workers, such a model failed every input (exit 1, each file "internal error" or "not
+    x3"); it is run once on a small input first: exit 4, one line saying what is wrong, nothing written."""
+    name, options, said = _UNFIT_MODELS[fault]
+    lite = (Path(__file__).resolve().parents[1] / "models" / "edsr-lite_x2.onnx").read_bytes()
+    data = {"truncated": lite[: len(lite) // 2]}.get(fault, (zoo / "FSRCNN_x2.pb").read_bytes()
+                                                     if name.endswith(".pb") else lite)
+    (tmp_path / name).write_bytes(data)
+    source = write_image(tmp_path / "a.png")
+    done = srd("process", str(source), "--out", str(tmp_path / "big"), "-m", str(tmp_path / name), *options,
+               "--runtime", runtime)
+    assert done.returncode == 4, done.stderr
+    assert done.stderr.startswith("srd: error: ") and said in done.stderr and done.stderr.count("\n") == 1, \
+        done.stderr
+    assert not (tmp_path / "big").exists()
+
+
 def test_a_relative_model_path_works_from_any_folder(zoo: Path, tmp_path: Path) -> None:
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "ESPCN_x2.pb").write_bytes((zoo / "ESPCN_x2.pb").read_bytes())

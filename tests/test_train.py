@@ -102,6 +102,10 @@ def test_stop_at_pauses_inside_the_schedule_and_keeps_a_snapshot(tmp_path: Path,
     assert [path.stat().st_mtime_ns for path in kept] == stamps
     assert "tiny is already at iteration 3 of 6" in (paused.run_dir / "train.log").read_text()
     assert train(paused)
+    # Past 3 now: a pause at 3 is still passed (its snapshot is there), one at 4 was never made and is refused.
+    assert train(paused, stop_at=3)
+    with pytest.raises(ValueError, match=r"at iteration 6, past --stop-at 4: the snapshot it4\.pt asked for"):
+        train(paused, stop_at=4)
     a = checkpoint.load(straight.run_dir / "last.pt")["model"]
     b = checkpoint.load(paused.run_dir / "last.pt")["model"]
     for key, value in a.items():

@@ -158,7 +158,7 @@ def parse_config(data: Any, *, base: Path, source: str, check_models: bool = Fal
         check_folders_timeboxed(inboxes, resolve_path(state_dir, base), problems)
     model_dirs = tuple(resolve_path(p, base) for p in model_dirs_data)
     if check_models:
-        check_upscale_models(upscales, model_dirs, problems)
+        check_upscale_models(upscales, model_dirs, engine, problems)
 
     metrics = parse_metrics(data.get("metrics"), problems)
     executor = parse_executor(data.get("executor"), base, problems)

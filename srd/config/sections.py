@@ -10,6 +10,7 @@ from typing import Any
 from srd.config.fields import Problems, parse_fields
 from srd.config.schema import COLLISIONS, DUPLICATES, ON_SUCCESS, WATCH_MODES, Inbox, OutputSettings, Profile
 from srd.engine.pipeline import STAGES, Pipeline, StageContext, Upscale
+from srd.engine.upscaler import EngineSettings
 from srd.errors import ModelError
 from srd.imaging.imageio import OUTPUT_FORMATS, normalise_format
 from srd.observability import parse_hook
@@ -133,12 +134,13 @@ def parse_inbox(data: Any, where: str, base: Path, problems: Problems) -> Inbox 
     return inbox
 
 
-def check_upscale_models(upscales: list[tuple[str, Upscale]], model_dirs: tuple[Path, ...],
+def check_upscale_models(upscales: list[tuple[str, Upscale]], model_dirs: tuple[Path, ...], engine: EngineSettings,
                          problems: Problems) -> None:
-    """Report each upscale stage (listed with its location) whose model is not found in `model_dirs`."""
-    context = StageContext(model_dirs=model_dirs)
+    """Report each upscale stage (listed with its location) whose model is not found in `model_dirs` or fails its
+    check as `engine` would run it (`StageContext.check`): what `srd run` would refuse to start or reload with."""
+    context = StageContext(engine, model_dirs)
     for where, stage in upscales:
         try:
-            stage.spec(context)
+            context.check(stage.spec(context))
         except ModelError as exc:
             problems.add(where, str(exc))

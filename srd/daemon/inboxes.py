@@ -133,19 +133,19 @@ def ledger_counters(ledger: Ledger) -> dict[str, Counters]:
 
 
 def fingerprints(config: Config) -> dict[str, str]:
-    """The pipeline fingerprint of every profile an inbox uses, after verifying their models.
+    """The pipeline fingerprint of every profile an inbox uses, after checking their models (`modelcheck`).
 
     A missing or corrupt model must stop the daemon (or reject a reload) here: found only inside the
     workers, it would fail every file and move them all to the failed folder.
 
     Raises:
-        ModelError: A profile's model is missing or its sha256 differs from its manifest's.
+        ModelError: A profile's model is missing, its sha256 differs from its manifest's, or it fails its check run.
     """
     context = StageContext(config.engine, config.model_dirs)
     used = sorted({inbox.profile for inbox in config.inboxes})
     for name in used:
         for spec in config.profiles[name].pipeline.models(context):
-            context.verify(spec)
+            context.check(spec)
     return {name: config.profiles[name].pipeline.fingerprint(context) for name in used}
 
 

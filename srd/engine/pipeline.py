@@ -20,6 +20,7 @@ import numpy as np
 from srd.engine.conventions import CONVENTIONS
 from srd.engine.cores import CoreShare
 from srd.engine.ensemble import ENSEMBLE_SIZES
+from srd.engine.modelcheck import check_model
 from srd.engine.registry import ModelSpec, file_sha256, resolve_model
 from srd.engine.upscaler import EngineSettings, Upscaler
 from srd.errors import ModelError
@@ -71,6 +72,11 @@ class StageContext:
         if key not in self._hashes:
             self._hashes[key] = file_sha256(spec.path)
         return self._hashes[key]
+
+    def check(self, spec: ModelSpec) -> None:
+        """Verify `spec`'s bytes, then run it once (`modelcheck`): for the parent process, before files meet it."""
+        self.verify(spec)
+        check_model(spec, self.engine)
 
     def verify(self, spec: ModelSpec) -> None:
         """Refuse a model whose bytes differ from what its manifest or catalogue promises."""

@@ -56,7 +56,7 @@ def run_process(args: argparse.Namespace) -> ExitCode:
     )
     context = StageContext(engine, config.model_dirs)
     for spec in profile.pipeline.models(context):  # fail fast, before any file is touched
-        context.verify(spec)
+        context.check(spec)
         _tell_if_on_cpu(spec, engine)
 
     plan = make_plan(Layout(tuple(args.inputs), args.out, args.recursive, args.in_place,

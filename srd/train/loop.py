@@ -188,6 +188,9 @@ def _train(cfg: TrainConfig, device: torch.device, stop: _StopFlag, target: int)
     if ckpt is not None and Arch(**ckpt["arch"]) != cfg.arch:
         raise ValueError(f"{last} holds architecture {ckpt['arch']}, not {cfg.arch.to_dict()}")
     if ckpt is not None and ckpt["iteration"] >= target:
+        if target < cfg.iters and not (run_dir / f"it{target}.pt").exists():
+            raise ValueError(f"{cfg.name} is at iteration {ckpt['iteration']}, past --stop-at {target}: the "
+                             f"snapshot it{target}.pt asked for was never kept and can't be made now")
         # A queue rerun passes every finished run: return before loading its data, and rewrite nothing.
         log.info("%s is already at iteration %d of %d", cfg.name, ckpt["iteration"], cfg.iters)
         return True
