@@ -204,7 +204,7 @@ def test_a_retry_after_a_crash_reuses_the_output_name_the_crashed_attempt_wrote(
     """The worker wrote the output but the daemon died before journaling `done`: the retry writes the
     same name again (reserved in the ledger's start record) instead of a suffixed second copy."""
     from srd.config import load_config
-    from srd.daemon.loop import fingerprints
+    from srd.daemon.loop import check_profiles
     from srd.ledger import Ledger
 
     config = write_config(tmp_path)
@@ -214,7 +214,7 @@ def test_a_retry_after_a_crash_reuses_the_output_name_the_crashed_attempt_wrote(
     outbox.mkdir()
     (outbox / "crash.png").write_bytes(make_image(Path("x.png"), DOUBLED, 9))  # the crashed attempt's output
     loaded = load_config(config)
-    fingerprint = fingerprints(loaded)["test"]
+    fingerprint = check_profiles(loaded)["test"].fingerprint
     sha = hashlib.sha256(data).hexdigest()
     with Ledger.open(loaded.state_dir) as ledger:
         ledger.record_start(sha, fingerprint, inbox=str(inbox), source="crash.png", target=outbox / "crash.png")
@@ -231,15 +231,15 @@ def test_a_copy_made_while_a_crash_cut_a_job_short_never_takes_the_reserved_name
     """The daemon died while crash.png ran; while it was down, the same bytes arrived as copy.png. Whichever is
     taken first at the restart, the name reserved for crash.png stays crash.png's: copy.png gets its own output
     (a link here, `duplicates: link`), and nothing gets a suffixed name (outside attack, session 11)."""
-    from srd.daemon.loop import fingerprints
+    from srd.daemon.loop import check_profiles
     from srd.ledger import Ledger
 
     inbox, outbox = tmp_path / "in", tmp_path / "in-out"
     loaded = load_config(write_config(tmp_path, [inbox_config(tmp_path, duplicates="link")]))
     data = make_image(Path("x.png"), SIZE, 9)
     with Ledger.open(loaded.state_dir) as ledger:
-        ledger.record_start(hashlib.sha256(data).hexdigest(), fingerprints(loaded)["test"], inbox=str(inbox),
-                            source="crash.png", target=outbox / "crash.png")
+        ledger.record_start(hashlib.sha256(data).hexdigest(), check_profiles(loaded)["test"].fingerprint,
+                            inbox=str(inbox), source="crash.png", target=outbox / "crash.png")
     for name in ("crash.png", "copy.png"):
         (inbox / name).write_bytes(data)
     daemon, now = inline_daemon(tmp_path, duplicates="link")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -157,6 +159,16 @@ def test_a_file_that_is_not_a_model_gives_a_model_error(tmp_path: Path) -> None:
     bogus.write_bytes(b"this is not a protobuf")
     with pytest.raises(ModelError, match="cannot load"):
         Upscaler(resolve_model(str(bogus), None))
+
+
+def test_a_model_path_that_is_no_regular_file_says_so_not_that_it_is_missing(tmp_path: Path) -> None:
+    (tmp_path / "FSRCNN_x2.pb").mkdir()
+    os.mkfifo(tmp_path / "ESPCN_x2.pb")
+    for name in ("FSRCNN_x2.pb", "ESPCN_x2.pb"):
+        with pytest.raises(ModelError, match=f"^{re.escape(str(tmp_path / name))}: not a regular file$"):
+            resolve_model(str(tmp_path / name), None)
+    with pytest.raises(ModelError, match=r"^model file not found: "):
+        resolve_model(str(tmp_path / "LapSRN_x2.pb"), None)
 
 
 @pytest.mark.e2e

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 import yaml
@@ -36,6 +37,7 @@ from daemon_helpers import (
     wait_for,
     write_config,
 )
+from reliability_harness import worker_pids
 
 from srd.config import Inbox, Profile, load_config
 from srd.daemon.jobtime import job_time_limit, us_per_pixel
@@ -157,6 +159,74 @@ def test_a_model_of_another_scale_than_configured_stops_the_start_and_is_refused
         wait_for(lambda: (tmp_path / "in-out" / "after.png").exists(), 30, "the old config to process a file")
         assert decoded_size(tmp_path / "in-out" / "after.png") == DOUBLED
         assert daemon.stop() == 0
+
+
+def test_a_model_file_replaced_and_reloaded_is_the_one_that_runs(tmp_path: Path) -> None:
+    """The admin replaces a model file and reloads, as they should. The worker had the old weights loaded and
+    kept running them under the new fingerprint (the new file's sha256): outputs silently made by the model
+    the ledger says was replaced. Each job now names the bytes it was checked with, so the worker loads them."""
+    model = tmp_path / "own.pb"
+    model.write_bytes(ESPCN_X2.read_bytes())
+    config = write_config(tmp_path, stages=[{"upscale": {"model": str(model), "scale": 2, "convention": "espcn"}}])
+    image = make_image(Path("x.png"), SIZE, 1)
+    with running(config) as daemon:
+        (tmp_path / "in" / "before.png").write_bytes(make_image(Path("x.png"), SIZE, 2))
+        wait_for(lambda: (tmp_path / "in-out" / "before.png").exists(), 30, "the first file")
+        replacement = tmp_path / "own.pb.new"
+        replacement.write_bytes((ESPCN_X2.parent / "FSRCNN_x2.pb").read_bytes())
+        replacement.rename(model)
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_event("config_reloaded")
+        (tmp_path / "in" / "after.png").write_bytes(image)
+        wait_for(lambda: (tmp_path / "in-out" / "after.png").exists(), 30, "the file after the reload")
+        assert daemon.stop() == 0
+    after = cv2.imread(str(tmp_path / "in-out" / "after.png"))
+    assert np.array_equal(after, _upscaled_by("FSRCNN_x2.pb", image, tmp_path))
+    assert not np.array_equal(after, _upscaled_by("ESPCN_x2.pb", image, tmp_path))
+
+
+def _upscaled_by(model: str, image: bytes, tmp_path: Path) -> np.ndarray:
+    """What the zoo file `model` makes of `image`, by `srd process`."""
+    (tmp_path / "ref.png").write_bytes(image)
+    done = srd("process", str(tmp_path / "ref.png"), "--out", str(tmp_path / model), "-m", str(ESPCN_X2.parent / model))
+    assert done.returncode == 0, done.stderr
+    return cv2.imread(str(tmp_path / model / "ref.png"))
+
+
+@pytest.mark.parametrize("back", ["the file put back", "a reload"])
+def test_a_model_replaced_without_a_reload_pauses_its_inbox_until_it_is_back(tmp_path: Path, back: str) -> None:
+    """The model file is replaced without a reload and the worker restarts (here: killed), so it must load the
+    file. It used to run the new bytes under the old fingerprint, silently; refused, each file then went to
+    failed/ while status said healthy. Now the files wait, not failed, the inbox is unhealthy and says why, and
+    work resumes when the checked bytes are back, or when a reload checks and pins the new ones."""
+    model = tmp_path / "own.pb"
+    model.write_bytes(ESPCN_X2.read_bytes())
+    config = write_config(tmp_path, stages=[{"upscale": {"model": str(model), "scale": 2, "convention": "espcn"}}])
+    image = make_image(Path("x.png"), SIZE, 1)
+    with running(config) as daemon:
+        (tmp_path / "in" / "first.png").write_bytes(make_image(Path("x.png"), SIZE, 2))
+        wait_for(lambda: (tmp_path / "in-out" / "first.png").exists(), 30, "the first file")
+        model.write_bytes((ESPCN_X2.parent / "FSRCNN_x2.pb").read_bytes())
+        for pid in worker_pids(daemon.proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        (tmp_path / "in" / "second.png").write_bytes(image)
+        daemon.wait_event("model_unavailable_paused")
+        inbox = wait_for(lambda: (read_status(tmp_path / "state").get("inboxes") or [{}])[0].get("model_state", {})
+                         .get("state") == "unavailable" and read_status(tmp_path / "state")["inboxes"][0], 10,
+                         "the pause in status")
+        assert inbox["health"] == "unhealthy" and "replaced since srd checked it" in inbox["model_state"]["error"]
+        assert srd("status", "--check", "-c", str(config)).returncode != 0
+        assert (tmp_path / "in" / "second.png").exists() and not (tmp_path / "in-out" / "second.png").exists()
+        assert not (tmp_path / "in-failed").exists() or not any((tmp_path / "in-failed").iterdir())
+        if back == "a reload":
+            daemon.proc.send_signal(signal.SIGHUP)
+        else:
+            model.write_bytes(ESPCN_X2.read_bytes())
+        daemon.wait_event("model_available_resumed", 30)
+        wait_for(lambda: (tmp_path / "in-out" / "second.png").exists(), 30, "the waiting file")
+        assert daemon.stop() == 0
+    expected = _upscaled_by("FSRCNN_x2.pb" if back == "a reload" else "ESPCN_x2.pb", image, tmp_path)
+    assert np.array_equal(cv2.imread(str(tmp_path / "in-out" / "second.png")), expected)
 
 
 # -- the loop never blocks on one file -----------------------------------------------------------------------

@@ -98,6 +98,30 @@ def test_fingerprint_is_stable_and_changes_with_settings_and_model_bytes(zoo: Pa
     assert base.fingerprint(StageContext()) != first
 
 
+def test_a_pinned_model_runs_only_the_bytes_it_was_pinned_to(zoo: Path, tmp_path: Path) -> None:
+    """`Pipeline.pinned` ties each model to its file's bytes (the fingerprint is unchanged by it). A worker whose
+    cache has the pinned weights keeps them whatever the file becomes; one that must load the file refuses other
+    bytes; a new pin (a reload after the file was replaced) loads the new bytes instead of the cached weights."""
+    model = tmp_path / "own.pb"
+    model.write_bytes((zoo / "ESPCN_x2.pb").read_bytes())
+    plain = Pipeline((Upscale(model=str(model), scale=2, convention="espcn"),))
+    espcn = plain.pinned(StageContext())
+    assert espcn.fingerprint(StageContext()) == plain.fingerprint(StageContext())
+    image = np.random.default_rng(0).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    worker = StageContext()
+    espcn_out = espcn.run(image, worker)
+
+    model.write_bytes((zoo / "FSRCNN_x2.pb").read_bytes())  # replaced in place, srd not reloaded
+    assert np.array_equal(espcn.run(image, worker), espcn_out)  # the weights it was pinned to, from memory
+    with pytest.raises(ModelError, match="replaced since srd checked it"):
+        espcn.run(image, StageContext())  # a fresh worker must load the file: other bytes, refused
+
+    fsrcnn = plain.pinned(StageContext())  # the reload
+    fsrcnn_out = fsrcnn.run(image, worker)
+    assert np.array_equal(fsrcnn_out, fsrcnn.run(image, StageContext()))
+    assert not np.array_equal(fsrcnn_out, espcn_out)
+
+
 def test_stage_problems_are_reported(context: StageContext) -> None:
     assert LimitSize().problems() == ["needs max_side or max_pixels"]
     assert Denoise(template_window=4).problems() == ["template_window must be a positive odd number"]

@@ -116,6 +116,10 @@ def render(view: Assessment, where: StateDirChoice, now: datetime | None = None)
         if outbox_state.get("state") != "ok":
             lines.append(f"{inbox['path']}: outbox unwritable since {outbox_state.get('since')}, "
                          f"{outbox_state.get('waiting')} input(s) waiting: {outbox_state.get('error')}")
+        model_state = inbox.get("model_state") or {"state": "ok"}
+        if model_state.get("state") != "ok":
+            lines.append(f"{inbox['path']}: model unavailable since {model_state.get('since')}, "
+                         f"{model_state.get('waiting')} input(s) waiting: {model_state.get('error')}")
         if inbox.get("root_error"):
             lines.append(f"{inbox['path']}: inbox root unusable: {inbox['root_error']}")
         if (inbox.get("claim") or {}).get("reason"):

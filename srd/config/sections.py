@@ -9,7 +9,7 @@ from typing import Any
 
 from srd.config.fields import Problems, parse_fields
 from srd.config.schema import COLLISIONS, DUPLICATES, ON_SUCCESS, WATCH_MODES, Inbox, OutputSettings, Profile
-from srd.engine.pipeline import STAGES, Pipeline, StageContext, Upscale
+from srd.engine.pipeline import NOT_CONFIGURABLE, STAGES, Pipeline, StageContext, Upscale
 from srd.engine.upscaler import EngineSettings
 from srd.errors import ModelError
 from srd.imaging.imageio import OUTPUT_FORMATS, normalise_format
@@ -26,7 +26,7 @@ def _parse_stage(item: Any, where: str, problems: Problems) -> Any:
     if kind not in STAGES:
         problems.add(where, f"unknown stage {kind!r} (known: {', '.join(STAGES)})")
         return None
-    parsed = parse_fields(STAGES[kind], settings, f"{where}.{kind}", problems)
+    parsed = parse_fields(STAGES[kind], settings, f"{where}.{kind}", problems, skip=NOT_CONFIGURABLE)
     if parsed is None:
         return None
     stage = STAGES[kind](**parsed.values)

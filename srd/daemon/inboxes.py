@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from srd.daemon.settle import SettleTracker
 from srd.daemon.status import read_status
 from srd.daemon.watch import InboxWatcher
 from srd.engine.pipeline import StageContext
-from srd.errors import SrdError
+from srd.errors import ModelError, SrdError
 from srd.fs.atomic import clean_stale_temps
 from srd.fs.fileversion import FileVersion
 from srd.ledger import Entry, Ledger, State
@@ -132,21 +132,37 @@ def ledger_counters(ledger: Ledger) -> dict[str, Counters]:
     return counters
 
 
-def fingerprints(config: Config) -> dict[str, str]:
-    """The pipeline fingerprint of every profile an inbox uses, after checking their models (`modelcheck`).
+@dataclass(frozen=True)
+class CheckedProfile:
+    """A profile whose models passed their check, pinned to the bytes checked (`Pipeline.pinned`), and the
+    fingerprint those bytes give it."""
 
-    A missing or corrupt model must stop the daemon (or reject a reload) here: found only inside the
-    workers, it would fail every file and move them all to the failed folder.
+    profile: Profile
+    fingerprint: str
+
+
+def check_profiles(config: Config) -> dict[str, CheckedProfile]:
+    """Every profile an inbox uses, its models checked (`StageContext.check`) and pinned, with its fingerprint.
+
+    A missing or unfit model must stop the daemon (or reject a reload) here: found only inside the workers, it
+    would fail every file and move them all to the failed folder. Pinned, a model file replaced afterwards is
+    refused by the workers instead of run under a fingerprint that names other weights.
 
     Raises:
         ModelError: A profile's model is missing, its sha256 differs from its manifest's, or it fails its check run.
     """
     context = StageContext(config.engine, config.model_dirs)
-    used = sorted({inbox.profile for inbox in config.inboxes})
-    for name in used:
-        for spec in config.profiles[name].pipeline.models(context):
-            context.check(spec)
-    return {name: config.profiles[name].pipeline.fingerprint(context) for name in used}
+    checked = {}
+    for name in sorted({inbox.profile for inbox in config.inboxes}):
+        profile = config.profiles[name]
+        try:
+            for spec in profile.pipeline.models(context):
+                context.check(spec)
+        except ModelError as exc:  # say where, as `srd config check` does
+            raise ModelError(f"profile {name!r}: {exc}") from exc
+        pinned = replace(profile, pipeline=profile.pipeline.pinned(context))
+        checked[name] = CheckedProfile(pinned, pinned.pipeline.fingerprint(context))
+    return checked
 
 
 def prepare_folders(config: Config, *, clean: bool) -> None:

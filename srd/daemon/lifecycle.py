@@ -182,8 +182,9 @@ class Lifecycle:
                 self._claims.pause(key, self._withdraw)
                 self._claims.paused[key].add(ready.path)  # another daemon may own it now: wait for the claim
                 continue
-            if key in self.pauses.outboxes:
-                self.pauses.outboxes[key].waiting.add(ready.path)  # its outbox refuses writes: wait for it
+            block = self.pauses.outboxes.get(key) or self.pauses.models.get(key)
+            if block is not None:
+                block.waiting.add(ready.path)  # its outbox refuses writes, or its model is away: wait for it
                 continue
             try:
                 with bound_contextvars(inbox=key):  # every line about this file names its inbox

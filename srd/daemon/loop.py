@@ -32,9 +32,10 @@ from srd.daemon.claimguard import ClaimGuard, HeartbeatToken
 from srd.daemon.context import Context
 from srd.daemon.disposal import StepToken
 from srd.daemon.inboxes import (
+    CheckedProfile,
     Counters,
     InboxRuntime,
-    fingerprints,
+    check_profiles,
     inbox_id,
     prepare_folders,
     restart_counters,
@@ -154,12 +155,12 @@ class Daemon:
                 undo.callback(claims.release_all, wait_s=CLAIM_RELEASE_WAIT_S)
                 undo.callback(offload.close)
                 undo.callback(_close_ledger, ledger)
-                prints = fingerprints(config)
+                checked = check_profiles(config)
                 prepare_folders(config, clean=True)
                 for configured in config.inboxes:
                     claims.acquire(configured.path)
                 ctx = Context(config, ledger, offload, clock, {}, signals=signals, started=started)
-                ctx.runtimes = _new_runtimes(ctx, config, prints, build_watcher, hints.put)
+                ctx.runtimes = _new_runtimes(ctx, config, checked, build_watcher, hints.put)
                 telemetry = Telemetry.start(config, ctx.events)
                 undo.callback(telemetry.close)
                 undo.callback(_stop_watchers, ctx)
@@ -365,6 +366,7 @@ class Daemon:
                 healthy = False
         pool.ensure_executor()
         self._files.pauses.retry_outboxes()
+        self._files.pauses.retry_models()
         self._files.retry_state_dir()
         if healthy and self.notifier.watchdog_interval_s() is not None:
             self.notifier.watchdog()
@@ -399,12 +401,12 @@ class Daemon:
         claimed: list[Path] = []
         try:
             new = load_config(self.config_path)
-            prints = fingerprints(new)
+            checked = check_profiles(new)
             if new.state_dir != self.config.state_dir:
                 raise ConfigError(["state_dir can't change while running; restart srd"], new.source)
             prepare_folders(new, clean=False)
             claimed = self._claims.claim_new_inboxes(new)
-            runtimes = _new_runtimes(ctx, new, prints, self._watcher_builder, self._hints.put)
+            runtimes = _new_runtimes(ctx, new, checked, self._watcher_builder, self._hints.put)
             start_watchers(runtimes.values())  # the new watches overlap the old ones: no event is missed
         except (SrdError, OSError) as exc:
             for path in claimed:
@@ -450,11 +452,13 @@ class Daemon:
                   + sum(r.tracker.pending() for r in ctx.runtimes.values()))
         unhealthy = [r.inbox.path.name for r in ctx.runtimes.values() if not r.watcher.healthy]
         blocked = [b.outbox.name for b in files.pauses.outboxes.values()]
+        modelless = [ctx.runtimes[key].inbox.path.name for key in files.pauses.models if key in ctx.runtimes]
         unclaimed = [ctx.runtimes[key].inbox.path.name for key in self._claims.paused if key in ctx.runtimes]
         text = f"{running} running, {queued} waiting, {done} done, {failed} failed"
         text += f"; inbox unavailable: {', '.join(unhealthy)}" if unhealthy else ""
         text += "; state_dir unwritable, paused" if files.pauses.state_dir is not None else ""
         text += f"; inbox claim not held, paused: {', '.join(unclaimed)}" if unclaimed else ""
+        text += f"; model unavailable, paused: {', '.join(modelless)}" if modelless else ""
         return text + (f"; outbox unwritable: {', '.join(blocked)}" if blocked else "")
 
     def status(self) -> dict[str, Any]:
@@ -512,7 +516,7 @@ class Daemon:
             self.notifier.status(self._status_line())
 
 
-def _new_runtimes(ctx: Context, config: Config, prints: dict[str, str], build_watcher: WatcherBuilder,
+def _new_runtimes(ctx: Context, config: Config, checked: dict[str, CheckedProfile], build_watcher: WatcherBuilder,
                   sink: Callable[[Hint | FoundFiles | None], None]) -> dict[str, InboxRuntime]:
     """Runtimes for `config`, watchers not started; an inbox whose profile is unchanged keeps its memory.
 
@@ -527,7 +531,8 @@ def _new_runtimes(ctx: Context, config: Config, prints: dict[str, str], build_wa
         watcher = build_watcher(index, inbox, sink)
         tracker = SettleTracker(max(inbox.settle_seconds, 0.01), clock=ctx.clock,
                                 stat=functools.partial(safefs.lstat, inbox.path))
-        runtime = InboxRuntime(index, inbox, config.profiles[inbox.profile], prints[inbox.profile], tracker, watcher)
+        profile = checked[inbox.profile]
+        runtime = InboxRuntime(index, inbox, profile.profile, profile.fingerprint, tracker, watcher)
         if key in old and old[key].fingerprint == runtime.fingerprint:
             runtime.handled = old[key].handled
         runtimes[key] = runtime

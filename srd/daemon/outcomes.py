@@ -48,6 +48,8 @@ class Outcomes:
             self._lost(work, Lost(outcome.token, outcome.result.error or "out of memory"))
         elif isinstance(outcome, Finished) and outcome.result.truncated and self._wait_for_writer(work, outcome.result):
             pass
+        elif isinstance(outcome, Finished) and outcome.result.model_unavailable:
+            self._model_unavailable(work, outcome.result.error or "model unavailable")
         elif isinstance(outcome, Finished) and outcome.result.output_errno in BLOCKING_ERRNOS:
             self._output_refused(work, outcome.result.error or "output refused", outcome.result.output_errno)
         elif isinstance(outcome, Finished):
@@ -158,6 +160,12 @@ class Outcomes:
         self._ctx.ledger.forget(work.key)
         refused = work.target.parent if code == errno.ELOOP else None  # a folder on the way became a symlink
         self._pauses.block_outbox(work.file.inbox_id, work.file.inbox.outbox, work.file.path, reason, code, refused)
+
+    def _model_unavailable(self, work: Work, reason: str) -> None:
+        """The worker could not have the model as it was checked: not the file's fault, so it costs no attempt and
+        stays in the inbox; the inbox pauses until the model is back (`Pauses.retry_models`)."""
+        self._ctx.ledger.forget(work.key)
+        self._pauses.block_model(work.file.inbox_id, work.file.path, reason)
 
     # -- failed --------------------------------------------------------------------------------------------
 

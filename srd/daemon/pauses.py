@@ -1,23 +1,32 @@
-"""What makes files wait without costing them anything: a folder that refuses writes, and a slow writer.
+"""What makes files wait without costing them anything: a folder that refuses writes, a model that can't be had,
+and a slow writer.
 
 A full or read-only outbox pauses its inbox, a full or read-only state dir pauses the daemon (docs/design.md
-§4), and a file that is still being written goes back to settling after a growing back-off (§3, "Slow
-writers"). None of them is the file's fault.
+§4), a model a worker could not have as it was checked (its file replaced, removed or broken since) pauses the
+inboxes that use it until the file is back or a reload checks the new one, and a file that is still being
+written goes back to settling after a growing back-off (§3, "Slow writers"). None of them is the file's fault.
 """
 
 from __future__ import annotations
 
 import heapq
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
 
+from srd.config import Config, Profile
 from srd.daemon.context import Context
 from srd.daemon.outbox import OutboxBlock
+from srd.engine.pipeline import StageContext
+from srd.errors import ModelError
 from srd.executors.pool import Outcome
 from srd.ledger import LedgerUnwritableError
 
 log = structlog.get_logger(__name__)
+
+MODEL_RECHECK_S = 5.0
 
 
 class Pauses:
@@ -26,6 +35,8 @@ class Pauses:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
         self.outboxes: dict[str, OutboxBlock] = {}
+        self.models: dict[str, ModelBlock] = {}  # per inbox id
+        self._model_context: tuple[Config, StageContext] | None = None
         # The state dir refuses writes (full, read-only): nothing new starts, and the outcomes that could not
         # be recorded wait in `parked` (their work stays active) until a probe says it takes writes again.
         self.state_dir: OutboxBlock | None = None
@@ -75,6 +86,70 @@ class Pauses:
             if runtime is not None:
                 for path in block.waiting:
                     runtime.tracker.hint(path)
+
+
+    def block_model(self, inbox_key: str, path: Path, reason: str) -> None:
+        """Pause the inbox: a worker could not have its profile's model as it was checked (`reason`)."""
+        block = self.models.get(inbox_key)
+        if block is None:
+            block = self.models[inbox_key] = ModelBlock(reason, self._ctx.clock())
+            log.error("model_unavailable_paused", inbox=inbox_key, error=reason)
+        block.waiting.add(path)
+        self._ctx.unremember(inbox_key, path)
+        self._ctx.note_error(inbox_key, path, reason)
+
+    def retry_models(self) -> None:
+        """Resume each inbox whose models are there again with the bytes its profile is pinned to (the file put
+        back, or a reload that checked and pinned the new one)."""
+        now = self._ctx.clock()
+        for key, block in list(self.models.items()):
+            runtime = self._ctx.runtimes.get(key)
+            if runtime is None:
+                del self.models[key]  # gone from the config
+                continue
+            if not block.due(now) or not self._models_as_pinned(runtime.profile):
+                continue
+            del self.models[key]
+            log.info("model_available_resumed", inbox=key, waiting=len(block.waiting),
+                     paused_s=round(now - block.since, 1))
+            for path in block.waiting:
+                runtime.tracker.hint(path)
+
+
+    def _models_as_pinned(self, profile: Profile) -> bool:
+        """Whether every model of `profile` is in its file with the bytes it is pinned to (a file is hashed again
+        only when it has changed: the context keeps the hashes, until a reload brings another config)."""
+        config = self._ctx.config
+        if self._model_context is None or self._model_context[0] is not config:
+            self._model_context = (config, StageContext(config.engine, config.model_dirs))
+        context = self._model_context[1]
+        try:
+            for spec in profile.pipeline.models(context):
+                context.verify(spec)
+        except (ModelError, OSError):
+            return False
+        return True
+
+
+@dataclass
+class ModelBlock:
+    """One inbox paused for its model: why, since when, and the inputs waiting for it."""
+
+    reason: str
+    since: float
+    since_wall: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    waiting: set[Path] = field(default_factory=set)
+    checked_at: float = 0.0
+
+    def due(self, now: float) -> bool:
+        """Whether to look at the model files again (each look may hash a changed file: not on every loop turn)."""
+        if now - self.checked_at < MODEL_RECHECK_S:
+            return False
+        self.checked_at = now
+        return True
+
+    def describe(self) -> dict[str, object]:
+        return {"state": "unavailable", "since": self.since_wall, "error": self.reason, "waiting": len(self.waiting)}
 
 
 class SlowWriters:

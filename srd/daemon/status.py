@@ -161,7 +161,8 @@ def assess(status: dict[str, Any] | None, now: datetime | None = None, *,
     for inbox in status.get("inboxes", []):
         if inbox.get("health") not in ("ok", "stopping"):
             problem = (inbox.get("root_error") or (inbox.get("claim") or {}).get("reason")
-                       or (inbox.get("stuck_step") or {}).get("reason"))
+                       or (inbox.get("stuck_step") or {}).get("reason")
+                       or (inbox.get("model_state") or {}).get("error"))
             why = f": {problem}" if problem else ""
             reasons.append(f"inbox {inbox['path']} {inbox.get('health')} (watch {inbox.get('watch')}){why}")
         outbox_state = inbox.get("outbox_state") or {"state": "ok"}

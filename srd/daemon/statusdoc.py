@@ -73,16 +73,18 @@ def inbox_documents(ctx: Context, files: Lifecycle, claims: ClaimGuard, daemon_s
         counters = ctx.counters[key]
         watcher = runtime.watcher
         block = files.pauses.outboxes.get(key)
+        model_block = files.pauses.models.get(key)
         inboxes.append({
             "path": key,
             "outbox": str(runtime.inbox.outbox),
             "profile": runtime.inbox.profile,
             "health": daemon_state if daemon_state in ("stopping", "stopped") else
-                      ("ok" if watcher.healthy and block is None and key not in claims.paused
+                      ("ok" if watcher.healthy and block is None and model_block is None and key not in claims.paused
                        and stuck.get(key) is None else "unhealthy"),
             "stuck_step": stuck.get(key),
             "claim": claims.inbox_claims.describe(runtime.inbox.path),
             "outbox_state": block.describe() if block is not None else {"state": "ok"},
+            "model_state": model_block.describe() if model_block is not None else {"state": "ok"},
             "watch": watcher.state,
             "mode": watcher.mode,
             "degraded": watcher.degraded,

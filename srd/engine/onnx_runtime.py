@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from srd.engine.registry import ModelSpec
+from srd.engine.registry import ModelSpec, require_model_file
 from srd.errors import ModelError
 
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -60,8 +60,7 @@ class OnnxRuntime:
             raise ModelError("runtime 'onnxruntime' is not installed: pip install 'srd[onnxruntime]'")
         if spec.format != "onnx":
             raise ModelError(f"{spec.path}: onnxruntime runs ONNX models only, not {spec.format}")
-        if not spec.path.is_file():
-            raise ModelError(f"model file not found: {spec.path}")
+        require_model_file(spec.path)
         self._ort = ort
         self._spec = spec
         self.device = device

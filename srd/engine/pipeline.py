@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import cv2
@@ -60,9 +60,13 @@ class StageContext:
         return self._specs[key]
 
     def upscaler(self, spec: ModelSpec) -> Upscaler:
-        """The loaded model for `spec`, loaded once per process."""
+        """The loaded model for `spec`, loaded once per process (and again when a reload pins new bytes)."""
         if spec not in self._upscalers:
             self.verify(spec)
+            # The same model pinned to other bytes (a reload after its file was replaced): the old weights go.
+            unpinned = replace(spec, expected_sha256=None)
+            for stale in [known for known in self._upscalers if replace(known, expected_sha256=None) == unpinned]:
+                del self._upscalers[stale]
             self._upscalers[spec] = Upscaler(spec, self.engine, self.cores)
         return self._upscalers[spec]
 
@@ -82,8 +86,9 @@ class StageContext:
         """Refuse a model whose bytes differ from what its manifest or catalogue promises."""
         if spec.expected_sha256 and self.sha256(spec) != spec.expected_sha256:
             raise ModelError(
-                f"{spec.path}: sha256 {self.sha256(spec)} does not match the expected "
-                f"{spec.expected_sha256} (corrupt or different file; 'srd models verify' checks all)"
+                f"{spec.path}: sha256 {self.sha256(spec)} does not match the expected {spec.expected_sha256}: "
+                "a corrupt or different file, or one replaced since srd checked it (reload srd to use a new "
+                "file); 'srd models verify' checks all"
             )
 
 
@@ -193,12 +198,18 @@ class Upscale:
     A scale with no model of its own (e.g. 1.5) runs the smallest available larger model scale
     and then area-resamples to the exact size. `ensemble` above 1 averages that many flipped/rotated runs of
     every tile (`srd.engine.ensemble`): more quality for that many times the time.
+
+    `sha256` is not a config key: `Pipeline.pinned` sets it to the bytes of the model file that were checked and
+    fingerprinted, and a worker then runs only a file with those bytes (`StageContext.verify`). A model replaced
+    after srd checked it is refused rather than run under a fingerprint that names other weights, and a worker
+    that loaded the old file loads again after a reload pins the new one.
     """
 
     model: str = "edsr-lite"
     scale: float = 2
     convention: str | None = None
     ensemble: int = 1
+    sha256: str | None = None
 
     def problems(self) -> list[str]:
         found = [] if 1 <= self.scale <= 8 else ["scale must be between 1 and 8"]
@@ -217,7 +228,8 @@ class Upscale:
         last_error: ModelError | None = None
         for model_scale in range(wanted, 9):
             try:
-                return context.resolve(self.model, model_scale, self.convention)
+                spec = context.resolve(self.model, model_scale, self.convention)
+                return spec if self.sha256 is None else replace(spec, expected_sha256=self.sha256)
             except ModelError as exc:
                 last_error = last_error or exc
                 if self.scale == wanted:  # an integer scale needs its own model
@@ -306,6 +318,8 @@ STAGES: dict[str, type] = {
     "sharpen": Sharpen,
 }
 Stage = LimitSize | Denoise | Contrast | Upscale | Resize | Sharpen
+# Stage fields srd sets itself, never read from a config.
+NOT_CONFIGURABLE = ("sha256",)
 
 
 def stage_name(stage: Stage) -> str:
@@ -326,6 +340,11 @@ class Pipeline:
     def models(self, context: StageContext) -> list[ModelSpec]:
         return [stage.spec(context) for stage in self.stages if isinstance(stage, Upscale)]
 
+    def pinned(self, context: StageContext) -> Pipeline:
+        """This pipeline with each model pinned to the bytes its file has now (`Upscale.sha256`)."""
+        return Pipeline(tuple(replace(stage, sha256=context.sha256(stage.spec(context)))
+                              if isinstance(stage, Upscale) else stage for stage in self.stages))
+
     def fingerprint(self, context: StageContext) -> str:
         """Stable hash of what determines the output: stage settings and model bytes.
 
@@ -337,9 +356,10 @@ class Pipeline:
             settings = {f.name: getattr(stage, f.name) for f in fields(stage)}
             if isinstance(stage, Upscale):
                 spec = stage.spec(context)
-                settings["model"] = context.sha256(spec)
+                settings["model"] = stage.sha256 or context.sha256(spec)
                 settings["model_scale"] = spec.scale
                 settings["convention"] = spec.convention
+                del settings["sha256"]  # the pin: the model's bytes are named just above
                 if stage.ensemble == 1:
                     del settings["ensemble"]  # added later: profiles without it keep the fingerprints they had
             described.append({stage_name(stage): settings})

@@ -166,9 +166,14 @@ def resolve_model(
     raise ModelError(_not_found_message(name, scale, extra_dirs))
 
 
-def _spec_from_path(path: Path, scale: int | None, convention: str | None) -> ModelSpec:
+def require_model_file(path: Path) -> None:
+    """Raise ModelError unless `path` is a regular file (symlinks followed), saying which it is not."""
     if not path.is_file():
-        raise ModelError(f"model file not found: {path}")
+        raise ModelError(f"{path}: not a regular file" if path.exists() else f"model file not found: {path}")
+
+
+def _spec_from_path(path: Path, scale: int | None, convention: str | None) -> ModelSpec:
+    require_model_file(path)
     fmt = _FORMAT_BY_SUFFIX.get(path.suffix.lower())
     if fmt is None:
         raise ModelError(f"{path}: unsupported model format (use a TensorFlow .pb or an ONNX .onnx file)")

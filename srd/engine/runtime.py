@@ -16,7 +16,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from srd.engine.registry import ModelSpec
+from srd.engine.registry import ModelSpec, require_model_file
 from srd.errors import ModelError
 
 ONNX_ENGINES = {"classic": cv2.dnn.ENGINE_CLASSIC, "new": cv2.dnn.ENGINE_NEW, "auto": cv2.dnn.ENGINE_AUTO}
@@ -58,8 +58,7 @@ def load_net(spec: ModelSpec, onnx_engine: str = "classic") -> cv2.dnn.Net:
     Raises:
         ModelError: the file is missing or OpenCV can't parse it.
     """
-    if not spec.path.is_file():
-        raise ModelError(f"model file not found: {spec.path}")
+    require_model_file(spec.path)
     try:
         if spec.format == "onnx":
             net = cv2.dnn.readNetFromONNX(str(spec.path), engine=ONNX_ENGINES[onnx_engine])

@@ -249,9 +249,11 @@ class DaskExecutor(Executor):
             if isinstance(loaded, JobResult):
                 return loaded
             sha256 = loaded.sha256
-            # A model missing here fails the file, as it would in a local worker.
+            # Each model's pinned bytes (those checked and fingerprinted), or else its file's here; a model missing
+            # here fails the file, as it would in a local worker.
             models = guarded(job, sha256, started, lambda: tuple(
-                self._models.sha256(spec) for spec in job.profile.pipeline.models(self._models)))
+                spec.expected_sha256 or self._models.sha256(spec)
+                for spec in job.profile.pipeline.models(self._models)))
             if isinstance(models, JobResult):
                 return models
             task = RenderTask(replace(job, content=loaded), self._engine, self._model_dirs, models)

@@ -25,7 +25,7 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from srd.config import Profile
-from srd.errors import ImageError, OutputError, SourceChangedError, SrdError
+from srd.errors import ImageError, ModelError, OutputError, SourceChangedError, SrdError
 from srd.fs import safefs
 from srd.fs.atomic import open_atomic
 from srd.fs.fileversion import FileVersion, version_of
@@ -100,6 +100,8 @@ class JobResult:
     out_of_memory: bool = False
     # Set when the data ended early: perhaps a slow writer hasn't finished it yet.
     truncated: bool = False
+    # Set when the model could not be had (missing, or other bytes than the job was checked with): not the file's fault.
+    model_unavailable: bool = False
     output_bytes: int | None = None  # the output's size as written (no stat needed to learn it)
     # The most tiles the job's upscaling ran at once (its share of the cores; 0: no upscale stage ran).
     tile_threads: int = 0
@@ -197,6 +199,8 @@ def guarded(job: Job, sha256: str | None, started: float, step: Callable[[], T])
         # Only a message that says the data ended early for certain ("truncated JPEG …"), not "corrupt or
         # truncated", marks a file a slow writer may still be finishing.
         return failure(job, str(exc), sha256, started, truncated=str(exc).startswith("truncated"))
+    except ModelError as exc:
+        return failure(job, str(exc), sha256, started, model_unavailable=True)
     except SrdError as exc:
         return failure(job, str(exc), sha256, started, out_of_memory=_oom_cause(exc))
     # Per-job boundary: any unexpected error (an OpenCV assertion on an odd image, a bug) must fail
@@ -226,10 +230,12 @@ def _oom_cause(exc: SrdError) -> bool:
 
 
 def failure(job: Job, reason: str, sha256: str | None, started: float, *,
-            output_errno: int | None = None, out_of_memory: bool = False, truncated: bool = False) -> JobResult:
+            output_errno: int | None = None, out_of_memory: bool = False, truncated: bool = False,
+            model_unavailable: bool = False) -> JobResult:
     """A failed result for `job`, logged (one line, whatever the library said)."""
     reason = " ".join(reason.split())
     ms = int((time.monotonic() - started) * 1000)
     log.warning("job_failed", src=str(job.source), reason=reason, ms=ms)
     return JobResult(source=job.source, ok=False, error=reason, sha256=sha256, milliseconds=ms,
-                     output_errno=output_errno, out_of_memory=out_of_memory, truncated=truncated)
+                     output_errno=output_errno, out_of_memory=out_of_memory, truncated=truncated,
+                     model_unavailable=model_unavailable)

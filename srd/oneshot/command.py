@@ -58,6 +58,7 @@ def run_process(args: argparse.Namespace) -> ExitCode:
     for spec in profile.pipeline.models(context):  # fail fast, before any file is touched
         context.check(spec)
         _tell_if_on_cpu(spec, engine)
+    profile = replace(profile, pipeline=profile.pipeline.pinned(context))  # the bytes checked, no others
 
     plan = make_plan(Layout(tuple(args.inputs), args.out, args.recursive, args.in_place,
                             requested_format or profile.output.format, profile.output.fallback_format,
