@@ -92,6 +92,11 @@ class ModelChoiceError(ModelError):
     asks for an unknown convention: the command line or config is at fault, not a model file."""
 
 
+class ModelUnavailableError(ModelError):
+    """A worker could not load a job's model as the job names it (its file gone, unreadable, or other bytes than
+    those checked): not the fault of the file being processed."""
+
+
 class ImageError(SrdError):
     """An input file can't be read as an image (corrupt, unsupported, too large)."""
 

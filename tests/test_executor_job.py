@@ -42,3 +42,23 @@ def test_shipped_bytes_still_check_the_source_version_before_the_output_lands(tm
                      StageContext())
     assert not result.ok and result.error is not None and "changed since this run planned it" in result.error
     assert source.read_bytes() == rewritten and [p.name for p in tmp_path.iterdir()] == ["a.png"]
+
+
+def test_only_a_model_that_cannot_be_loaded_spares_the_file_one_that_fails_on_it_fails_it(tmp_path: Path) -> None:
+    """`model_unavailable` makes the daemon pause the inbox and keep the file, so it must come only from loading
+    the model (pinned bytes gone), never from running it on this input: that would let one input hold its inbox."""
+    model = tmp_path / "own.pb"
+    model.write_bytes(ESPCN_X2.read_bytes())
+    source = tmp_path / "a.png"
+    source.write_bytes(make_image(source, (12, 16), 1))
+    profile = Profile("p", Pipeline((Upscale(model=str(model), scale=2, convention="espcn"),)))
+    pinned = Profile("p", profile.pipeline.pinned(StageContext()))
+    model.write_bytes(ESPCN_X2.read_bytes() + b"\0")  # other bytes than those pinned
+    job = Job(source, tmp_path / "out", pinned, 10**8)
+    refused = run_job(job, StageContext())
+    assert not refused.ok and refused.model_unavailable and "replaced since srd checked it" in (refused.error or "")
+
+    model.write_bytes(ESPCN_X2.read_bytes())
+    wrong_scale = Profile("p", Pipeline((Upscale(model=str(model), scale=3, convention="espcn"),)))  # x2 told x3
+    failed = run_job(Job(source, tmp_path / "out", wrong_scale, 10**8), StageContext())
+    assert not failed.ok and not failed.model_unavailable and "is not x3" in (failed.error or "")

@@ -87,7 +87,6 @@ class Pauses:
                 for path in block.waiting:
                     runtime.tracker.hint(path)
 
-
     def block_model(self, inbox_key: str, path: Path, reason: str) -> None:
         """Pause the inbox: a worker could not have its profile's model as it was checked (`reason`)."""
         block = self.models.get(inbox_key)
@@ -114,7 +113,6 @@ class Pauses:
                      paused_s=round(now - block.since, 1))
             for path in block.waiting:
                 runtime.tracker.hint(path)
-
 
     def _models_as_pinned(self, profile: Profile) -> bool:
         """Whether every model of `profile` is in its file with the bytes it is pinned to (a file is hashed again

@@ -23,7 +23,7 @@ from srd.engine.ensemble import ENSEMBLE_SIZES
 from srd.engine.modelcheck import check_model
 from srd.engine.registry import ModelSpec, file_sha256, resolve_model
 from srd.engine.upscaler import EngineSettings, Upscaler
-from srd.errors import ModelError
+from srd.errors import ModelError, ModelUnavailableError
 from srd.fs.fileversion import FileVersion
 
 # Bumped when a stage's algorithm changes, so the ledger reprocesses with the new behaviour.
@@ -62,12 +62,17 @@ class StageContext:
     def upscaler(self, spec: ModelSpec) -> Upscaler:
         """The loaded model for `spec`, loaded once per process (and again when a reload pins new bytes)."""
         if spec not in self._upscalers:
-            self.verify(spec)
             # The same model pinned to other bytes (a reload after its file was replaced): the old weights go.
             unpinned = replace(spec, expected_sha256=None)
             for stale in [known for known in self._upscalers if replace(known, expected_sha256=None) == unpinned]:
                 del self._upscalers[stale]
-            self._upscalers[spec] = Upscaler(spec, self.engine, self.cores)
+            try:
+                self.verify(spec)
+                self._upscalers[spec] = Upscaler(spec, self.engine, self.cores)
+            except OSError as exc:  # the file went between the stat and the read
+                raise ModelUnavailableError(f"{spec.path}: {exc.strerror or exc}") from exc
+            except ModelError as exc:
+                raise ModelUnavailableError(str(exc)) from exc
         return self._upscalers[spec]
 
     def sha256(self, spec: ModelSpec) -> str:

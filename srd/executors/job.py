@@ -25,7 +25,7 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from srd.config import Profile
-from srd.errors import ImageError, ModelError, OutputError, SourceChangedError, SrdError
+from srd.errors import ImageError, ModelUnavailableError, OutputError, SourceChangedError, SrdError
 from srd.fs import safefs
 from srd.fs.atomic import open_atomic
 from srd.fs.fileversion import FileVersion, version_of
@@ -100,7 +100,7 @@ class JobResult:
     out_of_memory: bool = False
     # Set when the data ended early: perhaps a slow writer hasn't finished it yet.
     truncated: bool = False
-    # Set when the model could not be had (missing, or other bytes than the job was checked with): not the file's fault.
+    # Set when the model could not be loaded as the job names it (`ModelUnavailableError`): not the file's fault.
     model_unavailable: bool = False
     output_bytes: int | None = None  # the output's size as written (no stat needed to learn it)
     # The most tiles the job's upscaling ran at once (its share of the cores; 0: no upscale stage ran).
@@ -199,7 +199,7 @@ def guarded(job: Job, sha256: str | None, started: float, step: Callable[[], T])
         # Only a message that says the data ended early for certain ("truncated JPEG …"), not "corrupt or
         # truncated", marks a file a slow writer may still be finishing.
         return failure(job, str(exc), sha256, started, truncated=str(exc).startswith("truncated"))
-    except ModelError as exc:
+    except ModelUnavailableError as exc:
         return failure(job, str(exc), sha256, started, model_unavailable=True)
     except SrdError as exc:
         return failure(job, str(exc), sha256, started, out_of_memory=_oom_cause(exc))
