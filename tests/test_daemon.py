@@ -26,6 +26,7 @@ from daemon_helpers import (
     inbox_config,
     make_image,
     read_status,
+    running,
     srd,
     wait_for,
     write_config,
@@ -689,6 +690,27 @@ def test_duplicate_content_under_another_name_is_linked_not_processed_again(tmp_
         assert daemon.status()["inboxes"][0]["duplicates"] == 1
     finally:
         daemon.close()
+
+
+def test_the_same_picture_in_two_inboxes_reaches_both_outboxes_and_is_reported(tmp_path: Path) -> None:
+    """One job for both (same content, same profile), but each outbox gets it: with `duplicates: skip` the second
+    inbox's copy was skipped as a duplicate of an output its outbox's reader never sees, and, held back while the
+    first ran, it was taken for judged before: neither counted nor logged above debug."""
+    config = write_config(tmp_path, [inbox_config(tmp_path, "a"), inbox_config(tmp_path, "b")],
+                          log={"level": "debug", "format": "json"})
+    picture = make_image(Path("x.png"), SIZE, 3)
+    with running(config) as daemon:
+        for name in ("a", "b"):
+            (tmp_path / name / "x.png").write_bytes(picture)
+        wait_for(lambda: all((tmp_path / f"{name}-out" / "x.png").exists() for name in "ab"), 30, "both outputs")
+        reported = daemon.wait_event("duplicate")[0]
+        assert reported["level"] == "info" and reported["action"] in ("linked", "copied")
+        def counts() -> list[tuple[int, int]]:
+            return sorted((i["done"], i["duplicates"]) for i in read_status(tmp_path / "state").get("inboxes", []))
+        wait_for(lambda: counts() == [(0, 1), (1, 0)], 10, "one done and one duplicate in status")
+        assert daemon.stop() == 0
+    assert (tmp_path / "a-out" / "x.png").read_bytes() == (tmp_path / "b-out" / "x.png").read_bytes()
+    assert len(daemon.events("job_done")) == 1
 
 
 def test_sigterm_drains_the_running_job_and_a_drain_timeout_leaves_it_for_the_next_start(tmp_path: Path) -> None:

@@ -113,6 +113,7 @@ class Lifecycle:
         self.active: dict[str, Work] = {}  # submitted jobs by key: no more than the pool has room for
         self.running_since: dict[str, str] = {}  # key → when a worker took the job (ISO 8601 UTC), for status
         self._deferred: dict[Path, str] = {}  # files waiting for a job on the same path or content to end
+        self._held_back: set[Path] = set()  # those of them hashed already, waiting for the same content's job
         self._solo: set[str] = set()  # keys of submitted jobs that the pool runs alone (suspects)
         self._unstarted: set[str] = set()  # running jobs whose start record could not be written
         self.reads = OffLoopReads(ctx.offload, lambda: self.pool.capacity)
@@ -229,7 +230,10 @@ class Lifecycle:
             self.disposal.fail(file, runtime.profile, None, reason, record=False)
             return
         sha256 = ledger.cached_hash(runtime.inbox_id, file.rel, signature)
-        seen_before = sha256 is not None  # this very version was judged before (in this run or an earlier one)
+        # This very version was judged before (in this run or an earlier one); one only held back while the same
+        # content ran from another path was hashed, not judged.
+        seen_before = sha256 is not None and path not in self._held_back
+        self._held_back.discard(path)
         probe = None
         if sha256 is None:
             probe = self.reads.probe(file, ready, need_hash=True)
@@ -244,6 +248,7 @@ class Lifecycle:
         key = make_key(sha256, runtime.fingerprint)
         if key in self.active:
             self._deferred[path] = runtime.inbox_id  # same content in flight from another path
+            self._held_back.add(path)
             return
         entry = ledger.get(key)
         own_outputs = ledger.outputs_of(runtime.inbox_id, file.rel)
@@ -357,7 +362,8 @@ class Lifecycle:
     def _duplicate(self, runtime: InboxRuntime, file: SourceFile, entry: Entry, *, refresh: bool,
                    seen_before: bool) -> None:
         """This content is done under another name: link its output here (``duplicates: link``, or always
-        when this path has an output of its own from earlier content, which would otherwise stay stale).
+        when this path has an output of its own from earlier content, which would otherwise stay stale, or when
+        the earlier output is in another inbox's outbox, where whoever reads this outbox would never see it).
 
         A duplicate kept in the inbox (``duplicates: skip``, ``on_success: keep``) comes back at every start;
         it was counted and logged the first time (`seen_before`), so it is only logged at debug level then.
@@ -368,8 +374,9 @@ class Lifecycle:
         how = "skipped"
         output_root = next((i.outbox for i in self._ctx.config.inboxes if entry.output is not None
                             and entry.output.is_relative_to(i.outbox)), None)
-        if ((runtime.inbox.duplicates == "link" or refresh) and output_root is not None and entry.output is not None
-                and safefs.lexists(output_root, entry.output)):
+        elsewhere = output_root != runtime.inbox.outbox
+        if ((runtime.inbox.duplicates == "link" or refresh or elsewhere) and output_root is not None
+                and entry.output is not None and safefs.lexists(output_root, entry.output)):
             target = choose_target(ledger, runtime, file.rel, key=None, head=b"", in_flight=self._in_flight(),
                                    suffix=entry.output.suffix)
             if target is not None:
