@@ -231,6 +231,32 @@ def test_a_killed_worker_is_replaced_and_the_whole_batch_is_processed(tmp_path: 
     assert {p.name: decoded_size(p) for p in out.iterdir()} == {f"{i}.png": (320, 400) for i in range(6)}
 
 
+def test_a_model_replaced_mid_batch_stops_it_with_one_model_error_not_a_failure_per_file(tmp_path: Path) -> None:
+    """The model file is replaced mid-batch and the worker restarts: it refuses the new bytes (the run checked and
+    pinned the old ones). Each remaining input "failed" with the same model message (exit 1, as if the inputs were
+    at fault); now the run stops at the first: exit 4, one line, the rest counted as not processed."""
+    folder, out = _batch(tmp_path, 6), tmp_path / "out"
+    model = tmp_path / "own.onnx"
+    model.write_bytes((Path(__file__).resolve().parents[1] / "models" / "edsr-base_x2.onnx").read_bytes())
+    cmd = [*srd_command(), "process", str(folder), "--out", str(out), "-m", str(model), "-s", "2",
+           "--convention", "edsr", "-j", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: out.is_dir() and any(p.suffix == ".png" for p in out.iterdir()), 120, "the first output")
+        model.write_bytes((Path(__file__).resolve().parents[1] / "models" / "edsr-lite_x2.onnx").read_bytes())
+        for pid in wait_for(lambda: worker_pids(proc.pid), 30, "a worker"):
+            os.kill(pid, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 4, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("srd: error:")]
+    assert len(errors) == 1 and "replaced since srd checked it" in errors[0] and "the run stopped there" in errors[0]
+    assert "srd: failed:" not in stderr and "Traceback" not in stderr
+    written = sum(1 for p in out.iterdir() if p.suffix == ".png")
+    assert 1 <= written < 6 and f"{6 - written} not processed" in stderr, stderr
+
+
 def _forkserver_of(pid: int) -> int:
     """The pid of multiprocessing's forkserver started by process `pid`."""
     for entry in Path("/proc").iterdir():

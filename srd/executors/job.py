@@ -235,7 +235,9 @@ def failure(job: Job, reason: str, sha256: str | None, started: float, *,
     """A failed result for `job`, logged (one line, whatever the library said)."""
     reason = " ".join(reason.split())
     ms = int((time.monotonic() - started) * 1000)
-    log.warning("job_failed", src=str(job.source), reason=reason, ms=ms)
+    # A model that can't be had is no verdict on the file (the daemon keeps it waiting): named apart in the log.
+    log.warning("job_model_unavailable" if model_unavailable else "job_failed", src=str(job.source), reason=reason,
+                ms=ms)
     return JobResult(source=job.source, ok=False, error=reason, sha256=sha256, milliseconds=ms,
                      output_errno=output_errno, out_of_memory=out_of_memory, truncated=truncated,
                      model_unavailable=model_unavailable)

@@ -23,7 +23,7 @@ from srd.engine.pipeline import Pipeline, StageContext, Upscale
 from srd.engine.registry import ModelSpec, looks_like_path, resolve_model
 from srd.engine.runtime_choice import device_for, with_choice
 from srd.engine.upscaler import EngineSettings
-from srd.errors import ConfigError, ExitCode, OutputError
+from srd.errors import ConfigError, ExitCode, ModelError, OutputError
 from srd.executors.backend import Backend, shared_cores
 from srd.executors.job import Job, JobResult
 from srd.imaging.imageio import normalise_format
@@ -91,6 +91,8 @@ def run_process(args: argparse.Namespace) -> ExitCode:
 
 
 def _finished(job: Job, result: JobResult, reporter: Reporter, size: int, refused: list[tuple[Path, int]]) -> None:
+    if result.model_unavailable:  # the model checked at the start is gone or changed: no input's fault, stop
+        raise ModelError(f"{result.error}; the run stopped there: run the command again to use the file as it is now")
     if result.ok and result.output is not None:
         mark_as_output(result.output, job.source)
     elif result.output_errno in BLOCKING_ERRNOS:
