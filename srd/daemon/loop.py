@@ -366,7 +366,7 @@ class Daemon:
                 healthy = False
         pool.ensure_executor()
         self._files.pauses.retry_outboxes()
-        self._files.pauses.retry_models()
+        self._files.pauses.supervise_models()
         self._files.retry_state_dir()
         if healthy and self.notifier.watchdog_interval_s() is not None:
             self.notifier.watchdog()

@@ -163,7 +163,7 @@ class Outcomes:
 
     def _model_unavailable(self, work: Work, reason: str) -> None:
         """The worker could not have the model as it was checked: not the file's fault, so it costs no attempt and
-        stays in the inbox; the inbox pauses until the model is back (`Pauses.retry_models`)."""
+        stays in the inbox; the inbox pauses until the model is back (`Pauses.supervise_models`)."""
         self._ctx.ledger.forget(work.key)
         self._pauses.block_model(work.file.inbox_id, work.file.path, reason)
 

@@ -2,8 +2,8 @@
 and a slow writer.
 
 A full or read-only outbox pauses its inbox, a full or read-only state dir pauses the daemon (docs/design.md
-§4), a model a worker could not have as it was checked (its file replaced, removed or broken since) pauses the
-inboxes that use it until the file is back or a reload checks the new one, and a file that is still being
+§4), a model file that no longer holds the bytes checked (replaced, removed or broken without a reload) pauses
+the inboxes that use it until the file is back or a reload checks the new one, and a file that is still being
 written goes back to settling after a growing back-off (§3, "Slow writers"). None of them is the file's fault.
 """
 
@@ -87,36 +87,44 @@ class Pauses:
                 for path in block.waiting:
                     runtime.tracker.hint(path)
 
-    def block_model(self, inbox_key: str, path: Path, reason: str) -> None:
-        """Pause the inbox: a worker could not have its profile's model as it was checked (`reason`)."""
+    def block_model(self, inbox_key: str, path: Path | None, reason: str) -> None:
+        """Pause the inbox: its profile's model is not as it was checked (`reason`); `path`: a file sent back by a
+        worker that could not load the model (None: found by `supervise_models`)."""
         block = self.models.get(inbox_key)
         if block is None:
             block = self.models[inbox_key] = ModelBlock(reason, self._ctx.clock())
             log.error("model_unavailable_paused", inbox=inbox_key, error=reason)
-        block.waiting.add(path)
-        self._ctx.unremember(inbox_key, path)
-        self._ctx.note_error(inbox_key, path, reason)
+        if path is not None:
+            block.waiting.add(path)
+            self._ctx.unremember(inbox_key, path)
+            self._ctx.note_error(inbox_key, path, reason)
 
-    def retry_models(self) -> None:
-        """Resume each inbox whose models are there again with the bytes its profile is pinned to (the file put
-        back, or a reload that checked and pinned the new one)."""
+    def supervise_models(self) -> None:
+        """Pause each inbox whose model file no longer holds the bytes its profile is pinned to (replaced, removed
+        or broken without a reload), at once rather than when a worker next has to load it; resume each paused one
+        whose file holds them again (put back, or a reload checked and pinned the new one). A file is stat'ed
+        each time and hashed again only when its stat changed."""
         now = self._ctx.clock()
-        for key, block in list(self.models.items()):
-            runtime = self._ctx.runtimes.get(key)
-            if runtime is None:
-                del self.models[key]  # gone from the config
+        for key, runtime in self._ctx.runtimes.items():
+            block = self.models.get(key)
+            if block is not None and not block.due(now):
                 continue
-            if not block.due(now) or not self._models_as_pinned(runtime.profile):
-                continue
-            del self.models[key]
-            log.info("model_available_resumed", inbox=key, waiting=len(block.waiting),
-                     paused_s=round(now - block.since, 1))
-            for path in block.waiting:
-                runtime.tracker.hint(path)
+            problem = self._model_problem(runtime.profile)
+            if block is None and problem is not None:
+                self.block_model(key, None, f"{problem}; reload srd (SIGHUP) to check and use the new file, or put "
+                                            "the checked one back")
+            elif block is not None and problem is None:
+                del self.models[key]
+                log.info("model_available_resumed", inbox=key, waiting=len(block.waiting),
+                         paused_s=round(now - block.since, 1))
+                for path in block.waiting:
+                    runtime.tracker.hint(path)
+        for key in [key for key in self.models if key not in self._ctx.runtimes]:
+            del self.models[key]  # gone from the config
 
-    def _models_as_pinned(self, profile: Profile) -> bool:
-        """Whether every model of `profile` is in its file with the bytes it is pinned to (a file is hashed again
-        only when it has changed: the context keeps the hashes, until a reload brings another config)."""
+    def _model_problem(self, profile: Profile) -> str | None:
+        """Why a model of `profile` is not in its file with the bytes it is pinned to; None when all are (the
+        context keeps the hashes by file version, until a reload brings another config)."""
         config = self._ctx.config
         if self._model_context is None or self._model_context[0] is not config:
             self._model_context = (config, StageContext(config.engine, config.model_dirs))
@@ -124,9 +132,11 @@ class Pauses:
         try:
             for spec in profile.pipeline.models(context):
                 context.verify(spec)
-        except (ModelError, OSError):
-            return False
-        return True
+        except ModelError as exc:
+            return str(exc)
+        except OSError as exc:
+            return f"{exc.filename}: {exc.strerror}"
+        return None
 
 
 @dataclass
