@@ -713,6 +713,28 @@ def test_the_same_picture_in_two_inboxes_reaches_both_outboxes_and_is_reported(t
     assert len(daemon.events("job_done")) == 1
 
 
+@pytest.mark.parametrize("consumer", ["took the first output", "put another file in its place"])
+def test_a_duplicate_whose_earlier_output_is_not_as_written_is_processed_for_itself(tmp_path: Path,
+                                                                                   consumer: str) -> None:
+    """The second inbox's copy needs the picture, and the first outbox's reader has already taken it (or left
+    another file under its name). It was skipped, or linked to the stranger, and its source then deleted
+    (`on_success: delete`): the picture lost. It is processed for itself instead, and only then deleted."""
+    config = write_config(tmp_path, [inbox_config(tmp_path, "a"), inbox_config(tmp_path, "b", on_success="delete")])
+    picture = make_image(Path("x.png"), SIZE, 3)
+    with running(config) as daemon:
+        (tmp_path / "a" / "x.png").write_bytes(picture)
+        wait_for(lambda: (tmp_path / "a-out" / "x.png").exists(), 30, "the first output")
+        first = (tmp_path / "a-out" / "x.png").read_bytes()
+        (tmp_path / "a-out" / "x.png").unlink()
+        if consumer == "put another file in its place":
+            (tmp_path / "a-out" / "x.png").write_bytes(make_image(Path("x.png"), SIZE, 4))
+        (tmp_path / "b" / "x.png").write_bytes(picture)
+        wait_for(lambda: not (tmp_path / "b" / "x.png").exists(), 30, "the second copy to be done and deleted")
+        assert daemon.stop() == 0
+    assert (tmp_path / "b-out" / "x.png").read_bytes() == first
+    assert len(daemon.events("file_processed")) == 2 and daemon.events("duplicate_output_gone_processing")
+
+
 def test_sigterm_drains_the_running_job_and_a_drain_timeout_leaves_it_for_the_next_start(tmp_path: Path) -> None:
     """SIGTERM stops intake but lets a running job finish and be recorded; if it can't finish within
     --drain-timeout, the daemon still exits 0 promptly and the next start processes the file."""

@@ -251,7 +251,7 @@ def test_a_model_replaced_mid_batch_stops_it_with_one_model_error_not_a_failure_
         proc.kill()
     assert proc.returncode == 4, stderr
     errors = [line for line in stderr.splitlines() if line.startswith("srd: error:")]
-    assert len(errors) == 1 and "replaced since srd checked it" in errors[0] and "the run stopped there" in errors[0]
+    assert len(errors) == 1 and "replaced since srd checked it" in errors[0] and "The run stopped there" in errors[0]
     assert "srd: failed:" not in stderr and "Traceback" not in stderr
     written = sum(1 for p in out.iterdir() if p.suffix == ".png")
     assert 1 <= written < 6 and f"{6 - written} not processed" in stderr, stderr

@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import stat
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ from srd.executors.job import Content, Job
 from srd.executors.pool import Outcome
 from srd.fs import safefs
 from srd.fs.fileversion import FileVersion
-from srd.fs.outputmark import mark_value
+from srd.fs.outputmark import mark_value, marked_for
 from srd.fs.sources import link_or_copy
 from srd.ledger import Entry, LedgerError, LedgerUnwritableError, State, make_key, source_step_done
 
@@ -265,8 +266,12 @@ class Lifecycle:
                 ledger.forget_hash(runtime.inbox_id, file.rel)
                 runtime.tracker.hint(path)
                 return
-            self._duplicate(runtime, file, entry, refresh=bool(own_outputs), seen_before=seen_before)
-            return
+            if self._duplicate(runtime, file, entry, refresh=bool(own_outputs), seen_before=seen_before):
+                return
+            # This file needs the picture and the earlier output can't give it (removed, or no longer what srd
+            # wrote): processed again, for this file.
+            ledger.forget(key)
+            entry = None
         unfinished = entry is not None and entry.state == State.STARTED  # a crash cut its last start short
         # Retried alone only once this daemon has lived config.crash_retry_after_seconds (see there).
         if unfinished and ctx.clock() - ctx.started < ctx.config.crash_retry_after_seconds:
@@ -360,36 +365,41 @@ class Lifecycle:
             runtime.handled[file.path] = file.version
 
     def _duplicate(self, runtime: InboxRuntime, file: SourceFile, entry: Entry, *, refresh: bool,
-                   seen_before: bool) -> None:
+                   seen_before: bool) -> bool:
         """This content is done under another name: link its output here (``duplicates: link``, or always
         when this path has an output of its own from earlier content, which would otherwise stay stale, or when
         the earlier output is in another inbox's outbox, where whoever reads this outbox would never see it).
+
+        Returns False, doing nothing, where a link is needed but the earlier output is not there as srd wrote it
+        (a consumer took it, or put another file in its place): the file is then processed as new. Skipping
+        needs no earlier output: the content was given to a reader of this very outbox.
 
         A duplicate kept in the inbox (``duplicates: skip``, ``on_success: keep``) comes back at every start;
         it was counted and logged the first time (`seen_before`), so it is only logged at debug level then.
         """
         ledger = self._ctx.ledger
+        output_root = next((i.outbox for i in self._ctx.config.inboxes if entry.output is not None
+                            and entry.output.is_relative_to(i.outbox)), None)
+        link = runtime.inbox.duplicates == "link" or refresh or output_root != runtime.inbox.outbox
+        if link and (output_root is None or not _as_written(output_root, entry)):
+            log.info("duplicate_output_gone_processing", src=str(file.path), same_as=str(entry.source),
+                     output=str(entry.output))
+            return False
         if not seen_before:
             self._ctx.counters[runtime.inbox_id].duplicates += 1
         how = "skipped"
-        output_root = next((i.outbox for i in self._ctx.config.inboxes if entry.output is not None
-                            and entry.output.is_relative_to(i.outbox)), None)
-        elsewhere = output_root != runtime.inbox.outbox
-        if ((runtime.inbox.duplicates == "link" or refresh or elsewhere) and output_root is not None
-                and entry.output is not None and safefs.lexists(output_root, entry.output)):
+        if link:
+            assert output_root is not None and entry.output is not None
             target = choose_target(ledger, runtime, file.rel, key=None, head=b"", in_flight=self._in_flight(),
                                    suffix=entry.output.suffix)
             if target is not None:
                 if not _same_file(entry.output, target):
                     how = link_or_copy(output_root, entry.output, runtime.inbox.outbox, target, replace=True)
                 ledger.record_output(target, inbox=runtime.inbox_id, source=file.rel, key=entry.key)
-        elif refresh:
-            log.warning("stale_output_left", src=str(file.path),
-                        outputs=sorted(ledger.outputs_of(runtime.inbox_id, file.rel)),
-                        reason="the earlier output of this content is gone, so there is nothing to link")
         report = log.debug if seen_before and how == "skipped" else log.info
         report("duplicate", src=str(file.path), same_as=str(entry.source), output=str(entry.output), action=how)
         self.disposal.dispose(file, None)
+        return True
 
     # -- submitted, running --------------------------------------------------------------------------------
 
@@ -552,6 +562,20 @@ def _under(filename: Any, folder: Path) -> bool:
         return False
     path = Path(os.fsdecode(filename))
     return path == folder or folder in path.parents
+
+
+def _as_written(outbox: Path, entry: Entry) -> bool:
+    """Whether the output srd wrote for `entry` (below `outbox`) is still there as written: a regular file of the
+    size recorded, and, where the filesystem keeps srd's mark, marked for the entry's source."""
+    assert entry.output is not None
+    try:
+        st = safefs.lstat(outbox, entry.output)
+    except (OSError, ValueError):
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_size != entry.output_size:
+        return False
+    mark = marked_for(outbox, entry.output)
+    return mark is None or mark == (entry.inbox, entry.source.as_posix())
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -111,8 +111,7 @@ class Pauses:
                 continue
             problem = self._model_problem(runtime.profile)
             if block is None and problem is not None:
-                self.block_model(key, None, f"{problem}; reload srd (SIGHUP) to check and use the new file, or put "
-                                            "the checked one back")
+                self.block_model(key, None, problem)
             elif block is not None and problem is None:
                 del self.models[key]
                 log.info("model_available_resumed", inbox=key, waiting=len(block.waiting),

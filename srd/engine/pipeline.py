@@ -88,13 +88,15 @@ class StageContext:
         check_model(spec, self.engine)
 
     def verify(self, spec: ModelSpec) -> None:
-        """Refuse a model whose bytes differ from what its manifest or catalogue promises."""
+        """Refuse a model whose bytes differ from what its manifest or catalogue promises, or (a model file given by
+        path) from those srd checked and pinned (`Upscale.sha256`)."""
         if spec.expected_sha256 and self.sha256(spec) != spec.expected_sha256:
-            raise ModelError(
-                f"{spec.path}: sha256 {self.sha256(spec)} does not match the expected {spec.expected_sha256}: "
-                "a corrupt or different file, or one replaced since srd checked it (reload srd to use a new "
-                "file); 'srd models verify' checks all"
-            )
+            why = ("replaced since srd checked it (reloading srd run, or running srd process again, checks and uses "
+                   "the new file)" if spec.origin == "file" else
+                   f"a corrupt or different file (a {spec.origin} model is known by its sha256: new weights need a "
+                   "name of their own); 'srd models verify' checks all")
+            raise ModelError(f"{spec.path}: sha256 {self.sha256(spec)} does not match the expected "
+                             f"{spec.expected_sha256}: {why}")
 
 
 def _as_channels(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -92,7 +92,7 @@ def run_process(args: argparse.Namespace) -> ExitCode:
 
 def _finished(job: Job, result: JobResult, reporter: Reporter, size: int, refused: list[tuple[Path, int]]) -> None:
     if result.model_unavailable:  # the model checked at the start is gone or changed: no input's fault, stop
-        raise ModelError(f"{result.error}; the run stopped there: run the command again to use the file as it is now")
+        raise ModelError(f"{result.error}. The run stopped there: run the command again to use the file as it is")
     if result.ok and result.output is not None:
         mark_as_output(result.output, job.source)
     elif result.output_errno in BLOCKING_ERRNOS:
