@@ -705,6 +705,7 @@ def test_the_same_picture_in_two_inboxes_reaches_both_outboxes_and_is_reported(t
         wait_for(lambda: all((tmp_path / f"{name}-out" / "x.png").exists() for name in "ab"), 30, "both outputs")
         reported = daemon.wait_event("duplicate")[0]
         assert reported["level"] == "info" and reported["action"] in ("linked", "copied")
+        assert reported["to"] == str(tmp_path / f"{Path(reported['src']).parent.name}-out" / "x.png")
         def counts() -> list[tuple[int, int]]:
             return sorted((i["done"], i["duplicates"]) for i in read_status(tmp_path / "state").get("inboxes", []))
         wait_for(lambda: counts() == [(0, 1), (1, 0)], 10, "one done and one duplicate in status")

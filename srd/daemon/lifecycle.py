@@ -387,7 +387,7 @@ class Lifecycle:
             return False
         if not seen_before:
             self._ctx.counters[runtime.inbox_id].duplicates += 1
-        how = "skipped"
+        how, target = "skipped", None
         if link:
             assert output_root is not None and entry.output is not None
             target = choose_target(ledger, runtime, file.rel, key=None, head=b"", in_flight=self._in_flight(),
@@ -397,7 +397,8 @@ class Lifecycle:
                     how = link_or_copy(output_root, entry.output, runtime.inbox.outbox, target, replace=True)
                 ledger.record_output(target, inbox=runtime.inbox_id, source=file.rel, key=entry.key)
         report = log.debug if seen_before and how == "skipped" else log.info
-        report("duplicate", src=str(file.path), same_as=str(entry.source), output=str(entry.output), action=how)
+        report("duplicate", src=str(file.path), same_as=str(entry.source), output=str(entry.output), action=how,
+               **({"to": str(target)} if target is not None else {}))
         self.disposal.dispose(file, None)
         return True
 
