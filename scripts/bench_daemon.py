@@ -54,7 +54,7 @@ import yaml
 # Imported once, up front: others may edit srd while a long run is going, and a module imported late
 # would mix two versions of the code in this process.
 from srd.config import load_config
-from srd.daemon.inboxes import fingerprints, inbox_id
+from srd.daemon.inboxes import check_profiles, inbox_id
 from srd.engine.pipeline import StageContext
 from srd.executors.job import Job
 from srd.executors.render import run_job
@@ -607,7 +607,7 @@ def fill_ledger(config_path: Path, entries: int) -> float:
     """
     config = load_config(config_path)
     inbox = config.inboxes[0]
-    fingerprint = fingerprints(config)[inbox.profile]
+    fingerprint = check_profiles(config)[inbox.profile].fingerprint
     started = time.perf_counter()
     with Ledger.open(config.state_dir, compact_after=2 * entries + 1) as ledger:
         for i in range(entries):

@@ -28,7 +28,7 @@ from typing import Any
 from bench_daemon import DEFAULT_CATCHUP_MODEL, RssSampler, cpu_seconds, new_daemon, running, status_kb, wait_idle
 
 from srd.config import load_config
-from srd.daemon.inboxes import fingerprints, inbox_id
+from srd.daemon.inboxes import check_profiles, inbox_id
 from srd.fs.atomic import write_bytes_atomic
 from srd.ledger import SNAPSHOT_NAME, make_key
 from srd.ledger.base import Base
@@ -45,7 +45,7 @@ def build(folder: Path, files: int) -> Path:
     daemon = new_daemon(folder, model=str(DEFAULT_CATCHUP_MODEL), settle=0.5, workers=1, threads=1)
     config = load_config(daemon.config)
     inbox = config.inboxes[0]
-    fingerprint, inbox_key = fingerprints(config)[inbox.profile], inbox_id(inbox)
+    fingerprint, inbox_key = check_profiles(config)[inbox.profile].fingerprint, inbox_id(inbox)
     layer = Layer()
     stamp = time.time()
     for i in range(files):
