@@ -161,17 +161,25 @@ def test_a_model_of_another_scale_than_configured_stops_the_start_and_is_refused
         assert daemon.stop() == 0
 
 
+@contextlib.contextmanager
+def _running_on_own_espcn(tmp_path: Path) -> Iterator[tuple[DaemonProcess, Path]]:
+    """A daemon whose model is a copy of ESPCN ×2 at `own.pb` (a file of the user's, no manifest), ready, with
+    a first file processed (so its worker has loaded the model)."""
+    model = tmp_path / "own.pb"
+    model.write_bytes(ESPCN_X2.read_bytes())
+    config = write_config(tmp_path, stages=[{"upscale": {"model": str(model), "scale": 2, "convention": "espcn"}}])
+    with running(config) as daemon:
+        (tmp_path / "in" / "first.png").write_bytes(make_image(Path("x.png"), SIZE, 2))
+        wait_for(lambda: (tmp_path / "in-out" / "first.png").exists(), 30, "the first file")
+        yield daemon, model
+
+
 def test_a_model_file_replaced_and_reloaded_is_the_one_that_runs(tmp_path: Path) -> None:
     """The admin replaces a model file and reloads, as they should. The worker had the old weights loaded and
     kept running them under the new fingerprint (the new file's sha256): outputs silently made by the model
     the ledger says was replaced. Each job now names the bytes it was checked with, so the worker loads them."""
-    model = tmp_path / "own.pb"
-    model.write_bytes(ESPCN_X2.read_bytes())
-    config = write_config(tmp_path, stages=[{"upscale": {"model": str(model), "scale": 2, "convention": "espcn"}}])
     image = make_image(Path("x.png"), SIZE, 1)
-    with running(config) as daemon:
-        (tmp_path / "in" / "before.png").write_bytes(make_image(Path("x.png"), SIZE, 2))
-        wait_for(lambda: (tmp_path / "in-out" / "before.png").exists(), 30, "the first file")
+    with _running_on_own_espcn(tmp_path) as (daemon, model):
         replacement = tmp_path / "own.pb.new"
         replacement.write_bytes((ESPCN_X2.parent / "FSRCNN_x2.pb").read_bytes())
         replacement.rename(model)
@@ -200,13 +208,8 @@ def test_a_model_replaced_without_a_reload_pauses_its_inbox_until_it_is_back(tmp
     healthy. Now the inbox pauses (the daemon sees the file change, or a worker refuses it, whichever is first):
     the files wait, not failed, the inbox is unhealthy and says why, and work resumes when the checked bytes are
     back, or when a reload checks and pins the new ones."""
-    model = tmp_path / "own.pb"
-    model.write_bytes(ESPCN_X2.read_bytes())
-    config = write_config(tmp_path, stages=[{"upscale": {"model": str(model), "scale": 2, "convention": "espcn"}}])
     image = make_image(Path("x.png"), SIZE, 1)
-    with running(config) as daemon:
-        (tmp_path / "in" / "first.png").write_bytes(make_image(Path("x.png"), SIZE, 2))
-        wait_for(lambda: (tmp_path / "in-out" / "first.png").exists(), 30, "the first file")
+    with _running_on_own_espcn(tmp_path) as (daemon, model):
         model.write_bytes((ESPCN_X2.parent / "FSRCNN_x2.pb").read_bytes())
         if back == "the file put back":
             for pid in worker_pids(daemon.proc.pid):
@@ -217,7 +220,7 @@ def test_a_model_replaced_without_a_reload_pauses_its_inbox_until_it_is_back(tmp
                          .get("state") == "unavailable" and read_status(tmp_path / "state")["inboxes"][0], 10,
                          "the pause in status")
         assert inbox["health"] == "unhealthy" and "replaced since srd checked it" in inbox["model_state"]["error"]
-        assert srd("status", "--check", "-c", str(config)).returncode != 0
+        assert srd("status", "--check", "-c", str(tmp_path / "srd.yaml")).returncode != 0
         assert (tmp_path / "in" / "second.png").exists() and not (tmp_path / "in-out" / "second.png").exists()
         assert not (tmp_path / "in-failed").exists() or not any((tmp_path / "in-failed").iterdir())
         if back == "a reload":

@@ -122,6 +122,23 @@ def test_a_pinned_model_runs_only_the_bytes_it_was_pinned_to(zoo: Path, tmp_path
     assert not np.array_equal(fsrcnn_out, espcn_out)
 
 
+def test_a_model_shared_by_profiles_is_run_once_per_check_and_verified_each_time(
+        zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs: list[object] = []
+    monkeypatch.setattr("srd.engine.pipeline.check_model", lambda spec, engine: runs.append(spec))
+    model = tmp_path / "own.pb"
+    model.write_bytes((zoo / "ESPCN_x2.pb").read_bytes())
+    checks = StageContext()
+    pinned = Pipeline((Upscale(model=str(model), scale=2, convention="espcn"),)).pinned(checks)
+    spec = pinned.models(checks)[0]
+    checks.check(spec)
+    checks.check(spec)
+    assert runs == [spec]
+    model.write_bytes((zoo / "FSRCNN_x2.pb").read_bytes())
+    with pytest.raises(ModelError, match="replaced since srd checked it"):
+        checks.check(spec)
+
+
 def test_stage_problems_are_reported(context: StageContext) -> None:
     assert LimitSize().problems() == ["needs max_side or max_pixels"]
     assert Denoise(template_window=4).problems() == ["template_window must be a positive odd number"]

@@ -159,7 +159,7 @@ def check_profiles(config: Config) -> dict[str, CheckedProfile]:
             for spec in profile.pipeline.models(context):
                 context.check(spec)
         except ModelError as exc:  # say where, as `srd config check` does
-            raise ModelError(f"profile {name!r}: {exc}") from exc
+            raise type(exc)(f"profile {name!r}: {exc}") from exc
         pinned = replace(profile, pipeline=profile.pipeline.pinned(context))
         checked[name] = CheckedProfile(pinned, pinned.pipeline.fingerprint(context))
     return checked

@@ -55,6 +55,11 @@ class EdsrConvention:
         return np.rint(np.clip(bgr, 0, self.max_value)).astype(self.dtype)
 
 
+def input_channels(convention: str) -> int:
+    """How many channels a model of `convention` takes and gives back: Y alone, or BGR."""
+    return 1 if convention in LUMA_CONVENTIONS else 3
+
+
 def convention_for(name: str, dtype: np.dtype) -> LumaConvention | EdsrConvention:
     """The blob conversion for convention `name` on pixels of `dtype` (uint8 or uint16)."""
     max_value = int(np.iinfo(dtype).max)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from srd.engine.conventions import LUMA_CONVENTIONS
+from srd.engine.conventions import input_channels
 from srd.engine.registry import ModelSpec
 from srd.engine.runtime_choice import open_runtime
 from srd.engine.upscaler import EngineSettings
@@ -22,10 +22,6 @@ from srd.errors import ModelError
 # Small enough to cost a few milliseconds with any model; big enough for every zoo network's receptive field.
 PROBE_SIDE = 16
 _GIST_CHARS = 300
-
-
-def input_channels(convention: str) -> int:
-    return 1 if convention in LUMA_CONVENTIONS else 3
 
 
 def check_model(spec: ModelSpec, engine: EngineSettings) -> None:

@@ -51,6 +51,7 @@ class StageContext:
         self._upscalers: dict[ModelSpec, Upscaler] = {}
         self._hashes: dict[tuple[Path, FileVersion], str] = {}
         self._specs: dict[tuple[str, int | None, str | None], ModelSpec] = {}
+        self._checked: set[ModelSpec] = set()  # specs `check` ran
 
     def resolve(self, model: str, scale: int | None, convention: str | None) -> ModelSpec:
         """The model a stage names, looked up once per context (manifests are read from disk)."""
@@ -83,9 +84,12 @@ class StageContext:
         return self._hashes[key]
 
     def check(self, spec: ModelSpec) -> None:
-        """Verify `spec`'s bytes, then run it once (`modelcheck`): for the parent process, before files meet it."""
+        """Verify `spec`'s bytes, then run it once (`modelcheck`): for the parent process, before files meet it. A
+        model several profiles or stages share is loaded and run once per context (its bytes verified each time)."""
         self.verify(spec)
-        check_model(spec, self.engine)
+        if spec not in self._checked:
+            check_model(spec, self.engine)
+            self._checked.add(spec)
 
     def verify(self, spec: ModelSpec) -> None:
         """Refuse a model whose bytes differ from what its manifest or catalogue promises, or (a model file given by

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from srd.engine.conventions import input_channels
 from srd.engine.registry import ModelSpec
 from srd.engine.runtime import load_net
 
@@ -22,8 +23,7 @@ def macs_per_lr_pixel(spec: ModelSpec) -> float:
     net = load_net(spec)
     convolutions = [(name, net.getLayer(name)) for name in net.getLayerNames()]
     convolutions = [(name, layer) for name, layer in convolutions if layer.type == "Convolution"]
-    channels = 3 if spec.convention == "edsr" else 1
-    net.setInput(np.zeros((1, channels, _PROBE_SIDE, _PROBE_SIDE), np.float32))
+    net.setInput(np.zeros((1, input_channels(spec.convention), _PROBE_SIDE, _PROBE_SIDE), np.float32))
     outputs = net.forward([name for name, _ in convolutions])
     total = sum(out.shape[2] * out.shape[3] * layer.blobs[0].size
                 for (_, layer), out in zip(convolutions, outputs, strict=True))
