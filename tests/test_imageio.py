@@ -117,6 +117,16 @@ def test_truncated_jpeg_and_png_are_refused() -> None:
         decode(png[: len(png) // 2], max_pixels=LIMIT)
 
 
+@pytest.mark.parametrize("progressive", [0, 1])
+def test_a_jpeg_cut_inside_its_scan_and_closed_with_an_end_marker_is_refused_as_corrupt(progressive: int) -> None:
+    """Structurally whole (the end marker follows the scan), yet libjpeg fills the rest of the picture in."""
+    noise = np.random.default_rng(5).integers(0, 256, (150, 200, 3), dtype=np.uint8)
+    jpeg = cv2.imencode(".jpg", noise, [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_PROGRESSIVE, progressive])[1]
+    cut = jpeg.tobytes()[: len(jpeg) * 2 // 3] + b"\xff\xd9"
+    with pytest.raises(ImageError, match="corrupt JPEG data: part of the picture is missing"):
+        decode(cut, max_pixels=LIMIT)
+
+
 def test_decompression_bomb_is_refused_from_the_header_before_decoding() -> None:
     started = time.monotonic()
     with pytest.raises(ImageError, match="100000x100000 = 10000000000 pixels, over the limit"):

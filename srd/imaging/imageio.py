@@ -40,6 +40,17 @@ WRITE_FALLBACK = {"gif": "png", "avif": "png", "pnm": "png", "pam": "png", "jp2"
                   "heic": "jpeg"}
 _UNSURE_SIZE = ("cannot read the image size from the {fmt} header with certainty (malformed or ambiguous header); "
                 "refused by the decompression-bomb guard")
+# libjpeg's warnings that mean it made pixels up: the scan data ended, broke or lost sync, and the decoder
+# filled the rest of the picture in (grey, or the last block's colour) and carried on. The file passes
+# every structural check (a cut scan followed by an end marker); the decoded picture is not the photo.
+# Its other warnings (extraneous bytes between segments, an unknown JFIF revision) lose nothing.
+_LOST_PIXELS_WARNINGS = (
+    "Corrupt JPEG data: premature end of data segment",
+    "Corrupt JPEG data: bad Huffman code",
+    "Corrupt JPEG data: bad arithmetic code",
+    "Corrupt JPEG data: found marker",  # … instead of RSTn: a restart interval lost
+    "Premature end of JPEG file",
+)
 # Formats OpenCV could decode (or that users meet) that srd refuses, with the reason it gives.
 UNSUPPORTED_INPUTS = {
     "hdr": "Radiance HDR is a floating-point format; srd processes 8- and 16-bit images only",
@@ -187,6 +198,10 @@ def _decode_with_opencv(data: bytes, fmt: str) -> tuple[np.ndarray, Metadata, li
         reasons = notes or ([failure.err] if failure is not None else [])
         said = f": {'; '.join(reasons)}" if reasons else ""
         raise ImageError(f"corrupt or truncated {fmt.upper()} data (decoder failed{said})")
+    lost = [note for note in notes if note.startswith(_LOST_PIXELS_WARNINGS)]
+    if lost:
+        said = "; ".join(lost)
+        raise ImageError(f"corrupt {fmt.upper()} data: part of the picture is missing (the decoder said: {said})")
     if fmt == "tiff" and pixels.ndim == 3 and pixels.shape[2] == 4:
         pixels = _tiff_channels(pixels, containers.tiff_alpha(data))
     return pixels, _collect_metadata(types, blocks, data, fmt), notes
