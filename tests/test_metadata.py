@@ -193,7 +193,23 @@ def test_a_big_endian_camera_exif_is_carried_into_a_little_endian_tiff() -> None
     picture = decode(buf.tobytes(), max_pixels=LIMIT)
     out = pillow_open(encode(picture, "tiff").data)
     assert out.getexif()[0x010F] == "srd-test"
-    assert out.getexif().get(0x0112, 1) == 1  # upright: TIFF default
+    assert out.getexif()[0x0112] == 1  # upright, and said so
+
+
+def test_a_big_endian_exif_and_gps_ifd_keep_their_values_in_a_tiff() -> None:
+    """Pillow writes EXIF big-endian ("MM"), like many cameras; its sub-IFDs must be rewritten, not copied."""
+    exif = Image.Exif()
+    exif[0x010F] = "srd-cam"
+    exif.get_ifd(EXIF_IFD).update({0x9003: "2026:01:01 10:00:00", 0xA002: 60, 0xA003: 40})
+    exif.get_ifd(0x8825).update({1: "N", 2: (52.0, 31.0, 12.5)})
+    source = exif.tobytes()
+    assert source.startswith(b"Exif\x00\x00MM")
+    picture = decode(pillow_save(photo(), "JPEG", exif=source), max_pixels=LIMIT)
+    out = pillow_open(encode(picture.with_pixels(cv2.resize(picture.pixels, (120, 80))), "tiff").data).getexif()
+    assert out[0x010F] == "srd-cam"
+    assert out.get_ifd(EXIF_IFD)[0x9003] == "2026:01:01 10:00:00"
+    assert (out.get_ifd(EXIF_IFD)[0xA002], out.get_ifd(EXIF_IFD)[0xA003]) == (120, 80)
+    assert out.get_ifd(0x8825)[1] == "N" and out.get_ifd(0x8825)[2] == (52.0, 31.0, 12.5)
 
 
 def test_a_tiffs_camera_tags_and_orientation_are_handled_once() -> None:

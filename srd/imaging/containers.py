@@ -26,7 +26,7 @@ _XMP_NAMESPACE = b"http://ns.adobe.com/xap/1.0/\x00"
 _INCHES_PER_METRE = 39.37007874015748
 _TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
 _SUB_IFD_TAGS = (0x8769, 0x8825, 0xA005)  # EXIF, GPS, interoperability
-_EXIF_IFD, _GPS_IFD, _ICC_TAG, _XMP_TAG = 0x8769, 0x8825, 34675, 700
+_EXIF_IFD, _GPS_IFD, _ICC_TAG, _XMP_TAG, _ORIENTATION_TAG = 0x8769, 0x8825, 34675, 700, 274
 # IFD0 tags an EXIF block shares with a TIFF's own first IFD (camera, author, dates). Orientation is
 # not among them: OpenCV's TIFF reader applies it to the pixels itself.
 _SHARED_IFD0_TAGS = (270, 271, 272, 305, 306, 315, 33432)
@@ -287,6 +287,8 @@ def _append_first_ifd(out: bytearray, own: _Tiff, entries: dict, extra: dict, sr
     # Each entry with the TIFF its value field points into (None: the value is given as raw bytes).
     merged: list[tuple[_Tiff | None, tuple[int, int, int, bytes]]] = [(own, entry) for entry in entries.values()]
     merged += [(src, entry) for entry in extra.values()]
+    if src is not None and _ORIENTATION_TAG not in entries:  # said, not left to the default: pixels are upright
+        merged.append((None, (_ORIENTATION_TAG, 3, 1, struct.pack(own.endian + "H", 1))))
     if icc:
         merged.append((None, (_ICC_TAG, 7, len(icc), icc)))
     if xmp:
@@ -385,7 +387,9 @@ def _write_ifd_mixed(items: list, out: bytearray, endian: str) -> int:
             if len(out) % 2:
                 out.append(0)
             kind, number = 4, 1
-            field = struct.pack(endian + "I", _write_ifd(src, nested, out))
+            # In the output's byte order, like every other value: a big-endian camera's EXIF IFD goes
+            # into the little-endian TIFF OpenCV writes.
+            field = struct.pack(endian + "I", _write_ifd_mixed([(src, entry) for entry in nested], out, endian))
             value = None
         else:
             value = _in_byte_order(src.value((tag, kind, number, field)), kind, src.endian, endian)
