@@ -123,6 +123,34 @@ def test_exif_pixel_dimensions_describe_the_output_and_the_thumbnail_is_dropped(
     assert struct.unpack("<I", written[8 + 2 + 2 * 12 : 8 + 2 + 2 * 12 + 4])[0] == 0  # no IFD1
 
 
+def exif_with_thumbnail_between_ifds(thumbnail: bytes) -> bytes:
+    """Big-endian EXIF laid out as Pillow writes it: IFD0, IFD1 and the thumbnail, then the EXIF IFD."""
+    date = b"2026:01:01 10:00:00\x00"
+    ifd1_at = 8 + 2 + 2 * 12 + 4
+    thumb_at = ifd1_at + 2 + 2 * 12 + 4
+    exif_ifd_at = thumb_at + len(thumbnail)
+    date_at = exif_ifd_at + 2 + 12 + 4
+    out = b"MM" + struct.pack(">HI", 42, 8)
+    out += struct.pack(">H", 2) + struct.pack(">HHI4s", 0x010F, 2, 4, b"cam\x00")
+    out += struct.pack(">HHII", EXIF_IFD, 4, 1, exif_ifd_at) + struct.pack(">I", ifd1_at)
+    out += struct.pack(">H", 2) + struct.pack(">HHII", 0x0201, 4, 1, thumb_at)
+    out += struct.pack(">HHII", 0x0202, 4, 1, len(thumbnail)) + struct.pack(">I", 0) + thumbnail
+    out += struct.pack(">H", 1) + struct.pack(">HHII", 0x9003, 2, len(date), date_at) + struct.pack(">I", 0)
+    return out + date
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png", "webp"])
+def test_a_thumbnail_between_ifds_leaves_no_picture_of_the_input_in_the_output(fmt: str) -> None:
+    thumbnail = pillow_save(photo(8, 12), "JPEG")
+    source = pillow_save(photo(), "JPEG", exif=b"Exif\x00\x00" + exif_with_thumbnail_between_ifds(thumbnail))
+    picture = decode(source, max_pixels=LIMIT)
+    data = encode(picture, fmt).data
+    written = decode(data, max_pixels=LIMIT).metadata.exif
+    assert written is not None and b"\xff\xd8" not in written and thumbnail[100:200] not in written
+    out = pillow_open(data).getexif()
+    assert out[0x010F] == "cam" and out.get_ifd(EXIF_IFD)[0x9003] == "2026:01:01 10:00:00"
+
+
 def png_with_compressed_xmp(xmp: bytes) -> bytes:
     png = cv2.imencode(".png", photo())[1].tobytes()
     body = b"XML:com.adobe.xmp\x00\x01\x00\x00\x00" + zlib.compress(xmp, 9)

@@ -81,8 +81,10 @@ def for_output(meta: Metadata, fmt: str, size: tuple[int, int]) -> tuple[Metadat
 def exif_for_output(exif: bytes, size: tuple[int, int]) -> bytes:
     """`exif` with PixelX/YDimension set to `size` and the IFD1 thumbnail dropped.
 
-    The thumbnail is cut off when it lies after everything else (as cameras write it);
-    otherwise only the link to it is removed. A malformed block is returned unchanged.
+    The thumbnail is cut off when it lies after everything else (as cameras write it); otherwise
+    (Pillow puts it between IFDs) its IFD and bytes are zeroed in place, so no other offset moves
+    and no picture of the input can be carved out of the output. A malformed block is returned
+    unchanged.
     """
     try:
         ifds = _Ifds(exif)
@@ -95,6 +97,9 @@ def exif_for_output(exif: bytes, size: tuple[int, int]) -> bytes:
             struct.pack_into(ifds.endian + "I", data, ifds.next_ifd_field, 0)
             if ifds.thumbnail_start >= ifds.used_end:
                 del data[ifds.thumbnail_start :]
+            else:
+                for start, end in ifds.thumbnail_ranges():
+                    data[start:end] = bytes(end - start)
         return bytes(data)
     except (struct.error, IndexError, ValueError):
         return exif
@@ -109,7 +114,7 @@ class _Ifds:
         self.exif = exif
         self.endian = "<" if exif[:2] == b"II" else ">"
         (ifd0,) = struct.unpack(self.endian + "I", exif[4:8])
-        self.used_end = 8
+        self.used: list[tuple[int, int]] = [(0, 8)]  # [start, end) of every byte the kept IFDs use
         ifd0_end = self._walk(ifd0)
         self.next_ifd_field = ifd0_end
         (self.next_ifd,) = struct.unpack(self.endian + "I", exif[ifd0_end : ifd0_end + 4])
@@ -134,13 +139,31 @@ class _Ifds:
                 return pos
         return None
 
+    @property
+    def used_end(self) -> int:
+        return max(end for _, end in self.used)
+
+    def thumbnail_ranges(self) -> list[tuple[int, int]]:
+        """[start, end) of IFD1, its values and the thumbnail's bytes, less any a kept IFD also uses."""
+        ifd1 = self.next_ifd
+        (count,) = struct.unpack(self.endian + "H", self.exif[ifd1 : ifd1 + 2])
+        ranges = [(ifd1, ifd1 + 2 + 12 * count + 4)] + [(start, start + length) for start, length in self._values(ifd1)]
+        at, length = self.entry(ifd1, 0x0201), self.entry(ifd1, 0x0202)  # JPEGInterchangeFormat(Length)
+        if at is not None and length is not None:
+            start, size = (struct.unpack(self.endian + "I", self.exif[pos + 8 : pos + 12])[0] for pos in (at, length))
+            ranges.append((start, start + size))
+        return [
+            (start, min(end, len(self.exif)))
+            for start, end in ranges
+            if not any(start < kept_end and kept_start < end for kept_start, kept_end in self.used)
+        ]
+
     def _walk(self, ifd: int) -> int:
         """Note the bytes an IFD and its values use; return the offset of its next-IFD field."""
         (count,) = struct.unpack(self.endian + "H", self.exif[ifd : ifd + 2])
         end = ifd + 2 + 12 * count
-        self.used_end = max(self.used_end, end + 4)
-        for start, length in self._values(ifd):
-            self.used_end = max(self.used_end, start + length)
+        self.used.append((ifd, end + 4))
+        self.used += [(start, start + length) for start, length in self._values(ifd)]
         return end
 
     def _values(self, ifd: int) -> list[tuple[int, int]]:
