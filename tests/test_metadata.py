@@ -151,6 +151,42 @@ def test_a_thumbnail_between_ifds_leaves_no_picture_of_the_input_in_the_output(f
     assert out[0x010F] == "cam" and out.get_ifd(EXIF_IFD)[0x9003] == "2026:01:01 10:00:00"
 
 
+def profile_for(space: bytes) -> bytes:
+    """The test RGB profile relabelled for another data colour space (bytes 16-20 of the ICC header)."""
+    rgb = icc_profile()
+    return rgb[:16] + space + rgb[20:]
+
+
+def pillow_icc(data: bytes) -> bytes | None:
+    return pillow_open(data).info.get("icc_profile")
+
+
+@pytest.mark.parametrize(("fmt", "source_format"),
+                         [("jpeg", "JPEG"), ("png", "JPEG"), ("webp", "JPEG"), ("tiff", "TIFF")])
+def test_a_cmyk_source_profile_is_not_put_on_the_rgb_output(fmt: str, source_format: str) -> None:
+    cmyk = Image.new("RGB", (40, 30), (200, 30, 60)).convert("CMYK")
+    buffer = io.BytesIO()
+    cmyk.save(buffer, source_format, icc_profile=profile_for(b"CMYK"))
+    picture = decode(buffer.getvalue(), max_pixels=LIMIT)
+    encoded = encode(picture, fmt)
+    assert pillow_icc(encoded.data) is None
+    assert encoded.dropped == ("icc (a CMYK profile; the output's pixels are RGB)",)
+
+
+def test_a_grey_profile_stays_on_grey_pixels_and_leaves_colour_ones() -> None:
+    grey = photo()[:, :, 0]
+    icc = np.frombuffer(profile_for(b"GRAY"), np.uint8)
+    source = cv2.imencodeWithMetadata(".jpg", grey, [cv2.IMAGE_METADATA_ICCP], [icc])[1]
+    picture = decode(source.tobytes(), max_pixels=LIMIT)
+    assert picture.pixels.ndim == 2
+    for fmt in ("jpeg", "png", "tiff"):
+        assert pillow_icc(encode(picture, fmt).data) == profile_for(b"GRAY"), fmt
+    webp = encode(picture, "webp")  # WebP has no grey: the encoder writes RGB
+    assert pillow_icc(webp.data) is None and webp.dropped == ("icc (a GRAY profile; the output's pixels are RGB)",)
+    rgb = encode(picture.with_pixels(cv2.cvtColor(picture.pixels, cv2.COLOR_GRAY2BGR)), "png")
+    assert pillow_icc(rgb.data) is None
+
+
 def png_with_compressed_xmp(xmp: bytes) -> bytes:
     png = cv2.imencode(".png", photo())[1].tobytes()
     body = b"XML:com.adobe.xmp\x00\x01\x00\x00\x00" + zlib.compress(xmp, 9)

@@ -229,7 +229,8 @@ def encode(picture: Picture, fmt: str, *, quality: int = 95, keep_metadata: bool
     size = (pixels.shape[1], pixels.shape[0])
     # The density is kept even without metadata: it is part of what the picture is, not about it.
     kept = picture.metadata if keep_metadata else Metadata(resolution=picture.metadata.resolution)
-    meta, dropped = for_output(kept, fmt, size)
+    # OpenCV's WebP encoder makes grey pixels RGB.
+    meta, dropped = for_output(kept, fmt, size, grey=pixels.ndim == 2 and fmt != "webp")
     if fmt == "webp":  # WebP's only density field is EXIF's
         meta = replace(meta, exif=containers.exif_with_resolution(meta.exif, meta.resolution))
     params = _encode_params(fmt, quality) + _resolution_params(meta, fmt)

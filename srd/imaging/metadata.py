@@ -25,6 +25,8 @@ _EXIF_IFD_TAG = 0x8769
 _PIXEL_X_TAG = 0xA002
 _PIXEL_Y_TAG = 0xA003
 _SHORT, _LONG = 3, 4
+_ICC_HEADER_BYTES = 128
+_ICC_SPACES = {"grey": b"GRAY", "RGB": b"RGB "}
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,9 @@ def strip_exif_prefix(exif: bytes | None) -> bytes | None:
     return exif
 
 
-def for_output(meta: Metadata, fmt: str, size: tuple[int, int]) -> tuple[Metadata, list[str]]:
-    """The metadata to write for an output of `fmt` and `size` (width, height), and what was dropped.
+def for_output(meta: Metadata, fmt: str, size: tuple[int, int], *, grey: bool) -> tuple[Metadata, list[str]]:
+    """The metadata to write for an output of `fmt` and `size` (width, height), `grey` or colour
+    pixels, and what was dropped.
 
     Each dropped block comes back as a short reason, for the caller's log line naming the file.
     """
@@ -71,11 +74,28 @@ def for_output(meta: Metadata, fmt: str, size: tuple[int, int]) -> tuple[Metadat
         exif = exif_for_output(exif, size)
     exif = capped("exif", exif, MAX_BLOCK_BYTES, "max carried block")
     icc = capped("icc", meta.icc, MAX_BLOCK_BYTES * 4, "max carried ICC profile")
+    if icc is not None:
+        space = icc_colour_space(icc)
+        pixels = "grey" if grey else "RGB"
+        if space != _ICC_SPACES[pixels]:
+            # A CMYK source's profile on the RGB pixels decoded from it (or a grey one on colour pixels) is
+            # invalid by the ICC rules: colour-managed viewers reject it or show wrong colours. Without it,
+            # they take the pixels for sRGB, which is what the decoder's conversion made.
+            said = f"a {space.decode('ascii', 'replace').strip()} profile" if space else "not an ICC profile"
+            dropped.append(f"icc ({said}; the output's pixels are {pixels})")
+            icc = None
     xmp = capped("xmp", meta.xmp, MAX_BLOCK_BYTES, "max carried block")
     if fmt == "jpeg":
         exif = capped("exif", exif, JPEG_MAX_EXIF, "one JPEG APP1 segment")
         xmp = capped("xmp", xmp, JPEG_MAX_XMP, "one JPEG APP1 segment")
     return replace(meta, exif=exif, icc=icc, xmp=xmp), dropped
+
+
+def icc_colour_space(icc: bytes) -> bytes | None:
+    """The data colour space an ICC profile describes (b"RGB ", b"GRAY", b"CMYK" …); None if no ICC header."""
+    if len(icc) < _ICC_HEADER_BYTES or icc[36:40] != b"acsp":
+        return None
+    return icc[16:20]
 
 
 def exif_for_output(exif: bytes, size: tuple[int, int]) -> bytes:
