@@ -24,11 +24,12 @@ from conftest import (
     jpeg_with_exif_thumbnail,
     progressive_jpeg_with_end_marker_comment,
 )
-from daemon_helpers import DaemonProcess, inbox_config, srd, wait_for, write_config
+from daemon_helpers import ESPCN_X2, DaemonProcess, inbox_config, srd, wait_for, write_config
 
 from srd.errors import ImageError
 from srd.imaging import heif
 from srd.imaging.exif import read_orientation
+from srd.imaging.frames import frame_count
 from srd.imaging.imageextent import missing_end
 from srd.imaging.imageio import decode, output_format_for
 
@@ -344,3 +345,60 @@ def test_a_translucent_heic_written_as_jpeg_is_flattened_on_white_and_says_so(tm
         (str(folder / "glass.heic"), "jpeg", "white")]
     out = cv2.imread(str(tmp_path / "out" / "glass.jpg"))
     assert out[30, 40, 1] > 100  # the red seen through 40 % opacity onto white is light, not dark red
+
+
+def animation(fmt: str, frames: int, **options: object) -> bytes:
+    """`frames` different frames saved by Pillow as one animated file (or multi-page TIFF)."""
+    from PIL import Image
+
+    pictures = [Image.new("RGB", (24, 16), (40 * i, 200 - 40 * i, 90)) for i in range(frames)]
+    buffer = io.BytesIO()
+    pictures[0].save(buffer, fmt, save_all=frames > 1, append_images=pictures[1:], **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("fmt", "pillow_format"), [("gif", "GIF"), ("png", "PNG"), ("webp", "WEBP"),
+                                                    ("tiff", "TIFF")])
+def test_an_animation_or_multi_page_file_is_decoded_with_its_frame_count(fmt: str, pillow_format: str) -> None:
+    assert decode(animation(pillow_format, 3), max_pixels=10**6).frames == 3
+    assert decode(animation(pillow_format, 1), max_pixels=10**6).frames == 1
+
+
+def test_a_tiff_pages_reduced_resolution_preview_is_not_a_page() -> None:
+    from PIL import Image
+
+    page, preview = Image.new("RGB", (40, 30), (10, 20, 30)), Image.new("RGB", (10, 8), (10, 20, 30))
+    buffer = io.BytesIO()
+    page.save(buffer, "TIFF", save_all=True, append_images=[preview], tiffinfo={254: 0})
+    data = bytearray(buffer.getvalue())
+    assert frame_count(bytes(data), "tiff") == 2
+    # The second directory's NewSubfileType set to "reduced-resolution version", in place.
+    first = int.from_bytes(data[4:8], "little")
+    at = first + 2 + 12 * int.from_bytes(data[first : first + 2], "little")
+    second = int.from_bytes(data[at : at + 4], "little")
+    entries = range(second + 2, second + 2 + 12 * int.from_bytes(data[second : second + 2], "little"), 12)
+    subfile = next(entry for entry in entries if int.from_bytes(data[entry : entry + 2], "little") == 254)
+    data[subfile + 8 : subfile + 12] = (1).to_bytes(4, "little")
+    assert frame_count(bytes(data), "tiff") == 1
+
+
+@pytest.mark.e2e
+def test_srd_process_says_what_each_output_leaves_out_without_being_asked(tmp_path: Path) -> None:
+    """Frames, transparency: a note line each by default (and in --json), none with --quiet."""
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    (inbox / "anim.gif").write_bytes(animation("GIF", 3))
+    rgba = np.zeros((16, 24, 4), np.uint8)
+    rgba[:, :12] = (0, 0, 255, 128)
+    cv2.imwrite(str(inbox / "half.png"), rgba)
+    config = write_config(tmp_path, [])
+    common = ("process", str(inbox), "--config", str(config), "-m", str(ESPCN_X2), "-s", "2", "--format", "jpg")
+    result = srd(*common, "--out", str(tmp_path / "out"), "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    notes = sorted(line for line in result.stderr.splitlines() if line.startswith("srd: note:"))
+    assert notes == [f"srd: note: {inbox / 'anim.gif'}: only the first of its 3 frames is in the output",
+                     f"srd: note: {inbox / 'half.png'}: transparency flattened onto white (JPEG holds none)"]
+    records = {Path(r["source"]).name: r for r in map(json.loads, result.stdout.splitlines())}
+    assert records["anim.gif"]["losses"] == ["only the first of its 3 frames is in the output"]
+    quiet = srd(*common, "--out", str(tmp_path / "quiet"), "--quiet", timeout=120)
+    assert quiet.returncode == 0 and "srd: note:" not in quiet.stderr

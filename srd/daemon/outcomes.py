@@ -92,7 +92,8 @@ class Outcomes:
         model, scale = _upscale_summary(work.profile)
         log.info("file_processed", src=str(file.path), out=str(result.output), profile=work.profile.name,
                  model=model, scale=scale, in_size=result.input_size, out_size=result.output_size,
-                 bytes=output_size, tile_threads=result.tile_threads, ms=result.milliseconds)
+                 bytes=output_size, tile_threads=result.tile_threads, ms=result.milliseconds,
+                 **({"losses": list(result.losses)} if result.losses else {}))
         width, height = result.input_size or (0, 0)
         ctx.events.publish(FileOutcome("done", file.inbox, file.path, result.output, seconds=result.milliseconds / 1000,
                                        megapixels=width * height / 1e6))

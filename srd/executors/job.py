@@ -105,6 +105,8 @@ class JobResult:
     output_bytes: int | None = None  # the output's size as written (no stat needed to learn it)
     # The most tiles the job's upscaling ran at once (its share of the cores; 0: no upscale stage ran).
     tile_threads: int = 0
+    # What of the source the output does not hold ("only the first of its 12 frames …"), in words.
+    losses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class Rendered:
     input_size: tuple[int, int]
     output_size: tuple[int, int]
     tile_threads: int = 0  # see `JobResult.tile_threads`
+    losses: tuple[str, ...] = ()  # see `JobResult.losses`
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -186,7 +189,7 @@ def store_output(job: Job, rendered: Rendered, sha256: str, started: float) -> J
              in_size=rendered.input_size, out_size=rendered.output_size, tile_threads=rendered.tile_threads, ms=ms)
     return JobResult(source=job.source, ok=True, output=target, sha256=sha256, input_size=rendered.input_size,
                      output_size=rendered.output_size, milliseconds=ms, output_bytes=len(rendered.data),
-                     tile_threads=rendered.tile_threads)
+                     tile_threads=rendered.tile_threads, losses=rendered.losses)
 
 
 def guarded(job: Job, sha256: str | None, started: float, step: Callable[[], T]) -> T | JobResult:

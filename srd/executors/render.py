@@ -12,7 +12,7 @@ import structlog
 
 from srd.engine.pipeline import StageContext
 from srd.executors.job import Job, JobResult, Rendered, guarded, job_log_context, load_source, output_name, store_output
-from srd.imaging.imageio import decode, encode, output_format_for
+from srd.imaging.imageio import Encoded, Picture, decode, encode, output_format_for
 
 log = structlog.get_logger(__name__)
 
@@ -28,13 +28,25 @@ def render(job: Job, data: bytes, context: StageContext) -> Rendered:
     requested = job.format or settings.format
     fmt = output_format_for(picture.format, requested, settings.fallback_format)
     encoded = encode(picture.with_pixels(pixels), fmt, quality=settings.quality, keep_metadata=settings.metadata)
-    for reason in encoded.dropped:
-        log.warning("metadata_dropped", src=str(job.source), block=reason)
-    if encoded.alpha_flattened:
-        log.warning("alpha_flattened", src=str(job.source), format=fmt, background="white")
     return Rendered(encoded.data, output_name(job.source.name, picture.format, fmt, requested),
                     (picture.pixels.shape[1], picture.pixels.shape[0]), (pixels.shape[1], pixels.shape[0]),
-                    context.cores.widest)
+                    context.cores.widest, _losses(job, picture, encoded, fmt))
+
+
+def _losses(job: Job, picture: Picture, encoded: Encoded, fmt: str) -> tuple[str, ...]:
+    """What of the source the output does not hold, each logged as a warning and said in words for the result."""
+    losses = []
+    for reason in encoded.dropped:
+        log.warning("metadata_dropped", src=str(job.source), block=reason)
+        losses.append(f"metadata dropped: {reason}")
+    if encoded.alpha_flattened:
+        log.warning("alpha_flattened", src=str(job.source), format=fmt, background="white")
+        losses.append(f"transparency flattened onto white ({fmt.upper()} holds none)")
+    if picture.frames > 1:
+        kind = "pages" if picture.format == "tiff" else "frames"
+        log.warning("frames_dropped", src=str(job.source), frames=picture.frames, kept=1)
+        losses.append(f"only the first of its {picture.frames} {kind} is in the output")
+    return tuple(losses)
 
 
 def run_job(job: Job, context: StageContext) -> JobResult:

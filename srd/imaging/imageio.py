@@ -20,6 +20,7 @@ from srd.imaging import containers, heif
 from srd.imaging.codeclog import captured_codec_messages
 from srd.imaging.decoderlimits import decoder_max_pixels
 from srd.imaging.exif import read_orientation, with_orientation_reset
+from srd.imaging.frames import frame_count
 from srd.imaging.imageextent import missing_end
 from srd.imaging.imageheader import EXTENSIONS, read_header
 from srd.imaging.metadata import Metadata, for_output, strip_exif_prefix
@@ -63,13 +64,15 @@ UNSUPPORTED_INPUTS = {
 class Picture:
     """Upright pixels (H×W grey, H×W×3 BGR or H×W×4 BGRA; uint8 or uint16) and their metadata.
 
-    `notes` are the decoder's own warnings ("Corrupt JPEG data: …"), for the caller to log.
+    `notes` are the decoder's own warnings ("Corrupt JPEG data: …"), for the caller to log; `frames` the
+    frames or pages the file holds, of which `pixels` is the first.
     """
 
     pixels: np.ndarray
     metadata: Metadata
     format: str
     notes: tuple[str, ...] = ()
+    frames: int = 1
 
     def with_pixels(self, pixels: np.ndarray) -> Picture:
         return replace(self, pixels=pixels)
@@ -179,7 +182,8 @@ def decode(data: bytes, *, max_pixels: int) -> Picture:
     pixels = apply_orientation(pixels, read_orientation(metadata.exif))
     if metadata.exif is not None:
         metadata = replace(metadata, exif=with_orientation_reset(metadata.exif))
-    return Picture(pixels=pixels, metadata=metadata, format=header.format, notes=tuple(notes))
+    return Picture(pixels=pixels, metadata=metadata, format=header.format, notes=tuple(notes),
+                   frames=frame_count(data, header.format))
 
 
 def _decode_with_opencv(data: bytes, fmt: str) -> tuple[np.ndarray, Metadata, list[str]]:

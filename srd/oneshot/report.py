@@ -2,7 +2,8 @@
 
 Three audiences: a person at a terminal (a redrawn progress line), a log or CI (a progress line every
 `NON_TTY_EVERY_S` seconds), and a script (``--json``: one JSON object per file on stdout). ``--quiet``
-keeps only the failure lines and the summary.
+keeps only the failure lines and the summary; otherwise what an output leaves out of its source (frames,
+transparency, metadata) is said in a note line.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ class Reporter:
         """One file is finished, written or failed; `input_bytes` is its size before the run."""
         if result.ok:
             self.processed += 1
+            if result.losses and not self.options.quiet:
+                self._clear_line()
+                for loss in result.losses:
+                    print(f"srd: note: {printable(str(result.source))}: {printable(loss)}", file=self._err, flush=True)
         else:
             self.failed += 1
             self._clear_line()
@@ -152,6 +157,7 @@ def _as_record(result: JobResult, input_bytes: int | None) -> dict[str, object]:
         "output_size": result.output_size,
         "input_bytes": input_bytes,
         "output_bytes": _size_of(result.output) if result.output is not None else None,
+        "losses": list(result.losses),
     }
 
 
