@@ -75,7 +75,8 @@ def _header(view: Assessment, now: datetime) -> list[str]:
     pool = status.get("pool", {})
     ledger = status.get("ledger") or {}
     lines.append(f"workers {status.get('workers')}, running {pool.get('running', 0)}, pool rebuilds "
-                 f"{pool.get('rebuilds', 0)}; ledger: " + ", ".join(f"{n} {state}" for state, n in ledger.items()))
+                 f"{pool.get('rebuilds', 0)}; ledger entries (per content, not per file): "
+                 + ", ".join(f"{n} {state}" for state, n in ledger.items()))
     lines += _executor_lines(status.get("executor") or {})
     if status.get("last_reload_error"):
         lines.append(f"last reload rejected (running the previous config): {status['last_reload_error']}")
