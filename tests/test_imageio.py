@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import re
 import time
 
 import cv2
@@ -125,6 +127,36 @@ def test_a_jpeg_cut_inside_its_scan_and_closed_with_an_end_marker_is_refused_as_
     cut = jpeg.tobytes()[: len(jpeg) * 2 // 3] + b"\xff\xd9"
     with pytest.raises(ImageError, match="corrupt JPEG data: part of the picture is missing"):
         decode(cut, max_pixels=LIMIT)
+
+
+def test_a_progressive_jpeg_cut_between_scans_and_closed_with_an_end_marker_is_refused_as_corrupt() -> None:
+    """Every scan whole, the structure too: only the progression says that the picture is a blurred preview."""
+    noise = np.random.default_rng(6).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    jpeg = cv2.imencode(".jpg", noise, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    assert decode(jpeg, max_pixels=LIMIT).pixels.shape == (64, 80, 3)
+    scans = [m.start() for m in re.finditer(b"\xff\xda", jpeg)]
+    assert len(scans) > 3
+    for cut in (scans[2], scans[-1]):  # after two scans; all but the last
+        with pytest.raises(ImageError, match="part of the picture is missing \\(its progressive scans end with"):
+            decode(jpeg[:cut] + b"\xff\xd9", max_pixels=LIMIT)
+
+
+@pytest.mark.parametrize("compression", ["tiff_deflate", "tiff_lzw", "packbits"])
+def test_a_tiff_strip_cut_short_with_its_byte_count_to_match_is_refused_as_corrupt(compression: str) -> None:
+    """The structure is consistent (nothing declared past the end), but libtiff cannot decode the strip."""
+    from PIL import Image
+
+    noise = np.random.default_rng(7).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, "TIFF", compression=compression, tiffinfo={278: 60})  # one strip
+    data = bytearray(buffer.getvalue())
+    ifd = int.from_bytes(data[4:8], "little")
+    for entry in range(ifd + 2, ifd + 2 + 12 * int.from_bytes(data[ifd : ifd + 2], "little"), 12):
+        if int.from_bytes(data[entry : entry + 2], "little") == 279:  # StripByteCounts, one LONG
+            count = int.from_bytes(data[entry + 8 : entry + 12], "little")
+            data[entry + 8 : entry + 12] = (count // 2).to_bytes(4, "little")
+    with pytest.raises(ImageError, match="corrupt TIFF data: part of the picture is missing"):
+        decode(bytes(data), max_pixels=LIMIT)
 
 
 def test_decompression_bomb_is_refused_from_the_header_before_decoding() -> None:

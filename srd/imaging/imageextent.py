@@ -16,7 +16,7 @@ import re
 import struct
 from collections.abc import Callable
 
-__all__ = ["missing_end"]
+__all__ = ["missing_end", "unfinished_progression"]
 
 # Trailers may follow a bare JPEG 2000 codestream's end marker; it is looked for this far from the end.
 _TRAILER_WINDOW = 1_048_576
@@ -30,6 +30,7 @@ _PNM_TOKEN = re.compile(rb"(?:\s|#[^\r\n]*)*(\d+)")
 _JPEG_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _JPEG_MARKER_START = re.compile(rb"\xff+")  # a marker's 0xFF, after any fill bytes
 _JPEG_SOS, _JPEG_EOI = 0xDA, 0xD9
+_JPEG_SOF_PROGRESSIVE = (0xC2, 0xC6, 0xCA, 0xCE)  # Huffman and arithmetic, plain and differential
 # Encoders write tens of segments (a progressive file's scans, a split ICC profile's or XMP packet's chunks
 # add up to a few hundred): a file with more is malformed, left to the decoder, and a hostile file of
 # tiny segments costs tens of milliseconds here, not seconds.
@@ -61,6 +62,38 @@ def missing_end(data: bytes, fmt: str) -> str | None:
     return None
 
 
+def unfinished_progression(data: bytes) -> str | None:
+    """Why a progressive JPEG's scans stop before its picture is complete, or None (also for other JPEGs).
+
+    Each scan of a progressive JPEG sends a band of coefficients of some components, first coarse, then
+    refined one bit at a time; a picture is complete once every coefficient of every component has come at
+    full precision (a scan ending in successive-approximation bit 0). A file cut between two scans and
+    closed with an end marker has a whole structure, and libjpeg shows its blurred preview without a word.
+    """
+    segments: list[tuple[int, int]] = []
+    try:
+        _jpeg_end(data, segments)
+        frame = next((at for marker, at in segments if marker in _JPEG_SOF_PROGRESSIVE), None)
+        if frame is None:
+            return None
+        components = {data[frame + 6 + 3 * i] for i in range(data[frame + 5])}
+        complete = {component: [False] * 64 for component in components}
+        for marker, at in segments:
+            if marker != _JPEG_SOS:
+                continue
+            count = data[at]
+            first, last, bits = data[at + 1 + 2 * count : at + 4 + 2 * count]
+            for component in (data[at + 1 + 2 * i] for i in range(count)):
+                if bits & 0x0F == 0 and component in complete:
+                    complete[component][first : last + 1] = [True] * len(complete[component][first : last + 1])
+    except (_Short, struct.error, ValueError, IndexError):
+        return None  # a cut or malformed structure is the other checks' and the decoder's to judge
+    missing = sum(not done for flags in complete.values() for done in flags)
+    if missing:
+        return f"its progressive scans end with {missing} of {64 * len(components)} coefficients incomplete"
+    return None
+
+
 def _unpack(layout: str, data: bytes, pos: int) -> tuple[int, ...]:
     """struct.unpack_from, saying "short" when the structure lies (partly) past the end of the data."""
     if pos < 0:
@@ -70,8 +103,9 @@ def _unpack(layout: str, data: bytes, pos: int) -> tuple[int, ...]:
     return struct.unpack_from(layout, data, pos)
 
 
-def _jpeg_end(data: bytes) -> int:
-    """End of the end-of-image marker, reached segment by segment from SOI.
+def _jpeg_end(data: bytes, segments: list[tuple[int, int]] | None = None) -> int:
+    """End of the end-of-image marker, reached segment by segment from SOI; each segment's marker and where
+    its payload starts (after the length field) are added to `segments` if given.
 
     Segments are skipped by their length fields, so bytes inside them (a comment, an EXIF thumbnail
     with its own EOI) are never taken for markers; each scan's entropy-coded data, which has no
@@ -97,6 +131,8 @@ def _jpeg_end(data: bytes) -> int:
         (length,) = _unpack(">H", data, pos)
         if length < 2:
             raise ValueError("segment length below 2")
+        if segments is not None:
+            segments.append((marker, pos + 2))
         pos += length
         if marker == _JPEG_SOS:
             scan_end = _JPEG_SCAN_END.search(data, pos)

@@ -21,7 +21,7 @@ from srd.imaging.codeclog import captured_codec_messages
 from srd.imaging.decoderlimits import decoder_max_pixels
 from srd.imaging.exif import read_orientation, with_orientation_reset
 from srd.imaging.frames import frame_count
-from srd.imaging.imageextent import missing_end
+from srd.imaging.imageextent import missing_end, unfinished_progression
 from srd.imaging.imageheader import EXTENSIONS, read_header
 from srd.imaging.metadata import Metadata, for_output, strip_exif_prefix
 
@@ -41,17 +41,20 @@ WRITE_FALLBACK = {"gif": "png", "avif": "png", "pnm": "png", "pam": "png", "jp2"
                   "heic": "jpeg"}
 _UNSURE_SIZE = ("cannot read the image size from the {fmt} header with certainty (malformed or ambiguous header); "
                 "refused by the decompression-bomb guard")
-# libjpeg's warnings that mean it made pixels up: the scan data ended, broke or lost sync, and the decoder
-# filled the rest of the picture in (grey, or the last block's colour) and carried on. The file passes
-# every structural check (a cut scan followed by an end marker); the decoded picture is not the photo.
-# Its other warnings (extraneous bytes between segments, an unknown JFIF revision) lose nothing.
-_LOST_PIXELS_WARNINGS = (
+# Codec messages that mean the decoder made pixels up: libjpeg's scan data ended, broke or lost sync and it
+# filled the rest of the picture in (grey, or the last block's colour); libtiff could not decode a strip or
+# tile (OpenCV leaves it black). The file can pass every structural check (a cut scan followed by an end
+# marker, a strip cut short with its byte count to match); the decoded picture is not the photo. libjpeg's
+# other warnings (extraneous bytes between segments, an unknown JFIF revision) lose nothing.
+_LOST_PIXELS_MESSAGES = (
     "Corrupt JPEG data: premature end of data segment",
     "Corrupt JPEG data: bad Huffman code",
     "Corrupt JPEG data: bad arithmetic code",
     "Corrupt JPEG data: found marker",  # … instead of RSTn: a restart interval lost
     "Premature end of JPEG file",
+    "TIFF_Error",
 )
+_PART_MISSING = "part of the picture is missing"
 # Formats OpenCV could decode (or that users meet) that srd refuses, with the reason it gives.
 UNSUPPORTED_INPUTS = {
     "hdr": "Radiance HDR is a floating-point format; srd processes 8- and 16-bit images only",
@@ -169,6 +172,9 @@ def decode(data: bytes, *, max_pixels: int) -> Picture:
         raise ImageError(f"truncated {header.format.upper()} ({shortfall})")
     if header.pixels is None:
         raise ImageError(_UNSURE_SIZE.format(fmt=header.format.upper()))
+    gap = unfinished_progression(data) if header.format == "jpeg" else None
+    if gap is not None:
+        raise ImageError(f"corrupt JPEG data: {_PART_MISSING} ({gap})")
     if header.format == "heic":
         pixels, metadata, notes = heif.decode(data, max_pixels)
     else:
@@ -202,10 +208,10 @@ def _decode_with_opencv(data: bytes, fmt: str) -> tuple[np.ndarray, Metadata, li
         reasons = notes or ([failure.err] if failure is not None else [])
         said = f": {'; '.join(reasons)}" if reasons else ""
         raise ImageError(f"corrupt or truncated {fmt.upper()} data (decoder failed{said})")
-    lost = [note for note in notes if note.startswith(_LOST_PIXELS_WARNINGS)]
+    lost = [note for note in notes if note.startswith(_LOST_PIXELS_MESSAGES)]
     if lost:
         said = "; ".join(lost)
-        raise ImageError(f"corrupt {fmt.upper()} data: part of the picture is missing (the decoder said: {said})")
+        raise ImageError(f"corrupt {fmt.upper()} data: {_PART_MISSING} (the decoder said: {said})")
     if fmt == "tiff" and pixels.ndim == 3 and pixels.shape[2] == 4:
         pixels = _tiff_channels(pixels, containers.tiff_alpha(data))
     return pixels, _collect_metadata(types, blocks, data, fmt), notes
