@@ -30,7 +30,7 @@ _PNM_TOKEN = re.compile(rb"(?:\s|#[^\r\n]*)*(\d+)")
 _JPEG_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _JPEG_MARKER_START = re.compile(rb"\xff+")  # a marker's 0xFF, after any fill bytes
 _JPEG_SOS, _JPEG_EOI = 0xDA, 0xD9
-_JPEG_SOF_PROGRESSIVE = (0xC2, 0xC6, 0xCA, 0xCE)  # Huffman and arithmetic, plain and differential
+_JPEG_SOF_PROGRESSIVE = (0xC2, 0xCA)  # Huffman and arithmetic coding
 # Encoders write tens of segments (a progressive file's scans, a split ICC profile's or XMP packet's chunks
 # add up to a few hundred): a file with more is malformed, left to the decoder, and a hostile file of
 # tiny segments costs tens of milliseconds here, not seconds.
@@ -83,9 +83,13 @@ def unfinished_progression(data: bytes) -> str | None:
                 continue
             count = data[at]
             first, last, bits = data[at + 1 + 2 * count : at + 4 + 2 * count]
+            if bits & 0x0F:  # not yet the last bit of these coefficients
+                continue
+            last = min(last, 63)
             for component in (data[at + 1 + 2 * i] for i in range(count)):
-                if bits & 0x0F == 0 and component in complete:
-                    complete[component][first : last + 1] = [True] * len(complete[component][first : last + 1])
+                flags = complete.get(component)
+                if flags is not None and first <= last:
+                    flags[first : last + 1] = [True] * (last + 1 - first)
     except (_Short, struct.error, ValueError, IndexError):
         return None  # a cut or malformed structure is the other checks' and the decoder's to judge
     missing = sum(not done for flags in complete.values() for done in flags)
