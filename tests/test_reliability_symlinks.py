@@ -149,6 +149,32 @@ def test_a_symlinked_subfolder_planted_in_the_outbox_is_never_written_through(tm
     assert set(files_under(layout.outbox)) == {"sub.old/one.png", "top.png", "sub/two.png"}
 
 
+def test_an_outbox_subfolder_replaced_by_a_file_pauses_the_inbox_and_fails_no_photo(tmp_path: Path) -> None:
+    """outbox/sub deleted and a file written in its place: like a symlink there, the folder's fault, not the
+    photos': the inbox pauses (unhealthy, `srd status --check` exit 9), nothing is failed, and once the file is
+    gone the waiting photos are processed."""
+    layout = make_layout(tmp_path / "srd", reconcile_interval=2)
+    (layout.outbox / "sub").parent.mkdir(parents=True, exist_ok=True)
+    (layout.outbox / "sub").write_text("not a folder\n")
+    with running(layout.config) as daemon:
+        (layout.inbox / "sub").mkdir()
+        for i in range(3):
+            (layout.inbox / "sub" / f"{i}.png").write_bytes(image_bytes(".png", SIZE, i))
+        paused = daemon.wait_event("outbox_unwritable_paused", timeout=30)[0]
+        assert "Not a directory" in paused["error"]
+        check = wait_for(lambda: (r := srd("status", "--check", "--config", str(layout.config))).returncode == 9
+                         and r, 10, "srd status --check to report the inbox unhealthy")
+        assert "unhealthy" in check.stdout and "unwritable" in check.stdout
+        time.sleep(3)  # reconcile scans while paused: no photo is failed for the folder's fault
+        assert files_under(layout.failed) == {} and len(list((layout.inbox / "sub").iterdir())) == 3
+        (layout.outbox / "sub").unlink()
+        daemon.wait_event("outbox_writable_resumed", timeout=30)
+        wait_for(lambda: {f"sub/{i}.png" for i in range(3)} <= set(files_under(layout.outbox)), 30,
+                 "the waiting photos to be processed once the file is gone\n" + daemon.log_tail())
+        assert daemon.stop() == 0
+    assert daemon.events("file_failed") == []
+
+
 @pytest.mark.parametrize("case", [
     "state inside outbox", "state is the failed folder", "outbox is failed", "archive is outbox",
     "failed inside outbox", "another inbox's failed is this outbox", "outbox is a symlink",

@@ -27,7 +27,6 @@ in `pauses.py` and `claimguard.py`.
 
 from __future__ import annotations
 
-import errno
 import functools
 import os
 import stat
@@ -47,7 +46,7 @@ from srd.daemon.disposal import Disposal
 from srd.daemon.inboxes import InboxRuntime
 from srd.daemon.jobtime import job_time_limit
 from srd.daemon.offload import Done
-from srd.daemon.outbox import BLOCKING_ERRNOS, OutboxBlock
+from srd.daemon.outbox import BLOCKING_ERRNOS, REFUSED_FOLDER_ERRNOS, OutboxBlock
 from srd.daemon.outcomes import Outcomes
 from srd.daemon.pauses import Pauses, SlowWriters
 from srd.daemon.pools import PoolBuilder
@@ -199,7 +198,7 @@ class Lifecycle:
             except OSError as exc:
                 on_outbox = _under(exc.filename, runtime.inbox.outbox)
                 if exc.errno in BLOCKING_ERRNOS and on_outbox:
-                    refused = Path(exc.filename) if exc.errno == errno.ELOOP else None
+                    refused = Path(exc.filename) if exc.errno in REFUSED_FOLDER_ERRNOS else None
                     self.pauses.block_outbox(key, runtime.inbox.outbox, ready.path, str(exc), exc.errno, refused)
                     continue
                 # Another refusal of an outbox path: no verdict on this version of the file, so the next scan

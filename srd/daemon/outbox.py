@@ -20,8 +20,10 @@ from srd.fs import safefs
 from srd.fs.atomic import TEMP_PREFIX
 
 # Errors that say "this storage won't take writes now", as opposed to "this image can't be written". ELOOP is
-# srd's own refusal of a symlink in the outbox (a folder swapped for one): the folder's fault, not the photo's.
-BLOCKING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ELOOP})
+# srd's own refusal of a symlink in the outbox (a folder swapped for one), ENOTDIR a folder on the way replaced by
+# a file: the folder's fault, not the photo's.
+REFUSED_FOLDER_ERRNOS = frozenset({errno.ELOOP, errno.ENOTDIR})
+BLOCKING_ERRNOS = REFUSED_FOLDER_ERRNOS | {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 _SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # Even without a sign of recovery (free space can't be measured on some shares), try one job this often.
 RETRY_ANYWAY_S = 300.0
@@ -67,7 +69,7 @@ class OutboxBlock:
         return cls(outbox, reason, code, now, free_bytes(outbox), refused_folder)
 
     def recovered(self, now: float) -> bool:
-        """Whether to try again: the outbox takes files, the folder srd refused to enter (a symlink) opens now,
+        """Whether to try again: the outbox takes files, the folder srd refused to enter (a symlink, a file) opens now,
         and (for a full disk) it has more room than before."""
         if now - self.since >= RETRY_ANYWAY_S:
             return True

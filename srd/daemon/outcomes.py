@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import errno
 import time
 from collections.abc import Callable, Mapping
 
@@ -14,7 +13,7 @@ from srd.config import Profile
 from srd.daemon.context import Context
 from srd.daemon.disposal import Disposal
 from srd.daemon.fileevents import FileOutcome
-from srd.daemon.outbox import BLOCKING_ERRNOS
+from srd.daemon.outbox import BLOCKING_ERRNOS, REFUSED_FOLDER_ERRNOS
 from srd.daemon.pauses import Pauses, SlowWriters
 from srd.daemon.sourcefile import Work
 from srd.engine.pipeline import Upscale
@@ -159,7 +158,7 @@ class Outcomes:
         """The outbox refused the output (full, read-only …): not the file's fault, so it costs no attempt
         and stays in the inbox; the inbox pauses until the outbox takes writes again."""
         self._ctx.ledger.forget(work.key)
-        refused = work.target.parent if code == errno.ELOOP else None  # a folder on the way became a symlink
+        refused = work.target.parent if code in REFUSED_FOLDER_ERRNOS else None  # a folder on the way is not one
         self._pauses.block_outbox(work.file.inbox_id, work.file.inbox.outbox, work.file.path, reason, code, refused)
 
     def _model_unavailable(self, work: Work, reason: str) -> None:
