@@ -161,6 +161,27 @@ def test_a_model_of_another_scale_than_configured_stops_the_start_and_is_refused
         assert daemon.stop() == 0
 
 
+def test_a_job_running_through_a_reload_that_changes_its_profile_is_redone_under_the_new_one(tmp_path: Path) -> None:
+    """The job was submitted under the old profile and finishes after the reload: its output is the old
+    profile's, so it is not the file's last word. It used to be (the file remembered as decided, its stale output
+    kept, `srd status` idle) until the next restart."""
+    config = write_config(tmp_path, stages=[{"upscale": {"model": "edsr-base", "scale": 2}}])
+    big = (300, 400)  # about 3 s of edsr-base on one thread: still running when the reload lands
+    with running(config) as daemon:
+        (tmp_path / "in" / "slow.png").write_bytes(make_image(Path("x.png"), big, 4))
+        daemon.wait_event("file_started")
+        write_config(tmp_path, stages=[{"upscale": {"model": str(ESPCN_X2.parent / "ESPCN_x3.pb"), "scale": 3}}])
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_event("config_reloaded")
+        superseded = daemon.wait_event("profile_changed_while_running", timeout=60)[0]
+        assert superseded["src"] == str(tmp_path / "in" / "slow.png")
+        output = tmp_path / "in-out" / "slow.png"
+        wait_for(lambda: output.exists() and decoded_size(output) == (900, 1200), 60,
+                 "the file redone under the new profile\n" + daemon.log_tail())
+        assert daemon.stop() == 0
+    assert sorted(p.name for p in (tmp_path / "in-out").iterdir()) == ["slow.png"]  # replaced, not beside it
+
+
 @contextlib.contextmanager
 def _running_on_own_espcn(tmp_path: Path) -> Iterator[tuple[DaemonProcess, Path]]:
     """A daemon whose model is a copy of ESPCN ×2 at `own.pb` (a file of the user's, no manifest), ready, with

@@ -77,9 +77,12 @@ class Outcomes:
         output_size = (result.output_bytes if result.output_bytes is not None
                        else safefs.lstat(file.inbox.outbox, result.output).st_size)
         changed = result.sha256 != work.sha256
+        # A job submitted before a reload changed the inbox's profile: done under the old fingerprint, which is
+        # not the file's last word. Its source stays, and it is judged again under the current profile.
+        superseded = self._superseded(work)
         # Keeping the source touches nothing, so what was done with it can share the `done` record (one
         # fsync fewer); archiving or deleting it must wait until `done` is durable.
-        step_after_done = not changed and file.inbox.on_success != "keep"
+        step_after_done = not changed and not superseded and file.inbox.on_success != "keep"
         if changed:
             disposition: str | None = KEPT_CHANGED
         elif step_after_done:
@@ -96,10 +99,18 @@ class Outcomes:
         width, height = result.input_size or (0, 0)
         ctx.events.publish(FileOutcome("done", file.inbox, file.path, result.output, seconds=result.milliseconds / 1000,
                                        megapixels=width * height / 1e6))
-        if changed:
-            ctx.rehint(file.inbox_id, file.path)  # its newer content is judged when it settles
+        if changed or superseded:
+            if superseded:
+                log.info("profile_changed_while_running", src=str(file.path), profile=work.profile.name,
+                         then=work.fingerprint, now=self._ctx.runtimes[file.inbox_id].fingerprint)
+            ctx.rehint(file.inbox_id, file.path)  # its newer content, or its current profile, when it settles
         elif step_after_done:
             self._disposal.dispose(file, key)
+
+    def _superseded(self, work: Work) -> bool:
+        """Whether a reload has given the work's inbox another fingerprint since the work was submitted."""
+        runtime = self._ctx.runtimes.get(work.file.inbox_id)
+        return runtime is not None and runtime.fingerprint != work.fingerprint
 
     def _clear_earlier_failure(self, work: Work) -> None:
         """A source that failed before and has now been processed: drop its stale reason file and failed
