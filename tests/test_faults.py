@@ -40,9 +40,11 @@ from daemon_helpers import (
 from reliability_harness import worker_pids
 
 from srd.config import Inbox, Profile, load_config
+from srd.daemon.backlog import Backlog
 from srd.daemon.jobtime import job_time_limit, us_per_pixel
 from srd.daemon.loop import Daemon
 from srd.daemon.notify import Notifier
+from srd.daemon.settle import ReadyFile
 from srd.daemon.watch import ROOT_ANSWER_S, Hint, InboxWatcher
 from srd.engine.pipeline import Pipeline, StageContext, Upscale
 from srd.errors import ExitCode
@@ -50,6 +52,7 @@ from srd.executors.job import Job, JobResult
 from srd.executors.pool import JobPool
 from srd.executors.render import run_job
 from srd.fs import safefs
+from srd.fs.fileversion import FileVersion
 
 # End to end: each test runs a real srd daemon (srd run) on real folders.
 pytestmark = pytest.mark.e2e
@@ -180,6 +183,27 @@ def test_a_job_running_through_a_reload_that_changes_its_profile_is_redone_under
                  "the file redone under the new profile\n" + daemon.log_tail())
         assert daemon.stop() == 0
     assert sorted(p.name for p in (tmp_path / "in-out").iterdir()) == ["slow.png"]  # replaced, not beside it
+
+
+def test_files_waiting_behind_a_busy_pool_are_queued_once_however_many_scans_pass(tmp_path: Path) -> None:
+    """Every reconcile scan settled the waiting files again and queued them again: `srd status` counted
+    thousands queued for a few hundred files, and the backlog grew by the waiting set at every scan."""
+    config = write_config(tmp_path, stages=[{"upscale": {"model": "edsr-base", "scale": 2}}], reconcile_interval=1)
+    with running(config) as daemon:
+        (tmp_path / "in" / "a-slow.png").write_bytes(make_image(Path("x.png"), (300, 400), 4))
+        daemon.wait_event("file_started")
+        for i in range(12):
+            (tmp_path / "in" / f"b{i}.png").write_bytes(make_image(Path("x.png"), SIZE, i))
+        seen = []
+        deadline = time.monotonic() + 4  # four scans while the one worker is busy
+        while time.monotonic() < deadline:
+            inbox = (read_status(tmp_path / "state").get("inboxes") or [{}])[0]
+            seen.append(inbox.get("queued", 0))
+            time.sleep(0.2)
+        assert max(seen) <= 13, seen  # the 12 waiting, and the running one a scan looked at again
+        wait_for(lambda: len(list((tmp_path / "in-out").iterdir())) == 13, 60, "every file processed")
+        assert daemon.stop() == 0
+    assert len(daemon.events("file_processed")) == 13
 
 
 @contextlib.contextmanager
@@ -765,3 +789,15 @@ def test_a_claim_temp_left_by_a_daemon_killed_mid_heartbeat_is_removed_at_the_ne
         assert not leftover.exists()
     finally:
         assert daemon.stop() == 0
+
+
+def test_the_backlog_holds_a_path_once_in_its_first_place_with_its_latest_look() -> None:
+    backlog = Backlog()
+    first, second, again = (ReadyFile(Path(name), FileVersion(size, 0, 1, 0))
+                            for name, size in (("a", 1), ("b", 1), ("a", 2)))
+    backlog.append(("in", first))
+    backlog.append(("in", second))
+    backlog.append(("in", again))
+    assert len(backlog) == 2 and [ready for _, ready in backlog] == [again, second]
+    backlog.appendleft(("in", second))
+    assert backlog.popleft() == ("in", second) and backlog.popleft() == ("in", again) and len(backlog) == 0

@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 import os
 import stat
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +39,7 @@ from typing import Any
 import structlog
 from structlog.contextvars import bound_contextvars
 
+from srd.daemon.backlog import Backlog
 from srd.daemon.claimguard import ClaimGuard
 from srd.daemon.context import Context
 from srd.daemon.disposal import Disposal
@@ -109,7 +109,7 @@ class Lifecycle:
         self._claims = claims
         self._pool_builder = pool_builder
         self._wake = wake
-        self.backlog: deque[tuple[str, ReadyFile]] = deque()
+        self.backlog = Backlog()
         self.active: dict[str, Work] = {}  # submitted jobs by key: no more than the pool has room for
         self.running_since: dict[str, str] = {}  # key → when a worker took the job (ISO 8601 UTC), for status
         self._deferred: dict[Path, str] = {}  # files waiting for a job on the same path or content to end

@@ -17,7 +17,6 @@ import functools
 import os
 import queue
 import time
-from collections import deque
 from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime
@@ -428,7 +427,7 @@ class Daemon:
         for gone in claims.held - {inbox.path for inbox in new.inboxes}:
             claims.release(gone)
         ctx.runtimes = runtimes
-        self._files.backlog = deque(item for item in self._files.backlog if item[0] in ctx.runtimes)
+        self._files.backlog.keep_only(lambda item: item[0] in ctx.runtimes)
         if new.metrics != old.metrics:
             log.warning("metrics_listener_unchanged", listen=old.metrics.listen if old.metrics else None,
                         reason="the metrics listener changes at the next start of srd")
