@@ -196,8 +196,8 @@ def test_engine_options_out_of_the_configs_bounds_are_refused_before_anything_is
     assert not (tmp_path / "big").exists()
 
 
-@pytest.mark.parametrize("mistake", ["state dir removed", "state dir moved aside", "lock file replaced",
-                                     "backup copied back over it"])
+@pytest.mark.parametrize("mistake", ["state dir removed", "state dir moved aside", "state dir replaced by a file",
+                                     "lock file replaced", "backup copied back over it"])
 def test_a_state_dir_removed_or_replaced_under_a_running_daemon_stops_it_at_once(mistake: str, tmp_path: Path) -> None:
     """`rm -rf state`, or a backup restored over it, while srd runs: its lock then no longer keeps a second srd
     out, and what it records goes to files nobody will read, or over the restored ones. Old srd went on as if
@@ -214,6 +214,9 @@ def test_a_state_dir_removed_or_replaced_under_a_running_daemon_stops_it_at_once
             shutil.rmtree(state)
         elif mistake == "state dir moved aside":
             state.rename(tmp_path / "state.old")
+        elif mistake == "state dir replaced by a file":  # went on through its open files, into the moved folder
+            state.rename(tmp_path / "state.old")
+            state.write_text("x\n")
         elif mistake == "lock file replaced":
             (state / "lock").unlink()
             (state / "lock").write_text("restored\n")
@@ -225,9 +228,13 @@ def test_a_state_dir_removed_or_replaced_under_a_running_daemon_stops_it_at_once
         assert daemon.stop(timeout=30) == ExitCode.ERROR, daemon.log_tail()
         assert time.monotonic() - asked < 3, "it waited for the running job"
     assert stopped[0]["state_dir"] == str(state)
-    assert stopped[0]["reason"].startswith(("its lock file was", "its journal.jsonl file was rewritten"))
+    assert stopped[0]["reason"].startswith(("its lock file was", "its journal.jsonl file was rewritten",
+                                            "the state directory was replaced by a file"))
     if mistake in ("state dir removed", "state dir moved aside"):
         assert not state.exists()  # not made again by the stopping daemon
+    elif mistake == "state dir replaced by a file":
+        assert state.read_text() == "x\n"
+        state.unlink()
     else:  # nothing written over what the admin put there
         assert {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()} == restored
     assert (inbox / "big.jpg").is_file() and list(outbox.iterdir()) == []

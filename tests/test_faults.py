@@ -16,8 +16,8 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -39,12 +39,16 @@ from daemon_helpers import (
 )
 from reliability_harness import worker_pids
 
-from srd.config import Inbox, Profile, load_config
+from srd.config import Config, Inbox, Profile, load_config
 from srd.daemon.backlog import Backlog
+from srd.daemon.context import Context
+from srd.daemon.disposal import Disposal, StepToken
 from srd.daemon.jobtime import job_time_limit, us_per_pixel
 from srd.daemon.loop import Daemon
 from srd.daemon.notify import Notifier
+from srd.daemon.offload import Done, Offloader
 from srd.daemon.settle import ReadyFile
+from srd.daemon.sourcestep import Action, Found, SourceStep, StepResult
 from srd.daemon.watch import ROOT_ANSWER_S, Hint, InboxWatcher
 from srd.engine.pipeline import Pipeline, StageContext, Upscale
 from srd.errors import ExitCode
@@ -53,6 +57,7 @@ from srd.executors.pool import JobPool
 from srd.executors.render import run_job
 from srd.fs import safefs
 from srd.fs.fileversion import FileVersion
+from srd.ledger import Ledger
 
 # End to end: each test runs a real srd daemon (srd run) on real folders.
 pytestmark = pytest.mark.e2e
@@ -801,3 +806,21 @@ def test_the_backlog_holds_a_path_once_in_its_first_place_with_its_latest_look()
     assert len(backlog) == 2 and [ready for _, ready in backlog] == [again, second]
     backlog.appendleft(("in", second))
     assert backlog.popleft() == ("in", second) and backlog.popleft() == ("in", again) and len(backlog) == 0
+
+
+@pytest.mark.parametrize("found", [Found.GONE, Found.INBOX_MISSING])
+def test_a_read_that_failed_because_the_file_went_leaves_no_failure_recorded(tmp_path: Path, found: Found) -> None:
+    """The inbox deleted (`rm -rf`) with jobs queued: each worker found nothing to read. The step that would move
+    the file to the failed folder finds it gone, or its whole inbox: no fault of the file, so no `failed` entry may
+    stay behind (it was kept when the inbox went too, counted as FAILED and listed by `ledger list` forever)."""
+    with Ledger.open(tmp_path / "state") as ledger:
+        entry = ledger.record_start("ab" * 32, "fp", inbox="in", source="a.png")
+        ledger.record_failed(entry.key, error="cannot read: No such file or directory")
+        ctx = Context(config=cast(Config, None), ledger=ledger, offload=cast(Offloader, None), clock=time.monotonic,
+                      runtimes={})
+        step = SourceStep(Action.FAIL, "in", tmp_path / "in", PurePosixPath("a.png"), FileVersion(1, 0, 1, 0),
+                          tmp_path / "failed", entry.key, {"reason": "cannot read", "attempts": 1},
+                          report_if_gone=False)
+        Disposal(ctx).done(step, Done(StepToken(step), value=StepResult(found)))
+        assert ledger.get(entry.key) is None
+        assert ledger.counts().get("failed", 0) == 0

@@ -107,12 +107,14 @@ class Disposal:
             result = done.value
             assert isinstance(result, StepResult)
             if result.found is Found.INBOX_MISSING:
+                if step.action is Action.FAIL and not step.report_if_gone:
+                    self._vanished_before_read(step)  # its read failed because the inbox went with it
+                    return
                 # A share outage: the file's fate is unknown, so nothing is journaled; the step runs again at
                 # the next reconcile, and the rescan on the inbox's return judges the file afresh.
                 log.info("source_step_postponed", src=str(step.path), action=str(step.action),
                          reason="inbox missing")
-                if step.action is not Action.FAIL or step.report_if_gone:
-                    self.retries[step.path] = step
+                self.retries[step.path] = step
                 return
             if step.action is Action.FAIL:
                 self._failed_step_done(step, result)
@@ -135,12 +137,7 @@ class Disposal:
             ctx.rehint(step.inbox_key, step.path)
             return
         if result.found is Found.GONE and not step.report_if_gone:
-            # The worker couldn't even read it because it is gone: deleted, or its share unmounted. Neither is
-            # the file's fault; if it comes back (the share returns), the rescan brings it in again.
-            if step.ledger_key is not None:
-                ctx.ledger.forget(step.ledger_key)
-            ctx.unremember(step.inbox_key, step.path)
-            log.info("source_vanished_before_read", src=str(step.path))
+            self._vanished_before_read(step)
             return
         ctx.forget_source(step.inbox_key, step.root, step.path)
         if step.ledger_key is not None:
@@ -151,6 +148,15 @@ class Disposal:
         ctx.note_error(step.inbox_key, step.path, reason)
         log.warning("file_failed", src=str(step.path), moved_to=str(result.moved_to), reason=reason,
                     attempts=step.report["attempts"])
+
+    def _vanished_before_read(self, step: SourceStep) -> None:
+        """The worker couldn't even read the file because it is gone: deleted, alone or with its inbox, or its
+        share unmounted. None of that is the file's fault, so no failure stays recorded (it would be counted,
+        and listed as failed, forever); if it comes back, the rescan brings it in again."""
+        if step.ledger_key is not None:
+            self._ctx.ledger.forget(step.ledger_key)
+        self._ctx.unremember(step.inbox_key, step.path)
+        log.info("source_vanished_before_read", src=str(step.path))
 
     def _failed(self, step: SourceStep, moved_to: Path | None) -> None:
         """Tell the listeners, once per failure (a retried step that moves the file later tells no more)."""

@@ -113,6 +113,8 @@ class Store:
                 found = os.stat(self.state_dir / name)
             except FileNotFoundError:
                 return f"its {name} file was removed"
+            except NotADirectoryError:
+                return "the state directory was replaced by a file"
             except OSError:
                 return None  # unreadable for now: a write that fails pauses the daemon (`state_unwritable`)
             held = os.fstat(fd)
