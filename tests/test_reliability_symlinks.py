@@ -175,6 +175,27 @@ def test_an_outbox_subfolder_replaced_by_a_file_pauses_the_inbox_and_fails_no_ph
     assert daemon.events("file_failed") == []
 
 
+def test_a_failed_folder_replaced_by_a_file_shows_the_inbox_unhealthy_until_failures_can_move(tmp_path: Path) -> None:
+    """A bad file cannot be moved to failed/ (a file stands there): it stays in the inbox, and `srd status --check`
+    says unhealthy, naming the step (it said healthy, the problem only in LAST ERROR); once the folder is back,
+    the next reconcile scan moves it with its reason file and the inbox is healthy again."""
+    layout = make_layout(tmp_path / "srd", reconcile_interval=2)
+    with running(layout.config) as daemon:
+        shutil.rmtree(layout.failed)
+        layout.failed.write_text("not a folder\n")
+        (layout.inbox / "bad.png").write_bytes(b"not an image at all")
+        check = wait_for(lambda: (r := srd("status", "--check", "--config", str(layout.config))).returncode == 9
+                         and r, 20, "srd status --check to report the inbox unhealthy\n" + daemon.log_tail())
+        assert "fail of bad.png failed" in check.stdout
+        assert (layout.inbox / "bad.png").is_file()
+        layout.failed.unlink()
+        layout.failed.mkdir()  # srd makes no configured folder after its start: a share's mount point may be bare
+        wait_for(lambda: (layout.failed / "bad.png.error.json").is_file(), 30, "the move at the next scan")
+        wait_for(lambda: srd("status", "--check", "--config", str(layout.config)).returncode == 0, 10,
+                 "the inbox healthy again")
+        assert daemon.stop() == 0
+
+
 @pytest.mark.parametrize("case", [
     "state inside outbox", "state is the failed folder", "outbox is failed", "archive is outbox",
     "failed inside outbox", "another inbox's failed is this outbox", "outbox is a symlink",

@@ -42,6 +42,8 @@ class Disposal:
         # Steps out in the offloader, with when each was sent: their files wait for them.
         self.out: dict[Path, tuple[SourceStep, float]] = {}
         self.retries: dict[Path, SourceStep] = {}  # steps that failed; tried again at the next reconcile
+        # Steps whose last try raised (a failed folder that is a file, a full archive): why, until one succeeds.
+        self.failing: dict[Path, tuple[SourceStep, str]] = {}
 
     def fail(self, file: SourceFile, profile: Profile, key: str | None, reason: str, *, record: bool,
              report_if_gone: bool = True) -> None:
@@ -104,6 +106,7 @@ class Disposal:
             if done.error is not None:
                 self._step_failed(step, done.error)
                 return
+            self.failing.pop(step.path, None)
             result = done.value
             assert isinstance(result, StepResult)
             if result.found is Found.INBOX_MISSING:
@@ -174,6 +177,7 @@ class Disposal:
         if runtime is not None:
             runtime.handled[step.path] = step.version
         self.retries[step.path] = step
+        self.failing[step.path] = (step, str(exc))
         retry = "at the next reconcile scan"
         if step.action is Action.FAIL:
             reason = step.report["reason"]

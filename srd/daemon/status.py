@@ -162,6 +162,7 @@ def assess(status: dict[str, Any] | None, now: datetime | None = None, *,
         if inbox.get("health") not in ("ok", "stopping"):
             problem = (inbox.get("root_error") or (inbox.get("claim") or {}).get("reason")
                        or (inbox.get("stuck_step") or {}).get("reason")
+                       or (inbox.get("failing_step") or {}).get("reason")
                        or (inbox.get("model_state") or {}).get("error"))
             why = f": {problem}" if problem else ""
             reasons.append(f"inbox {inbox['path']} {inbox.get('health')} (watch {inbox.get('watch')}){why}")

@@ -52,6 +52,17 @@ def stuck_steps(steps: Iterable[tuple[SourceStep, float]], now: float) -> dict[s
     return stuck
 
 
+def failing_steps(failing: Iterable[tuple[SourceStep, str]]) -> dict[str, dict[str, Any]]:
+    """Per inbox id, one of its source steps that failed at its last try, with the error, and how many did."""
+    found: dict[str, dict[str, Any]] = {}
+    for step, error in failing:
+        first = found.setdefault(step.inbox_key, {
+            "action": str(step.action), "source": step.rel.as_posix(), "count": 0,
+            "reason": f"{step.action} of {step.rel} failed ({error}); tried again at each reconcile scan"})
+        first["count"] += 1
+    return found
+
+
 def _timing(job: RunningJob | None) -> dict[str, Any]:
     """A running job's elapsed time and limit for the status file; `stuck_suspected` once it has run 5 ×
     longer than expected."""
@@ -69,6 +80,7 @@ def inbox_documents(ctx: Context, files: Lifecycle, claims: ClaimGuard, daemon_s
     in_flight = count_by_inbox(work.file.inbox_id for work in files.active.values())
     running = running_by_inbox(files.active, files.running_since, files.pool)
     stuck = stuck_steps(files.disposal.out.values(), ctx.clock())
+    failing = failing_steps(files.disposal.failing.values())
     for key, runtime in ctx.runtimes.items():
         counters = ctx.counters[key]
         watcher = runtime.watcher
@@ -80,8 +92,9 @@ def inbox_documents(ctx: Context, files: Lifecycle, claims: ClaimGuard, daemon_s
             "profile": runtime.inbox.profile,
             "health": daemon_state if daemon_state in ("stopping", "stopped") else
                       ("ok" if watcher.healthy and block is None and model_block is None and key not in claims.paused
-                       and stuck.get(key) is None else "unhealthy"),
+                       and stuck.get(key) is None and failing.get(key) is None else "unhealthy"),
             "stuck_step": stuck.get(key),
+            "failing_step": failing.get(key),
             "claim": claims.inbox_claims.describe(runtime.inbox.path),
             "outbox_state": block.describe() if block is not None else {"state": "ok"},
             "model_state": model_block.describe() if model_block is not None else {"state": "ok"},
