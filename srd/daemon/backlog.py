@@ -17,6 +17,8 @@ Item = tuple[str, ReadyFile]  # (inbox id, the settled file)
 
 
 class Backlog:
+    """An ordered queue of (inbox id, settled file), keyed by the file's path."""
+
     def __init__(self) -> None:
         self._items: OrderedDict[Path, Item] = OrderedDict()
 
