@@ -141,7 +141,7 @@ def test_a_progressive_jpeg_cut_between_scans_and_closed_with_an_end_marker_is_r
             decode(jpeg[:cut] + b"\xff\xd9", max_pixels=LIMIT)
 
 
-@pytest.mark.parametrize("compression", ["tiff_deflate", "tiff_lzw", "packbits"])
+@pytest.mark.parametrize("compression", ["tiff_deflate", "tiff_lzw", "packbits", "jpeg"])
 def test_a_tiff_strip_cut_short_with_its_byte_count_to_match_is_refused_as_corrupt(compression: str) -> None:
     """The structure is consistent (nothing declared past the end), but libtiff cannot decode the strip."""
     from PIL import Image

@@ -45,7 +45,8 @@ _UNSURE_SIZE = ("cannot read the image size from the {fmt} header with certainty
 # filled the rest of the picture in (grey, or the last block's colour); libtiff could not decode a strip or
 # tile (OpenCV leaves it black). The file can pass every structural check (a cut scan followed by an end
 # marker, a strip cut short with its byte count to match); the decoded picture is not the photo. libjpeg's
-# other warnings (extraneous bytes between segments, an unknown JFIF revision) lose nothing.
+# other warnings (extraneous bytes between segments, an unknown JFIF revision) lose nothing. Looked for anywhere
+# in a line: libtiff passes on the libjpeg messages of a JPEG-compressed TIFF ("TIFF_Warning JPEGLib: …").
 _LOST_PIXELS_MESSAGES = (
     "Corrupt JPEG data: premature end of data segment",
     "Corrupt JPEG data: bad Huffman code",
@@ -208,7 +209,7 @@ def _decode_with_opencv(data: bytes, fmt: str) -> tuple[np.ndarray, Metadata, li
         reasons = notes or ([failure.err] if failure is not None else [])
         said = f": {'; '.join(reasons)}" if reasons else ""
         raise ImageError(f"corrupt or truncated {fmt.upper()} data (decoder failed{said})")
-    lost = [note for note in notes if note.startswith(_LOST_PIXELS_MESSAGES)]
+    lost = [note for note in notes if any(sign in note for sign in _LOST_PIXELS_MESSAGES)]
     if lost:
         said = "; ".join(lost)
         raise ImageError(f"corrupt {fmt.upper()} data: {_PART_MISSING} (the decoder said: {said})")
