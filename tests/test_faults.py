@@ -203,9 +203,11 @@ def test_files_waiting_behind_a_busy_pool_are_queued_once_however_many_scans_pas
         deadline = time.monotonic() + 4  # four scans while the one worker is busy
         while time.monotonic() < deadline:
             inbox = (read_status(tmp_path / "state").get("inboxes") or [{}])[0]
-            seen.append(inbox.get("queued", 0))
+            seen.append((inbox.get("queued", 0), inbox.get("settling", 0) + inbox.get("queued", 0)
+                         + len(inbox.get("running", []))))
             time.sleep(0.2)
-        assert max(seen) <= 13, seen  # the 12 waiting, and the running one a scan looked at again
+        assert max(queued for queued, _ in seen) <= 12, seen  # the running one, looked at again by a scan, is not
+        assert max(files for _, files in seen) <= 13, seen  # settling, queued and running: each file once
         wait_for(lambda: len(list((tmp_path / "in-out").iterdir())) == 13, 60, "every file processed")
         assert daemon.stop() == 0
     assert len(daemon.events("file_processed")) == 13

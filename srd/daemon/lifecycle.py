@@ -306,6 +306,17 @@ class Lifecycle:
             runtime.handled[ready.path] = ready.version
         self._ctx.note_error(key, ready.path, str(exc))
 
+    def waiting(self) -> tuple[dict[Path, str], dict[str, int]]:
+        """The files waiting, each once: those settled and queued or being read (path → inbox id), a file whose
+        job is out being running, not waiting; and per inbox id, its files still settling that are neither."""
+        running = {work.file.path for work in self.active.values()}
+        queued = {ready.path: key for key, ready in [*self.backlog, *self.reads.reading.values()]
+                  if ready.path not in running}
+        busy = running | queued.keys()
+        settling = {key: sum(1 for path in runtime.tracker.pending_paths() if path not in busy)
+                    for key, runtime in self._ctx.runtimes.items()}
+        return queued, settling
+
     def _in_flight(self) -> set[Path]:
         return {work.target for work in self.active.values()}
 

@@ -447,8 +447,8 @@ class Daemon:
         done = sum(c.done for c in ctx.counters.values())
         failed = sum(c.failed for c in ctx.counters.values())
         running = files.pool.running
-        queued = (len(files.backlog) + len(files.reads.reading)
-                  + sum(r.tracker.pending() for r in ctx.runtimes.values()))
+        waiting, settling = files.waiting()
+        queued = len(waiting) + sum(settling.values())
         unhealthy = [r.inbox.path.name for r in ctx.runtimes.values() if not r.watcher.healthy]
         blocked = [b.outbox.name for b in files.pauses.outboxes.values()]
         modelless = [ctx.runtimes[key].inbox.path.name for key in files.pauses.models if key in ctx.runtimes]

@@ -20,7 +20,7 @@ import itertools
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,6 +162,10 @@ class SettleTracker:
     def pending(self) -> int:
         """Return how many paths are being tracked."""
         return len(self._pending)
+
+    def pending_paths(self) -> Iterable[Path]:
+        """The paths being tracked."""
+        return self._pending.keys()
 
     def next_deadline(self) -> float | None:
         """Return the clock time at which `poll` next has work, or None if nothing is tracked.

@@ -76,7 +76,8 @@ def _timing(job: RunningJob | None) -> dict[str, Any]:
 def inbox_documents(ctx: Context, files: Lifecycle, claims: ClaimGuard, daemon_state: str) -> list[dict[str, Any]]:
     """Each inbox's part of ``status.json``: its health, queue, running jobs and counters."""
     inboxes = []
-    backlog_by_inbox = count_by_inbox(key for key, _ in [*files.backlog, *files.reads.reading.values()])
+    queued, settling = files.waiting()
+    backlog_by_inbox = count_by_inbox(queued.values())
     in_flight = count_by_inbox(work.file.inbox_id for work in files.active.values())
     running = running_by_inbox(files.active, files.running_since, files.pool)
     stuck = stuck_steps(files.disposal.out.values(), ctx.clock())
@@ -102,7 +103,7 @@ def inbox_documents(ctx: Context, files: Lifecycle, claims: ClaimGuard, daemon_s
             "mode": watcher.mode,
             "degraded": watcher.degraded,
             "events_lost": watcher.events_lost,
-            "settling": runtime.tracker.pending(),
+            "settling": settling.get(key, 0),
             "queued": backlog_by_inbox.get(key, 0),
             "in_flight": in_flight.get(key, 0),
             "running": sorted(running.get(key, []), key=lambda job: (job["since"], job["source"])),
