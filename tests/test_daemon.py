@@ -891,9 +891,9 @@ def test_a_scan_after_a_restart_drops_finished_files_before_settling_and_keeps_n
         runtime = next(iter(daemon._ctx.runtimes.values()))
         for name in ("x0.png", "x1.png"):
             daemon.hint(Hint(0, inbox / name, FileVersion.of(os.stat(inbox / name))))
-        assert runtime.tracker.pending() == 1 and runtime.handled == {}  # x1.png only
+        assert len(runtime.tracker.pending_paths()) == 1 and runtime.handled == {}  # x1.png only
         daemon.hint(Hint(0, inbox / "x0.png"))  # an event says nothing of the version: settled as before
-        assert runtime.tracker.pending() == 2
+        assert len(runtime.tracker.pending_paths()) == 2
     finally:
         daemon.close()
 
@@ -961,7 +961,7 @@ def test_a_restart_scan_drops_finished_files_by_name_and_processes_a_file_change
         taken = []
         for prefix, files in scan_folders(inbox, IgnoreRules()):
             daemon.found(FoundFiles(0, inbox, prefix, files, lambda: taken.append(1)))
-        assert runtime.tracker.pending() == 1 and runtime.handled == {}  # sub/y1.png only
+        assert len(runtime.tracker.pending_paths()) == 1 and runtime.handled == {}  # sub/y1.png only
         assert len(entries_read) <= 1  # at most the changed file's lookup, none for a finished one
         for _ in range(12):
             daemon.step()

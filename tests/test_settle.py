@@ -55,13 +55,13 @@ def test_file_written_in_chunks_is_ready_only_when_quiet_and_stable(tmp_path: Pa
         clock.advance(SETTLE * 0.9)
         assert not tracker.poll(), "a stat after a write only records; the next write's hint discards it"
 
-    assert tracker.pending() == 1
+    assert len(tracker.pending_paths()) == 1
     clock.advance(SETTLE - 0.01)
     assert not tracker.poll(), "the confirming stat comes a full settle_s after the first"
     clock.advance(0.01)
     result = tracker.poll()
     assert result.ready == [ReadyFile(path, FileVersion.of(path.stat()))] and result.ready[0].version.size == 4000
-    assert tracker.pending() == 0
+    assert len(tracker.pending_paths()) == 0
     assert tracker.next_deadline() is None
 
 
@@ -121,7 +121,7 @@ def test_vanished_file_is_reported_and_dropped(tmp_path: Path, clock: FakeClock)
     result = tracker.poll()
     assert result.vanished == [path]
     assert not result.ready and not result.rejected
-    assert tracker.pending() == 0
+    assert len(tracker.pending_paths()) == 0
 
 
 def test_forgotten_path_produces_no_outcome(tmp_path: Path, clock: FakeClock) -> None:
@@ -181,7 +181,7 @@ def test_fifo_is_rejected_without_blocking(tmp_path: Path, clock: FakeClock) -> 
     [result] = results
     assert [r.path for r in result.rejected] == [fifo]
     assert "fifo" in result.rejected[0].reason
-    assert tracker.pending() == 0
+    assert len(tracker.pending_paths()) == 0
 
 
 def test_directory_is_rejected(tmp_path: Path, clock: FakeClock) -> None:
@@ -268,7 +268,7 @@ def test_a_split_poll_drops_stats_that_a_hint_or_forget_overtook_and_waits_for_i
     tracker.forget(paths["deleted.png"])
     result = tracker.resolve(answers)
     assert _ready_paths(result) == [paths["steady.png"]] and not result.vanished and not result.rejected
-    assert tracker.pending() == 1
+    assert len(tracker.pending_paths()) == 1
     clock.advance(FIRST_LOOK_S)
     tracker.poll()
     clock.advance(SETTLE)

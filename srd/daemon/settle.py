@@ -20,7 +20,7 @@ import itertools
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,11 +159,7 @@ class SettleTracker:
         """Stop tracking `path` (it was deleted or moved away and the owner already knows)."""
         self._pending.pop(path, None)
 
-    def pending(self) -> int:
-        """Return how many paths are being tracked."""
-        return len(self._pending)
-
-    def pending_paths(self) -> Iterable[Path]:
+    def pending_paths(self) -> Collection[Path]:
         """The paths being tracked."""
         return self._pending.keys()
 
