@@ -29,8 +29,7 @@ from daemon_helpers import ESPCN_X2, DaemonProcess, inbox_config, srd, wait_for,
 from srd.errors import ImageError
 from srd.imaging import heif
 from srd.imaging.exif import read_orientation
-from srd.imaging.frames import frame_count
-from srd.imaging.imageextent import missing_end
+from srd.imaging.imageextent import frame_count, missing_end
 from srd.imaging.imageio import decode, output_format_for
 
 LIMIT = 10**8

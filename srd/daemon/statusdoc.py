@@ -53,13 +53,12 @@ def stuck_steps(steps: Iterable[tuple[SourceStep, float]], now: float) -> dict[s
 
 
 def failing_steps(failing: Iterable[tuple[SourceStep, str]]) -> dict[str, dict[str, Any]]:
-    """Per inbox id, one of its source steps that failed at its last try, with the error, and how many did."""
+    """Per inbox id, one of its source steps that failed at its last try, with the error."""
     found: dict[str, dict[str, Any]] = {}
     for step, error in failing:
-        first = found.setdefault(step.inbox_key, {
-            "action": str(step.action), "source": step.rel.as_posix(), "count": 0,
+        found.setdefault(step.inbox_key, {
+            "action": str(step.action), "source": step.rel.as_posix(),
             "reason": f"{step.action} of {step.rel} failed ({error}); tried again at each reconcile scan"})
-        first["count"] += 1
     return found
 
 

@@ -8,6 +8,10 @@ comment or EXIF thumbnail ending in FF D9). One rule covers them all: a file sho
 structure declares is truncated, and is never decoded (a decoder may turn the missing part into grey
 rows). A file whose structure is malformed rather than short is left to the decoder and
 the size guard to judge.
+
+The same walks tell two more things a decoder keeps to itself: whether a progressive JPEG's scans complete
+its picture (`unfinished_progression`), and how many pictures a file holds (`frame_count`: an animation's
+frames, a TIFF's pages), of which OpenCV decodes the first.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import re
 import struct
 from collections.abc import Callable
 
-__all__ = ["missing_end", "unfinished_progression"]
+__all__ = ["frame_count", "missing_end", "unfinished_progression"]
 
 # Trailers may follow a bare JPEG 2000 codestream's end marker; it is looked for this far from the end.
 _TRAILER_WINDOW = 1_048_576
@@ -36,6 +40,9 @@ _JPEG_SOF_PROGRESSIVE = (0xC2, 0xCA)  # Huffman and arithmetic coding
 # tiny segments costs tens of milliseconds here, not seconds.
 _JPEG_MAX_SEGMENTS = 65_536
 _PNG_MAX_CHUNK = 2**31 - 1
+# A TIFF's pages are a linked list of directories: a hostile file could loop it or make it endless.
+_TIFF_MAX_PAGES = 100_000
+_TIFF_NEW_SUBFILE_TYPE = 254  # bit 0: a reduced-resolution version of another page (a preview)
 
 
 class _Short(Exception):
@@ -98,6 +105,28 @@ def unfinished_progression(data: bytes) -> str | None:
     return None
 
 
+def frame_count(data: bytes, fmt: str) -> int:
+    """The frames (GIF, APNG, WebP) or pages (TIFF, less previews) in `data`: 1 for a still image, another
+    format, or a structure that breaks before it is read through (the decoder judges the file, not this)."""
+    try:
+        if fmt == "gif":
+            descriptors: list[int] = []
+            _gif_end(data, descriptors)
+            return max(len(descriptors), 1)
+        if fmt == "png":
+            chunks: list[int] = []
+            _png_end(data, chunks)
+            control = next((at for at in chunks if data[at + 4 : at + 8] == b"acTL"), None)  # animation control
+            return max(_unpack(">I", data, control + 8)[0], 1) if control is not None else 1
+        if fmt == "webp":
+            return max(_webp_animation_frames(data), 1)
+        if fmt == "tiff":
+            return max(_tiff_pages(data), 1)
+    except (_Short, struct.error, ValueError, IndexError):
+        pass
+    return 1
+
+
 def _unpack(layout: str, data: bytes, pos: int) -> tuple[int, ...]:
     """struct.unpack_from, saying "short" when the structure lies (partly) past the end of the data."""
     if pos < 0:
@@ -146,12 +175,15 @@ def _jpeg_end(data: bytes, segments: list[tuple[int, int]] | None = None) -> int
     raise ValueError(f"more than {_JPEG_MAX_SEGMENTS} segments")
 
 
-def _png_end(data: bytes) -> int:
+def _png_end(data: bytes, chunks: list[int] | None = None) -> int:
+    """End of the IEND chunk; each chunk's offset is added to `chunks` if given."""
     pos = 8
     while True:
         length, kind = _unpack(">I4s", data, pos)
         if length > _PNG_MAX_CHUNK:
             raise ValueError("chunk length over the PNG limit")
+        if chunks is not None:
+            chunks.append(pos)
         pos += 12 + length
         if kind == b"IEND":
             return pos
@@ -159,7 +191,8 @@ def _png_end(data: bytes) -> int:
             raise _Short("no IEND chunk")
 
 
-def _gif_end(data: bytes) -> int:
+def _gif_end(data: bytes, descriptors: list[int] | None = None) -> int:
+    """End of the trailer; each image descriptor's offset (one per frame) is added to `descriptors` if given."""
     (flags,) = _unpack("B", data, 10)
     pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
     while True:
@@ -169,6 +202,8 @@ def _gif_end(data: bytes) -> int:
         if introducer == 0x21:  # extension: label, then data sub-blocks
             pos = _gif_sub_blocks_end(data, pos + 2)
         elif introducer == 0x2C:  # image descriptor, local colour table, LZW code size, data sub-blocks
+            if descriptors is not None:
+                descriptors.append(pos)
             (local,) = _unpack("B", data, pos + 9)
             pos += 10 + (3 << ((local & 7) + 1) if local & 0x80 else 0)
             pos = _gif_sub_blocks_end(data, pos + 1)
@@ -187,6 +222,16 @@ def _gif_sub_blocks_end(data: bytes, pos: int) -> int:
 def _webp_end(data: bytes) -> int:
     (riff_size,) = _unpack("<I", data, 4)
     return 8 + riff_size
+
+
+def _webp_animation_frames(data: bytes) -> int:
+    """The ANMF (animation frame) chunks after the RIFF header."""
+    pos, frames = 12, 0
+    while pos + 8 <= len(data):
+        kind, length = _unpack("<4sI", data, pos)
+        frames += kind == b"ANMF"
+        pos += 8 + length + (length & 1)  # chunks are padded to an even size
+    return frames
 
 
 def _bmp_end(data: bytes) -> int:
@@ -227,6 +272,27 @@ def _tiff_end(data: bytes) -> int:
         if len(offsets) == len(counts):
             end = max([end, *(offset + length for offset, length in zip(offsets, counts, strict=True))])
     return end
+
+
+def _tiff_pages(data: bytes) -> int:
+    """Directories in the first-IFD chain that are not reduced-resolution previews of another."""
+    endian = "<" if data[:2] == b"II" else ">"
+    magic, ifd = _unpack(endian + "HI", data, 2)
+    if magic != 42:
+        raise ValueError("not a classic TIFF")
+    seen: set[int] = set()
+    pages = 0
+    while ifd and ifd not in seen and len(seen) < _TIFF_MAX_PAGES:
+        seen.add(ifd)
+        (count,) = _unpack(endian + "H", data, ifd)
+        preview = False
+        for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
+            tag, kind = _unpack(endian + "HH", data, entry)
+            if tag == _TIFF_NEW_SUBFILE_TYPE:
+                preview = bool(_unpack(endian + ("H" if kind == 3 else "I"), data, entry + 8)[0] & 1)
+        pages += not preview
+        (ifd,) = _unpack(endian + "I", data, ifd + 2 + 12 * count)
+    return pages
 
 
 def _pnm_end(data: bytes) -> int:

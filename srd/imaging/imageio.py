@@ -20,8 +20,7 @@ from srd.imaging import containers, heif
 from srd.imaging.codeclog import captured_codec_messages
 from srd.imaging.decoderlimits import decoder_max_pixels
 from srd.imaging.exif import read_orientation, with_orientation_reset
-from srd.imaging.frames import frame_count
-from srd.imaging.imageextent import missing_end, unfinished_progression
+from srd.imaging.imageextent import frame_count, missing_end, unfinished_progression
 from srd.imaging.imageheader import EXTENSIONS, read_header
 from srd.imaging.metadata import Metadata, for_output, strip_exif_prefix
 
