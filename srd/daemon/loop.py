@@ -195,7 +195,7 @@ class Daemon:
         """Run until asked to stop, then drain and close; returns the exit status (OK after a clean drain)."""
         try:
             self._write_status(force=True)  # so /healthz answers 200 from the moment srd says it is ready
-            self.notifier.ready(status=self._status_line())
+            self.notifier.ready(status=self._status_line(self.status()))
             log.info("daemon_ready", pid=os.getpid(), inboxes=len(self._ctx.runtimes), workers=self.config.workers)
             self._loop()
             self._shutdown()
@@ -438,17 +438,17 @@ class Daemon:
             self._files.pool_stale = True  # replaced once the running jobs are done
         self._state = "running"
         log.info("config_reloaded", config=new.source, inboxes=len(new.inboxes), pool_restart=self._files.pool_stale)
-        self.notifier.ready(status=self._status_line())
+        self.notifier.ready(status=self._status_line(self.status()))
 
     # -- status --------------------------------------------------------------------------------------------
 
-    def _status_line(self) -> str:
+    def _status_line(self, status: dict[str, Any]) -> str:
+        """sd_notify's STATUS=, from the status document `status` and the pauses."""
         ctx, files = self._ctx, self._files
         done = sum(c.done for c in ctx.counters.values())
         failed = sum(c.failed for c in ctx.counters.values())
         running = files.pool.running
-        waiting, settling = files.waiting()
-        queued = len(waiting) + sum(settling.values())
+        queued = sum(inbox["queued"] + inbox["settling"] for inbox in status["inboxes"])
         unhealthy = [r.inbox.path.name for r in ctx.runtimes.values() if not r.watcher.healthy]
         blocked = [b.outbox.name for b in files.pauses.outboxes.values()]
         modelless = [ctx.runtimes[key].inbox.path.name for key in files.pauses.models if key in ctx.runtimes]
@@ -512,7 +512,7 @@ class Daemon:
                 log.info("status_write_recovered", path=str(self.config.state_dir))
             self._status_failing = False
         if self._state == "running":
-            self.notifier.status(self._status_line())
+            self.notifier.status(self._status_line(status))
 
 
 def _new_runtimes(ctx: Context, config: Config, checked: dict[str, CheckedProfile], build_watcher: WatcherBuilder,
