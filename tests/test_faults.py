@@ -798,6 +798,26 @@ def test_a_claim_temp_left_by_a_daemon_killed_mid_heartbeat_is_removed_at_the_ne
         assert daemon.stop() == 0
 
 
+def test_files_done_while_scans_run_leave_the_queue(tmp_path: Path) -> None:
+    """A scan that looked at a file while its job ran queued it again; once the job was done that entry still counted
+    as QUEUED until the whole batch ended (outside attack: QUEUED + RUNNING above the files left, and growing)."""
+    config = write_config(tmp_path, stages=[{"upscale": {"model": "edsr-base", "scale": 2}}], reconcile_interval=1)
+    outbox = tmp_path / "in-out"
+    with running(config) as daemon:
+        for i in range(4):
+            (tmp_path / "in" / f"slow{i}.png").write_bytes(make_image(Path("x.png"), (160, 240), i))
+        daemon.wait_event("file_started")
+        seen = []
+        while len(list(outbox.iterdir())) < 4:
+            inbox = (read_status(tmp_path / "state").get("inboxes") or [{}])[0]
+            left = 4 - len(list(outbox.iterdir()))
+            seen.append((inbox.get("queued", 0) + inbox.get("in_flight", 0), left))
+            assert daemon.proc.poll() is None
+            time.sleep(0.2)
+        assert all(counted <= left + 1 for counted, left in seen), seen  # + 1: the status file may lag an output
+        assert daemon.stop() == 0
+
+
 def test_the_backlog_holds_a_path_once_in_its_first_place_with_its_latest_look() -> None:
     backlog = Backlog()
     first, second, again = (ReadyFile(Path(name), FileVersion(size, 0, 1, 0))

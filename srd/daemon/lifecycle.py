@@ -218,7 +218,7 @@ class Lifecycle:
         # the loop and compares its version, or ends in a source step that does; a file that changed since it
         # settled also sends a hint and settles again.
         signature = file.version
-        if runtime.handled.get(path) == signature or path in self.disposal.out:
+        if self._decided(runtime, ready):
             return  # decided already, or its source step is under way (and hints it again if it changed)
         if any(work.file.path == path for work in self.active.values()):
             self._deferred[path] = runtime.inbox_id
@@ -306,12 +306,18 @@ class Lifecycle:
             runtime.handled[ready.path] = ready.version
         self._ctx.note_error(key, ready.path, str(exc))
 
+    def _decided(self, runtime: InboxRuntime, ready: ReadyFile) -> bool:
+        """Whether this version of the file was decided already, or its source step is under way."""
+        return runtime.handled.get(ready.path) == ready.version or ready.path in self.disposal.out
+
     def waiting(self) -> tuple[dict[Path, str], dict[str, int]]:
-        """The files waiting, each once: those settled and queued or being read (path → inbox id), a file whose
-        job is out being running, not waiting; and per inbox id, its files still settling that are neither."""
+        """The files waiting, each once: those settled and queued or being read (path → inbox id), less one
+        whose job is out (running) or that is decided already (a scan queued it again while its job ran); and
+        per inbox id, its files still settling that are neither."""
         running = {work.file.path for work in self.active.values()}
+        runtimes = self._ctx.runtimes
         queued = {ready.path: key for key, ready in [*self.backlog, *self.reads.reading.values()]
-                  if ready.path not in running}
+                  if ready.path not in running and key in runtimes and not self._decided(runtimes[key], ready)}
         busy = running | queued.keys()
         settling = {key: sum(1 for path in runtime.tracker.pending_paths() if path not in busy)
                     for key, runtime in self._ctx.runtimes.items()}

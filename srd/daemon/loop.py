@@ -448,7 +448,8 @@ class Daemon:
         done = sum(c.done for c in ctx.counters.values())
         failed = sum(c.failed for c in ctx.counters.values())
         running = files.pool.running
-        queued = sum(inbox["queued"] + inbox["settling"] for inbox in status["inboxes"])
+        # As `srd status` counts it: a job handed to the pool is waiting until a worker takes it.
+        queued = sum(inbox["queued"] + inbox["settling"] + inbox["in_flight"] for inbox in status["inboxes"]) - running
         unhealthy = [r.inbox.path.name for r in ctx.runtimes.values() if not r.watcher.healthy]
         blocked = [b.outbox.name for b in files.pauses.outboxes.values()]
         modelless = [ctx.runtimes[key].inbox.path.name for key in files.pauses.models if key in ctx.runtimes]
