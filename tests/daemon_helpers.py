@@ -5,6 +5,7 @@ Imported by the tests directly (not a conftest) so it can't collide with the sha
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -210,6 +211,16 @@ def make_image(path: Path, size: tuple[int, int] = (24, 32), seed: int = 0) -> b
     ok, encoded = cv2.imencode(path.suffix, pixels)
     assert ok
     return encoded.tobytes()
+
+
+def animation(fmt: str, frames: int, **options: object) -> bytes:
+    """`frames` different frames saved by Pillow as one animated file (or multi-page TIFF)."""
+    from PIL import Image
+
+    pictures = [Image.new("RGB", (24, 16), (40 * i, 200 - 40 * i, 90)) for i in range(frames)]
+    buffer = io.BytesIO()
+    pictures[0].save(buffer, fmt, save_all=frames > 1, append_images=pictures[1:], **options)
+    return buffer.getvalue()
 
 
 def decoded_size(path: Path) -> tuple[int, int] | None:

@@ -19,6 +19,7 @@ from daemon_helpers import (
     ESPCN_X2,
     DaemonProcess,
     OutboxWatcher,
+    animation,
     decoded_size,
     descendants_of,
     files_under,
@@ -611,6 +612,34 @@ def test_a_file_rewritten_between_hashing_and_processing_is_recorded_as_what_was
     finally:
         daemon.close()
     assert decoded_size(tmp_path / "in-out" / "x.png") == DOUBLED
+
+
+def test_on_success_delete_keeps_a_source_whose_output_left_something_out(tmp_path: Path) -> None:
+    """An animation's output holds its first frame only: deleting the source would lose the rest for good. It is
+    kept (and its duplicate too, through the losses the ledger records), while a still is deleted as configured;
+    a restart leaves all of it as it is."""
+    inbox = tmp_path / "in"
+    daemon, now = inline_daemon(tmp_path, on_success="delete")
+    try:
+        (inbox / "anim.gif").write_bytes(animation("GIF", 3))
+        (inbox / "still.png").write_bytes(make_image(Path("x.png"), SIZE, 1))
+        settle(daemon, now, [inbox / "anim.gif", inbox / "still.png"], steps=24)
+        (inbox / "copy.gif").write_bytes(animation("GIF", 3))
+        settle(daemon, now, [inbox / "copy.gif"], steps=24)
+        assert daemon.ledger is not None
+        [entry] = [e for e in daemon.ledger.entries() if e.source.name == "anim.gif"]
+    finally:
+        daemon.close()
+    assert sorted(p.name for p in inbox.iterdir()) == ["anim.gif", "copy.gif"]
+    assert (entry.state.value, entry.disposition) == ("done", "kept")
+    assert entry.losses == ("only the first of its 3 frames is in the output",)
+    assert sorted(p.name for p in (tmp_path / "in-out").iterdir()) == ["anim.png", "still.png"]
+    daemon, now = inline_daemon(tmp_path, on_success="delete")
+    try:
+        settle(daemon, now, [inbox / "anim.gif", inbox / "copy.gif"], steps=24)
+    finally:
+        daemon.close()
+    assert sorted(p.name for p in inbox.iterdir()) == ["anim.gif", "copy.gif"]
 
 
 def test_a_job_ships_the_bytes_the_daemon_hashed_so_each_source_is_read_once(

@@ -24,7 +24,7 @@ from conftest import (
     jpeg_with_exif_thumbnail,
     progressive_jpeg_with_end_marker_comment,
 )
-from daemon_helpers import ESPCN_X2, DaemonProcess, inbox_config, srd, wait_for, write_config
+from daemon_helpers import ESPCN_X2, DaemonProcess, animation, inbox_config, srd, wait_for, write_config
 
 from srd.errors import ImageError
 from srd.imaging import heif
@@ -344,16 +344,6 @@ def test_a_translucent_heic_written_as_jpeg_is_flattened_on_white_and_says_so(tm
         (str(folder / "glass.heic"), "jpeg", "white")]
     out = cv2.imread(str(tmp_path / "out" / "glass.jpg"))
     assert out[30, 40, 1] > 100  # the red seen through 40 % opacity onto white is light, not dark red
-
-
-def animation(fmt: str, frames: int, **options: object) -> bytes:
-    """`frames` different frames saved by Pillow as one animated file (or multi-page TIFF)."""
-    from PIL import Image
-
-    pictures = [Image.new("RGB", (24, 16), (40 * i, 200 - 40 * i, 90)) for i in range(frames)]
-    buffer = io.BytesIO()
-    pictures[0].save(buffer, fmt, save_all=frames > 1, append_images=pictures[1:], **options)
-    return buffer.getvalue()
 
 
 @pytest.mark.parametrize(("fmt", "pillow_format"), [("gif", "GIF"), ("png", "PNG"), ("webp", "WEBP"),

@@ -78,7 +78,8 @@ def test_entries_persist_across_reopen_with_all_fields(tmp_path: Path) -> None:
     with Ledger.open(tmp_path, clock=clock) as ledger:
         done = ledger.record_start(_sha(1), FP, inbox="nas", source=PurePosixPath("a/b.jpg"))
         clock.now += 2.5
-        ledger.record_done(done.key, output=tmp_path / "out" / "b.png", output_size=1234)
+        ledger.record_done(done.key, output=tmp_path / "out" / "b.png", output_size=1234,
+                           losses=("only the first of its 3 frames is in the output",))
         ledger.record_disposed(done.key, "archived")
         failed = ledger.record_start(_sha(2), FP, inbox="local", source="c.png")
         ledger.record_failed(failed.key, error="not an image")
@@ -91,6 +92,7 @@ def test_entries_persist_across_reopen_with_all_fields(tmp_path: Path) -> None:
         assert entry.state is State.DONE
         assert (entry.inbox, entry.source, entry.attempts) == ("nas", PurePosixPath("a/b.jpg"), 1)
         assert (entry.output, entry.output_size, entry.disposition) == (tmp_path / "out" / "b.png", 1234, "archived")
+        assert entry.losses == ("only the first of its 3 frames is in the output",)
         assert entry.created_ts == 1_700_000_000.0
         assert entry.updated_ts == 1_700_000_002.5
         assert entry.created_at == "2023-11-14T22:13:20.000+00:00"
@@ -188,7 +190,7 @@ def test_compaction_preserves_entries_and_hashes_and_empties_journal(tmp_path: P
         for n in range(5):
             entry = ledger.record_start(_sha(n), FP, inbox="nas", source=f"{n}.jpg")
             if n % 2:
-                ledger.record_done(entry.key, output=tmp_path / f"{n}.png", output_size=n)
+                ledger.record_done(entry.key, output=tmp_path / f"{n}.png", output_size=n, losses=("x",) * (n // 2))
             ledger.remember_hash("nas", f"{n}.jpg", _v(n, n * 10), sha256=_sha(n))
         ledger.forget(make_key(_sha(0), FP))
         ledger.forget_hash("nas", "0.jpg")
@@ -579,7 +581,7 @@ def test_strikes_count_only_pinned_deaths_and_a_solo_start_is_pinned_when_the_da
 
 def test_ledgers_written_by_older_srd_versions_still_load(tmp_path: Path) -> None:
     """A format 1 snapshot (no owner table, five-field stat-cache lines) and journal records without
-    strikes/solo load: each done entry owns its output (an older claim on the same path is dropped as the
+    strikes/solo/losses load: each done entry owns its output (an older claim on the same path is dropped as the
     stale kind), the old stat-cache lines are not trusted (inode and ctime unknown), nothing is pinned."""
     def record(n: int, source: str, output: str | None, ts: float) -> dict:
         return {"key": make_key(_sha(n), FP), "sha256": _sha(n), "fingerprint": FP, "inbox": "nas",
@@ -595,6 +597,7 @@ def test_ledgers_written_by_older_srd_versions_still_load(tmp_path: Path) -> Non
     with Ledger.open(tmp_path) as ledger:
         assert sorted(_all(ledger)) == sorted([make_key(_sha(2), FP), make_key(_sha(3), FP)])
         assert ledger.owner("/out/a.png") == Owner("nas", "a.png", make_key(_sha(2), FP))
+        assert ledger.get(make_key(_sha(2), FP)).losses == ()  # type: ignore[union-attr]
         assert ledger.cached_hash("nas", "a.png", _v(10, 20)) is None
         unfinished = ledger.get(make_key(_sha(3), FP))
         assert (unfinished.attempts, unfinished.strikes, unfinished.solo) == (3, 0, False)

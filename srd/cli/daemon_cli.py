@@ -138,6 +138,7 @@ def _describe(entry: Entry) -> dict[str, Any]:
         "attempts": entry.attempts, "strikes": entry.strikes, "created_at": entry.created_at,
         "updated_at": entry.updated_at, "output": None if entry.output is None else str(entry.output),
         "output_size": entry.output_size, "error": entry.error, "disposition": entry.disposition,
+        "losses": list(entry.losses),
     }
 
 

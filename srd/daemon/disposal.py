@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Container
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,9 +67,21 @@ class Disposal:
         self.start(SourceStep(Action.FAIL, file.inbox_id, file.inbox.path, file.rel, file.version, file.inbox.failed,
                               journaled, details, report_if_gone))
 
-    def dispose(self, file: SourceFile, key: str | None) -> None:
-        """Apply ``on_success`` to a source whose content has an output; journal it for ledger entries."""
+    def on_success(self, file: SourceFile, losses: Sequence[str]) -> str:
+        """What becomes of a source whose output left `losses` out of it (`JobResult.losses`): its inbox's
+        ``on_success``, except that such a source is never deleted, since the output does not stand for it
+        (an animation's frames, a scan's pages, transparency, metadata would be gone for good): it is kept."""
         on_success = file.inbox.on_success
+        if on_success == "delete" and losses:
+            log.warning("source_kept_not_deleted", src=str(file.path), losses=list(losses),
+                        reason="its output left out what only the source has")
+            return "keep"
+        return on_success
+
+    def dispose(self, file: SourceFile, key: str | None, losses: Sequence[str]) -> None:
+        """Apply ``on_success`` (see `on_success`) to a source whose content has an output whose losses are
+        `losses`; journal it for ledger entries."""
+        on_success = self.on_success(file, losses)
         if on_success == "keep":
             disposition = self.keep(file)
             if key is not None:

@@ -364,19 +364,21 @@ class Lifecycle:
                    and entry.source.as_posix() == rel)
         if own_job:
             return entry is not None and source_step_done(entry.disposition)
-        return runtime.inbox.on_success == "keep"
+        return runtime.inbox.on_success == "keep" or (entry is not None and bool(entry.losses)
+                                                       and runtime.inbox.on_success == "delete")
 
     def _already_done(self, runtime: InboxRuntime, file: SourceFile, entry: Entry | None) -> None:
         """An output srd wrote for this path holds this content's picture: at most the source step is left."""
         own_job = (entry is not None and entry.state == State.DONE and entry.inbox == runtime.inbox_id
                    and entry.source == file.rel)
+        losses = entry.losses if entry is not None else ()
         if own_job and entry is not None and not source_step_done(entry.disposition):
             # A crash (or a late write) postponed the source step.
-            self.disposal.dispose(file, entry.key)
+            self.disposal.dispose(file, entry.key, losses)
         elif not own_job and runtime.inbox.on_success != "keep":
             # A duplicate's output: its source step isn't journaled, and the file still being here says
             # it did not happen (or failed); do it now.
-            self.disposal.dispose(file, None)
+            self.disposal.dispose(file, None, losses)
         else:
             runtime.handled[file.path] = file.version
 
@@ -415,7 +417,7 @@ class Lifecycle:
         report = log.debug if seen_before and how == "skipped" else log.info
         report("duplicate", src=str(file.path), same_as=str(entry.source), output=str(entry.output), action=how,
                **({"to": str(target)} if target is not None else {}))
-        self.disposal.dispose(file, None)
+        self.disposal.dispose(file, None, entry.losses)
         return True
 
     # -- submitted, running --------------------------------------------------------------------------------

@@ -82,14 +82,15 @@ class Outcomes:
         superseded = self._superseded(work)
         # Keeping the source touches nothing, so what was done with it can share the `done` record (one
         # fsync fewer); archiving or deleting it must wait until `done` is durable.
-        step_after_done = not changed and not superseded and file.inbox.on_success != "keep"
+        on_success = "keep" if changed or superseded else self._disposal.on_success(file, result.losses)
         if changed:
             disposition: str | None = KEPT_CHANGED
-        elif step_after_done:
+        elif on_success != "keep":
             disposition = None
         else:
             disposition = self._disposal.keep(file)
-        ledger.record_done(key, output=result.output, output_size=output_size, disposition=disposition)
+        ledger.record_done(key, output=result.output, output_size=output_size, disposition=disposition,
+                           losses=result.losses)
         ctx.counters[file.inbox_id].count_success()
         model, scale = _upscale_summary(work.profile)
         log.info("file_processed", src=str(file.path), out=str(result.output), profile=work.profile.name,
@@ -104,8 +105,8 @@ class Outcomes:
                 log.info("profile_changed_while_running", src=str(file.path), profile=work.profile.name,
                          then=work.fingerprint, now=self._ctx.runtimes[file.inbox_id].fingerprint)
             ctx.rehint(file.inbox_id, file.path)  # its newer content, or its current profile, when it settles
-        elif step_after_done:
-            self._disposal.dispose(file, key)
+        elif on_success != "keep":
+            self._disposal.dispose(file, key, result.losses)
 
     def _superseded(self, work: Work) -> bool:
         """Whether a reload has given the work's inbox another fingerprint since the work was submitted."""

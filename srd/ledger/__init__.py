@@ -22,7 +22,8 @@ Journal records (each may also carry ``"cache": {"set": [...], "unset": [...]}``
 
 - ``{"seq", "op": "put", "entry": {...}}``: an entry's whole state. A ``done`` entry takes its output path
   over (see outputs above). Since format 2 an entry also has ``strikes`` and ``solo``; records without them
-  (older srd) load as 0 and false.
+  (older srd) load as 0 and false. A ``done`` entry's ``losses`` (what its output left out of the source, in
+  words) came later; records without it load as none.
 - ``{"seq", "op": "own", "output", "inbox", "source", "key"}``: srd gave `output` this content's picture for
   that source without a job of its own (a duplicate's link or copy).
 - ``{"seq", "op": "forget", "key"}``: an entry removed; outputs it owned keep their source, lose their key.

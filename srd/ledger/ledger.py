@@ -271,16 +271,19 @@ class Ledger:
         return [self.record_strike(key) for key, row in self._store.tables.entries_in_state(State.STARTED)
                 if row.solo]
 
-    def record_done(self, key: str, *, output: Path, output_size: int, disposition: str | None = None) -> Entry:
-        """Record that the output of a started entry is durably in place, and, when it is already known, what
-        was done with the source (as `record_disposed` would, in the same record).
+    def record_done(self, key: str, *, output: Path, output_size: int, disposition: str | None = None,
+                    losses: tuple[str, ...] = ()) -> Entry:
+        """Record that the output of a started entry is durably in place, what it left out of its source
+        (`Entry.losses`), and, when it is already known, what was done with the source (as `record_disposed`
+        would, in the same record).
 
         Raises:
             KeyError: No such entry.
             ValueError: The entry is not ``started``.
         """
         row = self._transition(key, {State.STARTED}, State.DONE)
-        return self._put(key, row._replace(output=str(output), output_size=output_size, disposition=disposition))
+        return self._put(key, row._replace(output=str(output), output_size=output_size, disposition=disposition,
+                                           losses=losses))
 
     def record_failed(self, key: str, *, error: str) -> Entry:
         """Record that a started entry failed, with the reason shown to the user.

@@ -71,6 +71,8 @@ class Entry:
             strikes reach ``max_attempts``; a daemon killed with several jobs in flight charges none of them.
         solo: The current start runs alone (a retry after a death that could not be pinned on one file): if
             the daemon dies now, the next start charges the strike to this content.
+        losses: What the output left out of the source, in words (``done`` only; see `JobResult.losses`):
+            where there is any, the output does not stand for the source, which is then never deleted.
     """
 
     key: str
@@ -91,6 +93,7 @@ class Entry:
     target: Path | None
     strikes: int
     solo: bool
+    losses: tuple[str, ...]
 
     @classmethod
     def from_row(cls, key: str, row: Row) -> Entry:
@@ -103,7 +106,7 @@ class Entry:
             updated_at=iso(row.updated_ts), updated_ts=row.updated_ts,
             output=None if row.output is None else Path(row.output), output_size=row.output_size,
             error=row.error, disposition=row.disposition, target=None if row.target is None else Path(row.target),
-            strikes=row.strikes, solo=row.solo,
+            strikes=row.strikes, solo=row.solo, losses=row.losses,
         )
 
 
@@ -124,6 +127,7 @@ class Row(NamedTuple):
     target: str | None
     strikes: int
     solo: bool
+    losses: tuple[str, ...] = ()
 
 
 class Owner(NamedTuple):
@@ -161,8 +165,8 @@ def row_of(record: dict[str, Any]) -> Row:
         sys.intern(record["inbox"]), sys.intern(record["source"]), state, record["attempts"],
         record["created_ts"], record["updated_ts"], record["output"], record["output_size"], record["error"],
         None if disposition is None else sys.intern(disposition),
-        # Absent from records of older srd versions: no reservation, no deaths pinned, not alone.
-        record.get("target"), record.get("strikes", 0), record.get("solo", False),
+        # Absent from records of older srd versions: no reservation, no deaths pinned, not alone, nothing lost.
+        record.get("target"), record.get("strikes", 0), record.get("solo", False), tuple(record.get("losses", ())),
     )
 
 
@@ -175,7 +179,7 @@ def stored_record(key: str, row: Row) -> dict[str, Any]:
         "created_at": iso(row.created_ts), "created_ts": row.created_ts,
         "updated_at": iso(row.updated_ts), "updated_ts": row.updated_ts,
         "output": row.output, "output_size": row.output_size, "error": row.error, "disposition": row.disposition,
-        "target": row.target, "strikes": row.strikes, "solo": row.solo,
+        "target": row.target, "strikes": row.strikes, "solo": row.solo, "losses": list(row.losses),
     }
 
 
