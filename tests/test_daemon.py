@@ -535,10 +535,11 @@ class InlineOffloader:
     def close(self) -> None: ...
 
 
-def inline_daemon(tmp_path: Path, before_job=lambda job: None, offloader=None, **inbox_settings) -> tuple:
+def inline_daemon(tmp_path: Path, before_job=lambda job: None, offloader=None, profile=None, **inbox_settings) -> tuple:
     """A Daemon whose time is a list the test advances and whose jobs run inline with the real model (and its
-    off-loop work too, unless `offloader` says otherwise)."""
-    config = load_config(write_config(tmp_path, [inbox_config(tmp_path, **inbox_settings)]))
+    off-loop work too, unless `offloader` says otherwise), with `profile` for the inbox if one is given."""
+    profiles = {} if profile is None else {"profiles": {"test": profile}}
+    config = load_config(write_config(tmp_path, [inbox_config(tmp_path, **inbox_settings)], **profiles))
     context = StageContext(config.worker_engine(), config.model_dirs)
 
     def run(job: Job) -> JobResult:
@@ -640,6 +641,37 @@ def test_on_success_delete_keeps_a_source_whose_output_left_something_out(tmp_pa
     finally:
         daemon.close()
     assert sorted(p.name for p in inbox.iterdir()) == ["anim.gif", "copy.gif"]
+
+
+def test_an_output_written_under_a_new_name_removes_the_one_srd_wrote_for_the_source_before(tmp_path: Path) -> None:
+    """A profile change that also changes the output format redoes each file into a new name: the outdated
+    outputs under the old name go, unless they are no longer what srd wrote (a consumer's file in their place)."""
+    inbox, outbox = tmp_path / "in", tmp_path / "in-out"
+    upscale = {"upscale": {"model": str(ESPCN_X2), "scale": 2}}
+    daemon, now = inline_daemon(tmp_path, profile={"stages": [upscale], "output": {"format": "png"}})
+    try:
+        for name in ("a", "b"):
+            (inbox / f"{name}.png").write_bytes(make_image(Path("x.png"), SIZE, ord(name)))
+        settle(daemon, now, [inbox / "a.png", inbox / "b.png"], steps=24)
+    finally:
+        daemon.close()
+    assert sorted(p.name for p in outbox.iterdir()) == ["a.png", "b.png"]
+    (outbox / "b.png").write_bytes(b"a consumer's own file, put where srd's output was")
+    denoised = {"stages": [{"denoise": {"strength": 3}}, upscale], "output": {"format": "jpg"}}
+    daemon, now = inline_daemon(tmp_path, profile=denoised)
+    try:
+        settle(daemon, now, [inbox / "a.png", inbox / "b.png"], steps=24)
+        assert daemon.ledger is not None
+        sources = sorted(e.source.name for e in daemon.ledger.entries())
+        removed = daemon.ledger.owner(outbox / "a.png")
+    finally:
+        daemon.close()
+    assert sorted(p.name for p in outbox.iterdir()) == ["a.jpg", "b.jpg", "b.png"]
+    assert (outbox / "b.png").read_bytes().startswith(b"a consumer's own file")
+    assert decoded_size(outbox / "a.jpg") == DOUBLED
+    # a.png's old entry went with its output (its content is made again if it comes back); b.png's stays.
+    assert removed is not None and (removed.source, removed.key) == ("a.png", None)
+    assert sources == ["a.png", "b.png", "b.png"]
 
 
 def test_a_job_ships_the_bytes_the_daemon_hashed_so_each_source_is_read_once(

@@ -53,6 +53,7 @@ from srd.daemon.pools import PoolBuilder
 from srd.daemon.probe import OffLoopReads, ReadToken
 from srd.daemon.settle import Look, ReadyFile
 from srd.daemon.sourcefile import SourceFile, Work
+from srd.daemon.superseded import remove_superseded
 from srd.daemon.targets import choose_target
 from srd.errors import ImageError, OutputError, describe_os_error
 from srd.executors.job import Content, Job
@@ -414,6 +415,7 @@ class Lifecycle:
                 if not _same_file(entry.output, target):
                     how = link_or_copy(output_root, entry.output, runtime.inbox.outbox, target, replace=True)
                 ledger.record_output(target, inbox=runtime.inbox_id, source=file.rel, key=entry.key)
+                remove_superseded(ledger, runtime.inbox.outbox, runtime.inbox_id, file.rel, target, self._in_flight())
         report = log.debug if seen_before and how == "skipped" else log.info
         report("duplicate", src=str(file.path), same_as=str(entry.source), output=str(entry.output), action=how,
                **({"to": str(target)} if target is not None else {}))

@@ -16,6 +16,7 @@ from srd.daemon.fileevents import FileOutcome
 from srd.daemon.outbox import BLOCKING_ERRNOS, REFUSED_FOLDER_ERRNOS
 from srd.daemon.pauses import Pauses, SlowWriters
 from srd.daemon.sourcefile import Work
+from srd.daemon.superseded import remove_superseded
 from srd.engine.pipeline import Upscale
 from srd.executors.job import JobResult
 from srd.executors.pool import Finished, Lost, Outcome
@@ -91,6 +92,8 @@ class Outcomes:
             disposition = self._disposal.keep(file)
         ledger.record_done(key, output=result.output, output_size=output_size, disposition=disposition,
                            losses=result.losses)
+        remove_superseded(ledger, file.inbox.outbox, file.inbox_id, file.rel, result.output,
+                          {other.target for other in self._active.values()})
         ctx.counters[file.inbox_id].count_success()
         model, scale = _upscale_summary(work.profile)
         log.info("file_processed", src=str(file.path), out=str(result.output), profile=work.profile.name,

@@ -25,7 +25,8 @@ Journal records (each may also carry ``"cache": {"set": [...], "unset": [...]}``
   (older srd) load as 0 and false. A ``done`` entry's ``losses`` (what its output left out of the source, in
   words) came later; records without it load as none.
 - ``{"seq", "op": "own", "output", "inbox", "source", "key"}``: srd gave `output` this content's picture for
-  that source without a job of its own (a duplicate's link or copy).
+  that source without a job of its own (a duplicate's link or copy); with a null key, srd removed the file
+  there (an earlier output the source's newer one superseded) and the name stays the source's.
 - ``{"seq", "op": "forget", "key"}``: an entry removed; outputs it owned keep their source, lose their key.
 - ``{"seq", "op": "cache"}``: only stat-cache changes.
 - ``{"seq", "op": "snapshot"}``: the first line after a compaction; its ``seq`` is the snapshot's, so a

@@ -310,9 +310,10 @@ class Ledger:
             raise ValueError(f"ledger entry {key} is {old.state}, not done or failed")
         return self._put(key, old._replace(disposition=disposition, updated_ts=self._clock()))
 
-    def record_output(self, output: Path, *, inbox: str, source: PurePath | str, key: str) -> None:
+    def record_output(self, output: Path, *, inbox: str, source: PurePath | str, key: str | None) -> None:
         """Record that srd gave `output` the picture of content `key` for this source without a job of its own
         (a duplicate's hard link or copy). Like a ``done`` record, it takes the path over from its last owner.
+        With `key` None the name stays the source's but proves nothing (srd removed the file it held).
         """
         self._store.append({"op": "own", "output": str(output), "inbox": inbox,
                       "source": PurePosixPath(source).as_posix(), "key": key})
