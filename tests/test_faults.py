@@ -29,6 +29,7 @@ from daemon_helpers import (
     DaemonProcess,
     decoded_size,
     descendants_of,
+    in_flight,
     inbox_config,
     make_image,
     read_status,
@@ -172,12 +173,15 @@ def test_a_model_of_another_scale_than_configured_stops_the_start_and_is_refused
 def test_a_job_running_through_a_reload_that_changes_its_profile_is_redone_under_the_new_one(tmp_path: Path) -> None:
     """The job was submitted under the old profile and finishes after the reload: its output is the old
     profile's, so it is not the file's last word. It used to be (the file remembered as decided, its stale output
-    kept, `srd status` idle) until the next restart."""
+    kept, `srd status` idle) until the next restart. A job still waiting for the worker is taken back at the
+    reload and runs once, under the new profile (it used to run under the old one first, then again)."""
     config = write_config(tmp_path, stages=[{"upscale": {"model": "edsr-base", "scale": 2}}])
     big = (300, 400)  # about 3 s of edsr-base on one thread: still running when the reload lands
     with running(config) as daemon:
         (tmp_path / "in" / "slow.png").write_bytes(make_image(Path("x.png"), big, 4))
         daemon.wait_event("file_started")
+        (tmp_path / "in" / "queued.png").write_bytes(make_image(Path("x.png"), SIZE, 5))
+        wait_for(lambda: in_flight(tmp_path / "state") == 2, 30, "the second job to be queued")
         write_config(tmp_path, stages=[{"upscale": {"model": str(ESPCN_X2.parent / "ESPCN_x3.pb"), "scale": 3}}])
         daemon.proc.send_signal(signal.SIGHUP)
         daemon.wait_event("config_reloaded")
@@ -186,8 +190,12 @@ def test_a_job_running_through_a_reload_that_changes_its_profile_is_redone_under
         output = tmp_path / "in-out" / "slow.png"
         wait_for(lambda: output.exists() and decoded_size(output) == (900, 1200), 60,
                  "the file redone under the new profile\n" + daemon.log_tail())
+        wait_for(lambda: decoded_size(tmp_path / "in-out" / "queued.png") == (SIZE[0] * 3, SIZE[1] * 3), 30,
+                 "the queued file done under the new profile")
         assert daemon.stop() == 0
-    assert sorted(p.name for p in (tmp_path / "in-out").iterdir()) == ["slow.png"]  # replaced, not beside it
+    assert sorted(p.name for p in (tmp_path / "in-out").iterdir()) == ["queued.png", "slow.png"]  # replaced in place
+    queued = [e for e in daemon.events("file_processed") if e["src"].endswith("queued.png")]
+    assert [e["scale"] for e in queued] == [3.0] and daemon.events("queued_jobs_requeued")[0]["jobs"] == 1
 
 
 def test_files_waiting_behind_a_busy_pool_are_queued_once_however_many_scans_pass(tmp_path: Path) -> None:

@@ -510,6 +510,10 @@ class Lifecycle:
             self.pauses.parked.append(outcome)
             self.state_unwritable(exc).waiting.add(work.file.path)
             return
+        self._release_deferred()
+
+    def _release_deferred(self) -> None:
+        """Hint the files that waited for a job on their path or content to end."""
         for path, inbox_key in list(self._deferred.items()):
             self._ctx.hint(inbox_key, path)
         self._deferred.clear()
@@ -553,15 +557,33 @@ class Lifecycle:
 
     def _withdraw(self, inbox_key: str) -> set[Path]:
         """Take back the inbox's jobs that no worker has taken yet; returns their files."""
-        withdrawn = self.pool.withdraw([token for token, work in self.active.items()
-                                        if work.file.inbox_id == inbox_key])
-        files = set()
+        return {work.file.path for work in self._take_back(lambda work: work.file.inbox_id == inbox_key)}
+
+    def requeue_superseded(self) -> None:
+        """After a reload: the jobs no worker has taken yet whose inbox now has another profile are taken back,
+        and their files judged again under it, rather than run under the old profile and then done again."""
+        runtimes = self._ctx.runtimes
+
+        def superseded(work: Work) -> bool:
+            runtime = runtimes.get(work.file.inbox_id)
+            return runtime is not None and runtime.fingerprint != work.fingerprint
+
+        taken = self._take_back(superseded)
+        for work in taken:
+            self._ctx.rehint(work.file.inbox_id, work.file.path)
+        if taken:
+            self._release_deferred()  # files that waited for those jobs
+            log.info("queued_jobs_requeued", jobs=len(taken), reason="their inbox's profile changed")
+
+    def _take_back(self, which: Callable[[Work], bool]) -> list[Work]:
+        """Take back the jobs `which` selects that no worker has taken yet."""
+        withdrawn = self.pool.withdraw([token for token, work in self.active.items() if which(work)])
+        works = []
         for token in withdrawn:
             assert isinstance(token, str)  # the pool hands back the work keys it was given
-            work = self.active.pop(token)
+            works.append(self.active.pop(token))
             self._solo.discard(token)
-            files.add(work.file.path)
-        return files
+        return works
 
     def replace_stale_pool(self) -> None:
         """A reload changed the pool's settings: replace it once its jobs are done."""

@@ -428,6 +428,7 @@ class Daemon:
             claims.release(gone)
         ctx.runtimes = runtimes
         self._files.backlog.keep_only(lambda item: item[0] in ctx.runtimes)
+        self._files.requeue_superseded()
         if new.metrics != old.metrics:
             log.warning("metrics_listener_unchanged", listen=old.metrics.listen if old.metrics else None,
                         reason="the metrics listener changes at the next start of srd")
