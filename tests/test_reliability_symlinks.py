@@ -117,8 +117,9 @@ def test_an_inbox_root_swapped_for_a_symlink_is_unhealthy_not_adopted(tmp_path: 
 
 def test_a_symlinked_subfolder_planted_in_the_outbox_is_never_written_through(tmp_path: Path) -> None:
     """Someone tidying a shared outbox replaces outbox/sub by a symlink to another folder: nothing is written
-    outside, and the refusal is the folder's fault, not the photos': the inbox pauses (unhealthy, saying why),
-    no file is failed or left behind, and once the link is gone every waiting file is processed."""
+    outside, and the refusal is the folder's fault, not the photos': the files bound for it wait (the inbox
+    unhealthy, saying why) while the rest go on, no file is failed or left behind, and once the link is gone every
+    waiting file is processed."""
     layout = make_layout(tmp_path / "srd", reconcile_interval=2)
     outside = tmp_path / "elsewhere"
     outside.mkdir()
@@ -130,17 +131,18 @@ def test_a_symlinked_subfolder_planted_in_the_outbox_is_never_written_through(tm
         swap_for_link(layout.outbox / "sub", outside)
         (layout.inbox / "sub" / "two.png").write_bytes(image_bytes(".png", SIZE, 2))
         (layout.inbox / "top.png").write_bytes(image_bytes(".png", SIZE, 3))
-        paused = daemon.wait_event("outbox_unwritable_paused", timeout=30)[0]
-        assert NOT_FOLLOWED in paused["error"]
-        shown = wait_for(lambda: "outbox unwritable" in (out := srd("status", "--config", str(layout.config)).stdout)
+        paused = daemon.wait_event("outbox_folder_unwritable_paused", timeout=30)[0]
+        assert NOT_FOLLOWED in paused["error"] and paused["folder"] == str(layout.outbox / "sub")
+        shown = wait_for(lambda: "outbox folder" in (out := srd("status", "--config", str(layout.config)).stdout)
                          and out, 10, "srd status to show the refused outbox folder")
-        assert NOT_FOLLOWED in shown and "unhealthy" in shown
+        assert NOT_FOLLOWED in shown and "unhealthy" in shown and f"{layout.outbox / 'sub'} unwritable" in shown
+        wait_for(lambda: (layout.outbox / "top.png").exists(), 30, "the file bound for the outbox root, meanwhile")
         time.sleep(3)  # a reconcile scan or two while paused: the refused file is neither failed nor processed
         assert daemon.proc.poll() is None
         assert list(outside.iterdir()) == [], "srd wrote through a symlink in the outbox"
         assert (layout.inbox / "sub" / "two.png").exists() and files_under(layout.failed) == {}
         (layout.outbox / "sub").unlink()  # tidied again
-        daemon.wait_event("outbox_writable_resumed", timeout=30)
+        daemon.wait_event("outbox_folder_writable_resumed", timeout=30)
         wait_for(lambda: {"sub/two.png", "top.png"} <= set(files_under(layout.outbox)), 30,
                  "the waiting files to be processed once the folder is fixed\n" + daemon.log_tail())
         assert daemon.stop() == 0
@@ -149,10 +151,10 @@ def test_a_symlinked_subfolder_planted_in_the_outbox_is_never_written_through(tm
     assert set(files_under(layout.outbox)) == {"sub.old/one.png", "top.png", "sub/two.png"}
 
 
-def test_an_outbox_subfolder_replaced_by_a_file_pauses_the_inbox_and_fails_no_photo(tmp_path: Path) -> None:
+def test_an_outbox_subfolder_replaced_by_a_file_pauses_only_its_photos_and_fails_none(tmp_path: Path) -> None:
     """outbox/sub deleted and a file written in its place: like a symlink there, the folder's fault, not the
-    photos': the inbox pauses (unhealthy, `srd status --check` exit 9), nothing is failed, and once the file is
-    gone the waiting photos are processed."""
+    photos': its photos wait (the inbox unhealthy, `srd status --check` exit 9) while one bound for another folder
+    is processed, nothing is failed, and once the file is gone the waiting photos are processed."""
     layout = make_layout(tmp_path / "srd", reconcile_interval=2)
     (layout.outbox / "sub").parent.mkdir(parents=True, exist_ok=True)
     (layout.outbox / "sub").write_text("not a folder\n")
@@ -160,15 +162,18 @@ def test_an_outbox_subfolder_replaced_by_a_file_pauses_the_inbox_and_fails_no_ph
         (layout.inbox / "sub").mkdir()
         for i in range(3):
             (layout.inbox / "sub" / f"{i}.png").write_bytes(image_bytes(".png", SIZE, i))
-        paused = daemon.wait_event("outbox_unwritable_paused", timeout=30)[0]
+        paused = daemon.wait_event("outbox_folder_unwritable_paused", timeout=30)[0]
         assert "Not a directory" in paused["error"]
+        (layout.inbox / "other").mkdir()
+        (layout.inbox / "other" / "x.png").write_bytes(image_bytes(".png", SIZE, 9))
         check = wait_for(lambda: (r := srd("status", "--check", "--config", str(layout.config))).returncode == 9
                          and r, 10, "srd status --check to report the inbox unhealthy")
-        assert "unhealthy" in check.stdout and "unwritable" in check.stdout
+        assert "unhealthy" in check.stdout and f"outbox folder {layout.outbox / 'sub'} unwritable" in check.stdout
+        wait_for(lambda: (layout.outbox / "other" / "x.png").exists(), 30, "the photo bound for another folder")
         time.sleep(3)  # reconcile scans while paused: no photo is failed for the folder's fault
         assert files_under(layout.failed) == {} and len(list((layout.inbox / "sub").iterdir())) == 3
         (layout.outbox / "sub").unlink()
-        daemon.wait_event("outbox_writable_resumed", timeout=30)
+        daemon.wait_event("outbox_folder_writable_resumed", timeout=30)
         wait_for(lambda: {f"sub/{i}.png" for i in range(3)} <= set(files_under(layout.outbox)), 30,
                  "the waiting photos to be processed once the file is gone\n" + daemon.log_tail())
         assert daemon.stop() == 0

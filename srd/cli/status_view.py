@@ -117,6 +117,10 @@ def render(view: Assessment, where: StateDirChoice, now: datetime | None = None)
         if outbox_state.get("state") != "ok":
             lines.append(f"{inbox['path']}: outbox unwritable since {outbox_state.get('since')}, "
                          f"{outbox_state.get('waiting')} input(s) waiting: {outbox_state.get('error')}")
+        for folder in inbox.get("refused_folders") or []:
+            lines.append(f"{inbox['path']}: outbox folder {folder.get('folder')} unwritable since "
+                         f"{folder.get('since')}, {folder.get('waiting')} input(s) for it waiting (the rest go on): "
+                         f"{folder.get('error')}")
         model_state = inbox.get("model_state") or {"state": "ok"}
         if model_state.get("state") != "ok":
             lines.append(f"{inbox['path']}: model unavailable since {model_state.get('since')}, "

@@ -184,9 +184,9 @@ class Lifecycle:
                 self._claims.pause(key, self._withdraw)
                 self._claims.paused[key].add(ready.path)  # another daemon may own it now: wait for the claim
                 continue
-            block = self.pauses.outboxes.get(key) or self.pauses.models.get(key)
+            block = self.pauses.block_for(key, runtime.inbox, ready.path)
             if block is not None:
-                block.waiting.add(ready.path)  # its outbox refuses writes, or its model is away: wait for it
+                block.waiting.add(ready.path)  # its outbox (folder) refuses writes, or its model is away: wait for it
                 continue
             try:
                 with bound_contextvars(inbox=key):  # every line about this file names its inbox

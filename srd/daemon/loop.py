@@ -453,6 +453,7 @@ class Daemon:
         queued = sum(inbox["queued"] + inbox["settling"] + inbox["in_flight"] for inbox in status["inboxes"]) - running
         unhealthy = [r.inbox.path.name for r in ctx.runtimes.values() if not r.watcher.healthy]
         blocked = [b.outbox.name for b in files.pauses.outboxes.values()]
+        blocked += [str(folder) for folders in files.pauses.folders.values() for folder in folders]
         modelless = [ctx.runtimes[key].inbox.path.name for key in files.pauses.models if key in ctx.runtimes]
         unclaimed = [ctx.runtimes[key].inbox.path.name for key in self._claims.paused if key in ctx.runtimes]
         text = f"{running} running, {queued} waiting, {done} done, {failed} failed"

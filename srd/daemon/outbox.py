@@ -53,7 +53,7 @@ def accepts_files(folder: Path) -> bool:
 
 @dataclass
 class OutboxBlock:
-    """One inbox's paused state: why, since when, and the inputs waiting for the outbox to recover."""
+    """An outbox (or one folder of it) that refuses writes: why, since when, and the inputs waiting for it."""
 
     outbox: Path
     reason: str
@@ -88,4 +88,6 @@ class OutboxBlock:
         return free is None or self.free_at_block is None or free > self.free_at_block
 
     def describe(self) -> dict[str, object]:
-        return {"state": "unwritable", "since": self.since_wall, "error": self.reason, "waiting": len(self.waiting)}
+        folder = {} if self.refused_folder is None else {"folder": str(self.refused_folder)}
+        return {"state": "unwritable", **folder, "since": self.since_wall, "error": self.reason,
+                "waiting": len(self.waiting)}

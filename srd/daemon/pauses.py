@@ -1,10 +1,11 @@
 """What makes files wait without costing them anything: a folder that refuses writes, a model that can't be had,
 and a slow writer.
 
-A full or read-only outbox pauses its inbox, a full or read-only state dir pauses the daemon (docs/design.md
-§4), a model file that no longer holds the bytes checked (replaced, removed or broken without a reload) pauses
-the inboxes that use it until the file is back or a reload checks the new one, and a file that is still being
-written goes back to settling after a growing back-off (§3, "Slow writers"). None of them is the file's fault.
+A full or read-only outbox pauses its inbox, an outbox folder srd will not enter (a symlink, a file in its place)
+pauses the files bound for it, a full or read-only state dir pauses the daemon (docs/design.md §4), a model file
+that no longer holds the bytes checked (replaced, removed or broken without a reload) pauses the inboxes that use
+it until the file is back or a reload checks the new one, and a file that is still being written goes back to
+settling after a growing back-off (§3, "Slow writers"). None of them is the file's fault.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import structlog
 
-from srd.config import Config, Profile
+from srd.config import Config, Inbox, Profile
 from srd.daemon.context import Context
 from srd.daemon.outbox import OutboxBlock
 from srd.engine.pipeline import StageContext
@@ -30,11 +31,13 @@ MODEL_RECHECK_S = 5.0
 
 
 class Pauses:
-    """The outboxes (per inbox id) and the state dir that refuse writes, and what waits for them."""
+    """The outboxes (per inbox id), outbox folders and the state dir that refuse writes, and what waits for them."""
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
         self.outboxes: dict[str, OutboxBlock] = {}
+        # Per inbox id, the outbox folders srd refused to enter, by folder: only the files bound for one wait.
+        self.folders: dict[str, dict[Path, OutboxBlock]] = {}
         self.models: dict[str, ModelBlock] = {}  # per inbox id
         self._model_context: tuple[Config, StageContext] | None = None
         # The state dir refuses writes (full, read-only): nothing new starts, and the outcomes that could not
@@ -61,31 +64,61 @@ class Pauses:
                  paused_s=round(self._ctx.clock() - block.since, 1))
         return True
 
+    def block_for(self, inbox_key: str, inbox: Inbox, path: Path) -> OutboxBlock | ModelBlock | None:
+        """What the inbox file `path` waits for before it is judged, if anything: its inbox's outbox or model, or
+        the outbox folder its output goes to (or one above it)."""
+        block = self.outboxes.get(inbox_key) or self.models.get(inbox_key)
+        folders = self.folders.get(inbox_key)
+        if block is not None or not folders:
+            return block
+        output_folder = inbox.outbox / path.parent.relative_to(inbox.path)
+        return next((block for folder, block in folders.items() if output_folder.is_relative_to(folder)), None)
+
     def block_outbox(self, inbox_key: str, outbox: Path, path: Path, reason: str, code: int,
                      refused_folder: Path | None = None) -> None:
-        """Pause the inbox: its outbox refused `path`'s output (`refused_folder`: the folder srd would not enter
-        because it is a symlink, checked again before resuming)."""
-        block = self.outboxes.get(inbox_key)
-        if block is None:
-            block = self.outboxes[inbox_key] = OutboxBlock.start(outbox, reason, code, self._ctx.clock(),
-                                                                 refused_folder)
-            log.error("outbox_unwritable_paused", inbox=inbox_key, outbox=str(outbox), error=reason)
+        """Make `path` wait: the outbox refused its output. With `refused_folder` (a folder srd would not enter,
+        a symlink or a file in its place) only the files bound for that folder wait; else the whole inbox."""
+        if refused_folder is None:
+            block = self.outboxes.get(inbox_key)
+            if block is None:
+                block = self.outboxes[inbox_key] = OutboxBlock.start(outbox, reason, code, self._ctx.clock())
+                log.error("outbox_unwritable_paused", inbox=inbox_key, outbox=str(outbox), error=reason)
+        else:
+            folders = self.folders.setdefault(inbox_key, {})
+            block = folders.get(refused_folder)
+            if block is None:
+                block = folders[refused_folder] = OutboxBlock.start(outbox, reason, code, self._ctx.clock(),
+                                                                    refused_folder)
+                log.error("outbox_folder_unwritable_paused", inbox=inbox_key, folder=str(refused_folder),
+                          error=reason)
         block.waiting.add(path)
         self._ctx.unremember(inbox_key, path)
         self._ctx.note_error(inbox_key, path, reason)
 
     def retry_outboxes(self) -> None:
+        """Let the files of each outbox and outbox folder that takes writes again go on."""
         now = self._ctx.clock()
         for key, block in list(self.outboxes.items()):
-            if not block.recovered(now):
-                continue
-            del self.outboxes[key]
-            log.info("outbox_writable_resumed", inbox=key, outbox=str(block.outbox), waiting=len(block.waiting),
-                     paused_s=round(now - block.since, 1))
-            runtime = self._ctx.runtimes.get(key)
-            if runtime is not None:
-                for path in block.waiting:
-                    runtime.tracker.hint(path)
+            if block.recovered(now):
+                del self.outboxes[key]
+                log.info("outbox_writable_resumed", inbox=key, outbox=str(block.outbox), waiting=len(block.waiting),
+                         paused_s=round(now - block.since, 1))
+                self._resume(key, block)
+        for key, folders in list(self.folders.items()):
+            for folder, block in list(folders.items()):
+                if block.recovered(now):
+                    del folders[folder]
+                    log.info("outbox_folder_writable_resumed", inbox=key, folder=str(folder),
+                             waiting=len(block.waiting), paused_s=round(now - block.since, 1))
+                    self._resume(key, block)
+            if not folders:
+                del self.folders[key]
+
+    def _resume(self, inbox_key: str, block: OutboxBlock) -> None:
+        runtime = self._ctx.runtimes.get(inbox_key)
+        if runtime is not None:
+            for path in block.waiting:
+                runtime.tracker.hint(path)
 
     def block_model(self, inbox_key: str, path: Path | None, reason: str) -> None:
         """Pause the inbox: its profile's model is not as it was checked (`reason`); `path`: a file sent back by a

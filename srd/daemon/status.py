@@ -169,6 +169,9 @@ def assess(status: dict[str, Any] | None, now: datetime | None = None, *,
         outbox_state = inbox.get("outbox_state") or {"state": "ok"}
         if outbox_state.get("state") != "ok":
             reasons.append(f"outbox {inbox.get('outbox')} unwritable since {outbox_state.get('since')}")
+        for folder in inbox.get("refused_folders") or []:
+            reasons.append(f"outbox folder {folder.get('folder')} unwritable since {folder.get('since')}: "
+                           f"{folder.get('error')}")
     return Assessment(status, True, Health.UNHEALTHY if reasons else Health.HEALTHY, tuple(reasons))
 
 

@@ -85,18 +85,21 @@ def inbox_documents(ctx: Context, files: Lifecycle, claims: ClaimGuard, daemon_s
         counters = ctx.counters[key]
         watcher = runtime.watcher
         block = files.pauses.outboxes.get(key)
+        refused_folders = [folder.describe() for folder in files.pauses.folders.get(key, {}).values()]
         model_block = files.pauses.models.get(key)
         inboxes.append({
             "path": key,
             "outbox": str(runtime.inbox.outbox),
             "profile": runtime.inbox.profile,
             "health": daemon_state if daemon_state in ("stopping", "stopped") else
-                      ("ok" if watcher.healthy and block is None and model_block is None and key not in claims.paused
+                      ("ok" if watcher.healthy and block is None and not refused_folders and model_block is None
+                       and key not in claims.paused
                        and stuck.get(key) is None and failing.get(key) is None else "unhealthy"),
             "stuck_step": stuck.get(key),
             "failing_step": failing.get(key),
             "claim": claims.inbox_claims.describe(runtime.inbox.path),
             "outbox_state": block.describe() if block is not None else {"state": "ok"},
+            "refused_folders": refused_folders,
             "model_state": model_block.describe() if model_block is not None else {"state": "ok"},
             "watch": watcher.state,
             "mode": watcher.mode,
