@@ -221,6 +221,30 @@ def test_files_waiting_behind_a_busy_pool_are_queued_once_however_many_scans_pas
     assert len(daemon.events("file_processed")) == 13
 
 
+@pytest.mark.parametrize("mode", ["native", "poll"])
+def test_files_deleted_while_queued_leave_the_queue_at_once(tmp_path: Path, mode: str) -> None:
+    """Files waiting behind a busy worker and then deleted stayed counted as QUEUED until the loop reached them
+    (up to a whole job's time): the watcher now says a file went (an event, or a poll that no longer lists it)."""
+    config = write_config(tmp_path, [inbox_config(tmp_path, mode=mode)],
+                          stages=[{"upscale": {"model": "edsr-base", "scale": 2}}])
+    with running(config) as daemon:
+        (tmp_path / "in" / "a-slow.png").write_bytes(make_image(Path("x.png"), (600, 800), 4))  # ~10 s of work
+        daemon.wait_event("file_started")
+        waiting = [tmp_path / "in" / f"b{i}.png" for i in range(8)]
+        for i, path in enumerate(waiting):
+            path.write_bytes(make_image(Path("x.png"), SIZE, i))
+
+        def queued() -> int:
+            return int((read_status(tmp_path / "state").get("inboxes") or [{}])[0].get("queued", 0))
+
+        wait_for(lambda: queued() >= 7, 10, "the files to be queued behind the busy worker")
+        for path in waiting:
+            path.unlink()
+        wait_for(lambda: queued() == 0, 5, "the deleted files to leave the queue\n" + daemon.log_tail())
+        assert daemon.events("file_processed") == []  # the slow job still runs: nothing reached them
+        assert daemon.stop() == 0
+
+
 @contextlib.contextmanager
 def _running_on_own_espcn(tmp_path: Path) -> Iterator[tuple[DaemonProcess, Path]]:
     """A daemon whose model is a copy of ESPCN ×2 at `own.pb` (a file of the user's, no manifest), ready, with

@@ -34,6 +34,10 @@ class Backlog:
     def popleft(self) -> Item:
         return self._items.popitem(last=False)[1]
 
+    def discard(self, path: Path) -> None:
+        """Drop the path if it is queued (its file is gone)."""
+        self._items.pop(path, None)
+
     def keep_only(self, wanted: Callable[[Item], bool]) -> None:
         """Drop the items `wanted` says no to (an inbox a reload removed)."""
         self._items = OrderedDict((path, item) for path, item in self._items.items() if wanted(item))

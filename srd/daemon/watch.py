@@ -43,6 +43,7 @@ from watchdog.events import (
     EventsLostEvent,
     FileClosedEvent,
     FileCreatedEvent,
+    FileDeletedEvent,
     FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
@@ -58,10 +59,12 @@ from srd.fs.fileversion import FileVersion
 log = structlog.get_logger(__name__)
 
 _WATCH_LIMIT_ERRNOS = frozenset({errno.ENOSPC, errno.EMFILE})
-# What the observer asks the kernel for: arrivals (created, moved in, closed after writing) and the loss
-# report. A file still being written is followed by the settle tracker's stats, not by its write events.
-EVENT_FILTER = [FileCreatedEvent, DirCreatedEvent, FileMovedEvent, DirMovedEvent, FileClosedEvent, EventsLostEvent]
-_EVENT_TYPES = frozenset({"created", "moved", "closed"})
+# What the observer asks the kernel for: arrivals (created, moved in, closed after writing), departures (so a
+# file queued and then deleted leaves the queue) and the loss report. A file still being written is followed
+# by the settle tracker's stats, not by its write events.
+EVENT_FILTER = [FileCreatedEvent, DirCreatedEvent, FileMovedEvent, DirMovedEvent, FileClosedEvent, FileDeletedEvent,
+                EventsLostEvent]
+_EVENT_TYPES = frozenset({"created", "moved", "closed", "deleted"})
 OVERFLOW_RESCAN_EVERY_S = 10.0
 # How long `supervise` waits for the inbox root's stat; a share that doesn't answer by then is unavailable.
 ROOT_ANSWER_S = 0.5
@@ -69,11 +72,13 @@ ROOT_ANSWER_S = 0.5
 
 @dataclass(frozen=True, slots=True)
 class Hint:
-    """A path in inbox number `inbox` may have changed; `signature` is its version if a scan saw it."""
+    """A path in inbox number `inbox` may have changed; `signature` is its version if a scan saw it; `gone`: the
+    watcher saw the file go (deleted, moved away)."""
 
     inbox: int
     path: Path
     signature: FileVersion | None = None
+    gone: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,22 +307,31 @@ class InboxWatcher:
             return
         if event.event_type not in _EVENT_TYPES:
             return
-        paths = [event.src_path] + ([event.dest_path] if event.event_type == "moved" else [])
-        for raw in paths:
-            path = Path(raw.decode() if isinstance(raw, bytes) else raw)
-            rel = self._relative(path)
-            if rel is None or self.rules.ignores(rel):
-                continue
-            if event.is_directory:
-                # A folder moved in arrives as one event; its files need hints of their own.
-                if event.event_type in ("created", "moved") and self.inbox.recursive:
-                    self._emit_tree(path)
-            else:
-                st, reason = classify(path, self.root)
-                if st is not None:
-                    self._sink(Hint(self.index, path))
-                elif reason is not None:
-                    self._report_skip(path, reason)
+        if event.event_type in ("deleted", "moved") and not event.is_directory:
+            path = self._candidate(event.src_path)
+            if path is not None:
+                self._sink(Hint(self.index, path, gone=True))
+        if event.event_type == "deleted":
+            return
+        path = self._candidate(event.dest_path if event.event_type == "moved" else event.src_path)
+        if path is None:
+            return
+        if event.is_directory:
+            # A folder moved in arrives as one event; its files need hints of their own.
+            if event.event_type in ("created", "moved") and self.inbox.recursive:
+                self._emit_tree(path)
+            return
+        st, reason = classify(path, self.root)
+        if st is not None:
+            self._sink(Hint(self.index, path))
+        elif reason is not None:
+            self._report_skip(path, reason)
+
+    def _candidate(self, raw: str | bytes) -> Path | None:
+        """An event's path, unless it is outside the inbox or ignored."""
+        path = Path(raw.decode() if isinstance(raw, bytes) else raw)
+        rel = self._relative(path)
+        return None if rel is None or self.rules.ignores(rel) else path
 
     # -- scanner thread ------------------------------------------------------------------------------------
 
@@ -379,6 +393,8 @@ class InboxWatcher:
             full = True
         previous = None if full else self._snapshot
         self._snapshot = {prefix + name: version for prefix, files in found for name, version in files}
+        for rel in previous.keys() - self._snapshot.keys() if previous is not None else ():
+            self._sink(Hint(self.index, self.root / rel, gone=True))
         for prefix, files in found:
             changed = files if previous is None else [
                 (name, version) for name, version in files if previous.get(prefix + name) != version]
