@@ -42,8 +42,11 @@ def _losses(job: Job, picture: Picture, encoded: Encoded, fmt: str) -> tuple[str
     if encoded.alpha_flattened:
         log.warning("alpha_flattened", src=str(job.source), format=fmt, background="white")
         losses.append(f"transparency flattened onto white ({fmt.upper()} holds none)")
+    if picture.loses_depth_in(fmt):
+        log.warning("depth_reduced", src=str(job.source), format=fmt, bits=8)
+        losses.append(f"16-bit samples rounded to 8 bits ({fmt.upper()} holds 8)")
     if picture.frames > 1:
-        kind = "pages" if picture.format == "tiff" else "frames"
+        kind = {"tiff": "pages", "jpeg": "pictures"}.get(picture.format, "frames")
         log.warning("frames_dropped", src=str(job.source), frames=picture.frames, kept=1)
         losses.append(f"only the first of its {picture.frames} {kind} is in the output")
     return tuple(losses)

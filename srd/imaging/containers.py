@@ -5,9 +5,9 @@ profile larger than one JPEG segment, writes JPEG XMP without its namespace, rea
 no TIFF metadata, and has resolution parameters for TIFF only. Each function here does one such
 edit on encoded bytes, by the format's own rules:
 
-- JPEG: ICC profiles in numbered ``ICC_PROFILE`` APP2 chunks (ICC.1 annex B), XMP in APP1, and
-  the JFIF APP0 density.
-- PNG: the ``pHYs`` chunk. BMP: the pixels-per-metre fields.
+- JPEG: ICC profiles in numbered ``ICC_PROFILE`` APP2 chunks (ICC.1 annex B), XMP in APP1, the
+  JFIF APP0 density, and the source's own IPTC and comment segments.
+- PNG: the ``pHYs`` chunk, and the source's own text chunks. BMP: the pixels-per-metre fields.
 - TIFF: ICC (tag 34675), XMP (700) and the EXIF and GPS IFDs, in a new first IFD appended to
   the file (the old one stays as unreferenced bytes), offsets rewritten for their new place.
 """
@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from srd.imaging import imageextent
 from srd.imaging.metadata import Resolution
 
 _ICC_SIGNATURE = b"ICC_PROFILE\x00"
@@ -38,8 +40,10 @@ _TIFF_COLOUR_SAMPLES = {0: 1, 1: 1, 2: 3, 3: 1, 4: 1, 6: 3, 8: 3, 9: 3, 10: 3, 3
 # --- JPEG -----------------------------------------------------------------------------------
 
 
-def jpeg_with(jpeg: bytes, *, icc: bytes | None, xmp: bytes | None, resolution: Resolution | None) -> bytes:
-    """`jpeg` with the ICC profile (split into chunks as needed), the XMP packet and the density."""
+def jpeg_with(jpeg: bytes, *, icc: bytes | None, xmp: bytes | None, resolution: Resolution | None,
+              verbatim: Sequence[bytes] = ()) -> bytes:
+    """`jpeg` with the ICC profile (split into chunks as needed), the XMP packet, the density, and the
+    source's whole segments in `verbatim` (marker, length and payload: IPTC, comments) after them."""
     segments = b""
     if icc:
         chunks = [icc[i : i + _ICC_CHUNK] for i in range(0, len(icc), _ICC_CHUNK)]
@@ -49,8 +53,23 @@ def jpeg_with(jpeg: bytes, *, icc: bytes | None, xmp: bytes | None, resolution: 
     if xmp:
         segments += _segment(0xE1, _XMP_NAMESPACE + xmp)
     pos = _after_app_segments(jpeg)
-    jpeg = jpeg[:pos] + segments + jpeg[pos:]
+    jpeg = jpeg[:pos] + segments + b"".join(verbatim) + jpeg[pos:]
     return _with_jfif_density(jpeg, resolution) if resolution else jpeg
+
+
+def jpeg_icc(jpeg: bytes) -> bytes | None:
+    """The ICC profile of a JPEG, joined from its ``ICC_PROFILE`` APP2 chunks in sequence order (OpenCV takes
+    any APP2 segment for one: a multi-picture file's MPF index among them)."""
+    try:
+        segments, _ = imageextent.jpeg_segments(jpeg)
+    except ValueError:
+        return None
+    chunks = []
+    for marker, at in segments:
+        if marker == 0xE2 and jpeg.startswith(_ICC_SIGNATURE, at):
+            length = int.from_bytes(jpeg[at - 2 : at], "big")
+            chunks.append((jpeg[at + len(_ICC_SIGNATURE)], jpeg[at + len(_ICC_SIGNATURE) + 2 : at - 2 + length]))
+    return b"".join(chunk for _, chunk in sorted(chunks)) or None
 
 
 def _segment(marker: int, payload: bytes) -> bytes:
@@ -99,6 +118,13 @@ def png_with_resolution(png: bytes, res: Resolution | None) -> bytes:
     chunk = struct.pack(">I", len(body)) + b"pHYs" + body + struct.pack(">I", zlib.crc32(b"pHYs" + body))
     end_of_ihdr = 8 + 8 + 13 + 4
     return png[:end_of_ihdr] + chunk + png[end_of_ihdr:]
+
+
+def png_with_chunks(png: bytes, chunks: Sequence[bytes]) -> bytes:
+    """The source's whole `chunks` (length, type, data and CRC: text) put before the IEND chunk that ends `png`."""
+    if not chunks or png[-12:-8] != b"\x00\x00\x00\x00" or png[-8:-4] != b"IEND":
+        return png
+    return png[:-12] + b"".join(chunks) + png[-12:]
 
 
 def _png_chunk(png: bytes, wanted: bytes) -> bytes | None:

@@ -9,18 +9,22 @@ structure declares is truncated, and is never decoded (a decoder may turn the mi
 rows). A file whose structure is malformed rather than short is left to the decoder and
 the size guard to judge.
 
-The same walks tell two more things a decoder keeps to itself: whether a progressive JPEG's scans complete
-its picture (`unfinished_progression`), and how many pictures a file holds (`frame_count`: an animation's
-frames, a TIFF's pages), of which OpenCV decodes the first.
+The same walks tell more that a decoder keeps to itself: whether a progressive JPEG's scans complete its
+picture (`unfinished_progression`), how many pictures a file holds (`frame_count`: an animation's frames, a
+TIFF's pages, a multi-picture JPEG's pictures, an AVIF or HEIF sequence's images), of which the decoder gives
+the first, and the segments, chunks and blocks around them (`jpeg_segments`, `png_chunks`, `gif_extensions`,
+`webp_chunks`, `tiff_first_tags`), which `sideblocks.py` sorts into what srd carries and what it does not.
 """
 
 from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
-__all__ = ["frame_count", "missing_end", "unfinished_progression"]
+__all__ = ["frame_count", "gif_extensions", "jpeg_segments", "missing_end", "png_chunks", "tiff_first_tags",
+           "unfinished_progression", "webp_chunks"]
 
 # Trailers may follow a bare JPEG 2000 codestream's end marker; it is looked for this far from the end.
 _TRAILER_WINDOW = 1_048_576
@@ -43,6 +47,7 @@ _PNG_MAX_CHUNK = 2**31 - 1
 # A TIFF's pages are a linked list of directories: a hostile file could loop it or make it endless.
 _TIFF_MAX_PAGES = 100_000
 _TIFF_NEW_SUBFILE_TYPE = 254  # bit 0: a reduced-resolution version of another page (a preview)
+_MPF_LARGE_THUMBNAIL = 0x01  # the class of an MP entry's type code (0x010001 VGA, 0x010002 full HD)
 
 
 class _Short(Exception):
@@ -77,9 +82,8 @@ def unfinished_progression(data: bytes) -> str | None:
     full precision (a scan ending in successive-approximation bit 0). A file cut between two scans and
     closed with an end marker has a whole structure, and libjpeg shows its blurred preview without a word.
     """
-    segments: list[tuple[int, int]] = []
     try:
-        _jpeg_end(data, segments)
+        segments, _ = jpeg_segments(data)
         frame = next((at for marker, at in segments if marker in _JPEG_SOF_PROGRESSIVE), None)
         if frame is None:
             return None
@@ -106,28 +110,123 @@ def unfinished_progression(data: bytes) -> str | None:
 
 
 def frame_count(data: bytes, fmt: str) -> int:
-    """The frames (GIF, APNG, WebP) or pages (TIFF, less previews) in `data`: 1 for a still image, another
-    format, or a structure that breaks before it is read through (the decoder judges the file, not this)."""
+    """The frames (GIF, APNG, WebP), pages (TIFF, less previews), pictures (a JPEG's MPF index) or images
+    (an AVIF or HEIF sequence) in `data`: 1 for a still image, another format, or a structure that breaks
+    before it is read through (the decoder judges the file, not this)."""
     try:
         if fmt == "gif":
             descriptors: list[int] = []
             _gif_end(data, descriptors)
             return max(len(descriptors), 1)
         if fmt == "png":
-            chunks: list[int] = []
-            _png_end(data, chunks)
+            chunks = png_chunks(data)
             control = next((at for at in chunks if data[at + 4 : at + 8] == b"acTL"), None)  # animation control
             return max(_unpack(">I", data, control + 8)[0], 1) if control is not None else 1
         if fmt == "webp":
-            return max(_webp_animation_frames(data), 1)
+            return max(sum(kind == b"ANMF" for kind, _, _ in webp_chunks(data)), 1)
         if fmt == "tiff":
             return max(_tiff_pages(data), 1)
+        if fmt == "jpeg":
+            return max(_mpf_pictures(data), 1)
+        if fmt in ("avif", "heic"):
+            return max(_iso_sequence_images(data), 1)
     except (_Short, struct.error, ValueError, IndexError):
         pass
     return 1
 
 
-def _unpack(layout: str, data: bytes, pos: int) -> tuple[int, ...]:
+def jpeg_segments(data: bytes) -> tuple[list[tuple[int, int]], int]:
+    """Each segment before a JPEG's end-of-image marker (its marker and where its payload starts, after the
+    two-byte length field), and where that marker ends. Raises ValueError (or a subclass) on a malformed or cut
+    structure."""
+    segments: list[tuple[int, int]] = []
+    end = _jpeg_end(data, segments)
+    return segments, end
+
+
+def png_chunks(data: bytes) -> list[int]:
+    """The offset of each chunk of a PNG, IHDR to IEND (raises as `jpeg_segments` does)."""
+    chunks: list[int] = []
+    _png_end(data, chunks)
+    return chunks
+
+
+def gif_extensions(data: bytes) -> list[int]:
+    """The offset of each extension block of a GIF (its 0x21 introducer; raises as `jpeg_segments` does)."""
+    extensions: list[int] = []
+    _gif_end(data, extensions=extensions)
+    return extensions
+
+
+def webp_chunks(data: bytes) -> list[tuple[bytes, int, int]]:
+    """Each chunk after a WebP's RIFF header: its four-character code, payload offset and payload length."""
+    chunks, pos = [], 12
+    while pos + 8 <= len(data):
+        kind, length = _unpack("<4sI", data, pos)
+        chunks.append((kind, pos + 8, length))
+        pos += 8 + length + (length & 1)  # chunks are padded to an even size
+    return chunks
+
+
+def tiff_first_tags(data: bytes) -> set[int]:
+    """The tags of a TIFF's first directory (raises as `jpeg_segments` does)."""
+    endian = "<" if data[:2] == b"II" else ">"
+    magic, ifd = _unpack(endian + "HI", data, 2)
+    if magic != 42:
+        raise ValueError("not a classic TIFF")
+    (count,) = _unpack(endian + "H", data, ifd)
+    return {_unpack(endian + "H", data, entry)[0] for entry in range(ifd + 2, ifd + 2 + 12 * count, 12)}
+
+
+def _mpf_pictures(data: bytes) -> int:
+    """The pictures a JPEG's MPF (multi-picture format, CIPA DC-007) index lists in its APP2 segment, less the
+    preview-sized copies cameras add for their screens (an MP entry of type "large thumbnail"); 0 if none."""
+    for marker, at in jpeg_segments(data)[0]:
+        if marker == 0xE2 and data[at : at + 4] == b"MPF\x00":
+            tiff = at + 4  # a TIFF header and one IFD, offsets from the header
+            endian = "<" if data[tiff : tiff + 2] == b"II" else ">"
+            (ifd,) = _unpack(endian + "I", data, tiff + 4)
+            (count,) = _unpack(endian + "H", data, tiff + ifd)
+            for entry in range(tiff + ifd + 2, tiff + ifd + 2 + 12 * count, 12):
+                tag, _kind, length, offset = _unpack(endian + "HHII", data, entry)
+                if tag == 0xB002:  # MP entries: 16 bytes per picture, the first 4 its attributes
+                    types = [_unpack(endian + "I", data, tiff + offset + 16 * i)[0] & 0xFFFFFF
+                             for i in range(length // 16)]
+                    return sum(kind >> 16 != _MPF_LARGE_THUMBNAIL for kind in types)
+    return 0
+
+
+def _iso_sequence_images(data: bytes) -> int:
+    """The samples of the first track of an AVIF or HEIF image sequence (moov/trak/mdia/minf/stbl/stsz); 0 for
+    a still image (no movie box)."""
+    start, end = 0, len(data)
+    for wanted in (b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stsz"):
+        found = next((box for box in _iso_boxes(data, start, end) if box[0] == wanted), None)
+        if found is None:
+            return 0
+        _, start, end = found
+    (_version_flags, _sample_size, samples) = _unpack(">III", data, start)
+    return samples
+
+
+def _iso_boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """The boxes between `start` and `end`: each one's type, payload start and end."""
+    pos = start
+    while pos + 8 <= end:
+        size, kind = _unpack(">I4s", data, pos)
+        header = 8
+        if size == 1:
+            (size,) = _unpack(">Q", data, pos + 8)
+            header = 16
+        elif size == 0:
+            size = end - pos
+        if size < header:
+            raise ValueError("bad box size")
+        yield kind, pos + header, min(pos + size, end)
+        pos += size
+
+
+def _unpack(layout: str, data: bytes, pos: int) -> tuple[Any, ...]:
     """struct.unpack_from, saying "short" when the structure lies (partly) past the end of the data."""
     if pos < 0:
         raise ValueError("negative offset")
@@ -191,8 +290,9 @@ def _png_end(data: bytes, chunks: list[int] | None = None) -> int:
             raise _Short("no IEND chunk")
 
 
-def _gif_end(data: bytes, descriptors: list[int] | None = None) -> int:
-    """End of the trailer; each image descriptor's offset (one per frame) is added to `descriptors` if given."""
+def _gif_end(data: bytes, descriptors: list[int] | None = None, extensions: list[int] | None = None) -> int:
+    """End of the trailer; each image descriptor's offset (one per frame) is added to `descriptors`, and each
+    extension block's to `extensions`, if given."""
     (flags,) = _unpack("B", data, 10)
     pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
     while True:
@@ -200,6 +300,8 @@ def _gif_end(data: bytes, descriptors: list[int] | None = None) -> int:
         if introducer == 0x3B:  # trailer
             return pos + 1
         if introducer == 0x21:  # extension: label, then data sub-blocks
+            if extensions is not None:
+                extensions.append(pos)
             pos = _gif_sub_blocks_end(data, pos + 2)
         elif introducer == 0x2C:  # image descriptor, local colour table, LZW code size, data sub-blocks
             if descriptors is not None:
@@ -222,16 +324,6 @@ def _gif_sub_blocks_end(data: bytes, pos: int) -> int:
 def _webp_end(data: bytes) -> int:
     (riff_size,) = _unpack("<I", data, 4)
     return 8 + riff_size
-
-
-def _webp_animation_frames(data: bytes) -> int:
-    """The ANMF (animation frame) chunks after the RIFF header."""
-    pos, frames = 12, 0
-    while pos + 8 <= len(data):
-        kind, length = _unpack("<4sI", data, pos)
-        frames += kind == b"ANMF"
-        pos += 8 + length + (length & 1)  # chunks are padded to an even size
-    return frames
 
 
 def _bmp_end(data: bytes) -> int:

@@ -23,6 +23,7 @@ from srd.imaging.exif import read_orientation, with_orientation_reset
 from srd.imaging.imageextent import frame_count, missing_end, unfinished_progression
 from srd.imaging.imageheader import EXTENSIONS, read_header
 from srd.imaging.metadata import Metadata, for_output, strip_exif_prefix
+from srd.imaging.sideblocks import side_blocks
 
 __all__ = ["Encoded", "Metadata", "Picture", "decode", "encode", "output_format_for", "read_bounded"]
 
@@ -36,6 +37,7 @@ OUTPUT_FORMATS = ("jpeg", "png", "webp", "tiff", "bmp")
 _FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff"}
 # Formats srd reads but does not write: palette, container or rarely supported formats. PNG keeps
 # alpha and 16 bits losslessly; a phone's HEIC becomes a JPEG, as photo libraries expect.
+EIGHT_BIT_FORMATS = ("jpeg", "webp", "bmp")  # output formats whose samples are 8 bits (16-bit input is rounded)
 WRITE_FALLBACK = {"gif": "png", "avif": "png", "pnm": "png", "pam": "png", "jp2": "png", "sunras": "png",
                   "heic": "jpeg"}
 _UNSURE_SIZE = ("cannot read the image size from the {fmt} header with certainty (malformed or ambiguous header); "
@@ -79,6 +81,11 @@ class Picture:
 
     def with_pixels(self, pixels: np.ndarray) -> Picture:
         return replace(self, pixels=pixels)
+
+    def loses_depth_in(self, fmt: str) -> bool:
+        """Whether an output of `fmt` rounds away what 16-bit samples hold beyond 8 bits (not for 8-bit
+        values stored in 16 bits, each a multiple of 257)."""
+        return fmt in EIGHT_BIT_FORMATS and self.pixels.dtype == np.uint16 and bool((self.pixels % 257).any())
 
 
 @dataclass(frozen=True)
@@ -188,6 +195,7 @@ def decode(data: bytes, *, max_pixels: int) -> Picture:
     pixels = apply_orientation(pixels, read_orientation(metadata.exif))
     if metadata.exif is not None:
         metadata = replace(metadata, exif=with_orientation_reset(metadata.exif))
+    metadata = replace(metadata, side=side_blocks(data, header.format))
     return Picture(pixels=pixels, metadata=metadata, format=header.format, notes=tuple(notes),
                    frames=frame_count(data, header.format))
 
@@ -230,7 +238,7 @@ def encode(picture: Picture, fmt: str, *, quality: int = 95, keep_metadata: bool
         OutputError: the encoder refused the image.
     """
     pixels = picture.pixels
-    if fmt in ("jpeg", "webp", "bmp") and pixels.dtype == np.uint16:
+    if fmt in EIGHT_BIT_FORMATS and pixels.dtype == np.uint16:
         pixels = _to_uint8(pixels)
     alpha_flattened = False
     if fmt in ("jpeg", "bmp") and pixels.ndim == 3 and pixels.shape[2] == 4:
@@ -255,10 +263,11 @@ def encode(picture: Picture, fmt: str, *, quality: int = 95, keep_metadata: bool
         said = "; ".join(notes) or encoder_error
         raise OutputError(f"cannot encode as {fmt}" + (f": {said}" if said else ""))
     data = buf.tobytes()
+    side = [block.raw for block in meta.side if block.raw is not None]
     if fmt == "jpeg":
-        data = containers.jpeg_with(data, icc=meta.icc, xmp=meta.xmp, resolution=meta.resolution)
+        data = containers.jpeg_with(data, icc=meta.icc, xmp=meta.xmp, resolution=meta.resolution, verbatim=side)
     elif fmt == "png":
-        data = containers.png_with_resolution(data, meta.resolution)
+        data = containers.png_with_chunks(containers.png_with_resolution(data, meta.resolution), side)
     elif fmt == "bmp":
         data = containers.bmp_with_resolution(data, meta.resolution)
     elif fmt == "tiff":
@@ -326,7 +335,7 @@ def _collect_metadata(
     if xmp is not None:
         xmp = _trim_xmp(xmp)
     exif = strip_exif_prefix(found.get(cv2.IMAGE_METADATA_EXIF)) or None
-    icc = found.get(cv2.IMAGE_METADATA_ICCP) or None
+    icc = containers.jpeg_icc(data) if fmt == "jpeg" else found.get(cv2.IMAGE_METADATA_ICCP) or None
     if fmt == "tiff":  # OpenCV reads no TIFF metadata
         tags = containers.tiff_metadata(data)
         exif, icc, xmp = exif or tags.exif, icc or tags.icc, xmp or tags.xmp

@@ -39,13 +39,25 @@ class Resolution:
 
 
 @dataclass(frozen=True)
+class SideBlock:
+    """A block of a source beside its pictures and the metadata above (`srd.imaging.sideblocks`): `name` says it
+    in a note; `raw` is the block in the framing of format `fmt`, written back into an output of that format,
+    or None where srd writes it into no output."""
+
+    name: str
+    fmt: str
+    raw: bytes | None
+
+
+@dataclass(frozen=True)
 class Metadata:
-    """Metadata blocks carried from input to output."""
+    """Metadata blocks carried from input to output, and the source's side blocks."""
 
     exif: bytes | None = None
     icc: bytes | None = None
     xmp: bytes | None = None
     resolution: Resolution | None = None
+    side: tuple[SideBlock, ...] = ()
 
 
 def strip_exif_prefix(exif: bytes | None) -> bytes | None:
@@ -88,7 +100,12 @@ def for_output(meta: Metadata, fmt: str, size: tuple[int, int], *, grey: bool) -
     if fmt == "jpeg":
         exif = capped("exif", exif, JPEG_MAX_EXIF, "one JPEG APP1 segment")
         xmp = capped("xmp", xmp, JPEG_MAX_XMP, "one JPEG APP1 segment")
-    return replace(meta, exif=exif, icc=icc, xmp=xmp), dropped
+    side = tuple(block for block in meta.side if block.raw is not None and block.fmt == fmt)
+    for block in meta.side:
+        if block not in side:
+            where = "srd carries it into none" if block.raw is None else f"only a {block.fmt.upper()} output holds it"
+            dropped.append(f"{block.name} ({where})")
+    return replace(meta, exif=exif, icc=icc, xmp=xmp, side=side), dropped
 
 
 def icc_colour_space(icc: bytes) -> bytes | None:

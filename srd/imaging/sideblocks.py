@@ -1,0 +1,126 @@
+"""What a source holds beside its pictures and the metadata srd reads into `Metadata` (EXIF, ICC, XMP, density).
+
+Nothing a source holds may go missing without a word: an output that left something out does not stand for its
+source (`on_success: delete` keeps such a source). So every segment, chunk or block of a JPEG, PNG, GIF, WebP or
+TIFF is sorted here into one of three kinds:
+
+- the picture's own structure and what the decoder turns into pixels, frames or metadata srd carries (coding
+  tables, a JFIF header, an Adobe colour-transform marker, gamma and chromaticity hints): nothing to say;
+- blocks srd writes back verbatim into an output of the same format (`SideBlock.raw`): a JPEG's IPTC/Photoshop
+  (APP13) and comment segments, a PNG's text chunks; in an output of another format they are left out, and said;
+- everything else (extended XMP, a maker's APPn data, data after a JPEG's end such as a motion photo's video, a
+  GIF comment, an unknown chunk): left out of every output, and said, by name.
+
+Another format's blocks are not looked at (HEIF and AVIF: their EXIF and XMP are carried; auxiliary images such
+as depth maps are not, and not yet said either).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from srd.imaging import imageextent
+from srd.imaging.metadata import SideBlock
+
+# JPEG APPn payloads srd reads (EXIF, XMP, ICC) or that only describe the coding (JFIF, its thumbnail
+# extension JFXX, Adobe's colour transform, Photoshop's "save for web" quality): by signature.
+_JPEG_CARRIED = {0xE0: (b"JFIF\x00", b"JFXX\x00"), 0xE1: (b"Exif\x00", b"http://ns.adobe.com/xap/1.0/\x00"),
+                 0xE2: (b"ICC_PROFILE\x00", b"MPF\x00"), 0xEC: (b"Ducky",), 0xEE: (b"Adobe",)}
+_JPEG_PHOTOSHOP, _JPEG_COMMENT = 0xED, 0xFE
+# PNG chunks srd decodes or carries (pixels, palette, transparency, EXIF, ICC, density, animation), and the
+# rendering hints it may leave out (the pixels are written as decoded, in sRGB terms).
+_PNG_CARRIED = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"eXIf", b"iCCP", b"pHYs", b"acTL", b"fcTL",
+                          b"fdAT", b"gAMA", b"cHRM", b"sRGB", b"sBIT", b"bKGD", b"hIST", b"sPLT", b"tIME"})
+_PNG_TEXT = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+_PNG_XMP_KEYWORD = b"XML:com.adobe.xmp"  # the iTXt chunk OpenCV reads as XMP
+_WEBP_CARRIED = frozenset({b"VP8 ", b"VP8L", b"VP8X", b"ALPH", b"ANIM", b"ANMF", b"ICCP", b"EXIF", b"XMP "})
+_GIF_GRAPHIC_CONTROL, _GIF_COMMENT, _GIF_APPLICATION = 0xF9, 0xFE, 0xFF
+_GIF_ANIMATION = (b"NETSCAPE2.0", b"ANIMEXTS1.0")  # loop counts: part of the animation, said with its frames
+_TIFF_LEFT_OUT = {33723: "IPTC data (TIFF tag 33723)", 34377: "Photoshop data (TIFF tag 34377)",
+                  37724: "Photoshop layers (TIFF tag 37724)"}
+
+
+def side_blocks(data: bytes, fmt: str) -> tuple[SideBlock, ...]:
+    """The blocks of `data` (an image file of format `fmt`) beside its pictures and the metadata srd reads; none
+    for a structure that breaks before it is read through (the decoder judges the file, not this)."""
+    finder = _FINDERS.get(fmt)
+    if finder is None:
+        return ()
+    try:
+        return tuple(finder(data))
+    except (struct.error, ValueError, IndexError):
+        return ()
+
+
+def _jpeg(data: bytes) -> list[SideBlock]:
+    found = []
+    segments, end = imageextent.jpeg_segments(data)
+    padding = not data[end:].strip(b"\x00\xff\r\n")  # what some writers leave after the end: nothing
+    multi_picture = any(marker == 0xE2 and data.startswith(b"MPF\x00", at) for marker, at in segments)
+    if not padding and not multi_picture:  # an MPF file's other pictures follow its first: said as its pictures
+        found.append(SideBlock(f"{len(data) - end} bytes after the picture's end (a camera's trailer, such as a "
+                               "motion photo's video)", "jpeg", None))
+    for marker, at in segments:
+        length = int.from_bytes(data[at - 2 : at], "big")
+        payload = data[at : at - 2 + length]
+        if marker == _JPEG_COMMENT:
+            found.append(SideBlock("a JPEG comment", "jpeg", data[at - 4 : at - 2 + length]))
+        elif marker == _JPEG_PHOTOSHOP and payload.startswith(b"Photoshop 3.0\x00"):
+            found.append(SideBlock("IPTC and Photoshop data (JPEG APP13)", "jpeg", data[at - 4 : at - 2 + length]))
+        elif 0xE0 <= marker <= 0xEF and not payload.startswith(_JPEG_CARRIED.get(marker, ())):
+            found.append(SideBlock(f"{_signature(payload)} (JPEG APP{marker - 0xE0})", "jpeg", None))
+    return found
+
+
+def _png(data: bytes) -> list[SideBlock]:
+    found = []
+    for at in imageextent.png_chunks(data):
+        length, kind = struct.unpack_from(">I4s", data, at)
+        if kind in _PNG_CARRIED:
+            continue
+        if kind in _PNG_TEXT:
+            keyword = data[at + 8 : at + 8 + min(length, 80)].split(b"\x00", 1)[0]
+            if keyword != _PNG_XMP_KEYWORD:
+                said = keyword.decode("latin-1")
+                found.append(SideBlock(f"PNG text '{said}'", "png", data[at : at + 12 + length]))
+        else:
+            found.append(SideBlock(f"a PNG {kind.decode('latin-1')} chunk", "png", None))
+    return found
+
+
+def _gif(data: bytes) -> list[SideBlock]:
+    found = []
+    for at in imageextent.gif_extensions(data):
+        label = data[at + 1]
+        if label == _GIF_GRAPHIC_CONTROL:
+            continue
+        if label == _GIF_APPLICATION:
+            identifier = data[at + 3 : at + 14]
+            if identifier not in _GIF_ANIMATION:
+                found.append(SideBlock(f"{_signature(identifier)} (a GIF application block)", "gif", None))
+        else:
+            found.append(SideBlock("a GIF comment" if label == _GIF_COMMENT else f"a GIF extension {label:#04x}",
+                                   "gif", None))
+    return found
+
+
+def _webp(data: bytes) -> list[SideBlock]:
+    return [SideBlock(f"a WebP {kind.decode('latin-1')!r} chunk", "webp", None)
+            for kind, _, _ in imageextent.webp_chunks(data) if kind not in _WEBP_CARRIED]
+
+
+def _tiff(data: bytes) -> list[SideBlock]:
+    tags = imageextent.tiff_first_tags(data)
+    return [SideBlock(name, "tiff", None) for tag, name in _TIFF_LEFT_OUT.items() if tag in tags]
+
+
+def _signature(payload: bytes) -> str:
+    """The identifying string a block starts with, for a note ("FLIR", "http://ns.adobe.com/xmp/extension/")."""
+    text = payload[:40].split(b"\x00", 1)[0]
+    printable = "".join(chr(byte) for byte in text if 32 <= byte < 127)
+    if printable == "http://ns.adobe.com/xmp/extension/":
+        return "extended XMP"
+    return f"'{printable}' data" if printable else "unnamed data"
+
+
+_FINDERS = {"jpeg": _jpeg, "png": _png, "gif": _gif, "webp": _webp, "tiff": _tiff}
