@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePath
 
 import pytest
+import structlog
 import yaml
 from daemon_helpers import (
     ESPCN_X2,
@@ -637,10 +638,13 @@ def test_on_success_delete_keeps_a_source_whose_output_left_something_out(tmp_pa
     assert sorted(p.name for p in (tmp_path / "in-out").iterdir()) == ["anim.png", "still.png"]
     daemon, now = inline_daemon(tmp_path, on_success="delete")
     try:
-        settle(daemon, now, [inbox / "anim.gif", inbox / "copy.gif"], steps=24)
+        with structlog.testing.capture_logs() as logs:
+            settle(daemon, now, [inbox / "anim.gif", inbox / "copy.gif"], steps=24)
     finally:
         daemon.close()
     assert sorted(p.name for p in inbox.iterdir()) == ["anim.gif", "copy.gif"]
+    kept = [line["log_level"] for line in logs if line["event"] == "source_kept_not_deleted"]
+    assert kept == ["debug"]  # the skipped copy, looked at again: said once, at its first sight
 
 
 def test_an_output_written_under_a_new_name_removes_the_one_srd_wrote_for_the_source_before(tmp_path: Path) -> None:

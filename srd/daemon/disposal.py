@@ -67,21 +67,23 @@ class Disposal:
         self.start(SourceStep(Action.FAIL, file.inbox_id, file.inbox.path, file.rel, file.version, file.inbox.failed,
                               journaled, details, report_if_gone))
 
-    def on_success(self, file: SourceFile, losses: Sequence[str]) -> str:
+    def on_success(self, file: SourceFile, losses: Sequence[str], *, said_before: bool = False) -> str:
         """What becomes of a source whose output left `losses` out of it (`JobResult.losses`): its inbox's
         ``on_success``, except that such a source is never deleted, since the output does not stand for it
-        (an animation's frames, a scan's pages, transparency, metadata would be gone for good): it is kept."""
+        (an animation's frames, a scan's pages, transparency, metadata would be gone for good): it is kept, and
+        that is said unless `said_before` (a duplicate a start looks at again)."""
         on_success = file.inbox.on_success
         if on_success == "delete" and losses:
-            log.warning("source_kept_not_deleted", src=str(file.path), losses=list(losses),
-                        reason="its output left out what only the source has")
+            (log.debug if said_before else log.warning)(
+                "source_kept_not_deleted", src=str(file.path), losses=list(losses),
+                reason="its output left out what only the source has")
             return "keep"
         return on_success
 
-    def dispose(self, file: SourceFile, key: str | None, losses: Sequence[str]) -> None:
+    def dispose(self, file: SourceFile, key: str | None, losses: Sequence[str], *, said_before: bool = False) -> None:
         """Apply ``on_success`` (see `on_success`) to a source whose content has an output whose losses are
         `losses`; journal it for ledger entries."""
-        on_success = self.on_success(file, losses)
+        on_success = self.on_success(file, losses, said_before=said_before)
         if on_success == "keep":
             disposition = self.keep(file)
             if key is not None:

@@ -419,7 +419,7 @@ class Lifecycle:
         report = log.debug if seen_before and how == "skipped" else log.info
         report("duplicate", src=str(file.path), same_as=str(entry.source), output=str(entry.output), action=how,
                **({"to": str(target)} if target is not None else {}))
-        self.disposal.dispose(file, None, entry.losses)
+        self.disposal.dispose(file, None, entry.losses, said_before=seen_before)
         return True
 
     # -- submitted, running --------------------------------------------------------------------------------
