@@ -143,3 +143,11 @@ def test_data_after_a_jpegs_end_is_said_and_padding_is_not(tmp_path: Path) -> No
     assert losses == (f"metadata dropped: {len(video)} bytes after the picture's end (a camera's trailer, such as "
                       "a motion photo's video) (srd carries it into none)",)
     assert _render(tmp_path, "b.jpg", _jpeg_with() + b"\x00" * 64, "jpeg")[1] == ()
+
+
+def test_side_blocks_are_carried_up_to_a_megabyte_in_all(tmp_path: Path) -> None:
+    """Twenty comments of 60 KB each: the first 17 fit in 1 MB, the rest are dropped, each said."""
+    comments = [_segment(0xFE, bytes([65 + i]) * 60_000) for i in range(20)]
+    data, losses = _render(tmp_path, "a.jpg", _jpeg_with(*comments), "jpeg")
+    assert sum(comment in data for comment in comments) == 17
+    assert len(losses) == 3 and all("max carried side blocks" in loss for loss in losses)

@@ -100,12 +100,19 @@ def for_output(meta: Metadata, fmt: str, size: tuple[int, int], *, grey: bool) -
     if fmt == "jpeg":
         exif = capped("exif", exif, JPEG_MAX_EXIF, "one JPEG APP1 segment")
         xmp = capped("xmp", xmp, JPEG_MAX_XMP, "one JPEG APP1 segment")
-    side = tuple(block for block in meta.side if block.raw is not None and block.fmt == fmt)
+    side, carried = [], 0
     for block in meta.side:
-        if block not in side:
-            where = "srd carries it into none" if block.raw is None else f"only a {block.fmt.upper()} output holds it"
-            dropped.append(f"{block.name} ({where})")
-    return replace(meta, exif=exif, icc=icc, xmp=xmp, side=side), dropped
+        if block.raw is None:
+            dropped.append(f"{block.name} (srd carries it into none)")
+        elif block.fmt != fmt:
+            dropped.append(f"{block.name} (only a {block.fmt.upper()} output holds it)")
+        elif carried + len(block.raw) > MAX_BLOCK_BYTES:
+            dropped.append(f"{block.name} ({len(block.raw)} bytes, over {MAX_BLOCK_BYTES} with those before it: "
+                           "max carried side blocks)")
+        else:
+            side.append(block)
+            carried += len(block.raw)
+    return replace(meta, exif=exif, icc=icc, xmp=xmp, side=tuple(side)), dropped
 
 
 def icc_colour_space(icc: bytes) -> bytes | None:
