@@ -60,8 +60,8 @@ def test_a_jpeg_keeps_its_iptc_and_comment_in_a_jpeg_and_says_what_else_it_left_
                         _segment(0xE1, b"FLIR\x00\x01thermal"))
     data, losses = _render(tmp_path, "a.jpg", source, "jpeg")
     assert _segment(0xED, IPTC) in data and _segment(0xFE, COMMENT) in data
-    assert losses == ("metadata dropped: extended XMP (JPEG APP1) (srd carries it into none)",
-                      "metadata dropped: 'FLIR' data (JPEG APP1) (srd carries it into none)")
+    assert losses == ("metadata dropped: extended XMP (JPEG APP1) (no output carries it)",
+                      "metadata dropped: 'FLIR' data (JPEG APP1) (no output carries it)")
     assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).shape == (32, 48, 3)
     _, as_png = _render(tmp_path, "b.jpg", source, "png")
     assert as_png[:2] == ("metadata dropped: IPTC and Photoshop data (JPEG APP13) (only a JPEG output holds it)",
@@ -73,7 +73,7 @@ def test_a_png_keeps_its_text_in_a_png_and_says_so_elsewhere(tmp_path: Path) -> 
                        _png_chunk(b"prVt", b"a private chunk"))
     data, losses = _render(tmp_path, "a.png", source, "png")
     assert Image.open(io.BytesIO(data)).text == {"Description": "Grandma at the lake, 1962"}
-    assert losses == ("metadata dropped: a PNG prVt chunk (srd carries it into none)",)
+    assert losses == ("metadata dropped: a PNG prVt chunk (no output carries it)",)
     _, as_jpeg = _render(tmp_path, "b.png", source, "jpeg")
     assert as_jpeg[0] == "metadata dropped: PNG text 'Description' (only a PNG output holds it)"
 
@@ -133,7 +133,7 @@ def test_16_bit_samples_rounded_to_8_bits_are_said(tmp_path: Path, values, said:
 
 def test_a_gif_comment_is_said(tmp_path: Path) -> None:
     gif = animation("GIF", 1, comment=b"from grandpa's scanner")
-    assert _render(tmp_path, "a.gif", gif, "png")[1] == ("metadata dropped: a GIF comment (srd carries it into none)",)
+    assert _render(tmp_path, "a.gif", gif, "png")[1] == ("metadata dropped: a GIF comment (no output carries it)",)
 
 
 def test_data_after_a_jpegs_end_is_said_and_padding_is_not(tmp_path: Path) -> None:
@@ -141,7 +141,7 @@ def test_data_after_a_jpegs_end_is_said_and_padding_is_not(tmp_path: Path) -> No
     video = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4
     losses = _render(tmp_path, "a.jpg", _jpeg_with() + video, "jpeg")[1]
     assert losses == (f"metadata dropped: {len(video)} bytes after the picture's end (a camera's trailer, such as "
-                      "a motion photo's video) (srd carries it into none)",)
+                      "a motion photo's video) (no output carries it)",)
     assert _render(tmp_path, "b.jpg", _jpeg_with() + b"\x00" * 64, "jpeg")[1] == ()
 
 
@@ -150,4 +150,38 @@ def test_side_blocks_are_carried_up_to_a_megabyte_in_all(tmp_path: Path) -> None
     comments = [_segment(0xFE, bytes([65 + i]) * 60_000) for i in range(20)]
     data, losses = _render(tmp_path, "a.jpg", _jpeg_with(*comments), "jpeg")
     assert sum(comment in data for comment in comments) == 17
-    assert len(losses) == 3 and all("max carried side blocks" in loss for loss in losses)
+    assert losses == ("metadata dropped: a JPEG comment (60004 bytes, over 1048576 with those before it: max carried "
+                      "side blocks) ×3",)  # one line for many alike
+
+
+def test_png_text_that_is_damaged_or_a_bomb_is_said_not_carried(tmp_path: Path) -> None:
+    """A bad CRC would make the output invalid; compressed text that inflates to 200 MB would make readers refuse
+    it: neither is carried, each is said. The XMP goes into an iTXt chunk, where XMP readers look for it."""
+    bad_crc = bytearray(_png_chunk(b"tEXt", b"Title\x00x"))
+    bad_crc[-1] ^= 1
+    bomb = _png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"\x00" * 200_000_000, 9))
+    xmp = _png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00<x:xmpmeta xmlns:x='adobe:ns:meta/'/>")
+    data, losses = _render(tmp_path, "a.png", _png_with(bytes(bad_crc), bomb, xmp), "png")
+    assert losses == ("metadata dropped: PNG text 'Title' (damaged: its CRC does not match)",
+                      "metadata dropped: PNG text 'Comment' (its text inflates past 1048576 bytes)")
+    Image.open(io.BytesIO(data)).verify()  # every CRC checked
+    assert b"xmpmeta" in Image.open(io.BytesIO(data)).info["xmp"]  # Pillow reads XMP from iTXt only
+
+
+def test_png_colour_goes_into_a_png_and_is_said_elsewhere_unless_a_profile_rules(tmp_path: Path) -> None:
+    gamma = _png_chunk(b"gAMA", (100000).to_bytes(4, "big"))  # linear light: not sRGB's curve
+    data, losses = _render(tmp_path, "a.png", _png_with(gamma), "png")
+    assert gamma in data and losses == ()
+    assert _render(tmp_path, "b.png", _png_with(gamma), "jpeg")[1] == (
+        "metadata dropped: the PNG's colour (gAMA) (only a PNG output holds it)",)
+    assert _render(tmp_path, "c.png", _png_with(_png_chunk(b"sRGB", b"\x00"), gamma), "jpeg")[1] == ()
+
+
+def test_a_second_exif_block_is_said_and_the_first_one_is_kept(tmp_path: Path) -> None:
+    first, second = Image.Exif(), Image.Exif()
+    first[0x010F], second[0x010F] = "FirstMake", "SecondMake"  # Make
+    source = _jpeg_with(_segment(0xE1, b"Exif\x00\x00" + first.tobytes()),
+                        _segment(0xE1, b"Exif\x00\x00" + second.tobytes()))
+    data, losses = _render(tmp_path, "a.jpg", source, "jpeg")
+    assert Image.open(io.BytesIO(data)).getexif()[0x010F] == "FirstMake"
+    assert losses == ("metadata dropped: a second EXIF block (JPEG APP1) (no output carries it)",)

@@ -7,7 +7,8 @@ edit on encoded bytes, by the format's own rules:
 
 - JPEG: ICC profiles in numbered ``ICC_PROFILE`` APP2 chunks (ICC.1 annex B), XMP in APP1, the
   JFIF APP0 density, and the source's own IPTC and comment segments.
-- PNG: the ``pHYs`` chunk, and the source's own text chunks. BMP: the pixels-per-metre fields.
+- PNG: the ``pHYs`` chunk, XMP as an ``iTXt`` chunk, and the source's own text and colour chunks. BMP: the
+  pixels-per-metre fields.
 - TIFF: ICC (tag 34675), XMP (700) and the EXIF and GPS IFDs, in a new first IFD appended to
   the file (the old one stays as unreferenced bytes), offsets rewritten for their new place.
 """
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from srd.imaging import imageextent
-from srd.imaging.metadata import Resolution
+from srd.imaging.metadata import EXIF_PREFIX, Resolution
 
 _ICC_SIGNATURE = b"ICC_PROFILE\x00"
 _ICC_CHUNK = 0xFFFF - 2 - len(_ICC_SIGNATURE) - 2  # length field, signature, sequence number and count
@@ -57,19 +58,33 @@ def jpeg_with(jpeg: bytes, *, icc: bytes | None, xmp: bytes | None, resolution: 
     return _with_jfif_density(jpeg, resolution) if resolution else jpeg
 
 
-def jpeg_icc(jpeg: bytes) -> bytes | None:
-    """The ICC profile of a JPEG, joined from its ``ICC_PROFILE`` APP2 chunks in sequence order (OpenCV takes
-    any APP2 segment for one: a multi-picture file's MPF index among them)."""
+@dataclass(frozen=True)
+class JpegMetadata:
+    exif: bytes | None = None
+    icc: bytes | None = None
+    xmp: bytes | None = None
+
+
+def jpeg_metadata(jpeg: bytes) -> JpegMetadata:
+    """The first EXIF block and XMP packet of a JPEG (OpenCV keeps the last of several; readers take the first),
+    and its ICC profile joined from its ``ICC_PROFILE`` APP2 chunks in sequence order (OpenCV takes any APP2
+    segment for one, a multi-picture file's MPF index among them)."""
     try:
         segments, _ = imageextent.jpeg_segments(jpeg)
     except ValueError:
-        return None
+        return JpegMetadata()
+    exif = xmp = None
     chunks = []
     for marker, at in segments:
-        if marker == 0xE2 and jpeg.startswith(_ICC_SIGNATURE, at):
-            length = int.from_bytes(jpeg[at - 2 : at], "big")
-            chunks.append((jpeg[at + len(_ICC_SIGNATURE)], jpeg[at + len(_ICC_SIGNATURE) + 2 : at - 2 + length]))
-    return b"".join(chunk for _, chunk in sorted(chunks)) or None
+        payload = jpeg[at : at - 2 + int.from_bytes(jpeg[at - 2 : at], "big")]
+        if marker == 0xE1 and exif is None and payload.startswith(EXIF_PREFIX):
+            exif = payload[len(EXIF_PREFIX) :]
+        elif marker == 0xE1 and xmp is None and payload.startswith(_XMP_NAMESPACE):
+            xmp = payload[len(_XMP_NAMESPACE) :]
+        elif marker == 0xE2 and payload.startswith(_ICC_SIGNATURE) and len(payload) > len(_ICC_SIGNATURE) + 2:
+            chunks.append((payload[len(_ICC_SIGNATURE)], payload[len(_ICC_SIGNATURE) + 2 :]))
+    icc = b"".join(chunk for _, chunk in sorted(chunks)) or None
+    return JpegMetadata(exif or None, icc, xmp or None)
 
 
 def _segment(marker: int, payload: bytes) -> bytes:
@@ -115,16 +130,29 @@ def png_with_resolution(png: bytes, res: Resolution | None) -> bytes:
         return png
     per_metre = {"inch": _INCHES_PER_METRE, "cm": 100.0, "none": 1.0}[res.unit]
     body = struct.pack(">IIB", round(res.x * per_metre), round(res.y * per_metre), 0 if res.unit == "none" else 1)
-    chunk = struct.pack(">I", len(body)) + b"pHYs" + body + struct.pack(">I", zlib.crc32(b"pHYs" + body))
+    chunk = _png_chunk_bytes(b"pHYs", body)
     end_of_ihdr = 8 + 8 + 13 + 4
     return png[:end_of_ihdr] + chunk + png[end_of_ihdr:]
 
 
 def png_with_chunks(png: bytes, chunks: Sequence[bytes]) -> bytes:
-    """The source's whole `chunks` (length, type, data and CRC: text) put before the IEND chunk that ends `png`."""
-    if not chunks or png[-12:-8] != b"\x00\x00\x00\x00" or png[-8:-4] != b"IEND":
+    """Whole `chunks` (length, type, data and CRC) put before the image data of `png`, where readers that stop
+    there (and colour chunks, by the PNG rules) need them."""
+    if not chunks:
         return png
-    return png[:-12] + b"".join(chunks) + png[-12:]
+    offsets, _ = imageextent.png_chunks(png)
+    first_data = next(at for at in offsets if png[at + 4 : at + 8] == b"IDAT")
+    return png[:first_data] + b"".join(chunks) + png[first_data:]
+
+
+def png_xmp_chunk(xmp: bytes) -> bytes:
+    """An XMP packet as the XMP standard puts it in a PNG: an uncompressed iTXt chunk, keyword XML:com.adobe.xmp
+    (OpenCV's writer makes it a Latin-1 tEXt chunk, which XMP readers do not look at)."""
+    return _png_chunk_bytes(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp)
+
+
+def _png_chunk_bytes(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
 def _png_chunk(png: bytes, wanted: bytes) -> bytes | None:

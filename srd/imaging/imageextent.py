@@ -119,7 +119,7 @@ def frame_count(data: bytes, fmt: str) -> int:
             _gif_end(data, descriptors)
             return max(len(descriptors), 1)
         if fmt == "png":
-            chunks = png_chunks(data)
+            chunks, _ = png_chunks(data)
             control = next((at for at in chunks if data[at + 4 : at + 8] == b"acTL"), None)  # animation control
             return max(_unpack(">I", data, control + 8)[0], 1) if control is not None else 1
         if fmt == "webp":
@@ -144,11 +144,11 @@ def jpeg_segments(data: bytes) -> tuple[list[tuple[int, int]], int]:
     return segments, end
 
 
-def png_chunks(data: bytes) -> list[int]:
-    """The offset of each chunk of a PNG, IHDR to IEND (raises as `jpeg_segments` does)."""
+def png_chunks(data: bytes) -> tuple[list[int], int]:
+    """The offset of each chunk of a PNG, IHDR to IEND, and where IEND ends (raises as `jpeg_segments` does)."""
     chunks: list[int] = []
-    _png_end(data, chunks)
-    return chunks
+    end = _png_end(data, chunks)
+    return chunks, end
 
 
 def gif_extensions(data: bytes) -> list[int]:

@@ -267,7 +267,8 @@ def encode(picture: Picture, fmt: str, *, quality: int = 95, keep_metadata: bool
     if fmt == "jpeg":
         data = containers.jpeg_with(data, icc=meta.icc, xmp=meta.xmp, resolution=meta.resolution, verbatim=side)
     elif fmt == "png":
-        data = containers.png_with_chunks(containers.png_with_resolution(data, meta.resolution), side)
+        xmp = [containers.png_xmp_chunk(meta.xmp)] if meta.xmp else []
+        data = containers.png_with_chunks(containers.png_with_resolution(data, meta.resolution), xmp + side)
     elif fmt == "bmp":
         data = containers.bmp_with_resolution(data, meta.resolution)
     elif fmt == "tiff":
@@ -335,7 +336,10 @@ def _collect_metadata(
     if xmp is not None:
         xmp = _trim_xmp(xmp)
     exif = strip_exif_prefix(found.get(cv2.IMAGE_METADATA_EXIF)) or None
-    icc = containers.jpeg_icc(data) if fmt == "jpeg" else found.get(cv2.IMAGE_METADATA_ICCP) or None
+    icc = found.get(cv2.IMAGE_METADATA_ICCP) or None
+    if fmt == "jpeg":  # srd reads a JPEG's own segments: OpenCV's choice of them is wrong in places
+        own = containers.jpeg_metadata(data)
+        exif, icc, xmp = own.exif, own.icc, own.xmp and _trim_xmp(own.xmp)
     if fmt == "tiff":  # OpenCV reads no TIFF metadata
         tags = containers.tiff_metadata(data)
         exif, icc, xmp = exif or tags.exif, icc or tags.icc, xmp or tags.xmp
@@ -362,13 +366,16 @@ def _metadata_blocks(meta: Metadata, fmt: str) -> tuple[list[int], list[np.ndarr
     """Blocks for OpenCV's encoder: the ones it writes correctly for `fmt`.
 
     Its JPEG writer fails on an ICC profile over one segment and writes XMP without its
-    namespace; its TIFF and BMP writers write no metadata. Those are added by `srd.imaging.containers`.
+    namespace, its PNG writer puts XMP in a tEXt chunk, and its TIFF and BMP writers write no metadata.
+    Those are added by `srd.imaging.containers`.
     """
     if fmt in ("tiff", "bmp"):
         return [], []
     pairs = [(cv2.IMAGE_METADATA_EXIF, meta.exif)]
     if fmt != "jpeg":
-        pairs += [(cv2.IMAGE_METADATA_ICCP, meta.icc), (cv2.IMAGE_METADATA_XMP, meta.xmp)]
+        pairs.append((cv2.IMAGE_METADATA_ICCP, meta.icc))
+    if fmt == "webp":
+        pairs.append((cv2.IMAGE_METADATA_XMP, meta.xmp))
     kinds = [kind for kind, block in pairs if block]
     blocks = [np.frombuffer(block, np.uint8) for _, block in pairs if block]
     return kinds, blocks

@@ -10,6 +10,7 @@ packet into every output, and a JPEG segment holds at most 65,533 bytes.
 from __future__ import annotations
 
 import struct
+from collections import Counter
 from dataclasses import dataclass, replace
 
 EXIF_PREFIX = b"Exif\x00\x00"
@@ -42,11 +43,12 @@ class Resolution:
 class SideBlock:
     """A block of a source beside its pictures and the metadata above (`srd.imaging.sideblocks`): `name` says it
     in a note; `raw` is the block in the framing of format `fmt`, written back into an output of that format,
-    or None where srd writes it into no output."""
+    or None where srd writes it into no output (`damage` then says why, if it is damaged)."""
 
     name: str
     fmt: str
     raw: bytes | None
+    damage: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def for_output(meta: Metadata, fmt: str, size: tuple[int, int], *, grey: bool) -
     side, carried = [], 0
     for block in meta.side:
         if block.raw is None:
-            dropped.append(f"{block.name} (srd carries it into none)")
+            dropped.append(f"{block.name} ({block.damage or 'no output carries it'})")
         elif block.fmt != fmt:
             dropped.append(f"{block.name} (only a {block.fmt.upper()} output holds it)")
         elif carried + len(block.raw) > MAX_BLOCK_BYTES:
@@ -112,7 +114,14 @@ def for_output(meta: Metadata, fmt: str, size: tuple[int, int], *, grey: bool) -
         else:
             side.append(block)
             carried += len(block.raw)
-    return replace(meta, exif=exif, icc=icc, xmp=xmp, side=tuple(side)), dropped
+    return replace(meta, exif=exif, icc=icc, xmp=xmp, side=tuple(side)), _counted(dropped)
+
+
+def _counted(reasons: list[str]) -> list[str]:
+    """Each reason once, in order, with how often it came when more than once (a file of 30,000 comments
+    gets one line, not 30,000)."""
+    counts = Counter(reasons)
+    return [reason if counts[reason] == 1 else f"{reason} ×{counts[reason]}" for reason in counts]
 
 
 def icc_colour_space(icc: bytes) -> bytes | None:

@@ -18,20 +18,29 @@ as depth maps are not, and not yet said either).
 from __future__ import annotations
 
 import struct
+import zlib
 
 from srd.imaging import imageextent
-from srd.imaging.metadata import SideBlock
+from srd.imaging.metadata import MAX_BLOCK_BYTES, SideBlock
 
-# JPEG APPn payloads srd reads (EXIF, XMP, ICC) or that only describe the coding (JFIF, its thumbnail
-# extension JFXX, Adobe's colour transform, Photoshop's "save for web" quality): by signature.
-_JPEG_CARRIED = {0xE0: (b"JFIF\x00", b"JFXX\x00"), 0xE1: (b"Exif\x00", b"http://ns.adobe.com/xap/1.0/\x00"),
-                 0xE2: (b"ICC_PROFILE\x00", b"MPF\x00"), 0xEC: (b"Ducky",), 0xEE: (b"Adobe",)}
+# JPEG APPn payloads srd reads (EXIF, XMP and ICC: a second EXIF block or XMP packet is said) or that only
+# describe the coding or repeat the picture (JFIF, its thumbnail extension JFXX, the MPF index, Adobe's colour
+# transform, Photoshop's "save for web" quality): by signature.
+_JPEG_EXIF, _JPEG_XMP = b"Exif\x00", b"http://ns.adobe.com/xap/1.0/\x00"
+_JPEG_CARRIED = {0xE0: (b"JFIF\x00", b"JFXX\x00"), 0xE2: (b"ICC_PROFILE\x00", b"MPF\x00"), 0xEC: (b"Ducky",),
+                 0xEE: (b"Adobe",)}
 _JPEG_PHOTOSHOP, _JPEG_COMMENT = 0xED, 0xFE
-# PNG chunks srd decodes or carries (pixels, palette, transparency, EXIF, ICC, density, animation), and the
-# rendering hints it may leave out (the pixels are written as decoded, in sRGB terms).
+# PNG chunks srd decodes or carries (pixels, palette, transparency, EXIF, ICC, density, animation), or leaves out
+# as describing the source's coding rather than its picture (significant bits, a palette's background, histogram
+# and suggested palettes, the time of its last change).
 _PNG_CARRIED = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"eXIf", b"iCCP", b"pHYs", b"acTL", b"fcTL",
-                          b"fdAT", b"gAMA", b"cHRM", b"sRGB", b"sBIT", b"bKGD", b"hIST", b"sPLT", b"tIME"})
+                          b"fdAT", b"sBIT", b"bKGD", b"hIST", b"sPLT", b"tIME"})
 _PNG_TEXT = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+# Gamma and chromaticities give the pixels' colour where neither an ICC profile nor the sRGB chunk does (those
+# override them): then they are carried into a PNG output. The sRGB chunk says what untagged pixels are taken
+# for anyway.
+_PNG_COLOUR = frozenset({b"gAMA", b"cHRM"})
+_PNG_COLOUR_MANAGED = frozenset({b"iCCP", b"sRGB"})
 _PNG_XMP_KEYWORD = b"XML:com.adobe.xmp"  # the iTXt chunk OpenCV reads as XMP
 _WEBP_CARRIED = frozenset({b"VP8 ", b"VP8L", b"VP8X", b"ALPH", b"ANIM", b"ANMF", b"ICCP", b"EXIF", b"XMP "})
 _GIF_GRAPHIC_CONTROL, _GIF_COMMENT, _GIF_APPLICATION = 0xF9, 0xFE, 0xFF
@@ -60,13 +69,21 @@ def _jpeg(data: bytes) -> list[SideBlock]:
     if not padding and not multi_picture:  # an MPF file's other pictures follow its first: said as its pictures
         found.append(SideBlock(f"{len(data) - end} bytes after the picture's end (a camera's trailer, such as a "
                                "motion photo's video)", "jpeg", None))
+    read = set()  # the first EXIF block and XMP packet are read into the metadata
     for marker, at in segments:
         length = int.from_bytes(data[at - 2 : at], "big")
         payload = data[at : at - 2 + length]
-        if marker == _JPEG_COMMENT:
+        first_of = next((kind for kind in (_JPEG_EXIF, _JPEG_XMP) if marker == 0xE1 and payload.startswith(kind)),
+                        None)
+        if first_of is not None and first_of not in read:
+            read.add(first_of)
+        elif marker == _JPEG_COMMENT:
             found.append(SideBlock("a JPEG comment", "jpeg", data[at - 4 : at - 2 + length]))
         elif marker == _JPEG_PHOTOSHOP and payload.startswith(b"Photoshop 3.0\x00"):
             found.append(SideBlock("IPTC and Photoshop data (JPEG APP13)", "jpeg", data[at - 4 : at - 2 + length]))
+        elif first_of is not None:
+            found.append(SideBlock(f"a second {'EXIF block' if first_of == _JPEG_EXIF else 'XMP packet'} "
+                                   "(JPEG APP1)", "jpeg", None))
         elif 0xE0 <= marker <= 0xEF and not payload.startswith(_JPEG_CARRIED.get(marker, ())):
             found.append(SideBlock(f"{_signature(payload)} (JPEG APP{marker - 0xE0})", "jpeg", None))
     return found
@@ -74,18 +91,54 @@ def _jpeg(data: bytes) -> list[SideBlock]:
 
 def _png(data: bytes) -> list[SideBlock]:
     found = []
-    for at in imageextent.png_chunks(data):
+    chunks, end = imageextent.png_chunks(data)
+    kinds = {data[at + 4 : at + 8] for at in chunks}
+    if data[end:].strip(b"\x00"):
+        found.append(SideBlock(f"{len(data) - end} bytes after the PNG's end", "png", None))
+    for at in chunks:
         length, kind = struct.unpack_from(">I4s", data, at)
-        if kind in _PNG_CARRIED:
+        if kind in _PNG_CARRIED or (kind in _PNG_COLOUR and kinds & _PNG_COLOUR_MANAGED) or kind == b"sRGB":
             continue
+        chunk = data[at : at + 12 + length]
+        said = kind.decode("latin-1")
         if kind in _PNG_TEXT:
-            keyword = data[at + 8 : at + 8 + min(length, 80)].split(b"\x00", 1)[0]
-            if keyword != _PNG_XMP_KEYWORD:
-                said = keyword.decode("latin-1")
-                found.append(SideBlock(f"PNG text '{said}'", "png", data[at : at + 12 + length]))
+            keyword, damage = _png_text_damage(kind, chunk[8:-4])
+            if keyword == _PNG_XMP_KEYWORD and kind == b"iTXt":
+                continue
+            name = f"PNG text '{keyword.decode('latin-1')}'"
+        elif kind in _PNG_COLOUR:
+            name, damage = f"the PNG's colour ({said})", None
         else:
-            found.append(SideBlock(f"a PNG {kind.decode('latin-1')} chunk", "png", None))
+            found.append(SideBlock(f"a PNG {said} chunk", "png", None))
+            continue
+        if damage is None and zlib.crc32(chunk[4:-4]) != int.from_bytes(chunk[-4:], "big"):
+            damage = "damaged: its CRC does not match"
+        found.append(SideBlock(name, "png", None if damage else chunk, damage))
     return found
+
+
+def _png_text_damage(kind: bytes, body: bytes) -> tuple[bytes, str | None]:
+    """A text chunk's keyword, and why it can't be carried (None if it can): a keyword out of the PNG rules, or
+    compressed text that does not inflate, or inflates past the carried-block limit (a decompression bomb)."""
+    keyword, nul, text = body.partition(b"\x00")
+    if not nul or not 1 <= len(keyword) <= 79:
+        return keyword[:79], "damaged: no valid keyword"
+    if kind == b"zTXt":
+        compressed: bytes | None = text[1:]
+    elif kind == b"iTXt":
+        flag, rest = text[:1], text[2:]
+        compressed = rest.split(b"\x00", 2)[-1] if flag == b"\x01" else None
+    else:
+        compressed = None
+    if compressed is not None:
+        inflater = zlib.decompressobj()
+        try:
+            inflater.decompress(compressed, MAX_BLOCK_BYTES + 1)
+        except zlib.error:
+            return keyword, "damaged: its compressed text does not inflate"
+        if inflater.unconsumed_tail:
+            return keyword, f"its text inflates past {MAX_BLOCK_BYTES} bytes"
+    return keyword, None
 
 
 def _gif(data: bytes) -> list[SideBlock]:
