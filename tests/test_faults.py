@@ -245,6 +245,57 @@ def test_files_deleted_while_queued_leave_the_queue_at_once(tmp_path: Path, mode
         assert daemon.stop() == 0
 
 
+@pytest.mark.parametrize("mode", ["native", "poll"])
+def test_a_file_renamed_while_its_job_waits_or_runs_gets_its_output_under_its_new_name_only(
+        tmp_path: Path, mode: str) -> None:
+    """The job of a file renamed in the inbox (or deleted) after it settled wrote an output under the old name
+    from the bytes it had read, and the file under its new name was then taken for a duplicate of that: no
+    output under its name, and with `on_success: delete` the file itself deleted. A job waiting for a worker is
+    now taken back when its file goes, and a running one puts no output in place for a file no longer there."""
+    config = write_config(tmp_path, [inbox_config(tmp_path, mode=mode, on_success="delete")],
+                          stages=[{"upscale": {"model": "edsr-base", "scale": 2}}])
+    inbox, outbox = tmp_path / "in", tmp_path / "in-out"
+    with running(config) as daemon:
+        (inbox / "slow.png").write_bytes(make_image(Path("x.png"), (300, 400), 4))  # a few seconds of work
+        daemon.wait_event("file_started")
+        (inbox / "head.png").write_bytes(make_image(Path("x.png"), SIZE, 5))
+        (inbox / "gone.png").write_bytes(make_image(Path("x.png"), SIZE, 6))
+        wait_for(lambda: in_flight(tmp_path / "state") == 2 and queued_in(tmp_path) == 1, 20,
+                 "the next file handed to the pool, another queued")
+        (inbox / "slow.png").rename(inbox / "slow-renamed.png")  # its job is running
+        (inbox / "head.png").rename(inbox / "head-renamed.png")  # its job waits for the worker
+        (inbox / "gone.png").unlink()
+        wait_for(lambda: {"slow-renamed.png", "head-renamed.png"} <= {p.name for p in outbox.glob("*")}, 90,
+                 "the renamed files processed under their new names\n" + daemon.log_tail())
+        wait_for(lambda: not list(inbox.glob("[!.]*")), 20, "the sources deleted once processed")
+        assert daemon.stop() == 0
+    assert sorted(p.name for p in outbox.iterdir()) == ["head-renamed.png", "slow-renamed.png"]
+    assert {Path(e["src"]).name for e in daemon.events("file_processed")} == {"slow-renamed.png", "head-renamed.png"}
+
+
+def test_a_reload_that_removes_an_inbox_takes_back_its_jobs_waiting_for_a_worker(tmp_path: Path) -> None:
+    """Its next file, handed to the pool before the reload, was still processed into the removed inbox's outbox."""
+    slow = {"upscale": {"model": "edsr-base", "scale": 2}}
+    inboxes = [inbox_config(tmp_path, "a"), inbox_config(tmp_path, "b")]
+    config = write_config(tmp_path, inboxes, stages=[slow])
+    with running(config) as daemon:
+        (tmp_path / "a" / "slow.png").write_bytes(make_image(Path("x.png"), (300, 400), 4))
+        daemon.wait_event("file_started")
+        (tmp_path / "b" / "next.png").write_bytes(make_image(Path("x.png"), SIZE, 5))
+        wait_for(lambda: in_flight(tmp_path / "state", 1) == 1, 20, "b's file handed to the pool")
+        write_config(tmp_path, inboxes[:1], stages=[slow])
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert daemon.wait_event("queued_jobs_requeued")[0]["jobs"] == 1
+        wait_for(lambda: (tmp_path / "a-out" / "slow.png").exists(), 60, "the running job to finish")
+        assert daemon.stop() == 0
+    assert not (tmp_path / "b-out" / "next.png").exists()
+
+
+def queued_in(tmp_path: Path) -> int:
+    """QUEUED of the first inbox by the status file."""
+    return int((read_status(tmp_path / "state").get("inboxes") or [{}])[0].get("queued", 0))
+
+
 @contextlib.contextmanager
 def _running_on_own_espcn(tmp_path: Path) -> Iterator[tuple[DaemonProcess, Path]]:
     """A daemon whose model is a copy of ESPCN ×2 at `own.pb` (a file of the user's, no manifest), ready, with

@@ -170,6 +170,8 @@ def test_an_outbox_subfolder_replaced_by_a_file_pauses_only_its_photos_and_fails
                          and r, 10, "srd status --check to report the inbox unhealthy")
         assert "unhealthy" in check.stdout and f"outbox folder {layout.outbox / 'sub'} unwritable" in check.stdout
         wait_for(lambda: (layout.outbox / "other" / "x.png").exists(), 30, "the photo bound for another folder")
+        # The photos held back count as waiting: an idle-looking inbox would hide them from a dashboard.
+        wait_for(lambda: (s := status_of(layout)) and s["inboxes"][0]["queued"] == 3, 10, "QUEUED to count them")
         time.sleep(3)  # reconcile scans while paused: no photo is failed for the folder's fault
         assert files_under(layout.failed) == {} and len(list((layout.inbox / "sub").iterdir())) == 3
         (layout.outbox / "sub").unlink()

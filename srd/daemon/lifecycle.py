@@ -312,13 +312,15 @@ class Lifecycle:
         return runtime.handled.get(ready.path) == ready.version or ready.path in self.disposal.out
 
     def waiting(self) -> tuple[dict[Path, str], dict[str, int]]:
-        """The files waiting, each once: those settled and queued or being read (path → inbox id), less one
-        whose job is out (running) or that is decided already (a scan queued it again while its job ran); and
-        per inbox id, its files still settling that are neither."""
+        """The files waiting, each once: those settled and queued, being read, or held by a pause (an outbox, an
+        outbox folder or a model away: path → inbox id), less one whose job is out (running) or that is decided
+        already (a scan queued it again while its job ran); and per inbox id, its files still settling that are
+        neither."""
         running = {work.file.path for work in self.active.values()}
         runtimes = self._ctx.runtimes
         queued = {ready.path: key for key, ready in [*self.backlog, *self.reads.reading.values()]
                   if ready.path not in running and key in runtimes and not self._decided(runtimes[key], ready)}
+        queued.update((path, key) for key, path in self.pauses.held() if key in runtimes and path not in running)
         busy = running | queued.keys()
         settling = {key: sum(1 for path in runtime.tracker.pending_paths() if path not in busy)
                     for key, runtime in self._ctx.runtimes.items()}
@@ -433,7 +435,7 @@ class Lifecycle:
             self._solo.add(work.key)
         job = Job(work.file.path, work.target.parent, work.profile, config.max_input_pixels, target=work.target,
                   source_root=work.file.inbox.path, output_root=work.file.inbox.outbox,
-                  max_input_bytes=config.max_input_bytes, content=content,
+                  max_input_bytes=config.max_input_bytes, content=content, source_version=work.file.version,
                   output_mark=mark_value(work.file.inbox_id, work.file.rel))
         self.pool.submit(work.key, job, suspect=suspect, time_limit=self._time_limit(work))
 
@@ -561,19 +563,28 @@ class Lifecycle:
 
     def requeue_superseded(self) -> None:
         """After a reload: the jobs no worker has taken yet whose inbox now has another profile are taken back,
-        and their files judged again under it, rather than run under the old profile and then done again."""
+        and their files judged again under it, rather than run under the old profile and then done again; those
+        of an inbox the reload removed are taken back and dropped."""
         runtimes = self._ctx.runtimes
 
         def superseded(work: Work) -> bool:
             runtime = runtimes.get(work.file.inbox_id)
-            return runtime is not None and runtime.fingerprint != work.fingerprint
+            return runtime is None or runtime.fingerprint != work.fingerprint
 
         taken = self._take_back(superseded)
         for work in taken:
-            self._ctx.rehint(work.file.inbox_id, work.file.path)
+            if work.file.inbox_id in runtimes:
+                self._ctx.rehint(work.file.inbox_id, work.file.path)
         if taken:
             self._release_deferred()  # files that waited for those jobs
-            log.info("queued_jobs_requeued", jobs=len(taken), reason="their inbox's profile changed")
+            log.info("queued_jobs_requeued", jobs=len(taken), reason="their inbox's profile changed, or it was removed")
+
+    def gone(self, path: Path) -> None:
+        """The watcher saw the file at `path` go (deleted, moved away): it leaves the queue, and a job no worker has
+        taken yet for it is taken back (one already running puts no output in place: `Job.source_version`)."""
+        self.backlog.discard(path)
+        if self._take_back(lambda work: work.file.path == path):
+            self._release_deferred()
 
     def _take_back(self, which: Callable[[Work], bool]) -> list[Work]:
         """Take back the jobs `which` selects that no worker has taken yet."""

@@ -334,7 +334,7 @@ class Daemon:
         if runtime is None or runtime.inbox.path not in hint.path.parents:
             return  # from a watcher stopped by a reload
         if hint.gone:
-            self._files.backlog.discard(hint.path)  # no longer waits for its turn (a new file there hints anew)
+            self._files.gone(hint.path)  # no longer waits for its turn (a new file there hints anew)
             return
         if hint.signature is not None and (runtime.handled.get(hint.path) == hint.signature
                                            or self._files.finished_before(runtime, hint.path, hint.signature)):

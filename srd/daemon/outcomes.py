@@ -50,6 +50,8 @@ class Outcomes:
             pass
         elif isinstance(outcome, Finished) and outcome.result.model_unavailable:
             self._model_unavailable(work, outcome.result.error or "model unavailable")
+        elif isinstance(outcome, Finished) and outcome.result.source_changed:
+            self._source_changed(work)
         elif isinstance(outcome, Finished) and outcome.result.output_errno in BLOCKING_ERRNOS:
             self._output_refused(work, outcome.result.error or "output refused", outcome.result.output_errno)
         elif isinstance(outcome, Finished):
@@ -175,6 +177,14 @@ class Outcomes:
         self._ctx.ledger.forget(work.key)
         refused = work.target.parent if code in REFUSED_FOLDER_ERRNOS else None  # a folder on the way is not one
         self._pauses.block_outbox(work.file.inbox_id, work.file.inbox.outbox, work.file.path, reason, code, refused)
+
+    def _source_changed(self, work: Work) -> None:
+        """The file was renamed, deleted, replaced or written to after it settled, and the job put no output in
+        place: no verdict on it (and no output under a name the file no longer has). Whatever is at its path
+        now is judged afresh; a file renamed within the inbox comes in under its new name."""
+        self._ctx.ledger.forget(work.key)
+        self._ctx.rehint(work.file.inbox_id, work.file.path)
+        log.info("source_changed_before_output", src=str(work.file.path))
 
     def _model_unavailable(self, work: Work, reason: str) -> None:
         """The worker could not have the model as it was checked: not the file's fault, so it costs no attempt and

@@ -11,6 +11,7 @@ settling after a growing back-off (§3, "Slow writers"). None of them is the fil
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,6 +74,15 @@ class Pauses:
             return block
         output_folder = inbox.outbox / path.parent.relative_to(inbox.path)
         return next((block for folder, block in folders.items() if output_folder.is_relative_to(folder)), None)
+
+    def held(self) -> Iterator[tuple[str, Path]]:
+        """(inbox id, path) of each file an outbox, an outbox folder or a model holds back."""
+        blocks: list[tuple[str, OutboxBlock | ModelBlock]] = [
+            *self.outboxes.items(), *self.models.items(),
+            *((key, block) for key, folders in self.folders.items() for block in folders.values())]
+        for key, block in blocks:
+            for path in block.waiting:
+                yield key, path
 
     def block_outbox(self, inbox_key: str, outbox: Path, path: Path, reason: str, code: int,
                      refused_folder: Path | None = None) -> None:

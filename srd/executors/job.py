@@ -102,6 +102,9 @@ class JobResult:
     truncated: bool = False
     # Set when the model could not be loaded as the job names it (`ModelUnavailableError`): not the file's fault.
     model_unavailable: bool = False
+    # Set when the source was no longer the version planned (`SourceChangedError`: written to, replaced, renamed or
+    # deleted meanwhile): no output was put in place, and nothing is said of the file.
+    source_changed: bool = False
     output_bytes: int | None = None  # the output's size as written (no stat needed to learn it)
     # The most tiles the job's upscaling ran at once (its share of the cores; 0: no upscale stage ran).
     tile_threads: int = 0
@@ -204,6 +207,8 @@ def guarded(job: Job, sha256: str | None, started: float, step: Callable[[], T])
         return failure(job, str(exc), sha256, started, truncated=str(exc).startswith("truncated"))
     except ModelUnavailableError as exc:
         return failure(job, str(exc), sha256, started, model_unavailable=True)
+    except SourceChangedError as exc:
+        return failure(job, str(exc), sha256, started, source_changed=True)
     except SrdError as exc:
         return failure(job, str(exc), sha256, started, out_of_memory=_oom_cause(exc))
     # Per-job boundary: any unexpected error (an OpenCV assertion on an odd image, a bug) must fail
@@ -216,9 +221,18 @@ def guarded(job: Job, sha256: str | None, started: float, step: Callable[[], T])
 
 
 def _check_source(job: Job) -> None:
-    """Raise `SourceChangedError` if the job's source is no longer the version it was planned with."""
-    if job.source_version is not None:
+    """Raise `SourceChangedError` if the job's source is no longer the version it was planned with (below its
+    `source_root`, never through a symlink: a file out of reach counts as gone)."""
+    if job.source_version is None:
+        return
+    if job.source_root is None:
         _check_version(version_of(job.source), job.source_version)
+        return
+    try:
+        found: FileVersion | None = FileVersion.of(safefs.lstat(job.source_root, job.source))
+    except (OSError, ValueError):
+        found = None
+    _check_version(found, job.source_version)
 
 
 def _check_version(found: FileVersion | None, expected: FileVersion) -> None:
@@ -234,13 +248,13 @@ def _oom_cause(exc: SrdError) -> bool:
 
 def failure(job: Job, reason: str, sha256: str | None, started: float, *,
             output_errno: int | None = None, out_of_memory: bool = False, truncated: bool = False,
-            model_unavailable: bool = False) -> JobResult:
+            model_unavailable: bool = False, source_changed: bool = False) -> JobResult:
     """A failed result for `job`, logged (one line, whatever the library said)."""
     reason = " ".join(reason.split())
     ms = int((time.monotonic() - started) * 1000)
-    # A model that can't be had is no verdict on the file (the daemon keeps it waiting): named apart in the log.
-    log.warning("job_model_unavailable" if model_unavailable else "job_failed", src=str(job.source), reason=reason,
-                ms=ms)
+    # Neither is a verdict on the file: named apart in the log (the daemon keeps the file waiting, or looks again).
+    event = "job_model_unavailable" if model_unavailable else "job_source_changed" if source_changed else "job_failed"
+    (log.info if source_changed else log.warning)(event, src=str(job.source), reason=reason, ms=ms)
     return JobResult(source=job.source, ok=False, error=reason, sha256=sha256, milliseconds=ms,
                      output_errno=output_errno, out_of_memory=out_of_memory, truncated=truncated,
-                     model_unavailable=model_unavailable)
+                     model_unavailable=model_unavailable, source_changed=source_changed)
