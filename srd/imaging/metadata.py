@@ -43,12 +43,13 @@ class Resolution:
 class SideBlock:
     """A block of a source beside its pictures and the metadata above (`srd.imaging.sideblocks`): `name` says it
     in a note; `raw` is the block in the framing of format `fmt`, written back into an output of that format,
-    or None where srd writes it into no output (`damage` then says why, if it is damaged)."""
+    or None where srd writes it into no output (`unfit` then says why, for a block of a kind srd carries that is
+    damaged or too large)."""
 
     name: str
     fmt: str
     raw: bytes | None
-    damage: str | None = None
+    unfit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def for_output(meta: Metadata, fmt: str, size: tuple[int, int], *, grey: bool) -
     side, carried = [], 0
     for block in meta.side:
         if block.raw is None:
-            dropped.append(f"{block.name} ({block.damage or 'no output carries it'})")
+            dropped.append(f"{block.name} ({block.unfit or 'no output carries it'})")
         elif block.fmt != fmt:
             dropped.append(f"{block.name} (only a {block.fmt.upper()} output holds it)")
         elif carried + len(block.raw) > MAX_BLOCK_BYTES:

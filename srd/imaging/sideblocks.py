@@ -102,22 +102,22 @@ def _png(data: bytes) -> list[SideBlock]:
         chunk = data[at : at + 12 + length]
         said = kind.decode("latin-1")
         if kind in _PNG_TEXT:
-            keyword, damage = _png_text_damage(kind, chunk[8:-4])
+            keyword, unfit = _png_text_unfit(kind, chunk[8:-4])
             if keyword == _PNG_XMP_KEYWORD and kind == b"iTXt":
                 continue
             name = f"PNG text '{keyword.decode('latin-1')}'"
         elif kind in _PNG_COLOUR:
-            name, damage = f"the PNG's colour ({said})", None
+            name, unfit = f"the PNG's colour ({said})", None
         else:
             found.append(SideBlock(f"a PNG {said} chunk", "png", None))
             continue
-        if damage is None and zlib.crc32(chunk[4:-4]) != int.from_bytes(chunk[-4:], "big"):
-            damage = "damaged: its CRC does not match"
-        found.append(SideBlock(name, "png", None if damage else chunk, damage))
+        if unfit is None and zlib.crc32(chunk[4:-4]) != int.from_bytes(chunk[-4:], "big"):
+            unfit = "damaged: its CRC does not match"
+        found.append(SideBlock(name, "png", None if unfit else chunk, unfit))
     return found
 
 
-def _png_text_damage(kind: bytes, body: bytes) -> tuple[bytes, str | None]:
+def _png_text_unfit(kind: bytes, body: bytes) -> tuple[bytes, str | None]:
     """A text chunk's keyword, and why it can't be carried (None if it can): a keyword out of the PNG rules, or
     compressed text that does not inflate, or inflates past the carried-block limit (a decompression bomb)."""
     keyword, nul, text = body.partition(b"\x00")
