@@ -273,6 +273,42 @@ def test_a_file_renamed_while_its_job_waits_or_runs_gets_its_output_under_its_ne
     assert {Path(e["src"]).name for e in daemon.events("file_processed")} == {"slow-renamed.png", "head-renamed.png"}
 
 
+def test_a_chmod_or_touch_during_a_job_keeps_its_output_and_a_file_moved_over_a_waiting_one_is_done_once(
+        tmp_path: Path) -> None:
+    """A chmod, a touch or a new hard link changes no byte: the running job's output stands (it was thrown away,
+    and a file chmod-ed every few seconds never finished). A file moved over one whose job waits for the worker
+    takes its place: the waiting job is taken back, not run on the old bytes and then dropped."""
+    config = write_config(tmp_path, stages=[{"upscale": {"model": "edsr-base", "scale": 2}}])
+    inbox, outbox = tmp_path / "in", tmp_path / "in-out"
+    with running(config) as daemon:
+        slow = inbox / "slow.png"
+        slow.write_bytes(make_image(Path("x.png"), (300, 400), 4))
+        daemon.wait_event("file_started")
+        (inbox / "next.png").write_bytes(make_image(Path("x.png"), SIZE, 5))
+        wait_for(lambda: in_flight(tmp_path / "state") == 2, 20, "the next file handed to the pool")
+        slow.chmod(0o600)
+        os.utime(slow)
+        os.link(slow, tmp_path / "backup-link.png")
+        newer = make_image(Path("x.png"), SIZE, 6)
+        (inbox / ".next.tmp").write_bytes(newer)
+        (inbox / ".next.tmp").rename(inbox / "next.png")
+        wait_for(lambda: (outbox / "slow.png").exists() and (outbox / "next.png").exists(), 60,
+                 "both outputs\n" + daemon.log_tail())
+        time.sleep(1.5)  # a settle period: the touched file is looked at again, and found done
+        assert daemon.stop() == 0
+    started = [Path(e["src"]).name for e in daemon.events("file_started")]
+    assert sorted(started) == ["next.png", "slow.png"], started
+    assert daemon.events("source_changed_before_output") == []
+    assert np.array_equal(cv2.imread(str(outbox / "next.png")), _upscaled_by_base(newer, tmp_path))
+
+
+def _upscaled_by_base(image: bytes, tmp_path: Path) -> np.ndarray:
+    (tmp_path / "ref.png").write_bytes(image)
+    done = srd("process", str(tmp_path / "ref.png"), "--out", str(tmp_path / "ref-out"), "-m", "edsr-base", "-s", "2")
+    assert done.returncode == 0, done.stderr
+    return cv2.imread(str(tmp_path / "ref-out" / "ref.png"))
+
+
 def test_a_reload_that_removes_an_inbox_takes_back_its_jobs_waiting_for_a_worker(tmp_path: Path) -> None:
     """Its next file, handed to the pool before the reload, was still processed into the removed inbox's outbox."""
     slow = {"upscale": {"model": "edsr-base", "scale": 2}}

@@ -579,6 +579,12 @@ class Lifecycle:
             self._release_deferred()  # files that waited for those jobs
             log.info("queued_jobs_requeued", jobs=len(taken), reason="their inbox's profile changed, or it was removed")
 
+    def moved_on(self, path: Path, version: FileVersion | None) -> None:
+        """A watcher's sign that the file at `path` may have changed (an event, or a scan that saw `version`): a
+        job no worker has taken yet for another version of it is taken back (the file settles again)."""
+        if self._take_back(lambda work: work.file.path == path and version != work.file.version):
+            self._release_deferred()
+
     def gone(self, path: Path) -> None:
         """The watcher saw the file at `path` go (deleted, moved away): it leaves the queue, and a job no worker has
         taken yet for it is taken back (one already running puts no output in place: `Job.source_version`)."""
@@ -588,7 +594,8 @@ class Lifecycle:
 
     def _take_back(self, which: Callable[[Work], bool]) -> list[Work]:
         """Take back the jobs `which` selects that no worker has taken yet."""
-        withdrawn = self.pool.withdraw([token for token, work in self.active.items() if which(work)])
+        tokens = [token for token, work in self.active.items() if which(work)]
+        withdrawn = self.pool.withdraw(tokens) if tokens else []
         works = []
         for token in withdrawn:
             assert isinstance(token, str)  # the pool hands back the work keys it was given

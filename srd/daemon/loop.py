@@ -336,6 +336,7 @@ class Daemon:
         if hint.gone:
             self._files.gone(hint.path)  # no longer waits for its turn (a new file there hints anew)
             return
+        self._files.moved_on(hint.path, hint.signature)
         if hint.signature is not None and (runtime.handled.get(hint.path) == hint.signature
                                            or self._files.finished_before(runtime, hint.path, hint.signature)):
             return

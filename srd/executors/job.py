@@ -179,7 +179,7 @@ def store_output(job: Job, rendered: Rendered, sha256: str, started: float) -> J
     target = job.target or job.out_dir / rendered.name
 
     def write() -> None:
-        with open_atomic(target, root=job.output_root, before_rename=lambda: _check_source(job)) as out:
+        with open_atomic(target, root=job.output_root, before_rename=lambda: _check_source(job, sha256)) as out:
             out.write(rendered.data)
             if job.output_mark is not None:
                 set_mark(out.fileno(), job.output_mark, target)
@@ -220,25 +220,42 @@ def guarded(job: Job, sha256: str | None, started: float, step: Callable[[], T])
         return failure(job, f"internal error: {type(exc).__name__}: {exc}", sha256, started)
 
 
-def _check_source(job: Job) -> None:
-    """Raise `SourceChangedError` if the job's source is no longer the version it was planned with (below its
-    `source_root`, never through a symlink: a file out of reach counts as gone)."""
+_CHANGED = "changed since this run planned it (written to, replaced, renamed or deleted meanwhile); not processed"
+
+
+def _check_source(job: Job, sha256: str) -> None:
+    """Raise `SourceChangedError` unless the job's source still holds the bytes rendered (`sha256`): the version
+    planned, or, where that moved on (a chmod, a touch, a file moved over it), the same bytes read again. Reached
+    below its `source_root`, never through a symlink: a file out of reach counts as gone."""
     if job.source_version is None:
         return
     if job.source_root is None:
-        _check_version(version_of(job.source), job.source_version)
+        found = version_of(job.source)
+    else:
+        try:
+            found = FileVersion.of(safefs.lstat(job.source_root, job.source))
+        except (OSError, ValueError):
+            found = None
+    if found == job.source_version:
         return
     try:
-        found: FileVersion | None = FileVersion.of(safefs.lstat(job.source_root, job.source))
-    except (OSError, ValueError):
-        found = None
-    _check_version(found, job.source_version)
+        if found is not None and read_source(job.source, job.source_root, job.max_input_bytes).sha256 == sha256:
+            return
+    except ImageError:
+        pass  # gone or unreadable since: not the bytes rendered
+    raise SourceChangedError(_CHANGED)
 
 
-def _check_version(found: FileVersion | None, expected: FileVersion) -> None:
-    if found != expected:
-        raise SourceChangedError("changed since this run planned it (written to or replaced meanwhile); "
-                                 "not processed: run the command again to process it as it is now")
+def _check_version(found: FileVersion, expected: FileVersion) -> None:
+    if not _same_version(found, expected):
+        raise SourceChangedError(_CHANGED)
+
+
+def _same_version(found: FileVersion, expected: FileVersion) -> bool:
+    """The same file, not written to since, as far as a reader that hashes what it reads needs: its ctime aside,
+    which a chmod, an xattr or a new hard link moves without changing a byte (a rewrite that put the old mtime
+    back is told by the hash of the bytes read)."""
+    return found._replace(ctime_ns=0) == expected._replace(ctime_ns=0)
 
 
 def _oom_cause(exc: SrdError) -> bool:
