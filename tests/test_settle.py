@@ -108,6 +108,21 @@ def test_a_change_between_the_two_stats_restarts_the_wait(
     assert _ready_paths(tracker.poll()) == [path]
 
 
+def test_a_chmod_between_the_two_stats_does_not_restart_the_wait(tmp_path: Path, clock: FakeClock) -> None:
+    """A chmod (or an xattr, a hard link) moves only the ctime: no byte was written. A file whose permissions a
+    cron job reset every second waited for ever; it is ready, in its latest version."""
+    tracker = SettleTracker(SETTLE, clock=clock)
+    path = tmp_path / "photo.jpg"
+    _write(path, b"a" * 10, mtime_ns=10**9)
+    tracker.hint(path)
+    clock.advance(SETTLE)
+    assert not tracker.poll()
+    path.chmod(0o600)
+    clock.advance(SETTLE)
+    [ready] = tracker.poll().ready
+    assert ready.path == path and ready.version == FileVersion.of(path.stat())
+
+
 def test_vanished_file_is_reported_and_dropped(tmp_path: Path, clock: FakeClock) -> None:
     """A file deleted or moved away before it settled is reported once, then no longer tracked."""
     tracker = SettleTracker(SETTLE, clock=clock)

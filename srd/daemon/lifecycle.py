@@ -581,8 +581,9 @@ class Lifecycle:
 
     def moved_on(self, path: Path, version: FileVersion | None) -> None:
         """A watcher's sign that the file at `path` may have changed (an event, or a scan that saw `version`): a
-        job no worker has taken yet for another version of it is taken back (the file settles again)."""
-        if self._take_back(lambda work: work.file.path == path and version != work.file.version):
+        job no worker has taken yet for a version written over since is taken back (the file settles again)."""
+        if self._take_back(lambda work: work.file.path == path
+                           and (version is None or not version.unwritten_since(work.file.version))):
             self._release_deferred()
 
     def gone(self, path: Path) -> None:

@@ -2,8 +2,10 @@
 
 File-system events are only hints: what arrives depends on how the file was written (in place, renamed in,
 copied over SMB, seen by a poller), and none of them reliably says "complete". A file is ready when no hint
-touched it for ``settle_s`` and two stats ``settle_s`` apart agree on its `FileVersion`. The first stat
-is taken `FIRST_LOOK_S` after the last hint, so a file is ready about ``settle_s`` after it stops changing.
+touched it for ``settle_s`` and two stats ``settle_s`` apart agree on its `FileVersion`, its ctime aside (a
+chmod or an xattr written every second must not keep a finished file out for good; the bytes are hashed next).
+The first stat is taken `FIRST_LOOK_S` after the last hint, so a file is ready about ``settle_s`` after it stops
+changing.
 
 The tracker has no threads and never sleeps: the owner feeds `SettleTracker.hint`, calls
 `SettleTracker.poll` and sleeps until `SettleTracker.next_deadline`. An owner that must not wait on a stat
@@ -242,7 +244,7 @@ class SettleTracker:
             result.rejected.append(Rejected(path, f"not a regular file: {file_kind(st.st_mode)}"))
             return
         signature = FileVersion.of(st)
-        if signature == entry.signature:
+        if entry.signature is not None and signature.unwritten_since(entry.signature):
             empty_until = entry.quiet_since + self._empty_s
             if st.st_size == 0 and now < empty_until:
                 # Keep checking at the normal pace, so that content arriving without an event is noticed.

@@ -396,8 +396,9 @@ class InboxWatcher:
         for rel in previous.keys() - self._snapshot.keys() if previous is not None else ():
             self._sink(Hint(self.index, self.root / rel, gone=True))
         for prefix, files in found:
-            changed = files if previous is None else [
-                (name, version) for name, version in files if previous.get(prefix + name) != version]
+            changed = files if previous is None else [  # a chmod or an xattr alone (the ctime) is no change
+                (name, version) for name, version in files
+                if (seen := previous.get(prefix + name)) is None or not version.unwritten_since(seen)]
             if changed and not self._emit_found(prefix, changed):
                 return
 

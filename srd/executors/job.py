@@ -247,15 +247,9 @@ def _check_source(job: Job, sha256: str) -> None:
 
 
 def _check_version(found: FileVersion, expected: FileVersion) -> None:
-    if not _same_version(found, expected):
+    """At a read, whose bytes are hashed: a rewrite that put the old mtime back is told by their hash."""
+    if not found.unwritten_since(expected):
         raise SourceChangedError(_CHANGED)
-
-
-def _same_version(found: FileVersion, expected: FileVersion) -> bool:
-    """The same file, not written to since, as far as a reader that hashes what it reads needs: its ctime aside,
-    which a chmod, an xattr or a new hard link moves without changing a byte (a rewrite that put the old mtime
-    back is told by the hash of the bytes read)."""
-    return found._replace(ctime_ns=0) == expected._replace(ctime_ns=0)
 
 
 def _oom_cause(exc: SrdError) -> bool:

@@ -26,6 +26,12 @@ class FileVersion(NamedTuple):
         """The version a stat result describes."""
         return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
+    def unwritten_since(self, earlier: FileVersion) -> bool:
+        """The same file as `earlier`, no byte written since as far as a writer shows it (every write moves the
+        mtime): only its ctime may differ, which a chmod, an xattr or a new hard link moves too. Enough where
+        what follows hashes the bytes it reads; not a proof that they are the same."""
+        return self._replace(ctime_ns=0) == earlier._replace(ctime_ns=0)
+
 
 def version_of(path: os.PathLike[str] | str) -> FileVersion | None:
     """The version of the file at `path` now (symlinks followed, as opening it would); None if it is gone."""
