@@ -273,12 +273,14 @@ def test_a_file_renamed_while_its_job_waits_or_runs_gets_its_output_under_its_ne
     assert {Path(e["src"]).name for e in daemon.events("file_processed")} == {"slow-renamed.png", "head-renamed.png"}
 
 
+@pytest.mark.parametrize("mode", ["native", "poll"])
 def test_a_chmod_or_touch_during_a_job_keeps_its_output_and_a_file_moved_over_a_waiting_one_is_done_once(
-        tmp_path: Path) -> None:
+        tmp_path: Path, mode: str) -> None:
     """A chmod, a touch or a new hard link changes no byte: the running job's output stands (it was thrown away,
     and a file chmod-ed every few seconds never finished). A file moved over one whose job waits for the worker
     takes its place: the waiting job is taken back, not run on the old bytes and then dropped."""
-    config = write_config(tmp_path, stages=[{"upscale": {"model": "edsr-base", "scale": 2}}])
+    config = write_config(tmp_path, [inbox_config(tmp_path, mode=mode)],
+                          stages=[{"upscale": {"model": "edsr-base", "scale": 2}}])
     inbox, outbox = tmp_path / "in", tmp_path / "in-out"
     with running(config) as daemon:
         slow = inbox / "slow.png"
