@@ -27,6 +27,13 @@ from srd.ledger import KEPT_CHANGED, State
 log = structlog.get_logger(__name__)
 
 
+def source_step(on_success: str, losses: Sequence[str]) -> str:
+    """What becomes of a source whose output left `losses` out of it (`JobResult.losses`): ``on_success``, except
+    that such a source is never deleted, since the output does not stand for it (an animation's frames, a scan's
+    pages, transparency, metadata would be gone for good): it is kept."""
+    return "keep" if on_success == "delete" and losses else on_success
+
+
 @dataclass(frozen=True)
 class StepToken:
     """An off-loop source step."""
@@ -68,17 +75,14 @@ class Disposal:
                               journaled, details, report_if_gone))
 
     def on_success(self, file: SourceFile, losses: Sequence[str], *, said_before: bool = False) -> str:
-        """What becomes of a source whose output left `losses` out of it (`JobResult.losses`): its inbox's
-        ``on_success``, except that such a source is never deleted, since the output does not stand for it
-        (an animation's frames, a scan's pages, transparency, metadata would be gone for good): it is kept, and
-        that is said unless `said_before` (a duplicate a start looks at again)."""
-        on_success = file.inbox.on_success
-        if on_success == "delete" and losses:
+        """`source_step` for this file, saying when a source is kept that ``on_success`` would have deleted (unless
+        `said_before`: a duplicate a start looks at again)."""
+        step = source_step(file.inbox.on_success, losses)
+        if step != file.inbox.on_success:
             (log.debug if said_before else log.warning)(
                 "source_kept_not_deleted", src=str(file.path), losses=list(losses),
                 reason="its output left out what only the source has")
-            return "keep"
-        return on_success
+        return step
 
     def dispose(self, file: SourceFile, key: str | None, losses: Sequence[str], *, said_before: bool = False) -> None:
         """Apply ``on_success`` (see `on_success`) to a source whose content has an output whose losses are

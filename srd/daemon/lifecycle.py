@@ -42,7 +42,7 @@ from structlog.contextvars import bound_contextvars
 from srd.daemon.backlog import Backlog
 from srd.daemon.claimguard import ClaimGuard
 from srd.daemon.context import Context
-from srd.daemon.disposal import Disposal
+from srd.daemon.disposal import Disposal, source_step
 from srd.daemon.inboxes import InboxRuntime
 from srd.daemon.jobtime import job_time_limit
 from srd.daemon.offload import Done
@@ -367,8 +367,7 @@ class Lifecycle:
                    and entry.source.as_posix() == rel)
         if own_job:
             return entry is not None and source_step_done(entry.disposition)
-        return runtime.inbox.on_success == "keep" or (entry is not None and bool(entry.losses)
-                                                       and runtime.inbox.on_success == "delete")
+        return source_step(runtime.inbox.on_success, entry.losses if entry is not None else ()) == "keep"
 
     def _already_done(self, runtime: InboxRuntime, file: SourceFile, entry: Entry | None) -> None:
         """An output srd wrote for this path holds this content's picture: at most the source step is left."""

@@ -59,20 +59,22 @@ def jpeg_with(jpeg: bytes, *, icc: bytes | None, xmp: bytes | None, resolution: 
 
 
 @dataclass(frozen=True)
-class JpegMetadata:
+class Blocks:
+    """The EXIF block, ICC profile and XMP packet srd reads from a container itself (JPEG, TIFF)."""
+
     exif: bytes | None = None
     icc: bytes | None = None
     xmp: bytes | None = None
 
 
-def jpeg_metadata(jpeg: bytes) -> JpegMetadata:
+def jpeg_metadata(jpeg: bytes) -> Blocks:
     """The first EXIF block and XMP packet of a JPEG (OpenCV keeps the last of several; readers take the first),
     and its ICC profile joined from its ``ICC_PROFILE`` APP2 chunks in sequence order (OpenCV takes any APP2
     segment for one, a multi-picture file's MPF index among them)."""
     try:
         segments, _ = imageextent.jpeg_segments(jpeg)
     except ValueError:
-        return JpegMetadata()
+        return Blocks()
     exif = xmp = None
     chunks = []
     for marker, at in segments:
@@ -84,7 +86,7 @@ def jpeg_metadata(jpeg: bytes) -> JpegMetadata:
         elif marker == 0xE2 and payload.startswith(_ICC_SIGNATURE) and len(payload) > len(_ICC_SIGNATURE) + 2:
             chunks.append((payload[len(_ICC_SIGNATURE)], payload[len(_ICC_SIGNATURE) + 2 :]))
     icc = b"".join(chunk for _, chunk in sorted(chunks)) or None
-    return JpegMetadata(exif or None, icc, xmp or None)
+    return Blocks(exif or None, icc, xmp or None)
 
 
 def _segment(marker: int, payload: bytes) -> bytes:
@@ -259,14 +261,7 @@ def read_resolution(data: bytes, fmt: str, exif: bytes | None) -> Resolution | N
 # --- TIFF -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TiffMetadata:
-    exif: bytes | None = None
-    icc: bytes | None = None
-    xmp: bytes | None = None
-
-
-def tiff_metadata(tiff: bytes) -> TiffMetadata:
+def tiff_metadata(tiff: bytes) -> Blocks:
     """ICC, XMP and an EXIF block (IFD0's camera tags plus the EXIF and GPS IFDs) of a TIFF's first page."""
     try:
         src = _Tiff(tiff)
@@ -280,8 +275,8 @@ def tiff_metadata(tiff: bytes) -> TiffMetadata:
             _write_ifd(src, wanted, out)
             exif = bytes(out)
     except (struct.error, IndexError, ValueError, KeyError):
-        return TiffMetadata()
-    return TiffMetadata(exif=exif, icc=icc or None, xmp=xmp or None)
+        return Blocks()
+    return Blocks(exif=exif, icc=icc or None, xmp=xmp or None)
 
 
 def tiff_alpha(tiff: bytes) -> str | None:
